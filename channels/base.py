@@ -1,0 +1,38 @@
+"""The channel protocol and registry.
+
+A channel maps one provider's wire format to the neutral model and back. It receives one
+injected callable to hand the contact on and never imports storage or the orchestrator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Awaitable, Callable, ClassVar, Protocol
+
+from aiohttp import web
+
+from service.model import Inbound, Reply
+
+HandleInbound = Callable[[Inbound], Awaitable[Reply]]
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    public_url: str
+    twilio_auth_token: str
+
+
+class Channel(Protocol):
+    name: ClassVar[str]
+
+    def __init__(self, config: ChannelConfig, handle: HandleInbound) -> None: ...
+
+    def routes(self) -> list[web.RouteDef]: ...
+
+
+REGISTRY: dict[str, type[Channel]] = {}
+
+
+def register(cls: type[Channel]) -> type[Channel]:
+    REGISTRY[cls.name] = cls
+    return cls

@@ -1,0 +1,212 @@
+"""The `switchboard` command line: the only place that reads argv and the environment."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from service.settings import Settings, SettingsError, settings_from_env
+from service.yamlfile import ConfigError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = settings_from_env()
+    except SettingsError as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 2
+    from service.logs import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)
+    return args.func(args, settings)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="switchboard", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("serve", help="start the service").set_defaults(func=cmd_serve)
+    commands.add_parser("migrate", help="apply database migrations").set_defaults(
+        func=cmd_migrate)
+
+    rules = commands.add_parser("rules", help="check or try routing rules").add_subparsers(
+        dest="rules_command", required=True)
+    check = rules.add_parser("check", help="validate a rules directory (exit 1 on errors)")
+    check.add_argument("path", nargs="?", type=Path)
+    check.set_defaults(func=cmd_rules_check)
+    test = rules.add_parser(
+        "test", help="show the decision for a contact: [DIR] channel=sms contact_type=... "
+        "customer.tier=vip repeat_contact=true confidence=0.9 (or text='where is my order')")
+    test.add_argument("args", nargs="+", metavar="[DIR] KEY=VALUE")
+    test.set_defaults(func=cmd_rules_test)
+
+    customers = commands.add_parser("customers", help="manage known customers").add_subparsers(
+        dest="customers_command", required=True)
+    add = customers.add_parser("add", help="add or update a customer")
+    add.add_argument("--phone", action="append", default=[], help="E.164 number (repeatable)")
+    add.add_argument("--email", action="append", default=[])
+    add.add_argument("--name")
+    add.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE",
+                     help="customer field used by routing, e.g. tier=vip")
+    add.set_defaults(func=cmd_customers_add)
+    return parser
+
+
+@contextlib.contextmanager
+def _servers(settings: Settings) -> Iterator[Settings]:
+    from service.embedded import servers
+
+    with servers(settings.database_url, settings.redis_url, settings.data_dir) as urls:
+        yield replace(settings, database_url=urls.database_url, redis_url=urls.redis_url)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from aiohttp import web
+
+    from service.app import create_app
+
+    try:
+        from service.rules import load_rules
+
+        load_rules(settings.rules_dir, with_classifier=False)
+    except ConfigError as exc:
+        print(f"switchboard: the rules in {settings.rules_dir} are invalid:\n{exc}",
+              file=sys.stderr)
+        return 1
+    with _servers(settings) as ready:
+        web.run_app(create_app(ready), host=ready.host, port=ready.port, print=None,
+                    access_log=None)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncpg
+
+    from service.migrate import migrate
+
+    async def run(url: str) -> list[int]:
+        conn = await asyncpg.connect(url)
+        try:
+            return await migrate(conn)
+        finally:
+            await conn.close()
+
+    with _servers(settings) as ready:
+        applied = asyncio.run(run(ready.database_url))
+    print(f"applied {len(applied)} migration(s)" + (f": {applied}" if applied else ""))
+    return 0
+
+
+def cmd_rules_check(args: argparse.Namespace, settings: Settings) -> int:
+    from service.rules import load_rules
+
+    directory = args.path or settings.rules_dir
+    try:
+        rules = load_rules(directory, with_classifier=False)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        print(f"{len(exc.issues)} problem(s) in {directory}", file=sys.stderr)
+        return 1
+    print(f"{directory}: OK ({len(rules.catalog.types)} contact types, "
+          f"{len(rules.tree.queues)} queues, {len(rules.catalog.training)} training examples)")
+    return 0
+
+
+def cmd_rules_test(args: argparse.Namespace, settings: Settings) -> int:
+    from service.rules import load_rules
+
+    items = list(args.args)
+    directory = Path(items.pop(0)) if items and "=" not in items[0] else settings.rules_dir
+    try:
+        attrs = _attributes(items)
+        rules = load_rules(directory, with_classifier="text" in attrs)
+    except (ValueError, ConfigError) as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 1
+    if "text" in attrs:
+        prediction = rules.classifier.predict(str(attrs.pop("text")))
+        attrs.setdefault("contact_type", prediction.contact_type)
+        attrs.setdefault("confidence", round(prediction.confidence, 4))
+    unknown = attrs.get("contact_type") not in (None, *rules.catalog.types)
+    if unknown:
+        print(f"switchboard: unknown contact_type '{attrs['contact_type']}'", file=sys.stderr)
+        return 1
+    decision = rules.tree.decide(attrs)
+    contact_type = rules.catalog.types.get(attrs.get("contact_type"))
+    print(json.dumps({"input": attrs, **decision.as_dict(),
+                      "self_service_path": _path(decision, contact_type)}, indent=2))
+    return 0
+
+
+def _path(decision, contact_type) -> str:
+    if not decision.self_service:
+        return f"agent ({decision.reason})"
+    if contact_type is None:
+        return "agent (no contact type)"
+    return "answer" if contact_type.answer else "agent (no_self_service)"
+
+
+def _attributes(items: list[str]) -> dict[str, object]:
+    attrs: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        if key == "confidence":
+            attrs[key] = float(value)
+        elif key == "repeat_contact":
+            attrs[key] = value.lower() in ("true", "1", "yes")
+        else:
+            attrs[key] = value
+    return attrs
+
+
+def cmd_customers_add(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncpg
+    import redis.asyncio as redis
+
+    from service.customers import upsert_customer
+    from service.migrate import migrate
+
+    identities = [("phone", p) for p in args.phone] + [("email", e.lower()) for e in args.email]
+    if not identities:
+        print("switchboard: give at least one --phone or --email", file=sys.stderr)
+        return 2
+    try:
+        attributes = dict(_split(a) for a in args.attr)
+    except ValueError as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 2
+
+    async def run(ready: Settings) -> str:
+        conn = await asyncpg.connect(ready.database_url)
+        client = redis.from_url(ready.redis_url)
+        try:
+            await migrate(conn)
+            return await upsert_customer(conn, client, identities=identities,
+                                         display_name=args.name, attributes=attributes)
+        finally:
+            await conn.close()
+            await client.aclose()
+
+    with _servers(settings) as ready:
+        print(asyncio.run(run(ready)))
+    return 0
+
+
+def _split(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"expected KEY=VALUE, got {item!r}")
+    return key, value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

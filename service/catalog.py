@@ -1,0 +1,180 @@
+"""The contact-type catalog: why customers get in touch, and the self-service path for each."""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service.yamlfile import Checker, ConfigIssue, LocatedDict, load_yaml
+
+DEFAULT_REPEAT_WINDOW_H = 72
+DEFAULT_THRESHOLD = 0.45
+TYPE_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class ContactType:
+    id: str
+    label: str
+    skills: tuple[str, ...]
+    examples: tuple[str, ...]
+    answer: str | None = None
+    ivr_digit: int | None = None
+    repeat_window_h: int = DEFAULT_REPEAT_WINDOW_H
+
+    @property
+    def agent_only(self) -> bool:
+        return self.answer is None
+
+
+@dataclass(frozen=True)
+class Catalog:
+    types: dict[str, ContactType]
+    threshold: float
+    training: tuple[tuple[str, str], ...]  # (text, contact type): catalog examples + data files
+
+    def label(self, type_id: str | None) -> str:
+        return self.types[type_id].label if type_id in self.types else "Something else"
+
+
+def load_catalog(directory: Path, display_dir: str) -> Catalog:
+    path = directory / "catalog.yaml"
+    name = f"{display_dir}/catalog.yaml"
+    doc = load_yaml(path, name)
+    check = Checker()
+    root = check.mapping(doc, doc, None, (), required=["contact_types"],
+                         optional=["classifier", "training_data"])
+    check.raise_if_any()
+    types = _contact_types(check, root)
+    threshold = _threshold(check, root)
+    training = [(ex, t.id) for t in types.values() for ex in t.examples]
+    training += _training_files(check, root, directory, display_dir, types)
+    check.raise_if_any()
+    return Catalog(types=types, threshold=threshold, training=tuple(training))
+
+
+def _contact_types(check: Checker, root: LocatedDict) -> dict[str, ContactType]:
+    entries = root["contact_types"]
+    if not isinstance(entries, LocatedDict) or not entries:
+        check.error(root, "contact_types", "expected a non-empty mapping of contact types",
+                    ("contact_types",))
+        return {}
+    types: dict[str, ContactType] = {}
+    digits: dict[int, str] = {}
+    for type_id, spec in entries.items():
+        path = ("contact_types", type_id)
+        if not TYPE_ID.match(type_id):
+            check.error(entries, type_id, "contact type ids are lower_snake_case", path)
+        spec = check.mapping(spec, entries, type_id, path, required=["label", "skills", "examples"],
+                             optional=["ivr_digit", "repeat_window_h", "self_service", "agent_only"])
+        if spec is None:
+            continue
+        contact_type = _contact_type(check, type_id, spec, path)
+        if contact_type.ivr_digit is not None:
+            if contact_type.ivr_digit in digits:
+                check.error(spec, "ivr_digit", f"ivr_digit {contact_type.ivr_digit} is already "
+                            f"used by '{digits[contact_type.ivr_digit]}'", (*path, "ivr_digit"))
+            digits[contact_type.ivr_digit] = type_id
+        types[type_id] = contact_type
+    return types
+
+
+def _contact_type(check: Checker, type_id: str, spec: LocatedDict, path: tuple) -> ContactType:
+    label = _text(check, spec, "label", path)
+    skills = _text_list(check, spec, "skills", path)
+    examples = _text_list(check, spec, "examples", path)
+    digit = spec.get("ivr_digit")
+    if digit is not None and (type(digit) is not int or not 1 <= digit <= 9):
+        check.error(spec, "ivr_digit", "ivr_digit must be a whole number from 1 to 9 "
+                    "(0 is reserved for 'talk to a person')", (*path, "ivr_digit"))
+        digit = None
+    window = spec.get("repeat_window_h", DEFAULT_REPEAT_WINDOW_H)
+    if type(window) is not int or window <= 0:
+        check.error(spec, "repeat_window_h", "repeat_window_h must be a positive number of hours",
+                    (*path, "repeat_window_h"))
+        window = DEFAULT_REPEAT_WINDOW_H
+    return ContactType(id=type_id, label=label, skills=tuple(skills), examples=tuple(examples),
+                       answer=_self_service(check, spec, path), ivr_digit=digit,
+                       repeat_window_h=window)
+
+
+def _self_service(check: Checker, spec: LocatedDict, path: tuple) -> str | None:
+    has_answer, agent_only = "self_service" in spec, spec.get("agent_only", False)
+    if agent_only not in (True, False):
+        check.error(spec, "agent_only", "agent_only must be true or false", (*path, "agent_only"))
+    if has_answer == bool(agent_only):
+        check.error(spec, None, "give exactly one of 'self_service' or 'agent_only: true'", path)
+        return None
+    if not has_answer:
+        return None
+    ss = check.mapping(spec["self_service"], spec, "self_service", (*path, "self_service"),
+                       required=["answer"])
+    return _text(check, ss, "answer", (*path, "self_service")) if ss else None
+
+
+def _text(check: Checker, spec: LocatedDict, key: str, path: tuple) -> str:
+    value = spec.get(key)
+    if not isinstance(value, str) or not value.strip():
+        check.error(spec, key, f"'{key}' must be non-empty text", (*path, key))
+        return ""
+    return value.strip()
+
+
+def _text_list(check: Checker, spec: LocatedDict, key: str, path: tuple) -> list[str]:
+    value = spec.get(key)
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip()
+                                                           for v in value):
+        check.error(spec, key, f"'{key}' must be a non-empty list of text", (*path, key))
+        return []
+    return [v.strip() for v in value]
+
+
+def _threshold(check: Checker, root: LocatedDict) -> float:
+    section = root.get("classifier")
+    if section is None:
+        return DEFAULT_THRESHOLD
+    section = check.mapping(section, root, "classifier", ("classifier",), optional=["threshold"])
+    value = (section or {}).get("threshold", DEFAULT_THRESHOLD)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        check.error(section or root, "threshold", "threshold must be a number between 0 and 1",
+                    ("classifier", "threshold"))
+        return DEFAULT_THRESHOLD
+    return float(value)
+
+
+def _training_files(check: Checker, root: LocatedDict, directory: Path, display_dir: str,
+                    types: dict[str, ContactType]) -> list[tuple[str, str]]:
+    files = root.get("training_data", [])
+    if not isinstance(files, list):
+        check.error(root, "training_data", "expected a list of CSV files", ("training_data",))
+        return []
+    rows: list[tuple[str, str]] = []
+    for index, rel in enumerate(files):
+        path = ("training_data", index)
+        if not isinstance(rel, str) or not (directory / rel).is_file():
+            check.error(files, index, f"training file '{rel}' does not exist", path)
+            continue
+        rows += read_training_csv(check, directory / rel, f"{display_dir}/{rel}", types)
+    return rows
+
+
+def read_training_csv(check: Checker, path: Path, name: str,
+                      types: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rows of a `text,contact_type` file; unknown types are reported with their line."""
+    rows = []
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or not {"text", "contact_type"} <= set(reader.fieldnames):
+            check.issues.append(ConfigIssue(name, 1, "expected the columns text,contact_type"))
+            return []
+        for row in reader:
+            label = row["contact_type"]
+            if label not in types:
+                check.issues.append(ConfigIssue(
+                    name, reader.line_num, f"unknown contact type '{label}'"))
+                continue
+            rows.append((row["text"], label))
+    return rows

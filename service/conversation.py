@@ -1,0 +1,343 @@
+"""One turn of one contact: the only module that touches every store.
+
+identity + context (Redis) -> contact type (classifier) -> decision (routing tree)
+-> self-service step or escalation (queue) -> events (PostgreSQL, via the spool).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import structlog
+
+from service.catalog import ContactType
+from service.classifier import wants_agent
+from service.context import ContextStore, identity_of
+from service.events import Event, EventWriter
+from service.model import Choice, Inbound, Reply
+from service.queues import Queues
+from service.routing import Decision
+from service.rules import Rules
+
+log = structlog.get_logger(__name__)
+
+STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
+START_WORDS = {"START", "UNSTOP", "YES START", "OPTIN"}
+HELP_WORDS = {"HELP", "INFO"}
+YES = {"yes", "y", "yeah", "yep", "yes it did", "it did", "thanks", "thank you", "1"}
+NO = {"no", "n", "nope", "not really", "no it didn't", "it didn't", "2"}
+MAX_TRANSCRIPT = 60
+MISSES_BEFORE_ESCALATION = 2
+
+HELP_TEXT = ("Support by text: tell us what you need in a few words, or reply AGENT to talk to "
+             "a person. Reply STOP to opt out. Msg&data rates may apply.")
+CONFIRM_TEXT = "Did that help? Reply YES or NO."
+RESOLVED_TEXT = "Great, glad that helped! Text us any time if you need anything else."
+
+FindCustomer = Callable[[str, str], Awaitable[dict[str, Any] | None]]
+
+
+@dataclass
+class Turn:
+    inbound: Inbound
+    rules: Rules
+    now: float
+    conversation: dict[str, Any]
+    customer: dict[str, Any]
+    events: list[Event] = field(default_factory=list)
+    summary_changed: bool = False
+
+    def record(self, kind: str, *, reason: str | None = None, **data: Any) -> None:
+        c = self.conversation
+        self.events.append(Event(
+            kind=kind, contact_id=c.get("contact_id"), customer_id=c.get("customer_id"),
+            channel=self.inbound.channel, contact_type=c.get("contact_type"),
+            route_path=c.get("route_path"), reason=reason, data=data, occurred_at=self.now))
+
+    def say(self, sender: str, text: str) -> None:
+        transcript = self.conversation["transcript"]
+        transcript.append({"from": sender, "text": text, "at": self.now})
+        del transcript[:-MAX_TRANSCRIPT]
+
+
+class Conversations:
+    def __init__(self, rules: Callable[[], Rules], context: ContextStore, queues: Queues,
+                 events: EventWriter, find_customer: FindCustomer):
+        self._rules = rules
+        self._context = context
+        self._queues = queues
+        self._events = events
+        self._find_customer = find_customer
+
+    async def handle(self, inbound: Inbound) -> Reply:
+        start = await self._context.begin_turn(inbound)
+        if start.duplicate_of is not None:
+            log.info("turn.duplicate", dedupe_key=inbound.dedupe_key)
+            return start.duplicate_of
+        if start.in_flight:
+            return await self._context.wait_for_reply(inbound) or Reply()
+        try:
+            return await self._turn(inbound, start.conversation, start.customer, start.opted_out)
+        except BaseException:
+            await self._context.release(inbound)
+            raise
+
+    def record_failure(self, inbound: Inbound, error: BaseException) -> None:
+        """Keep the customer's words when a turn fails: the event log is on local disk first."""
+        self._events.emit(Event(kind="turn_failed", contact_id=None, customer_id=None,
+                                channel=inbound.channel, reason=type(error).__name__,
+                                data={"address": inbound.address, "text": inbound.text,
+                                      "service_address": inbound.service_address,
+                                      "dedupe_key": inbound.dedupe_key, "error": str(error)}))
+
+    async def _turn(self, inbound: Inbound, conversation: dict | None, customer: dict | None,
+                    opted_out: bool) -> Reply:
+        now = time.time()
+        keyword = " ".join(inbound.text.upper().split())
+        if inbound.channel == "sms" and (keyword in STOP_WORDS | START_WORDS or opted_out):
+            return await self._opt_in_out(inbound, keyword, conversation, opted_out, now)
+        new_customer = customer is None
+        if new_customer:
+            customer = await self._resolve_customer(inbound)
+            new_customer = customer.pop("new", False)
+        turn = Turn(inbound, self._rules(), now, conversation or {}, customer)
+        if new_customer:
+            kind, value = identity_of(inbound)
+            turn.events.append(Event("customer_created", None, customer["customer_id"],
+                                     inbound.channel, data={"identity_kind": kind,
+                                                            "identity_value": value},
+                                     occurred_at=now))
+        await self._open_contact(turn)
+        turn.say("customer", inbound.text)
+        turn.record("received", text=inbound.text, **_provider_ids(inbound))
+        reply = await self._respond(turn, keyword)
+        for text in reply.messages:
+            turn.say("bot", text)
+        turn.conversation["last_at"] = now
+        await self._context.commit_turn(
+            inbound, turn.conversation, reply,
+            customer=customer if new_customer else None,
+            summary=_summary(turn.conversation) if turn.summary_changed else None)
+        self._events.emit(*turn.events)
+        return reply
+
+    async def _resolve_customer(self, inbound: Inbound) -> dict[str, Any]:
+        kind, value = identity_of(inbound)
+        try:
+            found = await self._find_customer(kind, value)
+        except Exception as exc:  # PostgreSQL down: serve the customer as new, say so in logs
+            log.warning("customer.lookup_failed", error=str(exc))
+            found = None
+        return found or {"customer_id": str(uuid.uuid4()), "attributes": {}, "new": True}
+
+    async def _open_contact(self, turn: Turn) -> None:
+        conv = turn.conversation
+        if conv and turn.inbound.channel == "sms" and conv["status"] != "queued" and \
+                turn.now - conv["last_at"] > self._context.idle_timeout_s:
+            self._end(turn, "idle_timeout")
+            await self._context.save_summary(conv["customer_id"], _summary(conv))
+            conv = turn.conversation = {}
+        if conv:
+            return
+        earlier = await self._context.recent_contacts(turn.customer["customer_id"])
+        conv.update(
+            contact_id=str(uuid.uuid4()), customer_id=turn.customer["customer_id"],
+            channel=turn.inbound.channel, address=turn.inbound.address,
+            service_address=turn.inbound.service_address, started_at=turn.now,
+            last_at=turn.now, status="new", contact_type=None, confidence=None, misses=0,
+            menu=[], route_path=None, queue=None, reason=None, outcome=None, transcript=[],
+            steps=[], attributes=turn.customer.get("attributes", {}), earlier=earlier[:10])
+        turn.summary_changed = True
+        turn.record("contact_started", address=turn.inbound.address,
+                    service_address=turn.inbound.service_address)
+
+    async def _respond(self, turn: Turn, keyword: str) -> Reply:
+        conv, text = turn.conversation, turn.inbound.text.strip()
+        if turn.inbound.channel == "sms" and keyword in HELP_WORDS:
+            return self._reply(turn, HELP_TEXT)
+        if conv["status"] == "queued":
+            await self._queues.append_message(conv["queue"], conv["contact_id"],
+                                              conv["transcript"][-1])
+            return Reply(state="queued", contact_id=conv["contact_id"])
+        if wants_agent(text):
+            return await self._escalate(turn, self._decide(turn), "requested_agent")
+        answer = text.lower().strip(" .!")
+        if conv["status"] == "confirming" and (answer in YES or answer in NO):
+            if answer in YES:
+                return self._resolve(turn)
+            turn.record("self_service_failed", step="answer")
+            conv["steps"][-1]["outcome"] = "failed"
+            return await self._escalate(turn, self._decide(turn), "self_service_failed")
+        chosen = _menu_choice(conv, text)
+        if chosen:
+            return await self._classified(turn, chosen, 1.0, "menu")
+        prediction = turn.rules.classifier.predict(text)
+        if prediction.confidence >= turn.rules.catalog.threshold:
+            return await self._classified(turn, prediction.contact_type, prediction.confidence,
+                                          "classifier")
+        return await self._missed(turn, prediction.ranked)
+
+    async def _classified(self, turn: Turn, type_id: str, confidence: float, via: str) -> Reply:
+        conv = turn.conversation
+        conv.update(contact_type=type_id, confidence=round(confidence, 4), menu=[])
+        turn.summary_changed = True
+        turn.record("classified", confidence=conv["confidence"], via=via)
+        decision = self._decide(turn)
+        conv.update(route_path=decision.route_path, queue=decision.queue)
+        turn.record("routed", **decision.as_dict())
+        contact_type = turn.rules.catalog.types[type_id]
+        if not decision.self_service:
+            return await self._escalate(turn, decision, decision.reason)
+        if contact_type.agent_only:
+            return await self._escalate(turn, decision, "no_self_service")
+        return self._offer_answer(turn, contact_type)
+
+    def _offer_answer(self, turn: Turn, contact_type: ContactType) -> Reply:
+        conv = turn.conversation
+        conv["status"] = "confirming"
+        conv["steps"].append({"type": "answer", "contact_type": contact_type.id,
+                              "at": turn.now, "outcome": None})
+        turn.summary_changed = True
+        turn.record("self_service_started", step="answer")
+        return Reply(messages=(contact_type.answer, CONFIRM_TEXT),
+                     choices=(Choice("Yes", "yes"), Choice("No", "no")),
+                     contact_id=conv["contact_id"])
+
+    async def _missed(self, turn: Turn, ranked: tuple[tuple[str, float], ...]) -> Reply:
+        conv = turn.conversation
+        conv["misses"] += 1
+        turn.record("classification_missed", misses=conv["misses"],
+                    candidates=[{"contact_type": t, "confidence": round(p, 4)} for t, p in ranked])
+        if conv["misses"] >= MISSES_BEFORE_ESCALATION:
+            return await self._escalate(turn, self._decide(turn), "low_confidence")
+        conv["status"], conv["menu"] = "clarifying", [t for t, _ in ranked]
+        catalog = turn.rules.catalog
+        options = " ".join(f"{i}) {catalog.label(t)}" for i, t in enumerate(conv["menu"], 1))
+        text = (f"Sorry, I'm not sure I understood. Is it about: {options}? Reply with a number, "
+                "or tell me in other words. Reply AGENT to talk to a person.")
+        return Reply(messages=(text,), contact_id=conv["contact_id"],
+                     choices=tuple(Choice(catalog.label(t), str(i))
+                                   for i, t in enumerate(conv["menu"], 1)))
+
+    def _resolve(self, turn: Turn) -> Reply:
+        conv = turn.conversation
+        conv["steps"][-1]["outcome"] = "resolved"
+        turn.record("self_service_resolved", step="answer")
+        self._end(turn, "self_service_resolved")
+        return Reply(messages=(RESOLVED_TEXT,), state="closed", contact_id=conv["contact_id"])
+
+    def _end(self, turn: Turn, outcome: str) -> None:
+        conv = turn.conversation
+        conv.update(status="closed", outcome=outcome, ended_at=turn.now)
+        turn.summary_changed = True
+        turn.record("ended", outcome=outcome)
+
+    def _decide(self, turn: Turn) -> Decision:
+        conv = turn.conversation
+        return turn.rules.tree.decide(routing_attributes(turn.rules, conv, turn.inbound.channel))
+
+    async def _escalate(self, turn: Turn, decision: Decision, reason: str) -> Reply:
+        conv, rules = turn.conversation, turn.rules
+        queue = rules.tree.queues[decision.queue]
+        contact_type = rules.catalog.types.get(conv["contact_type"])
+        conv.update(status="queued", queue=queue.name, reason=reason,
+                    route_path=decision.route_path)
+        turn.summary_changed = True
+        turn.record("escalated", reason=reason, queue=queue.name, priority=decision.priority)
+        skills = sorted(set(queue.skills) | set(contact_type.skills if contact_type else ()))
+        entry = {"contact_id": conv["contact_id"], "customer_id": conv["customer_id"],
+                 "channel": turn.inbound.channel, "queue": queue.name,
+                 "priority": decision.priority, "skills": skills, "reason": reason,
+                 "enqueued_at": turn.now, "context": agent_context(rules, conv, turn.now)}
+        position = await self._queues.enqueue(queue.name, decision.priority, entry)
+        wait_s = position.position * queue.avg_handle_s
+        turn.record("queued", queue=queue.name, position=position.position, skills=skills)
+        text = (f"I'm passing you to our {queue.label} team. You're number {position.position} "
+                f"in line (about {max(1, round(wait_s / 60))} min). They'll see everything "
+                "you've told me, so you won't need to repeat yourself.")
+        return Reply(messages=(text,), state="queued", contact_id=conv["contact_id"],
+                     position=position.position, estimated_wait_s=wait_s)
+
+    def _reply(self, turn: Turn, text: str) -> Reply:
+        return Reply(messages=(text,), contact_id=turn.conversation["contact_id"])
+
+    async def _opt_in_out(self, inbound: Inbound, keyword: str, conversation: dict | None,
+                          opted_out: bool, now: float) -> Reply:
+        if keyword in STOP_WORDS:
+            opt_out, kind, reply = True, "opted_out", Reply(state="closed")
+        elif keyword in START_WORDS:
+            opt_out, kind = False, "opted_in"
+            reply = Reply(messages=("You're subscribed again. Text us any time.",))
+        else:  # opted out and not asking back in: record, never answer
+            opt_out, kind, reply = None, "received_after_opt_out", Reply(state="closed")
+        conv = conversation or {"status": "closed", "last_at": now}
+        events = [Event(kind, conv.get("contact_id"), conv.get("customer_id"), inbound.channel,
+                        data={"address": inbound.address, **_provider_ids(inbound)},
+                        occurred_at=now)]
+        if opt_out and conversation and conversation["status"] != "queued":
+            turn = Turn(inbound, self._rules(), now, conversation, {})
+            self._end(turn, "opted_out")
+            events += turn.events
+        await self._context.commit_turn(inbound, conv, reply, opt_out=opt_out,
+                                        summary=_summary(conv) if conv.get("contact_id") else None)
+        self._events.emit(*events)
+        return reply
+
+    async def end_idle(self, key: str, now: float) -> None:
+        """Close an SMS conversation that went quiet (claimed by this instance)."""
+        conv = await self._context.take_conversation(key)
+        if not conv or conv["status"] in ("closed", "queued"):
+            return
+        inbound = Inbound(conv["channel"], conv["address"], conv["service_address"], "")
+        turn = Turn(inbound, self._rules(), now, conv, {})
+        self._end(turn, "idle_timeout")
+        await self._context.save_summary(conv["customer_id"], _summary(conv))
+        self._events.emit(*turn.events)
+
+
+def routing_attributes(rules: Rules, conv: dict[str, Any], channel: str) -> dict[str, Any]:
+    attrs: dict[str, Any] = {"channel": channel, "contact_type": conv.get("contact_type"),
+                             "confidence": conv.get("confidence"),
+                             "repeat_contact": _is_repeat(rules, conv)}
+    for name, value in conv.get("attributes", {}).items():
+        attrs[f"customer.{name}"] = value
+    return attrs
+
+
+def _is_repeat(rules: Rules, conv: dict[str, Any]) -> bool:
+    contact_type = rules.catalog.types.get(conv.get("contact_type"))
+    if contact_type is None:
+        return False
+    since = conv["started_at"] - contact_type.repeat_window_h * 3600
+    return any(e["contact_type"] == contact_type.id and e["started_at"] >= since
+               and e["contact_id"] != conv["contact_id"] for e in conv.get("earlier", ()))
+
+
+def agent_context(rules: Rules, conv: dict[str, Any], now: float) -> dict[str, Any]:
+    """Everything an agent needs so the customer never repeats themselves."""
+    return {"customer": {"id": conv["customer_id"], "address": conv["address"],
+                         "attributes": conv.get("attributes", {})},
+            "contact_type": conv.get("contact_type"),
+            "contact_type_label": rules.catalog.label(conv.get("contact_type")),
+            "confidence": conv.get("confidence"), "reason": conv.get("reason"),
+            "transcript": list(conv["transcript"]), "self_service_steps": list(conv["steps"]),
+            "earlier_contacts": list(conv.get("earlier", ())), "escalated_at": now}
+
+
+def _summary(conv: dict[str, Any]) -> dict[str, Any]:
+    return {k: conv.get(k) for k in ("contact_id", "channel", "contact_type", "started_at",
+                                     "ended_at", "status", "outcome", "queue", "reason")}
+
+
+def _menu_choice(conv: dict[str, Any], text: str) -> str | None:
+    menu = conv.get("menu") or []
+    if conv["status"] == "clarifying" and text.isdigit() and 1 <= int(text) <= len(menu):
+        return menu[int(text) - 1]
+    return None
+
+
+def _provider_ids(inbound: Inbound) -> dict[str, str]:
+    return {"dedupe_key": inbound.dedupe_key} if inbound.dedupe_key else {}

@@ -1,0 +1,224 @@
+"""The append-only event log: every step of every contact, written to PostgreSQL in batches.
+
+Nothing is lost on a crash or an outage: each event is appended to a spool segment on local
+disk as it is emitted (a plain write(2), so a crashed process leaves it behind), the segment
+is copied to PostgreSQL with COPY in one transaction, and only then deleted. Segments that
+fail stay on disk, in order, and are retried; segments left by a dead process are replayed
+at start. Event ids make the replay idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+
+log = structlog.get_logger(__name__)
+
+COLUMNS = ("id", "occurred_at", "kind", "contact_id", "customer_id", "channel", "contact_type",
+           "route_path", "reason", "data")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: str
+    contact_id: str | None
+    customer_id: str | None
+    channel: str | None
+    contact_type: str | None = None
+    route_path: str | None = None
+    reason: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    occurred_at: float = field(default_factory=time.time)
+
+    def to_line(self) -> bytes:
+        return (json.dumps([getattr(self, c) for c in COLUMNS], separators=(",", ":")) + "\n"
+                ).encode()
+
+
+def _record(line: bytes) -> tuple:
+    values = json.loads(line)
+    values[1] = datetime.fromtimestamp(values[1], tz=timezone.utc)
+    values[9] = json.dumps(values[9])
+    return tuple(values)
+
+
+class _Segment:
+    """One spool file, locked by the process writing it."""
+
+    def __init__(self, path: Path, create: bool):
+        flags = os.O_RDWR | os.O_APPEND | (os.O_CREAT | os.O_EXCL if create else 0)
+        self.path = path
+        self.fd = os.open(path, flags, 0o600)
+        self.count = 0
+
+    def try_lock(self) -> bool:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    def append(self, data: bytes, count: int) -> None:
+        os.write(self.fd, data)
+        self.count += count
+
+    def records(self) -> list[tuple]:
+        with open(self.path, "rb") as handle:
+            return [_record(line) for line in handle if line.endswith(b"\n")]
+
+    def remove(self) -> None:
+        os.unlink(self.path)
+        os.close(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class EventWriter:
+    def __init__(self, pool: asyncpg.Pool, spool_dir: Path, flush_interval_s: float = 0.2,
+                 batch_max: int = 5000):
+        self._pool = pool
+        self._spool = spool_dir
+        self._interval = flush_interval_s
+        self._batch_max = batch_max
+        self._backlog: list[_Segment] = []  # sealed segments, oldest first
+        self._current: _Segment | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.written = 0
+
+    async def start(self) -> None:
+        self._spool.mkdir(parents=True, exist_ok=True)
+        self._recover()
+        self._current = self._new_segment()
+        self._task = asyncio.create_task(self._run(), name="event-writer")
+
+    def emit(self, *events: Event) -> None:
+        """Record events durably on local disk now; PostgreSQL follows within a flush interval."""
+        assert self._current is not None, "EventWriter.start() was not awaited"
+        self._current.append(b"".join(e.to_line() for e in events), len(events))
+        if self._current.count >= self._batch_max:
+            self._wake.set()
+
+    async def flush(self) -> bool:
+        """Seal the current segment and write everything pending. True when nothing is left."""
+        if self._current is not None and self._current.count:
+            self._backlog.append(self._current)
+            self._current = self._new_segment()
+        while self._backlog:
+            segment = self._backlog[0]
+            try:
+                records = segment.records()
+                await self._write(records)
+            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+                log.warning("events.flush_failed", error=str(exc), pending=len(self._backlog))
+                return False
+            segment.remove()
+            self._backlog.pop(0)
+            self.written += len(records)
+        return True
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        done = await self.flush()
+        if not done:
+            log.error("events.left_in_spool", segments=len(self._backlog), spool=str(self._spool))
+        for segment in self._backlog:
+            segment.close()
+        if self._current is not None:
+            self._current.remove()  # empty after flush()
+            self._current = None
+
+    async def _run(self) -> None:
+        backoff = self._interval
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            backoff = self._interval if await self.flush() else min(backoff * 2, 5.0)
+
+    async def _write(self, records: list[tuple]) -> None:
+        if not records:
+            return
+        async with self._pool.acquire(timeout=5) as conn, conn.transaction():
+            await conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS incoming_events "
+                "(LIKE contact_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+            await conn.copy_records_to_table("incoming_events", records=records, columns=COLUMNS)
+            await conn.execute(PROJECT_SQL)
+
+    def _new_segment(self) -> _Segment:
+        name = f"{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+        segment = _Segment(self._spool / name, create=True)
+        segment.try_lock()
+        return segment
+
+    def _recover(self) -> None:
+        """Adopt segments no live process holds: left by a crash or a failed shutdown."""
+        for path in sorted(self._spool.glob("*.jsonl")):
+            segment = _Segment(path, create=False)
+            if segment.try_lock():
+                self._backlog.append(segment)
+            else:
+                segment.close()
+        if self._backlog:
+            log.info("events.recovering", segments=len(self._backlog))
+
+
+# Events are the record; customers and contacts are projections of them, kept in the same
+# transaction. Every statement is idempotent, so a replayed segment changes nothing twice.
+PROJECT_SQL = """
+DELETE FROM incoming_events i USING contact_events e WHERE e.id = i.id;
+INSERT INTO contact_events SELECT * FROM incoming_events;
+
+INSERT INTO customers (id, created_at)
+SELECT DISTINCT ON (customer_id) customer_id, occurred_at FROM incoming_events
+WHERE kind = 'customer_created' ORDER BY customer_id, occurred_at
+ON CONFLICT DO NOTHING;
+
+INSERT INTO customer_identities (kind, value, customer_id)
+SELECT DISTINCT ON (data->>'identity_kind', data->>'identity_value')
+       data->>'identity_kind', data->>'identity_value', customer_id
+FROM incoming_events WHERE kind = 'customer_created'
+ON CONFLICT DO NOTHING;
+
+INSERT INTO contacts (id, customer_id, channel, address, started_at)
+SELECT contact_id, customer_id, channel, data->>'address', occurred_at FROM incoming_events
+WHERE kind = 'contact_started' ON CONFLICT DO NOTHING;
+
+UPDATE contacts c SET contact_type = e.contact_type, confidence = (e.data->>'confidence')::real
+FROM (SELECT DISTINCT ON (contact_id) * FROM incoming_events WHERE kind = 'classified'
+      ORDER BY contact_id, occurred_at DESC) e
+WHERE c.id = e.contact_id;
+
+UPDATE contacts c SET route_path = e.route_path, queue = e.data->>'queue'
+FROM (SELECT DISTINCT ON (contact_id) * FROM incoming_events WHERE kind = 'routed'
+      ORDER BY contact_id, occurred_at DESC) e
+WHERE c.id = e.contact_id;
+
+UPDATE contacts c SET escalation_reason = e.reason, queue = e.data->>'queue'
+FROM (SELECT DISTINCT ON (contact_id) * FROM incoming_events WHERE kind = 'escalated'
+      ORDER BY contact_id, occurred_at DESC) e
+WHERE c.id = e.contact_id;
+
+UPDATE contacts c SET ended_at = e.occurred_at, outcome = e.data->>'outcome'
+FROM (SELECT DISTINCT ON (contact_id) * FROM incoming_events WHERE kind = 'ended'
+      ORDER BY contact_id, occurred_at DESC) e
+WHERE c.id = e.contact_id;
+"""

@@ -1,0 +1,289 @@
+"""The routing tree: Alertmanager's semantics for contacts. Pure: no I/O after loading.
+
+The root route carries the defaults; children inherit and override queue, priority,
+self-service policy and reason. Matching is depth-first and the first matching child wins,
+unless it sets `continue: true`, in which case later siblings may match too and the last
+match's settings apply. Every decision names the route path that made it.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from service.catalog import Catalog
+from service.yamlfile import Checker, LocatedDict, LocatedList, load_yaml
+
+CHANNELS = ("sms", "voice", "chat")
+REASON = re.compile(r"^[a-z][a-z0-9_]*$")
+MATCHER = re.compile(r'^\s*([a-z_][a-z0-9_.]*)\s*(=~|!~|!=|<=|>=|=|<|>)\s*(.+?)\s*$')
+NUMERIC_ATTRS = ("confidence",)
+BOOL_ATTRS = ("repeat_contact",)
+TEXT_ATTRS = ("channel", "contact_type")
+COMPARE: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    name: str
+    label: str
+    skills: tuple[str, ...]
+    avg_handle_s: int = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Matcher:
+    attr: str
+    op: str
+    value: Any
+    text: str
+
+    def matches(self, attrs: Mapping[str, Any]) -> bool:
+        actual = attrs.get(self.attr)
+        if self.op in COMPARE:
+            return isinstance(actual, (int, float)) and COMPARE[self.op](actual, self.value)
+        if self.attr in BOOL_ATTRS:
+            equal = bool(actual) == self.value
+        elif self.op in ("=~", "!~"):
+            equal = actual is not None and self.value.fullmatch(str(actual)) is not None
+        else:
+            equal = actual is not None and str(actual) == self.value
+        return equal if self.op in ("=", "=~") else not equal
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What a route decides; children inherit what they do not set."""
+
+    queue: str
+    priority: int
+    self_service: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    matchers: tuple[Matcher, ...]
+    settings: Settings
+    continue_: bool = False
+    routes: tuple["Route", ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    queue: str
+    priority: int
+    self_service: bool
+    reason: str
+    route_path: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"queue": self.queue, "priority": self.priority, "self_service": self.self_service,
+                "reason": self.reason, "route_path": self.route_path}
+
+
+@dataclass(frozen=True)
+class RoutingTree:
+    root: Route
+    queues: dict[str, Queue]
+
+    def decide(self, attrs: Mapping[str, Any]) -> Decision:
+        settings, path = _walk(self.root, attrs, self.root.name)
+        return Decision(settings.queue, settings.priority, settings.self_service,
+                        settings.reason, path)
+
+
+def _walk(route: Route, attrs: Mapping[str, Any], path: str) -> tuple[Settings, str]:
+    result: tuple[Settings, str] | None = None
+    for child in route.routes:
+        if all(m.matches(attrs) for m in child.matchers):
+            result = _walk(child, attrs, f"{path} > {child.name}")
+            if not child.continue_:
+                break
+    return result or (route.settings, path)
+
+
+# ---- loading -------------------------------------------------------------------------------
+
+ROUTE_KEYS = ("name", "matchers", "queue", "priority", "self_service", "reason", "continue",
+              "routes")
+
+
+def load_routing_tree(directory: Path, display_dir: str, catalog: Catalog) -> RoutingTree:
+    name = f"{display_dir}/routes.yaml"
+    doc = load_yaml(directory / "routes.yaml", name)
+    check = Checker()
+    doc = check.mapping(doc, doc, None, (), required=["queues", "route"])
+    check.raise_if_any()
+    queues = _queues(check, doc)
+    root_spec = check.mapping(doc["route"], doc, "route", ("route",),
+                              required=["queue", "priority", "self_service"],
+                              optional=["name", "reason", "routes"])
+    check.raise_if_any()
+    if "matchers" in root_spec:
+        check.error(root_spec, "matchers", "the root route matches everything", ("route",))
+    defaults = Settings(queue="", priority=0, self_service=True, reason="rule")
+    root = _route(check, root_spec, ("route",), "root", defaults, queues, catalog)
+    check.raise_if_any()
+    return RoutingTree(root=root, queues=queues)
+
+
+def _queues(check: Checker, doc: LocatedDict) -> dict[str, Queue]:
+    specs = doc["queues"]
+    if not isinstance(specs, LocatedDict) or not specs:
+        check.error(doc, "queues", "expected a non-empty mapping of queues", ("queues",))
+        return {}
+    queues = {}
+    for name, spec in specs.items():
+        path = ("queues", name)
+        spec = check.mapping(spec, specs, name, path, required=["label", "skills"],
+                             optional=["avg_handle_s"])
+        if spec is None:
+            continue
+        skills = spec["skills"]
+        if not isinstance(skills, list) or not all(isinstance(s, str) for s in skills):
+            check.error(spec, "skills", "skills must be a list of text", (*path, "skills"))
+            skills = []
+        handle = spec.get("avg_handle_s", 300)
+        if type(handle) is not int or handle <= 0:
+            check.error(spec, "avg_handle_s", "avg_handle_s must be a positive whole number",
+                        (*path, "avg_handle_s"))
+            handle = 300
+        queues[name] = Queue(name, str(spec["label"]), tuple(skills), handle)
+    return queues
+
+
+def _route(check: Checker, spec: LocatedDict, path: tuple, default_name: str, parent: Settings,
+           queues: dict[str, Queue], catalog: Catalog) -> Route:
+    settings = _settings(check, spec, path, parent, queues)
+    matchers = _matchers(check, spec, path, catalog)
+    children = []
+    child_specs = spec.get("routes")
+    if child_specs is None:
+        child_specs = LocatedList()
+    elif not isinstance(child_specs, LocatedList):
+        check.error(spec, "routes", "routes must be a list", (*path, "routes"))
+        child_specs = LocatedList()
+    for index, child in enumerate(child_specs):
+        child_path = (*path, "routes", index)
+        child = check.mapping(child, child_specs, index, child_path, required=["matchers"],
+                              optional=[k for k in ROUTE_KEYS if k != "matchers"])
+        if child is not None:
+            children.append(_route(check, child, child_path, f"routes[{index}]", settings,
+                                   queues, catalog))
+    cont = spec.get("continue", False)
+    if cont not in (True, False):
+        check.error(spec, "continue", "continue must be true or false", (*path, "continue"))
+    return Route(name=str(spec.get("name", default_name)), matchers=matchers, settings=settings,
+                 continue_=cont is True, routes=tuple(children))
+
+
+def _settings(check: Checker, spec: LocatedDict, path: tuple, parent: Settings,
+              queues: dict[str, Queue]) -> Settings:
+    settings = parent
+    if "queue" in spec:
+        if spec["queue"] not in queues:
+            check.error(spec, "queue", f"unknown queue '{spec['queue']}'", (*path, "queue"))
+        settings = replace(settings, queue=str(spec["queue"]))
+    if "priority" in spec:
+        if type(spec["priority"]) is not int or not 0 <= spec["priority"] <= 9:
+            check.error(spec, "priority", "priority must be a whole number from 0 (most urgent) "
+                        "to 9", (*path, "priority"))
+        else:
+            settings = replace(settings, priority=spec["priority"])
+    if "self_service" in spec:
+        if spec["self_service"] not in (True, False):
+            check.error(spec, "self_service", "self_service must be true or false",
+                        (*path, "self_service"))
+        else:
+            settings = replace(settings, self_service=spec["self_service"])
+    if "reason" in spec:
+        if not isinstance(spec["reason"], str) or not REASON.match(spec["reason"]):
+            check.error(spec, "reason", "reason must be a lower_snake_case code",
+                        (*path, "reason"))
+        else:
+            settings = replace(settings, reason=spec["reason"])
+    return settings
+
+
+def _matchers(check: Checker, spec: LocatedDict, path: tuple, catalog: Catalog
+              ) -> tuple[Matcher, ...]:
+    if "matchers" not in spec:
+        return ()
+    items = spec["matchers"]
+    if not isinstance(items, LocatedList) or not items:
+        check.error(spec, "matchers", "matchers must be a non-empty list", (*path, "matchers"))
+        return ()
+    found = []
+    for index, text in enumerate(items):
+        matcher = parse_matcher(text, catalog)
+        if isinstance(matcher, str):
+            check.error(items, index, matcher, (*path, "matchers", index))
+        else:
+            found.append(matcher)
+    return tuple(found)
+
+
+def parse_matcher(text: Any, catalog: Catalog) -> Matcher | str:
+    """Parse `attr op value`; return the Matcher, or an error message."""
+    match = MATCHER.match(text) if isinstance(text, str) else None
+    if not match:
+        return (f"cannot read matcher {text!r}: write it as 'attribute op value', for example "
+                "'contact_type = track_order'")
+    attr, op, raw = match.groups()
+    value = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw
+    if attr not in (*TEXT_ATTRS, *NUMERIC_ATTRS, *BOOL_ATTRS) and not attr.startswith("customer."):
+        return (f"unknown attribute '{attr}' (use channel, contact_type, confidence, "
+                "repeat_contact or customer.<field>)")
+    if attr in NUMERIC_ATTRS:
+        return _numeric_matcher(attr, op, value, text)
+    if op in COMPARE:
+        return f"'{op}' compares numbers; '{attr}' is not a number"
+    if attr in BOOL_ATTRS:
+        if op not in ("=", "!=") or value not in ("true", "false"):
+            return f"'{attr}' is true or false: write '{attr} = true' or '{attr} = false'"
+        return Matcher(attr, op, value == "true", text)
+    if op in ("=~", "!~"):
+        return _regex_matcher(attr, op, value, text, catalog)
+    return _check_known(attr, value, catalog) or Matcher(attr, op, value, text)
+
+
+def _numeric_matcher(attr: str, op: str, value: str, text: str) -> Matcher | str:
+    if op not in COMPARE:
+        return f"'{attr}' is a number: compare it with <, <=, > or >="
+    try:
+        return Matcher(attr, op, float(value), text)
+    except ValueError:
+        return f"'{value}' is not a number"
+
+
+def _regex_matcher(attr: str, op: str, value: str, text: str, catalog: Catalog) -> Matcher | str:
+    try:
+        pattern = re.compile(value)
+    except re.error as exc:
+        return f"invalid regular expression '{value}': {exc}"
+    universe = _known_values(attr, catalog)
+    if universe is not None and not any(pattern.fullmatch(v) for v in universe):
+        return f"'{value}' matches no {attr.replace('_', ' ')}"
+    return Matcher(attr, op, pattern, text)
+
+
+def _check_known(attr: str, value: str, catalog: Catalog) -> str | None:
+    universe = _known_values(attr, catalog)
+    if universe is not None and value not in universe:
+        return f"unknown {attr.replace('_', ' ')} '{value}'"
+    return None
+
+
+def _known_values(attr: str, catalog: Catalog) -> tuple[str, ...] | None:
+    if attr == "contact_type":
+        return tuple(catalog.types)
+    if attr == "channel":
+        return CHANNELS
+    return None

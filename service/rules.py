@@ -1,0 +1,44 @@
+"""One deployment's rules: catalog, routing tree and the classifier trained from the catalog.
+
+Loading is all or nothing: a `Rules` object exists only when every file is valid, so a
+failed reload leaves the running rules untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.catalog import Catalog, load_catalog
+from service.classifier import Classifier, train
+from service.routing import RoutingTree, load_routing_tree
+
+RULE_FILES = ("catalog.yaml", "routes.yaml")
+
+
+@dataclass(frozen=True)
+class Rules:
+    directory: Path
+    digest: str
+    catalog: Catalog
+    tree: RoutingTree
+    classifier: Classifier | None
+
+
+def load_rules(directory: Path, *, with_classifier: bool = True) -> Rules:
+    """Validate every file (raising ConfigError listing all problems), then train."""
+    display = str(directory).rstrip("/")
+    catalog = load_catalog(directory, display)
+    tree = load_routing_tree(directory, display, catalog)
+    classifier = train(catalog.training) if with_classifier else None
+    return Rules(directory, _digest(directory, catalog), catalog, tree, classifier)
+
+
+def _digest(directory: Path, catalog: Catalog) -> str:
+    h = hashlib.sha256()
+    for name in RULE_FILES:
+        h.update((directory / name).read_bytes())
+    for text, label in catalog.training:
+        h.update(f"{label}\t{text}\n".encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,143 @@
+"""Frozen settings read from the environment; every bad variable is reported at once."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlsplit
+
+
+class SettingsError(ValueError):
+    """One or more environment variables are invalid; `problems` lists them all."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = "http://127.0.0.1:8080"
+    database_url: str | None = None
+    redis_url: str | None = None
+    twilio_auth_token: str = ""
+    rules_dir: Path = Path("routing_rules")
+    data_dir: Path = Path(".switchboard")
+    log_format: str = "auto"
+    log_level: str = "info"
+    sms_idle_timeout_s: int = 1800
+    max_body_bytes: int = 64 * 1024
+    event_flush_interval_s: float = 0.2
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+
+ENV_VARS = {
+    "SWITCHBOARD_HOST": "host",
+    "SWITCHBOARD_PORT": "port",
+    "SWITCHBOARD_PUBLIC_URL": "public_url",
+    "DATABASE_URL": "database_url",
+    "REDIS_URL": "redis_url",
+    "TWILIO_AUTH_TOKEN": "twilio_auth_token",
+    "SWITCHBOARD_RULES_DIR": "rules_dir",
+    "SWITCHBOARD_DATA_DIR": "data_dir",
+    "SWITCHBOARD_LOG_FORMAT": "log_format",
+    "SWITCHBOARD_LOG_LEVEL": "log_level",
+    "SWITCHBOARD_SMS_IDLE_TIMEOUT_S": "sms_idle_timeout_s",
+}
+
+
+def _whole_number(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+
+
+def _port(raw: str) -> int:
+    value = _whole_number(raw)
+    if not 0 < value < 65536:
+        raise ValueError("must be a TCP port between 1 and 65535")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = _whole_number(raw)
+    if value <= 0:
+        raise ValueError("must be a positive whole number")
+    return value
+
+
+def _http_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    return raw.rstrip("/")
+
+
+def _url_with_scheme(*schemes: str):
+    def parse(raw: str) -> str:
+        if urlsplit(raw).scheme not in schemes:
+            raise ValueError(f"must start with {' or '.join(s + '://' for s in schemes)}")
+        return raw
+
+    return parse
+
+
+def _choice(*options: str):
+    def parse(raw: str) -> str:
+        if raw.lower() not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return raw.lower()
+
+    return parse
+
+
+def _directory(raw: str) -> Path:
+    path = Path(raw)
+    if path.exists() and not path.is_dir():
+        raise ValueError("exists and is not a directory")
+    return path
+
+
+PARSERS = {
+    "host": str,
+    "port": _port,
+    "public_url": _http_url,
+    "database_url": _url_with_scheme("postgres", "postgresql"),
+    "redis_url": _url_with_scheme("redis", "rediss", "unix"),
+    "twilio_auth_token": str,
+    "rules_dir": _directory,
+    "data_dir": _directory,
+    "log_format": _choice("auto", "json", "console"),
+    "log_level": _choice("debug", "info", "warning", "error"),
+    "sms_idle_timeout_s": _positive_int,
+}
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from the environment, collecting every problem before failing."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    problems: list[str] = []
+    for var, attr in ENV_VARS.items():
+        raw = environ.get(var)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[attr] = PARSERS[attr](raw)
+        except ValueError as exc:
+            problems.append(f"{var}={raw!r}: {exc}")
+    if problems:
+        raise SettingsError(problems)
+    if "public_url" not in values:
+        host = values.get("host", Settings.host)
+        values["public_url"] = f"http://{host}:{values.get('port', Settings.port)}"
+    return Settings(**values)
