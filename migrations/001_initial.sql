@@ -38,8 +38,10 @@ CREATE INDEX contacts_started ON contacts (started_at);
 CREATE INDEX contacts_customer ON contacts (customer_id, started_at);
 
 -- Append-only: every step of every contact. Reports are computed from this table.
+-- seq orders events that share a timestamp (the steps of one turn) in the order emitted.
 CREATE TABLE contact_events (
     id           uuid PRIMARY KEY,
+    seq          bigserial NOT NULL,
     occurred_at  timestamptz NOT NULL,
     kind         text NOT NULL,
     contact_id   uuid,

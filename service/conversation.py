@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable
 
 import structlog
@@ -51,11 +51,14 @@ class Turn:
     summary_changed: bool = False
 
     def record(self, kind: str, *, reason: str | None = None, **data: Any) -> None:
-        c = self.conversation
-        self.events.append(Event(
-            kind=kind, contact_id=c.get("contact_id"), customer_id=c.get("customer_id"),
-            channel=self.inbound.channel, contact_type=c.get("contact_type"),
-            route_path=c.get("route_path"), reason=reason, data=data, occurred_at=self.now))
+        self.add(Event(kind=kind, contact_id=self.conversation.get("contact_id"),
+                       customer_id=self.conversation.get("customer_id"),
+                       channel=self.inbound.channel,
+                       contact_type=self.conversation.get("contact_type"),
+                       route_path=self.conversation.get("route_path"), reason=reason, data=data))
+
+    def add(self, event: Event) -> None:
+        self.events.append(replace(event, occurred_at=self.now))
 
     def say(self, sender: str, text: str) -> None:
         transcript = self.conversation["transcript"]
@@ -98,7 +101,8 @@ class Conversations:
         now = time.time()
         keyword = " ".join(inbound.text.upper().split())
         if inbound.channel == "sms" and (keyword in STOP_WORDS | START_WORDS or opted_out):
-            return await self._opt_in_out(inbound, keyword, conversation, opted_out, now)
+            return await self._opt_in_out(inbound, keyword, conversation, customer, opted_out,
+                                          now)
         new_customer = customer is None
         if new_customer:
             customer = await self._resolve_customer(inbound)
@@ -106,10 +110,8 @@ class Conversations:
         turn = Turn(inbound, self._rules(), now, conversation or {}, customer)
         if new_customer:
             kind, value = identity_of(inbound)
-            turn.events.append(Event("customer_created", None, customer["customer_id"],
-                                     inbound.channel, data={"identity_kind": kind,
-                                                            "identity_value": value},
-                                     occurred_at=now))
+            turn.add(Event("customer_created", None, customer["customer_id"], inbound.channel,
+                           data={"identity_kind": kind, "identity_value": value}))
         await self._open_contact(turn)
         turn.say("customer", inbound.text)
         turn.record("received", text=inbound.text, **_provider_ids(inbound))
@@ -265,7 +267,7 @@ class Conversations:
         return Reply(messages=(text,), contact_id=turn.conversation["contact_id"])
 
     async def _opt_in_out(self, inbound: Inbound, keyword: str, conversation: dict | None,
-                          opted_out: bool, now: float) -> Reply:
+                          customer: dict | None, opted_out: bool, now: float) -> Reply:
         if keyword in STOP_WORDS:
             opt_out, kind, reply = True, "opted_out", Reply(state="closed")
         elif keyword in START_WORDS:
@@ -274,7 +276,8 @@ class Conversations:
         else:  # opted out and not asking back in: record, never answer
             opt_out, kind, reply = None, "received_after_opt_out", Reply(state="closed")
         conv = conversation or {"status": "closed", "last_at": now}
-        events = [Event(kind, conv.get("contact_id"), conv.get("customer_id"), inbound.channel,
+        customer_id = conv.get("customer_id") or (customer or {}).get("customer_id")
+        events = [Event(kind, conv.get("contact_id"), customer_id, inbound.channel,
                         data={"address": inbound.address, **_provider_ids(inbound)},
                         occurred_at=now)]
         if opt_out and conversation and conversation["status"] != "queued":

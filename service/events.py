@@ -158,8 +158,8 @@ class EventWriter:
             return
         async with self._pool.acquire(timeout=5) as conn, conn.transaction():
             await conn.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS incoming_events "
-                "(LIKE contact_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+                "CREATE TEMP TABLE IF NOT EXISTS incoming_events (LIKE contact_events "
+                "INCLUDING DEFAULTS, batch_order bigserial) ON COMMIT DELETE ROWS")
             await conn.copy_records_to_table("incoming_events", records=records, columns=COLUMNS)
             await conn.execute(PROJECT_SQL)
 
@@ -185,7 +185,11 @@ class EventWriter:
 # transaction. Every statement is idempotent, so a replayed segment changes nothing twice.
 PROJECT_SQL = """
 DELETE FROM incoming_events i USING contact_events e WHERE e.id = i.id;
-INSERT INTO contact_events SELECT * FROM incoming_events;
+INSERT INTO contact_events (id, occurred_at, kind, contact_id, customer_id, channel,
+                            contact_type, route_path, reason, data)
+SELECT id, occurred_at, kind, contact_id, customer_id, channel, contact_type, route_path,
+       reason, data
+FROM incoming_events ORDER BY batch_order;
 
 INSERT INTO customers (id, created_at)
 SELECT DISTINCT ON (customer_id) customer_id, occurred_at FROM incoming_events
@@ -204,21 +208,21 @@ WHERE kind = 'contact_started' ON CONFLICT DO NOTHING;
 
 UPDATE contacts c SET contact_type = e.contact_type, confidence = (e.data->>'confidence')::real
 FROM (SELECT DISTINCT ON (contact_id) * FROM incoming_events WHERE kind = 'classified'
-      ORDER BY contact_id, occurred_at DESC) e
+      ORDER BY contact_id, occurred_at DESC, batch_order DESC) e
 WHERE c.id = e.contact_id;
 
 UPDATE contacts c SET route_path = e.route_path, queue = e.data->>'queue'
 FROM (SELECT DISTINCT ON (contact_id) * FROM incoming_events WHERE kind = 'routed'
-      ORDER BY contact_id, occurred_at DESC) e
+      ORDER BY contact_id, occurred_at DESC, batch_order DESC) e
 WHERE c.id = e.contact_id;
 
 UPDATE contacts c SET escalation_reason = e.reason, queue = e.data->>'queue'
 FROM (SELECT DISTINCT ON (contact_id) * FROM incoming_events WHERE kind = 'escalated'
-      ORDER BY contact_id, occurred_at DESC) e
+      ORDER BY contact_id, occurred_at DESC, batch_order DESC) e
 WHERE c.id = e.contact_id;
 
 UPDATE contacts c SET ended_at = e.occurred_at, outcome = e.data->>'outcome'
 FROM (SELECT DISTINCT ON (contact_id) * FROM incoming_events WHERE kind = 'ended'
-      ORDER BY contact_id, occurred_at DESC) e
+      ORDER BY contact_id, occurred_at DESC, batch_order DESC) e
 WHERE c.id = e.contact_id;
 """

@@ -31,8 +31,20 @@ def load_rules(directory: Path, *, with_classifier: bool = True) -> Rules:
     display = str(directory).rstrip("/")
     catalog = load_catalog(directory, display)
     tree = load_routing_tree(directory, display, catalog)
-    classifier = train(catalog.training) if with_classifier else None
-    return Rules(directory, _digest(directory, catalog), catalog, tree, classifier)
+    digest = _digest(directory, catalog)
+    classifier = _trained(digest, catalog) if with_classifier else None
+    return Rules(directory, digest, catalog, tree, classifier)
+
+
+_trained_by_digest: dict[str, Classifier] = {}
+
+
+def _trained(digest: str, catalog: Catalog) -> Classifier:
+    """Training takes seconds; reloading unchanged rules (or a second app) reuses the model."""
+    if digest not in _trained_by_digest:
+        _trained_by_digest.clear()
+        _trained_by_digest[digest] = train(catalog.training)
+    return _trained_by_digest[digest]
 
 
 def _digest(directory: Path, catalog: Catalog) -> str:

@@ -1,0 +1,101 @@
+"""Real servers for the whole test session: PostgreSQL and a Redis-compatible server.
+
+DATABASE_URL / REDIS_URL point the tests at servers you run; unset, the embedded servers
+start once per session. Each session gets its own database, dropped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import redis.asyncio as redis
+from aiohttp.test_utils import TestClient, TestServer
+
+from service.app import create_app
+from service.embedded import servers
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES_DIR = ROOT / "routing_rules"
+PUBLIC_URL = "https://switchboard.example.test"
+AUTH_TOKEN = "test-auth-token"
+
+
+@pytest.fixture(scope="session")
+def server_urls(tmp_path_factory) -> Iterator[tuple[str, str]]:
+    data_dir = tmp_path_factory.mktemp("servers")
+    with servers(os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL"), data_dir) as urls:
+        yield urls.database_url, urls.redis_url
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+async def database_url(server_urls) -> AsyncIterator[str]:
+    admin_url, _ = server_urls
+    name = f"switchboard_test_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(admin_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    yield _with_database(admin_url, name)
+    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(server_urls) -> str:
+    return server_urls[1]
+
+
+@pytest.fixture
+async def redis_client(redis_url) -> AsyncIterator[redis.Redis]:
+    client = redis.from_url(redis_url)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def settings(database_url, redis_url, tmp_path) -> Settings:
+    return Settings(public_url=PUBLIC_URL, database_url=database_url, redis_url=redis_url,
+                    twilio_auth_token=AUTH_TOKEN, rules_dir=RULES_DIR, data_dir=tmp_path / "data",
+                    log_format="console")
+
+
+@pytest.fixture
+async def db(database_url) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
+
+
+async def _clean_tables(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        if await conn.fetchval("SELECT to_regclass('contact_events') IS NOT NULL"):
+            await conn.execute("TRUNCATE contact_events, contacts, customer_identities, "
+                               "customers, rule_versions")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def client(settings, redis_client) -> AsyncIterator[TestClient]:
+    """The whole service, on real servers, with empty state."""
+    await _clean_tables(settings.database_url)
+    app = create_app(settings)
+    async with TestClient(TestServer(app)) as test_client:
+        yield test_client
+
+
+def with_settings(settings: Settings, **changes) -> Settings:
+    return replace(settings, **changes)

@@ -1,0 +1,255 @@
+"""SMS end to end through the public webhook, against the real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from service.appkeys import EVENTS
+from service.customers import upsert_customer
+from service.queues import Queues
+from tests.twilio_driver import messages, post_signed, sign, sms_params, text
+
+CUSTOMER = "+15555550123"
+
+
+async def events_of(client, db, customer_phone: str = CUSTOMER) -> list[dict]:
+    assert await client.app[EVENTS].flush()
+    rows = await db.fetch(
+        """SELECT e.kind, e.reason, e.contact_type, e.route_path, e.contact_id, e.data
+           FROM contact_events e JOIN customer_identities i ON i.customer_id = e.customer_id
+           WHERE i.value = $1 ORDER BY e.occurred_at, e.seq""", customer_phone)
+    return [dict(r, data=json.loads(r["data"])) for r in rows]
+
+
+def kinds(events: list[dict]) -> list[str]:
+    return [e["kind"] for e in events]
+
+
+async def conversation(redis_client, phone: str = CUSTOMER) -> dict | None:
+    raw = await redis_client.get(f"sb:{{phone:{phone}}}:conv:sms:+15005550006")
+    return json.loads(raw) if raw else None
+
+
+async def test_self_service_answer_accepted_resolves_the_contact(client, db, redis_client):
+    first = await text(client, CUSTOMER, "I need to track my order")
+    assert first[0].startswith("Every order is listed under Orders")
+    assert first[1] == "Did that help? Reply YES or NO."
+    state = await conversation(redis_client)
+    assert state["status"] == "confirming" and state["contact_type"] == "track_order"
+
+    assert await text(client, CUSTOMER, "yes") == [
+        "Great, glad that helped! Text us any time if you need anything else."]
+    assert await conversation(redis_client) is None  # closed: the next text is a new contact
+
+    events = await events_of(client, db)
+    assert kinds(events) == ["customer_created", "contact_started", "received", "classified",
+                             "routed", "self_service_started", "received",
+                             "self_service_resolved", "ended"]
+    routed = events[4]
+    assert routed["route_path"] == "root > orders" and routed["contact_type"] == "track_order"
+    assert events[-1]["data"]["outcome"] == "self_service_resolved"
+    contact = await db.fetchrow("SELECT * FROM contacts")
+    assert (contact["outcome"], contact["contact_type"], contact["escalation_reason"]) == \
+        ("self_service_resolved", "track_order", None)
+    summaries = await redis_client.hgetall(f"sb:{{cust:{contact['customer_id']}}}:contacts")
+    assert json.loads(summaries[str(contact["id"]).encode()])["outcome"] == "self_service_resolved"
+    assert await Queues(redis_client).waiting("orders") == []
+
+
+async def test_self_service_answer_rejected_escalates_with_context(client, db, redis_client):
+    await text(client, CUSTOMER, "I forgot my password and can't log in")
+    reply = await text(client, CUSTOMER, "NO")
+    assert reply == ["I'm passing you to our Accounts team. You're number 1 in line (about 5 "
+                     "min). They'll see everything you've told me, so you won't need to repeat "
+                     "yourself."]
+    [entry] = await Queues(redis_client).waiting("accounts")
+    assert entry["reason"] == "self_service_failed"
+    assert entry["skills"] == ["accounts"]
+    context = entry["context"]
+    assert context["contact_type"] == "recover_password"
+    assert [m["from"] for m in context["transcript"]] == ["customer", "bot", "bot", "customer"]
+    assert context["self_service_steps"][0]["outcome"] == "failed"
+    assert (await conversation(redis_client))["status"] == "queued"
+
+    events = await events_of(client, db)
+    assert kinds(events)[-3:] == ["self_service_failed", "escalated", "queued"]
+    escalated = events[-2]
+    assert escalated["reason"] == "self_service_failed"
+    assert escalated["data"]["queue"] == "accounts"
+
+
+async def test_asking_for_a_person_escalates_at_once(client, db, redis_client):
+    reply = await text(client, CUSTOMER, "Can I talk to a real person please")
+    assert "Customer care team" in reply[0]
+    [entry] = await Queues(redis_client).waiting("general")
+    assert entry["reason"] == "requested_agent"
+    assert "self_service_started" not in kinds(await events_of(client, db))
+
+
+async def test_agent_request_in_the_middle_of_self_service(client, db, redis_client):
+    await text(client, CUSTOMER, "I want to change my delivery address")
+    await text(client, CUSTOMER, "agent")
+    [entry] = await Queues(redis_client).waiting("orders")
+    assert entry["reason"] == "requested_agent"
+    assert entry["context"]["contact_type"] == "change_shipping_address"
+
+
+async def test_two_misses_escalate_with_low_confidence(client, db, redis_client):
+    first = await text(client, CUSTOMER, "blorp")
+    assert first[0].startswith("Sorry, I'm not sure I understood. Is it about: 1) ")
+    assert (await conversation(redis_client))["status"] == "clarifying"
+    second = await text(client, CUSTOMER, "zzz qqq")
+    assert "Customer care team" in second[0]
+    [entry] = await Queues(redis_client).waiting("general")
+    assert entry["reason"] == "low_confidence"
+    events = await events_of(client, db)
+    assert kinds(events).count("classification_missed") == 2
+    assert events[-2]["reason"] == "low_confidence"
+
+
+async def test_choosing_from_the_clarifying_menu(client, db, redis_client):
+    await text(client, CUSTOMER, "blorp")
+    menu = (await conversation(redis_client))["menu"]
+    reply = await text(client, CUSTOMER, "2")
+    chosen = [e for e in await events_of(client, db) if e["kind"] == "classified"]
+    assert chosen[0]["contact_type"] == menu[1]
+    assert chosen[0]["data"] == {"confidence": 1.0, "via": "menu"}
+    assert reply[-1] in ("Did that help? Reply YES or NO.",) or "team" in reply[-1]
+
+
+async def test_vip_skips_self_service(client, db, redis_client):
+    await upsert_customer(db, redis_client, identities=[("phone", CUSTOMER)],
+                          display_name="Ana Silva", attributes={"tier": "vip"})
+    reply = await text(client, CUSTOMER, "I need to track my order")
+    assert "VIP desk team" in reply[0] and len(reply) == 1
+    [entry] = await Queues(redis_client).waiting("vip")
+    assert (entry["reason"], entry["priority"]) == ("vip_customer", 1)
+    assert entry["context"]["customer"]["attributes"] == {"tier": "vip"}
+    events = await events_of(client, db)
+    assert "customer_created" not in kinds(events)  # known to ops already
+    assert [e["route_path"] for e in events if e["kind"] == "routed"] == ["root > vip"]
+
+
+async def test_repeat_contact_within_the_window_goes_to_an_agent(client, db, redis_client):
+    await text(client, CUSTOMER, "I need to track my order")
+    await text(client, CUSTOMER, "yes")
+    reply = await text(client, CUSTOMER, "I need to track my order")
+    assert "Orders and delivery team" in reply[0]
+    [entry] = await Queues(redis_client).waiting("orders")
+    assert entry["reason"] == "repeat_contact"
+    assert entry["context"]["earlier_contacts"][0]["outcome"] == "self_service_resolved"
+
+
+async def test_retried_webhook_is_answered_the_same_and_processed_once(client, db, redis_client):
+    params = sms_params("I need to track my order", CUSTOMER, sid="SM" + "7" * 32)
+    first = await post_signed(client, "/twilio/sms", params)
+    again = await post_signed(client, "/twilio/sms", params)
+    assert first.status == again.status == 200
+    assert await first.text() == await again.text()
+    assert kinds(await events_of(client, db)).count("received") == 1
+
+
+@pytest.mark.parametrize("signature", ["", "bm90IHRoZSByaWdodCBvbmU=", "wrong"])
+async def test_bad_signature_is_refused_and_nothing_is_stored(client, db, redis_client,
+                                                              signature):
+    response = await post_signed(client, "/twilio/sms", sms_params("hello", CUSTOMER),
+                                 signature=signature)
+    assert response.status == 403
+    assert await redis_client.dbsize() == 0
+    await client.app[EVENTS].flush()
+    assert await db.fetchval("SELECT count(*) FROM contact_events") == 0
+
+
+async def test_signature_over_another_url_is_refused(client, redis_client):
+    params = sms_params("hello", CUSTOMER)
+    response = await post_signed(client, "/twilio/sms", params,
+                                 signature=sign("/twilio/sms?x=1", params))
+    assert response.status == 403
+
+
+async def test_missing_fields_are_a_400_and_nothing_is_stored(client, db, redis_client):
+    params = sms_params("hello", CUSTOMER)
+    del params["From"]
+    response = await post_signed(client, "/twilio/sms", params)
+    assert response.status == 400
+    assert "From" in await response.text()
+    assert await redis_client.dbsize() == 0
+
+
+async def test_oversized_bodies_are_refused(client, db, redis_client):
+    too_long = await post_signed(client, "/twilio/sms", sms_params("x" * 1601, CUSTOMER))
+    assert too_long.status == 413
+    huge = await post_signed(client, "/twilio/sms", sms_params("x" * 70_000, CUSTOMER))
+    assert huge.status == 413
+    assert await redis_client.dbsize() == 0
+    await client.app[EVENTS].flush()
+    assert await db.fetchval("SELECT count(*) FROM contact_events") == 0
+
+
+async def test_not_a_form_is_refused(client, redis_client):
+    response = await client.post("/twilio/sms", data=b"{}",
+                                 headers={"Content-Type": "application/json",
+                                          "X-Twilio-Signature": "x"})
+    assert response.status == 415
+
+
+async def test_stop_silences_the_bot_until_start(client, db, redis_client):
+    await text(client, CUSTOMER, "I need to track my order")
+    assert await text(client, CUSTOMER, "STOP") == []
+    assert await text(client, CUSTOMER, "I need to track my order") == []
+    assert await text(client, CUSTOMER, "start") == ["You're subscribed again. Text us any time."]
+    assert (await text(client, CUSTOMER, "I forgot my password and can't log in"))[1] == \
+        "Did that help? Reply YES or NO."
+    events = await events_of(client, db)
+    assert {"opted_out", "received_after_opt_out", "opted_in"} <= set(kinds(events))
+    ended = [e for e in events if e["kind"] == "ended"]
+    assert ended[0]["data"]["outcome"] == "opted_out"
+
+
+async def test_help_keyword(client):
+    reply = await text(client, CUSTOMER, "HELP")
+    assert "Reply STOP to opt out" in reply[0]
+
+
+async def test_idle_conversation_ends_and_the_next_text_is_a_new_contact(
+        settings, redis_client, db):
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from service.app import create_app
+    from tests.conftest import _clean_tables, with_settings
+
+    await _clean_tables(settings.database_url)
+    app = create_app(with_settings(settings, sms_idle_timeout_s=1))
+    async with TestClient(TestServer(app)) as quick:
+        await text(quick, CUSTOMER, "I need to track my order")
+        first = (await conversation(redis_client))["contact_id"]
+        await redis_client.zadd("sb:sms:idle", {"unused": 0})  # sweeper tolerates strays
+        import asyncio
+        await asyncio.sleep(1.2)
+        await text(quick, CUSTOMER, "I want to change my delivery address")
+        second = (await conversation(redis_client))["contact_id"]
+        assert first != second
+        events = await events_of(quick, db)
+    ended = [e for e in events if e["kind"] == "ended"]
+    assert [(str(e["contact_id"]), e["data"]["outcome"]) for e in ended] == \
+        [(first, "idle_timeout")]
+
+
+async def test_redis_outage_still_answers_twilio_and_keeps_the_message(settings, db):
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from service.app import create_app
+    from tests.conftest import _clean_tables, with_settings
+
+    await _clean_tables(settings.database_url)
+    app = create_app(with_settings(settings, redis_url="redis://127.0.0.1:1/0"))
+    async with TestClient(TestServer(app)) as broken:
+        response = await post_signed(broken, "/twilio/sms", sms_params("where is it", CUSTOMER))
+        assert response.status == 200
+        assert messages(await response.text())[0].startswith("Sorry, something went wrong")
+        assert await broken.app[EVENTS].flush()
+    row = await db.fetchrow("SELECT kind, data FROM contact_events")
+    assert row["kind"] == "turn_failed"
+    assert json.loads(row["data"])["text"] == "where is it"
