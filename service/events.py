@@ -25,6 +25,9 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
+# Errors about the data itself: retrying cannot help. Connection trouble is retried.
+REJECTED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, ValueError, TypeError)
+
 COLUMNS = ("id", "occurred_at", "kind", "contact_id", "customer_id", "channel", "contact_type",
            "route_path", "reason", "data")
 
@@ -122,7 +125,10 @@ class EventWriter:
             try:
                 records = segment.records()
                 await self._write(records)
-            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+            except REJECTED as exc:
+                self._set_aside(segment, exc)
+                continue
+            except Exception as exc:  # any other failure: the segment stays on disk, retried
                 log.warning("events.flush_failed", error=str(exc), pending=len(self._backlog))
                 return False
             segment.remove()
@@ -163,6 +169,15 @@ class EventWriter:
             await conn.copy_records_to_table("incoming_events", records=records, columns=COLUMNS)
             await conn.execute(PROJECT_SQL)
 
+    def _set_aside(self, segment: _Segment, error: Exception) -> None:
+        """PostgreSQL refuses this data for good: keep it for ops, unblock what follows."""
+        rejected = self._spool / "rejected"
+        rejected.mkdir(exist_ok=True)
+        os.rename(segment.path, rejected / segment.path.name)
+        segment.close()
+        self._backlog.pop(0)
+        log.error("events.segment_rejected", segment=segment.path.name, error=str(error))
+
     def _new_segment(self) -> _Segment:
         name = f"{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
         segment = _Segment(self._spool / name, create=True)
@@ -193,18 +208,19 @@ FROM incoming_events ORDER BY batch_order;
 
 INSERT INTO customers (id, created_at)
 SELECT DISTINCT ON (customer_id) customer_id, occurred_at FROM incoming_events
-WHERE kind = 'customer_created' ORDER BY customer_id, occurred_at
+WHERE kind = 'customer_created' AND customer_id IS NOT NULL ORDER BY customer_id, occurred_at
 ON CONFLICT DO NOTHING;
 
 INSERT INTO customer_identities (kind, value, customer_id)
 SELECT DISTINCT ON (data->>'identity_kind', data->>'identity_value')
        data->>'identity_kind', data->>'identity_value', customer_id
-FROM incoming_events WHERE kind = 'customer_created'
+FROM incoming_events WHERE kind = 'customer_created' AND customer_id IS NOT NULL
 ON CONFLICT DO NOTHING;
 
 INSERT INTO contacts (id, customer_id, channel, address, started_at)
 SELECT contact_id, customer_id, channel, data->>'address', occurred_at FROM incoming_events
-WHERE kind = 'contact_started' ON CONFLICT DO NOTHING;
+WHERE kind = 'contact_started' AND contact_id IS NOT NULL AND customer_id IS NOT NULL
+ON CONFLICT DO NOTHING;
 
 UPDATE contacts c SET contact_type = e.contact_type, confidence = (e.data->>'confidence')::real
 FROM (SELECT DISTINCT ON (contact_id) * FROM incoming_events WHERE kind = 'classified'

@@ -86,7 +86,7 @@ def _construct(node: yaml.Node, name: str) -> Any:
                     [ConfigIssue(name, key_node.start_mark.line + 1, f"duplicate key '{key}'")]
                 )
             result[key] = _construct(value_node, name)
-            result.lines[key] = value_node.start_mark.line + 1
+            result.lines[key] = key_node.start_mark.line + 1
         return result
     if isinstance(node, yaml.SequenceNode):
         items = LocatedList(_construct(child, name) for child in node.value)

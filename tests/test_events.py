@@ -1,0 +1,138 @@
+"""The event log loses nothing: not in a PostgreSQL outage, not when the process crashes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+
+from service.events import Event, EventWriter
+from service.migrate import migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+async def pool(database_url):
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=2) as pool:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+            await conn.execute("TRUNCATE contact_events, contacts")
+        yield pool
+
+
+async def stored_kinds(pool) -> list[str]:
+    rows = await pool.fetch("SELECT kind FROM contact_events ORDER BY seq")
+    return [r["kind"] for r in rows]
+
+
+def event(kind: str, contact_id: str = "00000000-0000-0000-0000-000000000001") -> Event:
+    return Event(kind=kind, contact_id=contact_id,
+                 customer_id="00000000-0000-0000-0000-0000000000c1", channel="sms",
+                 data={"address": "+15550001111"})
+
+
+async def test_events_reach_postgres_in_order_and_contacts_are_projected(pool, tmp_path):
+    writer = EventWriter(pool, tmp_path / "spool", flush_interval_s=60)
+    await writer.start()
+    writer.emit(event("contact_started"), event("received"))
+    writer.emit(Event(kind="ended", contact_id="00000000-0000-0000-0000-000000000001",
+                      customer_id=None, channel="sms", data={"outcome": "self_service_resolved"}))
+    assert await writer.flush()
+    await writer.close()
+    assert await stored_kinds(pool) == ["contact_started", "received", "ended"]
+    contact = await pool.fetchrow("SELECT outcome, ended_at FROM contacts")
+    assert contact["outcome"] == "self_service_resolved" and contact["ended_at"] is not None
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
+async def test_postgres_outage_keeps_events_on_disk_until_it_returns(pool, tmp_path, server_urls,
+                                                                    database_url):
+    name = urlsplit(database_url).path.lstrip("/")
+    admin = await asyncpg.connect(server_urls[0])
+    writer = EventWriter(pool, tmp_path / "spool", flush_interval_s=60)
+    await writer.start()
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = $1 AND pid <> pg_backend_pid()", name)
+        writer.emit(event("contact_started"), event("received"))
+        assert not await writer.flush()
+        spooled = list((tmp_path / "spool").glob("*.jsonl"))
+        assert sum(len(p.read_bytes().splitlines()) for p in spooled) == 2
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+    writer.emit(event("classified"))
+    assert await writer.flush()
+    await writer.close()
+    assert await stored_kinds(pool) == ["contact_started", "received", "classified"]
+
+
+CRASHING_WRITER = textwrap.dedent("""
+    import asyncio, os, sys
+    import asyncpg
+    from service.events import Event, EventWriter
+
+    async def main():
+        pool = await asyncpg.create_pool(sys.argv[1], min_size=1, max_size=1)
+        writer = EventWriter(pool, __import__("pathlib").Path(sys.argv[2]), flush_interval_s=60)
+        await writer.start()
+        for kind in ("contact_started", "received", "escalated"):
+            writer.emit(Event(kind=kind, contact_id="00000000-0000-0000-0000-000000000002",
+                              customer_id="00000000-0000-0000-0000-0000000000c2", channel="sms"))
+        os._exit(9)  # die before any flush: no cleanup, no atexit
+
+    asyncio.run(main())
+""")
+
+
+async def test_events_of_a_crashed_process_are_replayed_once(pool, tmp_path, database_url):
+    spool = tmp_path / "spool"
+    crashed = subprocess.run([sys.executable, "-c", CRASHING_WRITER, database_url, str(spool)],
+                             cwd=ROOT, capture_output=True, timeout=60)
+    assert crashed.returncode == 9, crashed.stderr.decode()
+    assert await stored_kinds(pool) == []
+
+    survivor = EventWriter(pool, spool, flush_interval_s=60)
+    await survivor.start()
+    assert await survivor.flush()
+    await survivor.close()
+    assert await stored_kinds(pool) == ["contact_started", "received", "escalated"]
+
+    again = EventWriter(pool, spool, flush_interval_s=60)  # nothing left to replay
+    await again.start()
+    assert await again.flush()
+    await again.close()
+    assert len(await stored_kinds(pool)) == 3
+
+
+async def test_a_replayed_segment_is_written_once(pool, tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    line = event("received").to_line()
+    (spool / "1-1-a.jsonl").write_bytes(line)
+    (spool / "2-1-b.jsonl").write_bytes(line)  # the same event twice, as after a lost ack
+    writer = EventWriter(pool, spool, flush_interval_s=60)
+    await writer.start()
+    assert await writer.flush()
+    await writer.close()
+    assert await stored_kinds(pool) == ["received"]
+
+
+async def test_an_event_postgres_rejects_does_not_block_the_others(pool, tmp_path):
+    writer = EventWriter(pool, tmp_path / "spool", flush_interval_s=60)
+    await writer.start()
+    writer.emit(Event(kind="received", contact_id="not-a-uuid", customer_id=None, channel="sms"))
+    assert await writer.flush()
+    writer.emit(event("received"))
+    assert await writer.flush()
+    await writer.close()
+    assert await stored_kinds(pool) == ["received"]
+    [dead] = list((tmp_path / "spool" / "rejected").iterdir())
+    assert b"not-a-uuid" in dead.read_bytes()
