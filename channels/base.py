@@ -20,6 +20,7 @@ HandleInbound = Callable[[Inbound], Awaitable[Reply]]
 class ChannelConfig:
     public_url: str
     twilio_auth_token: str
+    fallback_queue: Callable[[], str] = lambda: "general"  # where callers go when a turn fails
 
 
 class Channel(Protocol):

@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 
 from channels.base import REGISTRY, ChannelConfig
-from channels import twilio_sms  # noqa: F401  (registers the channel)
+from channels import twilio_sms, twilio_voice  # noqa: F401  (registers the channels)
 from service import api, metrics
 from service.appkeys import CONVERSATIONS, EVENTS, PG, QUEUES, REDIS, RULES, SETTINGS
 from service.context import ContextStore
@@ -42,7 +42,8 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app.cleanup_ctx.extend([postgres, redis_client, rules, event_writer, conversations,
                             idle_sweeper])
-    config = ChannelConfig(settings.public_url, settings.twilio_auth_token)
+    config = ChannelConfig(settings.public_url, settings.twilio_auth_token,
+                           fallback_queue=lambda: default_queue(app))
     for channel_cls in REGISTRY.values():
         channel = channel_cls(config, lambda inbound: handle_turn(app, inbound))
         app.router.add_routes(channel.routes())
@@ -64,6 +65,14 @@ async def handle_turn(app: web.Application, inbound: Inbound) -> Reply:
     metrics.TURNS.labels(inbound.channel, reply.state).inc()
     metrics.TURN_SECONDS.labels(inbound.channel).observe(time.perf_counter() - started)
     return reply
+
+
+def default_queue(app: web.Application) -> str:
+    """The root route's queue: where a contact goes when nothing else can be decided."""
+    try:
+        return app[RULES].current.tree.root.settings.queue
+    except KeyError:  # rules not loaded yet
+        return "general"
 
 
 @web.middleware

@@ -6,6 +6,7 @@ everything about one customer shares `{cust:<id>}`, so each pipeline below touch
 
     sb:{phone:+15551234567}:ident            JSON customer link (id, attributes)  30 days
     sb:{phone:+15551234567}:conv:sms:<to>    JSON open conversation state         idle timeout + 1 day
+    sb:{phone:+15551234567}:conv:voice:<CallSid>   the same for a call
     sb:{phone:+15551234567}:seen:<sid>       reply already given for a delivery   1 day
     sb:{phone:+15551234567}:optout:sms       present after STOP
     sb:{cust:<id>}:contacts                  HASH contact id -> summary          30 days
@@ -43,7 +44,8 @@ def _tag(inbound: Inbound) -> str:
 
 
 def conversation_key(inbound: Inbound) -> str:
-    return f"{_tag(inbound)}:conv:{inbound.channel}:{inbound.service_address}"
+    thread = inbound.thread or inbound.service_address
+    return f"{_tag(inbound)}:conv:{inbound.channel}:{thread}"
 
 
 def contacts_key(customer_id: str) -> str:
@@ -88,6 +90,9 @@ class ContextStore:
                                  not done, None, None, False)
         conversation, customer, opted_out = results
         return TurnStart(None, False, _json(conversation), _json(customer), bool(opted_out))
+
+    async def conversation(self, inbound: Inbound) -> dict[str, Any] | None:
+        return _json(await self.redis.get(conversation_key(inbound)))
 
     async def recent_contacts(self, customer_id: str) -> list[dict[str, Any]]:
         """Earlier contacts of this customer on every channel, newest first."""

@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable
 
 import structlog
 
-from service.catalog import ContactType
+from service import prompts
 from service.classifier import wants_agent
 from service.context import ContextStore, identity_of
 from service.events import Event, EventWriter
@@ -31,11 +31,9 @@ YES = {"yes", "y", "yeah", "yep", "yes it did", "it did", "thanks", "thank you",
 NO = {"no", "n", "nope", "not really", "no it didn't", "it didn't", "2"}
 MAX_TRANSCRIPT = 60
 MISSES_BEFORE_ESCALATION = 2
-
-HELP_TEXT = ("Support by text: tell us what you need in a few words, or reply AGENT to talk to "
-             "a person. Reply STOP to opt out. Msg&data rates may apply.")
-CONFIRM_TEXT = "Did that help? Reply YES or NO."
-RESOLVED_TEXT = "Great, glad that helped! Text us any time if you need anything else."
+OPEN_IN_IVR = ("new", "menu", "clarifying", "confirming", "confirming_repeat")
+AGENT_TOOK_IT = ("bridged", "redirected")  # Twilio QueueResult values
+YES_NO = (Choice("Yes", "yes", "1"), Choice("No", "no", "2"))
 
 FindCustomer = Callable[[str, str], Awaitable[dict[str, Any] | None]]
 
@@ -49,6 +47,10 @@ class Turn:
     customer: dict[str, Any]
     events: list[Event] = field(default_factory=list)
     summary_changed: bool = False
+
+    @property
+    def channel(self) -> str:
+        return self.inbound.channel
 
     def record(self, kind: str, *, reason: str | None = None, **data: Any) -> None:
         self.add(Event(kind=kind, contact_id=self.conversation.get("contact_id"),
@@ -65,6 +67,10 @@ class Turn:
         transcript.append({"from": sender, "text": text, "at": self.now})
         del transcript[:-MAX_TRANSCRIPT]
 
+    def reply(self, *messages: str, **fields: Any) -> Reply:
+        return Reply(messages=messages, contact_id=self.conversation.get("contact_id"),
+                     turn=self.conversation.get("turns", 0), **fields)
+
 
 class Conversations:
     def __init__(self, rules: Callable[[], Rules], context: ContextStore, queues: Queues,
@@ -76,6 +82,8 @@ class Conversations:
         self._find_customer = find_customer
 
     async def handle(self, inbound: Inbound) -> Reply:
+        if inbound.kind == "wait":
+            return await self._hold(inbound)
         start = await self._context.begin_turn(inbound)
         if start.duplicate_of is not None:
             log.info("turn.duplicate", dedupe_key=inbound.dedupe_key)
@@ -93,6 +101,7 @@ class Conversations:
         self._events.emit(Event(kind="turn_failed", contact_id=None, customer_id=None,
                                 channel=inbound.channel, reason=type(error).__name__,
                                 data={"address": inbound.address, "text": inbound.text,
+                                      "kind": inbound.kind, "thread": inbound.thread,
                                       "service_address": inbound.service_address,
                                       "dedupe_key": inbound.dedupe_key, "error": str(error)}))
 
@@ -103,6 +112,8 @@ class Conversations:
         if inbound.channel == "sms" and (keyword in STOP_WORDS | START_WORDS or opted_out):
             return await self._opt_in_out(inbound, keyword, conversation, customer, opted_out,
                                           now)
+        if inbound.kind in ("end", "left_queue"):
+            return await self._ended_by_customer(inbound, conversation, now)
         new_customer = customer is None
         if new_customer:
             customer = await self._resolve_customer(inbound)
@@ -113,8 +124,8 @@ class Conversations:
             turn.add(Event("customer_created", None, customer["customer_id"], inbound.channel,
                            data={"identity_kind": kind, "identity_value": value}))
         await self._open_contact(turn)
-        turn.say("customer", inbound.text)
-        turn.record("received", text=inbound.text, **_provider_ids(inbound))
+        turn.conversation["turns"] += 1
+        self._hear(turn)
         reply = await self._respond(turn, keyword)
         for text in reply.messages:
             turn.say("bot", text)
@@ -125,6 +136,16 @@ class Conversations:
             summary=_summary(turn.conversation) if turn.summary_changed else None)
         self._events.emit(*turn.events)
         return reply
+
+    def _hear(self, turn: Turn) -> None:
+        inbound = turn.inbound
+        if inbound.kind == "message" or inbound.kind == "digits":
+            heard = inbound.text if inbound.kind == "message" else f"[pressed {inbound.text}]"
+            turn.say("customer", heard)
+            turn.record("received", text=inbound.text, input=inbound.kind,
+                        input_confidence=inbound.input_confidence, **_provider_ids(inbound))
+        elif inbound.kind == "no_input":
+            turn.record("no_input")
 
     async def _resolve_customer(self, inbound: Inbound) -> dict[str, Any]:
         kind, value = identity_of(inbound)
@@ -137,7 +158,7 @@ class Conversations:
 
     async def _open_contact(self, turn: Turn) -> None:
         conv = turn.conversation
-        if conv and turn.inbound.channel == "sms" and conv["status"] != "queued" and \
+        if conv and turn.channel == "sms" and conv["status"] != "queued" and \
                 turn.now - conv["last_at"] > self._context.idle_timeout_s:
             self._end(turn, "idle_timeout")
             await self._context.save_summary(conv["customer_id"], _summary(conv))
@@ -147,44 +168,76 @@ class Conversations:
         earlier = await self._context.recent_contacts(turn.customer["customer_id"])
         conv.update(
             contact_id=str(uuid.uuid4()), customer_id=turn.customer["customer_id"],
-            channel=turn.inbound.channel, address=turn.inbound.address,
-            service_address=turn.inbound.service_address, started_at=turn.now,
-            last_at=turn.now, status="new", contact_type=None, confidence=None, misses=0,
-            menu=[], route_path=None, queue=None, reason=None, outcome=None, transcript=[],
-            steps=[], attributes=turn.customer.get("attributes", {}), earlier=earlier[:10])
+            channel=turn.channel, address=turn.inbound.address,
+            service_address=turn.inbound.service_address, thread=turn.inbound.thread,
+            started_at=turn.now, last_at=turn.now, status="new", turns=0, contact_type=None,
+            confidence=None, misses=0, menu=[], route_path=None, queue=None, reason=None,
+            outcome=None, transcript=[], steps=[], attributes=turn.customer.get("attributes", {}),
+            earlier=earlier[:10])
         turn.summary_changed = True
         turn.record("contact_started", address=turn.inbound.address,
-                    service_address=turn.inbound.service_address)
+                    service_address=turn.inbound.service_address, thread=turn.inbound.thread)
 
     async def _respond(self, turn: Turn, keyword: str) -> Reply:
-        conv, text = turn.conversation, turn.inbound.text.strip()
-        if turn.inbound.channel == "sms" and keyword in HELP_WORDS:
-            return self._reply(turn, HELP_TEXT)
-        if conv["status"] == "queued":
+        conv, inbound = turn.conversation, turn.inbound
+        if inbound.kind == "start":
+            return self._greet(turn)
+        if turn.channel == "sms" and keyword in HELP_WORDS:
+            return turn.reply(prompts.SMS_HELP)
+        if conv["status"] in ("queued", "with_agent"):
             await self._queues.append_message(conv["queue"], conv["contact_id"],
                                               conv["transcript"][-1])
-            return Reply(state="queued", contact_id=conv["contact_id"])
-        if wants_agent(text):
+            return turn.reply(state=conv["status"])
+        if inbound.kind == "no_input":
+            return await self._missed(turn, (), "no_input")
+        text = inbound.text.strip()
+        if (inbound.kind == "digits" and text == "0") or wants_agent(text):
             return await self._escalate(turn, self._decide(turn), "requested_agent")
         answer = text.lower().strip(" .!")
-        if conv["status"] == "confirming" and (answer in YES or answer in NO):
-            if answer in YES:
-                return self._resolve(turn)
-            turn.record("self_service_failed", step="answer")
-            conv["steps"][-1]["outcome"] = "failed"
-            return await self._escalate(turn, self._decide(turn), "self_service_failed")
-        chosen = _menu_choice(conv, text)
+        if conv["status"] in ("confirming", "confirming_repeat") and answer in YES | NO:
+            return await self._confirmed(turn, answer in YES)
+        chosen = _menu_choice(turn, text)
         if chosen:
             return await self._classified(turn, chosen, 1.0, "menu")
+        if inbound.kind == "digits":
+            return await self._missed(turn, (), "invalid_input")
         prediction = turn.rules.classifier.predict(text)
-        if prediction.confidence >= turn.rules.catalog.threshold:
-            return await self._classified(turn, prediction.contact_type, prediction.confidence,
-                                          "classifier")
-        return await self._missed(turn, prediction.ranked)
+        confidence = prediction.confidence * (inbound.input_confidence or 1.0)
+        if confidence >= turn.rules.catalog.threshold:
+            return await self._classified(turn, prediction.contact_type, confidence,
+                                          "speech" if inbound.input_confidence else "classifier")
+        return await self._missed(turn, prediction.ranked, "low_confidence")
+
+    def _greet(self, turn: Turn) -> Reply:
+        conv, catalog = turn.conversation, turn.rules.catalog
+        earlier = _latest_in_window(turn.rules, conv)
+        if earlier:
+            conv.update(status="confirming_repeat", repeat_of=earlier)
+            return turn.reply(prompts.repeat_greeting(catalog.label(earlier["contact_type"]),
+                                                      turn.channel),
+                              choices=YES_NO, expects_input=True)
+        conv["status"] = "menu"
+        return turn.reply(prompts.greeting(catalog, turn.channel), choices=_digit_menu(turn),
+                          expects_input=True)
+
+    async def _confirmed(self, turn: Turn, yes: bool) -> Reply:
+        conv = turn.conversation
+        if conv["status"] == "confirming_repeat":
+            if yes:
+                return await self._classified(turn, conv["repeat_of"]["contact_type"], 1.0,
+                                              "repeat_prompt")
+            conv["status"] = "menu"
+            return turn.reply(prompts.greeting(turn.rules.catalog, turn.channel).removeprefix(
+                "Thanks for calling. "), choices=_digit_menu(turn), expects_input=True)
+        if yes:
+            return self._resolve(turn)
+        turn.record("self_service_failed", step="answer")
+        conv["steps"][-1]["outcome"] = "failed"
+        return await self._escalate(turn, self._decide(turn), "self_service_failed")
 
     async def _classified(self, turn: Turn, type_id: str, confidence: float, via: str) -> Reply:
         conv = turn.conversation
-        conv.update(contact_type=type_id, confidence=round(confidence, 4), menu=[])
+        conv.update(contact_type=type_id, confidence=round(confidence, 4), menu=[], misses=0)
         turn.summary_changed = True
         turn.record("classified", confidence=conv["confidence"], via=via)
         decision = self._decide(turn)
@@ -195,41 +248,35 @@ class Conversations:
             return await self._escalate(turn, decision, decision.reason)
         if contact_type.agent_only:
             return await self._escalate(turn, decision, "no_self_service")
-        return self._offer_answer(turn, contact_type)
-
-    def _offer_answer(self, turn: Turn, contact_type: ContactType) -> Reply:
-        conv = turn.conversation
         conv["status"] = "confirming"
-        conv["steps"].append({"type": "answer", "contact_type": contact_type.id,
-                              "at": turn.now, "outcome": None})
-        turn.summary_changed = True
+        conv["steps"].append({"type": "answer", "contact_type": type_id, "at": turn.now,
+                              "outcome": None})
         turn.record("self_service_started", step="answer")
-        return Reply(messages=(contact_type.answer, CONFIRM_TEXT),
-                     choices=(Choice("Yes", "yes"), Choice("No", "no")),
-                     contact_id=conv["contact_id"])
+        return turn.reply(contact_type.answer, prompts.CONFIRM[turn.channel], choices=YES_NO,
+                          expects_input=True)
 
-    async def _missed(self, turn: Turn, ranked: tuple[tuple[str, float], ...]) -> Reply:
+    async def _missed(self, turn: Turn, ranked: tuple[tuple[str, float], ...],
+                      reason: str) -> Reply:
         conv = turn.conversation
         conv["misses"] += 1
-        turn.record("classification_missed", misses=conv["misses"],
+        turn.record("classification_missed", reason=reason, misses=conv["misses"],
                     candidates=[{"contact_type": t, "confidence": round(p, 4)} for t, p in ranked])
         if conv["misses"] >= MISSES_BEFORE_ESCALATION:
-            return await self._escalate(turn, self._decide(turn), "low_confidence")
+            return await self._escalate(turn, self._decide(turn), reason)
         conv["status"], conv["menu"] = "clarifying", [t for t, _ in ranked]
         catalog = turn.rules.catalog
-        options = " ".join(f"{i}) {catalog.label(t)}" for i, t in enumerate(conv["menu"], 1))
-        text = (f"Sorry, I'm not sure I understood. Is it about: {options}? Reply with a number, "
-                "or tell me in other words. Reply AGENT to talk to a person.")
-        return Reply(messages=(text,), contact_id=conv["contact_id"],
-                     choices=tuple(Choice(catalog.label(t), str(i))
-                                   for i, t in enumerate(conv["menu"], 1)))
+        text = prompts.not_understood(catalog, conv["menu"], turn.channel)
+        if turn.channel == "voice":
+            return turn.reply(text, choices=_digit_menu(turn), expects_input=True)
+        return turn.reply(text, expects_input=True, choices=tuple(
+            Choice(catalog.label(t), str(i), str(i)) for i, t in enumerate(conv["menu"], 1)))
 
     def _resolve(self, turn: Turn) -> Reply:
         conv = turn.conversation
         conv["steps"][-1]["outcome"] = "resolved"
         turn.record("self_service_resolved", step="answer")
         self._end(turn, "self_service_resolved")
-        return Reply(messages=(RESOLVED_TEXT,), state="closed", contact_id=conv["contact_id"])
+        return turn.reply(prompts.RESOLVED[turn.channel], state="closed")
 
     def _end(self, turn: Turn, outcome: str) -> None:
         conv = turn.conversation
@@ -239,7 +286,7 @@ class Conversations:
 
     def _decide(self, turn: Turn) -> Decision:
         conv = turn.conversation
-        return turn.rules.tree.decide(routing_attributes(turn.rules, conv, turn.inbound.channel))
+        return turn.rules.tree.decide(routing_attributes(turn.rules, conv, turn.channel))
 
     async def _escalate(self, turn: Turn, decision: Decision, reason: str) -> Reply:
         conv, rules = turn.conversation, turn.rules
@@ -251,20 +298,52 @@ class Conversations:
         turn.record("escalated", reason=reason, queue=queue.name, priority=decision.priority)
         skills = sorted(set(queue.skills) | set(contact_type.skills if contact_type else ()))
         entry = {"contact_id": conv["contact_id"], "customer_id": conv["customer_id"],
-                 "channel": turn.inbound.channel, "queue": queue.name,
+                 "channel": turn.channel, "queue": queue.name, "thread": conv.get("thread"),
                  "priority": decision.priority, "skills": skills, "reason": reason,
                  "enqueued_at": turn.now, "context": agent_context(rules, conv, turn.now)}
         position = await self._queues.enqueue(queue.name, decision.priority, entry)
         wait_s = position.position * queue.avg_handle_s
         turn.record("queued", queue=queue.name, position=position.position, skills=skills)
-        text = (f"I'm passing you to our {queue.label} team. You're number {position.position} "
-                f"in line (about {max(1, round(wait_s / 60))} min). They'll see everything "
-                "you've told me, so you won't need to repeat yourself.")
-        return Reply(messages=(text,), state="queued", contact_id=conv["contact_id"],
-                     position=position.position, estimated_wait_s=wait_s)
+        return turn.reply(prompts.queued(queue.label, position.position, wait_s, turn.channel),
+                          state="queued", position=position.position, estimated_wait_s=wait_s,
+                          queue=queue.name)
 
-    def _reply(self, turn: Turn, text: str) -> Reply:
-        return Reply(messages=(text,), contact_id=turn.conversation["contact_id"])
+    async def _hold(self, inbound: Inbound) -> Reply:
+        """A caller on hold asks for news: their real position, and nothing is recorded."""
+        conv = await self._context.conversation(inbound)
+        if not conv or conv["status"] != "queued":
+            return Reply(state="queued", messages=("Thanks for holding.",))
+        position = await self._queues.position(conv["queue"], conv["contact_id"])
+        if position is None:
+            return Reply(state="queued", messages=("Thanks for holding.",))
+        wait_s = position.position * self._rules().tree.queues[conv["queue"]].avg_handle_s
+        return Reply(messages=(prompts.hold(position.position, wait_s),), state="queued",
+                     contact_id=conv["contact_id"], position=position.position,
+                     estimated_wait_s=wait_s, queue=conv["queue"])
+
+    async def _ended_by_customer(self, inbound: Inbound, conversation: dict | None,
+                                 now: float) -> Reply:
+        """The call ended or left the queue: record how, and take it out of the queue."""
+        if not conversation or conversation["status"] == "closed":
+            return Reply(state="closed")
+        turn = Turn(inbound, self._rules(), now, conversation, {})
+        status, queue = conversation["status"], conversation.get("queue")
+        if inbound.kind == "left_queue":
+            turn.record("left_queue", result=inbound.text)
+        if status == "queued" and inbound.kind == "left_queue" and inbound.text in AGENT_TOOK_IT:
+            conversation["status"] = "with_agent"
+        elif status == "queued":  # hung up or left while waiting
+            await self._queues.remove(queue, conversation["contact_id"])
+            self._end(turn, "abandoned_in_queue")
+        elif status == "with_agent" and inbound.kind == "end":
+            self._end(turn, "agent_answered")
+        elif status in OPEN_IN_IVR and inbound.kind == "end":
+            self._end(turn, "hung_up_in_ivr")
+        reply = Reply(state=conversation["status"], contact_id=conversation["contact_id"])
+        await self._context.commit_turn(inbound, conversation, reply,
+                                        summary=_summary(conversation))
+        self._events.emit(*turn.events)
+        return reply
 
     async def _opt_in_out(self, inbound: Inbound, keyword: str, conversation: dict | None,
                           customer: dict | None, opted_out: bool, now: float) -> Reply:
@@ -272,7 +351,7 @@ class Conversations:
             opt_out, kind, reply = True, "opted_out", Reply(state="closed")
         elif keyword in START_WORDS:
             opt_out, kind = False, "opted_in"
-            reply = Reply(messages=("You're subscribed again. Text us any time.",))
+            reply = Reply(messages=(prompts.SMS_RESUBSCRIBED,))
         else:  # opted out and not asking back in: record, never answer
             opt_out, kind, reply = None, "received_after_opt_out", Reply(state="closed")
         conv = conversation or {"status": "closed", "last_at": now}
@@ -310,19 +389,27 @@ def routing_attributes(rules: Rules, conv: dict[str, Any], channel: str) -> dict
     return attrs
 
 
+def _in_window(rules: Rules, conv: dict[str, Any], earlier: dict[str, Any]) -> bool:
+    contact_type = rules.catalog.types.get(earlier.get("contact_type"))
+    return (contact_type is not None and earlier["contact_id"] != conv["contact_id"]
+            and earlier["started_at"] >= conv["started_at"] - contact_type.repeat_window_h * 3600)
+
+
 def _is_repeat(rules: Rules, conv: dict[str, Any]) -> bool:
-    contact_type = rules.catalog.types.get(conv.get("contact_type"))
-    if contact_type is None:
-        return False
-    since = conv["started_at"] - contact_type.repeat_window_h * 3600
-    return any(e["contact_type"] == contact_type.id and e["started_at"] >= since
-               and e["contact_id"] != conv["contact_id"] for e in conv.get("earlier", ()))
+    return any(e["contact_type"] == conv.get("contact_type") and _in_window(rules, conv, e)
+               for e in conv.get("earlier", ()))
+
+
+def _latest_in_window(rules: Rules, conv: dict[str, Any]) -> dict[str, Any] | None:
+    """The customer's most recent contact (any channel) still inside its repeat window."""
+    return next((e for e in conv.get("earlier", ()) if _in_window(rules, conv, e)), None)
 
 
 def agent_context(rules: Rules, conv: dict[str, Any], now: float) -> dict[str, Any]:
     """Everything an agent needs so the customer never repeats themselves."""
     return {"customer": {"id": conv["customer_id"], "address": conv["address"],
                          "attributes": conv.get("attributes", {})},
+            "channel": conv["channel"],
             "contact_type": conv.get("contact_type"),
             "contact_type_label": rules.catalog.label(conv.get("contact_type")),
             "confidence": conv.get("confidence"), "reason": conv.get("reason"),
@@ -335,7 +422,18 @@ def _summary(conv: dict[str, Any]) -> dict[str, Any]:
                                      "ended_at", "status", "outcome", "queue", "reason")}
 
 
-def _menu_choice(conv: dict[str, Any], text: str) -> str | None:
+def _digit_menu(turn: Turn) -> tuple[Choice, ...]:
+    types = sorted((t for t in turn.rules.catalog.types.values() if t.ivr_digit),
+                   key=lambda t: t.ivr_digit)
+    return tuple(Choice(t.label, t.id, str(t.ivr_digit)) for t in types) + (
+        Choice("Talk to a person", "agent", "0"),)
+
+
+def _menu_choice(turn: Turn, text: str) -> str | None:
+    conv = turn.conversation
+    if turn.inbound.kind == "digits" and conv["status"] in ("menu", "clarifying"):
+        return next((t.id for t in turn.rules.catalog.types.values()
+                     if str(t.ivr_digit) == text), None)
     menu = conv.get("menu") or []
     if conv["status"] == "clarifying" and text.isdigit() and 1 <= int(text) <= len(menu):
         return menu[int(text) - 1]

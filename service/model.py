@@ -10,6 +10,10 @@ from typing import Any, Literal, Mapping
 
 ChannelName = Literal["sms", "voice", "chat"]
 ContactState = Literal["self_service", "queued", "with_agent", "closed"]
+# message: words typed or spoken; digits: keypad; start: a call or chat begins;
+# no_input: the customer said nothing; wait: a queued caller's hold loop asks for news;
+# left_queue: the caller left the queue (hung up, bridged); end: the call or chat ended.
+InboundKind = Literal["message", "digits", "start", "no_input", "wait", "left_queue", "end"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,13 +23,17 @@ class Inbound:
     service_address: str  # our side: the Twilio number texted or called, the chat widget
     text: str
     dedupe_key: str | None = None  # provider id of this delivery (MessageSid, CallSid + step)
+    kind: InboundKind = "message"
+    thread: str | None = None  # tells apart concurrent conversations of one address (CallSid)
+    input_confidence: float | None = None  # the speech recogniser's own confidence
     provider: Mapping[str, str] = field(default_factory=dict)  # raw fields kept for the record
 
 
 @dataclass(frozen=True, slots=True)
 class Choice:
     label: str
-    value: str
+    value: str  # what the customer types or says to choose it
+    digit: str | None = None  # the key to press on a phone
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,17 +44,14 @@ class Reply:
     contact_id: str | None = None
     position: int | None = None
     estimated_wait_s: int | None = None
+    queue: str | None = None  # set when the contact has just been queued
+    expects_input: bool = False  # the customer is asked something (voice gathers input)
+    turn: int = 0  # how many turns the contact has had; voice puts it in its action URLs
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "Reply":
-        return cls(
-            messages=tuple(data.get("messages", ())),
-            choices=tuple(Choice(**c) for c in data.get("choices", ())),
-            state=data.get("state", "self_service"),
-            contact_id=data.get("contact_id"),
-            position=data.get("position"),
-            estimated_wait_s=data.get("estimated_wait_s"),
-        )
+        return cls(**{**data, "messages": tuple(data.get("messages", ())),
+                      "choices": tuple(Choice(**c) for c in data.get("choices", ()))})

@@ -1,0 +1,172 @@
+"""Twilio Voice: call webhooks -> Inbound; Reply -> Say / Gather / Enqueue TwiML.
+
+Every URL the service puts into its TwiML lives under /twilio/voice/ and carries the turn
+number, so Twilio's retries of one step are recognised (CallSid + turn) and answered the same.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, ClassVar
+
+import structlog
+from aiohttp import web
+from twilio.twiml.voice_response import VoiceResponse
+
+from channels.base import ChannelConfig, HandleInbound, register
+from channels.twilio_auth import TwilioSignature
+from service.model import Inbound, Reply
+
+log = structlog.get_logger(__name__)
+
+TWIML = "text/xml"
+BASE = "/twilio/voice"
+GATHER_TIMEOUT_S = 6
+HOLD_PAUSE_S = 20
+ALWAYS_HINTS = ("agent", "representative", "yes", "no")
+FALLBACK = "Sorry, we're having technical trouble. Please hold for the next available agent."
+
+
+@register
+class TwilioVoice:
+    name: ClassVar[str] = "voice"
+
+    def __init__(self, config: ChannelConfig, handle: HandleInbound):
+        self._signature = TwilioSignature(config.twilio_auth_token, config.public_url)
+        self._handle = handle
+        self._fallback_queue: Callable[[], str] = config.fallback_queue
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post(BASE, self.incoming), web.post(f"{BASE}/gather", self.gathered),
+                web.post(f"{BASE}/no-input", self.no_input), web.post(f"{BASE}/wait", self.wait),
+                web.post(f"{BASE}/queue-result", self.left_queue),
+                web.post(f"{BASE}/status", self.status)]
+
+    async def incoming(self, request: web.Request) -> web.Response:
+        form = await self._form(request)
+        return await self._answer(_inbound(form, "start", "", f"{form['CallSid']}:start"))
+
+    async def gathered(self, request: web.Request) -> web.Response:
+        form = await self._form(request)
+        key = f"{form['CallSid']}:{_turn(request)}"
+        if form.get("Digits"):
+            return await self._answer(_inbound(form, "digits", form["Digits"], key))
+        if form.get("SpeechResult"):
+            return await self._answer(_inbound(form, "message", form["SpeechResult"], key,
+                                               confidence=_confidence(form)))
+        return await self._answer(_inbound(form, "no_input", "", key))
+
+    async def no_input(self, request: web.Request) -> web.Response:
+        form = await self._form(request)
+        return await self._answer(
+            _inbound(form, "no_input", "", f"{form['CallSid']}:{_turn(request)}"))
+
+    async def wait(self, request: web.Request) -> web.Response:
+        form = await self._form(request)
+        try:
+            reply = await self._handle(_inbound(form, "wait", "", None))
+        except Exception:
+            log.exception("voice.hold_failed", call_sid=form["CallSid"])
+            reply = Reply(messages=("Thanks for holding.",), state="queued")
+        return _twiml(render_hold(reply))
+
+    async def left_queue(self, request: web.Request) -> web.Response:
+        form = await self._form(request)
+        result = form.get("QueueResult", "")
+        await self._record(_inbound(form, "left_queue", result, f"{form['CallSid']}:left"))
+        response = VoiceResponse()
+        response.hangup()
+        return _twiml(response)
+
+    async def status(self, request: web.Request) -> web.Response:
+        form = await self._form(request)
+        if form.get("CallStatus") in ("completed", "busy", "failed", "no-answer", "canceled"):
+            await self._record(_inbound(form, "end", form["CallStatus"], f"{form['CallSid']}:end"))
+        return _twiml(VoiceResponse())
+
+    async def _form(self, request: web.Request):
+        form = await self._signature.verified_form(request)
+        missing = [k for k in ("CallSid", "From", "To") if not form.get(k)]
+        if missing:
+            raise web.HTTPBadRequest(text=f"missing Twilio fields: {', '.join(missing)}")
+        structlog.contextvars.bind_contextvars(call_sid=form["CallSid"])
+        return form
+
+    async def _answer(self, inbound: Inbound) -> web.Response:
+        try:
+            reply = await self._handle(inbound)
+        except Exception:
+            log.exception("voice.turn_failed")
+            return _twiml(render_fallback(self._fallback_queue()))
+        return _twiml(render(reply))
+
+    async def _record(self, inbound: Inbound) -> None:
+        try:
+            await self._handle(inbound)
+        except Exception:
+            log.exception("voice.callback_failed", kind=inbound.kind)
+
+
+def _inbound(form, kind: str, text: str, dedupe_key: str | None,
+             confidence: float | None = None) -> Inbound:
+    return Inbound(channel="voice", address=form["From"], service_address=form["To"], text=text,
+                   dedupe_key=dedupe_key, kind=kind, thread=form["CallSid"],
+                   input_confidence=confidence,
+                   provider={k: form[k] for k in ("CallSid", "AccountSid") if k in form})
+
+
+def _turn(request: web.Request) -> str:
+    turn = request.query.get("turn", "")
+    if not turn.isdigit():
+        raise web.HTTPBadRequest(text="the turn query parameter must be a number")
+    return turn
+
+
+def _confidence(form) -> float | None:
+    try:
+        value = float(form.get("Confidence", ""))
+    except ValueError:
+        return None
+    return min(max(value, 0.0), 1.0)
+
+
+def _twiml(response: VoiceResponse) -> web.Response:
+    return web.Response(text=str(response), content_type=TWIML)
+
+
+def render(reply: Reply) -> VoiceResponse:
+    response = VoiceResponse()
+    if reply.queue:  # just escalated: hold in Twilio's queue of the same name
+        for text in reply.messages:
+            response.say(text)
+        response.enqueue(reply.queue, action=f"{BASE}/queue-result", method="POST",
+                         wait_url=f"{BASE}/wait", wait_url_method="POST")
+    elif reply.expects_input:
+        hints = ", ".join([c.label.lower() for c in reply.choices] + list(ALWAYS_HINTS))
+        gather = response.gather(input="dtmf speech", action=f"{BASE}/gather?turn={reply.turn}",
+                                 method="POST", num_digits=1, timeout=GATHER_TIMEOUT_S,
+                                 speech_timeout="auto", hints=hints, language="en-US")
+        for text in reply.messages:
+            gather.say(text)
+        response.redirect(f"{BASE}/no-input?turn={reply.turn}", method="POST")
+    else:
+        for text in reply.messages:
+            response.say(text)
+        response.hangup()
+    return response
+
+
+def render_hold(reply: Reply) -> VoiceResponse:
+    """What a queued caller hears until an agent takes the call; Twilio loops it."""
+    response = VoiceResponse()
+    for text in reply.messages:
+        response.say(text)
+    response.pause(length=HOLD_PAUSE_S)
+    return response
+
+
+def render_fallback(queue: str) -> VoiceResponse:
+    response = VoiceResponse()
+    response.say(FALLBACK)
+    response.enqueue(queue, action=f"{BASE}/queue-result", method="POST",
+                     wait_url=f"{BASE}/wait", wait_url_method="POST")
+    return response
