@@ -7,13 +7,16 @@ injected callable to hand the contact on and never imports storage or the orches
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Awaitable, Callable, ClassVar, Protocol
+from typing import Any, AsyncContextManager, Awaitable, Callable, ClassVar, Protocol
+import asyncio
 
 from aiohttp import web
 
 from service.model import Inbound, Reply
 
 HandleInbound = Callable[[Inbound], Awaitable[Reply]]
+# Frames pushed to one conversation from anywhere (an agent's reply on another instance).
+Subscribe = Callable[[str], AsyncContextManager["asyncio.Queue[dict[str, Any]]"]]
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,8 @@ class ChannelConfig:
     public_url: str
     twilio_auth_token: str
     fallback_queue: Callable[[], str] = lambda: "general"  # where callers go when a turn fails
+    subscribe: Subscribe | None = None
+    chat_identity_secret: str = ""
 
 
 class Channel(Protocol):

@@ -47,6 +47,16 @@ def _parser() -> argparse.ArgumentParser:
     test.add_argument("args", nargs="+", metavar="[DIR] KEY=VALUE")
     test.set_defaults(func=cmd_rules_test)
 
+    agents = commands.add_parser("agents", help="manage agents").add_subparsers(
+        dest="agents_command", required=True)
+    agent_add = agents.add_parser("add", help="add an agent; prints their token (shown once)")
+    agent_add.add_argument("name")
+    agent_add.add_argument("--skills", required=True, help="comma-separated, e.g. care,orders")
+    agent_add.add_argument("--capacity", default="voice=1,chat=3,sms=3",
+                           help="contacts at once per channel (default voice=1,chat=3,sms=3)")
+    agent_add.add_argument("--phone", help="E.164 number accepted calls are bridged to")
+    agent_add.set_defaults(func=cmd_agents_add)
+
     customers = commands.add_parser("customers", help="manage known customers").add_subparsers(
         dest="customers_command", required=True)
     add = customers.add_parser("add", help="add or update a customer")
@@ -198,6 +208,42 @@ def cmd_customers_add(args: argparse.Namespace, settings: Settings) -> int:
 
     with _servers(settings) as ready:
         print(asyncio.run(run(ready)))
+    return 0
+
+
+def cmd_agents_add(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncpg
+
+    from service.agents import add_agent
+    from service.migrate import migrate
+
+    skills = [s.strip() for s in args.skills.split(",") if s.strip()]
+    try:
+        capacity = {k: int(v) for k, v in (_split(p) for p in args.capacity.split(","))}
+        unknown = set(capacity) - {"voice", "chat", "sms"}
+        if unknown or any(v < 0 for v in capacity.values()):
+            raise ValueError(f"capacity takes voice, chat and sms with whole numbers, got "
+                             f"{args.capacity!r}")
+    except ValueError as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 2
+    if not skills:
+        print("switchboard: give at least one skill", file=sys.stderr)
+        return 2
+
+    async def run(url: str) -> str:
+        conn = await asyncpg.connect(url)
+        try:
+            await migrate(conn)
+            return await add_agent(conn, args.name, skills, capacity, args.phone)
+        finally:
+            await conn.close()
+
+    with _servers(settings) as ready:
+        token = asyncio.run(run(ready.database_url))
+    print(f"agent {args.name} added with skills {','.join(sorted(set(skills)))}; their token "
+          "(shown once):")
+    print(token)
     return 0
 
 

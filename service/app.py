@@ -10,6 +10,7 @@ import asyncio
 import signal
 import time
 import uuid
+from pathlib import Path
 from typing import AsyncIterator
 
 import asyncpg
@@ -17,38 +18,64 @@ import redis.asyncio as redis
 import structlog
 from aiohttp import web
 
+from channels import twilio_sms, twilio_voice, webchat  # noqa: F401  (register the channels)
 from channels.base import REGISTRY, ChannelConfig
-from channels import twilio_sms, twilio_voice  # noqa: F401  (registers the channels)
 from service import api, metrics
-from service.appkeys import CONVERSATIONS, EVENTS, PG, QUEUES, REDIS, RULES, SETTINGS
+from service.agents import AgentDesk
+from service.appkeys import (AGENT_DESK, BUS, CHANNELS, CONVERSATIONS, EVENTS, HANDOFF, PG,
+                             REDIS, ROUTER, RULES, SETTINGS, TWILIO)
+from service.bus import Bus
 from service.context import ContextStore
 from service.conversation import Conversations
 from service.customers import find_customer
 from service.events import EventWriter
+from service.handoff import Handoff
 from service.migrate import migrate
 from service.model import Inbound, Reply
-from service.queues import Queues
+from service.queues import Router
 from service.rules_holder import RulesHolder
 from service.settings import Settings
+from service.twilio_rest import TwilioRest
 
 log = structlog.get_logger(__name__)
 
+WEB_DIR = Path(__file__).resolve().parent / "web"
 IDLE_SWEEP_INTERVAL_S = 30
+HANDOFF_SWEEP_INTERVAL_S = 1
 
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes,
                           middlewares=[request_context, never_5xx_to_twilio])
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([postgres, redis_client, rules, event_writer, conversations,
-                            idle_sweeper])
+    app.cleanup_ctx.extend([postgres, redis_client, rules, event_writer, messaging,
+                            conversations, background_sweeps])
     config = ChannelConfig(settings.public_url, settings.twilio_auth_token,
-                           fallback_queue=lambda: default_queue(app))
-    for channel_cls in REGISTRY.values():
-        channel = channel_cls(config, lambda inbound: handle_turn(app, inbound))
+                           fallback_queue=lambda: default_queue(app),
+                           subscribe=lambda topic: app[BUS].subscription(topic),
+                           chat_identity_secret=settings.chat_identity_secret)
+    app[CHANNELS] = [cls(config, lambda inbound: handle_turn(app, inbound))
+                     for cls in REGISTRY.values()]
+    for channel in app[CHANNELS]:
         app.router.add_routes(channel.routes())
     app.router.add_routes(api.routes())
+    app.router.add_routes(pages())
+    app.on_shutdown.append(close_websockets)
     return app
+
+
+def pages() -> list[web.RouteDef]:
+    def page(name: str):
+        async def serve(request: web.Request) -> web.FileResponse:
+            return web.FileResponse(WEB_DIR / name)
+        return serve
+
+    async def agent_ws(request: web.Request) -> web.WebSocketResponse:
+        return await request.app[AGENT_DESK].websocket(request)
+
+    return [web.get("/agent", page("agent.html")), web.get("/chat", page("chat.html")),
+            web.get("/chat/widget.js", page("widget.js")), web.get("/agent/ws", agent_ws),
+            web.static("/static", WEB_DIR)]
 
 
 async def handle_turn(app: web.Application, inbound: Inbound) -> Reply:
@@ -99,6 +126,14 @@ async def never_5xx_to_twilio(request: web.Request, handler) -> web.StreamRespon
                             content_type="text/xml")
 
 
+async def close_websockets(app: web.Application) -> None:
+    if AGENT_DESK in app:
+        await app[AGENT_DESK].close_all()
+    for channel in app[CHANNELS]:
+        if hasattr(channel, "shutdown"):
+            await channel.shutdown()
+
+
 # ---- resources ----------------------------------------------------------------------------
 
 async def postgres(app: web.Application) -> AsyncIterator[None]:
@@ -129,7 +164,7 @@ async def rules(app: web.Application) -> AsyncIterator[None]:
 
     try:
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
-    except (RuntimeError, ValueError):  # not the main thread (tests): reload via the API
+    except (RuntimeError, ValueError):  # not the main thread (tests)
         pass
     yield
     try:
@@ -154,34 +189,54 @@ async def event_writer(app: web.Application) -> AsyncIterator[None]:
     await writer.close()
 
 
+async def messaging(app: web.Application) -> AsyncIterator[None]:
+    """The pub/sub bus between instances and the Twilio REST client for outbound messages."""
+    settings = app[SETTINGS]
+    app[BUS] = Bus(app[REDIS])
+    app[TWILIO] = TwilioRest(settings.twilio_account_sid, settings.twilio_auth_token,
+                             settings.twilio_api_base_url)
+    yield
+    await app[BUS].close()
+    await app[TWILIO].close()
+
+
 async def conversations(app: web.Application) -> AsyncIterator[None]:
-    pool = app[PG]
-    app[QUEUES] = Queues(app[REDIS])
+    pool, settings = app[PG], app[SETTINGS]
+    current_rules = lambda: app[RULES].current  # noqa: E731
+    context = ContextStore(app[REDIS], settings.sms_idle_timeout_s)
+    app[ROUTER] = Router(app[REDIS], settings.offer_timeout_s)
+    app[HANDOFF] = Handoff(current_rules, context, app[ROUTER], app[BUS], app[EVENTS],
+                           app[TWILIO])
     app[CONVERSATIONS] = Conversations(
-        rules=lambda: app[RULES].current,
-        context=ContextStore(app[REDIS], app[SETTINGS].sms_idle_timeout_s),
-        queues=app[QUEUES],
-        events=app[EVENTS],
+        rules=current_rules, context=context, handoff=app[HANDOFF], events=app[EVENTS],
         find_customer=lambda kind, value: find_customer(pool, kind, value))
+    app[AGENT_DESK] = AgentDesk(pool, app[HANDOFF], app[BUS], lambda: [
+        {"id": t.id, "label": t.label} for t in current_rules().catalog.types.values()])
     yield
 
 
-async def idle_sweeper(app: web.Application) -> AsyncIterator[None]:
-    """Ends SMS conversations that went quiet, so they count as contacts that ended."""
-    conversations_ = app[CONVERSATIONS]
+async def background_sweeps(app: web.Application) -> AsyncIterator[None]:
+    """Housekeeping every instance runs; Redis decides which instance acts on what."""
     context = ContextStore(app[REDIS], app[SETTINGS].sms_idle_timeout_s)
 
-    async def sweep_forever() -> None:
-        while True:
-            await asyncio.sleep(IDLE_SWEEP_INTERVAL_S)
-            try:
-                now = time.time()
-                for key in await context.idle_conversations(now):
-                    await conversations_.end_idle(key, now)
-            except Exception:
-                log.exception("sms.idle_sweep_failed")
+    async def end_idle_sms() -> None:
+        now = time.time()
+        for key in await context.idle_conversations(now):
+            await app[CONVERSATIONS].end_idle(key, now)
 
-    task = asyncio.create_task(sweep_forever(), name="idle-sweeper")
+    tasks = [asyncio.create_task(_every(IDLE_SWEEP_INTERVAL_S, end_idle_sms, "sms.idle_sweep")),
+             asyncio.create_task(_every(HANDOFF_SWEEP_INTERVAL_S, app[HANDOFF].sweep,
+                                        "handoff.sweep"))]
     yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _every(interval_s: float, job, name: str) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await job()
+        except Exception:
+            log.exception(f"{name}_failed")

@@ -4,16 +4,25 @@ import asyncpg
 import redis.asyncio as redis
 from aiohttp import web
 
+from service.agents import AgentDesk
+from service.bus import Bus
 from service.conversation import Conversations
 from service.events import EventWriter
-from service.queues import Queues
+from service.handoff import Handoff
+from service.queues import Router
 from service.rules_holder import RulesHolder
 from service.settings import Settings
+from service.twilio_rest import TwilioRest
 
 SETTINGS = web.AppKey("settings", Settings)
 PG = web.AppKey("pg", asyncpg.Pool)
 REDIS = web.AppKey("redis", redis.Redis)
 RULES = web.AppKey("rules", RulesHolder)
 EVENTS = web.AppKey("events", EventWriter)
-QUEUES = web.AppKey("queues", Queues)
+BUS = web.AppKey("bus", Bus)
+TWILIO = web.AppKey("twilio", TwilioRest)
+ROUTER = web.AppKey("router", Router)
+HANDOFF = web.AppKey("handoff", Handoff)
 CONVERSATIONS = web.AppKey("conversations", Conversations)
+AGENT_DESK = web.AppKey("agent_desk", AgentDesk)
+CHANNELS = web.AppKey("channels", list)

@@ -48,6 +48,10 @@ def conversation_key(inbound: Inbound) -> str:
     return f"{_tag(inbound)}:conv:{inbound.channel}:{thread}"
 
 
+def contact_index_key(contact_id: str) -> str:
+    return f"sb:{{contact:{contact_id}}}:conv"
+
+
 def contacts_key(customer_id: str) -> str:
     return f"sb:{{cust:{customer_id}}}:contacts"
 
@@ -108,15 +112,7 @@ class ContextStore:
         tag = _tag(inbound)
         key = conversation_key(inbound)
         pipe = self.redis.pipeline(transaction=False)
-        if conversation["status"] == "closed":
-            pipe.delete(key)
-            pipe.zrem(IDLE_INDEX, key)
-        else:
-            pipe.set(key, json.dumps(conversation), ex=self.idle_timeout_s + 86400)
-            if inbound.channel == "sms" and conversation["status"] != "queued":
-                pipe.zadd(IDLE_INDEX, {key: conversation["last_at"]})
-            else:
-                pipe.zrem(IDLE_INDEX, key)
+        self._save(pipe, key, conversation)
         if inbound.dedupe_key:
             pipe.set(f"{tag}:seen:{inbound.dedupe_key}", json.dumps(reply.to_json()),
                      ex=SEEN_TTL_S)
@@ -126,15 +122,52 @@ class ContextStore:
             pipe.set(f"{tag}:optout:{inbound.channel}", 1)
         elif opt_out is False:
             pipe.delete(f"{tag}:optout:{inbound.channel}")
-        await pipe.execute()
         if summary is not None:
-            await self.save_summary(conversation["customer_id"], summary)
+            self._summary(pipe, conversation["customer_id"], summary)
+        await pipe.execute()
 
-    async def save_summary(self, customer_id: str, summary: dict[str, Any]) -> None:
-        key = contacts_key(customer_id)
+    def _save(self, pipe, key: str, conversation: dict[str, Any]) -> None:
+        index = contact_index_key(conversation["contact_id"]) if "contact_id" in conversation \
+            else None
+        if conversation["status"] == "closed":
+            pipe.delete(key)
+            pipe.zrem(IDLE_INDEX, key)
+            if index:
+                pipe.delete(index)
+            return
+        ttl = self.idle_timeout_s + 86400
+        pipe.set(key, json.dumps(conversation), ex=ttl)
+        pipe.set(index, key, ex=ttl)
+        if conversation["channel"] == "sms" and conversation["status"] not in ("queued",
+                                                                                "with_agent"):
+            pipe.zadd(IDLE_INDEX, {key: conversation["last_at"]})
+        else:
+            pipe.zrem(IDLE_INDEX, key)
+
+    async def by_contact(self, contact_id: str) -> tuple[str, dict[str, Any]] | None:
+        """The open conversation of a contact, found from its id (agents know only that)."""
+        key = await self.redis.get(contact_index_key(contact_id))
+        if key is None:
+            return None
+        conversation = _json(await self.redis.get(key))
+        return (key.decode(), conversation) if conversation else None
+
+    async def save(self, key: str, conversation: dict[str, Any],
+                   summary: bool = True) -> None:
         pipe = self.redis.pipeline(transaction=False)
+        self._save(pipe, key, conversation)
+        if summary:
+            self._summary(pipe, conversation["customer_id"], summarise(conversation))
+        await pipe.execute()
+
+    def _summary(self, pipe, customer_id: str, summary: dict[str, Any]) -> None:
+        key = contacts_key(customer_id)
         pipe.hset(key, summary["contact_id"], json.dumps(summary))
         pipe.expire(key, CONTACTS_TTL_S)
+
+    async def save_summary(self, customer_id: str, summary: dict[str, Any]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        self._summary(pipe, customer_id, summary)
         await pipe.execute()
 
     async def release(self, inbound: Inbound) -> None:
@@ -173,3 +206,9 @@ class ContextStore:
 
 def _json(raw: bytes | None) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
+
+
+def summarise(conv: dict[str, Any]) -> dict[str, Any]:
+    """What other contacts of the customer need to know about this one."""
+    return {k: conv.get(k) for k in ("contact_id", "channel", "contact_type", "started_at",
+                                     "ended_at", "status", "outcome", "queue", "reason")}

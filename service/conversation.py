@@ -15,10 +15,10 @@ import structlog
 
 from service import prompts
 from service.classifier import wants_agent
-from service.context import ContextStore, identity_of
+from service.context import ContextStore, identity_of, summarise
 from service.events import Event, EventWriter
 from service.model import Choice, Inbound, Reply
-from service.queues import Queues
+from service.handoff import Handoff
 from service.routing import Decision
 from service.rules import Rules
 
@@ -73,11 +73,12 @@ class Turn:
 
 
 class Conversations:
-    def __init__(self, rules: Callable[[], Rules], context: ContextStore, queues: Queues,
+    def __init__(self, rules: Callable[[], Rules], context: ContextStore, handoff: Handoff,
                  events: EventWriter, find_customer: FindCustomer):
         self._rules = rules
         self._context = context
-        self._queues = queues
+        self._handoff = handoff
+        self._router = handoff.router
         self._events = events
         self._find_customer = find_customer
 
@@ -133,8 +134,10 @@ class Conversations:
         await self._context.commit_turn(
             inbound, turn.conversation, reply,
             customer=customer if new_customer else None,
-            summary=_summary(turn.conversation) if turn.summary_changed else None)
+            summary=summarise(turn.conversation) if turn.summary_changed else None)
         self._events.emit(*turn.events)
+        if reply.queue:  # offer only once the queued state is saved, or an accept could race it
+            await self._handoff.dispatch()
         return reply
 
     def _hear(self, turn: Turn) -> None:
@@ -161,7 +164,7 @@ class Conversations:
         if conv and turn.channel == "sms" and conv["status"] != "queued" and \
                 turn.now - conv["last_at"] > self._context.idle_timeout_s:
             self._end(turn, "idle_timeout")
-            await self._context.save_summary(conv["customer_id"], _summary(conv))
+            await self._context.save_summary(conv["customer_id"], summarise(conv))
             conv = turn.conversation = {}
         if conv:
             return
@@ -181,13 +184,15 @@ class Conversations:
     async def _respond(self, turn: Turn, keyword: str) -> Reply:
         conv, inbound = turn.conversation, turn.inbound
         if inbound.kind == "start":
-            return self._greet(turn)
+            return self._resume(turn) if conv["turns"] > 1 else self._greet(turn)
         if turn.channel == "sms" and keyword in HELP_WORDS:
             return turn.reply(prompts.SMS_HELP)
-        if conv["status"] in ("queued", "with_agent"):
-            await self._queues.append_message(conv["queue"], conv["contact_id"],
-                                              conv["transcript"][-1])
-            return turn.reply(state=conv["status"])
+        if conv["status"] == "queued":
+            await self._router.append_message(conv["contact_id"], conv["transcript"][-1])
+            return turn.reply(state="queued")
+        if conv["status"] == "with_agent":
+            await self._handoff.to_agent(conv, conv["transcript"][-1])
+            return turn.reply(state="with_agent")
         if inbound.kind == "no_input":
             return await self._missed(turn, (), "no_input")
         text = inbound.text.strip()
@@ -207,6 +212,12 @@ class Conversations:
             return await self._classified(turn, prediction.contact_type, confidence,
                                           "speech" if inbound.input_confidence else "classifier")
         return await self._missed(turn, prediction.ranked, "low_confidence")
+
+    def _resume(self, turn: Turn) -> Reply:
+        """A chat reconnects with its session: the same contact, its transcript replayed."""
+        conv = turn.conversation
+        state = conv["status"] if conv["status"] in ("queued", "with_agent") else "self_service"
+        return turn.reply(state=state, history=tuple(conv["transcript"]))
 
     def _greet(self, turn: Turn) -> Reply:
         conv, catalog = turn.conversation, turn.rules.catalog
@@ -300,8 +311,9 @@ class Conversations:
         entry = {"contact_id": conv["contact_id"], "customer_id": conv["customer_id"],
                  "channel": turn.channel, "queue": queue.name, "thread": conv.get("thread"),
                  "priority": decision.priority, "skills": skills, "reason": reason,
+                 "type_skills": list(contact_type.skills if contact_type else ()),
                  "enqueued_at": turn.now, "context": agent_context(rules, conv, turn.now)}
-        position = await self._queues.enqueue(queue.name, decision.priority, entry)
+        position = await self._router.enqueue(queue.name, decision.priority, entry)
         wait_s = position.position * queue.avg_handle_s
         turn.record("queued", queue=queue.name, position=position.position, skills=skills)
         return turn.reply(prompts.queued(queue.label, position.position, wait_s, turn.channel),
@@ -313,13 +325,14 @@ class Conversations:
         conv = await self._context.conversation(inbound)
         if not conv or conv["status"] != "queued":
             return Reply(state="queued", messages=("Thanks for holding.",))
-        position = await self._queues.position(conv["queue"], conv["contact_id"])
-        if position is None:
+        found = await self._router.position(conv["contact_id"])
+        if found is None:
             return Reply(state="queued", messages=("Thanks for holding.",))
-        wait_s = position.position * self._rules().tree.queues[conv["queue"]].avg_handle_s
+        queue, position = found
+        wait_s = position.position * self._rules().tree.queues[queue].avg_handle_s
         return Reply(messages=(prompts.hold(position.position, wait_s),), state="queued",
                      contact_id=conv["contact_id"], position=position.position,
-                     estimated_wait_s=wait_s, queue=conv["queue"])
+                     estimated_wait_s=wait_s)
 
     async def _ended_by_customer(self, inbound: Inbound, conversation: dict | None,
                                  now: float) -> Reply:
@@ -327,21 +340,25 @@ class Conversations:
         if not conversation or conversation["status"] == "closed":
             return Reply(state="closed")
         turn = Turn(inbound, self._rules(), now, conversation, {})
-        status, queue = conversation["status"], conversation.get("queue")
+        status = conversation["status"]
         if inbound.kind == "left_queue":
             turn.record("left_queue", result=inbound.text)
-        if status == "queued" and inbound.kind == "left_queue" and inbound.text in AGENT_TOOK_IT:
-            conversation["status"] = "with_agent"
-        elif status == "queued":  # hung up or left while waiting
-            await self._queues.remove(queue, conversation["contact_id"])
+            if inbound.text in AGENT_TOOK_IT:  # the accepting agent bridged the call
+                return Reply(state=status, contact_id=conversation["contact_id"])
+        if status == "queued":  # hung up or left while waiting
+            withdrawn_from = await self._router.remove(conversation["contact_id"])
+            if withdrawn_from:
+                await self._handoff.withdraw(withdrawn_from, conversation["contact_id"],
+                                             "customer_left")
             self._end(turn, "abandoned_in_queue")
         elif status == "with_agent" and inbound.kind == "end":
-            self._end(turn, "agent_answered")
+            turn.record("customer_left")  # the agent still wraps the contact up
+            await self._handoff.customer_left(conversation)
         elif status in OPEN_IN_IVR and inbound.kind == "end":
-            self._end(turn, "hung_up_in_ivr")
+            self._end(turn, "hung_up_in_ivr" if inbound.channel == "voice" else "customer_left")
         reply = Reply(state=conversation["status"], contact_id=conversation["contact_id"])
         await self._context.commit_turn(inbound, conversation, reply,
-                                        summary=_summary(conversation))
+                                        summary=summarise(conversation))
         self._events.emit(*turn.events)
         return reply
 
@@ -364,7 +381,7 @@ class Conversations:
             self._end(turn, "opted_out")
             events += turn.events
         await self._context.commit_turn(inbound, conv, reply, opt_out=opt_out,
-                                        summary=_summary(conv) if conv.get("contact_id") else None)
+                                        summary=summarise(conv) if conv.get("contact_id") else None)
         self._events.emit(*events)
         return reply
 
@@ -376,7 +393,7 @@ class Conversations:
         inbound = Inbound(conv["channel"], conv["address"], conv["service_address"], "")
         turn = Turn(inbound, self._rules(), now, conv, {})
         self._end(turn, "idle_timeout")
-        await self._context.save_summary(conv["customer_id"], _summary(conv))
+        await self._context.save_summary(conv["customer_id"], summarise(conv))
         self._events.emit(*turn.events)
 
 
@@ -415,11 +432,6 @@ def agent_context(rules: Rules, conv: dict[str, Any], now: float) -> dict[str, A
             "confidence": conv.get("confidence"), "reason": conv.get("reason"),
             "transcript": list(conv["transcript"]), "self_service_steps": list(conv["steps"]),
             "earlier_contacts": list(conv.get("earlier", ())), "escalated_at": now}
-
-
-def _summary(conv: dict[str, Any]) -> dict[str, Any]:
-    return {k: conv.get(k) for k in ("contact_id", "channel", "contact_type", "started_at",
-                                     "ended_at", "status", "outcome", "queue", "reason")}
 
 
 def _digit_menu(turn: Turn) -> tuple[Choice, ...]:

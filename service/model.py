@@ -47,6 +47,7 @@ class Reply:
     queue: str | None = None  # set when the contact has just been queued
     expects_input: bool = False  # the customer is asked something (voice gathers input)
     turn: int = 0  # how many turns the contact has had; voice puts it in its action URLs
+    history: tuple[dict[str, Any], ...] = ()  # the transcript so far, when a chat resumes
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,4 +55,5 @@ class Reply:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "Reply":
         return cls(**{**data, "messages": tuple(data.get("messages", ())),
+                      "history": tuple(data.get("history", ())),
                       "choices": tuple(Choice(**c) for c in data.get("choices", ()))})

@@ -1,9 +1,18 @@
-"""Agent queues in Redis: one sorted set per queue ordered by priority, then wait time.
+"""Agent queues and assignment in Redis, atomic and safe across Switchboard instances.
 
-    sb:q:{<queue>}:waiting   ZSET contact id -> priority * 1e13 + enqueued ms (lowest first)
-    sb:q:{<queue>}:entries   HASH contact id -> JSON entry (skills, reason, context package)
+All routing state shares one hash tag, `{routing}`, so every Lua script below runs against
+one slot (Redis Cluster included) and sees a consistent picture:
 
-Both keys of a queue share its hash tag, so enqueueing is one atomic MULTI in one slot.
+    sb:{routing}:q:<queue>          ZSET contact -> priority * 1e13 + enqueued ms (lowest first)
+    sb:{routing}:entries            HASH contact -> JSON entry (queue, channel, skills, context)
+    sb:{routing}:agent:<id>         HASH name, skills, status, cap_<channel>, load_<channel>
+    sb:{routing}:available          ZSET agent -> when they last became free (longest idle first)
+    sb:{routing}:offered            HASH contact -> agent holding an offer for it
+    sb:{routing}:offers             ZSET contact -> offer expiry ms
+    sb:{routing}:declined:<contact> SET agents who declined or let the offer expire
+    sb:{routing}:assigned           HASH contact -> agent
+
+A contact is offered to one agent at a time; it leaves its queue only when accepted.
 """
 
 from __future__ import annotations
@@ -11,15 +20,121 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import redis.asyncio as redis
 
+PREFIX = "sb:{routing}:"
 PRIORITY_SCALE = 10**13  # above any epoch-millisecond value, so priority always dominates
+CHANNELS = ("voice", "chat", "sms")
+DEFAULT_CAPACITY = {"voice": 1, "chat": 3, "sms": 3}
+DECLINED_TTL_S = 120
 
+# Offers contacts (priority, then wait) to the longest-idle available agent with every skill
+# the contact needs, free capacity on its channel, and no earlier decline of it.
+DISPATCH = """
+local P, now, ttl = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
+local candidates = {}
+for i = 3, #ARGV do
+  local items = redis.call('ZRANGE', P .. 'q:' .. ARGV[i], 0, 99, 'WITHSCORES')
+  for j = 1, #items, 2 do
+    table.insert(candidates, {items[j], tonumber(items[j + 1])})
+  end
+end
+table.sort(candidates, function(a, b) return a[2] < b[2] end)
+local made = {}
+for _, candidate in ipairs(candidates) do
+  local contact = candidate[1]
+  if redis.call('HEXISTS', P .. 'offered', contact) == 0 then
+    local entry = cjson.decode(redis.call('HGET', P .. 'entries', contact))
+    local channel = entry['channel']
+    for _, agent in ipairs(redis.call('ZRANGE', P .. 'available', 0, -1)) do
+      local a = redis.call('HMGET', P .. 'agent:' .. agent, 'skills', 'cap_' .. channel,
+                           'load_' .. channel, 'status')
+      local fits = a[4] == 'available' and tonumber(a[3] or '0') < tonumber(a[2] or '0')
+        and redis.call('SISMEMBER', P .. 'declined:' .. contact, agent) == 0
+      if fits then
+        local has = {}
+        for _, s in ipairs(cjson.decode(a[1])) do has[s] = true end
+        for _, s in ipairs(entry['skills']) do
+          if not has[s] then fits = false break end
+        end
+      end
+      if fits then
+        redis.call('HSET', P .. 'offered', contact, agent)
+        redis.call('ZADD', P .. 'offers', now + ttl, contact)
+        redis.call('HINCRBY', P .. 'agent:' .. agent, 'load_' .. channel, 1)
+        redis.call('ZADD', P .. 'available', now, agent)
+        table.insert(made, {contact, agent})
+        break
+      end
+    end
+  end
+end
+return made
+"""
 
-def _keys(queue: str) -> tuple[str, str]:
-    return f"sb:q:{{{queue}}}:waiting", f"sb:q:{{{queue}}}:entries"
+# The offered agent takes the contact: it leaves its queue exactly once.
+ACCEPT = """
+local P, contact, agent = KEYS[1], ARGV[1], ARGV[2]
+if redis.call('HGET', P .. 'offered', contact) ~= agent then return false end
+local raw = redis.call('HGET', P .. 'entries', contact)
+local entry = cjson.decode(raw)
+redis.call('HDEL', P .. 'offered', contact)
+redis.call('ZREM', P .. 'offers', contact)
+redis.call('DEL', P .. 'declined:' .. contact)
+redis.call('HDEL', P .. 'entries', contact)
+redis.call('ZREM', P .. 'q:' .. entry['queue'], contact)
+redis.call('HSET', P .. 'assigned', contact, agent)
+return raw
+"""
+
+# Take back an offer (declined, expired, or the customer left); the agent's slot is freed.
+WITHDRAW = """
+local P, contact, agent, ttl = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
+if redis.call('HGET', P .. 'offered', contact) ~= agent then return 0 end
+local entry = cjson.decode(redis.call('HGET', P .. 'entries', contact))
+redis.call('HDEL', P .. 'offered', contact)
+redis.call('ZREM', P .. 'offers', contact)
+redis.call('SADD', P .. 'declined:' .. contact, agent)
+redis.call('EXPIRE', P .. 'declined:' .. contact, ttl)
+local key = P .. 'agent:' .. agent
+if tonumber(redis.call('HINCRBY', key, 'load_' .. entry['channel'], -1)) < 0 then
+  redis.call('HSET', key, 'load_' .. entry['channel'], 0)
+end
+return 1
+"""
+
+# Contacts that waited longer than their queue's timeout move to its overflow queue, keeping
+# their place in time; they now need the overflow queue's skills plus their type's.
+OVERFLOW = """
+local P, from, to, cutoff = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
+local queue_skills = cjson.decode(ARGV[4])
+local moved = {}
+for _, contact in ipairs(redis.call('ZRANGE', P .. 'q:' .. from, 0, -1)) do
+  if redis.call('HEXISTS', P .. 'offered', contact) == 0 then
+    local entry = cjson.decode(redis.call('HGET', P .. 'entries', contact))
+    local enqueued = math.floor(entry['enqueued_at'] * 1000)
+    if enqueued < cutoff then
+      entry['overflowed_from'] = from
+      entry['queue'] = to
+      local skills, seen = {}, {}
+      for _, list in ipairs({queue_skills, entry['type_skills'] or {}}) do
+        for _, skill in ipairs(list) do
+          if not seen[skill] then seen[skill] = true table.insert(skills, skill) end
+        end
+      end
+      table.sort(skills)
+      entry['skills'] = skills
+      redis.call('ZREM', P .. 'q:' .. from, contact)
+      redis.call('ZADD', P .. 'q:' .. to, entry['priority'] * 1e13 + enqueued, contact)
+      redis.call('HSET', P .. 'entries', contact, cjson.encode(entry))
+      table.insert(moved, contact)
+    end
+  end
+end
+return moved
+"""
 
 
 @dataclass(frozen=True)
@@ -28,51 +143,162 @@ class QueuePosition:
     waiting: int
 
 
-class Queues:
-    def __init__(self, client: redis.Redis):
+@dataclass(frozen=True)
+class Offer:
+    contact_id: str
+    agent_id: str
+
+
+class Router:
+    def __init__(self, client: redis.Redis, offer_timeout_s: float = 20):
         self.redis = client
+        self.offer_timeout_s = offer_timeout_s
+        self._dispatch = client.register_script(DISPATCH)
+        self._accept = client.register_script(ACCEPT)
+        self._withdraw = client.register_script(WITHDRAW)
+        self._overflow = client.register_script(OVERFLOW)
+
+    # ---- contacts ------------------------------------------------------------------------
 
     async def enqueue(self, queue: str, priority: int, entry: dict[str, Any]) -> QueuePosition:
-        waiting, entries = _keys(queue)
-        enqueued_ms = int(entry.get("enqueued_at", time.time()) * 1000)
+        contact = entry["contact_id"]
+        enqueued_ms = int(entry["enqueued_at"] * 1000)
         pipe = self.redis.pipeline(transaction=True)
-        pipe.zadd(waiting, {entry["contact_id"]: priority * PRIORITY_SCALE + enqueued_ms}, nx=True)
-        pipe.hset(entries, entry["contact_id"], json.dumps(entry))
-        pipe.zrank(waiting, entry["contact_id"])
-        pipe.zcard(waiting)
+        pipe.hset(PREFIX + "entries", contact, json.dumps(entry))
+        pipe.zadd(f"{PREFIX}q:{queue}", {contact: priority * PRIORITY_SCALE + enqueued_ms},
+                  nx=True)
+        pipe.zrank(f"{PREFIX}q:{queue}", contact)
+        pipe.zcard(f"{PREFIX}q:{queue}")
         _, _, rank, size = await pipe.execute()
         return QueuePosition(rank + 1, size)
 
-    async def position(self, queue: str, contact_id: str) -> QueuePosition | None:
-        waiting, _ = _keys(queue)
+    async def position(self, contact_id: str) -> tuple[str, QueuePosition] | None:
+        entry = await self.entry(contact_id)
+        if entry is None:
+            return None
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zrank(waiting, contact_id)
-        pipe.zcard(waiting)
+        pipe.zrank(f"{PREFIX}q:{entry['queue']}", contact_id)
+        pipe.zcard(f"{PREFIX}q:{entry['queue']}")
         rank, size = await pipe.execute()
-        return None if rank is None else QueuePosition(rank + 1, size)
+        return None if rank is None else (entry["queue"], QueuePosition(rank + 1, size))
+
+    async def entry(self, contact_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.hget(PREFIX + "entries", contact_id)
+        return json.loads(raw) if raw else None
 
     async def waiting(self, queue: str) -> list[dict[str, Any]]:
         """The queue's entries in the order agents will get them."""
-        waiting, entries = _keys(queue)
-        ids = await self.redis.zrange(waiting, 0, -1)
+        ids = await self.redis.zrange(f"{PREFIX}q:{queue}", 0, -1)
         if not ids:
             return []
-        raw = await self.redis.hmget(entries, ids)
+        raw = await self.redis.hmget(PREFIX + "entries", ids)
         return [json.loads(r) for r in raw if r]
 
-    async def append_message(self, queue: str, contact_id: str, message: dict[str, Any]) -> None:
-        """Keep the waiting entry's transcript current, so the agent sees the latest words."""
-        _, entries = _keys(queue)
-        raw = await self.redis.hget(entries, contact_id)
-        if raw:
-            entry = json.loads(raw)
+    async def append_message(self, contact_id: str, message: dict[str, Any]) -> None:
+        """Keep a waiting entry's transcript current, so the agent sees the latest words."""
+        entry = await self.entry(contact_id)
+        if entry:
             entry["context"]["transcript"].append(message)
-            await self.redis.hset(entries, contact_id, json.dumps(entry))
+            await self.redis.hset(PREFIX + "entries", contact_id, json.dumps(entry))
 
-    async def remove(self, queue: str, contact_id: str) -> bool:
-        waiting, entries = _keys(queue)
+    async def remove(self, contact_id: str) -> str | None:
+        """The customer left while waiting; returns the agent whose offer was withdrawn."""
+        entry = await self.entry(contact_id)
+        if entry is None:
+            return None
+        agent = await self.redis.hget(PREFIX + "offered", contact_id)
+        if agent:
+            await self._withdraw(keys=[PREFIX], args=[contact_id, agent, DECLINED_TTL_S])
         pipe = self.redis.pipeline(transaction=True)
-        pipe.zrem(waiting, contact_id)
-        pipe.hdel(entries, contact_id)
-        removed, _ = await pipe.execute()
-        return bool(removed)
+        pipe.zrem(f"{PREFIX}q:{entry['queue']}", contact_id)
+        pipe.hdel(PREFIX + "entries", contact_id)
+        await pipe.execute()
+        return agent.decode() if agent else None
+
+    # ---- assignment ----------------------------------------------------------------------
+
+    async def dispatch(self, queues: Iterable[str]) -> list[Offer]:
+        made = await self._dispatch(keys=[PREFIX], args=[
+            int(time.time() * 1000), int(self.offer_timeout_s * 1000), *queues])
+        return [Offer(c.decode(), a.decode()) for c, a in made]
+
+    async def accept(self, contact_id: str, agent_id: str) -> dict[str, Any] | None:
+        raw = await self._accept(keys=[PREFIX], args=[contact_id, agent_id])
+        return json.loads(raw) if raw else None
+
+    async def decline(self, contact_id: str, agent_id: str) -> bool:
+        return bool(await self._withdraw(keys=[PREFIX], args=[contact_id, agent_id,
+                                                              DECLINED_TTL_S]))
+
+    async def expired_offers(self) -> list[Offer]:
+        """Withdraw offers nobody accepted in time; the contact goes to the next agent."""
+        now = int(time.time() * 1000)
+        withdrawn = []
+        for contact in await self.redis.zrangebyscore(PREFIX + "offers", 0, now):
+            agent = await self.redis.hget(PREFIX + "offered", contact)
+            if agent and await self.decline(contact.decode(), agent.decode()):
+                withdrawn.append(Offer(contact.decode(), agent.decode()))
+        return withdrawn
+
+    async def overflow(self, queue: str, overflow_queue: str, timeout_s: int,
+                       overflow_skills: Iterable[str]) -> list[str]:
+        cutoff = int((time.time() - timeout_s) * 1000)
+        moved = await self._overflow(keys=[PREFIX], args=[
+            queue, overflow_queue, cutoff, json.dumps(sorted(overflow_skills))])
+        return [m.decode() for m in moved]
+
+    async def assigned_agent(self, contact_id: str) -> str | None:
+        agent = await self.redis.hget(PREFIX + "assigned", contact_id)
+        return agent.decode() if agent else None
+
+    async def offers_for(self, agent_id: str) -> list[str]:
+        offered = await self.redis.hgetall(PREFIX + "offered")
+        return [c.decode() for c, a in offered.items() if a.decode() == agent_id]
+
+    async def assignments_for(self, agent_id: str) -> list[str]:
+        assigned = await self.redis.hgetall(PREFIX + "assigned")
+        return [c.decode() for c, a in assigned.items() if a.decode() == agent_id]
+
+    async def finish(self, contact_id: str, agent_id: str, channel: str) -> bool:
+        """Wrap-up: the agent's slot on this channel is free again."""
+        key = f"{PREFIX}agent:{agent_id}"
+        if await self.redis.hget(PREFIX + "assigned", contact_id) != agent_id.encode():
+            return False
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hdel(PREFIX + "assigned", contact_id)
+        pipe.hincrby(key, f"load_{channel}", -1)
+        pipe.hget(key, "status")
+        _, load, status = await pipe.execute()
+        if load < 0:
+            await self.redis.hset(key, f"load_{channel}", 0)
+        if status == b"available":
+            await self.redis.zadd(PREFIX + "available", {agent_id: int(time.time() * 1000)})
+        return True
+
+    # ---- agents --------------------------------------------------------------------------
+
+    async def register_agent(self, agent: dict[str, Any]) -> None:
+        """Refresh an agent's skills and capacity when they connect; load survives reconnects."""
+        key = f"{PREFIX}agent:{agent['id']}"
+        fields = {"name": agent["name"], "skills": json.dumps(sorted(agent["skills"]))}
+        fields |= {f"cap_{c}": int(agent["capacity"].get(c, 0)) for c in CHANNELS}
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(key, mapping=fields)
+        for channel in CHANNELS:
+            pipe.hsetnx(key, f"load_{channel}", 0)
+        pipe.hsetnx(key, "status", "away")
+        await pipe.execute()
+
+    async def set_presence(self, agent_id: str, status: str) -> None:
+        key = f"{PREFIX}agent:{agent_id}"
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(key, "status", status)
+        if status == "available":
+            pipe.zadd(PREFIX + "available", {agent_id: int(time.time() * 1000)}, nx=True)
+        else:
+            pipe.zrem(PREFIX + "available", agent_id)
+        await pipe.execute()
+
+    async def agent_state(self, agent_id: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(f"{PREFIX}agent:{agent_id}")
+        return {k.decode(): v.decode() for k, v in raw.items()}

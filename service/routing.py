@@ -34,6 +34,8 @@ class Queue:
     label: str
     skills: tuple[str, ...]
     avg_handle_s: int = 300
+    timeout_s: int | None = None  # waiting longer than this moves a contact to `overflow`
+    overflow: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +145,7 @@ def _queues(check: Checker, doc: LocatedDict) -> dict[str, Queue]:
     for name, spec in specs.items():
         path = ("queues", name)
         spec = check.mapping(spec, specs, name, path, required=["label", "skills"],
-                             optional=["avg_handle_s"])
+                             optional=["avg_handle_s", "timeout_s", "overflow"])
         if spec is None:
             continue
         skills = spec["skills"]
@@ -155,8 +157,29 @@ def _queues(check: Checker, doc: LocatedDict) -> dict[str, Queue]:
             check.error(spec, "avg_handle_s", "avg_handle_s must be a positive whole number",
                         (*path, "avg_handle_s"))
             handle = 300
-        queues[name] = Queue(name, str(spec["label"]), tuple(skills), handle)
+        queues[name] = Queue(name, str(spec["label"]), tuple(skills), handle,
+                             *_overflow(check, spec, path))
+    for name, queue in queues.items():
+        if queue.overflow and queue.overflow not in queues:
+            check.error(specs[name], "overflow", f"unknown queue '{queue.overflow}'",
+                        ("queues", name, "overflow"))
+        elif queue.overflow == name:
+            check.error(specs[name], "overflow", "a queue cannot overflow into itself",
+                        ("queues", name, "overflow"))
     return queues
+
+
+def _overflow(check: Checker, spec: LocatedDict, path: tuple) -> tuple[int | None, str | None]:
+    timeout, overflow = spec.get("timeout_s"), spec.get("overflow")
+    if (timeout is None) != (overflow is None):
+        check.error(spec, "timeout_s" if timeout is not None else "overflow",
+                    "timeout_s and overflow go together", path)
+        return None, None
+    if timeout is not None and (type(timeout) is not int or timeout <= 0):
+        check.error(spec, "timeout_s", "timeout_s must be a positive whole number of seconds",
+                    (*path, "timeout_s"))
+        return None, None
+    return timeout, overflow
 
 
 def _route(check: Checker, spec: LocatedDict, path: tuple, default_name: str, parent: Settings,

@@ -25,6 +25,10 @@ class Settings:
     database_url: str | None = None
     redis_url: str | None = None
     twilio_auth_token: str = ""
+    twilio_account_sid: str = ""
+    twilio_api_base_url: str = "https://api.twilio.com"
+    chat_identity_secret: str = ""
+    offer_timeout_s: int = 20
     rules_dir: Path = Path("routing_rules")
     data_dir: Path = Path(".switchboard")
     log_format: str = "auto"
@@ -46,6 +50,10 @@ ENV_VARS = {
     "DATABASE_URL": "database_url",
     "REDIS_URL": "redis_url",
     "TWILIO_AUTH_TOKEN": "twilio_auth_token",
+    "TWILIO_ACCOUNT_SID": "twilio_account_sid",
+    "TWILIO_API_BASE_URL": "twilio_api_base_url",
+    "SWITCHBOARD_CHAT_IDENTITY_SECRET": "chat_identity_secret",
+    "SWITCHBOARD_OFFER_TIMEOUT_S": "offer_timeout_s",
     "SWITCHBOARD_RULES_DIR": "rules_dir",
     "SWITCHBOARD_DATA_DIR": "data_dir",
     "SWITCHBOARD_LOG_FORMAT": "log_format",
@@ -114,6 +122,10 @@ PARSERS = {
     "database_url": _url_with_scheme("postgres", "postgresql"),
     "redis_url": _url_with_scheme("redis", "rediss", "unix"),
     "twilio_auth_token": str,
+    "twilio_account_sid": str,
+    "twilio_api_base_url": _http_url,
+    "chat_identity_secret": str,
+    "offer_timeout_s": _positive_int,
     "rules_dir": _directory,
     "data_dir": _directory,
     "log_format": _choice("auto", "json", "console"),

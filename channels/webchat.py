@@ -1,0 +1,180 @@
+"""Web chat: WebSocket frames <-> Inbound / Reply (DESIGN.md section 3).
+
+A session token names the conversation; reconnecting with it resumes the same contact and
+replays its transcript. A visitor is linked to a known customer only when the host site
+vouches for them: `customer: {"id": ..., "signature": hex HMAC-SHA256(secret, id)}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+import weakref
+from typing import Any, ClassVar
+
+import structlog
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from channels.base import ChannelConfig, HandleInbound, register
+from service.model import Inbound, Reply
+
+log = structlog.get_logger(__name__)
+
+MAX_FRAME_BYTES = 8 * 1024
+MAX_TEXT_CHARS = 1000
+SESSION = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+RATE_PER_S, BURST = 2.0, 6
+
+
+@register
+class WebChat:
+    name: ClassVar[str] = "chat"
+
+    def __init__(self, config: ChannelConfig, handle: HandleInbound):
+        self._handle = handle
+        self._subscribe = config.subscribe
+        self._secret = config.chat_identity_secret.encode()
+        self._sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/chat/ws", self.websocket)]
+
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=MAX_FRAME_BYTES)
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        start = await self._first_frame(ws)
+        if start is None:
+            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"expected start")
+            return ws
+        session, address = start
+        structlog.contextvars.bind_contextvars(chat_session=session[:8])
+        async with self._subscribe(f"chat:{session}") as inbox:
+            pushed = asyncio.create_task(_forward(inbox, ws))
+            try:
+                reply = await self._turn(ws, session, address, "start", "")
+                if reply is not None:
+                    await ws.send_json({"type": "session", "session": session,
+                                        "contact_id": reply.contact_id})
+                    await _send_reply(ws, reply)
+                    await self._serve(ws, session, address)
+            finally:
+                pushed.cancel()
+        return ws
+
+    async def shutdown(self) -> None:
+        for ws in list(self._sockets):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+
+    async def _first_frame(self, ws: web.WebSocketResponse) -> tuple[str, str] | None:
+        try:
+            msg = await ws.receive(timeout=30)
+        except asyncio.TimeoutError:
+            return None
+        frame = _json(msg)
+        if not isinstance(frame, dict) or frame.get("type") != "start":
+            await _error(ws, "bad_frame", "the first frame must be {type: start}")
+            return None
+        session = frame.get("session")
+        if not (isinstance(session, str) and SESSION.match(session)):
+            session = secrets.token_urlsafe(18)
+        return session, self._address(frame.get("customer"), session)
+
+    def _address(self, customer: Any, session: str) -> str:
+        """A verified customer id from the host site, or this anonymous session."""
+        if isinstance(customer, dict) and self._secret:
+            cid, signature = customer.get("id"), customer.get("signature")
+            if isinstance(cid, str) and isinstance(signature, str):
+                expected = hmac.new(self._secret, cid.encode(), hashlib.sha256).hexdigest()
+                if hmac.compare_digest(expected, signature):
+                    return f"id:{cid}"
+        return f"session:{session}"
+
+    async def _serve(self, ws: web.WebSocketResponse, session: str, address: str) -> None:
+        limit = _Bucket()
+        async for msg in ws:
+            frame = _json(msg)
+            kind = frame.get("type") if isinstance(frame, dict) else None
+            if kind == "end":
+                await self._turn(ws, session, address, "end", "")
+                await ws.close()
+                return
+            if kind != "message" or not isinstance(frame.get("text"), str):
+                await _error(ws, "bad_frame", "send {type: message, text} or {type: end}")
+                continue
+            text = frame["text"].strip()
+            if not text or len(text) > MAX_TEXT_CHARS:
+                await _error(ws, "bad_frame", f"text is 1 to {MAX_TEXT_CHARS} characters")
+                continue
+            if not limit.allow():
+                await _error(ws, "rate_limited", "too many messages; please slow down")
+                continue
+            reply = await self._turn(ws, session, address, "message", text)
+            if reply is not None:
+                await _send_reply(ws, reply)
+
+    async def _turn(self, ws, session: str, address: str, kind: str, text: str) -> Reply | None:
+        inbound = Inbound(channel="chat", address=address, service_address="web", text=text,
+                          kind=kind, thread=session)
+        try:
+            return await self._handle(inbound)
+        except Exception:
+            log.exception("chat.turn_failed")
+            await _error(ws, "unavailable", "Sorry, something went wrong on our side. "
+                         "Please try again in a moment.")
+            return None
+
+
+class _Bucket:
+    def __init__(self):
+        self._tokens, self._last = float(BURST), time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(BURST, self._tokens + (now - self._last) * RATE_PER_S)
+        self._last = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+async def _send_reply(ws: web.WebSocketResponse, reply: Reply) -> None:
+    for line in reply.history:
+        await ws.send_json({"type": "message", "from": line["from"], "text": line["text"]})
+    for index, text in enumerate(reply.messages):
+        frame: dict[str, Any] = {"type": "message", "from": "bot", "text": text}
+        if reply.choices and index == len(reply.messages) - 1:
+            frame["choices"] = [{"label": c.label, "value": c.value} for c in reply.choices]
+        await ws.send_json(frame)
+    status: dict[str, Any] = {"type": "status", "state": reply.state}
+    if reply.position is not None:
+        status |= {"position": reply.position, "estimated_wait_s": reply.estimated_wait_s}
+    await ws.send_json(status)
+
+
+async def _forward(inbox: asyncio.Queue, ws: web.WebSocketResponse) -> None:
+    while True:
+        frame = await inbox.get()
+        if ws.closed:
+            return
+        await ws.send_json(frame)
+
+
+def _json(msg) -> Any:
+    if msg.type != WSMsgType.TEXT:
+        return None
+    try:
+        return json.loads(msg.data)
+    except ValueError:
+        return None
+
+
+async def _error(ws: web.WebSocketResponse, code: str, message: str) -> None:
+    if not ws.closed:
+        await ws.send_json({"type": "error", "code": code, "message": message})

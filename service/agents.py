@@ -1,0 +1,231 @@
+"""Agents: the directory in PostgreSQL and the agent WebSocket at /agent/ws.
+
+The first frame authenticates (only a SHA-256 of each token is stored); then the socket
+carries presence, offers, accept/decline, messages and wrap-up (DESIGN.md section 3). Frames
+for an agent reach it through the bus, whichever instance produced them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import secrets
+import time
+import uuid
+import weakref
+from typing import Any
+
+import asyncpg
+import structlog
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from service.bus import Bus
+from service.handoff import Handoff, HandoffError, offer_frame
+from service.queues import DEFAULT_CAPACITY
+
+log = structlog.get_logger(__name__)
+
+MAX_FRAME_BYTES = 16 * 1024
+MAX_TEXT_CHARS = 2000
+FRAMES_PER_SECOND = 20
+AUTH_TIMEOUT_S = 10
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def add_agent(conn: asyncpg.Connection, name: str, skills: list[str],
+                    capacity: dict[str, int] | None = None, phone: str | None = None) -> str:
+    """Store a new agent; return their token (shown once, only its hash is kept)."""
+    token = secrets.token_urlsafe(24)
+    await conn.execute(
+        "INSERT INTO agents (id, name, skills, capacity, phone, token_hash) "
+        "VALUES ($1, $2, $3, $4::jsonb, $5, $6)",
+        uuid.uuid4(), name, sorted(set(skills)), json.dumps(capacity or DEFAULT_CAPACITY),
+        phone, hash_token(token))
+    return token
+
+
+async def agent_for_token(pool: asyncpg.Pool, token: str) -> dict[str, Any] | None:
+    row = await pool.fetchrow(
+        "SELECT id, name, skills, capacity, phone, client_identity FROM agents "
+        "WHERE token_hash = $1 AND disabled_at IS NULL", hash_token(token), timeout=5)
+    if row is None:
+        return None
+    return {"id": str(row["id"]), "name": row["name"], "skills": list(row["skills"]),
+            "capacity": json.loads(row["capacity"]), "phone": row["phone"],
+            "client_identity": row["client_identity"]}
+
+
+class RateLimit:
+    """A token bucket: bursts are fine, floods are refused."""
+
+    def __init__(self, per_second: float, burst: int):
+        self._rate, self._burst = per_second, burst
+        self._tokens, self._last = float(burst), time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+class AgentDesk:
+    """The /agent/ws endpoint of one instance."""
+
+    def __init__(self, pool: asyncpg.Pool, handoff: Handoff, bus: Bus, contact_types):
+        self._pool = pool
+        self._handoff = handoff
+        self._bus = bus
+        self._contact_types = contact_types
+        self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=MAX_FRAME_BYTES)
+        await ws.prepare(request)
+        self.sockets.add(ws)
+        agent = await self._authenticate(ws)
+        if agent is None:
+            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"unauthorized")
+            return ws
+        structlog.contextvars.bind_contextvars(agent_id=agent["id"])
+        router = self._handoff.router
+        await router.register_agent(agent)
+        async with self._bus.subscription(f"agent:{agent['id']}") as inbox:
+            forward = asyncio.create_task(_forward(inbox, ws))
+            try:
+                await self._send_ready(ws, agent)
+                await self._serve(ws, agent)
+            finally:
+                forward.cancel()
+                await router.set_presence(agent["id"], "away")
+        return ws
+
+    async def _authenticate(self, ws: web.WebSocketResponse) -> dict[str, Any] | None:
+        try:
+            msg = await ws.receive(timeout=AUTH_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            return None
+        frame = _parse(msg)
+        if not isinstance(frame, dict) or frame.get("type") != "auth" or \
+                not isinstance(frame.get("token"), str):
+            await _error(ws, "unauthorized", "the first frame must be {type: auth, token}")
+            return None
+        agent = await agent_for_token(self._pool, frame["token"])
+        if agent is None:
+            await _error(ws, "unauthorized", "unknown or disabled agent token")
+        return agent
+
+    async def _send_ready(self, ws: web.WebSocketResponse, agent: dict[str, Any]) -> None:
+        router = self._handoff.router
+        state = await router.agent_state(agent["id"])
+        await ws.send_json({"type": "ready", "agent": {
+            "id": agent["id"], "name": agent["name"], "skills": agent["skills"],
+            "capacity": agent["capacity"], "status": state.get("status", "away")},
+            "contact_types": self._contact_types()})
+        for contact_id in await router.assignments_for(agent["id"]):  # re-sync after reconnect
+            found = await self._handoff.conversation(contact_id)
+            if found:
+                await ws.send_json(_assigned_from_conversation(found[1]))
+        for contact_id in await router.offers_for(agent["id"]):
+            entry = await router.entry(contact_id)
+            if entry:
+                await ws.send_json(offer_frame(entry, expires_in_s=router.offer_timeout_s))
+
+    async def _serve(self, ws: web.WebSocketResponse, agent: dict[str, Any]) -> None:
+        limit = RateLimit(FRAMES_PER_SECOND, FRAMES_PER_SECOND * 2)
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                if msg.type == WSMsgType.ERROR:
+                    break
+                await _error(ws, "bad_frame", "frames are JSON text")
+                continue
+            if not limit.allow():
+                await _error(ws, "rate_limited", "too many frames; slow down")
+                continue
+            frame = _parse(msg)
+            try:
+                await self._dispatch_frame(ws, agent, frame)
+            except HandoffError as exc:
+                await _error(ws, exc.code, str(exc), frame)
+
+    async def _dispatch_frame(self, ws, agent, frame) -> None:
+        if not isinstance(frame, dict):
+            raise HandoffError("bad_frame", "frames are JSON objects")
+        kind = frame.get("type")
+        contact_id = frame.get("contact_id")
+        if kind == "presence":
+            if frame.get("status") not in ("available", "away"):
+                raise HandoffError("bad_frame", "status is available or away")
+            await self._handoff.router.set_presence(agent["id"], frame["status"])
+            await ws.send_json({"type": "presence", "status": frame["status"]})
+            if frame["status"] == "available":
+                await self._handoff.dispatch()
+            return
+        if not isinstance(contact_id, str) or not contact_id:
+            raise HandoffError("bad_frame", f"'{kind}' needs a contact_id")
+        if kind == "accept":
+            await ws.send_json(await self._handoff.accept(agent, contact_id))
+        elif kind == "decline":
+            await self._handoff.decline(agent, contact_id)
+        elif kind == "message":
+            text = frame.get("text")
+            if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT_CHARS:
+                raise HandoffError("bad_frame", f"text is 1 to {MAX_TEXT_CHARS} characters")
+            await self._handoff.agent_message(agent, contact_id, text.strip())
+        elif kind == "wrap_up":
+            if not isinstance(frame.get("resolved"), bool):
+                raise HandoffError("bad_frame", "wrap_up needs resolved: true or false")
+            correction = frame.get("contact_type") or None
+            note = str(frame.get("note") or "")[:MAX_TEXT_CHARS]
+            await self._handoff.wrap_up(agent, contact_id, frame["resolved"], correction, note)
+            await ws.send_json({"type": "wrapped_up", "contact_id": contact_id})
+        else:
+            raise HandoffError("bad_frame", f"unknown frame type {kind!r}")
+
+    async def close_all(self) -> None:
+        for ws in list(self.sockets):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+
+
+def _assigned_from_conversation(conv: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "assigned", "contact_id": conv["contact_id"], "channel": conv["channel"],
+            "queue": conv.get("queue"), "reason": conv.get("reason"),
+            "context": {"customer": {"id": conv["customer_id"], "address": conv["address"],
+                                     "attributes": conv.get("attributes", {})},
+                        "channel": conv["channel"], "contact_type": conv.get("contact_type"),
+                        "confidence": conv.get("confidence"), "reason": conv.get("reason"),
+                        "transcript": conv["transcript"], "self_service_steps": conv["steps"],
+                        "earlier_contacts": conv.get("earlier", [])}}
+
+
+async def _forward(inbox: asyncio.Queue, ws: web.WebSocketResponse) -> None:
+    while True:
+        frame = await inbox.get()
+        if ws.closed:
+            return
+        await ws.send_json(frame)
+
+
+def _parse(msg) -> Any:
+    if msg.type != WSMsgType.TEXT:
+        return None
+    try:
+        return json.loads(msg.data)
+    except ValueError:
+        return None
+
+
+async def _error(ws: web.WebSocketResponse, code: str, message: str, frame: Any = None) -> None:
+    if ws.closed:
+        return
+    reply = {"type": "error", "code": code, "message": message}
+    if isinstance(frame, dict) and isinstance(frame.get("contact_id"), str):
+        reply["contact_id"] = frame["contact_id"]
+    await ws.send_json(reply)

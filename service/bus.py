@@ -1,0 +1,78 @@
+"""Frames between instances: Redis pub/sub, fanned out to this instance's open sockets.
+
+A chat customer connected to one instance and their agent connected to another still talk:
+whoever produces a frame publishes it on the recipient's topic (`agent:<id>`,
+`chat:<session>`); every instance with a socket for that topic delivers it. Pub/sub delivers
+only to who is listening, so sockets re-sync from Redis state when they (re)connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import defaultdict
+from typing import Any, AsyncIterator
+
+import redis.asyncio as redis
+import structlog
+
+log = structlog.get_logger(__name__)
+CHANNEL_PREFIX = "sb:bus:"
+
+
+class Bus:
+    def __init__(self, client: redis.Redis):
+        self._redis = client
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._listeners: dict[str, set[asyncio.Queue]] = defaultdict(set)
+        self._task: asyncio.Task | None = None
+
+    async def publish(self, topic: str, frame: dict[str, Any]) -> None:
+        await self._redis.publish(CHANNEL_PREFIX + topic, json.dumps(frame))
+
+    @contextlib.asynccontextmanager
+    async def subscription(self, topic: str) -> AsyncIterator[asyncio.Queue]:
+        """Frames published on `topic` while the block runs, in a local queue."""
+        inbox: asyncio.Queue = asyncio.Queue(maxsize=1000)
+        first = not self._listeners[topic]
+        self._listeners[topic].add(inbox)
+        if first:
+            await self._pubsub.subscribe(CHANNEL_PREFIX + topic)
+            self._ensure_listening()
+        try:
+            yield inbox
+        finally:
+            self._listeners[topic].discard(inbox)
+            if not self._listeners[topic]:
+                del self._listeners[topic]
+                with contextlib.suppress(redis.RedisError, OSError):
+                    await self._pubsub.unsubscribe(CHANNEL_PREFIX + topic)
+
+    def _ensure_listening(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._listen(), name="bus-listener")
+
+    async def _listen(self) -> None:
+        while self._listeners:
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+            except (redis.RedisError, OSError) as exc:
+                log.warning("bus.listen_failed", error=str(exc))
+                await asyncio.sleep(1)
+                continue
+            if message is None:
+                continue
+            topic = message["channel"].decode().removeprefix(CHANNEL_PREFIX)
+            frame = json.loads(message["data"])
+            for inbox in list(self._listeners.get(topic, ())):
+                if inbox.full():
+                    log.warning("bus.inbox_full", topic=topic)
+                    continue
+                inbox.put_nowait(frame)
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._pubsub.aclose()
