@@ -4,6 +4,7 @@ tests and staging can use a local Twilio stand-in."""
 
 from __future__ import annotations
 
+import base64
 from xml.sax.saxutils import escape
 
 from twilio.http.async_http_client import AsyncTwilioHttpClient
@@ -17,10 +18,15 @@ class _RebasedHttpClient(AsyncTwilioHttpClient):
         super().__init__(timeout=timeout)
         self._base_url = base_url.rstrip("/")
 
-    async def request(self, method, url, *args, **kwargs):
+    async def request(self, method, url, params=None, data=None, headers=None, auth=None,
+                      timeout=None, allow_redirects=False):
         if url.startswith(TWILIO_API):
             url = self._base_url + url[len(TWILIO_API):]
-        return await super().request(method, url, *args, **kwargs)
+        if auth is not None:  # aiohttp deprecates BasicAuth objects: send the header itself
+            credentials = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+            headers = {**(headers or {}), "Authorization": f"Basic {credentials}"}
+        return await super().request(method, url, params, data, headers, None, timeout,
+                                     allow_redirects)
 
 
 class TwilioRest:
