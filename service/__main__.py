@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     add = customers.add_parser("add", help="add or update a customer")
     add.add_argument("--phone", action="append", default=[], help="E.164 number (repeatable)")
     add.add_argument("--email", action="append", default=[])
+    add.add_argument("--web-id", action="append", default=[],
+                     help="the customer id your site signs for the chat widget")
     add.add_argument("--name")
     add.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE",
                      help="customer field used by routing, e.g. tier=vip")
@@ -186,8 +188,9 @@ def cmd_customers_add(args: argparse.Namespace, settings: Settings) -> int:
     from service.migrate import migrate
 
     identities = [("phone", p) for p in args.phone] + [("email", e.lower()) for e in args.email]
+    identities += [("web", f"id:{w}") for w in args.web_id]
     if not identities:
-        print("switchboard: give at least one --phone or --email", file=sys.stderr)
+        print("switchboard: give at least one --phone, --email or --web-id", file=sys.stderr)
         return 2
     try:
         attributes = dict(_split(a) for a in args.attr)

@@ -303,3 +303,13 @@ async def test_a_verified_chat_visitor_is_linked_to_their_history(app_settings, 
                                                                "your track an order question")
         forged, _ = await open_chat(client, customer={"id": "c-42", "signature": "0" * 64})
         assert (await forged.next("message"))["text"].startswith("Hi! Tell me")
+
+
+async def test_a_contact_queued_on_an_instance_that_dies_still_reaches_an_agent(app_settings,
+                                                                               db):
+    async with instance(app_settings) as doomed:
+        await text(doomed, CUSTOMER, "I want to talk to a human")
+    async with instance(app_settings) as survivor:
+        agent = await login(survivor, db)
+        offer = await agent.next("offer")
+        assert offer["reason"] == "requested_agent" and offer["channel"] == "sms"

@@ -1,0 +1,58 @@
+"""The switchboard command line against the real servers."""
+
+from __future__ import annotations
+
+import json
+
+import asyncpg
+
+from service.__main__ import main
+from service.agents import agent_for_token
+
+
+def use_servers(monkeypatch, database_url, redis_url):
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("REDIS_URL", redis_url)
+
+
+async def test_agents_add_prints_the_token_alone_on_its_last_line(monkeypatch, capsys,
+                                                                  database_url, redis_url):
+    use_servers(monkeypatch, database_url, redis_url)
+    import asyncio
+    code = await asyncio.to_thread(main, ["agents", "add", "Dana", "--skills", "care,orders",
+                                          "--capacity", "voice=1,chat=2,sms=4"])
+    assert code == 0
+    token = capsys.readouterr().out.strip().splitlines()[-1]
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=1) as pool:
+        agent = await agent_for_token(pool, token)
+        stored = await pool.fetchval("SELECT token_hash FROM agents WHERE id = $1::uuid",
+                                     agent["id"])
+    assert (agent["name"], agent["skills"]) == ("Dana", ["care", "orders"])
+    assert agent["capacity"] == {"voice": 1, "chat": 2, "sms": 4}
+    assert token not in stored  # only the hash is kept
+
+
+def test_agents_add_rejects_bad_capacity(monkeypatch, capsys, database_url, redis_url):
+    use_servers(monkeypatch, database_url, redis_url)
+    assert main(["agents", "add", "Dana", "--skills", "care", "--capacity", "fax=2"]) == 2
+    assert "capacity takes voice, chat and sms" in capsys.readouterr().err
+
+
+def test_rules_test_prints_the_decision_and_route_path(capsys):
+    assert main(["rules", "test", "routing_rules", "channel=sms", "contact_type=track_order",
+                 "customer.tier=vip"]) == 0
+    decision = json.loads(capsys.readouterr().out)
+    assert decision["route_path"] == "root > vip"
+    assert (decision["queue"], decision["self_service"], decision["reason"]) == \
+        ("vip", False, "vip_customer")
+    assert main(["rules", "test", "routing_rules", "contact_type=biling"]) == 1
+    assert "unknown contact_type 'biling'" in capsys.readouterr().err
+    assert main(["rules", "test", "routing_rules", "nonsense"]) == 1
+
+
+def test_rules_test_can_classify_text(capsys):
+    assert main(["rules", "test", "routing_rules", "text=I forgot my password and can't log "
+                 "in"]) == 0
+    decision = json.loads(capsys.readouterr().out)
+    assert decision["input"]["contact_type"] == "recover_password"
+    assert decision["route_path"] == "root > accounts"
