@@ -23,7 +23,7 @@ from channels.base import REGISTRY, ChannelConfig
 from service import api, metrics
 from service.agents import AgentDesk
 from service.appkeys import (AGENT_DESK, BUS, CHANNELS, CONVERSATIONS, EVENTS, HANDOFF, PG,
-                             REDIS, ROUTER, RULES, SETTINGS, TWILIO)
+                             REDIS, REDIS_BATCH, ROUTER, RULES, SETTINGS, TWILIO)
 from service.bus import Bus
 from service.context import ContextStore
 from service.conversation import Conversations
@@ -33,6 +33,7 @@ from service.handoff import Handoff
 from service.migrate import migrate
 from service.model import Inbound, Reply
 from service.queues import Router
+from service.redis_batch import CommandBatcher
 from service.rules_holder import RulesHolder
 from service.settings import Settings
 from service.twilio_rest import TwilioRest
@@ -146,10 +147,13 @@ async def postgres(app: web.Application) -> AsyncIterator[None]:
 
 
 async def redis_client(app: web.Application) -> AsyncIterator[None]:
-    client = redis.from_url(app[SETTINGS].redis_url, socket_timeout=2,
-                            socket_connect_timeout=2, health_check_interval=30)
+    url = app[SETTINGS].redis_url
+    client = redis.from_url(url, socket_timeout=2, socket_connect_timeout=2,
+                            health_check_interval=30)
     app[REDIS] = client
+    app[REDIS_BATCH] = CommandBatcher.from_url(url)
     yield
+    await app[REDIS_BATCH].close()
     await client.aclose()
 
 
@@ -203,7 +207,7 @@ async def messaging(app: web.Application) -> AsyncIterator[None]:
 async def conversations(app: web.Application) -> AsyncIterator[None]:
     pool, settings = app[PG], app[SETTINGS]
     current_rules = lambda: app[RULES].current  # noqa: E731
-    context = ContextStore(app[REDIS], settings.sms_idle_timeout_s)
+    context = ContextStore(app[REDIS_BATCH], settings.sms_idle_timeout_s)
     app[ROUTER] = Router(app[REDIS], settings.offer_timeout_s)
     app[HANDOFF] = Handoff(current_rules, context, app[ROUTER], app[BUS], app[EVENTS],
                            app[TWILIO])
@@ -217,7 +221,7 @@ async def conversations(app: web.Application) -> AsyncIterator[None]:
 
 async def background_sweeps(app: web.Application) -> AsyncIterator[None]:
     """Housekeeping every instance runs; Redis decides which instance acts on what."""
-    context = ContextStore(app[REDIS], app[SETTINGS].sms_idle_timeout_s)
+    context = ContextStore(app[REDIS_BATCH], app[SETTINGS].sms_idle_timeout_s)
 
     async def end_idle_sms() -> None:
         now = time.time()

@@ -10,6 +10,7 @@ from service.conversation import Conversations
 from service.events import EventWriter
 from service.handoff import Handoff
 from service.queues import Router
+from service.redis_batch import CommandBatcher
 from service.rules_holder import RulesHolder
 from service.settings import Settings
 from service.twilio_rest import TwilioRest
@@ -17,6 +18,7 @@ from service.twilio_rest import TwilioRest
 SETTINGS = web.AppKey("settings", Settings)
 PG = web.AppKey("pg", asyncpg.Pool)
 REDIS = web.AppKey("redis", redis.Redis)
+REDIS_BATCH = web.AppKey("redis_batch", CommandBatcher)
 RULES = web.AppKey("rules", RulesHolder)
 EVENTS = web.AppKey("events", EventWriter)
 BUS = web.AppKey("bus", Bus)

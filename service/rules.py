@@ -31,26 +31,32 @@ def load_rules(directory: Path, *, with_classifier: bool = True) -> Rules:
     display = str(directory).rstrip("/")
     catalog = load_catalog(directory, display)
     tree = load_routing_tree(directory, display, catalog)
-    digest = _digest(directory, catalog)
-    classifier = _trained(digest, catalog) if with_classifier else None
-    return Rules(directory, digest, catalog, tree, classifier)
+    training_digest = _training_digest(catalog)
+    classifier = _trained(training_digest, catalog) if with_classifier else None
+    return Rules(directory, _digest(directory, training_digest), catalog, tree, classifier)
 
 
 _trained_by_digest: dict[str, Classifier] = {}
 
 
-def _trained(digest: str, catalog: Catalog) -> Classifier:
-    """Training takes seconds; reloading unchanged rules (or a second app) reuses the model."""
-    if digest not in _trained_by_digest:
+def _trained(training_digest: str, catalog: Catalog) -> Classifier:
+    """Training takes seconds; a reload that leaves the examples alone reuses the model."""
+    if training_digest not in _trained_by_digest:
+        model = train(catalog.training)
         _trained_by_digest.clear()
-        _trained_by_digest[digest] = train(catalog.training)
-    return _trained_by_digest[digest]
+        _trained_by_digest[training_digest] = model
+    return _trained_by_digest[training_digest]
 
 
-def _digest(directory: Path, catalog: Catalog) -> str:
+def _training_digest(catalog: Catalog) -> str:
     h = hashlib.sha256()
-    for name in RULE_FILES:
-        h.update((directory / name).read_bytes())
     for text, label in catalog.training:
         h.update(f"{label}\t{text}\n".encode())
+    return h.hexdigest()
+
+
+def _digest(directory: Path, training_digest: str) -> str:
+    h = hashlib.sha256(training_digest.encode())
+    for name in RULE_FILES:
+        h.update((directory / name).read_bytes())
     return h.hexdigest()[:16]

@@ -85,6 +85,7 @@ async def test_bad_tokens_are_refused(app_settings, db):
         ws = await client.ws_connect("/agent/ws")
         await ws.send_str("hello")
         assert (await ws.receive_json())["code"] == "unauthorized"
+        await ws.close()
 
 
 async def test_malformed_frames_get_an_error_and_change_nothing(app_settings, db):

@@ -13,7 +13,7 @@ from prometheus_client import generate_latest
 
 from service import metrics
 from service.app import create_app, reload_and_record
-from service.appkeys import CONVERSATIONS, EVENTS, REDIS, RULES
+from service.appkeys import CONVERSATIONS, EVENTS, REDIS_BATCH, RULES
 from service.context import ContextStore
 from tests.conftest import RULES_DIR, _clean_tables, with_settings
 from tests.twilio_driver import Call, text
@@ -77,7 +77,7 @@ async def test_quiet_sms_conversations_are_ended_by_the_sweeper(settings, db, re
     app = create_app(with_settings(settings, sms_idle_timeout_s=1))
     async with TestClient(TestServer(app)) as client:
         await text(client, CALLER, "I need to track my order")
-        context = ContextStore(app[REDIS], idle_timeout_s=1)
+        context = ContextStore(app[REDIS_BATCH], idle_timeout_s=1)
         assert await context.idle_conversations(time.time()) == []
         await asyncio.sleep(1.1)
         now = time.time()
