@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import structlog
@@ -57,10 +57,11 @@ class Turn:
                        customer_id=self.conversation.get("customer_id"),
                        channel=self.inbound.channel,
                        contact_type=self.conversation.get("contact_type"),
-                       route_path=self.conversation.get("route_path"), reason=reason, data=data))
+                       route_path=self.conversation.get("route_path"), reason=reason, data=data,
+                       occurred_at=self.now))
 
     def add(self, event: Event) -> None:
-        self.events.append(replace(event, occurred_at=self.now))
+        self.events.append(event)
 
     def say(self, sender: str, text: str) -> None:
         transcript = self.conversation["transcript"]
@@ -123,7 +124,8 @@ class Conversations:
         if new_customer:
             kind, value = identity_of(inbound)
             turn.add(Event("customer_created", None, customer["customer_id"], inbound.channel,
-                           data={"identity_kind": kind, "identity_value": value}))
+                           data={"identity_kind": kind, "identity_value": value},
+                           occurred_at=now))
         await self._open_contact(turn)
         turn.conversation["turns"] += 1
         self._hear(turn)
