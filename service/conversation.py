@@ -230,7 +230,8 @@ class Conversations:
                                                       turn.channel),
                               choices=YES_NO, expects_input=True)
         conv["status"] = "menu"
-        return turn.reply(prompts.greeting(catalog, turn.channel), choices=_digit_menu(turn),
+        menu = _digit_menu(turn) if turn.channel == "voice" else ()  # chat and SMS: free text
+        return turn.reply(prompts.greeting(catalog, turn.channel), choices=menu,
                           expects_input=True)
 
     async def _confirmed(self, turn: Turn, yes: bool) -> Reply:

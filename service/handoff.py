@@ -27,6 +27,10 @@ class HandoffError(Exception):
         self.code = code
 
 
+def _hello(agent: dict[str, Any]) -> str:
+    return f"You're now talking with {agent['name']}."
+
+
 def offer_frame(entry: dict[str, Any], kind: str = "offer", **extra: Any) -> dict[str, Any]:
     return {"type": kind, "contact_id": entry["contact_id"], "channel": entry["channel"],
             "queue": entry["queue"], "reason": entry["reason"], "context": entry["context"],
@@ -101,6 +105,8 @@ class Handoff:
         key, conv = found
         now = time.time()
         conv.update(status="with_agent", agent_id=agent["id"], agent_name=agent["name"])
+        if conv["channel"] != "voice":
+            conv["transcript"].append({"from": "agent", "text": _hello(agent), "at": now})
         await self._context.save(key, conv)
         self._record("agent_accepted", entry, agent_id=agent["id"],
                      waited_s=round(now - entry["enqueued_at"], 3))
@@ -110,7 +116,7 @@ class Handoff:
                                                           "name": agent["name"]})
 
     async def _connect_customer(self, agent: dict[str, Any], conv: dict[str, Any]) -> None:
-        hello = f"You're now talking with {agent['name']}."
+        hello = _hello(agent)
         if conv["channel"] == "chat":
             await self._bus.publish(f"chat:{conv['thread']}", {"type": "status",
                                                               "state": "with_agent"})

@@ -1,0 +1,651 @@
+// Switchboard agent console: one WebSocket to /agent/ws (DESIGN.md section 3), plain DOM.
+//
+// State lives in `state`; every change calls render(). All customer-supplied text goes into
+// the page through textContent, never as HTML.
+
+const TOKEN_KEY = "switchboard.agent.token";
+const PRESENCE_KEY = "switchboard.agent.presence";
+
+const CHANNELS = { chat: "Web chat", sms: "SMS", voice: "Phone call" };
+const REASONS = {
+  self_service_failed: "Self-service didn't solve it",
+  requested_agent: "Asked for a person",
+  low_confidence: "The assistant couldn't tell what they need",
+  no_input: "No answer to the assistant",
+  invalid_input: "Couldn't use the menu",
+  no_self_service: "No self-service for this contact type",
+  repeat_contact: "Repeat contact: they got in touch about this recently",
+  customer_left: "The customer left",
+  timeout: "The offer timed out",
+};
+const OUTCOMES = {
+  self_service_resolved: "Solved by self-service",
+  agent_resolved: "Resolved by an agent",
+  agent_unresolved: "Not resolved by the agent",
+  abandoned_in_queue: "Left while waiting",
+  customer_left: "Customer left",
+  hung_up_in_ivr: "Hung up in the phone menu",
+  idle_timeout: "Went quiet",
+  opted_out: "Opted out",
+};
+const SPEAKERS = { customer: "Customer", bot: "Assistant", agent: "You" };
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  me: $("me"), connection: $("connection"), agentName: $("agent-name"), signOut: $("sign-out"),
+  loginView: $("login-view"), loginForm: $("login-form"), token: $("token"),
+  loginError: $("login-error"), signIn: $("sign-in"),
+  consoleView: $("console-view"),
+  presenceToggle: $("presence-toggle"), presenceLabel: $("presence-label"),
+  presenceHint: $("presence-hint"),
+  offers: $("offers"), offerCount: $("offer-count"), offersEmpty: $("offers-empty"),
+  contacts: $("contacts"), contactCount: $("contact-count"), contactsEmpty: $("contacts-empty"),
+  placeholder: $("placeholder"), conversation: $("conversation"),
+  heading: $("conversation-heading"), meta: $("conversation-meta"),
+  offerActions: $("offer-actions"), offerExpires: $("offer-expires"),
+  accept: $("accept"), decline: $("decline"), endedBanner: $("ended-banner"),
+  transcript: $("transcript"), replyForm: $("reply-form"), reply: $("reply"), send: $("send"),
+  wrapForm: $("wrap-up-form"), contactType: $("contact-type"), note: $("note"),
+  finish: $("finish"),
+  contextEmpty: $("context-empty"), contextBody: $("context-body"), ctxType: $("ctx-type"),
+  ctxConfidence: $("ctx-confidence"), ctxReason: $("ctx-reason"), ctxQueue: $("ctx-queue"),
+  ctxCustomer: $("ctx-customer"), ctxAttributes: $("ctx-attributes"), ctxSteps: $("ctx-steps"),
+  ctxEarlier: $("ctx-earlier"), toast: $("toast"),
+};
+
+const state = {
+  agent: null,
+  contactTypes: new Map(), // id -> label
+  presence: "away",
+  offers: new Map(), // contact_id -> {frame, expiresAt, pending}
+  contacts: new Map(), // contact_id -> {frame, transcript, ended, unread, pending}
+  selected: null, // contact_id of an offer or a contact
+};
+
+// ---- connection ----------------------------------------------------------------------------
+
+let ws = null;
+let attempt = 0;
+let retryTimer = null;
+let signedIn = false; // a ready frame arrived at least once with the current token
+let endedBeforeReconnect = new Map(); // contact_id -> why it ended, kept across a re-sync
+
+function wsUrl() {
+  return `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/agent/ws`;
+}
+
+function connect(token) {
+  clearTimeout(retryTimer);
+  setConnection("connecting");
+  const socket = new WebSocket(wsUrl());
+  ws = socket;
+  socket.addEventListener("open", () => socket.send(JSON.stringify({ type: "auth", token })));
+  socket.addEventListener("message", (event) => {
+    if (socket !== ws) return;
+    let frame;
+    try {
+      frame = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    if (frame && typeof frame === "object") handle(frame);
+  });
+  socket.addEventListener("close", () => {
+    if (socket !== ws) return;
+    ws = null;
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (!token) return; // signed out, or the token was refused
+    if (!signedIn) {
+      showLogin("Couldn't reach Switchboard. Check the connection and try again.");
+      return;
+    }
+    setConnection("reconnecting");
+    const delay = Math.min(15000, 500 * 2 ** attempt) * (0.6 + Math.random() * 0.4);
+    attempt += 1;
+    retryTimer = setTimeout(() => connect(token), delay);
+  });
+}
+
+function sendFrame(frame) {
+  if (!ws || ws.readyState !== WebSocket.OPEN) {
+    toast("Not connected. Your last action was not sent; try again in a moment.");
+    return false;
+  }
+  ws.send(JSON.stringify(frame));
+  return true;
+}
+
+function setConnection(status) {
+  const labels = { connecting: "Connecting…", online: "Connected", reconnecting: "Reconnecting…" };
+  ui.connection.dataset.state = status;
+  ui.connection.textContent = labels[status];
+}
+
+// ---- frames from the server ----------------------------------------------------------------
+
+function handle(frame) {
+  switch (frame.type) {
+    case "ready":
+      return onReady(frame);
+    case "presence":
+      state.presence = frame.status === "available" ? "available" : "away";
+      sessionStorage.setItem(PRESENCE_KEY, state.presence);
+      return render();
+    case "offer":
+      return onOffer(frame);
+    case "offer_withdrawn":
+      return onOfferWithdrawn(frame);
+    case "assigned":
+      return onAssigned(frame);
+    case "message":
+      return onMessage(frame);
+    case "contact_ended":
+      return onContactEnded(frame);
+    case "wrapped_up":
+      return onWrappedUp(frame);
+    case "error":
+      return onError(frame);
+    default:
+      return undefined; // a newer server: ignore what we don't know
+  }
+}
+
+function onReady(frame) {
+  const reconnect = signedIn;
+  signedIn = true;
+  attempt = 0;
+  state.agent = frame.agent || {};
+  state.contactTypes = new Map((frame.contact_types || []).map((t) => [t.id, t.label || t.id]));
+  // The server re-sends current offers and assigned contacts after ready: it is the truth.
+  endedBeforeReconnect = new Map([...state.contacts].filter(([, c]) => c.ended)
+    .map(([id, c]) => [id, c.ended]));
+  state.offers.clear();
+  state.contacts.clear();
+  state.presence = state.agent.status === "available" ? "available" : "away";
+  setConnection("online");
+  ui.agentName.textContent = state.agent.name || "";
+  ui.loginView.hidden = true;
+  ui.consoleView.hidden = false;
+  ui.me.hidden = false;
+  ui.signIn.disabled = false;
+  ui.token.value = "";
+  fillContactTypes();
+  // After a dropped connection or a reload, go back to the presence the agent had chosen.
+  if (sessionStorage.getItem(PRESENCE_KEY) === "available" && state.presence !== "available") {
+    sendFrame({ type: "presence", status: "available" });
+  }
+  render();
+  if (!reconnect) ui.presenceToggle.focus();
+}
+
+function onOffer(frame) {
+  if (!frame.contact_id) return;
+  const seconds = Number(frame.expires_in_s);
+  state.offers.set(frame.contact_id, {
+    frame,
+    expiresAt: Number.isFinite(seconds) ? Date.now() + seconds * 1000 : null,
+    pending: false,
+  });
+  if (!state.selected || !isKnown(state.selected)) state.selected = frame.contact_id;
+  render();
+}
+
+function onOfferWithdrawn(frame) {
+  if (!state.offers.delete(frame.contact_id)) return;
+  if (state.selected === frame.contact_id) state.selected = firstSelectable();
+  const why = frame.reason === "customer_left" ? "the customer left" :
+    frame.reason === "timeout" ? "it timed out" : "it went to someone else";
+  toast(`An offer was withdrawn: ${why}.`);
+  render();
+}
+
+function onAssigned(frame) {
+  const id = frame.contact_id;
+  const known = state.contacts.get(id);
+  const offer = state.offers.get(id);
+  state.offers.delete(id);
+  // Some assigned frames (re-sync after a reconnect) carry less context than the offer did.
+  const context = { ...(offer?.frame.context || known?.frame.context || {}), ...(frame.context || {}) };
+  state.contacts.set(id, {
+    frame: { ...(offer?.frame || {}), ...frame, context },
+    transcript: Array.isArray(context.transcript) ? [...context.transcript] : (known?.transcript || []),
+    ended: known?.ended || endedBeforeReconnect.get(id) || null,
+    unread: 0,
+    pending: false,
+  });
+  const wasWaitingForThis = offer?.pending || !state.selected || !isKnown(state.selected);
+  if (wasWaitingForThis || state.selected === id) {
+    state.selected = id;
+    render();
+    ui.reply.focus();
+  } else {
+    render();
+  }
+}
+
+function onMessage(frame) {
+  const contact = state.contacts.get(frame.contact_id);
+  if (!contact || typeof frame.text !== "string") return;
+  contact.transcript.push({ from: frame.from || "customer", text: frame.text, at: Date.now() / 1000 });
+  if (state.selected !== frame.contact_id) contact.unread += 1;
+  render();
+}
+
+function onContactEnded(frame) {
+  const contact = state.contacts.get(frame.contact_id);
+  if (!contact) return;
+  contact.ended = frame.reason || "ended";
+  render();
+}
+
+function onWrappedUp(frame) {
+  const contact = state.contacts.get(frame.contact_id);
+  state.contacts.delete(frame.contact_id);
+  if (state.selected === frame.contact_id) state.selected = firstSelectable();
+  toast(`Wrapped up${contact ? `: ${contactTitle(contact.frame)}` : ""}.`, "info");
+  render();
+}
+
+function onError(frame) {
+  if (frame.code === "unauthorized") {
+    sessionStorage.removeItem(TOKEN_KEY);
+    signedIn = false;
+    showLogin("That token wasn't accepted. Check it and try again.");
+    return;
+  }
+  const id = frame.contact_id;
+  if (id && (frame.code === "offer_gone" || frame.code === "contact_gone") && state.offers.has(id)) {
+    state.offers.delete(id);
+    if (state.selected === id) state.selected = firstSelectable();
+  }
+  const offer = id && state.offers.get(id);
+  if (offer) offer.pending = false;
+  const contact = id && state.contacts.get(id);
+  if (contact) contact.pending = false;
+  if (contact && (frame.code === "delivery_failed" || frame.code === "not_text")) {
+    const last = [...contact.transcript].reverse().find((line) => line.from === "agent");
+    if (last) last.failed = true;
+  }
+  if (contact && frame.code === "not_assigned") {
+    state.contacts.delete(id);
+    if (state.selected === id) state.selected = firstSelectable();
+  }
+  toast(frame.message || `Something went wrong (${frame.code || "error"}).`);
+  render();
+}
+
+// ---- actions -------------------------------------------------------------------------------
+
+ui.loginForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const token = ui.token.value.trim();
+  if (!token) return;
+  ui.loginError.textContent = "";
+  ui.signIn.disabled = true;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  sessionStorage.removeItem(PRESENCE_KEY);
+  signedIn = false;
+  connect(token);
+});
+
+ui.signOut.addEventListener("click", () => {
+  if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "presence", status: "away" }));
+  sessionStorage.removeItem(TOKEN_KEY);
+  sessionStorage.removeItem(PRESENCE_KEY);
+  const socket = ws;
+  ws = null;
+  socket?.close(1000);
+  signedIn = false;
+  state.offers.clear();
+  state.contacts.clear();
+  state.selected = null;
+  showLogin("");
+});
+
+ui.presenceToggle.addEventListener("click", () => {
+  const next = state.presence === "available" ? "away" : "available";
+  sendFrame({ type: "presence", status: next });
+});
+
+ui.accept.addEventListener("click", () => {
+  const offer = state.offers.get(state.selected);
+  if (!offer || offer.pending) return;
+  if (sendFrame({ type: "accept", contact_id: state.selected })) {
+    offer.pending = true;
+    render();
+  }
+});
+
+ui.decline.addEventListener("click", () => {
+  const id = state.selected;
+  if (!state.offers.has(id)) return;
+  if (sendFrame({ type: "decline", contact_id: id })) {
+    state.offers.delete(id);
+    state.selected = firstSelectable();
+    render();
+  }
+});
+
+ui.replyForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const contact = state.contacts.get(state.selected);
+  const text = ui.reply.value.trim();
+  if (!contact || !text || contact.ended) return;
+  if (sendFrame({ type: "message", contact_id: state.selected, text })) {
+    contact.transcript.push({ from: "agent", text, at: Date.now() / 1000 });
+    ui.reply.value = "";
+    render();
+  }
+});
+
+ui.reply.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    ui.replyForm.requestSubmit();
+  }
+});
+
+ui.wrapForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const contact = state.contacts.get(state.selected);
+  if (!contact || contact.pending) return;
+  const resolved = ui.wrapForm.elements.resolved.value;
+  if (!resolved) return;
+  const frame = { type: "wrap_up", contact_id: state.selected, resolved: resolved === "yes",
+                  note: ui.note.value.trim() };
+  if (ui.contactType.value) frame.contact_type = ui.contactType.value;
+  if (sendFrame(frame)) {
+    contact.pending = true;
+    render();
+  }
+});
+
+function selectContact(id) {
+  state.selected = id;
+  const contact = state.contacts.get(id);
+  if (contact) contact.unread = 0;
+  render();
+}
+
+// ---- rendering -----------------------------------------------------------------------------
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children) if (child != null) node.append(child);
+  return node;
+}
+
+function isKnown(id) {
+  return state.offers.has(id) || state.contacts.has(id);
+}
+
+function firstSelectable() {
+  return state.contacts.keys().next().value || state.offers.keys().next().value || null;
+}
+
+function typeLabel(ctx) {
+  if (!ctx?.contact_type) return "Not classified";
+  return ctx.contact_type_label || state.contactTypes.get(ctx.contact_type) || humanise(ctx.contact_type);
+}
+
+function humanise(code) {
+  if (!code) return "";
+  const text = String(code).replaceAll("_", " ");
+  return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
+function reasonLabel(code) {
+  return REASONS[code] || humanise(code) || "Not given";
+}
+
+function contactTitle(frame) {
+  return `${typeLabel(frame.context)} · ${CHANNELS[frame.channel] || humanise(frame.channel)}`;
+}
+
+function customerLabel(customer) {
+  const address = customer?.address || "";
+  if (address.startsWith("session:")) return "Anonymous web visitor";
+  if (address.startsWith("id:")) return `Signed-in customer ${address.slice(3)}`;
+  return address || "Unknown customer";
+}
+
+const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+const dateFormat = new Intl.DateTimeFormat(undefined, {
+  day: "numeric", month: "short", hour: "2-digit", minute: "2-digit",
+});
+
+function when(seconds, format = timeFormat) {
+  const n = Number(seconds);
+  return Number.isFinite(n) && n > 0 ? format.format(new Date(n * 1000)) : "";
+}
+
+function render() {
+  renderPresence();
+  renderOffers();
+  renderContacts();
+  renderSelected();
+  const waiting = state.offers.size;
+  document.title = `${waiting ? `(${waiting}) ` : ""}Agent console · Switchboard`;
+}
+
+function renderPresence() {
+  const available = state.presence === "available";
+  ui.presenceToggle.setAttribute("aria-checked", String(available));
+  ui.presenceToggle.dataset.state = state.presence;
+  ui.presenceLabel.textContent = available ? "Available" : "Away";
+  ui.presenceHint.textContent = available ? "You'll get offers that match your skills."
+    : "You won't get new contacts.";
+}
+
+function renderOffers() {
+  ui.offers.replaceChildren(...[...state.offers].map(([id, offer]) => {
+    const frame = offer.frame;
+    return el("li", {},
+      el("button", {
+        type: "button", class: "item offer", "aria-current": state.selected === id ? "true" : null,
+        onclick: () => selectContact(id),
+      },
+      el("span", { class: "item-title", text: typeLabel(frame.context) }),
+      el("span", { class: "item-meta" },
+        el("span", { class: `channel ${frame.channel}`, text: CHANNELS[frame.channel] || frame.channel }),
+        el("span", { text: reasonLabel(frame.reason) })),
+      el("span", { class: "item-meta countdown", "data-expires": offer.expiresAt || "" })));
+  }));
+  ui.offerCount.textContent = String(state.offers.size);
+  ui.offersEmpty.hidden = state.offers.size > 0;
+  tick();
+}
+
+function renderContacts() {
+  ui.contacts.replaceChildren(...[...state.contacts].map(([id, contact]) => {
+    const frame = contact.frame;
+    const last = contact.transcript[contact.transcript.length - 1];
+    return el("li", {},
+      el("button", {
+        type: "button", class: "item contact", "aria-current": state.selected === id ? "true" : null,
+        onclick: () => selectContact(id),
+      },
+      el("span", { class: "item-title" }, typeLabel(frame.context),
+        contact.unread ? el("span", { class: "badge", text: String(contact.unread),
+                                      "aria-label": `${contact.unread} new` }) : null),
+      el("span", { class: "item-meta" },
+        el("span", { class: `channel ${frame.channel}`, text: CHANNELS[frame.channel] || frame.channel }),
+        contact.ended ? el("span", { class: "ended", text: "Ended" }) : null),
+      last ? el("span", { class: "item-snippet", text: `${SPEAKERS[last.from] || ""}: ${last.text}` }) : null));
+  }));
+  ui.contactCount.textContent = String(state.contacts.size);
+  ui.contactsEmpty.hidden = state.contacts.size > 0;
+}
+
+let renderedFor = null; // which contact the wrap-up form was last filled for
+
+function renderSelected() {
+  const id = state.selected;
+  const offer = state.offers.get(id);
+  const contact = state.contacts.get(id);
+  const item = contact || offer;
+  ui.placeholder.hidden = Boolean(item);
+  ui.conversation.hidden = !item;
+  ui.contextEmpty.hidden = Boolean(item);
+  ui.contextBody.hidden = !item;
+  if (!item) {
+    renderedFor = null;
+    return;
+  }
+  const frame = item.frame;
+  const ctx = frame.context || {};
+  ui.heading.textContent = typeLabel(ctx);
+  ui.meta.textContent = [CHANNELS[frame.channel] || frame.channel, customerLabel(ctx.customer),
+                         frame.queue ? `queue ${frame.queue}` : null].filter(Boolean).join(" · ");
+
+  ui.offerActions.hidden = !offer;
+  ui.accept.disabled = Boolean(offer?.pending);
+  ui.decline.disabled = Boolean(offer?.pending);
+  ui.accept.textContent = offer?.pending ? "Accepting…" : "Accept";
+
+  ui.replyForm.hidden = !contact;
+  ui.wrapForm.hidden = !contact;
+  const canReply = contact && !contact.ended && frame.channel !== "voice";
+  ui.reply.disabled = !canReply;
+  ui.send.disabled = !canReply;
+  ui.finish.disabled = Boolean(contact?.pending);
+  ui.finish.textContent = contact?.pending ? "Finishing…" : "Finish contact";
+  ui.endedBanner.hidden = !(contact?.ended || (contact && frame.channel === "voice"));
+  if (contact?.ended) {
+    ui.endedBanner.textContent = contact.ended === "customer_left"
+      ? "The customer left. Wrap up when you're ready."
+      : `This contact ended (${humanise(contact.ended)}). Wrap up when you're ready.`;
+  } else if (contact && frame.channel === "voice") {
+    ui.endedBanner.textContent = "The call is connected to your phone. Wrap up here when it ends.";
+  }
+  if (contact && renderedFor !== id) {
+    ui.wrapForm.reset();
+    fillContactTypes(ctx.contact_type);
+    renderedFor = id;
+  }
+  if (!contact) renderedFor = null;
+
+  renderTranscript(contact ? contact.transcript : (ctx.transcript || []));
+  renderContext(frame, ctx);
+}
+
+function renderTranscript(lines) {
+  const atBottom = ui.transcript.scrollHeight - ui.transcript.scrollTop - ui.transcript.clientHeight < 40;
+  const items = lines.map((line) => {
+    const who = SPEAKERS[line.from] || humanise(line.from);
+    return el("li", { class: `line ${line.from}${line.failed ? " failed" : ""}` },
+      el("span", { class: "who" }, who, el("time", { text: when(line.at) })),
+      el("span", { class: "text", text: line.text }),
+      line.failed ? el("span", { class: "failed-note", text: "Not delivered" }) : null);
+  });
+  if (!items.length) items.push(el("li", { class: "line system", text: "Nothing said yet." }));
+  // Only append what is new, so screen readers announce just the new lines.
+  const current = ui.transcript.children;
+  const sameStart = current.length <= items.length && [...current].every(
+    (node, i) => node.textContent === items[i].textContent);
+  if (sameStart && ui.transcript.dataset.for === state.selected) {
+    ui.transcript.append(...items.slice(current.length));
+  } else {
+    ui.transcript.replaceChildren(...items);
+    ui.transcript.dataset.for = state.selected;
+  }
+  if (atBottom || !sameStart) ui.transcript.scrollTop = ui.transcript.scrollHeight;
+}
+
+function renderContext(frame, ctx) {
+  ui.ctxType.textContent = typeLabel(ctx);
+  ui.ctxConfidence.replaceChildren();
+  const confidence = Number(ctx.confidence);
+  if (ctx.contact_type && ctx.confidence != null && Number.isFinite(confidence)) {
+    const percent = Math.round(confidence * 100);
+    const level = percent >= 80 ? "high" : percent >= 55 ? "medium" : "low";
+    ui.ctxConfidence.append(
+      el("meter", { min: "0", max: "100", low: "55", high: "80", optimum: "100", value: String(percent),
+                    "aria-label": "Classifier confidence" }),
+      el("span", { class: `confidence-text ${level}`, text: `${percent}% confident` }));
+  }
+  ui.ctxReason.textContent = reasonLabel(frame.reason || ctx.reason);
+  ui.ctxQueue.textContent = [frame.queue ? `Queue: ${frame.queue}` : null,
+                             ctx.escalated_at ? `escalated ${when(ctx.escalated_at)}` : null]
+    .filter(Boolean).join(" · ");
+
+  ui.ctxCustomer.textContent = customerLabel(ctx.customer);
+  const attributes = Object.entries(ctx.customer?.attributes || {});
+  ui.ctxAttributes.replaceChildren(...attributes.flatMap(([key, value]) => [
+    el("dt", { text: humanise(key) }), el("dd", { text: String(value) })]));
+
+  const steps = ctx.self_service_steps || [];
+  ui.ctxSteps.replaceChildren(...(steps.length ? steps.map((step) => el("li", {},
+    el("span", { class: "step-title",
+                 text: `${humanise(step.type)}: ${state.contactTypes.get(step.contact_type) || humanise(step.contact_type)}` }),
+    el("span", { class: `outcome ${step.outcome || "none"}`,
+                 text: step.outcome === "failed" ? "didn't help" : step.outcome === "resolved" ? "helped"
+                   : humanise(step.outcome) || "no answer" }),
+    el("time", { text: when(step.at) }))) : [el("li", { class: "empty", text: "None" })]));
+
+  const earlier = ctx.earlier_contacts || [];
+  ui.ctxEarlier.replaceChildren(...(earlier.length ? earlier.map((c) => el("li", {},
+    el("span", { class: "step-title" },
+      el("span", { class: `channel ${c.channel}`, text: CHANNELS[c.channel] || c.channel }),
+      ` ${state.contactTypes.get(c.contact_type) || humanise(c.contact_type) || "Not classified"}`),
+    el("span", { class: "outcome", text: OUTCOMES[c.outcome] || humanise(c.outcome || c.status) }),
+    el("time", { text: when(c.started_at, dateFormat) }))) :
+    [el("li", { class: "empty", text: "None: this is their first contact" })]));
+}
+
+function fillContactTypes(current) {
+  const label = current ? (state.contactTypes.get(current) || humanise(current)) : null;
+  ui.contactType.replaceChildren(
+    el("option", { value: "", text: label ? `${label} (as classified)` : "Not classified" }),
+    ...[...state.contactTypes].filter(([id]) => id !== current).map(
+      ([id, text]) => el("option", { value: id, text })));
+}
+
+// Offer countdowns, once a second, without re-rendering everything.
+function tick() {
+  const now = Date.now();
+  for (const node of ui.offers.querySelectorAll(".countdown")) {
+    const at = Number(node.dataset.expires);
+    node.textContent = at ? (at > now ? `Expires in ${Math.ceil((at - now) / 1000)} s` : "Expiring…") : "";
+  }
+  const offer = state.offers.get(state.selected);
+  ui.offerExpires.textContent = offer?.expiresAt
+    ? (offer.expiresAt > now ? `${Math.ceil((offer.expiresAt - now) / 1000)} s left` : "Expiring…") : "";
+}
+setInterval(tick, 1000);
+
+let toastTimer = null;
+function toast(message, kind = "error") {
+  ui.toast.textContent = message;
+  ui.toast.dataset.kind = kind;
+  ui.toast.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => { ui.toast.hidden = true; }, 6000);
+}
+
+function showLogin(message) {
+  clearTimeout(retryTimer);
+  ui.consoleView.hidden = true;
+  ui.me.hidden = true;
+  ui.loginView.hidden = false;
+  ui.signIn.disabled = false;
+  ui.loginError.textContent = message;
+  ui.token.focus();
+}
+
+// ---- start ---------------------------------------------------------------------------------
+
+const saved = sessionStorage.getItem(TOKEN_KEY);
+if (saved) {
+  ui.loginView.hidden = true; // signing straight back in after a reload
+  connect(saved);
+} else {
+  ui.token.focus();
+}
