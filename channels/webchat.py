@@ -10,18 +10,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import re
 import secrets
-import time
 import weakref
 from typing import Any, ClassVar
 
 import structlog
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, web
 
 from channels.base import ChannelConfig, HandleInbound, register
 from service.model import Inbound, Reply
+from service.websocket import RateLimit, forward, parse_frame, send_error
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +54,7 @@ class WebChat:
         session, address = start
         structlog.contextvars.bind_contextvars(chat_session=session[:8])
         async with self._subscribe(f"chat:{session}") as inbox:
-            pushed = asyncio.create_task(_forward(inbox, ws))
+            pushed = asyncio.create_task(forward(inbox, ws))
             try:
                 reply = await self._turn(ws, session, address, "start", "")
                 if reply is not None:
@@ -76,9 +75,9 @@ class WebChat:
             msg = await ws.receive(timeout=30)
         except asyncio.TimeoutError:
             return None
-        frame = _json(msg)
+        frame = parse_frame(msg)
         if not isinstance(frame, dict) or frame.get("type") != "start":
-            await _error(ws, "bad_frame", "the first frame must be {type: start}")
+            await send_error(ws, "bad_frame", "the first frame must be {type: start}")
             return None
         session = frame.get("session")
         if not (isinstance(session, str) and SESSION.match(session)):
@@ -96,23 +95,23 @@ class WebChat:
         return f"session:{session}"
 
     async def _serve(self, ws: web.WebSocketResponse, session: str, address: str) -> None:
-        limit = _Bucket()
+        limit = RateLimit(RATE_PER_S, BURST)
         async for msg in ws:
-            frame = _json(msg)
+            frame = parse_frame(msg)
             kind = frame.get("type") if isinstance(frame, dict) else None
             if kind == "end":
                 await self._turn(ws, session, address, "end", "")
                 await ws.close()
                 return
             if kind != "message" or not isinstance(frame.get("text"), str):
-                await _error(ws, "bad_frame", "send {type: message, text} or {type: end}")
+                await send_error(ws, "bad_frame", "send {type: message, text} or {type: end}")
                 continue
             text = frame["text"].strip()
             if not text or len(text) > MAX_TEXT_CHARS:
-                await _error(ws, "bad_frame", f"text is 1 to {MAX_TEXT_CHARS} characters")
+                await send_error(ws, "bad_frame", f"text is 1 to {MAX_TEXT_CHARS} characters")
                 continue
             if not limit.allow():
-                await _error(ws, "rate_limited", "too many messages; please slow down")
+                await send_error(ws, "rate_limited", "too many messages; please slow down")
                 continue
             reply = await self._turn(ws, session, address, "message", text)
             if reply is not None:
@@ -125,23 +124,9 @@ class WebChat:
             return await self._handle(inbound)
         except Exception:
             log.exception("chat.turn_failed")
-            await _error(ws, "unavailable", "Sorry, something went wrong on our side. "
+            await send_error(ws, "unavailable", "Sorry, something went wrong on our side. "
                          "Please try again in a moment.")
             return None
-
-
-class _Bucket:
-    def __init__(self):
-        self._tokens, self._last = float(BURST), time.monotonic()
-
-    def allow(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(BURST, self._tokens + (now - self._last) * RATE_PER_S)
-        self._last = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
 
 
 async def _send_reply(ws: web.WebSocketResponse, reply: Reply) -> None:
@@ -156,25 +141,3 @@ async def _send_reply(ws: web.WebSocketResponse, reply: Reply) -> None:
     if reply.position is not None:
         status |= {"position": reply.position, "estimated_wait_s": reply.estimated_wait_s}
     await ws.send_json(status)
-
-
-async def _forward(inbox: asyncio.Queue, ws: web.WebSocketResponse) -> None:
-    while True:
-        frame = await inbox.get()
-        if ws.closed:
-            return
-        await ws.send_json(frame)
-
-
-def _json(msg) -> Any:
-    if msg.type != WSMsgType.TEXT:
-        return None
-    try:
-        return json.loads(msg.data)
-    except ValueError:
-        return None
-
-
-async def _error(ws: web.WebSocketResponse, code: str, message: str) -> None:
-    if not ws.closed:
-        await ws.send_json({"type": "error", "code": code, "message": message})

@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import json
 import secrets
-import time
 import uuid
 import weakref
 from typing import Any
@@ -23,6 +22,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from service.bus import Bus
 from service.handoff import Handoff, HandoffError, offer_frame
 from service.queues import DEFAULT_CAPACITY
+from service.websocket import RateLimit, forward, parse_frame, send_error
 
 log = structlog.get_logger(__name__)
 
@@ -59,23 +59,6 @@ async def agent_for_token(pool: asyncpg.Pool, token: str) -> dict[str, Any] | No
             "client_identity": row["client_identity"]}
 
 
-class RateLimit:
-    """A token bucket: bursts are fine, floods are refused."""
-
-    def __init__(self, per_second: float, burst: int):
-        self._rate, self._burst = per_second, burst
-        self._tokens, self._last = float(burst), time.monotonic()
-
-    def allow(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
-
-
 class AgentDesk:
     """The /agent/ws endpoint of one instance."""
 
@@ -98,12 +81,12 @@ class AgentDesk:
         router = self._handoff.router
         await router.register_agent(agent)
         async with self._bus.subscription(f"agent:{agent['id']}") as inbox:
-            forward = asyncio.create_task(_forward(inbox, ws))
+            pushed = asyncio.create_task(forward(inbox, ws))
             try:
                 await self._send_ready(ws, agent)
                 await self._serve(ws, agent)
             finally:
-                forward.cancel()
+                pushed.cancel()
                 await router.set_presence(agent["id"], "away")
         return ws
 
@@ -112,7 +95,7 @@ class AgentDesk:
             msg = await ws.receive(timeout=AUTH_TIMEOUT_S)
         except asyncio.TimeoutError:
             return None
-        frame = _parse(msg)
+        frame = parse_frame(msg)
         if not isinstance(frame, dict) or frame.get("type") != "auth" or \
                 not isinstance(frame.get("token"), str):
             await _error(ws, "unauthorized", "the first frame must be {type: auth, token}")
@@ -149,7 +132,7 @@ class AgentDesk:
             if not limit.allow():
                 await _error(ws, "rate_limited", "too many frames; slow down")
                 continue
-            frame = _parse(msg)
+            frame = parse_frame(msg)
             try:
                 await self._dispatch_frame(ws, agent, frame)
             except HandoffError as exc:
@@ -205,27 +188,8 @@ def _assigned_from_conversation(conv: dict[str, Any]) -> dict[str, Any]:
                         "earlier_contacts": conv.get("earlier", [])}}
 
 
-async def _forward(inbox: asyncio.Queue, ws: web.WebSocketResponse) -> None:
-    while True:
-        frame = await inbox.get()
-        if ws.closed:
-            return
-        await ws.send_json(frame)
-
-
-def _parse(msg) -> Any:
-    if msg.type != WSMsgType.TEXT:
-        return None
-    try:
-        return json.loads(msg.data)
-    except ValueError:
-        return None
-
-
 async def _error(ws: web.WebSocketResponse, code: str, message: str, frame: Any = None) -> None:
-    if ws.closed:
-        return
-    reply = {"type": "error", "code": code, "message": message}
+    extra = {}
     if isinstance(frame, dict) and isinstance(frame.get("contact_id"), str):
-        reply["contact_id"] = frame["contact_id"]
-    await ws.send_json(reply)
+        extra["contact_id"] = frame["contact_id"]
+    await send_error(ws, code, message, **extra)

@@ -1,0 +1,54 @@
+"""Small WebSocket helpers shared by the chat channel and the agent endpoint.
+
+Neutral like service/model.py (it imports nothing of the service), so channels may use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+
+class RateLimit:
+    """A token bucket: bursts are fine, floods are refused."""
+
+    def __init__(self, per_second: float, burst: int):
+        self._rate, self._burst = per_second, burst
+        self._tokens, self._last = float(burst), time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+def parse_frame(msg) -> Any:
+    """The JSON value of a text frame, or None for anything else."""
+    if msg.type != WSMsgType.TEXT:
+        return None
+    try:
+        return json.loads(msg.data)
+    except ValueError:
+        return None
+
+
+async def forward(inbox: asyncio.Queue, ws: web.WebSocketResponse) -> None:
+    """Send frames pushed from other instances (through the bus) down this socket."""
+    while True:
+        frame = await inbox.get()
+        if ws.closed:
+            return
+        await ws.send_json(frame)
+
+
+async def send_error(ws: web.WebSocketResponse, code: str, message: str, **extra: Any) -> None:
+    if not ws.closed:
+        await ws.send_json({"type": "error", "code": code, "message": message, **extra})
