@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     agent_add.add_argument("--phone", help="E.164 number accepted calls are bridged to")
     agent_add.set_defaults(func=cmd_agents_add)
 
+    learned = commands.add_parser(
+        "learned", help="training examples learned from agents' corrections and confirmed "
+        "self-service (used on the next rules load)")
+    learned.add_argument("--format", choices=("table", "json"), default="table")
+    learned.set_defaults(func=cmd_learned)
+
     customers = commands.add_parser("customers", help="manage known customers").add_subparsers(
         dest="customers_command", required=True)
     add = customers.add_parser("add", help="add or update a customer")
@@ -247,6 +253,31 @@ def cmd_agents_add(args: argparse.Namespace, settings: Settings) -> int:
     print(f"agent {args.name} added with skills {','.join(sorted(set(skills)))}; their token "
           "(shown once):")
     print(token)
+    return 0
+
+
+def cmd_learned(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncpg
+
+    from service.learning import learned_examples
+    from service.migrate import migrate
+
+    async def run(url: str) -> list[dict]:
+        async with asyncpg.create_pool(url, min_size=1, max_size=1) as pool:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+            return await learned_examples(pool)
+
+    with _servers(settings) as ready:
+        rows = asyncio.run(run(ready.database_url))
+    if args.format == "json":
+        print(json.dumps([{**r, "occurred_at": r["occurred_at"].isoformat()} for r in rows],
+                         indent=2))
+        return 0
+    print(f"{len(rows)} learned example(s)")
+    for row in rows:
+        print(f"{row['occurred_at']:%Y-%m-%d %H:%M}  {row['source']:<22}  {row['label']:<24}  "
+              f"{row['text']}")
     return 0
 
 

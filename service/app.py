@@ -158,8 +158,8 @@ async def redis_client(app: web.Application) -> AsyncIterator[None]:
 
 
 async def rules(app: web.Application) -> AsyncIterator[None]:
-    holder = await RulesHolder.load(app[SETTINGS].rules_dir)
-    await holder.record_version(app[PG])
+    holder = await RulesHolder.load(app[SETTINGS].rules_dir, app[PG])
+    await holder.record_version()
     app[RULES] = holder
     loop = asyncio.get_running_loop()
 
@@ -180,7 +180,7 @@ async def rules(app: web.Application) -> AsyncIterator[None]:
 async def reload_and_record(app: web.Application) -> bool:
     ok = await app[RULES].reload()
     if ok:
-        await app[RULES].record_version(app[PG])
+        await app[RULES].record_version()
     return ok
 
 

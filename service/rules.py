@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from service.catalog import Catalog, load_catalog
 from service.classifier import Classifier, train
@@ -24,33 +25,39 @@ class Rules:
     catalog: Catalog
     tree: RoutingTree
     classifier: Classifier | None
+    learned: tuple[tuple[str, str], ...] = ()  # examples from agents' corrections and outcomes
 
 
-def load_rules(directory: Path, *, with_classifier: bool = True) -> Rules:
-    """Validate every file (raising ConfigError listing all problems), then train."""
+def load_rules(directory: Path, *, with_classifier: bool = True,
+               learned: Iterable[tuple[str, str]] = ()) -> Rules:
+    """Validate every file (raising ConfigError listing all problems), then train on the
+    catalog's examples plus what was learned from live contacts (kept apart, see learning.py)."""
     display = str(directory).rstrip("/")
     catalog = load_catalog(directory, display)
     tree = load_routing_tree(directory, display, catalog)
-    training_digest = _training_digest(catalog)
-    classifier = _trained(training_digest, catalog) if with_classifier else None
-    return Rules(directory, _digest(directory, training_digest), catalog, tree, classifier)
+    learned = tuple((text, label) for text, label in learned if label in catalog.types)
+    examples = catalog.training + learned
+    training_digest = _training_digest(examples)
+    classifier = _trained(training_digest, examples) if with_classifier else None
+    return Rules(directory, _digest(directory, training_digest), catalog, tree, classifier,
+                 learned)
 
 
 _trained_by_digest: dict[str, Classifier] = {}
 
 
-def _trained(training_digest: str, catalog: Catalog) -> Classifier:
+def _trained(training_digest: str, examples: tuple[tuple[str, str], ...]) -> Classifier:
     """Training takes seconds; a reload that leaves the examples alone reuses the model."""
     if training_digest not in _trained_by_digest:
-        model = train(catalog.training)
+        model = train(examples)
         _trained_by_digest.clear()
         _trained_by_digest[training_digest] = model
     return _trained_by_digest[training_digest]
 
 
-def _training_digest(catalog: Catalog) -> str:
+def _training_digest(examples: tuple[tuple[str, str], ...]) -> str:
     h = hashlib.sha256()
-    for text, label in catalog.training:
+    for text, label in examples:
         h.update(f"{label}\t{text}\n".encode())
     return h.hexdigest()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import asyncpg
 import structlog
 
 from service import metrics
+from service.learning import learned_examples
 from service.rules import Rules, load_rules
 from service.yamlfile import ConfigError
 
@@ -17,22 +19,28 @@ log = structlog.get_logger(__name__)
 
 
 class RulesHolder:
-    def __init__(self, rules: Rules):
+    def __init__(self, rules: Rules, pool: asyncpg.Pool):
         self.current = rules
+        self._pool = pool
 
     @classmethod
-    async def load(cls, directory: Path) -> "RulesHolder":
-        rules = await asyncio.get_running_loop().run_in_executor(None, load_rules, directory)
+    async def load(cls, directory: Path, pool: asyncpg.Pool) -> "RulesHolder":
+        learned = await _learned(pool)
+        rules = await asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(load_rules, directory, learned=learned))
         metrics.RULES_RELOAD_OK.set(1)
         metrics.RULES_RELOAD_TIME.set_to_current_time()
-        log.info("rules.loaded", digest=rules.digest, contact_types=len(rules.catalog.types))
-        return cls(rules)
+        log.info("rules.loaded", digest=rules.digest, contact_types=len(rules.catalog.types),
+                 learned_examples=len(rules.learned))
+        return cls(rules, pool)
 
     async def reload(self) -> bool:
         """Load and validate everything off the event loop, then swap in one assignment."""
         loop = asyncio.get_running_loop()
+        learned = await _learned(self._pool)
         try:
-            rules = await loop.run_in_executor(None, load_rules, self.current.directory)
+            rules = await loop.run_in_executor(
+                None, functools.partial(load_rules, self.current.directory, learned=learned))
         except ConfigError as exc:
             metrics.RULES_RELOAD_OK.set(0)
             log.error("rules.reload_failed", errors=[str(i) for i in exc.issues])
@@ -43,9 +51,19 @@ class RulesHolder:
         log.info("rules.reloaded", digest=rules.digest)
         return True
 
-    async def record_version(self, pool: asyncpg.Pool) -> None:
+    async def record_version(self) -> None:
+        pool = self._pool
         rules = self.current
         files = {name: (rules.directory / name).read_text() for name in ("catalog.yaml",
                                                                           "routes.yaml")}
         await pool.execute("INSERT INTO rule_versions (digest, files) VALUES ($1, $2::jsonb) "
                            "ON CONFLICT (digest) DO NOTHING", rules.digest, json.dumps(files))
+
+
+async def _learned(pool: asyncpg.Pool) -> list[tuple[str, str]]:
+    """Examples from live contacts; without PostgreSQL the catalog alone still loads."""
+    try:
+        return [(row["text"], row["label"]) for row in await learned_examples(pool)]
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+        log.warning("rules.learned_examples_unavailable", error=str(exc))
+        return []

@@ -314,3 +314,29 @@ async def test_a_contact_queued_on_an_instance_that_dies_still_reaches_an_agent(
         agent = await login(survivor, db)
         offer = await agent.next("offer")
         assert offer["reason"] == "requested_agent" and offer["channel"] == "sms"
+
+
+async def test_agent_corrections_and_confirmed_answers_become_training_examples(
+        app_settings, db, redis_client):
+    from service.app import reload_and_record
+    from service.appkeys import RULES
+
+    async with instance(app_settings) as client:
+        agent = await login(client, db)
+        await text(client, CUSTOMER, "my parcel never showed up")
+        await text(client, CUSTOMER, "agent")
+        offer = await agent.next("offer")
+        await agent.send(type="accept", contact_id=offer["contact_id"])
+        await agent.next("assigned")
+        await agent.send(type="wrap_up", contact_id=offer["contact_id"], resolved=True,
+                         contact_type="delivery_period")
+        await agent.next("wrapped_up")
+        await text(client, "+15555550999", "I forgot my password and can't log in")
+        await text(client, "+15555550999", "yes")
+        assert await client.app[EVENTS].flush()
+        assert client.app[RULES].current.learned == ()
+        assert await reload_and_record(client.app)
+        learned = client.app[RULES].current.learned
+    assert set(learned) == {
+        ("my parcel never showed up", "delivery_period"),
+        ("I forgot my password and can't log in", "recover_password")}
