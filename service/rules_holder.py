@@ -26,6 +26,8 @@ class RulesHolder:
     @classmethod
     async def load(cls, directory: Path, pool: asyncpg.Pool) -> "RulesHolder":
         learned = await _learned(pool)
+        log.info("rules.loading", directory=str(directory), learned_examples=len(learned),
+                 note="training the contact-type classifier takes a few seconds")
         rules = await asyncio.get_running_loop().run_in_executor(
             None, functools.partial(load_rules, directory, learned=learned))
         metrics.RULES_RELOAD_OK.set(1)
