@@ -74,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE",
                      help="customer field used by routing, e.g. tier=vip")
     add.set_defaults(func=cmd_customers_add)
+
+    from service import cli_ops
+
+    cli_ops.add_parsers(commands)
     return parser
 
 

@@ -8,9 +8,7 @@ for an agent reach it through the bus, whichever instance produced them.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
-import secrets
 import uuid
 import weakref
 from typing import Any
@@ -22,6 +20,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from service.bus import Bus
 from service.handoff import Handoff, HandoffError, offer_frame
 from service.queues import DEFAULT_CAPACITY
+from service.tokens import hash_token, new_token
 from service.websocket import RateLimit, forward, parse_frame, send_error
 
 log = structlog.get_logger(__name__)
@@ -32,14 +31,10 @@ FRAMES_PER_SECOND = 20
 AUTH_TIMEOUT_S = 10
 
 
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 async def add_agent(conn: asyncpg.Connection, name: str, skills: list[str],
                     capacity: dict[str, int] | None = None, phone: str | None = None) -> str:
     """Store a new agent; return their token (shown once, only its hash is kept)."""
-    token = secrets.token_urlsafe(24)
+    token = new_token("agent")
     await conn.execute(
         "INSERT INTO agents (id, name, skills, capacity, phone, token_hash) "
         "VALUES ($1, $2, $3, $4::jsonb, $5, $6)",

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from channels import twilio_sms, twilio_voice, webchat  # noqa: F401  (register the channels)
 from channels.base import REGISTRY, ChannelConfig
-from service import api, metrics
+from service import api, metrics, ops_api
 from service.agents import AgentDesk
 from service.appkeys import (AGENT_DESK, BUS, CHANNELS, CONVERSATIONS, EVENTS, HANDOFF, PG,
                              REDIS, REDIS_BATCH, ROUTER, RULES, SETTINGS, TWILIO)
@@ -60,6 +60,7 @@ def create_app(settings: Settings) -> web.Application:
     for channel in app[CHANNELS]:
         app.router.add_routes(channel.routes())
     app.router.add_routes(api.routes())
+    app.router.add_routes(ops_api.routes())
     app.router.add_routes(pages())
     app.on_shutdown.append(close_websockets)
     return app

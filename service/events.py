@@ -23,6 +23,8 @@ from typing import Any
 import asyncpg
 import structlog
 
+from service import metrics
+
 log = structlog.get_logger(__name__)
 
 # Errors about the data itself: retrying cannot help. Connection trouble is retried.
@@ -99,6 +101,7 @@ class EventWriter:
         self._backlog: list[_Segment] = []  # sealed segments, oldest first
         self._current: _Segment | None = None
         self._wake = asyncio.Event()
+        self._flushing = asyncio.Lock()
         self._task: asyncio.Task | None = None
         self.written = 0
 
@@ -111,12 +114,17 @@ class EventWriter:
     def emit(self, *events: Event) -> None:
         """Record events durably on local disk now; PostgreSQL follows within a flush interval."""
         assert self._current is not None, "EventWriter.start() was not awaited"
+        metrics.observe_events(events)
         self._current.append(b"".join(e.to_line() for e in events), len(events))
         if self._current.count >= self._batch_max:
             self._wake.set()
 
     async def flush(self) -> bool:
         """Seal the current segment and write everything pending. True when nothing is left."""
+        async with self._flushing:  # the background task and a caller must not copy twice
+            return await self._flush()
+
+    async def _flush(self) -> bool:
         if self._current is not None and self._current.count:
             self._backlog.append(self._current)
             self._current = self._new_segment()

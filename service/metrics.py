@@ -16,3 +16,28 @@ RULES_RELOAD_TIME = Gauge("switchboard_rules_last_reload_success_timestamp_secon
                           "When rules last loaded successfully", registry=REGISTRY)
 EVENTS_WRITTEN = Gauge("switchboard_events_written", "Events written to PostgreSQL by this "
                        "process", registry=REGISTRY)
+REPORT_SECONDS = Histogram("switchboard_report_query_seconds", "Time to compute one report "
+                           "from the event log", ["report"], registry=REGISTRY,
+                           buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+OPS_API_REQUESTS = Counter("switchboard_ops_api_requests_total", "Requests to the ops report "
+                           "API, by endpoint and HTTP status", ["endpoint", "status"],
+                           registry=REGISTRY)
+
+# Live counters of what contacts do, for alerting (reports stay computed from the event log).
+CONTACT_EVENTS = Counter("switchboard_contact_events_total", "Contact events recorded, by "
+                         "kind and channel", ["kind", "channel"], registry=REGISTRY)
+CONTACTS_ENDED = Counter("switchboard_contacts_ended_total", "Contacts ended, by channel and "
+                         "outcome", ["channel", "outcome"], registry=REGISTRY)
+ESCALATIONS = Counter("switchboard_escalations_total", "Contacts that entered an agent queue, "
+                      "by channel and reason code", ["channel", "reason"], registry=REGISTRY)
+
+
+def observe_events(events) -> None:
+    """Count the events being recorded; called where events are emitted (EventWriter.emit)."""
+    for event in events:
+        channel = event.channel or "none"
+        CONTACT_EVENTS.labels(event.kind, channel).inc()
+        if event.kind == "ended":
+            CONTACTS_ENDED.labels(channel, str(event.data.get("outcome"))).inc()
+        elif event.kind == "escalated":
+            ESCALATIONS.labels(channel, event.reason or "none").inc()

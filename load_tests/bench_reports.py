@@ -1,0 +1,235 @@
+"""Report query benchmark: a large synthetic event log, then the time of each report query.
+
+    .venv/bin/python load_tests/bench_reports.py [--events 1000000] [--days 30] [--runs 5]
+
+Starts an embedded PostgreSQL in a temporary folder (or uses DATABASE_URL, in a new database
+it drops afterwards), applies the migrations, writes at least --events contact events with
+COPY, ANALYZEs, then times the report queries of service/reports.py: the summary (the whole
+log, then one day of it), the touchpoint matrix, journeys with drop-outs, and the trend.
+Prints the median and the fastest of --runs runs of each; results go in load_tests/REPORTS.md.
+
+The log looks like real traffic: customers who come back on other channels within and outside
+their type's repeat window, self-service that resolves, fails or is left, escalations that are
+accepted, abandoned or still waiting, agents' wrap-up corrections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import asyncpg  # noqa: E402
+
+from service import reports  # noqa: E402
+from service.migrate import migrate  # noqa: E402
+from service.reports import ReportRules, Window  # noqa: E402
+from service.rules import load_rules  # noqa: E402
+
+COLUMNS = ("id", "occurred_at", "kind", "contact_id", "customer_id", "channel", "contact_type",
+           "route_path", "reason", "data")
+CHANNELS = (("sms", 40), ("voice", 40), ("chat", 20))
+HANDLING = (("resolved", 45), ("failed", 20), ("asked_for_agent", 8), ("routed_to_agent", 7),
+            ("left", 15), ("unclassified", 5))
+REASONS = {"failed": "self_service_failed", "asked_for_agent": "requested_agent",
+           "routed_to_agent": "repeat_contact", "unclassified": "low_confidence"}
+COMEBACK = 0.3  # a customer's next contact: same type, soon (often another channel)
+
+
+def pick(rng: random.Random, table) -> str:
+    names, weights = zip(*table)
+    return rng.choices(names, weights)[0]
+
+
+class Contact:
+    """The events of one synthetic contact, appended as rows ready for COPY."""
+
+    def __init__(self, rows: list[tuple], customer: uuid.UUID, channel: str, at: datetime):
+        self.rows, self.customer, self.channel, self.now = rows, customer, channel, at
+        self.id, self.type, self.route = uuid.uuid4(), None, None
+        self.event("contact_started", 0, address="+15550000000")
+
+    def event(self, kind: str, gap_s: float, reason: str | None = None, **data) -> None:
+        self.now += timedelta(seconds=gap_s)
+        self.rows.append((uuid.uuid4(), self.now, kind, self.id, self.customer, self.channel,
+                          self.type, self.route, reason, json.dumps(data)))
+
+    def play(self, rng: random.Random, handling: str, contact_type: str) -> None:
+        self.event("received", 1, text="...", input="message")
+        if handling == "unclassified":
+            self.event("classification_missed", 1, reason="low_confidence", misses=1)
+            self.event("received", 20, text="...", input="message")
+            self.event("classification_missed", 1, reason="low_confidence", misses=2)
+            return self.escalate(rng, "low_confidence", "general")
+        self.type, self.route = contact_type, f"root > {contact_type[:6]}"
+        self.event("classified", 0.1, confidence=0.9, via="classifier")
+        to_agent = handling == "routed_to_agent"
+        self.event("routed", 0, queue="orders", self_service=not to_agent, reason=None,
+                   route_path=self.route)
+        if to_agent:
+            return self.escalate(rng, "repeat_contact", "orders")
+        self.event("self_service_started", 0, step="answer")
+        getattr(self, handling)(rng)
+
+    def resolved(self, rng) -> None:
+        self.event("received", rng.uniform(10, 120), text="yes", input="message")
+        self.event("self_service_resolved", 0, step="answer")
+        self.event("ended", 0, outcome="self_service_resolved")
+
+    def failed(self, rng) -> None:
+        self.event("received", rng.uniform(10, 120), text="no", input="message")
+        self.event("self_service_failed", 0, step="answer")
+        self.escalate(rng, "self_service_failed", "orders")
+
+    def asked_for_agent(self, rng) -> None:
+        self.event("received", rng.uniform(5, 60), text="agent", input="message")
+        self.escalate(rng, "requested_agent", "orders")
+
+    def left(self, rng) -> None:
+        outcome = {"voice": "hung_up_in_ivr", "sms": "idle_timeout", "chat": "customer_left"}
+        self.event("ended", rng.uniform(20, 1800), outcome=outcome[self.channel])
+
+    def escalate(self, rng, reason: str, queue: str) -> None:
+        self.event("escalated", 0, reason=reason, queue=queue, priority=5)
+        self.event("queued", 0, queue=queue, position=rng.randint(1, 9))
+        fate = rng.random()
+        if fate < 0.7:
+            self.event("agent_accepted", rng.expovariate(1 / 45), agent_id="a1")
+            self.event("wrap_up", rng.uniform(60, 900), resolved=fate < 0.6,
+                       corrected_contact_type=None, classified_as=self.type)
+            self.event("ended", 0, outcome="agent_resolved" if fate < 0.6 else "agent_unresolved")
+        elif fate < 0.95:
+            self.event("ended", rng.expovariate(1 / 120), outcome="abandoned_in_queue")
+
+
+def customer_rows(rng: random.Random, types: list[str], start: datetime,
+                  days: int) -> list[tuple]:
+    """One customer's contacts: a first one, then maybe come-backs and later unrelated ones."""
+    rows: list[tuple] = []
+    customer = uuid.uuid4()
+    at = start + timedelta(seconds=rng.uniform(0, days * 86400))
+    rows.append((uuid.uuid4(), at, "customer_created", None, customer, "sms", None, None, None,
+                 '{"identity_kind": "phone", "identity_value": "+15550000000"}'))
+    contact_type = rng.choice(types)
+    for _ in range(rng.choice((1, 1, 1, 2, 2, 3, 4))):
+        Contact(rows, customer, pick(rng, CHANNELS), at).play(rng, pick(rng, HANDLING),
+                                                               contact_type)
+        if rng.random() < COMEBACK:
+            at += timedelta(hours=rng.uniform(0.5, 96))  # some outside the 72 h window
+        else:
+            at += timedelta(days=rng.uniform(1, 20))
+            contact_type = rng.choice(types)
+    return rows
+
+
+async def fill(conn: asyncpg.Connection, events: int, days: int, types: list[str],
+               start: datetime) -> int:
+    rng, written, batch = random.Random(5), 0, []
+    while written < events:
+        batch += customer_rows(rng, types, start, days)
+        if len(batch) >= 50_000 or written + len(batch) >= events:
+            await conn.copy_records_to_table("contact_events", records=batch, columns=COLUMNS)
+            written += len(batch)
+            batch = []
+            print(f"\r  {written:,} events", end="", flush=True)
+    print()
+    await conn.execute("ANALYZE contact_events")
+    return written
+
+
+async def timed(runs: int, query) -> tuple[float, float]:
+    seconds = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        await query()
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds), min(seconds)
+
+
+async def bench(url: str, events: int, days: int, runs: int) -> None:
+    rules = ReportRules.from_catalog(load_rules(ROOT / "routing_rules",
+                                                with_classifier=False).catalog)
+    start = datetime(2024, 4, 1, tzinfo=timezone.utc)
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+        print(f"writing {events:,}+ events over {days} days (COPY)")
+        began = time.perf_counter()
+        written = await fill(conn, events, days, list(rules.repeat_windows_h), start)
+        print(f"  {written:,} events in {time.perf_counter() - began:.1f} s")
+        contacts = await conn.fetchval(
+            "SELECT count(*) FROM contact_events WHERE kind = 'contact_started'")
+        print(f"  {contacts:,} contacts")
+        first, last = await conn.fetchrow(
+            "SELECT min(occurred_at), max(occurred_at) FROM contact_events")
+        whole = Window(first, last + timedelta(seconds=1))
+        day = Window(start + timedelta(days=10), start + timedelta(days=11))
+        cases = [("summary, whole log", lambda: reports.summary(conn, whole, rules)),
+                 ("summary, one day", lambda: reports.summary(conn, day, rules)),
+                 ("matrix, whole log", lambda: reports.matrix(conn, whole, rules)),
+                 ("journeys + drop-outs, whole log",
+                  lambda: reports.journeys(conn, whole, rules)),
+                 ("trend by day, whole log", lambda: reports.trend(conn, whole, rules))]
+        report = await reports.summary(conn, whole, rules)
+        print("  totals:", json.dumps({k: report["totals"][k] for k in (
+            "contacts", "self_service_resolved", "false_deflections", "escalated", "abandoned")}))
+        print(f"\n{'query':<34}{'median':>10}{'fastest':>10}   ({runs} runs)")
+        for name, query in cases:
+            median, fastest = await timed(runs, query)
+            print(f"{name:<34}{median * 1000:>8.0f} ms{fastest * 1000:>7.0f} ms")
+    finally:
+        await conn.close()
+
+
+@contextlib.contextmanager
+def database() -> Iterator[str]:
+    """A fresh database on DATABASE_URL's server, or on an embedded server in a temp folder."""
+    import os
+    from urllib.parse import urlsplit, urlunsplit
+
+    from service.embedded import embedded_postgres
+
+    with contextlib.ExitStack() as stack:
+        admin = os.environ.get("DATABASE_URL") or stack.enter_context(embedded_postgres(
+            Path(stack.enter_context(tempfile.TemporaryDirectory()))))
+        name = f"switchboard_bench_{uuid.uuid4().hex[:8]}"
+        asyncio.run(_admin(admin, f'CREATE DATABASE "{name}"'))
+        try:
+            yield urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
+        finally:
+            asyncio.run(_admin(admin, f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+async def _admin(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    with database() as url:
+        asyncio.run(bench(url, args.events, args.days, args.runs))
+
+
+if __name__ == "__main__":
+    main()

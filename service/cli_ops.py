@@ -1,0 +1,458 @@
+"""Ops commands of the `switchboard` CLI: report, tokens add, demo.
+
+    switchboard report --from 2024-05-01 --to 2024-05-08 [--format table|json|csv]
+    switchboard tokens add --role ops [--name N]      the token alone on the last line
+    switchboard demo --contacts 200 [--url U]         synthetic traffic through the public endpoints
+
+`add_parsers(commands)` registers them on the CLI's sub-command parser; each command is
+`func(args, settings) -> exit code`, like the others in service/__main__.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import io
+import json
+import sys
+from typing import Any, Iterator
+
+from service import reports
+from service.reports import BadWindow, ReportRules
+from service.settings import Settings
+
+
+def add_parsers(commands) -> None:
+    report = commands.add_parser(
+        "report", help="metrics of the event log for a window (metric version 1)")
+    report.add_argument("--from", dest="start", metavar="FROM",
+                        help="ISO 8601 date or time, UTC unless an offset is given "
+                             "(default: seven days before --to)")
+    report.add_argument("--to", dest="end", metavar="TO", help="end, exclusive (default: now)")
+    report.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    report.add_argument("--service-level-s", type=float, default=reports.DEFAULT_SERVICE_LEVEL_S,
+                        help="answer-time target of service_level (default 60)")
+    report.set_defaults(func=cmd_report)
+
+    tokens = commands.add_parser("tokens", help="API tokens").add_subparsers(
+        dest="tokens_command", required=True)
+    add = tokens.add_parser("add", help="create an ops token for the report API and the /ops "
+                            "dashboard; prints it once (agents get theirs from `agents add`)")
+    add.add_argument("--role", required=True, choices=("ops",))
+    add.add_argument("--name", default="", help="who or what uses it, for your records")
+    add.set_defaults(func=cmd_tokens_add)
+
+    demo = commands.add_parser(
+        "demo", help="send synthetic customers through the public endpoints of a running "
+        "service: signed SMS and voice webhooks and chat WebSockets, with repeat contacts")
+    demo.add_argument("--contacts", type=int, default=100, help="how many contacts (default 100)")
+    demo.add_argument("--url", help="where the service listens (default SWITCHBOARD_PUBLIC_URL)")
+    demo.add_argument("--seed", type=int, default=None, help="repeatable traffic")
+    demo.add_argument("--agent-token", help="an agent token: a demo agent then takes the chats "
+                      "it is offered and wraps them up")
+    demo.set_defaults(func=cmd_demo)
+
+
+# ---- shared -----------------------------------------------------------------------------
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"switchboard: {message}", file=sys.stderr)
+    return code
+
+
+@contextlib.contextmanager
+def _database(settings: Settings) -> Iterator[str]:
+    """The configured PostgreSQL, or the embedded one under the data directory."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    from service.embedded import embedded_postgres
+
+    with embedded_postgres(settings.data_dir) as url:
+        yield url
+
+
+async def _connect(url: str):
+    import asyncpg
+
+    from service.migrate import migrate
+
+    conn = await asyncpg.connect(url)
+    await migrate(conn)
+    return conn
+
+
+# ---- tokens -----------------------------------------------------------------------------
+
+def cmd_tokens_add(args: argparse.Namespace, settings: Settings) -> int:
+    from service.tokens import create_token
+
+    async def run(url: str) -> str:
+        conn = await _connect(url)
+        try:
+            return await create_token(conn, args.role, args.name)
+        finally:
+            await conn.close()
+
+    with _database(settings) as url:
+        token = asyncio.run(run(url))
+    print(f"{args.role} token{f' for {args.name}' if args.name else ''} created; it is shown "
+          "once, only its hash is kept. Send it as 'Authorization: Bearer <token>':")
+    print(token)
+    return 0
+
+
+# ---- report -----------------------------------------------------------------------------
+
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from service.rules import load_rules
+    from service.yamlfile import ConfigError
+
+    try:
+        window = reports.parse_window(args.start, args.end)
+    except BadWindow as exc:
+        return _fail(str(exc), 2)
+    if not args.service_level_s > 0:
+        return _fail("--service-level-s must be a positive number of seconds", 2)
+    try:
+        catalog = load_rules(settings.rules_dir, with_classifier=False).catalog
+    except ConfigError as exc:
+        return _fail(f"the rules in {settings.rules_dir} are invalid (reports need their "
+                     f"repeat windows):\n{exc}")
+    rules = ReportRules.from_catalog(catalog, service_level_s=args.service_level_s)
+
+    async def run(url: str) -> dict[str, Any]:
+        conn = await _connect(url)
+        try:
+            return await reports.summary(conn, window, rules)
+        finally:
+            await conn.close()
+
+    with _database(settings) as url:
+        report = asyncio.run(run(url))
+    print({"json": lambda r: json.dumps(r, indent=2), "csv": report_csv,
+           "table": report_table}[args.format](report), end="")
+    return 0
+
+
+RATES = ("deflection_rate", "true_deflection_rate", "containment_rate", "abandonment_rate",
+         "service_level")
+TABLE_COLUMNS = (("contacts", "contacts"), ("offered", "self_service_offered"),
+                 ("resolved", "self_service_resolved"), ("false_defl", "false_deflections"),
+                 ("escalated", "escalated"), ("abandoned", "abandoned"),
+                 ("deflect", "deflection_rate"), ("true_defl", "true_deflection_rate"),
+                 ("contain", "containment_rate"), ("abandon", "abandonment_rate"),
+                 ("svc_level", "service_level"))
+GROUPS = (("contact type", "by_contact_type"), ("channel", "by_channel"),
+          ("queue", "by_queue"), ("route", "by_route"))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1%}" if isinstance(value, float) else str(value)
+
+
+def _table_row(name: str, figures: dict[str, Any]) -> str:
+    return f"{name[:28]:<28}" + "".join(f"{_cell(figures[key]):>11}"
+                                        for _, key in TABLE_COLUMNS)
+
+
+def report_table(report: dict[str, Any]) -> str:
+    lines = [f"Switchboard report, metric version {report['metric_version']}",
+             f"contacts that started from {report['from']} to {report['to']} (exclusive); "
+             f"service level: accepted within {report['service_level_s']:g} s",
+             "", f"{'':<28}" + "".join(f"{title:>11}" for title, _ in TABLE_COLUMNS),
+             _table_row("total", report["totals"])]
+    for title, key in GROUPS:
+        lines += ["", f"by {title}"]
+        lines += [_table_row(f"  {name}", figures) for name, figures in report[key].items()]
+    lines += ["", "escalation reasons"]
+    lines += [f"  {reason:<26}{count:>11}" for reason, count in
+              report["escalation_reasons"].items()] or ["  (none)"]
+    lines += ["", "rates are fractions of the group; '-' when the denominator is 0. "
+              "Definitions: switchboard report --format json"]
+    return "\n".join(lines) + "\n"
+
+
+def report_csv(report: dict[str, Any]) -> str:
+    """One row per group: the window, the group, its counts and rates."""
+    fields = [*reports.COUNT_FIELDS, *RATES]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["metric_version", "from", "to", "group", "key", *fields])
+    head = [report["metric_version"], report["from"], report["to"]]
+    writer.writerow([*head, "total", "", *(_csv(report["totals"][f]) for f in fields)])
+    for title, key in GROUPS:
+        for name, figures in report[key].items():
+            writer.writerow([*head, title.replace(" ", "_"), name,
+                             *(_csv(figures[f]) for f in fields)])
+    for reason, count in report["escalation_reasons"].items():
+        writer.writerow([*head, "escalation_reason", reason,
+                         *(count if f == "escalated" else "" for f in fields)])
+    return out.getvalue()
+
+
+def _csv(value: Any) -> Any:
+    return "" if value is None else value
+
+
+# ---- demo -------------------------------------------------------------------------------
+# Synthetic customers through the public endpoints: nothing is written to the database
+# directly, so the dashboard shows exactly what real traffic would produce.
+
+DEMO_CONCURRENCY = 4
+STORIES = (("sms_answer", 34), ("voice_keypad", 20), ("chat_answer", 18), ("voice_agent", 7),
+           ("voice_menu_hang_up", 6), ("sms_unclear", 8), ("sms_person", 7))
+FOLLOW_UP_BY_PHONE = 0.35  # a texter calls back about the same thing (false deflection)
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    import aiohttp
+
+    from service.rules import load_rules
+    from service.yamlfile import ConfigError
+
+    if args.contacts < 1:
+        return _fail("--contacts must be at least 1", 2)
+    url = (args.url or settings.public_url).rstrip("/")
+    try:
+        catalog = load_rules(settings.rules_dir, with_classifier=False).catalog
+    except ConfigError as exc:
+        return _fail(f"the rules in {settings.rules_dir} are invalid:\n{exc}")
+    try:
+        sent = asyncio.run(run_demo(settings, url, catalog, args.contacts, args.seed,
+                                    args.agent_token))
+    except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        problem = str(exc) or type(exc).__name__
+        return _fail(f"demo traffic to {url} failed: {problem} (is `switchboard serve` "
+                     "running, with the same TWILIO_AUTH_TOKEN and SWITCHBOARD_PUBLIC_URL?)")
+    print(f"sent {sum(sent.values())} contacts to {url}: " + ", ".join(
+        f"{n} {channel}" for channel, n in sorted(sent.items())))
+    print(f"see them at {url}/ops (a token: switchboard tokens add --role ops)")
+    return 0
+
+
+async def run_demo(settings: Settings, url: str, catalog, contacts: int, seed: int | None,
+                   agent_token: str | None = None) -> dict[str, int]:
+    """Send `contacts` contacts; return how many went over each channel."""
+    import random
+    from collections import Counter
+
+    import aiohttp
+
+    sent: Counter[str] = Counter()
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        traffic = DemoTraffic(session, url, settings.public_url, settings.twilio_auth_token,
+                              catalog)
+        agent = asyncio.create_task(demo_agent(session, url, agent_token)) if agent_token \
+            else None
+        limit = asyncio.Semaphore(DEMO_CONCURRENCY)
+
+        async def one(story: str, follow_up: bool, story_seed: int) -> None:
+            rng = random.Random(story_seed)  # each customer's own: the same seed, the same story
+            phone = f"+1555{rng.randrange(1_000_000, 10_000_000)}"
+            async with limit:
+                sent.update(await getattr(traffic, story)(phone, rng, follow_up))
+
+        plans = _demo_plans(random.Random(seed), contacts)
+        try:
+            await asyncio.gather(*(one(*plan) for plan in plans))
+        finally:
+            if agent:
+                agent.cancel()
+                await asyncio.gather(agent, return_exceptions=True)
+    return dict(sent)
+
+
+def _demo_plans(rng, contacts: int) -> list[tuple[str, bool, int]]:
+    """(story, with a follow-up call, seed) until the stories add up to `contacts` contacts."""
+    names, weights = zip(*STORIES)
+    plans, planned = [], 0
+    while planned < contacts:
+        story = rng.choices(names, weights)[0]
+        follow_up = story == "sms_answer" and contacts - planned >= 2 and \
+            rng.random() < FOLLOW_UP_BY_PHONE
+        plans.append((story, follow_up, rng.getrandbits(32)))
+        planned += 2 if follow_up else 1
+    return plans
+
+
+class DemoTraffic:
+    """Customers of a running service, over signed webhooks and the chat WebSocket."""
+
+    def __init__(self, session, url: str, public_url: str, auth_token: str, catalog):
+        from twilio.request_validator import RequestValidator
+
+        self.session, self.url = session, url
+        self.public_url = public_url.rstrip("/")
+        self.validator = RequestValidator(auth_token)
+        self.answered = [t for t in catalog.types.values() if t.answer]
+        self.keypad = [t for t in self.answered if t.ivr_digit]
+
+    @staticmethod
+    def sid(prefix: str) -> str:
+        import uuid
+
+        return prefix + uuid.uuid4().hex
+
+    async def post(self, path: str, params: dict[str, str]) -> str:
+        from urllib.parse import urlencode
+
+        signature = self.validator.compute_signature(self.public_url + path, params)
+        async with self.session.post(self.url + path, data=urlencode(params), headers={
+                "X-Twilio-Signature": signature,
+                "Content-Type": "application/x-www-form-urlencoded"}) as response:
+            response.raise_for_status()
+            return await response.text()
+
+    async def text(self, phone: str, body: str) -> str:
+        sid = self.sid("SM")
+        return await self.post("/twilio/sms", {
+            "MessageSid": sid, "SmsMessageSid": sid, "SmsSid": sid, "AccountSid": "AC" + "0" * 32,
+            "From": phone, "To": "+15005550006", "Body": body, "NumMedia": "0",
+            "NumSegments": "1", "SmsStatus": "received", "ApiVersion": "2010-04-01"})
+
+    # ---- stories: each returns the channels of the contacts it made ----
+
+    async def sms_answer(self, phone: str, rng, follow_up: bool) -> list[str]:
+        topic = rng.choice(self.answered)
+        twiml = await self.text(phone, rng.choice(topic.examples))
+        for _ in range(3):
+            if "Did that help" in twiml:
+                await self.text(phone, "yes" if rng.random() < 0.8 else "no")
+                break
+            if "not sure I understood" not in twiml:
+                break
+            twiml = await self.text(phone, "1")
+        return ["sms", *(await self.call_back(phone) if follow_up else [])]
+
+    async def sms_unclear(self, phone: str, rng, follow_up: bool) -> list[str]:
+        await self.text(phone, "blorp")
+        await self.text(phone, "qwzx vvv")
+        return ["sms"]
+
+    async def sms_person(self, phone: str, rng, follow_up: bool) -> list[str]:
+        await self.text(phone, "Can I talk to a real person please")
+        return ["sms"]
+
+    async def voice_keypad(self, phone: str, rng, follow_up: bool) -> list[str]:
+        call = await DemoCall(self, phone).dial()
+        await call.press(str(rng.choice(self.keypad).ivr_digit))
+        await call.press("1" if rng.random() < 0.7 else "2")
+        if call.queued:
+            await call.hold_then_hang_up()
+        await call.end()
+        return ["voice"]
+
+    async def voice_agent(self, phone: str, rng, follow_up: bool) -> list[str]:
+        call = await DemoCall(self, phone).dial()
+        await call.press("0")
+        await call.hold_then_hang_up()
+        await call.end()
+        return ["voice"]
+
+    async def voice_menu_hang_up(self, phone: str, rng, follow_up: bool) -> list[str]:
+        await (await DemoCall(self, phone).dial()).end()
+        return ["voice"]
+
+    async def call_back(self, phone: str) -> list[str]:
+        """The texter calls about the same thing: 'Welcome back', press 1, a person."""
+        call = await DemoCall(self, phone).dial()
+        await call.press("1")
+        if call.queued:
+            await call.hold_then_hang_up()
+        await call.end()
+        return ["voice"]
+
+    async def chat_answer(self, phone: str, rng, follow_up: bool) -> list[str]:
+        topic = rng.choice(self.answered)
+        async with self.session.ws_connect(self.url + "/chat/ws") as ws:
+            await ws.send_json({"type": "start", "session": None})
+            await _until_status(ws)
+            await ws.send_json({"type": "message", "text": rng.choice(topic.examples)})
+            said = await _until_status(ws)
+            if any("Did that help" in text for text in said):
+                await ws.send_json({"type": "message",
+                                    "text": "yes" if rng.random() < 0.7 else "no"})
+                said = await _until_status(ws)
+            if said and said[-1] == "queued":
+                await _until_status(ws, wanted="closed", timeout_s=4)
+            await ws.send_json({"type": "end"})
+        return ["chat"]
+
+
+async def _until_status(ws, wanted: str | None = None, timeout_s: float = 10) -> list[str]:
+    """Bot texts until the next status frame (or the `wanted` state); the state comes last."""
+    said: list[str] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while (left := deadline - loop.time()) > 0:
+        try:
+            frame = await ws.receive_json(timeout=left)
+        except (asyncio.TimeoutError, TypeError, ValueError):
+            break
+        if frame.get("type") == "message":
+            said.append(frame.get("text", ""))
+        elif frame.get("type") == "status" and wanted in (None, frame.get("state")):
+            return [*said, frame["state"]]
+    return said
+
+
+class DemoCall:
+    """One phone call driven the way Twilio drives it: post, read the TwiML, follow it."""
+
+    def __init__(self, traffic: DemoTraffic, phone: str):
+        self.traffic, self.phone, self.sid = traffic, phone, traffic.sid("CA")
+        self.twiml = None
+
+    @property
+    def queued(self) -> bool:
+        return self.twiml is not None and self.twiml.find("Enqueue") is not None
+
+    async def _post(self, path: str, **extra: str) -> None:
+        import xml.etree.ElementTree as ET
+
+        params = {"CallSid": self.sid, "AccountSid": "AC" + "0" * 32, "From": self.phone,
+                  "To": "+15005550006", "CallStatus": "in-progress", "Direction": "inbound",
+                  "ApiVersion": "2010-04-01", **extra}
+        self.twiml = ET.fromstring(await self.traffic.post(path, params))
+
+    async def dial(self) -> "DemoCall":
+        await self._post("/twilio/voice", CallStatus="ringing")
+        return self
+
+    async def press(self, digits: str) -> None:
+        gather = self.twiml.find("Gather")
+        if gather is not None:
+            await self._post(gather.get("action"), Digits=digits)
+
+    async def hold_then_hang_up(self) -> None:
+        enqueue = self.twiml.find("Enqueue")
+        await self._post(enqueue.get("waitUrl"), QueuePosition="1", QueueTime="20")
+        await self._post(enqueue.get("action"), QueueResult="hangup", QueueTime="45")
+
+    async def end(self) -> None:
+        await self._post("/twilio/voice/status", CallStatus="completed", CallDuration="60")
+
+
+async def demo_agent(session, url: str, token: str) -> None:
+    """A demo agent: takes the chats it is offered, wraps each up a moment later."""
+    async with session.ws_connect(url + "/agent/ws") as ws:
+        await ws.send_json({"type": "auth", "token": token})
+        await ws.send_json({"type": "presence", "status": "available"})
+        async for msg in ws:
+            frame = json.loads(msg.data)
+            kind, contact = frame.get("type"), frame.get("contact_id")
+            if kind == "offer":
+                await ws.send_json({"type": "accept" if frame["channel"] == "chat" else
+                                    "decline", "contact_id": contact})
+            elif kind == "assigned":
+                await asyncio.sleep(0.3)
+                await ws.send_json({"type": "wrap_up", "contact_id": contact,
+                                    "resolved": True, "note": "demo"})
+            elif kind == "error" and frame.get("code") == "unauthorized":
+                raise RuntimeError("the demo agent token was refused")

@@ -1,0 +1,165 @@
+"""Ops reporting over HTTP: the report API (ops token) and the /ops dashboard page.
+
+    GET /api/reports/summary?from=&to=[&service_level_s=60]   section 5 metrics (fixed shape)
+    GET /api/reports/matrix?from=&to=                          touchpoint matrix
+    GET /api/reports/journeys?from=&to=[&limit=5]              journeys and drop-outs
+    GET /api/reports/trend?from=&to=[&bucket=hour|day|week]    headline rates over time
+    GET /ops                                                   the dashboard (static page)
+
+API calls need `Authorization: Bearer <token>` with an ops token (`switchboard tokens add
+--role ops`): 401 without a valid one, 403 for another role. from/to are ISO 8601 (a date is
+midnight UTC); `to` defaults to now and `from` to seven days earlier; a bad value is a 400.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from service import metrics, reports, tokens
+from service.appkeys import PG, RULES
+from service.reports import BadWindow, ReportRules, Window
+
+log = structlog.get_logger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+NO_STORE = {"Cache-Control": "no-store"}
+UNAVAILABLE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+               asyncpg.OperatorInterventionError, asyncpg.InsufficientResourcesError, OSError,
+               TimeoutError)  # the database is down, busy or too slow: not a bug of ours
+
+
+def routes() -> list[web.RouteDef]:
+    return [web.get("/ops", _static("ops.html")), web.get("/ops/ops.js", _static("ops.js")),
+            web.get("/ops/ops.css", _static("ops.css")),
+            web.get("/api/reports/summary", summary), web.get("/api/reports/matrix", matrix),
+            web.get("/api/reports/journeys", journeys), web.get("/api/reports/trend", trend)]
+
+
+def _static(name: str) -> Handler:
+    async def serve(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(WEB_DIR / name, headers=NO_STORE)
+    return serve
+
+
+# ---- errors and authorization ------------------------------------------------------------
+
+def json_error(status: type[web.HTTPException], message: str, **headers: str) -> web.HTTPException:
+    return status(text=json.dumps({"error": message}), content_type="application/json",
+                  headers={**NO_STORE, **headers})
+
+
+def bearer_token(request: web.Request) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def ops_report(name: str) -> Callable[[Handler], Handler]:
+    """Only for ops tokens; counts requests; a database outage is a 503, not a stack trace."""
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            status = 500
+            try:
+                await _require_ops(request)
+                response = await handler(request)
+                status = response.status
+                return response
+            except web.HTTPException as exc:
+                status = exc.status
+                raise
+            except UNAVAILABLE as exc:
+                log.warning("reports.unavailable", report=name, error=str(exc))
+                status = 503
+                raise json_error(web.HTTPServiceUnavailable,
+                                 "the event log cannot be read right now; try again") from exc
+            finally:
+                metrics.OPS_API_REQUESTS.labels(name, str(status)).inc()
+        return guarded
+    return decorate
+
+
+async def _require_ops(request: web.Request) -> None:
+    token = bearer_token(request)
+    role = await tokens.role_of(request.app[PG], token) if token else None
+    if role is None:
+        raise json_error(web.HTTPUnauthorized, "an ops token is required: send 'Authorization: "
+                         "Bearer <token>' (create one with: switchboard tokens add --role ops)",
+                         **{"WWW-Authenticate": 'Bearer realm="switchboard"'})
+    if role != "ops":
+        raise json_error(web.HTTPForbidden, f"tokens of role '{role}' cannot read reports; use "
+                         "an ops token")
+
+
+# ---- query parameters ---------------------------------------------------------------------
+
+def _window(request: web.Request) -> Window:
+    try:
+        return reports.parse_window(request.query.get("from"), request.query.get("to"))
+    except BadWindow as exc:
+        raise json_error(web.HTTPBadRequest, str(exc)) from None
+
+
+def _number(request: web.Request, name: str, default: float, low: float, high: float,
+            whole: bool = False) -> float:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw) if whole else float(raw)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        kind = "a whole number" if whole else "a number"
+        raise json_error(web.HTTPBadRequest, f"'{name}' must be {kind} from {low:g} to "
+                         f"{high:g}, not {raw!r}")
+    return value
+
+
+def _report_rules(request: web.Request) -> ReportRules:
+    level = _number(request, "service_level_s", reports.DEFAULT_SERVICE_LEVEL_S, 1, 86400)
+    return ReportRules.from_catalog(request.app[RULES].current.catalog, service_level_s=level)
+
+
+def _json(report: dict) -> web.Response:
+    return web.json_response(report, headers=NO_STORE)
+
+
+# ---- reports ------------------------------------------------------------------------------
+
+@ops_report("summary")
+async def summary(request: web.Request) -> web.Response:
+    window, rules = _window(request), _report_rules(request)
+    return _json(await reports.summary(request.app[PG], window, rules))
+
+
+@ops_report("matrix")
+async def matrix(request: web.Request) -> web.Response:
+    window, rules = _window(request), _report_rules(request)
+    return _json(await reports.matrix(request.app[PG], window, rules))
+
+
+@ops_report("journeys")
+async def journeys(request: web.Request) -> web.Response:
+    window, rules = _window(request), _report_rules(request)
+    limit = int(_number(request, "limit", 5, 1, 100, whole=True))
+    return _json(await reports.journeys(request.app[PG], window, rules, limit))
+
+
+@ops_report("trend")
+async def trend(request: web.Request) -> web.Response:
+    window, rules = _window(request), _report_rules(request)
+    try:
+        bucket = reports.choose_bucket(window, request.query.get("bucket"))
+    except BadWindow as exc:
+        raise json_error(web.HTTPBadRequest, str(exc)) from None
+    return _json(await reports.trend(request.app[PG], window, rules, bucket))

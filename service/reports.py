@@ -1,0 +1,479 @@
+"""Metric queries over the event log (DESIGN.md section 5, metric version 1).
+
+Every figure is computed in SQL from `contact_events`, never from counters, for any window.
+A contact belongs to the window in which it started (its `contact_started` event); whatever
+happened to it afterwards counts, even after the window's end, so a report on a past window is
+as of the moment it runs.
+
+    window = parse_window("2024-05-01", "2024-05-08")
+    rules = ReportRules.from_catalog(catalog)
+    await summary(conn, window, rules)    # totals, by type/channel/queue/route, reasons
+    await matrix(conn, window, rules)     # touchpoint matrix: contact type x channel
+    await journeys(conn, window, rules)   # cross-channel journeys and self-service drop-outs
+    await trend(conn, window, rules)      # headline rates per time bucket
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Mapping
+
+import asyncpg
+
+from service import metrics
+
+METRIC_VERSION = "1"
+DEFAULT_REPEAT_WINDOW_H = 72
+DEFAULT_SERVICE_LEVEL_S = 60
+DEFAULT_SPAN = timedelta(days=7)
+MAX_TREND_POINTS = 1000
+QUERY_TIMEOUT_S = 120
+WORK_MEM = "64MB"
+UNCLASSIFIED, NO_QUEUE, NO_ROUTE = "unclassified", "none", "none"
+
+DEFINITIONS = {
+    "window": "A contact counts in the window [from, to) in which it started; everything that "
+              "happened to it afterwards counts too (a report is as of the moment it runs).",
+    "contact": "One conversation of one customer on one channel: a call, an SMS conversation "
+               "(ended by resolution, wrap-up or 30 min without a message), a chat session.",
+    "contact_type": "The latest classification of the contact, or the agent's wrap-up "
+                    "correction; 'unclassified' when it never got one.",
+    "queue": "The queue of the contact's latest routing decision or escalation; 'none' when "
+             "it was never routed.",
+    "route": "The route path of the contact's latest routing decision or escalation.",
+    "self_service_offered": "Contacts in which a self-service answer or flow started.",
+    "self_service_resolved": "Contacts that ended with outcome self_service_resolved and "
+                             "never entered an agent queue.",
+    "escalated": "Contacts that entered an agent queue; escalation_reasons counts each "
+                 "escalated contact once, by the reason code of its first escalation.",
+    "abandoned": "Escalated contacts that ended before an agent accepted them.",
+    "false_deflections": "Self-service-resolved contacts followed by another contact of the "
+                         "same customer with the same contact type, on any channel, starting "
+                         "within the type's repeat window (catalog repeat_window_h, default "
+                         "72 h) of the resolved contact's start.",
+    "deflection_rate": "self_service_resolved / contacts",
+    "true_deflection_rate": "(self_service_resolved - false_deflections) / contacts",
+    "containment_rate": "voice contacts that never entered an agent queue / voice contacts",
+    "abandonment_rate": "abandoned / escalated",
+    "service_level": "escalated contacts accepted by an agent within service_level_s seconds "
+                     "of their first escalation / escalated",
+    "median_resolution_s": "Median seconds from start to end of contacts that ended "
+                           "self_service_resolved or agent_resolved.",
+    "journey": "A customer's contacts of one contact type, each starting within the type's "
+               "repeat window of the previous one, as channel:handling steps; it counts in "
+               "the window in which its first contact started. handling: self_service "
+               "(resolved), agent (accepted by an agent), abandoned, queued (still waiting), "
+               "dropped (ended without resolution or escalation), open (still going).",
+    "dropout": "A contact that left self-service unresolved on its own account: escalated at "
+               "the customer's request or after failing self-service, or ended (hung up, "
+               "went quiet, opted out); not contacts routed straight to an agent by a rule. "
+               "step: where it was (greeting, clarifying, or the self-service step); exit: "
+               "the escalation reason or the outcome.",
+    "rates": "Fractions from 0 to 1; null when the denominator is 0.",
+}
+
+COUNT_FIELDS = ("contacts", "self_service_offered", "self_service_resolved", "false_deflections",
+                "escalated", "abandoned", "accepted", "accepted_in_service_level",
+                "voice_contacts", "voice_contained")
+
+
+class BadWindow(ValueError):
+    """from/to cannot be read or do not make a window; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Window:
+    start: datetime
+    end: datetime
+
+    def as_dict(self) -> dict[str, str]:
+        return {"from": iso(self.start), "to": iso(self.end)}
+
+
+@dataclass(frozen=True)
+class ReportRules:
+    """What reports need from the catalog: repeat windows and labels of the contact types."""
+    repeat_windows_h: Mapping[str, int] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    default_window_h: int = DEFAULT_REPEAT_WINDOW_H
+    service_level_s: float = DEFAULT_SERVICE_LEVEL_S
+
+    @classmethod
+    def from_catalog(cls, catalog, service_level_s: float = DEFAULT_SERVICE_LEVEL_S
+                     ) -> "ReportRules":
+        types = catalog.types.values()
+        return cls({t.id: t.repeat_window_h for t in types}, {t.id: t.label for t in types},
+                   service_level_s=service_level_s)
+
+    @property
+    def longest_window_h(self) -> int:
+        return max([self.default_window_h, *self.repeat_windows_h.values()])
+
+    def params(self, window: Window) -> list[Any]:
+        """$1..$6 of every report query."""
+        ids = list(self.repeat_windows_h)
+        return [window.start, window.end, ids, [self.repeat_windows_h[i] for i in ids],
+                self.default_window_h, float(self.service_level_s)]
+
+
+# ---- windows ------------------------------------------------------------------------------
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def parse_moment(raw: str, name: str) -> datetime:
+    """ISO 8601: a date (midnight UTC) or a date and time (UTC unless an offset is given)."""
+    try:
+        moment = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        raise BadWindow(f"'{name}' is not a date or time: {raw!r} (use ISO 8601, e.g. "
+                        "2024-05-01 or 2024-05-01T09:00:00Z)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def parse_window(raw_from: str | None, raw_to: str | None,
+                 now: datetime | None = None) -> Window:
+    """The window [from, to); `to` defaults to now, `from` to seven days before `to`."""
+    end = parse_moment(raw_to, "to") if raw_to else (now or datetime.now(timezone.utc))
+    start = parse_moment(raw_from, "from") if raw_from else end - DEFAULT_SPAN
+    if start >= end:
+        raise BadWindow(f"'from' ({iso(start)}) must be before 'to' ({iso(end)})")
+    return Window(start, end)
+
+
+def ratio(numerator: int, denominator: int) -> float | None:
+    return None if denominator == 0 else numerator / denominator
+
+
+# ---- SQL ----------------------------------------------------------------------------------
+
+def _type_assigned(alias: str) -> str:
+    """The contact type an event gives its contact: a classification or a wrap-up correction."""
+    return (f"CASE WHEN {alias}.kind = 'classified' THEN {alias}.contact_type "
+            f"WHEN {alias}.kind = 'wrap_up' THEN COALESCE({alias}.data->>'corrected_contact_type',"
+            f" {alias}.data->>'contact_type') END")
+
+
+def _in_order(expression: str, condition: str) -> str:
+    """The values of `expression` over the contact's events that match, oldest first. Every
+    aggregate orders alike, so PostgreSQL sorts the events once for all of them."""
+    return (f"array_agg({expression} ORDER BY e.occurred_at, e.seq) "
+            f"FILTER (WHERE {condition})")
+
+
+STARTED_IN_WINDOW = """
+chosen AS (
+    SELECT contact_id, customer_id, channel, occurred_at AS started_at
+    FROM contact_events
+    WHERE kind = 'contact_started' AND occurred_at >= $1::timestamptz
+      AND occurred_at < $2::timestamptz
+)"""
+
+# Journeys need the customers' other contacts: from one repeat window before the window on.
+CUSTOMERS_OF_WINDOW = """
+customers_in_window AS (
+    SELECT DISTINCT customer_id FROM contact_events
+    WHERE kind = 'contact_started' AND occurred_at >= $1::timestamptz
+      AND occurred_at < $2::timestamptz
+),
+chosen AS (
+    SELECT e.contact_id, e.customer_id, e.channel, e.occurred_at AS started_at
+    FROM contact_events e JOIN customers_in_window USING (customer_id)
+    WHERE e.kind = 'contact_started'
+      AND e.occurred_at >= $1::timestamptz - make_interval(hours => $7::int)
+)"""
+
+TYPE_ASSIGNED = _type_assigned("e")
+
+# One row per chosen contact: what happened to it, read from its events.
+FACTS = f"""
+windows AS (
+    SELECT * FROM unnest($3::text[], $4::int[]) AS w(contact_type, hours)
+),
+gathered AS (
+    SELECT c.contact_id, c.customer_id, c.channel, c.started_at,
+        {_in_order(TYPE_ASSIGNED, TYPE_ASSIGNED + " IS NOT NULL")} AS types,
+        {_in_order("e.data->>'step'", "e.kind = 'self_service_started'")} AS steps,
+        COALESCE(bool_or(e.kind = 'classification_missed'), false) AS missed,
+        COALESCE(bool_or(e.kind = 'routed' AND e.data->>'self_service' = 'false'), false)
+            AS routed_to_agent,
+        min(e.occurred_at) FILTER (WHERE e.kind = 'escalated') AS escalated_at,
+        {_in_order("e.reason", "e.kind = 'escalated'")} AS escalation_reasons,
+        min(e.occurred_at) FILTER (WHERE e.kind = 'agent_accepted') AS accepted_at,
+        min(e.occurred_at) FILTER (WHERE e.kind = 'ended') AS ended_at,
+        {_in_order("e.data->>'outcome'", "e.kind = 'ended'")} AS outcomes,
+        {_in_order("e.data->>'queue'", "e.kind IN ('routed', 'escalated')")} AS queues,
+        {_in_order("e.route_path",
+                   "e.kind IN ('routed', 'escalated') AND e.route_path IS NOT NULL")} AS routes
+    FROM chosen c
+    LEFT JOIN contact_events e ON e.contact_id = c.contact_id
+        AND e.kind IN ('classified', 'wrap_up', 'self_service_started', 'classification_missed',
+                       'routed', 'escalated', 'agent_accepted', 'ended')
+    GROUP BY c.contact_id, c.customer_id, c.channel, c.started_at
+),
+facts AS (
+    SELECT contact_id, customer_id, channel, started_at, missed, routed_to_agent,
+        escalated_at, accepted_at, ended_at,
+        types[cardinality(types)] AS contact_type,
+        steps IS NOT NULL AS offered,
+        steps[cardinality(steps)] AS last_step,
+        escalation_reasons[1] AS escalation_reason,
+        outcomes[1] AS outcome,
+        queues[cardinality(queues)] AS queue,
+        routes[cardinality(routes)] AS route
+    FROM gathered
+),
+judged AS (
+    SELECT f.*,
+        make_interval(hours => COALESCE(w.hours, $5::int)) AS repeat_window,
+        f.escalated_at IS NOT NULL AS escalated,
+        COALESCE(f.outcome = 'self_service_resolved', false) AND f.escalated_at IS NULL
+            AS resolved_in_self_service,
+        f.escalated_at IS NOT NULL AND f.ended_at IS NOT NULL
+            AND (f.accepted_at IS NULL OR f.accepted_at > f.ended_at) AS abandoned,
+        f.escalated_at IS NOT NULL AND f.accepted_at IS NOT NULL AS accepted,
+        CASE WHEN f.outcome IN ('self_service_resolved', 'agent_resolved')
+             THEN extract(epoch FROM f.ended_at - f.started_at)::float8 END AS resolution_s
+    FROM facts f LEFT JOIN windows w ON w.contact_type = f.contact_type
+),
+derived AS (
+    SELECT j.*,
+        COALESCE(j.contact_type, '{UNCLASSIFIED}') AS type_key,
+        COALESCE(j.queue, '{NO_QUEUE}') AS queue_key,
+        COALESCE(j.route, '{NO_ROUTE}') AS route_key,
+        j.accepted AND j.accepted_at - j.escalated_at <= make_interval(secs => $6::float8)
+            AS accepted_in_service_level,
+        j.resolved_in_self_service AND j.contact_type IS NOT NULL AND EXISTS (
+            SELECT 1 FROM contact_events later
+            WHERE later.kind = 'contact_started' AND later.customer_id = j.customer_id
+              AND later.contact_id <> j.contact_id
+              AND later.occurred_at > j.started_at
+              AND later.occurred_at <= j.started_at + j.repeat_window
+              AND (SELECT {_type_assigned("t")} FROM contact_events t
+                   WHERE t.contact_id = later.contact_id
+                     AND {_type_assigned("t")} IS NOT NULL
+                   ORDER BY t.occurred_at DESC, t.seq DESC LIMIT 1) = j.contact_type
+        ) AS false_deflection,
+        NOT j.resolved_in_self_service AND NOT j.routed_to_agent
+            AND j.escalation_reason IS DISTINCT FROM 'no_self_service'
+            AND (j.escalated OR j.ended_at IS NOT NULL) AS dropped_out,
+        CASE WHEN j.resolved_in_self_service THEN 'self_service'
+             WHEN j.accepted AND NOT j.abandoned THEN 'agent'
+             WHEN j.abandoned THEN 'abandoned'
+             WHEN j.escalated THEN 'queued'
+             WHEN j.ended_at IS NOT NULL THEN 'dropped'
+             ELSE 'open' END AS handling
+    FROM judged j
+)"""
+
+AGGREGATES = """
+    count(*) AS contacts,
+    count(*) FILTER (WHERE offered) AS self_service_offered,
+    count(*) FILTER (WHERE resolved_in_self_service) AS self_service_resolved,
+    count(*) FILTER (WHERE false_deflection) AS false_deflections,
+    count(*) FILTER (WHERE escalated) AS escalated,
+    count(*) FILTER (WHERE abandoned) AS abandoned,
+    count(*) FILTER (WHERE accepted) AS accepted,
+    count(*) FILTER (WHERE accepted_in_service_level) AS accepted_in_service_level,
+    count(*) FILTER (WHERE channel = 'voice') AS voice_contacts,
+    count(*) FILTER (WHERE channel = 'voice' AND NOT escalated) AS voice_contained,
+    percentile_cont(0.5) WITHIN GROUP (ORDER BY resolution_s) AS median_resolution_s"""
+
+GROUPINGS_SQL = f"""
+WITH {STARTED_IN_WINDOW}, {FACTS}
+SELECT GROUPING(type_key) = 0 AS by_type, GROUPING(channel) = 0 AS by_channel,
+       GROUPING(queue_key) = 0 AS by_queue, GROUPING(route_key) = 0 AS by_route,
+       GROUPING(escalation_reason) = 0 AS by_reason,
+       type_key, channel, queue_key, route_key, escalation_reason, {AGGREGATES}
+FROM derived
+GROUP BY GROUPING SETS ((), (type_key), (channel), (queue_key), (route_key),
+                        (escalation_reason), (type_key, channel))
+"""
+
+TREND_SQL = f"""
+WITH {STARTED_IN_WINDOW}, {FACTS}
+SELECT date_bin($7::interval, started_at, $1::timestamptz) AS bucket, {AGGREGATES}
+FROM derived GROUP BY 1 ORDER BY 1
+"""
+
+DROPOUTS_SQL = f"""
+WITH {STARTED_IN_WINDOW}, {FACTS}
+SELECT type_key AS contact_type, channel,
+       COALESCE(last_step, CASE WHEN missed THEN 'clarifying' ELSE 'greeting' END) AS step,
+       COALESCE(escalation_reason, outcome) AS exit, count(*) AS contacts
+FROM derived WHERE dropped_out
+GROUP BY 1, 2, 3, 4 ORDER BY contacts DESC, 1, 2, 3, 4
+"""
+
+JOURNEYS_SQL = f"""
+WITH {CUSTOMERS_OF_WINDOW}, {FACTS},
+marked AS (
+    SELECT customer_id, contact_type, contact_id, channel, started_at, handling,
+        CASE WHEN started_at - lag(started_at) OVER topic <= repeat_window THEN 0 ELSE 1 END
+            AS opens_journey
+    FROM derived WHERE contact_type IS NOT NULL
+    WINDOW topic AS (PARTITION BY customer_id, contact_type ORDER BY started_at, contact_id)
+),
+numbered AS (
+    SELECT *, sum(opens_journey) OVER (PARTITION BY customer_id, contact_type
+                                       ORDER BY started_at, contact_id) AS journey
+    FROM marked
+),
+journeys AS (
+    SELECT contact_type, min(started_at) AS began, count(DISTINCT channel) AS channels,
+           string_agg(channel || ':' || handling, ' -> ' ORDER BY started_at, contact_id) AS path
+    FROM numbered GROUP BY customer_id, contact_type, journey
+)
+SELECT contact_type, path, count(*) AS journeys, bool_or(channels > 1) AS cross_channel
+FROM journeys WHERE began >= $1::timestamptz AND began < $2::timestamptz
+GROUP BY contact_type, path ORDER BY contact_type, journeys DESC, path
+"""
+
+
+# ---- reports ------------------------------------------------------------------------------
+
+def figures(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Counts of one group and the rates of section 5 computed from them."""
+    counts = {name: row[name] for name in COUNT_FIELDS}
+    resolved, contacts = counts["self_service_resolved"], counts["contacts"]
+    return counts | {
+        "deflection_rate": ratio(resolved, contacts),
+        "true_deflection_rate": ratio(resolved - counts["false_deflections"], contacts),
+        "containment_rate": ratio(counts["voice_contained"], counts["voice_contacts"]),
+        "abandonment_rate": ratio(counts["abandoned"], counts["escalated"]),
+        "service_level": ratio(counts["accepted_in_service_level"], counts["escalated"]),
+    }
+
+
+def header(window: Window, rules: ReportRules) -> dict[str, Any]:
+    return {"metric_version": METRIC_VERSION, **window.as_dict(),
+            "as_of": iso(datetime.now(timezone.utc)), "service_level_s": rules.service_level_s,
+            "definitions": DEFINITIONS}
+
+
+_running: dict[tuple, asyncio.Future] = {}
+
+
+async def _fetch(conn: asyncpg.Connection | asyncpg.Pool, report: str, sql: str,
+                 *args: Any) -> list[asyncpg.Record]:
+    """Run a report query; the same query already running on `conn` is joined, not repeated
+    (the dashboard asks for the summary and the matrix, which share one query, at once)."""
+    key = (id(conn), sql, repr(args))
+    if key in _running:
+        return await asyncio.shield(_running[key])
+    _running[key] = asyncio.ensure_future(_run(conn, report, sql, args))
+    try:
+        return await asyncio.shield(_running[key])
+    finally:
+        _running.pop(key, None)
+
+
+async def _run(conn: asyncpg.Connection | asyncpg.Pool, report: str, sql: str,
+               args: tuple) -> list[asyncpg.Record]:
+    """One query with room to sort in memory (reports sort many rows, rarely)."""
+    started = time.perf_counter()
+    try:
+        async with _connection(conn) as connection, connection.transaction(readonly=True):
+            await connection.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
+            return await connection.fetch(sql, *args, timeout=QUERY_TIMEOUT_S)
+    finally:
+        metrics.REPORT_SECONDS.labels(report).observe(time.perf_counter() - started)
+
+
+def _connection(conn: asyncpg.Connection | asyncpg.Pool):
+    if isinstance(conn, asyncpg.Pool):
+        return conn.acquire(timeout=QUERY_TIMEOUT_S)
+    return contextlib.nullcontext(conn)
+
+
+async def summary(conn, window: Window, rules: ReportRules) -> dict[str, Any]:
+    rows = await _fetch(conn, "summary", GROUPINGS_SQL, *rules.params(window))
+    return header(window, rules) | summary_from(rows)
+
+
+def summary_from(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
+    report: dict[str, Any] = {"totals": None, "by_contact_type": {}, "by_channel": {},
+                              "by_queue": {}, "by_route": {}, "escalation_reasons": {}}
+    groups = {"by_type": ("by_contact_type", "type_key"), "by_channel": ("by_channel", "channel"),
+              "by_queue": ("by_queue", "queue_key"), "by_route": ("by_route", "route_key")}
+    for row in rows:
+        chosen = [flag for flag in (*groups, "by_reason") if row[flag]]
+        if not chosen:
+            report["totals"] = figures(row)
+        elif chosen == ["by_reason"]:
+            if row["escalation_reason"] is not None:
+                report["escalation_reasons"][row["escalation_reason"]] = row["escalated"]
+        elif len(chosen) == 1:
+            name, key = groups[chosen[0]]
+            report[name][row[key]] = figures(row)
+    report["totals"] = report["totals"] or figures({name: 0 for name in COUNT_FIELDS})
+    for name in ("by_contact_type", "by_channel", "by_queue", "by_route",
+                 "escalation_reasons"):
+        report[name] = dict(sorted(report[name].items()))
+    return report
+
+
+async def matrix(conn, window: Window, rules: ReportRules) -> dict[str, Any]:
+    rows = await _fetch(conn, "matrix", GROUPINGS_SQL, *rules.params(window))
+    cells = [{"contact_type": r["type_key"], "label": rules.labels.get(r["type_key"],
+                                                                       r["type_key"]),
+              "channel": r["channel"], **figures(r),
+              "median_resolution_s": r["median_resolution_s"]}
+             for r in rows if r["by_type"] and r["by_channel"]]
+    cells.sort(key=lambda c: (c["contact_type"], c["channel"]))
+    return header(window, rules) | {"rows": cells}
+
+
+async def journeys(conn, window: Window, rules: ReportRules, limit: int = 5) -> dict[str, Any]:
+    """The `limit` most common journeys of each contact type, and the self-service drop-outs."""
+    params = rules.params(window)
+    rows = await _fetch(conn, "journeys", JOURNEYS_SQL, *params, rules.longest_window_h)
+    dropouts = await _fetch(conn, "dropouts", DROPOUTS_SQL, *params)
+    kept: dict[str, int] = {}
+    top = []
+    for row in rows:  # ordered by contact type, then most common first
+        kept[row["contact_type"]] = kept.get(row["contact_type"], 0) + 1
+        if kept[row["contact_type"]] <= limit:
+            top.append({"contact_type": row["contact_type"], "path": row["path"],
+                        "steps": row["path"].split(" -> "), "journeys": row["journeys"],
+                        "cross_channel": row["cross_channel"]})
+    top.sort(key=lambda j: (-j["journeys"], j["contact_type"], j["path"]))
+    return header(window, rules) | {"limit_per_contact_type": limit, "journeys": top,
+                                    "dropouts": [dict(r) for r in dropouts]}
+
+
+BUCKETS = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}
+
+
+def choose_bucket(window: Window, requested: str | None = None) -> str:
+    if requested is not None:
+        if requested not in BUCKETS:
+            raise BadWindow(f"'bucket' must be one of {', '.join(BUCKETS)}, not {requested!r}")
+        if (window.end - window.start) / BUCKETS[requested] > MAX_TREND_POINTS:
+            raise BadWindow(f"a {requested} bucket gives more than {MAX_TREND_POINTS} points "
+                            "for this window; choose a longer bucket")
+        return requested
+    span = window.end - window.start
+    return "hour" if span <= timedelta(days=3) else "day" if span <= timedelta(days=180) \
+        else "week"
+
+
+async def trend(conn, window: Window, rules: ReportRules,
+                bucket: str | None = None) -> dict[str, Any]:
+    """Headline figures per time bucket, every bucket of the window present."""
+    name = choose_bucket(window, bucket)
+    step = BUCKETS[name]
+    rows = await _fetch(conn, "trend", TREND_SQL, *rules.params(window), step)
+    found = {row["bucket"]: figures(row) for row in rows}
+    empty = figures({field_name: 0 for field_name in COUNT_FIELDS})
+    points, start = [], window.start
+    while start < window.end:
+        points.append({"start": iso(start), **found.get(start, empty)})
+        start += step
+    return header(window, rules) | {"bucket": name, "points": points}
+

@@ -1,0 +1,360 @@
+// Switchboard ops dashboard: reads the report API with an ops token and draws plain SVG.
+// No build step and nothing fetched from elsewhere: this file, ops.css and the API.
+
+const TOKEN_KEY = "switchboard.ops.token";
+const DAY_MS = 86400000;
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+const HEADLINE = [
+  { key: "contacts", label: "Contacts", kind: "count", detail: "started in the window" },
+  { key: "deflection_rate", label: "Deflection", kind: "rate", series: 1,
+    detail: "resolved in self-service / contacts" },
+  { key: "true_deflection_rate", label: "True deflection", kind: "rate", series: 2,
+    detail: "minus customers who came back" },
+  { key: "containment_rate", label: "Voice containment", kind: "rate", series: 3,
+    detail: "calls that never reached a queue" },
+  { key: "abandonment_rate", label: "Abandonment", kind: "rate", series: 4,
+    detail: "left the queue before an agent" },
+  { key: "service_level", label: "Service level", kind: "rate",
+    detail: "accepted within {s} s" },
+  { key: "false_deflections", label: "False deflections", kind: "count",
+    detail: "came back within the repeat window" },
+  { key: "escalated", label: "Escalated", kind: "count", detail: "entered an agent queue" },
+];
+const SERIES = HEADLINE.filter((m) => m.series);
+
+const $ = (id) => document.getElementById(id);
+
+// ---- formatting -------------------------------------------------------------------------
+
+export function formatRate(value) {
+  return value === null || value === undefined ? "–" : `${(value * 100).toFixed(1)}%`;
+}
+
+function formatSeconds(value) {
+  if (value === null || value === undefined) return "–";
+  if (value < 90) return `${Math.round(value)} s`;
+  if (value < 5400) return `${(value / 60).toFixed(1)} min`;
+  return `${(value / 3600).toFixed(1)} h`;
+}
+
+function format(value, kind) {
+  if (kind === "rate") return formatRate(value);
+  if (kind === "seconds") return formatSeconds(value);
+  return String(value);
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (name === "text") node.textContent = value;
+    else node.setAttribute(name, value);
+  }
+  node.append(...children);
+  return node;
+}
+
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (name === "text") node.textContent = value;
+    else node.setAttribute(name, value);
+  }
+  node.append(...children);
+  return node;
+}
+
+// ---- token and window ---------------------------------------------------------------------
+
+function takeTokenFromFragment() {
+  const match = location.hash.match(/token=([^&]+)/);
+  if (!match) return;
+  sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
+  history.replaceState(null, "", location.pathname + location.search);
+}
+
+const isoDay = (date) => date.toISOString().slice(0, 10);
+
+function initialRange() {
+  const query = new URLSearchParams(location.search);
+  if (query.get("from") && query.get("to")) return { from: query.get("from"), to: query.get("to") };
+  const today = new Date(isoDay(new Date()));
+  return { from: isoDay(new Date(today - 6 * DAY_MS)), to: isoDay(new Date(+today + DAY_MS)) };
+}
+
+function showRange(range) {
+  $("from").value = range.from.slice(0, 10);
+  const end = new Date(range.to);
+  const through = isNaN(end) ? new Date() : new Date(end - 1);
+  $("through").value = isoDay(through);
+}
+
+function rangeFromForm() {
+  const through = new Date($("through").value);
+  return { from: $("from").value, to: isoDay(new Date(+through + DAY_MS)) };
+}
+
+// ---- API ----------------------------------------------------------------------------------
+
+class Unauthorized extends Error {}
+
+async function fetchReport(name, range, token) {
+  const params = new URLSearchParams({ from: range.from, to: range.to });
+  const response = await fetch(`/api/reports/${name}?${params}`, {
+    headers: { Authorization: `Bearer ${token}` },
+  });
+  if (response.status === 401 || response.status === 403) {
+    throw new Unauthorized((await response.json()).error);
+  }
+  const body = await response.json().catch(() => ({ error: response.statusText }));
+  if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+  return body;
+}
+
+async function load(range) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (!token) return showLogin("");
+  setStatus("Loading…");
+  try {
+    const [summary, matrix, journeys, trend] = await Promise.all(
+      ["summary", "matrix", "journeys", "trend"].map((n) => fetchReport(n, range, token)));
+    showDashboard();
+    render(summary, matrix, journeys, trend);
+    setStatus("");
+  } catch (error) {
+    if (error instanceof Unauthorized) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      return showLogin(`That token was not accepted: ${error.message}`);
+    }
+    showDashboard();
+    setStatus(error.message, true);
+  }
+}
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+function showLogin(message) {
+  $("login-view").hidden = false;
+  $("dashboard").hidden = true;
+  $("window-form").hidden = true;
+  $("login-error").textContent = message;
+  $("token").focus();
+}
+
+function showDashboard() {
+  $("login-view").hidden = true;
+  $("dashboard").hidden = false;
+  $("window-form").hidden = false;
+}
+
+// ---- rendering ----------------------------------------------------------------------------
+
+function render(summary, matrix, journeys, trend) {
+  const labels = Object.fromEntries(matrix.rows.map((r) => [r.contact_type, r.label]));
+  renderHeadline(summary);
+  renderTrend(trend);
+  renderReasons(summary.escalation_reasons);
+  renderChannels(summary.by_channel);
+  renderMatrix(matrix.rows);
+  renderJourneys(journeys.journeys, labels);
+  renderDropouts(journeys.dropouts, labels);
+  renderDefinitions(summary);
+}
+
+function renderHeadline(summary) {
+  const cards = HEADLINE.map((metric) => {
+    const value = summary.totals[metric.key];
+    const swatch = metric.series
+      ? el("span", { class: "swatch", style: `background: var(--s${metric.series})` }) : "";
+    return el("div", { class: "metric", "data-metric": metric.key },
+      el("p", { class: "label" }, swatch, metric.label),
+      el("p", { class: "value", "data-value": JSON.stringify(value), text: format(value, metric.kind) }),
+      el("p", { class: "detail", text: metric.detail.replace("{s}", summary.service_level_s) }));
+  });
+  $("headline").replaceChildren(...cards);
+}
+
+function tickLabel(start, bucket) {
+  return bucket === "hour" ? start.slice(11, 16) : start.slice(5, 10);
+}
+
+function renderTrend(trend) {
+  const points = trend.points;
+  const [width, height, left, right, top, bottom] = [820, 260, 44, 12, 12, 28];
+  const plotW = width - left - right;
+  const plotH = height - top - bottom;
+  const x = (i) => left + (points.length === 1 ? plotW / 2 : (i * plotW) / (points.length - 1));
+  const y = (rate) => top + plotH * (1 - rate);
+  const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img",
+    "aria-label": "Headline rates per time bucket", "data-points": points.length });
+  for (const tick of [0, 0.25, 0.5, 0.75, 1]) {
+    chart.append(svg("line", { class: "axis", x1: left, x2: width - right, y1: y(tick), y2: y(tick) }),
+      svg("text", { class: "tick", x: left - 6, y: y(tick) + 4, "text-anchor": "end",
+        text: `${tick * 100}%` }));
+  }
+  const most = Math.max(1, ...points.map((p) => p.contacts));
+  const barW = Math.max(2, Math.min(24, plotW / points.length - 2));
+  points.forEach((p, i) => {
+    const barH = (plotH * p.contacts) / most;
+    chart.append(svg("rect", { class: "volume", x: x(i) - barW / 2, y: top + plotH - barH,
+      width: barW, height: barH, fill: "#e6e9f0", "data-contacts": p.contacts },
+      svg("title", { text: `${p.start}: ${p.contacts} contacts` })));
+  });
+  const every = Math.ceil(points.length / 10);
+  points.forEach((p, i) => {
+    if (i % every === 0) {
+      chart.append(svg("text", { class: "tick", x: x(i), y: height - 8, "text-anchor": "middle",
+        text: tickLabel(p.start, trend.bucket) }));
+    }
+  });
+  for (const series of SERIES) chart.append(trendLine(points, series, x, y));
+  $("trend-chart").replaceChildren(chart);
+  $("trend-bucket").textContent = `per ${trend.bucket}; bars: contacts`;
+  $("trend-legend").replaceChildren(...SERIES.map((s) => el("li", {},
+    el("span", { style: `background: var(--s${s.series})` }), s.label)));
+}
+
+function trendLine(points, series, x, y) {
+  const colour = `var(--s${series.series})`;
+  const group = svg("g", { "data-series": series.key });
+  let path = "";
+  let pen = "M";
+  points.forEach((p, i) => {
+    const value = p[series.key];
+    if (value === null) { pen = "M"; return; }
+    path += `${pen}${x(i).toFixed(1)},${y(value).toFixed(1)} `;
+    pen = "L";
+    group.append(svg("circle", { cx: x(i), cy: y(value), r: 3.5, fill: colour, "data-value": value },
+      svg("title", { text: `${series.label} ${p.start}: ${formatRate(value)}` })));
+  });
+  group.prepend(svg("path", { d: path.trim(), fill: "none", stroke: colour, "stroke-width": 2 }));
+  return group;
+}
+
+function renderReasons(reasons) {
+  const entries = Object.entries(reasons).sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
+  const [width, row, labelW] = [420, 28, 150];
+  const height = Math.max(1, entries.length) * row + 8;
+  const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img",
+    "aria-label": "Escalations by reason", "data-bars": entries.length });
+  if (!entries.length) {
+    chart.append(svg("text", { class: "empty", x: 0, y: 20, text: "No escalations in this window." }));
+  }
+  const most = Math.max(1, ...entries.map(([, n]) => n));
+  entries.forEach(([reason, count], i) => {
+    const barW = ((width - labelW - 40) * count) / most;
+    chart.append(
+      svg("text", { class: "bar-label", x: 0, y: i * row + 19, text: reason }),
+      svg("rect", { x: labelW, y: i * row + 6, width: Math.max(barW, 2), height: row - 10, rx: 3,
+        fill: "var(--s4)", "data-reason": reason, "data-count": count }),
+      svg("text", { class: "bar-count", x: labelW + barW + 6, y: i * row + 19, text: count }));
+  });
+  $("reasons-chart").replaceChildren(chart);
+}
+
+function table(id, columns, rows) {
+  const head = el("thead", {}, el("tr", {}, ...columns.map((c) =>
+    el("th", { class: c.kind === "text" ? "text" : "", scope: "col", text: c.title }))));
+  const body = el("tbody", {}, ...rows.map((row) => el("tr", { "data-key": row.key ?? "" },
+    ...columns.map((c) => {
+      const value = c.get ? c.get(row) : row[c.field];
+      const text = c.kind === "text" ? value : format(value, c.kind);
+      return el("td", { class: `${c.kind === "text" ? "text" : ""} ${value === null ? "none" : ""}`,
+        "data-field": c.field || c.title, text });
+    }))));
+  if (!rows.length) {
+    body.append(el("tr", {}, el("td", { colspan: columns.length, class: "text none",
+      text: "Nothing in this window." })));
+  }
+  $(id).replaceChildren(head, body);
+}
+
+function renderChannels(byChannel) {
+  table("channels", [
+    { title: "Channel", field: "key", kind: "text" },
+    { title: "Contacts", field: "contacts", kind: "count" },
+    { title: "Deflection", field: "deflection_rate", kind: "rate" },
+    { title: "True defl.", field: "true_deflection_rate", kind: "rate" },
+    { title: "Containment", field: "containment_rate", kind: "rate" },
+    { title: "Abandonment", field: "abandonment_rate", kind: "rate" },
+    { title: "Service level", field: "service_level", kind: "rate" },
+  ], Object.entries(byChannel).map(([key, figures]) => ({ key, ...figures })));
+}
+
+function renderMatrix(rows) {
+  table("matrix", [
+    { title: "Contact type", field: "label", kind: "text" },
+    { title: "Channel", field: "channel", kind: "text" },
+    { title: "Contacts", field: "contacts", kind: "count" },
+    { title: "Self-service offered", field: "self_service_offered", kind: "count" },
+    { title: "Resolved in self-service", field: "self_service_resolved", kind: "count" },
+    { title: "False deflections", field: "false_deflections", kind: "count" },
+    { title: "Escalated", field: "escalated", kind: "count" },
+    { title: "Abandoned", field: "abandoned", kind: "count" },
+    { title: "True deflection", field: "true_deflection_rate", kind: "rate" },
+    { title: "Median resolution", field: "median_resolution_s", kind: "seconds" },
+  ], rows.map((r) => ({ key: `${r.contact_type}/${r.channel}`, ...r })));
+}
+
+function renderJourneys(journeys, labels) {
+  const items = journeys.map((j) => {
+    const steps = el("span", { class: "steps" });
+    j.steps.forEach((step, i) => {
+      if (i) steps.append(el("span", { class: "arrow", "aria-hidden": "true", text: "→" }));
+      steps.append(el("span", { class: "step", "data-handling": step.split(":")[1], text: step }));
+    });
+    return el("li", { "data-path": `${j.contact_type}|${j.path}` },
+      el("div", {}, el("span", { class: "type", text: labels[j.contact_type] || j.contact_type }), steps),
+      el("span", { class: "count", text: j.journeys }));
+  });
+  if (!items.length) items.push(el("li", { class: "empty-note", text: "No journeys in this window." }));
+  $("journeys").replaceChildren(...items);
+}
+
+function renderDropouts(dropouts, labels) {
+  table("dropouts", [
+    { title: "Contact type", kind: "text", get: (r) => labels[r.contact_type] || r.contact_type },
+    { title: "Channel", field: "channel", kind: "text" },
+    { title: "Step", field: "step", kind: "text" },
+    { title: "Exit", field: "exit", kind: "text" },
+    { title: "Contacts", field: "contacts", kind: "count" },
+  ], dropouts);
+}
+
+function renderDefinitions(summary) {
+  $("metric-version").textContent = summary.metric_version;
+  $("definitions").replaceChildren(...Object.entries(summary.definitions).flatMap(([name, text]) =>
+    [el("dt", { text: name }), el("dd", { text })]));
+  $("footnote").textContent = `Metric version ${summary.metric_version} · contacts that started `
+    + `from ${summary.from} to ${summary.to} (exclusive) · as of ${summary.as_of}`;
+}
+
+// ---- start --------------------------------------------------------------------------------
+
+function start() {
+  takeTokenFromFragment();
+  let range = initialRange();
+  showRange(range);
+  $("login-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
+    $("token").value = "";
+    load(range);
+  });
+  $("window-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    range = rangeFromForm();
+    history.replaceState(null, "", `?${new URLSearchParams(range)}`);
+    load(range);
+  });
+  $("sign-out").addEventListener("click", () => {
+    sessionStorage.removeItem(TOKEN_KEY);
+    showLogin("");
+  });
+  load(range);
+}
+
+start();
