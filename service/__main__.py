@@ -75,9 +75,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="customer field used by routing, e.g. tier=vip")
     add.set_defaults(func=cmd_customers_add)
 
-    from service import cli_ops
+    from service import cli_classify, cli_ops
 
     cli_ops.add_parsers(commands)
+    cli_classify.add_parser(commands)
     return parser
 
 

@@ -35,6 +35,7 @@ class Catalog:
     types: dict[str, ContactType]
     threshold: float
     training: tuple[tuple[str, str], ...]  # (text, contact type): catalog examples + data files
+    out_of_scope: tuple[str, ...] = ()  # none of the types: classifier.out_of_scope_data
 
     def label(self, type_id: str | None) -> str:
         return self.types[type_id].label if type_id in self.types else "Something else"
@@ -49,11 +50,14 @@ def load_catalog(directory: Path, display_dir: str) -> Catalog:
                          optional=["classifier", "training_data"])
     check.raise_if_any()
     types = _contact_types(check, root)
-    threshold = _threshold(check, root)
+    classifier = _classifier_section(check, root)
+    threshold = _threshold(check, root, classifier)
+    out_of_scope = _out_of_scope_texts(check, classifier, directory, display_dir)
     training = [(ex, t.id) for t in types.values() for ex in t.examples]
     training += _training_files(check, root, directory, display_dir, types)
     check.raise_if_any()
-    return Catalog(types=types, threshold=threshold, training=tuple(training))
+    return Catalog(types=types, threshold=threshold, training=tuple(training),
+                   out_of_scope=out_of_scope)
 
 
 def _contact_types(check: Checker, root: LocatedDict) -> dict[str, ContactType]:
@@ -132,17 +136,47 @@ def _text_list(check: Checker, spec: LocatedDict, key: str, path: tuple) -> list
     return [v.strip() for v in value]
 
 
-def _threshold(check: Checker, root: LocatedDict) -> float:
+def _classifier_section(check: Checker, root: LocatedDict) -> LocatedDict | None:
     section = root.get("classifier")
     if section is None:
-        return DEFAULT_THRESHOLD
-    section = check.mapping(section, root, "classifier", ("classifier",), optional=["threshold"])
+        return None
+    return check.mapping(section, root, "classifier", ("classifier",),
+                         optional=["threshold", "out_of_scope_data"])
+
+
+def _threshold(check: Checker, root: LocatedDict, section: LocatedDict | None) -> float:
     value = (section or {}).get("threshold", DEFAULT_THRESHOLD)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
         check.error(section or root, "threshold", "threshold must be a number between 0 and 1",
                     ("classifier", "threshold"))
         return DEFAULT_THRESHOLD
     return float(value)
+
+
+def _out_of_scope_texts(check: Checker, section: LocatedDict | None, directory: Path,
+                        display_dir: str) -> tuple[str, ...]:
+    """Texts of CSV files (column `text`) that are none of the contact types."""
+    files = (section or {}).get("out_of_scope_data", [])
+    key = ("classifier", "out_of_scope_data")
+    if not isinstance(files, list):
+        check.error(section, "out_of_scope_data", "expected a list of CSV files", key)
+        return ()
+    texts: list[str] = []
+    for index, rel in enumerate(files):
+        if not isinstance(rel, str) or not (directory / rel).is_file():
+            check.error(files, index, f"out-of-scope file '{rel}' does not exist", (*key, index))
+            continue
+        texts += _csv_texts(check, directory / rel, f"{display_dir}/{rel}")
+    return tuple(texts)
+
+
+def _csv_texts(check: Checker, path: Path, name: str) -> list[str]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or "text" not in reader.fieldnames:
+            check.issues.append(ConfigIssue(name, 1, "expected a column text"))
+            return []
+        return [row["text"] for row in reader if row["text"].strip()]
 
 
 def _training_files(check: Checker, root: LocatedDict, directory: Path, display_dir: str,

@@ -213,6 +213,8 @@ class Conversations:
         if confidence >= turn.rules.catalog.threshold:
             return await self._classified(turn, prediction.contact_type, confidence,
                                           "speech" if inbound.input_confidence else "classifier")
+        if prediction.out_of_scope:  # not something we handle: offer the main menu instead
+            return await self._missed(turn, _main_menu(turn.rules), "out_of_scope")
         return await self._missed(turn, prediction.ranked, "low_confidence")
 
     def _resume(self, turn: Turn) -> Reply:
@@ -275,8 +277,9 @@ class Conversations:
         conv["misses"] += 1
         turn.record("classification_missed", reason=reason, misses=conv["misses"],
                     candidates=[{"contact_type": t, "confidence": round(p, 4)} for t, p in ranked])
-        if conv["misses"] >= MISSES_BEFORE_ESCALATION:
-            return await self._escalate(turn, self._decide(turn), reason)
+        if conv["misses"] >= MISSES_BEFORE_ESCALATION:  # silence, or we could not understand
+            escalation = "no_input" if reason == "no_input" else "low_confidence"
+            return await self._escalate(turn, self._decide(turn), escalation)
         conv["status"], conv["menu"] = "clarifying", [t for t, _ in ranked]
         catalog = turn.rules.catalog
         text = prompts.not_understood(catalog, conv["menu"], turn.channel)
@@ -435,6 +438,13 @@ def agent_context(rules: Rules, conv: dict[str, Any], now: float) -> dict[str, A
             "confidence": conv.get("confidence"), "reason": conv.get("reason"),
             "transcript": list(conv["transcript"]), "self_service_steps": list(conv["steps"]),
             "earlier_contacts": list(conv.get("earlier", ())), "escalated_at": now}
+
+
+def _main_menu(rules: Rules, size: int = 3) -> tuple[tuple[str, float], ...]:
+    """The catalog's most common types (the phone menu's first keys), for "did you mean"."""
+    keyed = sorted((t for t in rules.catalog.types.values() if t.ivr_digit),
+                   key=lambda t: t.ivr_digit)
+    return tuple((t.id, 0.0) for t in keyed[:size])
 
 
 def _digit_menu(turn: Turn) -> tuple[Choice, ...]:

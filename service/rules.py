@@ -37,8 +37,9 @@ def load_rules(directory: Path, *, with_classifier: bool = True,
     tree = load_routing_tree(directory, display, catalog)
     learned = tuple((text, label) for text, label in learned if label in catalog.types)
     examples = catalog.training + learned
-    training_digest = _training_digest(examples)
-    classifier = _trained(training_digest, examples) if with_classifier else None
+    training_digest = _training_digest(examples, catalog.out_of_scope)
+    classifier = _trained(training_digest, examples, catalog.out_of_scope) \
+        if with_classifier else None
     return Rules(directory, _digest(directory, training_digest), catalog, tree, classifier,
                  learned)
 
@@ -46,19 +47,23 @@ def load_rules(directory: Path, *, with_classifier: bool = True,
 _trained_by_digest: dict[str, Classifier] = {}
 
 
-def _trained(training_digest: str, examples: tuple[tuple[str, str], ...]) -> Classifier:
+def _trained(training_digest: str, examples: tuple[tuple[str, str], ...],
+             out_of_scope: tuple[str, ...]) -> Classifier:
     """Training takes seconds; a reload that leaves the examples alone reuses the model."""
     if training_digest not in _trained_by_digest:
-        model = train(examples)
+        model = train(examples, out_of_scope=out_of_scope)
         _trained_by_digest.clear()
         _trained_by_digest[training_digest] = model
     return _trained_by_digest[training_digest]
 
 
-def _training_digest(examples: tuple[tuple[str, str], ...]) -> str:
+def _training_digest(examples: tuple[tuple[str, str], ...], out_of_scope: tuple[str, ...]
+                     ) -> str:
     h = hashlib.sha256()
     for text, label in examples:
         h.update(f"{label}\t{text}\n".encode())
+    for text in out_of_scope:
+        h.update(f"~oos\t{text}\n".encode())
     return h.hexdigest()
 
 

@@ -340,3 +340,18 @@ async def test_agent_corrections_and_confirmed_answers_become_training_examples(
     assert set(learned) == {
         ("my parcel never showed up", "delivery_period"),
         ("I forgot my password and can't log in", "recover_password")}
+
+
+async def test_chat_out_of_scope_message_gets_a_clarifying_question(app_settings, db):
+    async with instance(app_settings) as client:
+        chat, _ = await open_chat(client)
+        await chat.next("status")
+        await chat.send(type="message", text="what's the weather like tomorrow")
+        question = await chat.next("message")
+        assert question["text"] == ("Sorry, I'm not sure I understood. Is it about one of "
+                                    "these? Or tell me in other words.")
+        assert [c["label"] for c in question["choices"]] == ["Track an order", "Cancel an order",
+                                                            "Get a refund"]
+        await chat.send(type="message", text=question["choices"][0]["value"])
+        answer = await chat.next("message")
+        assert answer["text"].startswith("Every order is listed under Orders")

@@ -253,3 +253,17 @@ async def test_redis_outage_still_answers_twilio_and_keeps_the_message(settings,
     row = await db.fetchrow("SELECT kind, data FROM contact_events")
     assert row["kind"] == "turn_failed"
     assert json.loads(row["data"])["text"] == "where is it"
+
+
+@pytest.mark.parametrize("unrelated", ["what's the weather like tomorrow", "hi", "12345"])
+async def test_an_unrelated_message_gets_a_clarifying_question_not_an_answer(
+        client, db, redis_client, unrelated):
+    reply = await text(client, CUSTOMER, unrelated)
+    assert reply == ["Sorry, I'm not sure I understood. Is it about: 1) Track an order "
+                     "2) Cancel an order 3) Get a refund? Reply with a number, or tell me in "
+                     "other words. Reply AGENT to talk to a person."]
+    events = await events_of(client, db)
+    assert "self_service_started" not in kinds(events)
+    [missed] = [e for e in events if e["kind"] == "classification_missed"]
+    assert missed["reason"] == "out_of_scope"
+    assert (await text(client, CUSTOMER, "1"))[1] == "Did that help? Reply YES or NO."

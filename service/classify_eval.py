@@ -1,0 +1,401 @@
+"""How well the classifier does on messages it never saw, and where its threshold should be.
+
+The threshold is always chosen by cross-validation on the training rows, never by looking at
+the rows being scored. With a test file: k-fold cross-validation on the training rows picks
+the threshold, then one model trained on all of them scores the test rows. Without one, each
+fold in turn is the test set and that whole procedure runs on the other folds (nested
+cross-validation), so no score comes from a threshold that saw its own row.
+
+A message is called out of scope when its confidence is under the threshold, exactly as the
+conversation decides "not understood".
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from service.classifier import Classifier, train
+
+TEXT_COLUMNS = ("text", "sentence", "utterance")
+LABEL_COLUMNS = ("contact_type", "label", "intent", "category")
+OOS_LABELS = ("oos", "out_of_scope", "NO_NODES_DETECTED")
+THRESHOLDS = np.round(np.arange(0.01, 1.0, 0.01), 2)
+DEFAULT_FOLDS = 5
+DEFAULT_OOS_SHARE = 0.5
+
+Progress = Callable[[str], None]
+
+
+class EvalInputError(Exception):
+    """Bad input (missing file or column, too little data): the message says which."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    examples: list[tuple[str, str]]  # (text, contact type)
+    out_of_scope: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.examples) + len(self.out_of_scope)
+
+    def labelled(self, oos_label: str) -> list[tuple[str, str]]:
+        return self.examples + [(text, oos_label) for text in self.out_of_scope]
+
+
+@dataclass(frozen=True)
+class Metrics:
+    accuracy: float
+    macro_f1: float
+    in_scope_accuracy: float | None  # None: no in-scope rows
+    oos_recall: float | None  # None: no out-of-scope rows
+    mcc: float
+
+
+@dataclass(frozen=True)
+class Report:
+    metrics: Metrics
+    thresholds: list[float]  # one per outer fold, or the single one used for the test file
+    train_seconds: float
+    latency_ms_p50: float
+    latency_ms_p99: float
+    train_rows: int
+    train_oos_rows: int
+    test_rows: int
+    test_oos_rows: int
+    contact_types: int
+    mode: str  # "test file" or "cross-validation"
+    folds: int
+
+    @property
+    def threshold(self) -> float:
+        return round(statistics.fmean(self.thresholds), 2)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def read_labelled(path: Path, text_col: str | None = None,
+                  label_col: str | None = None) -> list[tuple[str, str]]:
+    """(text, label) rows of a CSV; columns are guessed from common names unless given."""
+    with _open(path) as handle:
+        reader = csv.DictReader(handle)
+        columns = [c for c in reader.fieldnames or [] if c]
+        text = _column(path, columns, text_col, TEXT_COLUMNS, "text")
+        label = _column(path, columns, label_col, LABEL_COLUMNS, "label")
+        rows = [(row[text] or "", row[label] or "") for row in reader]
+    return [(t, label) for t, label in rows if t.strip()]
+
+
+def read_texts(path: Path, text_col: str | None = None) -> list[str]:
+    with _open(path) as handle:
+        reader = csv.DictReader(handle)
+        column = _column(path, [c for c in reader.fieldnames or [] if c], text_col,
+                         TEXT_COLUMNS, "text")
+        return [row[column] for row in reader if (row[column] or "").strip()]
+
+
+def _open(path: Path):
+    if not path.is_file():
+        raise EvalInputError(f"no such file: {path}")
+    return path.open(newline="", encoding="utf-8-sig")
+
+
+def _column(path: Path, columns: list[str], wanted: str | None, usual: Sequence[str],
+            kind: str) -> str:
+    if wanted is not None:
+        if wanted not in columns:
+            raise EvalInputError(f"{path} has no column '{wanted}' (columns: "
+                                 f"{', '.join(columns) or 'none'})")
+        return wanted
+    found = next((c for c in usual if c in columns), None)
+    if found is None:
+        raise EvalInputError(f"{path}: no {kind} column among {', '.join(columns) or 'none'}; "
+                             f"name it with --{kind}-col")
+    return found
+
+
+def split_out_of_scope(rows: list[tuple[str, str]], oos_label: str) -> Dataset:
+    return Dataset([(t, lab) for t, lab in rows if lab != oos_label],
+                   [t for t, lab in rows if lab == oos_label])
+
+
+def oos_label_of(rows: list[tuple[str, str]], given: str | None) -> str:
+    """The label meaning "none of these": as given, else the first usual one present."""
+    if given is not None:
+        return given
+    present = {label for _, label in rows}
+    return next((label for label in OOS_LABELS if label in present), OOS_LABELS[0])
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+
+def metrics(truth: Sequence[str], predicted: Sequence[str], oos_label: str) -> Metrics:
+    labels = sorted(set(truth) | set(predicted))
+    index = {label: i for i, label in enumerate(labels)}
+    confusion = np.zeros((len(labels), len(labels)), np.int64)
+    np.add.at(confusion, ([index[t] for t in truth], [index[p] for p in predicted]), 1)
+    true_oos = np.array([t == oos_label for t in truth])
+    right = np.array([t == p for t, p in zip(truth, predicted)])
+    return Metrics(
+        accuracy=float(right.mean()),
+        macro_f1=_macro_f1(confusion),
+        in_scope_accuracy=float(right[~true_oos].mean()) if (~true_oos).any() else None,
+        oos_recall=float(right[true_oos].mean()) if true_oos.any() else None,
+        mcc=_mcc(confusion),
+    )
+
+
+def _macro_f1(confusion: np.ndarray) -> float:
+    hits = np.diag(confusion).astype(float)
+    denominator = confusion.sum(0) + confusion.sum(1)
+    f1 = np.divide(2 * hits, denominator, out=np.zeros_like(hits), where=denominator > 0)
+    return float(f1.mean())
+
+
+def _mcc(confusion: np.ndarray) -> float:
+    """Matthews correlation for any number of classes (Gorodkin's R_K)."""
+    n, hits = confusion.sum(), np.trace(confusion)
+    true, predicted = confusion.sum(1), confusion.sum(0)
+    covariance = float(hits * n - true @ predicted)
+    spread = float(n * n - predicted @ predicted) * float(n * n - true @ true)
+    return covariance / np.sqrt(spread) if spread > 0 else 0.0
+
+
+# --- threshold -------------------------------------------------------------------------------
+
+IN_SCOPE, OUT_OF_SCOPE, UNSEEN_TYPE = "in scope", "out of scope", "unseen type"
+
+
+def choose_threshold(confidence: np.ndarray, correct: np.ndarray, kind: np.ndarray,
+                     oos_share: float = DEFAULT_OOS_SHARE) -> float:
+    """The threshold that scores best when `oos_share` of messages are out of scope.
+
+    An in-scope message scores when its guess is right and confident enough. A message that
+    should be refused scores when its confidence is under the threshold; it is either an
+    out-of-scope example or (when asked for) one of a contact type hidden from the model,
+    which stands for the in-domain requests a catalog does not cover. Each of those two kinds
+    counts for half of the out-of-scope share when both are present. Weighting by an assumed
+    share rather than by row counts keeps a large out-of-scope file from deciding alone. Of
+    several equally good thresholds, the middle one.
+    """
+    accepted = confidence[:, None] >= THRESHOLDS[None, :]
+    in_scope = kind == IN_SCOPE
+    score = (accepted[in_scope] & correct[in_scope, None]).mean(0) if in_scope.any() else 0.0
+    refusals = [(~accepted[kind == k]).mean(0) for k in (OUT_OF_SCOPE, UNSEEN_TYPE)
+                if (kind == k).any()]
+    if refusals:
+        score = (1 - oos_share) * score + oos_share * np.mean(refusals, axis=0)
+    best = np.flatnonzero(np.isclose(score, np.max(score)))
+    return float(THRESHOLDS[best[len(best) // 2]])
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+
+def fold_of_each(labels: Sequence[str], folds: int, seed: int = 0) -> np.ndarray:
+    """Stratified fold numbers: each label spread evenly over the folds."""
+    rng = random.Random(seed)
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for i, label in enumerate(labels):
+        by_label[label].append(i)
+    assignment, offset = np.empty(len(labels), np.int64), 0
+    for label in sorted(by_label):
+        members = by_label[label]
+        rng.shuffle(members)
+        for position, i in enumerate(members):
+            assignment[i] = (offset + position) % folds
+        offset += len(members)  # the next label starts where this one stopped
+    return assignment
+
+
+@dataclass
+class _Scored:
+    truth: list[str] = field(default_factory=list)
+    guess: list[str] = field(default_factory=list)
+    confidence: list[float] = field(default_factory=list)
+    latency_ms: list[float] = field(default_factory=list)
+
+    def add(self, classifier: Classifier, rows: list[tuple[str, str]]) -> None:
+        for text, label in rows:
+            started = time.perf_counter()
+            prediction = classifier.predict(text, top=1)
+            self.latency_ms.append((time.perf_counter() - started) * 1000)
+            self.truth.append(label)
+            self.guess.append(prediction.contact_type)
+            self.confidence.append(prediction.confidence)
+
+    def decided(self, thresholds: list[float], oos_label: str) -> list[str]:
+        return [g if c >= t else oos_label
+                for g, c, t in zip(self.guess, self.confidence, thresholds)]
+
+
+def _fit(data: Dataset) -> Classifier:
+    try:
+        return train(data.examples, out_of_scope=data.out_of_scope)
+    except ValueError as exc:  # e.g. one class left in a fold
+        raise EvalInputError(f"cannot train on these rows: {exc}") from None
+
+
+def _subset(data: Dataset, rows: list[tuple[str, str]], keep: np.ndarray,
+            oos_label: str) -> Dataset:
+    return split_out_of_scope([row for row, k in zip(rows, keep) if k], oos_label)
+
+
+def cross_validated_threshold(data: Dataset, folds: int, oos_share: float,
+                              progress: Progress, hide_types: bool = False,
+                              oos_label: str = "\0oos") -> float:
+    """k models, each trained without one fold of rows (and with `hide_types`, without one
+    fold of contact types): the rows it did not see score as in scope, out of scope or of an
+    unseen type."""
+    rows = data.labelled(oos_label)
+    fold = fold_of_each([label for _, label in rows], folds)
+    types = sorted({label for _, label in data.examples})
+    hidden_in = _type_folds(types, folds) if hide_types else {}
+    scored, kinds = _Scored(), []
+    for k in range(folds):
+        progress(f"  threshold fold {k + 1}/{folds}")
+        unseen = {label for label, f in hidden_in.items() if f == k}
+        keep = (fold != k) & np.array([label not in unseen for _, label in rows])
+        scored.add(_fit(_subset(data, rows, keep, oos_label)), [r for r, f in zip(rows, fold)
+                                                                 if f == k])
+        kinds += [OUT_OF_SCOPE if label == oos_label else UNSEEN_TYPE if label in unseen
+                  else IN_SCOPE for (_, label), f in zip(rows, fold) if f == k]
+    correct = np.array(scored.truth, dtype=object) == np.array(scored.guess, dtype=object)
+    return choose_threshold(np.array(scored.confidence), correct, np.array(kinds), oos_share)
+
+
+def _type_folds(types: list[str], folds: int) -> dict[str, int]:
+    """The fold that hides each contact type; none hidden when too few would remain."""
+    if len(types) < 2 * folds:
+        return {}
+    shuffled = types[:]
+    random.Random(1).shuffle(shuffled)
+    return {label: i % folds for i, label in enumerate(shuffled)}
+
+
+def evaluate(train_data: Dataset, test_data: Dataset, oos_label: str, *,
+             folds: int = DEFAULT_FOLDS, oos_share: float = DEFAULT_OOS_SHARE,
+             hide_types: bool = False, progress: Progress = lambda _: None) -> Report:
+    _check_enough(train_data, folds)
+    threshold = cross_validated_threshold(train_data, folds, oos_share, progress, hide_types)
+    progress(f"  training on all {len(train_data):,} rows")
+    started = time.perf_counter()
+    model = _fit(train_data)
+    seconds = time.perf_counter() - started
+    scored = _Scored()
+    scored.add(model, test_data.labelled(oos_label))
+    return _report(scored, [threshold] * len(scored.truth), [threshold], [seconds], oos_label,
+                   train_data, "test file", folds)
+
+
+def cross_validate(data: Dataset, oos_label: str, *, folds: int = DEFAULT_FOLDS,
+                   oos_share: float = DEFAULT_OOS_SHARE, hide_types: bool = False,
+                   progress: Progress = lambda _: None) -> Report:
+    _check_enough(data, folds)
+    rows = data.labelled(oos_label)
+    fold = fold_of_each([label for _, label in rows], folds)
+    scored, thresholds, row_thresholds, seconds = _Scored(), [], [], []
+    for k in range(folds):
+        progress(f"fold {k + 1}/{folds}: {int((fold != k).sum()):,} rows to train, "
+                 f"{int((fold == k).sum()):,} to score")
+        part = _subset(data, rows, fold != k, oos_label)
+        _check_enough(part, folds)
+        thresholds.append(cross_validated_threshold(part, folds, oos_share, progress,
+                                                    hide_types))
+        started = time.perf_counter()
+        model = _fit(part)
+        seconds.append(time.perf_counter() - started)
+        held_out = [row for row, f in zip(rows, fold) if f == k]
+        scored.add(model, held_out)
+        row_thresholds += [thresholds[-1]] * len(held_out)
+    return _report(scored, row_thresholds, thresholds, seconds, oos_label, data,
+                   "cross-validation", folds)
+
+
+def _check_enough(data: Dataset, folds: int) -> None:
+    labels = {label for _, label in data.examples}
+    if len(labels) < 2:
+        raise EvalInputError(f"need at least two contact types to train, found {len(labels)}")
+    if len(data) < folds * 2:
+        raise EvalInputError(f"{len(data)} rows are too few for {folds}-fold cross-validation")
+    if folds < 2:
+        raise EvalInputError("cross-validation needs at least 2 folds")
+
+
+def _report(scored: _Scored, row_thresholds: list[float], thresholds: list[float],
+            seconds: list[float], oos_label: str, train_data: Dataset, mode: str,
+            folds: int) -> Report:
+    latency = np.array(scored.latency_ms)
+    return Report(
+        metrics=metrics(scored.truth, scored.decided(row_thresholds, oos_label), oos_label),
+        thresholds=thresholds,
+        train_seconds=statistics.fmean(seconds),
+        latency_ms_p50=float(np.percentile(latency, 50)) if len(latency) else 0.0,
+        latency_ms_p99=float(np.percentile(latency, 99)) if len(latency) else 0.0,
+        train_rows=len(train_data),
+        train_oos_rows=len(train_data.out_of_scope),
+        test_rows=len(scored.truth),
+        test_oos_rows=sum(t == oos_label for t in scored.truth),
+        contact_types=len({label for _, label in train_data.examples}),
+        mode=mode,
+        folds=folds,
+    )
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def as_dict(report: Report) -> dict:
+    m = report.metrics
+    return {
+        "accuracy": _round(m.accuracy), "macro_f1": _round(m.macro_f1),
+        "in_scope_accuracy": _round(m.in_scope_accuracy), "oos_recall": _round(m.oos_recall),
+        "mcc": _round(m.mcc), "threshold": report.threshold,
+        "thresholds": report.thresholds, "train_seconds": round(report.train_seconds, 3),
+        "latency_ms_p50": round(report.latency_ms_p50, 4),
+        "latency_ms_p99": round(report.latency_ms_p99, 4),
+        "train_rows": report.train_rows, "train_oos_rows": report.train_oos_rows,
+        "test_rows": report.test_rows, "test_oos_rows": report.test_oos_rows,
+        "contact_types": report.contact_types, "mode": report.mode, "folds": report.folds,
+    }
+
+
+def as_table(report: Report) -> str:
+    m = report.metrics
+    how = ("chosen by cross-validation on the training rows" if report.mode == "test file"
+           else f"mean of the {report.folds} folds' own choices "
+                f"{min(report.thresholds):.2f}-{max(report.thresholds):.2f}")
+    lines = [
+        ("scored", f"{report.test_rows:,} rows ({report.test_oos_rows:,} out of scope), "
+                   f"{report.mode}"),
+        ("trained on", f"{report.train_rows:,} rows ({report.train_oos_rows:,} out of scope), "
+                       f"{report.contact_types} contact types"),
+        ("accuracy", _cell(m.accuracy)),
+        ("macro-F1", _cell(m.macro_f1)),
+        ("in-scope accuracy", _cell(m.in_scope_accuracy)),
+        ("out-of-scope recall", _cell(m.oos_recall, "n/a (no out-of-scope rows scored)")),
+        ("MCC", _cell(m.mcc)),
+        ("threshold", f"{report.threshold:.2f} ({how})"),
+        ("training time", f"{report.train_seconds:.2f} s"),
+        ("latency p50 / p99", f"{report.latency_ms_p50:.3f} / {report.latency_ms_p99:.3f} ms "
+                              "per message"),
+    ]
+    return "\n".join(f"{name:<20} {value}" for name, value in lines)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _cell(value: float | None, missing: str = "n/a") -> str:
+    return missing if value is None else f"{value:.4f}"

@@ -1,0 +1,111 @@
+"""`switchboard classify-eval`: accuracy, out-of-scope recall and cost of contact-type detection.
+
+    switchboard classify-eval --train TRAIN.csv [--test TEST.csv] [--text-col C]
+        [--label-col C] [--oos-label L] [--oos-data OOS.csv] [--format table|json]
+    switchboard classify-eval --catalog routing_rules/ [--test TEST.csv]
+
+Without --test, nested cross-validation on the training rows. Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from service import classify_eval as ev
+from service.yamlfile import ConfigError
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser(
+        "classify-eval", help="measure contact-type detection on labelled messages",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--train", type=Path, metavar="TRAIN.csv",
+                        help="labelled training messages (a CSV with text and label columns)")
+    source.add_argument("--catalog", type=Path, metavar="DIR",
+                        help="a rules directory: train on its catalog, as the service does")
+    parser.add_argument("--test", type=Path, action="append", metavar="TEST.csv",
+                        help="labelled messages to score (repeatable); without it, "
+                             "cross-validation on the training rows")
+    parser.add_argument("--text-col", help="text column (default: text, sentence or utterance)")
+    parser.add_argument("--label-col",
+                        help="label column (default: contact_type, label, intent or category)")
+    parser.add_argument("--oos-label", help="label of out-of-scope rows (default: oos, "
+                                            "out_of_scope or NO_NODES_DETECTED, if present)")
+    parser.add_argument("--oos-data", type=Path, action="append", default=[],
+                        metavar="OOS.csv", help="extra out-of-scope texts to train on "
+                                                "(a CSV with a text column; repeatable)")
+    parser.add_argument("--folds", type=int, default=ev.DEFAULT_FOLDS,
+                        help=f"cross-validation folds (default {ev.DEFAULT_FOLDS})")
+    parser.add_argument("--oos-share", type=float, default=ev.DEFAULT_OOS_SHARE,
+                        help="share of out-of-scope messages assumed when choosing the "
+                             f"threshold (default {ev.DEFAULT_OOS_SHARE})")
+    parser.add_argument("--hide-types", action="store_true",
+                        help="also hide some contact types from each cross-validation model "
+                             "and count their messages as out of scope: for deployments "
+                             "whose off-topic traffic is mostly in-domain")
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.set_defaults(func=cmd_classify_eval)
+
+
+def cmd_classify_eval(args: argparse.Namespace, settings: object = None) -> int:
+    try:
+        report, note = _run(args)
+    except (ev.EvalInputError, ConfigError) as exc:
+        print(f"switchboard classify-eval: {exc}", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        print(json.dumps(ev.as_dict(report)))
+    else:
+        print(ev.as_table(report) + (f"\n{note}" if note else ""))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> tuple[ev.Report, str]:
+    if not 0 <= args.oos_share <= 1:
+        raise ev.EvalInputError("--oos-share must be between 0 and 1")
+    rows, catalog_oos, note = _training_rows(args)
+    test_rows = [row for path in args.test or ()
+                 for row in ev.read_labelled(path, args.text_col, args.label_col)]
+    oos_label = ev.oos_label_of(rows + test_rows, args.oos_label)
+    train_data = ev.split_out_of_scope(rows, oos_label)
+    extra = [t for path in args.oos_data for t in ev.read_texts(path)]
+    train_data = ev.Dataset(train_data.examples, train_data.out_of_scope + catalog_oos + extra)
+    options = dict(folds=args.folds, oos_share=args.oos_share, hide_types=args.hide_types,
+                   progress=_progress)
+    if not args.test:
+        _progress(f"cross-validating on {len(train_data):,} rows, {args.folds} folds")
+        return ev.cross_validate(train_data, oos_label, **options), note
+    _warn_unknown_labels(train_data, test_rows, oos_label)
+    _progress(f"training on {len(train_data):,} rows, scoring {len(test_rows):,}")
+    return ev.evaluate(train_data, ev.split_out_of_scope(test_rows, oos_label), oos_label,
+                       **options), note
+
+
+def _training_rows(args: argparse.Namespace) -> tuple[list[tuple[str, str]], list[str], str]:
+    """Labelled training rows, the catalog's out-of-scope texts, and a note for the table."""
+    if args.train is not None:
+        return ev.read_labelled(args.train, args.text_col, args.label_col), [], ""
+    from service.catalog import load_catalog
+
+    if not (args.catalog / "catalog.yaml").is_file():
+        raise ev.EvalInputError(f"no such file: {args.catalog / 'catalog.yaml'}")
+    catalog = load_catalog(args.catalog, str(args.catalog).rstrip("/"))
+    note = f"{'catalog threshold':<20} {catalog.threshold:.2f} (configured in catalog.yaml)"
+    return list(catalog.training), list(catalog.out_of_scope), note
+
+
+def _warn_unknown_labels(train_data: ev.Dataset, test_rows: list[tuple[str, str]],
+                         oos_label: str) -> None:
+    known = {label for _, label in train_data.examples} | {oos_label}
+    unknown = sorted({label for _, label in test_rows} - known)
+    if unknown:
+        _progress(f"warning: {len(unknown)} test label(s) never seen in training, always "
+                  f"scored wrong: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

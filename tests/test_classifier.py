@@ -1,0 +1,180 @@
+"""Contact-type detection: features, out of scope, the retail catalog's data, the bank catalog."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+
+from service.catalog import load_catalog
+from service.classifier import Prediction, features, train, wants_agent
+from service.rules import load_rules
+from service.yamlfile import ConfigError
+
+DATA = Path(__file__).resolve().parent.parent / "routing_rules" / "data"
+RETAIL_THRESHOLD = 0.45  # routing_rules/catalog.yaml
+
+
+def rows(name: str, label: str = "contact_type") -> list[tuple[str, str]]:
+    with (DATA / name).open(newline="", encoding="utf-8") as handle:
+        return [(row["text"], row[label]) for row in csv.DictReader(handle)]
+
+
+@pytest.fixture(scope="module")
+def retail():
+    """Trained as the retail catalog is: Bitext, CLINC150 order-status phrasings, and
+    CLINC150 texts that are none of the contact types."""
+    examples = rows("bitext_train.csv") + rows("clinc150_track_order.csv")
+    out_of_scope = [text for text, _ in rows("clinc150_out_of_scope.csv", "clinc150_intent")]
+    return train(examples, out_of_scope=out_of_scope)
+
+
+TINY = [("where is my parcel", "track"), ("track my parcel please", "track"),
+        ("has my parcel shipped", "track"), ("I want my money back", "refund"),
+        ("refund my order", "refund"), ("give me a refund", "refund")]
+
+
+def test_features_keep_the_shape_of_numbers_but_not_their_value():
+    counts = features("Order 12, order 34")
+    assert counts["w:order"] == 2 and counts["w:00"] == 2 and counts["b:order 00"] == 2
+    assert counts["b:00 order"] == 1 and counts["c: or"] == 2 and counts["c:der "] == 2
+    assert "w:12" not in counts and features("order 99") == features("ORDER 12")
+
+
+def test_wants_agent():
+    assert wants_agent("Can I talk to a real person?")
+    assert wants_agent("AGENT")
+    assert not wants_agent("where is my parcel")
+
+
+def test_predict_ranks_the_types_best_first():
+    prediction = train(TINY).predict("where has my parcel got to", top=2)
+    assert isinstance(prediction, Prediction)
+    assert prediction.contact_type == "track" and not prediction.out_of_scope
+    assert [label for label, _ in prediction.ranked] == ["track", "refund"]
+    assert prediction.confidence == prediction.ranked[0][1] > 0.5
+    assert sum(p for _, p in prediction.ranked) == pytest.approx(1.0)
+
+
+def test_three_types_and_the_top_argument():
+    examples = TINY + [("change my password", "password"), ("reset password", "password"),
+                       ("I forgot my password", "password")]
+    prediction = train(examples).predict("forgot the password", top=1)
+    assert prediction.contact_type == "password" and len(prediction.ranked) == 1
+
+
+def test_out_of_scope_texts_take_the_confidence_away():
+    classifier = train(TINY, out_of_scope=["hello there", "hi", "what's the weather like",
+                                           "tell me a joke", "good morning"])
+    greeting = classifier.predict("hello, good morning")
+    assert greeting.out_of_scope and greeting.confidence < 0.2
+    assert [label for label, _ in greeting.ranked] == ["refund", "track"] or \
+        [label for label, _ in greeting.ranked] == ["track", "refund"]  # types only, never OOS
+    assert not classifier.predict("track my parcel").out_of_scope
+
+
+def test_a_message_without_letters_says_nothing_about_why():
+    prediction = train(TINY).predict("12345")
+    assert prediction.confidence == 0.0 and prediction.out_of_scope
+    assert len(prediction.ranked) == 2  # still a menu to offer
+
+
+def test_retail_held_out_accuracy(retail):
+    held_out = rows("bitext_heldout.csv")
+    right = sum(retail.predict(text).contact_type == label for text, label in held_out)
+    assert right / len(held_out) >= 0.99
+
+
+def test_retail_held_out_out_of_scope_messages_get_low_confidence(retail):
+    texts = [text for text, _ in rows("clinc150_out_of_scope_heldout.csv")]
+    low = sum(retail.predict(text).confidence < RETAIL_THRESHOLD for text in texts)
+    assert low / len(texts) >= 0.95
+
+
+@pytest.mark.parametrize("text, contact_type", [
+    ("where is my order", "track_order"),
+    ("where's my package?", "track_order"),
+    ("I forgot my password", "recover_password"),
+    ("I want to cancel order 12345", "cancel_order"),
+    ("when will my order arrive", "delivery_period"),
+])
+def test_everyday_retail_phrasings(retail, text, contact_type):
+    prediction = retail.predict(text)
+    assert (prediction.contact_type, prediction.out_of_scope) == (contact_type, False)
+    assert prediction.confidence >= 0.8
+
+
+@pytest.mark.parametrize("text", ["hi", "hello", "what's the weather", "12345", "thanks",
+                                  "tell me a joke", "what time is it"])
+def test_not_retail_contacts(retail, text):
+    prediction = retail.predict(text)
+    assert prediction.confidence < RETAIL_THRESHOLD and prediction.out_of_scope
+
+
+def test_median_message_costs_well_under_a_millisecond(retail):
+    texts = [text for text, _ in rows("bitext_heldout.csv")[:300]]
+    costs = []
+    for text in texts:
+        started = time.perf_counter()
+        retail.predict(text)
+        costs.append(time.perf_counter() - started)
+    assert statistics.median(costs) < 0.001
+
+
+def write_catalog(directory: Path, classifier_section: str) -> None:
+    (directory / "catalog.yaml").write_text(f"""
+classifier:
+{classifier_section}
+contact_types:
+  track:
+    label: Track
+    skills: [orders]
+    agent_only: true
+    examples: ["where is my parcel", "track my parcel"]
+  refund:
+    label: Refund
+    skills: [billing]
+    agent_only: true
+    examples: ["I want my money back", "refund please"]
+""")
+
+
+def test_catalog_reads_out_of_scope_data(tmp_path):
+    write_catalog(tmp_path, "  threshold: 0.3\n  out_of_scope_data: [oos.csv]")
+    (tmp_path / "oos.csv").write_text("text,source\nhello,greeting\nwhat's the weather,weather\n")
+    catalog = load_catalog(tmp_path, "rules")
+    assert catalog.out_of_scope == ("hello", "what's the weather")
+    assert catalog.threshold == 0.3 and len(catalog.training) == 4
+
+
+@pytest.mark.parametrize("section, oos_file, message", [
+    ("  out_of_scope_data: [missing.csv]", None,
+     "rules/catalog.yaml:3: out-of-scope file 'missing.csv' does not exist "
+     "(classifier -> out_of_scope_data -> 0)"),
+    ("  out_of_scope_data: oos.csv", None,
+     "rules/catalog.yaml:3: expected a list of CSV files (classifier -> out_of_scope_data)"),
+    ("  out_of_scope_data: [oos.csv]", "words\nhello\n",
+     "rules/oos.csv:1: expected a column text"),
+])
+def test_catalog_out_of_scope_data_errors(tmp_path, section, oos_file, message):
+    write_catalog(tmp_path, section)
+    if oos_file is not None:
+        (tmp_path / "oos.csv").write_text(oos_file)
+    with pytest.raises(ConfigError) as error:
+        load_catalog(tmp_path, "rules")
+    assert str(error.value) == message
+
+
+def test_retail_catalog_loads_its_out_of_scope_data():
+    assert len(load_catalog(DATA.parent, "routing_rules").out_of_scope) > 1000
+
+
+def test_bank_deployment_is_valid():
+    rules = load_rules(DATA.parent / "bank", with_classifier=False)
+    assert len(rules.catalog.types) == 77
+    assert len(rules.catalog.training) > 10_000 and len(rules.catalog.out_of_scope) > 1000
+    assert rules.tree.decide({"contact_type": "compromised_card", "channel": "sms"}).queue == \
+        "fraud"

@@ -1,0 +1,232 @@
+"""`classify-eval`: metrics on small known inputs, threshold choice, folds, input errors, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score, matthews_corrcoef
+
+from service import classify_eval as ev
+from service.cli_classify import add_parser
+
+TRUTH = ["a", "a", "b", "oos", "oos"]
+GUESS = ["a", "b", "b", "oos", "a"]
+
+
+def test_metrics_on_a_small_known_input():
+    m = ev.metrics(TRUTH, GUESS, "oos")
+    assert m.accuracy == pytest.approx(3 / 5)
+    assert m.in_scope_accuracy == pytest.approx(2 / 3)
+    assert m.oos_recall == pytest.approx(1 / 2)
+    # F1: a 2*1/(2+1+1), b 2*1/(2+1), oos 2*1/(2+1)
+    assert m.macro_f1 == pytest.approx((1 / 2 + 2 / 3 + 2 / 3) / 3)
+    # confusion [[1,1,0],[0,1,0],[1,0,1]]: (3*5 - t.p) / sqrt((25 - p.p)(25 - t.t)) = 7/16
+    assert m.mcc == pytest.approx(7 / 16)
+
+
+def test_metrics_agree_with_scikit_learn():
+    rng = np.random.default_rng(3)
+    truth = list(rng.choice(["a", "b", "c", "oos"], 200))
+    guess = [t if rng.random() < 0.7 else str(rng.choice(["a", "b", "c", "oos"])) for t in truth]
+    m = ev.metrics(truth, guess, "oos")
+    assert m.mcc == pytest.approx(matthews_corrcoef(truth, guess))
+    assert m.macro_f1 == pytest.approx(f1_score(truth, guess, average="macro"))
+
+
+def test_metrics_edge_cases():
+    perfect = ev.metrics(["a", "b"], ["a", "b"], "oos")
+    assert (perfect.accuracy, perfect.macro_f1, perfect.mcc) == (1.0, 1.0, 1.0)
+    assert perfect.oos_recall is None and perfect.in_scope_accuracy == 1.0
+    constant = ev.metrics(["a", "b", "oos"], ["a", "a", "a"], "oos")
+    assert constant.mcc == 0.0 and constant.oos_recall == 0.0
+    assert ev.metrics(["oos"], ["oos"], "oos").in_scope_accuracy is None
+
+
+def kinds(*names: str) -> np.ndarray:
+    return np.array(names)
+
+
+def test_threshold_balances_right_answers_and_refusals():
+    # in scope: 0.9 right, 0.8 right, 0.3 wrong; out of scope: 0.2, 0.5.
+    # Score is 1/2 * 2/3 + 1/2 * 1 for every threshold in (0.5, 0.8]: the middle is 0.66.
+    threshold = ev.choose_threshold(
+        np.array([0.9, 0.8, 0.3, 0.2, 0.5]), np.array([True, True, False, False, False]),
+        kinds(ev.IN_SCOPE, ev.IN_SCOPE, ev.IN_SCOPE, ev.OUT_OF_SCOPE, ev.OUT_OF_SCOPE))
+    assert threshold == 0.66
+
+
+def test_threshold_also_refuses_unseen_types():
+    # An unseen type at 0.7 moves the best range to (0.7, 0.8].
+    threshold = ev.choose_threshold(
+        np.array([0.9, 0.8, 0.2, 0.5, 0.7]), np.array([True, True, False, False, False]),
+        kinds(ev.IN_SCOPE, ev.IN_SCOPE, ev.OUT_OF_SCOPE, ev.OUT_OF_SCOPE, ev.UNSEEN_TYPE))
+    assert threshold == 0.76
+
+
+def test_threshold_without_anything_to_refuse_keeps_every_right_answer():
+    threshold = ev.choose_threshold(np.array([0.9, 0.8]), np.array([True, True]),
+                                    kinds(ev.IN_SCOPE, ev.IN_SCOPE))
+    assert threshold == 0.41  # the middle of 0.01-0.80
+
+
+def test_threshold_share_moves_it():
+    confidence = np.array([0.9, 0.4, 0.3, 0.6])
+    correct = np.array([True, True, False, False])
+    kind = kinds(ev.IN_SCOPE, ev.IN_SCOPE, ev.OUT_OF_SCOPE, ev.OUT_OF_SCOPE)
+    assert ev.choose_threshold(confidence, correct, kind, oos_share=0.2) == 0.36  # (0.3, 0.4]
+    assert ev.choose_threshold(confidence, correct, kind, oos_share=0.8) == 0.76  # (0.6, 0.9]
+
+
+def test_folds_spread_each_label_evenly():
+    labels = ["a"] * 7 + ["b"] * 3
+    fold = ev.fold_of_each(labels, 3)
+    assert sorted(np.bincount(fold[:7], minlength=3)) == [2, 2, 3]
+    assert sorted(np.bincount(fold[7:], minlength=3)) == [1, 1, 1]
+    assert sorted(np.bincount(fold, minlength=3)) == [3, 3, 4]
+    assert (fold == ev.fold_of_each(labels, 3)).all()
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_read_labelled_finds_usual_columns(tmp_path):
+    path = write(tmp_path / "hint.csv", "\ufeffsentence,label,\nhello there,GREET,\n ,X,\n")
+    assert ev.read_labelled(path) == [("hello there", "GREET")]
+    assert ev.read_labelled(path, "label", "sentence") == [("GREET", "hello there"), ("X", " ")]
+
+
+@pytest.mark.parametrize("content, columns, message", [
+    ("text,intent\nhi,a\n", ("body", None), "has no column 'body' (columns: text, intent)"),
+    ("words,intent\nhi,a\n", (None, None), "no text column among words, intent; name it with "
+                                           "--text-col"),
+    ("text,kind\nhi,a\n", (None, None), "no label column among text, kind; name it with "
+                                        "--label-col"),
+])
+def test_read_labelled_errors(tmp_path, content, columns, message):
+    with pytest.raises(ev.EvalInputError, match=re.escape(message)):
+        ev.read_labelled(write(tmp_path / "train.csv", content), *columns)
+
+
+def test_oos_label_is_found_or_given():
+    assert ev.oos_label_of([("x", "a"), ("y", "NO_NODES_DETECTED")], None) == "NO_NODES_DETECTED"
+    assert ev.oos_label_of([("x", "a")], None) == "oos"
+    assert ev.oos_label_of([("x", "a")], "none") == "none"
+
+
+PHRASES = {
+    "track": ["where is my parcel", "track my parcel", "has my parcel shipped", "parcel status",
+              "where is my package now", "track package", "is my parcel on its way",
+              "when does my parcel come", "locate my parcel", "parcel tracking please"],
+    "refund": ["I want my money back", "refund please", "give me a refund", "refund my order",
+               "how do I get a refund", "money back please", "can I have a refund",
+               "request a refund", "refund for my purchase", "I need a refund"],
+    "password": ["I forgot my password", "reset password", "change my password",
+                 "password reset please", "cannot remember password", "new password",
+                 "lost my password", "password help", "recover my password",
+                 "how to reset the password"],
+    "oos": ["hello", "hi there", "what's the weather", "tell me a joke", "good morning",
+            "what time is it", "play some music", "how are you", "book a table",
+            "who are you"],
+}
+
+
+@pytest.fixture
+def train_csv(tmp_path) -> Path:
+    lines = ["text,intent"] + [f"{t},{label}" for label, ts in PHRASES.items() for t in ts]
+    return write(tmp_path / "train.csv", "\n".join(lines) + "\n")
+
+
+def run_cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="switchboard")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["classify-eval", *argv])
+    return args.func(args, None)
+
+
+def test_cli_cross_validates_without_a_test_file(train_csv, capsys):
+    assert run_cli("--train", str(train_csv), "--format", "json") == 0
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert report["mode"] == "cross-validation" and len(report["thresholds"]) == 5
+    assert report["train_rows"] == 40 and report["train_oos_rows"] == 10
+    assert report["test_rows"] == 40 and report["test_oos_rows"] == 10
+    assert report["contact_types"] == 3
+    assert report["accuracy"] >= 0.6 and -1 <= report["mcc"] <= 1
+    for key in ("macro_f1", "in_scope_accuracy", "oos_recall", "threshold", "train_seconds",
+                "latency_ms_p50", "latency_ms_p99"):
+        assert report[key] is not None
+    assert "fold 5/5" in err
+
+
+def test_cli_scores_a_test_file_as_a_table(train_csv, tmp_path, capsys):
+    test = write(tmp_path / "test.csv", "text,contact_type\nwhere's my parcel,track\n"
+                                        "I'd like a refund,refund\nhow's the weather,oos\n")
+    assert run_cli("--train", str(train_csv), "--test", str(test)) == 0
+    out = capsys.readouterr().out
+    for name in ("accuracy", "macro-F1", "in-scope accuracy", "out-of-scope recall", "MCC",
+                 "threshold", "training time", "latency p50 / p99"):
+        assert f"\n{name} " in f"\n{out}"
+    assert "3 rows (1 out of scope), test file" in out
+
+
+def test_cli_evaluates_a_catalog(tmp_path, capsys):
+    examples = "\n".join(f"      - {json.dumps(t)}" for t in PHRASES["track"])
+    refunds = "\n".join(f"      - {json.dumps(t)}" for t in PHRASES["refund"])
+    write(tmp_path / "catalog.yaml", f"""
+classifier:
+  threshold: 0.4
+  out_of_scope_data: [oos.csv]
+contact_types:
+  track:
+    label: Track
+    skills: [orders]
+    agent_only: true
+    examples:
+{examples}
+  refund:
+    label: Refund
+    skills: [billing]
+    agent_only: true
+    examples:
+{refunds}
+""")
+    write(tmp_path / "oos.csv", "text\n" + "\n".join(PHRASES["oos"]) + "\n")
+    test = write(tmp_path / "test.csv", "text,contact_type\nwhere's my parcel,track\n"
+                                        "good evening,out_of_scope\n")
+    assert run_cli("--catalog", str(tmp_path), "--test", str(test), "--format", "json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["train_rows"], report["train_oos_rows"], report["test_oos_rows"]) == (30, 10, 1)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--train", "{tmp}/missing.csv"], "no such file: {tmp}/missing.csv"),
+    (["--train", "{train}", "--label-col", "topic"], "has no column 'topic'"),
+    (["--train", "{train}", "--test", "{tmp}/nope.csv"], "no such file: {tmp}/nope.csv"),
+    (["--catalog", "{tmp}/rules"], "no such file: {tmp}/rules/catalog.yaml"),
+    (["--train", "{train}", "--folds", "1"], "at least 2 folds"),
+])
+def test_cli_input_errors_exit_2_without_a_traceback(train_csv, tmp_path, capsys, argv,
+                                                     message):
+    argv = [a.format(tmp=tmp_path, train=train_csv) for a in argv]
+    assert run_cli(*argv) == 2
+    err = capsys.readouterr().err
+    assert message.format(tmp=tmp_path) in err and "Traceback" not in err
+
+
+def test_unseen_types_take_part_when_there_are_enough(tmp_path):
+    words = ["parcel", "refund", "password", "invoice", "address", "account", "voucher",
+             "return", "delivery", "payment"]
+    examples = [(f"{prefix} {word}", word) for word in words
+                for prefix in ("help with my", "question about", "problem with my", "my",
+                               "about the", "sort out my")]
+    threshold = ev.cross_validated_threshold(ev.Dataset(examples, ["hi", "hello", "bye", "ok"]),
+                                             2, 0.5, lambda _: None, hide_types=True)
+    assert 0 < threshold < 1
+    assert ev._type_folds(words, 2) != {} and ev._type_folds(words[:3], 2) == {}
