@@ -34,6 +34,8 @@ DECLINED_TTL_S = 120
 # the contact needs, free capacity on its channel, and no earlier decline of it.
 DISPATCH = """
 local P, now, ttl = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
+local agents = redis.call('ZRANGE', P .. 'available', 0, -1)
+if #agents == 0 then return {} end  -- nobody free: do not read the queues at all
 local candidates = {}
 for i = 3, #ARGV do
   local items = redis.call('ZRANGE', P .. 'q:' .. ARGV[i], 0, 99, 'WITHSCORES')
@@ -48,7 +50,7 @@ for _, candidate in ipairs(candidates) do
   if redis.call('HEXISTS', P .. 'offered', contact) == 0 then
     local entry = cjson.decode(redis.call('HGET', P .. 'entries', contact))
     local channel = entry['channel']
-    for _, agent in ipairs(redis.call('ZRANGE', P .. 'available', 0, -1)) do
+    for _, agent in ipairs(agents) do
       local a = redis.call('HMGET', P .. 'agent:' .. agent, 'skills', 'cap_' .. channel,
                            'load_' .. channel, 'status')
       local fits = a[4] == 'available' and tonumber(a[3] or '0') < tonumber(a[2] or '0')
@@ -66,6 +68,7 @@ for _, candidate in ipairs(candidates) do
         redis.call('HINCRBY', P .. 'agent:' .. agent, 'load_' .. channel, 1)
         redis.call('ZADD', P .. 'available', now, agent)
         table.insert(made, {contact, agent})
+        agents = redis.call('ZRANGE', P .. 'available', 0, -1)  -- they are now least idle
         break
       end
     end

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 from typing import Any, Sequence
 
 from redis.asyncio.connection import Connection
@@ -96,7 +97,8 @@ class CommandBatcher:
 
     async def _reply(self) -> Any:
         try:
-            return await self._conn.read_response()
+            # execute() bounds the whole batch; a timeout per reply would cost a timer each.
+            return await self._conn.read_response(timeout=math.inf)
         except ResponseError as error:  # an error reply: keep reading so replies stay in step
             return error
 

