@@ -20,7 +20,7 @@ from aiohttp import WSCloseCode, web
 
 from channels.base import ChannelConfig, HandleInbound, register
 from service.model import Inbound, Reply
-from service.websocket import RateLimit, forward, parse_frame, send_error
+from service.websocket import RateLimit, open_socket, parse_frame, relay, send_error
 
 log = structlog.get_logger(__name__)
 
@@ -44,26 +44,20 @@ class WebChat:
         return [web.get("/chat/ws", self.websocket)]
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=MAX_FRAME_BYTES)
-        await ws.prepare(request)
-        self._sockets.add(ws)
+        ws = await open_socket(request, self._sockets, MAX_FRAME_BYTES)
         start = await self._first_frame(ws)
         if start is None:
             await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"expected start")
             return ws
         session, address = start
         structlog.contextvars.bind_contextvars(chat_session=session[:8])
-        async with self._subscribe(f"chat:{session}") as inbox:
-            pushed = asyncio.create_task(forward(inbox, ws))
-            try:
-                reply = await self._turn(ws, session, address, "start", "")
-                if reply is not None:
-                    await ws.send_json({"type": "session", "session": session,
-                                        "contact_id": reply.contact_id})
-                    await _send_reply(ws, reply)
-                    await self._serve(ws, session, address)
-            finally:
-                pushed.cancel()
+        async with relay(self._subscribe(f"chat:{session}"), ws):
+            reply = await self._turn(ws, session, address, "start", "")
+            if reply is not None:
+                await ws.send_json({"type": "session", "session": session,
+                                    "contact_id": reply.contact_id})
+                await _send_reply(ws, reply)
+                await self._serve(ws, session, address)
         return ws
 
     async def shutdown(self) -> None:

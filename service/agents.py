@@ -21,7 +21,7 @@ from service.bus import Bus
 from service.handoff import Handoff, HandoffError, offer_frame
 from service.queues import DEFAULT_CAPACITY
 from service.tokens import hash_token, new_token
-from service.websocket import RateLimit, forward, parse_frame, send_error
+from service.websocket import RateLimit, open_socket, parse_frame, relay, send_error
 
 log = structlog.get_logger(__name__)
 
@@ -65,9 +65,7 @@ class AgentDesk:
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=MAX_FRAME_BYTES)
-        await ws.prepare(request)
-        self.sockets.add(ws)
+        ws = await open_socket(request, self.sockets, MAX_FRAME_BYTES)
         agent = await self._authenticate(ws)
         if agent is None:
             await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"unauthorized")
@@ -75,14 +73,12 @@ class AgentDesk:
         structlog.contextvars.bind_contextvars(agent_id=agent["id"])
         router = self._handoff.router
         await router.register_agent(agent)
-        async with self._bus.subscription(f"agent:{agent['id']}") as inbox:
-            pushed = asyncio.create_task(forward(inbox, ws))
-            try:
+        try:
+            async with relay(self._bus.subscription(f"agent:{agent['id']}"), ws):
                 await self._send_ready(ws, agent)
                 await self._serve(ws, agent)
-            finally:
-                pushed.cancel()
-                await router.set_presence(agent["id"], "away")
+        finally:
+            await router.set_presence(agent["id"], "away")
         return ws
 
     async def _authenticate(self, ws: web.WebSocketResponse) -> dict[str, Any] | None:

@@ -6,9 +6,11 @@ Neutral like service/model.py (it imports nothing of the service), so channels m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from typing import Any
+import weakref
+from typing import Any, AsyncContextManager, AsyncIterator
 
 from aiohttp import WSMsgType, web
 
@@ -40,8 +42,28 @@ def parse_frame(msg) -> Any:
         return None
 
 
-async def forward(inbox: asyncio.Queue, ws: web.WebSocketResponse) -> None:
-    """Send frames pushed from other instances (through the bus) down this socket."""
+async def open_socket(request: web.Request, sockets: "weakref.WeakSet",
+                      max_frame_bytes: int) -> web.WebSocketResponse:
+    """Accept a WebSocket and remember it, so shutdown can close it with GOING_AWAY."""
+    ws = web.WebSocketResponse(heartbeat=30, max_msg_size=max_frame_bytes)
+    await ws.prepare(request)
+    sockets.add(ws)
+    return ws
+
+
+@contextlib.asynccontextmanager
+async def relay(subscription: AsyncContextManager[asyncio.Queue],
+                ws: web.WebSocketResponse) -> AsyncIterator[None]:
+    """While the block runs, frames pushed from other instances go down this socket."""
+    async with subscription as inbox:
+        task = asyncio.create_task(_forward(inbox, ws))
+        try:
+            yield
+        finally:
+            task.cancel()
+
+
+async def _forward(inbox: asyncio.Queue, ws: web.WebSocketResponse) -> None:
     while True:
         frame = await inbox.get()
         if ws.closed:
