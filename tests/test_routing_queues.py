@@ -70,9 +70,9 @@ async def test_longest_idle_agent_gets_the_next_contact(router):
     await asyncio.sleep(0.01)
     second = await agent(router, "second", ["care"])
     one = await enqueue(router, entry("general", ["care"]))
+    await asyncio.sleep(0.01)  # idle times are in milliseconds: the offer must not tie with it
     [offer] = await router.dispatch(QUEUES)
     assert offer.agent_id == first
-    await asyncio.sleep(0.01)  # idle times are in milliseconds: no tie with the offer
     two = await enqueue(router, entry("general", ["care"]))
     [offer] = await router.dispatch(QUEUES)
     assert (offer.contact_id, offer.agent_id) == (two["contact_id"], second)
