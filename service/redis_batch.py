@@ -30,7 +30,9 @@ class CommandBatcher:
         self._flush_scheduled = False
         self._reader: asyncio.Task | None = None
         self._connecting = asyncio.Lock()
-        self._broken = False
+        # Our own flag, not redis-py's is_connected: that turns true mid-handshake, and a batch
+        # written then would interleave with the handshake's replies.
+        self._ready = False
 
     @classmethod
     def from_url(cls, url: str, timeout_s: float = 2.0) -> "CommandBatcher":
@@ -59,14 +61,14 @@ class CommandBatcher:
         return replies
 
     async def _ensure_connected(self) -> None:
-        if self._conn.is_connected and not self._broken:
+        if self._ready:
             return
         async with self._connecting:
-            if self._broken:
-                await self._conn.disconnect()
-                self._broken = False
-            if not self._conn.is_connected:
-                await self._conn.connect()
+            if self._ready:
+                return
+            await self._conn.disconnect()
+            await self._conn.connect()
+            self._ready = True
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -74,6 +76,8 @@ class CommandBatcher:
         if not batch:
             return
         try:
+            if not self._ready:
+                raise RedisConnectionError("Redis connection was lost")
             packed = self._conn.pack_commands([c for commands, _ in batch for c in commands])
             self._conn._writer.writelines(packed)
         except Exception as exc:  # the connection is gone: these turns fail, the next reconnect
@@ -107,7 +111,7 @@ class CommandBatcher:
             _settle(self._in_flight.popleft()[1], exc)
         if self._reader is not None and self._reader is not asyncio.current_task():
             self._reader.cancel()
-        self._broken = True  # the stream may be out of step: reconnect before the next batch
+        self._ready = False  # the stream may be out of step: reconnect before the next batch
 
     async def close(self) -> None:
         if self._reader is not None:

@@ -43,3 +43,16 @@ async def test_reconnects_after_the_server_drops_the_connection(batcher, redis_c
     with pytest.raises(Exception):
         await batcher.execute(("PING",))
     assert await batcher.execute(("PING",)) == [b"PONG"]
+
+
+async def test_many_turns_arriving_before_the_first_connect_all_succeed(redis_url, redis_client):
+    batcher = CommandBatcher.from_url(redis_url)
+    try:
+        turns = []
+        for _ in range(50):  # arrivals interleave with the connection handshake
+            turns.append(asyncio.create_task(batcher.execute(("INCR", "first-connect"))))
+            await asyncio.sleep(0)
+        results = await asyncio.gather(*turns)
+    finally:
+        await batcher.close()
+    assert sorted(r[0] for r in results) == list(range(1, 51))
