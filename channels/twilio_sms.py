@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import structlog
@@ -64,7 +65,12 @@ def parse(form) -> Inbound:
 
 
 def render(reply: Reply) -> str:
+    return _twiml(reply.messages)
+
+
+@functools.lru_cache(maxsize=1024)  # most replies are the same few answers and prompts
+def _twiml(messages: tuple[str, ...]) -> str:
     response = MessagingResponse()
-    for text in reply.messages:
+    for text in messages:
         response.message(text)
     return str(response)

@@ -43,6 +43,7 @@ log = structlog.get_logger(__name__)
 WEB_DIR = Path(__file__).resolve().parent / "web"
 IDLE_SWEEP_INTERVAL_S = 30
 HANDOFF_SWEEP_INTERVAL_S = 1
+TURN_TIMEOUT_S = 10  # well inside Twilio's 15 s, so the caller still gets the fallback TwiML
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -85,7 +86,8 @@ async def handle_turn(app: web.Application, inbound: Inbound) -> Reply:
     structlog.contextvars.bind_contextvars(channel=inbound.channel)
     started = time.perf_counter()
     try:
-        reply = await asyncio.wait_for(app[CONVERSATIONS].handle(inbound), timeout=10)
+        async with asyncio.timeout(TURN_TIMEOUT_S):
+            reply = await app[CONVERSATIONS].handle(inbound)
     except Exception as exc:
         metrics.TURNS.labels(inbound.channel, "failed").inc()
         app[CONVERSATIONS].record_failure(inbound, exc)
