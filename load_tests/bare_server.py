@@ -1,8 +1,9 @@
-"""The baseline: aiohttp answering POST /twilio/sms with fixed TwiML and nothing else.
+"""The baseline: aiohttp answering Twilio's webhooks with fixed TwiML and nothing else.
 
 Same aiohttp, same event loop and the same `web.run_app(..., access_log=None)` as
 `switchboard serve`, so the difference to the full service is what the service does per turn.
-The reply has the size of a typical self-service answer.
+The reply has the size of a typical self-service answer. POST /twilio/sms and the voice
+webhook paths get the same reply (for voice the benchmark replays the calls' requests here).
 
     python load_tests/bare_server.py --port 8081 [--parse-form]
 """
@@ -13,6 +14,8 @@ import argparse
 
 from aiohttp import web
 
+VOICE_PATHS = ("/twilio/voice", "/twilio/voice/gather", "/twilio/voice/no-input",
+               "/twilio/voice/wait", "/twilio/voice/queue-result", "/twilio/voice/status")
 TWIML = ('<?xml version="1.0" encoding="UTF-8"?><Response><Message>Every order is listed under '
          "Orders at example.com/orders, and your confirmation email has a Track package link. "
          "Processing means we are packing it, Shipped means it is with the carrier (tracking can "
@@ -41,7 +44,9 @@ def main() -> None:
                         help="parse the form body first (a reference point, not the baseline)")
     args = parser.parse_args()
     app = web.Application()
-    app.router.add_post("/twilio/sms", sms_reading_form if args.parse_form else sms)
+    handler = sms_reading_form if args.parse_form else sms
+    for path in ("/twilio/sms", *VOICE_PATHS):
+        app.router.add_post(path, handler)
     app.router.add_get("/healthz", healthz)
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
 

@@ -1,15 +1,16 @@
-"""SMS webhook benchmark: the full service next to a bare aiohttp handler, in one run.
+"""Twilio webhook benchmark (SMS or voice): the full service next to a bare aiohttp handler.
 
-    .venv/bin/python load_tests/bench_sms.py [--seconds 20] [--connections 16] [--profile]
+    .venv/bin/python load_tests/bench_sms.py [--channel sms|voice] [--seconds 20] [--profile]
 
 Starts PostgreSQL and Valkey (embedded, in a temporary folder), a bare aiohttp server that
-answers POST /twilio/sms with fixed TwiML, then `switchboard serve` against those databases.
+answers the webhooks with fixed TwiML, then `switchboard serve` against those databases.
 Each server process is pinned to one core; wrk (the load generator), the databases and this
-script share the other core. wrk replays pre-signed 20-field inbound-SMS webhooks (unique
-MessageSids, realistic conversations, see traffic.py) over loopback on 16 connections: a short
-warm-up, then a timed run per target. Reports requests/s, latency percentiles, errors, the CPU
-each process used, and the ratio full/bare. With --profile, a third run records the service
-with py-spy and says where its CPU goes (profile_breakdown.py).
+script share the other core. wrk replays pre-signed webhooks over loopback on 16 connections:
+inbound SMS (unique MessageSids, realistic conversations, see traffic.py) or the steps of
+scripted phone calls (voice_calls.py); a short warm-up, then a timed run per target. Reports
+requests/s, latency percentiles, errors, what the replies were (for voice, against what the
+call scripts expect), the CPU each process used, and the ratio full/bare. With --profile, a
+third run records the service with py-spy and says where its CPU goes (profile_breakdown.py).
 
 Needs `wrk` on the PATH (see README.md); py-spy only for --profile.
 """
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import functools
 import json
 import logging
 import os
@@ -40,6 +43,7 @@ sys.path.insert(0, str(HERE))
 
 import profile_breakdown  # noqa: E402
 import traffic  # noqa: E402
+import voice_calls  # noqa: E402
 
 AUTH_TOKEN = "bench_auth_token_not_real"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -209,11 +213,11 @@ class Run:
 
 
 def run_wrk(url: str, requests_file: Path, mode: str, seconds: float, connections: int,
-            threads: int, max_responses: int, db_dir: Path, server_pid: int,
+            threads: int, max_responses: int, db_dir: Path, server_pid: int, channel: str,
             target: str) -> Run:
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-            "--timeout", "10s", "--latency", "-s", str(HERE / "sms_webhooks.lua"), url, "--",
-            str(requests_file), mode, str(max_responses)]
+            "--timeout", "10s", "--latency", "-s", str(HERE / "webhooks.lua"), url, "--",
+            str(requests_file), mode, str(max_responses), channel]
     dbs = processes_in(db_dir)
     for pid in dbs:  # PostgreSQL backends and Valkey each lead their own session
         boost(pid)
@@ -268,7 +272,7 @@ def table(runs: list[Run], server_core: int, load_core: int) -> str:
         lines.append(
             f"| {r.target} | {r.rps:,.0f} | {r.ms('p50'):.2f} | {r.ms('p90'):.2f} "
             f"| {r.ms('p99'):.2f} | {r.ms('max'):.1f} | {r.result['requests']:,} "
-            f"| {r.result['non200']} | {socket_errors} | {r.result['fallback']} "
+            f"| {r.result['non200']} | {socket_errors} | {r.result['replies']['fallback']} "
             f"| {r.server_cpu_s / r.wall_s:.0%} | {r.server_us_per_request:,.0f} "
             f"| {r.wrk_cpu_s / r.wall_s:.0%} | {r.core_busy_s.get(load_core, 0) / r.wall_s:.0%} |")
     return "\n".join(lines)
@@ -290,20 +294,53 @@ def contention(runs: list[Run], server_core: int, load_core: int) -> str:
     return "CPU of other processes during the runs: " + "; ".join(notes) + warning
 
 
-def mix(run: Run) -> str:
-    r = run.result
-    names = [("offered", "self-service answer + 'Did that help?'"),
-             ("resolved", "resolved ('glad that helped')"), ("queued", "queued (position)"),
-             ("clarify", "asked to rephrase"), ("empty", "no message (queued follow-up, STOP)"),
-             ("other", "other replies (HELP, ...)"),
-             ("fallback", "fallback apology (a failed turn)")]
-    return ", ".join(f"{label}: {r[key] / max(1, r['responses']):.0%}" for key, label in names)
+REPLY_LABELS = {
+    "sms": [("offered", "self-service answer + 'Did that help?'"),
+            ("resolved", "resolved ('glad that helped')"), ("queued", "queued (position)"),
+            ("clarify", "asked to rephrase"), ("empty", "no message (queued follow-up, STOP)"),
+            ("other", "other replies (HELP, ...)"),
+            ("fallback", "fallback apology (a failed turn)")],
+    "voice": [("menu", "menu (Gather)"), ("welcome_back", "'Welcome back' (Gather)"),
+              ("reprompt", "'didn't get that' + menu (Gather)"),
+              ("offered", "answer + 'Did that help?' (Gather)"),
+              ("resolved", "'glad that helped' (Say, Hangup)"),
+              ("enqueued", "to a person (Say, Enqueue)"),
+              ("hold", "hold with position (wait URL)"),
+              ("hold_generic", "hold without position (wait URL)"),
+              ("hangup", "Hangup (queue result)"), ("empty", "empty TwiML (status callback)"),
+              ("other", "other replies"),
+              ("fallback", "fallback apology 'technical trouble' (a failed turn)")],
+}
+
+
+def mix(run: Run, channel: str) -> str:
+    replies, total = run.result["replies"], max(1, run.result["responses"])
+    return ", ".join(f"{label}: {replies[key] / total:.0%}"
+                     for key, label in REPLY_LABELS[channel])
+
+
+def against_script(run: Run, expected: list[str | None], tolerance: int) -> str | None:
+    """Replies by kind next to what the scripts expect of the lines that were answered (the
+    first `responses` lines, give or take the requests in flight when the run stopped)."""
+    if not expected or expected[0] is None:
+        return None
+    want = collections.Counter(expected[:run.result["responses"]])
+    got = {**run.result["replies"], "non-200": run.result["non200"]}
+    rows = [f"{kind} {got.get(kind, 0):,}/{want.get(kind, 0):,}"
+            for kind in sorted(set(want) | {k for k, n in got.items() if n})]
+    off = [kind for kind in set(want) | set(got)
+           if abs(got.get(kind, 0) - want.get(kind, 0)) > tolerance]
+    verdict = (f"DIFFERENT from the scripts: {', '.join(sorted(off))}" if off
+               else f"as scripted (within {tolerance} in flight)")
+    return f"{run.target} replies, got/expected: {'; '.join(rows)} -- {verdict}"
 
 
 # ---- main -----------------------------------------------------------------------------------
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--channel", choices=["sms", "voice"], default="sms",
+                        help="which Twilio webhooks: inbound SMS, or the steps of phone calls")
     parser.add_argument("--seconds", type=float, default=20, help="measured seconds per target")
     parser.add_argument("--warmup", type=float, default=3, help="warm-up seconds per target")
     parser.add_argument("--connections", type=int, default=16)
@@ -311,7 +348,8 @@ def main() -> int:
     parser.add_argument("--max-requests", type=int, default=500_000,
                         help="stop a run after this many responses")
     parser.add_argument("--mix", choices=sorted(traffic.MIXES), default="realistic",
-                        help="conversation mix of the full run (self-service: no escalations)")
+                        help="conversation or call mix of the full run (self-service: no "
+                        "escalations)")
     parser.add_argument("--form-reference", action="store_true",
                         help="also run the bare handler parsing the form (a reference row)")
     parser.add_argument("--profile", action="store_true",
@@ -355,14 +393,14 @@ def main() -> int:
             database_url, redis_url = stack.enter_context(databases(db_dir))
             rules_dir = ROOT / "routing_rules"
             print("sorting held-out utterances with the deployment's classifier ...", flush=True)
-            words = traffic.load_utterances(rules_dir)
+            write_traffic = traffic_writer(args.channel, rules_dir)
             runs = []
 
             # -- bare aiohttp ---------------------------------------------------------------
             bare_port = free_port()
             bare_url = f"http://127.0.0.1:{bare_port}"
             bare_file = workdir / "bare.txt"
-            traffic.write_requests(bare_file, 20_000, words, bare_url, AUTH_TOKEN, "+15559", 9)
+            write_traffic(bare_file, 20_000, bare_url, "+15559", 9)
             variants = [("bare aiohttp", [])]
             if args.form_reference:
                 variants.append(("bare + form parsing (reference)", ["--parse-form"]))
@@ -374,7 +412,7 @@ def main() -> int:
                           f"{[sorted(a) for a in thread_affinities(bare.pid)]}", flush=True)
                     common = dict(connections=args.connections, threads=args.wrk_threads,
                                   max_responses=args.max_requests, db_dir=db_dir,
-                                  server_pid=bare.pid)
+                                  server_pid=bare.pid, channel=args.channel)
                     run_wrk(bare_url, bare_file, "cycle", args.warmup, target="warm-up",
                             **common)
                     run = measured(run_wrk, bare_url, bare_file, "cycle", args.seconds,
@@ -398,17 +436,23 @@ def main() -> int:
             files = {"warm": workdir / "full-warmup.txt", "measure": workdir / "full.txt",
                      "profile": workdir / "full-profile.txt"}
 
-            def sign(name: str, seconds: float, rps: float, prefix: str, seed: int) -> int:
-                """Enough unique requests for `seconds` at `rps`, with margin (and the bound)."""
-                count = min(args.max_requests, int(rps * seconds * 1.5) + 2_000)
-                return traffic.write_requests(files[name], count, words, url, AUTH_TOKEN,
-                                              prefix, seed, args.mix)
+            expected: dict[str, list[str | None]] = {}
+            used = [0]  # requests of the full-path stream sent by the runs so far
+
+            def sign(name: str, seconds: float, rps: float) -> int:
+                """Requests for `seconds` at three times `rps` (a warm-up runs slower than the
+                warmed-up service), within the bound. One stream of conversations: each run
+                continues the ones the runs before began, so only the warm-up sees them all
+                start at once."""
+                count = min(args.max_requests, int(rps * seconds * 3) + 2_000)
+                expected[name] = write_traffic(files[name], count, url, "+15551", 1, args.mix,
+                                               skip=used[0])
+                return len(expected[name])
 
             # The warm-up is sized from the bare rate (the full path cannot outrun it, but its
             # rate is unknown yet, so at most 30 s of the bare rate); the measured run from the
             # warm-up's rate.
-            sign("warm", min(args.warmup, 30_000 / max(1.0, bare_run.rps)), bare_run.rps,
-                 "+15551", 1)
+            sign("warm", min(args.warmup, 30_000 / max(1.0, bare_run.rps)), bare_run.rps)
             print("starting switchboard serve ...", flush=True)
             with server("switchboard", argv, env, url + "/readyz", server_core, workdir,
                         180) as full:
@@ -416,13 +460,12 @@ def main() -> int:
                       f"{[sorted(a) for a in thread_affinities(full.pid)]}", flush=True)
                 common = dict(connections=args.connections, threads=args.wrk_threads,
                               max_responses=args.max_requests, db_dir=db_dir,
-                              server_pid=full.pid)
+                              server_pid=full.pid, channel=args.channel)
                 warm = run_wrk(url, files["warm"], "once", args.warmup, target="warm-up",
                                **common)
+                used[0] += warm.result["sent"]
                 t0 = time.monotonic()
-                signed = sign("measure", args.seconds, warm.rps, "+15552", 2)
-                if args.profile:
-                    sign("profile", args.profile_seconds, warm.rps, "+15553", 3)
+                signed = sign("measure", args.seconds, warm.rps)
                 print(f"full warm-up: {warm.rps:,.0f} requests/s; signed {signed:,} requests "
                       f"for the measured run in {time.monotonic() - t0:.1f} s", flush=True)
                 valkey_before = commandstats(redis_url)
@@ -434,6 +477,8 @@ def main() -> int:
                 print(f"full: {full_run.rps:,.0f} requests/s, p99 {full_run.ms('p99'):.2f} ms",
                       flush=True)
                 if args.profile:
+                    used[0] += full_run.result["sent"]
+                    sign("profile", args.profile_seconds, warm.rps)
                     results["profile"] = profile(full.pid, url, files["profile"], args, common,
                                                  workdir, full_run)
             results["service_log"] = log_summary(workdir / "switchboard.log")
@@ -451,7 +496,9 @@ def main() -> int:
         f"full/bare requests/s: {ratio:.0%} (goal >= {GOAL_RATIO:.0%}: "
         f"{'met' if ratio >= GOAL_RATIO else 'MISSED'}); full p99 {p99:.2f} ms "
         f"(goal < {GOAL_P99_MS:.0f} ms: {'met' if p99 < GOAL_P99_MS else 'MISSED'})",
-        f"full-path replies: {mix(full_run)}",
+        f"full-path replies: {mix(full_run, args.channel)}",
+        *filter(None, [against_script(run, expected[name], args.connections)
+                       for run, name in ((warm, "warm"), (full_run, "measure"))]),
         contention(runs, server_core, load_core),
         f"full-path run: database CPU {databases_cpu}; core {server_core} busy "
         f"{full_run.core_busy_s.get(server_core, 0) / full_run.wall_s:.0%} "
@@ -477,6 +524,26 @@ def main() -> int:
         results["ratio"] = ratio
         args.json.write_text(json.dumps(results, indent=2))
     return 0
+
+
+def traffic_writer(channel: str, rules_dir: Path):
+    """write(path, count, public_url, number_prefix, seed, mix="realistic", skip=0) -> the
+    reply each written request should get (None when not scripted)."""
+    words = traffic.load_utterances(rules_dir)
+    if channel == "sms":
+        return functools.partial(_write_sms, words)
+    return functools.partial(_write_voice, words, voice_calls.load_keypad(rules_dir))
+
+
+def _write_sms(words, path, count, public_url, prefix, seed, mix="realistic", skip=0):
+    return traffic.write_requests(path, count, words, public_url, AUTH_TOKEN, prefix, seed, mix,
+                                  skip)
+
+
+def _write_voice(words, keypad, path, count, public_url, prefix, seed, mix="realistic",
+                 skip=0):
+    return voice_calls.write_requests(path, count, words, keypad, public_url, AUTH_TOKEN,
+                                      prefix, seed, mix, skip)
 
 
 def profile(pid: int, url: str, requests_file: Path, args, common: dict, workdir: Path,
@@ -537,14 +604,21 @@ def valkey_time(before: dict, after: dict, seconds: float) -> str:
                      for usec, calls, name in rows[:6])
 
 
-def log_summary(log: Path) -> dict[str, int]:
-    levels: dict[str, int] = {}
+def log_summary(log: Path) -> dict:
+    """Lines by level, and which log events the warnings and errors were."""
+    levels: dict = {}
+    problems: collections.Counter[str] = collections.Counter()
     for line in log.read_text(errors="replace").splitlines():
         try:
-            level = json.loads(line).get("level", "?")
+            record = json.loads(line)
         except ValueError:
-            level = "non-json"
+            record = {"level": "non-json"}
+        level = record.get("level", "?")
         levels[level] = levels.get(level, 0) + 1
+        if level in ("warning", "error", "critical"):
+            problems[record.get("event", "?")] += 1
+    if problems:
+        levels["warning and error events"] = dict(problems.most_common())
     return levels
 
 

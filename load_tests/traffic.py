@@ -12,16 +12,19 @@ and are checked against the deployment's classifier, so the mix is what the scri
 
 Requests are laid out in rounds so that consecutive messages of one customer are at least
 `block` requests apart: with 16 connections in flight, a customer's next message is sent long
-after the previous one was answered, as on a real phone.
+after the previous one was answered, as on a real phone. The layout (`interleave`) and the
+request file (`write_lines`) are shared with the voice calls (voice_calls.py).
 """
 
 from __future__ import annotations
 
 import collections
 import csv
+import itertools
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 from urllib.parse import urlencode
 
 from twilio.request_validator import RequestValidator
@@ -56,6 +59,8 @@ class Utterances:
     self_service: list[str]  # classified above the threshold into a type with an answer
     agent_only: list[str]  # classified above the threshold into an agent-only type
     vague: list[str]  # below the threshold: the bot asks to clarify
+    threshold: float = 0.0
+    predicted: dict[str, tuple[str, float]] = field(default_factory=dict)  # text -> type, conf.
 
 
 def load_utterances(rules_dir: Path) -> Utterances:
@@ -65,7 +70,7 @@ def load_utterances(rules_dir: Path) -> Utterances:
 
     rules = load_rules(rules_dir)
     threshold = rules.catalog.threshold
-    self_service, agent_only = [], []
+    self_service, agent_only, predicted = [], [], {}
     with open(rules_dir / "data" / "bitext_heldout.csv", newline="") as f:
         for row in csv.DictReader(f):
             text = row["text"]
@@ -74,12 +79,13 @@ def load_utterances(rules_dir: Path) -> Utterances:
             prediction = rules.classifier.predict(text)
             if prediction.confidence < threshold:
                 continue
+            predicted[text] = (prediction.contact_type, prediction.confidence)
             contact_type = rules.catalog.types[prediction.contact_type]
             (agent_only if contact_type.agent_only else self_service).append(text)
     vague = [t for t in VAGUE if rules.classifier.predict(t).confidence < threshold]
     if not (self_service and agent_only and vague):
         raise SystemExit("the example deployment's data no longer yields every kind of message")
-    return Utterances(self_service, agent_only, vague)
+    return Utterances(self_service, agent_only, vague, threshold, predicted)
 
 
 def script_messages(kind: str, words: Utterances, rng: random.Random) -> list[str]:
@@ -106,7 +112,7 @@ def script_messages(kind: str, words: Utterances, rng: random.Random) -> list[st
 class Customer:
     number: str
     place: tuple[str, str, str]
-    messages: list[str]
+    steps: list[str]  # the texts, in order
     resolvable: bool  # ends closed (YES after self-service), so the customer may come back
 
 
@@ -122,54 +128,80 @@ def sms_params(customer: Customer, text: str) -> dict[str, str]:
             "From": customer.number, "ApiVersion": "2010-04-01"}
 
 
-def conversations(count: int, words: Utterances, number_prefix: str, seed: int,
-                  mix: str = "realistic", block: int = 200):
-    """Yield (customer, text) for `count` messages or more, laid out in rounds (module doc)."""
+TakeReturning = Callable[[], object]  # a resolved contact to bring back, or None
+
+
+def interleave(count: int, new_contact: Callable[[random.Random, TakeReturning], object],
+               seed: int, max_steps: int, block: int = 200) -> Iterator[tuple[object, object]]:
+    """Yield (contact, step) for `count` steps or more, laid out in rounds (module doc).
+
+    `new_contact(rng, take_returning)` builds a contact with `steps` and `resolvable`;
+    `take_returning()` hands it, now and then, a resolved contact of an earlier round to
+    reuse the customer of (None otherwise)."""
     rng = random.Random(seed)
-    kinds, weights = zip(*MIXES[mix])
-    serial = 0
-    returning: collections.deque[tuple[int, Customer]] = collections.deque()  # (round, customer)
-    in_progress: list[list[Customer]] = []  # blocks still sending, oldest first
+    returning: collections.deque[tuple[int, object]] = collections.deque()  # (round, contact)
+    in_progress: list[list] = []  # blocks still sending, oldest first
     emitted = 0
     round_no = 0
+
+    def take_returning():
+        if returning and returning[0][0] <= round_no - 2 and rng.random() < RETURNING_SHARE:
+            return returning.popleft()[1]
+        return None
+
     while emitted < count:
-        new_block = []
-        for _ in range(block):
-            kind = rng.choices(kinds, weights)[0]
-            messages = script_messages(kind, words, rng)
-            if returning and returning[0][0] <= round_no - 2 and rng.random() < RETURNING_SHARE:
-                _, back = returning.popleft()
-                customer = Customer(back.number, back.place, messages, False)
-            else:
-                serial += 1
-                customer = Customer(f"{number_prefix}{serial:07d}", rng.choice(PLACES), messages,
-                                    kind == "self_service_yes")
-            new_block.append(customer)
-        in_progress.append(new_block)
+        in_progress.append([new_contact(rng, take_returning) for _ in range(block)])
         # Round r: step 0 of the newest block, step 1 of the one before, and so on.
-        for age, customers in enumerate(reversed(in_progress)):
-            for customer in customers:
-                if age < len(customer.messages):
-                    yield customer, customer.messages[age]
+        for age, contacts in enumerate(reversed(in_progress)):
+            for contact in contacts:
+                if age < len(contact.steps):
+                    yield contact, contact.steps[age]
                     emitted += 1
-        if len(in_progress) == MAX_STEPS:  # the oldest block has sent its last messages
+        if len(in_progress) == max_steps:  # the oldest block has sent its last steps
             returning.extend((round_no, c) for c in in_progress.pop(0) if c.resolvable)
         round_no += 1
 
 
-def write_requests(path: Path, count: int, words: Utterances, public_url: str,
-                   auth_token: str, number_prefix: str, seed: int,
-                   mix: str = "realistic") -> int:
-    """Write `count` signed requests, one per line: '<signature> <form body>'."""
+def conversations(count: int, words: Utterances, number_prefix: str, seed: int,
+                  mix: str = "realistic", block: int = 200):
+    """Yield (customer, text) for `count` messages or more."""
+    kinds, weights = zip(*MIXES[mix])
+    serials = itertools.count(1)
+
+    def new_customer(rng: random.Random, take_returning: TakeReturning) -> Customer:
+        kind = rng.choices(kinds, weights)[0]
+        messages = script_messages(kind, words, rng)
+        back = take_returning()
+        if back is not None:
+            return Customer(back.number, back.place, messages, False)
+        return Customer(f"{number_prefix}{next(serials):07d}", rng.choice(PLACES), messages,
+                        kind == "self_service_yes")
+
+    return interleave(count, new_customer, seed, MAX_STEPS, block)
+
+
+def write_lines(path: Path, requests: Iterable[tuple[str, dict[str, str], str | None]],
+                count: int, public_url: str, auth_token: str,
+                skip: int = 0) -> list[str | None]:
+    """Write `count` signed requests, one per line: '<signature> <path> <form body>', signed
+    over the public URL with the path and query, as Twilio signs them. `skip` continues a
+    stream whose first `skip` requests an earlier file had. Returns the reply each line
+    should get (None: not scripted)."""
     validator = RequestValidator(auth_token)
-    url = public_url.rstrip("/") + "/twilio/sms"
-    written = 0
+    base = public_url.rstrip("/")
+    expected: list[str | None] = []
     with open(path, "w") as out:
-        for customer, text in conversations(count, words, number_prefix, seed, mix):
-            params = sms_params(customer, text)
-            signature = validator.compute_signature(url, params)
-            out.write(f"{signature} {urlencode(params)}\n")
-            written += 1
-            if written >= count:
-                break
-    return written
+        for url_path, params, expect in itertools.islice(requests, skip, skip + count):
+            signature = validator.compute_signature(base + url_path, params)
+            out.write(f"{signature} {url_path} {urlencode(params)}\n")
+            expected.append(expect)
+    return expected
+
+
+def write_requests(path: Path, count: int, words: Utterances, public_url: str,
+                   auth_token: str, number_prefix: str, seed: int, mix: str = "realistic",
+                   skip: int = 0) -> list[str | None]:
+    """Write `count` signed inbound-SMS webhooks (see write_lines)."""
+    requests = (("/twilio/sms", sms_params(customer, text), None) for customer, text
+                in conversations(skip + count, words, number_prefix, seed, mix))
+    return write_lines(path, requests, count, public_url, auth_token, skip)
