@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
+from itertools import chain, islice, repeat
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -48,23 +49,55 @@ def wants_agent(text: str) -> bool:
     return AGENT_REQUEST.search(text.lower()) is not None
 
 
+def tokens(text: str) -> list[str]:
+    return TOKEN.findall(DIGIT.sub("0", text.lower()))
+
+
+def char_ngrams(token: str) -> Iterable[str]:
+    padded = f" {token} "
+    return (padded[i:i + n] for n in CHAR_NGRAMS for i in range(len(padded) - n + 1))
+
+
 def features(text: str) -> Counter[str]:
     """Counts of w: words, b: word bigrams and c: character n-grams of one message."""
-    tokens = TOKEN.findall(DIGIT.sub("0", text.lower()))
+    words = tokens(text)
     counts: Counter[str] = Counter()
-    for token in tokens:
+    for token in words:
         counts["w:" + token] += 1
-        padded = f" {token} "
-        for n in CHAR_NGRAMS:
-            for i in range(len(padded) - n + 1):
-                counts["c:" + padded[i:i + n]] += 1
-    for left, right in zip(tokens, tokens[1:]):
+        for gram in char_ngrams(token):
+            counts["c:" + gram] += 1
+    for left, right in zip(words, words[1:]):
         counts[f"b:{left} {right}"] += 1
     return counts
 
 
 def _block(feature: str) -> int:
     return CHAR_BLOCK if feature.startswith("c:") else WORD_BLOCK
+
+
+class _TokenColumns(dict):
+    """Token -> the columns of its word and character n-grams, in the order features() counts
+    them. Words of the vocabulary are filled in up front; other tokens (typos, new words) are
+    kept up to a bound, so odd traffic cannot grow it without limit."""
+
+    def __init__(self, vocabulary: dict[str, int], limit: int = 20_000):
+        super().__init__()
+        self._vocabulary, self._limit, self._others = vocabulary, limit, {}
+        for feature in vocabulary:
+            if feature.startswith("w:"):
+                self[feature[2:]] = self._columns(feature[2:])
+
+    def __missing__(self, token: str) -> tuple[int, ...]:
+        columns = self._others.get(token)
+        if columns is None:
+            if len(self._others) >= self._limit:
+                self._others.clear()
+            columns = self._others[token] = self._columns(token)
+        return columns
+
+    def _columns(self, token: str) -> tuple[int, ...]:
+        grams = chain([f"w:{token}"], ("c:" + gram for gram in char_ngrams(token)))
+        return tuple(i for i in map(self._vocabulary.get, grams) if i is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,16 +115,19 @@ class Classifier:
         self.labels = tuple(labels)  # contact types only
         self._vocabulary = vocabulary
         self._idf = idf
-        self._blocks = np.fromiter((_block(f) for f in vocabulary), np.int8, len(vocabulary))
+        self._blocks = _blocks(vocabulary)
         self._weights = weights  # (features, classes), rows gathered per message
         self._bias = bias
         self._has_out_of_scope = out_of_scope
+        self._token_columns = _TokenColumns(vocabulary)
+        self._bigram_columns = {tuple(f[2:].split(" ")): i for f, i in vocabulary.items()
+                                if f.startswith("b:")}
 
     def predict(self, text: str, top: int = 3) -> Prediction:
         probabilities = self.probabilities(text)
         in_scope = probabilities[:len(self.labels)]
         order = np.argsort(-in_scope)[:top]
-        ranked = tuple((self.labels[i], float(in_scope[i])) for i in order)
+        ranked = tuple(zip(map(self.labels.__getitem__, order.tolist()), in_scope[order].tolist()))
         best, confidence = ranked[0]
         if not LETTER.search(text):
             return Prediction(best, 0.0, ranked, out_of_scope=True)
@@ -100,20 +136,26 @@ class Classifier:
 
     def probabilities(self, text: str) -> np.ndarray:
         """One probability per label, then out of scope's if trained; they sum to 1."""
-        indices, values = self._vector(features(text))
-        scores = values @ self._weights[indices] + self._bias if indices else self._bias.copy()
+        counts = self._column_counts(text)
+        if counts:
+            indices = np.array(list(counts), np.intp)
+            values = _tfidf(indices, list(counts.values()), self._idf, self._blocks)
+            scores = values @ self._weights.take(indices, axis=0) + self._bias
+        else:
+            scores = self._bias.copy()
         scores = np.exp(TEMPERATURE * (scores - scores.max()))
         return scores / scores.sum()
 
-    def _vector(self, counts: Counter[str]) -> tuple[list[int], np.ndarray]:
-        known = [(i, c) for f, c in counts.items() if (i := self._vocabulary.get(f)) is not None]
-        if not known:
-            return [], np.zeros(0, np.float32)
-        indices = [i for i, _ in known]
-        values = (1.0 + np.log(np.array([c for _, c in known], np.float32))) * self._idf[indices]
-        blocks = self._blocks[indices]
-        norms = np.sqrt(np.bincount(blocks, weights=values * values, minlength=2))
-        return indices, (values / norms[blocks]).astype(np.float32)
+    def _column_counts(self, text: str) -> Counter[int]:
+        """The known columns of features(text) and their counts, in the same order, built in
+        C loops (map, chain, Counter) rather than from prefixed strings."""
+        words = tokens(text)
+        # unknown bigrams count as -1, dropped after: filtering first would cost a Python loop
+        bigrams = map(self._bigram_columns.get, zip(words, islice(words, 1, None)), repeat(-1))
+        counts = Counter(chain(chain.from_iterable(map(self._token_columns.__getitem__, words)),
+                               bigrams))
+        counts.pop(-1, None)
+        return counts
 
 
 def train(examples: Iterable[tuple[str, str]], out_of_scope: Iterable[str] = (),
@@ -128,9 +170,7 @@ def train(examples: Iterable[tuple[str, str]], out_of_scope: Iterable[str] = (),
     targets = [*labels, *[OUT_OF_SCOPE] * len(extra)]
     counted = [features(t) for t in (*texts, *extra)]
     vocabulary, idf = _vocabulary_and_idf(counted)
-    empty = np.zeros(0, np.float32)
-    vectoriser = Classifier((), vocabulary, idf, np.zeros((0, 0), np.float32), empty)
-    model = LinearSVC(C=c, max_iter=10_000).fit(_matrix(vectoriser, counted), targets)
+    model = LinearSVC(C=c, max_iter=10_000).fit(_matrix(counted, vocabulary, idf), targets)
     weights, bias = _columns(model, [*classes, OUT_OF_SCOPE] if extra else classes)
     return Classifier(classes, vocabulary, idf, weights, bias, out_of_scope=bool(extra))
 
@@ -145,17 +185,32 @@ def _vocabulary_and_idf(counted: list[Counter[str]]) -> tuple[dict[str, int], np
     return vocabulary, idf.astype(np.float32)
 
 
-def _matrix(vectoriser: Classifier, counted: list[Counter[str]]):
+def _blocks(vocabulary: dict[str, int]) -> np.ndarray:
+    return np.fromiter((_block(f) for f in vocabulary), np.int8, len(vocabulary))
+
+
+def _tfidf(indices: np.ndarray, counts: list[int], idf: np.ndarray, blocks: np.ndarray
+           ) -> np.ndarray:
+    """Sublinear tf times idf, each block scaled to unit L2 norm. Training and inference share
+    it, float32 step for step, so a message scores exactly as it would in the training matrix."""
+    values = (1.0 + np.log(np.array(counts, np.float32))) * idf[indices]
+    blocks = blocks[indices]
+    norms = np.sqrt(np.bincount(blocks, weights=values * values, minlength=2))
+    return (values / norms[blocks]).astype(np.float32)
+
+
+def _matrix(counted: list[Counter[str]], vocabulary: dict[str, int], idf: np.ndarray):
     from scipy.sparse import csr_matrix
 
+    blocks = _blocks(vocabulary)
     rows, cols, data = [], [], []
     for row, counts in enumerate(counted):
-        indices, values = vectoriser._vector(counts)
+        indices = [vocabulary[feature] for feature in counts]
         rows += [row] * len(indices)
         cols += indices
-        data.append(values)
+        data.append(_tfidf(np.array(indices, np.intp), list(counts.values()), idf, blocks))
     return csr_matrix((np.concatenate(data), (rows, cols)),
-                      shape=(len(counted), len(vectoriser._vocabulary)), dtype=np.float64)
+                      shape=(len(counted), len(vocabulary)), dtype=np.float64)
 
 
 def _columns(model, order: list[str]) -> tuple[np.ndarray, np.ndarray]:
