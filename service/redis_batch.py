@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import ssl
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import hiredis
 from redis.asyncio.connection import SSLConnection, parse_url
@@ -72,7 +73,7 @@ class CommandBatcher:
         connection = self._connection
         if connection is None or connection.lost:
             connection = await self._connect()
-        replies = await self._await(connection, connection.send(commands))
+        replies = await connection.send(commands)
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise reply
@@ -91,7 +92,7 @@ class CommandBatcher:
             try:
                 handshake = self._address.handshake()
                 if handshake:
-                    for reply in await self._await(connection, connection.send(handshake)):
+                    for reply in await connection.send(handshake):
                         if isinstance(reply, ResponseError):
                             raise RedisConnectionError(f"Redis refused the connection: {reply}")
             except BaseException:
@@ -103,36 +104,41 @@ class CommandBatcher:
     async def _open(self) -> "_Connection":
         loop = asyncio.get_running_loop()
         address = self._address
+        factory = functools.partial(_Connection, self._timeout_s)
         try:
             async with asyncio.timeout(self._timeout_s):
                 if address.path:
-                    _, connection = await loop.create_unix_connection(_Connection, address.path)
+                    _, connection = await loop.create_unix_connection(factory, address.path)
                 else:
                     tls = ssl.create_default_context() if address.tls else None
                     _, connection = await loop.create_connection(
-                        _Connection, address.host, address.port, ssl=tls)
+                        factory, address.host, address.port, ssl=tls)
         except (OSError, TimeoutError) as exc:
             raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
         return connection
 
-    async def _await(self, connection: "_Connection", future: asyncio.Future) -> list[Any]:
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                return await future
-        except TimeoutError:
-            connection.close(RedisTimeoutError("Redis did not answer in time"))
-            raise RedisTimeoutError("Redis did not answer in time") from None
+
+class InFlight(NamedTuple):
+    count: int  # replies expected
+    replies: list[Any]
+    future: asyncio.Future
+    sent_at: float  # loop time
 
 
 class _Connection(asyncio.Protocol):
-    """One socket: batches written once per loop iteration, replies matched in order."""
+    """One socket: batches written once per loop iteration, replies matched in order.
 
-    def __init__(self) -> None:
+    One watchdog timer per connection, not one per batch: it fires when the oldest batch in
+    flight has waited `timeout_s`, and drops the connection.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
         self._transport: asyncio.Transport | None = None
         self._reader = hiredis.Reader(replyError=ResponseError)
         self._queued: list[bytes] = []
-        self._in_flight: collections.deque[tuple[int, list[Any], asyncio.Future]] = (
-            collections.deque())
+        self._in_flight: collections.deque[InFlight] = collections.deque()
+        self._watchdog: asyncio.TimerHandle | None = None
         self._flush_scheduled = False
         self.lost = False
 
@@ -141,16 +147,30 @@ class _Connection(asyncio.Protocol):
 
     def send(self, commands: Sequence[Command]) -> asyncio.Future:
         packed = [_pack(command) for command in commands]  # a bad argument fails before queueing
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         if self.lost:
             future.set_exception(RedisConnectionError("Redis connection was lost"))
             return future
         self._queued += packed
-        self._in_flight.append((len(commands), [], future))
+        self._in_flight.append(InFlight(len(commands), [], future, loop.time()))
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self._timeout_s, self._check_overdue)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         return future
+
+    def _check_overdue(self) -> None:
+        self._watchdog = None
+        if not self._in_flight or self.lost:
+            return
+        due = self._in_flight[0].sent_at + self._timeout_s
+        loop = asyncio.get_running_loop()
+        if loop.time() >= due:
+            self.close(RedisTimeoutError("Redis did not answer in time"))
+        else:
+            self._watchdog = loop.call_at(due, self._check_overdue)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -162,12 +182,12 @@ class _Connection(asyncio.Protocol):
         self._reader.feed(data)
         try:
             while (reply := self._reader.gets()) is not False:
-                count, replies, future = self._in_flight[0]
-                replies.append(reply)
-                if len(replies) == count:
+                batch = self._in_flight[0]
+                batch.replies.append(reply)
+                if len(batch.replies) == batch.count:
                     self._in_flight.popleft()
-                    if not future.done():
-                        future.set_result(replies)
+                    if not batch.future.done():
+                        batch.future.set_result(batch.replies)
         except (hiredis.ProtocolError, IndexError) as exc:  # out of step: nothing can be trusted
             self.close(RedisConnectionError(f"unreadable reply from Redis: {exc!r}"))
 
@@ -181,8 +201,10 @@ class _Connection(asyncio.Protocol):
 
     def _fail_all(self, exc: Exception) -> None:
         self.lost = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         while self._in_flight:
-            future = self._in_flight.popleft()[2]
+            future = self._in_flight.popleft().future
             if not future.done():
                 future.set_exception(exc)
 

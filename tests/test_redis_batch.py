@@ -10,8 +10,9 @@ import pytest
 import redis.asyncio as redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.redis_batch import CommandBatcher
+from service.redis_batch import Address, CommandBatcher
 
 
 @pytest.fixture
@@ -102,3 +103,27 @@ async def test_a_cancelled_turn_leaves_the_replies_in_step(batcher):
     await asyncio.sleep(0)  # its commands are on the wire
     cancelled.cancel()
     assert await batcher.execute(("GET", "mine"), ("GET", "counter")) == [b"kept", b"2"]
+
+
+async def test_a_server_that_never_answers_times_out_and_the_next_turn_reconnects():
+    connections = []
+
+    async def silent(reader, writer):
+        connections.append(writer)
+        await reader.read()  # reads until closed, answers nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    batcher = CommandBatcher(Address(host="127.0.0.1", port=port), timeout_s=0.3)
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(RedisTimeoutError):
+            await batcher.execute(("PING",))
+        assert 0.3 <= loop.time() - started < 1.5
+        with pytest.raises(RedisTimeoutError):
+            await batcher.execute(("PING",))
+        assert len(connections) == 2  # the stalled connection was dropped, not reused
+    finally:
+        await batcher.close()
+        server.close()
