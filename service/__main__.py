@@ -94,6 +94,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
     from service.app import create_app
+    from service.eventloop import EventLoopUnavailable, new_event_loop
 
     try:
         from service.rules import load_rules
@@ -103,9 +104,14 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         print(f"switchboard: the rules in {settings.rules_dir} are invalid:\n{exc}",
               file=sys.stderr)
         return 1
+    try:
+        loop = new_event_loop(settings.event_loop)
+    except EventLoopUnavailable as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 2
     with _servers(settings) as ready:
         web.run_app(create_app(ready), host=ready.host, port=ready.port, print=None,
-                    access_log=None)
+                    access_log=None, loop=loop)
     return 0
 
 

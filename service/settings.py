@@ -36,6 +36,7 @@ class Settings:
     sms_idle_timeout_s: int = 1800
     max_body_bytes: int = 64 * 1024
     event_flush_interval_s: float = 0.2
+    event_loop: str = "auto"
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -59,6 +60,7 @@ ENV_VARS = {
     "SWITCHBOARD_LOG_FORMAT": "log_format",
     "SWITCHBOARD_LOG_LEVEL": "log_level",
     "SWITCHBOARD_SMS_IDLE_TIMEOUT_S": "sms_idle_timeout_s",
+    "SWITCHBOARD_EVENT_LOOP": "event_loop",
 }
 
 
@@ -131,6 +133,7 @@ PARSERS = {
     "log_format": _choice("auto", "json", "console"),
     "log_level": _choice("debug", "info", "warning", "error"),
     "sms_idle_timeout_s": _positive_int,
+    "event_loop": _choice("auto", "uvloop", "asyncio"),
 }
 
 

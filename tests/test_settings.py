@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from service.__main__ import main
+from service.eventloop import new_event_loop
 from service.settings import SettingsError, settings_from_env
 
 
@@ -24,13 +25,14 @@ def test_every_bad_variable_is_reported_at_once():
     with pytest.raises(SettingsError) as caught:
         settings_from_env({"SWITCHBOARD_PORT": "http", "DATABASE_URL": "mysql://db/x",
                            "REDIS_URL": "localhost:6379", "SWITCHBOARD_PUBLIC_URL": "example.com",
-                           "SWITCHBOARD_LOG_FORMAT": "xml"})
+                           "SWITCHBOARD_LOG_FORMAT": "xml", "SWITCHBOARD_EVENT_LOOP": "trio"})
     assert caught.value.problems == [
         "SWITCHBOARD_PORT='http': must be a whole number",
         "SWITCHBOARD_PUBLIC_URL='example.com': must be an absolute http:// or https:// URL",
         "DATABASE_URL='mysql://db/x': must start with postgres:// or postgresql://",
         "REDIS_URL='localhost:6379': must start with redis:// or rediss:// or unix://",
         "SWITCHBOARD_LOG_FORMAT='xml': must be one of auto, json, console",
+        "SWITCHBOARD_EVENT_LOOP='trio': must be one of auto, uvloop, asyncio",
     ]
 
 
@@ -40,3 +42,13 @@ def test_cli_prints_problems_without_a_traceback(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "SWITCHBOARD_PORT='70000': must be a TCP port between 1 and 65535" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind, expected", [("auto", "uvloop"), ("uvloop", "uvloop"),
+                                            ("asyncio", "asyncio")])
+def test_the_serving_event_loop_is_the_one_asked_for(kind, expected):
+    loop = new_event_loop(kind)
+    try:
+        assert type(loop).__module__.split(".")[0] == expected
+    finally:
+        loop.close()
