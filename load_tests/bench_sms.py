@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import collections
 import functools
+import itertools
 import json
 import logging
 import os
@@ -573,12 +574,29 @@ def profile(pid: int, url: str, requests_file: Path, args, common: dict, workdir
             profile_breakdown.render(parts, total, us), "",
             "inclusive time of selected functions (with all they call):"]
     text += [f"  {share:6.1%}  {share * us:5.0f} us  {name}"
-             for name, share in profile_breakdown.watched(collapsed)]
+             for name, share in profile_breakdown.watched(collapsed) if share]
+    text += ["", per_webhook(collapsed, requests_file, run.result["sent"], us)]
     text += ["", "self time, innermost frame:"]
     text += [f"  {samples / total:6.1%}  {frame}"
              for frame, samples in profile_breakdown.top_functions(collapsed, 20)]
     return {"text": "\n".join(text), "parts": dict(parts), "samples": total,
             "us_per_request": us, "rps": run.rps, "stacks": str(collapsed)}
+
+
+def per_webhook(collapsed: Path, requests_file: Path, sent: int, us: float) -> str:
+    """CPU per request of each kind: its handler's share of the samples over its share of the
+    requests the profiled run sent."""
+    with open(requests_file) as lines:
+        paths = collections.Counter(line.split(" ", 2)[1].split("?")[0]
+                                    for line in itertools.islice(lines, sent))
+    shares, requests = profile_breakdown.by_webhook(collapsed), max(1, sum(paths.values()))
+    samples = max(1, sum(shares.values()))
+    rows = ["| webhook | share of requests | its handler, us per request |", "|---|---:|---:|"]
+    rows += [f"| {path} | {n / requests:.0%} | {shares[path] / samples * us * requests / n:,.0f} |"
+             for path, n in paths.most_common()]
+    rows.append(f"outside the handlers (HTTP parsing, event loop, event writer, timers): "
+                f"{shares[None] / samples * us:,.0f} us per request of any kind")
+    return "CPU per request by webhook (profiled run):\n" + "\n".join(rows)
 
 
 def commandstats(redis_url: str) -> dict[str, tuple[int, int]]:

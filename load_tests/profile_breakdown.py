@@ -23,7 +23,7 @@ OWNERS = [
     ("signature validation (RequestValidator)",
      re.compile(r"twilio/request_validator\.py|\b_valid \(.*channels/twilio_auth\.py")),
     ("form parsing (aiohttp request.post)", re.compile(r"\bpost \(.*aiohttp/web_request\.py")),
-    ("TwiML rendering (twilio MessagingResponse)", re.compile(r"twilio/twiml/")),
+    ("TwiML rendering (twilio MessagingResponse, VoiceResponse)", re.compile(r"twilio/twiml/")),
     ("logging (structlog, contextvars)", re.compile(r"structlog/|[(/]logging/__init__\.py")),
     ("metrics (prometheus_client)", re.compile(r"prometheus_client/")),
     ("classifier (predict)", re.compile(r"service/classifier\.py")),
@@ -105,12 +105,36 @@ def inclusive(collapsed: Path, limit: int = 25) -> list[tuple[str, int]]:
     return functions.most_common(limit)
 
 
+# Webhook handlers, by the path they serve: the handler on a sample's stack says which kind
+# of request the sample worked for.
+HANDLER_PATHS = {"TwilioSms.incoming": "/twilio/sms", "TwilioVoice.incoming": "/twilio/voice",
+                 "TwilioVoice.gathered": "/twilio/voice/gather",
+                 "TwilioVoice.no_input": "/twilio/voice/no-input",
+                 "TwilioVoice.wait": "/twilio/voice/wait",
+                 "TwilioVoice.left_queue": "/twilio/voice/queue-result",
+                 "TwilioVoice.status": "/twilio/voice/status"}
+
+
+def by_webhook(collapsed: Path) -> collections.Counter[str | None]:
+    """Samples per webhook path, inclusive of all its handler calls (None: outside any
+    handler: HTTP parsing before the handler, the event loop, the event writer, timers)."""
+    paths: collections.Counter[str | None] = collections.Counter()
+    for frames, count in samples(collapsed):
+        names = (f.split(" (")[0] for f in frames)
+        paths[next((HANDLER_PATHS[n] for n in names if n in HANDLER_PATHS), None)] += count
+    return paths
+
+
 # Functions worth pricing one by one (inclusive: with everything they call).
-WATCHED = ["TwilioSms.incoming", "TwilioSignature.verified_form", "BaseRequest.post",
+WATCHED = ["TwilioSms.incoming", "TwilioVoice.incoming", "TwilioVoice.gathered",
+           "TwilioVoice.wait", "TwilioVoice.left_queue", "TwilioVoice.status",
+           "Conversations._hold", "Router.position", "Router.remove", "Router.entry",
+           "TwilioSignature.verified_form", "BaseRequest.post",
            "TwilioSignature._valid", "handle_turn", "Conversations.handle",
            "ContextStore.begin_turn", "ContextStore.commit_turn", "Conversations._open_contact",
            "Classifier.predict", "features", "Handoff.dispatch", "Router.enqueue",
-           "Router.append_message", "render", "Reply.to_json", "EventWriter.emit",
+           "Router.append_message", "render", "render_hold", "TwiML.to_xml", "Reply.to_json",
+           "EventWriter.emit",
            "EventWriter._run", "CommandBatcher.execute", "CommandBatcher._flush",
            "CommandBatcher._read", "AbstractConnection.read_response", "timeout", "wait_for",
            "uuid4", "request_context"]
