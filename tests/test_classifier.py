@@ -7,10 +7,12 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from service.catalog import load_catalog
-from service.classifier import Prediction, features, train, wants_agent
+from service.classifier import (TEMPERATURE, Prediction, _TokenColumns, features, train,
+                                wants_agent)
 from service.rules import load_rules
 from service.yamlfile import ConfigError
 
@@ -122,6 +124,50 @@ def test_median_message_costs_well_under_a_millisecond(retail):
         retail.predict(text)
         costs.append(time.perf_counter() - started)
     assert statistics.median(costs) < 0.001
+
+
+def reference_probabilities(classifier, text: str, char_block: np.ndarray) -> np.ndarray:
+    """The scores computed the plain way, from features() strings, float32 step for step as
+    the training matrix is built: what the id-based fast path must reproduce bit for bit."""
+    known = [(classifier._vocabulary[f], c) for f, c in features(text).items()
+             if f in classifier._vocabulary]
+    scores = classifier._bias.copy()
+    if known:
+        indices = [i for i, _ in known]
+        values = (1.0 + np.log(np.array([c for _, c in known], np.float32))) * \
+            classifier._idf[indices]
+        blocks = char_block[indices]
+        norms = np.sqrt(np.bincount(blocks, weights=values * values, minlength=2))
+        values = (values / norms[blocks]).astype(np.float32)
+        scores = values @ classifier._weights[indices] + classifier._bias
+    scores = np.exp(TEMPERATURE * (scores - scores.max()))
+    return scores / scores.sum()
+
+
+def test_fast_path_gives_exactly_the_reference_predictions(retail):
+    texts = [text for name in ("bitext_heldout.csv", "clinc150_out_of_scope_heldout.csv")
+             for text, _ in rows(name)]
+    texts += ["", "?!", "12345", "order order order order", "aaaaaa", "zzqx plorfing wibble",
+              "ORDER ١٢٣ café", "don't can't", "track my parcel track my parcel"]
+    types = len(retail.labels)
+    char_block = np.array([f.startswith("c:") for f in retail._vocabulary], np.int8)
+    for text in texts * 2:  # the second round reads the columns of unknown words from cache
+        expected = reference_probabilities(retail, text, char_block)
+        assert np.array_equal(retail.probabilities(text), expected), text
+        order = np.argsort(-expected[:types])[:3]
+        prediction = retail.predict(text)
+        assert [label for label, _ in prediction.ranked] == [retail.labels[i] for i in order]
+        assert [p for _, p in prediction.ranked] == pytest.approx(expected[order], abs=1e-9)
+        if any(c.isalpha() for c in text):
+            assert prediction.confidence == prediction.ranked[0][1]
+            assert prediction.out_of_scope == bool(expected[-1] > expected[order[0]])
+
+
+def test_columns_of_words_outside_the_vocabulary_are_kept_within_a_bound():
+    columns = _TokenColumns({"w:ab": 0, "c: a": 1, "c:b ": 2, "c:ba": 3}, limit=2)
+    assert dict(columns) == {"ab": (0, 1, 2)}  # vocabulary words up front
+    assert columns["ba"] == (3,) and columns["cab"] == (2,) and columns["x"] == ()
+    assert len(columns._others) <= 2 and columns["ba"] == (3,)
 
 
 def write_catalog(directory: Path, classifier_section: str) -> None:
