@@ -39,13 +39,19 @@ OWNERS = [
      re.compile(r"service/redis_batch\.py|[(/]redis/|hiredis")),
     ("asyncpg (other)", re.compile(r"asyncpg/")),
 ]
+# With uvloop the loop is C code under aiohttp's run_app: a sample whose innermost Python frame
+# is run_app itself is the event loop at work (polling, socket I/O, callbacks' C side).
+C_LOOP = re.compile(r"^run_app \(.*aiohttp/web\.py")
+LOOP_PART = "event loop and socket I/O (asyncio or uvloop)"
+
+
 # Innermost frame -> part, for samples no owner claimed.
 # py-spy prints paths relative to site-packages or the standard library: "(json/encoder.py:258)".
 LEAVES = [
     ("JSON encode/decode (context state, replies)", re.compile(r"[(/]json/")),
     ("uuid4", re.compile(r"[(/]uuid\.py")),
     ("aiohttp (HTTP parsing, routing, response)", re.compile(r"aiohttp/|multidict/|yarl/")),
-    ("event loop and socket I/O (asyncio)",
+    (LOOP_PART,
      re.compile(r"[(/]asyncio/|[(/]selectors\.py|[(/]socket\.py")),
     ("orchestrator (conversation, context, handoff, channels)",
      re.compile(r"service/|channels/")),
@@ -57,6 +63,8 @@ def classify(frames: list[str]) -> str:
         for part, pattern in OWNERS:
             if pattern.search(frame):
                 return part
+    if C_LOOP.match(frames[-1]):
+        return LOOP_PART
     for frame in reversed(frames):  # innermost first
         for part, pattern in LEAVES:
             if pattern.search(frame):
