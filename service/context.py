@@ -110,10 +110,7 @@ class ContextStore:
                           opt_out: bool | None = None) -> None:
         """Round trip 2: save the conversation and the reply, and what changed about the customer."""
         tag = _tag(inbound)
-        commands = self._save(conversation_key(inbound), conversation)
-        if inbound.dedupe_key:
-            commands.append(("SET", f"{tag}:seen:{inbound.dedupe_key}",
-                             json.dumps(reply.to_json()), "EX", SEEN_TTL_S))
+        commands = self._save(conversation_key(inbound), conversation) + _remember(inbound, reply)
         if customer is not None:
             commands.append(("SET", f"{tag}:ident", json.dumps(customer), "EX", IDENTITY_TTL_S))
         if opt_out is True:
@@ -123,6 +120,11 @@ class ContextStore:
         if summary is not None:
             commands += _summary(conversation["customer_id"], summary)
         await self.redis.execute(*commands)
+
+    async def remember_reply(self, inbound: Inbound, reply: Reply) -> None:
+        """The reply to a delivery that changed nothing, for Twilio's retries of it."""
+        if inbound.dedupe_key:
+            await self.redis.execute(*_remember(inbound, reply))
 
     async def conversation(self, inbound: Inbound) -> dict[str, Any] | None:
         [raw] = await self.redis.execute(("GET", conversation_key(inbound)))
@@ -199,6 +201,13 @@ class ContextStore:
         else:
             commands.append(("ZREM", IDLE_INDEX, key))
         return commands
+
+
+def _remember(inbound: Inbound, reply: Reply) -> list[Command]:
+    if not inbound.dedupe_key:
+        return []
+    return [("SET", f"{_tag(inbound)}:seen:{inbound.dedupe_key}", json.dumps(reply.to_json()),
+             "EX", SEEN_TTL_S)]
 
 
 def _summary(customer_id: str, summary: dict[str, Any]) -> list[Command]:

@@ -344,14 +344,16 @@ class Conversations:
                                  now: float) -> Reply:
         """The call ended or left the queue: record how, and take it out of the queue."""
         if not conversation or conversation["status"] == "closed":
-            return Reply(state="closed")
+            reply = Reply(state="closed")
+            await self._context.remember_reply(inbound, reply)  # a retry gets it at once
+            return reply
         turn = Turn(inbound, self._rules(), now, conversation, {})
         status = conversation["status"]
         if inbound.kind == "left_queue":
             turn.record("left_queue", result=inbound.text)
-            if inbound.text in AGENT_TOOK_IT:  # the accepting agent bridged the call
-                return Reply(state=status, contact_id=conversation["contact_id"])
-        if status == "queued":  # hung up or left while waiting
+        if inbound.kind == "left_queue" and inbound.text in AGENT_TOOK_IT:
+            pass  # the accepting agent bridged the call: the contact goes on with them
+        elif status == "queued":  # hung up or left while waiting
             withdrawn_from = await self._router.remove(conversation["contact_id"])
             if withdrawn_from:
                 await self._handoff.withdraw(withdrawn_from, conversation["contact_id"],

@@ -164,6 +164,28 @@ async def test_hang_up_in_the_queue(client, db, redis_client):
     assert await outcome(client, db, call) == "abandoned_in_queue"
 
 
+async def test_a_retried_status_callback_after_the_call_closed_is_stored(client, db, redis_client):
+    call = await Call(client, CALLER).dial()
+    await call.press("1")
+    await call.press("1")  # resolved: the call's contact is closed before the status callback
+    await call.hang_up()
+    first = call.raw
+    stored = [await redis_client.get(key)
+              async for key in redis_client.scan_iter(match=f"*:seen:{call.sid}:end")]
+    assert len(stored) == 1 and stored[0] != b"pending"  # else a retry waits for nothing
+    await call.hang_up()
+    assert call.raw == first
+
+
+async def test_a_bridged_queue_result_is_recorded_and_keeps_the_contact_open(client, db):
+    call = await Call(client, CALLER).dial()
+    await call.press("0")
+    await call.leave_queue("bridged")
+    events = await call_events(client, db, call)
+    assert [e["data"].get("result") for e in events if e["kind"] == "left_queue"] == ["bridged"]
+    assert "ended" not in [e["kind"] for e in events]
+
+
 async def test_wait_url_tells_the_real_position(client, redis_client):
     first = await Call(client, "+15555550001").dial()
     await first.press("0")
