@@ -6,6 +6,7 @@ number, so Twilio's retries of one step are recognised (CallSid + turn) and answ
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, ClassVar
 
 import structlog
@@ -73,15 +74,13 @@ class TwilioVoice:
         form = await self._form(request)
         result = form.get("QueueResult", "")
         await self._record(_inbound(form, "left_queue", result, f"{form['CallSid']}:left"))
-        response = VoiceResponse()
-        response.hangup()
-        return _twiml(response)
+        return _twiml(HANGUP)
 
     async def status(self, request: web.Request) -> web.Response:
         form = await self._form(request)
         if form.get("CallStatus") in ("completed", "busy", "failed", "no-answer", "canceled"):
             await self._record(_inbound(form, "end", form["CallStatus"], f"{form['CallSid']}:end"))
-        return _twiml(VoiceResponse())
+        return _twiml(EMPTY)
 
     async def _form(self, request: web.Request):
         form = await self._signature.verified_form(request)
@@ -129,44 +128,56 @@ def _confidence(form) -> float | None:
     return min(max(value, 0.0), 1.0)
 
 
-def _twiml(response: VoiceResponse) -> web.Response:
-    return web.Response(text=str(response), content_type=TWIML)
+def _twiml(twiml: str) -> web.Response:
+    return web.Response(text=twiml, content_type=TWIML)
 
 
-def render(reply: Reply) -> VoiceResponse:
+def render(reply: Reply) -> str:
+    return _render(reply.queue, reply.messages, reply.expects_input,
+                   tuple(choice.label for choice in reply.choices), reply.turn)
+
+
+@functools.lru_cache(maxsize=2048)  # prompts and answers repeat; only the turn number varies
+def _render(queue: str | None, messages: tuple[str, ...], expects_input: bool,
+            labels: tuple[str, ...], turn: int) -> str:
     response = VoiceResponse()
-    if reply.queue:  # just escalated: hold in Twilio's queue of the same name
-        for text in reply.messages:
+    if queue:  # just escalated: hold in Twilio's queue of the same name
+        for text in messages:
             response.say(text)
-        response.enqueue(reply.queue, action=f"{BASE}/queue-result", method="POST",
+        response.enqueue(queue, action=f"{BASE}/queue-result", method="POST",
                          wait_url=f"{BASE}/wait", wait_url_method="POST")
-    elif reply.expects_input:
-        hints = ", ".join([c.label.lower() for c in reply.choices] + list(ALWAYS_HINTS))
-        gather = response.gather(input="dtmf speech", action=f"{BASE}/gather?turn={reply.turn}",
+    elif expects_input:
+        hints = ", ".join([label.lower() for label in labels] + list(ALWAYS_HINTS))
+        gather = response.gather(input="dtmf speech", action=f"{BASE}/gather?turn={turn}",
                                  method="POST", num_digits=1, timeout=GATHER_TIMEOUT_S,
                                  speech_timeout="auto", hints=hints, language="en-US")
-        for text in reply.messages:
+        for text in messages:
             gather.say(text)
-        response.redirect(f"{BASE}/no-input?turn={reply.turn}", method="POST")
+        response.redirect(f"{BASE}/no-input?turn={turn}", method="POST")
     else:
-        for text in reply.messages:
+        for text in messages:
             response.say(text)
         response.hangup()
-    return response
+    return str(response)
 
 
-def render_hold(reply: Reply) -> VoiceResponse:
+def render_hold(reply: Reply) -> str:
     """What a queued caller hears until an agent takes the call; Twilio loops it."""
+    return _render_hold(reply.messages)
+
+
+@functools.lru_cache(maxsize=1024)
+def _render_hold(messages: tuple[str, ...]) -> str:
     response = VoiceResponse()
-    for text in reply.messages:
+    for text in messages:
         response.say(text)
     response.pause(length=HOLD_PAUSE_S)
-    return response
+    return str(response)
 
 
-def render_fallback(queue: str) -> VoiceResponse:
-    response = VoiceResponse()
-    response.say(FALLBACK)
-    response.enqueue(queue, action=f"{BASE}/queue-result", method="POST",
-                     wait_url=f"{BASE}/wait", wait_url_method="POST")
-    return response
+def render_fallback(queue: str) -> str:
+    return _render(queue, (FALLBACK,), False, (), 0)
+
+
+EMPTY = str(VoiceResponse())
+HANGUP = _render(None, (), False, (), 0)
