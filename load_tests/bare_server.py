@@ -1,7 +1,7 @@
 """The baseline: aiohttp answering Twilio's webhooks with fixed TwiML and nothing else.
 
-Same aiohttp, same event loop and the same `web.run_app(..., access_log=None)` as
-`switchboard serve`, so the difference to the full service is what the service does per turn.
+Same aiohttp, the same event loop (uvloop when installed; `SWITCHBOARD_EVENT_LOOP`) and the
+same `web.run_app(..., access_log=None)` as `switchboard serve`, so the difference to the full service is what the service does per turn.
 The reply has the size of a typical self-service answer. POST /twilio/sms and the voice
 webhook paths get the same reply (for voice the benchmark replays the calls' requests here).
 
@@ -11,8 +11,11 @@ webhook paths get the same reply (for voice the benchmark replays the calls' req
 from __future__ import annotations
 
 import argparse
+import os
 
 from aiohttp import web
+
+from service.eventloop import new_event_loop
 
 VOICE_PATHS = ("/twilio/voice", "/twilio/voice/gather", "/twilio/voice/no-input",
                "/twilio/voice/wait", "/twilio/voice/queue-result", "/twilio/voice/status")
@@ -48,7 +51,8 @@ def main() -> None:
     for path in ("/twilio/sms", *VOICE_PATHS):
         app.router.add_post(path, handler)
     app.router.add_get("/healthz", healthz)
-    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
+    loop = new_event_loop(os.environ.get("SWITCHBOARD_EVENT_LOOP", "auto"))
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, loop=loop)
 
 
 if __name__ == "__main__":
