@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -136,3 +138,35 @@ async def test_an_event_postgres_rejects_does_not_block_the_others(pool, tmp_pat
     assert await stored_kinds(pool) == ["received"]
     [dead] = list((tmp_path / "spool" / "rejected").iterdir())
     assert b"not-a-uuid" in dead.read_bytes()
+
+
+async def test_postgres_stores_each_field_as_it_was_emitted(pool, tmp_path):
+    awkward = "tab\there, comma, \"quotes\", back\\slash, \x01\x02 control, é ü 中文 😀\nnew line"
+    data = {"text": awkward, "nested": {"list": [1, 2.5, None, True, "x"]}, "big": 2**62,
+            "confidence": 0.87, "empty": {}, awkward: "as a key"}
+    sent = Event(kind="received", contact_id="00000000-0000-0000-0000-000000000003",
+                 customer_id=None, channel="chat", contact_type="billing",
+                 route_path="billing/ü", reason=awkward, data=data, occurred_at=1763812345.123456)
+    writer = EventWriter(pool, tmp_path / "spool", flush_interval_s=60)
+    await writer.start()
+    writer.emit(sent)
+    assert await writer.flush()
+    await writer.close()
+    row = await pool.fetchrow("SELECT * FROM contact_events")
+    assert str(row["id"]) == sent.id and str(row["contact_id"]) == sent.contact_id
+    assert row["customer_id"] is None and row["route_path"] == "billing/ü"
+    assert (row["kind"], row["channel"], row["contact_type"]) == ("received", "chat", "billing")
+    assert row["reason"] == awkward and json.loads(row["data"]) == data
+    assert row["occurred_at"] == datetime.fromtimestamp(sent.occurred_at, timezone.utc)
+
+
+async def test_a_line_cut_short_by_a_crash_is_left_out(pool, tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    whole, cut = event("received").to_line(), event("ended").to_line()
+    (spool / "1-1-a.jsonl").write_bytes(whole + cut[:len(cut) // 2])
+    writer = EventWriter(pool, spool, flush_interval_s=60)
+    await writer.start()
+    assert await writer.flush()
+    await writer.close()
+    assert await stored_kinds(pool) == ["received"] and writer.written == 1
