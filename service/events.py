@@ -7,7 +7,7 @@ fail stay on disk, in order, and are retried; segments left by a dead process ar
 at start. Event ids make the replay idempotent.
 
 The writer never decodes an event: a segment's lines go to PostgreSQL as they are and are
-unpacked there, so a flush holds the event loop for little more than a socket write.
+unpacked there, so a flush hardly holds the event loop.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, Callable
 
 import asyncpg
 import structlog
@@ -54,7 +54,6 @@ def _compact_json_encoder() -> Callable[[Any], str]:
 
 
 _encode = _compact_json_encoder()
-COPY_CHUNK = 256 * 1024
 
 
 @dataclass(slots=True)  # not frozen: a frozen one takes twice as long to create
@@ -78,13 +77,6 @@ def _lines(events: tuple[Event, ...]) -> bytes:
     return "".join([_encode(_columns(e)) + "\n" for e in events]).encode()
 
 
-async def _chunks(data: bytes) -> AsyncIterator[memoryview]:
-    """Hand COPY a large segment piecewise, so the socket's flow control paces it."""
-    view = memoryview(data)
-    for start in range(0, len(view), COPY_CHUNK):
-        yield view[start:start + COPY_CHUNK]
-
-
 class _Segment:
     """One spool file, locked by the process writing it."""
 
@@ -105,11 +97,14 @@ class _Segment:
         os.write(self.fd, data)
         self.count += count
 
-    def lines(self) -> bytes:
-        """Whole lines only: a crash may have cut the last one short."""
-        with open(self.path, "rb") as handle:
-            data = handle.read()
-        return data[:data.rfind(b"\n") + 1]
+    def whole_lines(self) -> int:
+        """Cut off a line a crash left unfinished: it could never be read. Returns the size."""
+        size = os.fstat(self.fd).st_size
+        if size and os.pread(self.fd, 1, size - 1) != b"\n":
+            with open(self.path, "rb") as handle:
+                size = handle.read().rfind(b"\n") + 1
+            os.ftruncate(self.fd, size)
+        return size
 
     def remove(self) -> None:
         os.unlink(self.path)
@@ -159,8 +154,7 @@ class EventWriter:
         while self._backlog:
             segment = self._backlog[0]
             try:
-                lines = await asyncio.to_thread(segment.lines)
-                await self._write(lines)
+                written = await self._write(segment)
             except REJECTED as exc:
                 self._set_aside(segment, exc)
                 continue
@@ -169,7 +163,7 @@ class EventWriter:
                 return False
             segment.remove()
             self._backlog.pop(0)
-            self.written += lines.count(b"\n")
+            self.written += written
         return True
 
     async def close(self) -> None:
@@ -195,16 +189,19 @@ class EventWriter:
             self._wake.clear()
             backoff = self._interval if await self.flush() else min(backoff * 2, 5.0)
 
-    async def _write(self, lines: bytes) -> None:
-        if not lines:
-            return
+    async def _write(self, segment: _Segment) -> int:
+        if not await asyncio.to_thread(segment.whole_lines):
+            return 0
         async with self._pool.acquire(timeout=5) as conn, conn.transaction():
             await conn.execute(STAGE_SQL)
-            # CSV has no backslash escapes, and with control bytes as delimiter and quote it
-            # takes each line verbatim: the ASCII-only JSON of to_line never contains them.
-            await conn.copy_to_table("incoming_lines", source=_chunks(lines), columns=["line"],
-                                     format="csv", delimiter="\x02", quote="\x01")
+            # asyncpg reads the file in a thread, piecewise. CSV has no backslash escapes, and
+            # with control bytes as delimiter and quote it takes each line verbatim: the
+            # ASCII-only JSON of to_line never contains them.
+            status = await conn.copy_to_table(
+                "incoming_lines", source=segment.path, columns=["line"], format="csv",
+                delimiter="\x02", quote="\x01")
             await conn.execute(UNPACK_SQL + PROJECT_SQL)
+        return int(status.split()[-1])  # "COPY <rows>"
 
     def _set_aside(self, segment: _Segment, error: Exception) -> None:
         """PostgreSQL refuses this data for good: keep it for ops, unblock what follows."""
