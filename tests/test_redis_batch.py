@@ -126,4 +126,7 @@ async def test_a_server_that_never_answers_times_out_and_the_next_turn_reconnect
         assert len(connections) == 2  # the stalled connection was dropped, not reused
     finally:
         await batcher.close()
+        for writer in connections:
+            writer.close()
         server.close()
+        await server.wait_closed()
