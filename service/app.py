@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-import uuid
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -30,6 +29,7 @@ from service.conversation import Conversations
 from service.customers import find_customer
 from service.events import EventWriter
 from service.handoff import Handoff
+from service.ids import new_hex
 from service.migrate import migrate
 from service.model import Inbound, Reply
 from service.queues import Router
@@ -110,7 +110,7 @@ def default_queue(app: web.Application) -> str:
 async def request_context(request: web.Request, handler) -> web.StreamResponse:
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(
-        request_id=request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16],
+        request_id=request.headers.get("X-Request-Id") or new_hex(16),
         path=request.path)
     return await handler(request)
 

@@ -7,7 +7,6 @@ identity + context (Redis) -> contact type (classifier) -> decision (routing tre
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -17,6 +16,7 @@ from service import prompts
 from service.classifier import wants_agent
 from service.context import ContextStore, identity_of, summarise
 from service.events import Event, EventWriter
+from service.ids import new_uuid
 from service.model import Choice, Inbound, Reply
 from service.handoff import Handoff
 from service.routing import Decision
@@ -159,7 +159,7 @@ class Conversations:
         except Exception as exc:  # PostgreSQL down: serve the customer as new, say so in logs
             log.warning("customer.lookup_failed", error=str(exc))
             found = None
-        return found or {"customer_id": str(uuid.uuid4()), "attributes": {}, "new": True}
+        return found or {"customer_id": new_uuid(), "attributes": {}, "new": True}
 
     async def _open_contact(self, turn: Turn) -> None:
         conv = turn.conversation
@@ -172,7 +172,7 @@ class Conversations:
             return
         earlier = await self._context.recent_contacts(turn.customer["customer_id"])
         conv.update(
-            contact_id=str(uuid.uuid4()), customer_id=turn.customer["customer_id"],
+            contact_id=new_uuid(), customer_id=turn.customer["customer_id"],
             channel=turn.channel, address=turn.inbound.address,
             service_address=turn.inbound.service_address, thread=turn.inbound.thread,
             started_at=turn.now, last_at=turn.now, status="new", turns=0, contact_type=None,

@@ -1,5 +1,7 @@
 """Live Prometheus counters. Reports come from the event log; these are for alerting."""
 
+import functools
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -36,8 +38,13 @@ def observe_events(events) -> None:
     """Count the events being recorded; called where events are emitted (EventWriter.emit)."""
     for event in events:
         channel = event.channel or "none"
-        CONTACT_EVENTS.labels(event.kind, channel).inc()
+        _child(CONTACT_EVENTS, event.kind, channel).inc()
         if event.kind == "ended":
-            CONTACTS_ENDED.labels(channel, str(event.data.get("outcome"))).inc()
+            _child(CONTACTS_ENDED, channel, str(event.data.get("outcome"))).inc()
         elif event.kind == "escalated":
-            ESCALATIONS.labels(channel, event.reason or "none").inc()
+            _child(ESCALATIONS, channel, event.reason or "none").inc()
+
+
+@functools.lru_cache(maxsize=4096)  # labels() takes a lock and builds a tuple on every call
+def _child(metric, *label_values: str):
+    return metric.labels(*label_values)
