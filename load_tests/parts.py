@@ -106,7 +106,7 @@ def main() -> None:
         ("conversation state: json.loads (begin_turn)", 0.6, lambda: json.loads(conv_json)),
         ("stored reply: json.dumps(Reply.to_json()) (dataclasses.asdict)", 1,
          lambda: json.dumps(reply.to_json())),
-        ("event: Event(...) (uuid4, time) + to_line()", 5,
+        ("event: Event(...) (new_uuid, time) + to_line()", 5,
          lambda: Event("classified", conv["contact_id"], conv["customer_id"], "sms",
                        "track_order", "root/orders", None,
                        {"confidence": 0.87, "via": "classifier"}).to_line()),
