@@ -211,7 +211,7 @@ async def conversations(app: web.Application) -> AsyncIterator[None]:
     pool, settings = app[PG], app[SETTINGS]
     current_rules = lambda: app[RULES].current  # noqa: E731
     context = ContextStore(app[REDIS_BATCH], settings.sms_idle_timeout_s)
-    app[ROUTER] = Router(app[REDIS], settings.offer_timeout_s)
+    app[ROUTER] = Router(app[REDIS_BATCH], settings.offer_timeout_s)
     app[HANDOFF] = Handoff(current_rules, context, app[ROUTER], app[BUS], app[EVENTS],
                            app[TWILIO])
     app[CONVERSATIONS] = Conversations(

@@ -13,16 +13,20 @@ one slot (Redis Cluster included) and sees a consistent picture:
     sb:{routing}:assigned           HASH contact -> agent
 
 A contact is offered to one agent at a time; it leaves its queue only when accepted.
+Commands go through the shared `CommandBatcher`; a transaction is one MULTI ... EXEC batch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-import redis.asyncio as redis
+from redis.exceptions import ResponseError
+
+from service.redis_batch import Command, CommandBatcher
 
 PREFIX = "sb:{routing}:"
 PRIORITY_SCALE = 10**13  # above any epoch-millisecond value, so priority always dominates
@@ -110,17 +114,19 @@ return 1
 
 # Contacts that waited longer than their queue's timeout move to its overflow queue, keeping
 # their place in time; they now need the overflow queue's skills plus their type's.
+# The changed fields are appended to the stored JSON rather than the entry re-encoded: cjson
+# would turn every empty list into {} and cut numbers to 14 digits. A later member wins when
+# JSON is read (Python, JavaScript, cjson), and the next rewrite in Python drops the old ones.
 OVERFLOW = """
 local P, from, to, cutoff = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
 local queue_skills = cjson.decode(ARGV[4])
 local moved = {}
 for _, contact in ipairs(redis.call('ZRANGE', P .. 'q:' .. from, 0, -1)) do
   if redis.call('HEXISTS', P .. 'offered', contact) == 0 then
-    local entry = cjson.decode(redis.call('HGET', P .. 'entries', contact))
+    local raw = redis.call('HGET', P .. 'entries', contact)
+    local entry = cjson.decode(raw)
     local enqueued = math.floor(entry['enqueued_at'] * 1000)
     if enqueued < cutoff then
-      entry['overflowed_from'] = from
-      entry['queue'] = to
       local skills, seen = {}, {}
       for _, list in ipairs({queue_skills, entry['type_skills'] or {}}) do
         for _, skill in ipairs(list) do
@@ -128,15 +134,27 @@ for _, contact in ipairs(redis.call('ZRANGE', P .. 'q:' .. from, 0, -1)) do
         end
       end
       table.sort(skills)
-      entry['skills'] = skills
+      local changed = cjson.encode({queue = to, overflowed_from = from})
+      changed = '"skills": ' .. (#skills > 0 and cjson.encode(skills) or '[]') .. ', '
+        .. changed:sub(2)
       redis.call('ZREM', P .. 'q:' .. from, contact)
       redis.call('ZADD', P .. 'q:' .. to, entry['priority'] * 1e13 + enqueued, contact)
-      redis.call('HSET', P .. 'entries', contact, cjson.encode(entry))
+      redis.call('HSET', P .. 'entries', contact, raw:sub(1, -2) .. ', ' .. changed)
       table.insert(moved, contact)
     end
   end
 end
 return moved
+"""
+
+
+# Replace a waiting entry only if nobody changed it since it was read (a message, an overflow,
+# an accept): the caller reads it again and retries, so nothing is lost or brought back.
+REPLACE_ENTRY = """
+local P, contact = KEYS[1], ARGV[1]
+if redis.call('HGET', P .. 'entries', contact) ~= ARGV[2] then return 0 end
+redis.call('HSET', P .. 'entries', contact, ARGV[3])
+return 1
 """
 
 
@@ -152,93 +170,120 @@ class Offer:
     agent_id: str
 
 
+class _Script:
+    """A Lua script run by its SHA1; sent in full when the server does not have it cached
+    (restarted, or SCRIPT FLUSH), which caches it again."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, batcher: CommandBatcher, *args: Any) -> Any:
+        try:
+            [reply] = await batcher.execute(("EVALSHA", self.sha, 1, PREFIX, *args))
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            [reply] = await batcher.execute(("EVAL", self.source, 1, PREFIX, *args))
+        return reply
+
+
 class Router:
-    def __init__(self, client: redis.Redis, offer_timeout_s: float = 20):
-        self.redis = client
+    def __init__(self, batcher: CommandBatcher, offer_timeout_s: float = 20):
+        self.batcher = batcher
         self.offer_timeout_s = offer_timeout_s
-        self._dispatch = client.register_script(DISPATCH)
-        self._accept = client.register_script(ACCEPT)
-        self._withdraw = client.register_script(WITHDRAW)
-        self._overflow = client.register_script(OVERFLOW)
+        self._dispatch = _Script(DISPATCH)
+        self._accept = _Script(ACCEPT)
+        self._withdraw = _Script(WITHDRAW)
+        self._overflow = _Script(OVERFLOW)
+        self._replace_entry = _Script(REPLACE_ENTRY)
+
+    async def _transaction(self, *commands: Command) -> list[Any]:
+        """MULTI/EXEC in one batch: the batcher writes a batch contiguously on its one
+        connection, so no other command lands inside. Returns the commands' replies."""
+        *_, replies = await self.batcher.execute(("MULTI",), *commands, ("EXEC",))
+        for reply in replies:
+            if isinstance(reply, ResponseError):  # EXEC carries a failed command's error
+                raise reply
+        return replies
 
     # ---- contacts ------------------------------------------------------------------------
 
     async def enqueue(self, queue: str, priority: int, entry: dict[str, Any]) -> QueuePosition:
         contact = entry["contact_id"]
-        enqueued_ms = int(entry["enqueued_at"] * 1000)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(PREFIX + "entries", contact, json.dumps(entry))
-        pipe.zadd(f"{PREFIX}q:{queue}", {contact: priority * PRIORITY_SCALE + enqueued_ms},
-                  nx=True)
-        pipe.zrank(f"{PREFIX}q:{queue}", contact)
-        pipe.zcard(f"{PREFIX}q:{queue}")
-        _, _, rank, size = await pipe.execute()
+        score = priority * PRIORITY_SCALE + int(entry["enqueued_at"] * 1000)
+        key = f"{PREFIX}q:{queue}"
+        _, _, rank, size = await self._transaction(
+            ("HSET", PREFIX + "entries", contact, json.dumps(entry)),
+            ("ZADD", key, "NX", score, contact), ("ZRANK", key, contact), ("ZCARD", key))
         return QueuePosition(rank + 1, size)
 
     async def position(self, contact_id: str) -> tuple[str, QueuePosition] | None:
         entry = await self.entry(contact_id)
         if entry is None:
             return None
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zrank(f"{PREFIX}q:{entry['queue']}", contact_id)
-        pipe.zcard(f"{PREFIX}q:{entry['queue']}")
-        rank, size = await pipe.execute()
+        key = f"{PREFIX}q:{entry['queue']}"
+        rank, size = await self.batcher.execute(("ZRANK", key, contact_id), ("ZCARD", key))
         return None if rank is None else (entry["queue"], QueuePosition(rank + 1, size))
 
     async def entry(self, contact_id: str) -> dict[str, Any] | None:
-        raw = await self.redis.hget(PREFIX + "entries", contact_id)
+        [raw] = await self.batcher.execute(("HGET", PREFIX + "entries", contact_id))
         return json.loads(raw) if raw else None
 
     async def waiting(self, queue: str) -> list[dict[str, Any]]:
         """The queue's entries in the order agents will get them."""
-        ids = await self.redis.zrange(f"{PREFIX}q:{queue}", 0, -1)
+        [ids] = await self.batcher.execute(("ZRANGE", f"{PREFIX}q:{queue}", 0, -1))
         if not ids:
             return []
-        raw = await self.redis.hmget(PREFIX + "entries", ids)
+        [raw] = await self.batcher.execute(("HMGET", PREFIX + "entries", *ids))
         return [json.loads(r) for r in raw if r]
 
     async def append_message(self, contact_id: str, message: dict[str, Any]) -> None:
         """Keep a waiting entry's transcript current, so the agent sees the latest words."""
-        entry = await self.entry(contact_id)
-        if entry:
+        while True:
+            [raw] = await self.batcher.execute(("HGET", PREFIX + "entries", contact_id))
+            if not raw:
+                return  # no longer waiting
+            entry = json.loads(raw)
             entry["context"]["transcript"].append(message)
-            await self.redis.hset(PREFIX + "entries", contact_id, json.dumps(entry))
+            if await self._replace_entry(self.batcher, contact_id, raw, json.dumps(entry)):
+                return
 
     async def remove(self, contact_id: str) -> str | None:
         """The customer left while waiting; returns the agent whose offer was withdrawn."""
-        entry = await self.entry(contact_id)
-        if entry is None:
+        raw, agent = await self.batcher.execute(("HGET", PREFIX + "entries", contact_id),
+                                                ("HGET", PREFIX + "offered", contact_id))
+        if not raw:
             return None
-        agent = await self.redis.hget(PREFIX + "offered", contact_id)
         if agent:
-            await self._withdraw(keys=[PREFIX], args=[contact_id, agent, DECLINED_TTL_S])
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.zrem(f"{PREFIX}q:{entry['queue']}", contact_id)
-        pipe.hdel(PREFIX + "entries", contact_id)
-        await pipe.execute()
+            await self._withdraw(self.batcher, contact_id, agent, DECLINED_TTL_S)
+        await self._transaction(("ZREM", f"{PREFIX}q:{json.loads(raw)['queue']}", contact_id),
+                                ("HDEL", PREFIX + "entries", contact_id))
         return agent.decode() if agent else None
 
     # ---- assignment ----------------------------------------------------------------------
 
     async def dispatch(self, queues: Iterable[str]) -> list[Offer]:
-        made = await self._dispatch(keys=[PREFIX], args=[
-            int(time.time() * 1000), int(self.offer_timeout_s * 1000), *queues])
+        made = await self._dispatch(self.batcher, int(time.time() * 1000),
+                                    int(self.offer_timeout_s * 1000), *queues)
         return [Offer(c.decode(), a.decode()) for c, a in made]
 
     async def accept(self, contact_id: str, agent_id: str) -> dict[str, Any] | None:
-        raw = await self._accept(keys=[PREFIX], args=[contact_id, agent_id])
+        raw = await self._accept(self.batcher, contact_id, agent_id)
         return json.loads(raw) if raw else None
 
     async def decline(self, contact_id: str, agent_id: str) -> bool:
-        return bool(await self._withdraw(keys=[PREFIX], args=[contact_id, agent_id,
-                                                              DECLINED_TTL_S]))
+        return bool(await self._withdraw(self.batcher, contact_id, agent_id, DECLINED_TTL_S))
 
     async def expired_offers(self) -> list[Offer]:
         """Withdraw offers nobody accepted in time; the contact goes to the next agent."""
         now = int(time.time() * 1000)
+        [contacts] = await self.batcher.execute(("ZRANGEBYSCORE", PREFIX + "offers", 0, now))
+        if not contacts:
+            return []
+        [agents] = await self.batcher.execute(("HMGET", PREFIX + "offered", *contacts))
         withdrawn = []
-        for contact in await self.redis.zrangebyscore(PREFIX + "offers", 0, now):
-            agent = await self.redis.hget(PREFIX + "offered", contact)
+        for contact, agent in zip(contacts, agents):
             if agent and await self.decline(contact.decode(), agent.decode()):
                 withdrawn.append(Offer(contact.decode(), agent.decode()))
         return withdrawn
@@ -246,36 +291,40 @@ class Router:
     async def overflow(self, queue: str, overflow_queue: str, timeout_s: int,
                        overflow_skills: Iterable[str]) -> list[str]:
         cutoff = int((time.time() - timeout_s) * 1000)
-        moved = await self._overflow(keys=[PREFIX], args=[
-            queue, overflow_queue, cutoff, json.dumps(sorted(overflow_skills))])
+        moved = await self._overflow(self.batcher, queue, overflow_queue, cutoff,
+                                     json.dumps(sorted(overflow_skills)))
         return [m.decode() for m in moved]
 
     async def assigned_agent(self, contact_id: str) -> str | None:
-        agent = await self.redis.hget(PREFIX + "assigned", contact_id)
+        [agent] = await self.batcher.execute(("HGET", PREFIX + "assigned", contact_id))
         return agent.decode() if agent else None
 
     async def offers_for(self, agent_id: str) -> list[str]:
-        offered = await self.redis.hgetall(PREFIX + "offered")
-        return [c.decode() for c, a in offered.items() if a.decode() == agent_id]
+        return await self._contacts_held_by(PREFIX + "offered", agent_id)
 
     async def assignments_for(self, agent_id: str) -> list[str]:
-        assigned = await self.redis.hgetall(PREFIX + "assigned")
-        return [c.decode() for c, a in assigned.items() if a.decode() == agent_id]
+        return await self._contacts_held_by(PREFIX + "assigned", agent_id)
+
+    async def _contacts_held_by(self, key: str, agent_id: str) -> list[str]:
+        [flat] = await self.batcher.execute(("HGETALL", key))  # contact, agent, contact, ...
+        agent = agent_id.encode()
+        return [c.decode() for c, a in zip(flat[::2], flat[1::2]) if a == agent]
 
     async def finish(self, contact_id: str, agent_id: str, channel: str) -> bool:
         """Wrap-up: the agent's slot on this channel is free again."""
         key = f"{PREFIX}agent:{agent_id}"
-        if await self.redis.hget(PREFIX + "assigned", contact_id) != agent_id.encode():
+        if await self.assigned_agent(contact_id) != agent_id:
             return False
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hdel(PREFIX + "assigned", contact_id)
-        pipe.hincrby(key, f"load_{channel}", -1)
-        pipe.hget(key, "status")
-        _, load, status = await pipe.execute()
+        _, load, status = await self._transaction(
+            ("HDEL", PREFIX + "assigned", contact_id), ("HINCRBY", key, f"load_{channel}", -1),
+            ("HGET", key, "status"))
+        fixes: list[Command] = []
         if load < 0:
-            await self.redis.hset(key, f"load_{channel}", 0)
+            fixes.append(("HSET", key, f"load_{channel}", 0))
         if status == b"available":
-            await self.redis.zadd(PREFIX + "available", {agent_id: int(time.time() * 1000)})
+            fixes.append(("ZADD", PREFIX + "available", int(time.time() * 1000), agent_id))
+        if fixes:
+            await self.batcher.execute(*fixes)
         return True
 
     # ---- agents --------------------------------------------------------------------------
@@ -283,25 +332,20 @@ class Router:
     async def register_agent(self, agent: dict[str, Any]) -> None:
         """Refresh an agent's skills and capacity when they connect; load survives reconnects."""
         key = f"{PREFIX}agent:{agent['id']}"
-        fields = {"name": agent["name"], "skills": json.dumps(sorted(agent["skills"]))}
-        fields |= {f"cap_{c}": int(agent["capacity"].get(c, 0)) for c in CHANNELS}
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(key, mapping=fields)
+        fields: list[Any] = ["name", agent["name"], "skills", json.dumps(sorted(agent["skills"]))]
         for channel in CHANNELS:
-            pipe.hsetnx(key, f"load_{channel}", 0)
-        pipe.hsetnx(key, "status", "away")
-        await pipe.execute()
+            fields += [f"cap_{channel}", int(agent["capacity"].get(channel, 0))]
+        await self._transaction(
+            ("HSET", key, *fields), *(("HSETNX", key, f"load_{c}", 0) for c in CHANNELS),
+            ("HSETNX", key, "status", "away"))
 
     async def set_presence(self, agent_id: str, status: str) -> None:
-        key = f"{PREFIX}agent:{agent_id}"
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(key, "status", status)
-        if status == "available":
-            pipe.zadd(PREFIX + "available", {agent_id: int(time.time() * 1000)}, nx=True)
-        else:
-            pipe.zrem(PREFIX + "available", agent_id)
-        await pipe.execute()
+        now = int(time.time() * 1000)
+        availability = (("ZADD", PREFIX + "available", "NX", now, agent_id)
+                        if status == "available" else ("ZREM", PREFIX + "available", agent_id))
+        await self._transaction(("HSET", f"{PREFIX}agent:{agent_id}", "status", status),
+                                availability)
 
     async def agent_state(self, agent_id: str) -> dict[str, str]:
-        raw = await self.redis.hgetall(f"{PREFIX}agent:{agent_id}")
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        [flat] = await self.batcher.execute(("HGETALL", f"{PREFIX}agent:{agent_id}"))
+        return {k.decode(): v.decode() for k, v in zip(flat[::2], flat[1::2])}

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import AsyncIterator
 
 import pytest
-import redis.asyncio as redis
 
 from service.queues import Router
+from service.redis_batch import CommandBatcher
 
 QUEUES = ["general", "billing", "vip"]
 
@@ -38,8 +39,15 @@ async def enqueue(router: Router, e: dict) -> dict:
 
 
 @pytest.fixture
-def router(redis_client) -> Router:
-    return Router(redis_client, offer_timeout_s=30)
+async def batcher(redis_url, redis_client) -> AsyncIterator[CommandBatcher]:
+    batcher = CommandBatcher.from_url(redis_url)  # redis_client has emptied the database
+    yield batcher
+    await batcher.close()
+
+
+@pytest.fixture
+def router(batcher) -> Router:
+    return Router(batcher, offer_timeout_s=30)
 
 
 async def test_offers_go_to_agents_with_every_needed_skill(router):
@@ -123,8 +131,8 @@ async def test_declined_offer_goes_to_the_next_agent(router):
     assert second.agent_id == ({a, b} - {first.agent_id}).pop()
 
 
-async def test_an_offer_not_accepted_in_time_goes_to_the_next_agent(redis_client):
-    router = Router(redis_client, offer_timeout_s=0.2)
+async def test_an_offer_not_accepted_in_time_goes_to_the_next_agent(batcher):
+    router = Router(batcher, offer_timeout_s=0.2)
     await agent(router, "a", ["care"])
     await agent(router, "b", ["care"])
     contact = await enqueue(router, entry("general", ["care"]))
@@ -154,8 +162,8 @@ async def test_queue_timeout_moves_contacts_to_the_overflow_queue(router):
 
 
 async def test_two_instances_racing_offer_and_assign_a_contact_once(redis_url, redis_client):
-    clients = [redis.from_url(redis_url) for _ in range(4)]
-    routers = [Router(c, offer_timeout_s=30) for c in clients]
+    batchers = [CommandBatcher.from_url(redis_url) for _ in range(4)]  # one per instance
+    routers = [Router(b, offer_timeout_s=30) for b in batchers]
     agents = [await agent(routers[0], f"a{i}", ["care"], capacity={"chat": 1}) for i in range(3)]
     contact = await enqueue(routers[0], entry("general", ["care"]))
     rounds = await asyncio.gather(*(r.dispatch(QUEUES) for r in routers))
@@ -164,8 +172,8 @@ async def test_two_instances_racing_offer_and_assign_a_contact_once(redis_url, r
     accepts = await asyncio.gather(*(r.accept(contact["contact_id"], a)
                                      for r in routers for a in agents))
     assert sum(a is not None for a in accepts) == 1
-    for c in clients:
-        await c.aclose()
+    for b in batchers:
+        await b.close()
 
 
 async def test_customer_leaving_withdraws_the_offer(router):
@@ -175,3 +183,43 @@ async def test_customer_leaving_withdraws_the_offer(router):
     assert await router.remove(contact["contact_id"]) == a
     assert await router.waiting("general") == []
     assert (await router.agent_state(a))["load_chat"] == "0"
+
+
+async def test_scripts_still_run_after_the_server_forgot_them(router, redis_client):
+    a = await agent(router, "a", ["care"])
+    await router.dispatch(QUEUES)  # the script is cached now
+    await redis_client.script_flush()  # what a restarted server also looks like
+    contact = await enqueue(router, entry("general", ["care"]))
+    [offer] = await router.dispatch(QUEUES)
+    assert (offer.contact_id, offer.agent_id) == (contact["contact_id"], a)
+    assert await redis_client.script_exists(router._dispatch.sha) == [True]
+
+
+async def test_messages_arriving_together_all_reach_the_waiting_entry(router):
+    contact = await enqueue(router, entry("general", ["care"]))
+    messages = [{"role": "customer", "text": f"hello {i}"} for i in range(20)]
+    await asyncio.gather(*(router.append_message(contact["contact_id"], m) for m in messages))
+    [waiting] = await router.waiting("general")
+    transcript = waiting["context"]["transcript"]
+    assert sorted(m["text"] for m in transcript) == sorted(m["text"] for m in messages)
+
+
+async def test_a_message_after_the_accept_does_not_bring_the_entry_back(router):
+    a = await agent(router, "a", ["care"])
+    contact = await enqueue(router, entry("general", ["care"]))
+    await router.dispatch(QUEUES)
+    await router.accept(contact["contact_id"], a)
+    await router.append_message(contact["contact_id"], {"role": "customer", "text": "late"})
+    assert await router.entry(contact["contact_id"]) is None
+
+
+async def test_a_message_during_overflow_keeps_the_entry_in_its_new_queue(router):
+    contact = await enqueue(router, entry("vip", ["vip"], enqueued_at=time.time() - 300))
+    message = {"role": "customer", "text": "still there?"}
+    _, moved = await asyncio.gather(  # the message reads the entry before it moves
+        router.append_message(contact["contact_id"], message),
+        router.overflow("vip", "general", 120, ["care"]))
+    assert moved == [contact["contact_id"]]
+    [waiting] = await router.waiting("general")
+    assert waiting["queue"] == "general" and waiting["context"]["transcript"] == [message]
+    assert waiting["type_skills"] == []  # empty lists stay lists through the move

@@ -6,9 +6,8 @@ import json
 
 import pytest
 
-from service.appkeys import EVENTS
+from service.appkeys import EVENTS, ROUTER
 from service.customers import upsert_customer
-from service.queues import Router
 from tests.twilio_driver import messages, post_signed, sign, sms_params, text
 
 CUSTOMER = "+15555550123"
@@ -55,7 +54,7 @@ async def test_self_service_answer_accepted_resolves_the_contact(client, db, red
         ("self_service_resolved", "track_order", None)
     summaries = await redis_client.hgetall(f"sb:{{cust:{contact['customer_id']}}}:contacts")
     assert json.loads(summaries[str(contact["id"]).encode()])["outcome"] == "self_service_resolved"
-    assert await Router(redis_client).waiting("orders") == []
+    assert await client.app[ROUTER].waiting("orders") == []
 
 
 async def test_self_service_answer_rejected_escalates_with_context(client, db, redis_client):
@@ -64,7 +63,7 @@ async def test_self_service_answer_rejected_escalates_with_context(client, db, r
     assert reply == ["I'm passing you to our Accounts team. You're number 1 in line (about 5 "
                      "min). They'll see everything you've told me, so you won't need to repeat "
                      "yourself."]
-    [entry] = await Router(redis_client).waiting("accounts")
+    [entry] = await client.app[ROUTER].waiting("accounts")
     assert entry["reason"] == "self_service_failed"
     assert entry["skills"] == ["accounts"]
     context = entry["context"]
@@ -83,7 +82,7 @@ async def test_self_service_answer_rejected_escalates_with_context(client, db, r
 async def test_asking_for_a_person_escalates_at_once(client, db, redis_client):
     reply = await text(client, CUSTOMER, "Can I talk to a real person please")
     assert "Customer care team" in reply[0]
-    [entry] = await Router(redis_client).waiting("general")
+    [entry] = await client.app[ROUTER].waiting("general")
     assert entry["reason"] == "requested_agent"
     assert "self_service_started" not in kinds(await events_of(client, db))
 
@@ -91,7 +90,7 @@ async def test_asking_for_a_person_escalates_at_once(client, db, redis_client):
 async def test_agent_request_in_the_middle_of_self_service(client, db, redis_client):
     await text(client, CUSTOMER, "I want to change my delivery address")
     await text(client, CUSTOMER, "agent")
-    [entry] = await Router(redis_client).waiting("orders")
+    [entry] = await client.app[ROUTER].waiting("orders")
     assert entry["reason"] == "requested_agent"
     assert entry["context"]["contact_type"] == "change_shipping_address"
 
@@ -102,7 +101,7 @@ async def test_two_misses_escalate_with_low_confidence(client, db, redis_client)
     assert (await conversation(redis_client))["status"] == "clarifying"
     second = await text(client, CUSTOMER, "zzz qqq")
     assert "Customer care team" in second[0]
-    [entry] = await Router(redis_client).waiting("general")
+    [entry] = await client.app[ROUTER].waiting("general")
     assert entry["reason"] == "low_confidence"
     events = await events_of(client, db)
     assert kinds(events).count("classification_missed") == 2
@@ -124,7 +123,7 @@ async def test_vip_skips_self_service(client, db, redis_client):
                           display_name="Ana Silva", attributes={"tier": "vip"})
     reply = await text(client, CUSTOMER, "I need to track my order")
     assert "VIP desk team" in reply[0] and len(reply) == 1
-    [entry] = await Router(redis_client).waiting("vip")
+    [entry] = await client.app[ROUTER].waiting("vip")
     assert (entry["reason"], entry["priority"]) == ("vip_customer", 1)
     assert entry["context"]["customer"]["attributes"] == {"tier": "vip"}
     events = await events_of(client, db)
@@ -137,7 +136,7 @@ async def test_repeat_contact_within_the_window_goes_to_an_agent(client, db, red
     await text(client, CUSTOMER, "yes")
     reply = await text(client, CUSTOMER, "I need to track my order")
     assert "Orders and delivery team" in reply[0]
-    [entry] = await Router(redis_client).waiting("orders")
+    [entry] = await client.app[ROUTER].waiting("orders")
     assert entry["reason"] == "repeat_contact"
     assert entry["context"]["earlier_contacts"][0]["outcome"] == "self_service_resolved"
 

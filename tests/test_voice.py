@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-from service.appkeys import EVENTS
-from service.queues import Router
+from service.appkeys import EVENTS, ROUTER
 from tests.twilio_driver import Call, check_twiml, post_signed, text
 
 CALLER = "+15555550188"
@@ -89,7 +88,7 @@ async def test_no_after_the_answer_queues_the_caller_with_context(client, db, re
     assert call.twiml.find("Enqueue").text == "orders"
     assert call.said()[0].startswith("I'm connecting you to our Orders and delivery team. "
                                      "You are number 1 in line")
-    [entry] = await Router(redis_client).waiting("orders")
+    [entry] = await client.app[ROUTER].waiting("orders")
     assert entry["reason"] == "self_service_failed" and entry["channel"] == "voice"
     assert entry["thread"] == call.sid
     assert [m["text"] for m in entry["context"]["transcript"] if m["from"] == "customer"] == \
@@ -100,7 +99,7 @@ async def test_zero_at_the_first_prompt_asks_for_a_person(client, db, redis_clie
     call = await Call(client, CALLER).dial()
     await call.press("0")
     assert call.twiml.find("Enqueue").text == "general"
-    [entry] = await Router(redis_client).waiting("general")
+    [entry] = await client.app[ROUTER].waiting("general")
     assert entry["reason"] == "requested_agent"
 
 
@@ -110,7 +109,7 @@ async def test_two_silences_escalate(client, db, redis_client):
     assert call.said()[0].startswith("Sorry, I didn't get that. Track an order: press 1.")
     await call.stay_silent()
     assert call.verbs() == ["Say", "Enqueue"]
-    [entry] = await Router(redis_client).waiting("general")
+    [entry] = await client.app[ROUTER].waiting("general")
     assert entry["reason"] == "no_input"
 
 
@@ -130,7 +129,7 @@ async def test_a_caller_who_texted_earlier_is_recognised(client, db, redis_clien
                            "from earlier? Press 1 for yes, or 2 for something else."]
     await call.press("1")
     assert call.twiml.find("Enqueue").text == "orders"  # a repeat goes to a person
-    [entry] = await Router(redis_client).waiting("orders")
+    [entry] = await client.app[ROUTER].waiting("orders")
     assert entry["reason"] == "repeat_contact"
     assert entry["context"]["earlier_contacts"][0]["channel"] == "sms"
     sms_customer = await db.fetchval("SELECT customer_id FROM contacts WHERE channel = 'sms'")
@@ -160,7 +159,7 @@ async def test_hang_up_in_the_queue(client, db, redis_client):
     await call.leave_queue("hangup")
     assert call.verbs() == ["Hangup"]
     await call.hang_up()
-    assert await Router(redis_client).waiting("general") == []
+    assert await client.app[ROUTER].waiting("general") == []
     assert await outcome(client, db, call) == "abandoned_in_queue"
 
 
