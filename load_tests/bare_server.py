@@ -1,7 +1,8 @@
 """The baseline: aiohttp answering Twilio's webhooks with fixed TwiML and nothing else.
 
-Same aiohttp, the same event loop (uvloop when installed; `SWITCHBOARD_EVENT_LOOP`) and the
-same `web.run_app(..., access_log=None)` as `switchboard serve`, so the difference to the full service is what the service does per turn.
+Same aiohttp, the same event loop and collector settings (`service/runtime.py`) and the
+same `web.run_app(..., access_log=None)` as `switchboard serve`, so the difference to the full
+service is what the service does per turn.
 The reply has the size of a typical self-service answer. POST /twilio/sms and the voice
 webhook paths get the same reply (for voice the benchmark replays the calls' requests here).
 
@@ -15,7 +16,7 @@ import os
 
 from aiohttp import web
 
-from service.eventloop import new_event_loop
+from service.runtime import new_event_loop, tune_gc
 
 VOICE_PATHS = ("/twilio/voice", "/twilio/voice/gather", "/twilio/voice/no-input",
                "/twilio/voice/wait", "/twilio/voice/queue-result", "/twilio/voice/status")
@@ -51,6 +52,7 @@ def main() -> None:
     for path in ("/twilio/sms", *VOICE_PATHS):
         app.router.add_post(path, handler)
     app.router.add_get("/healthz", healthz)
+    tune_gc()
     loop = new_event_loop(os.environ.get("SWITCHBOARD_EVENT_LOOP", "auto"))
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, loop=loop)
 

@@ -94,7 +94,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
     from service.app import create_app
-    from service.eventloop import EventLoopUnavailable, new_event_loop
+    from service.runtime import EventLoopUnavailable, new_event_loop, tune_gc
 
     try:
         from service.rules import load_rules
@@ -109,6 +109,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     except EventLoopUnavailable as exc:
         print(f"switchboard: {exc}", file=sys.stderr)
         return 2
+    tune_gc()
     with _servers(settings) as ready:
         web.run_app(create_app(ready), host=ready.host, port=ready.port, print=None,
                     access_log=None, loop=loop)

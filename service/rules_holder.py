@@ -13,6 +13,7 @@ import structlog
 from service import metrics
 from service.learning import learned_examples
 from service.rules import Rules, load_rules
+from service.runtime import settle_heap
 from service.yamlfile import ConfigError
 
 log = structlog.get_logger(__name__)
@@ -34,6 +35,7 @@ class RulesHolder:
         metrics.RULES_RELOAD_TIME.set_to_current_time()
         log.info("rules.loaded", digest=rules.digest, contact_types=len(rules.catalog.types),
                  learned_examples=len(rules.learned))
+        settle_heap()
         return cls(rules, pool)
 
     async def reload(self) -> bool:
@@ -48,6 +50,7 @@ class RulesHolder:
             log.error("rules.reload_failed", errors=[str(i) for i in exc.issues])
             return False
         self.current = rules
+        settle_heap()
         metrics.RULES_RELOAD_OK.set(1)
         metrics.RULES_RELOAD_TIME.set_to_current_time()
         log.info("rules.reloaded", digest=rules.digest)

@@ -3,7 +3,6 @@ from pathlib import Path
 import pytest
 
 from service.__main__ import main
-from service.eventloop import new_event_loop
 from service.settings import SettingsError, settings_from_env
 
 
@@ -43,12 +42,3 @@ def test_cli_prints_problems_without_a_traceback(monkeypatch, capsys):
     assert "SWITCHBOARD_PORT='70000': must be a TCP port between 1 and 65535" in err
     assert "Traceback" not in err
 
-
-@pytest.mark.parametrize("kind, expected", [("auto", "uvloop"), ("uvloop", "uvloop"),
-                                            ("asyncio", "asyncio")])
-def test_the_serving_event_loop_is_the_one_asked_for(kind, expected):
-    loop = new_event_loop(kind)
-    try:
-        assert type(loop).__module__.split(".")[0] == expected
-    finally:
-        loop.close()
