@@ -210,16 +210,10 @@ class _Connection(asyncio.Protocol):
 
 
 def _pack(command: Command) -> bytes:
-    """RESP2 encoding of one command, as redis-py encodes bytes, str, int and float."""
-    parts = [b"*%d\r\n" % len(command)]
-    for arg in command:
-        if isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, str):
-            data = arg.encode()
-        elif isinstance(arg, bool) or not isinstance(arg, (int, float)):
-            raise TypeError(f"Redis argument of type {type(arg).__name__}: {arg!r}")
-        else:
-            data = repr(arg).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
+    """RESP2 encoding of one command, in C: bytes, str, int and float arguments."""
+    try:
+        return hiredis.pack_command(tuple(command))
+    except TypeError:
+        bad = next(arg for arg in command if isinstance(arg, bool)
+                   or not isinstance(arg, (bytes, str, int, float)))
+        raise TypeError(f"Redis argument of type {type(bad).__name__}: {bad!r}") from None

@@ -130,3 +130,13 @@ async def test_a_server_that_never_answers_times_out_and_the_next_turn_reconnect
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+def test_commands_are_encoded_as_redis_py_encodes_them():
+    from redis.asyncio.connection import Connection
+
+    from service.redis_batch import _pack
+
+    command = ("ZADD", "sb:{phone:+15555550188}:x", 1732280000.123456, "m\u00e9", b"\x00\xff",
+               -7, 0.1, "")
+    assert _pack(command) == b"".join(Connection().pack_command(*command))
