@@ -9,12 +9,17 @@ everything about one customer shares `{cust:<id>}`.
     sb:{phone:+15551234567}:conv:voice:<CallSid>   the same for a call (chat: per session)
     sb:{phone:+15551234567}:seen:<delivery id>     reply already given for a delivery   1 day
     sb:{phone:+15551234567}:optout:sms             present after STOP
+    sb:{phone:+15551234567}:contacts               HASH contact id -> summary           30 days
     sb:{contact:<id>}:conv                         contact id -> conversation key
     sb:{cust:<id>}:contacts                        HASH contact id -> summary           30 days
     sb:sms:idle                                    ZSET conversation key -> last message time
 
 A turn costs two round trips on the normal path, sent through the CommandBatcher so that
-concurrent turns share writes to Redis.
+concurrent turns share writes to Redis. That is why a contact's summary is written to the
+customer's hash and to every address the customer is known by: the first round trip of a new
+contact reads the summaries from its own address's hash tag, before it knows the customer.
+The customer's hash is the whole history, read only when an address was (re)linked from
+PostgreSQL and its own copy may lag.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import asyncio
 import functools
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import orjson
 
@@ -44,9 +49,18 @@ _dumps = functools.partial(orjson.dumps, option=orjson.OPT_NON_STR_KEYS)
 
 def identity_of(inbound: Inbound) -> tuple[str, str]:
     """(kind, value) that identifies the customer behind an inbound message."""
-    if inbound.channel in ("sms", "voice"):
-        return "phone", inbound.address
-    return "web", inbound.address
+    return address_identity(inbound.channel, inbound.address)
+
+
+def address_identity(channel: str, address: str) -> tuple[str, str]:
+    return ("phone" if channel in ("sms", "voice") else "web"), address
+
+
+def identities_of(conv: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every address of the conversation's customer (just its own for older states)."""
+    known = conv.get("identities")
+    return [tuple(i) for i in known] if known else [address_identity(conv["channel"],
+                                                                    conv["address"])]
 
 
 def _tag(inbound: Inbound) -> str:
@@ -71,6 +85,10 @@ def identity_key(kind: str, value: str) -> str:
     return f"sb:{{{kind}:{value}}}:ident"
 
 
+def address_contacts_key(kind: str, value: str) -> str:
+    return f"sb:{{{kind}:{value}}}:contacts"
+
+
 def summarise(conv: dict[str, Any]) -> dict[str, Any]:
     """What other contacts of the customer need to know about this one."""
     return {k: conv.get(k) for k in SUMMARY_FIELDS}
@@ -83,6 +101,7 @@ class TurnStart:
     conversation: dict[str, Any] | None
     customer: dict[str, Any] | None
     opted_out: bool
+    history: Any = None  # raw summaries of this address's recent contacts
 
 
 class ContextStore:
@@ -91,14 +110,16 @@ class ContextStore:
         self.idle_timeout_s = idle_timeout_s
 
     async def begin_turn(self, inbound: Inbound) -> TurnStart:
-        """Round trip 1: claim the delivery, read conversation, identity and opt-out."""
+        """Round trip 1: claim the delivery, read conversation, identity, opt-out and the
+        address's recent contacts (decoded only when a contact opens)."""
         tag = _tag(inbound)
         seen = f"{tag}:seen:{inbound.dedupe_key}"
         commands: list[Command] = []
         if inbound.dedupe_key:
             commands += [("SET", seen, PENDING, "NX", "EX", SEEN_TTL_S), ("GET", seen)]
         commands += [("GET", conversation_key(inbound)), ("GET", f"{tag}:ident"),
-                     ("EXISTS", f"{tag}:optout:{inbound.channel}")]
+                     ("EXISTS", f"{tag}:optout:{inbound.channel}"),
+                     ("HGETALL", f"{tag}:contacts")]
         results = await self.redis.execute(*commands)
         if inbound.dedupe_key:
             claimed, previous, *results = results
@@ -106,14 +127,18 @@ class ContextStore:
                 done = previous not in (None, PENDING)
                 return TurnStart(Reply.from_json(orjson.loads(previous)) if done else None,
                                  not done, None, None, False)
-        conversation, customer, opted_out = results
-        return TurnStart(None, False, _json(conversation), _json(customer), bool(opted_out))
+        conversation, customer, opted_out, history = results
+        return TurnStart(None, False, _json(conversation), _json(customer), bool(opted_out),
+                         history)
 
     async def commit_turn(self, inbound: Inbound, conversation: dict[str, Any], reply: Reply,
                           *, customer: dict[str, Any] | None = None,
-                          summary: dict[str, Any] | None = None,
+                          summaries: Sequence[dict[str, Any]] = (),
+                          seed: Sequence[dict[str, Any]] = (),
                           opt_out: bool | None = None) -> None:
-        """Round trip 2: save the conversation and the reply, and what changed about the customer."""
+        """Round trip 2: save the conversation and the reply, and what changed about the
+        customer: its link, the summaries of the `summaries` conversations, and `seed`
+        (summaries read from the customer's hash) copied to this address."""
         tag = _tag(inbound)
         commands = self._save(conversation_key(inbound), conversation) + _remember(inbound, reply)
         if customer is not None:
@@ -122,8 +147,10 @@ class ContextStore:
             commands.append(("SET", f"{tag}:optout:{inbound.channel}", 1))
         elif opt_out is False:
             commands.append(("DEL", f"{tag}:optout:{inbound.channel}"))
-        if summary is not None:
-            commands += _summary(conversation["customer_id"], summary)
+        for conv in summaries:
+            commands += _summary(conv)
+        if seed:
+            commands += _seed(address_contacts_key(*identity_of(inbound)), seed)
         await self.redis.execute(*commands)
 
     async def remember_reply(self, inbound: Inbound, reply: Reply) -> None:
@@ -138,8 +165,7 @@ class ContextStore:
     async def recent_contacts(self, customer_id: str) -> list[dict[str, Any]]:
         """Earlier contacts of this customer on every channel, newest first."""
         [raw] = await self.redis.execute(("HGETALL", contacts_key(customer_id)))
-        contacts = [orjson.loads(v) for v in _pairs(raw).values()]
-        return sorted(contacts, key=lambda c: c["started_at"], reverse=True)
+        return newest_first(raw)
 
     async def by_contact(self, contact_id: str) -> tuple[str, dict[str, Any]] | None:
         """The open conversation of a contact, found from its id (agents know only that)."""
@@ -153,11 +179,11 @@ class ContextStore:
     async def save(self, key: str, conversation: dict[str, Any], summary: bool = True) -> None:
         commands = self._save(key, conversation)
         if summary:
-            commands += _summary(conversation["customer_id"], summarise(conversation))
+            commands += _summary(conversation)
         await self.redis.execute(*commands)
 
-    async def save_summary(self, customer_id: str, summary: dict[str, Any]) -> None:
-        await self.redis.execute(*_summary(customer_id, summary))
+    async def save_summary(self, conversation: dict[str, Any]) -> None:
+        await self.redis.execute(*_summary(conversation))
 
     async def release(self, inbound: Inbound) -> None:
         """Forget a claimed delivery whose processing failed, so Twilio's retry is processed."""
@@ -215,10 +241,26 @@ def _remember(inbound: Inbound, reply: Reply) -> list[Command]:
              "EX", SEEN_TTL_S)]
 
 
-def _summary(customer_id: str, summary: dict[str, Any]) -> list[Command]:
-    key = contacts_key(customer_id)
-    return [("HSET", key, summary["contact_id"], _dumps(summary)),
-            ("EXPIRE", key, CONTACTS_TTL_S)]
+def newest_first(raw: Any) -> list[dict[str, Any]]:
+    """Summaries as HGETALL returned them, newest contact first."""
+    contacts = [orjson.loads(v) for v in _pairs(raw or ()).values()]
+    return sorted(contacts, key=lambda c: c["started_at"], reverse=True)
+
+
+def _summary(conv: dict[str, Any]) -> list[Command]:
+    """The conversation's summary, in the customer's hash and in each of its addresses'."""
+    summary = _dumps(summarise(conv))
+    keys = [contacts_key(conv["customer_id"])]
+    keys += [address_contacts_key(kind, value) for kind, value in identities_of(conv)]
+    commands: list[Command] = []
+    for key in keys:
+        commands += [("HSET", key, conv["contact_id"], summary), ("EXPIRE", key, CONTACTS_TTL_S)]
+    return commands
+
+
+def _seed(key: str, summaries: Sequence[dict[str, Any]]) -> list[Command]:
+    fields = [part for s in summaries for part in (s["contact_id"], _dumps(s))]
+    return [("HSET", key, *fields), ("EXPIRE", key, CONTACTS_TTL_S)]
 
 
 def _pairs(raw: Any) -> dict[bytes, bytes]:

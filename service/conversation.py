@@ -14,7 +14,7 @@ import structlog
 
 from service import prompts
 from service.classifier import wants_agent
-from service.context import ContextStore, identity_of, summarise
+from service.context import ContextStore, TurnStart, identity_of, newest_first
 from service.events import Event, EventWriter
 from service.ids import new_uuid
 from service.model import Choice, Inbound, Reply
@@ -47,6 +47,12 @@ class Turn:
     customer: dict[str, Any]
     events: list[Event] = field(default_factory=list)
     summary_changed: bool = False
+    history: Any = None  # the address's recent contacts, as read in round trip 1
+    ended: list[dict[str, Any]] = field(default_factory=list)  # closed before this one opened
+    seed: list[dict[str, Any]] = field(default_factory=list)  # history to copy to the address
+
+    def summaries(self) -> list[dict[str, Any]]:
+        return self.ended + ([self.conversation] if self.summary_changed else [])
 
     @property
     def channel(self) -> str:
@@ -93,7 +99,7 @@ class Conversations:
         if start.in_flight:
             return await self._context.wait_for_reply(inbound) or Reply()
         try:
-            return await self._turn(inbound, start.conversation, start.customer, start.opted_out)
+            return await self._turn(inbound, start)
         except BaseException:
             await self._context.release(inbound)
             raise
@@ -107,20 +113,22 @@ class Conversations:
                                       "service_address": inbound.service_address,
                                       "dedupe_key": inbound.dedupe_key, "error": str(error)}))
 
-    async def _turn(self, inbound: Inbound, conversation: dict | None, customer: dict | None,
-                    opted_out: bool) -> Reply:
+    async def _turn(self, inbound: Inbound, start: TurnStart) -> Reply:
         now = time.time()
+        conversation, customer, opted_out = start.conversation, start.customer, start.opted_out
         keyword = " ".join(inbound.text.upper().split())
         if inbound.channel == "sms" and (keyword in STOP_WORDS | START_WORDS or opted_out):
             return await self._opt_in_out(inbound, keyword, conversation, customer, opted_out,
                                           now)
         if inbound.kind in ("end", "left_queue"):
             return await self._ended_by_customer(inbound, conversation, now)
-        new_customer = customer is None
-        if new_customer:
+        linked = customer is not None and "identities" in customer  # older links lack them
+        new_customer = False
+        if not linked:
             customer = await self._resolve_customer(inbound)
             new_customer = customer.pop("new", False)
-        turn = Turn(inbound, self._rules(), now, conversation or {}, customer)
+        turn = Turn(inbound, self._rules(), now, conversation or {}, customer,
+                    history=start.history if linked else () if new_customer else None)
         if new_customer:
             kind, value = identity_of(inbound)
             turn.add(Event("customer_created", None, customer["customer_id"], inbound.channel,
@@ -133,10 +141,9 @@ class Conversations:
         for text in reply.messages:
             turn.say("bot", text)
         turn.conversation["last_at"] = now
-        await self._context.commit_turn(
-            inbound, turn.conversation, reply,
-            customer=customer if new_customer else None,
-            summary=summarise(turn.conversation) if turn.summary_changed else None)
+        await self._context.commit_turn(inbound, turn.conversation, reply,
+                                        customer=None if linked else customer,
+                                        summaries=turn.summaries(), seed=turn.seed)
         self._events.emit(*turn.events)
         if reply.queue:  # offer only once the queued state is saved, or an accept could race it
             await self._handoff.dispatch()
@@ -159,18 +166,19 @@ class Conversations:
         except Exception as exc:  # PostgreSQL down: serve the customer as new, say so in logs
             log.warning("customer.lookup_failed", error=str(exc))
             found = None
-        return found or {"customer_id": new_uuid(), "attributes": {}, "new": True}
+        return found or {"customer_id": new_uuid(), "attributes": {}, "identities": [[kind, value]],
+                         "new": True}
 
     async def _open_contact(self, turn: Turn) -> None:
         conv = turn.conversation
         if conv and turn.channel == "sms" and conv["status"] != "queued" and \
                 turn.now - conv["last_at"] > self._context.idle_timeout_s:
             self._end(turn, "idle_timeout")
-            await self._context.save_summary(conv["customer_id"], summarise(conv))
+            turn.ended.append(conv)
             conv = turn.conversation = {}
         if conv:
             return
-        earlier = await self._context.recent_contacts(turn.customer["customer_id"])
+        earlier = await self._earlier_contacts(turn)
         conv.update(
             contact_id=new_uuid(), customer_id=turn.customer["customer_id"],
             channel=turn.channel, address=turn.inbound.address,
@@ -178,10 +186,18 @@ class Conversations:
             started_at=turn.now, last_at=turn.now, status="new", turns=0, contact_type=None,
             confidence=None, misses=0, menu=[], route_path=None, queue=None, reason=None,
             outcome=None, transcript=[], steps=[], attributes=turn.customer.get("attributes", {}),
-            earlier=earlier[:10])
+            identities=turn.customer["identities"], earlier=earlier[:10])
         turn.summary_changed = True
         turn.record("contact_started", address=turn.inbound.address,
                     service_address=turn.inbound.service_address, thread=turn.inbound.thread)
+
+    async def _earlier_contacts(self, turn: Turn) -> list[dict[str, Any]]:
+        """From round trip 1 when the address's link was in Redis; otherwise the address was
+        (re)linked from PostgreSQL, so read the customer's own hash and copy it over."""
+        if turn.history is not None:
+            return newest_first(turn.history)
+        turn.seed = await self._context.recent_contacts(turn.customer["customer_id"])
+        return turn.seed
 
     async def _respond(self, turn: Turn, keyword: str) -> Reply:
         conv, inbound = turn.conversation, turn.inbound
@@ -365,8 +381,7 @@ class Conversations:
         elif status in OPEN_IN_IVR and inbound.kind == "end":
             self._end(turn, "hung_up_in_ivr" if inbound.channel == "voice" else "customer_left")
         reply = Reply(state=conversation["status"], contact_id=conversation["contact_id"])
-        await self._context.commit_turn(inbound, conversation, reply,
-                                        summary=summarise(conversation))
+        await self._context.commit_turn(inbound, conversation, reply, summaries=[conversation])
         self._events.emit(*turn.events)
         return reply
 
@@ -389,7 +404,7 @@ class Conversations:
             self._end(turn, "opted_out")
             events += turn.events
         await self._context.commit_turn(inbound, conv, reply, opt_out=opt_out,
-                                        summary=summarise(conv) if conv.get("contact_id") else None)
+                                        summaries=[conv] if conv.get("contact_id") else [])
         self._events.emit(*events)
         return reply
 
@@ -401,7 +416,7 @@ class Conversations:
         inbound = Inbound(conv["channel"], conv["address"], conv["service_address"], "")
         turn = Turn(inbound, self._rules(), now, conv, {})
         self._end(turn, "idle_timeout")
-        await self._context.save_summary(conv["customer_id"], summarise(conv))
+        await self._context.save_summary(conv)
         self._events.emit(*turn.events)
 
 

@@ -19,13 +19,17 @@ from service.context import identity_key
 
 async def find_customer(pool: asyncpg.Pool, kind: str, value: str) -> dict[str, Any] | None:
     row = await pool.fetchrow(
-        """SELECT c.id, c.display_name, c.attributes FROM customer_identities i
-           JOIN customers c ON c.id = i.customer_id WHERE i.kind = $1 AND i.value = $2""",
+        """SELECT c.id, c.display_name, c.attributes,
+                  (SELECT array_agg(ARRAY[o.kind, o.value] ORDER BY o.kind, o.value)
+                     FROM customer_identities o WHERE o.customer_id = c.id) AS identities
+             FROM customer_identities i JOIN customers c ON c.id = i.customer_id
+            WHERE i.kind = $1 AND i.value = $2""",
         kind, value, timeout=2)
     if row is None:
         return None
     return {"customer_id": str(row["id"]), "display_name": row["display_name"],
-            "attributes": json.loads(row["attributes"])}
+            "attributes": json.loads(row["attributes"]),
+            "identities": [list(pair) for pair in row["identities"]]}
 
 
 async def upsert_customer(conn: asyncpg.Connection, client: redis.Redis, *,
@@ -50,5 +54,8 @@ async def upsert_customer(conn: asyncpg.Connection, client: redis.Redis, *,
                    VALUES ($1, $2, $3, true) ON CONFLICT (kind, value)
                    DO UPDATE SET customer_id = EXCLUDED.customer_id, verified = true""",
                 kind, value, customer_id)
-    await client.delete(*(identity_key(k, v) for k, v in identities))
+        linked = await conn.fetch(
+            "SELECT kind, value FROM customer_identities WHERE customer_id = $1", customer_id)
+    # Every address's cached link lists all the others: drop them all, not just the new ones.
+    await client.delete(*(identity_key(r["kind"], r["value"]) for r in linked))
     return str(customer_id)

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from service.app import create_app
 from service.embedded import servers
+from service.migrate import migrate
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +74,10 @@ def settings(database_url, redis_url, tmp_path) -> Settings:
 
 @pytest.fixture
 async def db(database_url) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the migrated test database (the service migrates on start too; tests
+    that write before starting one must not depend on another test having started it)."""
     conn = await asyncpg.connect(database_url)
+    await migrate(conn)
     yield conn
     await conn.close()
 

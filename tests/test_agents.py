@@ -306,6 +306,31 @@ async def test_a_verified_chat_visitor_is_linked_to_their_history(app_settings, 
         assert (await forged.next("message"))["text"].startswith("Hi! Tell me")
 
 
+async def test_a_chat_contact_is_in_the_history_of_the_customers_phone(app_settings, db,
+                                                                      redis_client):
+    """The phone's link is already cached when the customer chats: the chat's summary must
+    still reach the phone's copy of the history, which its next text reads."""
+    import hashlib
+    import hmac
+
+    from service.customers import upsert_customer
+
+    await upsert_customer(db, redis_client, identities=[("phone", CUSTOMER), ("web", "id:c-43")],
+                          display_name="Ana", attributes={})
+    async with instance(app_settings) as client:
+        await text(client, CUSTOMER, "I need to track my order")
+        await text(client, CUSTOMER, "yes")
+        signed = hmac.new(b"host-site-secret", b"c-43", hashlib.sha256).hexdigest()
+        chat, _ = await open_chat(client, customer={"id": "c-43", "signature": signed})
+        await chat.next("message")
+        await chat.send(type="end")
+        await asyncio.sleep(0.2)
+        await text(client, CUSTOMER, "I forgot my password")
+    raw = await redis_client.get(f"sb:{{phone:{CUSTOMER}}}:conv:sms:+15005550006")
+    earlier = json.loads(raw)["earlier"]
+    assert [c["channel"] for c in earlier] == ["chat", "sms"]
+
+
 async def test_a_contact_queued_on_an_instance_that_dies_still_reaches_an_agent(app_settings,
                                                                                db):
     async with instance(app_settings) as doomed:

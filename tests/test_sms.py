@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from service.appkeys import EVENTS, ROUTER
+from service.appkeys import EVENTS, REDIS_BATCH, ROUTER
 from service.customers import upsert_customer
 from tests.twilio_driver import messages, post_signed, sign, sms_params, text
 
@@ -55,6 +55,59 @@ async def test_self_service_answer_accepted_resolves_the_contact(client, db, red
     summaries = await redis_client.hgetall(f"sb:{{cust:{contact['customer_id']}}}:contacts")
     assert json.loads(summaries[str(contact["id"]).encode()])["outcome"] == "self_service_resolved"
     assert await client.app[ROUTER].waiting("orders") == []
+
+
+@pytest.fixture
+def round_trips(client, monkeypatch) -> list[tuple]:
+    """Every batch the turns send to Redis about the customer, one per round trip (the tests
+    using it have one customer: its address or its `{cust:<id>}` keys)."""
+    batcher, sent = client.app[REDIS_BATCH], []
+    execute = batcher.execute
+
+    async def counted(*commands):
+        if any(CUSTOMER in str(arg) or "{cust:" in str(arg) for c in commands for arg in c):
+            sent.append(commands)
+        return await execute(*commands)
+
+    monkeypatch.setattr(batcher, "execute", counted)
+    return sent
+
+
+async def test_every_turn_costs_two_redis_round_trips(client, redis_client, round_trips):
+    await text(client, CUSTOMER, "I need to track my order")  # new customer
+    assert len(round_trips) == 2
+    await text(client, CUSTOMER, "yes")
+    assert len(round_trips) == 4
+    first = round_trips[-1]
+    round_trips.clear()
+
+    # A returning customer's new contact: the earlier contacts come with round trip 1.
+    assert "Did that help?" in (await text(client, CUSTOMER, "I want to change my address"))[-1]
+    assert len(round_trips) == 2
+    earlier = (await conversation(redis_client))["earlier"]
+    assert [(c["contact_type"], c["outcome"]) for c in earlier] == \
+        [("track_order", "self_service_resolved")]
+    assert any(c[0] == "HSET" and c[1].endswith(":contacts") for c in first)
+
+
+async def test_a_customer_linked_from_the_directory_brings_their_history(client, db,
+                                                                        redis_client):
+    """Ops link a second number: its first contact reads the customer's whole history once
+    and copies it to the new number, so its next contacts need no extra round trip."""
+    other = "+15555550999"
+    await upsert_customer(db, redis_client, identities=[("phone", CUSTOMER)], display_name=None,
+                          attributes={})
+    await text(client, CUSTOMER, "I need to track my order")
+    await text(client, CUSTOMER, "yes")
+    await upsert_customer(db, redis_client, identities=[("phone", CUSTOMER), ("phone", other)],
+                          display_name=None, attributes={})
+    assert await redis_client.get(f"sb:{{phone:{CUSTOMER}}}:ident") is None  # every link dropped
+    await text(client, other, "I want to change my address")
+    [earlier] = (await conversation(redis_client, other))["earlier"]
+    assert earlier["contact_type"] == "track_order"
+    copied = await redis_client.hgetall(f"sb:{{phone:{other}}}:contacts")
+    assert {json.loads(v)["contact_type"] for v in copied.values()} == \
+        {"track_order", "change_shipping_address"}
 
 
 async def test_self_service_answer_rejected_escalates_with_context(client, db, redis_client):
