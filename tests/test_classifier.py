@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from service.catalog import load_catalog
 from service.classifier import (TEMPERATURE, Prediction, _TokenColumns, features, train,
                                 wants_agent)
+from service.embeddings import embedder
 from service.rules import load_rules
 from service.yamlfile import ConfigError
 
@@ -161,6 +163,48 @@ def test_fast_path_gives_exactly_the_reference_predictions(retail):
         if any(c.isalpha() for c in text):
             assert prediction.confidence == prediction.ranked[0][1]
             assert prediction.out_of_scope == bool(expected[-1] > expected[order[0]])
+
+
+def test_embeddings_know_words_the_examples_never_use():
+    """No word of these messages is in their type's examples: n-grams alone guess the right
+    type without conviction; with sentence embeddings the guess is confident."""
+    plain, embedded = train(TINY), train(TINY, embedder=embedder("wordllama"))
+    for text, contact_type in [("shipment status?", "track"), ("return the cash", "refund"),
+                               ("when will the package arrive", "track")]:
+        assert plain.predict(text).confidence < 0.7
+        prediction = embedded.predict(text)
+        assert (prediction.contact_type, prediction.confidence > 0.75) == (contact_type, True)
+    assert embedded.predict("where is my parcel").contact_type == "track"
+
+
+def test_catalog_embeddings_are_trained_on_rules_load(tmp_path):
+    rules_dir = tmp_path / "rules"
+    shutil.copytree(DATA.parent, rules_dir, ignore=shutil.ignore_patterns("bank"))
+    catalog_file = rules_dir / "catalog.yaml"
+    catalog_file.write_text(catalog_file.read_text().replace(
+        "\nclassifier:\n", "\nclassifier:\n  embeddings: wordllama\n", 1))
+    plain, embedded = load_rules(DATA.parent), load_rules(rules_dir)
+    assert embedded.catalog.embeddings == "wordllama" and plain.catalog.embeddings is None
+    assert embedded.classifier._embedder is embedder("wordllama")
+    assert plain.classifier._embedder is None
+    assert embedded.digest != plain.digest  # a reload that turns them on retrains
+    assert embedded.classifier.predict("I want to cancel my order").contact_type == \
+        "cancel_order"
+
+
+@pytest.mark.parametrize("value, available, message", [
+    ("bert", True, "rules/catalog.yaml:3: unknown embeddings 'bert' (known: wordllama) "
+                   "(classifier -> embeddings)"),
+    ("wordllama", False, "rules/catalog.yaml:3: embeddings 'wordllama' are not installed; "
+                         "install the embeddings extra: pip install 'switchboard[embeddings]' "
+                         "(classifier -> embeddings)"),
+])
+def test_catalog_embeddings_errors(tmp_path, monkeypatch, value, available, message):
+    monkeypatch.setattr("service.catalog.installed", lambda name: available)
+    write_catalog(tmp_path, f"  embeddings: {value}")
+    with pytest.raises(ConfigError) as error:
+        load_catalog(tmp_path, "rules")
+    assert str(error.value) == message
 
 
 def test_columns_of_words_outside_the_vocabulary_are_kept_within_a_bound():

@@ -205,6 +205,17 @@ contact_types:
     assert (report["train_rows"], report["train_oos_rows"], report["test_oos_rows"]) == (30, 10, 1)
 
 
+def test_cli_with_embeddings_says_so_and_scores_unseen_wording(train_csv, tmp_path, capsys):
+    test = write(tmp_path / "test.csv", "text,contact_type\nshipment status?,track\n"
+                                        "return the cash,refund\n")
+    assert run_cli("--train", str(train_csv), "--test", str(test), "--embeddings", "wordllama",
+                   "--format", "json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["embeddings"] == "wordllama" and report["in_scope_accuracy"] == 1.0
+    assert run_cli("--train", str(train_csv), "--test", str(test)) == 0
+    assert "\nfeatures             word and character n-grams\n" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--train", "{tmp}/missing.csv"], "no such file: {tmp}/missing.csv"),
     (["--train", "{train}", "--label-col", "topic"], "has no column 'topic'"),
