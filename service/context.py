@@ -38,6 +38,7 @@ from service.redis_batch import Command, CommandBatcher
 IDENTITY_TTL_S = 30 * 86400
 SEEN_TTL_S = 86400
 CONTACTS_TTL_S = 30 * 86400
+KEPT_CONTACTS = 50  # summaries per hash: every turn reads its address's whole hash
 PENDING = b"pending"
 IDLE_INDEX = "sb:sms:idle"
 SUMMARY_FIELDS = ("contact_id", "channel", "contact_type", "started_at", "ended_at", "status",
@@ -135,10 +136,12 @@ class ContextStore:
                           *, customer: dict[str, Any] | None = None,
                           summaries: Sequence[dict[str, Any]] = (),
                           seed: Sequence[dict[str, Any]] = (),
+                          forget: Sequence[str] = (),
                           opt_out: bool | None = None) -> None:
         """Round trip 2: save the conversation and the reply, and what changed about the
         customer: its link, the summaries of the `summaries` conversations, and `seed`
-        (summaries read from the customer's hash) copied to this address."""
+        (summaries read from the customer's hash) copied to this address; `forget` drops
+        the summaries of old contacts beyond KEPT_CONTACTS."""
         tag = _tag(inbound)
         commands = self._save(conversation_key(inbound), conversation) + _remember(inbound, reply)
         if customer is not None:
@@ -151,6 +154,10 @@ class ContextStore:
             commands += _summary(conv)
         if seed:
             commands += _seed(address_contacts_key(*identity_of(inbound)), seed)
+        if forget:
+            customer_id = conversation["customer_id"]
+            for key in (address_contacts_key(*identity_of(inbound)), contacts_key(customer_id)):
+                commands.append(("HDEL", key, *forget))
         await self.redis.execute(*commands)
 
     async def remember_reply(self, inbound: Inbound, reply: Reply) -> None:

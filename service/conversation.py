@@ -14,7 +14,8 @@ import structlog
 
 from service import prompts
 from service.classifier import wants_agent
-from service.context import ContextStore, TurnStart, identity_of, newest_first
+from service.context import (KEPT_CONTACTS, ContextStore, TurnStart, identity_of,
+                             newest_first)
 from service.events import Event, EventWriter
 from service.ids import new_uuid
 from service.model import Choice, Inbound, Reply
@@ -50,6 +51,7 @@ class Turn:
     history: Any = None  # the address's recent contacts, as read in round trip 1
     ended: list[dict[str, Any]] = field(default_factory=list)  # closed before this one opened
     seed: list[dict[str, Any]] = field(default_factory=list)  # history to copy to the address
+    forget: list[str] = field(default_factory=list)  # contacts too old to keep a summary of
 
     def summaries(self) -> list[dict[str, Any]]:
         return self.ended + ([self.conversation] if self.summary_changed else [])
@@ -143,7 +145,8 @@ class Conversations:
         turn.conversation["last_at"] = now
         await self._context.commit_turn(inbound, turn.conversation, reply,
                                         customer=None if linked else customer,
-                                        summaries=turn.summaries(), seed=turn.seed)
+                                        summaries=turn.summaries(), seed=turn.seed,
+                                        forget=turn.forget)
         self._events.emit(*turn.events)
         if reply.queue:  # offer only once the queued state is saved, or an accept could race it
             await self._handoff.dispatch()
@@ -195,9 +198,13 @@ class Conversations:
         """From round trip 1 when the address's link was in Redis; otherwise the address was
         (re)linked from PostgreSQL, so read the customer's own hash and copy it over."""
         if turn.history is not None:
-            return newest_first(turn.history)
-        turn.seed = await self._context.recent_contacts(turn.customer["customer_id"])
-        return turn.seed
+            earlier = newest_first(turn.history)
+        else:
+            earlier = turn.seed = await self._context.recent_contacts(turn.customer["customer_id"])
+        if len(earlier) > KEPT_CONTACTS:
+            turn.forget = [c["contact_id"] for c in earlier[KEPT_CONTACTS:]]
+            del earlier[KEPT_CONTACTS:]  # the seed too: it is the same list
+        return earlier
 
     async def _respond(self, turn: Turn, keyword: str) -> Reply:
         conv, inbound = turn.conversation, turn.inbound

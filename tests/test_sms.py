@@ -110,6 +110,26 @@ async def test_a_customer_linked_from_the_directory_brings_their_history(client,
         {"track_order", "change_shipping_address"}
 
 
+async def test_only_the_newest_contacts_keep_a_summary(client, redis_client, monkeypatch):
+    """Every turn reads its address's summaries: a frequent customer's must not grow forever."""
+    import service.conversation
+
+    monkeypatch.setattr(service.conversation, "KEPT_CONTACTS", 2)
+    contacts = []
+    for words in ("I need to track my order", "I forgot my password",
+                  "I want to change my address"):
+        assert (await text(client, CUSTOMER, words))[-1] == "Did that help? Reply YES or NO."
+        contacts.append((await conversation(redis_client))["contact_id"])
+        await text(client, CUSTOMER, "yes")
+    await text(client, CUSTOMER, "I want to cancel my order")
+    state = await conversation(redis_client)
+    assert [c["contact_id"] for c in state["earlier"]] == contacts[:0:-1]
+    kept = {contacts[1], contacts[2], state["contact_id"]}
+    address = await redis_client.hgetall(f"sb:{{phone:{CUSTOMER}}}:contacts")
+    customer = await redis_client.hgetall(f"sb:{{cust:{state['customer_id']}}}:contacts")
+    assert {k.decode() for k in address} == kept == {k.decode() for k in customer}
+
+
 async def test_self_service_answer_rejected_escalates_with_context(client, db, redis_client):
     await text(client, CUSTOMER, "I forgot my password and can't log in")
     reply = await text(client, CUSTOMER, "NO")
