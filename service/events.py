@@ -154,8 +154,9 @@ class EventWriter:
 
     async def close(self) -> None:
         if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            async with self._flushing:  # never cancel a COPY halfway: it would leak its file
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
         done = await self.flush()
         if not done:
             log.error("events.left_in_spool", segments=len(self._backlog), spool=str(self._spool))
@@ -178,13 +179,17 @@ class EventWriter:
     async def _write(self, segment: _Segment) -> int:
         if not await asyncio.to_thread(segment.whole_lines):
             return 0
+        with open(segment.path, "rb") as lines:  # asyncpg leaks a file it opens when cancelled
+            return await self._copy(lines)
+
+    async def _copy(self, lines) -> int:
         async with self._pool.acquire(timeout=5) as conn, conn.transaction():
             await conn.execute(STAGE_SQL)
             # asyncpg reads the file in a thread, piecewise. CSV has no backslash escapes, and
             # with control bytes as delimiter and quote it takes each line verbatim: the
             # ASCII-only JSON of to_line never contains them.
             status = await conn.copy_to_table(
-                "incoming_lines", source=segment.path, columns=["line"], format="csv",
+                "incoming_lines", source=lines, columns=["line"], format="csv",
                 delimiter="\x02", quote="\x01")
             await conn.execute(UNPACK_SQL + PROJECT_SQL)
         return int(status.split()[-1])  # "COPY <rows>"
