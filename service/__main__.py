@@ -71,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--web-id", action="append", default=[],
                      help="the customer id your site signs for the chat widget")
     add.add_argument("--name")
+    add.add_argument("--customer", metavar="ID",
+                     help="update this customer; identities other customers own move to it")
     add.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE",
                      help="customer field used by routing, e.g. tier=vip")
     add.set_defaults(func=cmd_customers_add)
@@ -202,7 +204,7 @@ def cmd_customers_add(args: argparse.Namespace, settings: Settings) -> int:
     import asyncpg
     import redis.asyncio as redis
 
-    from service.customers import upsert_customer
+    from service.customers import CustomerError, upsert_customer
     from service.migrate import migrate
 
     identities = [("phone", p) for p in args.phone] + [("email", e.lower()) for e in args.email]
@@ -222,13 +224,18 @@ def cmd_customers_add(args: argparse.Namespace, settings: Settings) -> int:
         try:
             await migrate(conn)
             return await upsert_customer(conn, client, identities=identities,
-                                         display_name=args.name, attributes=attributes)
+                                         display_name=args.name, attributes=attributes,
+                                         customer_id=args.customer)
         finally:
             await conn.close()
             await client.aclose()
 
     with _servers(settings) as ready:
-        print(asyncio.run(run(ready)))
+        try:
+            print(asyncio.run(run(ready)))
+        except CustomerError as exc:
+            print(f"switchboard: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

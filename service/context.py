@@ -41,7 +41,7 @@ CONTACTS_TTL_S = 30 * 86400
 KEPT_CONTACTS = 50  # summaries per hash: every turn reads its address's whole hash
 PENDING = b"pending"
 IDLE_INDEX = "sb:sms:idle"
-SUMMARY_FIELDS = ("contact_id", "channel", "contact_type", "started_at", "ended_at", "status",
+SUMMARY_FIELDS = ("contact_id", "customer_id", "channel", "contact_type", "started_at", "ended_at", "status",
                   "outcome", "queue", "reason")
 
 # orjson: the conversation state is encoded and decoded on every turn, ~40 us with json.
@@ -135,12 +135,12 @@ class ContextStore:
     async def commit_turn(self, inbound: Inbound, conversation: dict[str, Any], reply: Reply,
                           *, customer: dict[str, Any] | None = None,
                           summaries: Sequence[dict[str, Any]] = (),
-                          seed: Sequence[dict[str, Any]] = (),
+                          seed: Sequence[dict[str, Any]] | None = None,
                           forget: Sequence[str] = (),
                           opt_out: bool | None = None) -> None:
         """Round trip 2: save the conversation and the reply, and what changed about the
-        customer: its link, the summaries of the `summaries` conversations, and `seed`
-        (summaries read from the customer's hash) copied to this address; `forget` drops
+        customer: its link, `seed` (summaries read from the customer's hash) as this
+        address's copy, the summaries of the `summaries` conversations; `forget` drops
         the summaries of old contacts beyond KEPT_CONTACTS."""
         tag = _tag(inbound)
         commands = self._save(conversation_key(inbound), conversation) + _remember(inbound, reply)
@@ -150,10 +150,10 @@ class ContextStore:
             commands.append(("SET", f"{tag}:optout:{inbound.channel}", 1))
         elif opt_out is False:
             commands.append(("DEL", f"{tag}:optout:{inbound.channel}"))
+        if seed is not None:
+            commands += _seed(address_contacts_key(*identity_of(inbound)), seed)
         for conv in summaries:
             commands += _summary(conv)
-        if seed:
-            commands += _seed(address_contacts_key(*identity_of(inbound)), seed)
         if forget:
             customer_id = conversation["customer_id"]
             for key in (address_contacts_key(*identity_of(inbound)), contacts_key(customer_id)):
@@ -248,9 +248,12 @@ def _remember(inbound: Inbound, reply: Reply) -> list[Command]:
              "EX", SEEN_TTL_S)]
 
 
-def newest_first(raw: Any) -> list[dict[str, Any]]:
-    """Summaries as HGETALL returned them, newest contact first."""
+def newest_first(raw: Any, customer_id: str | None = None) -> list[dict[str, Any]]:
+    """Summaries as HGETALL returned them, newest contact first; only the given customer's,
+    since an address ops moved to another customer may still hold its old owner's."""
     contacts = [orjson.loads(v) for v in _pairs(raw or ()).values()]
+    if customer_id is not None:
+        contacts = [c for c in contacts if c.get("customer_id", customer_id) == customer_id]
     return sorted(contacts, key=lambda c: c["started_at"], reverse=True)
 
 
@@ -266,8 +269,11 @@ def _summary(conv: dict[str, Any]) -> list[Command]:
 
 
 def _seed(key: str, summaries: Sequence[dict[str, Any]]) -> list[Command]:
+    """Rebuild an address's copy from its customer's hash, dropping whatever it held before."""
     fields = [part for s in summaries for part in (s["contact_id"], _dumps(s))]
-    return [("HSET", key, *fields), ("EXPIRE", key, CONTACTS_TTL_S)]
+    if not fields:
+        return [("DEL", key)]
+    return [("DEL", key), ("HSET", key, *fields), ("EXPIRE", key, CONTACTS_TTL_S)]
 
 
 def _pairs(raw: Any) -> dict[bytes, bytes]:

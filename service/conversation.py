@@ -50,7 +50,7 @@ class Turn:
     summary_changed: bool = False
     history: Any = None  # the address's recent contacts, as read in round trip 1
     ended: list[dict[str, Any]] = field(default_factory=list)  # closed before this one opened
-    seed: list[dict[str, Any]] = field(default_factory=list)  # history to copy to the address
+    seed: list[dict[str, Any]] | None = None  # when relinked: history to copy to the address
     forget: list[str] = field(default_factory=list)  # contacts too old to keep a summary of
 
     def summaries(self) -> list[dict[str, Any]]:
@@ -180,6 +180,7 @@ class Conversations:
             turn.ended.append(conv)
             conv = turn.conversation = {}
         if conv:
+            conv["identities"] = turn.customer["identities"]  # ops may have moved one since
             return
         earlier = await self._earlier_contacts(turn)
         conv.update(
@@ -198,7 +199,7 @@ class Conversations:
         """From round trip 1 when the address's link was in Redis; otherwise the address was
         (re)linked from PostgreSQL, so read the customer's own hash and copy it over."""
         if turn.history is not None:
-            earlier = newest_first(turn.history)
+            earlier = newest_first(turn.history, turn.customer["customer_id"])
         else:
             earlier = turn.seed = await self._context.recent_contacts(turn.customer["customer_id"])
         if len(earlier) > KEPT_CONTACTS:

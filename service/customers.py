@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import redis.asyncio as redis
 
-from service.context import identity_key
+from service.context import address_contacts_key, identity_key
 
 
 async def find_customer(pool: asyncpg.Pool, kind: str, value: str) -> dict[str, Any] | None:
@@ -32,30 +32,57 @@ async def find_customer(pool: asyncpg.Pool, kind: str, value: str) -> dict[str, 
             "identities": [list(pair) for pair in row["identities"]]}
 
 
+class CustomerError(ValueError):
+    """Ops asked for something the directory cannot do; nothing was changed."""
+
+
 async def upsert_customer(conn: asyncpg.Connection, client: redis.Redis, *,
                           identities: list[tuple[str, str]], display_name: str | None,
-                          attributes: dict[str, str]) -> str:
-    """Create or update the customer owning these identities; return its id."""
+                          attributes: dict[str, str], customer_id: str | None = None) -> str:
+    """Create or update the customer owning these identities, or the one named by
+    `customer_id` (identities other customers own move to it); return its id."""
     async with conn.transaction():
-        existing = await conn.fetchval(
-            "SELECT customer_id FROM customer_identities WHERE (kind, value) IN "
-            "(SELECT * FROM unnest($1::text[], $2::text[])) LIMIT 1",
+        owners = await conn.fetch(
+            "SELECT kind, value, customer_id FROM customer_identities WHERE (kind, value) IN "
+            "(SELECT * FROM unnest($1::text[], $2::text[])) ORDER BY kind, value FOR UPDATE",
             [k for k, _ in identities], [v for _, v in identities])
-        customer_id = existing or uuid.uuid4()
+        target = _target(owners, customer_id)
+        if customer_id is not None and not await conn.fetchval(
+                "SELECT true FROM customers WHERE id = $1", target):
+            raise CustomerError(f"no customer {customer_id}")
         await conn.execute(
             """INSERT INTO customers (id, display_name, attributes) VALUES ($1, $2, $3::jsonb)
                ON CONFLICT (id) DO UPDATE SET
                  display_name = coalesce(EXCLUDED.display_name, customers.display_name),
                  attributes = customers.attributes || EXCLUDED.attributes""",
-            customer_id, display_name, json.dumps(attributes))
-        for kind, value in identities:
-            await conn.execute(
-                """INSERT INTO customer_identities (kind, value, customer_id, verified)
-                   VALUES ($1, $2, $3, true) ON CONFLICT (kind, value)
-                   DO UPDATE SET customer_id = EXCLUDED.customer_id, verified = true""",
-                kind, value, customer_id)
+            target, display_name, json.dumps(attributes))
+        await conn.executemany(
+            """INSERT INTO customer_identities (kind, value, customer_id, verified)
+               VALUES ($1, $2, $3, true) ON CONFLICT (kind, value)
+               DO UPDATE SET customer_id = EXCLUDED.customer_id, verified = true""",
+            [(kind, value, target) for kind, value in identities])
+        touched = {target} | {r["customer_id"] for r in owners}
         linked = await conn.fetch(
-            "SELECT kind, value FROM customer_identities WHERE customer_id = $1", customer_id)
-    # Every address's cached link lists all the others: drop them all, not just the new ones.
-    await client.delete(*(identity_key(r["kind"], r["value"]) for r in linked))
-    return str(customer_id)
+            "SELECT kind, value FROM customer_identities WHERE customer_id = ANY($1::uuid[])",
+            list(touched))
+    # Every address's cached link lists all of its customer's others: drop them all, the
+    # previous owners' too. A moved address's summaries were its old owner's: drop them.
+    moved = [(r["kind"], r["value"]) for r in owners if r["customer_id"] != target]
+    await client.delete(*(identity_key(r["kind"], r["value"]) for r in linked),
+                        *(address_contacts_key(kind, value) for kind, value in moved))
+    return str(target)
+
+
+def _target(owners: list[asyncpg.Record], customer_id: str | None) -> uuid.UUID:
+    if customer_id is not None:
+        try:
+            return uuid.UUID(customer_id)
+        except ValueError:
+            raise CustomerError(f"not a customer id: {customer_id!r}") from None
+    found = {r["customer_id"] for r in owners}
+    if len(found) > 1:
+        listed = ", ".join(f"{r['kind']} {r['value']} belongs to {r['customer_id']}"
+                           for r in owners)
+        raise CustomerError(f"these identities belong to different customers ({listed}); "
+                               "name the one that keeps them (--customer ID)")
+    return found.pop() if found else uuid.uuid4()

@@ -56,3 +56,33 @@ def test_rules_test_can_classify_text(capsys):
     decision = json.loads(capsys.readouterr().out)
     assert decision["input"]["contact_type"] == "recover_password"
     assert decision["route_path"] == "root > accounts"
+
+
+async def test_customers_add_moves_an_address_only_to_a_named_customer(monkeypatch, capsys,
+                                                                       database_url, redis_url):
+    import asyncio
+    use_servers(monkeypatch, database_url, redis_url)
+
+    async def add(*args: str) -> tuple[int, str, str]:
+        code = await asyncio.to_thread(main, ["customers", "add", *args])
+        out, err = capsys.readouterr()
+        return code, out.strip(), err
+
+    code, ana, _ = await add("--phone", "+15555550401", "--name", "Ana")
+    assert code == 0
+    code, ben, _ = await add("--phone", "+15555550402", "--name", "Ben")
+    assert code == 0 and ben != ana
+    code, out, err = await add("--phone", "+15555550401", "--phone", "+15555550402")
+    assert code == 2 and out == ""
+    assert f"phone +15555550401 belongs to {ana}" in err and "--customer ID" in err
+    assert (await add("--phone", "+15555550401", "--customer", "nobody"))[2] == \
+        "switchboard: not a customer id: 'nobody'\n"
+    missing = "00000000-0000-0000-0000-000000000404"
+    assert (await add("--phone", "+15555550401", "--customer", missing))[2] == \
+        f"switchboard: no customer {missing}\n"
+    assert await add("--phone", "+15555550401", "--customer", ben) == (0, ben, "")
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=1) as pool:
+        owners = await pool.fetch("SELECT value, customer_id::text AS owner FROM "
+                                  "customer_identities WHERE value LIKE '+1555555040_'")
+    assert {r["value"]: r["owner"] for r in owners} == {"+15555550401": ben,
+                                                        "+15555550402": ben}

@@ -110,6 +110,62 @@ async def test_a_customer_linked_from_the_directory_brings_their_history(client,
         {"track_order", "change_shipping_address"}
 
 
+async def test_an_address_moved_to_another_customer_takes_none_of_its_old_history(
+        client, db, redis_client):
+    """Ops move a number from Ana to Ben: Ben's texts from it must not see Ana's contacts (nor
+    be taken for her repeat contact), and Ana's open contact stops copying to the number."""
+    import service.customers
+
+    ana_home, ben = "+15555550777", "+15555550888"
+    ana = await upsert_customer(db, redis_client, identities=[("phone", CUSTOMER),
+                                ("phone", ana_home)], display_name="Ana", attributes={})
+    ben_id = await upsert_customer(db, redis_client, identities=[("phone", ben)],
+                                   display_name="Ben", attributes={})
+    await text(client, CUSTOMER, "I need to track my order")
+    await text(client, CUSTOMER, "yes")
+    await text(client, ana_home, "I forgot my password")  # left open: Ana's, on her home phone
+    await text(client, ben, "I want to change my address")
+    await text(client, ben, "yes")
+
+    with pytest.raises(service.customers.CustomerError, match="different customers"):
+        await upsert_customer(db, redis_client, identities=[("phone", ben), ("phone", CUSTOMER)],
+                              display_name=None, attributes={})
+    assert await db.fetchval("SELECT customer_id::text FROM customer_identities "
+                             "WHERE value = $1", CUSTOMER) == ana  # the refusal changed nothing
+
+    await upsert_customer(db, redis_client, identities=[("phone", CUSTOMER)], display_name=None,
+                          attributes={}, customer_id=ben_id)
+    for phone in (CUSTOMER, ana_home, ben):  # every link of both customers is stale now
+        assert await redis_client.get(f"sb:{{phone:{phone}}}:ident") is None
+    assert await redis_client.exists(f"sb:{{phone:{CUSTOMER}}}:contacts") == 0
+
+    await text(client, ana_home, "no")  # Ana's open contact ends: escalated
+    copy = await redis_client.hgetall(f"sb:{{phone:{CUSTOMER}}}:contacts")
+    assert {json.loads(v)["customer_id"] for v in copy.values()} <= {ben_id}
+
+    reply = await text(client, CUSTOMER, "I need to track my order")
+    assert reply[-1] == "Did that help? Reply YES or NO."  # not Ana's repeat contact
+    state = await conversation(redis_client)
+    assert state["customer_id"] == ben_id
+    assert [c["contact_type"] for c in state["earlier"]] == ["change_shipping_address"]
+
+
+async def test_summaries_of_another_customer_in_an_address_copy_are_ignored(client,
+                                                                           redis_client):
+    """A write racing an ops move can leave the old owner's summary behind: reads skip it."""
+    await text(client, CUSTOMER, "I need to track my order")
+    await text(client, CUSTOMER, "yes")
+    mine = await redis_client.hgetall(f"sb:{{phone:{CUSTOMER}}}:contacts")
+    [stranger] = [json.loads(v) for v in mine.values()]
+    stranger.update(contact_id="00000000-0000-0000-0000-00000000beef", started_at=9e9,
+                    customer_id="00000000-0000-0000-0000-00000000dead")
+    await redis_client.hset(f"sb:{{phone:{CUSTOMER}}}:contacts", stranger["contact_id"],
+                            json.dumps(stranger))
+    await text(client, CUSTOMER, "I want to change my address")
+    earlier = (await conversation(redis_client))["earlier"]
+    assert [c["contact_id"] for c in earlier] == [c.decode() for c in mine]
+
+
 async def test_only_the_newest_contacts_keep_a_summary(client, redis_client, monkeypatch):
     """Every turn reads its address's summaries: a frequent customer's must not grow forever."""
     import service.conversation
