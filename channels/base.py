@@ -26,6 +26,7 @@ class ChannelConfig:
     fallback_queue: Callable[[], str] = lambda: "general"  # where callers go when a turn fails
     subscribe: Subscribe | None = None
     chat_identity_secret: str = ""
+    chat_origins: tuple[str, ...] = ()  # sites whose pages may open /chat/ws; empty: any
 
 
 class Channel(Protocol):

@@ -14,6 +14,7 @@ import re
 import secrets
 import weakref
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import WSCloseCode, web
@@ -38,12 +39,20 @@ class WebChat:
         self._handle = handle
         self._subscribe = config.subscribe
         self._secret = config.chat_identity_secret.encode()
+        own = urlsplit(config.public_url)
+        self._origins = frozenset(config.chat_origins) | {f"{own.scheme}://{own.netloc}".lower()}
+        self._any_origin = not config.chat_origins
         self._sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/chat/ws", self.websocket)]
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        origin = request.headers.get("Origin")
+        # Browsers always send Origin; other clients cannot ride on a visitor's page.
+        if origin is not None and not self._any_origin and origin.lower() not in self._origins:
+            log.warning("chat.origin_refused", origin=origin)
+            raise web.HTTPForbidden(text="this site may not open the chat")
         ws = await open_socket(request, self._sockets, MAX_FRAME_BYTES)
         start = await self._first_frame(ws)
         if start is None:

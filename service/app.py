@@ -55,7 +55,8 @@ def create_app(settings: Settings) -> web.Application:
     config = ChannelConfig(settings.public_url, settings.twilio_auth_token,
                            fallback_queue=lambda: default_queue(app),
                            subscribe=lambda topic: app[BUS].subscription(topic),
-                           chat_identity_secret=settings.chat_identity_secret)
+                           chat_identity_secret=settings.chat_identity_secret,
+                           chat_origins=settings.chat_origins)
     app[CHANNELS] = [cls(config, lambda inbound: handle_turn(app, inbound))
                      for cls in REGISTRY.values()]
     for channel in app[CHANNELS]:

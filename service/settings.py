@@ -28,6 +28,7 @@ class Settings:
     twilio_account_sid: str = ""
     twilio_api_base_url: str = "https://api.twilio.com"
     chat_identity_secret: str = ""
+    chat_origins: tuple[str, ...] = ()  # empty: the widget may be embedded on any site
     offer_timeout_s: int = 20
     rules_dir: Path = Path("routing_rules")
     data_dir: Path = Path(".switchboard")
@@ -54,6 +55,7 @@ ENV_VARS = {
     "TWILIO_ACCOUNT_SID": "twilio_account_sid",
     "TWILIO_API_BASE_URL": "twilio_api_base_url",
     "SWITCHBOARD_CHAT_IDENTITY_SECRET": "chat_identity_secret",
+    "SWITCHBOARD_CHAT_ORIGINS": "chat_origins",
     "SWITCHBOARD_OFFER_TIMEOUT_S": "offer_timeout_s",
     "SWITCHBOARD_RULES_DIR": "rules_dir",
     "SWITCHBOARD_DATA_DIR": "data_dir",
@@ -101,6 +103,17 @@ def _url_with_scheme(*schemes: str):
     return parse
 
 
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = []
+    for item in (part.strip() for part in raw.split(",")):
+        parts = urlsplit(item)
+        if parts.scheme not in ("http", "https") or not parts.netloc or \
+                parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"{item!r} is not an origin like https://shop.example.com")
+        origins.append(f"{parts.scheme}://{parts.netloc}".lower())
+    return tuple(origins)
+
+
 def _choice(*options: str):
     def parse(raw: str) -> str:
         if raw.lower() not in options:
@@ -127,6 +140,7 @@ PARSERS = {
     "twilio_account_sid": str,
     "twilio_api_base_url": _http_url,
     "chat_identity_secret": str,
+    "chat_origins": _origins,
     "offer_timeout_s": _positive_int,
     "rules_dir": _directory,
     "data_dir": _directory,

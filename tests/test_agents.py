@@ -7,6 +7,7 @@ import json
 from contextlib import asynccontextmanager
 
 import pytest
+from aiohttp import WSServerHandshakeError
 from aiohttp.test_utils import TestClient, TestServer
 
 from service.agents import add_agent
@@ -285,6 +286,26 @@ async def test_chat_bad_input_is_refused_and_floods_are_limited(app_settings, db
         await big.send_str(json.dumps({"type": "start", "session": None, "x": "y" * 20_000}))
         closing = await big.receive()
         assert closing.type.name in ("CLOSE", "CLOSED", "ERROR")
+
+
+async def test_only_allowed_sites_may_open_the_chat(app_settings, db):
+    allowed = with_settings(app_settings, chat_origins=("https://shop.example.com",))
+    async with instance(allowed) as client:
+        with pytest.raises(WSServerHandshakeError) as refused:
+            await client.ws_connect("/chat/ws", headers={"Origin": "https://evil.example"})
+        assert refused.value.status == 403
+        for origin in ("https://shop.example.com", "https://SHOP.example.com",
+                       allowed.public_url, None):  # the service's own /chat, a non-browser
+            headers = {"Origin": origin} if origin else {}
+            ws = await client.ws_connect("/chat/ws", headers=headers)
+            await ws.send_json({"type": "start", "session": None})
+            assert (await ChatSocket(ws).next("session"))["session"]
+            await ws.close()
+    async with instance(app_settings) as anywhere:  # no list: the widget may be on any site
+        ws = await anywhere.ws_connect("/chat/ws", headers={"Origin": "https://evil.example"})
+        await ws.send_json({"type": "start", "session": None})
+        assert (await ChatSocket(ws).next("session"))["session"]
+        await ws.close()
 
 
 async def test_a_verified_chat_visitor_is_linked_to_their_history(app_settings, db,

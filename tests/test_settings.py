@@ -42,3 +42,14 @@ def test_cli_prints_problems_without_a_traceback(monkeypatch, capsys):
     assert "SWITCHBOARD_PORT='70000': must be a TCP port between 1 and 65535" in err
     assert "Traceback" not in err
 
+
+
+def test_chat_origins_are_normalised_and_bad_ones_named():
+    parsed = settings_from_env({"SWITCHBOARD_CHAT_ORIGINS":
+                                "https://Shop.Example.com, http://localhost:3000/"})
+    assert parsed.chat_origins == ("https://shop.example.com", "http://localhost:3000")
+    with pytest.raises(SettingsError) as caught:
+        settings_from_env({"SWITCHBOARD_CHAT_ORIGINS": "https://shop.example.com/help,shop.io"})
+    assert caught.value.problems == [
+        "SWITCHBOARD_CHAT_ORIGINS='https://shop.example.com/help,shop.io': "
+        "'https://shop.example.com/help' is not an origin like https://shop.example.com"]
