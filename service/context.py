@@ -41,8 +41,8 @@ CONTACTS_TTL_S = 30 * 86400
 KEPT_CONTACTS = 50  # summaries per hash: every turn reads its address's whole hash
 PENDING = b"pending"
 IDLE_INDEX = "sb:sms:idle"
-SUMMARY_FIELDS = ("contact_id", "customer_id", "channel", "contact_type", "started_at", "ended_at", "status",
-                  "outcome", "queue", "reason")
+SUMMARY_FIELDS = ("contact_id", "customer_id", "channel", "contact_type", "started_at",
+                  "ended_at", "status", "outcome", "queue", "reason")
 
 # orjson: the conversation state is encoded and decoded on every turn, ~40 us with json.
 _dumps = functools.partial(orjson.dumps, option=orjson.OPT_NON_STR_KEYS)

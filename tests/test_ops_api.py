@@ -410,7 +410,10 @@ async def test_the_dashboard_page_and_its_files_need_no_token(ops_client):
     html = await page.text()
     assert '<script type="module" src="/ops/ops.js">' in html and "/ops/ops.css" in html
     urls = set(re.findall(r"https?://[^\s\"'`)]+", html))
-    for path, kind in (("/ops/ops.js", "application/javascript"), ("/ops/ops.css", "text/css")):
+    sheets = re.findall(r'<link rel="stylesheet" href="([^"]+)">', html)
+    assert sheets == ["/static/theme.css", "/ops/ops.css"]
+    files = [("/ops/ops.js", "application/javascript")] + [(s, "text/css") for s in sheets]
+    for path, kind in files:
         response = await ops_client.get(path)
         assert (response.status, response.content_type) == (200, kind)
         urls |= set(re.findall(r"https?://[^\s\"'`)]+", await response.text()))
