@@ -71,6 +71,19 @@ def watch_for_errors(page, errors: list[str]) -> None:
             else None)
 
 
+async def sign_in_available(agent, base: str, token: str):
+    """The agent signs in (starting away) and switches to available; returns the switch."""
+    await agent.goto(f"{base}/agent")
+    await agent.get_by_label("Agent token").fill(token)
+    await agent.get_by_role("button", name="Sign in").click()
+    presence = agent.get_by_role("switch")
+    await expect(presence).to_have_attribute("aria-checked", "false")
+    await presence.click()
+    await expect(presence).to_have_attribute("aria-checked", "true")
+    await expect(presence).to_contain_text("Available")
+    return presence
+
+
 async def test_chat_customer_reaches_an_agent_who_sees_everything(app_settings, db):
     token = await switchboard(app_settings, "agents", "add", "Dana", "--skills", SKILLS)
     await switchboard(app_settings, "customers", "add", "--phone", PHONE, "--web-id", WEB_ID,
@@ -97,16 +110,8 @@ async def test_chat_customer_reaches_an_agent_who_sees_everything(app_settings, 
             watch_for_errors(page, errors)
             page.set_default_timeout(TIMEOUT_MS)
         try:
-            # The agent signs in and goes available.
-            await agent.goto(f"{base}/agent")
-            await agent.get_by_label("Agent token").fill(token)
-            await agent.get_by_role("button", name="Sign in").click()
+            presence = await sign_in_available(agent, base, token)
             await expect(agent.locator("#agent-name")).to_have_text("Dana")
-            presence = agent.get_by_role("switch")
-            await expect(presence).to_have_attribute("aria-checked", "false")
-            await presence.click()
-            await expect(presence).to_have_attribute("aria-checked", "true")
-            await expect(presence).to_contain_text("Available")
 
             # The customer opens the chat on the shop's help page.
             await customer.goto(f"{base}/chat")
@@ -196,12 +201,7 @@ async def test_agent_console_survives_a_reload_and_customers_who_leave(app_setti
             watch_for_errors(page, errors)
             page.set_default_timeout(TIMEOUT_MS)
         try:
-            await agent.goto(f"{base}/agent")
-            await agent.get_by_label("Agent token").fill(token)
-            await agent.get_by_role("button", name="Sign in").click()
-            presence = agent.get_by_role("switch")
-            await presence.click()
-            await expect(presence).to_have_attribute("aria-checked", "true")
+            presence = await sign_in_available(agent, base, token)
 
             # An anonymous visitor asks for a person, then gives up while the offer is open.
             await customer.goto(f"{base}/chat")
