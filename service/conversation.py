@@ -7,7 +7,7 @@ identity + context (Redis) -> contact type (classifier) -> decision (routing tre
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable
 
 import structlog
@@ -93,7 +93,11 @@ class Conversations:
 
     async def handle(self, inbound: Inbound) -> Reply:
         if inbound.kind == "wait":
-            return await self._hold(inbound)
+            held = await self._hold(inbound)
+            if held is not None:
+                return held
+            # Held by the fallback while a turn failed: queue the caller for an agent, once.
+            inbound = replace(inbound, dedupe_key=f"{inbound.thread}:adopted")
         start = await self._context.begin_turn(inbound)
         if start.duplicate_of is not None:
             log.info("turn.duplicate", dedupe_key=inbound.dedupe_key)
@@ -221,6 +225,8 @@ class Conversations:
             return turn.reply(state="with_agent")
         if inbound.kind == "no_input":
             return await self._missed(turn, (), "no_input")
+        if inbound.kind == "wait":
+            return await self._escalate(turn, self._decide(turn), "technical_fallback")
         text = inbound.text.strip()
         if (inbound.kind == "digits" and text == "0") or wants_agent(text):
             return await self._escalate(turn, self._decide(turn), "requested_agent")
@@ -350,10 +356,13 @@ class Conversations:
                           state="queued", position=position.position, estimated_wait_s=wait_s,
                           queue=queue.name)
 
-    async def _hold(self, inbound: Inbound) -> Reply:
-        """A caller on hold asks for news: their real position, and nothing is recorded."""
+    async def _hold(self, inbound: Inbound) -> Reply | None:
+        """A caller on hold asks for news: their real position, and nothing is recorded.
+        None when no agent queue knows the caller: Twilio holds them because a turn failed."""
         conv = await self._context.conversation(inbound)
-        if not conv or conv["status"] != "queued":
+        if not conv or conv["status"] not in ("queued", "with_agent"):
+            return None
+        if conv["status"] != "queued":
             return Reply(state="queued", messages=("Thanks for holding.",))
         found = await self._router.position(conv["contact_id"])
         if found is None:

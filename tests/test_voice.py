@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from aiohttp.test_utils import TestClient, TestServer
+
 from service.appkeys import EVENTS, ROUTER
 from tests.twilio_driver import Call, check_twiml, post_signed, text
 
@@ -226,6 +228,41 @@ async def test_redis_down_still_gives_valid_twiml(settings, db):
     row = await db.fetchrow("SELECT kind, channel, data FROM contact_events")
     assert (row["kind"], row["channel"]) == ("turn_failed", "voice")
     assert json.loads(row["data"])["thread"] == call.sid
+
+
+async def test_callers_held_while_redis_was_down_reach_an_agent_queue_when_it_returns(
+        settings, client, db):
+    """The fallback holds callers in Twilio's queue when a turn fails; no agent queue knows
+    them yet. The first hold poll once Redis answers queues them, with what they said before."""
+    from service.app import create_app
+    from tests.conftest import with_settings
+
+    broken_app = create_app(with_settings(settings, redis_url="redis://127.0.0.1:1/0"))
+    async with TestClient(TestServer(broken_app)) as broken:
+        fresh = await Call(broken, CALLER).dial()  # Redis down from the start
+        await fresh.hold()
+        mid_menu = await Call(client, "+15555550189").dial()
+        await mid_menu.press("1")  # the answer, then "Did that help?"
+        mid_menu.client = broken  # Redis fails while the caller answers
+        await mid_menu.speak("no")
+        assert mid_menu.twiml.find("Enqueue").text == "general"
+        await broken.app[EVENTS].flush()
+
+    for call in (fresh, mid_menu):
+        call.client = client
+        await call.hold()
+        assert call.verbs() == ["Say", "Pause"]
+        assert call.said()[0].startswith("I'm connecting you to ")
+        await call.hold()  # later polls: the position, and no second entry
+        assert call.said()[0].startswith("You are number")
+    entries = [e for q in ("general", "orders") for e in await client.app[ROUTER].waiting(q)]
+    assert sorted((e["thread"], e["reason"]) for e in entries) == \
+        sorted([(fresh.sid, "technical_fallback"), (mid_menu.sid, "technical_fallback")])
+    [context] = [e["context"] for e in entries if e["thread"] == mid_menu.sid]
+    assert [m["text"] for m in context["transcript"] if m["from"] == "customer"] == \
+        ["[pressed 1]"]  # its "no" was never heard: that turn failed
+    kinds = [e["kind"] for e in await call_events(client, db, fresh)]
+    assert kinds == ["contact_started", "escalated", "queued"]
 
 
 def test_twiml_checker_rejects_undocumented_markup():

@@ -17,6 +17,7 @@ const REASONS = {
   repeat_contact: "Repeat contact: they got in touch about this recently",
   customer_left: "The customer left",
   timeout: "The offer timed out",
+  technical_fallback: "Put on hold after a technical problem",
 };
 const OUTCOMES = {
   self_service_resolved: "Solved by self-service",
