@@ -13,7 +13,6 @@ from typing import Any, Awaitable, Callable
 import structlog
 
 from service import prompts
-from service.classifier import wants_agent
 from service.context import (KEPT_CONTACTS, ContextStore, TurnStart, identity_of,
                              newest_first)
 from service.events import Event, EventWriter
@@ -22,6 +21,7 @@ from service.model import Choice, Inbound, Reply
 from service.handoff import Handoff
 from service.routing import Decision
 from service.rules import Rules
+from service.understanding import Understood, understand
 
 log = structlog.get_logger(__name__)
 
@@ -228,24 +228,21 @@ class Conversations:
         if inbound.kind == "wait":
             return await self._escalate(turn, self._decide(turn), "technical_fallback")
         text = inbound.text.strip()
-        if (inbound.kind == "digits" and text == "0") or wants_agent(text):
-            return await self._escalate(turn, self._decide(turn), "requested_agent")
         answer = text.lower().strip(" .!")
         if conv["status"] in ("confirming", "confirming_repeat") and answer in YES | NO:
             return await self._confirmed(turn, answer in YES)
-        chosen = _menu_choice(turn, text)
+        chosen = _clarifying_choice(turn, text)
         if chosen:
             return await self._classified(turn, chosen, 1.0, "menu")
-        if inbound.kind == "digits":
-            return await self._missed(turn, (), "invalid_input")
-        prediction = turn.rules.classifier.predict(text)
-        confidence = prediction.confidence * (inbound.input_confidence or 1.0)
-        if confidence >= turn.rules.catalog.threshold:
-            return await self._classified(turn, prediction.contact_type, confidence,
-                                          "speech" if inbound.input_confidence else "classifier")
-        if prediction.out_of_scope:  # not something we handle: offer the main menu instead
-            return await self._missed(turn, _main_menu(turn.rules), "out_of_scope")
-        return await self._missed(turn, prediction.ranked, "low_confidence")
+        understood = understand(turn.rules, inbound.kind, text, inbound.input_confidence)
+        if understood.via == "menu" and conv["status"] not in ("menu", "clarifying"):
+            understood = Understood("missed", reason="invalid_input")  # no menu was offered
+        if understood.outcome == "agent":
+            return await self._escalate(turn, self._decide(turn), "requested_agent")
+        if understood.outcome == "classified":
+            return await self._classified(turn, understood.contact_type, understood.confidence,
+                                          understood.via)
+        return await self._missed(turn, understood.ranked, understood.reason)
 
     def _resume(self, turn: Turn) -> Reply:
         """A chat reconnects with its session: the same contact, its transcript replayed."""
@@ -474,13 +471,6 @@ def agent_context(rules: Rules, conv: dict[str, Any], now: float) -> dict[str, A
             "earlier_contacts": list(conv.get("earlier", ())), "escalated_at": now}
 
 
-def _main_menu(rules: Rules, size: int = 3) -> tuple[tuple[str, float], ...]:
-    """The catalog's most common types (the phone menu's first keys), for "did you mean"."""
-    keyed = sorted((t for t in rules.catalog.types.values() if t.ivr_digit),
-                   key=lambda t: t.ivr_digit)
-    return tuple((t.id, 0.0) for t in keyed[:size])
-
-
 def _digit_menu(turn: Turn) -> tuple[Choice, ...]:
     types = sorted((t for t in turn.rules.catalog.types.values() if t.ivr_digit),
                    key=lambda t: t.ivr_digit)
@@ -488,13 +478,11 @@ def _digit_menu(turn: Turn) -> tuple[Choice, ...]:
         Choice("Talk to a person", "agent", "0"),)
 
 
-def _menu_choice(turn: Turn, text: str) -> str | None:
-    conv = turn.conversation
-    if turn.inbound.kind == "digits" and conv["status"] in ("menu", "clarifying"):
-        return next((t.id for t in turn.rules.catalog.types.values()
-                     if str(t.ivr_digit) == text), None)
-    menu = conv.get("menu") or []
-    if conv["status"] == "clarifying" and text.isdigit() and 1 <= int(text) <= len(menu):
+def _clarifying_choice(turn: Turn, text: str) -> str | None:
+    """A number typed to pick from the "did you mean" list (keys go by the IVR digits)."""
+    menu = turn.conversation.get("menu") or []
+    if turn.inbound.kind != "digits" and turn.conversation["status"] == "clarifying" and \
+            text.isdigit() and 1 <= int(text) <= len(menu):
         return menu[int(text) - 1]
     return None
 

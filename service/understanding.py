@@ -1,0 +1,48 @@
+"""Why the customer is contacting, from one message or key press. Pure: no I/O, so the
+conversation and `switchboard simulate` (replaying past traffic) share it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from service.classifier import wants_agent
+from service.rules import Rules
+
+
+@dataclass(frozen=True, slots=True)
+class Understood:
+    outcome: Literal["agent", "classified", "missed"]
+    contact_type: str | None = None
+    confidence: float = 0.0
+    via: str = ""  # classified: menu (a key), speech or classifier
+    reason: str = ""  # missed: invalid_input, out_of_scope or low_confidence
+    ranked: tuple[tuple[str, float], ...] = ()  # missed: what to offer in a "did you mean"
+
+
+def understand(rules: Rules, kind: str, text: str,
+               input_confidence: float | None = None) -> Understood:
+    """`kind` is the Inbound kind: "digits" for a key press, else words typed or spoken
+    (`input_confidence` is the speech recogniser's)."""
+    if (kind == "digits" and text == "0") or wants_agent(text):
+        return Understood("agent")
+    if kind == "digits":
+        chosen = next((t.id for t in rules.catalog.types.values() if str(t.ivr_digit) == text),
+                      None)
+        return Understood("classified", chosen, 1.0, "menu") if chosen else \
+            Understood("missed", reason="invalid_input")
+    prediction = rules.classifier.predict(text)
+    confidence = prediction.confidence * (input_confidence or 1.0)
+    if confidence >= rules.catalog.threshold:
+        return Understood("classified", prediction.contact_type, confidence,
+                          "speech" if input_confidence else "classifier")
+    if prediction.out_of_scope:  # not something we handle: offer the main menu instead
+        return Understood("missed", reason="out_of_scope", ranked=main_menu(rules))
+    return Understood("missed", reason="low_confidence", ranked=prediction.ranked)
+
+
+def main_menu(rules: Rules, size: int = 3) -> tuple[tuple[str, float], ...]:
+    """The catalog's most common types (the phone menu's first keys), for "did you mean"."""
+    keyed = sorted((t for t in rules.catalog.types.values() if t.ivr_digit),
+                   key=lambda t: t.ivr_digit)
+    return tuple((t.id, 0.0) for t in keyed[:size])
