@@ -47,6 +47,14 @@ HANDLING = (("resolved", 45), ("failed", 20), ("asked_for_agent", 8), ("routed_t
 REASONS = {"failed": "self_service_failed", "asked_for_agent": "requested_agent",
            "routed_to_agent": "repeat_contact", "unclassified": "low_confidence"}
 COMEBACK = 0.3  # a customer's next contact: same type, soon (often another channel)
+UNCLEAR = ("hello?", "blorp", "12345", "is anyone there", "what's the weather like")
+
+
+def examples_by_type(catalog) -> dict[str, list[str]]:
+    examples: dict[str, list[str]] = {}
+    for text, contact_type in catalog.training:
+        examples.setdefault(contact_type, []).append(text)
+    return examples
 
 
 def pick(rng: random.Random, table) -> str:
@@ -67,11 +75,11 @@ class Contact:
         self.rows.append((uuid.uuid4(), self.now, kind, self.id, self.customer, self.channel,
                           self.type, self.route, reason, json.dumps(data)))
 
-    def play(self, rng: random.Random, handling: str, contact_type: str) -> None:
-        self.event("received", 1, text="...", input="message")
+    def play(self, rng: random.Random, handling: str, contact_type: str, said: str) -> None:
+        self.event("received", 1, text=said, input="message")
         if handling == "unclassified":
             self.event("classification_missed", 1, reason="low_confidence", misses=1)
-            self.event("received", 20, text="...", input="message")
+            self.event("received", 20, text=said, input="message")
             self.event("classification_missed", 1, reason="low_confidence", misses=2)
             return self.escalate(rng, "low_confidence", "general")
         self.type, self.route = contact_type, f"root > {contact_type[:6]}"
@@ -115,7 +123,7 @@ class Contact:
             self.event("ended", rng.expovariate(1 / 120), outcome="abandoned_in_queue")
 
 
-def customer_rows(rng: random.Random, types: list[str], start: datetime,
+def customer_rows(rng: random.Random, examples: dict[str, list[str]], start: datetime,
                   days: int) -> list[tuple]:
     """One customer's contacts: a first one, then maybe come-backs and later unrelated ones."""
     rows: list[tuple] = []
@@ -123,10 +131,12 @@ def customer_rows(rng: random.Random, types: list[str], start: datetime,
     at = start + timedelta(seconds=rng.uniform(0, days * 86400))
     rows.append((uuid.uuid4(), at, "customer_created", None, customer, "sms", None, None, None,
                  '{"identity_kind": "phone", "identity_value": "+15550000000"}'))
+    types = sorted(examples)
     contact_type = rng.choice(types)
     for _ in range(rng.choice((1, 1, 1, 2, 2, 3, 4))):
-        Contact(rows, customer, pick(rng, CHANNELS), at).play(rng, pick(rng, HANDLING),
-                                                               contact_type)
+        handling = pick(rng, HANDLING)
+        said = rng.choice(UNCLEAR if handling == "unclassified" else examples[contact_type])
+        Contact(rows, customer, pick(rng, CHANNELS), at).play(rng, handling, contact_type, said)
         if rng.random() < COMEBACK:
             at += timedelta(hours=rng.uniform(0.5, 96))  # some outside the 72 h window
         else:
@@ -135,11 +145,12 @@ def customer_rows(rng: random.Random, types: list[str], start: datetime,
     return rows
 
 
-async def fill(conn: asyncpg.Connection, events: int, days: int, types: list[str],
-               start: datetime) -> int:
+async def fill(conn: asyncpg.Connection, events: int, days: int,
+               examples: dict[str, list[str]], start: datetime) -> int:
+    """At least `events` events; customers' first words are the catalog's own examples."""
     rng, written, batch = random.Random(5), 0, []
     while written < events:
-        batch += customer_rows(rng, types, start, days)
+        batch += customer_rows(rng, examples, start, days)
         if len(batch) >= 50_000 or written + len(batch) >= events:
             await conn.copy_records_to_table("contact_events", records=batch, columns=COLUMNS)
             written += len(batch)
@@ -160,15 +171,15 @@ async def timed(runs: int, query) -> tuple[float, float]:
 
 
 async def bench(url: str, events: int, days: int, runs: int) -> None:
-    rules = ReportRules.from_catalog(load_rules(ROOT / "routing_rules",
-                                                with_classifier=False).catalog)
+    catalog = load_rules(ROOT / "routing_rules", with_classifier=False).catalog
+    rules = ReportRules.from_catalog(catalog)
     start = datetime(2024, 4, 1, tzinfo=timezone.utc)
     conn = await asyncpg.connect(url)
     try:
         await migrate(conn)
         print(f"writing {events:,}+ events over {days} days (COPY)")
         began = time.perf_counter()
-        written = await fill(conn, events, days, list(rules.repeat_windows_h), start)
+        written = await fill(conn, events, days, examples_by_type(catalog), start)
         print(f"  {written:,} events in {time.perf_counter() - began:.1f} s")
         contacts = await conn.fetchval(
             "SELECT count(*) FROM contact_events WHERE kind = 'contact_started'")

@@ -1,6 +1,7 @@
-"""Ops commands of the `switchboard` CLI: report, tokens add, demo.
+"""Ops commands of the `switchboard` CLI: report, simulate, tokens add, demo.
 
     switchboard report --from 2024-05-01 --to 2024-05-08 [--format table|json|csv]
+    switchboard simulate [--rules DIR] [--against DIR] [--from F --to T] [--format table|json]
     switchboard tokens add --role ops [--name N]      the token alone on the last line
     switchboard demo --contacts 200 [--url U]         synthetic traffic through the public endpoints
 
@@ -17,6 +18,7 @@ import csv
 import io
 import json
 import sys
+from pathlib import Path
 from typing import Any, Iterator
 
 from service import reports
@@ -35,6 +37,23 @@ def add_parsers(commands) -> None:
     report.add_argument("--service-level-s", type=float, default=reports.DEFAULT_SERVICE_LEVEL_S,
                         help="answer-time target of service_level (default 60)")
     report.set_defaults(func=cmd_report)
+
+    simulate = commands.add_parser(
+        "simulate", help="replay past contacts through a rules directory: how their first "
+        "message would be understood and routed, next to what happened (or to --against)")
+    simulate.add_argument("--rules", type=Path, metavar="DIR",
+                          help="the rules to try (default SWITCHBOARD_RULES_DIR)")
+    simulate.add_argument("--against", type=Path, metavar="DIR",
+                          help="compare with these rules replayed the same way, instead of "
+                               "with what was recorded")
+    simulate.add_argument("--from", dest="start", metavar="FROM",
+                          help="contacts that started from this moment (default: seven days "
+                               "before --to)")
+    simulate.add_argument("--to", dest="end", metavar="TO", help="end, exclusive (default: now)")
+    simulate.add_argument("--format", choices=("table", "json"), default="table")
+    simulate.add_argument("--examples", type=int, default=10,
+                          help="changed contacts to show (default 10)")
+    simulate.set_defaults(func=cmd_simulate)
 
     tokens = commands.add_parser("tokens", help="API tokens").add_subparsers(
         dest="tokens_command", required=True)
@@ -135,6 +154,106 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     print({"json": lambda r: json.dumps(r, indent=2), "csv": report_csv,
            "table": report_table}[args.format](report), end="")
     return 0
+
+
+# ---- simulate ---------------------------------------------------------------------------
+
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from service.rules import load_rules
+    from service.yamlfile import ConfigError
+
+    try:
+        window = reports.parse_window(args.start, args.end)
+    except BadWindow as exc:
+        return _fail(str(exc), 2)
+    if args.examples < 0:
+        return _fail("--examples must be 0 or more", 2)
+    directories = [args.rules or settings.rules_dir] + ([args.against] if args.against else [])
+    for directory in directories:  # every problem before any training or database work
+        try:
+            load_rules(directory, with_classifier=False)
+        except ConfigError as exc:
+            return _fail(f"the rules in {directory} are invalid:\n{exc}")
+
+    with _database(settings) as url:
+        report = asyncio.run(_simulate(url, window, directories, args.examples))
+    print(json.dumps(report, indent=2) if args.format == "json" else simulation_table(report),
+          end="\n" if args.format == "json" else "")
+    return 0
+
+
+async def _simulate(url: str, window, directories: list[Path], examples: int) -> dict[str, Any]:
+    from service import simulate
+    from service.learning import learned_examples
+    from service.rules import load_rules
+
+    conn = await _connect(url)
+    try:
+        learned = [(r["text"], r["label"]) for r in await learned_examples(conn)]
+        rule_sets = []
+        for directory in directories:
+            _progress(f"training the classifier of {directory} "
+                      f"({len(learned)} learned examples)")
+            rule_sets.append(await asyncio.to_thread(load_rules, directory, learned=learned))
+        contacts = await simulate.load_past_contacts(conn, window)
+        earlier = await simulate.load_earlier_types(
+            conn, window, simulate.longest_repeat_window_h(*rule_sets))
+    finally:
+        await conn.close()
+    _progress(f"replaying {len(contacts):,} contacts")
+    replays = [simulate.replay(rules, contacts, earlier,
+                               lambda n: _progress(f"  {n:,} of {len(contacts):,}"))
+               for rules in rule_sets]
+    against = rule_sets[1] if len(rule_sets) > 1 else None
+    return simulate.compare(window, contacts, replays[0], replays[1] if against else None,
+                            rule_sets[0], against, examples)
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def simulation_table(report: dict[str, Any]) -> str:
+    baseline = report["baseline"]
+    lines = [f"Simulation of {report['rules']['directory']} (digest {report['rules']['digest']}) "
+             f"on contacts that started from {report['from']} to {report['to']} (exclusive)",
+             "baseline: " + ("what was recorded" if baseline == "recorded" else
+                             f"{baseline['directory']} (digest {baseline['digest']}) replayed"),
+             f"contacts {report['contacts']}, replayed {report['replayed']}" + "".join(
+                 f", {why.replace('_', ' ')} {n}" for why, n in report["not_replayed"].items()),
+             "", f"{'first decision':<44}{'baseline':>10}{'simulated':>11}{'change':>9}"]
+    lines += _side_by_side_rows(report["first_decisions"])
+    lines += ["", "agent queue of the first decision"]
+    lines += _side_by_side_rows(report["queues"]) or ["  (none)"]
+    changed = report["changed"]
+    lines += ["", f"changed, of {report['replayed']} replayed: first decision "
+              f"{changed['first_decision']}, contact type {changed['contact_type']}, route "
+              f"{changed['route']}, queue {changed['queue']}"]
+    for title, key in (("contact type changes", "contact_type_changes"),
+                       ("first decision changes", "first_decision_changes")):
+        if report[key]:
+            lines += ["", title]
+            lines += [f"  {row['from'] or '-'} -> {row['to'] or '-'}: {row['contacts']}"
+                      for row in report[key]]
+    if report["examples"]:
+        lines += ["", "examples"]
+        lines += [_example_line(e) for e in report["examples"]]
+    return "\n".join(lines) + "\n"
+
+
+def _side_by_side_rows(figures: dict[str, dict[str, int]]) -> list[str]:
+    return [f"  {name:<42}{f['baseline']:>10}{f['simulated']:>11}"
+            f"{f['simulated'] - f['baseline']:>+9}" for name, f in figures.items()]
+
+
+def _example_line(example: dict[str, Any]) -> str:
+    def decision(result: dict[str, Any]) -> str:
+        where = ", ".join(str(v) for v in (result["contact_type"], result["route_path"]) if v)
+        label = result["outcome"] + (f":{result['reason']}" if result["reason"] else "")
+        return f"{label} ({where})" if where else label
+
+    return (f"  {example['contact_id'][:8]} {example['channel']:<5} {example['said']!r}: "
+            f"{decision(example['baseline'])} -> {decision(example['simulated'])}")
 
 
 RATES = ("deflection_rate", "true_deflection_rate", "containment_rate", "abandonment_rate",

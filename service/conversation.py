@@ -21,7 +21,7 @@ from service.model import Choice, Inbound, Reply
 from service.handoff import Handoff
 from service.routing import Decision
 from service.rules import Rules
-from service.understanding import Understood, understand
+from service.understanding import Understood, escalation_reason, understand
 
 log = structlog.get_logger(__name__)
 
@@ -287,10 +287,9 @@ class Conversations:
         conv.update(route_path=decision.route_path, queue=decision.queue)
         turn.record("routed", **decision.as_dict())
         contact_type = turn.rules.catalog.types[type_id]
-        if not decision.self_service:
-            return await self._escalate(turn, decision, decision.reason)
-        if contact_type.agent_only:
-            return await self._escalate(turn, decision, "no_self_service")
+        straight_to_agent = escalation_reason(turn.rules, type_id, decision)
+        if straight_to_agent:
+            return await self._escalate(turn, decision, straight_to_agent)
         conv["status"] = "confirming"
         conv["steps"].append({"type": "answer", "contact_type": type_id, "at": turn.now,
                               "outcome": None})

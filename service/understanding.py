@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from service.classifier import wants_agent
+from service.routing import Decision
 from service.rules import Rules
 
 
@@ -46,3 +47,12 @@ def main_menu(rules: Rules, size: int = 3) -> tuple[tuple[str, float], ...]:
     keyed = sorted((t for t in rules.catalog.types.values() if t.ivr_digit),
                    key=lambda t: t.ivr_digit)
     return tuple((t.id, 0.0) for t in keyed[:size])
+
+
+def escalation_reason(rules: Rules, contact_type: str, decision: Decision) -> str | None:
+    """Why a classified contact goes straight to an agent; None: self-service first."""
+    if not decision.self_service:
+        return decision.reason
+    if rules.catalog.types[contact_type].agent_only:
+        return "no_self_service"
+    return None

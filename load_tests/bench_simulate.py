@@ -1,0 +1,81 @@
+"""`switchboard simulate` on a large event log: how long a replay of past traffic takes.
+
+    .venv/bin/python load_tests/bench_simulate.py [--events 1000000] [--days 30]
+
+Writes the same synthetic log as bench_reports.py (customers' first words are the example
+deployment's own catalog examples, so the classifier does real work), then replays one day
+and the whole log through routing_rules/, timing each phase: reading the contacts and their
+events from PostgreSQL, the replay itself (understanding + routing, one core) and the
+comparison. Prints the peak memory of the process; results go in load_tests/REPORTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "load_tests"))
+
+import asyncpg  # noqa: E402
+
+from bench_reports import database, examples_by_type, fill  # noqa: E402
+from service import simulate  # noqa: E402
+from service.migrate import migrate  # noqa: E402
+from service.reports import Window  # noqa: E402
+from service.rules import load_rules  # noqa: E402
+
+
+async def bench(url: str, events: int, days: int) -> None:
+    rules = load_rules(ROOT / "routing_rules")
+    start = datetime(2024, 4, 1, tzinfo=timezone.utc)
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+        print(f"writing {events:,}+ events over {days} days (COPY)")
+        await fill(conn, events, days, examples_by_type(rules.catalog), start)
+        windows = [("one day", Window(start + timedelta(days=10), start + timedelta(days=11))),
+                   (f"whole log ({days} days)", Window(start, start + timedelta(days=days + 30)))]
+        print(f"\n{'window':<24}{'contacts':>10}{'read':>9}{'replay':>9}{'compare':>9}"
+              f"{'per contact':>13}")
+        for name, window in windows:
+            await run(conn, rules, name, window)
+    finally:
+        await conn.close()
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\npeak memory of this process: {peak_mib:,.0f} MiB")
+
+
+async def run(conn: asyncpg.Connection, rules, name: str, window: Window) -> None:
+    began = time.perf_counter()
+    contacts = await simulate.load_past_contacts(conn, window)
+    earlier = await simulate.load_earlier_types(conn, window,
+                                                simulate.longest_repeat_window_h(rules))
+    read = time.perf_counter()
+    replayed = simulate.replay(rules, contacts, earlier)
+    replay = time.perf_counter()
+    report = simulate.compare(window, contacts, replayed, None, rules, None)
+    done = time.perf_counter()
+    per_contact_ms = (replay - read) / max(len(replayed), 1) * 1000
+    print(f"{name:<24}{len(contacts):>10,}{read - began:>8.1f}s{replay - read:>8.1f}s"
+          f"{done - replay:>8.1f}s{per_contact_ms:>10.3f} ms")
+    assert report["replayed"] == len(replayed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--days", type=int, default=30)
+    args = parser.parse_args()
+    with database() as url:
+        asyncio.run(bench(url, args.events, args.days))
+
+
+if __name__ == "__main__":
+    main()
