@@ -153,6 +153,7 @@ def cmd_rules_check(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_rules_test(args: argparse.Namespace, settings: Settings) -> int:
     from service.rules import load_rules
+    from service.understanding import understand
 
     items = list(args.args)
     directory = Path(items.pop(0)) if items and "=" not in items[0] else settings.rules_dir
@@ -162,27 +163,37 @@ def cmd_rules_test(args: argparse.Namespace, settings: Settings) -> int:
     except (ValueError, ConfigError) as exc:
         print(f"switchboard: {exc}", file=sys.stderr)
         return 1
+    understood = None
     if "text" in attrs:
-        prediction = rules.classifier.predict(str(attrs.pop("text")))
-        attrs.setdefault("contact_type", prediction.contact_type)
-        attrs.setdefault("confidence", round(prediction.confidence, 4))
+        understood = understand(rules, "message", str(attrs.pop("text")))
+        if understood.outcome == "classified":
+            attrs.setdefault("contact_type", understood.contact_type)
+            attrs.setdefault("confidence", round(understood.confidence, 4))
     unknown = attrs.get("contact_type") not in (None, *rules.catalog.types)
     if unknown:
         print(f"switchboard: unknown contact_type '{attrs['contact_type']}'", file=sys.stderr)
         return 1
     decision = rules.tree.decide(attrs)
-    contact_type = rules.catalog.types.get(attrs.get("contact_type"))
     print(json.dumps({"input": attrs, **decision.as_dict(),
-                      "self_service_path": _path(decision, contact_type)}, indent=2))
+                      "self_service_path": _path(rules, decision, attrs, understood)}, indent=2))
     return 0
 
 
-def _path(decision, contact_type) -> str:
-    if not decision.self_service:
-        return f"agent ({decision.reason})"
+def _path(rules, decision, attrs: dict[str, object], understood) -> str:
+    """What a live turn would do next, in words."""
+    from service.understanding import escalation_reason
+
+    if understood is not None and understood.outcome == "agent":
+        return "agent (requested_agent)"
+    if understood is not None and understood.outcome == "missed":
+        offered = ", ".join(t for t, _ in understood.ranked) or "nothing"
+        return f"clarifying question ({understood.reason}; offers {offered})"
+    contact_type = attrs.get("contact_type")
     if contact_type is None:
-        return "agent (no contact type)"
-    return "answer" if contact_type.answer else "agent (no_self_service)"
+        return f"agent ({decision.reason})" if not decision.self_service else \
+            "agent (no contact type)"
+    reason = escalation_reason(rules, str(contact_type), decision)
+    return f"agent ({reason})" if reason else "answer"
 
 
 def _attributes(items: list[str]) -> dict[str, object]:

@@ -56,6 +56,19 @@ def test_rules_test_can_classify_text(capsys):
     decision = json.loads(capsys.readouterr().out)
     assert decision["input"]["contact_type"] == "recover_password"
     assert decision["route_path"] == "root > accounts"
+    assert decision["self_service_path"] == "answer"
+
+
+def test_rules_test_says_what_a_live_turn_would_do_with_text(capsys):
+    """The same understanding as a live turn: a request for a person, or a clarifying question."""
+    assert main(["rules", "test", "text=I want to talk to a person"]) == 0
+    decision = json.loads(capsys.readouterr().out)
+    assert (decision["self_service_path"], decision["route_path"]) == \
+        ("agent (requested_agent)", "root")
+    assert "contact_type" not in decision["input"]
+    assert main(["rules", "test", "channel=voice", "text=what's the weather like tomorrow"]) == 0
+    assert json.loads(capsys.readouterr().out)["self_service_path"] == (
+        "clarifying question (out_of_scope; offers track_order, cancel_order, get_refund)")
 
 
 async def test_customers_add_moves_an_address_only_to_a_named_customer(monkeypatch, capsys,
