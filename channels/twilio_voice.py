@@ -148,9 +148,12 @@ def _render(queue: str | None, messages: tuple[str, ...], expects_input: bool,
                          wait_url=f"{BASE}/wait", wait_url_method="POST")
     elif expects_input:
         hints = ", ".join([label.lower() for label in labels] + list(ALWAYS_HINTS))
+        # A menu takes one key; an open question (a flow's "what's your order number?")
+        # takes keys until # or a pause.
+        keys = {"num_digits": 1} if labels else {"finish_on_key": "#"}
         gather = response.gather(input="dtmf speech", action=f"{BASE}/gather?turn={turn}",
-                                 method="POST", num_digits=1, timeout=GATHER_TIMEOUT_S,
-                                 speech_timeout="auto", hints=hints, language="en-US")
+                                 method="POST", timeout=GATHER_TIMEOUT_S, speech_timeout="auto",
+                                 hints=hints, language="en-US", **keys)
         for text in messages:
             gather.say(text)
         response.redirect(f"{BASE}/no-input?turn={turn}", method="POST")

@@ -15,19 +15,21 @@ from typing import AsyncIterator
 import asyncpg
 import redis.asyncio as redis
 import structlog
+import aiohttp
 from aiohttp import web
 
 from channels import twilio_sms, twilio_voice, webchat  # noqa: F401  (register the channels)
 from channels.base import REGISTRY, ChannelConfig
 from service import api, metrics, ops_api
 from service.agents import AgentDesk
-from service.appkeys import (AGENT_DESK, BUS, CHANNELS, CONVERSATIONS, EVENTS, HANDOFF, PG,
-                             REDIS, REDIS_BATCH, ROUTER, RULES, SETTINGS, TWILIO)
+from service.appkeys import (AGENT_DESK, BUS, CHANNELS, CONVERSATIONS, EVENTS, HANDOFF,
+                             LOOKUPS, PG, REDIS, REDIS_BATCH, ROUTER, RULES, SETTINGS, TWILIO)
 from service.bus import Bus
 from service.context import ContextStore
 from service.conversation import Conversations
 from service.customers import find_customer
 from service.events import EventWriter
+from service.flows import HttpLookups
 from service.handoff import Handoff
 from service.ids import new_hex
 from service.migrate import migrate
@@ -51,7 +53,7 @@ def create_app(settings: Settings) -> web.Application:
                           middlewares=[request_context, never_5xx_to_twilio])
     app[SETTINGS] = settings
     app.cleanup_ctx.extend([postgres, redis_client, rules, event_writer, messaging,
-                            conversations, background_sweeps])
+                            flow_lookups, conversations, background_sweeps])
     config = ChannelConfig(settings.public_url, settings.twilio_auth_token,
                            fallback_queue=lambda: default_queue(app),
                            subscribe=lambda topic: app[BUS].subscription(topic),
@@ -208,6 +210,13 @@ async def messaging(app: web.Application) -> AsyncIterator[None]:
     await app[TWILIO].close()
 
 
+async def flow_lookups(app: web.Application) -> AsyncIterator[None]:
+    """The HTTP client self-service flows look things up with (each look-up has its timeout)."""
+    async with aiohttp.ClientSession(raise_for_status=False) as session:
+        app[LOOKUPS] = HttpLookups(session)
+        yield
+
+
 async def conversations(app: web.Application) -> AsyncIterator[None]:
     pool, settings = app[PG], app[SETTINGS]
     current_rules = lambda: app[RULES].current  # noqa: E731
@@ -217,7 +226,8 @@ async def conversations(app: web.Application) -> AsyncIterator[None]:
                            app[TWILIO])
     app[CONVERSATIONS] = Conversations(
         rules=current_rules, context=context, handoff=app[HANDOFF], events=app[EVENTS],
-        find_customer=lambda kind, value: find_customer(pool, kind, value))
+        find_customer=lambda kind, value: find_customer(pool, kind, value),
+        lookups=app[LOOKUPS])
     app[AGENT_DESK] = AgentDesk(pool, app[HANDOFF], app[BUS], lambda: [
         {"id": t.id, "label": t.label} for t in current_rules().catalog.types.values()])
     yield

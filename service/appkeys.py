@@ -11,6 +11,7 @@ from service.events import EventWriter
 from service.handoff import Handoff
 from service.queues import Router
 from service.redis_batch import CommandBatcher
+from service.flows import HttpLookups
 from service.rules_holder import RulesHolder
 from service.settings import Settings
 from service.twilio_rest import TwilioRest
@@ -25,6 +26,7 @@ BUS = web.AppKey("bus", Bus)
 TWILIO = web.AppKey("twilio", TwilioRest)
 ROUTER = web.AppKey("router", Router)
 HANDOFF = web.AppKey("handoff", Handoff)
+LOOKUPS = web.AppKey("lookups", HttpLookups)
 CONVERSATIONS = web.AppKey("conversations", Conversations)
 AGENT_DESK = web.AppKey("agent_desk", AgentDesk)
 CHANNELS = web.AppKey("channels", list)

@@ -6,7 +6,7 @@ import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from service.embeddings import BACKENDS, INSTALL_HINT, installed
 from service.yamlfile import Checker, ConfigIssue, LocatedDict, load_yaml
@@ -25,10 +25,11 @@ class ContactType:
     answer: str | None = None
     ivr_digit: int | None = None
     repeat_window_h: int = DEFAULT_REPEAT_WINDOW_H
+    flow: str | None = None  # a flow of flows.yaml instead of an answer
 
     @property
     def agent_only(self) -> bool:
-        return self.answer is None
+        return self.answer is None and self.flow is None
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,9 @@ class Catalog:
         return self.types[type_id].label if type_id in self.types else "Something else"
 
 
-def load_catalog(directory: Path, display_dir: str) -> Catalog:
+def load_catalog(directory: Path, display_dir: str,
+                 flow_ids: Collection[str] | None = None) -> Catalog:
+    """`flow_ids`: the flows a type may name (None: not checked, for classifier-only use)."""
     path = directory / "catalog.yaml"
     name = f"{display_dir}/catalog.yaml"
     doc = load_yaml(path, name)
@@ -51,7 +54,7 @@ def load_catalog(directory: Path, display_dir: str) -> Catalog:
     root = check.mapping(doc, doc, None, (), required=["contact_types"],
                          optional=["classifier", "training_data"])
     check.raise_if_any()
-    types = _contact_types(check, root)
+    types = _contact_types(check, root, flow_ids)
     classifier = _classifier_section(check, root)
     threshold = _threshold(check, root, classifier)
     out_of_scope = _out_of_scope_texts(check, classifier, directory, display_dir)
@@ -63,7 +66,8 @@ def load_catalog(directory: Path, display_dir: str) -> Catalog:
                    out_of_scope=out_of_scope, embeddings=embeddings)
 
 
-def _contact_types(check: Checker, root: LocatedDict) -> dict[str, ContactType]:
+def _contact_types(check: Checker, root: LocatedDict,
+                   flow_ids: Collection[str] | None) -> dict[str, ContactType]:
     entries = root["contact_types"]
     if not isinstance(entries, LocatedDict) or not entries:
         check.error(root, "contact_types", "expected a non-empty mapping of contact types",
@@ -79,7 +83,7 @@ def _contact_types(check: Checker, root: LocatedDict) -> dict[str, ContactType]:
                              optional=["ivr_digit", "repeat_window_h", "self_service", "agent_only"])
         if spec is None:
             continue
-        contact_type = _contact_type(check, type_id, spec, path)
+        contact_type = _contact_type(check, type_id, spec, path, flow_ids)
         if contact_type.ivr_digit is not None:
             if contact_type.ivr_digit in digits:
                 check.error(spec, "ivr_digit", f"ivr_digit {contact_type.ivr_digit} is already "
@@ -89,7 +93,8 @@ def _contact_types(check: Checker, root: LocatedDict) -> dict[str, ContactType]:
     return types
 
 
-def _contact_type(check: Checker, type_id: str, spec: LocatedDict, path: tuple) -> ContactType:
+def _contact_type(check: Checker, type_id: str, spec: LocatedDict, path: tuple,
+                  flow_ids: Collection[str] | None) -> ContactType:
     label = _text(check, spec, "label", path)
     skills = _text_list(check, spec, "skills", path)
     examples = _text_list(check, spec, "examples", path)
@@ -104,22 +109,37 @@ def _contact_type(check: Checker, type_id: str, spec: LocatedDict, path: tuple) 
                     (*path, "repeat_window_h"))
         window = DEFAULT_REPEAT_WINDOW_H
     return ContactType(id=type_id, label=label, skills=tuple(skills), examples=tuple(examples),
-                       answer=_self_service(check, spec, path), ivr_digit=digit,
-                       repeat_window_h=window)
+                       ivr_digit=digit, repeat_window_h=window,
+                       **_self_service(check, spec, path, flow_ids))
 
 
-def _self_service(check: Checker, spec: LocatedDict, path: tuple) -> str | None:
-    has_answer, agent_only = "self_service" in spec, spec.get("agent_only", False)
+def _self_service(check: Checker, spec: LocatedDict, path: tuple,
+                  flow_ids: Collection[str] | None) -> dict[str, str | None]:
+    """The type's `answer` or `flow`, or neither for an agent-only type."""
+    has_self_service, agent_only = "self_service" in spec, spec.get("agent_only", False)
     if agent_only not in (True, False):
         check.error(spec, "agent_only", "agent_only must be true or false", (*path, "agent_only"))
-    if has_answer == bool(agent_only):
+    if has_self_service == bool(agent_only):
         check.error(spec, None, "give exactly one of 'self_service' or 'agent_only: true'", path)
-        return None
-    if not has_answer:
-        return None
-    ss = check.mapping(spec["self_service"], spec, "self_service", (*path, "self_service"),
-                       required=["answer"])
-    return _text(check, ss, "answer", (*path, "self_service")) if ss else None
+        return {}
+    if not has_self_service:
+        return {}
+    where = (*path, "self_service")
+    ss = check.mapping(spec["self_service"], spec, "self_service", where,
+                       optional=["answer", "flow"])
+    if ss is None:
+        return {}
+    if ("answer" in ss) == ("flow" in ss):
+        check.error(spec, "self_service", "self_service has exactly one of 'answer' or 'flow'",
+                    where)
+        return {}
+    if "answer" in ss:
+        return {"answer": _text(check, ss, "answer", where)}
+    flow = ss["flow"]
+    if flow_ids is not None and flow not in flow_ids:
+        check.error(ss, "flow", f"unknown flow '{flow}' (flows.yaml defines: "
+                    f"{', '.join(sorted(flow_ids)) or 'none'})", (*where, "flow"))
+    return {"flow": str(flow)}
 
 
 def _text(check: Checker, spec: LocatedDict, key: str, path: tuple) -> str:

@@ -21,7 +21,8 @@ from service.model import Choice, Inbound, Reply
 from service.handoff import Handoff
 from service.routing import Decision
 from service.rules import Rules
-from service.understanding import Understood, escalation_reason, understand
+from service.flows import HttpLookups, LookupFailed, MissingValue, accepted, render
+from service.understanding import Understood, asks_for_agent, escalation_reason, understand
 
 log = structlog.get_logger(__name__)
 
@@ -83,8 +84,9 @@ class Turn:
 
 class Conversations:
     def __init__(self, rules: Callable[[], Rules], context: ContextStore, handoff: Handoff,
-                 events: EventWriter, find_customer: FindCustomer):
+                 events: EventWriter, find_customer: FindCustomer, lookups: HttpLookups):
         self._rules = rules
+        self._lookups = lookups
         self._context = context
         self._handoff = handoff
         self._router = handoff.router
@@ -223,6 +225,8 @@ class Conversations:
         if conv["status"] == "with_agent":
             await self._handoff.to_agent(conv, conv["transcript"][-1])
             return turn.reply(state="with_agent")
+        if conv["status"] == "in_flow":
+            return await self._flow_answer(turn)
         if inbound.kind == "no_input":
             return await self._missed(turn, (), "no_input")
         if inbound.kind == "wait":
@@ -274,9 +278,75 @@ class Conversations:
                 "Thanks for calling. "), choices=_digit_menu(turn), expects_input=True)
         if yes:
             return self._resolve(turn)
-        turn.record("self_service_failed", step="answer")
-        conv["steps"][-1]["outcome"] = "failed"
-        return await self._escalate(turn, self._decide(turn), "self_service_failed")
+        return await self._self_service_failed(turn, "self_service_failed")
+
+    async def _self_service_failed(self, turn: Turn, reason: str) -> Reply:
+        step = turn.conversation["steps"][-1]
+        turn.record("self_service_failed", step=_step_name(step), failure=reason)
+        step["outcome"] = "failed"
+        return await self._escalate(turn, self._decide(turn), reason)
+
+    # ---- flows (service/flows.py): ask, look up, say; then "Did that help?" --------------
+
+    async def _start_flow(self, turn: Turn, type_id: str, flow_id: str) -> Reply:
+        conv = turn.conversation
+        conv.update(status="in_flow", flow={"id": flow_id, "at": 0, "values": {}, "misses": 0})
+        conv["steps"].append({"type": "flow", "contact_type": type_id, "flow": flow_id,
+                              "at": turn.now, "outcome": None, "collected": {}})
+        turn.record("self_service_started", step=f"flow:{flow_id}")
+        return await self._run_flow(turn)
+
+    async def _run_flow(self, turn: Turn) -> Reply:
+        """Say and look up until the flow asks something or has said its answer."""
+        state, said = turn.conversation["flow"], []
+        steps = turn.rules.flows.flows.get(state["id"], ())
+        try:
+            while state["at"] < len(steps):
+                step = steps[state["at"]]
+                if step.kind == "ask":
+                    return turn.reply(*said, render(step.text, state["values"]),
+                                      expects_input=True)
+                if step.kind == "say":
+                    said.append(render(step.text, state["values"]))
+                else:
+                    lookup = turn.rules.flows.lookups[step.lookup]
+                    state["values"][step.save] = await self._lookups.fetch(lookup,
+                                                                           state["values"])
+                state["at"] += 1
+        except (LookupFailed, MissingValue) as exc:
+            reason = getattr(exc, "reason", "lookup_failed")
+            log.warning("flow.failed", flow=state["id"], reason=reason, error=str(exc))
+            reply = await self._self_service_failed(turn, reason)
+            return replace(reply, messages=(*said, *reply.messages))
+        if not steps:  # a reload removed the flow while the customer was in it
+            return await self._self_service_failed(turn, "flow_unavailable")
+        turn.conversation["status"] = "confirming"
+        return turn.reply(*said, prompts.CONFIRM[turn.channel], choices=YES_NO,
+                          expects_input=True)
+
+    async def _flow_answer(self, turn: Turn) -> Reply:
+        conv, inbound = turn.conversation, turn.inbound
+        text = "" if inbound.kind == "no_input" else inbound.text.strip()
+        if asks_for_agent(inbound.kind, text):
+            return await self._escalate(turn, self._decide(turn), "requested_agent")
+        state = conv["flow"]
+        steps = turn.rules.flows.flows.get(state["id"], ())
+        if state["at"] >= len(steps) or steps[state["at"]].kind != "ask":
+            return await self._self_service_failed(turn, "flow_unavailable")
+        step = steps[state["at"]]
+        value = accepted(step, text)
+        if value is None:
+            state["misses"] += 1
+            turn.record("flow_answer_rejected", flow=state["id"], ask=step.save,
+                        misses=state["misses"])
+            if state["misses"] >= MISSES_BEFORE_ESCALATION:
+                return await self._self_service_failed(turn, "flow_input_failed")
+            return turn.reply(render(step.retry or step.text, state["values"]),
+                              expects_input=True)
+        state["values"][step.save], state["misses"] = value, 0
+        state["at"] += 1
+        conv["steps"][-1]["collected"][step.save] = value
+        return await self._run_flow(turn)
 
     async def _classified(self, turn: Turn, type_id: str, confidence: float, via: str) -> Reply:
         conv = turn.conversation
@@ -290,6 +360,8 @@ class Conversations:
         straight_to_agent = escalation_reason(turn.rules, type_id, decision)
         if straight_to_agent:
             return await self._escalate(turn, decision, straight_to_agent)
+        if contact_type.flow:
+            return await self._start_flow(turn, type_id, contact_type.flow)
         conv["status"] = "confirming"
         conv["steps"].append({"type": "answer", "contact_type": type_id, "at": turn.now,
                               "outcome": None})
@@ -317,7 +389,7 @@ class Conversations:
     def _resolve(self, turn: Turn) -> Reply:
         conv = turn.conversation
         conv["steps"][-1]["outcome"] = "resolved"
-        turn.record("self_service_resolved", step="answer")
+        turn.record("self_service_resolved", step=_step_name(conv["steps"][-1]))
         self._end(turn, "self_service_resolved")
         return turn.reply(prompts.RESOLVED[turn.channel], state="closed")
 
@@ -475,6 +547,10 @@ def _digit_menu(turn: Turn) -> tuple[Choice, ...]:
                    key=lambda t: t.ivr_digit)
     return tuple(Choice(t.label, t.id, str(t.ivr_digit)) for t in types) + (
         Choice("Talk to a person", "agent", "0"),)
+
+
+def _step_name(step: dict[str, Any]) -> str:
+    return f"flow:{step['flow']}" if step["type"] == "flow" else step["type"]
 
 
 def _clarifying_choice(turn: Turn, text: str) -> str | None:

@@ -14,9 +14,11 @@ from typing import Iterable
 from service.catalog import Catalog, load_catalog
 from service.classifier import Classifier, train
 from service.embeddings import embedder
+from service.flows import NO_FLOWS, Flows, load_flows
 from service.routing import RoutingTree, load_routing_tree
+from service.yamlfile import ConfigError
 
-RULE_FILES = ("catalog.yaml", "routes.yaml")
+RULE_FILES = ("catalog.yaml", "routes.yaml", "flows.yaml")  # flows.yaml is optional
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class Rules:
     tree: RoutingTree
     classifier: Classifier | None
     learned: tuple[tuple[str, str], ...] = ()  # examples from agents' corrections and outcomes
+    flows: Flows = NO_FLOWS
 
 
 def load_rules(directory: Path, *, with_classifier: bool = True,
@@ -34,7 +37,7 @@ def load_rules(directory: Path, *, with_classifier: bool = True,
     """Validate every file (raising ConfigError listing all problems), then train on the
     catalog's examples plus what was learned from live contacts (kept apart, see learning.py)."""
     display = str(directory).rstrip("/")
-    catalog = load_catalog(directory, display)
+    flows, catalog = _flows_and_catalog(directory, display)
     tree = load_routing_tree(directory, display, catalog)
     learned = tuple((text, label) for text, label in learned if label in catalog.types)
     examples = catalog.training + learned
@@ -42,7 +45,22 @@ def load_rules(directory: Path, *, with_classifier: bool = True,
     classifier = _trained(training_digest, examples, catalog.out_of_scope, catalog.embeddings) \
         if with_classifier else None
     return Rules(directory, _digest(directory, training_digest), catalog, tree, classifier,
-                 learned)
+                 learned, flows)
+
+
+def _flows_and_catalog(directory: Path, display: str) -> tuple[Flows, Catalog]:
+    """Both files' problems at once: a flow's mistake must not hide the catalog's."""
+    try:
+        flows, problems = load_flows(directory, display), []
+    except ConfigError as exc:
+        flows, problems = NO_FLOWS, exc.issues
+    try:
+        catalog = load_catalog(directory, display, None if problems else flows.flows.keys())
+    except ConfigError as exc:
+        raise ConfigError([*problems, *exc.issues]) from None
+    if problems:
+        raise ConfigError(problems)
+    return flows, catalog
 
 
 _trained_by_digest: dict[str, Classifier] = {}
@@ -72,5 +90,6 @@ def _training_digest(examples: tuple[tuple[str, str], ...], out_of_scope: tuple[
 def _digest(directory: Path, training_digest: str) -> str:
     h = hashlib.sha256(training_digest.encode())
     for name in RULE_FILES:
-        h.update((directory / name).read_bytes())
+        if (directory / name).exists():
+            h.update((directory / name).read_bytes())
     return h.hexdigest()[:16]

@@ -12,7 +12,7 @@ import structlog
 
 from service import metrics
 from service.learning import learned_examples
-from service.rules import Rules, load_rules
+from service.rules import RULE_FILES, Rules, load_rules
 from service.runtime import settle_heap
 from service.yamlfile import ConfigError
 
@@ -59,8 +59,8 @@ class RulesHolder:
     async def record_version(self) -> None:
         pool = self._pool
         rules = self.current
-        files = {name: (rules.directory / name).read_text() for name in ("catalog.yaml",
-                                                                          "routes.yaml")}
+        files = {name: (rules.directory / name).read_text() for name in RULE_FILES
+                 if (rules.directory / name).exists()}
         await pool.execute("INSERT INTO rule_versions (digest, files) VALUES ($1, $2::jsonb) "
                            "ON CONFLICT (digest) DO NOTHING", rules.digest, json.dumps(files))
 

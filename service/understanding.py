@@ -25,7 +25,7 @@ def understand(rules: Rules, kind: str, text: str,
                input_confidence: float | None = None) -> Understood:
     """`kind` is the Inbound kind: "digits" for a key press, else words typed or spoken
     (`input_confidence` is the speech recogniser's)."""
-    if (kind == "digits" and text == "0") or wants_agent(text):
+    if asks_for_agent(kind, text):
         return Understood("agent")
     if kind == "digits":
         chosen = next((t.id for t in rules.catalog.types.values() if str(t.ivr_digit) == text),
@@ -40,6 +40,11 @@ def understand(rules: Rules, kind: str, text: str,
     if prediction.out_of_scope:  # not something we handle: offer the main menu instead
         return Understood("missed", reason="out_of_scope", ranked=main_menu(rules))
     return Understood("missed", reason="low_confidence", ranked=prediction.ranked)
+
+
+def asks_for_agent(kind: str, text: str) -> bool:
+    """0 on the keypad, or words asking for a person: honoured at any step."""
+    return (kind == "digits" and text == "0") or wants_agent(text)
 
 
 def main_menu(rules: Rules, size: int = 3) -> tuple[tuple[str, float], ...]:

@@ -62,6 +62,25 @@ async def switchboard(settings, *argv: str) -> str:
     return out.decode().strip().splitlines()[-1]
 
 
+async def agent_and_customer(browser, errors: list[str]):
+    """An agent's wide page and a customer's, in separate browser contexts."""
+    agent = await (await browser.new_context(viewport={"width": 1440, "height": 900})).new_page()
+    customer = await (await browser.new_context()).new_page()
+    for page in (agent, customer):
+        watch_for_errors(page, errors)
+        page.set_default_timeout(TIMEOUT_MS)
+    return agent, customer
+
+
+async def open_chat_widget(customer, base: str):
+    """An anonymous visitor opens the chat on the demo page; returns its log and text box."""
+    await customer.goto(f"{base}/chat")
+    await customer.get_by_role("button", name="Chat with us").click()
+    log = customer.get_by_role("log", name="Messages")
+    await expect(log).to_contain_text("Tell me in a few words")
+    return log, customer.get_by_role("textbox", name="Message")
+
+
 def watch_for_errors(page, errors: list[str]) -> None:
     """Collect uncaught exceptions and console errors (but not a refused WebSocket, which the
     browser itself logs while the widget retries)."""
@@ -110,7 +129,7 @@ async def test_chat_customer_reaches_an_agent_who_sees_everything(app_settings, 
             watch_for_errors(page, errors)
             page.set_default_timeout(TIMEOUT_MS)
         try:
-            presence = await sign_in_available(agent, base, token)
+            await sign_in_available(agent, base, token)
             await expect(agent.locator("#agent-name")).to_have_text("Dana")
 
             # The customer opens the chat on the shop's help page.
@@ -194,21 +213,12 @@ async def test_agent_console_survives_a_reload_and_customers_who_leave(app_setti
     token = await switchboard(app_settings, "agents", "add", "Ravi", "--skills", SKILLS)
     errors: list[str] = []
     async with live(app_settings) as base, chromium() as browser:
-        agent = await (await browser.new_context(viewport={"width": 1440, "height": 900})
-                       ).new_page()
-        customer = await (await browser.new_context()).new_page()
-        for page in (agent, customer):
-            watch_for_errors(page, errors)
-            page.set_default_timeout(TIMEOUT_MS)
+        agent, customer = await agent_and_customer(browser, errors)
         try:
             presence = await sign_in_available(agent, base, token)
 
             # An anonymous visitor asks for a person, then gives up while the offer is open.
-            await customer.goto(f"{base}/chat")
-            await customer.get_by_role("button", name="Chat with us").click()
-            log = customer.get_by_role("log", name="Messages")
-            message = customer.get_by_role("textbox", name="Message")
-            await expect(log).to_contain_text("Tell me in a few words")
+            log, message = await open_chat_widget(customer, base)
             await message.fill("I want to talk to a human")
             await message.press("Enter")
             accept = agent.get_by_role("button", name="Accept")
@@ -266,6 +276,36 @@ async def test_agent_console_survives_a_reload_and_customers_who_leave(app_setti
         "SELECT data FROM contact_events WHERE kind = 'wrap_up'"))
     assert wrap_up["resolved"] is False
     assert wrap_up["corrected_contact_type"] == "recover_password"
+    assert errors == []
+
+
+async def test_what_a_flow_collected_reaches_the_agent(app_settings, db):
+    """The example deployment's refund flow asks for the order number; when it does not help,
+    the agent's context shows the number, so nobody asks for it again."""
+    token = await switchboard(app_settings, "agents", "add", "Mo", "--skills", SKILLS)
+    errors: list[str] = []
+    async with live(app_settings) as base, chromium() as browser:
+        agent, customer = await agent_and_customer(browser, errors)
+        try:
+            await sign_in_available(agent, base, token)
+            log, message = await open_chat_widget(customer, base)
+            await message.fill("where is my refund?")
+            await message.press("Enter")
+            await expect(log).to_contain_text("Which order is the refund for?")
+            await message.fill("EX24680")
+            await message.press("Enter")
+            await expect(log).to_contain_text("example.com/orders/EX24680")
+            await customer.get_by_role("button", name="No", exact=True).click()
+
+            context = agent.get_by_role("complementary", name="Customer context")
+            steps = context.locator("#ctx-steps")
+            await expect(steps).to_contain_text("Flow: Refund status")
+            await expect(steps).to_contain_text("didn't help")
+            await expect(steps.locator(".collected")).to_have_text("Order number: EX24680")
+            await agent.screenshot(path=artifact("agent-offer-after-a-flow.png"))
+        except BaseException:
+            await agent.screenshot(path=artifact("failed-agent-flow.png"), full_page=True)
+            raise
     assert errors == []
 
 

@@ -18,6 +18,10 @@ const REASONS = {
   customer_left: "The customer left",
   timeout: "The offer timed out",
   technical_fallback: "Put on hold after a technical problem",
+  flow_input_failed: "Couldn't give what self-service asked for",
+  lookup_not_found: "Self-service couldn't find what they gave",
+  lookup_failed: "Self-service couldn't look it up",
+  flow_unavailable: "Self-service flow was changed mid-way",
 };
 const OUTCOMES = {
   self_service_resolved: "Solved by self-service",
@@ -589,7 +593,11 @@ function renderContext(frame, ctx) {
     el("span", { class: `outcome ${step.outcome || "none"}`,
                  text: step.outcome === "failed" ? "didn't help" : step.outcome === "resolved" ? "helped"
                    : humanise(step.outcome) || "no answer" }),
-    el("time", { text: when(step.at) }))) : [el("li", { class: "empty", text: "None" })]));
+    el("time", { text: when(step.at) }),
+    // What a flow already asked for: the agent must not ask again.
+    ...Object.entries(step.collected || {}).map(([name, value]) =>
+      el("span", { class: "collected", text: `${humanise(name)}: ${value}` })))) :
+    [el("li", { class: "empty", text: "None" })]));
 
   const earlier = ctx.earlier_contacts || [];
   ui.ctxEarlier.replaceChildren(...(earlier.length ? earlier.map((c) => el("li", {},

@@ -1,0 +1,271 @@
+"""Self-service flows (DESIGN.md section 4): short step lists that collect what the customer
+knows, look it up and say the answer, then ask "Did that help?" like a plain answer does.
+
+`flows.yaml` in a rules directory (optional):
+
+    lookups:                       # HTTP look-ups flows may call, in one place for ops
+      orders:
+        url: https://shop.example.com/api/orders/{order_number}   # collected values, URL-quoted
+        timeout_s: 3               # optional; default 3, at most 10
+    flows:
+      where_is_my_order:
+        steps:
+          - ask: What's your order number? It starts with EX, like EX12345.
+            save: order_number
+            expect: 'EX\\d{5}'      # optional: the whole answer, spaces removed, any case
+            retry: That doesn't look like an order number. It starts with EX, like EX12345.
+          - lookup: orders         # GET, a JSON object; 404 and failures go to an agent
+            save: order
+          - say: Order {order_number} is {order.status}.
+
+Texts and URLs may use `{name}` and `{name.field}` of values saved by earlier steps; loading
+checks that every name is saved before it is used, and that a flow ends by saying something.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+
+from service.yamlfile import Checker, LocatedDict, LocatedList, load_yaml
+
+NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)((?:\.[A-Za-z0-9_]+)*)\}")
+STEP_KINDS = ("ask", "lookup", "say")
+DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S = 3.0, 10.0
+MAX_RESPONSE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    kind: str  # ask | lookup | say
+    text: str = ""  # what ask or say says
+    save: str | None = None  # ask and lookup: the name the value is kept under
+    expect: re.Pattern | None = None
+    retry: str | None = None
+    lookup: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    name: str
+    url: str
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+
+@dataclass(frozen=True)
+class Flows:
+    flows: Mapping[str, tuple[Step, ...]]
+    lookups: Mapping[str, Lookup]
+
+
+NO_FLOWS = Flows({}, {})
+
+
+# ---- running ------------------------------------------------------------------------------
+
+class MissingValue(LookupError):
+    """A text names a field the looked-up data does not have."""
+
+
+class LookupFailed(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason  # the escalation reason: lookup_not_found or lookup_failed
+
+
+def render(template: str, values: Mapping[str, Any], convert=str) -> str:
+    def value(match: re.Match) -> str:
+        found: Any = values
+        for part in (match[1], *match[2].split(".")[1:]):
+            if not isinstance(found, Mapping) or part not in found:
+                raise MissingValue(match[0])
+            found = found[part]
+        return convert(found)
+
+    return PLACEHOLDER.sub(value, template)
+
+
+def accepted(step: Step, answer: str) -> str | None:
+    """The value an ask step keeps from the customer's answer, or None when it does not fit."""
+    if step.expect is None:
+        return answer.strip() or None
+    compact = "".join(answer.split())  # a spoken "E X 1 2 3" arrives with spaces
+    return compact if step.expect.fullmatch(compact) else None
+
+
+class HttpLookups:
+    """Calls a flow's look-ups; one client session for the whole process."""
+
+    def __init__(self, session: aiohttp.ClientSession):
+        self._session = session
+
+    async def fetch(self, lookup: Lookup, values: Mapping[str, Any]) -> dict[str, Any]:
+        url = render(lookup.url, values, lambda v: quote(str(v), safe=""))
+        try:
+            async with asyncio.timeout(lookup.timeout_s):
+                async with self._session.get(url, headers={"Accept": "application/json"},
+                                             allow_redirects=False) as response:
+                    if response.status == 404:
+                        raise LookupFailed("lookup_not_found", f"{lookup.name}: 404")
+                    if response.status != 200:
+                        raise LookupFailed("lookup_failed",
+                                           f"{lookup.name}: HTTP {response.status}")
+                    body = await response.content.read(MAX_RESPONSE_BYTES + 1)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise LookupFailed("lookup_failed", f"{lookup.name}: {exc!r}") from exc
+        return _json_object(lookup.name, body)
+
+
+def _json_object(name: str, body: bytes) -> dict[str, Any]:
+    import orjson
+
+    if len(body) > MAX_RESPONSE_BYTES:
+        raise LookupFailed("lookup_failed", f"{name}: response over {MAX_RESPONSE_BYTES} bytes")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise LookupFailed("lookup_failed", f"{name}: not JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise LookupFailed("lookup_failed", f"{name}: not a JSON object")
+    return data
+
+
+# ---- loading --------------------------------------------------------------------------------
+
+def load_flows(directory: Path, display_dir: str) -> Flows:
+    path = directory / "flows.yaml"
+    if not path.exists():
+        return NO_FLOWS
+    doc = load_yaml(path, f"{display_dir}/flows.yaml")
+    check = Checker()
+    root = check.mapping(doc, doc, None, (), required=["flows"], optional=["lookups"])
+    check.raise_if_any()
+    lookups = _lookups(check, root)
+    flows = _flows(check, root, lookups)
+    check.raise_if_any()
+    return Flows(flows, lookups)
+
+
+def _lookups(check: Checker, root: LocatedDict) -> dict[str, Lookup]:
+    entries = root.get("lookups", LocatedDict())
+    if not isinstance(entries, LocatedDict):
+        check.error(root, "lookups", "expected a mapping of look-ups", ("lookups",))
+        return {}
+    lookups = {}
+    for name, spec in entries.items():
+        path = ("lookups", name)
+        if not NAME.match(name):
+            check.error(entries, name, "look-up names are lower_snake_case", path)
+        spec = check.mapping(spec, entries, name, path, required=["url"], optional=["timeout_s"])
+        if spec is None:
+            continue
+        url = spec.get("url")
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+            check.error(spec, "url", "url must be an http:// or https:// URL", (*path, "url"))
+        timeout = spec.get("timeout_s", DEFAULT_TIMEOUT_S)
+        if type(timeout) not in (int, float) or not 0 < timeout <= MAX_TIMEOUT_S:
+            check.error(spec, "timeout_s", f"timeout_s must be a number of seconds, more than 0 "
+                        f"and at most {MAX_TIMEOUT_S:g}", (*path, "timeout_s"))
+            timeout = DEFAULT_TIMEOUT_S
+        lookups[name] = Lookup(name, url if isinstance(url, str) else "", float(timeout))
+    return lookups
+
+
+def _flows(check: Checker, root: LocatedDict,
+           lookups: dict[str, Lookup]) -> dict[str, tuple[Step, ...]]:
+    entries = root["flows"]
+    if not isinstance(entries, LocatedDict) or not entries:
+        check.error(root, "flows", "expected a non-empty mapping of flows", ("flows",))
+        return {}
+    flows = {}
+    for flow_id, spec in entries.items():
+        path = ("flows", flow_id)
+        if not NAME.match(flow_id):
+            check.error(entries, flow_id, "flow ids are lower_snake_case", path)
+        spec = check.mapping(spec, entries, flow_id, path, required=["steps"])
+        if spec is not None:
+            flows[flow_id] = _steps(check, spec, path, lookups)
+    return flows
+
+
+def _steps(check: Checker, spec: LocatedDict, path: tuple,
+           lookups: dict[str, Lookup]) -> tuple[Step, ...]:
+    items = spec["steps"]
+    if not isinstance(items, LocatedList) or not items:
+        check.error(spec, "steps", "expected a non-empty list of steps", (*path, "steps"))
+        return ()
+    saved: set[str] = set()
+    steps = []
+    for index, item in enumerate(items):
+        step = _step(check, items, index, (*path, "steps", index), lookups, saved)
+        if step is not None:
+            steps.append(step)
+            saved |= {step.save} if step.save else set()
+    if steps and len(steps) == len(items) and steps[-1].kind != "say":
+        check.error(items, len(items) - 1, "a flow ends with a 'say' step: the answer the "
+                    "customer is then asked to confirm", (*path, "steps", len(items) - 1))
+    return tuple(steps)
+
+
+def _step(check: Checker, items: LocatedList, index: int, path: tuple,
+          lookups: dict[str, Lookup], saved: set[str]) -> Step | None:
+    item = items[index]
+    kinds = [k for k in STEP_KINDS if isinstance(item, LocatedDict) and k in item]
+    if len(kinds) != 1:
+        check.error(items, index, "each step has exactly one of 'ask', 'lookup' or 'say'", path)
+        return None
+    kind = kinds[0]
+    allowed = {"ask": ["save", "expect", "retry"], "lookup": ["save"], "say": []}[kind]
+    required = [kind] + (["save"] if kind != "say" else [])
+    item = check.mapping(item, items, index, path, required=required,
+                         optional=[a for a in allowed if a not in required])
+    if item is None:
+        return None
+    save = item.get("save")
+    if save is not None and (not isinstance(save, str) or not NAME.match(save)):
+        check.error(item, "save", "save names a value in lower_snake_case", (*path, "save"))
+    if kind == "lookup":
+        name = item["lookup"]
+        if name not in lookups:
+            check.error(item, "lookup", f"unknown look-up '{name}'", (*path, "lookup"))
+        else:
+            _check_names(check, item, "lookup", lookups[name].url, saved, path)
+        return Step("lookup", save=save, lookup=name)
+    text = _text(check, item, kind, saved, path)
+    retry = _text(check, item, "retry", saved, path) if "retry" in item else None
+    return Step(kind, text, save, _pattern(check, item, path), retry)
+
+
+def _text(check: Checker, item: LocatedDict, key: str, saved: set[str], path: tuple) -> str:
+    value = item.get(key)
+    if not isinstance(value, str) or not value.strip():
+        check.error(item, key, f"'{key}' must be non-empty text", (*path, key))
+        return ""
+    _check_names(check, item, key, value, saved, path)
+    return " ".join(value.split())
+
+
+def _check_names(check: Checker, item: LocatedDict, key: str, template: str, saved: set[str],
+                 path: tuple) -> None:
+    for name in sorted({m[1] for m in PLACEHOLDER.finditer(template)} - saved):
+        check.error(item, key, f"'{{{name}}}' is not saved by an earlier step", (*path, key))
+
+
+def _pattern(check: Checker, item: LocatedDict, path: tuple) -> re.Pattern | None:
+    raw = item.get("expect")
+    if raw is None:
+        return None
+    try:
+        return re.compile(str(raw), re.IGNORECASE)
+    except re.error as exc:
+        check.error(item, "expect", f"expect is not a valid regular expression: {exc}",
+                    (*path, "expect"))
+        return None
