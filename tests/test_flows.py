@@ -54,6 +54,12 @@ async def order_api():
             return web.Response(status=500)
         if number == "EX70000":
             await asyncio.sleep(5)
+        if number == "EX60000":
+            return web.Response(text="<html>maintenance</html>", content_type="text/html")
+        if number == "EX80000":
+            return web.json_response({"status": "shipped", "eta": None})
+        if number == "EX90000":
+            return web.json_response({"status": "shipped", "eta": "x" * 100_000})
         found = ORDERS.get(number.upper())
         return web.json_response(found) if found else web.json_response({}, status=404)
 
@@ -111,6 +117,9 @@ async def test_sms_flow_asks_looks_up_and_answers(flow_client, db, order_api):
     (["EX00000"], "lookup_not_found", {"order_number": "EX00000"}),
     (["EX50000"], "lookup_failed", {"order_number": "EX50000"}),
     (["EX70000"], "lookup_failed", {"order_number": "EX70000"}),  # over the 1 s timeout
+    (["EX60000"], "lookup_failed", {"order_number": "EX60000"}),  # not JSON
+    (["EX80000"], "lookup_failed", {"order_number": "EX80000"}),  # no eta to say
+    (["EX90000"], "lookup_failed", {"order_number": "EX90000"}),  # over 64 KiB
     (["the blue one", "no idea"], "flow_input_failed", {}),
     (["EX12345", "no"], "self_service_failed", {"order_number": "EX12345"}),
 ])
@@ -214,7 +223,7 @@ def test_lookup_errors_and_a_catalog_naming_an_unknown_flow_are_reported_togethe
         load_rules(rules, with_classifier=False)
     assert [str(i) for i in caught.value.issues] == [
         f"{rules}/flows.yaml:3: url must be an http:// or https:// URL (lookups -> orders -> url)",
-        f"{rules}/flows.yaml:4: timeout_s must be a number of seconds, more than 0 and at most 10 "
+        f"{rules}/flows.yaml:4: timeout_s must be a number of seconds, more than 0 and at most 5 "
         "(lookups -> orders -> timeout_s)"]
     (rules / "flows.yaml").write_text("flows:\n  f:\n    steps:\n      - say: hi\n")
     with pytest.raises(ConfigError) as caught:
