@@ -8,6 +8,7 @@ import contextlib
 import json
 import sys
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -43,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_rules_check)
     test = rules.add_parser(
         "test", help="show the decision for a contact: [DIR] channel=sms contact_type=... "
-        "customer.tier=vip repeat_contact=true confidence=0.9 (or text='where is my order')")
+        "customer.tier=vip repeat_contact=true confidence=0.9 at=2026-11-23T18:30-05:00 "
+        "(or text='where is my order'; at defaults to now)")
     test.add_argument("args", nargs="+", metavar="[DIR] KEY=VALUE")
     test.set_defaults(func=cmd_rules_test)
 
@@ -173,6 +175,8 @@ def cmd_rules_test(args: argparse.Namespace, settings: Settings) -> int:
     if unknown:
         print(f"switchboard: unknown contact_type '{attrs['contact_type']}'", file=sys.stderr)
         return 1
+    at = attrs.pop("at", None) or datetime.now(timezone.utc)
+    attrs["hours"] = sorted(rules.tree.intervals_at(at))  # the time intervals `at` falls in
     decision = rules.tree.decide(attrs)
     print(json.dumps({"input": attrs, **decision.as_dict(),
                       "self_service_path": _path(rules, decision, attrs, understood)}, indent=2))
@@ -206,9 +210,20 @@ def _attributes(items: list[str]) -> dict[str, object]:
             attrs[key] = float(value)
         elif key == "repeat_contact":
             attrs[key] = value.lower() in ("true", "1", "yes")
+        elif key == "at":
+            attrs[key] = _moment(value)
         else:
             attrs[key] = value
     return attrs
+
+
+def _moment(raw: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValueError(f"at={raw!r}: expected an ISO 8601 time such as "
+                         "2026-11-23T18:30-05:00") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def cmd_customers_add(args: argparse.Namespace, settings: Settings) -> int:

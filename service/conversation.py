@@ -7,6 +7,7 @@ identity + context (Redis) -> contact type (classifier) -> decision (routing tre
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable
 
@@ -401,7 +402,8 @@ class Conversations:
 
     def _decide(self, turn: Turn) -> Decision:
         conv = turn.conversation
-        return turn.rules.tree.decide(routing_attributes(turn.rules, conv, turn.channel))
+        return turn.rules.tree.decide(routing_attributes(turn.rules, conv, turn.channel,
+                                                         turn.now))
 
     async def _escalate(self, turn: Turn, decision: Decision, reason: str) -> Reply:
         conv, rules = turn.conversation, turn.rules
@@ -505,10 +507,13 @@ class Conversations:
         self._events.emit(*turn.events)
 
 
-def routing_attributes(rules: Rules, conv: dict[str, Any], channel: str) -> dict[str, Any]:
+def routing_attributes(rules: Rules, conv: dict[str, Any], channel: str,
+                       at: float) -> dict[str, Any]:
+    """What the routing tree matches on, for a decision made at `at` (epoch seconds)."""
     attrs: dict[str, Any] = {"channel": channel, "contact_type": conv.get("contact_type"),
                              "confidence": conv.get("confidence"),
-                             "repeat_contact": _is_repeat(rules, conv)}
+                             "repeat_contact": _is_repeat(rules, conv),
+                             "hours": rules.tree.intervals_at(datetime.fromtimestamp(at, UTC))}
     for name, value in conv.get("attributes", {}).items():
         attrs[f"customer.{name}"] = value
     return attrs

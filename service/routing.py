@@ -11,8 +11,10 @@ from __future__ import annotations
 import operator
 import re
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from service.catalog import Catalog
 from service.yamlfile import Checker, LocatedDict, LocatedList, load_yaml
@@ -23,6 +25,9 @@ MATCHER = re.compile(r'^\s*([a-z_][a-z0-9_.]*)\s*(=~|!~|!=|<=|>=|=|<|>)\s*(.+?)\
 NUMERIC_ATTRS = ("confidence",)
 BOOL_ATTRS = ("repeat_contact",)
 TEXT_ATTRS = ("channel", "contact_type")
+INTERVAL_ATTR = "hours"  # 'hours = business_hours': the decision falls in that time interval
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
 COMPARE: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
 }
@@ -51,11 +56,38 @@ class Matcher:
             return isinstance(actual, (int, float)) and COMPARE[self.op](actual, self.value)
         if self.attr in BOOL_ATTRS:
             equal = bool(actual) == self.value
+        elif self.attr == INTERVAL_ATTR:
+            equal = self.value in (actual or ())
         elif self.op in ("=~", "!~"):
             equal = actual is not None and self.value.fullmatch(str(actual)) is not None
         else:
             equal = actual is not None and str(actual) == self.value
         return equal if self.op in ("=", "=~") else not equal
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """Some weekdays, some times of day, in one time zone; a missing part matches always."""
+
+    zone: ZoneInfo
+    weekdays: frozenset[int] | None = None  # 0 is Monday
+    times: tuple[tuple[int, int], ...] | None = None  # [start, end) in minutes of the day
+
+    def contains(self, moment: datetime) -> bool:
+        local = moment.astimezone(self.zone)
+        if self.weekdays is not None and local.weekday() not in self.weekdays:
+            return False
+        minute = local.hour * 60 + local.minute
+        return self.times is None or any(start <= minute < end for start, end in self.times)
+
+
+@dataclass(frozen=True, slots=True)
+class TimeInterval:
+    name: str
+    periods: tuple[Period, ...]
+
+    def contains(self, moment: datetime) -> bool:
+        return any(period.contains(moment) for period in self.periods)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +126,12 @@ class Decision:
 class RoutingTree:
     root: Route
     queues: dict[str, Queue]
+    time_intervals: dict[str, TimeInterval] = field(default_factory=dict)
+
+    def intervals_at(self, moment: datetime) -> frozenset[str]:
+        """The `hours` attribute: the time intervals `moment` falls in."""
+        return frozenset(name for name, interval in self.time_intervals.items()
+                         if interval.contains(moment))
 
     def decide(self, attrs: Mapping[str, Any]) -> Decision:
         settings, path = _walk(self.root, attrs, self.root.name)
@@ -121,9 +159,11 @@ def load_routing_tree(directory: Path, display_dir: str, catalog: Catalog) -> Ro
     name = f"{display_dir}/routes.yaml"
     doc = load_yaml(directory / "routes.yaml", name)
     check = Checker()
-    doc = check.mapping(doc, doc, None, (), required=["queues", "route"])
+    doc = check.mapping(doc, doc, None, (), required=["queues", "route"],
+                        optional=["time_intervals"])
     check.raise_if_any()
     queues = _queues(check, doc)
+    intervals = _time_intervals(check, doc)
     root_spec = check.mapping(doc["route"], doc, "route", ("route",),
                               required=["queue", "priority", "self_service"],
                               optional=["name", "reason", "routes"])
@@ -131,9 +171,10 @@ def load_routing_tree(directory: Path, display_dir: str, catalog: Catalog) -> Ro
     if "matchers" in root_spec:
         check.error(root_spec, "matchers", "the root route matches everything", ("route",))
     defaults = Settings(queue="", priority=0, self_service=True, reason="rule")
-    root = _route(check, root_spec, ("route",), "root", defaults, queues, catalog)
+    known = Known(catalog, frozenset(intervals))
+    root = _route(check, root_spec, ("route",), "root", defaults, queues, known)
     check.raise_if_any()
-    return RoutingTree(root=root, queues=queues)
+    return RoutingTree(root=root, queues=queues, time_intervals=intervals)
 
 
 def _queues(check: Checker, doc: LocatedDict) -> dict[str, Queue]:
@@ -182,10 +223,102 @@ def _overflow(check: Checker, spec: LocatedDict, path: tuple) -> tuple[int | Non
     return timeout, overflow
 
 
+def _time_intervals(check: Checker, doc: LocatedDict) -> dict[str, TimeInterval]:
+    """Alertmanager's `time_intervals` (weekdays, times and location)."""
+    items = doc.get("time_intervals", LocatedList())
+    if not isinstance(items, LocatedList):
+        check.error(doc, "time_intervals", "time_intervals must be a list", ("time_intervals",))
+        return {}
+    intervals: dict[str, TimeInterval] = {}
+    for index, item in enumerate(items):
+        path = ("time_intervals", index)
+        item = check.mapping(item, items, index, path, required=["name", "time_intervals"])
+        if item is None:
+            continue
+        name, periods = item["name"], item["time_intervals"]
+        if not isinstance(name, str) or not REASON.match(name) or name in intervals:
+            check.error(item, "name", "name must be a unique lower_snake_case name",
+                        (*path, "name"))
+        if not isinstance(periods, LocatedList) or not periods:
+            check.error(item, "time_intervals", "expected a non-empty list of periods",
+                        (*path, "time_intervals"))
+            continue
+        intervals[str(name)] = TimeInterval(str(name), tuple(
+            _period(check, periods, i, (*path, "time_intervals", i))
+            for i in range(len(periods))))
+    return intervals
+
+
+def _period(check: Checker, periods: LocatedList, index: int, path: tuple) -> Period:
+    spec = check.mapping(periods[index], periods, index, path,
+                         optional=["weekdays", "times", "location"])
+    if spec is None:
+        return Period(ZoneInfo("UTC"))
+    zone = _zone(check, spec, path)
+    return Period(zone, _weekdays(check, spec, path), _times(check, spec, path))
+
+
+def _zone(check: Checker, spec: LocatedDict, path: tuple) -> ZoneInfo:
+    name = spec.get("location", "UTC")
+    try:
+        return ZoneInfo(str(name))
+    except (ZoneInfoNotFoundError, ValueError):
+        check.error(spec, "location", f"unknown time zone '{name}' (an IANA name such as "
+                    "'Europe/London')", (*path, "location"))
+        return ZoneInfo("UTC")
+
+
+def _weekdays(check: Checker, spec: LocatedDict, path: tuple) -> frozenset[int] | None:
+    if "weekdays" not in spec:
+        return None
+    items, days = spec["weekdays"], set()
+    for item in items if isinstance(items, list) else [items]:
+        first, _, last = str(item).lower().partition(":")
+        if first not in WEEKDAYS or (last and last not in WEEKDAYS):
+            check.error(spec, "weekdays", f"'{item}' is not a weekday or a range such as "
+                        "'monday:friday'", (*path, "weekdays"))
+            continue
+        start, end = WEEKDAYS.index(first), WEEKDAYS.index(last or first)
+        days |= set(range(start, end + 1)) if start <= end else \
+            set(range(start, 7)) | set(range(0, end + 1))  # 'friday:monday' wraps
+    return frozenset(days)
+
+
+def _times(check: Checker, spec: LocatedDict, path: tuple) -> tuple[tuple[int, int], ...] | None:
+    if "times" not in spec:
+        return None
+    items, ranges = spec["times"], []
+    if not isinstance(items, LocatedList):
+        check.error(spec, "times", "times must be a list of start_time/end_time",
+                    (*path, "times"))
+        return ()
+    for index, item in enumerate(items):
+        where = (*path, "times", index)
+        item = check.mapping(item, items, index, where, required=["start_time", "end_time"])
+        if item is None:
+            continue
+        start, end = (_minutes(item.get(key)) for key in ("start_time", "end_time"))
+        if start is None or end is None or start >= end:
+            check.error(items, index, "start_time and end_time are 'HH:MM' (00:00 to 24:00), "
+                        "start before end", where)
+            continue
+        ranges.append((start, end))
+    return tuple(ranges)
+
+
+def _minutes(raw: Any) -> int | None:
+    if type(raw) is int:  # YAML 1.1 reads an unquoted 17:00 as 17 * 60 + 0
+        return raw if 0 <= raw <= 24 * 60 else None
+    match = CLOCK.match(raw) if isinstance(raw, str) else None
+    if not match:
+        return None
+    return 24 * 60 if match[0] == "24:00" else int(match[1]) * 60 + int(match[2])
+
+
 def _route(check: Checker, spec: LocatedDict, path: tuple, default_name: str, parent: Settings,
-           queues: dict[str, Queue], catalog: Catalog) -> Route:
+           queues: dict[str, Queue], known: "Known") -> Route:
     settings = _settings(check, spec, path, parent, queues)
-    matchers = _matchers(check, spec, path, catalog)
+    matchers = _matchers(check, spec, path, known)
     children = []
     child_specs = spec.get("routes")
     if child_specs is None:
@@ -199,7 +332,7 @@ def _route(check: Checker, spec: LocatedDict, path: tuple, default_name: str, pa
                               optional=[k for k in ROUTE_KEYS if k != "matchers"])
         if child is not None:
             children.append(_route(check, child, child_path, f"routes[{index}]", settings,
-                                   queues, catalog))
+                                   queues, known))
     cont = spec.get("continue", False)
     if cont not in (True, False):
         check.error(spec, "continue", "continue must be true or false", (*path, "continue"))
@@ -235,7 +368,7 @@ def _settings(check: Checker, spec: LocatedDict, path: tuple, parent: Settings,
     return settings
 
 
-def _matchers(check: Checker, spec: LocatedDict, path: tuple, catalog: Catalog
+def _matchers(check: Checker, spec: LocatedDict, path: tuple, known: "Known"
               ) -> tuple[Matcher, ...]:
     if "matchers" not in spec:
         return ()
@@ -245,7 +378,7 @@ def _matchers(check: Checker, spec: LocatedDict, path: tuple, catalog: Catalog
         return ()
     found = []
     for index, text in enumerate(items):
-        matcher = parse_matcher(text, catalog)
+        matcher = parse_matcher(text, known)
         if isinstance(matcher, str):
             check.error(items, index, matcher, (*path, "matchers", index))
         else:
@@ -253,17 +386,34 @@ def _matchers(check: Checker, spec: LocatedDict, path: tuple, catalog: Catalog
     return tuple(found)
 
 
-def parse_matcher(text: Any, catalog: Catalog) -> Matcher | str:
+@dataclass(frozen=True)
+class Known:
+    """What matcher values may name."""
+
+    catalog: Catalog
+    intervals: frozenset[str] = frozenset()
+
+
+def parse_matcher(text: Any, known: Known) -> Matcher | str:
     """Parse `attr op value`; return the Matcher, or an error message."""
+    catalog = known.catalog
     match = MATCHER.match(text) if isinstance(text, str) else None
     if not match:
         return (f"cannot read matcher {text!r}: write it as 'attribute op value', for example "
                 "'contact_type = track_order'")
     attr, op, raw = match.groups()
     value = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw
-    if attr not in (*TEXT_ATTRS, *NUMERIC_ATTRS, *BOOL_ATTRS) and not attr.startswith("customer."):
+    if attr not in (*TEXT_ATTRS, *NUMERIC_ATTRS, *BOOL_ATTRS, INTERVAL_ATTR) and \
+            not attr.startswith("customer."):
         return (f"unknown attribute '{attr}' (use channel, contact_type, confidence, "
-                "repeat_contact or customer.<field>)")
+                "repeat_contact, hours or customer.<field>)")
+    if attr == INTERVAL_ATTR:
+        if op not in ("=", "!="):
+            return f"'{attr}' names a time interval: write '{attr} = <name>' or '{attr} != <name>'"
+        if value not in known.intervals:
+            return (f"unknown time interval '{value}' (time_intervals defines: "
+                    f"{', '.join(sorted(known.intervals)) or 'none'})")
+        return Matcher(attr, op, value, text)
     if attr in NUMERIC_ATTRS:
         return _numeric_matcher(attr, op, value, text)
     if op in COMPARE:

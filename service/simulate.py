@@ -127,7 +127,7 @@ def _attributes(rules: Rules, contact: PastContact, contact_type: str | None,
     conv = {"contact_id": contact.contact_id, "started_at": contact.started_at,
             "contact_type": contact_type, "confidence": confidence,
             "attributes": contact.attributes, "earlier": earlier}
-    return routing_attributes(rules, conv, contact.channel)
+    return routing_attributes(rules, conv, contact.channel, contact.started_at)
 
 
 # ---- what was recorded ------------------------------------------------------------------------
