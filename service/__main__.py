@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_rules_check)
     test = rules.add_parser(
         "test", help="show the decision for a contact: [DIR] channel=sms contact_type=... "
-        "customer.tier=vip repeat_contact=true confidence=0.9 at=2026-11-23T18:30-05:00 "
+        "customer.tier=vip repeat_contact=true confidence=0.9 waiting.orders=12 "
+        "at=2026-11-23T18:30-05:00 "
         "(or text='where is my order'; at defaults to now)")
     test.add_argument("args", nargs="+", metavar="[DIR] KEY=VALUE")
     test.set_defaults(func=cmd_rules_test)
@@ -206,7 +207,7 @@ def _attributes(items: list[str]) -> dict[str, object]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"expected KEY=VALUE, got {item!r}")
-        if key == "confidence":
+        if key == "confidence" or key.startswith("waiting."):
             attrs[key] = float(value)
         elif key == "repeat_contact":
             attrs[key] = value.lower() in ("true", "1", "yes")

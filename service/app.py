@@ -23,7 +23,8 @@ from channels.base import REGISTRY, ChannelConfig
 from service import api, metrics, ops_api
 from service.agents import AgentDesk
 from service.appkeys import (AGENT_DESK, BUS, CHANNELS, CONVERSATIONS, EVENTS, HANDOFF,
-                             LOOKUPS, PG, REDIS, REDIS_BATCH, ROUTER, RULES, SETTINGS, TWILIO)
+                             LOOKUPS, PG, QUEUE_LOAD, REDIS, REDIS_BATCH, ROUTER, RULES,
+                             SETTINGS, TWILIO)
 from service.bus import Bus
 from service.context import ContextStore
 from service.conversation import Conversations
@@ -34,7 +35,7 @@ from service.handoff import Handoff
 from service.ids import new_hex
 from service.migrate import migrate
 from service.model import Inbound, Reply
-from service.queues import Router
+from service.queues import QueueLoad, Router
 from service.redis_batch import CommandBatcher
 from service.rules_holder import RulesHolder
 from service.settings import Settings
@@ -45,6 +46,7 @@ log = structlog.get_logger(__name__)
 WEB_DIR = Path(__file__).resolve().parent / "web"
 IDLE_SWEEP_INTERVAL_S = 30
 HANDOFF_SWEEP_INTERVAL_S = 1
+QUEUE_LOAD_INTERVAL_S = 1  # how old the waiting.<queue> figures routing sees may be
 TURN_TIMEOUT_S = 10  # well inside Twilio's 15 s, so the caller still gets the fallback TwiML
 
 
@@ -222,12 +224,13 @@ async def conversations(app: web.Application) -> AsyncIterator[None]:
     current_rules = lambda: app[RULES].current  # noqa: E731
     context = ContextStore(app[REDIS_BATCH], settings.sms_idle_timeout_s)
     app[ROUTER] = Router(app[REDIS_BATCH], settings.offer_timeout_s)
+    app[QUEUE_LOAD] = QueueLoad(app[ROUTER], lambda: current_rules().tree.queues)
     app[HANDOFF] = Handoff(current_rules, context, app[ROUTER], app[BUS], app[EVENTS],
                            app[TWILIO])
     app[CONVERSATIONS] = Conversations(
         rules=current_rules, context=context, handoff=app[HANDOFF], events=app[EVENTS],
         find_customer=lambda kind, value: find_customer(pool, kind, value),
-        lookups=app[LOOKUPS])
+        lookups=app[LOOKUPS], queue_load=lambda: app[QUEUE_LOAD].waiting)
     app[AGENT_DESK] = AgentDesk(pool, app[HANDOFF], app[BUS], lambda: [
         {"id": t.id, "label": t.label} for t in current_rules().catalog.types.values()])
     yield
@@ -244,7 +247,9 @@ async def background_sweeps(app: web.Application) -> AsyncIterator[None]:
 
     tasks = [asyncio.create_task(_every(IDLE_SWEEP_INTERVAL_S, end_idle_sms, "sms.idle_sweep")),
              asyncio.create_task(_every(HANDOFF_SWEEP_INTERVAL_S, app[HANDOFF].sweep,
-                                        "handoff.sweep"))]
+                                        "handoff.sweep")),
+             asyncio.create_task(_every(QUEUE_LOAD_INTERVAL_S, app[QUEUE_LOAD].refresh,
+                                        "queue_load.refresh"))]
     yield
     for task in tasks:
         task.cancel()

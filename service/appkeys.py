@@ -9,7 +9,7 @@ from service.bus import Bus
 from service.conversation import Conversations
 from service.events import EventWriter
 from service.handoff import Handoff
-from service.queues import Router
+from service.queues import QueueLoad, Router
 from service.redis_batch import CommandBatcher
 from service.flows import HttpLookups
 from service.rules_holder import RulesHolder
@@ -25,6 +25,7 @@ EVENTS = web.AppKey("events", EventWriter)
 BUS = web.AppKey("bus", Bus)
 TWILIO = web.AppKey("twilio", TwilioRest)
 ROUTER = web.AppKey("router", Router)
+QUEUE_LOAD = web.AppKey("queue_load", QueueLoad)
 HANDOFF = web.AppKey("handoff", Handoff)
 LOOKUPS = web.AppKey("lookups", HttpLookups)
 CONVERSATIONS = web.AppKey("conversations", Conversations)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from dataclasses import dataclass, field, replace
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 import structlog
 
@@ -85,9 +85,11 @@ class Turn:
 
 class Conversations:
     def __init__(self, rules: Callable[[], Rules], context: ContextStore, handoff: Handoff,
-                 events: EventWriter, find_customer: FindCustomer, lookups: HttpLookups):
+                 events: EventWriter, find_customer: FindCustomer, lookups: HttpLookups,
+                 queue_load: Callable[[], Mapping[str, int]] = dict):
         self._rules = rules
         self._lookups = lookups
+        self._queue_load = queue_load
         self._context = context
         self._handoff = handoff
         self._router = handoff.router
@@ -403,7 +405,7 @@ class Conversations:
     def _decide(self, turn: Turn) -> Decision:
         conv = turn.conversation
         return turn.rules.tree.decide(routing_attributes(turn.rules, conv, turn.channel,
-                                                         turn.now))
+                                                         turn.now, self._queue_load()))
 
     async def _escalate(self, turn: Turn, decision: Decision, reason: str) -> Reply:
         conv, rules = turn.conversation, turn.rules
@@ -507,13 +509,16 @@ class Conversations:
         self._events.emit(*turn.events)
 
 
-def routing_attributes(rules: Rules, conv: dict[str, Any], channel: str,
-                       at: float) -> dict[str, Any]:
-    """What the routing tree matches on, for a decision made at `at` (epoch seconds)."""
+def routing_attributes(rules: Rules, conv: dict[str, Any], channel: str, at: float,
+                       waiting: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """What the routing tree matches on, for a decision made at `at` (epoch seconds) while
+    `waiting` contacts wait in each queue (None: not known, as in a replay)."""
     attrs: dict[str, Any] = {"channel": channel, "contact_type": conv.get("contact_type"),
                              "confidence": conv.get("confidence"),
                              "repeat_contact": _is_repeat(rules, conv),
                              "hours": rules.tree.intervals_at(datetime.fromtimestamp(at, UTC))}
+    for queue, count in (waiting or {}).items():
+        attrs[f"waiting.{queue}"] = count
     for name, value in conv.get("attributes", {}).items():
         attrs[f"customer.{name}"] = value
     return attrs

@@ -22,7 +22,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from redis.exceptions import ResponseError
 
@@ -188,6 +188,19 @@ class _Script:
         return reply
 
 
+class QueueLoad:
+    """Contacts waiting per queue as of the last refresh (every second, by each instance), so
+    that routing on queue load costs a turn no Redis round trip of its own."""
+
+    def __init__(self, router: "Router", queues: Callable[[], Iterable[str]]):
+        self._router = router
+        self._queues = queues
+        self.waiting: dict[str, int] = {}
+
+    async def refresh(self) -> None:
+        self.waiting = await self._router.waiting_counts(self._queues())
+
+
 class Router:
     def __init__(self, batcher: CommandBatcher, offer_timeout_s: float = 20):
         self.batcher = batcher
@@ -225,6 +238,12 @@ class Router:
         key = f"{PREFIX}q:{entry['queue']}"
         rank, size = await self.batcher.execute(("ZRANK", key, contact_id), ("ZCARD", key))
         return None if rank is None else (entry["queue"], QueuePosition(rank + 1, size))
+
+    async def waiting_counts(self, queues: Iterable[str]) -> dict[str, int]:
+        """How many contacts wait in each queue, in one round trip."""
+        names = list(queues)
+        counts = await self.batcher.execute(*(("ZCARD", f"{PREFIX}q:{q}") for q in names))
+        return dict(zip(names, counts))
 
     async def entry(self, contact_id: str) -> dict[str, Any] | None:
         [raw] = await self.batcher.execute(("HGET", PREFIX + "entries", contact_id))

@@ -26,6 +26,7 @@ NUMERIC_ATTRS = ("confidence",)
 BOOL_ATTRS = ("repeat_contact",)
 TEXT_ATTRS = ("channel", "contact_type")
 INTERVAL_ATTR = "hours"  # 'hours = business_hours': the decision falls in that time interval
+WAITING_PREFIX = "waiting."  # 'waiting.orders > 20': contacts waiting in that queue now
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
 COMPARE: dict[str, Callable[[float, float], bool]] = {
@@ -171,7 +172,7 @@ def load_routing_tree(directory: Path, display_dir: str, catalog: Catalog) -> Ro
     if "matchers" in root_spec:
         check.error(root_spec, "matchers", "the root route matches everything", ("route",))
     defaults = Settings(queue="", priority=0, self_service=True, reason="rule")
-    known = Known(catalog, frozenset(intervals))
+    known = Known(catalog, frozenset(intervals), frozenset(queues))
     root = _route(check, root_spec, ("route",), "root", defaults, queues, known)
     check.raise_if_any()
     return RoutingTree(root=root, queues=queues, time_intervals=intervals)
@@ -392,6 +393,7 @@ class Known:
 
     catalog: Catalog
     intervals: frozenset[str] = frozenset()
+    queues: frozenset[str] = frozenset()
 
 
 def parse_matcher(text: Any, known: Known) -> Matcher | str:
@@ -404,9 +406,14 @@ def parse_matcher(text: Any, known: Known) -> Matcher | str:
     attr, op, raw = match.groups()
     value = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw
     if attr not in (*TEXT_ATTRS, *NUMERIC_ATTRS, *BOOL_ATTRS, INTERVAL_ATTR) and \
-            not attr.startswith("customer."):
+            not attr.startswith(("customer.", WAITING_PREFIX)):
         return (f"unknown attribute '{attr}' (use channel, contact_type, confidence, "
-                "repeat_contact, hours or customer.<field>)")
+                "repeat_contact, hours, waiting.<queue> or customer.<field>)")
+    if attr.startswith(WAITING_PREFIX):
+        queue = attr.removeprefix(WAITING_PREFIX)
+        if queue not in known.queues:
+            return f"unknown queue '{queue}' in '{attr}'"
+        return _numeric_matcher(attr, op, value, text)
     if attr == INTERVAL_ATTR:
         if op not in ("=", "!="):
             return f"'{attr}' names a time interval: write '{attr} = <name>' or '{attr} != <name>'"

@@ -75,7 +75,8 @@ ROUTE_CASES = [
      ["routes.yaml:14: 'refund_.*' matches no contact type (route -> routes -> 0 -> matchers -> 0)"]),
     ("unknown attribute", ROUTES.replace("contact_type = track_order", "tier = vip"),
      ["routes.yaml:14: unknown attribute 'tier' (use channel, contact_type, confidence, "
-      "repeat_contact, hours or customer.<field>) (route -> routes -> 0 -> matchers -> 0)"]),
+      "repeat_contact, hours, waiting.<queue> or customer.<field>) "
+      "(route -> routes -> 0 -> matchers -> 0)"]),
     ("number compared as text", ROUTES.replace("contact_type = track_order", "confidence = high"),
      ["routes.yaml:14: 'confidence' is a number: compare it with <, <=, > or >= "
       "(route -> routes -> 0 -> matchers -> 0)"]),

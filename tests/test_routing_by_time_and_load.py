@@ -1,4 +1,5 @@
-"""Time intervals in the routing tree (Alertmanager's `time_intervals`; matcher `hours`)."""
+"""Routing on when and on how busy: time intervals (matcher `hours`, Alertmanager's
+`time_intervals`) and queue load (matcher `waiting.<queue>`)."""
 
 from __future__ import annotations
 
@@ -144,3 +145,51 @@ async def test_a_live_turn_routes_on_the_hours_it_falls_in(settings, redis_clien
         await text(client, "+15555550144", "I want to complain")
         [entry] = await client.app[ROUTER].waiting("general")
     assert entry["reason"] == "night_desk"
+
+
+LOAD_CASES = [
+    ("unknown queue", ROUTES.replace("'contact_type = track_order'", "'waiting.billing > 5'"),
+     ["routes.yaml:14: unknown queue 'billing' in 'waiting.billing' "
+      "(route -> routes -> 0 -> matchers -> 0)"]),
+    ("not compared as a number", ROUTES.replace("'contact_type = track_order'",
+                                                "'waiting.orders = many'"),
+     ["routes.yaml:14: 'waiting.orders' is a number: compare it with <, <=, > or >= "
+      "(route -> routes -> 0 -> matchers -> 0)"]),
+]
+
+
+@pytest.mark.parametrize("routes,expected", [c[1:] for c in LOAD_CASES],
+                         ids=[c[0] for c in LOAD_CASES])
+def test_queue_load_errors(tmp_path, routes, expected):
+    assert errors(tmp_path, routes=routes) == expected
+
+
+async def test_a_busy_queue_sends_the_next_contact_elsewhere(settings, redis_client, tmp_path):
+    """Once a contact waits for Orders, the next order question goes to Care instead; the
+    figure comes from the snapshot each instance refreshes every second."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from service.app import create_app
+    from service.appkeys import QUEUE_LOAD
+
+    routes = ROUTES.replace("""      queue: orders
+""", """      queue: orders
+      routes:
+        - name: orders busy
+          matchers: ['waiting.orders >= 1']
+          queue: general
+          reason: orders_busy
+          self_service: false
+""")
+    directory = write_rules(tmp_path, routes=routes)
+    await _clean_tables(settings.database_url)
+    app = create_app(with_settings(settings, rules_dir=directory))
+    async with TestClient(TestServer(app)) as client:
+        await text(client, "+15555550145", "where is my order")
+        await text(client, "+15555550145", "no")  # self-service failed: waits for Orders
+        await client.app[QUEUE_LOAD].refresh()
+        assert client.app[QUEUE_LOAD].waiting == {"general": 0, "orders": 1}
+        await text(client, "+15555550146", "where is my order")
+        [busy] = await client.app[ROUTER].waiting("general")
+    assert (busy["reason"], busy["context"]["customer"]["address"]) == \
+        ("orders_busy", "+15555550146")
