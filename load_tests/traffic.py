@@ -79,8 +79,10 @@ def load_utterances(rules_dir: Path) -> Utterances:
             prediction = rules.classifier.predict(text)
             if prediction.confidence < threshold:
                 continue
-            predicted[text] = (prediction.contact_type, prediction.confidence)
             contact_type = rules.catalog.types[prediction.contact_type]
+            if contact_type.flow:
+                continue  # a flow asks its own questions: these scripts answer YES or NO
+            predicted[text] = (prediction.contact_type, prediction.confidence)
             (agent_only if contact_type.agent_only else self_service).append(text)
     vague = [t for t in VAGUE if rules.classifier.predict(t).confidence < threshold]
     if not (self_service and agent_only and vague):

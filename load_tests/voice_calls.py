@@ -51,7 +51,7 @@ MAX_STEPS = 7  # the longest script: call, two inputs, two waits, queue result, 
 
 @dataclass(frozen=True)
 class Keypad:
-    self_service: dict[str, str]  # digit -> contact type answered by self-service
+    self_service: dict[str, str]  # digit -> contact type with a self-service answer
     agent_only: list[str]  # digits of agent-only types
 
 
@@ -60,7 +60,7 @@ def load_keypad(rules_dir: Path) -> Keypad:
 
     types = load_rules(rules_dir, with_classifier=False).catalog.types.values()
     keyed = [t for t in types if t.ivr_digit]
-    return Keypad({str(t.ivr_digit): t.id for t in keyed if not t.agent_only},
+    return Keypad({str(t.ivr_digit): t.id for t in keyed if t.answer},  # flows ask more
                   [str(t.ivr_digit) for t in keyed if t.agent_only])
 
 
