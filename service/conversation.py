@@ -284,6 +284,7 @@ class Conversations:
         return await self._self_service_failed(turn, "self_service_failed")
 
     async def _self_service_failed(self, turn: Turn, reason: str) -> Reply:
+        turn.conversation.pop("flow", None)  # its looked-up data need not ride along any more
         step = turn.conversation["steps"][-1]
         turn.record("self_service_failed", step=_step_name(step), failure=reason)
         step["outcome"] = "failed"
@@ -324,6 +325,7 @@ class Conversations:
         if not steps:  # a reload removed the flow while the customer was in it
             return await self._self_service_failed(turn, "flow_unavailable")
         turn.conversation["status"] = "confirming"
+        del turn.conversation["flow"]
         return turn.reply(*said, prompts.CONFIRM[turn.channel], choices=YES_NO,
                           expects_input=True)
 
@@ -331,6 +333,7 @@ class Conversations:
         conv, inbound = turn.conversation, turn.inbound
         text = "" if inbound.kind == "no_input" else inbound.text.strip()
         if asks_for_agent(inbound.kind, text):
+            del conv["flow"]
             return await self._escalate(turn, self._decide(turn), "requested_agent")
         state = conv["flow"]
         steps = turn.rules.flows.flows.get(state["id"], ())

@@ -94,7 +94,7 @@ async def events(client, db, kinds=None) -> list[dict]:
     return [e for e in found if kinds is None or e["kind"] in kinds]
 
 
-async def test_sms_flow_asks_looks_up_and_answers(flow_client, db, order_api):
+async def test_sms_flow_asks_looks_up_and_answers(flow_client, db, order_api, redis_client):
     assert await text(flow_client, CUSTOMER, "I need to track my order") == [
         "What's your order number? It starts with EX, like EX12345."]
     assert await text(flow_client, CUSTOMER, "it's the blue one") == [
@@ -102,6 +102,8 @@ async def test_sms_flow_asks_looks_up_and_answers(flow_client, db, order_api):
     assert await text(flow_client, CUSTOMER, "ex 12345") == [
         "Order ex12345 is shipped and should arrive Friday.", "Did that help? Reply YES or NO."]
     assert order_api[1] == ["/orders/ex12345"]
+    state = json.loads(await redis_client.get(f"sb:{{phone:{CUSTOMER}}}:conv:sms:+15005550006"))
+    assert state["status"] == "confirming" and "flow" not in state  # the order data is dropped
     assert await text(flow_client, CUSTOMER, "yes") == [
         "Great, glad that helped! Text us any time if you need anything else."]
     steps = await events(flow_client, db, {"self_service_started", "flow_answer_rejected",
