@@ -22,7 +22,7 @@ from service.model import Choice, Inbound, Reply
 from service.handoff import Handoff
 from service.routing import Decision
 from service.rules import Rules
-from service.flows import HttpLookups, LookupFailed, MissingValue, accepted, render
+from service.flows import HttpLookups, LookupFailed, MissingValue, Step, accepted, render
 from service.understanding import Understood, asks_for_agent, escalation_reason, understand
 
 log = structlog.get_logger(__name__)
@@ -317,17 +317,38 @@ class Conversations:
                     state["values"][step.save] = await self._lookups.fetch(lookup,
                                                                            state["values"])
                 state["at"] += 1
-        except (LookupFailed, MissingValue) as exc:
-            reason = getattr(exc, "reason", "lookup_failed")
-            log.warning("flow.failed", flow=state["id"], reason=reason, error=str(exc))
-            reply = await self._self_service_failed(turn, reason)
-            return replace(reply, messages=(*said, *reply.messages))
+        except LookupFailed as exc:
+            step = steps[state["at"]]
+            if exc.reason == "lookup_not_found" and step.not_found:
+                return await self._ask_again(turn, step, said)
+            return await self._flow_failed(turn, exc, said)
+        except MissingValue as exc:
+            return await self._flow_failed(turn, exc, said)
         if not steps:  # a reload removed the flow while the customer was in it
             return await self._self_service_failed(turn, "flow_unavailable")
         turn.conversation["status"] = "confirming"
         del turn.conversation["flow"]
         return turn.reply(*said, prompts.CONFIRM[turn.channel], choices=YES_NO,
                           expects_input=True)
+
+    async def _flow_failed(self, turn: Turn, error: Exception, said: list[str]) -> Reply:
+        reason = getattr(error, "reason", "lookup_failed")
+        log.warning("flow.failed", flow=turn.conversation["flow"]["id"], reason=reason,
+                    error=str(error))
+        reply = await self._self_service_failed(turn, reason)
+        return replace(reply, messages=(*said, *reply.messages))
+
+    async def _ask_again(self, turn: Turn, lookup: Step, said: list[str]) -> Reply:
+        """The look-up found nothing for the answer given: say so, and take another one."""
+        state = turn.conversation["flow"]
+        # Counted apart from misses, which every well-formed answer resets.
+        state["not_found"] = state.get("not_found", 0) + 1
+        turn.record("flow_answer_rejected", flow=state["id"], lookup=lookup.lookup,
+                    misses=state["not_found"])
+        if state["not_found"] >= MISSES_BEFORE_ESCALATION:
+            return await self._flow_failed(turn, LookupFailed("lookup_not_found", "twice"), said)
+        state["at"] = lookup.back_to
+        return turn.reply(*said, render(lookup.not_found, state["values"]), expects_input=True)
 
     async def _flow_answer(self, turn: Turn) -> Reply:
         conv, inbound = turn.conversation, turn.inbound

@@ -14,8 +14,9 @@ knows, look it up and say the answer, then ask "Did that help?" like a plain ans
             save: order_number
             expect: 'EX\\d{5}'      # optional: the whole answer, spaces removed, any case
             retry: That doesn't look like an order number. It starts with EX, like EX12345.
-          - lookup: orders         # GET, a JSON object; 404 and failures go to an agent
+          - lookup: orders         # GET, a JSON object; failures go to an agent
             save: order
+            not_found: I can't find that order. Please check the number and send it again.
           - say: Order {order_number} is {order.status}.
 
 Texts and URLs may use `{name}` and `{name.field}` of values saved by earlier steps; loading
@@ -52,6 +53,8 @@ class Step:
     expect: re.Pattern | None = None
     retry: str | None = None
     lookup: str | None = None
+    not_found: str | None = None  # lookup: said on a 404, then the last question is asked again
+    back_to: int | None = None  # lookup: the index of that question
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,9 +209,11 @@ def _steps(check: Checker, spec: LocatedDict, path: tuple,
         check.error(spec, "steps", "expected a non-empty list of steps", (*path, "steps"))
         return ()
     saved: set[str] = set()
-    steps = []
+    steps: list[Step] = []
     for index, item in enumerate(items):
-        step = _step(check, items, index, (*path, "steps", index), lookups, saved)
+        last_ask = next((i for i in range(len(steps) - 1, -1, -1) if steps[i].kind == "ask"),
+                        None)
+        step = _step(check, items, index, (*path, "steps", index), lookups, saved, last_ask)
         if step is not None:
             steps.append(step)
             saved |= {step.save} if step.save else set()
@@ -219,14 +224,15 @@ def _steps(check: Checker, spec: LocatedDict, path: tuple,
 
 
 def _step(check: Checker, items: LocatedList, index: int, path: tuple,
-          lookups: dict[str, Lookup], saved: set[str]) -> Step | None:
+          lookups: dict[str, Lookup], saved: set[str], last_ask: int | None) -> Step | None:
     item = items[index]
     kinds = [k for k in STEP_KINDS if isinstance(item, LocatedDict) and k in item]
     if len(kinds) != 1:
         check.error(items, index, "each step has exactly one of 'ask', 'lookup' or 'say'", path)
         return None
     kind = kinds[0]
-    allowed = {"ask": ["save", "expect", "retry"], "lookup": ["save"], "say": []}[kind]
+    allowed = {"ask": ["save", "expect", "retry"], "lookup": ["save", "not_found"],
+               "say": []}[kind]
     required = [kind] + (["save"] if kind != "say" else [])
     item = check.mapping(item, items, index, path, required=required,
                          optional=[a for a in allowed if a not in required])
@@ -241,7 +247,13 @@ def _step(check: Checker, items: LocatedList, index: int, path: tuple,
             check.error(item, "lookup", f"unknown look-up '{name}'", (*path, "lookup"))
         else:
             _check_names(check, item, "lookup", lookups[name].url, saved, path)
-        return Step("lookup", save=save, lookup=name)
+        not_found = None
+        if "not_found" in item:
+            not_found = _text(check, item, "not_found", saved, path)
+            if last_ask is None:
+                check.error(item, "not_found", "not_found asks the last question again: put an "
+                            "'ask' before this look-up", (*path, "not_found"))
+        return Step("lookup", save=save, lookup=name, not_found=not_found, back_to=last_ask)
     text = _text(check, item, kind, saved, path)
     retry = _text(check, item, "retry", saved, path) if "retry" in item else None
     return Step(kind, text, save, _pattern(check, item, path), retry)

@@ -72,19 +72,29 @@ async def order_api():
 @pytest.fixture
 async def flow_client(settings, redis_client, order_api, tmp_path):
     """The service with the example rules, where tracking an order is a flow with a look-up."""
+    rules = _rules_with_order_flow(tmp_path, order_api[0])
+    await _clean_tables(settings.database_url)
+    async with TestClient(TestServer(create_app(with_settings(settings, rules_dir=rules)))) as c:
+        yield c
+
+
+def _rules_with_order_flow(tmp_path: Path, orders_url: str,
+                                 not_found: str | None = None) -> Path:
     rules = tmp_path / "rules"
     shutil.copytree(ROOT / "routing_rules", rules)
-    example = (rules / "flows.yaml").read_text().replace("flows:\n", WHERE_IS_MY_ORDER, 1)
-    (rules / "flows.yaml").write_text(LOOKUPS.format(orders_url=order_api[0]) + example)
+    flow = WHERE_IS_MY_ORDER
+    if not_found:
+        flow = flow.replace("        save: order\n",
+                            f"        save: order\n        not_found: {not_found}\n")
+    example = (rules / "flows.yaml").read_text().replace("flows:\n", flow, 1)
+    (rules / "flows.yaml").write_text(LOOKUPS.format(orders_url=orders_url) + example)
     catalog = (rules / "catalog.yaml").read_text()
     start = catalog.index("  track_order:")
     answer = catalog.index("    self_service:", start)
     examples = catalog.index("    examples:", start)
-    (rules / "catalog.yaml").write_text(
-        catalog[:answer] + "    self_service:\n      flow: where_is_my_order\n" + catalog[examples:])
-    await _clean_tables(settings.database_url)
-    async with TestClient(TestServer(create_app(with_settings(settings, rules_dir=rules)))) as c:
-        yield c
+    flow_ref = "    self_service:\n      flow: where_is_my_order\n"
+    (rules / "catalog.yaml").write_text(catalog[:answer] + flow_ref + catalog[examples:])
+    return rules
 
 
 async def events(client, db, kinds=None) -> list[dict]:
@@ -138,6 +148,33 @@ async def test_every_way_out_of_a_flow_reaches_an_agent_with_what_it_collected(
         ("flow", "where_is_my_order", "failed", collected)
     [failed] = await events(flow_client, db, {"self_service_failed"})
     assert failed["data"] == {"step": "flow:where_is_my_order", "failure": reason}
+
+
+async def test_a_number_the_lookup_does_not_know_is_asked_for_again(settings, redis_client,
+                                                                    order_api, tmp_path, db):
+    """With not_found, a 404 says so and takes another answer; a second 404 goes to an agent."""
+    rules = _rules_with_order_flow(tmp_path, order_api[0], not_found=(
+        "I can't find order {order_number}. Please check the number and send it again."))
+    await _clean_tables(settings.database_url)
+    app = create_app(with_settings(settings, rules_dir=rules))
+    async with TestClient(TestServer(app)) as c:
+        await text(c, CUSTOMER, "I need to track my order")
+        assert await text(c, CUSTOMER, "EX00000") == [
+            "I can't find order EX00000. Please check the number and send it again."]
+        assert await text(c, CUSTOMER, "EX12345") == [
+            "Order EX12345 is shipped and should arrive Friday.",
+            "Did that help? Reply YES or NO."]
+        await text(c, CUSTOMER, "yes")
+        other = "+15555550162"  # CUSTOMER asking again would be a repeat contact, for agents
+        await text(c, other, "I need to track my order")
+        await text(c, other, "EX00001")
+        assert "Orders and delivery team" in (await text(c, other, "EX00002"))[-1]
+        [entry] = await c.app[ROUTER].waiting("orders")
+        assert entry["reason"] == "lookup_not_found"
+        assert entry["context"]["self_service_steps"][-1]["collected"] == \
+            {"order_number": "EX00002"}
+        rejected = await events(c, db, {"flow_answer_rejected"})
+    assert [e["data"]["misses"] for e in rejected] == [1, 1, 2]
 
 
 async def test_asking_for_a_person_inside_a_flow(flow_client):
@@ -202,6 +239,12 @@ FLOW_ERRORS = [
      "at position 2 (flows -> f -> steps -> 0 -> expect)"),
     ("steps:\n      - ask: Order number?\n        save: Order Number\n      - say: ok",
      "flows.yaml:8: save names a value in lower_snake_case (flows -> f -> steps -> 0 -> save)"),
+    ("steps:\n      - lookup: orders\n        save: order\n        not_found: No such order.\n"
+     "      - say: ok",
+     ("flows.yaml:7: '{n}' is not saved by an earlier step (flows -> f -> steps -> 0 -> "
+      "lookup)",
+      "flows.yaml:9: not_found asks the last question again: put an 'ask' before this look-up "
+      "(flows -> f -> steps -> 0 -> not_found)")),
     ("steps:\n      - ask: Order number?\n        save: n\n        when: always\n"
      "      - say: ok",
      "flows.yaml:9: unknown key 'when' (flows -> f -> steps -> 0 -> when)"),
@@ -214,7 +257,8 @@ def test_flow_errors_name_file_line_and_path(tmp_path, flow, message):
                               f"flows:\n  f:\n    {flow}\n")
     with pytest.raises(ConfigError) as caught:
         load_rules(rules, with_classifier=False)
-    assert [str(i) for i in caught.value.issues] == [f"{rules}/{message}"]
+    messages = (message,) if isinstance(message, str) else message
+    assert [str(i) for i in caught.value.issues] == [f"{rules}/{m}" for m in messages]
 
 
 def test_lookup_errors_and_a_catalog_naming_an_unknown_flow_are_reported_together(tmp_path):
