@@ -7,8 +7,8 @@ identity + context (Redis) -> contact type (classifier) -> decision (routing tre
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, Awaitable, Callable, Mapping
 
 import structlog
@@ -17,12 +17,12 @@ from service import prompts
 from service.context import (KEPT_CONTACTS, ContextStore, TurnStart, identity_of,
                              newest_first)
 from service.events import Event, EventWriter
+from service.flows import HttpLookups, LookupFailed, MissingValue, Step, accepted, render
 from service.ids import new_uuid
 from service.model import Choice, Inbound, Reply
 from service.handoff import Handoff
 from service.routing import Decision
 from service.rules import Rules
-from service.flows import HttpLookups, LookupFailed, MissingValue, Step, accepted, render
 from service.understanding import Understood, asks_for_agent, escalation_reason, understand
 
 log = structlog.get_logger(__name__)
