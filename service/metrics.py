@@ -25,6 +25,9 @@ OPS_API_REQUESTS = Counter("switchboard_ops_api_requests_total", "Requests to th
                            "API, by endpoint and HTTP status", ["endpoint", "status"],
                            registry=REGISTRY)
 
+QUEUE_WAITING = Gauge("switchboard_queue_waiting", "Contacts waiting in each agent queue, as of "
+                      "this instance's last look (every second)", ["queue"], registry=REGISTRY)
+
 # Live counters of what contacts do, for alerting (reports stay computed from the event log).
 CONTACT_EVENTS = Counter("switchboard_contact_events_total", "Contact events recorded, by "
                          "kind and channel", ["kind", "channel"], registry=REGISTRY)

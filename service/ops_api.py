@@ -4,6 +4,7 @@
     GET /api/reports/matrix?from=&to=                          touchpoint matrix
     GET /api/reports/journeys?from=&to=[&limit=5]              journeys and drop-outs
     GET /api/reports/trend?from=&to=[&bucket=hour|day|week]    headline rates over time
+    GET /api/queues                                            now: waiting, longest wait, agents
     GET /ops                                                   the dashboard (static page)
 
 API calls need `Authorization: Bearer <token>` with an ops token (`switchboard tokens add
@@ -15,15 +16,18 @@ from __future__ import annotations
 
 import functools
 import json
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Awaitable, Callable
 
 import asyncpg
+import redis.exceptions
 import structlog
 from aiohttp import web
 
 from service import metrics, reports, tokens
-from service.appkeys import PG, RULES
+from service.appkeys import PG, ROUTER, RULES
 from service.reports import BadWindow, ReportRules, Window
 
 log = structlog.get_logger(__name__)
@@ -31,16 +35,18 @@ log = structlog.get_logger(__name__)
 WEB_DIR = Path(__file__).resolve().parent / "web"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 NO_STORE = {"Cache-Control": "no-store"}
+# A database down, busy or too slow: not a bug of ours.
 UNAVAILABLE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                asyncpg.OperatorInterventionError, asyncpg.InsufficientResourcesError, OSError,
-               TimeoutError)  # the database is down, busy or too slow: not a bug of ours
+               TimeoutError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 def routes() -> list[web.RouteDef]:
     return [web.get("/ops", _static("ops.html")), web.get("/ops/ops.js", _static("ops.js")),
             web.get("/ops/ops.css", _static("ops.css")),
             web.get("/api/reports/summary", summary), web.get("/api/reports/matrix", matrix),
-            web.get("/api/reports/journeys", journeys), web.get("/api/reports/trend", trend)]
+            web.get("/api/reports/journeys", journeys), web.get("/api/reports/trend", trend),
+            web.get("/api/queues", queues_now)]
 
 
 def _static(name: str) -> Handler:
@@ -63,7 +69,7 @@ def bearer_token(request: web.Request) -> str | None:
     return token.strip() or None
 
 
-def ops_report(name: str) -> Callable[[Handler], Handler]:
+def ops_report(name: str, source: str = "the event log") -> Callable[[Handler], Handler]:
     """Only for ops tokens; counts requests; a database outage is a 503, not a stack trace."""
     def decorate(handler: Handler) -> Handler:
         @functools.wraps(handler)
@@ -81,7 +87,7 @@ def ops_report(name: str) -> Callable[[Handler], Handler]:
                 log.warning("reports.unavailable", report=name, error=str(exc))
                 status = 503
                 raise json_error(web.HTTPServiceUnavailable,
-                                 "the event log cannot be read right now; try again") from exc
+                                 f"{source} cannot be read right now; try again") from exc
             finally:
                 metrics.OPS_API_REQUESTS.labels(name, str(status)).inc()
         return guarded
@@ -163,3 +169,16 @@ async def trend(request: web.Request) -> web.Response:
     except BadWindow as exc:
         raise json_error(web.HTTPBadRequest, str(exc)) from None
     return _json(await reports.trend(request.app[PG], window, rules, bucket))
+
+
+# ---- live -------------------------------------------------------------------------------
+
+@ops_report("queues", source="the queues")
+async def queues_now(request: web.Request) -> web.Response:
+    """The agent queues as they are now (Redis), next to their labels."""
+    queues = request.app[RULES].current.tree.queues
+    now = time.time()
+    status = await request.app[ROUTER].status(queues, now)
+    for name, figures in status["queues"].items():
+        figures["label"] = queues[name].label
+    return _json({"as_of": reports.iso(datetime.fromtimestamp(now, timezone.utc)), **status})

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable
 
 from redis.exceptions import ResponseError
 
+from service import metrics
 from service.redis_batch import Command, CommandBatcher
 
 PREFIX = "sb:{routing}:"
@@ -199,6 +200,8 @@ class QueueLoad:
 
     async def refresh(self) -> None:
         self.waiting = await self._router.waiting_counts(self._queues())
+        for queue, count in self.waiting.items():
+            metrics.QUEUE_WAITING.labels(queue).set(count)
 
 
 class Router:
@@ -238,6 +241,19 @@ class Router:
         key = f"{PREFIX}q:{entry['queue']}"
         rank, size = await self.batcher.execute(("ZRANK", key, contact_id), ("ZCARD", key))
         return None if rank is None else (entry["queue"], QueuePosition(rank + 1, size))
+
+    async def status(self, queues: Iterable[str], now: float) -> dict[str, Any]:
+        """What is waiting where right now, and how many agents are available."""
+        names = list(queues)
+        *ranges, available = await self.batcher.execute(
+            *(("ZRANGE", f"{PREFIX}q:{q}", 0, -1, "WITHSCORES") for q in names),
+            ("ZCARD", PREFIX + "available"))
+        status = {}
+        for name, flat in zip(names, ranges):
+            enqueued_ms = [int(float(score)) % PRIORITY_SCALE for score in flat[1::2]]
+            longest = round(now - min(enqueued_ms) / 1000, 1) if enqueued_ms else None
+            status[name] = {"waiting": len(enqueued_ms), "longest_wait_s": longest}
+        return {"queues": status, "agents_available": available}
 
     async def waiting_counts(self, queues: Iterable[str]) -> dict[str, int]:
         """How many contacts wait in each queue, in one round trip."""

@@ -444,6 +444,36 @@ async def test_live_counters_of_contact_events(ops_client):
         assert line in exported
 
 
+async def test_queues_now_waiting_longest_wait_and_agents(ops_client, db, ops_token):
+    from service.appkeys import QUEUE_LOAD
+
+    await text(ops_client, "+15555550301", "I want to talk to a person")
+    await asyncio.sleep(0.3)
+    await text(ops_client, "+15555550302", "I need to track my order")
+    await text(ops_client, "+15555550302", "no")
+    billing_agent = AgentSocket(await ops_client.ws_connect("/agent/ws"))  # offered nothing
+    await billing_agent.ws.send_json({"type": "auth",
+                                      "token": await add_agent(db, "Bo", ["billing"])})
+    await billing_agent.next("ready")
+    await billing_agent.ws.send_json({"type": "presence", "status": "available"})
+    await billing_agent.next("presence")
+
+    status, now = await get(ops_client, "/api/queues", ops_token)
+    assert status == 200 and now["agents_available"] == 1
+    general, orders, billing = (now["queues"][q] for q in ("general", "orders", "billing"))
+    assert (general["waiting"], orders["waiting"], billing["waiting"]) == (1, 1, 0)
+    assert (general["label"], billing["longest_wait_s"]) == ("Customer care", None)
+    assert general["longest_wait_s"] > orders["longest_wait_s"] >= 0
+    assert datetime.fromisoformat(now["as_of"]) <= datetime.now(timezone.utc)
+    assert (await get(ops_client, "/api/queues", None))[0] == 401
+
+    await ops_client.app[QUEUE_LOAD].refresh()
+    exported = await (await ops_client.get("/metrics")).text()
+    assert 'switchboard_queue_waiting{queue="orders"} 1.0' in exported
+    assert 'switchboard_queue_waiting{queue="billing"} 0.0' in exported
+    await billing_agent.ws.close()
+
+
 # ---- command line -------------------------------------------------------------------------
 
 def use_servers(monkeypatch, settings) -> None:

@@ -91,6 +91,9 @@ async def test_dashboard_shows_the_api_figures_and_draws_its_charts(settings, re
             await check_headline(page, summary)
             await check_tables(page, summary, matrix, journeys)
             await check_charts(page, summary, trend)
+            queues = await client.get("/api/queues",
+                                      headers={"Authorization": f"Bearer {token}"})
+            await check_queues(page, await queues.json())
             await page.screenshot(path=artifact("ops-dashboard.png"), full_page=True)
             assert errors == []
 
@@ -137,6 +140,18 @@ async def check_tables(page, summary: dict, matrix: dict, journeys: dict) -> Non
     assert await page.locator("#journeys li").evaluate_all(
         "items => items.map(li => li.dataset.path)") == paths
     await expect(page.locator("#dropouts tbody tr")).to_have_count(len(journeys["dropouts"]))
+
+
+async def check_queues(page, now: dict) -> None:
+    """The live panel shows the queues as /api/queues has them: one still waits for a person."""
+    assert now["queues"]["general"]["waiting"] == 1
+    await expect(page.locator("#queues tbody tr")).to_have_count(len(now["queues"]))
+    for name, queue in now["queues"].items():
+        row = page.locator(f'#queues tr[data-key="{name}"]')
+        await expect(row.locator('[data-field="label"]')).to_have_text(queue["label"])
+        await expect(row.locator('[data-field="waiting"]')).to_have_text(str(queue["waiting"]))
+    await expect(page.locator("#agents-available")).to_have_text("0")
+    await expect(page.locator("#queues-as-of")).to_contain_text("every 10 s")
 
 
 async def check_charts(page, summary: dict, trend: dict) -> None:

@@ -100,9 +100,11 @@ class Unauthorized extends Error {}
 
 async function fetchReport(name, range, token) {
   const params = new URLSearchParams({ from: range.from, to: range.to });
-  const response = await fetch(`/api/reports/${name}?${params}`, {
-    headers: { Authorization: `Bearer ${token}` },
-  });
+  return fetchJson(`/api/reports/${name}?${params}`, token);
+}
+
+async function fetchJson(path, token) {
+  const response = await fetch(path, { headers: { Authorization: `Bearer ${token}` } });
   if (response.status === 401 || response.status === 403) {
     throw new Unauthorized((await response.json()).error);
   }
@@ -121,6 +123,7 @@ async function load(range) {
     showDashboard();
     render(summary, matrix, journeys, trend);
     setStatus("");
+    refreshQueues();
   } catch (error) {
     if (error instanceof Unauthorized) {
       sessionStorage.removeItem(TOKEN_KEY);
@@ -148,6 +151,35 @@ function showDashboard() {
   $("login-view").hidden = true;
   $("dashboard").hidden = false;
   $("window-form").hidden = false;
+}
+
+// ---- the queues now (refreshed while the page is open) ----------------------------------------
+
+const QUEUES_EVERY_MS = 10000;
+let queuesTimer = null;
+
+async function refreshQueues() {
+  clearTimeout(queuesTimer);
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (!token || $("dashboard").hidden) return;
+  try {
+    renderQueues(await fetchJson("/api/queues", token));
+  } catch (error) {
+    $("queues-as-of").textContent = `not updated: ${error.message}`;
+  }
+  queuesTimer = setTimeout(refreshQueues, QUEUES_EVERY_MS);
+}
+
+function renderQueues(now) {
+  const rows = Object.entries(now.queues).map(([key, q]) => ({ key, ...q }));
+  table("queues", [
+    { title: "Queue", field: "label", kind: "text" },
+    { title: "Waiting", field: "waiting", kind: "count" },
+    { title: "Longest wait", field: "longest_wait_s", kind: "seconds" },
+  ], rows);
+  $("agents-available").textContent = now.agents_available;
+  $("queues-as-of").textContent = `as of ${new Date(now.as_of).toLocaleTimeString()}, ` +
+    `every ${QUEUES_EVERY_MS / 1000} s`;
 }
 
 // ---- rendering ----------------------------------------------------------------------------
@@ -352,6 +384,7 @@ function start() {
   });
   $("sign-out").addEventListener("click", () => {
     sessionStorage.removeItem(TOKEN_KEY);
+    clearTimeout(queuesTimer);
     showLogin("");
   });
   load(range);
