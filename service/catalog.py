@@ -68,11 +68,7 @@ def load_catalog(directory: Path, display_dir: str,
 
 def _contact_types(check: Checker, root: LocatedDict,
                    flow_ids: Collection[str] | None) -> dict[str, ContactType]:
-    entries = root["contact_types"]
-    if not isinstance(entries, LocatedDict) or not entries:
-        check.error(root, "contact_types", "expected a non-empty mapping of contact types",
-                    ("contact_types",))
-        return {}
+    entries = check.entries(root, "contact_types", "contact types")
     types: dict[str, ContactType] = {}
     digits: dict[int, str] = {}
     for type_id, spec in entries.items():

@@ -187,10 +187,7 @@ def _lookups(check: Checker, root: LocatedDict) -> dict[str, Lookup]:
 
 def _flows(check: Checker, root: LocatedDict,
            lookups: dict[str, Lookup]) -> dict[str, tuple[Step, ...]]:
-    entries = root["flows"]
-    if not isinstance(entries, LocatedDict) or not entries:
-        check.error(root, "flows", "expected a non-empty mapping of flows", ("flows",))
-        return {}
+    entries = check.entries(root, "flows", "flows")
     flows = {}
     for flow_id, spec in entries.items():
         path = ("flows", flow_id)

@@ -179,10 +179,7 @@ def load_routing_tree(directory: Path, display_dir: str, catalog: Catalog) -> Ro
 
 
 def _queues(check: Checker, doc: LocatedDict) -> dict[str, Queue]:
-    specs = doc["queues"]
-    if not isinstance(specs, LocatedDict) or not specs:
-        check.error(doc, "queues", "expected a non-empty mapping of queues", ("queues",))
-        return {}
+    specs = check.entries(doc, "queues", "queues")
     queues = {}
     for name, spec in specs.items():
         path = ("queues", name)

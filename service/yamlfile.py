@@ -130,6 +130,14 @@ class Checker:
             self.error(parent, key, f"missing required key '{missing}'", path)
         return value
 
+    def entries(self, parent: LocatedDict, key: str, what: str) -> LocatedDict:
+        """A required section that maps names to specs; empty (after an error) if it is not."""
+        value = parent[key]
+        if not isinstance(value, LocatedDict) or not value:
+            self.error(parent, key, f"expected a non-empty mapping of {what}", (key,))
+            return LocatedDict()
+        return value
+
     def raise_if_any(self) -> None:
         if self.issues:
             raise ConfigError(sorted(self.issues, key=lambda i: (i.file, i.line)))

@@ -164,3 +164,15 @@ def test_rules_check_command(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{bad}/routes.yaml:15: unknown queue 'order'" in err
     assert "1 problem(s)" in err
+
+
+def test_empty_sections_are_named(tmp_path):
+    """Every section that maps names to specs says so, with its line, when it is empty."""
+    catalog = "classifier:\n  threshold: 0.5\ncontact_types: {}\n"
+    routes = ROUTES.replace(ROUTES[:ROUTES.index("route:")], "queues: []\n")
+    assert errors(tmp_path, catalog=catalog, routes=routes) == [
+        "catalog.yaml:3: expected a non-empty mapping of contact types (contact_types)"]
+    assert errors(tmp_path, routes=routes) == [
+        "routes.yaml:1: expected a non-empty mapping of queues (queues)"]
+    (tmp_path / "flows.yaml").write_text("# no flows yet\nflows:\n")
+    assert errors(tmp_path) == ["flows.yaml:2: expected a non-empty mapping of flows (flows)"]
