@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import AsyncIterator, Iterator
@@ -103,3 +104,12 @@ async def client(settings, redis_client) -> AsyncIterator[TestClient]:
 
 def with_settings(settings: Settings, **changes) -> Settings:
     return replace(settings, **changes)
+
+
+@asynccontextmanager
+async def service_with_rules(settings: Settings, rules_dir: Path) -> AsyncIterator[TestClient]:
+    """The whole service on another rules directory, with empty state."""
+    await _clean_tables(settings.database_url)
+    app = create_app(with_settings(settings, rules_dir=rules_dir))
+    async with TestClient(TestServer(app)) as client:
+        yield client

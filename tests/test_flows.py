@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 
-from service.app import create_app
 from service.appkeys import EVENTS, ROUTER
 from service.rules import load_rules
 from service.yamlfile import ConfigError
-from tests.conftest import _clean_tables, with_settings
+from tests.conftest import service_with_rules
 from tests.test_agents import open_chat
 from tests.twilio_driver import Call, text
 
@@ -72,9 +71,7 @@ async def order_api():
 @pytest.fixture
 async def flow_client(settings, redis_client, order_api, tmp_path):
     """The service with the example rules, where tracking an order is a flow with a look-up."""
-    rules = _rules_with_order_flow(tmp_path, order_api[0])
-    await _clean_tables(settings.database_url)
-    async with TestClient(TestServer(create_app(with_settings(settings, rules_dir=rules)))) as c:
+    async with service_with_rules(settings, _rules_with_order_flow(tmp_path, order_api[0])) as c:
         yield c
 
 
@@ -155,9 +152,7 @@ async def test_a_number_the_lookup_does_not_know_is_asked_for_again(settings, re
     """With not_found, a 404 says so and takes another answer; a second 404 goes to an agent."""
     rules = _rules_with_order_flow(tmp_path, order_api[0], not_found=(
         "I can't find order {order_number}. Please check the number and send it again."))
-    await _clean_tables(settings.database_url)
-    app = create_app(with_settings(settings, rules_dir=rules))
-    async with TestClient(TestServer(app)) as c:
+    async with service_with_rules(settings, rules) as c:
         await text(c, CUSTOMER, "I need to track my order")
         assert await text(c, CUSTOMER, "EX00000") == [
             "I can't find order EX00000. Please check the number and send it again."]
@@ -199,9 +194,9 @@ async def test_voice_flow_takes_a_spoken_order_number(flow_client, order_api):
     assert call.verbs() == ["Say", "Hangup"]
 
 
-async def test_the_example_deployment_asks_which_order_a_refund_is_for(app_settings, db):
+async def test_the_example_deployment_asks_which_order_a_refund_is_for(settings, redis_client):
     """Chat, with the example deployment's own flow (no look-up): the answer links the order."""
-    async with TestClient(TestServer(create_app(app_settings))) as client:
+    async with service_with_rules(settings, ROOT / "routing_rules") as client:
         chat, _ = await open_chat(client)
         await chat.next("message")
         await chat.send(type="message", text="where is my refund?")
@@ -212,12 +207,6 @@ async def test_the_example_deployment_asks_which_order_a_refund_is_for(app_setti
         assert "order EX24680 shows at example.com/orders/EX24680" in answer["text"]
         confirm = await chat.next("message")
         assert [c["value"] for c in confirm["choices"]] == ["yes", "no"]
-
-
-@pytest.fixture
-async def app_settings(settings, redis_client):
-    await _clean_tables(settings.database_url)
-    return settings
 
 
 FLOW_ERRORS = [

@@ -15,7 +15,7 @@ from service import metrics
 from service.app import create_app, reload_and_record
 from service.appkeys import CONVERSATIONS, EVENTS, REDIS_BATCH, RULES
 from service.context import ContextStore
-from tests.conftest import RULES_DIR, _clean_tables, with_settings
+from tests.conftest import RULES_DIR, _clean_tables, service_with_rules, with_settings
 from tests.twilio_driver import Call, text
 
 CALLER = "+15555550177"
@@ -51,9 +51,8 @@ async def test_postgres_outage_during_a_call_loses_no_event(settings, server_url
 async def test_a_bad_reload_keeps_the_rules_in_force(settings, tmp_path, redis_client):
     rules_copy = tmp_path / "rules"
     shutil.copytree(RULES_DIR, rules_copy)
-    await _clean_tables(settings.database_url)
-    app = create_app(with_settings(settings, rules_dir=rules_copy))
-    async with TestClient(TestServer(app)) as client:
+    async with service_with_rules(settings, rules_copy) as client:
+        app = client.app
         before = app[RULES].current
         routes = rules_copy / "routes.yaml"
         routes.write_text(routes.read_text().replace("queue: billing", "queue: biling"))

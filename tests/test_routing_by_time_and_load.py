@@ -11,7 +11,7 @@ import pytest
 
 from service.__main__ import main
 from service.appkeys import ROUTER
-from tests.conftest import _clean_tables, with_settings
+from tests.conftest import service_with_rules
 from tests.test_rules_validation import CATALOG, ROUTES, errors, write_rules
 from tests.twilio_driver import text
 
@@ -127,10 +127,6 @@ def test_time_interval_errors(tmp_path, routes, expected):
 
 async def test_a_live_turn_routes_on_the_hours_it_falls_in(settings, redis_client, tmp_path):
     """An interval with no weekdays or times is always on: complaints go to the night desk."""
-    from aiohttp.test_utils import TestClient, TestServer
-
-    from service.app import create_app
-
     catalog = CATALOG.replace("    examples: [I want to complain, this is unacceptable]",
                               "    examples: [I want to complain, this is unacceptable, "
                               "I am very unhappy with the service]")
@@ -139,9 +135,7 @@ async def test_a_live_turn_routes_on_the_hours_it_falls_in(settings, redis_clien
                                 "'contact_type = complaint']\n      reason: night_desk\n"
                                 "      self_service: false\n")
     directory = write_rules(tmp_path, catalog=catalog, routes=routes)
-    await _clean_tables(settings.database_url)
-    app = create_app(with_settings(settings, rules_dir=directory))
-    async with TestClient(TestServer(app)) as client:
+    async with service_with_rules(settings, directory) as client:
         await text(client, "+15555550144", "I want to complain")
         [entry] = await client.app[ROUTER].waiting("general")
     assert entry["reason"] == "night_desk"
@@ -167,9 +161,6 @@ def test_queue_load_errors(tmp_path, routes, expected):
 async def test_a_busy_queue_sends_the_next_contact_elsewhere(settings, redis_client, tmp_path):
     """Once a contact waits for Orders, the next order question goes to Care instead; the
     figure comes from the snapshot each instance refreshes every second."""
-    from aiohttp.test_utils import TestClient, TestServer
-
-    from service.app import create_app
     from service.appkeys import QUEUE_LOAD
 
     routes = ROUTES.replace("""      queue: orders
@@ -182,9 +173,7 @@ async def test_a_busy_queue_sends_the_next_contact_elsewhere(settings, redis_cli
           self_service: false
 """)
     directory = write_rules(tmp_path, routes=routes)
-    await _clean_tables(settings.database_url)
-    app = create_app(with_settings(settings, rules_dir=directory))
-    async with TestClient(TestServer(app)) as client:
+    async with service_with_rules(settings, directory) as client:
         await text(client, "+15555550145", "where is my order")
         await text(client, "+15555550145", "no")  # self-service failed: waits for Orders
         await client.app[QUEUE_LOAD].refresh()
