@@ -177,7 +177,7 @@ def cmd_rules_test(args: argparse.Namespace, settings: Settings) -> int:
         print(f"switchboard: unknown contact_type '{attrs['contact_type']}'", file=sys.stderr)
         return 1
     at = attrs.pop("at", None) or datetime.now(timezone.utc)
-    attrs["hours"] = sorted(rules.tree.intervals_at(at))  # the time intervals `at` falls in
+    attrs["hours"] = sorted(rules.tree.intervals_at(at.timestamp()))
     decision = rules.tree.decide(attrs)
     print(json.dumps({"input": attrs, **decision.as_dict(),
                       "self_service_path": _path(rules, decision, attrs, understood)}, indent=2))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any, Awaitable, Callable, Mapping
 
 import structlog
@@ -540,7 +539,7 @@ def routing_attributes(rules: Rules, conv: dict[str, Any], channel: str, at: flo
     attrs: dict[str, Any] = {"channel": channel, "contact_type": conv.get("contact_type"),
                              "confidence": conv.get("confidence"),
                              "repeat_contact": _is_repeat(rules, conv),
-                             "hours": rules.tree.intervals_at(datetime.fromtimestamp(at, UTC))}
+                             "hours": rules.tree.intervals_at(at)}
     for queue, count in (waiting or {}).items():
         attrs[f"waiting.{queue}"] = count
     for name, value in conv.get("attributes", {}).items():

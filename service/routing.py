@@ -11,7 +11,7 @@ from __future__ import annotations
 import operator
 import re
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -129,8 +129,11 @@ class RoutingTree:
     queues: dict[str, Queue]
     time_intervals: dict[str, TimeInterval] = field(default_factory=dict)
 
-    def intervals_at(self, moment: datetime) -> frozenset[str]:
-        """The `hours` attribute: the time intervals `moment` falls in."""
+    def intervals_at(self, epoch_s: float) -> frozenset[str]:
+        """The `hours` attribute: the time intervals the moment falls in."""
+        if not self.time_intervals:  # most trees: nothing to work out on every turn
+            return frozenset()
+        moment = datetime.fromtimestamp(epoch_s, timezone.utc)
         return frozenset(name for name, interval in self.time_intervals.items()
                          if interval.contains(moment))
 
