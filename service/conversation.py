@@ -22,7 +22,7 @@ from service.model import Choice, Inbound, Reply
 from service.handoff import Handoff
 from service.routing import Decision
 from service.rules import Rules
-from service.understanding import Understood, asks_for_agent, escalation_reason, understand
+from service.understanding import asks_for_agent, escalation_reason, understand
 
 log = structlog.get_logger(__name__)
 
@@ -240,9 +240,8 @@ class Conversations:
         chosen = _clarifying_choice(turn, text)
         if chosen:
             return await self._classified(turn, chosen, 1.0, "menu")
-        understood = understand(turn.rules, inbound.kind, text, inbound.input_confidence)
-        if understood.via == "menu" and conv["status"] not in ("menu", "clarifying"):
-            understood = Understood("missed", reason="invalid_input")  # no menu was offered
+        understood = understand(turn.rules, inbound.kind, text, inbound.input_confidence,
+                                menu_offered=conv["status"] in ("menu", "clarifying"))
         if understood.outcome == "agent":
             return await self._escalate(turn, self._decide(turn), "requested_agent")
         if understood.outcome == "classified":

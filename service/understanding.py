@@ -21,15 +21,16 @@ class Understood:
     ranked: tuple[tuple[str, float], ...] = ()  # missed: what to offer in a "did you mean"
 
 
-def understand(rules: Rules, kind: str, text: str,
-               input_confidence: float | None = None) -> Understood:
+def understand(rules: Rules, kind: str, text: str, input_confidence: float | None = None,
+               menu_offered: bool = True) -> Understood:
     """`kind` is the Inbound kind: "digits" for a key press, else words typed or spoken
-    (`input_confidence` is the speech recogniser's)."""
+    (`input_confidence` is the speech recogniser's). A key picks a contact type only when
+    the phone menu was offered (`menu_offered`); 0 asks for a person at any time."""
     if asks_for_agent(kind, text):
         return Understood("agent")
     if kind == "digits":
         chosen = next((t.id for t in rules.catalog.types.values() if str(t.ivr_digit) == text),
-                      None)
+                      None) if menu_offered else None
         return Understood("classified", chosen, 1.0, "menu") if chosen else \
             Understood("missed", reason="invalid_input")
     prediction = rules.classifier.predict(text)

@@ -123,6 +123,17 @@ async def test_invalid_key_then_valid_key(client, db):
     assert call.said()[0].startswith("You can cancel") or "cancel" in call.said()[0].lower()
 
 
+async def test_a_menu_key_after_the_answer_picks_nothing(client, db):
+    """After "Did that help? Press 1 or 2", key 3 is no answer: it must not start over as
+    'Get a refund', the menu's key 3."""
+    call = await Call(client, CALLER).dial()
+    await call.press("1")
+    await call.press("3")
+    assert call.said()[0].startswith("Sorry, I didn't get that.")
+    classified = [e for e in await call_events(client, db, call) if e["kind"] == "classified"]
+    assert [e["contact_type"] for e in classified] == ["track_order"]
+
+
 async def test_a_caller_who_texted_earlier_is_recognised(client, db, redis_client):
     await text(client, CALLER, "I need to track my order")
     await text(client, CALLER, "yes")
