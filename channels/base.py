@@ -6,9 +6,9 @@ injected callable to hand the contact on and never imports storage or the orches
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any, AsyncContextManager, Awaitable, Callable, ClassVar, Protocol
-import asyncio
 
 from aiohttp import web
 

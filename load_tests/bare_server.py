@@ -16,7 +16,7 @@ import os
 
 from aiohttp import web
 
-from service.runtime import new_event_loop, tune_gc
+from service.infra.runtime import new_event_loop, tune_gc
 
 VOICE_PATHS = ("/twilio/voice", "/twilio/voice/gather", "/twilio/voice/no-input",
                "/twilio/voice/wait", "/twilio/voice/queue-result", "/twilio/voice/status")

@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 import asyncpg  # noqa: E402
 
 from service import reports  # noqa: E402
-from service.migrate import migrate  # noqa: E402
-from service.reports import ReportRules, Window  # noqa: E402
-from service.rules import load_rules  # noqa: E402
+from service.infra.migrate import migrate  # noqa: E402
+from service.reporting.reports import ReportRules, Window  # noqa: E402
+from service.rules.loader import load_rules  # noqa: E402
 
 COLUMNS = ("id", "occurred_at", "kind", "contact_id", "customer_id", "channel", "contact_type",
            "route_path", "reason", "data")
@@ -211,7 +211,7 @@ def database() -> Iterator[str]:
     import os
     from urllib.parse import urlsplit, urlunsplit
 
-    from service.embedded import embedded_postgres
+    from service.infra.embedded import embedded_postgres
 
     with contextlib.ExitStack() as stack:
         admin = os.environ.get("DATABASE_URL") or stack.enter_context(embedded_postgres(

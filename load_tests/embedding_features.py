@@ -24,8 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.classifier import _matrix, _vocabulary_and_idf, features  # noqa: E402
-from service.classify_eval import read_labelled  # noqa: E402
+from service.understanding.classifier import _matrix, _vocabulary_and_idf, features  # noqa: E402
+from service.understanding.classify_eval import read_labelled  # noqa: E402
 
 DENSE = (("n-grams + WordLlama x0.5", 0.5, 256), ("n-grams + WordLlama x1", 1.0, 256),
          ("n-grams + WordLlama x2", 2.0, 256), ("n-grams + WordLlama x1, 64 dims", 1.0, 64))

@@ -57,11 +57,11 @@ def main() -> None:
     from twilio.request_validator import RequestValidator
 
     from channels.twilio_sms import render
-    from service import metrics
-    from service.classifier import wants_agent
-    from service.events import Event
     from service.model import Reply
-    from service.rules import load_rules
+    from service.reporting import metrics
+    from service.reporting.events import Event
+    from service.rules.loader import load_rules
+    from service.understanding.classifier import wants_agent
 
     rules_dir = ROOT / "routing_rules"
     rules = load_rules(rules_dir)

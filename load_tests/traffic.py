@@ -65,8 +65,8 @@ class Utterances:
 
 def load_utterances(rules_dir: Path) -> Utterances:
     """Held-out examples, sorted by what the deployment's classifier does with them."""
-    from service.classifier import wants_agent
-    from service.rules import load_rules
+    from service.rules.loader import load_rules
+    from service.understanding.classifier import wants_agent
 
     rules = load_rules(rules_dir)
     threshold = rules.catalog.threshold

@@ -29,7 +29,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from traffic import ACCOUNT_SID, PLACES, SERVICE_NUMBER, Utterances, interleave, write_lines
+from traffic import (
+    ACCOUNT_SID,
+    PLACES,
+    SERVICE_NUMBER,
+    Utterances,
+    interleave,
+    write_lines,
+)
 
 BASE = "/twilio/voice"
 CALL_TOKEN = "%7B%22placeholder%22%3Atrue%7D"  # as in the fixtures: an opaque forwarding token
@@ -56,7 +63,7 @@ class Keypad:
 
 
 def load_keypad(rules_dir: Path) -> Keypad:
-    from service.rules import load_rules
+    from service.rules.loader import load_rules
 
     types = load_rules(rules_dir, with_classifier=False).catalog.types.values()
     keyed = [t for t in types if t.ivr_digit]

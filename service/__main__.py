@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from service.rules.yamlfile import ConfigError
 from service.settings import Settings, SettingsError, settings_from_env
-from service.yamlfile import ConfigError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"switchboard: {exc}", file=sys.stderr)
         return 2
-    from service.logs import configure_logging
+    from service.infra.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
     return args.func(args, settings)
@@ -80,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="customer field used by routing, e.g. tier=vip")
     add.set_defaults(func=cmd_customers_add)
 
-    from service import cli_classify, cli_ops
+    from service.reporting import cli as cli_ops
+    from service.understanding import cli as cli_classify
 
     cli_ops.add_parsers(commands)
     cli_classify.add_parser(commands)
@@ -89,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def _servers(settings: Settings) -> Iterator[Settings]:
-    from service.embedded import servers
+    from service.infra.embedded import servers
 
     with servers(settings.database_url, settings.redis_url, settings.data_dir) as urls:
         yield replace(settings, database_url=urls.database_url, redis_url=urls.redis_url)
@@ -99,10 +100,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
     from service.app import create_app
-    from service.runtime import EventLoopUnavailable, new_event_loop, tune_gc
+    from service.infra.runtime import EventLoopUnavailable, new_event_loop, tune_gc
 
     try:
-        from service.rules import load_rules
+        from service.rules.loader import load_rules
 
         load_rules(settings.rules_dir, with_classifier=False)
     except ConfigError as exc:
@@ -124,7 +125,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     import asyncpg
 
-    from service.migrate import migrate
+    from service.infra.migrate import migrate
 
     async def run(url: str) -> list[int]:
         conn = await asyncpg.connect(url)
@@ -140,7 +141,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_rules_check(args: argparse.Namespace, settings: Settings) -> int:
-    from service.rules import load_rules
+    from service.rules.loader import load_rules
 
     directory = args.path or settings.rules_dir
     try:
@@ -155,8 +156,8 @@ def cmd_rules_check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_rules_test(args: argparse.Namespace, settings: Settings) -> int:
-    from service.rules import load_rules
-    from service.understanding import understand
+    from service.rules.loader import load_rules
+    from service.understanding.understand import understand
 
     items = list(args.args)
     directory = Path(items.pop(0)) if items and "=" not in items[0] else settings.rules_dir
@@ -186,7 +187,7 @@ def cmd_rules_test(args: argparse.Namespace, settings: Settings) -> int:
 
 def _path(rules, decision, attrs: dict[str, object], understood) -> str:
     """What a live turn would do next, in words."""
-    from service.understanding import escalation_reason
+    from service.understanding.understand import escalation_reason
 
     if understood is not None and understood.outcome == "agent":
         return "agent (requested_agent)"
@@ -231,8 +232,8 @@ def cmd_customers_add(args: argparse.Namespace, settings: Settings) -> int:
     import asyncpg
     import redis.asyncio as redis
 
-    from service.customers import CustomerError, upsert_customer
-    from service.migrate import migrate
+    from service.conversations.customers import CustomerError, upsert_customer
+    from service.infra.migrate import migrate
 
     identities = [("phone", p) for p in args.phone] + [("email", e.lower()) for e in args.email]
     identities += [("web", f"id:{w}") for w in args.web_id]
@@ -269,8 +270,8 @@ def cmd_customers_add(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_agents_add(args: argparse.Namespace, settings: Settings) -> int:
     import asyncpg
 
-    from service.agents import add_agent
-    from service.migrate import migrate
+    from service.agents.desk import add_agent
+    from service.infra.migrate import migrate
 
     skills = [s.strip() for s in args.skills.split(",") if s.strip()]
     try:
@@ -305,8 +306,8 @@ def cmd_agents_add(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_learned(args: argparse.Namespace, settings: Settings) -> int:
     import asyncpg
 
-    from service.learning import learned_examples
-    from service.migrate import migrate
+    from service.infra.migrate import migrate
+    from service.understanding.learning import learned_examples
 
     async def run(url: str) -> list[dict]:
         async with asyncpg.create_pool(url, min_size=1, max_size=1) as pool:

@@ -9,41 +9,55 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from pathlib import Path
 from typing import AsyncIterator
 
+import aiohttp
 import asyncpg
 import redis.asyncio as redis
 import structlog
-import aiohttp
 from aiohttp import web
 
 from channels import twilio_sms, twilio_voice, webchat  # noqa: F401  (register the channels)
 from channels.base import REGISTRY, ChannelConfig
-from service import api, metrics, ops_api
-from service.agents import AgentDesk
-from service.appkeys import (AGENT_DESK, BUS, CHANNELS, CONVERSATIONS, EVENTS, HANDOFF,
-                             LOOKUPS, PG, QUEUE_LOAD, REDIS, REDIS_BATCH, ROUTER, RULES,
-                             SETTINGS, TWILIO)
-from service.bus import Bus
-from service.context import ContextStore
-from service.conversation import Conversations
-from service.customers import find_customer
-from service.events import EventWriter
-from service.flows import HttpLookups
-from service.handoff import Handoff
-from service.ids import new_hex
-from service.migrate import migrate
+from service import WEB_DIR
+from service.agents.bus import Bus
+from service.agents.desk import AgentDesk
+from service.agents.queues import QueueLoad, Router
+from service.appkeys import (
+    AGENT_DESK,
+    BUS,
+    CHANNELS,
+    CONVERSATIONS,
+    EVENTS,
+    HANDOFF,
+    LOOKUPS,
+    PG,
+    QUEUE_LOAD,
+    REDIS,
+    REDIS_BATCH,
+    ROUTER,
+    RULES,
+    SETTINGS,
+    TWILIO,
+)
+from service.conversations.context import ContextStore
+from service.conversations.conversation import Conversations
+from service.conversations.customers import find_customer
+from service.conversations.handoff import Handoff
+from service.infra import health as api
+from service.infra.ids import new_hex
+from service.infra.migrate import migrate
+from service.infra.redis_batch import CommandBatcher
+from service.infra.twilio_rest import TwilioRest
 from service.model import Inbound, Reply
-from service.queues import QueueLoad, Router
-from service.redis_batch import CommandBatcher
-from service.rules_holder import RulesHolder
+from service.reporting import metrics, ops_api
+from service.reporting.events import EventWriter
+from service.rules.flows import HttpLookups
+from service.rules.holder import RulesHolder
 from service.settings import Settings
-from service.twilio_rest import TwilioRest
 
 log = structlog.get_logger(__name__)
 
-WEB_DIR = Path(__file__).resolve().parent / "web"
 IDLE_SWEEP_INTERVAL_S = 30
 HANDOFF_SWEEP_INTERVAL_S = 1
 QUEUE_LOAD_INTERVAL_S = 1  # how old the waiting.<queue> figures routing sees may be

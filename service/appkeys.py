@@ -4,17 +4,17 @@ import asyncpg
 import redis.asyncio as redis
 from aiohttp import web
 
-from service.agents import AgentDesk
-from service.bus import Bus
-from service.conversation import Conversations
-from service.events import EventWriter
-from service.handoff import Handoff
-from service.queues import QueueLoad, Router
-from service.redis_batch import CommandBatcher
-from service.flows import HttpLookups
-from service.rules_holder import RulesHolder
+from service.agents.bus import Bus
+from service.agents.desk import AgentDesk
+from service.agents.queues import QueueLoad, Router
+from service.conversations.conversation import Conversations
+from service.conversations.handoff import Handoff
+from service.infra.redis_batch import CommandBatcher
+from service.infra.twilio_rest import TwilioRest
+from service.reporting.events import EventWriter
+from service.rules.flows import HttpLookups
+from service.rules.holder import RulesHolder
 from service.settings import Settings
-from service.twilio_rest import TwilioRest
 
 SETTINGS = web.AppKey("settings", Settings)
 PG = web.AppKey("pg", asyncpg.Pool)

@@ -20,8 +20,8 @@ import redis.asyncio as redis
 from aiohttp.test_utils import TestClient, TestServer
 
 from service.app import create_app
-from service.embedded import servers
-from service.migrate import migrate
+from service.infra.embedded import servers
+from service.infra.migrate import migrate
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import WSServerHandshakeError
 from aiohttp.test_utils import TestClient, TestServer
 
-from service.agents import add_agent
+from service.agents.desk import add_agent
 from service.app import create_app
 from service.appkeys import EVENTS
 from tests.conftest import _clean_tables, with_settings
@@ -313,7 +313,7 @@ async def test_a_verified_chat_visitor_is_linked_to_their_history(app_settings, 
     import hashlib
     import hmac
 
-    from service.customers import upsert_customer
+    from service.conversations.customers import upsert_customer
 
     await upsert_customer(db, redis_client, identities=[("phone", CUSTOMER), ("web", "id:c-42")],
                           display_name="Ana", attributes={})
@@ -334,7 +334,7 @@ async def test_a_chat_contact_is_in_the_history_of_the_customers_phone(app_setti
     import hashlib
     import hmac
 
-    from service.customers import upsert_customer
+    from service.conversations.customers import upsert_customer
 
     await upsert_customer(db, redis_client, identities=[("phone", CUSTOMER), ("web", "id:c-43")],
                           display_name="Ana", attributes={})

@@ -11,12 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.catalog import load_catalog
-from service.classifier import (TEMPERATURE, Prediction, _TokenColumns, features, train,
-                                wants_agent)
-from service.embeddings import embedder
-from service.rules import load_rules
-from service.yamlfile import ConfigError
+from service.rules.catalog import load_catalog
+from service.rules.loader import load_rules
+from service.rules.yamlfile import ConfigError
+from service.understanding.classifier import (
+    TEMPERATURE,
+    Prediction,
+    _TokenColumns,
+    features,
+    train,
+    wants_agent,
+)
+from service.understanding.embeddings import embedder
 
 DATA = Path(__file__).resolve().parent.parent / "routing_rules" / "data"
 RETAIL_THRESHOLD = 0.45  # routing_rules/catalog.yaml
@@ -200,7 +206,7 @@ def test_catalog_embeddings_are_trained_on_rules_load(tmp_path):
                          "(classifier -> embeddings)"),
 ])
 def test_catalog_embeddings_errors(tmp_path, monkeypatch, value, available, message):
-    monkeypatch.setattr("service.catalog.installed", lambda name: available)
+    monkeypatch.setattr("service.rules.catalog.installed", lambda name: available)
     write_catalog(tmp_path, f"  embeddings: {value}")
     with pytest.raises(ConfigError) as error:
         load_catalog(tmp_path, "rules")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, matthews_corrcoef
 
-from service import classify_eval as ev
-from service.cli_classify import add_parser
+from service.understanding import classify_eval as ev
+from service.understanding.cli import add_parser
 
 TRUTH = ["a", "a", "b", "oos", "oos"]
 GUESS = ["a", "b", "b", "oos", "a"]

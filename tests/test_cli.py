@@ -7,7 +7,7 @@ import json
 import asyncpg
 
 from service.__main__ import main
-from service.agents import agent_for_token
+from service.agents.desk import agent_for_token
 
 
 def use_servers(monkeypatch, database_url, redis_url):

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from service.events import Event, EventWriter
-from service.migrate import migrate
+from service.infra.migrate import migrate
+from service.reporting.events import Event, EventWriter
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,7 +81,7 @@ async def test_postgres_outage_keeps_events_on_disk_until_it_returns(pool, tmp_p
 CRASHING_WRITER = textwrap.dedent("""
     import asyncio, os, sys
     import asyncpg
-    from service.events import Event, EventWriter
+    from service.reporting.events import Event, EventWriter
 
     async def main():
         pool = await asyncpg.create_pool(sys.argv[1], min_size=1, max_size=1)

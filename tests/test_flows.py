@@ -12,8 +12,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from service.appkeys import EVENTS, ROUTER
-from service.rules import load_rules
-from service.yamlfile import ConfigError
+from service.rules.loader import load_rules
+from service.rules.yamlfile import ConfigError
 from tests.conftest import service_with_rules
 from tests.test_agents import open_chat
 from tests.twilio_driver import Call, text

@@ -10,7 +10,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from service.ids import new_hex, new_uuid
+from service.infra.ids import new_hex, new_uuid
 
 ROOT = Path(__file__).resolve().parent.parent
 CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
@@ -71,7 +71,7 @@ def test_a_forked_child_does_not_repeat_its_parent():
 
 
 def test_processes_draw_different_ids():
-    script = "from service.ids import new_uuid; print(new_uuid())"
+    script = "from service.infra.ids import new_uuid; print(new_uuid())"
     ids = {subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                           text=True, check=True).stdout.strip() for _ in range(3)}
     assert len(ids) == 3 and new_uuid() not in ids

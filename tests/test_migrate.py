@@ -2,7 +2,7 @@ import asyncio
 
 import asyncpg
 
-from service.migrate import discover, migrate
+from service.infra.migrate import discover, migrate
 
 
 async def test_two_instances_migrating_at_once_apply_each_migration_once(server_urls):

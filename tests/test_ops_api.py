@@ -1,7 +1,7 @@
 """Ops reporting end to end: known scenarios through the public endpoints (signed SMS and voice
 webhooks, the chat and agent WebSockets), every figure read back through the report API.
 
-Time: the events of a customer's turn carry the orchestrator's clock (`service.conversation`
+Time: the events of a customer's turn carry the orchestrator's clock (`service.conversations.conversation`
 reads `time.time()`), so the tests hold that clock to place contacts days apart, e.g. a repeat
 outside the 72 h window. No contact event is written except by the service itself.
 Agent-side events (accept, wrap-up) carry the real time, so the scenario that involves an
@@ -24,13 +24,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-import service.conversation
-from service import cli_ops, ops_api, reports
-from service.agents import add_agent
+import service.conversations.conversation
+from service.agents.desk import add_agent
 from service.app import create_app
-from service.settings import settings_from_env
 from service.appkeys import EVENTS
-from service.tokens import create_token, revoke_token, role_of
+from service.infra.tokens import create_token, revoke_token, role_of
+from service.reporting import cli as cli_ops
+from service.reporting import ops_api, reports
+from service.settings import settings_from_env
 from tests.conftest import AUTH_TOKEN, PUBLIC_URL, _clean_tables
 from tests.twilio_driver import Call, text
 
@@ -63,7 +64,7 @@ async def ops_token(db, ops_client) -> str:
 
 
 class HeldClock:
-    """Stands in for the `time` module of service.conversation: turns happen when we say."""
+    """Stands in for the `time` module of service.conversations.conversation: turns happen when we say."""
 
     def __init__(self):
         self.now: float | None = None
@@ -89,7 +90,7 @@ class HeldClock:
 @pytest.fixture
 def clock(monkeypatch) -> HeldClock:
     held = HeldClock()
-    monkeypatch.setattr(service.conversation, "time", held)
+    monkeypatch.setattr(service.conversations.conversation, "time", held)
     return held
 
 
@@ -430,8 +431,8 @@ async def test_report_requests_are_counted_for_prometheus(ops_client, ops_token)
 
 
 async def test_live_counters_of_contact_events(ops_client):
-    from service.events import Event
-    from service.metrics import observe_events
+    from service.reporting.events import Event
+    from service.reporting.metrics import observe_events
 
     observe_events([Event("escalated", "c1", "u1", "voice", reason="requested_agent"),
                     Event("ended", "c1", "u1", "voice", data={"outcome": "abandoned_in_queue"}),

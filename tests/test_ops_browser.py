@@ -15,8 +15,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from playwright.async_api import expect
 
-from service import reports
-from service.tokens import create_token
+from service.infra.tokens import create_token
+from service.reporting import reports
 from tests.browser import artifact, chromium, require_chromium
 from tests.conftest import _clean_tables
 from tests.test_ops_api import events_landed, ops_app

@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.redis_batch import Address, CommandBatcher
+from service.infra.redis_batch import Address, CommandBatcher
 
 
 @pytest.fixture
@@ -135,7 +135,7 @@ async def test_a_server_that_never_answers_times_out_and_the_next_turn_reconnect
 def test_commands_are_encoded_as_redis_py_encodes_them():
     from redis.asyncio.connection import Connection
 
-    from service.redis_batch import _pack
+    from service.infra.redis_batch import _pack
 
     command = ("ZADD", "sb:{phone:+15555550188}:x", 1732280000.123456, "m\u00e9", b"\x00\xff",
                -7, 0.1, "")

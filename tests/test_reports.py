@@ -18,9 +18,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from service import metrics, reports
-from service.migrate import migrate
-from service.reports import BadWindow, ReportRules, Window, parse_window
+from service.infra.migrate import migrate
+from service.reporting import metrics, reports
+from service.reporting.reports import BadWindow, ReportRules, Window, parse_window
 
 # ---- an event log built by hand ----------------------------------------------------------
 

@@ -11,10 +11,10 @@ import asyncpg
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import generate_latest
 
-from service import metrics
 from service.app import create_app, reload_and_record
 from service.appkeys import CONVERSATIONS, EVENTS, REDIS_BATCH, RULES
-from service.context import ContextStore
+from service.conversations.context import ContextStore
+from service.reporting import metrics
 from tests.conftest import RULES_DIR, _clean_tables, service_with_rules, with_settings
 from tests.twilio_driver import Call, text
 

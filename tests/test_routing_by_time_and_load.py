@@ -41,7 +41,7 @@ NEW_YORK = ZoneInfo("America/New_York")
 
 
 def tree(tmp_path):
-    from service.rules import load_rules
+    from service.rules.loader import load_rules
 
     return load_rules(write_rules(tmp_path, routes=INTERVALS + AFTER_HOURS),
                       with_classifier=False).tree

@@ -9,8 +9,8 @@ from typing import AsyncIterator
 
 import pytest
 
-from service.queues import Router
-from service.redis_batch import CommandBatcher
+from service.agents.queues import Router
+from service.infra.redis_batch import CommandBatcher
 
 QUEUES = ["general", "billing", "vip"]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from service.__main__ import main
-from service.rules import load_rules
-from service.yamlfile import ConfigError
+from service.rules.loader import load_rules
+from service.rules.yamlfile import ConfigError
 
 CATALOG = """\
 classifier:

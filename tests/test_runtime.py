@@ -7,8 +7,8 @@ import weakref
 
 import pytest
 
-from service import runtime
-from service.runtime import GC_THRESHOLDS, new_event_loop, settle_heap, tune_gc
+from service.infra import runtime
+from service.infra.runtime import GC_THRESHOLDS, new_event_loop, settle_heap, tune_gc
 
 
 @pytest.mark.parametrize("kind, expected", [("auto", "uvloop"), ("uvloop", "uvloop"),

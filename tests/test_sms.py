@@ -7,7 +7,7 @@ import json
 import pytest
 
 from service.appkeys import EVENTS, REDIS_BATCH, ROUTER
-from service.customers import upsert_customer
+from service.conversations.customers import upsert_customer
 from tests.twilio_driver import messages, post_signed, sign, sms_params, text
 
 CUSTOMER = "+15555550123"
@@ -114,7 +114,7 @@ async def test_an_address_moved_to_another_customer_takes_none_of_its_old_histor
         client, db, redis_client):
     """Ops move a number from Ana to Ben: Ben's texts from it must not see Ana's contacts (nor
     be taken for her repeat contact), and Ana's open contact stops copying to the number."""
-    import service.customers
+    import service.conversations.customers
 
     ana_home, ben = "+15555550777", "+15555550888"
     ana = await upsert_customer(db, redis_client, identities=[("phone", CUSTOMER),
@@ -127,7 +127,7 @@ async def test_an_address_moved_to_another_customer_takes_none_of_its_old_histor
     await text(client, ben, "I want to change my address")
     await text(client, ben, "yes")
 
-    with pytest.raises(service.customers.CustomerError, match="different customers"):
+    with pytest.raises(service.conversations.customers.CustomerError, match="different customers"):
         await upsert_customer(db, redis_client, identities=[("phone", ben), ("phone", CUSTOMER)],
                               display_name=None, attributes={})
     assert await db.fetchval("SELECT customer_id::text FROM customer_identities "
@@ -168,9 +168,9 @@ async def test_summaries_of_another_customer_in_an_address_copy_are_ignored(clie
 
 async def test_only_the_newest_contacts_keep_a_summary(client, redis_client, monkeypatch):
     """Every turn reads its address's summaries: a frequent customer's must not grow forever."""
-    import service.conversation
+    import service.conversations.conversation
 
-    monkeypatch.setattr(service.conversation, "KEPT_CONTACTS", 2)
+    monkeypatch.setattr(service.conversations.conversation, "KEPT_CONTACTS", 2)
     contacts = []
     for words in ("I need to track my order", "I forgot my password",
                   "I want to change my address"):

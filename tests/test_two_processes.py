@@ -13,8 +13,8 @@ from pathlib import Path
 
 import aiohttp
 
-from service.agents import add_agent
-from service.migrate import migrate
+from service.agents.desk import add_agent
+from service.infra.migrate import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 

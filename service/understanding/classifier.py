@@ -32,7 +32,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from service.embeddings import SentenceEmbedder
+from service.understanding.embeddings import SentenceEmbedder
 
 TOKEN = re.compile(r"[a-z0-9']+")
 DIGIT = re.compile(r"\d")

@@ -10,11 +10,11 @@ from pathlib import Path
 import asyncpg
 import structlog
 
-from service import metrics
-from service.learning import learned_examples
-from service.rules import RULE_FILES, Rules, load_rules
-from service.runtime import settle_heap
-from service.yamlfile import ConfigError
+from service.infra.runtime import settle_heap
+from service.reporting import metrics
+from service.rules.loader import RULE_FILES, Rules, load_rules
+from service.rules.yamlfile import ConfigError
+from service.understanding.learning import learned_examples
 
 log = structlog.get_logger(__name__)
 

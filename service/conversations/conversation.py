@@ -12,17 +12,33 @@ from typing import Any, Awaitable, Callable, Mapping
 
 import structlog
 
-from service import prompts
-from service.context import (KEPT_CONTACTS, ContextStore, TurnStart, identity_of,
-                             newest_first)
-from service.events import Event, EventWriter
-from service.flows import HttpLookups, LookupFailed, MissingValue, Step, accepted, render
-from service.ids import new_uuid
+from service.conversations import prompts
+from service.conversations.context import (
+    KEPT_CONTACTS,
+    ContextStore,
+    TurnStart,
+    identity_of,
+    newest_first,
+)
+from service.conversations.handoff import Handoff
+from service.infra.ids import new_uuid
 from service.model import Choice, Inbound, Reply
-from service.handoff import Handoff
-from service.routing import Decision
-from service.rules import Rules
-from service.understanding import asks_for_agent, escalation_reason, understand
+from service.reporting.events import Event, EventWriter
+from service.rules.flows import (
+    HttpLookups,
+    LookupFailed,
+    MissingValue,
+    Step,
+    accepted,
+    render,
+)
+from service.rules.loader import Rules
+from service.rules.routing import Decision
+from service.understanding.understand import (
+    asks_for_agent,
+    escalation_reason,
+    understand,
+)
 
 log = structlog.get_logger(__name__)
 

@@ -32,8 +32,8 @@ from typing import Any, Sequence
 
 import orjson
 
+from service.infra.redis_batch import Command, CommandBatcher
 from service.model import Inbound, Reply
-from service.redis_batch import Command, CommandBatcher
 
 IDENTITY_TTL_S = 30 * 86400
 SEEN_TTL_S = 86400

@@ -7,8 +7,8 @@ import asyncio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service import metrics
 from service.appkeys import EVENTS, PG, REDIS
+from service.reporting import metrics
 
 
 def routes() -> list[web.RouteDef]:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from service.classifier import wants_agent
-from service.routing import Decision
-from service.rules import Rules
+from service.rules.loader import Rules
+from service.rules.routing import Decision
+from service.understanding.classifier import wants_agent
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,12 +11,12 @@ from typing import Any, Callable
 
 import structlog
 
-from service.bus import Bus
-from service.context import ContextStore
-from service.events import Event, EventWriter
-from service.queues import Router
-from service.rules import Rules
-from service.twilio_rest import TwilioRest
+from service.agents.bus import Bus
+from service.agents.queues import Router
+from service.conversations.context import ContextStore
+from service.infra.twilio_rest import TwilioRest
+from service.reporting.events import Event, EventWriter
+from service.rules.loader import Rules
 
 log = structlog.get_logger(__name__)
 

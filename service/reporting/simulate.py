@@ -22,10 +22,10 @@ from typing import Any, Callable, Iterable
 import asyncpg
 import orjson
 
-from service.conversation import routing_attributes
-from service.reports import STARTED_IN_WINDOW, Window, iso
-from service.rules import Rules
-from service.understanding import escalation_reason, understand
+from service.conversations.conversation import routing_attributes
+from service.reporting.reports import STARTED_IN_WINDOW, Window, iso
+from service.rules.loader import Rules
+from service.understanding.understand import escalation_reason, understand
 
 DECISIVE = ("classified", "classification_missed", "escalated")
 KINDS = ("received", "routed", "self_service_started", *DECISIVE)

@@ -15,7 +15,7 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 LOCK_KEY = 0x5B_0A_7D  # arbitrary, fixed: identifies "switchboard migrations"
 FILENAME = re.compile(r"^(\d{3,})_([a-z0-9_]+)\.sql$")
 

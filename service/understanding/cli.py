@@ -15,9 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-from service import classify_eval as ev
-from service.embeddings import BACKENDS, EmbeddingsUnavailable, embedder
-from service.yamlfile import ConfigError
+from service.rules.yamlfile import ConfigError
+from service.understanding import classify_eval as ev
+from service.understanding.embeddings import BACKENDS, EmbeddingsUnavailable, embedder
 
 
 def add_parser(commands) -> None:
@@ -98,7 +98,7 @@ def _training_rows(args: argparse.Namespace
     for the table."""
     if args.train is not None:
         return ev.read_labelled(args.train, args.text_col, args.label_col), [], None, ""
-    from service.catalog import load_catalog
+    from service.rules.catalog import load_catalog
 
     if not (args.catalog / "catalog.yaml").is_file():
         raise ev.EvalInputError(f"no such file: {args.catalog / 'catalog.yaml'}")

@@ -18,7 +18,6 @@ import functools
 import json
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Awaitable, Callable
 
 import asyncpg
@@ -26,13 +25,14 @@ import redis.exceptions
 import structlog
 from aiohttp import web
 
-from service import metrics, reports, tokens
+from service import WEB_DIR
 from service.appkeys import PG, ROUTER, RULES
-from service.reports import BadWindow, ReportRules, Window
+from service.infra import tokens
+from service.reporting import metrics, reports
+from service.reporting.reports import BadWindow, ReportRules, Window
 
 log = structlog.get_logger(__name__)
 
-WEB_DIR = Path(__file__).resolve().parent / "web"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 NO_STORE = {"Cache-Control": "no-store"}
 # A database down, busy or too slow: not a bug of ours.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from service.catalog import Catalog
+from service.rules.catalog import Catalog
 
 CONFIRM = {
     "sms": "Did that help? Reply YES or NO.",

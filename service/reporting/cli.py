@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-from service import reports
-from service.reports import BadWindow, ReportRules
+from service.reporting import reports
+from service.reporting.reports import BadWindow, ReportRules
 from service.settings import Settings
 
 
@@ -87,7 +87,7 @@ def _database(settings: Settings) -> Iterator[str]:
     if settings.database_url:
         yield settings.database_url
         return
-    from service.embedded import embedded_postgres
+    from service.infra.embedded import embedded_postgres
 
     with embedded_postgres(settings.data_dir) as url:
         yield url
@@ -96,7 +96,7 @@ def _database(settings: Settings) -> Iterator[str]:
 async def _connect(url: str):
     import asyncpg
 
-    from service.migrate import migrate
+    from service.infra.migrate import migrate
 
     conn = await asyncpg.connect(url)
     await migrate(conn)
@@ -106,7 +106,7 @@ async def _connect(url: str):
 # ---- tokens -----------------------------------------------------------------------------
 
 def cmd_tokens_add(args: argparse.Namespace, settings: Settings) -> int:
-    from service.tokens import create_token
+    from service.infra.tokens import create_token
 
     async def run(url: str) -> str:
         conn = await _connect(url)
@@ -126,8 +126,8 @@ def cmd_tokens_add(args: argparse.Namespace, settings: Settings) -> int:
 # ---- report -----------------------------------------------------------------------------
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
-    from service.rules import load_rules
-    from service.yamlfile import ConfigError
+    from service.rules.loader import load_rules
+    from service.rules.yamlfile import ConfigError
 
     try:
         window = reports.parse_window(args.start, args.end)
@@ -159,8 +159,8 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
 # ---- simulate ---------------------------------------------------------------------------
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from service.rules import load_rules
-    from service.yamlfile import ConfigError
+    from service.rules.loader import load_rules
+    from service.rules.yamlfile import ConfigError
 
     try:
         window = reports.parse_window(args.start, args.end)
@@ -183,9 +183,9 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _simulate(url: str, window, directories: list[Path], examples: int) -> dict[str, Any]:
-    from service import simulate
-    from service.learning import learned_examples
-    from service.rules import load_rules
+    from service.reporting import simulate
+    from service.rules.loader import load_rules
+    from service.understanding.learning import learned_examples
 
     conn = await _connect(url)
     try:
@@ -331,8 +331,8 @@ FOLLOW_UP_BY_PHONE = 0.35  # a texter calls back about the same thing (false def
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     import aiohttp
 
-    from service.rules import load_rules
-    from service.yamlfile import ConfigError
+    from service.rules.loader import load_rules
+    from service.rules.yamlfile import ConfigError
 
     if args.contacts < 1:
         return _fail("--contacts must be at least 1", 2)

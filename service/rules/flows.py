@@ -35,7 +35,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import orjson
 
-from service.yamlfile import Checker, LocatedDict, LocatedList, load_yaml
+from service.rules.yamlfile import Checker, LocatedDict, LocatedList, load_yaml
 
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)((?:\.[A-Za-z0-9_]+)*)\}")

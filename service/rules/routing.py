@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from service.catalog import Catalog
-from service.yamlfile import Checker, LocatedDict, LocatedList, load_yaml
+from service.rules.catalog import Catalog
+from service.rules.yamlfile import Checker, LocatedDict, LocatedList, load_yaml
 
 CHANNELS = ("sms", "voice", "chat")
 REASON = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 import asyncpg
 
-from service import metrics
+from service.reporting import metrics
 
 METRIC_VERSION = "1"
 DEFAULT_REPEAT_WINDOW_H = 72

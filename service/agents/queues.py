@@ -26,8 +26,8 @@ from typing import Any, Callable, Iterable
 
 from redis.exceptions import ResponseError
 
-from service import metrics
-from service.redis_batch import Command, CommandBatcher
+from service.infra.redis_batch import Command, CommandBatcher
+from service.reporting import metrics
 
 PREFIX = "sb:{routing}:"
 PRIORITY_SCALE = 10**13  # above any epoch-millisecond value, so priority always dominates

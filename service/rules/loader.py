@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from service.catalog import Catalog, load_catalog
-from service.classifier import Classifier, train
-from service.embeddings import embedder
-from service.flows import NO_FLOWS, Flows, load_flows
-from service.routing import RoutingTree, load_routing_tree
-from service.yamlfile import ConfigError
+from service.rules.catalog import Catalog, load_catalog
+from service.rules.flows import NO_FLOWS, Flows, load_flows
+from service.rules.routing import RoutingTree, load_routing_tree
+from service.rules.yamlfile import ConfigError
+from service.understanding.classifier import Classifier, train
+from service.understanding.embeddings import embedder
 
 RULE_FILES = ("catalog.yaml", "routes.yaml", "flows.yaml")  # flows.yaml is optional
 

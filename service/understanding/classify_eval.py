@@ -23,8 +23,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from service.classifier import Classifier, train
-from service.embeddings import SentenceEmbedder
+from service.understanding.classifier import Classifier, train
+from service.understanding.embeddings import SentenceEmbedder
 
 TEXT_COLUMNS = ("text", "sentence", "utterance")
 LABEL_COLUMNS = ("contact_type", "label", "intent", "category")

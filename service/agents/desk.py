@@ -17,10 +17,10 @@ import asyncpg
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from service.bus import Bus
-from service.handoff import Handoff, HandoffError, offer_frame
-from service.queues import DEFAULT_CAPACITY
-from service.tokens import hash_token, new_token
+from service.agents.bus import Bus
+from service.agents.queues import DEFAULT_CAPACITY
+from service.conversations.handoff import Handoff, HandoffError, offer_frame
+from service.infra.tokens import hash_token, new_token
 from service.websocket import RateLimit, open_socket, parse_frame, relay, send_error
 
 log = structlog.get_logger(__name__)

@@ -25,8 +25,8 @@ import asyncpg
 import orjson
 import structlog
 
-from service import metrics
-from service.ids import new_hex, new_uuid
+from service.infra.ids import new_hex, new_uuid
+from service.reporting import metrics
 
 log = structlog.get_logger(__name__)
 

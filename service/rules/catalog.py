@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Collection
 
-from service.embeddings import BACKENDS, INSTALL_HINT, installed
-from service.yamlfile import Checker, ConfigIssue, LocatedDict, load_yaml
+from service.rules.yamlfile import Checker, ConfigIssue, LocatedDict, load_yaml
+from service.understanding.embeddings import BACKENDS, INSTALL_HINT, installed
 
 DEFAULT_REPEAT_WINDOW_H = 72
 DEFAULT_THRESHOLD = 0.45

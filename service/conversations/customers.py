@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import redis.asyncio as redis
 
-from service.context import address_contacts_key, identity_key
+from service.conversations.context import address_contacts_key, identity_key
 
 
 async def find_customer(pool: asyncpg.Pool, kind: str, value: str) -> dict[str, Any] | None:

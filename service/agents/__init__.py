@@ -1,0 +1,1 @@
+"""Agents, their queues and assignment in Redis, and the bus between instances."""

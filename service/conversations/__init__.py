@@ -1,0 +1,1 @@
+"""One contact's turns, its context in Redis, and its hand-off to an agent."""

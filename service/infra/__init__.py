@@ -1,0 +1,1 @@
+"""Servers, connections, logging, ids, tokens and migrations: what every part stands on."""

@@ -1,0 +1,1 @@
+"""The event log, the reports computed from it, the ops API and the replay of past traffic."""

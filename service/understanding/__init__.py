@@ -1,0 +1,1 @@
+"""What a customer wants: the classifier, its evaluation, and one message or key understood."""
