@@ -53,3 +53,13 @@ def test_chat_origins_are_normalised_and_bad_ones_named():
     assert caught.value.problems == [
         "SWITCHBOARD_CHAT_ORIGINS='https://shop.example.com/help,shop.io': "
         "'https://shop.example.com/help' is not an origin like https://shop.example.com"]
+
+
+def test_event_retention_is_days_from_zero():
+    assert settings_from_env({}).event_retention_days == 0
+    assert settings_from_env({"SWITCHBOARD_EVENT_RETENTION_DAYS": "400"}).event_retention_days \
+        == 400
+    for raw in ("-1", "a year", "40000"):
+        with pytest.raises(SettingsError) as caught:
+            settings_from_env({"SWITCHBOARD_EVENT_RETENTION_DAYS": raw})
+        assert caught.value.problems[0].startswith(f"SWITCHBOARD_EVENT_RETENTION_DAYS={raw!r}")
