@@ -21,7 +21,7 @@ from service.rules.yamlfile import Checker, LocatedDict, LocatedList, load_yaml
 
 CHANNELS = ("sms", "voice", "chat")
 REASON = re.compile(r"^[a-z][a-z0-9_]*$")
-MATCHER = re.compile(r'^\s*([a-z_][a-z0-9_.]*)\s*(=~|!~|!=|<=|>=|=|<|>)\s*(.+?)\s*$')
+MATCHER = re.compile(r'^\s*([a-z_][a-z0-9_.]*)\s*(=~|!~|!=|<=|>=|=|<|>)\s*(.*?)\s*$', re.S)
 NUMERIC_ATTRS = ("confidence",)
 BOOL_ATTRS = ("repeat_contact",)
 TEXT_ATTRS = ("channel", "contact_type")
@@ -53,16 +53,16 @@ class Matcher:
 
     def matches(self, attrs: Mapping[str, Any]) -> bool:
         actual = attrs.get(self.attr)
-        if self.op in COMPARE:
+        if self.op in COMPARE:  # a number the contact lacks compares with nothing
             return isinstance(actual, (int, float)) and COMPARE[self.op](actual, self.value)
         if self.attr in BOOL_ATTRS:
             equal = bool(actual) == self.value
         elif self.attr == INTERVAL_ATTR:
             equal = self.value in (actual or ())
-        elif self.op in ("=~", "!~"):
-            equal = actual is not None and self.value.fullmatch(str(actual)) is not None
-        else:
-            equal = actual is not None and str(actual) == self.value
+        else:  # as in Alertmanager, an attribute the contact lacks is the empty string
+            text = "" if actual is None else str(actual)
+            equal = self.value.fullmatch(text) is not None if self.op in ("=~", "!~") \
+                else text == self.value
         return equal if self.op in ("=", "=~") else not equal
 
 
@@ -170,10 +170,11 @@ def load_routing_tree(directory: Path, display_dir: str, catalog: Catalog) -> Ro
     intervals = _time_intervals(check, doc)
     root_spec = check.mapping(doc["route"], doc, "route", ("route",),
                               required=["queue", "priority", "self_service"],
-                              optional=["name", "reason", "routes"])
+                              optional=["name", "reason", "routes", "matchers"])
     check.raise_if_any()
-    if "matchers" in root_spec:
-        check.error(root_spec, "matchers", "the root route matches everything", ("route",))
+    if "matchers" in root_spec:  # Alertmanager refuses them as well
+        check.error(root_spec, "matchers", "the root route matches everything: it takes no "
+                    "matchers", ("route", "matchers"))
     defaults = Settings(queue="", priority=0, self_service=True, reason="rule")
     known = Known(catalog, frozenset(intervals), frozenset(queues))
     root = _route(check, root_spec, ("route",), "root", defaults, queues, known)
@@ -280,8 +281,12 @@ def _weekdays(check: Checker, spec: LocatedDict, path: tuple) -> frozenset[int] 
                         "'monday:friday'", (*path, "weekdays"))
             continue
         start, end = WEEKDAYS.index(first), WEEKDAYS.index(last or first)
-        days |= set(range(start, end + 1)) if start <= end else \
-            set(range(start, 7)) | set(range(0, end + 1))  # 'friday:monday' wraps
+        if start > end:  # Alertmanager refuses it too: write 'friday:sunday' and 'monday'
+            check.error(spec, "weekdays", f"'{item}' runs backwards: a range goes from Monday "
+                        "towards Sunday (write two items, such as 'friday:sunday' and "
+                        "'monday')", (*path, "weekdays"))
+            continue
+        days |= set(range(start, end + 1))
     return frozenset(days)
 
 
@@ -329,8 +334,7 @@ def _route(check: Checker, spec: LocatedDict, path: tuple, default_name: str, pa
         child_specs = LocatedList()
     for index, child in enumerate(child_specs):
         child_path = (*path, "routes", index)
-        child = check.mapping(child, child_specs, index, child_path, required=["matchers"],
-                              optional=[k for k in ROUTE_KEYS if k != "matchers"])
+        child = check.mapping(child, child_specs, index, child_path, optional=ROUTE_KEYS)
         if child is not None:
             children.append(_route(check, child, child_path, f"routes[{index}]", settings,
                                    queues, known))
@@ -374,8 +378,8 @@ def _matchers(check: Checker, spec: LocatedDict, path: tuple, known: "Known"
     if "matchers" not in spec:
         return ()
     items = spec["matchers"]
-    if not isinstance(items, LocatedList) or not items:
-        check.error(spec, "matchers", "matchers must be a non-empty list", (*path, "matchers"))
+    if not isinstance(items, LocatedList):  # an empty list matches everything
+        check.error(spec, "matchers", "matchers must be a list", (*path, "matchers"))
         return ()
     found = []
     for index, text in enumerate(items):
@@ -404,7 +408,10 @@ def parse_matcher(text: Any, known: Known) -> Matcher | str:
         return (f"cannot read matcher {text!r}: write it as 'attribute op value', for example "
                 "'contact_type = track_order'")
     attr, op, raw = match.groups()
-    value = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw
+    value = unquote(raw)
+    if value is None:
+        return (f"cannot read the value of matcher {text!r}: a quoted value ends with its "
+                'only unescaped quote (write \\" for a quote inside it)')
     if attr not in (*TEXT_ATTRS, *NUMERIC_ATTRS, *BOOL_ATTRS, INTERVAL_ATTR) and \
             not attr.startswith(("customer.", WAITING_PREFIX)):
         return (f"unknown attribute '{attr}' (use channel, contact_type, confidence, "
@@ -432,6 +439,28 @@ def parse_matcher(text: Any, known: Known) -> Matcher | str:
     if op in ("=~", "!~"):
         return _regex_matcher(attr, op, value, text, catalog)
     return _check_known(attr, value, catalog) or Matcher(attr, op, value, text)
+
+
+def unquote(raw: str) -> str | None:
+    """A matcher value as Alertmanager reads it: optionally in double quotes; \\" \\\\ and
+    \\n are escapes, any other backslash stays (so regexes keep their \\d); None if malformed."""
+    quoted = raw.startswith('"')
+    body, out, index = raw[1:] if quoted else raw, [], 0
+    while index < len(body):
+        char = body[index]
+        if char == "\\" and index + 1 < len(body):
+            following = body[index + 1]
+            out.append({"n": "\n", '"': '"', "\\": "\\"}.get(following, "\\" + following))
+            index += 2
+            continue
+        if char == '"':
+            if not quoted or index != len(body) - 1:
+                return None
+            quoted = False
+        else:
+            out.append(char)
+        index += 1
+    return None if quoted else "".join(out)
 
 
 def _numeric_matcher(attr: str, op: str, value: str, text: str) -> Matcher | str:
@@ -462,8 +491,8 @@ def _check_known(attr: str, value: str, catalog: Catalog) -> str | None:
 
 
 def _known_values(attr: str, catalog: Catalog) -> tuple[str, ...] | None:
-    if attr == "contact_type":
-        return tuple(catalog.types)
+    if attr == "contact_type":  # "" is a contact not (yet) classified
+        return ("", *catalog.types)
     if attr == "channel":
         return CHANNELS
     return None
