@@ -13,7 +13,6 @@ from typing import AsyncIterator
 
 import aiohttp
 import asyncpg
-import redis.asyncio as redis
 import structlog
 from aiohttp import web
 
@@ -47,13 +46,15 @@ from service.conversations.handoff import Handoff
 from service.infra import health as api
 from service.infra.ids import new_hex
 from service.infra.migrate import migrate
-from service.infra.redis_batch import CommandBatcher
+from service.infra.redis_batch import batcher_for
+from service.infra.redis_url import client_for, subscriber_for
 from service.infra.twilio_rest import TwilioRest
 from service.model import Inbound, Reply
 from service.reporting import metrics, ops_api, partitions
 from service.reporting.events import EventWriter
 from service.rules.flows import HttpLookups
 from service.rules.holder import RulesHolder
+from service.rules.versions import LoadCause
 from service.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -170,10 +171,10 @@ async def postgres(app: web.Application) -> AsyncIterator[None]:
 
 async def redis_client(app: web.Application) -> AsyncIterator[None]:
     url = app[SETTINGS].redis_url
-    client = redis.from_url(url, socket_timeout=2, socket_connect_timeout=2,
-                            health_check_interval=30)
+    client = client_for(url, socket_timeout=2, socket_connect_timeout=2,
+                        health_check_interval=30)
     app[REDIS] = client
-    app[REDIS_BATCH] = CommandBatcher.from_url(url)
+    app[REDIS_BATCH] = batcher_for(url)
     yield
     await app[REDIS_BATCH].close()
     await client.aclose()
@@ -181,29 +182,30 @@ async def redis_client(app: web.Application) -> AsyncIterator[None]:
 
 async def rules(app: web.Application) -> AsyncIterator[None]:
     holder = await RulesHolder.load(app[SETTINGS].rules_dir, app[PG])
-    await holder.record_version()
     app[RULES] = holder
+    listening = asyncio.create_task(holder.listen(app[SETTINGS].database_url))
     loop = asyncio.get_running_loop()
 
     def on_sighup() -> None:
-        asyncio.ensure_future(reload_and_record(app))
+        asyncio.ensure_future(reload_and_record(app, LoadCause("signal", "SIGHUP")))
 
     try:
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
     except (RuntimeError, ValueError):  # not the main thread (tests)
         pass
     yield
+    listening.cancel()
+    await asyncio.gather(listening, return_exceptions=True)
     try:
         loop.remove_signal_handler(signal.SIGHUP)
     except (RuntimeError, ValueError):
         pass
 
 
-async def reload_and_record(app: web.Application) -> bool:
-    ok = await app[RULES].reload()
-    if ok:
-        await app[RULES].record_version()
-    return ok
+async def reload_and_record(app: web.Application,
+                            cause: LoadCause = LoadCause("signal", "SIGHUP")) -> bool:
+    """Reload the rules (all or nothing); the load is recorded with its cause either way."""
+    return (await app[RULES].reload(cause)).ok
 
 
 async def event_writer(app: web.Application) -> AsyncIterator[None]:
@@ -224,7 +226,7 @@ async def event_writer(app: web.Application) -> AsyncIterator[None]:
 async def messaging(app: web.Application) -> AsyncIterator[None]:
     """The pub/sub bus between instances and the Twilio REST client for outbound messages."""
     settings = app[SETTINGS]
-    app[BUS] = Bus(app[REDIS])
+    app[BUS] = Bus(app[REDIS], subscriber_for(app[REDIS]))
     app[TWILIO] = TwilioRest(settings.twilio_account_sid, settings.twilio_auth_token,
                              settings.twilio_api_base_url)
     yield

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from service.settings import ENV_VARS
+from service.settings import ENV_VARS, settings_from_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,12 +26,15 @@ def test_compose_has_two_switchboards_postgres_valkey_with_sentinels_and_prometh
     assert services["switchboard"]["build"] == "."
     for needed in ("postgres", "valkey"):
         assert services["switchboard"]["depends_on"][needed]["condition"] == "service_healthy"
+    assert "sentinel" in services["switchboard"]["depends_on"]
 
 
 def test_compose_environment_names_are_settings_and_point_at_its_services():
     env = compose()["services"]["switchboard"]["environment"]
     assert set(env) <= set(ENV_VARS), set(env) - set(ENV_VARS)
-    assert "@postgres:5432/" in env["DATABASE_URL"] and "//valkey:6379" in env["REDIS_URL"]
+    assert "@postgres:5432/" in env["DATABASE_URL"]
+    assert env["REDIS_URL"] == "redis+sentinel://sentinel:26379/switchboard/0"
+    assert settings_from_env({k: v for k, v in env.items() if "$" not in v}).redis_url
 
 
 def test_prometheus_scrapes_the_switchboard_metrics_endpoint():
