@@ -102,7 +102,7 @@ def subscriber_for(client: "redis.Redis | RedisCluster") -> Callable[[], redis.R
     turn = itertools.count()
 
     def next_node() -> redis.Redis:
-        nodes = client.get_primaries() or client.get_nodes()
+        nodes = client.get_primaries() or list(client.nodes_manager.startup_nodes.values())
         node = nodes[next(turn) % len(nodes)]
         kwargs = node.connection_kwargs
         return redis.Redis(host=node.host, port=node.port, username=kwargs.get("username"),
