@@ -13,7 +13,7 @@ import redis as sync_redis
 
 from channels.twilio_sms import FALLBACK
 from service.infra.redis_batch import ClusterBatcher, batcher_for
-from service.infra.redis_url import client_for
+from service.infra.redis_url import client_for, close_client
 from tests import test_agents
 from tests.conftest import with_settings
 from tests.test_agents import app_settings, instance, login, twilio  # noqa: F401 (fixtures)
@@ -95,7 +95,7 @@ async def _entries(url: str) -> dict[str, list[str]]:
     try:
         raw = await client.hgetall(ENTRIES)
     finally:
-        await client.aclose()
+        await close_client(client)
     entries = {}
     for value in raw.values():
         context = json.loads(value)["context"]
@@ -186,8 +186,11 @@ async def test_a_failover_during_traffic_loses_no_queued_contact(
         sent = await traffic
         entries = await _entries(valkey_sentinel.url)
     answered = {n: [t for t in turns if t[1] != FALLBACK] for n, turns in sent.items()}
-    for number in customers:  # every message answered normally is kept, in order
+    queued = [n for n in customers if sent[n][0][1] != FALLBACK]  # told they are queued
+    assert len(queued) > len(customers) // 2
+    for number in queued:  # every message answered normally is kept, in order
         words = [w for w, _ in answered[number]]
         assert [w for w in entries[number] if w in words] == words
+    for number in customers:
         assert sent[number][-1][1] != FALLBACK  # answered normally again after the switch
     assert sum(map(len, answered.values())) > 4 * len(customers)

@@ -116,3 +116,11 @@ def subscriber_for(client: "redis.Redis | RedisCluster") -> Callable[[], redis.R
                            socket_connect_timeout=2)
 
     return next_node
+
+
+async def close_client(client: "redis.Redis | RedisCluster") -> None:
+    """Close a client of client_for(), with the connections it keeps to the sentinels."""
+    await client.aclose()
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+    for sentinel in manager.sentinels if manager else ():
+        await sentinel.aclose()
