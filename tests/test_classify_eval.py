@@ -209,6 +209,7 @@ def test_cli_with_embeddings_says_so_and_scores_unseen_wording(train_csv, tmp_pa
     test = write(tmp_path / "test.csv", "text,contact_type\nshipment status?,track\n"
                                         "return the cash,refund\n")
     assert run_cli("--train", str(train_csv), "--test", str(test), "--embeddings", "wordllama",
+                   "--no-background",
                    "--format", "json") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["embeddings"] == "wordllama" and report["in_scope_accuracy"] == 1.0

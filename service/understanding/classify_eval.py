@@ -45,9 +45,11 @@ class Dataset:
     examples: list[tuple[str, str]]  # (text, contact type)
     out_of_scope: list[str] = field(default_factory=list)
     embedder: SentenceEmbedder | None = None  # how to train on it, as a catalog may ask
+    # out of scope too, but only ever trained on: the shipped corpus, not the data under test
+    background: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.examples) + len(self.out_of_scope)
+        return len(self.examples) + len(self.out_of_scope) + len(self.background)
 
     def labelled(self, oos_label: str) -> list[tuple[str, str]]:
         return self.examples + [(text, oos_label) for text in self.out_of_scope]
@@ -77,6 +79,7 @@ class Report:
     mode: str  # "test file" or "cross-validation"
     folds: int
     embeddings: str | None = None  # the sentence-embedding backend, if the features had one
+    background_rows: int = 0  # out-of-scope texts only trained on (shipped corpus, catalog's)
 
     @property
     def threshold(self) -> float:
@@ -244,7 +247,8 @@ class _Scored:
 
 def _fit(data: Dataset) -> Classifier:
     try:
-        return train(data.examples, out_of_scope=data.out_of_scope, embedder=data.embedder)
+        return train(data.examples, out_of_scope=data.out_of_scope + data.background,
+                     embedder=data.embedder)
     except ValueError as exc:  # e.g. one class left in a fold
         raise EvalInputError(f"cannot train on these rows: {exc}") from None
 
@@ -252,7 +256,7 @@ def _fit(data: Dataset) -> Classifier:
 def _subset(data: Dataset, rows: list[tuple[str, str]], keep: np.ndarray,
             oos_label: str) -> Dataset:
     part = split_out_of_scope([row for row, k in zip(rows, keep) if k], oos_label)
-    return Dataset(part.examples, part.out_of_scope, data.embedder)
+    return Dataset(part.examples, part.out_of_scope, data.embedder, data.background)
 
 
 def cross_validated_threshold(data: Dataset, folds: int, oos_share: float,
@@ -260,7 +264,9 @@ def cross_validated_threshold(data: Dataset, folds: int, oos_share: float,
                               oos_label: str = "\0oos") -> float:
     """k models, each trained without one fold of rows (and with `hide_types`, without one
     fold of contact types): the rows it did not see score as in scope, out of scope or of an
-    unseen type."""
+    unseen type. The background corpus is scored here like out-of-scope rows: it is what the
+    threshold must refuse when a catalog has no out-of-scope rows of its own."""
+    data = Dataset(data.examples, data.out_of_scope + data.background, data.embedder)
     rows = data.labelled(oos_label)
     fold = fold_of_each([label for _, label in rows], folds)
     types = sorted({label for _, label in data.examples})
@@ -346,8 +352,9 @@ def _report(scored: _Scored, row_thresholds: list[float], thresholds: list[float
         train_seconds=statistics.fmean(seconds),
         latency_ms_p50=float(np.percentile(latency, 50)) if len(latency) else 0.0,
         latency_ms_p99=float(np.percentile(latency, 99)) if len(latency) else 0.0,
-        train_rows=len(train_data),
+        train_rows=len(train_data.examples) + len(train_data.out_of_scope),
         train_oos_rows=len(train_data.out_of_scope),
+        background_rows=len(train_data.background),
         test_rows=len(scored.truth),
         test_oos_rows=sum(t == oos_label for t in scored.truth),
         contact_types=len({label for _, label in train_data.examples}),
@@ -372,7 +379,7 @@ def as_dict(report: Report) -> dict:
         "train_rows": report.train_rows, "train_oos_rows": report.train_oos_rows,
         "test_rows": report.test_rows, "test_oos_rows": report.test_oos_rows,
         "contact_types": report.contact_types, "mode": report.mode, "folds": report.folds,
-        "embeddings": report.embeddings,
+        "embeddings": report.embeddings, "background_rows": report.background_rows,
     }
 
 
@@ -385,7 +392,8 @@ def as_table(report: Report) -> str:
         ("scored", f"{report.test_rows:,} rows ({report.test_oos_rows:,} out of scope), "
                    f"{report.mode}"),
         ("trained on", f"{report.train_rows:,} rows ({report.train_oos_rows:,} out of scope), "
-                       f"{report.contact_types} contact types"),
+                       f"{report.contact_types} contact types, + {report.background_rows:,} "
+                       "background out-of-scope texts"),
         ("features", "word and character n-grams" + (f" + {report.embeddings} embeddings"
                                                       if report.embeddings else "")),
         ("accuracy", _cell(m.accuracy)),
