@@ -16,7 +16,7 @@ import csv
 import random
 import statistics
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -65,6 +65,18 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class ScoredRow:
+    text: str
+    expected: str
+    predicted: str  # the likeliest contact type, refused or not
+    confidence: float
+    refused: bool  # confidence under the threshold: decided out of scope
+
+    def decided(self, oos_label: str) -> str:
+        return oos_label if self.refused else self.predicted
+
+
+@dataclass(frozen=True)
 class Report:
     metrics: Metrics
     thresholds: list[float]  # one per outer fold, or the single one used for the test file
@@ -80,6 +92,8 @@ class Report:
     folds: int
     embeddings: str | None = None  # the sentence-embedding backend, if the features had one
     background_rows: int = 0  # out-of-scope texts only trained on (shipped corpus, catalog's)
+    predictions: tuple[ScoredRow, ...] = ()  # every scored row, in scoring order
+    confused: tuple[tuple[str, str, int], ...] = ()  # (expected, decided, count), most first
 
     @property
     def threshold(self) -> float:
@@ -226,6 +240,7 @@ def fold_of_each(labels: Sequence[str], folds: int, seed: int = 0) -> np.ndarray
 
 @dataclass
 class _Scored:
+    texts: list[str] = field(default_factory=list)
     truth: list[str] = field(default_factory=list)
     guess: list[str] = field(default_factory=list)
     confidence: list[float] = field(default_factory=list)
@@ -236,6 +251,7 @@ class _Scored:
             started = time.perf_counter()
             prediction = classifier.predict(text, top=1)
             self.latency_ms.append((time.perf_counter() - started) * 1000)
+            self.texts.append(text)
             self.truth.append(label)
             self.guess.append(prediction.contact_type)
             self.confidence.append(prediction.confidence)
@@ -346,8 +362,15 @@ def _report(scored: _Scored, row_thresholds: list[float], thresholds: list[float
             seconds: list[float], oos_label: str, train_data: Dataset, mode: str,
             folds: int) -> Report:
     latency = np.array(scored.latency_ms)
+    decided = scored.decided(row_thresholds, oos_label)
+    rows = tuple(ScoredRow(text, truth, guess, confidence, confidence < threshold)
+                 for text, truth, guess, confidence, threshold in
+                 zip(scored.texts, scored.truth, scored.guess, scored.confidence,
+                     row_thresholds))
     return Report(
-        metrics=metrics(scored.truth, scored.decided(row_thresholds, oos_label), oos_label),
+        metrics=metrics(scored.truth, decided, oos_label),
+        predictions=rows,
+        confused=most_confused(scored.truth, decided),
         thresholds=thresholds,
         train_seconds=statistics.fmean(seconds),
         latency_ms_p50=float(np.percentile(latency, 50)) if len(latency) else 0.0,
@@ -362,6 +385,24 @@ def _report(scored: _Scored, row_thresholds: list[float], thresholds: list[float
         folds=folds,
         embeddings=train_data.embedder.name if train_data.embedder else None,
     )
+
+
+def most_confused(truth: Sequence[str], decided: Sequence[str], top: int = 10
+                  ) -> tuple[tuple[str, str, int], ...]:
+    """The commonest (expected, decided) pairs among wrong decisions."""
+    pairs = Counter((t, d) for t, d in zip(truth, decided) if t != d)
+    return tuple((t, d, n) for (t, d), n in
+                 sorted(pairs.items(), key=lambda item: (-item[1], item[0]))[:top])
+
+
+def write_predictions(report: Report, path: Path) -> None:
+    """One CSV row per scored message: text, expected, predicted, confidence, refused."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["text", "expected", "predicted", "confidence", "refused"])
+        for row in report.predictions:
+            writer.writerow([row.text, row.expected, row.predicted, f"{row.confidence:.4f}",
+                             "yes" if row.refused else "no"])
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -380,6 +421,8 @@ def as_dict(report: Report) -> dict:
         "test_rows": report.test_rows, "test_oos_rows": report.test_oos_rows,
         "contact_types": report.contact_types, "mode": report.mode, "folds": report.folds,
         "embeddings": report.embeddings, "background_rows": report.background_rows,
+        "most_confused": [{"expected": t, "decided": d, "count": n}
+                          for t, d, n in report.confused],
     }
 
 
@@ -406,7 +449,11 @@ def as_table(report: Report) -> str:
         ("latency p50 / p99", f"{report.latency_ms_p50:.3f} / {report.latency_ms_p99:.3f} ms "
                               "per message"),
     ]
-    return "\n".join(f"{name:<20} {value}" for name, value in lines)
+    table = "\n".join(f"{name:<20} {value}" for name, value in lines)
+    if not report.confused:
+        return table
+    pairs = [f"  {n:>5}  {t} -> {d}" for t, d, n in report.confused]
+    return "\n".join([table, "most confused (count, expected -> decided):", *pairs])
 
 
 def _round(value: float | None) -> float | None:

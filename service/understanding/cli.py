@@ -57,6 +57,9 @@ def add_parser(commands) -> None:
     parser.add_argument("--embeddings", choices=sorted(BACKENDS),
                         help="add pretrained sentence embeddings to the features (needs the "
                              "embeddings extra); --catalog uses the catalog's setting")
+    parser.add_argument("--predictions", type=Path, metavar="FILE",
+                        help="write every scored message to this CSV: text, expected, "
+                             "predicted, confidence, refused")
     parser.add_argument("--format", choices=("table", "json"), default="table")
     parser.set_defaults(func=cmd_classify_eval)
 
@@ -67,6 +70,13 @@ def cmd_classify_eval(args: argparse.Namespace, settings: object = None) -> int:
     except (ev.EvalInputError, ConfigError, EmbeddingsUnavailable) as exc:
         print(f"switchboard classify-eval: {exc}", file=sys.stderr)
         return 2
+    if args.predictions is not None:
+        try:
+            ev.write_predictions(report, args.predictions)
+        except OSError as exc:
+            print(f"switchboard classify-eval: cannot write {args.predictions}: {exc.strerror}",
+                  file=sys.stderr)
+            return 2
     if args.format == "json":
         print(json.dumps(ev.as_dict(report)))
     else:
@@ -77,6 +87,9 @@ def cmd_classify_eval(args: argparse.Namespace, settings: object = None) -> int:
 def _run(args: argparse.Namespace) -> tuple[ev.Report, str]:
     if not 0 <= args.oos_share <= 1:
         raise ev.EvalInputError("--oos-share must be between 0 and 1")
+    if args.predictions is not None and not args.predictions.parent.is_dir():
+        raise ev.EvalInputError(f"no such directory for --predictions: "
+                                f"{args.predictions.parent}")
     rows, catalog_oos, catalog_background, embeddings, note = _training_rows(args)
     test_rows = [row for path in args.test or ()
                  for row in ev.read_labelled(path, args.text_col, args.label_col)]
