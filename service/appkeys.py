@@ -2,6 +2,7 @@
 
 import asyncpg
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
 from aiohttp import web
 
 from service.agents.bus import Bus
@@ -9,7 +10,7 @@ from service.agents.desk import AgentDesk
 from service.agents.queues import QueueLoad, Router
 from service.conversations.conversation import Conversations
 from service.conversations.handoff import Handoff
-from service.infra.redis_batch import CommandBatcher
+from service.infra.redis_batch import ClusterBatcher, CommandBatcher
 from service.infra.twilio_rest import TwilioRest
 from service.reporting.events import EventWriter
 from service.rules.flows import HttpLookups
@@ -18,8 +19,8 @@ from service.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 PG = web.AppKey("pg", asyncpg.Pool)
-REDIS = web.AppKey("redis", redis.Redis)
-REDIS_BATCH = web.AppKey("redis_batch", CommandBatcher)
+REDIS = web.AppKey("redis", redis.Redis | RedisCluster)
+REDIS_BATCH = web.AppKey("redis_batch", CommandBatcher | ClusterBatcher)
 RULES = web.AppKey("rules", RulesHolder)
 EVENTS = web.AppKey("events", EventWriter)
 BUS = web.AppKey("bus", Bus)
