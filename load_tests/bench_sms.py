@@ -1,6 +1,7 @@
 """Twilio webhook benchmark (SMS or voice): the full service next to a bare aiohttp handler.
 
     .venv/bin/python load_tests/bench_sms.py [--channel sms|voice] [--seconds 20] [--profile]
+        [--redis single|cluster|sentinel]
 
 Starts PostgreSQL and Valkey (embedded, in a temporary folder), a bare aiohttp server that
 answers the webhooks with fixed TwiML, then `switchboard serve` against those databases.
@@ -349,6 +350,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20, help="measured seconds per target")
     parser.add_argument("--warmup", type=float, default=3, help="warm-up seconds per target")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--redis", choices=["single", "cluster", "sentinel"], default="single",
+                        help="one embedded Valkey, a 3+3 cluster, or primary+replica+3 sentinels")
     parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument("--max-requests", type=int, default=500_000,
                         help="stop a run after this many responses")
@@ -399,6 +402,13 @@ def main() -> int:
             db_dir = workdir / "db"
             db_dir.mkdir()
             database_url, redis_url = stack.enter_context(databases(db_dir))
+            if args.redis != "single":  # the same service on a real cluster or Sentinel
+                sys.path.insert(0, str(ROOT))
+                from tests import valkey_topology
+
+                start = {"cluster": valkey_topology.cluster,
+                         "sentinel": valkey_topology.sentinel_group}[args.redis]
+                redis_url = stack.enter_context(start(workdir / args.redis)).url
             rules_dir = ROOT / "routing_rules"
             print("sorting held-out utterances with the deployment's classifier ...", flush=True)
             write_traffic = traffic_writer(args.channel, rules_dir)
@@ -478,11 +488,12 @@ def main() -> int:
                 signed = sign("measure", args.seconds, warm.rps)
                 print(f"full warm-up: {warm.rps:,.0f} requests/s; signed {signed:,} requests "
                       f"for the measured run in {time.monotonic() - t0:.1f} s", flush=True)
-                valkey_before = commandstats(redis_url)
+                single = args.redis == "single"
+                valkey_before = commandstats(redis_url) if single else {}
                 full_run = measured(run_wrk, url, files["measure"], "once", args.seconds,
                                     target="full service", **common)
                 results["valkey"] = valkey_time(valkey_before, commandstats(redis_url),
-                                                full_run.wall_s)
+                                                full_run.wall_s) if single else args.redis
                 runs.append(full_run)
                 print(f"full: {full_run.rps:,.0f} requests/s, p99 {full_run.ms('p99'):.2f} ms",
                       flush=True)

@@ -379,7 +379,7 @@ def cmd_customers_add(args: argparse.Namespace, settings: Settings) -> int:
 
     from service.conversations.customers import CustomerError, upsert_customer
     from service.infra.migrate import migrate
-    from service.infra.redis_url import client_for
+    from service.infra.redis_url import client_for, close_client
 
     identities = [("phone", p) for p in args.phone] + [("email", e.lower()) for e in args.email]
     identities += [("web", f"id:{w}") for w in args.web_id]
@@ -402,7 +402,7 @@ def cmd_customers_add(args: argparse.Namespace, settings: Settings) -> int:
                                          customer_id=args.customer)
         finally:
             await conn.close()
-            await client.aclose()
+            await close_client(client)
 
     with _servers(settings) as ready:
         try:

@@ -47,7 +47,7 @@ from service.infra import health as api
 from service.infra.ids import new_hex
 from service.infra.migrate import migrate
 from service.infra.redis_batch import batcher_for
-from service.infra.redis_url import client_for, subscriber_for
+from service.infra.redis_url import client_for, close_client, subscriber_for
 from service.infra.twilio_rest import TwilioRest
 from service.model import Inbound, Reply
 from service.reporting import metrics, ops_api, partitions
@@ -177,7 +177,7 @@ async def redis_client(app: web.Application) -> AsyncIterator[None]:
     app[REDIS_BATCH] = batcher_for(url)
     yield
     await app[REDIS_BATCH].close()
-    await client.aclose()
+    await close_client(client)
 
 
 async def rules(app: web.Application) -> AsyncIterator[None]:
