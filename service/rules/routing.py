@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from service.model import CHANNEL_NAMES
 from service.rules.catalog import Catalog
 from service.rules.yamlfile import Checker, LocatedDict, LocatedList, load_yaml
 
-CHANNELS = ("sms", "voice", "chat")
 REASON = re.compile(r"^[a-z][a-z0-9_]*$")
 MATCHER = re.compile(r'^\s*([a-z_][a-z0-9_.]*)\s*(=~|!~|!=|<=|>=|=|<|>)\s*(.+?)\s*$')
 NUMERIC_ATTRS = ("confidence",)
@@ -465,5 +465,5 @@ def _known_values(attr: str, catalog: Catalog) -> tuple[str, ...] | None:
     if attr == "contact_type":
         return tuple(catalog.types)
     if attr == "channel":
-        return CHANNELS
+        return CHANNEL_NAMES  # the channel values the composition root lists, one per channel
     return None
