@@ -90,7 +90,7 @@ class TwilioSms(TwilioMessaging):
 
 
 def parse(form, channel: str = "sms") -> Inbound:
-    """The webhook's fields as an Inbound; a prefixed sender (`whatsapp:+1...`) names its channel."""
+    """The webhook's fields as an Inbound; a prefixed sender (whatsapp:+1...) names its channel."""
     missing = [name for name in REQUIRED if not form.get(name)]
     if missing:
         raise web.HTTPBadRequest(text=f"missing Twilio fields: {', '.join(missing)}")

@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from service.rules.yamlfile import ConfigError
 from service.model import CHANNEL_NAMES
+from service.rules.yamlfile import ConfigError
 from service.settings import Settings, SettingsError, settings_from_env
 
 

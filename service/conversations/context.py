@@ -5,7 +5,7 @@ open conversations, idempotency keys, opt-out) shares the hash tag of that addre
 everything about one customer shares `{cust:<id>}`.
 
     sb:{phone:+15551234567}:ident                  JSON customer link (id, attributes)  30 days
-    sb:{phone:+15551234567}:conv:<channel>:<to>    JSON open conversation state   idle timeout + 1 day
+    sb:{phone:+15551234567}:conv:<channel>:<to>    JSON open conversation   idle timeout + 1 day
     sb:{phone:+15551234567}:conv:<channel>:<thread>  the same for a call or chat session
     sb:{phone:+15551234567}:seen:<delivery id>     reply already given for a delivery   1 day
     sb:{phone:+15551234567}:optout:<channel>       present after STOP

@@ -51,7 +51,8 @@ def not_understood(catalog: Catalog, menu: Sequence[str], style: PromptStyle) ->
             "Thanks for calling. ")
     options = " ".join(f"{i}) {catalog.label(t)}" for i, t in enumerate(menu, 1))
     if style == "chat":
-        return "Sorry, I'm not sure I understood. Is it about one of these? Or tell me in other words."
+        return ("Sorry, I'm not sure I understood. Is it about one of these? Or tell me in "
+                "other words.")
     return (f"Sorry, I'm not sure I understood. Is it about: {options}? Reply with a number, "
             "or tell me in other words. Reply AGENT to talk to a person.")
 

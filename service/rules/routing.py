@@ -92,7 +92,7 @@ class TimeInterval:
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
+class RouteSettings:
     """What a route decides; children inherit what they do not set."""
 
     queue: str
@@ -105,7 +105,7 @@ class Settings:
 class Route:
     name: str
     matchers: tuple[Matcher, ...]
-    settings: Settings
+    settings: RouteSettings
     continue_: bool = False
     routes: tuple["Route", ...] = field(default_factory=tuple)
 
@@ -143,8 +143,8 @@ class RoutingTree:
                         settings.reason, path)
 
 
-def _walk(route: Route, attrs: Mapping[str, Any], path: str) -> tuple[Settings, str]:
-    result: tuple[Settings, str] | None = None
+def _walk(route: Route, attrs: Mapping[str, Any], path: str) -> tuple[RouteSettings, str]:
+    result: tuple[RouteSettings, str] | None = None
     for child in route.routes:
         if all(m.matches(attrs) for m in child.matchers):
             result = _walk(child, attrs, f"{path} > {child.name}")
@@ -174,7 +174,7 @@ def load_routing_tree(directory: Path, display_dir: str, catalog: Catalog) -> Ro
     check.raise_if_any()
     if "matchers" in root_spec:
         check.error(root_spec, "matchers", "the root route matches everything", ("route",))
-    defaults = Settings(queue="", priority=0, self_service=True, reason="rule")
+    defaults = RouteSettings(queue="", priority=0, self_service=True, reason="rule")
     known = Known(catalog, frozenset(intervals), frozenset(queues))
     root = _route(check, root_spec, ("route",), "root", defaults, queues, known)
     check.raise_if_any()
@@ -316,7 +316,7 @@ def _minutes(raw: Any) -> int | None:
     return 24 * 60 if match[0] == "24:00" else int(match[1]) * 60 + int(match[2])
 
 
-def _route(check: Checker, spec: LocatedDict, path: tuple, default_name: str, parent: Settings,
+def _route(check: Checker, spec: LocatedDict, path: tuple, default_name: str, parent: RouteSettings,
            queues: dict[str, Queue], known: "Known") -> Route:
     settings = _settings(check, spec, path, parent, queues)
     matchers = _matchers(check, spec, path, known)
@@ -341,8 +341,8 @@ def _route(check: Checker, spec: LocatedDict, path: tuple, default_name: str, pa
                  continue_=cont is True, routes=tuple(children))
 
 
-def _settings(check: Checker, spec: LocatedDict, path: tuple, parent: Settings,
-              queues: dict[str, Queue]) -> Settings:
+def _settings(check: Checker, spec: LocatedDict, path: tuple, parent: RouteSettings,
+              queues: dict[str, Queue]) -> RouteSettings:
     settings = parent
     if "queue" in spec:
         if spec["queue"] not in queues:
