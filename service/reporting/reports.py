@@ -1,4 +1,4 @@
-"""Metric queries over the event log (DESIGN.md section 5, metric version 1).
+"""Metric queries over the event log (docs/interfaces.md, metric definitions, version 1).
 
 Every figure is computed in SQL from `contact_events`, never from counters, for any window.
 A contact belongs to the window in which it started (its `contact_started` event); whatever

@@ -1,4 +1,4 @@
-// Switchboard agent console: one WebSocket to /agent/ws (DESIGN.md section 3), plain DOM.
+// Switchboard agent console: one WebSocket to /agent/ws (frames in docs/interfaces.md), plain DOM.
 //
 // State lives in `state`; every change calls render(). All customer-supplied text goes into
 // the page through textContent, never as HTML.
