@@ -33,7 +33,7 @@ RATE_PER_S, BURST = 2.0, 6
 
 class WebChat:
     traits: ClassVar[ChannelTraits] = ChannelTraits(
-        name="chat", identity="web", prompt_style="chat", default_capacity=3, idles_out=False,
+        name="chat", identity="web", prompt_style="buttons", default_capacity=3, idles_out=False,
         carrier_keywords=False, agent_can_type=True, route_prefix="/chat")
 
     def __init__(self, config: ChannelConfig, handle: HandleInbound):

@@ -14,9 +14,9 @@ from typing import Any, Literal, Mapping, Protocol, get_args
 ChannelName = Literal["sms", "voice", "chat", "whatsapp"]
 CHANNEL_NAMES: tuple[str, ...] = get_args(ChannelName)
 IdentityKind = Literal["phone", "web"]  # which customer key an address is
-# text: typed replies ("Reply YES or NO", numbered lists); chat: buttons in a widget;
+# text: typed replies ("Reply YES or NO", numbered lists); buttons: choices in a widget;
 # keys: a phone menu (press 1, say yes).
-PromptStyle = Literal["text", "chat", "keys"]
+PromptStyle = Literal["text", "buttons", "keys"]
 ContactState = Literal["self_service", "queued", "with_agent", "closed"]
 # message: words typed or spoken; digits: keypad; start: a call or chat begins;
 # no_input: the customer said nothing; wait: a queued caller's hold loop asks for news;

@@ -1,5 +1,5 @@
 """What the bot says, worded for each prompt style a channel declares (model.PromptStyle):
-typed replies ("text"), a chat widget with buttons ("chat"), keys on the phone ("keys").
+typed replies ("text"), a widget with buttons ("buttons"), keys on the phone ("keys").
 
 One place for customer-facing wording, so the same flow reads right everywhere.
 """
@@ -13,12 +13,12 @@ from service.rules.catalog import Catalog
 
 CONFIRM: dict[PromptStyle, str] = {
     "text": "Did that help? Reply YES or NO.",
-    "chat": "Did that help?",
+    "buttons": "Did that help?",
     "keys": "Did that help? Press 1 for yes or 2 for no, or say yes or no.",
 }
 RESOLVED: dict[PromptStyle, str] = {
     "text": "Great, glad that helped! Text us any time if you need anything else.",
-    "chat": "Great, glad that helped! Come back any time.",
+    "buttons": "Great, glad that helped! Come back any time.",
     "keys": "Great, glad that helped. Thanks for calling, goodbye.",
 }
 # Answers to the carrier keywords (HELP, START) on channels that have them.
@@ -50,7 +50,7 @@ def not_understood(catalog: Catalog, menu: Sequence[str], style: PromptStyle) ->
         return "Sorry, I didn't get that. " + greeting(catalog, style).removeprefix(
             "Thanks for calling. ")
     options = " ".join(f"{i}) {catalog.label(t)}" for i, t in enumerate(menu, 1))
-    if style == "chat":
+    if style == "buttons":
         return ("Sorry, I'm not sure I understood. Is it about one of these? Or tell me in "
                 "other words.")
     return (f"Sorry, I'm not sure I understood. Is it about: {options}? Reply with a number, "
