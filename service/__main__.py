@@ -232,10 +232,10 @@ def _moment(raw: str) -> datetime:
 
 def cmd_customers_add(args: argparse.Namespace, settings: Settings) -> int:
     import asyncpg
-    import redis.asyncio as redis
 
     from service.conversations.customers import CustomerError, upsert_customer
     from service.infra.migrate import migrate
+    from service.infra.redis_url import client_for
 
     identities = [("phone", p) for p in args.phone] + [("email", e.lower()) for e in args.email]
     identities += [("web", f"id:{w}") for w in args.web_id]
@@ -250,7 +250,7 @@ def cmd_customers_add(args: argparse.Namespace, settings: Settings) -> int:
 
     async def run(ready: Settings) -> str:
         conn = await asyncpg.connect(ready.database_url)
-        client = redis.from_url(ready.redis_url)
+        client = client_for(ready.redis_url)
         try:
             await migrate(conn)
             return await upsert_customer(conn, client, identities=identities,

@@ -13,7 +13,6 @@ from typing import AsyncIterator
 
 import aiohttp
 import asyncpg
-import redis.asyncio as redis
 import structlog
 from aiohttp import web
 
@@ -50,7 +49,8 @@ from service.conversations.handoff import Handoff
 from service.infra import health as api
 from service.infra.ids import new_hex
 from service.infra.migrate import migrate
-from service.infra.redis_batch import CommandBatcher
+from service.infra.redis_batch import batcher_for
+from service.infra.redis_url import client_for, subscriber_for
 from service.model import CHANNEL_NAMES, ChannelTraits, Inbound, Reply
 from service.reporting import metrics, ops_api
 from service.reporting.events import EventWriter
@@ -180,10 +180,10 @@ async def postgres(app: web.Application) -> AsyncIterator[None]:
 
 async def redis_client(app: web.Application) -> AsyncIterator[None]:
     url = app[SETTINGS].redis_url
-    client = redis.from_url(url, socket_timeout=2, socket_connect_timeout=2,
-                            health_check_interval=30)
+    client = client_for(url, socket_timeout=2, socket_connect_timeout=2,
+                        health_check_interval=30)
     app[REDIS] = client
-    app[REDIS_BATCH] = CommandBatcher.from_url(url)
+    app[REDIS_BATCH] = batcher_for(url)
     yield
     await app[REDIS_BATCH].close()
     await client.aclose()
@@ -228,7 +228,7 @@ async def event_writer(app: web.Application) -> AsyncIterator[None]:
 def messaging(twilio: TwilioRest):
     """The pub/sub bus between instances, and closing the Twilio channels' REST client."""
     async def resource(app: web.Application) -> AsyncIterator[None]:
-        app[BUS] = Bus(app[REDIS])
+        app[BUS] = Bus(app[REDIS], subscriber_for(app[REDIS]))
         yield
         await app[BUS].close()
         await twilio.close()

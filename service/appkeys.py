@@ -3,13 +3,14 @@
 import asyncpg
 import redis.asyncio as redis
 from aiohttp import web
+from redis.asyncio.cluster import RedisCluster
 
 from service.agents.bus import Bus
 from service.agents.desk import AgentDesk
 from service.agents.queues import Dispatcher, QueueLoad
 from service.conversations.conversation import Conversations
 from service.conversations.handoff import Handoff
-from service.infra.redis_batch import CommandBatcher
+from service.infra.redis_batch import ClusterBatcher, CommandBatcher
 from service.reporting.events import EventWriter
 from service.rules.flows import HttpLookups
 from service.rules.holder import RulesHolder
@@ -17,8 +18,8 @@ from service.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 PG = web.AppKey("pg", asyncpg.Pool)
-REDIS = web.AppKey("redis", redis.Redis)
-REDIS_BATCH = web.AppKey("redis_batch", CommandBatcher)
+REDIS = web.AppKey("redis", redis.Redis | RedisCluster)
+REDIS_BATCH = web.AppKey("redis_batch", CommandBatcher | ClusterBatcher)
 RULES = web.AppKey("rules", RulesHolder)
 EVENTS = web.AppKey("events", EventWriter)
 BUS = web.AppKey("bus", Bus)

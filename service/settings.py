@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit
 
+from service.infra.redis_url import parse_redis_url
+
 
 class SettingsError(ValueError):
     """One or more environment variables are invalid; `problems` lists them all."""
@@ -103,6 +105,11 @@ def _url_with_scheme(*schemes: str):
     return parse
 
 
+def _redis_url(raw: str) -> str:
+    parse_redis_url(raw)  # one server, a cluster or Sentinel: see service/infra/redis_url.py
+    return raw
+
+
 def _origins(raw: str) -> tuple[str, ...]:
     origins = []
     for item in (part.strip() for part in raw.split(",")):
@@ -135,7 +142,7 @@ PARSERS = {
     "port": _port,
     "public_url": _http_url,
     "database_url": _url_with_scheme("postgres", "postgresql"),
-    "redis_url": _url_with_scheme("redis", "rediss", "unix"),
+    "redis_url": _redis_url,
     "twilio_auth_token": str,
     "twilio_account_sid": str,
     "twilio_api_base_url": _http_url,

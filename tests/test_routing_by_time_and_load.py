@@ -110,9 +110,9 @@ INTERVAL_CASES = [
       "'Europe/London') (time_intervals -> 0 -> time_intervals -> 0 -> location)"]),
     ("unsupported key", INTERVALS.replace("      - weekdays: ['saturday:sunday']",
                                           "      - weekdays: ['saturday:sunday']\n"
-                                          "        months: [december]") + ROUTES,
-     ["routes.yaml:15: unknown key 'months' (time_intervals -> 1 -> time_intervals -> 0 -> "
-      "months)"]),
+                                          "        weeks: [52]") + ROUTES,
+     ["routes.yaml:15: unknown key 'weeks' (time_intervals -> 1 -> time_intervals -> 0 -> "
+      "weeks)"]),
     ("duplicate name", INTERVALS.replace("name: weekend", "name: business_hours") + ROUTES,
      ["routes.yaml:12: name must be a unique lower_snake_case name "
       "(time_intervals -> 1 -> name)"]),

@@ -29,7 +29,8 @@ def test_every_bad_variable_is_reported_at_once():
         "SWITCHBOARD_PORT='http': must be a whole number",
         "SWITCHBOARD_PUBLIC_URL='example.com': must be an absolute http:// or https:// URL",
         "DATABASE_URL='mysql://db/x': must start with postgres:// or postgresql://",
-        "REDIS_URL='localhost:6379': must start with redis:// or rediss:// or unix://",
+        "REDIS_URL='localhost:6379': must start with redis:// or rediss:// or unix:// or "
+        "redis+cluster:// or rediss+cluster:// or redis+sentinel:// or rediss+sentinel://",
         "SWITCHBOARD_LOG_FORMAT='xml': must be one of auto, json, console",
         "SWITCHBOARD_EVENT_LOOP='trio': must be one of auto, uvloop, asyncio",
     ]
@@ -53,3 +54,29 @@ def test_chat_origins_are_normalised_and_bad_ones_named():
     assert caught.value.problems == [
         "SWITCHBOARD_CHAT_ORIGINS='https://shop.example.com/help,shop.io': "
         "'https://shop.example.com/help' is not an origin like https://shop.example.com"]
+
+
+def test_redis_url_names_one_server_a_cluster_or_sentinel():
+    from service.infra.redis_url import parse_redis_url
+
+    cluster = parse_redis_url("redis+cluster://:s3cret@10.0.0.1:7000,10.0.0.2")
+    assert (cluster.shape, cluster.nodes, cluster.password) == \
+        ("cluster", (("10.0.0.1", 7000), ("10.0.0.2", 6379)), "s3cret")
+    sentinel = parse_redis_url("rediss+sentinel://a:26380,b/main/2?sentinel_password=pw")
+    assert (sentinel.shape, sentinel.nodes, sentinel.master, sentinel.db, sentinel.tls,
+            sentinel.sentinel_password) == \
+        ("sentinel", (("a", 26380), ("b", 26379)), "main", 2, True, "pw")
+    assert parse_redis_url("redis://localhost:6379/0").shape == "single"
+
+
+def test_bad_cluster_and_sentinel_urls_are_named():
+    with pytest.raises(SettingsError) as caught:
+        settings_from_env({"REDIS_URL": "redis+sentinel://127.0.0.1:26379"})
+    assert caught.value.problems == [
+        "REDIS_URL='redis+sentinel://127.0.0.1:26379': name the primary: "
+        "redis+sentinel://host:26379/<master name>/<db>"]
+    for bad, message in [("redis+cluster://h:7000/3", "a cluster has only database 0"),
+                         ("redis+cluster://h:99999", "port must be between 1 and 65535"),
+                         ("redis+sentinel://h/main/x", "database 'x' is not a number")]:
+        with pytest.raises(SettingsError, match=message):
+            settings_from_env({"REDIS_URL": bad})

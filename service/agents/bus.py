@@ -4,6 +4,10 @@ A chat customer connected to one instance and their agent connected to another s
 whoever produces a frame publishes it on the recipient's topic (`agent:<id>`,
 `chat:<session>`); every instance with a socket for that topic delivers it. Pub/sub delivers
 only to who is listening, so sockets re-sync from Redis state when they (re)connect.
+
+Frames are published with the service's client and listened for on `subscriber()`'s: on a
+cluster, a plain PUBLISH reaches every node, so one node is listened to, and another one
+after it fails; a listener that fails is replaced and resubscribes to every topic.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import asyncio
 import contextlib
 import json
 from collections import defaultdict
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import redis.asyncio as redis
 import structlog
@@ -22,9 +26,11 @@ CHANNEL_PREFIX = "sb:bus:"
 
 
 class Bus:
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: Any, subscriber: Callable[[], redis.Redis] | None = None):
         self._redis = client
-        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._subscriber = subscriber or (lambda: client)
+        self._listener = self._subscriber()
+        self._pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
         self._listeners: dict[str, set[asyncio.Queue]] = defaultdict(set)
         self._task: asyncio.Task | None = None
 
@@ -54,12 +60,17 @@ class Bus:
             self._task = asyncio.create_task(self._listen(), name="bus-listener")
 
     async def _listen(self) -> None:
+        stale = False
         while self._listeners:
             try:
+                if stale:
+                    await self._resubscribe()
+                    stale = False
                 message = await self._pubsub.get_message(timeout=1.0)
             except (redis.RedisError, OSError) as exc:
                 log.warning("bus.listen_failed", error=str(exc))
                 await asyncio.sleep(1)
+                stale = True
                 continue
             if message is None:
                 continue
@@ -71,8 +82,23 @@ class Bus:
                     continue
                 inbox.put_nowait(frame)
 
+    async def _resubscribe(self) -> None:
+        """A new listener, subscribed to every topic someone here still listens to."""
+        await self._close_listener()
+        self._listener = self._subscriber()
+        self._pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
+        if self._listeners:
+            await self._pubsub.subscribe(*(CHANNEL_PREFIX + t for t in self._listeners))
+
+    async def _close_listener(self) -> None:
+        with contextlib.suppress(redis.RedisError, OSError):
+            await self._pubsub.aclose()
+        if self._listener is not self._redis:
+            with contextlib.suppress(redis.RedisError, OSError):
+                await self._listener.aclose()
+
     async def close(self) -> None:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self._pubsub.aclose()
+        await self._close_listener()

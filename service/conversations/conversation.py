@@ -452,8 +452,13 @@ class Conversations:
                                                          turn.now, self._queue_load()))
 
     async def _escalate(self, turn: Turn, decision: Decision, reason: str) -> Reply:
+        # A route's `closed` (out of hours, say) replaces the queue; a caller already held
+        # after a failure of ours is not turned away by it.
+        closed = decision.closed if reason != "technical_fallback" else None
+        if closed is not None and closed.queue is None:
+            return self._closed(turn, decision, reason)
         conv, rules = turn.conversation, turn.rules
-        queue = rules.tree.queues[decision.queue]
+        queue = rules.tree.queues[closed.queue if closed else decision.queue]
         contact_type = rules.catalog.types.get(conv["contact_type"])
         conv.update(status="queued", queue=queue.name, reason=reason,
                     route_path=decision.route_path, escalated_at=turn.now)
@@ -468,10 +473,18 @@ class Conversations:
         position = await self._router.enqueue(queue.name, decision.priority, entry)
         wait_s = position.position * queue.avg_handle_s
         turn.record("queued", queue=queue.name, position=position.position, skills=skills)
-        return turn.reply(prompts.queued(queue.label, position.position, wait_s,
-                                         self._style(turn)),
+        said = (closed.message,) if closed and closed.message else ()
+        return turn.reply(*said, prompts.queued(queue.label, position.position, wait_s,
+                                                self._style(turn)),
                           state="queued", position=position.position, estimated_wait_s=wait_s,
                           queue=queue.name)
+
+    def _closed(self, turn: Turn, decision: Decision, reason: str) -> Reply:
+        """The route says we are closed: its message, and the contact ends (not abandoned)."""
+        turn.conversation["route_path"] = decision.route_path
+        turn.record("closed_message", reason=reason)
+        self._end(turn, "closed")
+        return turn.reply(decision.closed.message, state="closed")
 
     async def _hold(self, inbound: Inbound) -> Reply | None:
         """A caller on hold asks for news: their real position, and nothing is recorded.

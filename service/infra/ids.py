@@ -19,11 +19,11 @@ _hexes: list[str] = []
 
 def new_uuid() -> str:
     """A random version-4 UUID in canonical text form (36 characters), e.g. for a uuid column."""
-    try:
-        return _uuids.pop()  # atomic: threads never get the same id
-    except IndexError:
-        _uuids.extend(_uuid_batch())
-        return _uuids.pop()
+    while True:
+        try:
+            return _uuids.pop()  # atomic: threads never get the same id
+        except IndexError:  # other threads may empty a new batch before we pop: draw again
+            _uuids.extend(_uuid_batch())
 
 
 def new_hex(length: int = 32) -> str:

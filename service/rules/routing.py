@@ -8,6 +8,7 @@ match's settings apply. Every decision names the route path that made it.
 
 from __future__ import annotations
 
+import calendar
 import operator
 import re
 from dataclasses import dataclass, field, replace
@@ -21,14 +22,17 @@ from service.rules.catalog import Catalog
 from service.rules.yamlfile import Checker, LocatedDict, LocatedList, load_yaml
 
 REASON = re.compile(r"^[a-z][a-z0-9_]*$")
-MATCHER = re.compile(r'^\s*([a-z_][a-z0-9_.]*)\s*(=~|!~|!=|<=|>=|=|<|>)\s*(.+?)\s*$')
+MATCHER = re.compile(r'^\s*([a-z_][a-z0-9_.]*)\s*(=~|!~|!=|<=|>=|=|<|>)\s*(.*?)\s*$', re.S)
 NUMERIC_ATTRS = ("confidence",)
 BOOL_ATTRS = ("repeat_contact",)
 TEXT_ATTRS = ("channel", "contact_type")
 INTERVAL_ATTR = "hours"  # 'hours = business_hours': the decision falls in that time interval
 WAITING_PREFIX = "waiting."  # 'waiting.orders > 20': contacts waiting in that queue now
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
+MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august",
+          "september", "october", "november", "december")
+CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$|^24:00$")
+PERIOD_KEYS = ("weekdays", "times", "days_of_month", "months", "years", "location")
 COMPARE: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
 }
@@ -53,33 +57,58 @@ class Matcher:
 
     def matches(self, attrs: Mapping[str, Any]) -> bool:
         actual = attrs.get(self.attr)
-        if self.op in COMPARE:
+        if self.op in COMPARE:  # a number the contact lacks compares with nothing
             return isinstance(actual, (int, float)) and COMPARE[self.op](actual, self.value)
         if self.attr in BOOL_ATTRS:
             equal = bool(actual) == self.value
         elif self.attr == INTERVAL_ATTR:
             equal = self.value in (actual or ())
-        elif self.op in ("=~", "!~"):
-            equal = actual is not None and self.value.fullmatch(str(actual)) is not None
-        else:
-            equal = actual is not None and str(actual) == self.value
+        else:  # as in Alertmanager, an attribute the contact lacks is the empty string
+            text = "" if actual is None else str(actual)
+            equal = self.value.fullmatch(text) is not None if self.op in ("=~", "!~") \
+                else text == self.value
         return equal if self.op in ("=", "=~") else not equal
+
+
+Ranges = tuple[tuple[int, int], ...]  # inclusive [first, last] pairs
 
 
 @dataclass(frozen=True, slots=True)
 class Period:
-    """Some weekdays, some times of day, in one time zone; a missing part matches always."""
+    """Alertmanager's time interval: years, months, days of the month, weekdays and times of
+    day on the wall clock of one time zone; a part left out matches always."""
 
     zone: ZoneInfo
     weekdays: frozenset[int] | None = None  # 0 is Monday
-    times: tuple[tuple[int, int], ...] | None = None  # [start, end) in minutes of the day
+    times: Ranges | None = None  # [start, end) in minutes of the day
+    days_of_month: Ranges | None = None  # 1..31, or -1 (the last day) .. -31
+    months: frozenset[int] | None = None  # 1 is January
+    years: Ranges | None = None
 
     def contains(self, moment: datetime) -> bool:
         local = moment.astimezone(self.zone)
+        if self.years is not None and not any(a <= local.year <= b for a, b in self.years):
+            return False
+        if self.months is not None and local.month not in self.months:
+            return False
+        if self.days_of_month is not None and not _day_of_month_in(self.days_of_month, local):
+            return False
         if self.weekdays is not None and local.weekday() not in self.weekdays:
             return False
         minute = local.hour * 60 + local.minute
         return self.times is None or any(start <= minute < end for start, end in self.times)
+
+
+def _day_of_month_in(ranges: Ranges, local: datetime) -> bool:
+    """Negative days count from the month's end (-1 is its last day), as in Alertmanager; a
+    range is cut to the month, and one starting after the month's end matches nothing."""
+    length = calendar.monthrange(local.year, local.month)[1]
+    for first, last in ranges:
+        start = length + first + 1 if first < 0 else first
+        end = length + last + 1 if last < 0 else last
+        if start <= length and max(start, 1) <= local.day <= min(end, length):
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +121,23 @@ class TimeInterval:
 
 
 @dataclass(frozen=True, slots=True)
+class Closed:
+    """What a route does instead of queueing a contact for an agent, e.g. out of hours: say
+    `message` and end the contact, or (with `queue`) say it, if any, and wait in that queue.
+    A callback offer will be a third choice (CLOSED_LATER)."""
+
+    message: str | None = None
+    queue: str | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: v for k, v in (("message", self.message), ("queue", self.queue)) if v}
+
+
+CLOSED_KEYS = ("message", "queue")
+CLOSED_LATER = ("callback",)  # accepted by no tree yet: refused with a clear message
+
+
+@dataclass(frozen=True, slots=True)
 class RouteSettings:
     """What a route decides; children inherit what they do not set."""
 
@@ -99,6 +145,7 @@ class RouteSettings:
     priority: int
     self_service: bool
     reason: str
+    closed: Closed | None = None
 
 
 @dataclass(frozen=True)
@@ -117,10 +164,13 @@ class Decision:
     self_service: bool
     reason: str
     route_path: str
+    closed: Closed | None = None  # instead of queueing for an agent
 
     def as_dict(self) -> dict[str, Any]:
-        return {"queue": self.queue, "priority": self.priority, "self_service": self.self_service,
-                "reason": self.reason, "route_path": self.route_path}
+        decided = {"queue": self.queue, "priority": self.priority,
+                   "self_service": self.self_service, "reason": self.reason,
+                   "route_path": self.route_path}
+        return {**decided, "closed": self.closed.as_dict()} if self.closed else decided
 
 
 @dataclass(frozen=True)
@@ -140,7 +190,7 @@ class RoutingTree:
     def decide(self, attrs: Mapping[str, Any]) -> Decision:
         settings, path = _walk(self.root, attrs, self.root.name)
         return Decision(settings.queue, settings.priority, settings.self_service,
-                        settings.reason, path)
+                        settings.reason, path, settings.closed)
 
 
 def _walk(route: Route, attrs: Mapping[str, Any], path: str) -> tuple[RouteSettings, str]:
@@ -155,8 +205,8 @@ def _walk(route: Route, attrs: Mapping[str, Any], path: str) -> tuple[RouteSetti
 
 # ---- loading -------------------------------------------------------------------------------
 
-ROUTE_KEYS = ("name", "matchers", "queue", "priority", "self_service", "reason", "continue",
-              "routes")
+ROUTE_KEYS = ("name", "matchers", "queue", "priority", "self_service", "reason", "closed",
+              "continue", "routes")
 
 
 def load_routing_tree(directory: Path, display_dir: str, catalog: Catalog) -> RoutingTree:
@@ -170,10 +220,11 @@ def load_routing_tree(directory: Path, display_dir: str, catalog: Catalog) -> Ro
     intervals = _time_intervals(check, doc)
     root_spec = check.mapping(doc["route"], doc, "route", ("route",),
                               required=["queue", "priority", "self_service"],
-                              optional=["name", "reason", "routes"])
+                              optional=["name", "reason", "closed", "routes", "matchers"])
     check.raise_if_any()
-    if "matchers" in root_spec:
-        check.error(root_spec, "matchers", "the root route matches everything", ("route",))
+    if "matchers" in root_spec:  # Alertmanager refuses them as well
+        check.error(root_spec, "matchers", "the root route matches everything: it takes no "
+                    "matchers", ("route", "matchers"))
     defaults = RouteSettings(queue="", priority=0, self_service=True, reason="rule")
     known = Known(catalog, frozenset(intervals), frozenset(queues))
     root = _route(check, root_spec, ("route",), "root", defaults, queues, known)
@@ -225,7 +276,8 @@ def _overflow(check: Checker, spec: LocatedDict, path: tuple) -> tuple[int | Non
 
 
 def _time_intervals(check: Checker, doc: LocatedDict) -> dict[str, TimeInterval]:
-    """Alertmanager's `time_intervals` (weekdays, times and location)."""
+    """Alertmanager's `time_intervals`: weekdays, times, days_of_month, months, years and
+    location."""
     items = doc.get("time_intervals", LocatedList())
     if not isinstance(items, LocatedList):
         check.error(doc, "time_intervals", "time_intervals must be a list", ("time_intervals",))
@@ -251,12 +303,15 @@ def _time_intervals(check: Checker, doc: LocatedDict) -> dict[str, TimeInterval]
 
 
 def _period(check: Checker, periods: LocatedList, index: int, path: tuple) -> Period:
-    spec = check.mapping(periods[index], periods, index, path,
-                         optional=["weekdays", "times", "location"])
+    spec = check.mapping(periods[index], periods, index, path, optional=PERIOD_KEYS)
     if spec is None:
         return Period(ZoneInfo("UTC"))
-    zone = _zone(check, spec, path)
-    return Period(zone, _weekdays(check, spec, path), _times(check, spec, path))
+    ranges = {kind.key: _ranges(check, spec, path, kind) for kind in RANGE_KINDS}
+    return Period(_zone(check, spec, path),
+                  weekdays=_as_set(ranges["weekdays"], WEEKDAYS_FROM_ZERO),
+                  times=_times(check, spec, path),
+                  days_of_month=ranges["days_of_month"],
+                  months=_as_set(ranges["months"]), years=ranges["years"])
 
 
 def _zone(check: Checker, spec: LocatedDict, path: tuple) -> ZoneInfo:
@@ -269,20 +324,83 @@ def _zone(check: Checker, spec: LocatedDict, path: tuple) -> ZoneInfo:
         return ZoneInfo("UTC")
 
 
-def _weekdays(check: Checker, spec: LocatedDict, path: tuple) -> frozenset[int] | None:
-    if "weekdays" not in spec:
+@dataclass(frozen=True)
+class RangeKind:
+    """One of time_intervals' range lists: `weekdays: ['monday:friday', saturday]`."""
+
+    key: str
+    value: Callable[[str], int | None]  # one item's text -> its number, or None
+    what: str  # "is not ..." for an item that cannot be read
+    order: Callable[[int], int]  # where a number falls, to refuse a range that runs backwards
+    backwards: str  # how to write it instead
+
+
+def _named(names: tuple[str, ...], numbered: bool) -> Callable[[str], int | None]:
+    def value(text: str) -> int | None:
+        text = text.strip().lower()
+        if text in names:
+            return names.index(text) + 1
+        if numbered and text.isdigit() and 1 <= int(text) <= len(names):
+            return int(text)
         return None
-    items, days = spec["weekdays"], set()
-    for item in items if isinstance(items, list) else [items]:
-        first, _, last = str(item).lower().partition(":")
-        if first not in WEEKDAYS or (last and last not in WEEKDAYS):
-            check.error(spec, "weekdays", f"'{item}' is not a weekday or a range such as "
-                        "'monday:friday'", (*path, "weekdays"))
-            continue
-        start, end = WEEKDAYS.index(first), WEEKDAYS.index(last or first)
-        days |= set(range(start, end + 1)) if start <= end else \
-            set(range(start, 7)) | set(range(0, end + 1))  # 'friday:monday' wraps
-    return frozenset(days)
+    return value
+
+
+def _whole(low: int, high: int, zero: bool = True) -> Callable[[str], int | None]:
+    def value(text: str) -> int | None:
+        try:
+            number = int(text.strip())
+        except ValueError:
+            return None
+        return number if low <= number <= high and (zero or number != 0) else None
+    return value
+
+
+RANGE_KINDS = (
+    RangeKind("weekdays", _named(WEEKDAYS, numbered=False),
+              "is not a weekday or a range such as 'monday:friday'", lambda day: day,
+              "a range goes from Monday towards Sunday (write two items, such as "
+              "'friday:sunday' and 'monday')"),
+    RangeKind("days_of_month", _whole(-31, 31, zero=False),
+              "is not a day of the month (1 to 31, or -1 for the last day to -31) or a range "
+              "such as '1:7' or '-3:-1'", lambda day: day + 32 if day < 0 else day,
+              "the first day comes before the last in a 31-day month (write two items, such "
+              "as '25:-1' and '1:3')"),
+    RangeKind("months", _named(MONTHS, numbered=True),
+              "is not a month (january to december, or 1 to 12) or a range such as "
+              "'january:march'", lambda month: month,
+              "a range goes from January towards December (write two items, such as "
+              "'november:december' and 'january')"),
+    RangeKind("years", _whole(1, 9999), "is not a year or a range such as '2026:2027'",
+              lambda year: year, "the first year comes before the last"),
+)
+WEEKDAYS_FROM_ZERO = -1  # weekdays read 1..7; Period counts Monday as 0, like datetime
+
+
+def _ranges(check: Checker, spec: LocatedDict, path: tuple, kind: RangeKind) -> Ranges | None:
+    if kind.key not in spec:
+        return None
+    items = spec[kind.key]
+    listed = items if isinstance(items, LocatedList) else [items]
+    found = []
+    for index, item in enumerate(listed):
+        where = (items, index) if isinstance(items, LocatedList) else (spec, kind.key)
+        text = str(item)
+        first, sep, last = text.partition(":")
+        begin, end = kind.value(first), kind.value(last) if sep else kind.value(first)
+        if isinstance(item, bool) or begin is None or end is None:
+            check.error(*where, f"'{text}' {kind.what}", (*path, kind.key))
+        elif kind.order(begin) > kind.order(end):  # Alertmanager refuses these too
+            check.error(*where, f"'{text}' runs backwards: {kind.backwards}", (*path, kind.key))
+        else:
+            found.append((begin, end))
+    return tuple(found)
+
+
+def _as_set(ranges: Ranges | None, shift: int = 0) -> frozenset[int] | None:
+    if ranges is None:
+        return None
+    return frozenset(n + shift for first, last in ranges for n in range(first, last + 1))
 
 
 def _times(check: Checker, spec: LocatedDict, path: tuple) -> tuple[tuple[int, int], ...] | None:
@@ -308,8 +426,6 @@ def _times(check: Checker, spec: LocatedDict, path: tuple) -> tuple[tuple[int, i
 
 
 def _minutes(raw: Any) -> int | None:
-    if type(raw) is int:  # YAML 1.1 reads an unquoted 17:00 as 17 * 60 + 0
-        return raw if 0 <= raw <= 24 * 60 else None
     match = CLOCK.match(raw) if isinstance(raw, str) else None
     if not match:
         return None
@@ -329,8 +445,7 @@ def _route(check: Checker, spec: LocatedDict, path: tuple, default_name: str, pa
         child_specs = LocatedList()
     for index, child in enumerate(child_specs):
         child_path = (*path, "routes", index)
-        child = check.mapping(child, child_specs, index, child_path, required=["matchers"],
-                              optional=[k for k in ROUTE_KEYS if k != "matchers"])
+        child = check.mapping(child, child_specs, index, child_path, optional=ROUTE_KEYS)
         if child is not None:
             children.append(_route(check, child, child_path, f"routes[{index}]", settings,
                                    queues, known))
@@ -366,7 +481,32 @@ def _settings(check: Checker, spec: LocatedDict, path: tuple, parent: RouteSetti
                         (*path, "reason"))
         else:
             settings = replace(settings, reason=spec["reason"])
+    if "closed" in spec:
+        settings = replace(settings, closed=_closed(check, spec, (*path, "closed"), queues))
     return settings
+
+
+def _closed(check: Checker, spec: LocatedDict, path: tuple, queues: dict[str, Queue]
+            ) -> Closed | None:
+    """`closed: {message: ...}`, `{queue: ...}` or both; `closed: null` undoes a parent's."""
+    raw = spec["closed"]
+    if raw is None:
+        return None
+    raw = check.mapping(raw, spec, "closed", path, optional=(*CLOSED_KEYS, *CLOSED_LATER))
+    if raw is None:
+        return None
+    for later in sorted(CLOSED_LATER & raw.keys()):
+        check.error(raw, later, f"'{later}' is not available yet: use 'message' (say it and "
+                    "end the contact) or 'queue' (wait there for an agent)", (*path, later))
+    if not raw.keys() & {*CLOSED_KEYS, *CLOSED_LATER}:
+        check.error(spec, "closed", "closed needs a 'message', a 'queue' to wait in, or both",
+                    path)
+    message, queue = raw.get("message"), raw.get("queue")
+    if message is not None and (not isinstance(message, str) or not message.strip()):
+        check.error(raw, "message", "message must be non-empty text", (*path, "message"))
+    if queue is not None and queue not in queues:
+        check.error(raw, "queue", f"unknown queue '{queue}'", (*path, "queue"))
+    return Closed(str(message) if message else None, str(queue) if queue else None)
 
 
 def _matchers(check: Checker, spec: LocatedDict, path: tuple, known: "Known"
@@ -374,8 +514,8 @@ def _matchers(check: Checker, spec: LocatedDict, path: tuple, known: "Known"
     if "matchers" not in spec:
         return ()
     items = spec["matchers"]
-    if not isinstance(items, LocatedList) or not items:
-        check.error(spec, "matchers", "matchers must be a non-empty list", (*path, "matchers"))
+    if not isinstance(items, LocatedList):  # an empty list matches everything
+        check.error(spec, "matchers", "matchers must be a list", (*path, "matchers"))
         return ()
     found = []
     for index, text in enumerate(items):
@@ -404,7 +544,10 @@ def parse_matcher(text: Any, known: Known) -> Matcher | str:
         return (f"cannot read matcher {text!r}: write it as 'attribute op value', for example "
                 "'contact_type = track_order'")
     attr, op, raw = match.groups()
-    value = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw
+    value = unquote(raw)
+    if value is None:
+        return (f"cannot read the value of matcher {text!r}: a quoted value ends with its "
+                'only unescaped quote (write \\" for a quote inside it)')
     if attr not in (*TEXT_ATTRS, *NUMERIC_ATTRS, *BOOL_ATTRS, INTERVAL_ATTR) and \
             not attr.startswith(("customer.", WAITING_PREFIX)):
         return (f"unknown attribute '{attr}' (use channel, contact_type, confidence, "
@@ -432,6 +575,28 @@ def parse_matcher(text: Any, known: Known) -> Matcher | str:
     if op in ("=~", "!~"):
         return _regex_matcher(attr, op, value, text, catalog)
     return _check_known(attr, value, catalog) or Matcher(attr, op, value, text)
+
+
+def unquote(raw: str) -> str | None:
+    """A matcher value as Alertmanager reads it: optionally in double quotes; \\" \\\\ and
+    \\n are escapes, any other backslash stays (so regexes keep their \\d); None if malformed."""
+    quoted = raw.startswith('"')
+    body, out, index = raw[1:] if quoted else raw, [], 0
+    while index < len(body):
+        char = body[index]
+        if char == "\\" and index + 1 < len(body):
+            following = body[index + 1]
+            out.append({"n": "\n", '"': '"', "\\": "\\"}.get(following, "\\" + following))
+            index += 2
+            continue
+        if char == '"':
+            if not quoted or index != len(body) - 1:
+                return None
+            quoted = False
+        else:
+            out.append(char)
+        index += 1
+    return None if quoted else "".join(out)
 
 
 def _numeric_matcher(attr: str, op: str, value: str, text: str) -> Matcher | str:
@@ -462,8 +627,8 @@ def _check_known(attr: str, value: str, catalog: Catalog) -> str | None:
 
 
 def _known_values(attr: str, catalog: Catalog) -> tuple[str, ...] | None:
-    if attr == "contact_type":
-        return tuple(catalog.types)
+    if attr == "contact_type":  # "" is a contact not (yet) classified
+        return ("", *catalog.types)
     if attr == "channel":
         return CHANNEL_NAMES  # the channel values the composition root lists, one per channel
     return None

@@ -71,6 +71,7 @@ def load_yaml(path: Path, display_name: str | None = None) -> Any:
 
 
 _scalar_loader = yaml.SafeLoader("")
+_INT = "tag:yaml.org,2002:int"
 
 
 def _construct(node: yaml.Node, name: str) -> Any:
@@ -94,6 +95,8 @@ def _construct(node: yaml.Node, name: str) -> Any:
         items.file, items.line = name, node.start_mark.line + 1
         items.lines = [child.start_mark.line + 1 for child in node.value]
         return items
+    if node.tag == _INT and not node.style and ":" in node.value:
+        return node.value  # YAML 1.1 would read 1:3 (months) or 17:00 (a time) in base 60
     return _scalar_loader.construct_object(node)
 
 

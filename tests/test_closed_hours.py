@@ -1,0 +1,113 @@
+"""A route's "we're closed" behaviour: a closing message that ends the contact, or a queue to
+wait in, chosen per channel by the tree; self-service still answers while closed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from service.__main__ import main
+from service.appkeys import EVENTS, ROUTER
+from tests.conftest import service_with_rules
+from tests.test_rules_validation import CATALOG, ROUTES, errors, write_rules
+from tests.twilio_driver import Call, text
+
+CLOSED = "We're closed. We open again on Monday at 9."
+NIGHT_LINE = "We're closed, but the night line will answer you."
+# `open` lies in the past, so the service is closed whenever the test runs.
+TREE = """\
+time_intervals:
+  - name: open
+    time_intervals:
+      - years: ['1990:1991']
+""" + ROUTES + f"""\
+    - name: closed
+      matchers: ['hours != open']
+      closed: {{message: "{CLOSED}"}}
+      routes:
+        - name: by phone
+          matchers: ['channel = voice']
+          closed: {{queue: orders, message: "{NIGHT_LINE}"}}
+        - name: vip
+          matchers: ['customer.tier = vip']
+          closed: null
+"""
+COMPLAINTS = CATALOG.replace("    examples: [I want to complain, this is unacceptable]",
+                             "    examples: [I want to complain, this is unacceptable, "
+                             "I am very unhappy with the service]")
+
+
+async def test_closed_routes_answer_texters_and_queue_callers(settings, redis_client, db,
+                                                              tmp_path):
+    directory = write_rules(tmp_path, catalog=COMPLAINTS, routes=TREE)
+    async with service_with_rules(settings, directory) as client:
+        assert await text(client, "+15555550150", "I want to complain") == [CLOSED]
+        assert await client.app[ROUTER].waiting("general") == []
+        # self-service still answers while closed
+        assert (await text(client, "+15555550151", "where is my order"))[0] == \
+            "Look under Orders."
+        call = await Call(client, "+15555550152").dial()
+        await call.press("0")
+        assert call.verbs() == ["Say", "Say", "Enqueue"]
+        assert call.said()[0] == NIGHT_LINE and call.twiml.find("Enqueue").text == "orders"
+        [waiting] = await client.app[ROUTER].waiting("orders")
+        assert waiting["reason"] == "requested_agent" and waiting["channel"] == "voice"
+        assert await client.app[EVENTS].flush()
+    rows = await db.fetch("SELECT kind, route_path, data FROM contact_events e WHERE "
+                          "contact_id = (SELECT id FROM contacts WHERE channel = 'sms' AND "
+                          "contact_type = 'complaint') ORDER BY occurred_at, seq")
+    kinds = [r["kind"] for r in rows]
+    assert "escalated" not in kinds and "closed_message" in kinds
+    assert json.loads(rows[-1]["data"])["outcome"] == "closed"
+    assert rows[-1]["route_path"] == "root > closed"
+
+
+async def test_a_closed_voice_route_with_only_a_message_hangs_up(settings, redis_client,
+                                                                  tmp_path):
+    tree = TREE.replace(f'closed: {{queue: orders, message: "{NIGHT_LINE}"}}',
+                        'closed: {message: "Sorry, the phone line is closed."}')
+    async with service_with_rules(settings, write_rules(tmp_path, routes=tree)) as client:
+        call = await Call(client, "+15555550153").dial()
+        await call.press("0")
+        assert call.verbs() == ["Say", "Hangup"]
+        assert call.said() == ["Sorry, the phone line is closed."]
+        assert await client.app[ROUTER].waiting("general") == []
+
+
+@pytest.mark.parametrize("args,closed", [
+    (["channel=sms"], {"message": CLOSED}),
+    (["channel=voice"], {"queue": "orders", "message": NIGHT_LINE}),
+    (["channel=sms", "customer.tier=vip"], None),  # closed: null undoes the parent's
+])
+def test_rules_test_shows_what_a_closed_route_does(tmp_path, capsys, args, closed):
+    assert main(["rules", "test", str(write_rules(tmp_path, routes=TREE)), *args]) == 0
+    assert json.loads(capsys.readouterr().out).get("closed") == closed
+
+
+CLOSED_ERRORS = [
+    ("callback is not there yet", "closed: {callback: {attempts: 3}}",
+     "routes.yaml:18: 'callback' is not available yet: use 'message' (say it and end the "
+     "contact) or 'queue' (wait there for an agent) (route -> routes -> 1 -> closed -> callback)"),
+    ("nothing to do", "closed: {}",
+     "routes.yaml:18: closed needs a 'message', a 'queue' to wait in, or both "
+     "(route -> routes -> 1 -> closed)"),
+    ("unknown queue", "closed: {queue: night}",
+     "routes.yaml:18: unknown queue 'night' (route -> routes -> 1 -> closed -> queue)"),
+    ("empty message", "closed: {message: ''}",
+     "routes.yaml:18: message must be non-empty text (route -> routes -> 1 -> closed -> "
+     "message)"),
+    ("unknown key", "closed: {mesage: Closed}",
+     "routes.yaml:18: unknown key 'mesage' (route -> routes -> 1 -> closed -> mesage)"),
+]
+CLOSED_ERRORS[-1] = (*CLOSED_ERRORS[-1][:2], [  # the typo leaves it with nothing to do
+    CLOSED_ERRORS[-1][2], "routes.yaml:18: closed needs a 'message', a 'queue' to wait in, or "
+    "both (route -> routes -> 1 -> closed)"])
+
+
+@pytest.mark.parametrize("closed,expected", [c[1:] for c in CLOSED_ERRORS],
+                         ids=[c[0] for c in CLOSED_ERRORS])
+def test_closed_errors(tmp_path, closed, expected):
+    routes = ROUTES + f"    - name: closed\n      matchers: ['channel = sms']\n      {closed}\n"
+    assert errors(tmp_path, routes=routes) == (expected if isinstance(expected, list)
+                                               else [expected])
