@@ -21,6 +21,7 @@ from service.conversations.context import (
     newest_first,
 )
 from service.conversations.handoff import Handoff, agent_context
+from service.conversations.record import Conversation, new_conversation
 from service.infra.ids import new_uuid
 from service.model import ChannelTraits, Choice, Inbound, PromptStyle, Reply
 from service.reporting.events import Event, EventWriter
@@ -61,7 +62,7 @@ class Turn:
     inbound: Inbound
     rules: Rules
     now: float
-    conversation: dict[str, Any]
+    conversation: Conversation  # empty until the contact opens
     customer: dict[str, Any]
     events: list[Event] = field(default_factory=list)
     summary_changed: bool = False
@@ -210,14 +211,10 @@ class Conversations:
             conv["identities"] = turn.customer["identities"]  # ops may have moved one since
             return
         earlier = await self._earlier_contacts(turn)
-        conv.update(
-            contact_id=new_uuid(), customer_id=turn.customer["customer_id"],
-            channel=turn.channel, address=turn.inbound.address,
-            service_address=turn.inbound.service_address, thread=turn.inbound.thread,
-            started_at=turn.now, last_at=turn.now, status="new", turns=0, contact_type=None,
-            confidence=None, misses=0, menu=[], route_path=None, queue=None, reason=None,
-            outcome=None, transcript=[], steps=[], attributes=turn.customer.get("attributes", {}),
-            identities=turn.customer["identities"], earlier=earlier[:10])
+        conv.update(new_conversation(
+            contact_id=new_uuid(), customer=turn.customer, channel=turn.channel,
+            address=turn.inbound.address, service_address=turn.inbound.service_address,
+            thread=turn.inbound.thread, now=turn.now, earlier=earlier[:10]))
         turn.summary_changed = True
         turn.record("contact_started", address=turn.inbound.address,
                     service_address=turn.inbound.service_address, thread=turn.inbound.thread)

@@ -14,6 +14,7 @@ import structlog
 from service.agents.bus import Bus
 from service.agents.queues import Dispatcher
 from service.conversations.context import ContextStore
+from service.conversations.record import Conversation
 from service.model import AgentLine, DeliveryFailed, Destination, OutboundChannel
 from service.reporting.events import Event, EventWriter
 from service.rules.loader import Rules
@@ -38,7 +39,7 @@ def _failure_text(action: str, exc: DeliveryFailed) -> str:
     return f"{what}: {exc}"
 
 
-def destination(conv: dict[str, Any]) -> Destination:
+def destination(conv: Conversation) -> Destination:
     """Where outbound calls for the conversation go."""
     said = [line["at"] for line in conv["transcript"] if line.get("from") == "customer"]
     return Destination(conv["contact_id"], conv["address"], conv["service_address"],
@@ -49,7 +50,7 @@ def _hello(agent: dict[str, Any]) -> str:
     return f"You're now talking with {agent['name']}."
 
 
-def agent_context(rules: Rules, conv: dict[str, Any]) -> dict[str, Any]:
+def agent_context(rules: Rules, conv: Conversation) -> dict[str, Any]:
     """Everything an agent needs so the customer never repeats themselves: the one place the
     package is built, for an offer and for a console re-synced after it reconnects."""
     return {"customer": {"id": conv["customer_id"], "address": conv["address"],
@@ -153,7 +154,7 @@ class Handoff:
         await self._outbound(conv, "connect", lambda channel, to: channel.connect_agent(
             to, line, _hello(agent)))
 
-    def assigned_frame(self, conv: dict[str, Any]) -> dict[str, Any]:
+    def assigned_frame(self, conv: Conversation) -> dict[str, Any]:
         """What a reconnecting agent's console is sent for a contact it already has."""
         return {"type": "assigned", "contact_id": conv["contact_id"], "channel": conv["channel"],
                 "queue": conv.get("queue"), "reason": conv.get("reason"),
