@@ -50,6 +50,27 @@ def _parser() -> argparse.ArgumentParser:
         "(or text='where is my order'; at defaults to now)")
     test.add_argument("args", nargs="+", metavar="[DIR] KEY=VALUE")
     test.set_defaults(func=cmd_rules_test)
+    history = rules.add_parser("history", help="every load and reload: when, why, who, the "
+                               "version and what changed")
+    history.add_argument("--limit", type=int, default=20)
+    history.add_argument("--diff", action="store_true", help="show each load's diff")
+    history.add_argument("--format", choices=("table", "json"), default="table")
+    history.set_defaults(func=cmd_rules_history)
+    diff = rules.add_parser("diff", help="the difference between two versions (numbers or "
+                            "digests; B defaults to the version in force)")
+    diff.add_argument("a")
+    diff.add_argument("b", nargs="?")
+    diff.set_defaults(func=cmd_rules_diff)
+    rollback = rules.add_parser(
+        "rollback", help="put a version's files back into the rules directory and have "
+        "running instances reload them; a version that no longer validates changes nothing")
+    rollback.add_argument("version")
+    rollback.add_argument("path", nargs="?", type=Path, help="the rules directory "
+                          "(default SWITCHBOARD_RULES_DIR)")
+    rollback.set_defaults(func=cmd_rules_rollback)
+    reload = rules.add_parser("reload", help="have every running instance reload its rules "
+                              "directory (all or nothing, recorded)")
+    reload.set_defaults(func=cmd_rules_reload)
 
     agents = commands.add_parser("agents", help="manage agents").add_subparsers(
         dest="agents_command", required=True)
@@ -228,6 +249,112 @@ def _moment(raw: str) -> datetime:
         raise ValueError(f"at={raw!r}: expected an ISO 8601 time such as "
                          "2026-11-23T18:30-05:00") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _with_database(settings: Settings, job) -> object:
+    """Run `job(conn)` against the migrated database (embedded servers when no URL is set)."""
+    import asyncpg
+
+    from service.infra.migrate import migrate
+
+    async def run(url: str):
+        conn = await asyncpg.connect(url)
+        try:
+            await migrate(conn)
+            return await job(conn)
+        finally:
+            await conn.close()
+
+    with _servers(settings) as ready:
+        return asyncio.run(run(ready.database_url))
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown user"
+
+
+def cmd_rules_history(args: argparse.Namespace, settings: Settings) -> int:
+    from service.rules import versions
+
+    loads = _with_database(settings, lambda conn: versions.history(conn, args.limit))
+    if args.format == "json":
+        print(json.dumps([load.as_dict() for load in loads], indent=2))
+        return 0
+    print(f"{'load':>5}  {'when (UTC)':<19}  {'cause':<8}  {'version':>7}  {'digest':<16}  "
+          f"{'change':>9}  who / where")
+    for load in loads:
+        lines = load.diff.splitlines()
+        added = sum(1 for x in lines if x.startswith("+") and not x.startswith("+++"))
+        removed = sum(1 for x in lines if x.startswith("-") and not x.startswith("---"))
+        change = f"+{added} -{removed}" if load.version_id else "FAILED"
+        when = load.loaded_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{load.id:>5}  {when:<19}  {load.cause:<8}  "
+              f"{'v' + str(load.version_id) if load.version_id else '-':>7}  "
+              f"{load.digest or '-':<16}  {change:>9}  {load.actor or '-'} @ {load.instance}")
+        for problem in load.errors:
+            print(f"{'':>7}{problem}")
+        if args.diff and load.diff:
+            print("".join(f"{'':>7}{line}\n" for line in lines), end="")
+    return 0
+
+
+def cmd_rules_diff(args: argparse.Namespace, settings: Settings) -> int:
+    from service.rules import versions
+
+    async def job(conn):
+        old = await versions.version(conn, args.a)
+        new = await versions.version(conn, args.b) if args.b else await versions.in_force(conn)
+        if new is None:
+            raise versions.UnknownVersion("no version has been loaded yet")
+        return versions.unified_diff(old.files, new.files, f"v{old.id}", f"v{new.id}")
+
+    try:
+        print(_with_database(settings, job), end="")
+    except versions.UnknownVersion as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_rules_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    from service.rules import versions
+    from service.rules.restore import RestoreFailed, restore
+
+    directory = args.path or settings.rules_dir
+
+    async def job(conn):
+        target = await versions.version(conn, args.version)
+        restore(directory, target.files)  # validated first; raises, changing nothing
+        await versions.ask_reload(conn, versions.LoadCause(
+            "rollback", f"{_user()} (to v{target.id})"))
+        return target
+
+    try:
+        target = _with_database(settings, job)
+    except versions.UnknownVersion as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 1
+    except RestoreFailed as exc:
+        print(f"switchboard: version {args.version} does not validate any more; nothing "
+              f"changed:\n{exc}", file=sys.stderr)
+        return 1
+    print(f"restored v{target.id} ({target.digest}) into {directory}; running instances "
+          "reload it now (see: switchboard rules history)")
+    return 0
+
+
+def cmd_rules_reload(args: argparse.Namespace, settings: Settings) -> int:
+    from service.rules import versions
+
+    _with_database(settings, lambda conn: versions.ask_reload(
+        conn, versions.LoadCause("cli", _user())))
+    print("asked every running instance to reload (see: switchboard rules history)")
+    return 0
 
 
 def cmd_customers_add(args: argparse.Namespace, settings: Settings) -> int:

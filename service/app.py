@@ -56,6 +56,7 @@ from service.reporting import metrics, ops_api
 from service.reporting.events import EventWriter
 from service.rules.flows import HttpLookups
 from service.rules.holder import RulesHolder
+from service.rules.versions import LoadCause
 from service.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -191,29 +192,30 @@ async def redis_client(app: web.Application) -> AsyncIterator[None]:
 
 async def rules(app: web.Application) -> AsyncIterator[None]:
     holder = await RulesHolder.load(app[SETTINGS].rules_dir, app[PG])
-    await holder.record_version()
     app[RULES] = holder
+    listening = asyncio.create_task(holder.listen(app[SETTINGS].database_url))
     loop = asyncio.get_running_loop()
 
     def on_sighup() -> None:
-        asyncio.ensure_future(reload_and_record(app))
+        asyncio.ensure_future(reload_and_record(app, LoadCause("signal", "SIGHUP")))
 
     try:
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
     except (RuntimeError, ValueError):  # not the main thread (tests)
         pass
     yield
+    listening.cancel()
+    await asyncio.gather(listening, return_exceptions=True)
     try:
         loop.remove_signal_handler(signal.SIGHUP)
     except (RuntimeError, ValueError):
         pass
 
 
-async def reload_and_record(app: web.Application) -> bool:
-    ok = await app[RULES].reload()
-    if ok:
-        await app[RULES].record_version()
-    return ok
+async def reload_and_record(app: web.Application,
+                            cause: LoadCause = LoadCause("signal", "SIGHUP")) -> bool:
+    """Reload the rules (all or nothing); the load is recorded with its cause either way."""
+    return (await app[RULES].reload(cause)).ok
 
 
 async def event_writer(app: web.Application) -> AsyncIterator[None]:

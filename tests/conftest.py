@@ -88,7 +88,7 @@ async def _clean_tables(database_url: str) -> None:
     try:
         if await conn.fetchval("SELECT to_regclass('contact_events') IS NOT NULL"):
             await conn.execute("TRUNCATE contact_events, contacts, customer_identities, "
-                               "customers, rule_versions")
+                               "customers, rule_versions CASCADE")
     finally:
         await conn.close()
 

@@ -232,6 +232,31 @@ route:
         ("at=2026-07-01T08:30+00:00", {"route_path": "root"}),  # 09:30 summer time
         ("at=2026-07-01T16:30+00:00", {"route_path": "root > closed"}),  # 17:30 summer time
     )),
+    Case("holidays: negative days of the month, months and years", """
+time_intervals:
+  - name: month_end
+    time_intervals:
+      - days_of_month: ['-2:-1']
+        months: ['january:march', 12]
+        years: [2026]
+        location: America/New_York
+route:
+  queue: general
+  priority: 5
+  self_service: true
+  routes:
+    - name: month end
+      matchers: ['hours = month_end']
+      closed: {queue: orders}
+""", (
+        ("at=2026-02-27T12:00-05:00", {"route_path": "root > month end",
+                                       "closed": {"queue": "orders"}}),
+        ("at=2026-02-26T23:59-05:00", {"route_path": "root"}),
+        ("at=2026-03-01T03:00+00:00", {"route_path": "root > month end"}),  # 28 Feb, 22:00
+        ("at=2026-04-30T12:00-04:00", {"route_path": "root"}),  # April is not listed
+        ("at=2026-12-31T12:00-05:00", {"route_path": "root > month end"}),
+        ("at=2027-01-31T12:00-05:00", {"route_path": "root"}),  # 2027 is not listed
+    )),
 ]
 
 

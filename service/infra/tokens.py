@@ -48,6 +48,15 @@ async def role_of(conn: asyncpg.Connection | asyncpg.Pool, token: str) -> str | 
         hash_token(token), timeout=5)
 
 
+async def name_of(conn: asyncpg.Connection | asyncpg.Pool, token: str) -> str | None:
+    """The name a valid token was given (`tokens add --name`), for audit trails."""
+    if not token:
+        return None
+    return await conn.fetchval(
+        "SELECT name FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+        hash_token(token), timeout=5)
+
+
 async def revoke_token(conn: asyncpg.Connection | asyncpg.Pool, token: str) -> bool:
     status = await conn.execute(
         "UPDATE api_tokens SET revoked_at = now() WHERE token_hash = $1 AND revoked_at IS NULL",

@@ -5,6 +5,7 @@
     GET /api/reports/journeys?from=&to=[&limit=5]              journeys and drop-outs
     GET /api/reports/trend?from=&to=[&bucket=hour|day|week]    headline rates over time
     GET /api/queues                                            now: waiting, longest wait, agents
+    POST /api/rules/reload                                     reload this instance's rules
     GET /ops                                                   the dashboard (static page)
 
 API calls need `Authorization: Bearer <token>` with an ops token (`switchboard tokens add
@@ -30,6 +31,7 @@ from service.appkeys import PG, ROUTER, RULES
 from service.infra import tokens
 from service.reporting import metrics, reports
 from service.reporting.reports import BadWindow, ReportRules, Window
+from service.rules.versions import LoadCause
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +48,7 @@ def routes() -> list[web.RouteDef]:
             web.get("/ops/ops.css", _static("ops.css")),
             web.get("/api/reports/summary", summary), web.get("/api/reports/matrix", matrix),
             web.get("/api/reports/journeys", journeys), web.get("/api/reports/trend", trend),
-            web.get("/api/queues", queues_now)]
+            web.get("/api/queues", queues_now), web.post("/api/rules/reload", rules_reload)]
 
 
 def _static(name: str) -> Handler:
@@ -182,3 +184,15 @@ async def queues_now(request: web.Request) -> web.Response:
     for name, figures in status["queues"].items():
         figures["label"] = queues[name].label
     return _json({"as_of": reports.iso(datetime.fromtimestamp(now, timezone.utc)), **status})
+
+
+@ops_report("rules_reload", source="PostgreSQL")
+async def rules_reload(request: web.Request) -> web.Response:
+    """Reload this instance's rules (all or nothing), recorded under the token's name; 422
+    with every problem when the files are invalid, and then nothing changed."""
+    name = await tokens.name_of(request.app[PG], bearer_token(request) or "")
+    result = await request.app[RULES].reload(LoadCause("api", name or "ops token"))
+    load = result.load.as_dict() if result.load else None
+    body = {"ok": result.ok, "digest": result.digest, "errors": list(result.errors),
+            "version": load and load["version"], "load": load and load["id"]}
+    return web.json_response(body, status=200 if result.ok else 422, headers=NO_STORE)

@@ -1,10 +1,14 @@
-"""The rules in force, swapped all at once on reload; a failed reload keeps the old ones."""
+"""The rules in force, swapped all at once on reload; a failed reload keeps the old ones.
+
+Every load and reload is recorded (service/rules/versions.py) with its cause; a reload asked
+with NOTIFY (`switchboard rules reload`, `rules rollback`) reaches every instance listening.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -12,20 +16,36 @@ import structlog
 
 from service.infra.runtime import settle_heap
 from service.reporting import metrics
-from service.rules.loader import RULE_FILES, Rules, load_rules
+from service.rules import versions
+from service.rules.loader import Rules, load_rules
+from service.rules.versions import Load, LoadCause, Version
 from service.rules.yamlfile import ConfigError
 from service.understanding.learning import learned_examples
 
 log = structlog.get_logger(__name__)
+LISTEN_RETRY_S = 2.0
+RECORD_FAILED = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    ok: bool
+    digest: str  # of the rules in force afterwards
+    errors: tuple[str, ...] = ()
+    load: Load | None = None  # as recorded; None when PostgreSQL could not take it
 
 
 class RulesHolder:
     def __init__(self, rules: Rules, pool: asyncpg.Pool):
         self.current = rules
         self._pool = pool
+        self._lock = asyncio.Lock()
+        self._version: Version | None = None  # what `current` is, as recorded
+        self._asked: set[asyncio.Task] = set()  # reloads NOTIFY asked for, still running
 
     @classmethod
-    async def load(cls, directory: Path, pool: asyncpg.Pool) -> "RulesHolder":
+    async def load(cls, directory: Path, pool: asyncpg.Pool,
+                   cause: LoadCause = LoadCause("start")) -> "RulesHolder":
         learned = await _learned(pool)
         log.info("rules.loading", directory=str(directory), learned_examples=len(learned),
                  note="training the contact-type classifier takes a few seconds")
@@ -36,33 +56,85 @@ class RulesHolder:
         log.info("rules.loaded", digest=rules.digest, contact_types=len(rules.catalog.types),
                  learned_examples=len(rules.learned))
         settle_heap()
-        return cls(rules, pool)
+        holder = cls(rules, pool)
+        previous = await _or_none(versions.in_force(pool))
+        await holder._record(cause, previous, ())
+        return holder
 
-    async def reload(self) -> bool:
-        """Load and validate everything off the event loop, then swap in one assignment."""
-        loop = asyncio.get_running_loop()
-        learned = await _learned(self._pool)
-        try:
-            rules = await loop.run_in_executor(
-                None, functools.partial(load_rules, self.current.directory, learned=learned))
-        except ConfigError as exc:
-            metrics.RULES_RELOAD_OK.set(0)
-            log.error("rules.reload_failed", errors=[str(i) for i in exc.issues])
-            return False
-        self.current = rules
-        settle_heap()
-        metrics.RULES_RELOAD_OK.set(1)
-        metrics.RULES_RELOAD_TIME.set_to_current_time()
-        log.info("rules.reloaded", digest=rules.digest)
-        return True
+    async def reload(self, cause: LoadCause = LoadCause("signal", "SIGHUP")) -> ReloadResult:
+        """Load and validate everything off the event loop, then swap in one assignment;
+        the load is recorded either way."""
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            learned = await _learned(self._pool)
+            previous = self._version
+            try:
+                rules = await loop.run_in_executor(
+                    None, functools.partial(load_rules, self.current.directory,
+                                            learned=learned))
+            except ConfigError as exc:
+                metrics.RULES_RELOAD_OK.set(0)
+                problems = tuple(str(i) for i in exc.issues)
+                log.error("rules.reload_failed", cause=cause.kind, actor=cause.actor,
+                          errors=list(problems))
+                load = await self._record(cause, previous, problems, failed=True)
+                return ReloadResult(False, self.current.digest, problems, load)
+            self.current = rules
+            settle_heap()
+            metrics.RULES_RELOAD_OK.set(1)
+            metrics.RULES_RELOAD_TIME.set_to_current_time()
+            log.info("rules.reloaded", digest=rules.digest, cause=cause.kind, actor=cause.actor)
+            load = await self._record(cause, previous, ())
+            return ReloadResult(True, rules.digest, (), load)
 
-    async def record_version(self) -> None:
-        pool = self._pool
+    async def _record(self, cause: LoadCause, previous: Version | None,
+                      problems: tuple[str, ...], failed: bool = False) -> Load | None:
+        """The audit trail; PostgreSQL being down must not undo a load already made."""
         rules = self.current
-        files = {name: (rules.directory / name).read_text() for name in RULE_FILES
-                 if (rules.directory / name).exists()}
-        await pool.execute("INSERT INTO rule_versions (digest, files) VALUES ($1, $2::jsonb) "
-                           "ON CONFLICT (digest) DO NOTHING", rules.digest, json.dumps(files))
+        try:
+            load = await versions.record_load(
+                self._pool, cause, digest=None if failed else rules.digest,
+                files=None if failed else rules.files, previous=previous, errors=problems)
+        except RECORD_FAILED as exc:
+            log.warning("rules.load_not_recorded", error=str(exc), digest=rules.digest)
+            return None
+        if not failed:
+            self._version = Version(load.version_id, rules.digest, dict(rules.files))
+        return load
+
+    async def listen(self, database_url: str) -> None:
+        """Reload whenever a NOTIFY asks (the CLI's reload and rollback); runs until cancelled,
+        reconnecting after PostgreSQL goes away."""
+        while True:
+            try:
+                conn = await asyncpg.connect(database_url)
+            except RECORD_FAILED as exc:
+                log.warning("rules.listen_failed", error=str(exc))
+                await asyncio.sleep(LISTEN_RETRY_S)
+                continue
+            lost = asyncio.Event()
+            try:
+                conn.add_termination_listener(lambda _conn: lost.set())
+                await conn.add_listener(versions.RELOAD_CHANNEL, self._notified)
+                await lost.wait()
+            except RECORD_FAILED as exc:
+                log.warning("rules.listen_lost", error=str(exc))
+            finally:
+                if not conn.is_closed():
+                    await conn.close()
+            await asyncio.sleep(LISTEN_RETRY_S)
+
+    def _notified(self, _conn, _pid: int, _channel: str, payload: str) -> None:
+        task = asyncio.ensure_future(self.reload(LoadCause.from_payload(payload)))
+        self._asked.add(task)
+        task.add_done_callback(self._asked.discard)
+
+
+async def _or_none(query):
+    try:
+        return await query
+    except RECORD_FAILED:
+        return None
 
 
 async def _learned(pool: asyncpg.Pool) -> list[tuple[str, str]]:

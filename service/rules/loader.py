@@ -7,9 +7,9 @@ failed reload leaves the running rules untouched.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from service.rules.catalog import Catalog, load_catalog
 from service.rules.flows import NO_FLOWS, Flows, load_flows
@@ -30,6 +30,7 @@ class Rules:
     classifier: Classifier | None
     learned: tuple[tuple[str, str], ...] = ()  # examples from agents' corrections and outcomes
     flows: Flows = NO_FLOWS
+    files: Mapping[str, str] = field(default_factory=dict)  # the YAML as loaded, by name
 
 
 def load_rules(directory: Path, *, with_classifier: bool = True,
@@ -37,6 +38,7 @@ def load_rules(directory: Path, *, with_classifier: bool = True,
     """Validate every file (raising ConfigError listing all problems), then train on the
     catalog's examples plus what was learned from live contacts (kept apart, see learning.py)."""
     display = str(directory).rstrip("/")
+    files = rule_files(directory)  # read first: the digest is of what was validated
     flows, catalog = _flows_and_catalog(directory, display)
     tree = load_routing_tree(directory, display, catalog)
     learned = tuple((text, label) for text, label in learned if label in catalog.types)
@@ -44,8 +46,14 @@ def load_rules(directory: Path, *, with_classifier: bool = True,
     training_digest = _training_digest(examples, catalog.out_of_scope, catalog.embeddings)
     classifier = _trained(training_digest, examples, catalog.out_of_scope, catalog.embeddings) \
         if with_classifier else None
-    return Rules(directory, _digest(directory, training_digest), catalog, tree, classifier,
-                 learned, flows)
+    return Rules(directory, _digest(files, training_digest), catalog, tree, classifier,
+                 learned, flows, files)
+
+
+def rule_files(directory: Path) -> dict[str, str]:
+    """The rule files of a directory (flows.yaml only when there is one)."""
+    return {name: (directory / name).read_text(encoding="utf-8") for name in RULE_FILES
+            if (directory / name).exists()}
 
 
 def _flows_and_catalog(directory: Path, display: str) -> tuple[Flows, Catalog]:
@@ -87,9 +95,9 @@ def _training_digest(examples: tuple[tuple[str, str], ...], out_of_scope: tuple[
     return h.hexdigest()
 
 
-def _digest(directory: Path, training_digest: str) -> str:
+def _digest(files: Mapping[str, str], training_digest: str) -> str:
     h = hashlib.sha256(training_digest.encode())
     for name in RULE_FILES:
-        if (directory / name).exists():
-            h.update((directory / name).read_bytes())
+        if name in files:
+            h.update(files[name].encode())
     return h.hexdigest()[:16]
