@@ -63,12 +63,15 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads) so far; 0 when it is gone."""
+    """User + system CPU of a process (all its threads) and of its live children (the
+    workers of `serve --workers N`) so far; 0 when it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except (FileNotFoundError, ProcessLookupError):
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    own = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return own + sum(cpu_seconds(int(child)) for child in children)
 
 
 def core_busy() -> dict[int, float]:
@@ -139,7 +142,8 @@ def wait_http(url: str, proc: subprocess.Popen, timeout_s: float, log: Path) -> 
 
 
 @contextmanager
-def server(name: str, argv: list[str], env: dict[str, str], ready_url: str, core: int | None,
+def server(name: str, argv: list[str], env: dict[str, str], ready_url: str,
+           core: int | set[int] | None,
            workdir: Path, ready_timeout_s: float) -> Iterator[subprocess.Popen]:
     log = workdir / f"{name}.log"
     with open(log, "wb") as out:
@@ -147,7 +151,7 @@ def server(name: str, argv: list[str], env: dict[str, str], ready_url: str, core
                                 start_new_session=True)
     try:
         if core is not None:  # right after exec, before the interpreter starts any thread
-            os.sched_setaffinity(proc.pid, {core})
+            os.sched_setaffinity(proc.pid, core if isinstance(core, set) else {core})
         boost(proc.pid)
         wait_http(ready_url, proc, ready_timeout_s, log)
         yield proc
@@ -362,6 +366,9 @@ def main() -> int:
     parser.add_argument("--nice", type=int, default=0, metavar="N",
                         help="run the servers, wrk and the databases N steps above normal "
                         "priority (needs root; for a machine other work is using)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="run the service as `serve --workers N`, on N cores (the bare "
+                        "handler stays on one; wrk and the databases share the last core)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
@@ -443,7 +450,8 @@ def main() -> int:
                        SWITCHBOARD_PORT=str(port), SWITCHBOARD_PUBLIC_URL=url,
                        TWILIO_AUTH_TOKEN=AUTH_TOKEN, SWITCHBOARD_LOG_LEVEL="warning",
                        SWITCHBOARD_LOG_FORMAT="json", SWITCHBOARD_RULES_DIR=str(rules_dir))
-            argv = [str(Path(sys.executable).parent / "switchboard"), "serve"]
+            argv = [str(Path(sys.executable).parent / "switchboard"), "serve",
+                    "--workers", str(args.workers)]
             files = {"warm": workdir / "full-warmup.txt", "measure": workdir / "full.txt",
                      "profile": workdir / "full-profile.txt"}
 
@@ -465,7 +473,8 @@ def main() -> int:
             # warm-up's rate.
             sign("warm", min(args.warmup, 30_000 / max(1.0, bare_run.rps)), bare_run.rps)
             print("starting switchboard serve ...", flush=True)
-            with server("switchboard", argv, env, url + "/readyz", server_core, workdir,
+            service_cores = set(cores[:args.workers]) if args.workers > 1 else {server_core}
+            with server("switchboard", argv, env, url + "/readyz", service_cores, workdir,
                         180) as full:
                 print(f"switchboard pid {full.pid}, thread affinities "
                       f"{[sorted(a) for a in thread_affinities(full.pid)]}", flush=True)
