@@ -55,6 +55,12 @@ async def test_chat_across_two_instances_on_each_shape(ha_settings, db):
     await test_agents.test_chat_customer_on_one_instance_agent_on_another(ha_settings, db)
 
 
+async def test_readiness_checks_redis_of_each_shape(ha_settings):
+    async with instance(ha_settings) as client:
+        response = await client.get("/readyz")
+        assert (response.status, (await response.json())["checks"]["redis"]) == (200, "ok")
+
+
 async def test_a_turns_keys_are_spread_over_the_cluster_nodes(valkey_cluster):
     batcher = batcher_for(valkey_cluster.url)
     assert isinstance(batcher, ClusterBatcher)
