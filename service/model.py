@@ -27,6 +27,9 @@ class Inbound:
     thread: str | None = None  # tells apart concurrent conversations of one address (CallSid)
     input_confidence: float | None = None  # the speech recogniser's own confidence
     provider: Mapping[str, str] = field(default_factory=dict)  # raw fields kept for the record
+    # The text before redaction, set only when something was masked: for a self-service
+    # look-up in this turn, never stored, logged or shown (see conversations/redaction.py).
+    unmasked: str | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
