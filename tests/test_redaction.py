@@ -18,7 +18,7 @@ from service.appkeys import EVENTS
 from service.conversations.redaction import Redactor, luhn_valid
 from service.infra.logs import configure_logging
 from service.rules.loader import load_rules
-from tests.conftest import service_with_rules
+from tests.conftest import service_with_rules, with_settings
 from tests.test_agents import login, open_chat
 from tests.twilio_driver import Call, text
 
@@ -123,6 +123,18 @@ async def test_cards_codes_and_patterns_are_masked_on_every_channel(
     output = logs()
     assert "turn" in output or "agent" in output  # the service did log while we watched
     assert_nowhere("the logs", output)
+
+
+async def test_a_failed_turn_keeps_the_words_masked(settings, db, rules_dir):
+    """Redis down: the customer's words are kept in turn_failed, masked like any other."""
+    broken = with_settings(settings, redis_url="redis://127.0.0.1:1/0")
+    async with service_with_rules(broken, rules_dir) as client:
+        await text(client, SMS_CUSTOMER, "card 4111 1111 1111 1111 code 737")
+        assert await client.app[EVENTS].flush()
+    row = await db.fetchrow("SELECT kind, data FROM contact_events")
+    assert (row["kind"], json.loads(row["data"])["text"]) == (
+        "turn_failed", "card **** **** **** 1111 code ***")
+    assert_nowhere("the spool", spool_dump(settings.data_dir))
 
 
 async def test_a_flow_looks_up_the_card_as_typed_and_keeps_only_the_mask(
