@@ -102,6 +102,10 @@ async def test_cards_codes_and_patterns_are_masked_on_every_channel(
         await chat.next("message")
         await chat.send(type="message", text="agent please")
         chat_offer = await agent.next("offer")
+        await agent.send(type="accept", contact_id=chat_offer["contact_id"])
+        await agent.next("assigned")
+        await chat.send(type="message", text="it is 5500 0055 5555 5559 and code 737")
+        assert (await agent.next("message"))["text"] == "it is **** **** **** 5559 and code ***"
         assert await client.app[EVENTS].flush()
 
         said = {o["channel"]: [m["text"] for m in o["context"]["transcript"]

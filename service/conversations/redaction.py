@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from service.model import Inbound
 
 RUN = re.compile(r"(?<!\d)\d+(?:[ -]\d+)*(?!\d)")  # digit groups apart by one space or dash
+DIGITS = re.compile(r"\d+")
 CODE = re.compile(r"(?<![\d*])\d{3,4}(?![\d])")
 
 
@@ -61,14 +62,15 @@ def _cards(text: str):
     """Spans of Luhn-valid card numbers: the longest run of digit groups from each group on
     (so "4111 1111 1111 1111 123" is a card and its code, not one 19-digit number)."""
     for run in RUN.finditer(text):
-        groups = [g.span() for g in re.finditer(r"\d+", run.group())]
+        if run.end() - run.start() < 13:  # too short for a card: most messages stop here
+            continue
+        groups = [(g.start(), g.end(), g.group()) for g in DIGITS.finditer(run.group())]
         i = 0
         while i < len(groups):
             for j in range(len(groups) - 1, i - 1, -1):
-                start, end = groups[i][0], groups[j][1]
-                digits = re.sub(r"\D", "", run.group()[start:end])
+                digits = "".join(g[2] for g in groups[i:j + 1])
                 if 13 <= len(digits) <= 19 and luhn_valid(digits):
-                    yield run.start() + start, run.start() + end
+                    yield run.start() + groups[i][0], run.start() + groups[j][1]
                     i = j
                     break
             i += 1
