@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
 
-from service import reports  # noqa: E402
+from service.reporting import reports  # noqa: E402
 from service.infra.migrate import migrate  # noqa: E402
 from service.reporting.reports import ReportRules, Window  # noqa: E402
 from service.rules.loader import load_rules  # noqa: E402
@@ -193,8 +193,13 @@ async def bench(url: str, events: int, days: int, runs: int) -> None:
                  ("matrix, whole log", lambda: reports.matrix(conn, whole, rules)),
                  ("journeys + drop-outs, whole log",
                   lambda: reports.journeys(conn, whole, rules)),
-                 ("trend by day, whole log", lambda: reports.trend(conn, whole, rules))]
+                 ("trend by day, whole log", lambda: reports.trend(conn, whole, rules)),
+                 ("summary from raw events (reference)", lambda: reports.summary(
+                     conn, whole, rules, queries=reports.FROM_EVENTS))]
+        await conn.execute("ANALYZE contact_facts")
         report = await reports.summary(conn, whole, rules)
+        reference = await reports.summary(conn, whole, rules, queries=reports.FROM_EVENTS)
+        assert report["totals"] == reference["totals"], "served and reference figures differ"
         print("  totals:", json.dumps({k: report["totals"][k] for k in (
             "contacts", "self_service_resolved", "false_deflections", "escalated", "abandoned")}))
         print(f"\n{'query':<34}{'median':>10}{'fastest':>10}   ({runs} runs)")

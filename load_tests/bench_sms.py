@@ -1,6 +1,7 @@
 """Twilio webhook benchmark (SMS or voice): the full service next to a bare aiohttp handler.
 
     .venv/bin/python load_tests/bench_sms.py [--channel sms|voice] [--seconds 20] [--profile]
+        [--redis single|cluster|sentinel]
 
 Starts PostgreSQL and Valkey (embedded, in a temporary folder), a bare aiohttp server that
 answers the webhooks with fixed TwiML, then `switchboard serve` against those databases.
@@ -62,12 +63,15 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads) so far; 0 when it is gone."""
+    """User + system CPU of a process (all its threads) and of its live children (the
+    workers of `serve --workers N`) so far; 0 when it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except (FileNotFoundError, ProcessLookupError):
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    own = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return own + sum(cpu_seconds(int(child)) for child in children)
 
 
 def core_busy() -> dict[int, float]:
@@ -138,7 +142,8 @@ def wait_http(url: str, proc: subprocess.Popen, timeout_s: float, log: Path) -> 
 
 
 @contextmanager
-def server(name: str, argv: list[str], env: dict[str, str], ready_url: str, core: int | None,
+def server(name: str, argv: list[str], env: dict[str, str], ready_url: str,
+           core: int | set[int] | None,
            workdir: Path, ready_timeout_s: float) -> Iterator[subprocess.Popen]:
     log = workdir / f"{name}.log"
     with open(log, "wb") as out:
@@ -146,7 +151,7 @@ def server(name: str, argv: list[str], env: dict[str, str], ready_url: str, core
                                 start_new_session=True)
     try:
         if core is not None:  # right after exec, before the interpreter starts any thread
-            os.sched_setaffinity(proc.pid, {core})
+            os.sched_setaffinity(proc.pid, core if isinstance(core, set) else {core})
         boost(proc.pid)
         wait_http(ready_url, proc, ready_timeout_s, log)
         yield proc
@@ -345,6 +350,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20, help="measured seconds per target")
     parser.add_argument("--warmup", type=float, default=3, help="warm-up seconds per target")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--redis", choices=["single", "cluster", "sentinel"], default="single",
+                        help="one embedded Valkey, a 3+3 cluster, or primary+replica+3 sentinels")
     parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument("--max-requests", type=int, default=500_000,
                         help="stop a run after this many responses")
@@ -359,6 +366,9 @@ def main() -> int:
     parser.add_argument("--nice", type=int, default=0, metavar="N",
                         help="run the servers, wrk and the databases N steps above normal "
                         "priority (needs root; for a machine other work is using)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="run the service as `serve --workers N`, on N cores (the bare "
+                        "handler stays on one; wrk and the databases share the last core)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
@@ -392,6 +402,13 @@ def main() -> int:
             db_dir = workdir / "db"
             db_dir.mkdir()
             database_url, redis_url = stack.enter_context(databases(db_dir))
+            if args.redis != "single":  # the same service on a real cluster or Sentinel
+                sys.path.insert(0, str(ROOT))
+                from tests import valkey_topology
+
+                start = {"cluster": valkey_topology.cluster,
+                         "sentinel": valkey_topology.sentinel_group}[args.redis]
+                redis_url = stack.enter_context(start(workdir / args.redis)).url
             rules_dir = ROOT / "routing_rules"
             print("sorting held-out utterances with the deployment's classifier ...", flush=True)
             write_traffic = traffic_writer(args.channel, rules_dir)
@@ -433,7 +450,8 @@ def main() -> int:
                        SWITCHBOARD_PORT=str(port), SWITCHBOARD_PUBLIC_URL=url,
                        TWILIO_AUTH_TOKEN=AUTH_TOKEN, SWITCHBOARD_LOG_LEVEL="warning",
                        SWITCHBOARD_LOG_FORMAT="json", SWITCHBOARD_RULES_DIR=str(rules_dir))
-            argv = [str(Path(sys.executable).parent / "switchboard"), "serve"]
+            argv = [str(Path(sys.executable).parent / "switchboard"), "serve",
+                    "--workers", str(args.workers)]
             files = {"warm": workdir / "full-warmup.txt", "measure": workdir / "full.txt",
                      "profile": workdir / "full-profile.txt"}
 
@@ -455,7 +473,8 @@ def main() -> int:
             # warm-up's rate.
             sign("warm", min(args.warmup, 30_000 / max(1.0, bare_run.rps)), bare_run.rps)
             print("starting switchboard serve ...", flush=True)
-            with server("switchboard", argv, env, url + "/readyz", server_core, workdir,
+            service_cores = set(cores[:args.workers]) if args.workers > 1 else {server_core}
+            with server("switchboard", argv, env, url + "/readyz", service_cores, workdir,
                         180) as full:
                 print(f"switchboard pid {full.pid}, thread affinities "
                       f"{[sorted(a) for a in thread_affinities(full.pid)]}", flush=True)
@@ -469,11 +488,12 @@ def main() -> int:
                 signed = sign("measure", args.seconds, warm.rps)
                 print(f"full warm-up: {warm.rps:,.0f} requests/s; signed {signed:,} requests "
                       f"for the measured run in {time.monotonic() - t0:.1f} s", flush=True)
-                valkey_before = commandstats(redis_url)
+                single = args.redis == "single"
+                valkey_before = commandstats(redis_url) if single else {}
                 full_run = measured(run_wrk, url, files["measure"], "once", args.seconds,
                                     target="full service", **common)
                 results["valkey"] = valkey_time(valkey_before, commandstats(redis_url),
-                                                full_run.wall_s)
+                                                full_run.wall_s) if single else args.redis
                 runs.append(full_run)
                 print(f"full: {full_run.rps:,.0f} requests/s, p99 {full_run.ms('p99'):.2f} ms",
                       flush=True)

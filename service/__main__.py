@@ -33,7 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="switchboard", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("serve", help="start the service").set_defaults(func=cmd_serve)
+    serve = commands.add_parser("serve", help="start the service")
+    serve.add_argument("--workers", type=_worker_count, default=1, metavar="N",
+                       help="serving processes sharing the port (default 1; one per core)")
+    serve.set_defaults(func=cmd_serve)
     commands.add_parser("migrate", help="apply database migrations").set_defaults(
         func=cmd_migrate)
 
@@ -138,9 +141,25 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     tune_gc()
     with _servers(settings) as ready:
-        web.run_app(create_app(ready), host=ready.host, port=ready.port, print=None,
-                    access_log=None, loop=loop)
-    return 0
+        if args.workers == 1:
+            web.run_app(create_app(ready), host=ready.host, port=ready.port, print=None,
+                        access_log=None, loop=loop)
+            return 0
+        from service.infra.workers import run_workers
+
+        loop.close()  # each worker makes its own, after the fork
+
+        def serve(sock) -> None:
+            web.run_app(create_app(ready), sock=sock, print=None, access_log=None,
+                        loop=new_event_loop(ready.event_loop))
+
+        return run_workers(args.workers, serve, ready.host, ready.port)
+
+
+def _worker_count(raw: str) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) <= 256:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 256, not {raw!r}")
+    return int(raw)
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -360,7 +379,7 @@ def cmd_customers_add(args: argparse.Namespace, settings: Settings) -> int:
 
     from service.conversations.customers import CustomerError, upsert_customer
     from service.infra.migrate import migrate
-    from service.infra.redis_url import client_for
+    from service.infra.redis_url import client_for, close_client
 
     identities = [("phone", p) for p in args.phone] + [("email", e.lower()) for e in args.email]
     identities += [("web", f"id:{w}") for w in args.web_id]
@@ -383,7 +402,7 @@ def cmd_customers_add(args: argparse.Namespace, settings: Settings) -> int:
                                          customer_id=args.customer)
         finally:
             await conn.close()
-            await client.aclose()
+            await close_client(client)
 
     with _servers(settings) as ready:
         try:

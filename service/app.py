@@ -47,10 +47,10 @@ from service.infra import health as api
 from service.infra.ids import new_hex
 from service.infra.migrate import migrate
 from service.infra.redis_batch import batcher_for
-from service.infra.redis_url import client_for, subscriber_for
+from service.infra.redis_url import client_for, close_client, subscriber_for
 from service.infra.twilio_rest import TwilioRest
 from service.model import Inbound, Reply
-from service.reporting import metrics, ops_api
+from service.reporting import metrics, ops_api, partitions
 from service.reporting.events import EventWriter
 from service.rules.flows import HttpLookups
 from service.rules.holder import RulesHolder
@@ -178,7 +178,7 @@ async def redis_client(app: web.Application) -> AsyncIterator[None]:
     app[REDIS_BATCH] = batcher_for(url)
     yield
     await app[REDIS_BATCH].close()
-    await client.aclose()
+    await close_client(client)
 
 
 async def rules(app: web.Application) -> AsyncIterator[None]:
@@ -211,10 +211,16 @@ async def reload_and_record(app: web.Application,
 
 async def event_writer(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    async with app[PG].acquire() as conn:
+        await partitions.maintain(conn, settings.event_retention_days)
+    upkeep = asyncio.create_task(
+        partitions.keep_maintained(app[PG], settings.event_retention_days), name="partitions")
     writer = EventWriter(app[PG], settings.spool_dir, settings.event_flush_interval_s)
     await writer.start()
     app[EVENTS] = writer
     yield
+    upkeep.cancel()
+    await asyncio.gather(upkeep, return_exceptions=True)
     await writer.close()
 
 

@@ -39,6 +39,7 @@ class Settings:
     sms_idle_timeout_s: int = 1800
     max_body_bytes: int = 64 * 1024
     event_flush_interval_s: float = 0.2
+    event_retention_days: int = 0  # 0: keep every month of the event log
     event_loop: str = "auto"
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -65,6 +66,7 @@ ENV_VARS = {
     "SWITCHBOARD_LOG_LEVEL": "log_level",
     "SWITCHBOARD_SMS_IDLE_TIMEOUT_S": "sms_idle_timeout_s",
     "SWITCHBOARD_EVENT_LOOP": "event_loop",
+    "SWITCHBOARD_EVENT_RETENTION_DAYS": "event_retention_days",
 }
 
 
@@ -86,6 +88,13 @@ def _positive_int(raw: str) -> int:
     value = _whole_number(raw)
     if value <= 0:
         raise ValueError("must be a positive whole number")
+    return value
+
+
+def _retention_days(raw: str) -> int:
+    value = _whole_number(raw)
+    if not 0 <= value <= 36500:
+        raise ValueError("must be a number of days from 0 (keep everything) to 36500")
     return value
 
 
@@ -155,6 +164,7 @@ PARSERS = {
     "log_level": _choice("debug", "info", "warning", "error"),
     "sms_idle_timeout_s": _positive_int,
     "event_loop": _choice("auto", "uvloop", "asyncio"),
+    "event_retention_days": _retention_days,
 }
 
 

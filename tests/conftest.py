@@ -1,7 +1,9 @@
 """Real servers for the whole test session: PostgreSQL and a Redis-compatible server.
 
 DATABASE_URL / REDIS_URL point the tests at servers you run; unset, the embedded servers
-start once per session. Each session gets its own database, dropped at the end.
+start once per session. Each session gets its own database, dropped at the end. Tests that
+ask for `valkey_cluster` or `valkey_sentinel` get a real cluster or Sentinel deployment,
+started once per session from the same pip-installed server.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from service.app import create_app
 from service.infra.embedded import servers
 from service.infra.migrate import migrate
 from service.settings import Settings
+from tests.valkey_topology import Cluster, SentinelGroup, cluster, sentinel_group
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES_DIR = ROOT / "routing_rules"
@@ -113,3 +116,17 @@ async def service_with_rules(settings: Settings, rules_dir: Path) -> AsyncIterat
     app = create_app(with_settings(settings, rules_dir=rules_dir))
     async with TestClient(TestServer(app)) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster(tmp_path_factory) -> Iterator[Cluster]:
+    """A real 3-primary, 3-replica Redis Cluster on loopback, for the whole session."""
+    with cluster(tmp_path_factory.mktemp("cluster")) as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def valkey_sentinel(tmp_path_factory) -> Iterator[SentinelGroup]:
+    """A real primary, replica and 3 sentinels on loopback, for the whole session."""
+    with sentinel_group(tmp_path_factory.mktemp("sentinel")) as started:
+        yield started

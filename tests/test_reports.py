@@ -354,3 +354,84 @@ def test_trend_bucket_choice_and_limits():
         reports.choose_bucket(Window(T0, T0 + 2000 * H), "hour")
     with pytest.raises(BadWindow, match="'bucket' must be one of hour, day, week"):
         reports.choose_bucket(day, "minute")
+
+
+# ---- served figures against the raw-event reference ---------------------------------------
+
+TYPES = ("track_order", "cancel_order", "change_order", "recover_password", "payment_issue")
+
+
+def random_contact(rng, customer: str, at: datetime) -> Contact:
+    """A contact taking one of the paths live traffic takes, with random gaps."""
+    contact = Contact(customer, rng.choice(("sms", "voice", "chat")), at)
+    gap = lambda: rng.choice((0, 0.5, 1, 30, 300))  # noqa: E731 (ties on purpose)
+    path = rng.random()
+    if path < 0.1:
+        return contact.missed().ended("hung_up_in_ivr", gap_s=gap())
+    contact.classified(rng.choice(TYPES), gap_s=gap())
+    if path < 0.2:
+        contact.routed("vip", "root > vip", self_service=False, reason="vip_customer")
+        contact.escalated("vip_customer", "vip", gap_s=gap())
+    else:
+        contact.routed(rng.choice(("orders", "accounts"))).offered(rng.choice(("answer", "ask")))
+        if path < 0.55:
+            return contact.resolved(gap_s=gap())
+        if path < 0.65:
+            return contact.ended("idle_timeout", gap_s=gap())
+        if path < 0.7:
+            return contact
+        contact.failed().escalated(rng.choice(("self_service_failed", "requested_agent")),
+                                   rng.choice(("orders", "general")), gap_s=gap())
+    fate = rng.random()
+    if fate < 0.6:
+        contact.accepted(after_s=rng.choice((5, 45, 90)))
+        contact.wrap_up(rng.random() < 0.7, rng.choice((None, None, rng.choice(TYPES))))
+    elif fate < 0.9:
+        contact.ended("abandoned_in_queue", gap_s=gap())
+    return contact
+
+
+async def test_served_figures_equal_the_raw_event_computation_on_random_traffic(log_db):
+    import random
+
+    rng = random.Random(16)
+    contacts = []
+    for number in range(150):
+        at = T0 + timedelta(hours=rng.uniform(0, 96))
+        for _ in range(rng.choice((1, 1, 2, 3))):
+            contacts.append(random_contact(rng, f"customer-{number}", at))
+            at += timedelta(hours=rng.choice((0, 1, 20, 60, 80)))
+    rows = [row for c in contacts for row in c.rows]
+    rng.shuffle(rows)  # batches land in any order, a contact's events across several
+    for start in range(0, len(rows), 97):
+        await log_db.copy_records_to_table("contact_events", records=rows[start:start + 97],
+                                           columns=COLUMNS)
+    rules = ReportRules({"track_order": 24, "cancel_order": 72, "change_order": 72,
+                         "recover_password": 48, "payment_issue": 72}, service_level_s=60)
+    windows = [Window(T0 - H, T0 + 1000 * H), Window(T0, T0 + 24 * H),
+               Window(T0 + 30 * H, T0 + 31 * H), Window(T0 + 50.5 * H, T0 + 90 * H)]
+    for window in windows:
+        for report in (reports.summary, reports.matrix, reports.journeys):
+            served = await report(log_db, window, rules)
+            reference = await report(log_db, window, rules, queries=reports.FROM_EVENTS)
+            assert without_clock(served) == without_clock(reference), (report.__name__, window)
+        served = await reports.trend(log_db, window, rules)
+        reference = await reports.trend(log_db, window, rules, queries=reports.FROM_EVENTS)
+        assert without_clock(served) == without_clock(reference)
+    whole = await reports.summary(log_db, windows[0], rules)
+    assert whole["totals"]["contacts"] == len(contacts)
+    assert whole["totals"]["false_deflections"] > 0 and whole["totals"]["abandoned"] > 0
+
+
+def without_clock(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k != "as_of"}
+
+
+async def test_the_log_is_append_only_and_truncating_it_empties_the_facts(log_db):
+    await insert(log_db, Contact("ana", "sms", T0).classified("track_order").routed("orders"))
+    assert await log_db.fetchval("SELECT count(*) FROM contact_facts") == 1
+    for statement in ("DELETE FROM contact_events", "UPDATE contact_events SET kind = 'x'"):
+        with pytest.raises(asyncpg.RaiseError, match="append-only"):
+            await log_db.execute(statement)
+    await log_db.execute("TRUNCATE contact_events")
+    assert await log_db.fetchval("SELECT count(*) FROM contact_facts") == 0

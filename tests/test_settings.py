@@ -56,6 +56,16 @@ def test_chat_origins_are_normalised_and_bad_ones_named():
         "'https://shop.example.com/help' is not an origin like https://shop.example.com"]
 
 
+def test_event_retention_is_days_from_zero():
+    assert settings_from_env({}).event_retention_days == 0
+    assert settings_from_env({"SWITCHBOARD_EVENT_RETENTION_DAYS": "400"}).event_retention_days \
+        == 400
+    for raw in ("-1", "a year", "40000"):
+        with pytest.raises(SettingsError) as caught:
+            settings_from_env({"SWITCHBOARD_EVENT_RETENTION_DAYS": raw})
+        assert caught.value.problems[0].startswith(f"SWITCHBOARD_EVENT_RETENTION_DAYS={raw!r}")
+
+
 def test_redis_url_names_one_server_a_cluster_or_sentinel():
     from service.infra.redis_url import parse_redis_url
 

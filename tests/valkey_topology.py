@@ -45,7 +45,12 @@ class Processes:
                    "--save", "", "--appendonly", "no", "--logfile", str(folder / "log"), *args]
         self.running[port] = subprocess.Popen(command, stdout=subprocess.DEVNULL,
                                               stderr=subprocess.DEVNULL)
-        wait_until(lambda: _pings(port), f"server on port {port} did not start")
+        process = self.running[port]
+        wait_until(lambda: process.poll() is not None or _pings(port),
+                   f"server on port {port} did not start")
+        if process.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited: "
+                               f"{(folder / 'log').read_text()[-500:]}")
 
     def stop(self, port: int) -> None:
         process = self.running.pop(port)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -17,7 +18,7 @@ def routes() -> list[web.RouteDef]:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return web.json_response({"status": "ok", "process": os.getpid()})  # which worker
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -37,6 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from service.infra.redis_url import RedisTarget, parse_redis_url
 
 Command = Sequence[Any]
+WAIT_MS = 500  # how long a write waits for its replicas (Sentinel with `replicas=N`)
 log = structlog.get_logger(__name__)
 
 
@@ -184,6 +185,7 @@ class SentinelBatcher(CommandBatcher):
         self._master = target.master
         self._sentinel_password = target.sentinel_password
         self._failover_s = failover_s
+        self._replicas = target.replicas
         self._watcher: asyncio.Task | None = None
 
     async def execute(self, *commands: Command) -> list[Any]:
@@ -241,6 +243,11 @@ class SentinelBatcher(CommandBatcher):
         super()._check_handshake(handshake)
         if not isinstance(role, list) or role[0] != b"master":
             raise NotSent("the server the sentinels named is not a primary (yet)")
+
+    async def _connect(self) -> "_Connection":
+        connection = await super()._connect()
+        connection.replicas = self._replicas
+        return connection
 
     async def _watch_switches(self) -> None:
         """Drop the connection as soon as a sentinel announces a new primary."""
@@ -517,8 +524,13 @@ def _raise_first_error(replies: list[Any]) -> list[Any]:
 class InFlight(NamedTuple):
     count: int  # replies expected
     replies: list[Any]
-    future: asyncio.Future
+    future: asyncio.Future | None
     sent_at: float  # loop time
+    guards: list["InFlight"] | None = None  # a WAIT: the batches of its write
+
+
+class NotReplicated(RedisConnectionError):
+    """Applied on the primary, but no replica confirmed it: a failover could lose it."""
 
 
 class _Connection(asyncio.Protocol):
@@ -536,6 +548,8 @@ class _Connection(asyncio.Protocol):
         self._in_flight: collections.deque[InFlight] = collections.deque()
         self._watchdog: asyncio.TimerHandle | None = None
         self._flush_scheduled = False
+        self._unfenced: list[InFlight] = []
+        self.replicas = 0  # > 0: each write ends with a WAIT for that many replicas
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -549,7 +563,10 @@ class _Connection(asyncio.Protocol):
             future.set_exception(NotSent("Redis connection was lost"))
             return future
         self._queued += packed
-        self._in_flight.append(InFlight(len(commands), [], future, loop.time()))
+        batch = InFlight(len(commands), [], future, loop.time())
+        self._in_flight.append(batch)
+        if self.replicas:
+            self._unfenced.append(batch)
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._timeout_s, self._check_overdue)
         if not self._flush_scheduled:
@@ -571,6 +588,11 @@ class _Connection(asyncio.Protocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self._queued and not self.lost:
+            if self.replicas:
+                self._queued.append(_pack(("WAIT", self.replicas, WAIT_MS)))
+                self._in_flight.append(InFlight(1, [], None, asyncio.get_running_loop().time(),
+                                                self._unfenced))
+                self._unfenced = []
             self._transport.write(b"".join(self._queued))
         self._queued = []
 
@@ -582,7 +604,12 @@ class _Connection(asyncio.Protocol):
                 batch.replies.append(reply)
                 if len(batch.replies) == batch.count:
                     self._in_flight.popleft()
-                    if not batch.future.done():
+                    if batch.guards is not None and not _settle(batch.guards, reply,
+                                                                self.replicas):
+                        # writes queued behind would each wait out WAIT: start afresh
+                        self.close(NotReplicated("no replica confirms writes"))
+                        return
+                    elif not self.replicas and not batch.future.done():
                         batch.future.set_result(batch.replies)
         except (hiredis.ProtocolError, IndexError) as exc:  # out of step: nothing can be trusted
             self.close(RedisConnectionError(f"unreadable reply from Redis: {exc!r}"))
@@ -601,8 +628,25 @@ class _Connection(asyncio.Protocol):
             self._watchdog.cancel()
         while self._in_flight:
             future = self._in_flight.popleft().future
-            if not future.done():
+            if future is not None and not future.done():
                 future.set_exception(exc)
+
+
+def _settle(batches: list[InFlight], acked: Any, replicas: int) -> bool:
+    """Hand out the replies of one write's batches once WAIT says enough replicas have it;
+    False when they had not."""
+    confirmed = isinstance(acked, int) and acked >= replicas
+    for batch in batches:
+        if batch.future.done():
+            continue
+        refused = any(isinstance(r, ResponseError) and str(r).startswith("READONLY")
+                      for r in batch.replies)  # nothing applied: the caller may retry
+        if refused or confirmed:
+            batch.future.set_result(batch.replies)
+        else:
+            batch.future.set_exception(NotReplicated(
+                f"{acked!r} of {replicas} replicas confirmed the write in {WAIT_MS} ms"))
+    return confirmed
 
 
 def _pack(command: Command) -> bytes:

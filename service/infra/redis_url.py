@@ -7,6 +7,8 @@
 
 `rediss+cluster://` and `rediss+sentinel://` speak TLS to the data servers. Credentials are
 the data servers'; `?sentinel_password=` is the sentinels' own, if they ask for one.
+With Sentinel, every write waits (WAIT) until `?replicas=N` replicas have it (default 1;
+0 turns it off), so a failover cannot lose a write the service acknowledged.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class RedisTarget:
     password: str | None = None
     tls: bool = False
     sentinel_password: str | None = None
+    replicas: int = 0  # Sentinel: replicas that must confirm each write before it counts
 
 
 def parse_redis_url(raw: str) -> RedisTarget:
@@ -64,7 +67,10 @@ def parse_redis_url(raw: str) -> RedisTarget:
         raise ValueError("name the primary: redis+sentinel://host:26379/<master name>/<db>")
     if db and not db.isdigit():
         raise ValueError(f"database {db!r} is not a number")
-    return RedisTarget("sentinel", master=master, db=int(db or 0),
+    replicas = query.get("replicas", ["1"])[0]
+    if not replicas.isdigit():
+        raise ValueError(f"replicas={replicas!r} is not a number")
+    return RedisTarget("sentinel", master=master, db=int(db or 0), replicas=int(replicas),
                        sentinel_password=query.get("sentinel_password", [None])[0], **common)
 
 
@@ -102,7 +108,7 @@ def subscriber_for(client: "redis.Redis | RedisCluster") -> Callable[[], redis.R
     turn = itertools.count()
 
     def next_node() -> redis.Redis:
-        nodes = client.get_primaries() or client.get_nodes()
+        nodes = client.get_primaries() or list(client.nodes_manager.startup_nodes.values())
         node = nodes[next(turn) % len(nodes)]
         kwargs = node.connection_kwargs
         return redis.Redis(host=node.host, port=node.port, username=kwargs.get("username"),
@@ -110,3 +116,11 @@ def subscriber_for(client: "redis.Redis | RedisCluster") -> Callable[[], redis.R
                            socket_connect_timeout=2)
 
     return next_node
+
+
+async def close_client(client: "redis.Redis | RedisCluster") -> None:
+    """Close a client of client_for(), with the connections it keeps to the sentinels."""
+    await client.aclose()
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+    for sentinel in manager.sentinels if manager else ():
+        await sentinel.aclose()

@@ -1,6 +1,8 @@
 """Metric queries over the event log (DESIGN.md section 5, metric version 1).
 
-Every figure is computed in SQL from `contact_events`, never from counters, for any window.
+Every figure is computed in SQL from per-contact facts (`contact_facts`, kept from
+`contact_events` in the transaction that inserts them), never from counters, for any window;
+`FROM_EVENTS` computes the same figures from the raw events, as the reference.
 A contact belongs to the window in which it started (its `contact_started` event); whatever
 happened to it afterwards counts, even after the window's end, so a report on a past window is
 as of the moment it runs.
@@ -190,11 +192,13 @@ chosen AS (
 
 TYPE_ASSIGNED = _type_assigned("e")
 
-# One row per chosen contact: what happened to it, read from its events.
-FACTS = f"""
+WINDOWS = """
 windows AS (
     SELECT * FROM unnest($3::text[], $4::int[]) AS w(contact_type, hours)
-),
+)"""
+
+# The reference: one row per chosen contact, what happened to it read from its events.
+FACTS_OF_EVENTS = f"""
 gathered AS (
     SELECT c.contact_id, c.customer_id, c.channel, c.started_at,
         {_in_order(TYPE_ASSIGNED, TYPE_ASSIGNED + " IS NOT NULL")} AS types,
@@ -227,7 +231,52 @@ facts AS (
         queues[cardinality(queues)] AS queue,
         routes[cardinality(routes)] AS route
     FROM gathered
+)"""
+
+# A self-service resolution followed by a contact of the same type within the repeat window.
+FALSE_DEFLECTION_OF_EVENTS = f"""EXISTS (
+            SELECT 1 FROM contact_events later
+            WHERE later.kind = 'contact_started' AND later.customer_id = j.customer_id
+              AND later.contact_id <> j.contact_id
+              AND later.occurred_at > j.started_at
+              AND later.occurred_at <= j.started_at + j.repeat_window
+              AND (SELECT {_type_assigned("t")} FROM contact_events t
+                   WHERE t.contact_id = later.contact_id
+                     AND {_type_assigned("t")} IS NOT NULL
+                   ORDER BY t.occurred_at DESC, t.seq DESC LIMIT 1) = j.contact_type
+        )"""
+
+# What reports serve: the same columns from contact_facts, which the event inserts keep
+# (migrations/004_partitioned_events.sql).
+FACT_COLUMNS = """contact_id, customer_id, (started).value AS channel, started_at, missed,
+        routed_to_agent, (escalation).at AS escalated_at, accepted_at, (ending).at AS ended_at,
+        (contact_type).value AS contact_type, offered, (last_step).value AS last_step,
+        (escalation).value AS escalation_reason, (ending).value AS outcome,
+        (queue).value AS queue, (route).value AS route, next_same_type_at"""
+
+STORED_FACTS_IN_WINDOW = f"""
+facts AS (
+    SELECT {FACT_COLUMNS} FROM contact_facts
+    WHERE started_at >= $1::timestamptz AND started_at < $2::timestamptz
+)"""
+
+STORED_FACTS_OF_CUSTOMERS = f"""
+customers_in_window AS (
+    SELECT DISTINCT customer_id FROM contact_facts
+    WHERE started_at >= $1::timestamptz AND started_at < $2::timestamptz
 ),
+facts AS (
+    SELECT {FACT_COLUMNS} FROM contact_facts JOIN customers_in_window USING (customer_id)
+    WHERE started_at >= $1::timestamptz - make_interval(hours => $7::int)
+)"""
+
+FALSE_DEFLECTION_OF_FACTS = "COALESCE(j.next_same_type_at <= j.started_at + j.repeat_window, " \
+                            "false)"
+
+
+def _judged(false_deflection: str) -> str:
+    """The judgement of each contact from its facts: the metric definitions of section 5."""
+    return f"""
 judged AS (
     SELECT f.*,
         make_interval(hours => COALESCE(w.hours, $5::int)) AS repeat_window,
@@ -248,17 +297,8 @@ derived AS (
         COALESCE(j.route, '{NO_ROUTE}') AS route_key,
         j.accepted AND j.accepted_at - j.escalated_at <= make_interval(secs => $6::float8)
             AS accepted_in_service_level,
-        j.resolved_in_self_service AND j.contact_type IS NOT NULL AND EXISTS (
-            SELECT 1 FROM contact_events later
-            WHERE later.kind = 'contact_started' AND later.customer_id = j.customer_id
-              AND later.contact_id <> j.contact_id
-              AND later.occurred_at > j.started_at
-              AND later.occurred_at <= j.started_at + j.repeat_window
-              AND (SELECT {_type_assigned("t")} FROM contact_events t
-                   WHERE t.contact_id = later.contact_id
-                     AND {_type_assigned("t")} IS NOT NULL
-                   ORDER BY t.occurred_at DESC, t.seq DESC LIMIT 1) = j.contact_type
-        ) AS false_deflection,
+        j.resolved_in_self_service AND j.contact_type IS NOT NULL AND {false_deflection}
+            AS false_deflection,
         NOT j.resolved_in_self_service AND NOT j.routed_to_agent
             AND j.escalation_reason IS DISTINCT FROM 'no_self_service'
             AND (j.escalated OR j.ended_at IS NOT NULL) AS dropped_out,
@@ -271,6 +311,7 @@ derived AS (
     FROM judged j
 )"""
 
+
 AGGREGATES = """
     count(*) AS contacts,
     count(*) FILTER (WHERE offered) AS self_service_offered,
@@ -281,11 +322,24 @@ AGGREGATES = """
     count(*) FILTER (WHERE accepted) AS accepted,
     count(*) FILTER (WHERE accepted_in_service_level) AS accepted_in_service_level,
     count(*) FILTER (WHERE channel = 'voice') AS voice_contacts,
-    count(*) FILTER (WHERE channel = 'voice' AND NOT escalated) AS voice_contained,
-    percentile_cont(0.5) WITHIN GROUP (ORDER BY resolution_s) AS median_resolution_s"""
+    count(*) FILTER (WHERE channel = 'voice' AND NOT escalated) AS voice_contained"""
 
-GROUPINGS_SQL = f"""
-WITH {STARTED_IN_WINDOW}, {FACTS}
+
+@dataclass(frozen=True)
+class Queries:
+    """The report queries over one source of per-contact facts."""
+    groupings: str
+    medians: str  # apart: an ordered-set aggregate would make every grouping set sort
+    trend: str
+    dropouts: str
+    journeys: str
+
+    @classmethod
+    def over(cls, in_window: str, of_customers: str, false_deflection: str) -> "Queries":
+        judged = _judged(false_deflection)
+        window_facts = f"WITH {WINDOWS}, {in_window}, {judged}"
+        return cls(
+            groupings=f"""{window_facts}
 SELECT GROUPING(type_key) = 0 AS by_type, GROUPING(channel) = 0 AS by_channel,
        GROUPING(queue_key) = 0 AS by_queue, GROUPING(route_key) = 0 AS by_route,
        GROUPING(escalation_reason) = 0 AS by_reason,
@@ -293,25 +347,24 @@ SELECT GROUPING(type_key) = 0 AS by_type, GROUPING(channel) = 0 AS by_channel,
 FROM derived
 GROUP BY GROUPING SETS ((), (type_key), (channel), (queue_key), (route_key),
                         (escalation_reason), (type_key, channel))
-"""
-
-TREND_SQL = f"""
-WITH {STARTED_IN_WINDOW}, {FACTS}
+""",
+            medians=f"""{window_facts}
+SELECT type_key, channel,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY resolution_s) AS median_resolution_s
+FROM derived GROUP BY 1, 2
+""",
+            trend=f"""{window_facts}
 SELECT date_bin($7::interval, started_at, $1::timestamptz) AS bucket, {AGGREGATES}
 FROM derived GROUP BY 1 ORDER BY 1
-"""
-
-DROPOUTS_SQL = f"""
-WITH {STARTED_IN_WINDOW}, {FACTS}
+""",
+            dropouts=f"""{window_facts}
 SELECT type_key AS contact_type, channel,
        COALESCE(last_step, CASE WHEN missed THEN 'clarifying' ELSE 'greeting' END) AS step,
        COALESCE(escalation_reason, outcome) AS exit, count(*) AS contacts
 FROM derived WHERE dropped_out
 GROUP BY 1, 2, 3, 4 ORDER BY contacts DESC, 1, 2, 3, 4
-"""
-
-JOURNEYS_SQL = f"""
-WITH {CUSTOMERS_OF_WINDOW}, {FACTS},
+""",
+            journeys=f"""WITH {WINDOWS}, {of_customers}, {judged},
 marked AS (
     SELECT customer_id, contact_type, contact_id, channel, started_at, handling,
         CASE WHEN started_at - lag(started_at) OVER topic <= repeat_window THEN 0 ELSE 1 END
@@ -332,7 +385,16 @@ journeys AS (
 SELECT contact_type, path, count(*) AS journeys, bool_or(channels > 1) AS cross_channel
 FROM journeys WHERE began >= $1::timestamptz AND began < $2::timestamptz
 GROUP BY contact_type, path ORDER BY contact_type, journeys DESC, path
-"""
+""")
+
+
+# Served: per-contact facts kept as events land. Reference: the same figures from raw events
+# (slow; the tests hold the two equal).
+FROM_FACTS = Queries.over(STORED_FACTS_IN_WINDOW, STORED_FACTS_OF_CUSTOMERS,
+                          FALSE_DEFLECTION_OF_FACTS)
+FROM_EVENTS = Queries.over(f"{STARTED_IN_WINDOW}, {FACTS_OF_EVENTS}",
+                           f"{CUSTOMERS_OF_WINDOW}, {FACTS_OF_EVENTS}",
+                           FALSE_DEFLECTION_OF_EVENTS)
 
 
 # ---- reports ------------------------------------------------------------------------------
@@ -391,8 +453,9 @@ def _connection(conn: asyncpg.Connection | asyncpg.Pool):
     return contextlib.nullcontext(conn)
 
 
-async def summary(conn, window: Window, rules: ReportRules) -> dict[str, Any]:
-    rows = await _fetch(conn, "summary", GROUPINGS_SQL, *rules.params(window))
+async def summary(conn, window: Window, rules: ReportRules,
+                  queries: Queries = FROM_FACTS) -> dict[str, Any]:
+    rows = await _fetch(conn, "summary", queries.groupings, *rules.params(window))
     return header(window, rules) | summary_from(rows)
 
 
@@ -418,22 +481,26 @@ def summary_from(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
     return report
 
 
-async def matrix(conn, window: Window, rules: ReportRules) -> dict[str, Any]:
-    rows = await _fetch(conn, "matrix", GROUPINGS_SQL, *rules.params(window))
+async def matrix(conn, window: Window, rules: ReportRules,
+                 queries: Queries = FROM_FACTS) -> dict[str, Any]:
+    rows = await _fetch(conn, "matrix", queries.groupings, *rules.params(window))
+    medians = {(r["type_key"], r["channel"]): r["median_resolution_s"] for r in await _fetch(
+        conn, "medians", queries.medians, *rules.params(window))}
     cells = [{"contact_type": r["type_key"], "label": rules.labels.get(r["type_key"],
                                                                        r["type_key"]),
               "channel": r["channel"], **figures(r),
-              "median_resolution_s": r["median_resolution_s"]}
+              "median_resolution_s": medians[r["type_key"], r["channel"]]}
              for r in rows if r["by_type"] and r["by_channel"]]
     cells.sort(key=lambda c: (c["contact_type"], c["channel"]))
     return header(window, rules) | {"rows": cells}
 
 
-async def journeys(conn, window: Window, rules: ReportRules, limit: int = 5) -> dict[str, Any]:
+async def journeys(conn, window: Window, rules: ReportRules, limit: int = 5,
+                   queries: Queries = FROM_FACTS) -> dict[str, Any]:
     """The `limit` most common journeys of each contact type, and the self-service drop-outs."""
     params = rules.params(window)
-    rows = await _fetch(conn, "journeys", JOURNEYS_SQL, *params, rules.longest_window_h)
-    dropouts = await _fetch(conn, "dropouts", DROPOUTS_SQL, *params)
+    rows = await _fetch(conn, "journeys", queries.journeys, *params, rules.longest_window_h)
+    dropouts = await _fetch(conn, "dropouts", queries.dropouts, *params)
     kept: dict[str, int] = {}
     top = []
     for row in rows:  # ordered by contact type, then most common first
@@ -463,12 +530,12 @@ def choose_bucket(window: Window, requested: str | None = None) -> str:
         else "week"
 
 
-async def trend(conn, window: Window, rules: ReportRules,
-                bucket: str | None = None) -> dict[str, Any]:
+async def trend(conn, window: Window, rules: ReportRules, bucket: str | None = None,
+                queries: Queries = FROM_FACTS) -> dict[str, Any]:
     """Headline figures per time bucket, every bucket of the window present."""
     name = choose_bucket(window, bucket)
     step = BUCKETS[name]
-    rows = await _fetch(conn, "trend", TREND_SQL, *rules.params(window), step)
+    rows = await _fetch(conn, "trend", queries.trend, *rules.params(window), step)
     found = {row["bucket"]: figures(row) for row in rows}
     empty = figures({field_name: 0 for field_name in COUNT_FIELDS})
     points, start = [], window.start

@@ -79,10 +79,11 @@ def replay(rules: Rules, contacts: Iterable[PastContact],
     """The first decision of each replayable contact under `rules`, oldest contact first.
     `earlier_types` lists each customer's contacts (id, start, recorded type) for repeats."""
     simulated: dict[str, Result] = {}
+    understood: dict[tuple, Any] = {}  # understand() is pure: the same words, the same answer
     for count, contact in enumerate(contacts, 1):
         if contact.skipped is None:
             simulated[contact.contact_id] = _first_decision(rules, contact, earlier_types,
-                                                            simulated)
+                                                            simulated, understood)
         if count % PROGRESS_EVERY == 0:
             progress(count)
     return simulated
@@ -90,12 +91,14 @@ def replay(rules: Rules, contacts: Iterable[PastContact],
 
 def _first_decision(rules: Rules, contact: PastContact,
                     earlier_types: dict[str, list[tuple[str, float, str | None]]],
-                    simulated: dict[str, Result]) -> Result:
+                    simulated: dict[str, Result], seen: dict[tuple, Any]) -> Result:
     if contact.confirmed_earlier:  # the customer picked the type: only the routing can change
         return _classified(rules, contact, contact.recorded.contact_type, 1.0, earlier_types,
                            simulated)
-    understood = understand(rules, contact.input_kind or "message", contact.text.strip(),
-                            contact.input_confidence)
+    said = (contact.input_kind or "message", contact.text.strip(), contact.input_confidence)
+    understood = seen.get(said)
+    if understood is None:
+        understood = seen[said] = understand(rules, *said)
     if understood.outcome == "classified":
         return _classified(rules, contact, understood.contact_type, understood.confidence,
                            earlier_types, simulated)
