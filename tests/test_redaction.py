@@ -182,7 +182,8 @@ def _with_gift_card_flow(rules: Path, url: str) -> None:
 
 @pytest.mark.parametrize("text, masked", [
     ("4111111111111111", "************1111"),
-    ("4111 1111 1111 1111 123", "**** **** **** 1111 ***"),  # the code is not a 19th digit
+    ("4111 1111 1111 1111 123", "**** **** **** 1111 ***"),
+    ("4111 1111 1111 1111 714", "**** **** **** 1111 ***"),  # 19 digits pass Luhn: still a code
     ("3782 822463 10005 exp 12/27 cvc 1234", "**** ****** *0005 exp 12/27 cvc ****"),
     ("order 1234567890123 and 456", "order 1234567890123 and 456"),  # not Luhn: no card
     ("call 555 then 4012888888881881", "call 555 then ************1881"),  # codes come after

@@ -59,15 +59,15 @@ def _mask_cards(text: str) -> str:
 
 
 def _cards(text: str):
-    """Spans of Luhn-valid card numbers: the longest run of digit groups from each group on
-    (so "4111 1111 1111 1111 123" is a card and its code, not one 19-digit number)."""
+    """Spans of Luhn-valid card numbers: the fewest digit groups from each group on that make
+    one (so in "4111 1111 1111 1111 714" the code is never read as a 19th digit)."""
     for run in RUN.finditer(text):
         if run.end() - run.start() < 13:  # too short for a card: most messages stop here
             continue
         groups = [(g.start(), g.end(), g.group()) for g in DIGITS.finditer(run.group())]
         i = 0
         while i < len(groups):
-            for j in range(len(groups) - 1, i - 1, -1):
+            for j in range(i, len(groups)):
                 digits = "".join(g[2] for g in groups[i:j + 1])
                 if 13 <= len(digits) <= 19 and luhn_valid(digits):
                     yield run.start() + groups[i][0], run.start() + groups[j][1]
