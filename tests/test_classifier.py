@@ -14,6 +14,7 @@ import pytest
 from service.rules.catalog import load_catalog
 from service.rules.loader import load_rules
 from service.rules.yamlfile import ConfigError
+from service.understanding.background import background_texts, without_examples
 from service.understanding.classifier import (
     TEMPERATURE,
     Prediction,
@@ -35,11 +36,10 @@ def rows(name: str, label: str = "contact_type") -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def retail():
-    """Trained as the retail catalog is: Bitext, CLINC150 order-status phrasings, and
-    CLINC150 texts that are none of the contact types."""
+    """Trained as the retail catalog is: Bitext, CLINC150 order-status phrasings, and the
+    shipped background corpus of texts that are none of the contact types."""
     examples = rows("bitext_train.csv") + rows("clinc150_track_order.csv")
-    out_of_scope = [text for text, _ in rows("clinc150_out_of_scope.csv", "clinc150_intent")]
-    return train(examples, out_of_scope=out_of_scope)
+    return train(examples, out_of_scope=without_examples(background_texts(), tuple(examples)))
 
 
 TINY = [("where is my parcel", "track"), ("track my parcel please", "track"),
@@ -264,13 +264,33 @@ def test_catalog_out_of_scope_data_errors(tmp_path, section, oos_file, message):
     assert str(error.value) == message
 
 
-def test_retail_catalog_loads_its_out_of_scope_data():
-    assert len(load_catalog(DATA.parent, "routing_rules").out_of_scope) > 1000
+def test_retail_catalog_trains_against_the_background_corpus_by_default():
+    catalog = load_catalog(DATA.parent, "routing_rules")
+    assert len(catalog.background) > 1900 and "what's the weather like" not in catalog.training
+    assert {"hi", "i have a question", "what is the weather like"} <= set(catalog.background)
+
+
+def test_background_can_be_turned_off_and_rejects_a_non_boolean(tmp_path):
+    write_catalog(tmp_path, "  threshold: 0.3\n  background: false")
+    assert load_catalog(tmp_path, "rules").background == ()
+    write_catalog(tmp_path, "  threshold: 0.3\n  background: maybe")
+    with pytest.raises(ConfigError) as error:
+        load_catalog(tmp_path, "rules")
+    assert "rules/catalog.yaml:4: background must be true or false (classifier -> background)" \
+        in str(error.value)
+
+
+def test_background_leaves_out_the_catalogs_own_examples(tmp_path):
+    write_catalog(tmp_path, "  threshold: 0.3")
+    examples = {text for text, _ in load_catalog(tmp_path, "rules").training}
+    assert len(background_texts()) > len(without_examples(background_texts(),
+                                                          (("Hello", "x"), ("good  Morning", "x"))))
+    assert not examples & set(load_catalog(tmp_path, "rules").background)
 
 
 def test_bank_deployment_is_valid():
     rules = load_rules(DATA.parent / "bank", with_classifier=False)
     assert len(rules.catalog.types) == 77
-    assert len(rules.catalog.training) > 10_000 and len(rules.catalog.out_of_scope) > 1000
+    assert len(rules.catalog.training) > 10_000 and len(rules.catalog.background) > 1000
     assert rules.tree.decide({"contact_type": "compromised_card", "channel": "sms"}).queue == \
         "fraud"

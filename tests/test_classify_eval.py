@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +211,7 @@ def test_cli_with_embeddings_says_so_and_scores_unseen_wording(train_csv, tmp_pa
     test = write(tmp_path / "test.csv", "text,contact_type\nshipment status?,track\n"
                                         "return the cash,refund\n")
     assert run_cli("--train", str(train_csv), "--test", str(test), "--embeddings", "wordllama",
+                   "--no-background",
                    "--format", "json") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["embeddings"] == "wordllama" and report["in_scope_accuracy"] == 1.0
@@ -241,3 +244,40 @@ def test_unseen_types_take_part_when_there_are_enough(tmp_path):
                                              2, 0.5, lambda _: None, hide_types=True)
     assert 0 < threshold < 1
     assert ev._type_folds(words, 2) != {} and ev._type_folds(words[:3], 2) == {}
+
+
+def test_predictions_file_rows_match_the_summary_and_the_confused_pairs(train_csv, tmp_path,
+                                                                        capsys):
+    test = write(tmp_path / "test.csv", "text,intent\n" + "\n".join([
+        "where is my parcel today,track", "refund me now,refund", "my password is lost,password",
+        "parcel refund,track", "hello there,oos", "what's the weather like,oos",
+        "please refund the parcel,password", "my password for the refund,track"]) + "\n")
+    out_file = tmp_path / "predictions.csv"
+    assert run_cli("--train", str(train_csv), "--test", str(test), "--predictions", str(out_file),
+                   "--format", "json") == 0
+    report = json.loads(capsys.readouterr().out)
+    with out_file.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["text"] for r in rows][:2] == ["where is my parcel today", "refund me now"]
+    assert len(rows) == report["test_rows"] == 8
+    decided = ["oos" if r["refused"] == "yes" else r["predicted"] for r in rows]
+    expected = [r["expected"] for r in rows]
+    right = [e == d for e, d in zip(expected, decided)]
+    assert report["accuracy"] == pytest.approx(sum(right) / len(rows), abs=1e-4)
+    in_scope = [ok for ok, e in zip(right, expected) if e != "oos"]
+    assert report["in_scope_accuracy"] == pytest.approx(sum(in_scope) / len(in_scope), abs=1e-4)
+    refused = [r["refused"] == "yes" for r in rows if r["expected"] == "oos"]
+    assert report["oos_recall"] == pytest.approx(sum(refused) / len(refused), abs=1e-4)
+    assert report["mcc"] == pytest.approx(matthews_corrcoef(expected, decided), abs=1e-4)
+    for r in rows:  # refused exactly when under the reported threshold
+        assert (float(r["confidence"]) < report["threshold"]) == (r["refused"] == "yes")
+    wrong = Counter((e, d) for e, d in zip(expected, decided) if e != d)
+    assert wrong, "the test rows were meant to hold some errors"
+    assert {(p["expected"], p["decided"]): p["count"] for p in report["most_confused"]} == wrong
+
+
+def test_predictions_into_a_missing_directory_is_refused_before_training(train_csv, tmp_path,
+                                                                          capsys):
+    assert run_cli("--train", str(train_csv), "--predictions",
+                   str(tmp_path / "nowhere" / "p.csv")) == 2
+    assert "no such directory for --predictions" in capsys.readouterr().err

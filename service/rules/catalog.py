@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Collection
 
 from service.rules.yamlfile import Checker, ConfigIssue, LocatedDict, load_yaml
+from service.understanding.background import background_texts, without_examples
 from service.understanding.embeddings import BACKENDS, INSTALL_HINT, installed
 
 DEFAULT_REPEAT_WINDOW_H = 72
@@ -38,6 +39,8 @@ class Catalog:
     threshold: float
     training: tuple[tuple[str, str], ...]  # (text, contact type): catalog examples + data files
     out_of_scope: tuple[str, ...] = ()  # none of the types: classifier.out_of_scope_data
+    # none of the types either: the shipped corpus, unless classifier.background is false
+    background: tuple[str, ...] = ()
     embeddings: str | None = None  # classifier.embeddings: a backend of service/embeddings.py
 
     def label(self, type_id: str | None) -> str:
@@ -61,9 +64,11 @@ def load_catalog(directory: Path, display_dir: str,
     embeddings = _embeddings(check, classifier)
     training = [(ex, t.id) for t in types.values() for ex in t.examples]
     training += _training_files(check, root, directory, display_dir, types)
+    background = without_examples(background_texts(), tuple(training)) \
+        if _background(check, classifier) else ()
     check.raise_if_any()
     return Catalog(types=types, threshold=threshold, training=tuple(training),
-                   out_of_scope=out_of_scope, embeddings=embeddings)
+                   out_of_scope=out_of_scope, embeddings=embeddings, background=background)
 
 
 def _contact_types(check: Checker, root: LocatedDict,
@@ -160,7 +165,18 @@ def _classifier_section(check: Checker, root: LocatedDict) -> LocatedDict | None
     if section is None:
         return None
     return check.mapping(section, root, "classifier", ("classifier",),
-                         optional=["threshold", "out_of_scope_data", "embeddings"])
+                         optional=["threshold", "out_of_scope_data", "embeddings",
+                                   "background"])
+
+
+def _background(check: Checker, section: LocatedDict | None) -> bool:
+    """classifier.background: train against the shipped out-of-scope corpus (default)."""
+    value = (section or {}).get("background", True)
+    if not isinstance(value, bool):
+        check.error(section, "background", "background must be true or false",
+                    ("classifier", "background"))
+        return True
+    return value
 
 
 def _embeddings(check: Checker, section: LocatedDict | None) -> str | None:

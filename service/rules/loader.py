@@ -47,8 +47,9 @@ def load_rules(directory: Path, *, with_classifier: bool = True,
     redactor = load_redaction(directory, display)
     learned = tuple((text, label) for text, label in learned if label in catalog.types)
     examples = catalog.training + learned
-    training_digest = _training_digest(examples, catalog.out_of_scope, catalog.embeddings)
-    classifier = _trained(training_digest, examples, catalog.out_of_scope, catalog.embeddings) \
+    out_of_scope = catalog.out_of_scope + catalog.background
+    training_digest = _training_digest(examples, out_of_scope, catalog.embeddings)
+    classifier = _trained(training_digest, examples, out_of_scope, catalog.embeddings) \
         if with_classifier else None
     return Rules(directory, _digest(files, training_digest), catalog, tree, classifier,
                  learned, flows, files, redactor)

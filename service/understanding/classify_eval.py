@@ -16,7 +16,7 @@ import csv
 import random
 import statistics
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -45,9 +45,11 @@ class Dataset:
     examples: list[tuple[str, str]]  # (text, contact type)
     out_of_scope: list[str] = field(default_factory=list)
     embedder: SentenceEmbedder | None = None  # how to train on it, as a catalog may ask
+    # out of scope too, but only ever trained on: the shipped corpus, not the data under test
+    background: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.examples) + len(self.out_of_scope)
+        return len(self.examples) + len(self.out_of_scope) + len(self.background)
 
     def labelled(self, oos_label: str) -> list[tuple[str, str]]:
         return self.examples + [(text, oos_label) for text in self.out_of_scope]
@@ -60,6 +62,18 @@ class Metrics:
     in_scope_accuracy: float | None  # None: no in-scope rows
     oos_recall: float | None  # None: no out-of-scope rows
     mcc: float
+
+
+@dataclass(frozen=True)
+class ScoredRow:
+    text: str
+    expected: str
+    predicted: str  # the likeliest contact type, refused or not
+    confidence: float
+    refused: bool  # confidence under the threshold: decided out of scope
+
+    def decided(self, oos_label: str) -> str:
+        return oos_label if self.refused else self.predicted
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,9 @@ class Report:
     mode: str  # "test file" or "cross-validation"
     folds: int
     embeddings: str | None = None  # the sentence-embedding backend, if the features had one
+    background_rows: int = 0  # out-of-scope texts only trained on (shipped corpus, catalog's)
+    predictions: tuple[ScoredRow, ...] = ()  # every scored row, in scoring order
+    confused: tuple[tuple[str, str, int], ...] = ()  # (expected, decided, count), most first
 
     @property
     def threshold(self) -> float:
@@ -223,6 +240,7 @@ def fold_of_each(labels: Sequence[str], folds: int, seed: int = 0) -> np.ndarray
 
 @dataclass
 class _Scored:
+    texts: list[str] = field(default_factory=list)
     truth: list[str] = field(default_factory=list)
     guess: list[str] = field(default_factory=list)
     confidence: list[float] = field(default_factory=list)
@@ -233,6 +251,7 @@ class _Scored:
             started = time.perf_counter()
             prediction = classifier.predict(text, top=1)
             self.latency_ms.append((time.perf_counter() - started) * 1000)
+            self.texts.append(text)
             self.truth.append(label)
             self.guess.append(prediction.contact_type)
             self.confidence.append(prediction.confidence)
@@ -244,7 +263,8 @@ class _Scored:
 
 def _fit(data: Dataset) -> Classifier:
     try:
-        return train(data.examples, out_of_scope=data.out_of_scope, embedder=data.embedder)
+        return train(data.examples, out_of_scope=data.out_of_scope + data.background,
+                     embedder=data.embedder)
     except ValueError as exc:  # e.g. one class left in a fold
         raise EvalInputError(f"cannot train on these rows: {exc}") from None
 
@@ -252,7 +272,7 @@ def _fit(data: Dataset) -> Classifier:
 def _subset(data: Dataset, rows: list[tuple[str, str]], keep: np.ndarray,
             oos_label: str) -> Dataset:
     part = split_out_of_scope([row for row, k in zip(rows, keep) if k], oos_label)
-    return Dataset(part.examples, part.out_of_scope, data.embedder)
+    return Dataset(part.examples, part.out_of_scope, data.embedder, data.background)
 
 
 def cross_validated_threshold(data: Dataset, folds: int, oos_share: float,
@@ -260,7 +280,9 @@ def cross_validated_threshold(data: Dataset, folds: int, oos_share: float,
                               oos_label: str = "\0oos") -> float:
     """k models, each trained without one fold of rows (and with `hide_types`, without one
     fold of contact types): the rows it did not see score as in scope, out of scope or of an
-    unseen type."""
+    unseen type. The background corpus is scored here like out-of-scope rows: it is what the
+    threshold must refuse when a catalog has no out-of-scope rows of its own."""
+    data = Dataset(data.examples, data.out_of_scope + data.background, data.embedder)
     rows = data.labelled(oos_label)
     fold = fold_of_each([label for _, label in rows], folds)
     types = sorted({label for _, label in data.examples})
@@ -340,14 +362,22 @@ def _report(scored: _Scored, row_thresholds: list[float], thresholds: list[float
             seconds: list[float], oos_label: str, train_data: Dataset, mode: str,
             folds: int) -> Report:
     latency = np.array(scored.latency_ms)
+    decided = scored.decided(row_thresholds, oos_label)
+    rows = tuple(ScoredRow(text, truth, guess, confidence, confidence < threshold)
+                 for text, truth, guess, confidence, threshold in
+                 zip(scored.texts, scored.truth, scored.guess, scored.confidence,
+                     row_thresholds))
     return Report(
-        metrics=metrics(scored.truth, scored.decided(row_thresholds, oos_label), oos_label),
+        metrics=metrics(scored.truth, decided, oos_label),
+        predictions=rows,
+        confused=most_confused(scored.truth, decided),
         thresholds=thresholds,
         train_seconds=statistics.fmean(seconds),
         latency_ms_p50=float(np.percentile(latency, 50)) if len(latency) else 0.0,
         latency_ms_p99=float(np.percentile(latency, 99)) if len(latency) else 0.0,
-        train_rows=len(train_data),
+        train_rows=len(train_data.examples) + len(train_data.out_of_scope),
         train_oos_rows=len(train_data.out_of_scope),
+        background_rows=len(train_data.background),
         test_rows=len(scored.truth),
         test_oos_rows=sum(t == oos_label for t in scored.truth),
         contact_types=len({label for _, label in train_data.examples}),
@@ -355,6 +385,24 @@ def _report(scored: _Scored, row_thresholds: list[float], thresholds: list[float
         folds=folds,
         embeddings=train_data.embedder.name if train_data.embedder else None,
     )
+
+
+def most_confused(truth: Sequence[str], decided: Sequence[str], top: int = 10
+                  ) -> tuple[tuple[str, str, int], ...]:
+    """The commonest (expected, decided) pairs among wrong decisions."""
+    pairs = Counter((t, d) for t, d in zip(truth, decided) if t != d)
+    return tuple((t, d, n) for (t, d), n in
+                 sorted(pairs.items(), key=lambda item: (-item[1], item[0]))[:top])
+
+
+def write_predictions(report: Report, path: Path) -> None:
+    """One CSV row per scored message: text, expected, predicted, confidence, refused."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["text", "expected", "predicted", "confidence", "refused"])
+        for row in report.predictions:
+            writer.writerow([row.text, row.expected, row.predicted, f"{row.confidence:.4f}",
+                             "yes" if row.refused else "no"])
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -372,7 +420,9 @@ def as_dict(report: Report) -> dict:
         "train_rows": report.train_rows, "train_oos_rows": report.train_oos_rows,
         "test_rows": report.test_rows, "test_oos_rows": report.test_oos_rows,
         "contact_types": report.contact_types, "mode": report.mode, "folds": report.folds,
-        "embeddings": report.embeddings,
+        "embeddings": report.embeddings, "background_rows": report.background_rows,
+        "most_confused": [{"expected": t, "decided": d, "count": n}
+                          for t, d, n in report.confused],
     }
 
 
@@ -385,7 +435,8 @@ def as_table(report: Report) -> str:
         ("scored", f"{report.test_rows:,} rows ({report.test_oos_rows:,} out of scope), "
                    f"{report.mode}"),
         ("trained on", f"{report.train_rows:,} rows ({report.train_oos_rows:,} out of scope), "
-                       f"{report.contact_types} contact types"),
+                       f"{report.contact_types} contact types, + {report.background_rows:,} "
+                       "background out-of-scope texts"),
         ("features", "word and character n-grams" + (f" + {report.embeddings} embeddings"
                                                       if report.embeddings else "")),
         ("accuracy", _cell(m.accuracy)),
@@ -398,7 +449,11 @@ def as_table(report: Report) -> str:
         ("latency p50 / p99", f"{report.latency_ms_p50:.3f} / {report.latency_ms_p99:.3f} ms "
                               "per message"),
     ]
-    return "\n".join(f"{name:<20} {value}" for name, value in lines)
+    table = "\n".join(f"{name:<20} {value}" for name, value in lines)
+    if not report.confused:
+        return table
+    pairs = [f"  {n:>5}  {t} -> {d}" for t, d, n in report.confused]
+    return "\n".join([table, "most confused (count, expected -> decided):", *pairs])
 
 
 def _round(value: float | None) -> float | None:

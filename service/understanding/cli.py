@@ -17,6 +17,7 @@ from pathlib import Path
 
 from service.rules.yamlfile import ConfigError
 from service.understanding import classify_eval as ev
+from service.understanding.background import background_texts, without_examples
 from service.understanding.embeddings import BACKENDS, EmbeddingsUnavailable, embedder
 
 
@@ -40,18 +41,25 @@ def add_parser(commands) -> None:
     parser.add_argument("--oos-data", type=Path, action="append", default=[],
                         metavar="OOS.csv", help="extra out-of-scope texts to train on "
                                                 "(a CSV with a text column; repeatable)")
+    parser.add_argument("--no-background", action="store_true",
+                        help="do not train against the shipped out-of-scope background corpus "
+                             "(--catalog follows the catalog's classifier.background)")
     parser.add_argument("--folds", type=int, default=ev.DEFAULT_FOLDS,
                         help=f"cross-validation folds (default {ev.DEFAULT_FOLDS})")
     parser.add_argument("--oos-share", type=float, default=ev.DEFAULT_OOS_SHARE,
                         help="share of out-of-scope messages assumed when choosing the "
                              f"threshold (default {ev.DEFAULT_OOS_SHARE})")
-    parser.add_argument("--hide-types", action="store_true",
+    parser.add_argument("--hide-types", action=argparse.BooleanOptionalAction, default=True,
                         help="also hide some contact types from each cross-validation model "
-                             "and count their messages as out of scope: for deployments "
-                             "whose off-topic traffic is mostly in-domain")
+                             "and count their messages as out of scope, so the threshold "
+                             "learns to refuse in-domain requests the catalog does not cover "
+                             "(default: on)")
     parser.add_argument("--embeddings", choices=sorted(BACKENDS),
                         help="add pretrained sentence embeddings to the features (needs the "
                              "embeddings extra); --catalog uses the catalog's setting")
+    parser.add_argument("--predictions", type=Path, metavar="FILE",
+                        help="write every scored message to this CSV: text, expected, "
+                             "predicted, confidence, refused")
     parser.add_argument("--format", choices=("table", "json"), default="table")
     parser.set_defaults(func=cmd_classify_eval)
 
@@ -62,6 +70,13 @@ def cmd_classify_eval(args: argparse.Namespace, settings: object = None) -> int:
     except (ev.EvalInputError, ConfigError, EmbeddingsUnavailable) as exc:
         print(f"switchboard classify-eval: {exc}", file=sys.stderr)
         return 2
+    if args.predictions is not None:
+        try:
+            ev.write_predictions(report, args.predictions)
+        except OSError as exc:
+            print(f"switchboard classify-eval: cannot write {args.predictions}: {exc.strerror}",
+                  file=sys.stderr)
+            return 2
     if args.format == "json":
         print(json.dumps(ev.as_dict(report)))
     else:
@@ -72,15 +87,21 @@ def cmd_classify_eval(args: argparse.Namespace, settings: object = None) -> int:
 def _run(args: argparse.Namespace) -> tuple[ev.Report, str]:
     if not 0 <= args.oos_share <= 1:
         raise ev.EvalInputError("--oos-share must be between 0 and 1")
-    rows, catalog_oos, embeddings, note = _training_rows(args)
+    if args.predictions is not None and not args.predictions.parent.is_dir():
+        raise ev.EvalInputError(f"no such directory for --predictions: "
+                                f"{args.predictions.parent}")
+    rows, catalog_oos, catalog_background, embeddings, note = _training_rows(args)
     test_rows = [row for path in args.test or ()
                  for row in ev.read_labelled(path, args.text_col, args.label_col)]
     oos_label = ev.oos_label_of(rows + test_rows, args.oos_label)
     train_data = ev.split_out_of_scope(rows, oos_label)
     extra = [t for path in args.oos_data for t in ev.read_texts(path)]
     embeddings = args.embeddings or embeddings
+    background = catalog_background if args.catalog is not None else [] \
+        if args.no_background else list(without_examples(background_texts(),
+                                                          tuple(train_data.examples)))
     train_data = ev.Dataset(train_data.examples, train_data.out_of_scope + catalog_oos + extra,
-                            embedder(embeddings) if embeddings else None)
+                            embedder(embeddings) if embeddings else None, background)
     options = dict(folds=args.folds, oos_share=args.oos_share, hide_types=args.hide_types,
                    progress=_progress)
     if not args.test:
@@ -93,18 +114,19 @@ def _run(args: argparse.Namespace) -> tuple[ev.Report, str]:
 
 
 def _training_rows(args: argparse.Namespace
-                   ) -> tuple[list[tuple[str, str]], list[str], str | None, str]:
-    """Labelled training rows, the catalog's out-of-scope texts and embeddings, and a note
-    for the table."""
+                   ) -> tuple[list[tuple[str, str]], list[str], list[str], str | None, str]:
+    """Labelled training rows, the catalog's out-of-scope texts, background and embeddings,
+    and a note for the table."""
     if args.train is not None:
-        return ev.read_labelled(args.train, args.text_col, args.label_col), [], None, ""
+        return ev.read_labelled(args.train, args.text_col, args.label_col), [], [], None, ""
     from service.rules.catalog import load_catalog
 
     if not (args.catalog / "catalog.yaml").is_file():
         raise ev.EvalInputError(f"no such file: {args.catalog / 'catalog.yaml'}")
     catalog = load_catalog(args.catalog, str(args.catalog).rstrip("/"))
     note = f"{'catalog threshold':<20} {catalog.threshold:.2f} (configured in catalog.yaml)"
-    return list(catalog.training), list(catalog.out_of_scope), catalog.embeddings, note
+    return (list(catalog.training), list(catalog.out_of_scope), list(catalog.background),
+            catalog.embeddings, note)
 
 
 def _warn_unknown_labels(train_data: ev.Dataset, test_rows: list[tuple[str, str]],
