@@ -20,7 +20,7 @@ from service.rules.yamlfile import ConfigError
 from service.understanding.classifier import Classifier, train
 from service.understanding.embeddings import embedder
 
-RULE_FILES = ("catalog.yaml", "routes.yaml", "flows.yaml", "redaction.yaml")  # the last two: optional
+RULE_FILES = ("catalog.yaml", "routes.yaml", "flows.yaml", "redaction.yaml")  # last two optional
 
 
 @dataclass(frozen=True)
