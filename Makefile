@@ -17,6 +17,7 @@ run: $(STAMP)
 	$(BIN)/switchboard serve
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 check: $(STAMP)

@@ -1,7 +1,8 @@
-"""The channel protocol and registry.
+"""The channel protocol and what the composition root hands each channel.
 
-A channel maps one provider's wire format to the neutral model and back. It receives one
-injected callable to hand the contact on and never imports storage or the orchestrator.
+A channel maps one provider's wire format to the neutral model and back, declares its traits,
+and owns its outbound side. It receives one injected callable to hand the contact on and never
+imports storage or the orchestrator. The composition root lists the channels explicitly.
 """
 
 from __future__ import annotations
@@ -12,11 +13,17 @@ from typing import Any, AsyncContextManager, Awaitable, Callable, ClassVar, Prot
 
 from aiohttp import web
 
-from service.model import Inbound, Reply
+from channels.twilio_rest import TwilioRest
+from service.model import AgentLine, ChannelTraits, Destination, Inbound, Reply
 
 HandleInbound = Callable[[Inbound], Awaitable[Reply]]
 # Frames pushed to one conversation from anywhere (an agent's reply on another instance).
 Subscribe = Callable[[str], AsyncContextManager["asyncio.Queue[dict[str, Any]]"]]
+Publish = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+async def _nowhere(topic: str, frame: dict[str, Any]) -> None:
+    raise RuntimeError("no bus configured")
 
 
 @dataclass(frozen=True)
@@ -25,21 +32,26 @@ class ChannelConfig:
     twilio_auth_token: str
     fallback_queue: Callable[[], str] = lambda: "general"  # where callers go when a turn fails
     subscribe: Subscribe | None = None
+    publish: Publish = _nowhere
     chat_identity_secret: str = ""
     chat_origins: tuple[str, ...] = ()  # sites whose pages may open /chat/ws; empty: any
+    twilio: TwilioRest | None = None  # outbound REST, shared by the Twilio channels
 
 
 class Channel(Protocol):
-    name: ClassVar[str]
+    traits: ClassVar[ChannelTraits]
 
     def __init__(self, config: ChannelConfig, handle: HandleInbound) -> None: ...
 
     def routes(self) -> list[web.RouteDef]: ...
 
+    async def send_text(self, to: Destination, text: str) -> str | None: ...
 
-REGISTRY: dict[str, type[Channel]] = {}
+    async def connect_agent(self, to: Destination, agent: AgentLine, hello: str) -> None: ...
+
+    async def close(self, to: Destination) -> None: ...
 
 
-def register(cls: type[Channel]) -> type[Channel]:
-    REGISTRY[cls.name] = cls
-    return cls
+def twilio_of(config: ChannelConfig) -> TwilioRest:
+    """The shared REST client, or one of the channel's own when none was given (tests)."""
+    return config.twilio or TwilioRest("", config.twilio_auth_token)

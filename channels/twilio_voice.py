@@ -13,9 +13,16 @@ import structlog
 from aiohttp import web
 from twilio.twiml.voice_response import VoiceResponse
 
-from channels.base import ChannelConfig, HandleInbound, register
+from channels.base import ChannelConfig, HandleInbound, twilio_of
 from channels.twilio_auth import TwilioSignature
-from service.model import Inbound, Reply
+from service.model import (
+    AgentLine,
+    ChannelTraits,
+    DeliveryFailed,
+    Destination,
+    Inbound,
+    Reply,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -27,14 +34,17 @@ ALWAYS_HINTS = ("agent", "representative", "yes", "no")
 FALLBACK = "Sorry, we're having technical trouble. Please hold for the next available agent."
 
 
-@register
 class TwilioVoice:
-    name: ClassVar[str] = "voice"
+    traits: ClassVar[ChannelTraits] = ChannelTraits(
+        name="voice", identity="phone", prompt_style="keys", default_capacity=1,
+        idles_out=False, carrier_keywords=False, agent_can_type=False, route_prefix=BASE,
+        end_outcome="hung_up_in_ivr")
 
     def __init__(self, config: ChannelConfig, handle: HandleInbound):
         self._signature = TwilioSignature(config.twilio_auth_token, config.public_url)
         self._handle = handle
         self._fallback_queue: Callable[[], str] = config.fallback_queue
+        self._twilio = twilio_of(config)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post(BASE, self.incoming), web.post(f"{BASE}/gather", self.gathered),
@@ -82,6 +92,16 @@ class TwilioVoice:
             await self._record(_inbound(form, "end", form["CallStatus"], f"{form['CallSid']}:end"))
         return _twiml(EMPTY)
 
+    async def send_text(self, to: Destination, text: str) -> str | None:
+        raise DeliveryFailed("not_text", "this contact is a phone call")
+
+    async def connect_agent(self, to: Destination, agent: AgentLine, hello: str) -> None:
+        """Take the call out of Twilio's queue and ring the agent."""
+        await self._twilio.bridge_call(to.thread or "", agent)
+
+    async def close(self, to: Destination) -> None:
+        return None  # the call ends when either side hangs up
+
     async def _form(self, request: web.Request):
         form = await self._signature.verified_form(request)
         missing = [k for k in ("CallSid", "From", "To") if not form.get(k)]
@@ -109,7 +129,7 @@ def _inbound(form, kind: str, text: str, dedupe_key: str | None,
              confidence: float | None = None) -> Inbound:
     return Inbound(channel="voice", address=form["From"], service_address=form["To"], text=text,
                    dedupe_key=dedupe_key, kind=kind, thread=form["CallSid"],
-                   input_confidence=confidence,
+                   input_confidence=confidence, identity=TwilioVoice.traits.identity,
                    provider={k: form[k] for k in ("CallSid", "AccountSid") if k in form})
 
 

@@ -1,4 +1,4 @@
-"""Web chat: WebSocket frames <-> Inbound / Reply (DESIGN.md section 3).
+"""Web chat: WebSocket frames <-> Inbound / Reply (frames in docs/interfaces.md).
 
 A session token names the conversation; reconnecting with it resumes the same contact and
 replays its transcript. A visitor is linked to a known customer only when the host site
@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 import structlog
 from aiohttp import WSCloseCode, web
 
-from channels.base import ChannelConfig, HandleInbound, register
-from service.model import Inbound, Reply
+from channels.base import ChannelConfig, HandleInbound
+from service.model import AgentLine, ChannelTraits, Destination, Inbound, Reply
 from service.websocket import RateLimit, open_socket, parse_frame, relay, send_error
 
 log = structlog.get_logger(__name__)
@@ -31,13 +31,15 @@ SESSION = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 RATE_PER_S, BURST = 2.0, 6
 
 
-@register
 class WebChat:
-    name: ClassVar[str] = "chat"
+    traits: ClassVar[ChannelTraits] = ChannelTraits(
+        name="chat", identity="web", prompt_style="buttons", default_capacity=3, idles_out=False,
+        carrier_keywords=False, agent_can_type=True, route_prefix="/chat")
 
     def __init__(self, config: ChannelConfig, handle: HandleInbound):
         self._handle = handle
         self._subscribe = config.subscribe
+        self._publish = config.publish
         self._secret = config.chat_identity_secret.encode()
         own = urlsplit(config.public_url)
         self._origins = frozenset(config.chat_origins) | {f"{own.scheme}://{own.netloc}".lower()}
@@ -68,6 +70,18 @@ class WebChat:
                 await _send_reply(ws, reply)
                 await self._serve(ws, session, address)
         return ws
+
+    async def send_text(self, to: Destination, text: str) -> str | None:
+        await self._publish(f"chat:{to.thread}", {"type": "message", "from": "agent",
+                                                  "text": text})
+        return None
+
+    async def connect_agent(self, to: Destination, agent: AgentLine, hello: str) -> None:
+        await self._publish(f"chat:{to.thread}", {"type": "status", "state": "with_agent"})
+        await self.send_text(to, hello)
+
+    async def close(self, to: Destination) -> None:
+        await self._publish(f"chat:{to.thread}", {"type": "status", "state": "closed"})
 
     async def shutdown(self) -> None:
         for ws in list(self._sockets):
@@ -122,7 +136,7 @@ class WebChat:
 
     async def _turn(self, ws, session: str, address: str, kind: str, text: str) -> Reply | None:
         inbound = Inbound(channel="chat", address=address, service_address="web", text=text,
-                          kind=kind, thread=session)
+                          kind=kind, thread=session, identity=self.traits.identity)
         try:
             return await self._handle(inbound)
         except Exception:

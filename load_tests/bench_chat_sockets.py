@@ -10,7 +10,8 @@ customer messages on random sockets (20 at a time) and times each until its repl
 frame, then closes them. Reports the server's resident memory before and with all sockets
 open (per socket), how long opening took, and message latency percentiles. "on" means the
 client offers permessage-deflate as browsers do (the server accepts it by default); "off"
-offers none. Results go in load_tests/REPORTS.md. Needs a hard `ulimit -n` above --sockets plus a few hundred.
+offers none. Results go in load_tests/REPORTS.md. Needs a hard `ulimit -n` above --sockets
+plus a few hundred.
 """
 
 from __future__ import annotations

@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
 
-from service.reporting import reports  # noqa: E402
 from service.infra.migrate import migrate  # noqa: E402
+from service.reporting import reports  # noqa: E402
 from service.reporting.reports import ReportRules, Window  # noqa: E402
 from service.rules.loader import load_rules  # noqa: E402
 

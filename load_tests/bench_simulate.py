@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT / "load_tests"))
 import asyncpg  # noqa: E402
 from bench_reports import database, examples_by_type, fill  # noqa: E402
 
-from service.reporting import simulate  # noqa: E402
 from service.infra.migrate import migrate  # noqa: E402
+from service.reporting import simulate  # noqa: E402
 from service.reporting.reports import Window  # noqa: E402
 from service.rules.loader import load_rules  # noqa: E402
 

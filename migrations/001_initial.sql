@@ -19,7 +19,7 @@ CREATE TABLE customer_identities (
 );
 CREATE INDEX customer_identities_customer ON customer_identities (customer_id);
 
--- One conversation of one customer on one channel (DESIGN.md section 5).
+-- One conversation of one customer on one channel (docs/interfaces.md, metric definitions).
 CREATE TABLE contacts (
     id                uuid PRIMARY KEY,
     customer_id       uuid NOT NULL,

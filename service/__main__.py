@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from service.model import CHANNEL_NAMES
 from service.rules.yamlfile import ConfigError
 from service.settings import Settings, SettingsError, settings_from_env
 
@@ -79,8 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     agent_add = agents.add_parser("add", help="add an agent; prints their token (shown once)")
     agent_add.add_argument("name")
     agent_add.add_argument("--skills", required=True, help="comma-separated, e.g. care,orders")
-    agent_add.add_argument("--capacity", default="voice=1,chat=3,sms=3",
-                           help="contacts at once per channel (default voice=1,chat=3,sms=3)")
+    agent_add.add_argument("--capacity", default="",
+                           help="contacts at once per channel, e.g. voice=1,chat=2 (a channel "
+                                "left out takes its default)")
     agent_add.add_argument("--phone", help="E.164 number accepted calls are bridged to")
     agent_add.set_defaults(func=cmd_agents_add)
 
@@ -421,11 +423,12 @@ def cmd_agents_add(args: argparse.Namespace, settings: Settings) -> int:
 
     skills = [s.strip() for s in args.skills.split(",") if s.strip()]
     try:
-        capacity = {k: int(v) for k, v in (_split(p) for p in args.capacity.split(","))}
-        unknown = set(capacity) - {"voice", "chat", "sms"}
+        capacity = {k: int(v) for k, v in (_split(p) for p in args.capacity.split(",") if p)}
+        unknown = set(capacity) - set(CHANNEL_NAMES)
         if unknown or any(v < 0 for v in capacity.values()):
-            raise ValueError(f"capacity takes voice, chat and sms with whole numbers, got "
-                             f"{args.capacity!r}")
+            names = sorted(CHANNEL_NAMES)
+            raise ValueError(f"capacity takes {', '.join(names[:-1])} and {names[-1]} with "
+                             f"whole numbers, got {args.capacity!r}")
     except ValueError as exc:
         print(f"switchboard: {exc}", file=sys.stderr)
         return 2

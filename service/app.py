@@ -16,16 +16,20 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from channels import twilio_sms, twilio_voice, webchat  # noqa: F401  (register the channels)
-from channels.base import REGISTRY, ChannelConfig
+from channels.base import Channel, ChannelConfig
+from channels.twilio_rest import TwilioRest
+from channels.twilio_sms import TwilioSms
+from channels.twilio_voice import TwilioVoice
+from channels.twilio_whatsapp import TwilioWhatsApp
+from channels.webchat import WebChat
 from service import WEB_DIR
 from service.agents.bus import Bus
 from service.agents.desk import AgentDesk
-from service.agents.queues import QueueLoad, Router
+from service.agents.queues import Dispatcher, QueueLoad
 from service.appkeys import (
     AGENT_DESK,
     BUS,
-    CHANNELS,
+    CHANNEL_LIST,
     CONVERSATIONS,
     EVENTS,
     HANDOFF,
@@ -37,7 +41,6 @@ from service.appkeys import (
     ROUTER,
     RULES,
     SETTINGS,
-    TWILIO,
 )
 from service.conversations.context import ContextStore
 from service.conversations.conversation import Conversations
@@ -48,8 +51,7 @@ from service.infra.ids import new_hex
 from service.infra.migrate import migrate
 from service.infra.redis_batch import batcher_for
 from service.infra.redis_url import client_for, close_client, subscriber_for
-from service.infra.twilio_rest import TwilioRest
-from service.model import Inbound, Reply
+from service.model import CHANNEL_NAMES, ChannelTraits, Inbound, Reply
 from service.reporting import metrics, ops_api, partitions
 from service.reporting.events import EventWriter
 from service.rules.flows import HttpLookups
@@ -64,21 +66,29 @@ HANDOFF_SWEEP_INTERVAL_S = 1
 QUEUE_LOAD_INTERVAL_S = 1  # how old the waiting.<queue> figures routing sees may be
 TURN_TIMEOUT_S = 10  # well inside Twilio's 15 s, so the caller still gets the fallback TwiML
 
+# The channels, one line each: nothing registers itself by being imported.
+CHANNEL_TYPES: tuple[type[Channel], ...] = (TwilioSms, TwilioVoice, WebChat, TwilioWhatsApp)
+assert sorted(c.traits.name for c in CHANNEL_TYPES) == sorted(CHANNEL_NAMES), \
+    "every channel value of service.model.ChannelName has exactly one channel"
+
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes,
                           middlewares=[request_context, never_5xx_to_twilio])
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([postgres, redis_client, rules, event_writer, messaging,
+    twilio = TwilioRest(settings.twilio_account_sid, settings.twilio_auth_token,
+                        settings.twilio_api_base_url)
+    app.cleanup_ctx.extend([postgres, redis_client, rules, event_writer, messaging(twilio),
                             flow_lookups, conversations, background_sweeps])
     config = ChannelConfig(settings.public_url, settings.twilio_auth_token,
                            fallback_queue=lambda: default_queue(app),
                            subscribe=lambda topic: app[BUS].subscription(topic),
+                           publish=lambda topic, frame: app[BUS].publish(topic, frame),
                            chat_identity_secret=settings.chat_identity_secret,
-                           chat_origins=settings.chat_origins)
-    app[CHANNELS] = [cls(config, lambda inbound: handle_turn(app, inbound))
-                     for cls in REGISTRY.values()]
-    for channel in app[CHANNELS]:
+                           chat_origins=settings.chat_origins, twilio=twilio)
+    app[CHANNEL_LIST] = [cls(config, lambda inbound: handle_turn(app, inbound))
+                         for cls in CHANNEL_TYPES]
+    for channel in app[CHANNEL_LIST]:
         app.router.add_routes(channel.routes())
     app.router.add_routes(api.routes())
     app.router.add_routes(ops_api.routes())
@@ -154,7 +164,7 @@ async def never_5xx_to_twilio(request: web.Request, handler) -> web.StreamRespon
 async def close_websockets(app: web.Application) -> None:
     if AGENT_DESK in app:
         await app[AGENT_DESK].close_all()
-    for channel in app[CHANNELS]:
+    for channel in app[CHANNEL_LIST]:
         if hasattr(channel, "shutdown"):
             await channel.shutdown()
 
@@ -224,15 +234,18 @@ async def event_writer(app: web.Application) -> AsyncIterator[None]:
     await writer.close()
 
 
-async def messaging(app: web.Application) -> AsyncIterator[None]:
-    """The pub/sub bus between instances and the Twilio REST client for outbound messages."""
-    settings = app[SETTINGS]
-    app[BUS] = Bus(app[REDIS], subscriber_for(app[REDIS]))
-    app[TWILIO] = TwilioRest(settings.twilio_account_sid, settings.twilio_auth_token,
-                             settings.twilio_api_base_url)
-    yield
-    await app[BUS].close()
-    await app[TWILIO].close()
+def messaging(twilio: TwilioRest):
+    """The pub/sub bus between instances, and closing the Twilio channels' REST client."""
+    async def resource(app: web.Application) -> AsyncIterator[None]:
+        app[BUS] = Bus(app[REDIS], subscriber_for(app[REDIS]))
+        yield
+        await app[BUS].close()
+        await twilio.close()
+    return resource
+
+
+def channel_traits(app: web.Application) -> dict[str, ChannelTraits]:
+    return {channel.traits.name: channel.traits for channel in app[CHANNEL_LIST]}
 
 
 async def flow_lookups(app: web.Application) -> AsyncIterator[None]:
@@ -245,30 +258,38 @@ async def flow_lookups(app: web.Application) -> AsyncIterator[None]:
 async def conversations(app: web.Application) -> AsyncIterator[None]:
     pool, settings = app[PG], app[SETTINGS]
     current_rules = lambda: app[RULES].current  # noqa: E731
-    context = ContextStore(app[REDIS_BATCH], settings.sms_idle_timeout_s)
-    app[ROUTER] = Router(app[REDIS_BATCH], settings.offer_timeout_s)
+    traits = channel_traits(app)
+    context = idle_context(app)
+    app[ROUTER] = Dispatcher(app[REDIS_BATCH], settings.offer_timeout_s,
+                             {name: t.default_capacity for name, t in traits.items()})
     app[QUEUE_LOAD] = QueueLoad(app[ROUTER], lambda: current_rules().tree.queues)
     app[HANDOFF] = Handoff(current_rules, context, app[ROUTER], app[BUS], app[EVENTS],
-                           app[TWILIO])
+                           {channel.traits.name: channel for channel in app[CHANNEL_LIST]})
     app[CONVERSATIONS] = Conversations(
         rules=current_rules, context=context, handoff=app[HANDOFF], events=app[EVENTS],
-        find_customer=lambda kind, value: find_customer(pool, kind, value),
+        channels=traits, find_customer=lambda kind, value: find_customer(pool, kind, value),
         lookups=app[LOOKUPS], queue_load=lambda: app[QUEUE_LOAD].waiting)
     app[AGENT_DESK] = AgentDesk(pool, app[HANDOFF], app[BUS], lambda: [
         {"id": t.id, "label": t.label} for t in current_rules().catalog.types.values()])
     yield
 
 
+def idle_context(app: web.Application) -> ContextStore:
+    """The conversation store, with the idle timeout for the channels that idle out."""
+    return ContextStore(app[REDIS_BATCH], app[SETTINGS].sms_idle_timeout_s,
+                        [name for name, t in channel_traits(app).items() if t.idles_out])
+
+
 async def background_sweeps(app: web.Application) -> AsyncIterator[None]:
     """Housekeeping every instance runs; Redis decides which instance acts on what."""
-    context = ContextStore(app[REDIS_BATCH], app[SETTINGS].sms_idle_timeout_s)
+    context = idle_context(app)
 
-    async def end_idle_sms() -> None:
+    async def end_idle() -> None:
         now = time.time()
         for key in await context.idle_conversations(now):
             await app[CONVERSATIONS].end_idle(key, now)
 
-    tasks = [asyncio.create_task(_every(IDLE_SWEEP_INTERVAL_S, end_idle_sms, "sms.idle_sweep")),
+    tasks = [asyncio.create_task(_every(IDLE_SWEEP_INTERVAL_S, end_idle, "idle_sweep")),
              asyncio.create_task(_every(HANDOFF_SWEEP_INTERVAL_S, app[HANDOFF].sweep,
                                         "handoff.sweep")),
              asyncio.create_task(_every(QUEUE_LOAD_INTERVAL_S, app[QUEUE_LOAD].refresh,

@@ -2,16 +2,15 @@
 
 import asyncpg
 import redis.asyncio as redis
-from redis.asyncio.cluster import RedisCluster
 from aiohttp import web
+from redis.asyncio.cluster import RedisCluster
 
 from service.agents.bus import Bus
 from service.agents.desk import AgentDesk
-from service.agents.queues import QueueLoad, Router
+from service.agents.queues import Dispatcher, QueueLoad
 from service.conversations.conversation import Conversations
 from service.conversations.handoff import Handoff
 from service.infra.redis_batch import ClusterBatcher, CommandBatcher
-from service.infra.twilio_rest import TwilioRest
 from service.reporting.events import EventWriter
 from service.rules.flows import HttpLookups
 from service.rules.holder import RulesHolder
@@ -24,11 +23,10 @@ REDIS_BATCH = web.AppKey("redis_batch", CommandBatcher | ClusterBatcher)
 RULES = web.AppKey("rules", RulesHolder)
 EVENTS = web.AppKey("events", EventWriter)
 BUS = web.AppKey("bus", Bus)
-TWILIO = web.AppKey("twilio", TwilioRest)
-ROUTER = web.AppKey("router", Router)
+ROUTER = web.AppKey("router", Dispatcher)
 QUEUE_LOAD = web.AppKey("queue_load", QueueLoad)
 HANDOFF = web.AppKey("handoff", Handoff)
 LOOKUPS = web.AppKey("lookups", HttpLookups)
 CONVERSATIONS = web.AppKey("conversations", Conversations)
 AGENT_DESK = web.AppKey("agent_desk", AgentDesk)
-CHANNELS = web.AppKey("channels", list)
+CHANNEL_LIST = web.AppKey("channel_list", list)  # the channel instances, in listed order

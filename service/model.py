@@ -1,4 +1,5 @@
-"""The channel-neutral model: what channels hand in (Inbound) and get back (Reply).
+"""The channel-neutral model: what channels hand in (Inbound) and get back (Reply), the traits a
+channel declares to the core, and the outbound calls the core makes through a channel.
 
 Channels import only this module. Provider fields are mapped into these at the edge.
 """
@@ -6,9 +7,16 @@ Channels import only this module. Provider fields are mapped into these at the e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Protocol, get_args
 
-ChannelName = Literal["sms", "voice", "chat"]
+# The one list of channel values the core knows (routing's `channel = x`, events, reports);
+# each is declared by exactly one channel module, listed in the composition root.
+ChannelName = Literal["sms", "voice", "chat", "whatsapp"]
+CHANNEL_NAMES: tuple[str, ...] = get_args(ChannelName)
+IdentityKind = Literal["phone", "web"]  # which customer key an address is
+# text: typed replies ("Reply YES or NO", numbered lists); buttons: choices in a widget;
+# keys: a phone menu (press 1, say yes).
+PromptStyle = Literal["text", "buttons", "keys"]
 ContactState = Literal["self_service", "queued", "with_agent", "closed"]
 # message: words typed or spoken; digits: keypad; start: a call or chat begins;
 # no_input: the customer said nothing; wait: a queued caller's hold loop asks for news;
@@ -27,6 +35,7 @@ class Inbound:
     thread: str | None = None  # tells apart concurrent conversations of one address (CallSid)
     input_confidence: float | None = None  # the speech recogniser's own confidence
     provider: Mapping[str, str] = field(default_factory=dict)  # raw fields kept for the record
+    identity: IdentityKind = "web"  # what the address is (the channel's traits say)
     # The text before redaction, set only when something was masked: for a self-service
     # look-up in this turn, never stored, logged or shown (see conversations/redaction.py).
     unmasked: str | None = field(default=None, repr=False, compare=False)
@@ -67,3 +76,69 @@ class Reply:
         return cls(**{**data, "messages": tuple(data.get("messages", ())),
                       "history": tuple(data.get("history", ())),
                       "choices": tuple(Choice(**c) for c in data.get("choices", ()))})
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelTraits:
+    """What the core needs to know about a channel, declared by the channel itself."""
+    name: ChannelName
+    identity: IdentityKind  # "phone": an E.164 number shared with the other phone channels
+    prompt_style: PromptStyle
+    default_capacity: int  # contacts of this channel an agent takes at once unless configured
+    idles_out: bool  # a quiet conversation ends after the idle timeout (texting channels)
+    carrier_keywords: bool  # STOP / START / HELP are the carrier's opt-out keywords
+    agent_can_type: bool  # an agent's typed messages reach the customer (not on a call)
+    route_prefix: str  # every HTTP route of the channel is under this path
+    end_outcome: str = "customer_left"  # the outcome of a contact the customer ends in self-service
+    reply_window_s: int | None = None  # agents may write only this long after the customer did
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """One contact as an outbound call sees it: who, from which of our addresses, which thread."""
+    contact_id: str
+    address: str
+    service_address: str
+    thread: str | None = None
+    customer_last_at: float | None = None  # when the customer last wrote (for reply windows)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentLine:
+    """How an agent is reached when a call is connected to them."""
+    id: str
+    name: str
+    phone: str | None = None
+    client_identity: str | None = None
+
+
+class DeliveryFailed(Exception):
+    """An outbound call the provider refused or could not take; `code` is the provider's."""
+
+    def __init__(self, reason: str, message: str, code: str | None = None,
+                 retryable: bool = False):
+        super().__init__(message)
+        self.reason = reason  # outside_window, not_text, refused, unreachable
+        self.code = code  # e.g. Twilio's "63016": outside WhatsApp's 24-hour window
+        self.retryable = retryable
+
+
+class Outbound(Protocol):
+    """The channel's outbound side: thin calls, no retries (the caller decides about those)."""
+
+    async def send_text(self, to: Destination, text: str) -> str | None:
+        """Deliver an agent's text; the provider's message id when it has one."""
+        ...
+
+    async def connect_agent(self, to: Destination, agent: AgentLine, hello: str) -> None:
+        """The agent accepted: bridge the call, or tell the customer who they talk with."""
+        ...
+
+    async def close(self, to: Destination) -> None:
+        """The agent wrapped the contact up."""
+        ...
+
+
+class OutboundChannel(Outbound, Protocol):
+    """A channel as the core sees it: its traits and its outbound side."""
+    traits: ChannelTraits

@@ -35,7 +35,7 @@ async def test_agents_add_prints_the_token_alone_on_its_last_line(monkeypatch, c
 def test_agents_add_rejects_bad_capacity(monkeypatch, capsys, database_url, redis_url):
     use_servers(monkeypatch, database_url, redis_url)
     assert main(["agents", "add", "Dana", "--skills", "care", "--capacity", "fax=2"]) == 2
-    assert "capacity takes voice, chat and sms" in capsys.readouterr().err
+    assert "capacity takes chat, sms, voice and whatsapp" in capsys.readouterr().err
 
 
 def test_rules_test_prints_the_decision_and_route_path(capsys):

@@ -9,7 +9,7 @@ from typing import AsyncIterator
 
 import pytest
 
-from service.agents.queues import Router
+from service.agents.queues import Dispatcher
 from service.infra.redis_batch import CommandBatcher
 
 QUEUES = ["general", "billing", "vip"]
@@ -23,7 +23,7 @@ def entry(queue: str, skills: list[str], channel: str = "chat", priority: int = 
             "enqueued_at": enqueued_at or time.time(), "context": {"transcript": []}}
 
 
-async def agent(router: Router, name: str, skills: list[str], available: bool = True,
+async def agent(router: Dispatcher, name: str, skills: list[str], available: bool = True,
                 capacity: dict | None = None) -> str:
     agent_id = f"{name}-{uuid.uuid4().hex[:6]}"
     await router.register_agent({"id": agent_id, "name": name, "skills": skills,
@@ -33,7 +33,7 @@ async def agent(router: Router, name: str, skills: list[str], available: bool = 
     return agent_id
 
 
-async def enqueue(router: Router, e: dict) -> dict:
+async def enqueue(router: Dispatcher, e: dict) -> dict:
     await router.enqueue(e["queue"], e["priority"], e)
     return e
 
@@ -46,8 +46,8 @@ async def batcher(redis_url, redis_client) -> AsyncIterator[CommandBatcher]:
 
 
 @pytest.fixture
-def router(batcher) -> Router:
-    return Router(batcher, offer_timeout_s=30)
+def router(batcher) -> Dispatcher:
+    return Dispatcher(batcher, offer_timeout_s=30)
 
 
 async def test_offers_go_to_agents_with_every_needed_skill(router):
@@ -132,7 +132,7 @@ async def test_declined_offer_goes_to_the_next_agent(router):
 
 
 async def test_an_offer_not_accepted_in_time_goes_to_the_next_agent(batcher):
-    router = Router(batcher, offer_timeout_s=0.2)
+    router = Dispatcher(batcher, offer_timeout_s=0.2)
     await agent(router, "a", ["care"])
     await agent(router, "b", ["care"])
     contact = await enqueue(router, entry("general", ["care"]))
@@ -163,7 +163,7 @@ async def test_queue_timeout_moves_contacts_to_the_overflow_queue(router):
 
 async def test_two_instances_racing_offer_and_assign_a_contact_once(redis_url, redis_client):
     batchers = [CommandBatcher.from_url(redis_url) for _ in range(4)]  # one per instance
-    routers = [Router(b, offer_timeout_s=30) for b in batchers]
+    routers = [Dispatcher(b, offer_timeout_s=30) for b in batchers]
     agents = [await agent(routers[0], f"a{i}", ["care"], capacity={"chat": 1}) for i in range(3)]
     contact = await enqueue(routers[0], entry("general", ["care"]))
     rounds = await asyncio.gather(*(r.dispatch(QUEUES) for r in routers))

@@ -20,6 +20,7 @@ class TwilioStandIn:
     messages: list[dict[str, str]] = field(default_factory=list)
     call_updates: list[dict[str, str]] = field(default_factory=list)
     fail_with: int | None = None
+    refuse_with_code: int | None = None  # a Twilio error code, answered as Twilio's 400 does
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -30,6 +31,11 @@ class TwilioStandIn:
     async def _message(self, request: web.Request) -> web.Response:
         if self.fail_with:
             return web.json_response({"code": 20003, "message": "nope"}, status=self.fail_with)
+        if self.refuse_with_code:
+            return web.json_response({"code": self.refuse_with_code, "status": 400,
+                                      "message": "Twilio refused the message",
+                                      "more_info": "https://www.twilio.com/docs/errors/"
+                                                   f"{self.refuse_with_code}"}, status=400)
         form = dict(await request.post())
         self.messages.append(form)
         return web.json_response({"sid": f"SM{next(_sids):032d}", "status": "queued",

@@ -1,7 +1,7 @@
 """Agents: the directory in PostgreSQL and the agent WebSocket at /agent/ws.
 
 The first frame authenticates (only a SHA-256 of each token is stored); then the socket
-carries presence, offers, accept/decline, messages and wrap-up (DESIGN.md section 3). Frames
+carries presence, offers, accept/decline, messages and wrap-up (docs/interfaces.md). Frames
 for an agent reach it through the bus, whichever instance produced them.
 """
 
@@ -18,7 +18,6 @@ import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from service.agents.bus import Bus
-from service.agents.queues import DEFAULT_CAPACITY
 from service.conversations.handoff import Handoff, HandoffError, offer_frame
 from service.infra.tokens import hash_token, new_token
 from service.websocket import RateLimit, open_socket, parse_frame, relay, send_error
@@ -33,12 +32,13 @@ AUTH_TIMEOUT_S = 10
 
 async def add_agent(conn: asyncpg.Connection, name: str, skills: list[str],
                     capacity: dict[str, int] | None = None, phone: str | None = None) -> str:
-    """Store a new agent; return their token (shown once, only its hash is kept)."""
+    """Store a new agent; return their token (shown once, only its hash is kept). Channels
+    `capacity` leaves out take their default (ChannelTraits.default_capacity)."""
     token = new_token("agent")
     await conn.execute(
         "INSERT INTO agents (id, name, skills, capacity, phone, token_hash) "
         "VALUES ($1, $2, $3, $4::jsonb, $5, $6)",
-        uuid.uuid4(), name, sorted(set(skills)), json.dumps(capacity or DEFAULT_CAPACITY),
+        uuid.uuid4(), name, sorted(set(skills)), json.dumps(capacity or {}),
         phone, hash_token(token))
     return token
 
@@ -101,12 +101,12 @@ class AgentDesk:
         state = await router.agent_state(agent["id"])
         await ws.send_json({"type": "ready", "agent": {
             "id": agent["id"], "name": agent["name"], "skills": agent["skills"],
-            "capacity": agent["capacity"], "status": state.get("status", "away")},
+            "capacity": router.capacity_of(agent), "status": state.get("status", "away")},
             "contact_types": self._contact_types()})
         for contact_id in await router.assignments_for(agent["id"]):  # re-sync after reconnect
             found = await self._handoff.conversation(contact_id)
             if found:
-                await ws.send_json(_assigned_from_conversation(found[1]))
+                await ws.send_json(self._handoff.assigned_frame(found[1]))
         for contact_id in await router.offers_for(agent["id"]):
             entry = await router.entry(contact_id)
             if entry:
@@ -166,17 +166,6 @@ class AgentDesk:
     async def close_all(self) -> None:
         for ws in list(self.sockets):
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
-
-
-def _assigned_from_conversation(conv: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "assigned", "contact_id": conv["contact_id"], "channel": conv["channel"],
-            "queue": conv.get("queue"), "reason": conv.get("reason"),
-            "context": {"customer": {"id": conv["customer_id"], "address": conv["address"],
-                                     "attributes": conv.get("attributes", {})},
-                        "channel": conv["channel"], "contact_type": conv.get("contact_type"),
-                        "confidence": conv.get("confidence"), "reason": conv.get("reason"),
-                        "transcript": conv["transcript"], "self_service_steps": conv["steps"],
-                        "earlier_contacts": conv.get("earlier", [])}}
 
 
 async def _error(ws: web.WebSocketResponse, code: str, message: str, frame: Any = None) -> None:

@@ -22,7 +22,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from redis.exceptions import ResponseError
 
@@ -31,8 +31,6 @@ from service.reporting import metrics
 
 PREFIX = "sb:{routing}:"
 PRIORITY_SCALE = 10**13  # above any epoch-millisecond value, so priority always dominates
-CHANNELS = ("voice", "chat", "sms")
-DEFAULT_CAPACITY = {"voice": 1, "chat": 3, "sms": 3}
 DECLINED_TTL_S = 120
 
 # Offers contacts (priority, then wait) to the longest-idle available agent with every skill
@@ -193,7 +191,7 @@ class QueueLoad:
     """Contacts waiting per queue as of the last refresh (every second, by each instance), so
     that routing on queue load costs a turn no Redis round trip of its own."""
 
-    def __init__(self, router: "Router", queues: Callable[[], Iterable[str]]):
+    def __init__(self, router: "Dispatcher", queues: Callable[[], Iterable[str]]):
         self._router = router
         self._queues = queues
         self.waiting: dict[str, int] = {}
@@ -204,9 +202,14 @@ class QueueLoad:
             metrics.QUEUE_WAITING.labels(queue).set(count)
 
 
-class Router:
-    def __init__(self, batcher: CommandBatcher, offer_timeout_s: float = 20):
+class Dispatcher:
+    """Assigns waiting contacts to agents: queues, presence, capacity, offers, in Redis."""
+
+    def __init__(self, batcher: CommandBatcher, offer_timeout_s: float = 20,
+                 default_capacity: Mapping[str, int] | None = None):
         self.batcher = batcher
+        # Per channel, from its traits: what an agent takes when their own capacity says nothing.
+        self._default_capacity = dict(default_capacity or {})
         self.offer_timeout_s = offer_timeout_s
         self._dispatch = _Script(DISPATCH)
         self._accept = _Script(ACCEPT)
@@ -365,14 +368,21 @@ class Router:
     # ---- agents --------------------------------------------------------------------------
 
     async def register_agent(self, agent: dict[str, Any]) -> None:
-        """Refresh an agent's skills and capacity when they connect; load survives reconnects."""
+        """Refresh an agent's skills and capacity when they connect; load survives reconnects.
+        A channel the agent's capacity does not name gets the channel's default."""
         key = f"{PREFIX}agent:{agent['id']}"
         fields: list[Any] = ["name", agent["name"], "skills", json.dumps(sorted(agent["skills"]))]
-        for channel in CHANNELS:
-            fields += [f"cap_{channel}", int(agent["capacity"].get(channel, 0))]
+        capacity = self.capacity_of(agent)
+        for channel, slots in capacity.items():
+            fields += [f"cap_{channel}", slots]
         await self._transaction(
-            ("HSET", key, *fields), *(("HSETNX", key, f"load_{c}", 0) for c in CHANNELS),
+            ("HSET", key, *fields), *(("HSETNX", key, f"load_{c}", 0) for c in capacity),
             ("HSETNX", key, "status", "away"))
+
+    def capacity_of(self, agent: dict[str, Any]) -> dict[str, int]:
+        """Contacts at once per channel: the agent's own figures over the channels' defaults."""
+        return {**self._default_capacity,
+                **{c: int(n) for c, n in (agent.get("capacity") or {}).items()}}
 
     async def set_presence(self, agent_id: str, status: str) -> None:
         now = int(time.time() * 1000)

@@ -5,14 +5,17 @@ open conversations, idempotency keys, opt-out) shares the hash tag of that addre
 everything about one customer shares `{cust:<id>}`.
 
     sb:{phone:+15551234567}:ident                  JSON customer link (id, attributes)  30 days
-    sb:{phone:+15551234567}:conv:sms:<to>          JSON open conversation state   idle timeout + 1 day
-    sb:{phone:+15551234567}:conv:voice:<CallSid>   the same for a call (chat: per session)
+    sb:{phone:+15551234567}:conv:<channel>:<to>    JSON open conversation   idle timeout + 1 day
+    sb:{phone:+15551234567}:conv:<channel>:<thread>  the same for a call or chat session
     sb:{phone:+15551234567}:seen:<delivery id>     reply already given for a delivery   1 day
-    sb:{phone:+15551234567}:optout:sms             present after STOP
+    sb:{phone:+15551234567}:optout:<channel>       present after STOP
     sb:{phone:+15551234567}:contacts               HASH contact id -> summary           30 days
     sb:{contact:<id>}:conv                         contact id -> conversation key
     sb:{cust:<id>}:contacts                        HASH contact id -> summary           30 days
     sb:sms:idle                                    ZSET conversation key -> last message time
+                                                   (every channel that idles out; the name
+                                                   predates the others and running
+                                                   deployments hold it)
 
 A turn costs two round trips on the normal path, sent through the CommandBatcher so that
 concurrent turns share writes to Redis. That is why a contact's summary is written to the
@@ -28,7 +31,7 @@ import asyncio
 import functools
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import orjson
 
@@ -50,18 +53,17 @@ _dumps = functools.partial(orjson.dumps, option=orjson.OPT_NON_STR_KEYS)
 
 def identity_of(inbound: Inbound) -> tuple[str, str]:
     """(kind, value) that identifies the customer behind an inbound message."""
-    return address_identity(inbound.channel, inbound.address)
-
-
-def address_identity(channel: str, address: str) -> tuple[str, str]:
-    return ("phone" if channel in ("sms", "voice") else "web"), address
+    return inbound.identity, inbound.address
 
 
 def identities_of(conv: dict[str, Any]) -> list[tuple[str, str]]:
-    """Every address of the conversation's customer (just its own for older states)."""
+    """Every address of the conversation's customer (just its own for older states, which
+    kept no kind: an E.164 number is a phone)."""
     known = conv.get("identities")
-    return [tuple(i) for i in known] if known else [address_identity(conv["channel"],
-                                                                    conv["address"])]
+    if known:
+        return [tuple(i) for i in known]
+    address = conv["address"]
+    return [("phone" if address.startswith("+") else "web", address)]
 
 
 def _tag(inbound: Inbound) -> str:
@@ -106,9 +108,11 @@ class TurnStart:
 
 
 class ContextStore:
-    def __init__(self, redis: CommandBatcher, idle_timeout_s: int):
+    def __init__(self, redis: CommandBatcher, idle_timeout_s: int,
+                 idles_out: Collection[str] = ()):
         self.redis = redis
         self.idle_timeout_s = idle_timeout_s
+        self._idles_out = frozenset(idles_out)  # channels whose quiet conversations end
 
     async def begin_turn(self, inbound: Inbound) -> TurnStart:
         """Round trip 1: claim the delivery, read conversation, identity, opt-out and the
@@ -211,7 +215,7 @@ class ContextStore:
         return None
 
     async def idle_conversations(self, now: float) -> list[str]:
-        """Claim SMS conversations idle past the timeout (ZREM decides which instance wins)."""
+        """Claim conversations idle past the timeout (ZREM decides which instance wins)."""
         [keys] = await self.redis.execute(("ZRANGEBYSCORE", IDLE_INDEX, 0,
                                            now - self.idle_timeout_s, "LIMIT", 0, 100))
         claimed = []
@@ -233,8 +237,8 @@ class ContextStore:
         ttl = self.idle_timeout_s + 86400
         commands = [("SET", key, _dumps(conversation), "EX", ttl),
                     ("SET", contact_index_key(contact_id), key, "EX", ttl)]
-        if conversation["channel"] == "sms" and conversation["status"] not in ("queued",
-                                                                                "with_agent"):
+        if conversation["channel"] in self._idles_out and \
+                conversation["status"] not in ("queued", "with_agent"):
             commands.append(("ZADD", IDLE_INDEX, conversation["last_at"], key))
         else:
             commands.append(("ZREM", IDLE_INDEX, key))

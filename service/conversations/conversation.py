@@ -20,9 +20,10 @@ from service.conversations.context import (
     identity_of,
     newest_first,
 )
-from service.conversations.handoff import Handoff
+from service.conversations.handoff import Handoff, agent_context
+from service.conversations.record import Conversation, new_conversation
 from service.infra.ids import new_uuid
-from service.model import Choice, Inbound, Reply
+from service.model import ChannelTraits, Choice, Inbound, PromptStyle, Reply
 from service.reporting.events import Event, EventWriter
 from service.rules.flows import (
     HttpLookups,
@@ -61,7 +62,7 @@ class Turn:
     inbound: Inbound
     rules: Rules
     now: float
-    conversation: dict[str, Any]
+    conversation: Conversation  # empty until the contact opens
     customer: dict[str, Any]
     events: list[Event] = field(default_factory=list)
     summary_changed: bool = False
@@ -102,7 +103,9 @@ class Turn:
 class Conversations:
     def __init__(self, rules: Callable[[], Rules], context: ContextStore, handoff: Handoff,
                  events: EventWriter, find_customer: FindCustomer, lookups: HttpLookups,
+                 channels: Mapping[str, ChannelTraits],
                  queue_load: Callable[[], Mapping[str, int]] = dict):
+        self._channels = channels
         self._rules = rules
         self._lookups = lookups
         self._queue_load = queue_load
@@ -144,7 +147,8 @@ class Conversations:
         now = time.time()
         conversation, customer, opted_out = start.conversation, start.customer, start.opted_out
         keyword = " ".join(inbound.text.upper().split())
-        if inbound.channel == "sms" and (keyword in STOP_WORDS | START_WORDS or opted_out):
+        if self._channels[inbound.channel].carrier_keywords and \
+                (keyword in STOP_WORDS | START_WORDS or opted_out):
             return await self._opt_in_out(inbound, keyword, conversation, customer, opted_out,
                                           now)
         if inbound.kind in ("end", "left_queue"):
@@ -199,7 +203,7 @@ class Conversations:
 
     async def _open_contact(self, turn: Turn) -> None:
         conv = turn.conversation
-        if conv and turn.channel == "sms" and conv["status"] != "queued" and \
+        if conv and self._channels[turn.channel].idles_out and conv["status"] != "queued" and \
                 turn.now - conv["last_at"] > self._context.idle_timeout_s:
             self._end(turn, "idle_timeout")
             turn.ended.append(conv)
@@ -208,14 +212,10 @@ class Conversations:
             conv["identities"] = turn.customer["identities"]  # ops may have moved one since
             return
         earlier = await self._earlier_contacts(turn)
-        conv.update(
-            contact_id=new_uuid(), customer_id=turn.customer["customer_id"],
-            channel=turn.channel, address=turn.inbound.address,
-            service_address=turn.inbound.service_address, thread=turn.inbound.thread,
-            started_at=turn.now, last_at=turn.now, status="new", turns=0, contact_type=None,
-            confidence=None, misses=0, menu=[], route_path=None, queue=None, reason=None,
-            outcome=None, transcript=[], steps=[], attributes=turn.customer.get("attributes", {}),
-            identities=turn.customer["identities"], earlier=earlier[:10])
+        conv.update(new_conversation(
+            contact_id=new_uuid(), customer=turn.customer, channel=turn.channel,
+            address=turn.inbound.address, service_address=turn.inbound.service_address,
+            thread=turn.inbound.thread, now=turn.now, earlier=earlier[:10]))
         turn.summary_changed = True
         turn.record("contact_started", address=turn.inbound.address,
                     service_address=turn.inbound.service_address, thread=turn.inbound.thread)
@@ -236,7 +236,7 @@ class Conversations:
         conv, inbound = turn.conversation, turn.inbound
         if inbound.kind == "start":
             return self._resume(turn) if conv["turns"] > 1 else self._greet(turn)
-        if turn.channel == "sms" and keyword in HELP_WORDS:
+        if self._channels[turn.channel].carrier_keywords and keyword in HELP_WORDS:
             return turn.reply(prompts.SMS_HELP)
         if conv["status"] == "queued":
             await self._router.append_message(conv["contact_id"], conv["transcript"][-1])
@@ -267,7 +267,7 @@ class Conversations:
         return await self._missed(turn, understood.ranked, understood.reason)
 
     def _resume(self, turn: Turn) -> Reply:
-        """A chat reconnects with its session: the same contact, its transcript replayed."""
+        """A session reconnects with its token: the same contact, its transcript replayed."""
         conv = turn.conversation
         state = conv["status"] if conv["status"] in ("queued", "with_agent") else "self_service"
         return turn.reply(state=state, history=tuple(conv["transcript"]))
@@ -278,11 +278,11 @@ class Conversations:
         if earlier:
             conv.update(status="confirming_repeat", repeat_of=earlier)
             return turn.reply(prompts.repeat_greeting(catalog.label(earlier["contact_type"]),
-                                                      turn.channel),
+                                                      self._style(turn)),
                               choices=YES_NO, expects_input=True)
         conv["status"] = "menu"
-        menu = _digit_menu(turn) if turn.channel == "voice" else ()  # chat and SMS: free text
-        return turn.reply(prompts.greeting(catalog, turn.channel), choices=menu,
+        menu = _digit_menu(turn) if self._style(turn) == "keys" else ()  # typed: free text
+        return turn.reply(prompts.greeting(catalog, self._style(turn)), choices=menu,
                           expects_input=True)
 
     async def _confirmed(self, turn: Turn, yes: bool) -> Reply:
@@ -292,7 +292,7 @@ class Conversations:
                 return await self._classified(turn, conv["repeat_of"]["contact_type"], 1.0,
                                               "repeat_prompt")
             conv["status"] = "menu"
-            return turn.reply(prompts.greeting(turn.rules.catalog, turn.channel).removeprefix(
+            return turn.reply(prompts.greeting(turn.rules.catalog, self._style(turn)).removeprefix(
                 "Thanks for calling. "), choices=_digit_menu(turn), expects_input=True)
         if yes:
             return self._resolve(turn)
@@ -343,7 +343,7 @@ class Conversations:
             return await self._self_service_failed(turn, "flow_unavailable")
         turn.conversation["status"] = "confirming"
         del turn.conversation["flow"]
-        return turn.reply(*said, prompts.CONFIRM[turn.channel], choices=YES_NO,
+        return turn.reply(*said, prompts.CONFIRM[self._style(turn)], choices=YES_NO,
                           expects_input=True)
 
     async def _flow_failed(self, turn: Turn, error: Exception, said: list[str]) -> Reply:
@@ -411,7 +411,7 @@ class Conversations:
         conv["steps"].append({"type": "answer", "contact_type": type_id, "at": turn.now,
                               "outcome": None})
         turn.record("self_service_started", step="answer")
-        return turn.reply(contact_type.answer, prompts.CONFIRM[turn.channel], choices=YES_NO,
+        return turn.reply(contact_type.answer, prompts.CONFIRM[self._style(turn)], choices=YES_NO,
                           expects_input=True)
 
     async def _missed(self, turn: Turn, ranked: tuple[tuple[str, float], ...],
@@ -425,8 +425,8 @@ class Conversations:
             return await self._escalate(turn, self._decide(turn), escalation)
         conv["status"], conv["menu"] = "clarifying", [t for t, _ in ranked]
         catalog = turn.rules.catalog
-        text = prompts.not_understood(catalog, conv["menu"], turn.channel)
-        if turn.channel == "voice":
+        text = prompts.not_understood(catalog, conv["menu"], self._style(turn))
+        if self._style(turn) == "keys":
             return turn.reply(text, choices=_digit_menu(turn), expects_input=True)
         return turn.reply(text, expects_input=True, choices=tuple(
             Choice(catalog.label(t), str(i), str(i)) for i, t in enumerate(conv["menu"], 1)))
@@ -436,13 +436,16 @@ class Conversations:
         conv["steps"][-1]["outcome"] = "resolved"
         turn.record("self_service_resolved", step=_step_name(conv["steps"][-1]))
         self._end(turn, "self_service_resolved")
-        return turn.reply(prompts.RESOLVED[turn.channel], state="closed")
+        return turn.reply(prompts.RESOLVED[self._style(turn)], state="closed")
 
     def _end(self, turn: Turn, outcome: str) -> None:
         conv = turn.conversation
         conv.update(status="closed", outcome=outcome, ended_at=turn.now)
         turn.summary_changed = True
         turn.record("ended", outcome=outcome)
+
+    def _style(self, turn: Turn) -> PromptStyle:
+        return self._channels[turn.channel].prompt_style
 
     def _decide(self, turn: Turn) -> Decision:
         conv = turn.conversation
@@ -459,7 +462,7 @@ class Conversations:
         queue = rules.tree.queues[closed.queue if closed else decision.queue]
         contact_type = rules.catalog.types.get(conv["contact_type"])
         conv.update(status="queued", queue=queue.name, reason=reason,
-                    route_path=decision.route_path)
+                    route_path=decision.route_path, escalated_at=turn.now)
         turn.summary_changed = True
         turn.record("escalated", reason=reason, queue=queue.name, priority=decision.priority)
         skills = sorted(set(queue.skills) | set(contact_type.skills if contact_type else ()))
@@ -467,13 +470,13 @@ class Conversations:
                  "channel": turn.channel, "queue": queue.name, "thread": conv.get("thread"),
                  "priority": decision.priority, "skills": skills, "reason": reason,
                  "type_skills": list(contact_type.skills if contact_type else ()),
-                 "enqueued_at": turn.now, "context": agent_context(rules, conv, turn.now)}
+                 "enqueued_at": turn.now, "context": agent_context(rules, conv)}
         position = await self._router.enqueue(queue.name, decision.priority, entry)
         wait_s = position.position * queue.avg_handle_s
         turn.record("queued", queue=queue.name, position=position.position, skills=skills)
         said = (closed.message,) if closed and closed.message else ()
         return turn.reply(*said, prompts.queued(queue.label, position.position, wait_s,
-                                                turn.channel),
+                                                self._style(turn)),
                           state="queued", position=position.position, estimated_wait_s=wait_s,
                           queue=queue.name)
 
@@ -524,7 +527,7 @@ class Conversations:
             turn.record("customer_left")  # the agent still wraps the contact up
             await self._handoff.customer_left(conversation)
         elif status in OPEN_IN_IVR and inbound.kind == "end":
-            self._end(turn, "hung_up_in_ivr" if inbound.channel == "voice" else "customer_left")
+            self._end(turn, self._channels[inbound.channel].end_outcome)
         reply = Reply(state=conversation["status"], contact_id=conversation["contact_id"])
         await self._context.commit_turn(inbound, conversation, reply, summaries=[conversation])
         self._events.emit(*turn.events)
@@ -554,7 +557,7 @@ class Conversations:
         return reply
 
     async def end_idle(self, key: str, now: float) -> None:
-        """Close an SMS conversation that went quiet (claimed by this instance)."""
+        """Close a conversation that went quiet (claimed by this instance)."""
         conv = await self._context.take_conversation(key)
         if not conv or conv["status"] in ("closed", "queued"):
             return
@@ -594,18 +597,6 @@ def _is_repeat(rules: Rules, conv: dict[str, Any]) -> bool:
 def _latest_in_window(rules: Rules, conv: dict[str, Any]) -> dict[str, Any] | None:
     """The customer's most recent contact (any channel) still inside its repeat window."""
     return next((e for e in conv.get("earlier", ()) if _in_window(rules, conv, e)), None)
-
-
-def agent_context(rules: Rules, conv: dict[str, Any], now: float) -> dict[str, Any]:
-    """Everything an agent needs so the customer never repeats themselves."""
-    return {"customer": {"id": conv["customer_id"], "address": conv["address"],
-                         "attributes": conv.get("attributes", {})},
-            "channel": conv["channel"],
-            "contact_type": conv.get("contact_type"),
-            "contact_type_label": rules.catalog.label(conv.get("contact_type")),
-            "confidence": conv.get("confidence"), "reason": conv.get("reason"),
-            "transcript": list(conv["transcript"]), "self_service_steps": list(conv["steps"]),
-            "earlier_contacts": list(conv.get("earlier", ())), "escalated_at": now}
 
 
 def _digit_menu(turn: Turn) -> tuple[Choice, ...]:

@@ -7,14 +7,15 @@ agent. Both halves share the conversation state in Redis (context.py) and the ev
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import structlog
 
 from service.agents.bus import Bus
-from service.agents.queues import Router
+from service.agents.queues import Dispatcher
 from service.conversations.context import ContextStore
-from service.infra.twilio_rest import TwilioRest
+from service.conversations.record import Conversation
+from service.model import AgentLine, DeliveryFailed, Destination, OutboundChannel
 from service.reporting.events import Event, EventWriter
 from service.rules.loader import Rules
 
@@ -27,8 +28,40 @@ class HandoffError(Exception):
         self.code = code
 
 
+# What the agent console is told when the channel refused, by DeliveryFailed.reason.
+_ERROR_CODES = {"outside_window": "outside_window", "not_text": "not_text"}
+
+
+def _failure_text(action: str, exc: DeliveryFailed) -> str:
+    if exc.reason in _ERROR_CODES:
+        return str(exc)
+    what = "could not connect the customer" if action == "connect" else "the text was not sent"
+    return f"{what}: {exc}"
+
+
+def destination(conv: Conversation) -> Destination:
+    """Where outbound calls for the conversation go."""
+    said = [line["at"] for line in conv["transcript"] if line.get("from") == "customer"]
+    return Destination(conv["contact_id"], conv["address"], conv["service_address"],
+                       conv.get("thread"), said[-1] if said else None)
+
+
 def _hello(agent: dict[str, Any]) -> str:
     return f"You're now talking with {agent['name']}."
+
+
+def agent_context(rules: Rules, conv: Conversation) -> dict[str, Any]:
+    """Everything an agent needs so the customer never repeats themselves: the one place the
+    package is built, for an offer and for a console re-synced after it reconnects."""
+    return {"customer": {"id": conv["customer_id"], "address": conv["address"],
+                         "attributes": conv.get("attributes", {})},
+            "channel": conv["channel"],
+            "contact_type": conv.get("contact_type"),
+            "contact_type_label": rules.catalog.label(conv.get("contact_type")),
+            "confidence": conv.get("confidence"), "reason": conv.get("reason"),
+            "transcript": list(conv["transcript"]), "self_service_steps": list(conv["steps"]),
+            "earlier_contacts": list(conv.get("earlier", ())),
+            "escalated_at": conv.get("escalated_at")}
 
 
 def offer_frame(entry: dict[str, Any], kind: str = "offer", **extra: Any) -> dict[str, Any]:
@@ -38,14 +71,14 @@ def offer_frame(entry: dict[str, Any], kind: str = "offer", **extra: Any) -> dic
 
 
 class Handoff:
-    def __init__(self, rules: Callable[[], Rules], context: ContextStore, router: Router,
-                 bus: Bus, events: EventWriter, twilio: TwilioRest):
+    def __init__(self, rules: Callable[[], Rules], context: ContextStore, router: Dispatcher,
+                 bus: Bus, events: EventWriter, channels: Mapping[str, OutboundChannel]):
         self._rules = rules
         self._context = context
         self.router = router
         self._bus = bus
         self._events = events
-        self._twilio = twilio
+        self._channels = channels
 
     async def conversation(self, contact_id: str) -> tuple[str, dict[str, Any]] | None:
         return await self._context.by_contact(contact_id)
@@ -105,7 +138,7 @@ class Handoff:
         key, conv = found
         now = time.time()
         conv.update(status="with_agent", agent_id=agent["id"], agent_name=agent["name"])
-        if conv["channel"] != "voice":
+        if self._channels[conv["channel"]].traits.agent_can_type:
             conv["transcript"].append({"from": "agent", "text": _hello(agent), "at": now})
         await self._context.save(key, conv)
         self._record("agent_accepted", entry, agent_id=agent["id"],
@@ -116,35 +149,27 @@ class Handoff:
                                                           "name": agent["name"]})
 
     async def _connect_customer(self, agent: dict[str, Any], conv: dict[str, Any]) -> None:
-        hello = _hello(agent)
-        if conv["channel"] == "chat":
-            await self._bus.publish(f"chat:{conv['thread']}", {"type": "status",
-                                                              "state": "with_agent"})
-            await self._bus.publish(f"chat:{conv['thread']}", {"type": "message",
-                                                              "from": "agent", "text": hello})
-        elif conv["channel"] == "sms":
-            await self._deliver_sms(conv, hello)
-        elif conv["channel"] == "voice":
-            try:
-                await self._twilio.bridge_call(conv["thread"], agent)
-            except Exception as exc:  # the call stays in Twilio's queue; the agent is told
-                log.warning("voice.bridge_failed", error=str(exc), contact_id=conv["contact_id"])
-                raise HandoffError("bridge_failed", f"could not connect the call: {exc}") from exc
+        line = AgentLine(agent["id"], agent["name"], agent.get("phone"),
+                         agent.get("client_identity"))
+        await self._outbound(conv, "connect", lambda channel, to: channel.connect_agent(
+            to, line, _hello(agent)))
+
+    def assigned_frame(self, conv: Conversation) -> dict[str, Any]:
+        """What a reconnecting agent's console is sent for a contact it already has."""
+        return {"type": "assigned", "contact_id": conv["contact_id"], "channel": conv["channel"],
+                "queue": conv.get("queue"), "reason": conv.get("reason"),
+                "context": agent_context(self._rules(), conv)}
 
     # ---- conversation with the agent -----------------------------------------------------
 
     async def agent_message(self, agent: dict[str, Any], contact_id: str, text: str) -> None:
         key, conv = await self._assigned(agent, contact_id)
+        if not self._channels[conv["channel"]].traits.agent_can_type:
+            raise HandoffError("not_text", "this contact is a phone call")
         conv["transcript"].append({"from": "agent", "text": text, "at": time.time()})
         await self._context.save(key, conv, summary=False)
         self._record_conv("agent_message", conv, agent_id=agent["id"], text=text)
-        if conv["channel"] == "chat":
-            await self._bus.publish(f"chat:{conv['thread']}",
-                                    {"type": "message", "from": "agent", "text": text})
-        elif conv["channel"] == "sms":
-            await self._deliver_sms(conv, text)
-        else:
-            raise HandoffError("not_text", "this contact is a phone call")
+        await self._outbound(conv, "send", lambda channel, to: channel.send_text(to, text))
 
     async def to_agent(self, conv: dict[str, Any], message: dict[str, Any]) -> None:
         """A customer's words while an agent has the contact: straight to that agent."""
@@ -173,9 +198,10 @@ class Handoff:
         conv.update(status="closed", outcome=outcome, ended_at=now)
         self._record_conv("ended", conv, outcome=outcome)
         await self._context.save(key, conv)
-        if conv["channel"] == "chat":
-            await self._bus.publish(f"chat:{conv['thread']}", {"type": "status",
-                                                              "state": "closed"})
+        try:
+            await self._channels[conv["channel"]].close(destination(conv))
+        except DeliveryFailed as exc:  # the contact is wrapped up all the same
+            log.warning("handoff.close_failed", error=str(exc), contact_id=contact_id)
         await self.dispatch()
 
     async def _assigned(self, agent: dict[str, Any], contact_id: str
@@ -187,13 +213,18 @@ class Handoff:
             raise HandoffError("contact_gone", "this contact has ended")
         return found
 
-    async def _deliver_sms(self, conv: dict[str, Any], text: str) -> None:
+    async def _outbound(self, conv: dict[str, Any], action: str, call) -> None:
+        """One outbound call through the contact's channel; a refusal is recorded and shown
+        to the agent with the provider's reason."""
         try:
-            await self._twilio.send_sms(conv["address"], conv["service_address"], text)
-        except Exception as exc:
-            log.warning("sms.send_failed", error=str(exc), contact_id=conv["contact_id"])
-            self._record_conv("delivery_failed", conv, error=str(exc)[:300])
-            raise HandoffError("delivery_failed", f"the text was not sent: {exc}") from exc
+            await call(self._channels[conv["channel"]], destination(conv))
+        except DeliveryFailed as exc:
+            log.warning("handoff.delivery_failed", action=action, reason=exc.reason,
+                        code=exc.code, error=str(exc), contact_id=conv["contact_id"])
+            self._record_conv("delivery_failed", conv, action=action, failure=exc.reason,
+                              code=exc.code, error=str(exc)[:300])
+            raise HandoffError(_ERROR_CODES.get(exc.reason, "delivery_failed"),
+                               _failure_text(action, exc)) from exc
 
     # ---- events --------------------------------------------------------------------------
 

@@ -81,7 +81,8 @@ def _running_url(url_file: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def servers(database_url: str | None, redis_url: str | None, data_dir: Path) -> Iterator[ServerUrls]:
+def servers(database_url: str | None, redis_url: str | None,
+            data_dir: Path) -> Iterator[ServerUrls]:
     """Yield usable URLs, starting an embedded server for each one that is not given."""
     with contextlib.ExitStack() as stack:
         db = database_url or stack.enter_context(embedded_postgres(data_dir))

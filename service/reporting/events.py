@@ -237,7 +237,8 @@ FROM incoming_lines;
 """
 
 # Events are the record; customers and contacts are projections of them, kept in the same
-# transaction (so is contact_facts, by the insert's trigger). Every statement is idempotent, so a replayed segment changes nothing twice.
+# transaction (so is contact_facts, by the insert's trigger). Every statement is idempotent,
+# so a replayed segment changes nothing twice.
 PROJECT_SQL = """
 DELETE FROM incoming_events i USING contact_events e
 WHERE e.id = i.id AND e.occurred_at = i.occurred_at;

@@ -1,4 +1,4 @@
-"""Metric queries over the event log (DESIGN.md section 5, metric version 1).
+"""Metric queries over the event log (docs/interfaces.md, metric definitions, version 1).
 
 Every figure is computed in SQL from per-contact facts (`contact_facts`, kept from
 `contact_events` in the transaction that inserts them), never from counters, for any window;

@@ -81,7 +81,8 @@ def _contact_types(check: Checker, root: LocatedDict,
         if not TYPE_ID.match(type_id):
             check.error(entries, type_id, "contact type ids are lower_snake_case", path)
         spec = check.mapping(spec, entries, type_id, path, required=["label", "skills", "examples"],
-                             optional=["ivr_digit", "repeat_window_h", "self_service", "agent_only"])
+                             optional=["ivr_digit", "repeat_window_h", "self_service",
+                                       "agent_only"])
         if spec is None:
             continue
         contact_type = _contact_type(check, type_id, spec, path, flow_ids)

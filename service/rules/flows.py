@@ -1,4 +1,4 @@
-"""Self-service flows (DESIGN.md section 4): short step lists that collect what the customer
+"""Self-service flows (docs/architecture.md): short step lists that collect what the customer
 knows, look it up and say the answer, then ask "Did that help?" like a plain answer does.
 
 `flows.yaml` in a rules directory (optional):

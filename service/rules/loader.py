@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from service.rules.catalog import Catalog, load_catalog
 from service.conversations.redaction import CARDS_ONLY, Redactor
+from service.rules.catalog import Catalog, load_catalog
 from service.rules.flows import NO_FLOWS, Flows, load_flows
 from service.rules.redaction import load_redaction
 from service.rules.routing import RoutingTree, load_routing_tree

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from service.model import CHANNEL_NAMES
 from service.rules.catalog import Catalog
 from service.rules.yamlfile import Checker, LocatedDict, LocatedList, load_yaml
 
-CHANNELS = ("sms", "voice", "chat")
 REASON = re.compile(r"^[a-z][a-z0-9_]*$")
 MATCHER = re.compile(r'^\s*([a-z_][a-z0-9_.]*)\s*(=~|!~|!=|<=|>=|=|<|>)\s*(.*?)\s*$', re.S)
 NUMERIC_ATTRS = ("confidence",)
@@ -138,7 +138,7 @@ CLOSED_LATER = ("callback",)  # accepted by no tree yet: refused with a clear me
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
+class RouteSettings:
     """What a route decides; children inherit what they do not set."""
 
     queue: str
@@ -152,7 +152,7 @@ class Settings:
 class Route:
     name: str
     matchers: tuple[Matcher, ...]
-    settings: Settings
+    settings: RouteSettings
     continue_: bool = False
     routes: tuple["Route", ...] = field(default_factory=tuple)
 
@@ -193,8 +193,8 @@ class RoutingTree:
                         settings.reason, path, settings.closed)
 
 
-def _walk(route: Route, attrs: Mapping[str, Any], path: str) -> tuple[Settings, str]:
-    result: tuple[Settings, str] | None = None
+def _walk(route: Route, attrs: Mapping[str, Any], path: str) -> tuple[RouteSettings, str]:
+    result: tuple[RouteSettings, str] | None = None
     for child in route.routes:
         if all(m.matches(attrs) for m in child.matchers):
             result = _walk(child, attrs, f"{path} > {child.name}")
@@ -225,7 +225,7 @@ def load_routing_tree(directory: Path, display_dir: str, catalog: Catalog) -> Ro
     if "matchers" in root_spec:  # Alertmanager refuses them as well
         check.error(root_spec, "matchers", "the root route matches everything: it takes no "
                     "matchers", ("route", "matchers"))
-    defaults = Settings(queue="", priority=0, self_service=True, reason="rule")
+    defaults = RouteSettings(queue="", priority=0, self_service=True, reason="rule")
     known = Known(catalog, frozenset(intervals), frozenset(queues))
     root = _route(check, root_spec, ("route",), "root", defaults, queues, known)
     check.raise_if_any()
@@ -432,7 +432,7 @@ def _minutes(raw: Any) -> int | None:
     return 24 * 60 if match[0] == "24:00" else int(match[1]) * 60 + int(match[2])
 
 
-def _route(check: Checker, spec: LocatedDict, path: tuple, default_name: str, parent: Settings,
+def _route(check: Checker, spec: LocatedDict, path: tuple, default_name: str, parent: RouteSettings,
            queues: dict[str, Queue], known: "Known") -> Route:
     settings = _settings(check, spec, path, parent, queues)
     matchers = _matchers(check, spec, path, known)
@@ -456,8 +456,8 @@ def _route(check: Checker, spec: LocatedDict, path: tuple, default_name: str, pa
                  continue_=cont is True, routes=tuple(children))
 
 
-def _settings(check: Checker, spec: LocatedDict, path: tuple, parent: Settings,
-              queues: dict[str, Queue]) -> Settings:
+def _settings(check: Checker, spec: LocatedDict, path: tuple, parent: RouteSettings,
+              queues: dict[str, Queue]) -> RouteSettings:
     settings = parent
     if "queue" in spec:
         if spec["queue"] not in queues:
@@ -630,5 +630,5 @@ def _known_values(attr: str, catalog: Catalog) -> tuple[str, ...] | None:
     if attr == "contact_type":  # "" is a contact not (yet) classified
         return ("", *catalog.types)
     if attr == "channel":
-        return CHANNELS
+        return CHANNEL_NAMES  # the channel values the composition root lists, one per channel
     return None

@@ -81,7 +81,8 @@ def _construct(node: yaml.Node, name: str) -> Any:
         for key_node, value_node in node.value:
             key = _construct(key_node, name)
             if not isinstance(key, str):
-                raise ConfigError([ConfigIssue(name, key_node.start_mark.line + 1, "keys must be text")])
+                raise ConfigError([ConfigIssue(name, key_node.start_mark.line + 1,
+                                               "keys must be text")])
             if key in result:
                 raise ConfigError(
                     [ConfigIssue(name, key_node.start_mark.line + 1, f"duplicate key '{key}'")]

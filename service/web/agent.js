@@ -1,4 +1,4 @@
-// Switchboard agent console: one WebSocket to /agent/ws (DESIGN.md section 3), plain DOM.
+// Switchboard agent console: one WebSocket to /agent/ws (frames in docs/interfaces.md), plain DOM.
 //
 // State lives in `state`; every change calls render(). All customer-supplied text goes into
 // the page through textContent, never as HTML.
@@ -267,7 +267,7 @@ function onError(frame) {
   if (offer) offer.pending = false;
   const contact = id && state.contacts.get(id);
   if (contact) contact.pending = false;
-  if (contact && (frame.code === "delivery_failed" || frame.code === "not_text")) {
+  if (contact && ["delivery_failed", "not_text", "outside_window"].includes(frame.code)) {
     const last = [...contact.transcript].reverse().find((line) => line.from === "agent");
     if (last) last.failed = true;
   }

@@ -22,7 +22,7 @@
  * The session token is kept in localStorage: a reload (or a dropped connection) resumes the
  * same conversation. window.SwitchboardChat exposes open(), close() and end().
  *
- * Protocol: DESIGN.md section 3 (chat WebSocket frames).
+ * Protocol: docs/interfaces.md (chat WebSocket frames).
  */
 (function () {
   "use strict";

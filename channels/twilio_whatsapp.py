@@ -1,0 +1,34 @@
+"""WhatsApp through Twilio: the Messaging webhook at /twilio/whatsapp with `whatsapp:+...`
+addresses, replies as <Message> TwiML, agents' texts through the REST API.
+
+The customer is their phone number, so a WhatsApp contact shares history with the number's SMS
+and calls. WhatsApp lets a business write freely only within 24 hours of the customer's last
+message: an agent's text outside that window is refused here (and Twilio's 63016, should the
+clocks disagree, is reported the same way) rather than lost.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import ClassVar
+
+from channels.twilio_rest import OUTSIDE_WINDOW, outside_window_message
+from channels.twilio_sms import TwilioMessaging
+from service.model import ChannelTraits, DeliveryFailed, Destination
+
+WINDOW_S = 24 * 3600
+
+
+class TwilioWhatsApp(TwilioMessaging):
+    traits: ClassVar[ChannelTraits] = ChannelTraits(
+        name="whatsapp", identity="phone", prompt_style="text", default_capacity=3,
+        idles_out=True, carrier_keywords=False, agent_can_type=True,
+        route_prefix="/twilio/whatsapp", reply_window_s=WINDOW_S)
+
+    def wire_address(self, address: str) -> str:
+        return f"whatsapp:{address}"
+
+    async def send_text(self, to: Destination, text: str) -> str | None:
+        if to.customer_last_at is not None and time.time() - to.customer_last_at > WINDOW_S:
+            raise DeliveryFailed("outside_window", outside_window_message(), code=OUTSIDE_WINDOW)
+        return await super().send_text(to, text)

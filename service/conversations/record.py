@@ -1,0 +1,62 @@
+"""The conversation record: the one place its fields and their meaning are defined.
+
+One open contact's state, kept in Redis as JSON (context.py) and written by the customer's
+turns (conversation.py) and the agent's side (handoff.py). The keys are stored as they are, so
+running deployments keep their open conversations; a `TypedDict` lets type checkers hold every
+reader and writer to these names.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypedDict
+
+Status = Literal["new", "menu", "clarifying", "confirming", "confirming_repeat", "in_flow",
+                 "queued", "with_agent", "closed"]
+
+
+class _Required(TypedDict):
+    contact_id: str
+    customer_id: str
+    channel: str  # a ChannelName
+    address: str  # the customer's address on the channel (E.164 number, chat session)
+    service_address: str  # ours: the number texted or called, the chat widget
+    thread: str | None  # CallSid, chat session; None for texting channels
+    started_at: float  # epoch seconds
+    last_at: float  # the latest turn
+    status: Status
+    turns: int
+    contact_type: str | None  # from the classifier, a menu choice, or an agent's correction
+    confidence: float | None
+    misses: int  # turns in a row not understood
+    menu: list[str]  # contact types offered in a "did you mean" list, in order
+    route_path: str | None  # the routing tree's route that decided
+    queue: str | None
+    reason: str | None  # why it went to an agent (reason code)
+    outcome: str | None  # how it ended (self_service_resolved, idle_timeout, ...)
+    transcript: list[dict[str, Any]]  # {"from": customer|bot|agent, "text", "at"}, the last 60
+    steps: list[dict[str, Any]]  # self-service steps tried: answer or flow, with their outcome
+    attributes: dict[str, Any]  # the customer's attributes, for routing's customer.<name>
+    identities: list[list[str]]  # every [kind, value] address of the customer
+    earlier: list[dict[str, Any]]  # summaries of the customer's earlier contacts, newest first
+
+
+class Conversation(_Required, total=False):
+    repeat_of: dict[str, Any]  # the earlier contact a "welcome back" asks about
+    flow: dict[str, Any]  # a running flow: id, step index, values collected, misses
+    escalated_at: float  # when it entered an agent queue (the console's "escalated N ago")
+    agent_id: str  # the agent who accepted it
+    agent_name: str
+    ended_at: float
+
+
+def new_conversation(*, contact_id: str, customer: dict[str, Any], channel: str, address: str,
+                     service_address: str, thread: str | None, now: float,
+                     earlier: list[dict[str, Any]]) -> Conversation:
+    """A contact just opened, nothing understood yet."""
+    return Conversation(
+        contact_id=contact_id, customer_id=customer["customer_id"], channel=channel,
+        address=address, service_address=service_address, thread=thread, started_at=now,
+        last_at=now, status="new", turns=0, contact_type=None, confidence=None, misses=0,
+        menu=[], route_path=None, queue=None, reason=None, outcome=None, transcript=[],
+        steps=[], attributes=customer.get("attributes", {}), identities=customer["identities"],
+        earlier=earlier)
