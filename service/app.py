@@ -113,6 +113,7 @@ def pages() -> list[web.RouteDef]:
 
 async def handle_turn(app: web.Application, inbound: Inbound) -> Reply:
     """Hand one inbound message to the orchestrator; a failure is recorded, then re-raised."""
+    inbound = app[RULES].current.redactor.inbound(inbound)  # before anything keeps the text
     structlog.contextvars.bind_contextvars(channel=inbound.channel)
     started = time.perf_counter()
     try:

@@ -36,6 +36,9 @@ class Inbound:
     input_confidence: float | None = None  # the speech recogniser's own confidence
     provider: Mapping[str, str] = field(default_factory=dict)  # raw fields kept for the record
     identity: IdentityKind = "web"  # what the address is (the channel's traits say)
+    # The text before redaction, set only when something was masked: for a self-service
+    # look-up in this turn, never stored, logged or shown (see conversations/redaction.py).
+    unmasked: str | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,6 +70,7 @@ class Turn:
     ended: list[dict[str, Any]] = field(default_factory=list)  # closed before this one opened
     seed: list[dict[str, Any]] | None = None  # when relinked: history to copy to the address
     forget: list[str] = field(default_factory=list)  # contacts too old to keep a summary of
+    unmasked: dict[str, str] = field(default_factory=dict)  # flow values as typed: this turn only
 
     def summaries(self) -> list[dict[str, Any]]:
         return self.ended + ([self.conversation] if self.summary_changed else [])
@@ -328,8 +329,8 @@ class Conversations:
                     said.append(render(step.text, state["values"]))
                 else:
                     lookup = turn.rules.flows.lookups[step.lookup]
-                    state["values"][step.save] = await self._lookups.fetch(lookup,
-                                                                           state["values"])
+                    state["values"][step.save] = await self._lookups.fetch(
+                        lookup, {**state["values"], **turn.unmasked})
                 state["at"] += 1
         except LookupFailed as exc:
             step = steps[state["at"]]
@@ -348,7 +349,7 @@ class Conversations:
     async def _flow_failed(self, turn: Turn, error: Exception, said: list[str]) -> Reply:
         reason = getattr(error, "reason", "lookup_failed")
         log.warning("flow.failed", flow=turn.conversation["flow"]["id"], reason=reason,
-                    error=str(error))
+                    error=turn.rules.redactor.mask(str(error)))  # a URL may hold a value
         reply = await self._self_service_failed(turn, reason)
         return replace(reply, messages=(*said, *reply.messages))
 
@@ -376,6 +377,9 @@ class Conversations:
             return await self._self_service_failed(turn, "flow_unavailable")
         step = steps[state["at"]]
         value = accepted(step, text)
+        raw = accepted(step, inbound.unmasked) if inbound.unmasked else None
+        if raw is not None:  # redacted: the look-up gets what was typed, the record the mask
+            value, turn.unmasked[step.save] = turn.rules.redactor.mask(raw), raw
         if value is None:
             state["misses"] += 1
             turn.record("flow_answer_rejected", flow=state["id"], ask=step.save,

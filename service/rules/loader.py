@@ -11,14 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from service.conversations.redaction import CARDS_ONLY, Redactor
 from service.rules.catalog import Catalog, load_catalog
 from service.rules.flows import NO_FLOWS, Flows, load_flows
+from service.rules.redaction import load_redaction
 from service.rules.routing import RoutingTree, load_routing_tree
 from service.rules.yamlfile import ConfigError
 from service.understanding.classifier import Classifier, train
 from service.understanding.embeddings import embedder
 
-RULE_FILES = ("catalog.yaml", "routes.yaml", "flows.yaml")  # flows.yaml is optional
+RULE_FILES = ("catalog.yaml", "routes.yaml", "flows.yaml", "redaction.yaml")  # last two optional
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Rules:
     learned: tuple[tuple[str, str], ...] = ()  # examples from agents' corrections and outcomes
     flows: Flows = NO_FLOWS
     files: Mapping[str, str] = field(default_factory=dict)  # the YAML as loaded, by name
+    redactor: Redactor = CARDS_ONLY
 
 
 def load_rules(directory: Path, *, with_classifier: bool = True,
@@ -41,6 +44,7 @@ def load_rules(directory: Path, *, with_classifier: bool = True,
     files = rule_files(directory)  # read first: the digest is of what was validated
     flows, catalog = _flows_and_catalog(directory, display)
     tree = load_routing_tree(directory, display, catalog)
+    redactor = load_redaction(directory, display)
     learned = tuple((text, label) for text, label in learned if label in catalog.types)
     examples = catalog.training + learned
     out_of_scope = catalog.out_of_scope + catalog.background
@@ -48,11 +52,11 @@ def load_rules(directory: Path, *, with_classifier: bool = True,
     classifier = _trained(training_digest, examples, out_of_scope, catalog.embeddings) \
         if with_classifier else None
     return Rules(directory, _digest(files, training_digest), catalog, tree, classifier,
-                 learned, flows, files)
+                 learned, flows, files, redactor)
 
 
 def rule_files(directory: Path) -> dict[str, str]:
-    """The rule files of a directory (flows.yaml only when there is one)."""
+    """The rule files of a directory (the optional ones only when they exist)."""
     return {name: (directory / name).read_text(encoding="utf-8") for name in RULE_FILES
             if (directory / name).exists()}
 
