@@ -59,12 +59,18 @@ def load_yaml(path: Path, display_name: str | None = None) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([ConfigIssue(name, 0, f"cannot read file: {exc.strerror}")]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([ConfigIssue(name, 0, f"not UTF-8 text: {exc.reason}")]) from exc
     try:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 0
         raise ConfigError([ConfigIssue(name, line, f"invalid YAML: {exc.problem}")]) from exc
+    except yaml.reader.ReaderError as exc:  # a control character: the offset says where
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError([ConfigIssue(name, line, f"invalid YAML: {exc.reason} "
+                                       f"(character #x{exc.character:04x})")]) from exc
     if node is None:
         raise ConfigError([ConfigIssue(name, 1, "file is empty")])
     return _construct(node, name)
