@@ -29,6 +29,8 @@ MAX_FRAME_BYTES = 8 * 1024
 MAX_TEXT_CHARS = 1000
 SESSION = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 RATE_PER_S, BURST = 2.0, 6
+FALLBACK = ("Sorry, something went wrong on our side. Please try again in a moment, "
+            "or type AGENT to reach a person.")
 
 
 class WebChat:
@@ -139,11 +141,9 @@ class WebChat:
                           kind=kind, thread=session, identity=self.traits.identity)
         try:
             return await self._handle(inbound)
-        except Exception:
+        except Exception:  # answered like SMS: the apology, and the socket stays open
             log.exception("chat.turn_failed")
-            await send_error(ws, "unavailable", "Sorry, something went wrong on our side. "
-                         "Please try again in a moment.")
-            return None
+            return Reply(messages=(FALLBACK,))
 
 
 async def _send_reply(ws: web.WebSocketResponse, reply: Reply) -> None:

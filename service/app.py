@@ -32,6 +32,7 @@ from service.appkeys import (
     CHANNEL_LIST,
     CONVERSATIONS,
     EVENTS,
+    FALLBACK,
     HANDOFF,
     LOOKUPS,
     PG,
@@ -45,6 +46,7 @@ from service.appkeys import (
 from service.conversations.context import ContextStore
 from service.conversations.conversation import Conversations
 from service.conversations.customers import find_customer
+from service.conversations.fallback import FallbackContacts
 from service.conversations.handoff import Handoff
 from service.infra import health as api
 from service.infra.ids import new_hex
@@ -136,6 +138,7 @@ async def handle_turn(app: web.Application, inbound: Inbound) -> Reply:
     except Exception as exc:
         metrics.TURNS.labels(inbound.channel, "failed").inc()
         app[CONVERSATIONS].record_failure(inbound, exc)
+        await app[FALLBACK].record(inbound)  # the contact the channel's apology answers counts
         raise
     structlog.contextvars.bind_contextvars(contact_id=reply.contact_id)
     metrics.TURNS.labels(inbound.channel, reply.state).inc()
@@ -283,6 +286,8 @@ async def conversations(app: web.Application) -> AsyncIterator[None]:
         rules=current_rules, context=context, handoff=app[HANDOFF], events=app[EVENTS],
         channels=traits, find_customer=lambda kind, value: find_customer(pool, kind, value),
         lookups=app[LOOKUPS], queue_load=lambda: app[QUEUE_LOAD].waiting)
+    app[FALLBACK] = FallbackContacts(app[EVENTS], lambda kind, value: find_customer(
+        pool, kind, value), lambda: default_queue(app), settings.sms_idle_timeout_s)
     app[AGENT_DESK] = AgentDesk(pool, app[HANDOFF], app[BUS], lambda: [
         {"id": t.id, "label": t.label} for t in current_rules().catalog.types.values()])
     yield

@@ -9,6 +9,7 @@ from service.agents.bus import Bus
 from service.agents.desk import AgentDesk
 from service.agents.queues import Dispatcher, QueueLoad
 from service.conversations.conversation import Conversations
+from service.conversations.fallback import FallbackContacts
 from service.conversations.handoff import Handoff
 from service.infra.redis_batch import ClusterBatcher, CommandBatcher
 from service.reporting.events import EventWriter
@@ -28,5 +29,6 @@ QUEUE_LOAD = web.AppKey("queue_load", QueueLoad)
 HANDOFF = web.AppKey("handoff", Handoff)
 LOOKUPS = web.AppKey("lookups", HttpLookups)
 CONVERSATIONS = web.AppKey("conversations", Conversations)
+FALLBACK = web.AppKey("fallback", FallbackContacts)
 AGENT_DESK = web.AppKey("agent_desk", AgentDesk)
 CHANNEL_LIST = web.AppKey("channel_list", list)  # the channel instances, in listed order

@@ -33,6 +33,7 @@ class Bus:
         self._pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
         self._listeners: dict[str, set[asyncio.Queue]] = defaultdict(set)
         self._task: asyncio.Task | None = None
+        self._unsubscribed: set[str] = set()  # Redis was away: subscribed when it is back
 
     async def publish(self, topic: str, frame: dict[str, Any]) -> None:
         await self._redis.publish(CHANNEL_PREFIX + topic, json.dumps(frame))
@@ -44,7 +45,11 @@ class Bus:
         first = not self._listeners[topic]
         self._listeners[topic].add(inbox)
         if first:
-            await self._pubsub.subscribe(CHANNEL_PREFIX + topic)
+            try:
+                await self._pubsub.subscribe(CHANNEL_PREFIX + topic)
+            except (redis.RedisError, OSError) as exc:  # the socket is served all the same
+                log.warning("bus.subscribe_failed", topic=topic, error=str(exc))
+                self._unsubscribed.add(topic)
             self._ensure_listening()
         try:
             yield inbox
@@ -52,6 +57,7 @@ class Bus:
             self._listeners[topic].discard(inbox)
             if not self._listeners[topic]:
                 del self._listeners[topic]
+                self._unsubscribed.discard(topic)
                 with contextlib.suppress(redis.RedisError, OSError):
                     await self._pubsub.unsubscribe(CHANNEL_PREFIX + topic)
 
@@ -63,9 +69,13 @@ class Bus:
         stale = False
         while self._listeners:
             try:
-                if stale:
+                if stale or self._unsubscribed:
                     await self._resubscribe()
                     stale = False
+                    self._unsubscribed.clear()
+                if not self._pubsub.subscribed:
+                    await asyncio.sleep(1)
+                    continue
                 message = await self._pubsub.get_message(timeout=1.0)
             except (redis.RedisError, OSError) as exc:
                 log.warning("bus.listen_failed", error=str(exc))

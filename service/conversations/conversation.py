@@ -20,6 +20,7 @@ from service.conversations.context import (
     identity_of,
     newest_first,
 )
+from service.conversations.fallback import call_contact_id
 from service.conversations.handoff import Handoff, agent_context
 from service.conversations.record import Conversation, new_conversation
 from service.infra.ids import new_uuid
@@ -212,11 +213,15 @@ class Conversations:
             conv["identities"] = turn.customer["identities"]  # ops may have moved one since
             return
         earlier = await self._earlier_contacts(turn)
+        adopted = turn.inbound.kind == "wait" and turn.inbound.thread  # held by the fallback
         conv.update(new_conversation(
-            contact_id=new_uuid(), customer=turn.customer, channel=turn.channel,
+            contact_id=call_contact_id(turn.inbound.thread) if adopted else new_uuid(),
+            customer=turn.customer, channel=turn.channel,
             address=turn.inbound.address, service_address=turn.inbound.service_address,
             thread=turn.inbound.thread, now=turn.now, earlier=earlier[:10]))
         turn.summary_changed = True
+        if adopted:  # counted when its first turn failed (fallback.py)
+            return
         turn.record("contact_started", address=turn.inbound.address,
                     service_address=turn.inbound.service_address, thread=turn.inbound.thread)
 
