@@ -7,7 +7,8 @@ import shutil
 import string
 
 from aiohttp import web
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from channels.twilio_sms import parse
 from service.__main__ import main

@@ -53,7 +53,8 @@ class FallbackContacts:
         if inbound.kind == "wait":
             return  # a held caller's poll: counted when the call started
         now = time.time()
-        key = f"{inbound.channel}:{inbound.thread if inbound.channel == 'voice' else inbound.address}"
+        where = inbound.thread if inbound.channel == "voice" else inbound.address
+        key = f"{inbound.channel}:{where}"
         known = self._open.get(key)
         events: list[Event] = []
         started = False

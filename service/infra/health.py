@@ -8,7 +8,7 @@ import os
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.appkeys import EVENTS, PG, REDIS
+from service.appkeys import EVENTS, PG, REDIS, RULES
 from service.reporting import metrics
 
 
@@ -22,11 +22,21 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    checks = {"postgres": _check(request.app[PG].fetchval("SELECT 1")),
-              "redis": _check(request.app[REDIS].ping())}
+    """200 once this instance can answer (started, rules loaded). PostgreSQL and Redis are
+    shared: when one is down every instance is, and each still gives the safe answer, so
+    their state is reported in the body and never fails readiness (docs/architecture.md)."""
+    app = request.app
+    checks = {"postgres": _check(app[PG].fetchval("SELECT 1")) if PG in app else _absent(),
+              "redis": _check(app[REDIS].ping()) if REDIS in app else _absent()}
     results = dict(zip(checks, await asyncio.gather(*checks.values())))
-    ready = all(v == "ok" for v in results.values())
-    return web.json_response({"ready": ready, "checks": results}, status=200 if ready else 503)
+    ready = RULES in app
+    return web.json_response({"ready": ready, "rules_loaded": ready, "checks": results,
+                              "degraded": any(v != "ok" for v in results.values())},
+                             status=200 if ready else 503)
+
+
+async def _absent() -> str:
+    return "error: not started"
 
 
 async def _check(awaitable) -> str:
