@@ -98,4 +98,4 @@ async def test_kill_9_during_traffic_loses_no_answered_contact(database_url, red
             await asyncio.sleep(0.1)
         assert await contacts_started(db) == 30
         # The conversation lives on in Redis: "yes" answers the first process's question.
-        assert await texted(http, base, "+15555550500", "yes") == [RESOLVED["sms"]]
+        assert await texted(http, base, "+15555550500", "yes") == [RESOLVED["text"]]
