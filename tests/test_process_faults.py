@@ -16,7 +16,7 @@ import aiohttp
 
 from service.conversations.prompts import RESOLVED
 from tests.conftest import AUTH_TOKEN, PUBLIC_URL, _clean_tables
-from tests.test_two_processes import ROOT, free_port
+from tests.test_two_processes import ROOT, free_port, wait_until_ready
 from tests.twilio_driver import messages, sign, sms_params
 
 
@@ -32,15 +32,7 @@ async def serving(database_url: str, redis_url: str, data_dir: Path):
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
-            for _ in range(300):
-                assert process.poll() is None, "the server did not start"
-                try:
-                    async with http.get(f"{base}/readyz") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
+            await wait_until_ready(http, base, process)
             yield process, base, http
     finally:
         if process.poll() is None:

@@ -36,20 +36,27 @@ async def serve(database_url: str, redis_url: str, data_dir: Path):
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
-            for _ in range(300):
-                assert process.poll() is None, process.stderr.read().decode()[-2000:]
-                try:
-                    async with http.get(f"{base}/readyz") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
+            await wait_until_ready(http, base, process)
             yield base, http
     finally:
         process.terminate()
         process.wait(timeout=30)
         process.stderr.close()
+
+
+async def wait_until_ready(http: aiohttp.ClientSession, base: str, process) -> None:
+    """Poll /readyz until the serve process answers 200 (it must not exit meanwhile)."""
+    for _ in range(300):
+        assert process.poll() is None, "the server exited before it was ready: " + (
+            process.stderr.read().decode()[-2000:] if process.stderr else "")
+        try:
+            async with http.get(f"{base}/readyz") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError("the server was not ready within 30 s")
 
 
 async def next_frame(ws, kind: str) -> dict:
