@@ -52,7 +52,7 @@ from service.infra import health as api
 from service.infra.ids import new_hex
 from service.infra.migrate import migrate
 from service.infra.redis_batch import batcher_for
-from service.infra.redis_url import client_for, close_client, subscriber_for
+from service.infra.redis_url import client_for, close_client, publisher_for, subscriber_for
 from service.model import CHANNEL_NAMES, ChannelTraits, Inbound, Reply
 from service.reporting import metrics, ops_api, partitions
 from service.reporting.events import EventWriter
@@ -254,7 +254,7 @@ async def event_writer(app: web.Application) -> AsyncIterator[None]:
 def messaging(twilio: TwilioRest):
     """The pub/sub bus between instances, and closing the Twilio channels' REST client."""
     async def resource(app: web.Application) -> AsyncIterator[None]:
-        app[BUS] = Bus(app[REDIS], subscriber_for(app[REDIS]))
+        app[BUS] = Bus(app[REDIS], subscriber_for(app[REDIS]), publisher_for(app[REDIS]))
         yield
         await app[BUS].close()
         await twilio.close()

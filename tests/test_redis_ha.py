@@ -12,8 +12,15 @@ import pytest
 import redis as sync_redis
 
 from channels.twilio_sms import FALLBACK
+from service.agents.bus import Bus
 from service.infra.redis_batch import ClusterBatcher, batcher_for
-from service.infra.redis_url import client_for, close_client
+from service.infra.redis_url import (
+    BUS_HOME_KEY,
+    client_for,
+    close_client,
+    publisher_for,
+    subscriber_for,
+)
 from tests import test_agents
 from tests.conftest import with_settings
 from tests.test_agents import app_settings, instance, login, twilio  # noqa: F401 (fixtures)
@@ -200,3 +207,25 @@ async def test_a_failover_during_traffic_loses_no_queued_contact(
     for number in customers:
         assert sent[number][-1][1] != FALLBACK  # answered normally again after the switch
     assert sum(map(len, answered.values())) > 4 * len(customers)
+
+
+async def test_the_bus_publishes_and_listens_on_one_home_node_of_the_cluster(valkey_cluster):
+    """PUBLISH answers with the subscribers of the node that ran it: 1 means the frame
+    reached its listener without the cluster bus forwarding it between nodes."""
+    client = client_for(valkey_cluster.url)
+    bus = Bus(client, subscriber_for(client), publisher_for(client))
+    try:
+        for _ in range(3):  # whichever node a keyless command would have picked
+            await client.ping()
+        async with bus.subscription("agent:a1") as inbox:
+            home = client.get_node_from_key(BUS_HOME_KEY)
+            listeners = sync_redis.Redis(port=home.port).pubsub_numsub("sb:bus:agent:a1")
+            assert listeners == [(b"sb:bus:agent:a1", 1)]
+            publish = publisher_for(client)
+            for n in range(5):
+                assert await publish("sb:bus:agent:a1", json.dumps({"n": n})) == 1
+            assert [(await asyncio.wait_for(inbox.get(), 5))["n"] for _ in range(5)] == [
+                0, 1, 2, 3, 4]
+    finally:
+        await bus.close()
+        await close_client(client)

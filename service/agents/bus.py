@@ -5,9 +5,10 @@ whoever produces a frame publishes it on the recipient's topic (`agent:<id>`,
 `chat:<session>`); every instance with a socket for that topic delivers it. Pub/sub delivers
 only to who is listening, so sockets re-sync from Redis state when they (re)connect.
 
-Frames are published with the service's client and listened for on `subscriber()`'s: on a
-cluster, a plain PUBLISH reaches every node, so one node is listened to, and another one
-after it fails; a listener that fails is replaced and resubscribes to every topic.
+Frames are published with `publish` and listened for on `subscriber()`'s client: on a
+cluster both are the primary owning the slot of `sb:{bus}` (a plain PUBLISH also reaches
+every other node, so a listener moved to another node after a failure still hears it); a
+listener that fails is replaced and resubscribes to every topic.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import asyncio
 import contextlib
 import json
 from collections import defaultdict
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import redis.asyncio as redis
 import structlog
@@ -26,17 +27,19 @@ CHANNEL_PREFIX = "sb:bus:"
 
 
 class Bus:
-    def __init__(self, client: Any, subscriber: Callable[[], redis.Redis] | None = None):
+    def __init__(self, client: Any, subscriber: Callable[[], redis.Redis] | None = None,
+                 publish: Callable[[str, str], Awaitable[Any]] | None = None):
         self._redis = client
+        self._publish = publish or client.publish
         self._subscriber = subscriber or (lambda: client)
-        self._listener = self._subscriber()
-        self._pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
+        self._listener: Any = None  # chosen at the first subscription, when slots are known
+        self._pubsub: Any = None
         self._listeners: dict[str, set[asyncio.Queue]] = defaultdict(set)
         self._task: asyncio.Task | None = None
         self._unsubscribed: set[str] = set()  # Redis was away: subscribed when it is back
 
     async def publish(self, topic: str, frame: dict[str, Any]) -> None:
-        await self._redis.publish(CHANNEL_PREFIX + topic, json.dumps(frame))
+        await self._publish(CHANNEL_PREFIX + topic, json.dumps(frame))
 
     @contextlib.asynccontextmanager
     async def subscription(self, topic: str) -> AsyncIterator[asyncio.Queue]:
@@ -45,6 +48,8 @@ class Bus:
         first = not self._listeners[topic]
         self._listeners[topic].add(inbox)
         if first:
+            if self._pubsub is None:
+                self._new_listener()
             try:
                 await self._pubsub.subscribe(CHANNEL_PREFIX + topic)
             except (redis.RedisError, OSError) as exc:  # the socket is served all the same
@@ -95,12 +100,17 @@ class Bus:
     async def _resubscribe(self) -> None:
         """A new listener, subscribed to every topic someone here still listens to."""
         await self._close_listener()
-        self._listener = self._subscriber()
-        self._pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
+        self._new_listener()
         if self._listeners:
             await self._pubsub.subscribe(*(CHANNEL_PREFIX + t for t in self._listeners))
 
+    def _new_listener(self) -> None:
+        self._listener = self._subscriber()
+        self._pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
+
     async def _close_listener(self) -> None:
+        if self._pubsub is None:
+            return
         with contextlib.suppress(redis.RedisError, OSError):
             await self._pubsub.aclose()
         if self._listener is not self._redis:

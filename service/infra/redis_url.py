@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import redis.asyncio as redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel, SentinelManagedSSLConnection
+from redis.exceptions import RedisClusterException
 
 SINGLE_SCHEMES = ("redis", "rediss", "unix")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
@@ -100,22 +101,52 @@ def client_for(url: str, **options: Any) -> "redis.Redis | RedisCluster":
     return sentinels.master_for(target.master, db=target.db, **auth, **options)
 
 
+# On a cluster, every instance publishes and listens on the primary that owns this key's slot,
+# so a frame never depends on the cluster bus forwarding PUBLISH between nodes (best effort:
+# a link being re-established drops what it carried).
+BUS_HOME_KEY = "sb:{bus}"
+
+
 def subscriber_for(client: "redis.Redis | RedisCluster") -> Callable[[], redis.Redis]:
-    """Where to listen for pub/sub: the client itself, or on a cluster one node after
-    another (a plain PUBLISH reaches every node of a cluster)."""
+    """Where to listen for pub/sub: the client itself, or on a cluster the bus's home primary
+    first and, after it fails, one node after another (a plain PUBLISH reaches every node)."""
     if not isinstance(client, RedisCluster):
         return lambda: client
     turn = itertools.count()
 
     def next_node() -> redis.Redis:
-        nodes = client.get_primaries() or list(client.nodes_manager.startup_nodes.values())
-        node = nodes[next(turn) % len(nodes)]
+        attempt = next(turn)  # the home first, then home and another node in turn
+        node = _home_node(client) if attempt % 2 == 0 else _any_node(client, attempt // 2)
         kwargs = node.connection_kwargs
         return redis.Redis(host=node.host, port=node.port, username=kwargs.get("username"),
                            password=kwargs.get("password"), ssl=bool(kwargs.get("ssl")),
                            socket_connect_timeout=2)
 
     return next_node
+
+
+def publisher_for(client: "redis.Redis | RedisCluster") -> Callable[[str, str], Any]:
+    """How to PUBLISH: on a cluster, on the bus's home primary (where listeners are)."""
+    if not isinstance(client, RedisCluster):
+        return client.publish
+
+    async def publish(channel: str, data: str) -> Any:
+        return await client.execute_command("PUBLISH", channel, data,
+                                            target_nodes=_home_node(client))
+
+    return publish
+
+
+def _home_node(client: RedisCluster) -> ClusterNode:
+    try:
+        return client.get_node_from_key(BUS_HOME_KEY) or _any_node(client, 0)
+    except RedisClusterException:  # slots not known yet
+        return _any_node(client, 0)
+
+
+def _any_node(client: RedisCluster, turn: int) -> ClusterNode:
+    nodes = client.get_primaries() or list(client.nodes_manager.startup_nodes.values())
+    return nodes[turn % len(nodes)]
 
 
 async def close_client(client: "redis.Redis | RedisCluster") -> None:
