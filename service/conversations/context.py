@@ -40,6 +40,10 @@ from service.model import Inbound, Reply
 
 IDENTITY_TTL_S = 30 * 86400
 SEEN_TTL_S = 86400
+# A turn holds its conversation's lease from round trip 1 to round trip 2, so concurrent
+# webhooks of one conversation are applied one after another on any instance. Longer than a
+# turn may run (app.TURN_TIMEOUT_S), so it only expires when its holder died.
+TURN_LEASE_MS = 11_000
 CONTACTS_TTL_S = 30 * 86400
 KEPT_CONTACTS = 50  # summaries per hash: every turn reads its address's whole hash
 PENDING = b"pending"
@@ -97,6 +101,10 @@ def summarise(conv: dict[str, Any]) -> dict[str, Any]:
     return {k: conv.get(k) for k in SUMMARY_FIELDS}
 
 
+def lease_key(inbound: Inbound) -> str:
+    return conversation_key(inbound) + ":lease"
+
+
 @dataclass
 class TurnStart:
     duplicate_of: Reply | None  # a reply already given for this delivery
@@ -105,6 +113,7 @@ class TurnStart:
     customer: dict[str, Any] | None
     opted_out: bool
     history: Any = None  # raw summaries of this address's recent contacts
+    leased: bool = True  # False: another turn of the conversation holds it; nothing claimed
 
 
 class ContextStore:
@@ -113,19 +122,28 @@ class ContextStore:
         self.redis = redis
         self.idle_timeout_s = idle_timeout_s
         self._idles_out = frozenset(idles_out)  # channels whose quiet conversations end
+        self.leases: set[str] = set()  # conversation leases this instance's turns hold
 
-    async def begin_turn(self, inbound: Inbound) -> TurnStart:
-        """Round trip 1: claim the delivery, read conversation, identity, opt-out and the
-        address's recent contacts (decoded only when a contact opens)."""
+    async def begin_turn(self, inbound: Inbound, take_over: bool = False) -> TurnStart:
+        """Round trip 1: the conversation's lease (`take_over`: even if another turn holds
+        it), claim the delivery, read conversation, identity, opt-out and the address's
+        recent contacts (decoded only when a contact opens)."""
         tag = _tag(inbound)
         seen = f"{tag}:seen:{inbound.dedupe_key}"
-        commands: list[Command] = []
+        lease = lease_key(inbound)
+        commands: list[Command] = [("SET", lease, 1, "PX", TURN_LEASE_MS) if take_over else
+                                   ("SET", lease, 1, "NX", "PX", TURN_LEASE_MS)]
         if inbound.dedupe_key:
             commands += [("SET", seen, PENDING, "NX", "EX", SEEN_TTL_S), ("GET", seen)]
         commands += [("GET", conversation_key(inbound)), ("GET", f"{tag}:ident"),
                      ("EXISTS", f"{tag}:optout:{inbound.channel}"),
                      ("HGETALL", f"{tag}:contacts")]
-        results = await self.redis.execute(*commands)
+        leased, *results = await self.redis.execute(*commands)
+        if not leased:
+            if inbound.dedupe_key and results[0]:  # claimed it: let the retry claim it again
+                await self.redis.execute(("DEL", seen))
+            return TurnStart(None, False, None, None, False, leased=False)
+        self.leases.add(lease)
         if inbound.dedupe_key:
             claimed, previous, *results = results
             if not claimed:
@@ -148,6 +166,7 @@ class ContextStore:
         the summaries of old contacts beyond KEPT_CONTACTS."""
         tag = _tag(inbound)
         commands = self._save(conversation_key(inbound), conversation) + _remember(inbound, reply)
+        commands += self._unlease(inbound)
         if customer is not None:
             commands.append(("SET", f"{tag}:ident", _dumps(customer), "EX", IDENTITY_TTL_S))
         if opt_out is True:
@@ -166,8 +185,22 @@ class ContextStore:
 
     async def remember_reply(self, inbound: Inbound, reply: Reply) -> None:
         """The reply to a delivery that changed nothing, for Twilio's retries of it."""
-        if inbound.dedupe_key:
-            await self.redis.execute(*_remember(inbound, reply))
+        commands = _remember(inbound, reply) + self._unlease(inbound)
+        if commands:
+            await self.redis.execute(*commands)
+
+    async def end_turn(self, inbound: Inbound) -> None:
+        """Give the conversation's lease back if round trip 2 did not (a turn that failed or
+        changed nothing)."""
+        if commands := self._unlease(inbound):
+            await self.redis.execute(*commands)
+
+    def _unlease(self, inbound: Inbound) -> list[Command]:
+        lease = lease_key(inbound)
+        if lease not in self.leases:
+            return []
+        self.leases.discard(lease)
+        return [("DEL", lease)]
 
     async def conversation(self, inbound: Inbound) -> dict[str, Any] | None:
         [raw] = await self.redis.execute(("GET", conversation_key(inbound)))

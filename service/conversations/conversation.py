@@ -6,9 +6,12 @@ identity + context (Redis) -> contact type (classifier) -> decision (routing tre
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import random
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 import structlog
 
@@ -18,6 +21,7 @@ from service.conversations.context import (
     ContextStore,
     TurnStart,
     identity_of,
+    lease_key,
     newest_first,
 )
 from service.conversations.fallback import call_contact_id
@@ -50,10 +54,19 @@ HELP_WORDS = {"HELP", "INFO"}
 YES = {"yes", "y", "yeah", "yep", "yes it did", "it did", "thanks", "thank you", "1"}
 NO = {"no", "n", "nope", "not really", "no it didn't", "it didn't", "2"}
 MAX_TRANSCRIPT = 60
+LEASE_RETRY_S = 0.01  # first pause when another instance has the conversation's turn
+# A turn takes milliseconds (a flow's look-up, a few seconds): a lease held longer than this
+# was left by a turn whose Redis went away before it could give it back.
+LEASE_WAIT_S = 6.0
 MISSES_BEFORE_ESCALATION = 2
 OPEN_IN_IVR = ("new", "menu", "clarifying", "confirming", "confirming_repeat")
 AGENT_TOOK_IT = ("bridged", "redirected")  # Twilio QueueResult values
 YES_NO = (Choice("Yes", "yes", "1"), Choice("No", "no", "2"))
+
+
+class TurnLock(asyncio.Lock):
+    """A conversation's turn on this instance, with how many turns wait for it."""
+    users = 0
 
 FindCustomer = Callable[[str, str], Awaitable[dict[str, Any] | None]]
 
@@ -115,6 +128,7 @@ class Conversations:
         self._router = handoff.router
         self._events = events
         self._find_customer = find_customer
+        self._turn_locks: dict[str, TurnLock] = {}
 
     async def handle(self, inbound: Inbound) -> Reply:
         if inbound.kind == "wait":
@@ -123,17 +137,45 @@ class Conversations:
                 return held
             # Held by the fallback while a turn failed: queue the caller for an agent, once.
             inbound = replace(inbound, dedupe_key=f"{inbound.thread}:adopted")
-        start = await self._context.begin_turn(inbound)
-        if start.duplicate_of is not None:
-            log.info("turn.duplicate", dedupe_key=inbound.dedupe_key)
-            return start.duplicate_of
-        if start.in_flight:
-            return await self._context.wait_for_reply(inbound) or Reply()
+        async with self._in_order(lease_key(inbound)):
+            start = await self._leased_start(inbound)
+            try:
+                if start.duplicate_of is not None:
+                    log.info("turn.duplicate", dedupe_key=inbound.dedupe_key)
+                    return start.duplicate_of
+                if start.in_flight:
+                    return await self._context.wait_for_reply(inbound) or Reply()
+                try:
+                    return await self._turn(inbound, start)
+                except BaseException:
+                    await self._context.release(inbound)
+                    raise
+            finally:
+                await self._context.end_turn(inbound)
+
+    @contextlib.asynccontextmanager
+    async def _in_order(self, key: str) -> AsyncIterator[None]:
+        """This instance's turns of one conversation, one at a time in arrival order."""
+        lock = self._turn_locks.setdefault(key, TurnLock())
+        lock.users += 1
         try:
-            return await self._turn(inbound, start)
-        except BaseException:
-            await self._context.release(inbound)
-            raise
+            async with lock:
+                yield
+        finally:
+            lock.users -= 1
+            if not lock.users:
+                del self._turn_locks[key]
+
+    async def _leased_start(self, inbound: Inbound) -> TurnStart:
+        """Round trip 1 once the conversation's lease is ours (another instance may hold it)."""
+        pause, give_up = LEASE_RETRY_S, time.monotonic() + LEASE_WAIT_S
+        while not (start := await self._context.begin_turn(inbound)).leased:
+            if time.monotonic() > give_up:  # its holder failed before giving it back
+                log.warning("turn.lease_taken_over", channel=inbound.channel)
+                return await self._context.begin_turn(inbound, take_over=True)
+            await asyncio.sleep(pause * random.uniform(0.5, 1.5))
+            pause = min(pause * 2, 0.2)
+        return start
 
     def record_failure(self, inbound: Inbound, error: BaseException) -> None:
         """Keep the customer's words when a turn fails: the event log is on local disk first."""
