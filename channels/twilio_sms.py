@@ -86,7 +86,8 @@ class TwilioMessaging:
 class TwilioSms(TwilioMessaging):
     traits: ClassVar[ChannelTraits] = ChannelTraits(
         name="sms", identity="phone", prompt_style="text", default_capacity=3, idles_out=True,
-        carrier_keywords=True, agent_can_type=True, route_prefix="/twilio/sms")
+        carrier_keywords=True, agent_can_type=True, route_prefix="/twilio/sms",
+        customer_paced=True)
 
 
 def parse(form, channel: str = "sms") -> Inbound:

@@ -23,7 +23,7 @@ class TwilioWhatsApp(TwilioMessaging):
     traits: ClassVar[ChannelTraits] = ChannelTraits(
         name="whatsapp", identity="phone", prompt_style="text", default_capacity=3,
         idles_out=True, carrier_keywords=False, agent_can_type=True,
-        route_prefix="/twilio/whatsapp", reply_window_s=WINDOW_S)
+        route_prefix="/twilio/whatsapp", reply_window_s=WINDOW_S, customer_paced=True)
 
     def wire_address(self, address: str) -> str:
         return f"whatsapp:{address}"

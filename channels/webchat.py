@@ -36,7 +36,8 @@ FALLBACK = ("Sorry, something went wrong on our side. Please try again in a mome
 class WebChat:
     traits: ClassVar[ChannelTraits] = ChannelTraits(
         name="chat", identity="web", prompt_style="buttons", default_capacity=3, idles_out=False,
-        carrier_keywords=False, agent_can_type=True, route_prefix="/chat")
+        carrier_keywords=False, agent_can_type=True, route_prefix="/chat",
+        customer_paced=True)
 
     def __init__(self, config: ChannelConfig, handle: HandleInbound):
         self._handle = handle

@@ -91,6 +91,7 @@ class ChannelTraits:
     route_prefix: str  # every HTTP route of the channel is under this path
     end_outcome: str = "customer_left"  # the outcome of a contact the customer ends in self-service
     reply_window_s: int | None = None  # agents may write only this long after the customer did
+    customer_paced: bool = False  # the customer writes when they like (rate limit, loop breaker)
 
 
 @dataclass(frozen=True, slots=True)

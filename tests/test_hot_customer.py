@@ -8,6 +8,9 @@ import time
 
 from service.appkeys import EVENTS
 from service.conversations import conversation as conversation_module
+from service.conversations import pacing, prompts
+from service.rules.loader import load_rules
+from tests.conftest import RULES_DIR
 from tests.test_agents import instance
 from tests.test_sms import conversation, events_of, kinds
 from tests.twilio_driver import SERVICE_NUMBER, post_signed, sms_params, text
@@ -60,3 +63,45 @@ async def test_a_lease_left_by_a_failed_turn_is_taken_over(client, redis_client,
     assert said[0].startswith("Every order is listed under Orders")
     assert 0.5 <= time.monotonic() - began < 5
     assert await redis_client.exists(stale) == 0  # given back by the turn that took it over
+
+
+FAST = "+15555550180"
+EXAMPLES = [t.examples[0] for t in load_rules(RULES_DIR, with_classifier=False).catalog.types.values()]
+BOT = "+15555550181"
+
+
+async def test_a_texter_faster_than_a_person_is_told_once_then_acknowledged_quietly(
+        client, db, monkeypatch):
+    monkeypatch.setattr(pacing, "BURST_WINDOW_S", 3.0)
+    said = [await text(client, FAST, words) for words in EXAMPLES[:10]]
+    assert all(said[n] for n in range(pacing.BURST))  # a person's pace: every text answered
+    assert said[pacing.BURST] == [prompts.SLOW_DOWN]
+    assert said[pacing.BURST + 1:] == [[]] * (10 - pacing.BURST - 1)
+    await asyncio.sleep(3.1)
+    assert await text(client, FAST, EXAMPLES[10])  # slowed down: answered
+    events = await events_of(client, db, FAST)
+    assert kinds(events).count("received") == 11  # every text heard and kept
+    limited = [e["data"]["told"] for e in events if e["kind"] == "rate_limited"]
+    assert limited == [True, False, False, False]
+
+
+async def test_another_bot_echoing_ours_is_cut_off_and_muted(client, db, redis_client):
+    said = await text(client, BOT, "check order status")
+    assert said
+    for _ in range(pacing.LOOP_HITS - 1):  # an auto-responder sends our words back
+        said = await text(client, BOT, said[0])
+        assert said
+    assert await text(client, BOT, said[0]) == []
+    events = await events_of(client, db, BOT)
+    assert kinds(events).count("bot_loop_detected") == 1
+    assert [e["data"]["outcome"] for e in events if e["kind"] == "ended"] == ["bot_loop"]
+    assert await text(client, BOT, "Thank you for your message!") == []  # muted
+    assert await text(client, BOT, "HELP") == [prompts.SMS_HELP]  # carrier keywords still work
+    assert kinds(await events_of(client, db, BOT)).count("received_while_muted") == 1
+    assert await redis_client.ttl(f"sb:{{phone:{BOT}}}:muted:sms") > pacing.MUTE_S - 60
+
+
+async def test_a_person_repeating_a_short_question_is_still_answered(client, db):
+    for _ in range(pacing.LOOP_HITS + 1):
+        assert (await text(client, "+15555550182", "order status"))[0].startswith("Every order")
+    assert "bot_loop_detected" not in kinds(await events_of(client, db, "+15555550182"))

@@ -9,6 +9,8 @@ everything about one customer shares `{cust:<id>}`.
     sb:{phone:+15551234567}:conv:<channel>:<thread>  the same for a call or chat session
     sb:{phone:+15551234567}:seen:<delivery id>     reply already given for a delivery   1 day
     sb:{phone:+15551234567}:optout:<channel>       present after STOP
+    sb:{phone:+15551234567}:muted:<channel>        present while a bot loop is muted   1 hour
+    sb:{phone:+15551234567}:conv:...:lease         a turn of that conversation runs      11 s
     sb:{phone:+15551234567}:contacts               HASH contact id -> summary           30 days
     sb:{contact:<id>}:conv                         contact id -> conversation key
     sb:{cust:<id>}:contacts                        HASH contact id -> summary           30 days
@@ -101,6 +103,10 @@ def summarise(conv: dict[str, Any]) -> dict[str, Any]:
     return {k: conv.get(k) for k in SUMMARY_FIELDS}
 
 
+def muted_key(inbound: Inbound) -> str:
+    return f"{_tag(inbound)}:muted:{inbound.channel}"
+
+
 def lease_key(inbound: Inbound) -> str:
     return conversation_key(inbound) + ":lease"
 
@@ -114,6 +120,7 @@ class TurnStart:
     opted_out: bool
     history: Any = None  # raw summaries of this address's recent contacts
     leased: bool = True  # False: another turn of the conversation holds it; nothing claimed
+    muted: bool = False  # the address is not answered for a while (pacing.py: a bot loop)
 
 
 class ContextStore:
@@ -137,7 +144,7 @@ class ContextStore:
             commands += [("SET", seen, PENDING, "NX", "EX", SEEN_TTL_S), ("GET", seen)]
         commands += [("GET", conversation_key(inbound)), ("GET", f"{tag}:ident"),
                      ("EXISTS", f"{tag}:optout:{inbound.channel}"),
-                     ("HGETALL", f"{tag}:contacts")]
+                     ("HGETALL", f"{tag}:contacts"), ("EXISTS", muted_key(inbound))]
         leased, *results = await self.redis.execute(*commands)
         if not leased:
             if inbound.dedupe_key and results[0]:  # claimed it: let the retry claim it again
@@ -150,20 +157,21 @@ class ContextStore:
                 done = previous not in (None, PENDING)
                 return TurnStart(Reply.from_json(orjson.loads(previous)) if done else None,
                                  not done, None, None, False)
-        conversation, customer, opted_out, history = results
+        conversation, customer, opted_out, history, muted = results
         return TurnStart(None, False, _json(conversation), _json(customer), bool(opted_out),
-                         history)
+                         history, muted=bool(muted))
 
     async def commit_turn(self, inbound: Inbound, conversation: dict[str, Any], reply: Reply,
                           *, customer: dict[str, Any] | None = None,
                           summaries: Sequence[dict[str, Any]] = (),
                           seed: Sequence[dict[str, Any]] | None = None,
                           forget: Sequence[str] = (),
-                          opt_out: bool | None = None) -> None:
+                          opt_out: bool | None = None, mute_s: int = 0) -> None:
         """Round trip 2: save the conversation and the reply, and what changed about the
         customer: its link, `seed` (summaries read from the customer's hash) as this
         address's copy, the summaries of the `summaries` conversations; `forget` drops
-        the summaries of old contacts beyond KEPT_CONTACTS."""
+        the summaries of old contacts beyond KEPT_CONTACTS; `mute_s`: answer the address
+        no more for that long."""
         tag = _tag(inbound)
         commands = self._save(conversation_key(inbound), conversation) + _remember(inbound, reply)
         commands += self._unlease(inbound)
@@ -173,6 +181,8 @@ class ContextStore:
             commands.append(("SET", f"{tag}:optout:{inbound.channel}", 1))
         elif opt_out is False:
             commands.append(("DEL", f"{tag}:optout:{inbound.channel}"))
+        if mute_s:
+            commands.append(("SET", muted_key(inbound), 1, "EX", mute_s))
         if seed is not None:
             commands += _seed(address_contacts_key(*identity_of(inbound)), seed)
         for conv in summaries:

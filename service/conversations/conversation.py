@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 import structlog
 
-from service.conversations import prompts
+from service.conversations import pacing, prompts
 from service.conversations.context import (
     KEPT_CONTACTS,
     ContextStore,
@@ -196,6 +196,8 @@ class Conversations:
                                           now)
         if inbound.kind in ("end", "left_queue"):
             return await self._ended_by_customer(inbound, conversation, now)
+        if start.muted and inbound.kind == "message" and keyword not in HELP_WORDS:
+            return await self._muted(inbound, customer, now)
         linked = customer is not None and "identities" in customer  # older links lack them
         new_customer = False
         if not linked:
@@ -210,18 +212,47 @@ class Conversations:
                            occurred_at=now))
         await self._open_contact(turn)
         turn.conversation["turns"] += 1
+        verdict = self._pace(turn)
         self._hear(turn)
-        reply = await self._respond(turn, keyword)
+        reply = await self._respond(turn, keyword) if verdict == "answer" else \
+            self._held_back(turn, verdict)
         for text in reply.messages:
             turn.say("bot", text)
         turn.conversation["last_at"] = now
         await self._context.commit_turn(inbound, turn.conversation, reply,
                                         customer=None if linked else customer,
                                         summaries=turn.summaries(), seed=turn.seed,
-                                        forget=turn.forget)
+                                        forget=turn.forget,
+                                        mute_s=pacing.MUTE_S if verdict == "loop" else 0)
         self._events.emit(*turn.events)
         if reply.queue:  # offer only once the queued state is saved, or an accept could race it
             await self._handoff.dispatch()
+        return reply
+
+    def _pace(self, turn: Turn) -> pacing.Verdict:
+        conv, inbound = turn.conversation, turn.inbound
+        if not self._channels[turn.channel].customer_paced or inbound.kind != "message" or \
+                conv["status"] in ("queued", "with_agent"):  # agents read at their own pace
+            return "answer"
+        return pacing.pace(conv, inbound.text, turn.now)
+
+    def _held_back(self, turn: Turn, verdict: pacing.Verdict) -> Reply:
+        """A text not answered as usual: too fast, or another bot talking to ours."""
+        if verdict == "loop":
+            turn.record("bot_loop_detected", muted_s=pacing.MUTE_S)
+            self._end(turn, "bot_loop")
+            return turn.reply(state="closed")
+        turn.record("rate_limited", told=verdict == "slow_down")
+        return turn.reply(prompts.SLOW_DOWN) if verdict == "slow_down" else turn.reply()
+
+    async def _muted(self, inbound: Inbound, customer: dict | None, now: float) -> Reply:
+        """A text to an address muted after a bot loop: recorded, not answered."""
+        self._events.emit(Event("received_while_muted", None,
+                                (customer or {}).get("customer_id"), inbound.channel,
+                                data={"address": inbound.address, "text": inbound.text,
+                                      **_provider_ids(inbound)}, occurred_at=now))
+        reply = Reply(state="closed")
+        await self._context.remember_reply(inbound, reply)
         return reply
 
     def _hear(self, turn: Turn) -> None:

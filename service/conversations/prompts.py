@@ -24,6 +24,8 @@ RESOLVED: dict[PromptStyle, str] = {
 # Answers to the carrier keywords (HELP, START) on channels that have them.
 SMS_HELP = ("Support by text: tell us what you need in a few words, or reply AGENT to talk to "
             "a person. Reply STOP to opt out. Msg&data rates may apply.")
+SLOW_DOWN = ("You're sending messages faster than we can read them. We'll answer your next "
+             "message in a moment.")
 SMS_RESUBSCRIBED = "You're subscribed again. Text us any time."
 FAILED_VOICE = "Sorry, we're having technical trouble. Please hold for the next available agent."
 

@@ -47,6 +47,9 @@ class Conversation(_Required, total=False):
     agent_id: str  # the agent who accepted it
     agent_name: str
     ended_at: float
+    arrivals: list[float]  # when the customer's last few texts arrived (pacing.py)
+    loop_hits: int  # texts in a row that echo ours or repeat the customer's previous one
+    rate_limited: bool  # the customer was told to slow down and has not yet
 
 
 def new_conversation(*, contact_id: str, customer: dict[str, Any], channel: str, address: str,
