@@ -38,6 +38,7 @@ class TwilioVoice:
     traits: ClassVar[ChannelTraits] = ChannelTraits(
         name="voice", identity="phone", prompt_style="keys", default_capacity=1,
         idles_out=False, carrier_keywords=False, agent_can_type=False, route_prefix=BASE,
+        live_call=True,
         end_outcome="hung_up_in_ivr")
 
     def __init__(self, config: ChannelConfig, handle: HandleInbound):

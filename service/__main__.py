@@ -12,7 +12,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from service.model import CHANNEL_NAMES
 from service.rules.yamlfile import ConfigError
 from service.settings import Settings, SettingsError, settings_from_env
 
@@ -419,14 +418,15 @@ def cmd_agents_add(args: argparse.Namespace, settings: Settings) -> int:
     import asyncpg
 
     from service.agents.desk import add_agent
+    from service.channel_list import channel_names
     from service.infra.migrate import migrate
 
     skills = [s.strip() for s in args.skills.split(",") if s.strip()]
     try:
         capacity = {k: int(v) for k, v in (_split(p) for p in args.capacity.split(",") if p)}
-        unknown = set(capacity) - set(CHANNEL_NAMES)
+        names = sorted(channel_names())
+        unknown = set(capacity) - set(names)
         if unknown or any(v < 0 for v in capacity.values()):
-            names = sorted(CHANNEL_NAMES)
             raise ValueError(f"capacity takes {', '.join(names[:-1])} and {names[-1]} with "
                              f"whole numbers, got {args.capacity!r}")
     except ValueError as exc:

@@ -16,12 +16,8 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from channels.base import Channel, ChannelConfig
+from channels.base import ChannelConfig
 from channels.twilio_rest import TwilioRest
-from channels.twilio_sms import TwilioSms
-from channels.twilio_voice import TwilioVoice
-from channels.twilio_whatsapp import TwilioWhatsApp
-from channels.webchat import WebChat
 from service import WEB_DIR
 from service.agents.bus import Bus
 from service.agents.desk import AgentDesk
@@ -43,6 +39,7 @@ from service.appkeys import (
     RULES,
     SETTINGS,
 )
+from service.channel_list import CHANNEL_TYPES
 from service.conversations.context import ContextStore
 from service.conversations.conversation import Conversations
 from service.conversations.customers import find_customer
@@ -53,7 +50,7 @@ from service.infra.ids import new_hex
 from service.infra.migrate import migrate
 from service.infra.redis_batch import batcher_for
 from service.infra.redis_url import client_for, close_client, publisher_for, subscriber_for
-from service.model import CHANNEL_NAMES, ChannelTraits, Inbound, Reply
+from service.model import ChannelTraits, Inbound, Reply
 from service.reporting import metrics, ops_api, partitions
 from service.reporting.events import EventWriter
 from service.rules.flows import HttpLookups
@@ -68,10 +65,6 @@ HANDOFF_SWEEP_INTERVAL_S = 1
 QUEUE_LOAD_INTERVAL_S = 1  # how old the waiting.<queue> figures routing sees may be
 TURN_TIMEOUT_S = 10  # well inside Twilio's 15 s, so the caller still gets the fallback TwiML
 
-# The channels, one line each: nothing registers itself by being imported.
-CHANNEL_TYPES: tuple[type[Channel], ...] = (TwilioSms, TwilioVoice, WebChat, TwilioWhatsApp)
-assert sorted(c.traits.name for c in CHANNEL_TYPES) == sorted(CHANNEL_NAMES), \
-    "every channel value of service.model.ChannelName has exactly one channel"
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -287,7 +280,7 @@ async def conversations(app: web.Application) -> AsyncIterator[None]:
         channels=traits, find_customer=lambda kind, value: find_customer(pool, kind, value),
         lookups=app[LOOKUPS], queue_load=lambda: app[QUEUE_LOAD].waiting)
     app[FALLBACK] = FallbackContacts(app[EVENTS], lambda kind, value: find_customer(
-        pool, kind, value), lambda: default_queue(app), settings.sms_idle_timeout_s)
+        pool, kind, value), lambda: default_queue(app), traits, settings.sms_idle_timeout_s)
     app[AGENT_DESK] = AgentDesk(pool, app[HANDOFF], app[BUS], lambda: [
         {"id": t.id, "label": t.label} for t in current_rules().catalog.types.values()])
     yield

@@ -7,12 +7,11 @@ Channels import only this module. Provider fields are mapped into these at the e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Protocol, get_args
+from typing import Any, Literal, Mapping, Protocol
 
-# The one list of channel values the core knows (routing's `channel = x`, events, reports);
-# each is declared by exactly one channel module, listed in the composition root.
-ChannelName = Literal["sms", "voice", "chat", "whatsapp"]
-CHANNEL_NAMES: tuple[str, ...] = get_args(ChannelName)
+# A channel's value in routing's `channel = x`, events and reports: each channel module
+# declares its own (ChannelTraits.name); service/channel_list.py lists the channels.
+ChannelName = str
 IdentityKind = Literal["phone", "web"]  # which customer key an address is
 # text: typed replies ("Reply YES or NO", numbered lists); buttons: choices in a widget;
 # keys: a phone menu (press 1, say yes).
@@ -92,6 +91,7 @@ class ChannelTraits:
     end_outcome: str = "customer_left"  # the outcome of a contact the customer ends in self-service
     reply_window_s: int | None = None  # agents may write only this long after the customer did
     customer_paced: bool = False  # the customer writes when they like (rate limit, loop breaker)
+    live_call: bool = False  # a call: its thread is the contact; the provider holds it when we fail
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,11 +10,13 @@ import pytest
 
 from channels.base import ChannelConfig
 from service.agents.queues import Dispatcher
-from service.app import CHANNEL_TYPES, create_app
+from service.app import create_app
 from service.appkeys import CHANNEL_LIST
+from service.channel_list import CHANNEL_TYPES, channel_names
 from service.conversations import prompts
-from service.model import CHANNEL_NAMES, ChannelTraits, IdentityKind, PromptStyle, Reply
+from service.model import ChannelTraits, IdentityKind, PromptStyle, Reply
 from service.rules.loader import load_rules
+from service.rules.yamlfile import ConfigError
 from tests.conftest import RULES_DIR
 from tests.test_rules_validation import ROUTES, write_rules
 
@@ -26,7 +28,7 @@ async def _nothing(inbound) -> Reply:
 
 
 def test_every_channel_value_has_exactly_one_channel():
-    assert sorted(IDS) == sorted(CHANNEL_NAMES)
+    assert sorted(IDS) == sorted(channel_names())
     assert len(set(IDS)) == len(IDS) == 4
 
 
@@ -92,3 +94,13 @@ def test_routing_accepts_its_channel_value(channel, tmp_path):
     assert decision.route_path != tree.decide({"channel": "elsewhere", "contact_type": None,
                                                "confidence": None, "repeat_contact": False,
                                                "hours": ()}).route_path
+
+
+@pytest.mark.parametrize("channel", CHANNEL_TYPES, ids=IDS)
+def test_routes_name_only_the_channels_the_deployment_serves(channel, tmp_path):
+    name = channel.traits.name
+    directory = write_rules(tmp_path, routes=ROUTES.replace("contact_type = track_order",
+                                                            f"channel = {name}"))
+    others = tuple(n for n in IDS if n != name)
+    with pytest.raises(ConfigError, match=f"unknown channel '{name}'"):
+        load_rules(directory, with_classifier=False, channels=others)

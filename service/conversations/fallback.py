@@ -1,8 +1,9 @@
 """Contacts answered by the fallback when a turn fails (Redis or PostgreSQL down) still count.
 
-The channel answers with its apology (SMS, chat) or holds the caller in Twilio's queue; this
-records the contact through the event spool, which needs neither server: `contact_started`
-once per address (per call for voice) and per outage on this instance, then what was heard,
+The channel answers with its apology (texts, chat) or holds the caller in the provider's queue
+(channels whose traits say `live_call`); this records the contact through the event spool,
+which needs neither server: `contact_started` once per address (per call) and per outage on
+this instance, then what was heard,
 and how the contact ended. A held call adopted later keeps the same contact id, so it is
 counted once (see `call_contact_id`)."""
 
@@ -12,12 +13,12 @@ import asyncio
 import time
 import uuid
 from collections import OrderedDict
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 import structlog
 
 from service.conversations.context import identity_of
-from service.model import Inbound
+from service.model import ChannelTraits, Inbound
 from service.reporting.events import Event, EventWriter
 
 log = structlog.get_logger(__name__)
@@ -35,8 +36,10 @@ def call_contact_id(call_sid: str) -> str:
 class FallbackContacts:
     def __init__(self, events: EventWriter,
                  find_customer: Callable[[str, str], Awaitable[dict[str, Any] | None]],
-                 fallback_queue: Callable[[], str], group_s: float = 1800):
+                 fallback_queue: Callable[[], str], channels: Mapping[str, ChannelTraits],
+                 group_s: float = 1800):
         self._events = events
+        self._calls = frozenset(name for name, t in channels.items() if t.live_call)
         self._find_customer = find_customer
         self._fallback_queue = fallback_queue
         self._group_s = group_s
@@ -53,7 +56,8 @@ class FallbackContacts:
         if inbound.kind == "wait":
             return  # a held caller's poll: counted when the call started
         now = time.time()
-        where = inbound.thread if inbound.channel == "voice" else inbound.address
+        call = inbound.channel in self._calls
+        where = inbound.thread if call else inbound.address
         key = f"{inbound.channel}:{where}"
         known = self._open.get(key)
         events: list[Event] = []
@@ -61,7 +65,7 @@ class FallbackContacts:
         if known and now - known[2] < self._group_s:
             contact_id, customer_id, _ = known
         elif inbound.kind in ("end", "left_queue", "no_input") or \
-                (inbound.channel == "voice" and inbound.kind != "start"):
+                (call and inbound.kind != "start"):
             return  # a contact that began before the failure is counted already
         else:
             contact_id, customer_id = await self._start(inbound, events, now)
@@ -77,14 +81,14 @@ class FallbackContacts:
 
         if inbound.kind in ("message", "digits"):
             add("received", text=inbound.text, input=inbound.kind, fallback=True)
-        if inbound.channel == "voice":
+        if call:
             # Held in Twilio's queue: the hold poll that reaches Redis queues it for an agent
             # (escalated then); a caller who hangs up before that ends here.
             if inbound.kind in ("end", "left_queue"):
                 add("escalated", reason="technical_fallback", queue=self._fallback_queue(),
                     priority=0)
                 add("ended", outcome="abandoned_in_queue")
-        elif started:  # SMS and chat: told to try again; later turns are heard, not recounted
+        elif started:  # texts and chats: told to try again; later turns heard, not recounted
             add("ended", outcome="technical_fallback")
         self._events.emit(*events)
 
@@ -102,7 +106,7 @@ class FallbackContacts:
             events.append(Event("customer_created", None, customer_id, inbound.channel,
                                 data={"identity_kind": kind, "identity_value": value},
                                 occurred_at=now))
-        contact_id = call_contact_id(inbound.thread) if inbound.channel == "voice" and \
+        contact_id = call_contact_id(inbound.thread) if inbound.channel in self._calls and \
             inbound.thread else str(uuid.uuid4())
         events.append(Event("contact_started", contact_id, customer_id, inbound.channel,
                             data={"address": inbound.address,

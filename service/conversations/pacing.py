@@ -9,9 +9,10 @@ recent arrival times are exact on any instance.
   is answered once ("slow down"), the rest are acknowledged silently; every one is still heard
   (transcript, `received` event) and counted (`rate_limited`).
 - **Loop breaker**: another bot answering ours echoes our words back or repeats itself (texts
-  of `MIN_LOOP_WORDS` words or more). `LOOP_HITS` such texts in a row end the contact (`bot_loop`) and mute the address for
-  `MUTE_S` seconds: texts are then recorded (`received_while_muted`), never answered, and
-  carrier keywords (STOP, START, HELP) still work.
+  of `MIN_LOOP_WORDS` words or more). `LOOP_HITS` such texts in a row end the contact
+  (`bot_loop`) and mute the address for `MUTE_S` seconds: texts are then recorded
+  (`received_while_muted`), never answered, and carrier keywords (STOP, START, HELP) still
+  work.
 """
 
 from __future__ import annotations

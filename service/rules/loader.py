@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Collection, Iterable, Mapping
 
 from service.conversations.redaction import CARDS_ONLY, Redactor
 from service.rules.catalog import Catalog, load_catalog
@@ -37,13 +37,15 @@ class Rules:
 
 
 def load_rules(directory: Path, *, with_classifier: bool = True,
-               learned: Iterable[tuple[str, str]] = ()) -> Rules:
+               learned: Iterable[tuple[str, str]] = (),
+               channels: Collection[str] | None = None) -> Rules:
     """Validate every file (raising ConfigError listing all problems), then train on the
-    catalog's examples plus what was learned from live contacts (kept apart, see learning.py)."""
+    catalog's examples plus what was learned from live contacts (kept apart, see learning.py).
+    `channels`: the channel values routes may name (default: every channel this build has)."""
     display = str(directory).rstrip("/")
     files = rule_files(directory)  # read first: the digest is of what was validated
     flows, catalog = _flows_and_catalog(directory, display)
-    tree = load_routing_tree(directory, display, catalog)
+    tree = load_routing_tree(directory, display, catalog, _served(channels))
     redactor = load_redaction(directory, display)
     learned = tuple((text, label) for text, label in learned if label in catalog.types)
     examples = catalog.training + learned
@@ -53,6 +55,14 @@ def load_rules(directory: Path, *, with_classifier: bool = True,
         if with_classifier else None
     return Rules(directory, _digest(files, training_digest), catalog, tree, classifier,
                  learned, flows, files, redactor)
+
+
+def _served(channels: Collection[str] | None) -> Collection[str]:
+    if channels is not None:
+        return channels
+    from service.channel_list import channel_names  # the channel modules only when asked
+
+    return channel_names()
 
 
 def rule_files(directory: Path) -> dict[str, str]:

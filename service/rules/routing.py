@@ -14,10 +14,9 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from service.model import CHANNEL_NAMES
 from service.rules.catalog import Catalog
 from service.rules.yamlfile import Checker, LocatedDict, LocatedList, load_yaml
 
@@ -209,7 +208,8 @@ ROUTE_KEYS = ("name", "matchers", "queue", "priority", "self_service", "reason",
               "continue", "routes")
 
 
-def load_routing_tree(directory: Path, display_dir: str, catalog: Catalog) -> RoutingTree:
+def load_routing_tree(directory: Path, display_dir: str, catalog: Catalog,
+                      channels: Collection[str]) -> RoutingTree:
     name = f"{display_dir}/routes.yaml"
     doc = load_yaml(directory / "routes.yaml", name)
     check = Checker()
@@ -226,7 +226,7 @@ def load_routing_tree(directory: Path, display_dir: str, catalog: Catalog) -> Ro
         check.error(root_spec, "matchers", "the root route matches everything: it takes no "
                     "matchers", ("route", "matchers"))
     defaults = RouteSettings(queue="", priority=0, self_service=True, reason="rule")
-    known = Known(catalog, frozenset(intervals), frozenset(queues))
+    known = Known(catalog, frozenset(intervals), frozenset(queues), tuple(channels))
     root = _route(check, root_spec, ("route",), "root", defaults, queues, known)
     check.raise_if_any()
     return RoutingTree(root=root, queues=queues, time_intervals=intervals)
@@ -534,11 +534,11 @@ class Known:
     catalog: Catalog
     intervals: frozenset[str] = frozenset()
     queues: frozenset[str] = frozenset()
+    channels: tuple[str, ...] = ()  # the channels the deployment serves
 
 
 def parse_matcher(text: Any, known: Known) -> Matcher | str:
     """Parse `attr op value`; return the Matcher, or an error message."""
-    catalog = known.catalog
     match = MATCHER.match(text) if isinstance(text, str) else None
     if not match:
         return (f"cannot read matcher {text!r}: write it as 'attribute op value', for example "
@@ -573,8 +573,8 @@ def parse_matcher(text: Any, known: Known) -> Matcher | str:
             return f"'{attr}' is true or false: write '{attr} = true' or '{attr} = false'"
         return Matcher(attr, op, value == "true", text)
     if op in ("=~", "!~"):
-        return _regex_matcher(attr, op, value, text, catalog)
-    return _check_known(attr, value, catalog) or Matcher(attr, op, value, text)
+        return _regex_matcher(attr, op, value, text, known)
+    return _check_known(attr, value, known) or Matcher(attr, op, value, text)
 
 
 def unquote(raw: str) -> str | None:
@@ -608,27 +608,27 @@ def _numeric_matcher(attr: str, op: str, value: str, text: str) -> Matcher | str
         return f"'{value}' is not a number"
 
 
-def _regex_matcher(attr: str, op: str, value: str, text: str, catalog: Catalog) -> Matcher | str:
+def _regex_matcher(attr: str, op: str, value: str, text: str, known: Known) -> Matcher | str:
     try:
         pattern = re.compile(value)
     except re.error as exc:
         return f"invalid regular expression '{value}': {exc}"
-    universe = _known_values(attr, catalog)
+    universe = _known_values(attr, known)
     if universe is not None and not any(pattern.fullmatch(v) for v in universe):
         return f"'{value}' matches no {attr.replace('_', ' ')}"
     return Matcher(attr, op, pattern, text)
 
 
-def _check_known(attr: str, value: str, catalog: Catalog) -> str | None:
-    universe = _known_values(attr, catalog)
+def _check_known(attr: str, value: str, known: Known) -> str | None:
+    universe = _known_values(attr, known)
     if universe is not None and value not in universe:
         return f"unknown {attr.replace('_', ' ')} '{value}'"
     return None
 
 
-def _known_values(attr: str, catalog: Catalog) -> tuple[str, ...] | None:
+def _known_values(attr: str, known: Known) -> tuple[str, ...] | None:
     if attr == "contact_type":  # "" is a contact not (yet) classified
-        return ("", *catalog.types)
+        return ("", *known.catalog.types)
     if attr == "channel":
-        return CHANNEL_NAMES  # the channel values the composition root lists, one per channel
+        return known.channels
     return None
