@@ -13,7 +13,7 @@ from prometheus_client import generate_latest
 
 from service.app import create_app, reload_and_record
 from service.appkeys import CONVERSATIONS, EVENTS, REDIS_BATCH, RULES
-from service.conversations.context import ContextStore
+from service.conversations.context import IDLE_INDEX, LEGACY_IDLE_INDEX, ContextStore
 from service.reporting import metrics
 from tests.conftest import RULES_DIR, _clean_tables, service_with_rules, with_settings
 from tests.twilio_driver import Call, text
@@ -86,3 +86,18 @@ async def test_quiet_sms_conversations_are_ended_by_the_sweeper(settings, db, re
         assert await context.idle_conversations(time.time()) == []
     outcome = await db.fetchval("SELECT outcome FROM contacts")
     assert outcome == "idle_timeout"
+
+
+async def test_conversations_indexed_under_the_old_idle_key_are_still_swept(settings, db,
+                                                                           redis_client):
+    await _clean_tables(settings.database_url)
+    app = create_app(with_settings(settings, sms_idle_timeout_s=1))
+    async with TestClient(TestServer(app)) as client:
+        await text(client, CALLER, "I need to track my order")
+        [(key, last_at)] = await redis_client.zrange(IDLE_INDEX, 0, -1, withscores=True)
+        await redis_client.zrem(IDLE_INDEX, key)  # as a deployment before the rename left it
+        await redis_client.zadd(LEGACY_IDLE_INDEX, {key: last_at})
+        context = ContextStore(app[REDIS_BATCH], idle_timeout_s=1)
+        await asyncio.sleep(1.1)
+        assert await context.idle_conversations(time.time()) == [key.decode()]
+        assert await redis_client.zcard(LEGACY_IDLE_INDEX) == 0

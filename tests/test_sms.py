@@ -353,7 +353,7 @@ async def test_idle_conversation_ends_and_the_next_text_is_a_new_contact(
     async with TestClient(TestServer(app)) as quick:
         await text(quick, CUSTOMER, "I need to track my order")
         first = (await conversation(redis_client))["contact_id"]
-        await redis_client.zadd("sb:sms:idle", {"unused": 0})  # sweeper tolerates strays
+        await redis_client.zadd("sb:idle", {"unused": 0})  # sweeper tolerates strays
         import asyncio
         await asyncio.sleep(1.2)
         await text(quick, CUSTOMER, "I want to change my delivery address")

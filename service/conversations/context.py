@@ -14,7 +14,7 @@ everything about one customer shares `{cust:<id>}`.
     sb:{phone:+15551234567}:contacts               HASH contact id -> summary           30 days
     sb:{contact:<id>}:conv                         contact id -> conversation key
     sb:{cust:<id>}:contacts                        HASH contact id -> summary           30 days
-    sb:sms:idle                                    ZSET conversation key -> last message time
+    sb:idle                                        ZSET conversation key -> last message time
                                                    (every channel that idles out; the name
                                                    predates the others and running
                                                    deployments hold it)
@@ -49,7 +49,8 @@ TURN_LEASE_MS = 11_000
 CONTACTS_TTL_S = 30 * 86400
 KEPT_CONTACTS = 50  # summaries per hash: every turn reads its address's whole hash
 PENDING = b"pending"
-IDLE_INDEX = "sb:sms:idle"
+IDLE_INDEX = "sb:idle"
+LEGACY_IDLE_INDEX = "sb:sms:idle"  # its name before channels were neutral: still drained
 SUMMARY_FIELDS = ("contact_id", "customer_id", "channel", "contact_type", "started_at",
                   "ended_at", "status", "outcome", "queue", "reason")
 
@@ -259,13 +260,15 @@ class ContextStore:
 
     async def idle_conversations(self, now: float) -> list[str]:
         """Claim conversations idle past the timeout (ZREM decides which instance wins)."""
-        [keys] = await self.redis.execute(("ZRANGEBYSCORE", IDLE_INDEX, 0,
-                                           now - self.idle_timeout_s, "LIMIT", 0, 100))
+        indexes = (IDLE_INDEX, LEGACY_IDLE_INDEX)
+        found = await self.redis.execute(*(("ZRANGEBYSCORE", index, 0, now - self.idle_timeout_s,
+                                            "LIMIT", 0, 100) for index in indexes))
         claimed = []
-        for key in keys:
-            [removed] = await self.redis.execute(("ZREM", IDLE_INDEX, key))
-            if removed:
-                claimed.append(key.decode())
+        for index, keys in zip(indexes, found):
+            for key in keys:
+                [removed] = await self.redis.execute(("ZREM", index, key))
+                if removed:
+                    claimed.append(key.decode())
         return claimed
 
     async def take_conversation(self, key: str) -> dict[str, Any] | None:
@@ -275,7 +278,8 @@ class ContextStore:
     def _save(self, key: str, conversation: dict[str, Any]) -> list[Command]:
         contact_id = conversation.get("contact_id")
         if conversation["status"] == "closed":
-            commands: list[Command] = [("DEL", key), ("ZREM", IDLE_INDEX, key)]
+            commands: list[Command] = [("DEL", key), ("ZREM", IDLE_INDEX, key),
+                                       ("ZREM", LEGACY_IDLE_INDEX, key)]
             return commands + ([("DEL", contact_index_key(contact_id))] if contact_id else [])
         ttl = self.idle_timeout_s + 86400
         commands = [("SET", key, _dumps(conversation), "EX", ttl),
