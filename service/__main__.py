@@ -84,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
                                 "left out takes its default)")
     agent_add.add_argument("--phone", help="E.164 number accepted calls are bridged to")
     agent_add.set_defaults(func=cmd_agents_add)
+    agent_disable = agents.add_parser(
+        "disable", help="disable an agent: their token stops signing in, open consoles close")
+    agent_disable.add_argument("agent", help="the agent's name or id")
+    agent_disable.set_defaults(func=cmd_agents_disable)
 
     learned = commands.add_parser(
         "learned", help="training examples learned from agents' corrections and confirmed "
@@ -450,6 +454,49 @@ def cmd_agents_add(args: argparse.Namespace, settings: Settings) -> int:
           "(shown once):")
     print(token)
     return 0
+
+
+def cmd_agents_disable(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncpg
+
+    from service.agents.desk import disable_agent
+
+    async def run(database_url: str, redis_url: str) -> tuple[str, bool]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            agent_id = await disable_agent(conn, args.agent)
+        finally:
+            await conn.close()
+        return agent_id, await _close_consoles(redis_url, agent_id)
+
+    try:
+        with _servers(settings) as ready:
+            agent_id, told = asyncio.run(run(ready.database_url, ready.redis_url))
+    except ValueError as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 1
+    print(f"agent {args.agent} ({agent_id}) disabled; " + (
+        "their open consoles were closed" if told else
+        "Redis could not be reached: their open consoles close within "
+        "a few seconds"))
+    return 0
+
+
+async def _close_consoles(redis_url: str, agent_id: str) -> bool:
+    """Tell every instance to close the agent's sockets now (they also recheck by themselves)."""
+    from service.agents.bus import Bus
+    from service.agents.desk import revoked_frame
+    from service.infra.redis_url import client_for, close_client, publisher_for
+
+    client = client_for(redis_url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        await Bus(client, publish=publisher_for(client)).publish(f"agent:{agent_id}",
+                                                                 revoked_frame())
+        return True
+    except Exception:  # the database already refuses the token
+        return False
+    finally:
+        await close_client(client)
 
 
 def cmd_learned(args: argparse.Namespace, settings: Settings) -> int:

@@ -24,6 +24,7 @@ from service.agents.desk import AgentDesk
 from service.agents.queues import Dispatcher, QueueLoad
 from service.appkeys import (
     AGENT_DESK,
+    AUTH_THROTTLE,
     BUS,
     CHANNEL_LIST,
     CONVERSATIONS,
@@ -46,6 +47,7 @@ from service.conversations.customers import find_customer
 from service.conversations.fallback import FallbackContacts
 from service.conversations.handoff import Handoff
 from service.infra import health as api
+from service.infra.auth_throttle import AuthThrottle
 from service.infra.ids import new_hex
 from service.infra.migrate import migrate
 from service.infra.redis_batch import batcher_for
@@ -281,8 +283,10 @@ async def conversations(app: web.Application) -> AsyncIterator[None]:
         lookups=app[LOOKUPS], queue_load=lambda: app[QUEUE_LOAD].waiting)
     app[FALLBACK] = FallbackContacts(app[EVENTS], lambda kind, value: find_customer(
         pool, kind, value), lambda: default_queue(app), traits, settings.sms_idle_timeout_s)
+    app[AUTH_THROTTLE] = AuthThrottle(app[REDIS_BATCH])
     app[AGENT_DESK] = AgentDesk(pool, app[HANDOFF], app[BUS], lambda: [
-        {"id": t.id, "label": t.label} for t in current_rules().catalog.types.values()])
+        {"id": t.id, "label": t.label} for t in current_rules().catalog.types.values()],
+        app[AUTH_THROTTLE])
     yield
 
 

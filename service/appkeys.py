@@ -11,6 +11,7 @@ from service.agents.queues import Dispatcher, QueueLoad
 from service.conversations.conversation import Conversations
 from service.conversations.fallback import FallbackContacts
 from service.conversations.handoff import Handoff
+from service.infra.auth_throttle import AuthThrottle
 from service.infra.redis_batch import ClusterBatcher, CommandBatcher
 from service.reporting.events import EventWriter
 from service.rules.flows import HttpLookups
@@ -31,4 +32,5 @@ LOOKUPS = web.AppKey("lookups", HttpLookups)
 CONVERSATIONS = web.AppKey("conversations", Conversations)
 FALLBACK = web.AppKey("fallback", FallbackContacts)
 AGENT_DESK = web.AppKey("agent_desk", AgentDesk)
+AUTH_THROTTLE = web.AppKey("auth_throttle", AuthThrottle)
 CHANNEL_LIST = web.AppKey("channel_list", list)  # the channel instances, in listed order

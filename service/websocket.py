@@ -51,6 +51,10 @@ async def open_socket(request: web.Request, sockets: "weakref.WeakSet",
     return ws
 
 
+# A frame on a socket's bus topic that closes the socket instead of going down it.
+CLOSE_FRAME = "_close"
+
+
 @contextlib.asynccontextmanager
 async def relay(subscription: AsyncContextManager[asyncio.Queue],
                 ws: web.WebSocketResponse) -> AsyncIterator[None]:
@@ -68,7 +72,16 @@ async def _forward(inbox: asyncio.Queue, ws: web.WebSocketResponse) -> None:
         frame = await inbox.get()
         if ws.closed:
             return
+        if frame.get("type") == CLOSE_FRAME:  # an instruction to this server, not a frame
+            await close_socket(ws, frame["code"], frame["reason"])
+            return
         await ws.send_json(frame)
+
+
+async def close_socket(ws: web.WebSocketResponse, code: int, reason: str) -> None:
+    """Close with a code and reason the page can show."""
+    if not ws.closed:
+        await ws.close(code=code, message=reason.encode())
 
 
 async def send_error(ws: web.WebSocketResponse, code: str, message: str, **extra: Any) -> None:

@@ -19,8 +19,17 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from service.agents.bus import Bus
 from service.conversations.handoff import Handoff, HandoffError, offer_frame
+from service.infra.auth_throttle import AuthThrottle
 from service.infra.tokens import hash_token, new_token
-from service.websocket import RateLimit, open_socket, parse_frame, relay, send_error
+from service.websocket import (
+    CLOSE_FRAME,
+    RateLimit,
+    close_socket,
+    open_socket,
+    parse_frame,
+    relay,
+    send_error,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -28,6 +37,8 @@ MAX_FRAME_BYTES = 16 * 1024
 MAX_TEXT_CHARS = 2000
 FRAMES_PER_SECOND = 20
 AUTH_TIMEOUT_S = 10
+RECHECK_S = 5  # how often open consoles are checked against disabled agents
+REVOKED = 4401  # WebSocket close code: the agent's token no longer signs in
 
 
 async def add_agent(conn: asyncpg.Connection, name: str, skills: list[str],
@@ -41,6 +52,23 @@ async def add_agent(conn: asyncpg.Connection, name: str, skills: list[str],
         uuid.uuid4(), name, sorted(set(skills)), json.dumps(capacity or {}),
         phone, hash_token(token))
     return token
+
+
+async def disable_agent(conn: asyncpg.Connection, name_or_id: str) -> str:
+    """Disable one enabled agent, named or by id; their id. ValueError if not exactly one."""
+    rows = await conn.fetch("SELECT id::text FROM agents WHERE disabled_at IS NULL AND "
+                            "(name = $1 OR id::text = $1)", name_or_id)
+    if len(rows) != 1:
+        raise ValueError(f"no enabled agent is named {name_or_id!r}" if not rows else
+                         f"{len(rows)} agents are named {name_or_id!r}: give the id")
+    await conn.execute("UPDATE agents SET disabled_at = now() WHERE id = $1::uuid",
+                       rows[0]["id"])
+    return rows[0]["id"]
+
+
+def revoked_frame() -> dict[str, Any]:
+    """Published on an agent's topic when they are disabled: every console of theirs closes."""
+    return {"type": CLOSE_FRAME, "code": REVOKED, "reason": "token revoked"}
 
 
 async def agent_for_token(pool: asyncpg.Pool, token: str) -> dict[str, Any] | None:
@@ -57,31 +85,39 @@ async def agent_for_token(pool: asyncpg.Pool, token: str) -> dict[str, Any] | No
 class AgentDesk:
     """The /agent/ws endpoint of one instance."""
 
-    def __init__(self, pool: asyncpg.Pool, handoff: Handoff, bus: Bus, contact_types):
+    def __init__(self, pool: asyncpg.Pool, handoff: Handoff, bus: Bus, contact_types,
+                 throttle: AuthThrottle):
         self._pool = pool
         self._handoff = handoff
         self._bus = bus
         self._contact_types = contact_types
+        self._throttle = throttle
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+        self._signed_in: dict[web.WebSocketResponse, str] = {}  # socket -> agent id
+        self._recheck: asyncio.Task | None = None
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
         ws = await open_socket(request, self.sockets, MAX_FRAME_BYTES)
-        agent = await self._authenticate(ws)
+        agent = await self._authenticate(ws, request.remote)
         if agent is None:
             await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"unauthorized")
             return ws
         structlog.contextvars.bind_contextvars(agent_id=agent["id"])
         router = self._handoff.router
         await router.register_agent(agent)
+        self._signed_in[ws] = agent["id"]
+        self._ensure_rechecking()
         try:
             async with relay(self._bus.subscription(f"agent:{agent['id']}"), ws):
                 await self._send_ready(ws, agent)
                 await self._serve(ws, agent)
         finally:
+            self._signed_in.pop(ws, None)
             await router.set_presence(agent["id"], "away")
         return ws
 
-    async def _authenticate(self, ws: web.WebSocketResponse) -> dict[str, Any] | None:
+    async def _authenticate(self, ws: web.WebSocketResponse,
+                            address: str | None) -> dict[str, Any] | None:
         try:
             msg = await ws.receive(timeout=AUTH_TIMEOUT_S)
         except asyncio.TimeoutError:
@@ -91,10 +127,36 @@ class AgentDesk:
                 not isinstance(frame.get("token"), str):
             await _error(ws, "unauthorized", "the first frame must be {type: auth, token}")
             return None
+        if await self._throttle.blocked(address):
+            await _error(ws, "rate_limited", "too many failed sign-ins from this address; "
+                         f"try again in {self._throttle.window_s} s")
+            return None
         agent = await agent_for_token(self._pool, frame["token"])
         if agent is None:
+            await self._throttle.failed(address)
             await _error(ws, "unauthorized", "unknown or disabled agent token")
         return agent
+
+    def _ensure_rechecking(self) -> None:
+        if self._recheck is None or self._recheck.done():
+            self._recheck = asyncio.create_task(self._close_disabled(), name="agents-recheck")
+
+    async def _close_disabled(self) -> None:
+        """Every few seconds: consoles of agents disabled since they signed in are closed
+        (`agents disable` also closes them at once through the bus; this covers a missed one)."""
+        while self._signed_in:
+            await asyncio.sleep(RECHECK_S)
+            try:
+                rows = await self._pool.fetch(
+                    "SELECT id::text FROM agents WHERE disabled_at IS NOT NULL "
+                    "AND id = ANY($1::uuid[])", list(set(self._signed_in.values())), timeout=5)
+            except (asyncpg.PostgresError, OSError, asyncio.TimeoutError) as exc:
+                log.warning("agents.recheck_failed", error=str(exc))
+                continue
+            disabled = {row["id"] for row in rows}
+            for ws, agent_id in list(self._signed_in.items()):
+                if agent_id in disabled:
+                    await close_socket(ws, REVOKED, "token revoked")
 
     async def _send_ready(self, ws: web.WebSocketResponse, agent: dict[str, Any]) -> None:
         router = self._handoff.router
@@ -164,6 +226,9 @@ class AgentDesk:
             raise HandoffError("bad_frame", f"unknown frame type {kind!r}")
 
     async def close_all(self) -> None:
+        if self._recheck:
+            self._recheck.cancel()
+            await asyncio.gather(self._recheck, return_exceptions=True)
         for ws in list(self.sockets):
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
 

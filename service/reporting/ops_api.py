@@ -27,7 +27,7 @@ import structlog
 from aiohttp import web
 
 from service import WEB_DIR
-from service.appkeys import PG, ROUTER, RULES
+from service.appkeys import AUTH_THROTTLE, PG, ROUTER, RULES
 from service.infra import tokens
 from service.reporting import metrics, reports
 from service.reporting.reports import BadWindow, ReportRules, Window
@@ -97,9 +97,16 @@ def ops_report(name: str, source: str = "the event log") -> Callable[[Handler], 
 
 
 async def _require_ops(request: web.Request) -> None:
+    throttle = request.app[AUTH_THROTTLE]
+    if await throttle.blocked(request.remote):
+        raise json_error(web.HTTPTooManyRequests, "too many failed sign-ins from this address; "
+                         f"try again in {throttle.window_s} s",
+                         **{"Retry-After": str(throttle.window_s)})
     token = bearer_token(request)
     role = await tokens.role_of(request.app[PG], token) if token else None
     if role is None:
+        if token:  # a wrong token, not a page asking before it has one
+            await throttle.failed(request.remote)
         raise json_error(web.HTTPUnauthorized, "an ops token is required: send 'Authorization: "
                          "Bearer <token>' (create one with: switchboard tokens add --role ops)",
                          **{"WWW-Authenticate": 'Bearer realm="switchboard"'})
