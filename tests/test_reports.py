@@ -151,7 +151,7 @@ def counts(figures: dict) -> tuple:
 async def test_summary_of_a_mixed_day(log_db):
     await insert(log_db, *mixed_day())
     report = await reports.summary(log_db, WIDE, RULES)
-    assert report["metric_version"] == "1"
+    assert report["metric_version"] == "2"
     assert (report["from"], report["to"]) == ("2024-05-06T08:00:00Z", "2024-05-10T13:00:00Z")
     assert report["definitions"] == reports.DEFINITIONS
     assert report["totals"] == {
