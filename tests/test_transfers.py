@@ -81,8 +81,8 @@ async def test_sms_cold_transfer_to_a_queue_moves_the_whole_context(app_settings
         await first.send(type="transfer", contact_id=contact, queue="billing", mode="cold",
                          note="wants a refund for order 1234")
         result = await first.next("transfer_result")
-        assert (result["status"], result["queue"], result["mode"]) == \
-            ("transferred", "billing", "cold")
+        assert (result["status"], result["queue"], result["mode"], result["told_customer"]) == \
+            ("transferred", "billing", "cold", PASSING_ON["cold"])
         assert (await sent_bodies(standin, 3))[-1] == PASSING_ON["cold"]
         assert await redis_client.hget("sb:{routing}:assigned", contact) is None
         assert (await redis_client.hget(f"sb:{{routing}}:agent:{first.id}", "load_sms")) == b"0"
@@ -91,8 +91,10 @@ async def test_sms_cold_transfer_to_a_queue_moves_the_whole_context(app_settings
         assert (offer["contact_id"], offer["queue"], offer["reason"]) == \
             (contact, "billing", "transferred")
         context = offer["context"]
+        moved_at = context["transfer"].pop("at")
         assert context["transfer"] == {"from_agent": first.id, "from_agent_name": "Ann",
                                        "note": "wants a refund for order 1234", "mode": "cold"}
+        assert context["escalated_at"] < moved_at <= context["transcript"][-1]["at"]
         said = [(line["from"], line["text"]) for line in context["transcript"]]
         assert ("customer", "I want to talk to a human") in said
         assert ("agent", "You're now talking with Ann.") in said

@@ -68,7 +68,7 @@ def agent_context(rules: Rules, conv: Conversation) -> dict[str, Any]:
 def _transfer_context(transfer: dict[str, Any]) -> dict[str, Any]:
     """Who had a transferred contact, why it moved and how (the offer's `transfer`)."""
     return {"from_agent": transfer["from_agent"], "from_agent_name": transfer["from_agent_name"],
-            "note": transfer["note"], "mode": transfer["mode"]}
+            "note": transfer["note"], "mode": transfer["mode"], "at": transfer["requested_at"]}
 
 
 def offer_frame(entry: dict[str, Any], kind: str = "offer", **extra: Any) -> dict[str, Any]:

@@ -91,7 +91,7 @@ class Transfers:
         conv["transfer"] = transfer
         if handoff._channels[conv["channel"]].traits.agent_can_type:
             conv["transcript"].append({"from": "agent", "text": PASSING_ON[request.mode],
-                                       "at": time.time()})
+                                       "at": transfer["requested_at"]})
         entry = self._entry(conv, transfer)
         if request.mode == "cold":
             self._leave(conv, transfer["to_queue"])
@@ -109,7 +109,9 @@ class Transfers:
         await self._tell_customer(conv, agent, request.mode)
         await handoff.dispatch()
         status = "transferred" if request.mode == "cold" else "pending"
-        return result_frame(conv["contact_id"], status, transfer, reason)
+        told = conv["transcript"][-1] if conv["transcript"][-1]["from"] == "agent" else None
+        return {**result_frame(conv["contact_id"], status, transfer, reason),
+                "told_customer": told["text"] if told else None}
 
     async def _target(self, agent: dict[str, Any], conv: Conversation,
                       request: TransferRequest) -> tuple[dict[str, Any], str]:
