@@ -343,3 +343,27 @@ async def test_transferred_contacts_are_counted_once_in_the_report(app_settings,
     assert served["totals"]["transferred"] == 1
     assert served["by_channel"]["sms"]["transferred"] == 1
     assert (await summary(db, window, rules, FROM_EVENTS))["totals"] == served["totals"]
+
+
+async def test_a_colleague_who_goes_away_before_the_offer_gives_the_transfer_up(
+        app_settings, db, monkeypatch):
+    from service.agents.queues import Dispatcher
+    from tests.conftest import with_settings
+
+    async with instance(with_settings(app_settings, offer_timeout_s=1)) as client:
+        first = await sign_in(client, db, "Ann", ["care"])
+        away = await sign_in(client, db, "Bob", ["care"], available=False)
+        await text(client, CUSTOMER, "I want to talk to a human")
+        contact = (await take(first))["contact_id"]
+
+        async def free_when_checked(self, agent_id, channel):  # then Bob steps away
+            return True
+
+        monkeypatch.setattr(Dispatcher, "has_room", free_when_checked)
+        for mode, status in (("warm", "agent_unavailable"), ("cold", "returned_to_queue")):
+            await first.send(type="transfer", contact_id=contact, agent=away.id, mode=mode)
+            assert (await first.next("transfer_result"))["agent"] == away.id
+            told = await first.next("transfer_result", timeout=6)
+            assert (told["status"], told["reason"]) == (status, "agent_unavailable")
+        third = await sign_in(client, db, "Cy", ["care"])
+        assert (await third.next("offer"))["contact_id"] == contact

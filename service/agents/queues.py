@@ -11,6 +11,7 @@ one slot (Redis Cluster included) and sees a consistent picture:
     sb:{routing}:offers             ZSET contact -> offer expiry ms
     sb:{routing}:declined:<contact> SET agents who declined or let the offer expire
     sb:{routing}:assigned           HASH contact -> agent
+    sb:{routing}:named              ZSET contact -> when a transfer to a named agent gives up
 
 A contact is offered to one agent at a time; it leaves its queue only when accepted. A
 transferred contact's entry may name `only_agent`: then it is offered to that agent alone.
@@ -164,6 +165,7 @@ redis.call('SADD', P .. 'declined:' .. contact, agent)
 redis.call('SREM', P .. 'declined:' .. contact, ARGV[8])  -- a colleague named again
 redis.call('EXPIRE', P .. 'declined:' .. contact, tonumber(ARGV[7]))
 if mode == 'cold' then redis.call('HDEL', P .. 'assigned', contact) end
+if ARGV[8] ~= '' then redis.call('ZADD', P .. 'named', ARGV[9], contact) end
 return 1
 """
 
@@ -323,7 +325,8 @@ class Dispatcher:
         score = entry["priority"] * PRIORITY_SCALE + int(entry["enqueued_at"] * 1000)
         done = await self._transfer(self.batcher, entry["contact_id"], from_agent,
                                     entry["queue"], score, json.dumps(entry), mode,
-                                    DECLINED_TTL_S, entry.get("only_agent", ""))
+                                    DECLINED_TTL_S, entry.get("only_agent", ""),
+                                    int((time.time() + self.offer_timeout_s) * 1000))
         return {1: "queued", 0: "not_assigned"}.get(done, "pending")
 
     async def remove(self, contact_id: str) -> str | None:
@@ -407,6 +410,20 @@ class Dispatcher:
             fixes.append(("ZADD", PREFIX + "available", int(time.time() * 1000), agent_id))
         if fixes:
             await self.batcher.execute(*fixes)
+
+    async def unanswered_named(self) -> list[dict[str, Any]]:
+        """Entries sent to a named colleague who was not offered them within an offer's
+        timeout (they went away or filled up meanwhile); each is reported once."""
+        now = int(time.time() * 1000)
+        [contacts] = await self.batcher.execute(("ZRANGEBYSCORE", PREFIX + "named", 0, now))
+        if not contacts:
+            return []
+        *raws, offered, _ = await self.batcher.execute(
+            *(("HGET", PREFIX + "entries", c) for c in contacts),
+            ("HMGET", PREFIX + "offered", *contacts), ("ZREM", PREFIX + "named", *contacts))
+        entries = [json.loads(raw) for raw in raws if raw]
+        held = {c.decode() for c, agent in zip(contacts, offered) if agent}
+        return [e for e in entries if e.get("only_agent") and e["contact_id"] not in held]
 
     async def has_room(self, agent_id: str, channel: str) -> bool:
         """The agent is available with a free slot on the channel (a transfer's target)."""

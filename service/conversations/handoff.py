@@ -119,6 +119,7 @@ class Handoff:
             if entry:
                 self._record("offer_expired", entry, agent_id=offer.agent_id)
                 await self.transfers.refused(entry, offer.agent_id, "timeout")
+        await self.transfers.sweep()
         for queue in self._rules().tree.queues.values():
             if queue.timeout_s and queue.overflow:
                 target = self._rules().tree.queues[queue.overflow]

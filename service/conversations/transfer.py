@@ -209,6 +209,12 @@ class Transfers:
         self._record("transfer_failed", conv, transfer, why)
         await self._tell_sender(conv, transfer, why, why)
 
+    async def sweep(self) -> None:
+        """Transfers to a colleague who went away or filled up before being offered the
+        contact are given up like a declined offer (reason agent_unavailable)."""
+        for entry in await self._router.unanswered_named():
+            await self.refused(entry, entry["only_agent"], "agent_unavailable")
+
     async def cancel(self, conv: Conversation, why: str) -> None:
         """The sender of a warm transfer wrapped up before anyone accepted: it waits no more."""
         transfer = conv.get("transfer")

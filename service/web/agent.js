@@ -32,6 +32,7 @@ const TRANSFER_RESULTS = {
   returned_to_queue: (t) => `${t} didn't take it: the contact went back to its queue.`,
   declined: (t) => `${t} declined: the contact stays with you.`,
   timeout: (t) => `${t} didn't answer in time: the contact stays with you.`,
+  agent_unavailable: (t) => `${t} went away before taking it: the contact stays with you.`,
 };
 const OUTCOMES = {
   self_service_resolved: "Solved by self-service",
