@@ -367,3 +367,24 @@ async def test_a_colleague_who_goes_away_before_the_offer_gives_the_transfer_up(
             assert (told["status"], told["reason"]) == (status, "agent_unavailable")
         third = await sign_in(client, db, "Cy", ["care"])
         assert (await third.next("offer"))["contact_id"] == contact
+
+
+async def test_a_transfer_stands_when_the_customer_could_not_be_told(app_settings, db, twilio,
+                                                                     redis_client):
+    standin, _ = twilio
+    async with instance(app_settings) as client:
+        first = await sign_in(client, db, "Ann", ["care"])
+        await sign_in(client, db, "Bob", ["billing"])
+        await text(client, CUSTOMER, "I want to talk to a human")
+        contact = (await take(first))["contact_id"]
+        standin.refuse_with_code = 21610  # Twilio: the number has unsubscribed
+        await first.send(type="transfer", contact_id=contact, queue="billing")
+        result = await first.next("transfer_result")
+        assert result["status"] == "transferred" and result["told_customer"] is None
+        assert "21610" in result["delivery_failed"]
+        assert json.loads(await redis_client.hget("sb:{routing}:entries", contact))["queue"] \
+            == "billing"
+        kinds = [e["kind"] for e in await events_of(client, db, contact)]
+        moved = kinds[kinds.index("transfer_requested"):]
+        assert moved[:3] == ["transfer_requested", "transferred", "delivery_failed"]
+        assert "offered" in moved  # Bob is offered it all the same

@@ -106,12 +106,13 @@ class Transfers:
         if request.mode == "cold":
             await self._router.release_slot(agent["id"], conv["channel"])
             self._record("transferred", conv, transfer, reason)
-        await self._tell_customer(conv, agent, request.mode)
+        not_told = await self._tell_customer(conv, agent, request.mode)
         await handoff.dispatch()
         status = "transferred" if request.mode == "cold" else "pending"
         told = conv["transcript"][-1] if conv["transcript"][-1]["from"] == "agent" else None
         return {**result_frame(conv["contact_id"], status, transfer, reason),
-                "told_customer": told["text"] if told else None}
+                "told_customer": told["text"] if told and not not_told else None,
+                "delivery_failed": not_told}
 
     async def _target(self, agent: dict[str, Any], conv: Conversation,
                       request: TransferRequest) -> tuple[dict[str, Any], str]:
@@ -164,14 +165,21 @@ class Transfers:
         conv.pop("agent_id", None)
         conv.pop("agent_name", None)
 
-    async def _tell_customer(self, conv: Conversation, agent: dict[str, Any], mode: str) -> None:
+    async def _tell_customer(self, conv: Conversation, agent: dict[str, Any], mode: str
+                             ) -> str | None:
+        """Say so on the customer's channel and let a cold sender's leg go; what failed (the
+        transfer stands all the same: it is recorded as delivery_failed), or None."""
         handoff = self._handoff
-        if handoff._channels[conv["channel"]].traits.agent_can_type:
-            await handoff._outbound(conv, "send", lambda channel, to: channel.send_text(
-                to, PASSING_ON[mode]))
-        if mode == "cold":
-            await handoff._outbound(conv, "release", lambda channel, to: channel.release_agent(
-                to, _line(agent)))
+        try:
+            if handoff._channels[conv["channel"]].traits.agent_can_type:
+                await handoff._outbound(conv, "send", lambda channel, to: channel.send_text(
+                    to, PASSING_ON[mode]))
+            if mode == "cold":
+                await handoff._outbound(conv, "release", lambda channel, to:
+                                        channel.release_agent(to, _line(agent)))
+        except HandoffError as exc:
+            return str(exc)
+        return None
 
     # ---- the next agent answers --------------------------------------------------------
 
