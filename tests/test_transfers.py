@@ -388,3 +388,31 @@ async def test_a_transfer_stands_when_the_customer_could_not_be_told(app_setting
         moved = kinds[kinds.index("transfer_requested"):]
         assert moved[:3] == ["transfer_requested", "transferred", "delivery_failed"]
         assert "offered" in moved  # Bob is offered it all the same
+
+
+async def test_whatsapp_warm_transfer_to_a_queue_keeps_the_whatsapp_addresses(app_settings, db,
+                                                                              twilio):
+    from tests.test_whatsapp import WA, WA_SERVICE, whatsapp
+
+    standin, _ = twilio
+    async with instance(app_settings) as client:
+        first = await sign_in(client, db, "Ann", ["care"])
+        second = await sign_in(client, db, "Bob", ["billing"])
+        await whatsapp(client, "I want to talk to a human")
+        contact = (await take(first))["contact_id"]
+        await first.send(type="transfer", contact_id=contact, queue="billing", mode="warm",
+                         note="refund")
+        assert (await first.next("transfer_result"))["status"] == "pending"
+        offer = await second.next("offer")
+        assert offer["channel"] == "whatsapp"
+        assert offer["context"]["transfer"]["note"] == "refund"
+        assert await whatsapp(client, "still here") == []
+        assert (await first.next("message"))["text"] == "still here"
+        await second.send(type="accept", contact_id=contact)
+        await second.next("assigned")
+        assert (await first.next("transfer_result"))["status"] == "accepted"
+        bodies = await sent_bodies(standin, 3)
+        assert bodies[-2:] == [PASSING_ON["warm"], "You're now talking with Bob."]
+        assert {(m["To"], m["From"]) for m in standin.messages} == {(WA, WA_SERVICE)}
+        assert await whatsapp(client, "hi Bob") == []
+        assert (await second.next("message"))["text"] == "hi Bob"
