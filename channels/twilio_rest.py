@@ -68,24 +68,69 @@ class TwilioRest:
                                  retryable=True) from exc
         return message.sid
 
-    async def bridge_call(self, call_sid: str, agent: AgentLine) -> None:
-        """Take a queued call out of the queue and ring the agent who accepted it."""
-        if agent.phone:
-            target = f"<Number>{escape(agent.phone)}</Number>"
-        else:
-            target = f"<Client>{escape(agent.client_identity or f'agent-{agent.id}')}</Client>"
-        twiml = f'<?xml version="1.0" encoding="UTF-8"?><Response><Dial>{target}</Dial></Response>'
-        try:
-            await self._rest().calls(call_sid).update_async(twiml=twiml)
-        except TwilioRestException as exc:
-            raise _refused(exc) from exc
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise DeliveryFailed("unreachable", f"Twilio could not be reached: {exc}",
-                                 retryable=True) from exc
+    async def conference_call(self, call_sid: str, conference: str, wait_url: str) -> None:
+        """Take a queued call out of the queue into the contact's conference, where it hears
+        `wait_url` until an agent joins; the conference ends when the caller leaves."""
+        twiml = ('<?xml version="1.0" encoding="UTF-8"?><Response><Dial>'
+                 f'<Conference participantLabel="{CUSTOMER_LABEL}" startConferenceOnEnter="false"'
+                 f' endConferenceOnExit="true" beep="false" waitUrl="{escape(wait_url)}"'
+                 f' waitMethod="POST">{escape(conference)}</Conference></Dial></Response>')
+        await _calling(self._rest().calls(call_sid).update_async(twiml=twiml))
+
+    async def add_participant(self, conference: str, from_: str, agent: AgentLine,
+                              status_url: str | None = None) -> None:
+        """Dial an agent into the conference (Conference Participants resource); Twilio
+        reports their joining to `status_url` when given."""
+        target = agent.phone or f"client:{agent.client_identity or f'agent-{agent.id}'}"
+        callback = {"conference_status_callback": status_url,
+                    "conference_status_callback_method": "POST",
+                    "conference_status_callback_event": ["join"]} if status_url else {}
+        await _calling(self._rest().conferences(conference).participants.create_async(
+            from_=from_, to=target, label=agent_label(agent.id), beep="false",
+            start_conference_on_enter=True, end_conference_on_exit=False, **callback))
+
+    async def hold_customer(self, conference_sid: str, hold_url: str | None) -> None:
+        """Put the caller on hold with `hold_url`'s TwiML looping, or (None) take them off."""
+        fields = {"hold": True, "hold_url": hold_url, "hold_method": "POST"} if hold_url \
+            else {"hold": False}
+        await _calling(self._rest().conferences(conference_sid).participants(
+            CUSTOMER_LABEL).update_async(**fields))
+
+    async def remove_participant(self, conference_sid: str, label: str) -> None:
+        """Drop one participant (an agent's leg) from the conference."""
+        await _calling(self._rest().conferences(conference_sid).participants(
+            label).delete_async())
+
+    async def conference_sid(self, conference: str) -> str:
+        """The SID of the contact's conference in progress (participants are changed by it)."""
+        found = await _calling(self._rest().conferences.list_async(
+            friendly_name=conference, status="in-progress", limit=1))
+        if not found:
+            raise DeliveryFailed("refused", f"no conference {conference} in progress")
+        return found[0].sid
 
     async def close(self) -> None:
         if self._http is not None:
             await self._http.close()
+
+
+CUSTOMER_LABEL = "customer"  # the caller's participant label in the contact's conference
+
+
+def agent_label(agent_id: str) -> str:
+    """An agent's participant label: Twilio changes and removes participants by label too."""
+    return f"agent-{agent_id}"
+
+
+async def _calling(request):
+    """One REST call; a refusal or an unreachable Twilio becomes DeliveryFailed."""
+    try:
+        return await request
+    except TwilioRestException as exc:
+        raise _refused(exc) from exc
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        raise DeliveryFailed("unreachable", f"Twilio could not be reached: {exc}",
+                             retryable=True) from exc
 
 
 def _refused(exc: TwilioRestException) -> DeliveryFailed:

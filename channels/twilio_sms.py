@@ -79,6 +79,12 @@ class TwilioMessaging:
     async def connect_agent(self, to: Destination, agent: AgentLine, hello: str) -> None:
         await self.send_text(to, hello)
 
+    async def join_agent(self, to: Destination, agent: AgentLine, hello: str) -> None:
+        await self.send_text(to, hello)
+
+    async def release_agent(self, to: Destination, agent: AgentLine) -> None:
+        return None  # the next agent's hello is the customer's next message
+
     async def close(self, to: Destination) -> None:
         return None  # the conversation simply goes quiet; the next text opens a new contact
 

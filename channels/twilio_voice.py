@@ -15,6 +15,7 @@ from twilio.twiml.voice_response import VoiceResponse
 
 from channels.base import ChannelConfig, HandleInbound, twilio_of
 from channels.twilio_auth import TwilioSignature
+from channels.twilio_rest import agent_label
 from service.model import (
     AgentLine,
     ChannelTraits,
@@ -30,8 +31,11 @@ TWIML = "text/xml"
 BASE = "/twilio/voice"
 GATHER_TIMEOUT_S = 6
 HOLD_PAUSE_S = 20
+HOLD_MUSIC_PAUSE_S = 4  # short: the spoken loop comes back before the caller wonders
 ALWAYS_HINTS = ("agent", "representative", "yes", "no")
 FALLBACK = "Sorry, we're having technical trouble. Please hold for the next available agent."
+CONNECTING = "Thanks for holding. Connecting you now."
+PASSING_ON = "I'm passing you to a colleague. Please stay on the line."
 
 
 class TwilioVoice:
@@ -46,12 +50,16 @@ class TwilioVoice:
         self._handle = handle
         self._fallback_queue: Callable[[], str] = config.fallback_queue
         self._twilio = twilio_of(config)
+        self._public_url = config.public_url.rstrip("/")
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post(BASE, self.incoming), web.post(f"{BASE}/gather", self.gathered),
                 web.post(f"{BASE}/no-input", self.no_input), web.post(f"{BASE}/wait", self.wait),
                 web.post(f"{BASE}/queue-result", self.left_queue),
-                web.post(f"{BASE}/status", self.status)]
+                web.post(f"{BASE}/status", self.status),
+                web.post(f"{BASE}/conference-wait", self.conference_wait),
+                web.post(f"{BASE}/conference-hold", self.conference_hold),
+                web.post(f"{BASE}/conference-status", self.conference_status)]
 
     async def incoming(self, request: web.Request) -> web.Response:
         form = await self._form(request)
@@ -97,8 +105,47 @@ class TwilioVoice:
         raise DeliveryFailed("not_text", "this contact is a phone call")
 
     async def connect_agent(self, to: Destination, agent: AgentLine, hello: str) -> None:
-        """Take the call out of Twilio's queue and ring the agent."""
-        await self._twilio.bridge_call(to.thread or "", agent)
+        """Take the call out of Twilio's queue into the contact's conference (the caller hears
+        the wait message until the agent joins) and dial the agent in."""
+        await self._twilio.conference_call(to.thread or "", _conference(to),
+                                           f"{self._public_url}{BASE}/conference-wait")
+        await self._twilio.add_participant(_conference(to), to.service_address, agent)
+
+    async def join_agent(self, to: Destination, agent: AgentLine, hello: str) -> None:
+        """A transfer's next agent is dialled into the conference; once they join, a caller
+        held by a cold transfer is taken off hold."""
+        await self._twilio.add_participant(_conference(to), to.service_address, agent,
+                                           f"{self._public_url}{BASE}/conference-status")
+
+    async def release_agent(self, to: Destination, agent: AgentLine) -> None:
+        """Cold transfer: the caller hears the hold loop, then the agent's leg is dropped, so
+        the caller is never left in silence."""
+        sid = await self._twilio.conference_sid(_conference(to))
+        await self._twilio.hold_customer(sid, f"{self._public_url}{BASE}/conference-hold")
+        await self._twilio.remove_participant(sid, agent_label(agent.id))
+
+    async def conference_wait(self, request: web.Request) -> web.Response:
+        """What the caller hears in the conference before the agent joins; Twilio loops it."""
+        await self._signature.verified_form(request)
+        return _twiml(_spoken_loop(CONNECTING))
+
+    async def conference_hold(self, request: web.Request) -> web.Response:
+        """What a caller held by a cold transfer hears until the next agent joins."""
+        await self._signature.verified_form(request)
+        return _twiml(_spoken_loop(PASSING_ON))
+
+    async def conference_status(self, request: web.Request) -> web.Response:
+        """Conference events: an agent who joined takes the caller off hold."""
+        form = await self._signature.verified_form(request)
+        joined = form.get("StatusCallbackEvent") == "participant-join" and \
+            form.get("ParticipantLabel", "").startswith("agent-")
+        if joined and form.get("ConferenceSid"):
+            try:
+                await self._twilio.hold_customer(form["ConferenceSid"], None)
+            except DeliveryFailed as exc:
+                log.warning("voice.unhold_failed", error=str(exc),
+                            conference_sid=form["ConferenceSid"])
+        return _twiml(EMPTY)
 
     async def close(self, to: Destination) -> None:
         return None  # the call ends when either side hangs up
@@ -196,6 +243,20 @@ def _render_hold(messages: tuple[str, ...]) -> str:
     for text in messages:
         response.say(text)
     response.pause(length=HOLD_PAUSE_S)
+    return str(response)
+
+
+def _conference(to: Destination) -> str:
+    """The conference a connected call lives in: one per contact."""
+    return f"contact-{to.contact_id}"
+
+
+@functools.lru_cache(maxsize=8)
+def _spoken_loop(text: str) -> str:
+    """Words, then a short pause; Twilio loops a wait or hold URL's TwiML."""
+    response = VoiceResponse()
+    response.say(text)
+    response.pause(length=HOLD_MUSIC_PAUSE_S)
     return str(response)
 
 

@@ -83,6 +83,12 @@ class WebChat:
         await self._publish(f"chat:{to.thread}", {"type": "status", "state": "with_agent"})
         await self.send_text(to, hello)
 
+    async def join_agent(self, to: Destination, agent: AgentLine, hello: str) -> None:
+        await self.connect_agent(to, agent, hello)
+
+    async def release_agent(self, to: Destination, agent: AgentLine) -> None:
+        await self._publish(f"chat:{to.thread}", {"type": "status", "state": "queued"})
+
     async def close(self, to: Destination) -> None:
         await self._publish(f"chat:{to.thread}", {"type": "status", "state": "closed"})
 

@@ -135,6 +135,16 @@ class Outbound(Protocol):
         """The agent accepted: bridge the call, or tell the customer who they talk with."""
         ...
 
+    async def join_agent(self, to: Destination, agent: AgentLine, hello: str) -> None:
+        """A transferred contact's next agent accepted: add them (a call's conference) or
+        tell the customer who they talk with now."""
+        ...
+
+    async def release_agent(self, to: Destination, agent: AgentLine) -> None:
+        """The agent leaves before the next one joins (a cold transfer): a caller is held
+        with music, the agent's leg is dropped."""
+        ...
+
     async def close(self, to: Destination) -> None:
         """The agent wrapped the contact up."""
         ...

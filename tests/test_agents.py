@@ -167,7 +167,9 @@ async def test_voice_escalation_reaches_an_agent_and_accepting_bridges_the_call(
         await agent.next("assigned")
         [update] = standin.call_updates
         assert update["call_sid"] == call.sid
-        assert "<Dial><Client>agent-" in update["Twiml"]
+        assert "<Dial><Conference " in update["Twiml"]
+        [agent_leg] = standin.participants
+        assert agent_leg["To"].startswith("client:agent-")
         await call.leave_queue("redirected")
         await call.hang_up()
         await agent.next("contact_ended")

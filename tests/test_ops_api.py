@@ -213,10 +213,10 @@ async def known_week(client: TestClient, db, clock: HeldClock) -> dict:
 
 
 def figures(contacts, offered, resolved, false, escalated, abandoned, accepted, in_level,
-            voice, contained) -> dict:
+            voice, contained, transferred=0) -> dict:
     counts = dict(zip(reports.COUNT_FIELDS, (contacts, offered, resolved, false, escalated,
                                              abandoned, accepted, in_level, voice,
-                                             contained)))
+                                             contained, transferred)))
     return reports.figures(counts)
 
 
@@ -226,13 +226,13 @@ async def test_summary_of_the_known_week(ops_client, db, clock, ops_token):
                                **{"from": week["from"], "to": week["to"]})
     assert status == 200
     assert (report["metric_version"], report["from"], report["to"]) == \
-        ("1", week["from"], week["to"])
+        ("2", week["from"], week["to"])
     assert report["service_level_s"] == 60 and report["definitions"] == reports.DEFINITIONS
     assert report["totals"] == {
         "contacts": 8, "self_service_offered": 5, "self_service_resolved": 4,
         "false_deflections": 1, "escalated": 3, "abandoned": 1, "accepted": 1,
         "accepted_in_service_level": 1, "voice_contacts": 3, "voice_contained": 2,
-        "deflection_rate": 0.5, "true_deflection_rate": 0.375, "containment_rate": 2 / 3,
+        "transferred": 0, "deflection_rate": 0.5, "true_deflection_rate": 0.375, "containment_rate": 2 / 3,
         "abandonment_rate": 1 / 3, "service_level": 1 / 3}
     assert report["by_contact_type"] == {
         "cancel_order": figures(1, 1, 1, 0, 0, 0, 0, 0, 1, 1),
@@ -262,7 +262,7 @@ async def test_matrix_of_the_known_week(ops_client, db, clock, ops_token):
     week = await known_week(ops_client, db, clock)
     status, report = await get(ops_client, "/api/reports/matrix", ops_token,
                                **{"from": week["from"], "to": week["to"]})
-    assert status == 200 and report["metric_version"] == "1"
+    assert status == 200 and report["metric_version"] == "2"
     rows = report["rows"]
     chat_median = rows[1].pop("median_resolution_s")  # the agent's part ran on the real clock
     assert 0 < chat_median < 30
@@ -537,20 +537,20 @@ async def test_report_command_in_three_formats(monkeypatch, capsys, settings, op
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == ("metric_version,from,to,group,key,contacts,self_service_offered,"
                         "self_service_resolved,false_deflections,escalated,abandoned,accepted,"
-                        "accepted_in_service_level,voice_contacts,voice_contained,"
+                        "accepted_in_service_level,voice_contacts,voice_contained,transferred,"
                         "deflection_rate,true_deflection_rate,containment_rate,"
                         "abandonment_rate,service_level")
-    assert lines[1] == "1,2024-05-06T00:00:00Z,2024-05-07T00:00:00Z,total,,2,1,1,0,1,0,0,0,0," \
-                       "0,0.5,0.5,,0.0,0.0"
-    assert "1,2024-05-06T00:00:00Z,2024-05-07T00:00:00Z,escalation_reason,requested_agent,,,,," \
-           "1,,,,,,,,,," in lines
+    assert lines[1] == "2,2024-05-06T00:00:00Z,2024-05-07T00:00:00Z,total,,2,1,1,0,1,0,0,0,0," \
+                       "0,0,0.5,0.5,,0.0,0.0"
+    assert "2,2024-05-06T00:00:00Z,2024-05-07T00:00:00Z,escalation_reason,requested_agent,,,,," \
+           "1,,,,,,,,,,," in lines
 
     assert await cli("report", *window) == 0
     table = capsys.readouterr().out
-    assert "Switchboard report, metric version 1" in table
+    assert "Switchboard report, metric version 2" in table
     assert "contacts that started from 2024-05-06T00:00:00Z to 2024-05-07T00:00:00Z" in table
     assert [line.split() for line in table.splitlines() if line.startswith("total")] == [
-        ["total", "2", "1", "1", "0", "1", "0", "50.0%", "50.0%", "-", "0.0%", "0.0%"]]
+        ["total", "2", "1", "1", "0", "1", "0", "0", "50.0%", "50.0%", "-", "0.0%", "0.0%"]]
     assert "  requested_agent" in table
 
 

@@ -64,6 +64,8 @@ TWIML_VOCABULARY = {
     "Hangup": set(),
     "Leave": set(),
     "Dial": {"action", "method", "timeout", "callerId", "record"},
+    "Conference": {"participantLabel", "startConferenceOnEnter", "endConferenceOnExit", "beep",
+                   "waitUrl", "waitMethod"},
     "Message": {"to", "from", "action", "method"},
 }
 NESTING = {"Response": {"Say", "Gather", "Redirect", "Enqueue", "Pause", "Play", "Hangup",

@@ -19,6 +19,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from service.agents.bus import Bus
 from service.conversations.handoff import Handoff, HandoffError, offer_frame
+from service.conversations.transfer import TransferRequest
 from service.infra.auth_throttle import AuthThrottle
 from service.infra.tokens import hash_token, new_token
 from service.websocket import (
@@ -164,7 +165,8 @@ class AgentDesk:
         await ws.send_json({"type": "ready", "agent": {
             "id": agent["id"], "name": agent["name"], "skills": agent["skills"],
             "capacity": router.capacity_of(agent), "status": state.get("status", "away")},
-            "contact_types": self._contact_types()})
+            "contact_types": self._contact_types(),
+            "transfer_targets": await self._transfer_targets(agent)})
         for contact_id in await router.assignments_for(agent["id"]):  # re-sync after reconnect
             found = await self._handoff.conversation(contact_id)
             if found:
@@ -173,6 +175,15 @@ class AgentDesk:
             entry = await router.entry(contact_id)
             if entry:
                 await ws.send_json(offer_frame(entry, expires_in_s=router.offer_timeout_s))
+
+    async def _transfer_targets(self, agent: dict[str, Any]) -> dict[str, Any]:
+        """Where this agent may transfer to: the queues and the other agents."""
+        rows = await self._pool.fetch(
+            "SELECT id, name FROM agents WHERE disabled_at IS NULL AND id <> $1 ORDER BY name",
+            uuid.UUID(agent["id"]), timeout=5)
+        queues = self._handoff.queues()
+        return {"queues": queues, "agents": [{"id": str(r["id"]), "name": r["name"]}
+                                             for r in rows]}
 
     async def _serve(self, ws: web.WebSocketResponse, agent: dict[str, Any]) -> None:
         limit = RateLimit(FRAMES_PER_SECOND, FRAMES_PER_SECOND * 2)
@@ -222,6 +233,9 @@ class AgentDesk:
             note = str(frame.get("note") or "")[:MAX_TEXT_CHARS]
             await self._handoff.wrap_up(agent, contact_id, frame["resolved"], correction, note)
             await ws.send_json({"type": "wrapped_up", "contact_id": contact_id})
+        elif kind == "transfer":
+            request = TransferRequest.from_frame(frame)
+            await ws.send_json(await self._handoff.transfers.request(agent, request))
         else:
             raise HandoffError("bad_frame", f"unknown frame type {kind!r}")
 

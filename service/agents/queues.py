@@ -11,8 +11,11 @@ one slot (Redis Cluster included) and sees a consistent picture:
     sb:{routing}:offers             ZSET contact -> offer expiry ms
     sb:{routing}:declined:<contact> SET agents who declined or let the offer expire
     sb:{routing}:assigned           HASH contact -> agent
+    sb:{routing}:named              ZSET contact -> when a transfer to a named agent gives up
 
-A contact is offered to one agent at a time; it leaves its queue only when accepted.
+A contact is offered to one agent at a time; it leaves its queue only when accepted. A
+transferred contact's entry may name `only_agent`: then it is offered to that agent alone.
+A warm transfer's contact is assigned (to the sender) and waiting (for the next agent) at once.
 Commands go through the shared `CommandBatcher`; a transaction is one MULTI ... EXEC batch.
 """
 
@@ -56,9 +59,11 @@ for _, candidate in ipairs(candidates) do
     for _, agent in ipairs(agents) do
       local a = redis.call('HMGET', P .. 'agent:' .. agent, 'skills', 'cap_' .. channel,
                            'load_' .. channel, 'status')
+      local only = entry['only_agent']
       local fits = a[4] == 'available' and tonumber(a[3] or '0') < tonumber(a[2] or '0')
         and redis.call('SISMEMBER', P .. 'declined:' .. contact, agent) == 0
-      if fits then
+        and (only == nil or only == agent)
+      if fits and only == nil then  -- a colleague named by a transfer was chosen by a person
         local has = {}
         for _, s in ipairs(cjson.decode(a[1])) do has[s] = true end
         for _, s in ipairs(entry['skills']) do
@@ -147,6 +152,24 @@ return moved
 """
 
 
+# An agent hands a contact they hold on: it waits in a queue again (cold: it leaves the agent
+# now; warm: the agent keeps it until the next agent accepts). The sender is not offered it.
+TRANSFER = """
+local P, contact, agent, queue, score, raw, mode = KEYS[1], ARGV[1], ARGV[2], ARGV[3],
+  tonumber(ARGV[4]), ARGV[5], ARGV[6]
+if redis.call('HGET', P .. 'assigned', contact) ~= agent then return 0 end
+if redis.call('HEXISTS', P .. 'entries', contact) == 1 then return -1 end
+redis.call('HSET', P .. 'entries', contact, raw)
+redis.call('ZADD', P .. 'q:' .. queue, score, contact)
+redis.call('SADD', P .. 'declined:' .. contact, agent)
+redis.call('SREM', P .. 'declined:' .. contact, ARGV[8])  -- a colleague named again
+redis.call('EXPIRE', P .. 'declined:' .. contact, tonumber(ARGV[7]))
+if mode == 'cold' then redis.call('HDEL', P .. 'assigned', contact) end
+if ARGV[8] ~= '' then redis.call('ZADD', P .. 'named', ARGV[9], contact) end
+return 1
+"""
+
+
 # Replace a waiting entry only if nobody changed it since it was read (a message, an overflow,
 # an accept): the caller reads it again and retries, so nothing is lost or brought back.
 REPLACE_ENTRY = """
@@ -216,6 +239,7 @@ class Dispatcher:
         self._withdraw = _Script(WITHDRAW)
         self._overflow = _Script(OVERFLOW)
         self._replace_entry = _Script(REPLACE_ENTRY)
+        self._transfer = _Script(TRANSFER)
 
     async def _transaction(self, *commands: Command) -> list[Any]:
         """MULTI/EXEC in one batch: the batcher writes a batch contiguously on its one
@@ -278,14 +302,32 @@ class Dispatcher:
 
     async def append_message(self, contact_id: str, message: dict[str, Any]) -> None:
         """Keep a waiting entry's transcript current, so the agent sees the latest words."""
+        await self.edit_entry(contact_id, lambda entry: entry["context"]["transcript"].append(
+            message))
+
+    async def edit_entry(self, contact_id: str, change: Callable[[dict[str, Any]], Any]
+                         ) -> dict[str, Any] | None:
+        """Change a waiting entry in place (read, change, compare-and-set, retried); the new
+        entry, or None when the contact no longer waits."""
         while True:
             [raw] = await self.batcher.execute(("HGET", PREFIX + "entries", contact_id))
             if not raw:
-                return  # no longer waiting
+                return None
             entry = json.loads(raw)
-            entry["context"]["transcript"].append(message)
+            change(entry)
             if await self._replace_entry(self.batcher, contact_id, raw, json.dumps(entry)):
-                return
+                return entry
+
+    async def requeue(self, entry: dict[str, Any], from_agent: str, mode: str) -> str:
+        """A held contact waits again (a transfer): 'queued', 'not_assigned' (the agent does
+        not hold it) or 'pending' (a transfer of it already waits). It keeps its priority and
+        its first enqueue time, so it goes ahead of everyone who came after it."""
+        score = entry["priority"] * PRIORITY_SCALE + int(entry["enqueued_at"] * 1000)
+        done = await self._transfer(self.batcher, entry["contact_id"], from_agent,
+                                    entry["queue"], score, json.dumps(entry), mode,
+                                    DECLINED_TTL_S, entry.get("only_agent", ""),
+                                    int((time.time() + self.offer_timeout_s) * 1000))
+        return {1: "queued", 0: "not_assigned"}.get(done, "pending")
 
     async def remove(self, contact_id: str) -> str | None:
         """The customer left while waiting; returns the agent whose offer was withdrawn."""
@@ -350,12 +392,17 @@ class Dispatcher:
 
     async def finish(self, contact_id: str, agent_id: str, channel: str) -> bool:
         """Wrap-up: the agent's slot on this channel is free again."""
-        key = f"{PREFIX}agent:{agent_id}"
         if await self.assigned_agent(contact_id) != agent_id:
             return False
-        _, load, status = await self._transaction(
-            ("HDEL", PREFIX + "assigned", contact_id), ("HINCRBY", key, f"load_{channel}", -1),
-            ("HGET", key, "status"))
+        await self.batcher.execute(("HDEL", PREFIX + "assigned", contact_id))
+        await self.release_slot(agent_id, channel)
+        return True
+
+    async def release_slot(self, agent_id: str, channel: str) -> None:
+        """One of the agent's slots on the channel is free (wrap-up, a transfer away)."""
+        key = f"{PREFIX}agent:{agent_id}"
+        load, status = await self._transaction(("HINCRBY", key, f"load_{channel}", -1),
+                                               ("HGET", key, "status"))
         fixes: list[Command] = []
         if load < 0:
             fixes.append(("HSET", key, f"load_{channel}", 0))
@@ -363,7 +410,27 @@ class Dispatcher:
             fixes.append(("ZADD", PREFIX + "available", int(time.time() * 1000), agent_id))
         if fixes:
             await self.batcher.execute(*fixes)
-        return True
+
+    async def unanswered_named(self) -> list[dict[str, Any]]:
+        """Entries sent to a named colleague who was not offered them within an offer's
+        timeout (they went away or filled up meanwhile); each is reported once."""
+        now = int(time.time() * 1000)
+        [contacts] = await self.batcher.execute(("ZRANGEBYSCORE", PREFIX + "named", 0, now))
+        if not contacts:
+            return []
+        *raws, offered, _ = await self.batcher.execute(
+            *(("HGET", PREFIX + "entries", c) for c in contacts),
+            ("HMGET", PREFIX + "offered", *contacts), ("ZREM", PREFIX + "named", *contacts))
+        entries = [json.loads(raw) for raw in raws if raw]
+        held = {c.decode() for c, agent in zip(contacts, offered) if agent}
+        return [e for e in entries if e.get("only_agent") and e["contact_id"] not in held]
+
+    async def has_room(self, agent_id: str, channel: str) -> bool:
+        """The agent is available with a free slot on the channel (a transfer's target)."""
+        state = await self.agent_state(agent_id)
+        cap = state.get(f"cap_{channel}", str(self._default_capacity.get(channel, 0)))
+        return state.get("status") == "available" and \
+            int(state.get(f"load_{channel}", "0")) < int(cap)
 
     # ---- agents --------------------------------------------------------------------------
 

@@ -540,7 +540,8 @@ class Conversations:
         queue = rules.tree.queues[closed.queue if closed else decision.queue]
         contact_type = rules.catalog.types.get(conv["contact_type"])
         conv.update(status="queued", queue=queue.name, reason=reason,
-                    route_path=decision.route_path, escalated_at=turn.now)
+                    route_path=decision.route_path, escalated_at=turn.now,
+                    priority=decision.priority)
         turn.summary_changed = True
         turn.record("escalated", reason=reason, queue=queue.name, priority=decision.priority)
         skills = sorted(set(queue.skills) | set(contact_type.skills if contact_type else ()))

@@ -61,7 +61,14 @@ def agent_context(rules: Rules, conv: Conversation) -> dict[str, Any]:
             "confidence": conv.get("confidence"), "reason": conv.get("reason"),
             "transcript": list(conv["transcript"]), "self_service_steps": list(conv["steps"]),
             "earlier_contacts": list(conv.get("earlier", ())),
-            "escalated_at": conv.get("escalated_at")}
+            "escalated_at": conv.get("escalated_at"),
+            **({"transfer": _transfer_context(conv["transfer"])} if conv.get("transfer") else {})}
+
+
+def _transfer_context(transfer: dict[str, Any]) -> dict[str, Any]:
+    """Who had a transferred contact, why it moved and how (the offer's `transfer`)."""
+    return {"from_agent": transfer["from_agent"], "from_agent_name": transfer["from_agent_name"],
+            "note": transfer["note"], "mode": transfer["mode"], "at": transfer["requested_at"]}
 
 
 def offer_frame(entry: dict[str, Any], kind: str = "offer", **extra: Any) -> dict[str, Any]:
@@ -79,6 +86,13 @@ class Handoff:
         self._bus = bus
         self._events = events
         self._channels = channels
+        from service.conversations.transfer import Transfers  # it builds on this module
+
+        self.transfers = Transfers(self)
+
+    def queues(self) -> list[dict[str, str]]:
+        """The agent queues, for the console's transfer list."""
+        return [{"name": q.name, "label": q.label} for q in self._rules().tree.queues.values()]
 
     async def conversation(self, contact_id: str) -> tuple[str, dict[str, Any]] | None:
         return await self._context.by_contact(contact_id)
@@ -104,6 +118,8 @@ class Handoff:
             entry = await self.router.entry(offer.contact_id)
             if entry:
                 self._record("offer_expired", entry, agent_id=offer.agent_id)
+                await self.transfers.refused(entry, offer.agent_id, "timeout")
+        await self.transfers.sweep()
         for queue in self._rules().tree.queues.values():
             if queue.timeout_s and queue.overflow:
                 target = self._rules().tree.queues[queue.overflow]
@@ -120,6 +136,7 @@ class Handoff:
             entry = await self.router.entry(contact_id)
             if entry:
                 self._record("offer_declined", entry, agent_id=agent["id"])
+                await self.transfers.refused(entry, agent["id"], "declined")
         await self.dispatch()
 
     async def withdraw(self, agent_id: str, contact_id: str, reason: str) -> None:
@@ -143,14 +160,21 @@ class Handoff:
         await self._context.save(key, conv)
         self._record("agent_accepted", entry, agent_id=agent["id"],
                      waited_s=round(now - entry["enqueued_at"], 3))
-        await self._connect_customer(agent, conv)
-        entry["context"]["transcript"] = conv["transcript"]
+        await self._connect_customer(agent, conv, joining="transfer" in entry)
+        if "transfer" in entry:
+            await self.transfers.taken_over(key, conv, entry)
+        entry["context"] = agent_context(self._rules(), conv)
         return offer_frame(entry, kind="assigned", agent={"id": agent["id"],
                                                           "name": agent["name"]})
 
-    async def _connect_customer(self, agent: dict[str, Any], conv: dict[str, Any]) -> None:
+    async def _connect_customer(self, agent: dict[str, Any], conv: dict[str, Any],
+                                joining: bool = False) -> None:
         line = AgentLine(agent["id"], agent["name"], agent.get("phone"),
                          agent.get("client_identity"))
+        if joining:  # a transfer: the customer is already connected (a call's conference)
+            await self._outbound(conv, "connect", lambda channel, to: channel.join_agent(
+                to, line, _hello(agent)))
+            return
         await self._outbound(conv, "connect", lambda channel, to: channel.connect_agent(
             to, line, _hello(agent)))
 
@@ -187,6 +211,7 @@ class Handoff:
         if correction and correction not in self._rules().catalog.types:
             raise HandoffError("bad_contact_type", f"unknown contact type '{correction}'")
         key, conv = await self._assigned(agent, contact_id)
+        await self.transfers.cancel(conv, "wrapped_up")
         await self.router.finish(contact_id, agent["id"], conv["channel"])
         outcome = "agent_resolved" if resolved else "agent_unresolved"
         now = time.time()
@@ -235,7 +260,9 @@ class Handoff:
                                 entry["channel"], context.get("contact_type"),
                                 reason=reason, data={"queue": entry["queue"], **data}))
 
-    def _record_conv(self, kind: str, conv: dict[str, Any], **data: Any) -> None:
+    def _record_conv(self, kind: str, conv: dict[str, Any], reason: str | None = None,
+                     **data: Any) -> None:
         self._events.emit(Event(kind, conv["contact_id"], conv["customer_id"], conv["channel"],
-                                conv.get("contact_type"), conv.get("route_path"), data=data))
+                                conv.get("contact_type"), conv.get("route_path"), reason=reason,
+                                data=data))
 

@@ -44,7 +44,11 @@ class Conversation(_Required, total=False):
     repeat_of: dict[str, Any]  # the earlier contact a "welcome back" asks about
     flow: dict[str, Any]  # a running flow: id, step index, values collected, misses
     escalated_at: float  # when it entered an agent queue (the console's "escalated N ago")
-    agent_id: str  # the agent who accepted it
+    priority: int  # the routing decision's priority when it was escalated (lower first)
+    agent_id: str  # the agent who holds it
+    # The latest transfer: from_agent(_name), note, mode (cold|warm), to_queue, to_agent
+    # (_name), requested_at, pending (until the next agent accepts or it is given up)
+    transfer: dict[str, Any]
     agent_name: str
     ended_at: float
     arrivals: list[float]  # when the customer's last few texts arrived (pacing.py)

@@ -261,7 +261,8 @@ RATES = ("deflection_rate", "true_deflection_rate", "containment_rate", "abandon
 TABLE_COLUMNS = (("contacts", "contacts"), ("offered", "self_service_offered"),
                  ("resolved", "self_service_resolved"), ("false_defl", "false_deflections"),
                  ("escalated", "escalated"), ("abandoned", "abandoned"),
-                 ("deflect", "deflection_rate"), ("true_defl", "true_deflection_rate"),
+                 ("transfer", "transferred"), ("deflect", "deflection_rate"),
+                 ("true_defl", "true_deflection_rate"),
                  ("contain", "containment_rate"), ("abandon", "abandonment_rate"),
                  ("svc_level", "service_level"))
 GROUPS = (("contact type", "by_contact_type"), ("channel", "by_channel"),

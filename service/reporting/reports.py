@@ -1,4 +1,4 @@
-"""Metric queries over the event log (docs/interfaces.md, metric definitions, version 1).
+"""Metric queries over the event log (docs/interfaces.md, metric definitions, version 2).
 
 Every figure is computed in SQL from per-contact facts (`contact_facts`, kept from
 `contact_events` in the transaction that inserts them), never from counters, for any window;
@@ -28,7 +28,7 @@ import asyncpg
 
 from service.reporting import metrics
 
-METRIC_VERSION = "1"
+METRIC_VERSION = "2"  # 1 plus transferred (docs/interfaces.md)
 DEFAULT_REPEAT_WINDOW_H = 72
 DEFAULT_SERVICE_LEVEL_S = 60
 DEFAULT_SPAN = timedelta(days=7)
@@ -75,12 +75,15 @@ DEFINITIONS = {
                "went quiet, opted out); not contacts routed straight to an agent by a rule. "
                "step: where it was (greeting, clarifying, or the self-service step); exit: "
                "the escalation reason or the outcome.",
+    "transferred": "Contacts an agent transferred, to a queue or to an agent, counted once "
+                   "each (a transferred event: cold at the request, warm when the next agent "
+                   "accepted).",
     "rates": "Fractions from 0 to 1; null when the denominator is 0.",
 }
 
 COUNT_FIELDS = ("contacts", "self_service_offered", "self_service_resolved", "false_deflections",
                 "escalated", "abandoned", "accepted", "accepted_in_service_level",
-                "voice_contacts", "voice_contained")
+                "voice_contacts", "voice_contained", "transferred")
 
 
 class BadWindow(ValueError):
@@ -213,16 +216,17 @@ gathered AS (
         {_in_order("e.data->>'outcome'", "e.kind = 'ended'")} AS outcomes,
         {_in_order("e.data->>'queue'", "e.kind IN ('routed', 'escalated')")} AS queues,
         {_in_order("e.route_path",
-                   "e.kind IN ('routed', 'escalated') AND e.route_path IS NOT NULL")} AS routes
+                   "e.kind IN ('routed', 'escalated') AND e.route_path IS NOT NULL")} AS routes,
+        COALESCE(bool_or(e.kind = 'transferred'), false) AS transferred
     FROM chosen c
     LEFT JOIN contact_events e ON e.contact_id = c.contact_id
         AND e.kind IN ('classified', 'wrap_up', 'self_service_started', 'classification_missed',
-                       'routed', 'escalated', 'agent_accepted', 'ended')
+                       'routed', 'escalated', 'agent_accepted', 'ended', 'transferred')
     GROUP BY c.contact_id, c.customer_id, c.channel, c.started_at
 ),
 facts AS (
     SELECT contact_id, customer_id, channel, started_at, missed, routed_to_agent,
-        escalated_at, accepted_at, ended_at,
+        escalated_at, accepted_at, ended_at, transferred,
         types[cardinality(types)] AS contact_type,
         steps IS NOT NULL AS offered,
         steps[cardinality(steps)] AS last_step,
@@ -252,7 +256,7 @@ FACT_COLUMNS = """contact_id, customer_id, (started).value AS channel, started_a
         routed_to_agent, (escalation).at AS escalated_at, accepted_at, (ending).at AS ended_at,
         (contact_type).value AS contact_type, offered, (last_step).value AS last_step,
         (escalation).value AS escalation_reason, (ending).value AS outcome,
-        (queue).value AS queue, (route).value AS route, next_same_type_at"""
+        (queue).value AS queue, (route).value AS route, next_same_type_at, transferred"""
 
 STORED_FACTS_IN_WINDOW = f"""
 facts AS (
@@ -322,7 +326,8 @@ AGGREGATES = """
     count(*) FILTER (WHERE accepted) AS accepted,
     count(*) FILTER (WHERE accepted_in_service_level) AS accepted_in_service_level,
     count(*) FILTER (WHERE channel = 'voice') AS voice_contacts,
-    count(*) FILTER (WHERE channel = 'voice' AND NOT escalated) AS voice_contained"""
+    count(*) FILTER (WHERE channel = 'voice' AND NOT escalated) AS voice_contained,
+    count(*) FILTER (WHERE transferred) AS transferred"""
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,17 @@ const REASONS = {
   lookup_not_found: "Self-service couldn't find what they gave",
   lookup_failed: "Self-service couldn't look it up",
   flow_unavailable: "Self-service flow was changed mid-way",
+  transferred: "Transferred by a colleague",
+};
+// What became of this agent's transfer (transfer_result.status), for the toast.
+const TRANSFER_RESULTS = {
+  transferred: (t) => `Transferred to ${t}.`,
+  pending: (t) => `Waiting for ${t} to accept. You keep the contact until then.`,
+  accepted: (t) => `${t} accepted the contact.`,
+  returned_to_queue: (t) => `${t} didn't take it: the contact went back to its queue.`,
+  declined: (t) => `${t} declined: the contact stays with you.`,
+  timeout: (t) => `${t} didn't answer in time: the contact stays with you.`,
+  agent_unavailable: (t) => `${t} went away before taking it: the contact stays with you.`,
 };
 const OUTCOMES = {
   self_service_resolved: "Solved by self-service",
@@ -52,6 +63,11 @@ const ui = {
   transcript: $("transcript"), replyForm: $("reply-form"), reply: $("reply"), send: $("send"),
   wrapForm: $("wrap-up-form"), contactType: $("contact-type"), note: $("note"),
   finish: $("finish"),
+  transferForm: $("transfer-form"), transferTarget: $("transfer-target"),
+  transferNote: $("transfer-note"), transferButton: $("transfer"),
+  transferStatus: $("transfer-status"),
+  ctxTransferSection: $("ctx-transfer-section"), ctxTransfer: $("ctx-transfer"),
+  ctxTransferNote: $("ctx-transfer-note"),
   contextEmpty: $("context-empty"), contextBody: $("context-body"), ctxType: $("ctx-type"),
   ctxConfidence: $("ctx-confidence"), ctxReason: $("ctx-reason"), ctxQueue: $("ctx-queue"),
   ctxCustomer: $("ctx-customer"), ctxAttributes: $("ctx-attributes"), ctxSteps: $("ctx-steps"),
@@ -61,6 +77,7 @@ const ui = {
 const state = {
   agent: null,
   contactTypes: new Map(), // id -> label
+  targets: { queues: [], agents: [] }, // where this agent may transfer to (ready frame)
   presence: "away",
   offers: new Map(), // contact_id -> {frame, expiresAt, pending}
   contacts: new Map(), // contact_id -> {frame, transcript, ended, unread, pending}
@@ -148,6 +165,8 @@ function handle(frame) {
       return onContactEnded(frame);
     case "wrapped_up":
       return onWrappedUp(frame);
+    case "transfer_result":
+      return onTransferResult(frame);
     case "error":
       return onError(frame);
     default:
@@ -161,6 +180,8 @@ function onReady(frame) {
   attempt = 0;
   state.agent = frame.agent || {};
   state.contactTypes = new Map((frame.contact_types || []).map((t) => [t.id, t.label || t.id]));
+  state.targets = { queues: frame.transfer_targets?.queues || [],
+                    agents: frame.transfer_targets?.agents || [] };
   // The server re-sends current offers and assigned contacts after ready: it is the truth.
   endedBeforeReconnect = new Map([...state.contacts].filter(([, c]) => c.ended)
     .map(([id, c]) => [id, c.ended]));
@@ -249,6 +270,31 @@ function onWrappedUp(frame) {
   if (state.selected === frame.contact_id) state.selected = firstSelectable();
   toast(`Wrapped up${contact ? `: ${contactTitle(contact.frame)}` : ""}.`, "info");
   render();
+}
+
+function onTransferResult(frame) {
+  const contact = state.contacts.get(frame.contact_id);
+  const target = frame.agent_name || (frame.queue ? `the ${queueLabel(frame.queue)} queue` : "a colleague");
+  const say = TRANSFER_RESULTS[frame.status];
+  toast(say ? say(target) : humanise(frame.status), "info");
+  if (!contact) return render();
+  contact.pending = false;
+  if (frame.told_customer) {
+    contact.transcript.push({ from: "agent", text: frame.told_customer, at: Date.now() / 1000 });
+  }
+  if (frame.status === "pending") {
+    contact.transfer = `Waiting for ${target} to accept (warm transfer).`;
+  } else if (frame.status === "transferred" || frame.status === "accepted") {
+    state.contacts.delete(frame.contact_id); // it is the next agent's now
+    if (state.selected === frame.contact_id) state.selected = firstSelectable();
+  } else {
+    contact.transfer = null;
+  }
+  render();
+}
+
+function queueLabel(name) {
+  return state.targets.queues.find((q) => q.name === name)?.label || name;
 }
 
 function onError(frame) {
@@ -359,6 +405,19 @@ ui.wrapForm.addEventListener("submit", (event) => {
   const frame = { type: "wrap_up", contact_id: state.selected, resolved: resolved === "yes",
                   note: ui.note.value.trim() };
   if (ui.contactType.value) frame.contact_type = ui.contactType.value;
+  if (sendFrame(frame)) {
+    contact.pending = true;
+    render();
+  }
+});
+
+ui.transferForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const contact = state.contacts.get(state.selected);
+  const [kind, target] = (ui.transferTarget.value || "").split(":");
+  if (!contact || contact.pending || !target) return;
+  const frame = { type: "transfer", contact_id: state.selected, [kind]: target,
+                  mode: ui.transferForm.elements.mode.value, note: ui.transferNote.value.trim() };
   if (sendFrame(frame)) {
     contact.pending = true;
     render();
@@ -517,6 +576,10 @@ function renderSelected() {
 
   ui.replyForm.hidden = !contact;
   ui.wrapForm.hidden = !contact;
+  ui.transferForm.hidden = !contact || Boolean(contact.ended);
+  ui.transferButton.disabled = Boolean(contact?.pending || contact?.transfer);
+  ui.transferStatus.hidden = !contact?.transfer;
+  ui.transferStatus.textContent = contact?.transfer || "";
   const canReply = contact && !contact.ended && frame.channel !== "voice";
   ui.reply.disabled = !canReply;
   ui.send.disabled = !canReply;
@@ -532,19 +595,24 @@ function renderSelected() {
   }
   if (contact && renderedFor !== id) {
     ui.wrapForm.reset();
+    ui.transferForm.reset();
     fillContactTypes(ctx.contact_type);
+    fillTransferTargets();
     renderedFor = id;
   }
   if (!contact) renderedFor = null;
 
-  renderTranscript(contact ? contact.transcript : (ctx.transcript || []));
+  renderTranscript(contact ? contact.transcript : (ctx.transcript || []), ctx.transfer);
   renderContext(frame, ctx);
 }
 
-function renderTranscript(lines) {
+function renderTranscript(lines, transfer) {
   const atBottom = ui.transcript.scrollHeight - ui.transcript.scrollTop - ui.transcript.clientHeight < 40;
   const items = lines.map((line) => {
-    const who = SPEAKERS[line.from] || humanise(line.from);
+    // Before a transfer reached this agent, the agent's lines were the colleague's.
+    const colleague = line.from === "agent" && transfer && Number(line.at) <= Number(transfer.at);
+    const who = colleague ? (transfer.from_agent_name || "Colleague")
+      : SPEAKERS[line.from] || humanise(line.from);
     return el("li", { class: `line ${line.from}${line.failed ? " failed" : ""}` },
       el("span", { class: "who" }, who, el("time", { text: when(line.at) })),
       el("span", { class: "text", text: line.text }),
@@ -581,6 +649,14 @@ function renderContext(frame, ctx) {
                              ctx.escalated_at ? `escalated ${when(ctx.escalated_at)}` : null]
     .filter(Boolean).join(" · ");
 
+  const moved = ctx.transfer;
+  ui.ctxTransferSection.hidden = !moved;
+  if (moved) {
+    const how = moved.mode === "warm" ? "warm transfer" : "cold transfer";
+    ui.ctxTransfer.textContent = `From ${moved.from_agent_name || moved.from_agent} (${how})`;
+    ui.ctxTransferNote.textContent = moved.note ? `“${moved.note}”` : "No note.";
+  }
+
   ui.ctxCustomer.textContent = customerLabel(ctx.customer);
   const attributes = Object.entries(ctx.customer?.attributes || {});
   ui.ctxAttributes.replaceChildren(...attributes.flatMap(([key, value]) => [
@@ -615,6 +691,14 @@ function fillContactTypes(current) {
     el("option", { value: "", text: label ? `${label} (as classified)` : "Not classified" }),
     ...[...state.contactTypes].filter(([id]) => id !== current).map(
       ([id, text]) => el("option", { value: id, text })));
+}
+
+function fillTransferTargets() {
+  const group = (label, items) => el("optgroup", { label }, ...items);
+  ui.transferTarget.replaceChildren(
+    el("option", { value: "", text: "Choose a queue or a colleague" }),
+    group("Queues", state.targets.queues.map((q) => el("option", { value: `queue:${q.name}`, text: q.label }))),
+    group("Colleagues", state.targets.agents.map((a) => el("option", { value: `agent:${a.id}`, text: a.name }))));
 }
 
 // Offer countdowns, once a second, without re-rendering everything.
