@@ -262,7 +262,7 @@ async def test_matrix_of_the_known_week(ops_client, db, clock, ops_token):
     week = await known_week(ops_client, db, clock)
     status, report = await get(ops_client, "/api/reports/matrix", ops_token,
                                **{"from": week["from"], "to": week["to"]})
-    assert status == 200 and report["metric_version"] == "1"
+    assert status == 200 and report["metric_version"] == "2"
     rows = report["rows"]
     chat_median = rows[1].pop("median_resolution_s")  # the agent's part ran on the real clock
     assert 0 < chat_median < 30
