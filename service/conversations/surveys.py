@@ -201,6 +201,6 @@ def _keep(kind: str, value: str, pending: dict[str, Any]) -> Command:
     return ("SET", survey_key(kind, value, pending["channel"]), orjson.dumps(pending), "EX", ttl)
 
 
-def _event(kind: str, pending: dict[str, Any], now: float, **data: Any) -> Event:
+def _event(kind: str, pending: dict[str, Any], now: float, /, **data: Any) -> Event:
     return Event(kind, pending["contact_id"], pending["customer_id"], pending["channel"],
                  pending["contact_type"], pending["route_path"], data=data, occurred_at=now)
