@@ -114,6 +114,26 @@ async def test_sms_answer_4_gives_csat_4_and_opens_no_contact(surveyed, db, redi
         assert (await totals(client, db))["contacts"] == 2
 
 
+async def test_the_cli_report_and_csv_show_the_survey_figures(surveyed, db):
+    from service.reporting.cli import report_csv, report_table
+    async with await surveyed() as client:
+        await resolve_by_sms(client)
+        await text(client, CUSTOMER, "4")
+        assert await client.app[EVENTS].flush()
+        now = datetime.now(timezone.utc)
+        report = await reports.summary(db, reports.Window(now - timedelta(hours=1), now),
+                                       reports.ReportRules())
+        table = report_table(report).splitlines()
+        header = table.index(next(line for line in table if line.startswith("satisfaction")))
+        assert table[header].split()[2:] == ["surveys", "responses", "resp_rate", "csat", "nps"]
+        assert table[header + 1].split() == ["total", "1", "1", "100.0%", "4.00", "-"]
+        rows = report_csv(report).splitlines()
+        columns = rows[0].split(",")
+        total = dict(zip(columns, rows[1].split(",")))
+        assert (total["surveys_sent"], total["survey_responses"], total["csat"], total["nps"]) \
+            == ("1", "1", "4.0", "")
+
+
 async def test_nps_answers_9_and_3_give_nps_0(surveyed, db):
     async with await surveyed("""
         default: {kind: csat, once_per_days: 0}
