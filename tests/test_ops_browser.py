@@ -116,7 +116,7 @@ async def check_headline(page, summary: dict) -> None:
         await expect(value).to_have_text(shown(summary["totals"][key], kind))
     await expect(page.locator('[data-metric="true_deflection_rate"] .value')).to_have_text(
         "20.0%")  # 2 of 5 resolved in self-service, 1 of them came back
-    await expect(page.locator("#metric-version")).to_have_text("1")
+    await expect(page.locator("#metric-version")).to_have_text("2")
     await expect(page.locator("#footnote")).to_contain_text(summary["from"])
 
 

@@ -3,7 +3,9 @@ survey after self-service and after an agent's wrap-up, answered with the rating
 
 from __future__ import annotations
 
+import asyncio
 import json
+from datetime import datetime, timedelta, timezone
 
 import aiohttp
 import pytest
@@ -42,7 +44,7 @@ async def wait_for_scores(db, count: int) -> list[tuple[str, int]]:
         found = await answered_scores(db)
         if len(found) >= count:
             return found
-        await __import__("asyncio").sleep(0.1)
+        await asyncio.sleep(0.1)
     return await answered_scores(db)
 
 
@@ -104,3 +106,45 @@ async def next_frame(ws, kind: str) -> dict:
         frame = await ws.receive_json(timeout=10)
         if frame["type"] == kind:
             return frame
+
+
+async def test_ops_dashboard_shows_csat_nps_and_the_matrix_split(app_settings, db):
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from service.infra.tokens import create_token
+    from service.reporting import reports
+    from tests.test_ops_api import events_landed, ops_app
+    from tests.test_surveys import resolve_by_sms
+    from tests.twilio_driver import text
+
+    now = datetime.now(timezone.utc)
+    window = {"from": reports.iso(now - timedelta(days=1)),
+              "to": reports.iso(now + timedelta(days=1))}
+    async with TestClient(TestServer(ops_app(app_settings))) as client:
+        for phone, score in (("+15555550401", "4"), ("+15555550402", "2 slow")):
+            await resolve_by_sms(client, phone)
+            await text(client, phone, score)
+        await resolve_by_sms(client, "+15555550403")  # never answers
+        await events_landed(client.app)
+        token = await create_token(db, "ops", "survey browser test")
+        async with chromium() as browser:
+            page = await (await browser.new_context(viewport={"width": 1360, "height": 900})
+                          ).new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(str(client.make_url("/ops").with_query(window)))
+            await page.fill("#token", token)
+            await page.click("#sign-in")
+            await expect(page.locator("#dashboard")).to_be_visible()
+            await expect(page.locator('[data-metric="csat"] .value')).to_have_text("3.00")
+            await expect(page.locator('[data-metric="nps"] .value')).to_have_text("–")
+            responses = page.locator('[data-metric="survey_responses"]')
+            await expect(responses.locator(".value")).to_have_text("2")
+            await expect(responses.locator(".detail")).to_have_text("of 3 surveys sent")
+            row = page.locator('#matrix tr[data-key="track_order/sms"]')
+            await expect(row.locator('[data-field="csat.self_service"]')).to_have_text("3.00")
+            await expect(row.locator('[data-field="csat.agent"]')).to_have_text("–")
+            await expect(row.locator(
+                '[data-field="survey_response_rate.self_service"]')).to_have_text("66.7%")
+            await page.screenshot(path=artifact("survey-ops-dashboard.png"), full_page=True)
+            assert errors == []

@@ -308,7 +308,7 @@
         text = "Waiting for the next available person";
       }
     } else if (frame.state === "with_agent") text = "You're chatting with our team";
-    else if (frame.state === "closed") text = "This chat has ended";
+    else if (frame.state === "closed") text = surveyPending ? "One last question before you go" : "This chat has ended";
     statusLine.textContent = text;
     lastState = frame.state;
     // A survey asked as the chat closes keeps the socket until it is answered.
