@@ -134,6 +134,23 @@ async def test_the_cli_report_and_csv_show_the_survey_figures(surveyed, db):
             == ("1", "1", "4.0", "")
 
 
+async def test_a_survey_answer_costs_two_redis_round_trips(surveyed, monkeypatch):
+    from service.appkeys import REDIS_BATCH
+    async with await surveyed() as client:
+        await resolve_by_sms(client)
+        batcher, sent = client.app[REDIS_BATCH], []
+        execute = batcher.execute
+
+        async def counted(*commands):
+            if any(CUSTOMER in str(arg) for c in commands for arg in c):
+                sent.append(commands)
+            return await execute(*commands)
+
+        monkeypatch.setattr(batcher, "execute", counted)
+        assert await text(client, CUSTOMER, "5") == ["Thank you for your feedback!"]
+        assert len(sent) == 2  # read (the survey with the rest), then write
+
+
 async def test_nps_answers_9_and_3_give_nps_0(surveyed, db):
     async with await surveyed("""
         default: {kind: csat, once_per_days: 0}
@@ -298,6 +315,22 @@ async def test_sms_survey_after_the_agent_wraps_up(surveyed, db, twilio):
         [cell] = (await reports.matrix(db, window, reports.ReportRules()))["rows"]
         assert cell["by_handling"]["agent"]["csat"] == 2.0
         assert cell["by_handling"]["self_service"]["surveys_sent"] == 0
+
+
+async def test_no_survey_after_an_agent_for_a_customer_who_sent_stop(surveyed, db, twilio):
+    standin, _ = twilio
+    async with await surveyed() as client:
+        agent = await login(client, db, skills=ALL_SKILLS)
+        await text(client, CUSTOMER, "I need to talk to a person")
+        offer = await agent.next("offer")
+        assert await text(client, CUSTOMER, "STOP") == []  # while queued: still offered
+        await agent.send(type="accept", contact_id=offer["contact_id"])
+        await agent.next("assigned")
+        await agent.send(type="wrap_up", contact_id=offer["contact_id"], resolved=True)
+        await agent.next("wrapped_up")
+        await asyncio.sleep(0.1)
+        assert CSAT_TEXT not in [m["Body"] for m in standin.messages]
+        assert await events(client, db, "survey_sent") == []
 
 
 async def test_no_survey_after_an_agent_when_the_rule_says_self_service_only(surveyed, db,
