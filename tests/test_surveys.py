@@ -34,7 +34,8 @@ RESOLVED = [prompts.RESOLVED_THEN_SURVEY]
 def rules_with(tmp_path: Path, surveys: str) -> Path:
     """The shipped rules plus this surveys.yaml."""
     directory = tmp_path / "rules"
-    shutil.copytree(ROOT / "routing_rules", directory, ignore=shutil.ignore_patterns("bank"))
+    shutil.copytree(ROOT / "routing_rules", directory, ignore=shutil.ignore_patterns("bank"),
+                    dirs_exist_ok=True)
     (directory / "surveys.yaml").write_text(textwrap.dedent(surveys))
     return directory
 
@@ -188,6 +189,14 @@ async def test_two_malformed_answers_let_the_survey_go_and_are_no_response(surve
         figures = await totals(client, db)
         assert (figures["surveys_sent"], figures["survey_responses"], figures["csat"],
                 figures["contacts"]) == (1, 0, None, 1)
+
+
+async def test_help_is_answered_even_while_a_survey_waits(surveyed, db):
+    async with await surveyed() as client:
+        await resolve_by_sms(client)
+        assert await text(client, CUSTOMER, "HELP") == [prompts.SMS_HELP]
+        [closed] = await events(client, db, "survey_closed")
+        assert closed["data"] == {"reason": "new_contact"}
 
 
 async def test_a_late_answer_is_thanked_and_not_counted(surveyed, db, redis_client):

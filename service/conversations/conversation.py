@@ -158,7 +158,7 @@ class Conversations:
         if inbound.kind in ("end", "left_queue"):
             return await self._ended_by_customer(inbound, conversation, now)
         survey, let_go = start.survey, None
-        if survey and inbound.kind in surveys.ANSWER_INPUT and \
+        if survey and inbound.kind in surveys.ANSWER_INPUT and keyword not in HELP_WORDS and \
                 (conversation is None or conversation["status"] == "closed"):
             answered = surveys.answer(self._rules(), survey, inbound,
                                       self._channels[inbound.channel].prompt_style, now)
