@@ -14,7 +14,7 @@ from typing import Any, AsyncContextManager, Awaitable, Callable, ClassVar, Prot
 from aiohttp import web
 
 from channels.twilio_rest import TwilioRest
-from service.model import AgentLine, ChannelTraits, Destination, Inbound, Reply
+from service.model import AgentLine, ChannelTraits, Choice, Destination, Inbound, Reply
 
 HandleInbound = Callable[[Inbound], Awaitable[Reply]]
 # Frames pushed to one conversation from anywhere (an agent's reply on another instance).
@@ -54,6 +54,9 @@ class Channel(Protocol):
     async def release_agent(self, to: Destination, agent: AgentLine) -> None: ...
 
     async def close(self, to: Destination) -> None: ...
+
+    async def ask(self, to: Destination, text: str, choices: tuple[Choice, ...]
+                  ) -> str | None: ...
 
 
 def twilio_of(config: ChannelConfig) -> TwilioRest:

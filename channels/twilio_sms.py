@@ -16,7 +16,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 
 from channels.base import ChannelConfig, HandleInbound, twilio_of
 from channels.twilio_auth import TwilioSignature
-from service.model import AgentLine, ChannelTraits, Destination, Inbound, Reply
+from service.model import AgentLine, ChannelTraits, Choice, Destination, Inbound, Reply
 
 log = structlog.get_logger(__name__)
 
@@ -87,6 +87,9 @@ class TwilioMessaging:
 
     async def close(self, to: Destination) -> None:
         return None  # the conversation simply goes quiet; the next text opens a new contact
+
+    async def ask(self, to: Destination, text: str, choices: tuple[Choice, ...]) -> str | None:
+        return await self.send_text(to, text)  # the text says how to answer
 
 
 class TwilioSms(TwilioMessaging):

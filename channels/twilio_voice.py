@@ -19,6 +19,7 @@ from channels.twilio_rest import agent_label
 from service.model import (
     AgentLine,
     ChannelTraits,
+    Choice,
     DeliveryFailed,
     Destination,
     Inbound,
@@ -149,6 +150,9 @@ class TwilioVoice:
 
     async def close(self, to: Destination) -> None:
         return None  # the call ends when either side hangs up
+
+    async def ask(self, to: Destination, text: str, choices: tuple[Choice, ...]) -> str | None:
+        raise DeliveryFailed("not_text", "the bridged call ends when the agent hangs up")
 
     async def _form(self, request: web.Request):
         form = await self._signature.verified_form(request)

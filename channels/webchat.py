@@ -20,7 +20,7 @@ import structlog
 from aiohttp import WSCloseCode, web
 
 from channels.base import ChannelConfig, HandleInbound
-from service.model import AgentLine, ChannelTraits, Destination, Inbound, Reply
+from service.model import AgentLine, ChannelTraits, Choice, Destination, Inbound, Reply
 from service.websocket import RateLimit, open_socket, parse_frame, relay, send_error
 
 log = structlog.get_logger(__name__)
@@ -92,6 +92,10 @@ class WebChat:
     async def close(self, to: Destination) -> None:
         await self._publish(f"chat:{to.thread}", {"type": "status", "state": "closed"})
 
+    async def ask(self, to: Destination, text: str, choices: tuple[Choice, ...]) -> str | None:
+        await self._publish(f"chat:{to.thread}", _survey_frame(text, choices))
+        return None
+
     async def shutdown(self) -> None:
         for ws in list(self._sockets):
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
@@ -157,11 +161,24 @@ async def _send_reply(ws: web.WebSocketResponse, reply: Reply) -> None:
     for line in reply.history:
         await ws.send_json({"type": "message", "from": line["from"], "text": line["text"]})
     for index, text in enumerate(reply.messages):
+        last = index == len(reply.messages) - 1
+        if reply.survey and last:
+            await ws.send_json(_survey_frame(text, reply.choices))
+            continue
         frame: dict[str, Any] = {"type": "message", "from": "bot", "text": text}
-        if reply.choices and index == len(reply.messages) - 1:
-            frame["choices"] = [{"label": c.label, "value": c.value} for c in reply.choices]
+        if reply.choices and last:
+            frame["choices"] = _choices(reply.choices)
         await ws.send_json(frame)
     status: dict[str, Any] = {"type": "status", "state": reply.state}
     if reply.position is not None:
         status |= {"position": reply.position, "estimated_wait_s": reply.estimated_wait_s}
     await ws.send_json(status)
+
+
+def _choices(choices: tuple[Choice, ...]) -> list[dict[str, str]]:
+    return [{"label": c.label, "value": c.value} for c in choices]
+
+
+def _survey_frame(text: str, choices: tuple[Choice, ...]) -> dict[str, Any]:
+    """A rating question: the widget shows its choices as a row of buttons."""
+    return {"type": "survey", "from": "bot", "text": text, "choices": _choices(choices)}

@@ -59,6 +59,7 @@ class Reply:
     expects_input: bool = False  # the customer is asked something (voice gathers input)
     turn: int = 0  # how many turns the contact has had; voice puts it in its action URLs
     history: tuple[dict[str, Any], ...] = ()  # the transcript so far, when a chat resumes
+    survey: bool = False  # the last message asks for a rating (a widget shows a survey)
 
     def to_json(self) -> dict[str, Any]:
         # Spelled out: dataclasses.asdict deep-copies every field and costs ~20 us per turn.
@@ -68,7 +69,7 @@ class Reply:
                 "state": self.state, "contact_id": self.contact_id, "position": self.position,
                 "estimated_wait_s": self.estimated_wait_s, "queue": self.queue,
                 "expects_input": self.expects_input, "turn": self.turn,
-                "history": [dict(entry) for entry in self.history]}
+                "history": [dict(entry) for entry in self.history], "survey": self.survey}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "Reply":
@@ -147,6 +148,10 @@ class Outbound(Protocol):
 
     async def close(self, to: Destination) -> None:
         """The agent wrapped the contact up."""
+        ...
+
+    async def ask(self, to: Destination, text: str, choices: tuple[Choice, ...]) -> str | None:
+        """Ask for a rating outside a turn (a survey after wrap-up), with its answers."""
         ...
 
 

@@ -213,11 +213,16 @@ async def known_week(client: TestClient, db, clock: HeldClock) -> dict:
 
 
 def figures(contacts, offered, resolved, false, escalated, abandoned, accepted, in_level,
-            voice, contained, transferred=0) -> dict:
-    counts = dict(zip(reports.COUNT_FIELDS, (contacts, offered, resolved, false, escalated,
-                                             abandoned, accepted, in_level, voice,
-                                             contained, transferred)))
+            voice, contained) -> dict:
+    counts = dict.fromkeys(reports.COUNT_FIELDS, 0) | dict(zip(
+        reports.COUNT_FIELDS, (contacts, offered, resolved, false, escalated, abandoned,
+                               accepted, in_level, voice, contained)))
     return reports.figures(counts)
+
+
+# The matrix's survey split of a cell without surveys.
+UNSURVEYED = {who: {"surveys_sent": 0, "survey_responses": 0, "survey_response_rate": None,
+                    "csat": None, "nps": None} for who in ("self_service", "agent", "abandoned")}
 
 
 async def test_summary_of_the_known_week(ops_client, db, clock, ops_token):
@@ -233,7 +238,9 @@ async def test_summary_of_the_known_week(ops_client, db, clock, ops_token):
         "false_deflections": 1, "escalated": 3, "abandoned": 1, "accepted": 1,
         "accepted_in_service_level": 1, "voice_contacts": 3, "voice_contained": 2,
         "transferred": 0, "deflection_rate": 0.5, "true_deflection_rate": 0.375, "containment_rate": 2 / 3,
-        "abandonment_rate": 1 / 3, "service_level": 1 / 3}
+        "abandonment_rate": 1 / 3, "service_level": 1 / 3} | {
+        k: v for k, v in figures(0, 0, 0, 0, 0, 0, 0, 0, 0, 0).items()
+        if k.startswith(("survey", "csat", "nps"))}
     assert report["by_contact_type"] == {
         "cancel_order": figures(1, 1, 1, 0, 0, 0, 0, 0, 1, 1),
         "recover_password": figures(1, 1, 0, 0, 1, 0, 1, 1, 0, 0),
@@ -268,17 +275,22 @@ async def test_matrix_of_the_known_week(ops_client, db, clock, ops_token):
     assert 0 < chat_median < 30
     assert rows == [
         {"contact_type": "cancel_order", "label": "Cancel an order", "channel": "voice",
-         **figures(1, 1, 1, 0, 0, 0, 0, 0, 1, 1), "median_resolution_s": 25.0},
+         **figures(1, 1, 1, 0, 0, 0, 0, 0, 1, 1), "median_resolution_s": 25.0,
+         "by_handling": UNSURVEYED},
         {"contact_type": "recover_password", "label": "Reset a password", "channel": "chat",
-         **figures(1, 1, 0, 0, 1, 0, 1, 1, 0, 0)},
+         **figures(1, 1, 0, 0, 1, 0, 1, 1, 0, 0), "by_handling": UNSURVEYED},
         {"contact_type": "track_order", "label": "Track an order", "channel": "sms",
-         **figures(3, 3, 3, 1, 0, 0, 0, 0, 0, 0), "median_resolution_s": 40.0},
+         **figures(3, 3, 3, 1, 0, 0, 0, 0, 0, 0), "median_resolution_s": 40.0,
+         "by_handling": UNSURVEYED},
         {"contact_type": "track_order", "label": "Track an order", "channel": "voice",
-         **figures(1, 0, 0, 0, 1, 1, 0, 0, 1, 0), "median_resolution_s": None},
+         **figures(1, 0, 0, 0, 1, 1, 0, 0, 1, 0), "median_resolution_s": None,
+         "by_handling": UNSURVEYED},
         {"contact_type": "unclassified", "label": "unclassified", "channel": "sms",
-         **figures(1, 0, 0, 0, 1, 0, 0, 0, 0, 0), "median_resolution_s": None},
+         **figures(1, 0, 0, 0, 1, 0, 0, 0, 0, 0), "median_resolution_s": None,
+         "by_handling": UNSURVEYED},
         {"contact_type": "unclassified", "label": "unclassified", "channel": "voice",
-         **figures(1, 0, 0, 0, 0, 0, 0, 0, 1, 1), "median_resolution_s": None}]
+         **figures(1, 0, 0, 0, 0, 0, 0, 0, 1, 1), "median_resolution_s": None,
+         "by_handling": UNSURVEYED}]
 
 
 async def test_journeys_of_the_known_week(ops_client, db, clock, ops_token):
@@ -537,20 +549,23 @@ async def test_report_command_in_three_formats(monkeypatch, capsys, settings, op
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == ("metric_version,from,to,group,key,contacts,self_service_offered,"
                         "self_service_resolved,false_deflections,escalated,abandoned,accepted,"
-                        "accepted_in_service_level,voice_contacts,voice_contained,transferred,"
+                        "accepted_in_service_level,voice_contacts,voice_contained,"
+                        "surveys_sent,survey_responses,csat_responses,csat_points,"
+                        "nps_responses,nps_promoters,nps_detractors,transferred,"
                         "deflection_rate,true_deflection_rate,containment_rate,"
-                        "abandonment_rate,service_level")
+                        "abandonment_rate,service_level,survey_response_rate,csat,nps")
     assert lines[1] == "2,2024-05-06T00:00:00Z,2024-05-07T00:00:00Z,total,,2,1,1,0,1,0,0,0,0," \
-                       "0,0,0.5,0.5,,0.0,0.0"
+                       "0,0,0,0,0,0,0,0,0,0.5,0.5,,0.0,0.0,,,"
     assert "2,2024-05-06T00:00:00Z,2024-05-07T00:00:00Z,escalation_reason,requested_agent,,,,," \
-           "1,,,,,,,,,,," in lines
+           "1" + "," * 21 in lines
 
     assert await cli("report", *window) == 0
     table = capsys.readouterr().out
     assert "Switchboard report, metric version 2" in table
     assert "contacts that started from 2024-05-06T00:00:00Z to 2024-05-07T00:00:00Z" in table
     assert [line.split() for line in table.splitlines() if line.startswith("total")] == [
-        ["total", "2", "1", "1", "0", "1", "0", "0", "50.0%", "50.0%", "-", "0.0%", "0.0%"]]
+        ["total", "2", "1", "1", "0", "1", "0", "0", "50.0%", "50.0%", "-", "0.0%", "0.0%"],
+        ["total", "0", "0", "-", "-", "-"]]  # satisfaction surveys: none sent
     assert "  requested_agent" in table
 
 

@@ -44,7 +44,7 @@ class Contact:
         self.rows: list[tuple] = []
         self.event("contact_started", address=f"{customer}@{channel}", gap_s=0)
 
-    def event(self, kind: str, *, reason: str | None = None, gap_s: float = 1,
+    def event(self, kind: str, /, *, reason: str | None = None, gap_s: float = 1,
               **data: Any) -> "Contact":
         self.now += timedelta(seconds=gap_s)
         self.rows.append((uuid.uuid4(), self.now, kind, self.id, self.customer, self.channel,
@@ -102,6 +102,13 @@ class Contact:
     def ended(self, outcome: str, gap_s: float = 1) -> "Contact":
         return self.event("ended", outcome=outcome, gap_s=gap_s)
 
+    def surveyed(self, kind: str = "csat", gap_s: float = 0) -> "Contact":
+        return self.event("survey_sent", kind=kind, after="self_service", gap_s=gap_s)
+
+    def answered(self, score: int, kind: str = "csat", comment: str = "",
+                 event: str = "survey_answered", gap_s: float = 30) -> "Contact":
+        return self.event(event, kind=kind, score=score, comment=comment, gap_s=gap_s)
+
 
 async def insert(conn: asyncpg.Connection, *contacts: Contact) -> None:
     rows = sorted((row for c in contacts for row in c.rows), key=lambda r: r[1])
@@ -116,6 +123,11 @@ RULES = ReportRules({"track_order": 72, "cancel_order": 72, "change_order": 72,
                      "recover_password": 72, "payment_issue": 72},
                     {"track_order": "Track an order"})
 WIDE = Window(T0 - H, T0 + 100 * H)
+
+
+NOT_SURVEYED = {"surveys_sent": 0, "survey_responses": 0, "csat_responses": 0, "csat_points": 0,
+                "nps_responses": 0, "nps_promoters": 0, "nps_detractors": 0,
+                "survey_response_rate": None, "csat": None, "nps": None}
 
 
 @pytest.fixture
@@ -153,9 +165,13 @@ def mixed_day() -> list[Contact]:
     return [a1, a2, b1, b2, c1, c2, d1, e1, f1, g1, h1]
 
 
+V1_COUNTS = ("contacts", "self_service_offered", "self_service_resolved", "false_deflections",
+             "escalated", "abandoned", "accepted", "accepted_in_service_level",
+             "voice_contacts", "voice_contained")
+
+
 def counts(figures: dict) -> tuple:
-    """Metric version 1's counts, in order (version 2's are checked by name)."""
-    return tuple(figures[name] for name in reports.COUNT_FIELDS[:10])
+    return tuple(figures[name] for name in V1_COUNTS)
 
 
 async def test_summary_of_a_mixed_day(log_db):
@@ -164,12 +180,13 @@ async def test_summary_of_a_mixed_day(log_db):
     assert report["metric_version"] == "2"
     assert (report["from"], report["to"]) == ("2024-05-06T08:00:00Z", "2024-05-10T13:00:00Z")
     assert report["definitions"] == reports.DEFINITIONS
-    assert report["totals"] == {
+    assert {k: v for k, v in report["totals"].items() if k not in NOT_SURVEYED} == {
         "contacts": 11, "self_service_offered": 7, "self_service_resolved": 5,
         "false_deflections": 1, "escalated": 5, "abandoned": 2, "accepted": 3,
         "accepted_in_service_level": 2, "voice_contacts": 4, "voice_contained": 2,
         "transferred": 1, "deflection_rate": 5 / 11, "true_deflection_rate": 4 / 11, "containment_rate": 0.5,
         "abandonment_rate": 0.4, "service_level": 0.4}
+    assert {k: report["totals"][k] for k in NOT_SURVEYED} == NOT_SURVEYED
     assert report["escalation_reasons"] == {"repeat_contact": 1, "requested_agent": 1,
                                             "self_service_failed": 2, "vip_customer": 1}
     by_type = report["by_contact_type"]
@@ -385,7 +402,7 @@ def random_contact(rng, customer: str, at: datetime) -> Contact:
     else:
         contact.routed(rng.choice(("orders", "accounts"))).offered(rng.choice(("answer", "ask")))
         if path < 0.55:
-            return contact.resolved(gap_s=gap())
+            return random_survey(rng, contact.resolved(gap_s=gap()), gap)
         if path < 0.65:
             return contact.ended("idle_timeout", gap_s=gap())
         if path < 0.7:
@@ -399,8 +416,32 @@ def random_contact(rng, customer: str, at: datetime) -> Contact:
             for _ in range(rng.choice((1, 1, 2))):
                 contact.transferred(rng.choice(("cold", "warm")), gap_s=gap())
         contact.wrap_up(rng.random() < 0.7, rng.choice((None, None, rng.choice(TYPES))))
+        random_survey(rng, contact, gap)
     elif fate < 0.9:
         contact.ended("abandoned_in_queue", gap_s=gap())
+    return contact
+
+
+def random_survey(rng, contact: Contact, gap) -> Contact:
+    """No survey, or one unanswered, answered (after a rejected try, or twice: the first
+    answer counts), answered late, or given up, as the surveys module records them."""
+    fate = rng.random()
+    if fate < 0.3:
+        return contact
+    kind = rng.choice(("csat", "nps"))
+    low, high = (1, 5) if kind == "csat" else (0, 10)
+    contact.surveyed(kind, gap_s=gap())
+    if fate < 0.4:
+        return contact
+    if fate < 0.5:
+        contact.event("survey_answer_rejected", text="great", reprompted=True, gap_s=gap())
+    if fate < 0.6:
+        return contact.answered(rng.randint(low, high), kind, event="survey_late", gap_s=gap())
+    if fate < 0.65:
+        return contact.event("survey_closed", reason="new_contact", gap_s=gap())
+    contact.answered(rng.randint(low, high), kind, comment="ok", gap_s=gap())
+    if fate < 0.7:
+        contact.answered(rng.randint(low, high), kind, gap_s=gap())
     return contact
 
 
@@ -435,6 +476,9 @@ async def test_served_figures_equal_the_raw_event_computation_on_random_traffic(
     assert whole["totals"]["contacts"] == len(contacts)
     assert whole["totals"]["false_deflections"] > 0 and whole["totals"]["abandoned"] > 0
     assert 0 < whole["totals"]["transferred"] < whole["totals"]["accepted"]
+    totals = whole["totals"]
+    assert totals["surveys_sent"] > totals["survey_responses"] > 0
+    assert totals["csat_responses"] > 0 and totals["nps_responses"] > 0
 
 
 def without_clock(report: dict) -> dict:
@@ -449,3 +493,49 @@ async def test_the_log_is_append_only_and_truncating_it_empties_the_facts(log_db
             await log_db.execute(statement)
     await log_db.execute("TRUNCATE contact_events")
     assert await log_db.fetchval("SELECT count(*) FROM contact_facts") == 0
+
+
+# ---- satisfaction surveys (metric version 2) ---------------------------------------------
+
+async def test_csat_and_nps_over_the_windows_responses(log_db):
+    """CSAT is the mean of valid 1-5 answers, NPS % of 9-10 minus % of 0-6; late,
+    unanswered and rejected answers are not responses; the first answer counts."""
+    def resolved(name: str, channel: str = "sms") -> Contact:
+        return Contact(name, channel, T0).classified("track_order").routed("orders") \
+            .offered().resolved()
+
+    await insert(log_db,
+                 resolved("ana").surveyed().answered(4),
+                 resolved("ben").surveyed().answered(2).answered(5),
+                 resolved("cid").surveyed(),                                  # unanswered
+                 resolved("dee").surveyed().answered(5, event="survey_late"),  # late
+                 resolved("eve", "voice").surveyed("nps").answered(9, "nps"),
+                 resolved("fay", "voice").surveyed("nps").answered(3, "nps"),
+                 resolved("gus", "voice").surveyed("nps").answered(7, "nps"),
+                 resolved("hal"))                                             # not surveyed
+    totals = (await reports.summary(log_db, WIDE, RULES))["totals"]
+    assert (totals["surveys_sent"], totals["survey_responses"]) == (7, 5)
+    assert totals["csat"] == 3.0  # (4 + 2) / 2
+    assert totals["nps"] == 0.0  # 1 promoter, 1 detractor, 1 passive of 3: 33.3 - 33.3
+    assert totals["survey_response_rate"] == 5 / 7
+
+
+async def test_the_matrix_splits_survey_figures_by_who_handled_the_contact(log_db):
+    self_served = Contact("ana", "chat", T0).classified("track_order").routed("orders") \
+        .offered().resolved().surveyed().answered(5)
+    by_agent = Contact("ben", "chat", T0).classified("track_order").routed("orders").offered() \
+        .failed().escalated("self_service_failed", "orders").accepted(10).wrap_up(True) \
+        .surveyed().answered(2)
+    unanswered = Contact("cid", "chat", T0).classified("track_order").routed("orders") \
+        .offered().failed().escalated("self_service_failed", "orders").accepted(10) \
+        .wrap_up(False).surveyed()
+    await insert(log_db, self_served, by_agent, unanswered)
+    [cell] = (await reports.matrix(log_db, WIDE, RULES))["rows"]
+    assert (cell["contact_type"], cell["channel"], cell["csat"]) == ("track_order", "chat", 3.5)
+    assert cell["by_handling"] == {
+        "self_service": {"surveys_sent": 1, "survey_responses": 1, "survey_response_rate": 1.0,
+                         "csat": 5.0, "nps": None},
+        "agent": {"surveys_sent": 2, "survey_responses": 1, "survey_response_rate": 0.5,
+                  "csat": 2.0, "nps": None},
+        "abandoned": {"surveys_sent": 0, "survey_responses": 0, "survey_response_rate": None,
+                      "csat": None, "nps": None}}

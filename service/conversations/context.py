@@ -11,6 +11,11 @@ everything about one customer shares `{cust:<id>}`.
     sb:{phone:+15551234567}:optout:<channel>       present after STOP
     sb:{phone:+15551234567}:muted:<channel>        present while a bot loop is muted   1 hour
     sb:{phone:+15551234567}:conv:...:lease         a turn of that conversation runs      11 s
+    sb:{phone:+15551234567}:survey:<channel>       JSON survey waiting for its answer
+                                                   (answer window + 1 day: a late answer is
+                                                   recognised and thanked, not counted)
+    sb:{phone:+15551234567}:surveyed               when the customer was last surveyed
+                                                   (under each of the customer's addresses)
     sb:{phone:+15551234567}:contacts               HASH contact id -> summary           30 days
     sb:{contact:<id>}:conv                         contact id -> conversation key
     sb:{cust:<id>}:contacts                        HASH contact id -> summary           30 days
@@ -73,6 +78,13 @@ def identities_of(conv: dict[str, Any]) -> list[tuple[str, str]]:
     return [("phone" if address.startswith("+") else "web", address)]
 
 
+def address_of(conv: dict[str, Any]) -> tuple[str, str]:
+    """(kind, value) of the address the conversation is on, among its customer's."""
+    return next(((kind, value) for kind, value in identities_of(conv)
+                 if value == conv["address"]),
+                ("phone" if conv["address"].startswith("+") else "web", conv["address"]))
+
+
 def _tag(inbound: Inbound) -> str:
     kind, value = identity_of(inbound)
     return f"sb:{{{kind}:{value}}}"
@@ -81,6 +93,14 @@ def _tag(inbound: Inbound) -> str:
 def conversation_key(inbound: Inbound) -> str:
     thread = inbound.thread or inbound.service_address
     return f"{_tag(inbound)}:conv:{inbound.channel}:{thread}"
+
+
+def survey_key(kind: str, value: str, channel: str) -> str:
+    return f"sb:{{{kind}:{value}}}:survey:{channel}"
+
+
+def surveyed_key(kind: str, value: str) -> str:
+    return f"sb:{{{kind}:{value}}}:surveyed"
 
 
 def contact_index_key(contact_id: str) -> str:
@@ -120,6 +140,8 @@ class TurnStart:
     customer: dict[str, Any] | None
     opted_out: bool
     history: Any = None  # raw summaries of this address's recent contacts
+    survey: dict[str, Any] | None = None  # a survey of this address and channel awaiting reply
+    surveyed_at: float | None = None  # when the customer behind the address was last surveyed
     leased: bool = True  # False: another turn of the conversation holds it; nothing claimed
     muted: bool = False  # the address is not answered for a while (pacing.py: a bot loop)
 
@@ -135,7 +157,7 @@ class ContextStore:
     async def begin_turn(self, inbound: Inbound, take_over: bool = False) -> TurnStart:
         """Round trip 1: the conversation's lease (`take_over`: even if another turn holds
         it), claim the delivery, read conversation, identity, opt-out and the address's
-        recent contacts (decoded only when a contact opens)."""
+        recent contacts (decoded only when a contact opens) and its survey state."""
         tag = _tag(inbound)
         seen = f"{tag}:seen:{inbound.dedupe_key}"
         lease = lease_key(inbound)
@@ -145,7 +167,9 @@ class ContextStore:
             commands += [("SET", seen, PENDING, "NX", "EX", SEEN_TTL_S), ("GET", seen)]
         commands += [("GET", conversation_key(inbound)), ("GET", f"{tag}:ident"),
                      ("EXISTS", f"{tag}:optout:{inbound.channel}"),
-                     ("HGETALL", f"{tag}:contacts"), ("EXISTS", muted_key(inbound))]
+                     ("HGETALL", f"{tag}:contacts"), ("EXISTS", muted_key(inbound)),
+                     ("GET", survey_key(*identity_of(inbound), inbound.channel)),
+                     ("GET", surveyed_key(*identity_of(inbound)))]
         leased, *results = await self.redis.execute(*commands)
         if not leased:
             if inbound.dedupe_key and results[0]:  # claimed it: let the retry claim it again
@@ -158,21 +182,23 @@ class ContextStore:
                 done = previous not in (None, PENDING)
                 return TurnStart(Reply.from_json(orjson.loads(previous)) if done else None,
                                  not done, None, None, False)
-        conversation, customer, opted_out, history, muted = results
+        conversation, customer, opted_out, history, muted, survey, surveyed_at = results
         return TurnStart(None, False, _json(conversation), _json(customer), bool(opted_out),
-                         history, muted=bool(muted))
+                         history, _json(survey), float(surveyed_at) if surveyed_at else None,
+                         muted=bool(muted))
 
     async def commit_turn(self, inbound: Inbound, conversation: dict[str, Any], reply: Reply,
                           *, customer: dict[str, Any] | None = None,
                           summaries: Sequence[dict[str, Any]] = (),
                           seed: Sequence[dict[str, Any]] | None = None,
                           forget: Sequence[str] = (),
-                          opt_out: bool | None = None, mute_s: int = 0) -> None:
+                          opt_out: bool | None = None, mute_s: int = 0,
+                          extra: Sequence[Command] = ()) -> None:
         """Round trip 2: save the conversation and the reply, and what changed about the
         customer: its link, `seed` (summaries read from the customer's hash) as this
         address's copy, the summaries of the `summaries` conversations; `forget` drops
         the summaries of old contacts beyond KEPT_CONTACTS; `mute_s`: answer the address
-        no more for that long."""
+        no more for that long; `extra` (a survey's state)."""
         tag = _tag(inbound)
         commands = self._save(conversation_key(inbound), conversation) + _remember(inbound, reply)
         commands += self._unlease(inbound)
@@ -192,7 +218,25 @@ class ContextStore:
             customer_id = conversation["customer_id"]
             for key in (address_contacts_key(*identity_of(inbound)), contacts_key(customer_id)):
                 commands.append(("HDEL", key, *forget))
-        await self.redis.execute(*commands)
+        await self.redis.execute(*commands, *extra)
+
+    async def commit_reply(self, inbound: Inbound, reply: Reply,
+                           commands: Sequence[Command]) -> None:
+        """Round trip 2 of a turn that opened no contact (a survey's answer)."""
+        await self.redis.execute(*_remember(inbound, reply), *commands, *self._unlease(inbound))
+
+    async def survey_state(self, conv: dict[str, Any]) -> tuple[bool, float | None]:
+        """Whether the conversation's address opted out on its channel, and when its customer
+        was last surveyed (for a survey decided outside a turn)."""
+        kind, value = address_of(conv)
+        opted_out, surveyed_at = await self.redis.execute(
+            ("EXISTS", f"sb:{{{kind}:{value}}}:optout:{conv['channel']}"),
+            ("GET", surveyed_key(kind, value)))
+        return bool(opted_out), float(surveyed_at) if surveyed_at else None
+
+    async def execute(self, commands: Sequence[Command]) -> None:
+        if commands:
+            await self.redis.execute(*commands)
 
     async def remember_reply(self, inbound: Inbound, reply: Reply) -> None:
         """The reply to a delivery that changed nothing, for Twilio's retries of it."""

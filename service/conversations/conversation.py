@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 import structlog
 
-from service.conversations import pacing, prompts
+from service.conversations import pacing, prompts, surveys
 from service.conversations.context import (
     KEPT_CONTACTS,
     ContextStore,
@@ -85,6 +85,9 @@ class Turn:
     seed: list[dict[str, Any]] | None = None  # when relinked: history to copy to the address
     forget: list[str] = field(default_factory=list)  # contacts too old to keep a summary of
     unmasked: dict[str, str] = field(default_factory=dict)  # flow values as typed: this turn only
+    survey: dict[str, Any] | None = None  # a survey of the address awaiting its answer
+    surveyed_at: float | None = None  # when the customer was last surveyed
+    extra: list = field(default_factory=list)  # Redis commands for round trip 2 (surveys)
 
     def summaries(self) -> list[dict[str, Any]]:
         return self.ended + ([self.conversation] if self.summary_changed else [])
@@ -193,18 +196,32 @@ class Conversations:
         if self._channels[inbound.channel].carrier_keywords and \
                 (keyword in STOP_WORDS | START_WORDS or opted_out):
             return await self._opt_in_out(inbound, keyword, conversation, customer, opted_out,
-                                          now)
+                                          now, start.survey)
         if inbound.kind in ("end", "left_queue"):
             return await self._ended_by_customer(inbound, conversation, now)
         if start.muted and inbound.kind == "message" and keyword not in HELP_WORDS:
             return await self._muted(inbound, customer, now)
+        survey, let_go = start.survey, None
+        if survey and inbound.kind in surveys.ANSWER_INPUT and keyword not in HELP_WORDS and \
+                (conversation is None or conversation["status"] == "closed"):
+            answered = surveys.answer(self._rules(), survey, inbound,
+                                      self._channels[inbound.channel].prompt_style, now)
+            if answered.reply is not None:  # an answer, late or not, or its reprompt
+                await self._context.commit_reply(inbound, answered.reply, answered.commands)
+                self._events.emit(*answered.events)
+                return answered.reply
+            survey, let_go = None, answered  # not an answer: the message opens a contact
         linked = customer is not None and "identities" in customer  # older links lack them
         new_customer = False
         if not linked:
             customer = await self._resolve_customer(inbound)
             new_customer = customer.pop("new", False)
         turn = Turn(inbound, self._rules(), now, conversation or {}, customer,
-                    history=start.history if linked else () if new_customer else None)
+                    history=start.history if linked else () if new_customer else None,
+                    survey=survey, surveyed_at=start.surveyed_at)
+        if let_go is not None:
+            turn.events.extend(let_go.events)
+            turn.extra.extend(let_go.commands)
         if new_customer:
             kind, value = identity_of(inbound)
             turn.add(Event("customer_created", None, customer["customer_id"], inbound.channel,
@@ -222,7 +239,7 @@ class Conversations:
         await self._context.commit_turn(inbound, turn.conversation, reply,
                                         customer=None if linked else customer,
                                         summaries=turn.summaries(), seed=turn.seed,
-                                        forget=turn.forget,
+                                        forget=turn.forget, extra=turn.extra,
                                         mute_s=pacing.MUTE_S if verdict == "loop" else 0)
         self._events.emit(*turn.events)
         if reply.queue:  # offer only once the queued state is saved, or an accept could race it
@@ -293,6 +310,11 @@ class Conversations:
             address=turn.inbound.address, service_address=turn.inbound.service_address,
             thread=turn.inbound.thread, now=turn.now, earlier=earlier[:10]))
         turn.summary_changed = True
+        if turn.survey:  # the customer moved on: the waiting survey is over
+            event, command = surveys.closed_by(turn.survey, turn.inbound, turn.now, "new_contact")
+            turn.add(event)
+            turn.extra.append(command)
+            turn.survey = None
         if adopted:  # counted when its first turn failed (fallback.py)
             return
         turn.record("contact_started", address=turn.inbound.address,
@@ -514,7 +536,14 @@ class Conversations:
         conv["steps"][-1]["outcome"] = "resolved"
         turn.record("self_service_resolved", step=_step_name(conv["steps"][-1]))
         self._end(turn, "self_service_resolved")
-        return turn.reply(prompts.RESOLVED[self._style(turn)], state="closed")
+        asked = surveys.offer(turn.rules, conv, self._style(turn), "self_service", turn.now,
+                              turn.surveyed_at, opted_out=False, turn=conv["turns"])
+        if asked is None:
+            return turn.reply(prompts.RESOLVED[self._style(turn)], state="closed")
+        turn.add(asked.event)
+        turn.extra.extend(asked.commands)
+        return turn.reply(prompts.RESOLVED_THEN_SURVEY, asked.text, choices=asked.choices,
+                          state="closed", expects_input=True, survey=True)
 
     def _end(self, turn: Turn, outcome: str) -> None:
         conv = turn.conversation
@@ -613,7 +642,8 @@ class Conversations:
         return reply
 
     async def _opt_in_out(self, inbound: Inbound, keyword: str, conversation: dict | None,
-                          customer: dict | None, opted_out: bool, now: float) -> Reply:
+                          customer: dict | None, opted_out: bool, now: float,
+                          survey: dict | None = None) -> Reply:
         if keyword in STOP_WORDS:
             opt_out, kind, reply = True, "opted_out", Reply(state="closed")
         elif keyword in START_WORDS:
@@ -630,8 +660,14 @@ class Conversations:
             turn = Turn(inbound, self._rules(), now, conversation, {})
             self._end(turn, "opted_out")
             events += turn.events
+        extra = []
+        if opt_out and survey:  # never surveyed after STOP: the waiting survey is dropped
+            event, command = surveys.closed_by(survey, inbound, now, "opted_out")
+            events.append(event)
+            extra.append(command)
         await self._context.commit_turn(inbound, conv, reply, opt_out=opt_out,
-                                        summaries=[conv] if conv.get("contact_id") else [])
+                                        summaries=[conv] if conv.get("contact_id") else [],
+                                        extra=extra)
         self._events.emit(*events)
         return reply
 

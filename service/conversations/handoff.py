@@ -13,6 +13,7 @@ import structlog
 
 from service.agents.bus import Bus
 from service.agents.queues import Dispatcher
+from service.conversations import surveys
 from service.conversations.context import ContextStore
 from service.conversations.record import Conversation
 from service.model import AgentLine, DeliveryFailed, Destination, OutboundChannel
@@ -223,6 +224,7 @@ class Handoff:
         conv.update(status="closed", outcome=outcome, ended_at=now)
         self._record_conv("ended", conv, outcome=outcome)
         await self._context.save(key, conv)
+        await surveys.after_wrap_up(self, conv)
         try:
             await self._channels[conv["channel"]].close(destination(conv))
         except DeliveryFailed as exc:  # the contact is wrapped up all the same

@@ -21,6 +21,7 @@ RESOLVED: dict[PromptStyle, str] = {
     "buttons": "Great, glad that helped! Come back any time.",
     "keys": "Great, glad that helped. Thanks for calling, goodbye.",
 }
+RESOLVED_THEN_SURVEY = "Great, glad that helped!"  # a survey question follows, on every style
 # Answers to the carrier keywords (HELP, START) on channels that have them.
 SMS_HELP = ("Support by text: tell us what you need in a few words, or reply AGENT to talk to "
             "a person. Reply STOP to opt out. Msg&data rates may apply.")
@@ -73,3 +74,60 @@ def hold(position: int, wait_s: int) -> str:
     minutes = max(1, round(wait_s / 60))
     return (f"You are number {position} in line. The estimated wait is about {minutes} "
             f"minute{'s' if minutes != 1 else ''}. Thanks for holding.")
+
+
+# ---- satisfaction surveys (conversations/surveys.py) -------------------------------------
+
+SCALES = {"csat": (1, 5), "nps": (0, 10)}
+_ASKED = {"csat": "How satisfied were you with the help you got today",
+          "nps": "How likely are you to recommend us to a friend"}
+_HOW: dict[PromptStyle, dict[str, str]] = {
+    "text": {"csat": "? Reply with a number from 1 (not at all) to 5 (very), and a comment "
+                     "after it if you like.",
+             "nps": "? Reply with a number from 0 (not at all) to 10 (very likely), and a "
+                    "comment after it if you like."},
+    "buttons": {"csat": "? 1 is not at all, 5 is very.", "nps": "? 0 is not at all likely, "
+                                                               "10 is very likely."},
+    "keys": {"csat": "? Press 1 for not at all, up to 5 for very satisfied.",
+             "nps": "? Press a number from 0 to 10, then the pound key."},
+}
+_AGAIN: dict[PromptStyle, str] = {
+    "text": "Sorry, I need just a number from {low} to {high}. ",
+    "buttons": "Sorry, please choose a number from {low} to {high}. ",
+    "keys": "Sorry, I didn't get that. ",
+}
+SURVEY_THANKS: dict[PromptStyle, str] = {
+    "text": "Thank you for your feedback!",
+    "buttons": "Thank you for your feedback!",
+    "keys": "Thank you for your feedback. Goodbye.",
+}
+SURVEY_LATE: dict[PromptStyle, str] = {
+    "text": "Thanks! That survey has closed, but we've noted your answer.",
+    "buttons": "Thanks! That survey has closed, but we've noted your answer.",
+    "keys": "Thanks. That survey has closed. Goodbye.",
+}
+SURVEY_LET_GO: dict[PromptStyle, str] = {
+    "text": "No problem, thanks anyway. Text us any time if you need anything.",
+    "buttons": "No problem, thanks anyway.",
+    "keys": "No problem. Goodbye.",
+}
+
+
+def survey_question(kind: str, style: PromptStyle, wording: str | None = None) -> str:
+    """The survey's question: the deployment's wording, or ours, then how to answer."""
+    asked = (wording or _ASKED[kind]).rstrip(" ?")
+    return asked + _HOW[style][kind]
+
+
+def survey_again(kind: str, style: PromptStyle, wording: str | None = None) -> str:
+    low, high = SCALES[kind]
+    return _AGAIN[style].format(low=low, high=high) + survey_question(kind, style, wording)
+
+
+def survey_scale(kind: str, style: PromptStyle) -> tuple[tuple[str, str], ...]:
+    """(label, value) of each answer a widget shows or a one-key menu takes; none when the
+    answer is typed or takes more than one key (0-10 on a phone ends with #)."""
+    low, high = SCALES[kind]
+    if style == "text" or (style == "keys" and high > 9):
+        return ()
+    return tuple((str(n), str(n)) for n in range(low, high + 1))

@@ -257,7 +257,10 @@ def _example_line(example: dict[str, Any]) -> str:
 
 
 RATES = ("deflection_rate", "true_deflection_rate", "containment_rate", "abandonment_rate",
-         "service_level")
+         "service_level", "survey_response_rate", "csat", "nps")
+SURVEY_COLUMNS = (("surveys", "surveys_sent"), ("responses", "survey_responses"),
+                  ("resp_rate", "survey_response_rate"), ("csat", "csat"), ("nps", "nps"))
+SCORES = {"csat": "{:.2f}", "nps": "{:+.1f}"}  # a mean of 1-5 and points from -100 to 100
 TABLE_COLUMNS = (("contacts", "contacts"), ("offered", "self_service_offered"),
                  ("resolved", "self_service_resolved"), ("false_defl", "false_deflections"),
                  ("escalated", "escalated"), ("abandoned", "abandoned"),
@@ -275,9 +278,23 @@ def _cell(value: Any) -> str:
     return f"{value:.1%}" if isinstance(value, float) else str(value)
 
 
-def _table_row(name: str, figures: dict[str, Any]) -> str:
-    return f"{name[:28]:<28}" + "".join(f"{_cell(figures[key]):>11}"
-                                        for _, key in TABLE_COLUMNS)
+def _table_row(name: str, figures: dict[str, Any], columns=TABLE_COLUMNS) -> str:
+    return f"{name[:28]:<28}" + "".join(f"{_score(key, figures[key]):>11}"
+                                        for _, key in columns)
+
+
+def _score(key: str, value: Any) -> str:
+    return SCORES[key].format(value) if key in SCORES and value is not None else _cell(value)
+
+
+def _survey_table(report: dict[str, Any]) -> list[str]:
+    lines = ["", f"{'satisfaction surveys':<28}" + "".join(f"{t:>11}" for t, _ in SURVEY_COLUMNS),
+             _table_row("total", report["totals"], SURVEY_COLUMNS)]
+    for title, key in GROUPS[:2]:
+        lines += [f"by {title}"]
+        lines += [_table_row(f"  {name}", figures, SURVEY_COLUMNS)
+                  for name, figures in report[key].items()]
+    return lines
 
 
 def report_table(report: dict[str, Any]) -> str:
@@ -289,10 +306,12 @@ def report_table(report: dict[str, Any]) -> str:
     for title, key in GROUPS:
         lines += ["", f"by {title}"]
         lines += [_table_row(f"  {name}", figures) for name, figures in report[key].items()]
+    lines += _survey_table(report)
     lines += ["", "escalation reasons"]
     lines += [f"  {reason:<26}{count:>11}" for reason, count in
               report["escalation_reasons"].items()] or ["  (none)"]
-    lines += ["", "rates are fractions of the group; '-' when the denominator is 0. "
+    lines += ["", "rates are fractions of the group; '-' when the denominator is 0; csat is "
+              "the mean 1-5 answer, nps points from -100 to 100. "
               "Definitions: switchboard report --format json"]
     return "\n".join(lines) + "\n"
 

@@ -28,7 +28,7 @@ import asyncpg
 
 from service.reporting import metrics
 
-METRIC_VERSION = "2"  # 1 plus transferred (docs/interfaces.md)
+METRIC_VERSION = "2"  # 1 plus transferred, surveys, CSAT and NPS (docs/interfaces.md)
 DEFAULT_REPEAT_WINDOW_H = 72
 DEFAULT_SERVICE_LEVEL_S = 60
 DEFAULT_SPAN = timedelta(days=7)
@@ -78,12 +78,25 @@ DEFINITIONS = {
     "transferred": "Contacts an agent transferred, to a queue or to an agent, counted once "
                    "each (a transferred event: cold at the request, warm when the next agent "
                    "accepted).",
+    "surveys_sent": "Contacts that were sent a CSAT or NPS survey (surveys.yaml).",
+    "survey_responses": "Surveyed contacts whose survey got a valid answer in time; a late, "
+                        "invalid or missing answer is not a response.",
+    "survey_response_rate": "survey_responses / surveys_sent",
+    "csat": "Mean of the valid 1-5 answers to CSAT surveys; null when there are none.",
+    "nps": "% of NPS answers 9-10 minus % of NPS answers 0-6 (0-10 scale), from -100 to "
+           "100; null when there are none.",
+    "by_handling": "A matrix cell's survey figures split by who handled the contact: "
+                   "self_service (resolved), agent (accepted by an agent), abandoned.",
     "rates": "Fractions from 0 to 1; null when the denominator is 0.",
 }
 
 COUNT_FIELDS = ("contacts", "self_service_offered", "self_service_resolved", "false_deflections",
                 "escalated", "abandoned", "accepted", "accepted_in_service_level",
-                "voice_contacts", "voice_contained", "transferred")
+                "voice_contacts", "voice_contained", "surveys_sent", "survey_responses",
+                "csat_responses", "csat_points", "nps_responses", "nps_promoters",
+                "nps_detractors", "transferred")
+SURVEY_FIELDS = ("surveys_sent", "survey_responses", "survey_response_rate", "csat", "nps")
+HANDLED_BY = ("self_service", "agent", "abandoned")
 
 
 class BadWindow(ValueError):
@@ -217,11 +230,14 @@ gathered AS (
         {_in_order("e.data->>'queue'", "e.kind IN ('routed', 'escalated')")} AS queues,
         {_in_order("e.route_path",
                    "e.kind IN ('routed', 'escalated') AND e.route_path IS NOT NULL")} AS routes,
+        {_in_order("e.data->>'kind'", "e.kind = 'survey_sent'")} AS survey_kinds,
+        {_in_order("e.data->>'score'", "e.kind = 'survey_answered'")} AS survey_scores,
         COALESCE(bool_or(e.kind = 'transferred'), false) AS transferred
     FROM chosen c
     LEFT JOIN contact_events e ON e.contact_id = c.contact_id
         AND e.kind IN ('classified', 'wrap_up', 'self_service_started', 'classification_missed',
-                       'routed', 'escalated', 'agent_accepted', 'ended', 'transferred')
+                       'routed', 'escalated', 'agent_accepted', 'ended', 'survey_sent',
+                       'survey_answered', 'transferred')
     GROUP BY c.contact_id, c.customer_id, c.channel, c.started_at
 ),
 facts AS (
@@ -233,7 +249,9 @@ facts AS (
         escalation_reasons[1] AS escalation_reason,
         outcomes[1] AS outcome,
         queues[cardinality(queues)] AS queue,
-        routes[cardinality(routes)] AS route
+        routes[cardinality(routes)] AS route,
+        survey_kinds[1] AS survey_kind,
+        survey_scores[1]::int AS survey_score
     FROM gathered
 )"""
 
@@ -256,7 +274,8 @@ FACT_COLUMNS = """contact_id, customer_id, (started).value AS channel, started_a
         routed_to_agent, (escalation).at AS escalated_at, accepted_at, (ending).at AS ended_at,
         (contact_type).value AS contact_type, offered, (last_step).value AS last_step,
         (escalation).value AS escalation_reason, (ending).value AS outcome,
-        (queue).value AS queue, (route).value AS route, next_same_type_at, transferred"""
+        (queue).value AS queue, (route).value AS route, next_same_type_at,
+        (survey).value AS survey_kind, (survey_answer).value::int AS survey_score, transferred"""
 
 STORED_FACTS_IN_WINDOW = f"""
 facts AS (
@@ -327,6 +346,14 @@ AGGREGATES = """
     count(*) FILTER (WHERE accepted_in_service_level) AS accepted_in_service_level,
     count(*) FILTER (WHERE channel = 'voice') AS voice_contacts,
     count(*) FILTER (WHERE channel = 'voice' AND NOT escalated) AS voice_contained,
+    count(*) FILTER (WHERE survey_kind IS NOT NULL) AS surveys_sent,
+    count(*) FILTER (WHERE survey_kind IS NOT NULL AND survey_score IS NOT NULL)
+        AS survey_responses,
+    count(*) FILTER (WHERE survey_kind = 'csat' AND survey_score IS NOT NULL) AS csat_responses,
+    COALESCE(sum(survey_score) FILTER (WHERE survey_kind = 'csat'), 0)::int AS csat_points,
+    count(*) FILTER (WHERE survey_kind = 'nps' AND survey_score IS NOT NULL) AS nps_responses,
+    count(*) FILTER (WHERE survey_kind = 'nps' AND survey_score >= 9) AS nps_promoters,
+    count(*) FILTER (WHERE survey_kind = 'nps' AND survey_score <= 6) AS nps_detractors,
     count(*) FILTER (WHERE transferred) AS transferred"""
 
 
@@ -347,11 +374,12 @@ class Queries:
             groupings=f"""{window_facts}
 SELECT GROUPING(type_key) = 0 AS by_type, GROUPING(channel) = 0 AS by_channel,
        GROUPING(queue_key) = 0 AS by_queue, GROUPING(route_key) = 0 AS by_route,
-       GROUPING(escalation_reason) = 0 AS by_reason,
-       type_key, channel, queue_key, route_key, escalation_reason, {AGGREGATES}
+       GROUPING(escalation_reason) = 0 AS by_reason, GROUPING(handling) = 0 AS by_handling,
+       type_key, channel, queue_key, route_key, escalation_reason, handling, {AGGREGATES}
 FROM derived
 GROUP BY GROUPING SETS ((), (type_key), (channel), (queue_key), (route_key),
-                        (escalation_reason), (type_key, channel))
+                        (escalation_reason), (type_key, channel),
+                        (type_key, channel, handling))
 """,
             medians=f"""{window_facts}
 SELECT type_key, channel,
@@ -414,7 +442,16 @@ def figures(row: Mapping[str, Any]) -> dict[str, Any]:
         "containment_rate": ratio(counts["voice_contained"], counts["voice_contacts"]),
         "abandonment_rate": ratio(counts["abandoned"], counts["escalated"]),
         "service_level": ratio(counts["accepted_in_service_level"], counts["escalated"]),
+        "survey_response_rate": ratio(counts["survey_responses"], counts["surveys_sent"]),
+        "csat": ratio(counts["csat_points"], counts["csat_responses"]),
+        "nps": _nps(counts),
     }
+
+
+def _nps(counts: Mapping[str, int]) -> float | None:
+    """% promoters minus % detractors of the NPS answers; None without any."""
+    share = ratio(counts["nps_promoters"] - counts["nps_detractors"], counts["nps_responses"])
+    return None if share is None else round(100 * share, 6)
 
 
 def header(window: Window, rules: ReportRules) -> dict[str, Any]:
@@ -470,6 +507,8 @@ def summary_from(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
     groups = {"by_type": ("by_contact_type", "type_key"), "by_channel": ("by_channel", "channel"),
               "by_queue": ("by_queue", "queue_key"), "by_route": ("by_route", "route_key")}
     for row in rows:
+        if row["by_handling"]:
+            continue  # the matrix's split by handling
         chosen = [flag for flag in (*groups, "by_reason") if row[flag]]
         if not chosen:
             report["totals"] = figures(row)
@@ -491,13 +530,30 @@ async def matrix(conn, window: Window, rules: ReportRules,
     rows = await _fetch(conn, "matrix", queries.groupings, *rules.params(window))
     medians = {(r["type_key"], r["channel"]): r["median_resolution_s"] for r in await _fetch(
         conn, "medians", queries.medians, *rules.params(window))}
+    handled = _by_handling(rows)
     cells = [{"contact_type": r["type_key"], "label": rules.labels.get(r["type_key"],
                                                                        r["type_key"]),
               "channel": r["channel"], **figures(r),
-              "median_resolution_s": medians[r["type_key"], r["channel"]]}
-             for r in rows if r["by_type"] and r["by_channel"]]
+              "median_resolution_s": medians[r["type_key"], r["channel"]],
+              "by_handling": handled[r["type_key"], r["channel"]]}
+             for r in rows if r["by_type"] and r["by_channel"] and not r["by_handling"]]
     cells.sort(key=lambda c: (c["contact_type"], c["channel"]))
     return header(window, rules) | {"rows": cells}
+
+
+def _by_handling(rows: list[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Each cell's survey figures for the contacts self-service, an agent or nobody handled."""
+    empty = {field_name: 0 for field_name in COUNT_FIELDS}
+    split: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        if row["by_handling"]:
+            split.setdefault((row["type_key"], row["channel"]), {})[row["handling"]] = row
+    return {cell: {who: _survey_figures(found.get(who, empty)) for who in HANDLED_BY}
+            for cell, found in split.items()}
+
+
+def _survey_figures(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in figures(row).items() if name in SURVEY_FIELDS}
 
 
 async def journeys(conn, window: Window, rules: ReportRules, limit: int = 5,

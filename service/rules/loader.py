@@ -16,11 +16,13 @@ from service.rules.catalog import Catalog, load_catalog
 from service.rules.flows import NO_FLOWS, Flows, load_flows
 from service.rules.redaction import load_redaction
 from service.rules.routing import RoutingTree, load_routing_tree
+from service.rules.surveys import NO_SURVEYS, Surveys, load_surveys
 from service.rules.yamlfile import ConfigError
 from service.understanding.classifier import Classifier, train
 from service.understanding.embeddings import embedder
 
-RULE_FILES = ("catalog.yaml", "routes.yaml", "flows.yaml", "redaction.yaml")  # last two optional
+# flows, redaction and surveys are optional
+RULE_FILES = ("catalog.yaml", "routes.yaml", "flows.yaml", "redaction.yaml", "surveys.yaml")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class Rules:
     flows: Flows = NO_FLOWS
     files: Mapping[str, str] = field(default_factory=dict)  # the YAML as loaded, by name
     redactor: Redactor = CARDS_ONLY
+    surveys: Surveys = NO_SURVEYS
 
 
 def load_rules(directory: Path, *, with_classifier: bool = True,
@@ -47,6 +50,7 @@ def load_rules(directory: Path, *, with_classifier: bool = True,
     flows, catalog = _flows_and_catalog(directory, display)
     tree = load_routing_tree(directory, display, catalog, _served(channels))
     redactor = load_redaction(directory, display)
+    surveys = load_surveys(directory, display, catalog.types.keys())
     learned = tuple((text, label) for text, label in learned if label in catalog.types)
     examples = catalog.training + learned
     out_of_scope = catalog.out_of_scope + catalog.background
@@ -54,7 +58,7 @@ def load_rules(directory: Path, *, with_classifier: bool = True,
     classifier = _trained(training_digest, examples, out_of_scope, catalog.embeddings) \
         if with_classifier else None
     return Rules(directory, _digest(files, training_digest), catalog, tree, classifier,
-                 learned, flows, files, redactor)
+                 learned, flows, files, redactor, surveys)
 
 
 def _served(channels: Collection[str] | None) -> Collection[str]:

@@ -20,6 +20,10 @@ const HEADLINE = [
   { key: "false_deflections", label: "False deflections", kind: "count",
     detail: "came back within the repeat window" },
   { key: "escalated", label: "Escalated", kind: "count", detail: "entered an agent queue" },
+  { key: "csat", label: "CSAT", kind: "csat", detail: "mean answer, 1 to 5" },
+  { key: "nps", label: "NPS", kind: "nps", detail: "promoters minus detractors, %" },
+  { key: "survey_responses", label: "Survey responses", kind: "count",
+    detail: "of {sent} surveys sent" },
 ];
 const SERIES = HEADLINE.filter((m) => m.series);
 
@@ -38,8 +42,15 @@ function formatSeconds(value) {
   return `${(value / 3600).toFixed(1)} h`;
 }
 
+// CSAT: a mean of 1-5 answers; NPS: points from -100 to 100.
+export function formatScore(value, kind) {
+  if (value === null || value === undefined) return "–";
+  return kind === "nps" ? `${value > 0 ? "+" : ""}${value.toFixed(1)}` : value.toFixed(2);
+}
+
 function format(value, kind) {
   if (kind === "rate") return formatRate(value);
+  if (kind === "csat" || kind === "nps") return formatScore(value, kind);
   if (kind === "seconds") return formatSeconds(value);
   return String(value);
 }
@@ -204,7 +215,8 @@ function renderHeadline(summary) {
     return el("div", { class: "metric", "data-metric": metric.key },
       el("p", { class: "label" }, swatch, metric.label),
       el("p", { class: "value", "data-value": JSON.stringify(value), text: format(value, metric.kind) }),
-      el("p", { class: "detail", text: metric.detail.replace("{s}", summary.service_level_s) }));
+      el("p", { class: "detail", text: metric.detail.replace("{s}", summary.service_level_s)
+        .replace("{sent}", summary.totals.surveys_sent) }));
   });
   $("headline").replaceChildren(...cards);
 }
@@ -316,6 +328,14 @@ function renderChannels(byChannel) {
   ], Object.entries(byChannel).map(([key, figures]) => ({ key, ...figures })));
 }
 
+// The matrix's survey columns: each figure for self-service and for agents.
+const SURVEY_SPLIT = [
+  ["CSAT self-service", "csat", "csat", "self_service"], ["CSAT agent", "csat", "csat", "agent"],
+  ["NPS self-service", "nps", "nps", "self_service"], ["NPS agent", "nps", "nps", "agent"],
+  ["Survey response self-service", "survey_response_rate", "rate", "self_service"],
+  ["Survey response agent", "survey_response_rate", "rate", "agent"],
+];
+
 function renderMatrix(rows) {
   table("matrix", [
     { title: "Contact type", field: "label", kind: "text" },
@@ -328,6 +348,8 @@ function renderMatrix(rows) {
     { title: "Abandoned", field: "abandoned", kind: "count" },
     { title: "True deflection", field: "true_deflection_rate", kind: "rate" },
     { title: "Median resolution", field: "median_resolution_s", kind: "seconds" },
+    ...SURVEY_SPLIT.map(([title, field, kind, who]) => (
+      { title, field: `${field}.${who}`, kind, get: (r) => r.by_handling[who][field] })),
   ], rows.map((r) => ({ key: `${r.contact_type}/${r.channel}`, ...r })));
 }
 

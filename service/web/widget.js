@@ -117,6 +117,8 @@
     ".msg.system .text { background: transparent; color: var(--muted); font-size: 13px; padding: 4px; }",
     ".choices { display: flex; flex-wrap: wrap; gap: 8px; padding: 4px 14px 10px; }",
     ".choices:empty { display: none; }",
+    ".choices.rating { gap: 6px; }",
+    ".choices.rating .choice { min-width: 38px; padding-left: 0; padding-right: 0; }",
     ".choice { border: 1.5px solid var(--accent); background: var(--bg); color: var(--accent);",
     "  border-radius: 999px; padding: 5px 14px; font-weight: 600; }",
     ".choice:hover { background: var(--accent); color: var(--accent-ink); }",
@@ -261,8 +263,10 @@
     if (!isOpen() && kind !== "customer") launcher.classList.add("has-unread");
   }
 
-  function showChoices(list) {
+  function showChoices(list, rating) {
     choices.textContent = "";
+    choices.classList.toggle("rating", !!rating);
+    choices.setAttribute("aria-label", rating ? "Rating" : "Quick replies");
     (list || []).forEach(function (choice) {
       if (!choice || typeof choice.value !== "string") return;
       var button = el("button", { class: "choice", type: "button", text: choice.label || choice.value });
@@ -289,6 +293,7 @@
   function minutes(seconds) { return Math.max(1, Math.round(seconds / 60)); }
 
   var lastState = null;
+  var surveyPending = false; // a rating was asked and not answered yet
 
   function showStatus(frame) {
     var text = "";
@@ -303,10 +308,11 @@
         text = "Waiting for the next available person";
       }
     } else if (frame.state === "with_agent") text = "You're chatting with our team";
-    else if (frame.state === "closed") text = "This chat has ended";
+    else if (frame.state === "closed") text = surveyPending ? "One last question before you go" : "This chat has ended";
     statusLine.textContent = text;
     lastState = frame.state;
-    if (frame.state === "closed") finish("closed");
+    // A survey asked as the chat closes keeps the socket until it is answered.
+    if (frame.state === "closed" && !surveyPending) finish("closed");
   }
 
   function setConnected(value) {
@@ -398,6 +404,12 @@
         addMessage(frame.from, frame.text);
         showChoices(frame.from === "bot" ? choicesFor(frame) : null);
         break;
+      case "survey":
+        if (typeof frame.text !== "string") return;
+        addMessage("bot", frame.text);
+        surveyPending = true;
+        showChoices(frame.choices, true);
+        break;
       case "status":
         showStatus(frame);
         break;
@@ -419,6 +431,7 @@
     var text = String(value).trim();
     if (!text || !connected || !ws || ws.readyState !== WebSocket.OPEN) return false;
     ws.send(JSON.stringify({ type: "message", text: text.slice(0, MAX_TEXT) }));
+    surveyPending = false; // the server thanks, asks again, or lets the rating go
     addMessage("customer", label || text);
     choices.textContent = "";
     store.set(CHOICES_KEY, null);
