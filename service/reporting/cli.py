@@ -21,14 +21,14 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-from service.reporting import reports
+from service.reporting import candidates, reports
 from service.reporting.reports import BadWindow, ReportRules
 from service.settings import Settings
 
 
 def add_parsers(commands) -> None:
     report = commands.add_parser(
-        "report", help="metrics of the event log for a window (metric version 1)")
+        "report", help="metrics of the event log for a window (metric version 2)")
     report.add_argument("--from", dest="start", metavar="FROM",
                         help="ISO 8601 date or time, UTC unless an offset is given "
                              "(default: seven days before --to)")
@@ -37,6 +37,17 @@ def add_parsers(commands) -> None:
     report.add_argument("--service-level-s", type=float, default=reports.DEFAULT_SERVICE_LEVEL_S,
                         help="answer-time target of service_level (default 60)")
     report.set_defaults(func=cmd_report)
+
+    ranked = commands.add_parser(
+        "candidates", help="contact types ranked as self-service candidates: agent time they "
+        "cost, self-service success, false deflection, CSAT gap (formula in the output)")
+    ranked.add_argument("--from", dest="start", metavar="FROM",
+                        help="ISO 8601 date or time (default: seven days before --to)")
+    ranked.add_argument("--to", dest="end", metavar="TO", help="end, exclusive (default: now)")
+    ranked.add_argument("--format", choices=("table", "json"), default="table")
+    ranked.add_argument("--service-level-s", type=float, default=reports.DEFAULT_SERVICE_LEVEL_S,
+                        help=argparse.SUPPRESS)
+    ranked.set_defaults(func=cmd_candidates)
 
     simulate = commands.add_parser(
         "simulate", help="replay past contacts through a rules directory: how their first "
@@ -126,6 +137,17 @@ def cmd_tokens_add(args: argparse.Namespace, settings: Settings) -> int:
 # ---- report -----------------------------------------------------------------------------
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    return _run_report(args, settings, reports.summary, {
+        "json": lambda r: json.dumps(r, indent=2), "csv": report_csv, "table": report_table})
+
+
+def cmd_candidates(args: argparse.Namespace, settings: Settings) -> int:
+    return _run_report(args, settings, candidates.candidates, {
+        "json": lambda r: json.dumps(r, indent=2), "table": candidates_table})
+
+
+def _run_report(args: argparse.Namespace, settings: Settings, query, formats) -> int:
+    """One report over a window, printed in the format asked for."""
     from service.rules.loader import load_rules
     from service.rules.yamlfile import ConfigError
 
@@ -145,15 +167,35 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     async def run(url: str) -> dict[str, Any]:
         conn = await _connect(url)
         try:
-            return await reports.summary(conn, window, rules)
+            return await query(conn, window, rules)
         finally:
             await conn.close()
 
     with _database(settings) as url:
         report = asyncio.run(run(url))
-    print({"json": lambda r: json.dumps(r, indent=2), "csv": report_csv,
-           "table": report_table}[args.format](report), end="")
+    print(formats[args.format](report), end="")
     return 0
+
+
+def candidates_table(report: dict[str, Any]) -> str:
+    """The ranked candidates as a plain table, with the formula under it."""
+    head = ("rank", "contact type", "agent handled", "agent min", "success", "false defl.",
+            "CSAT gap", "risk", "score")
+    rows = [(str(c["rank"]), c["contact_type"], str(c["agent_handled"]),
+             f"{c['agent_minutes']:.1f}",
+             _percent(c["success"]) + (" (est.)" if c["success_estimated"] else ""),
+             _percent(c["false_deflection"]),
+             "-" if c["csat_gap"] is None else f"{c['csat_gap']:+.2f}",
+             f"{c['risk']:.2f}", f"{c['score']:.1f}") for c in report["rows"]]
+    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
+    lines = [f"Self-service candidates, {report['from']} to {report['to']}", ""]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+              for row in (head, *rows)]
+    return "\n".join(lines + ["", report["formula"], ""])
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}%"
 
 
 # ---- simulate ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
     GET /api/reports/summary?from=&to=[&service_level_s=60]   section 5 metrics (fixed shape)
     GET /api/reports/matrix?from=&to=                          touchpoint matrix
+    GET /api/reports/candidates?from=&to=                      self-service candidates, ranked
     GET /api/reports/journeys?from=&to=[&limit=5]              journeys and drop-outs
     GET /api/reports/trend?from=&to=[&bucket=hour|day|week]    headline rates over time
     GET /api/queues                                            now: waiting, longest wait, agents
@@ -29,7 +30,7 @@ from aiohttp import web
 from service import WEB_DIR
 from service.appkeys import AUTH_THROTTLE, PG, ROUTER, RULES
 from service.infra import tokens
-from service.reporting import metrics, reports
+from service.reporting import candidates, metrics, reports
 from service.reporting.reports import BadWindow, ReportRules, Window
 from service.rules.versions import LoadCause
 
@@ -47,6 +48,7 @@ def routes() -> list[web.RouteDef]:
     return [web.get("/ops", _static("ops.html")), web.get("/ops/ops.js", _static("ops.js")),
             web.get("/ops/ops.css", _static("ops.css")),
             web.get("/api/reports/summary", summary), web.get("/api/reports/matrix", matrix),
+            web.get("/api/reports/candidates", self_service_candidates),
             web.get("/api/reports/journeys", journeys), web.get("/api/reports/trend", trend),
             web.get("/api/queues", queues_now), web.post("/api/rules/reload", rules_reload)]
 
@@ -161,6 +163,12 @@ async def summary(request: web.Request) -> web.Response:
 async def matrix(request: web.Request) -> web.Response:
     window, rules = _window(request), _report_rules(request)
     return _json(await reports.matrix(request.app[PG], window, rules))
+
+
+@ops_report("candidates")
+async def self_service_candidates(request: web.Request) -> web.Response:
+    window, rules = _window(request), _report_rules(request)
+    return _json(await candidates.candidates(request.app[PG], window, rules))
 
 
 @ops_report("journeys")

@@ -365,6 +365,7 @@ class Queries:
     trend: str
     dropouts: str
     journeys: str
+    candidates: str
 
     @classmethod
     def over(cls, in_window: str, of_customers: str, false_deflection: str) -> "Queries":
@@ -418,6 +419,27 @@ journeys AS (
 SELECT contact_type, path, count(*) AS journeys, bool_or(channels > 1) AS cross_channel
 FROM journeys WHERE began >= $1::timestamptz AND began < $2::timestamptz
 GROUP BY contact_type, path ORDER BY contact_type, journeys DESC, path
+""",
+            candidates=f"""{window_facts}
+SELECT type_key AS contact_type, count(*) AS contacts,
+       count(*) FILTER (WHERE handling = 'agent') AS agent_handled,
+       count(*) FILTER (WHERE handling = 'agent' AND ended_at >= accepted_at) AS agent_timed,
+       COALESCE(sum(extract(epoch FROM ended_at - accepted_at))
+                FILTER (WHERE handling = 'agent' AND ended_at >= accepted_at), 0)::float8
+           AS agent_seconds,
+       count(*) FILTER (WHERE offered) AS self_service_offered,
+       count(*) FILTER (WHERE offered AND resolved_in_self_service) AS offered_and_resolved,
+       count(*) FILTER (WHERE resolved_in_self_service) AS self_service_resolved,
+       count(*) FILTER (WHERE false_deflection) AS false_deflections,
+       count(*) FILTER (WHERE handling = 'self_service' AND survey_kind = 'csat'
+                        AND survey_score IS NOT NULL) AS csat_self_responses,
+       COALESCE(sum(survey_score) FILTER (WHERE handling = 'self_service'
+                                          AND survey_kind = 'csat'), 0)::int AS csat_self_points,
+       count(*) FILTER (WHERE handling = 'agent' AND survey_kind = 'csat'
+                        AND survey_score IS NOT NULL) AS csat_agent_responses,
+       COALESCE(sum(survey_score) FILTER (WHERE handling = 'agent'
+                                          AND survey_kind = 'csat'), 0)::int AS csat_agent_points
+FROM derived WHERE contact_type IS NOT NULL GROUP BY 1 ORDER BY 1
 """)
 
 
