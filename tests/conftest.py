@@ -29,6 +29,7 @@ from tests.valkey_topology import Cluster, SentinelGroup, cluster, sentinel_grou
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES_DIR = ROOT / "routing_rules"
+NO_TWILIO = "http://127.0.0.1:9"  # the discard port: nothing listens
 PUBLIC_URL = "https://switchboard.example.test"
 AUTH_TOKEN = "test-auth-token"
 
@@ -71,9 +72,11 @@ async def redis_client(redis_url) -> AsyncIterator[redis.Redis]:
 
 @pytest.fixture
 def settings(database_url, redis_url, tmp_path) -> Settings:
+    # Twilio's REST API is the stand-in's (tests/twilio_standin.py) where a test starts one;
+    # elsewhere a closed loopback port, so no test ever reaches the internet.
     return Settings(public_url=PUBLIC_URL, database_url=database_url, redis_url=redis_url,
                     twilio_auth_token=AUTH_TOKEN, rules_dir=RULES_DIR, data_dir=tmp_path / "data",
-                    log_format="console")
+                    log_format="console", twilio_api_base_url=NO_TWILIO)
 
 
 @pytest.fixture

@@ -37,9 +37,9 @@ async def _sign_in(client, token: str) -> dict:
 async def test_disabling_an_agent_closes_their_consoles_on_every_instance_at_once(
         app_settings, db, redis_client):  # noqa: F811
     async with instance(app_settings) as one, instance(app_settings) as two:
-        first, second = await login(one, db, name="Dana"), await login(two, db, name="Eve")
-        again = await login(two, db, name="Dana2")
-        dana_id = await disable_agent(db, "Dana")
+        first, second = await login(one, db, name="Dana Revoked"), await login(two, db, name="Eve Stays")
+        again = await login(two, db, name="Dana Stays")
+        dana_id = await disable_agent(db, "Dana Revoked")
         began = time.monotonic()
         assert await _close_consoles(app_settings.redis_url, dana_id)
         assert (await _closed(first.ws, within=2))[0] == desk.REVOKED
@@ -53,16 +53,16 @@ async def test_a_disabled_agent_is_closed_even_when_the_bus_missed_it(
         app_settings, db, redis_client, monkeypatch):  # noqa: F811
     monkeypatch.setattr(desk, "RECHECK_S", 0.3)
     async with instance(app_settings) as client:
-        agent = await login(client, db, name="Dana")
-        await disable_agent(db, "Dana")  # nothing published
+        agent = await login(client, db, name="Dana Revoked")
+        await disable_agent(db, "Dana Revoked")  # nothing published
         assert (await _closed(agent.ws, within=3))[0] == desk.REVOKED
 
 
 async def test_disable_names_exactly_one_agent_or_changes_nothing(app_settings, db):  # noqa: F811
     async with instance(app_settings) as client:
-        await login(client, db, name="Sam", available=False)
-        await login(client, db, name="Sam", available=False)
-        for name, problem in (("Sam", "2 agents are named 'Sam'"),
+        await login(client, db, name="Sam Twice", available=False)
+        await login(client, db, name="Sam Twice", available=False)
+        for name, problem in (("Sam Twice", "2 agents are named 'Sam Twice'"),
                               ("Nobody", "no enabled agent is named 'Nobody'")):
             try:
                 await disable_agent(db, name)
@@ -71,7 +71,7 @@ async def test_disable_names_exactly_one_agent_or_changes_nothing(app_settings, 
             else:
                 raise AssertionError(f"disabling {name} should have failed")
         assert await db.fetchval(
-            "SELECT count(*) FROM agents WHERE name = 'Sam' AND disabled_at IS NULL") == 2
+            "SELECT count(*) FROM agents WHERE name = 'Sam Twice' AND disabled_at IS NULL") == 2
 
 
 async def test_failed_agent_sign_ins_are_throttled_per_address(

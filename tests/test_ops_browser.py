@@ -18,7 +18,7 @@ from playwright.async_api import expect
 from service.infra.tokens import create_token
 from service.reporting import reports
 from tests.browser import artifact, chromium, require_chromium
-from tests.conftest import _clean_tables
+from tests.test_agents import app_settings, login, twilio  # noqa: F401 (fixtures)
 from tests.test_ops_api import events_landed, ops_app
 from tests.twilio_driver import Call, text
 
@@ -58,6 +58,23 @@ async def a_morning_of_traffic(client: TestClient) -> None:
     await events_landed(client.app)
 
 
+async def an_agent_takes_the_texter(client: TestClient, db) -> None:
+    """The texter who asked for a person is accepted and wrapped up as a cancellation (agent
+    time to rank); then the agent steps away and another texter waits."""
+    agent = await login(client, db)
+    offer = await agent.next("offer")
+    await agent.send(type="accept", contact_id=offer["contact_id"])
+    await agent.next("assigned")
+    await agent.send(type="wrap_up", contact_id=offer["contact_id"], resolved=True,
+                     contact_type="cancel_order")  # what it turned out to be about
+    await agent.next("wrapped_up")
+    await agent.send(type="presence", status="away")
+    await agent.next("presence")
+    await agent.ws.close()
+    await text(client, "+15555550305", "Can I talk to a real person please")  # still waits
+    await events_landed(client.app)
+
+
 async def api(client: TestClient, name: str, token: str, window: dict) -> dict:
     response = await client.get(f"/api/reports/{name}", params=window,
                                 headers={"Authorization": f"Bearer {token}"})
@@ -65,18 +82,19 @@ async def api(client: TestClient, name: str, token: str, window: dict) -> dict:
     return await response.json()
 
 
-async def test_dashboard_shows_the_api_figures_and_draws_its_charts(settings, redis_client, db):
-    await _clean_tables(settings.database_url)
+async def test_dashboard_shows_the_api_figures_and_draws_its_charts(app_settings, db):
+    settings = app_settings
     now = datetime.now(timezone.utc)
     window = {"from": reports.iso(now - timedelta(days=1)),
               "to": reports.iso(now + timedelta(days=1))}
     async with TestClient(TestServer(ops_app(settings))) as client:
         await a_morning_of_traffic(client)
+        await an_agent_takes_the_texter(client, db)
         token = await create_token(db, "ops", "browser test")
         summary, matrix, journeys, trend = await asyncio.gather(*(
             api(client, name, token, window) for name in ("summary", "matrix", "journeys",
                                                           "trend")))
-        assert summary["totals"]["contacts"] == 5 and summary["totals"]["false_deflections"] == 1
+        assert summary["totals"]["contacts"] == 6 and summary["totals"]["false_deflections"] == 1
         url = str(client.make_url("/ops").with_query(window))
         async with chromium() as browser:
             page = await (await browser.new_context(viewport={"width": 1360, "height": 900})
@@ -91,11 +109,26 @@ async def test_dashboard_shows_the_api_figures_and_draws_its_charts(settings, re
             await check_headline(page, summary)
             await check_tables(page, summary, matrix, journeys)
             await check_charts(page, summary, trend)
+            await check_candidates(page, await api(client, "candidates", token, window))
             queues = await client.get("/api/queues",
                                       headers={"Authorization": f"Bearer {token}"})
             await check_queues(page, await queues.json())
             await page.screenshot(path=artifact("ops-dashboard.png"), full_page=True)
             assert errors == []
+
+
+async def check_candidates(page, candidates: dict) -> None:
+    """The ranking as the API gives it, the formula under it."""
+    assert candidates["rows"], "the morning has agent-handled contacts to rank"
+    await expect(page.locator("#candidates tbody tr")).to_have_count(len(candidates["rows"]))
+    for row in candidates["rows"]:
+        shown_row = page.locator(f'#candidates tr[data-key="{row["contact_type"]}"]')
+        await expect(shown_row.locator('[data-field="rank"]')).to_have_text(str(row["rank"]))
+        await expect(shown_row.locator('[data-field="score"]')).to_have_text(
+            f'{row["score"]:.1f}')
+        success = shown(row["success"]) + (" (est.)" if row["success_estimated"] else "")
+        await expect(shown_row.locator('[data-field="success"]')).to_have_text(success)
+    await expect(page.locator("#candidates-formula")).to_have_text(candidates["formula"])
 
 
 async def sign_in(page, url: str, token: str) -> None:
@@ -115,7 +148,7 @@ async def check_headline(page, summary: dict) -> None:
         value = page.locator(f'[data-metric="{key}"] .value')
         await expect(value).to_have_text(shown(summary["totals"][key], kind))
     await expect(page.locator('[data-metric="true_deflection_rate"] .value')).to_have_text(
-        "20.0%")  # 2 of 5 resolved in self-service, 1 of them came back
+        "16.7%")  # 2 of 6 resolved in self-service, 1 of them came back
     await expect(page.locator("#metric-version")).to_have_text("2")
     await expect(page.locator("#footnote")).to_contain_text(summary["from"])
 

@@ -15,7 +15,7 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-LIMIT = 10
+LIMIT = 20
 WINDOW_S = 60
 
 

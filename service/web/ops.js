@@ -52,6 +52,9 @@ function format(value, kind) {
   if (kind === "rate") return formatRate(value);
   if (kind === "csat" || kind === "nps") return formatScore(value, kind);
   if (kind === "seconds") return formatSeconds(value);
+  if (value === null || value === undefined) return "–";
+  if (kind === "minutes") return value.toFixed(1);
+  if (kind === "gap") return `${value > 0 ? "+" : ""}${value.toFixed(2)}`;
   return String(value);
 }
 
@@ -129,10 +132,11 @@ async function load(range) {
   if (!token) return showLogin("");
   setStatus("Loading…");
   try {
-    const [summary, matrix, journeys, trend] = await Promise.all(
-      ["summary", "matrix", "journeys", "trend"].map((n) => fetchReport(n, range, token)));
+    const [summary, matrix, journeys, trend, candidates] = await Promise.all(
+      ["summary", "matrix", "journeys", "trend", "candidates"].map(
+        (n) => fetchReport(n, range, token)));
     showDashboard();
-    render(summary, matrix, journeys, trend);
+    render(summary, matrix, journeys, trend, candidates);
     setStatus("");
     refreshQueues();
   } catch (error) {
@@ -195,13 +199,14 @@ function renderQueues(now) {
 
 // ---- rendering ----------------------------------------------------------------------------
 
-function render(summary, matrix, journeys, trend) {
+function render(summary, matrix, journeys, trend, candidates) {
   const labels = Object.fromEntries(matrix.rows.map((r) => [r.contact_type, r.label]));
   renderHeadline(summary);
   renderTrend(trend);
   renderReasons(summary.escalation_reasons);
   renderChannels(summary.by_channel);
   renderMatrix(matrix.rows);
+  renderCandidates(candidates);
   renderJourneys(journeys.journeys, labels);
   renderDropouts(journeys.dropouts, labels);
   renderDefinitions(summary);
@@ -351,6 +356,27 @@ function renderMatrix(rows) {
     ...SURVEY_SPLIT.map(([title, field, kind, who]) => (
       { title, field: `${field}.${who}`, kind, get: (r) => r.by_handling[who][field] })),
   ], rows.map((r) => ({ key: `${r.contact_type}/${r.channel}`, ...r })));
+}
+
+function renderCandidates(report) {
+  table("candidates", [
+    { title: "Rank", field: "rank", kind: "count" },
+    { title: "Contact type", field: "label", kind: "text" },
+    { title: "Agent handled", field: "agent_handled", kind: "count" },
+    { title: "Agent minutes", field: "agent_minutes", kind: "minutes" },
+    { title: "Self-service success", field: "success", kind: "rate" },
+    { title: "False deflection", field: "false_deflection", kind: "rate" },
+    { title: "CSAT gap", field: "csat_gap", kind: "gap" },
+    { title: "Risk", field: "risk", kind: "rate" },
+    { title: "Score", field: "score", kind: "minutes" },
+  ], report.rows.map((r) => ({ key: r.contact_type, ...r })));
+  report.rows.forEach((r) => {
+    if (!r.success_estimated) return;
+    const cell = $("candidates").querySelector(`tr[data-key="${r.contact_type}"] td[data-field="success"]`);
+    cell.textContent += " (est.)";
+    cell.title = "never offered self-service: the rate of all types";
+  });
+  $("candidates-formula").textContent = report.formula;
 }
 
 function renderJourneys(journeys, labels) {
