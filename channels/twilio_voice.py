@@ -92,12 +92,18 @@ class TwilioVoice:
             await self._record(_inbound(form, "end", form["CallStatus"], f"{form['CallSid']}:end"))
         return _twiml(EMPTY)
 
-    async def send_text(self, to: Destination, text: str) -> str | None:
+    async def send_text(self, to: Destination, text: str,
+                        message_id: str | None = None) -> str | None:
         raise DeliveryFailed("not_text", "this contact is a phone call")
 
-    async def connect_agent(self, to: Destination, agent: AgentLine, hello: str) -> None:
+    async def connect_agent(self, to: Destination, agent: AgentLine, hello: str,
+                            message_id: str | None = None) -> str | None:
         """Take the call out of Twilio's queue and ring the agent."""
         await self._twilio.bridge_call(to.thread or "", agent)
+        return None
+
+    async def find_sent(self, to: Destination, text: str, since: float) -> str | None:
+        return None  # a call update leaves no message to look up: a lost answer is redone
 
     async def close(self, to: Destination) -> None:
         return None  # the call ends when either side hangs up
