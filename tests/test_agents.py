@@ -23,9 +23,9 @@ ALL_SKILLS = ["accounts", "billing", "care", "orders", "shipping", "vip"]
 
 @pytest.fixture
 async def twilio():
-    standin, server = await start_standin()
-    yield standin, str(server.make_url("")).rstrip("/")
-    await server.close()
+    standin, _ = await start_standin()
+    yield standin, standin.url
+    await standin.stop()
 
 
 @pytest.fixture
