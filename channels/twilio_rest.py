@@ -171,11 +171,19 @@ def _failure(exc: BaseException) -> DeliveryFailed | None:
     return None
 
 
+# Twilio's permanent refusals an agent meets most, in words (others keep Twilio's message).
+REFUSALS = {"21610": "the customer has unsubscribed from this number (replied STOP)",
+            "21211": "the customer's number is not a valid phone number",
+            "21614": "the customer's number cannot receive text messages",
+            "21408": "texting that country is not enabled for this account"}
+
+
 def _refused(exc: TwilioRestException) -> DeliveryFailed:
     code = str(exc.code) if exc.code is not None else None
     if code == OUTSIDE_WINDOW:
         return DeliveryFailed("outside_window", outside_window_message(), code=code)
-    return DeliveryFailed("refused", f"Twilio refused it ({code or exc.status}): {exc.msg}",
+    why = REFUSALS.get(code or "", exc.msg)
+    return DeliveryFailed("refused", f"Twilio refused it ({code or exc.status}): {why}",
                           code=code, retryable=exc.status >= 500 or exc.status == 429)
 
 
