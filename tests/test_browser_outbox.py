@@ -85,3 +85,47 @@ async def test_the_console_shows_queued_sent_delivered_and_failed(
         await expect(greeting.locator(".delivery")).to_have_text("Sent")  # others unchanged
         await page.screenshot(path=artifact("agent-outbox-states.png"), full_page=True)
     assert errors == []
+
+
+async def test_the_ops_dashboard_shows_the_outbox_depth_and_failures(
+        app_settings, db, twilio):  # noqa: F811
+    from service.infra.tokens import create_token
+    from tests.test_agents import login
+    from tests.test_outbox import Console, status_of
+
+    standin, _ = twilio
+    ops_token = await create_token(db, "ops", "browser test")
+    errors: list[str] = []
+    async with serve(create_app(app_settings)) as base, chromium() as browser:
+        async with aiohttp.ClientSession(base_url=base) as http:
+            agent = await login(http, db)
+            await text(http, PHONE, "I forgot my password and can't log in")
+            await text(http, PHONE, "no")
+            offer = await agent.next("offer")
+            console = Console(agent)
+            standin.refuse_with_code = 21610
+            await console.send(type="accept", contact_id=offer["contact_id"])
+            await console.wait(status_of(GREETING, "failed"))
+            standin.refuse_with_code = None
+            await standin.stop()  # Twilio unreachable: the next text waits in the outbox
+            await console.send(type="message", contact_id=offer["contact_id"], text="Hello?")
+            await console.wait(status_of("Hello?", "queued"))
+            page = await (await browser.new_context(viewport={"width": 1360, "height": 900})
+                          ).new_page()
+            watch_for_errors(page, errors)
+            page.set_default_timeout(TIMEOUT_MS)
+            await page.goto(f"{base}/ops")
+            await page.fill("#token", ops_token)
+            await page.click("#sign-in")
+            await expect(page.locator("#outbox-depth")).to_have_text("1")
+            await expect(page.locator("#outbox-retrying")).to_have_text("1")
+            await expect(page.locator("#outbox-failed")).to_have_text("1")
+            row = page.locator("#outbox-failures tbody tr")
+            await expect(row).to_have_count(1)
+            await expect(row.locator('[data-field="Code"]')).to_have_text("21610")
+            await expect(row.locator('[data-field="What"]')).to_have_text("connecting the agent")
+            await expect(row.locator('[data-field="reason"]')).to_contain_text("unsubscribed")
+            await page.locator("#outbox-heading").scroll_into_view_if_needed()
+            await page.screenshot(path=artifact("ops-outbox.png"))
+            await standin.start()
+    assert errors == []
