@@ -19,6 +19,7 @@ CREATE TABLE outbox (
     lease            text,                        -- the claim of the worker attempting it
     lease_until      timestamptz,
     maybe_sent_since timestamptz,                 -- an attempt may have reached the provider
+    retry_not_before timestamptz,                 -- the provider's Retry-After, honoured
     failure          text,                        -- why it failed, or why it is being retried
     failure_code     text,                        -- the provider's error code
     created_at       timestamptz NOT NULL DEFAULT now(),

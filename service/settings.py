@@ -31,7 +31,7 @@ class Settings:
     twilio_api_base_url: str = "https://api.twilio.com"
     twilio_timeout_s: float = 10.0  # one REST request; a send past it may have reached Twilio
     outbox_retry_base_s: float = 1.0  # the first retry's backoff; doubles, with jitter
-    outbox_retry_max_s: float = 300.0
+    outbox_retry_max_s: float = 30.0  # also the longest wait after Twilio is back
     outbox_give_up_s: float = 3600.0  # an outbound message not taken in this long fails
     chat_identity_secret: str = ""
     chat_origins: tuple[str, ...] = ()  # empty: the widget may be embedded on any site

@@ -43,7 +43,7 @@ _RANK = "array_position(ARRAY['queued','sent','delivered','failed'], {})"
 class RetryPolicy:
     """Exponential backoff with jitter, never sooner than the provider's Retry-After."""
     base_s: float = 1.0
-    max_s: float = 300.0
+    max_s: float = 30.0  # also the longest a contact waits after the provider is back
     give_up_s: float = 3600.0  # a job still not taken this long after it was recorded fails
     lease_s: float = 60.0  # longer than one attempt (a send and a look-up, each time-limited)
     poll_s: float = 1.0
@@ -212,8 +212,17 @@ class Outbox:
                  attempts=job.attempts, contact_id=job.contact_id)
         if state == "sent":
             await self._tell(job, "sent")
-        self._wake.set()  # the contact's next job may go now
+        await self._channel_is_back(job.channel)
         return Outcome(job.id, state or "sent")
+
+    async def _channel_is_back(self, channel: str) -> None:
+        """The channel took a job: every job of it waiting out a backoff is due now (but not
+        before a Retry-After), and the worker wakes, so recovery is not a backoff late."""
+        await self._pool.execute(
+            """UPDATE outbox SET next_attempt_at = greatest(now(), retry_not_before)
+               WHERE state = 'queued' AND channel = $1 AND next_attempt_at > now()
+                 AND lease IS NULL""", channel)
+        self._wake.set()
 
     async def _failed_attempt(self, job: OutboxJob, exc: DeliveryFailed) -> Outcome:
         age = time.time() - job.created_at
@@ -226,13 +235,14 @@ class Outbox:
         delay = self.policy.delay(job.attempts, exc.retry_after_s)
         await self._pool.execute(
             """UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $2),
+                   retry_not_before = now() + make_interval(secs => $8::float8),
                    lease = NULL, lease_until = NULL, failure = $3, failure_code = $4,
                    maybe_sent_since = CASE WHEN $5::boolean THEN maybe_sent_since
                                            ELSE to_timestamp($6::float8) END,
                    updated_at = now()
                WHERE id = $1 AND lease = $7 AND state = 'queued'""",
             uuid.UUID(job.id), delay, str(exc)[:300], exc.code, exc.maybe_sent,
-            job.look_since, job.lease)
+            job.look_since, job.lease, exc.retry_after_s)
         metrics.OUTBOX_ATTEMPTS.labels(job.channel, "retry").inc()
         log.warning("outbox.retry", message_id=job.id, reason=exc.reason, code=exc.code,
                     attempts=job.attempts, retry_in_s=round(delay, 3),
