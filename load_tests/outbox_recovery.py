@@ -9,8 +9,8 @@ after 0.5-1 s, doubling, at most 300 s). For each outage length: an agent accept
 contact (one agent per contact, `--contacts` of them), Twilio stops taking connections, each
 agent sends `--messages` texts, Twilio comes back after the outage; reported: seconds from
 recovery until the first and the last text reached Twilio, the most attempts one text took,
-whether each went out once and each contact's in order. Then, with Twilio healthy, the time from an agent's text to
-Twilio taking it (recorded in PostgreSQL first), over 50 texts.
+whether each went out once and each contact's in order. Then, with Twilio healthy, the time
+from an agent's text to Twilio taking it (recorded in PostgreSQL first), over 50 texts.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from service.infra.embedded import servers  # noqa: E402
 from service.infra.logs import configure_logging  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.test_agents import login  # noqa: E402
-from tests.test_outbox import Console, status_of  # noqa: E402
+from tests.test_outbox import Console  # noqa: E402
 from tests.twilio_driver import text  # noqa: E402
 from tests.twilio_standin import start_standin  # noqa: E402
 
