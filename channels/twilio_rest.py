@@ -112,8 +112,8 @@ class TwilioRest:
         return message.sid
 
     async def find_message(self, to: str, from_: str, body: str, since: float) -> str | None:
-        """The MessageSid of a message with this body from `from_` to `to` created since
-        `since` (listed by To, From and DateSent), or None."""
+        """The MessageSid of the newest message with this body from `from_` to `to` created
+        since `since` (listed by To, From and DateSent; Twilio lists newest first), or None."""
         day = datetime.fromtimestamp(since, timezone.utc) - timedelta(days=1)
         async with _mapped_failures():
             found = await self._rest().messages.list_async(

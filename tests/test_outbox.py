@@ -228,6 +228,24 @@ async def test_a_lost_answer_is_looked_up_not_sent_twice(app_settings, db, twili
         assert (row["id"], row["state"], row["provider_id"]) == (sent["message_id"], "sent", sid)
 
 
+async def test_a_dropped_connection_is_looked_up_and_sent_again_when_twilio_lacks_it(
+        app_settings, db, twilio):  # noqa: F811
+    standin, _ = twilio
+    async with instance(app_settings) as client:
+        console, contact_id = await accepted(client, db, standin)
+        await console.send(type="message", contact_id=contact_id, text="ok")
+        await wait_for(lambda: standin.bodies().count("ok") == 1)
+        standin.drop_connections = 1  # the same words again: this time Twilio never gets them
+        await console.send(type="message", contact_id=contact_id, text="ok")
+        await wait_for(lambda: standin.bodies().count("ok") == 2)
+        await asyncio.sleep(0.5)
+        assert standin.bodies() == [GREETING, "ok", "ok"]  # the earlier "ok" is not adopted
+        assert len(standin.lookups) == 1
+        rows = await outbox_rows(db)
+        assert [r["state"] for r in rows] == ["sent"] * 3
+        assert len({r["provider_id"] for r in rows}) == 3 and rows[2]["attempts"] == 2
+
+
 async def test_a_callback_with_a_bad_signature_is_403_and_a_valid_one_moves_the_state(
         app_settings, db, twilio):  # noqa: F811
     standin, _ = twilio

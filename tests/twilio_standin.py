@@ -5,7 +5,8 @@ Only Twilio is stood in for (it is a third-party service on the internet); Postg
 Redis in these tests are real. Failure modes: answer a status (503, 429) with or without
 `Retry-After`; refuse a message with a Twilio error code (21610, 21211, 63016, ...); refuse
 connections (the server stops listening); lose the answer (the message is taken, then the
-request hangs until the client gives up). It lists messages (GET Messages.json filtered by
+request hangs until the client gives up); drop the connection without taking the message.
+It lists messages (GET Messages.json filtered by
 To, From and DateSent) and posts signed status callbacks to the service, as Twilio does.
 """
 
@@ -37,6 +38,7 @@ class TwilioStandIn:
     retry_after: str | None = None  # ... and this Retry-After header
     refuse_with_code: int | None = None  # a Twilio error code, answered as Twilio's 400 does
     lose_answers: bool = False  # take the message, then never answer
+    drop_connections: int = 0  # close the next N message requests' connections, taking nothing
     auth_token: str = "test-auth-token"
     service_url: str = ""  # where status callbacks really go (the test server)
     sids: dict[str, dict[str, str]] = field(default_factory=dict)  # sid -> the message
@@ -71,6 +73,11 @@ class TwilioStandIn:
 
     async def _message(self, request: web.Request) -> web.Response:
         self.attempts.append(time.monotonic())
+        if self.drop_connections:
+            self.drop_connections -= 1
+            assert request.transport is not None
+            request.transport.close()  # the client cannot tell whether Twilio got it
+            await asyncio.sleep(3600)
         if self.fail_with:
             headers = {"Retry-After": self.retry_after} if self.retry_after else {}
             return web.json_response({"code": 20429 if self.fail_with == 429 else 20500,
@@ -93,7 +100,7 @@ class TwilioStandIn:
         query = dict(request.query)
         self.lookups.append(query)
         since = next((v[:10] for k, v in query.items() if k.startswith("DateSent")), "")
-        found = [_resource(m) for m in self.sids.values()
+        found = [_resource(m) for m in reversed(self.sids.values())  # newest first
                  if m.get("To") == query.get("To", m.get("To"))
                  and m.get("From") == query.get("From", m.get("From"))
                  and _day(m["created"]) >= since]

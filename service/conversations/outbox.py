@@ -182,7 +182,7 @@ class Outbox:
         try:
             if job.look_since is not None:  # a lost answer: was it taken after all?
                 found = await channel.find_sent(job.destination, job.text, job.look_since)
-                if found:
+                if found and not await self._known(found, job.id):
                     return await self._sent(job, found, "adopted")
             provider_id = await self._perform(channel, job)
         except DeliveryFailed as exc:
@@ -192,6 +192,12 @@ class Outbox:
             return await self._failed_attempt(job, DeliveryFailed(
                 "error", f"not sent yet: {exc!r}", retryable=True, maybe_sent=True))
         return await self._sent(job, provider_id, "sent")
+
+    async def _known(self, provider_id: str, job_id: str) -> bool:
+        """The provider id is another job's: the same words sent earlier, not this job's."""
+        return await self._pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE provider_id = $1 AND id <> $2)",
+            provider_id, uuid.UUID(job_id))
 
     async def _perform(self, channel: OutboundChannel, job: OutboxJob) -> str | None:
         if job.action == "send":
