@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from service.app import create_app  # noqa: E402
+from service.appkeys import OUTBOX  # noqa: E402
 from service.infra.embedded import servers  # noqa: E402
 from service.infra.logs import configure_logging  # noqa: E402
 from service.settings import Settings  # noqa: E402
@@ -59,6 +60,7 @@ async def accepted_contact(client, db, number: str, name: str) -> tuple[Console,
     console = Console(agent)
     await console.send(type="accept", contact_id=offer["contact_id"])
     await console.wait(lambda f: f["type"] == "assigned")
+    await console.send(type="presence", status="away")  # the next contact goes to a new agent
     return console, offer["contact_id"]
 
 
@@ -97,8 +99,24 @@ async def outage(client, db, standin, seconds: float, messages: int, contacts: i
             "each_once": all(sent.count(w) == 1 for w in words), "in_order": in_order}
 
 
-async def healthy_latency(client, db, standin, count: int = 50) -> list[float]:
+def timed(outbox, name: str, spent: list[float]) -> None:
+    """Wrap one of the outbox's steps to add its duration (ms) to `spent`."""
+    step = getattr(outbox, name)
+
+    async def measured(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return await step(*args, **kwargs)
+        finally:
+            spent.append((time.perf_counter() - started) * 1000)
+    setattr(outbox, name, measured)
+
+
+async def healthy_latency(client, db, standin, count: int = 50) -> tuple[list[float], dict]:
     console, contact_id = await accepted_contact(client, db, "+15554449999", "Healthy")
+    steps = {"record": [], "settle": []}
+    timed(client.app[OUTBOX], "_record", steps["record"])
+    timed(client.app[OUTBOX], "_sent", steps["settle"])  # the UPDATE, the pull-forward, the frame
     took = []
     for i in range(count):
         words = f"healthy text {i}"
@@ -106,7 +124,7 @@ async def healthy_latency(client, db, standin, count: int = 50) -> list[float]:
         await console.send(type="message", contact_id=contact_id, text=words)
         await wait_for(lambda: words in standin.bodies(), timeout_s=10)
         took.append((time.monotonic() - started) * 1000)
-    return took
+    return took, {name: round(statistics.median(ms), 2) for name, ms in steps.items()}
 
 
 async def run(args) -> None:
@@ -124,8 +142,11 @@ async def run(args) -> None:
             for n, seconds in enumerate(args.outages):
                 print(await outage(client, db, standin, seconds, args.messages, args.contacts,
                                    n), flush=True)
-            took = await healthy_latency(client, db, standin)
-            print({"healthy_ms_p50": round(statistics.median(took), 1),
+            if not args.healthy:
+                return
+            took, steps = await healthy_latency(client, db, standin)
+            print({"outbox_steps_ms_p50": steps,
+                   "healthy_ms_p50": round(statistics.median(took), 1),
                    "healthy_ms_p95": round(sorted(took)[int(len(took) * 0.95) - 1], 1),
                    "healthy_ms_max": round(max(took), 1)})
         await db.close()
@@ -138,6 +159,8 @@ def main() -> None:
                         type=lambda raw: [float(x) for x in raw.split(",")])
     parser.add_argument("--messages", type=int, default=3, help="texts per contact")
     parser.add_argument("--contacts", type=int, default=1, help="contacts held by agents")
+    parser.add_argument("--no-healthy", dest="healthy", action="store_false",
+                        help="skip the healthy-Twilio latency run")
     logging.basicConfig(level=logging.ERROR)
     asyncio.run(run(parser.parse_args()))
 

@@ -15,7 +15,7 @@ import structlog
 from service.agents.bus import Bus
 from service.agents.queues import Dispatcher
 from service.conversations.context import ContextStore
-from service.conversations.outbox import Outbox, destination
+from service.conversations.outbox import NotRecorded, Outbox, destination
 from service.conversations.record import Conversation
 from service.model import AgentLine, DeliveryFailed, OutboundChannel
 from service.reporting.events import Event, EventWriter
@@ -217,9 +217,9 @@ class Handoff:
         good, or that could not be recorded, is an error naming why."""
         try:
             outcome = await self._outbox.submit(conv, action, payload, conv.get("agent_id"))
-        except Exception as exc:  # not recorded, so not sent: the agent may send it again
-            log.exception("handoff.outbox_unavailable", action=action,
-                          contact_id=conv["contact_id"])
+        except NotRecorded as exc:  # so not sent: the agent may send it again
+            log.error("handoff.outbox_unavailable", action=action, error=str(exc),
+                      contact_id=conv["contact_id"])
             if action == "connect":
                 return
             raise HandoffError("not_recorded", "the text was not sent: it could not be "

@@ -39,6 +39,10 @@ _JOB = ("id::text, contact_id, channel, action, destination, payload, agent_id, 
 _RANK = "array_position(ARRAY['queued','sent','delivered','failed'], {})"
 
 
+class NotRecorded(Exception):
+    """The request could not be recorded (PostgreSQL unavailable): nothing was sent."""
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Exponential backoff with jitter, never sooner than the provider's Retry-After."""
@@ -99,12 +103,19 @@ class Outbox:
                      agent_id: str | None) -> Outcome:
         """Record one outbound request, then attempt it at once when it is first in its
         contact's line; otherwise the worker sends it after the earlier ones."""
-        job = await self._record(conv, action, payload, agent_id)
+        try:
+            job = await self._record(conv, action, payload, agent_id)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise NotRecorded(str(exc)) from exc
         await self._tell(job, "queued")
         if job.lease is None:
             self._wake.set()
             return Outcome(job.id, "queued")
-        return await self._attempt(job)
+        try:
+            return await self._attempt(job)
+        except Exception:  # recorded and leased: the worker takes it over when the lease ends
+            log.exception("outbox.first_attempt_unsettled", message_id=job.id)
+            return Outcome(job.id, "queued")
 
     async def _record(self, conv: Mapping[str, Any], action: str, payload: dict[str, Any],
                       agent_id: str | None) -> OutboxJob:
