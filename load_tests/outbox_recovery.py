@@ -156,7 +156,7 @@ async def run(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--outages", default="3,10,30",
-                        type=lambda raw: [float(x) for x in raw.split(",")])
+                        type=lambda raw: [float(x) for x in raw.split(",") if x])
     parser.add_argument("--messages", type=int, default=3, help="texts per contact")
     parser.add_argument("--contacts", type=int, default=1, help="contacts held by agents")
     parser.add_argument("--no-healthy", dest="healthy", action="store_false",

@@ -370,3 +370,31 @@ async def test_a_callback_for_an_unknown_message_or_a_bad_id_changes_nothing(
             assert response.status == 200, path
         assert [r["state"] for r in await outbox_rows(db)] == ["sent"]
     assert AUTH_TOKEN == standin.auth_token  # the stand-in signs as the service expects
+
+
+async def test_once_twilio_takes_a_send_every_waiting_contact_goes_without_its_backoff(
+        app_settings, db, twilio):  # noqa: F811
+    standin, _ = twilio
+    slow = with_settings(app_settings, outbox_retry_base_s=8.0, outbox_retry_max_s=30.0)
+    async with instance(slow) as client:
+        first, first_id = await accepted(client, db, standin)
+        await first.send(type="presence", status="away")  # the next contact goes to Bo
+        await first.wait(lambda f: f["type"] == "presence")
+        bo = await login(client, db, "Bo")
+        await text(client, "+15555550123", "I forgot my password and can't log in")
+        await text(client, "+15555550123", "no")
+        offer = await bo.next("offer")
+        second = Console(bo)
+        await second.send(type="accept", contact_id=offer["contact_id"])
+        await second.wait(lambda f: f["type"] == "assigned")
+        await standin.stop()
+        await first.send(type="message", contact_id=first_id, text="Waiting out a backoff")
+        await first.wait(lambda f: status_of("Waiting out a backoff", "queued")(f)
+                         and f["reason"])  # the first attempt failed and was rescheduled
+        due = await db.fetchval("SELECT extract(epoch FROM next_attempt_at - now()) FROM "
+                                "outbox WHERE state = 'queued'")
+        assert due > 3.0  # 4-8 s away with these settings
+        await standin.start()
+        await second.send(type="message", contact_id=offer["contact_id"], text="Hi from Bo")
+        took = await wait_for(lambda: "Waiting out a backoff" in standin.bodies(), 3.0)
+    assert took < 1.5 and standin.bodies()[-2:] == ["Hi from Bo", "Waiting out a backoff"]

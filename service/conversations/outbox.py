@@ -217,29 +217,30 @@ class Outbox:
         return await channel.connect_agent(job.destination, line, job.text, job.id)
 
     async def _sent(self, job: OutboxJob, provider_id: str | None, result: str) -> Outcome:
+        # The channel took it, so it is up: every job of the channel waiting out a backoff is
+        # due now (not before a Retry-After), in the same statement, and the worker wakes.
         state = await self._pool.fetchval(
-            """UPDATE outbox SET state = CASE WHEN state = 'queued' THEN 'sent' ELSE state END,
-                   provider_id = coalesce(provider_id, $2), sent_at = coalesce(sent_at, now()),
-                   lease = NULL, lease_until = NULL, maybe_sent_since = NULL, failure = NULL,
-                   failure_code = NULL, updated_at = now()
-               WHERE id = $1 AND lease = $3 RETURNING state""",
-            uuid.UUID(job.id), provider_id, job.lease)
+            """WITH settled AS (
+                   UPDATE outbox SET state = CASE WHEN state = 'queued' THEN 'sent'
+                                                  ELSE state END,
+                       provider_id = coalesce(provider_id, $2),
+                       sent_at = coalesce(sent_at, now()), lease = NULL, lease_until = NULL,
+                       maybe_sent_since = NULL, failure = NULL, failure_code = NULL,
+                       updated_at = now()
+                   WHERE id = $1 AND lease = $3 RETURNING state),
+               channel_is_back AS (
+                   UPDATE outbox SET next_attempt_at = greatest(now(), retry_not_before)
+                   WHERE state = 'queued' AND channel = $4 AND next_attempt_at > now()
+                     AND lease IS NULL AND id <> $1)
+               SELECT state FROM settled""",
+            uuid.UUID(job.id), provider_id, job.lease, job.channel)
         metrics.OUTBOX_ATTEMPTS.labels(job.channel, result).inc()
         log.info("outbox.sent", message_id=job.id, provider_id=provider_id, result=result,
                  attempts=job.attempts, contact_id=job.contact_id)
         if state == "sent":
             await self._tell(job, "sent")
-        await self._channel_is_back(job.channel)
-        return Outcome(job.id, state or "sent")
-
-    async def _channel_is_back(self, channel: str) -> None:
-        """The channel took a job: every job of it waiting out a backoff is due now (but not
-        before a Retry-After), and the worker wakes, so recovery is not a backoff late."""
-        await self._pool.execute(
-            """UPDATE outbox SET next_attempt_at = greatest(now(), retry_not_before)
-               WHERE state = 'queued' AND channel = $1 AND next_attempt_at > now()
-                 AND lease IS NULL""", channel)
         self._wake.set()
+        return Outcome(job.id, state or "sent")
 
     async def _failed_attempt(self, job: OutboxJob, exc: DeliveryFailed) -> Outcome:
         age = time.time() - job.created_at
