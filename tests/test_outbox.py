@@ -398,3 +398,25 @@ async def test_once_twilio_takes_a_send_every_waiting_contact_goes_without_its_b
         await second.send(type="message", contact_id=offer["contact_id"], text="Hi from Bo")
         took = await wait_for(lambda: "Waiting out a backoff" in standin.bodies(), 3.0)
     assert took < 1.5 and standin.bodies()[-2:] == ["Hi from Bo", "Waiting out a backoff"]
+
+
+def test_backoff_doubles_with_jitter_up_to_its_cap_and_never_undercuts_retry_after():
+    from service.conversations.outbox import RetryPolicy
+    policy = RetryPolicy(base_s=1.0, max_s=30.0)
+    for attempts, ceiling in ((1, 1.0), (2, 2.0), (3, 4.0), (5, 16.0), (6, 30.0), (40, 30.0)):
+        delays = [policy.delay(attempts, None) for _ in range(200)]
+        assert ceiling / 2 <= min(delays) and max(delays) <= ceiling
+        assert max(delays) - min(delays) > ceiling / 10  # jittered, not one value
+    assert all(policy.delay(1, 7.0) >= 7.0 for _ in range(50))
+
+
+def test_retry_after_is_read_as_seconds_or_an_http_date_and_capped():
+    from email.utils import formatdate
+
+    from channels.twilio_rest import MAX_RETRY_AFTER_S, retry_after
+    assert retry_after({"Retry-After": "3"}) == 3.0
+    assert 9 <= retry_after({"Retry-After": formatdate(time.time() + 10, usegmt=True)}) <= 10
+    assert retry_after({"Retry-After": "in a while"}) is None
+    assert retry_after({}) is None
+    assert retry_after({"Retry-After": "99999999"}) == MAX_RETRY_AFTER_S
+    assert retry_after({"Retry-After": "-5"}) == 0.0
