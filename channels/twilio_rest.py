@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
+from typing import AsyncIterator
 from xml.sax.saxutils import escape
 
 import aiohttp
@@ -140,22 +142,19 @@ class TwilioRest:
             await self._http.close()
 
 
-class _mapped_failures:
+@contextlib.asynccontextmanager
+async def _mapped_failures() -> AsyncIterator[None]:
     """Twilio's answers and network failures of one request as `DeliveryFailed`."""
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, kind, exc, tb) -> bool:
-        if exc is None or isinstance(exc, asyncio.CancelledError):
-            return False
+    try:
+        yield
+    except Exception as exc:  # CancelledError is not an Exception: it passes untouched
         failure = _failure(exc)
         if failure is None:
-            return False
+            raise
         raise failure from exc
 
 
-def _failure(exc: BaseException) -> DeliveryFailed | None:
+def _failure(exc: Exception) -> DeliveryFailed | None:
     if isinstance(exc, _Throttled):
         return DeliveryFailed("throttled" if exc.status == 429 else "unavailable",
                               f"Twilio is busy ({exc.status}); retrying", code=exc.code,

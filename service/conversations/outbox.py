@@ -185,7 +185,11 @@ class Outbox:
                 RETURNING {_JOB.replace('id::text', 'o.id::text')},
                           extract(epoch FROM due.before)::float8 AS look_since""",
             CLAIM_BATCH, new_hex(16), self.policy.lease_s)
-        await asyncio.gather(*(self._attempt(_job(row)) for row in rows))
+        results = await asyncio.gather(*(self._attempt(_job(row)) for row in rows),
+                                       return_exceptions=True)
+        for result in results:  # a job left leased is taken again when its lease ends
+            if isinstance(result, Exception):
+                log.error("outbox.attempt_unsettled", error=repr(result))
         return len(rows)
 
     async def _attempt(self, job: OutboxJob) -> Outcome:
