@@ -310,7 +310,8 @@ async def conversations(app: web.Application) -> AsyncIterator[None]:
     app[FALLBACK] = FallbackContacts(app[EVENTS], lambda kind, value: find_customer(
         pool, kind, value), lambda: default_queue(app), settings.sms_idle_timeout_s)
     app[AGENT_DESK] = AgentDesk(pool, app[HANDOFF], app[BUS], lambda: [
-        {"id": t.id, "label": t.label} for t in current_rules().catalog.types.values()])
+        {"id": t.id, "label": t.label} for t in current_rules().catalog.types.values()],
+        app[OUTBOX])
     yield
 
 

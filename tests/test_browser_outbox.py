@@ -84,6 +84,13 @@ async def test_the_console_shows_queued_sent_delivered_and_failed(
         await expect(refused).to_have_class("line agent failed")
         await expect(greeting.locator(".delivery")).to_have_text("Sent")  # others unchanged
         await page.screenshot(path=artifact("agent-outbox-states.png"), full_page=True)
+
+        await page.reload()  # the console re-syncs: every message's state comes back
+        await expect(line(page, GREETING).locator(".delivery")).to_have_text("Sent")
+        await expect(line(page, "Let me reset that for you.").locator(".delivery")
+                     ).to_have_text("Delivered")
+        await expect(line(page, "Are you still there?").locator(".delivery")
+                     ).to_contain_text("21610")
     assert errors == []
 
 

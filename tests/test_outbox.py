@@ -420,3 +420,44 @@ def test_retry_after_is_read_as_seconds_or_an_http_date_and_capped():
     assert retry_after({}) is None
     assert retry_after({"Retry-After": "99999999"}) == MAX_RETRY_AFTER_S
     assert retry_after({"Retry-After": "-5"}) == 0.0
+
+
+async def test_a_reconnecting_console_gets_each_messages_state_again(app_settings, db, twilio):  # noqa: F811
+    from service.agents.desk import add_agent
+    from tests.test_agents import ALL_SKILLS, AgentSocket
+    standin, _ = twilio
+    token = await add_agent(db, "Dana", ALL_SKILLS)
+
+    async def connect(client) -> Console:
+        ws = await client.ws_connect("/agent/ws")
+        await ws.send_json({"type": "auth", "token": token})
+        agent = AgentSocket(ws)
+        await agent.next("ready")
+        return Console(agent)
+
+    async with instance(app_settings) as client:
+        console = await connect(client)
+        await console.send(type="presence", status="available")
+        await text(client, CUSTOMER, "I forgot my password and can't log in")
+        await text(client, CUSTOMER, "no")
+        offer = await console.wait(lambda f: f["type"] == "offer")
+        await console.send(type="accept", contact_id=offer["contact_id"])
+        await console.wait(status_of(GREETING, "sent"))
+        standin.refuse_with_code = 21211
+        await console.send(type="message", contact_id=offer["contact_id"], text="Hello?")
+        await console.wait(status_of("Hello?", "failed"))
+        standin.refuse_with_code, standin.fail_with = None, 503
+        await console.send(type="message", contact_id=offer["contact_id"], text="Still there?")
+        await console.wait(lambda f: status_of("Still there?", "queued")(f) and f["reason"])
+        await console.ws.close()
+        again = await connect(client)
+        await again.wait(lambda f: f["type"] == "message_status" and f["text"] == "Still there?")
+        statuses = [(f["text"], f["state"], f["code"]) for f in again.frames
+                    if f["type"] == "message_status"]
+        assert statuses[:3] == [(GREETING, "sent", None), ("Hello?", "failed", "21211"),
+                                ("Still there?", "queued", None)]
+        kinds = [f["type"] for f in again.frames]
+        assert kinds.index("assigned") < kinds.index("message_status")
+        retrying = next(f for f in again.frames if f.get("text") == "Still there?")
+        assert "503" in retrying["reason"]
+        standin.fail_with = None

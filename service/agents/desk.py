@@ -19,6 +19,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from service.agents.bus import Bus
 from service.conversations.handoff import Handoff, HandoffError, offer_frame
+from service.conversations.outbox import Outbox
 from service.infra.tokens import hash_token, new_token
 from service.websocket import RateLimit, open_socket, parse_frame, relay, send_error
 
@@ -57,8 +58,10 @@ async def agent_for_token(pool: asyncpg.Pool, token: str) -> dict[str, Any] | No
 class AgentDesk:
     """The /agent/ws endpoint of one instance."""
 
-    def __init__(self, pool: asyncpg.Pool, handoff: Handoff, bus: Bus, contact_types):
+    def __init__(self, pool: asyncpg.Pool, handoff: Handoff, bus: Bus, contact_types,
+                 outbox: Outbox | None = None):
         self._pool = pool
+        self._outbox = outbox
         self._handoff = handoff
         self._bus = bus
         self._contact_types = contact_types
@@ -107,10 +110,23 @@ class AgentDesk:
             found = await self._handoff.conversation(contact_id)
             if found:
                 await ws.send_json(self._handoff.assigned_frame(found[1]))
+                await self._send_statuses(ws, contact_id)
         for contact_id in await router.offers_for(agent["id"]):
             entry = await router.entry(contact_id)
             if entry:
                 await ws.send_json(offer_frame(entry, expires_in_s=router.offer_timeout_s))
+
+    async def _send_statuses(self, ws: web.WebSocketResponse, contact_id: str) -> None:
+        """The states of the contact's outbound messages, after its assigned frame."""
+        if self._outbox is None:
+            return
+        try:
+            statuses = await self._outbox.statuses(contact_id)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            log.warning("desk.statuses_unavailable", contact_id=contact_id, error=str(exc))
+            return
+        for frame in statuses:
+            await ws.send_json(frame)
 
     async def _serve(self, ws: web.WebSocketResponse, agent: dict[str, Any]) -> None:
         limit = RateLimit(FRAMES_PER_SECOND, FRAMES_PER_SECOND * 2)

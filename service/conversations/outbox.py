@@ -325,12 +325,26 @@ class Outbox:
                     code: str | None = None) -> None:
         if not job.agent_id:
             return
-        frame = {"type": "message_status", "contact_id": job.contact_id, "message_id": job.id,
-                 "state": state, "reason": reason, "code": code, "text": job.text}
         try:
-            await self._publish(f"agent:{job.agent_id}", frame)
+            await self._publish(f"agent:{job.agent_id}", _frame(job, state, reason, code))
         except Exception as exc:  # the state is in the table all the same
             log.warning("outbox.status_not_published", message_id=job.id, error=str(exc))
+
+    async def statuses(self, contact_id: str) -> list[dict[str, Any]]:
+        """Every outbound message of the contact as it stands, in the order recorded: what a
+        reconnecting console is re-sent."""
+        rows = await self._pool.fetch(
+            f"SELECT {_JOB}, state, failure, failure_code FROM outbox WHERE contact_id = $1 "
+            "ORDER BY seq", contact_id)
+        frames = []
+        for row in rows:
+            reason = row["failure"]
+            if row["state"] == "queued" and reason:
+                reason = f"not sent yet, retrying: {reason}"
+            frames.append(_frame(_job(row), row["state"],
+                                 reason if row["state"] in ("queued", "failed") else None,
+                                 row["failure_code"] if row["state"] == "failed" else None))
+        return frames
 
     # ---- what ops see --------------------------------------------------------------------
 
@@ -372,6 +386,12 @@ def destination(conv: Mapping[str, Any]) -> Destination:
     said = [line["at"] for line in conv["transcript"] if line.get("from") == "customer"]
     return Destination(conv["contact_id"], conv["address"], conv["service_address"],
                        conv.get("thread"), said[-1] if said else None)
+
+
+def _frame(job: OutboxJob, state: str, reason: str | None, code: str | None
+           ) -> dict[str, Any]:
+    return {"type": "message_status", "contact_id": job.contact_id, "message_id": job.id,
+            "state": state, "reason": reason, "code": code, "text": job.text}
 
 
 def _callback_match(status: MessageStatus) -> tuple[str | None, Any]:
