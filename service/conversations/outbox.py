@@ -171,7 +171,7 @@ class Outbox:
         """Claim the due jobs (the first queued one of each contact) and attempt them."""
         rows = await self._pool.fetch(
             f"""WITH due AS (
-                    SELECT o.id, o.maybe_sent_since AS before FROM outbox o
+                    SELECT o.id AS due_id, o.maybe_sent_since AS before FROM outbox o
                     WHERE o.state = 'queued' AND o.next_attempt_at <= now()
                       AND (o.lease_until IS NULL OR o.lease_until < now())
                       AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.contact_id = o.contact_id
@@ -181,8 +181,8 @@ class Outbox:
                 UPDATE outbox o SET lease = $2, attempts = o.attempts + 1,
                     lease_until = now() + make_interval(secs => $3),
                     maybe_sent_since = coalesce(o.maybe_sent_since, now()), updated_at = now()
-                FROM due WHERE o.id = due.id
-                RETURNING {_JOB.replace('id::text', 'o.id::text')},
+                FROM due WHERE o.id = due.due_id
+                RETURNING {_JOB},
                           extract(epoch FROM due.before)::float8 AS look_since""",
             CLAIM_BATCH, new_hex(16), self.policy.lease_s)
         results = await asyncio.gather(*(self._attempt(_job(row)) for row in rows),
