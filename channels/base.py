@@ -14,9 +14,19 @@ from typing import Any, AsyncContextManager, Awaitable, Callable, ClassVar, Prot
 from aiohttp import web
 
 from channels.twilio_rest import TwilioRest
-from service.model import AgentLine, ChannelTraits, Choice, Destination, Inbound, Reply
+from service.model import (
+    AgentLine,
+    ChannelTraits,
+    Choice,
+    Destination,
+    Inbound,
+    MessageStatus,
+    Reply,
+)
 
 HandleInbound = Callable[[Inbound], Awaitable[Reply]]
+# A provider's status callback about one outbound message, mapped to the neutral model.
+ReportStatus = Callable[[MessageStatus], Awaitable[None]]
 # Frames pushed to one conversation from anywhere (an agent's reply on another instance).
 Subscribe = Callable[[str], AsyncContextManager["asyncio.Queue[dict[str, Any]]"]]
 Publish = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -24,6 +34,10 @@ Publish = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 async def _nowhere(topic: str, frame: dict[str, Any]) -> None:
     raise RuntimeError("no bus configured")
+
+
+async def _unheard(status: MessageStatus) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -36,6 +50,7 @@ class ChannelConfig:
     chat_identity_secret: str = ""
     chat_origins: tuple[str, ...] = ()  # sites whose pages may open /chat/ws; empty: any
     twilio: TwilioRest | None = None  # outbound REST, shared by the Twilio channels
+    message_status: ReportStatus = _unheard  # where status callbacks go (the outbox)
 
 
 class Channel(Protocol):
@@ -45,9 +60,13 @@ class Channel(Protocol):
 
     def routes(self) -> list[web.RouteDef]: ...
 
-    async def send_text(self, to: Destination, text: str) -> str | None: ...
+    async def send_text(self, to: Destination, text: str,
+                        message_id: str | None = None) -> str | None: ...
 
-    async def connect_agent(self, to: Destination, agent: AgentLine, hello: str) -> None: ...
+    async def connect_agent(self, to: Destination, agent: AgentLine, hello: str,
+                            message_id: str | None = None) -> str | None: ...
+
+    async def find_sent(self, to: Destination, text: str, since: float) -> str | None: ...
 
     async def join_agent(self, to: Destination, agent: AgentLine, hello: str) -> None: ...
 

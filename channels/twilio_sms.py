@@ -16,7 +16,15 @@ from twilio.twiml.messaging_response import MessagingResponse
 
 from channels.base import ChannelConfig, HandleInbound, twilio_of
 from channels.twilio_auth import TwilioSignature
-from service.model import AgentLine, ChannelTraits, Choice, Destination, Inbound, Reply
+from service.model import (
+    AgentLine,
+    ChannelTraits,
+    Choice,
+    Destination,
+    Inbound,
+    MessageStatus,
+    Reply,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -30,6 +38,11 @@ MEDIA_ONLY = ("Sorry, I can only read text, so I couldn't open what you sent. Pl
 MAX_BODY_CHARS = 1600  # Twilio's own limit for one inbound message
 # Channels whose addresses Twilio writes as "<prefix>:+1555...": the prefix names the channel.
 PREFIXED_CHANNELS = ("whatsapp",)
+# Twilio's MessageStatus values as the agent console's states; others (receiving, ...) are
+# not about our outbound messages and are ignored.
+STATES = {"accepted": "sent", "scheduled": "sent", "queued": "sent", "sending": "sent",
+          "sent": "sent", "delivered": "delivered", "read": "delivered",
+          "undelivered": "failed", "failed": "failed", "canceled": "failed"}
 
 
 class TwilioMessaging:
@@ -40,6 +53,8 @@ class TwilioMessaging:
         self._signature = TwilioSignature(config.twilio_auth_token, config.public_url)
         self._handle = handle
         self._twilio = twilio_of(config)
+        self._report_status = config.message_status
+        self._public_url = config.public_url.rstrip("/")
 
     def routes(self) -> list[web.RouteDef]:
         base = self.traits.route_prefix
@@ -60,10 +75,17 @@ class TwilioMessaging:
         return web.Response(text=render(reply), content_type=TWIML)
 
     async def status(self, request: web.Request) -> web.Response:
+        """Twilio's news about a message we sent: its state reaches the outbox and the agent."""
         form = await self._signature.verified_form(request)
         log.info("messaging.status", channel=self.traits.name,
                  message_sid=form.get("MessageSid"), status=form.get("MessageStatus"),
                  error_code=form.get("ErrorCode"))
+        status = parse_status(form, request.query.get("message"))
+        if status is not None:
+            try:
+                await self._report_status(status)
+            except Exception:  # Twilio gets its 200 all the same; the state stays as it was
+                log.exception("messaging.status_failed", message_sid=status.provider_id)
         return web.Response(text=str(MessagingResponse()), content_type=TWIML)
 
     # ---- outbound ------------------------------------------------------------------------
@@ -72,12 +94,26 @@ class TwilioMessaging:
         """An address as Twilio writes it on this channel."""
         return address
 
-    async def send_text(self, to: Destination, text: str) -> str | None:
+    async def send_text(self, to: Destination, text: str,
+                        message_id: str | None = None) -> str | None:
         return await self._twilio.send_message(self.wire_address(to.address),
-                                               self.wire_address(to.service_address), text)
+                                               self.wire_address(to.service_address), text,
+                                               self.status_callback(message_id))
 
-    async def connect_agent(self, to: Destination, agent: AgentLine, hello: str) -> None:
-        await self.send_text(to, hello)
+    async def connect_agent(self, to: Destination, agent: AgentLine, hello: str,
+                            message_id: str | None = None) -> str | None:
+        return await self.send_text(to, hello, message_id)
+
+    async def find_sent(self, to: Destination, text: str, since: float) -> str | None:
+        return await self._twilio.find_message(self.wire_address(to.address),
+                                               self.wire_address(to.service_address), text,
+                                               since)
+
+    def status_callback(self, message_id: str | None) -> str:
+        """The public URL Twilio posts this message's states to; it names our message id, so
+        a state arrives even for a message whose create answer was lost."""
+        url = f"{self._public_url}{self.traits.route_prefix}/status"
+        return f"{url}?message={message_id}" if message_id else url
 
     async def join_agent(self, to: Destination, agent: AgentLine, hello: str) -> None:
         await self.send_text(to, hello)
@@ -112,6 +148,18 @@ def parse(form, channel: str = "sms") -> Inbound:
     return Inbound(channel=channel, address=sender, service_address=recipient,  # type: ignore[arg-type]
                    text=body, dedupe_key=form["MessageSid"], identity="phone",
                    provider={k: form[k] for k in KEPT_FIELDS if k in form})
+
+
+def parse_status(form, message_id: str | None) -> MessageStatus | None:
+    """A status callback's fields as a MessageStatus; None for states that are not news."""
+    state = STATES.get(form.get("MessageStatus", ""))
+    sid = form.get("MessageSid") or None
+    if state is None or (sid is None and not message_id):
+        return None
+    code = form.get("ErrorCode") or None
+    reason = (f"Twilio reports it {form['MessageStatus']}"
+              f"{f' (error {code})' if code else ''}") if state == "failed" else None
+    return MessageStatus(state, sid, message_id, reason, code)  # type: ignore[arg-type]
 
 
 def _unprefixed(address: str, channel: str) -> tuple[str, str]:

@@ -102,15 +102,21 @@ class TwilioVoice:
             await self._record(_inbound(form, "end", form["CallStatus"], f"{form['CallSid']}:end"))
         return _twiml(EMPTY)
 
-    async def send_text(self, to: Destination, text: str) -> str | None:
+    async def send_text(self, to: Destination, text: str,
+                        message_id: str | None = None) -> str | None:
         raise DeliveryFailed("not_text", "this contact is a phone call")
 
-    async def connect_agent(self, to: Destination, agent: AgentLine, hello: str) -> None:
+    async def connect_agent(self, to: Destination, agent: AgentLine, hello: str,
+                            message_id: str | None = None) -> str | None:
         """Take the call out of Twilio's queue into the contact's conference (the caller hears
         the wait message until the agent joins) and dial the agent in."""
         await self._twilio.conference_call(to.thread or "", _conference(to),
                                            f"{self._public_url}{BASE}/conference-wait")
         await self._twilio.add_participant(_conference(to), to.service_address, agent)
+        return None
+
+    async def find_sent(self, to: Destination, text: str, since: float) -> str | None:
+        return None  # a call update leaves no message to look up: a lost answer is redone
 
     async def join_agent(self, to: Destination, agent: AgentLine, hello: str) -> None:
         """A transfer's next agent is dialled into the conference; once they join, a caller

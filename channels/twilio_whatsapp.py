@@ -28,7 +28,8 @@ class TwilioWhatsApp(TwilioMessaging):
     def wire_address(self, address: str) -> str:
         return f"whatsapp:{address}"
 
-    async def send_text(self, to: Destination, text: str) -> str | None:
+    async def send_text(self, to: Destination, text: str,
+                        message_id: str | None = None) -> str | None:
         if to.customer_last_at is not None and time.time() - to.customer_last_at > WINDOW_S:
             raise DeliveryFailed("outside_window", outside_window_message(), code=OUTSIDE_WINDOW)
-        return await super().send_text(to, text)
+        return await super().send_text(to, text, message_id)

@@ -74,14 +74,19 @@ class WebChat:
                 await self._serve(ws, session, address)
         return ws
 
-    async def send_text(self, to: Destination, text: str) -> str | None:
+    async def send_text(self, to: Destination, text: str,
+                        message_id: str | None = None) -> str | None:
         await self._publish(f"chat:{to.thread}", {"type": "message", "from": "agent",
                                                   "text": text})
         return None
 
-    async def connect_agent(self, to: Destination, agent: AgentLine, hello: str) -> None:
+    async def connect_agent(self, to: Destination, agent: AgentLine, hello: str,
+                            message_id: str | None = None) -> str | None:
         await self._publish(f"chat:{to.thread}", {"type": "status", "state": "with_agent"})
-        await self.send_text(to, hello)
+        return await self.send_text(to, hello)
+
+    async def find_sent(self, to: Destination, text: str, since: float) -> str | None:
+        return None  # a frame on the bus leaves no trace to look up: a lost one is re-sent
 
     async def join_agent(self, to: Destination, agent: AgentLine, hello: str) -> None:
         await self.connect_agent(to, agent, hello)

@@ -16,7 +16,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from channels.base import ChannelConfig
+from channels.base import Channel, ChannelConfig
 from channels.twilio_rest import TwilioRest
 from service import WEB_DIR
 from service.agents.bus import Bus
@@ -32,6 +32,7 @@ from service.appkeys import (
     FALLBACK,
     HANDOFF,
     LOOKUPS,
+    OUTBOX,
     PG,
     QUEUE_LOAD,
     REDIS,
@@ -46,6 +47,7 @@ from service.conversations.conversation import Conversations
 from service.conversations.customers import find_customer
 from service.conversations.fallback import FallbackContacts
 from service.conversations.handoff import Handoff
+from service.conversations.outbox import Outbox, RetryPolicy
 from service.infra import health as api
 from service.infra.auth_throttle import AuthThrottle
 from service.infra.ids import new_hex
@@ -74,15 +76,16 @@ def create_app(settings: Settings) -> web.Application:
                           middlewares=[request_context, never_5xx_to_twilio])
     app[SETTINGS] = settings
     twilio = TwilioRest(settings.twilio_account_sid, settings.twilio_auth_token,
-                        settings.twilio_api_base_url)
+                        settings.twilio_api_base_url, settings.twilio_timeout_s)
     app.cleanup_ctx.extend([postgres, redis_client, rules, event_writer, messaging(twilio),
-                            flow_lookups, conversations, background_sweeps])
+                            flow_lookups, outbox, conversations, background_sweeps])
     config = ChannelConfig(settings.public_url, settings.twilio_auth_token,
                            fallback_queue=lambda: default_queue(app),
                            subscribe=lambda topic: app[BUS].subscription(topic),
                            publish=lambda topic, frame: app[BUS].publish(topic, frame),
                            chat_identity_secret=settings.chat_identity_secret,
-                           chat_origins=settings.chat_origins, twilio=twilio)
+                           chat_origins=settings.chat_origins, twilio=twilio,
+                           message_status=lambda status: app[OUTBOX].on_status(status))
     app[CHANNEL_LIST] = [cls(config, lambda inbound: handle_turn(app, inbound))
                          for cls in CHANNEL_TYPES]
     for channel in app[CHANNEL_LIST]:
@@ -260,6 +263,24 @@ def channel_traits(app: web.Application) -> dict[str, ChannelTraits]:
     return {channel.traits.name: channel.traits for channel in app[CHANNEL_LIST]}
 
 
+def outbound_channels(app: web.Application) -> dict[str, Channel]:
+    return {channel.traits.name: channel for channel in app[CHANNEL_LIST]}
+
+
+async def outbox(app: web.Application) -> AsyncIterator[None]:
+    """The durable outbox and its worker; stopping lets attempts under way finish."""
+    settings = app[SETTINGS]
+    policy = RetryPolicy(base_s=settings.outbox_retry_base_s,
+                         max_s=settings.outbox_retry_max_s,
+                         give_up_s=settings.outbox_give_up_s,
+                         lease_s=max(60.0, 3 * settings.twilio_timeout_s),
+                         poll_s=min(1.0, settings.outbox_retry_base_s))
+    app[OUTBOX] = Outbox(app[PG], outbound_channels(app), app[BUS].publish, app[EVENTS], policy)
+    worker = asyncio.create_task(app[OUTBOX].run(), name="outbox")
+    yield
+    await app[OUTBOX].stop(worker, grace_s=2 * settings.twilio_timeout_s + 1)
+
+
 async def flow_lookups(app: web.Application) -> AsyncIterator[None]:
     """The HTTP client self-service flows look things up with (each look-up has its timeout)."""
     async with aiohttp.ClientSession(raise_for_status=False) as session:
@@ -276,7 +297,7 @@ async def conversations(app: web.Application) -> AsyncIterator[None]:
                              {name: t.default_capacity for name, t in traits.items()})
     app[QUEUE_LOAD] = QueueLoad(app[ROUTER], lambda: current_rules().tree.queues)
     app[HANDOFF] = Handoff(current_rules, context, app[ROUTER], app[BUS], app[EVENTS],
-                           {channel.traits.name: channel for channel in app[CHANNEL_LIST]})
+                           outbound_channels(app), app[OUTBOX])
     app[CONVERSATIONS] = Conversations(
         rules=current_rules, context=context, handoff=app[HANDOFF], events=app[EVENTS],
         channels=traits, find_customer=lambda kind, value: find_customer(pool, kind, value),
@@ -286,7 +307,7 @@ async def conversations(app: web.Application) -> AsyncIterator[None]:
     app[AUTH_THROTTLE] = AuthThrottle(app[REDIS_BATCH])
     app[AGENT_DESK] = AgentDesk(pool, app[HANDOFF], app[BUS], lambda: [
         {"id": t.id, "label": t.label} for t in current_rules().catalog.types.values()],
-        app[AUTH_THROTTLE])
+        app[AUTH_THROTTLE], app[OUTBOX])
     yield
 
 

@@ -11,6 +11,7 @@ from service.agents.queues import Dispatcher, QueueLoad
 from service.conversations.conversation import Conversations
 from service.conversations.fallback import FallbackContacts
 from service.conversations.handoff import Handoff
+from service.conversations.outbox import Outbox
 from service.infra.auth_throttle import AuthThrottle
 from service.infra.redis_batch import ClusterBatcher, CommandBatcher
 from service.reporting.events import EventWriter
@@ -28,6 +29,7 @@ BUS = web.AppKey("bus", Bus)
 ROUTER = web.AppKey("router", Dispatcher)
 QUEUE_LOAD = web.AppKey("queue_load", QueueLoad)
 HANDOFF = web.AppKey("handoff", Handoff)
+OUTBOX = web.AppKey("outbox", Outbox)
 LOOKUPS = web.AppKey("lookups", HttpLookups)
 CONVERSATIONS = web.AppKey("conversations", Conversations)
 FALLBACK = web.AppKey("fallback", FallbackContacts)

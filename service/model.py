@@ -118,22 +118,49 @@ class DeliveryFailed(Exception):
     """An outbound call the provider refused or could not take; `code` is the provider's."""
 
     def __init__(self, reason: str, message: str, code: str | None = None,
-                 retryable: bool = False):
+                 retryable: bool = False, maybe_sent: bool = False,
+                 retry_after_s: float | None = None):
         super().__init__(message)
-        self.reason = reason  # outside_window, not_text, refused, unreachable
+        self.reason = reason  # outside_window, not_text, refused, unreachable, no_answer
         self.code = code  # e.g. Twilio's "63016": outside WhatsApp's 24-hour window
         self.retryable = retryable
+        # The request may have reached the provider (its answer was lost): look before resending.
+        self.maybe_sent = maybe_sent
+        self.retry_after_s = retry_after_s  # the provider asked us to wait this long (Retry-After)
+
+
+# What the agent console shows of one outbound message (docs/interfaces.md, message_status).
+MessageState = Literal["queued", "sent", "delivered", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStatus:
+    """A provider's news about one outbound message (a status callback), mapped by the channel."""
+    state: MessageState
+    provider_id: str | None = None  # e.g. Twilio's MessageSid
+    message_id: str | None = None  # our id, when the callback carries it back
+    reason: str | None = None  # why it failed, in words
+    code: str | None = None  # the provider's error code
 
 
 class Outbound(Protocol):
     """The channel's outbound side: thin calls, no retries (the caller decides about those)."""
 
-    async def send_text(self, to: Destination, text: str) -> str | None:
-        """Deliver an agent's text; the provider's message id when it has one."""
+    async def send_text(self, to: Destination, text: str,
+                        message_id: str | None = None) -> str | None:
+        """Deliver an agent's text; the provider's message id when it has one. `message_id`
+        is ours, for the provider's status callbacks to name."""
         ...
 
-    async def connect_agent(self, to: Destination, agent: AgentLine, hello: str) -> None:
-        """The agent accepted: bridge the call, or tell the customer who they talk with."""
+    async def connect_agent(self, to: Destination, agent: AgentLine, hello: str,
+                            message_id: str | None = None) -> str | None:
+        """The agent accepted: bridge the call, or tell the customer who they talk with (the
+        provider's message id when that is a message)."""
+        ...
+
+    async def find_sent(self, to: Destination, text: str, since: float) -> str | None:
+        """The provider's id of a message with this text sent to `to` since then, if any: how
+        a send whose answer was lost is told apart from one that never arrived."""
         ...
 
     async def join_agent(self, to: Destination, agent: AgentLine, hello: str) -> None:

@@ -29,6 +29,10 @@ class Settings:
     twilio_auth_token: str = ""
     twilio_account_sid: str = ""
     twilio_api_base_url: str = "https://api.twilio.com"
+    twilio_timeout_s: float = 10.0  # one REST request; a send past it may have reached Twilio
+    outbox_retry_base_s: float = 1.0  # the first retry's backoff; doubles, with jitter
+    outbox_retry_max_s: float = 30.0  # also the longest wait after Twilio is back
+    outbox_give_up_s: float = 3600.0  # an outbound message not taken in this long fails
     chat_identity_secret: str = ""
     chat_origins: tuple[str, ...] = ()  # empty: the widget may be embedded on any site
     offer_timeout_s: int = 20
@@ -57,6 +61,10 @@ ENV_VARS = {
     "TWILIO_AUTH_TOKEN": "twilio_auth_token",
     "TWILIO_ACCOUNT_SID": "twilio_account_sid",
     "TWILIO_API_BASE_URL": "twilio_api_base_url",
+    "SWITCHBOARD_TWILIO_TIMEOUT_S": "twilio_timeout_s",
+    "SWITCHBOARD_OUTBOX_RETRY_BASE_S": "outbox_retry_base_s",
+    "SWITCHBOARD_OUTBOX_RETRY_MAX_S": "outbox_retry_max_s",
+    "SWITCHBOARD_OUTBOX_GIVE_UP_S": "outbox_give_up_s",
     "SWITCHBOARD_CHAT_IDENTITY_SECRET": "chat_identity_secret",
     "SWITCHBOARD_CHAT_ORIGINS": "chat_origins",
     "SWITCHBOARD_OFFER_TIMEOUT_S": "offer_timeout_s",
@@ -88,6 +96,16 @@ def _positive_int(raw: str) -> int:
     value = _whole_number(raw)
     if value <= 0:
         raise ValueError("must be a positive whole number")
+    return value
+
+
+def _positive_seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("must be a number of seconds") from None
+    if not 0 < value <= 7 * 86400:
+        raise ValueError("must be more than 0 and at most 604800 seconds (7 days)")
     return value
 
 
@@ -155,6 +173,10 @@ PARSERS = {
     "twilio_auth_token": str,
     "twilio_account_sid": str,
     "twilio_api_base_url": _http_url,
+    "twilio_timeout_s": _positive_seconds,
+    "outbox_retry_base_s": _positive_seconds,
+    "outbox_retry_max_s": _positive_seconds,
+    "outbox_give_up_s": _positive_seconds,
     "chat_identity_secret": str,
     "chat_origins": _origins,
     "offer_timeout_s": _positive_int,

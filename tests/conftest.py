@@ -95,6 +95,8 @@ async def _clean_tables(database_url: str) -> None:
         if await conn.fetchval("SELECT to_regclass('contact_events') IS NOT NULL"):
             await conn.execute("TRUNCATE contact_events, contacts, customer_identities, "
                                "customers, rule_versions CASCADE")
+        if await conn.fetchval("SELECT to_regclass('outbox') IS NOT NULL"):
+            await conn.execute("TRUNCATE outbox")
     finally:
         await conn.close()
 

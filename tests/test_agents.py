@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from service.agents.desk import add_agent
 from service.app import create_app
 from service.appkeys import EVENTS
-from tests.conftest import _clean_tables, with_settings
+from tests.conftest import PUBLIC_URL, _clean_tables, with_settings
 from tests.twilio_driver import Call, text
 from tests.twilio_standin import start_standin
 
@@ -23,9 +23,9 @@ ALL_SKILLS = ["accounts", "billing", "care", "orders", "shipping", "vip"]
 
 @pytest.fixture
 async def twilio():
-    standin, server = await start_standin()
-    yield standin, str(server.make_url("")).rstrip("/")
-    await server.close()
+    standin, _ = await start_standin()
+    yield standin, standin.url
+    await standin.stop()
 
 
 @pytest.fixture
@@ -136,8 +136,11 @@ async def test_sms_escalation_reaches_an_agent_with_context_and_replies_go_by_sm
             if len(standin.messages) == 2:
                 break
             await asyncio.sleep(0.05)
-        assert standin.messages[-1] == {"To": CUSTOMER, "From": "+15005550006",
-                                        "Body": "I've sent you a reset link."}
+        sent = dict(standin.messages[-1])
+        callback = sent.pop("StatusCallback")  # the message's states come back, naming it
+        assert sent == {"To": CUSTOMER, "From": "+15005550006",
+                        "Body": "I've sent you a reset link."}
+        assert callback.startswith(PUBLIC_URL + "/twilio/sms/status?message=")
 
         await agent.send(type="wrap_up", contact_id=offer["contact_id"], resolved=True,
                          contact_type="registration_problems", note="reset link sent")

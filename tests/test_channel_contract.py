@@ -67,7 +67,8 @@ def test_routes_are_under_its_own_prefix(channel):
 
 @pytest.mark.parametrize("channel", CHANNEL_TYPES, ids=IDS)
 def test_outbound_methods_are_present(channel):
-    for name in ("send_text", "connect_agent", "join_agent", "release_agent", "close", "ask"):
+    for name in ("send_text", "connect_agent", "join_agent", "release_agent", "close", "ask",
+                 "find_sent"):
         method = getattr(channel, name, None)
         assert method is not None and inspect.iscoroutinefunction(method), name
 

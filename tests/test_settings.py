@@ -90,3 +90,21 @@ def test_bad_cluster_and_sentinel_urls_are_named():
                          ("redis+sentinel://h/main/x", "database 'x' is not a number")]:
         with pytest.raises(SettingsError, match=message):
             settings_from_env({"REDIS_URL": bad})
+
+
+def test_outbox_timings_are_seconds_and_bad_ones_named():
+    settings = settings_from_env({"SWITCHBOARD_TWILIO_TIMEOUT_S": "2.5",
+                                  "SWITCHBOARD_OUTBOX_RETRY_BASE_S": "0.5",
+                                  "SWITCHBOARD_OUTBOX_RETRY_MAX_S": "60",
+                                  "SWITCHBOARD_OUTBOX_GIVE_UP_S": "7200"})
+    assert (settings.twilio_timeout_s, settings.outbox_retry_base_s,
+            settings.outbox_retry_max_s, settings.outbox_give_up_s) == (2.5, 0.5, 60.0, 7200.0)
+    defaults = settings_from_env({})
+    assert (defaults.twilio_timeout_s, defaults.outbox_retry_max_s) == (10.0, 30.0)
+    with pytest.raises(SettingsError) as caught:
+        settings_from_env({"SWITCHBOARD_TWILIO_TIMEOUT_S": "soon",
+                           "SWITCHBOARD_OUTBOX_GIVE_UP_S": "0"})
+    assert caught.value.problems == [
+        "SWITCHBOARD_TWILIO_TIMEOUT_S='soon': must be a number of seconds",
+        "SWITCHBOARD_OUTBOX_GIVE_UP_S='0': must be more than 0 and at most 604800 seconds "
+        "(7 days)"]

@@ -13,6 +13,7 @@ from channels.twilio_sms import MEDIA_ONLY
 from service.agents.desk import add_agent
 from service.appkeys import EVENTS
 from service.infra.tokens import create_token
+from tests.conftest import PUBLIC_URL
 from tests.test_agents import ALL_SKILLS, AgentSocket, app_settings, instance, twilio  # noqa: F401
 from tests.twilio_driver import SERVICE_NUMBER, messages, post_signed, sms_params, text
 
@@ -120,8 +121,10 @@ async def test_no_reaches_an_agent_with_the_numbers_sms_history_and_replies_go_b
         assert offer["channel"] == "whatsapp"
         earlier = offer["context"]["earlier_contacts"]
         assert [(e["channel"], e["contact_type"]) for e in earlier] == [("sms", "track_order")]
-        assert standin.messages[-1] == {"To": WA, "From": WA_SERVICE,
-                                        "Body": "You're now talking with Dana."}
+        greeting = dict(standin.messages[-1])
+        assert greeting.pop("StatusCallback").startswith(
+            PUBLIC_URL + "/twilio/whatsapp/status?message=")
+        assert greeting == {"To": WA, "From": WA_SERVICE, "Body": "You're now talking with Dana."}
         await agent.send(type="message", contact_id=offer["contact_id"],
                          text="I've sent you a reset link.")
         await wait_for(lambda: standin.messages[-1]["Body"] == "I've sent you a reset link.")

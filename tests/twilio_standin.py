@@ -1,35 +1,60 @@
-"""A local stand-in for Twilio's REST API: records what the service asks Twilio to do.
+"""A local stand-in for Twilio's REST API: records what the service asks Twilio to do, and
+plays Twilio's failure modes on demand.
 
 Only Twilio is stood in for (it is a third-party service on the internet); PostgreSQL and
-Redis in these tests are real.
+Redis in these tests are real. Failure modes: answer a status (503, 429) with or without
+`Retry-After`; refuse a message with a Twilio error code (21610, 21211, 63016, ...); refuse
+connections (the server stops listening); lose the answer (the message is taken, then the
+request hangs until the client gives up); drop the connection without taking the message.
+It lists messages (GET Messages.json filtered by
+To, From and DateSent) and posts signed status callbacks to the service, as Twilio does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import time
 from dataclasses import dataclass, field
+from email.utils import formatdate, parsedate_to_datetime
+from urllib.parse import urlsplit
 
+import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from twilio.request_validator import RequestValidator
 
 _sids = itertools.count(1)
+MESSAGES = "/2010-04-01/Accounts/{account}/Messages.json"
 
 
 @dataclass
 class TwilioStandIn:
-    messages: list[dict[str, str]] = field(default_factory=list)
+    messages: list[dict[str, str]] = field(default_factory=list)  # taken, in order
     call_updates: list[dict[str, str]] = field(default_factory=list)
-    fail_with: int | None = None
+    attempts: list[float] = field(default_factory=list)  # when each message POST arrived
+    lookups: list[dict[str, str]] = field(default_factory=list)  # Messages list queries
+    fail_with: int | None = None  # answer every message POST with this HTTP status
+    retry_after: str | None = None  # ... and this Retry-After header
     refuse_with_code: int | None = None  # a Twilio error code, answered as Twilio's 400 does
     # Conference Participants resource: every create, update and delete, in order, as
     # {"action": "create" | "update" | "delete", "conference", "participant", **form}.
     participants: list[dict[str, str]] = field(default_factory=list)
     conferences: dict[str, str] = field(default_factory=dict)  # friendly name -> CF sid
 
+    lose_answers: bool = False  # take the message, then never answer
+    drop_connections: int = 0  # close the next N message requests' connections, taking nothing
+    auth_token: str = "test-auth-token"
+    service_url: str = ""  # where status callbacks really go (the test server)
+    sids: dict[str, dict[str, str]] = field(default_factory=dict)  # sid -> the message
+    server: TestServer | None = None
+    port: int | None = None
+
     def app(self) -> web.Application:
         app = web.Application()
         base = "/2010-04-01/Accounts/{account}"
-        app.router.add_post(f"{base}/Messages.json", self._message)
+        app.router.add_post(MESSAGES, self._message)
+        app.router.add_get(MESSAGES, self._list)
         app.router.add_post(f"{base}/Calls/{{call}}.json", self._call)
         app.router.add_get(f"{base}/Conferences.json", self._list_conferences)
         app.router.add_post(f"{base}/Conferences/{{conference}}/Participants.json",
@@ -40,6 +65,25 @@ class TwilioStandIn:
             f"{base}/Conferences/{{conference}}/Participants/{{participant}}.json",
             self._delete_participant)
         return app
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        """Listen (again) on the same port."""
+        self.server = TestServer(self.app(), port=self.port or 0)
+        await self.server.start_server()
+        self.port = self.server.port
+
+    async def stop(self) -> None:
+        """Stop listening: connections are refused until start() again."""
+        if self.server is not None:
+            await self.server.close()
+            self.server = None
+
+    def bodies(self) -> list[str]:
+        return [m["Body"] for m in self.messages]
 
     def conference_sid(self, name: str) -> str:
         """The SID of a conference, created (as Twilio does) on first use of its name."""
@@ -87,25 +131,81 @@ class TwilioStandIn:
                 "end_conference_on_exit": False}
 
     async def _message(self, request: web.Request) -> web.Response:
+        self.attempts.append(time.monotonic())
+        if self.drop_connections:
+            self.drop_connections -= 1
+            assert request.transport is not None
+            request.transport.close()  # the client cannot tell whether Twilio got it
+            await asyncio.sleep(3600)
         if self.fail_with:
-            return web.json_response({"code": 20003, "message": "nope"}, status=self.fail_with)
+            headers = {"Retry-After": self.retry_after} if self.retry_after else {}
+            return web.json_response({"code": 20429 if self.fail_with == 429 else 20500,
+                                      "message": "Twilio is busy", "status": self.fail_with},
+                                     status=self.fail_with, headers=headers)
         if self.refuse_with_code:
             return web.json_response({"code": self.refuse_with_code, "status": 400,
                                       "message": "Twilio refused the message",
                                       "more_info": "https://www.twilio.com/docs/errors/"
                                                    f"{self.refuse_with_code}"}, status=400)
         form = dict(await request.post())
+        sid = f"SM{next(_sids):032d}"
         self.messages.append(form)
-        return web.json_response({"sid": f"SM{next(_sids):032d}", "status": "queued",
-                                  "to": form.get("To"), "from": form.get("From"),
-                                  "body": form.get("Body")}, status=201)
+        self.sids[sid] = {**form, "sid": sid, "created": formatdate(usegmt=True)}
+        if self.lose_answers:
+            await asyncio.sleep(3600)  # the client times out: Twilio has it, the answer is lost
+        return web.json_response(_resource(self.sids[sid]), status=201)
+
+    async def _list(self, request: web.Request) -> web.Response:
+        query = dict(request.query)
+        self.lookups.append(query)
+        since = next((v[:10] for k, v in query.items() if k.startswith("DateSent")), "")
+        found = [_resource(m) for m in reversed(self.sids.values())  # newest first
+                 if m.get("To") == query.get("To", m.get("To"))
+                 and m.get("From") == query.get("From", m.get("From"))
+                 and _day(m["created"]) >= since]
+        return web.json_response({"messages": found, "next_page_uri": None, "page": 0,
+                                  "page_size": 200, "uri": request.path_qs,
+                                  "first_page_uri": request.path_qs,
+                                  "previous_page_uri": None, "end": len(found), "start": 0})
 
     async def _call(self, request: web.Request) -> web.Response:
+        if self.fail_with:
+            return web.json_response({"code": 20500, "message": "Twilio is busy"},
+                                     status=self.fail_with)
         form = dict(await request.post())
         self.call_updates.append({"call_sid": request.match_info["call"], **form})
         if "<Conference" in form.get("Twiml", ""):  # the caller dialled into a conference
             self.conference_sid(form["Twiml"].split("</Conference>")[0].rsplit(">", 1)[1])
         return web.json_response({"sid": request.match_info["call"], "status": "in-progress"})
+
+    async def send_status(self, sid: str, status: str, error_code: str | None = None,
+                          signature: str | None = None) -> int:
+        """Post the message's StatusCallback, signed as Twilio signs it; the HTTP status."""
+        message = self.sids[sid]
+        callback = message["StatusCallback"]
+        params = {"MessageSid": sid, "SmsSid": sid, "MessageStatus": status,
+                  "SmsStatus": status, "AccountSid": "AC" + "1" * 32, "To": message["To"],
+                  "From": message["From"], "ApiVersion": "2010-04-01"}
+        if error_code:
+            params["ErrorCode"] = error_code
+        signed = RequestValidator(self.auth_token).compute_signature(callback, params)
+        parts = urlsplit(callback)
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{self.service_url}{parts.path}?{parts.query}",
+                                    data=params, headers={
+                                        "X-Twilio-Signature": signature or signed}) as response:
+                return response.status
+
+
+def _resource(message: dict[str, str]) -> dict[str, str | None]:
+    return {"sid": message["sid"], "status": "queued", "to": message.get("To"),
+            "from": message.get("From"), "body": message.get("Body"),
+            "date_created": message["created"], "date_sent": message["created"],
+            "date_updated": message["created"]}
+
+
+def _day(rfc2822: str) -> str:
+    return parsedate_to_datetime(rfc2822).date().isoformat()
 
 
 def _multi(form) -> dict[str, str]:
@@ -124,6 +224,6 @@ def _not_found() -> web.Response:
 
 async def start_standin() -> tuple[TwilioStandIn, TestServer]:
     standin = TwilioStandIn()
-    server = TestServer(standin.app())
-    await server.start_server()
-    return standin, server
+    await standin.start()
+    assert standin.server is not None
+    return standin, standin.server

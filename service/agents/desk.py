@@ -19,6 +19,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from service.agents.bus import Bus
 from service.conversations.handoff import Handoff, HandoffError, offer_frame
+from service.conversations.outbox import Outbox
 from service.conversations.transfer import TransferRequest
 from service.infra.auth_throttle import AuthThrottle
 from service.infra.tokens import hash_token, new_token
@@ -87,8 +88,9 @@ class AgentDesk:
     """The /agent/ws endpoint of one instance."""
 
     def __init__(self, pool: asyncpg.Pool, handoff: Handoff, bus: Bus, contact_types,
-                 throttle: AuthThrottle):
+                 throttle: AuthThrottle, outbox: Outbox | None = None):
         self._pool = pool
+        self._outbox = outbox
         self._handoff = handoff
         self._bus = bus
         self._contact_types = contact_types
@@ -171,6 +173,7 @@ class AgentDesk:
             found = await self._handoff.conversation(contact_id)
             if found:
                 await ws.send_json(self._handoff.assigned_frame(found[1]))
+                await self._send_statuses(ws, contact_id)
         for contact_id in await router.offers_for(agent["id"]):
             entry = await router.entry(contact_id)
             if entry:
@@ -184,6 +187,18 @@ class AgentDesk:
         queues = self._handoff.queues()
         return {"queues": queues, "agents": [{"id": str(r["id"]), "name": r["name"]}
                                              for r in rows]}
+
+    async def _send_statuses(self, ws: web.WebSocketResponse, contact_id: str) -> None:
+        """The states of the contact's outbound messages, after its assigned frame."""
+        if self._outbox is None:
+            return
+        try:
+            statuses = await self._outbox.statuses(contact_id)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            log.warning("desk.statuses_unavailable", contact_id=contact_id, error=str(exc))
+            return
+        for frame in statuses:
+            await ws.send_json(frame)
 
     async def _serve(self, ws: web.WebSocketResponse, agent: dict[str, Any]) -> None:
         limit = RateLimit(FRAMES_PER_SECOND, FRAMES_PER_SECOND * 2)

@@ -7,6 +7,7 @@ agent. Both halves share the conversation state in Redis (context.py) and the ev
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Any, Callable, Mapping
 
 import structlog
@@ -15,8 +16,9 @@ from service.agents.bus import Bus
 from service.agents.queues import Dispatcher
 from service.conversations import surveys
 from service.conversations.context import ContextStore
+from service.conversations.outbox import NotRecorded, Outbox, destination
 from service.conversations.record import Conversation
-from service.model import AgentLine, DeliveryFailed, Destination, OutboundChannel
+from service.model import AgentLine, DeliveryFailed, OutboundChannel
 from service.reporting.events import Event, EventWriter
 from service.rules.loader import Rules
 
@@ -38,13 +40,6 @@ def _failure_text(action: str, exc: DeliveryFailed) -> str:
         return str(exc)
     what = "could not connect the customer" if action == "connect" else "the text was not sent"
     return f"{what}: {exc}"
-
-
-def destination(conv: Conversation) -> Destination:
-    """Where outbound calls for the conversation go."""
-    said = [line["at"] for line in conv["transcript"] if line.get("from") == "customer"]
-    return Destination(conv["contact_id"], conv["address"], conv["service_address"],
-                       conv.get("thread"), said[-1] if said else None)
 
 
 def _hello(agent: dict[str, Any]) -> str:
@@ -80,13 +75,15 @@ def offer_frame(entry: dict[str, Any], kind: str = "offer", **extra: Any) -> dic
 
 class Handoff:
     def __init__(self, rules: Callable[[], Rules], context: ContextStore, router: Dispatcher,
-                 bus: Bus, events: EventWriter, channels: Mapping[str, OutboundChannel]):
+                 bus: Bus, events: EventWriter, channels: Mapping[str, OutboundChannel],
+                 outbox: Outbox):
         self._rules = rules
         self._context = context
         self.router = router
         self._bus = bus
         self._events = events
         self._channels = channels
+        self._outbox = outbox
         from service.conversations.transfer import Transfers  # it builds on this module
 
         self.transfers = Transfers(self)
@@ -172,12 +169,9 @@ class Handoff:
                                 joining: bool = False) -> None:
         line = AgentLine(agent["id"], agent["name"], agent.get("phone"),
                          agent.get("client_identity"))
-        if joining:  # a transfer: the customer is already connected (a call's conference)
-            await self._outbound(conv, "connect", lambda channel, to: channel.join_agent(
-                to, line, _hello(agent)))
-            return
-        await self._outbound(conv, "connect", lambda channel, to: channel.connect_agent(
-            to, line, _hello(agent)))
+        payload = {"agent": asdict(line), "hello": _hello(agent)}
+        # a transfer: the customer is already connected (a call's conference)
+        await self._outbound(conv, "join" if joining else "connect", payload)
 
     def assigned_frame(self, conv: Conversation) -> dict[str, Any]:
         """What a reconnecting agent's console is sent for a contact it already has."""
@@ -194,7 +188,7 @@ class Handoff:
         conv["transcript"].append({"from": "agent", "text": text, "at": time.time()})
         await self._context.save(key, conv, summary=False)
         self._record_conv("agent_message", conv, agent_id=agent["id"], text=text)
-        await self._outbound(conv, "send", lambda channel, to: channel.send_text(to, text))
+        await self._outbound(conv, "send", {"text": text})
 
     async def to_agent(self, conv: dict[str, Any], message: dict[str, Any]) -> None:
         """A customer's words while an agent has the contact: straight to that agent."""
@@ -240,18 +234,25 @@ class Handoff:
             raise HandoffError("contact_gone", "this contact has ended")
         return found
 
-    async def _outbound(self, conv: dict[str, Any], action: str, call) -> None:
-        """One outbound call through the contact's channel; a refusal is recorded and shown
-        to the agent with the provider's reason."""
+    async def _outbound(self, conv: dict[str, Any], action: str,
+                        payload: dict[str, Any]) -> None:
+        """Record one outbound request in the outbox (`outbox.ACTIONS`), which sends it
+        through the contact's channel now or retries it later. Connecting never fails the
+        accept (the contact is assigned, the greeting waits in the outbox); an agent's text
+        the channel refused for good, or that could not be recorded, is an error naming why."""
         try:
-            await call(self._channels[conv["channel"]], destination(conv))
-        except DeliveryFailed as exc:
-            log.warning("handoff.delivery_failed", action=action, reason=exc.reason,
-                        code=exc.code, error=str(exc), contact_id=conv["contact_id"])
-            self._record_conv("delivery_failed", conv, action=action, failure=exc.reason,
-                              code=exc.code, error=str(exc)[:300])
-            raise HandoffError(_ERROR_CODES.get(exc.reason, "delivery_failed"),
-                               _failure_text(action, exc)) from exc
+            outcome = await self._outbox.submit(conv, action, payload, conv.get("agent_id"))
+        except NotRecorded as exc:  # so not sent: the agent may send it again
+            log.error("handoff.outbox_unavailable", action=action, error=str(exc),
+                      contact_id=conv["contact_id"])
+            if action == "connect":
+                return
+            raise HandoffError("not_recorded", "the text was not sent: it could not be "
+                               "recorded for sending; try again in a moment") from exc
+        failure = outcome.failure
+        if action == "send" and outcome.state == "failed" and failure is not None:
+            raise HandoffError(_ERROR_CODES.get(failure.reason, "delivery_failed"),
+                               _failure_text(action, failure))
 
     # ---- events --------------------------------------------------------------------------
 

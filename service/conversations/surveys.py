@@ -19,7 +19,7 @@ simply never answered (reports count responses, not silences).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import orjson
@@ -171,12 +171,8 @@ async def after_wrap_up(handoff: HandoffSide, conv: dict[str, Any]) -> None:
     if asked is None:
         return
     try:
-        if traits.prompt_style == "text":
-            await handoff._outbound(conv, "survey", lambda channel, to: channel.send_text(
-                to, asked.text))
-        else:
-            await handoff._outbound(conv, "survey", lambda channel, to: channel.ask(
-                to, asked.text, asked.choices))
+        await handoff._outbound(conv, "ask", {
+            "text": asked.text, "choices": [asdict(choice) for choice in asked.choices]})
     except Exception as exc:  # recorded as delivery_failed; the wrap-up stands
         log.info("survey.not_sent", contact_id=conv["contact_id"], error=str(exc))
         return

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import structlog
@@ -172,11 +172,9 @@ class Transfers:
         handoff = self._handoff
         try:
             if handoff._channels[conv["channel"]].traits.agent_can_type:
-                await handoff._outbound(conv, "send", lambda channel, to: channel.send_text(
-                    to, PASSING_ON[mode]))
+                await handoff._outbound(conv, "send", {"text": PASSING_ON[mode]})
             if mode == "cold":
-                await handoff._outbound(conv, "release", lambda channel, to:
-                                        channel.release_agent(to, _line(agent)))
+                await handoff._outbound(conv, "release", {"agent": asdict(_line(agent))})
         except HandoffError as exc:
             return str(exc)
         return None

@@ -28,6 +28,18 @@ OPS_API_REQUESTS = Counter("switchboard_ops_api_requests_total", "Requests to th
 QUEUE_WAITING = Gauge("switchboard_queue_waiting", "Contacts waiting in each agent queue, as of "
                       "this instance's last look (every second)", ["queue"], registry=REGISTRY)
 
+# The outbox (service/conversations/outbox.py): depth and age are of the shared table, so every
+# instance reports the same figures; attempts and failures are this process's.
+OUTBOX_DEPTH = Gauge("switchboard_outbox_depth", "Outbound messages and call bridges recorded "
+                     "and not yet taken by the channel (all instances)", registry=REGISTRY)
+OUTBOX_OLDEST = Gauge("switchboard_outbox_oldest_queued_seconds", "Age of the oldest outbound "
+                      "request still queued, 0 when none is", registry=REGISTRY)
+OUTBOX_ATTEMPTS = Counter("switchboard_outbox_attempts_total", "Outbound attempts by channel "
+                          "and result (sent, adopted after a lost answer, retry)",
+                          ["channel", "result"], registry=REGISTRY)
+OUTBOX_FAILED = Counter("switchboard_outbox_failed_total", "Outbound requests that failed for "
+                        "good, by channel and reason", ["channel", "reason"], registry=REGISTRY)
+
 # Live counters of what contacts do, for alerting (reports stay computed from the event log).
 CONTACT_EVENTS = Counter("switchboard_contact_events_total", "Contact events recorded, by "
                          "kind and channel", ["kind", "channel"], registry=REGISTRY)

@@ -28,7 +28,7 @@ import structlog
 from aiohttp import web
 
 from service import WEB_DIR
-from service.appkeys import AUTH_THROTTLE, PG, ROUTER, RULES
+from service.appkeys import AUTH_THROTTLE, OUTBOX, PG, ROUTER, RULES
 from service.infra import tokens
 from service.reporting import candidates, metrics, reports
 from service.reporting.reports import BadWindow, ReportRules, Window
@@ -50,7 +50,8 @@ def routes() -> list[web.RouteDef]:
             web.get("/api/reports/summary", summary), web.get("/api/reports/matrix", matrix),
             web.get("/api/reports/candidates", self_service_candidates),
             web.get("/api/reports/journeys", journeys), web.get("/api/reports/trend", trend),
-            web.get("/api/queues", queues_now), web.post("/api/rules/reload", rules_reload)]
+            web.get("/api/queues", queues_now), web.get("/api/outbox", outbox_now),
+            web.post("/api/rules/reload", rules_reload)]
 
 
 def _static(name: str) -> Handler:
@@ -199,6 +200,13 @@ async def queues_now(request: web.Request) -> web.Response:
     for name, figures in status["queues"].items():
         figures["label"] = queues[name].label
     return _json({"as_of": reports.iso(datetime.fromtimestamp(now, timezone.utc)), **status})
+
+
+@ops_report("outbox", source="the outbox")
+async def outbox_now(request: web.Request) -> web.Response:
+    """What waits to go out through the channels now, and what failed for good recently."""
+    summary = await request.app[OUTBOX].summary()
+    return _json({"as_of": reports.iso(datetime.now(timezone.utc)), **summary})
 
 
 @ops_report("rules_reload", source="PostgreSQL")

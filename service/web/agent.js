@@ -45,6 +45,9 @@ const OUTCOMES = {
   opted_out: "Opted out",
 };
 const SPEAKERS = { customer: "Customer", bot: "Assistant", agent: "You" };
+// An agent message's states (message_status frames), in the order they can only move forward.
+const DELIVERY_RANK = { queued: 0, sent: 1, delivered: 2, failed: 3 };
+const DELIVERY_LABELS = { queued: "Queued", sent: "Sent", delivered: "Delivered", failed: "Not delivered" };
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -82,6 +85,7 @@ const state = {
   offers: new Map(), // contact_id -> {frame, expiresAt, pending}
   contacts: new Map(), // contact_id -> {frame, transcript, ended, unread, pending}
   selected: null, // contact_id of an offer or a contact
+  earlyStatuses: new Map(), // contact_id -> message_status frames that came before "assigned"
 };
 
 // ---- connection ----------------------------------------------------------------------------
@@ -167,6 +171,8 @@ function handle(frame) {
       return onWrappedUp(frame);
     case "transfer_result":
       return onTransferResult(frame);
+    case "message_status":
+      return onMessageStatus(frame);
     case "error":
       return onError(frame);
     default:
@@ -239,6 +245,9 @@ function onAssigned(frame) {
     unread: 0,
     pending: false,
   });
+  const contact = state.contacts.get(id);
+  for (const early of state.earlyStatuses.get(id) || []) applyStatus(contact, early);
+  state.earlyStatuses.delete(id);
   const wasWaitingForThis = offer?.pending || !state.selected || !isKnown(state.selected);
   if (wasWaitingForThis || state.selected === id) {
     state.selected = id;
@@ -255,6 +264,43 @@ function onMessage(frame) {
   contact.transcript.push({ from: frame.from || "customer", text: frame.text, at: Date.now() / 1000 });
   if (state.selected !== frame.contact_id) contact.unread += 1;
   render();
+}
+
+function onMessageStatus(frame) {
+  if (!frame.contact_id || !(frame.state in DELIVERY_RANK)) return;
+  const contact = state.contacts.get(frame.contact_id);
+  if (!contact) {
+    // The greeting's first states can overtake the accept's answer.
+    const early = state.earlyStatuses.get(frame.contact_id) || [];
+    state.earlyStatuses.set(frame.contact_id, [...early, frame].slice(-50));
+    return;
+  }
+  applyStatus(contact, frame);
+  render();
+}
+
+// A status belongs to the line it names, or to the oldest agent line with its text that has
+// no id yet (frames come in the order the lines were sent).
+function applyStatus(contact, frame) {
+  let line = contact.transcript.find((l) => l.messageId === frame.message_id);
+  if (!line) {
+    line = contact.transcript.find((l) => l.from === "agent" && !l.messageId && l.text === frame.text);
+  }
+  if (!line) {
+    if (frame.state === "failed") toast(frame.reason || "A message to the customer was not delivered.");
+    return;
+  }
+  line.messageId = frame.message_id;
+  if (line.delivery && DELIVERY_RANK[frame.state] < DELIVERY_RANK[line.delivery.state]) return;
+  line.delivery = { state: frame.state, reason: frame.reason || "" };
+}
+
+function deliveryMark(line) {
+  const { state: status, reason } = line.delivery;
+  const retrying = status === "queued" && reason;
+  const label = retrying ? "Queued · retrying" : DELIVERY_LABELS[status];
+  return el("span", { class: `delivery ${status}`, "data-state": status, title: reason || null,
+                      text: status === "failed" && reason ? `${label}: ${reason}` : label });
 }
 
 function onContactEnded(frame) {
@@ -313,7 +359,7 @@ function onError(frame) {
   if (offer) offer.pending = false;
   const contact = id && state.contacts.get(id);
   if (contact) contact.pending = false;
-  if (contact && ["delivery_failed", "not_text", "outside_window"].includes(frame.code)) {
+  if (contact && ["delivery_failed", "not_text", "outside_window", "not_recorded"].includes(frame.code)) {
     const last = [...contact.transcript].reverse().find((line) => line.from === "agent");
     if (last) last.failed = true;
   }
@@ -613,10 +659,12 @@ function renderTranscript(lines, transfer) {
     const colleague = line.from === "agent" && transfer && Number(line.at) <= Number(transfer.at);
     const who = colleague ? (transfer.from_agent_name || "Colleague")
       : SPEAKERS[line.from] || humanise(line.from);
-    return el("li", { class: `line ${line.from}${line.failed ? " failed" : ""}` },
+    const failed = line.failed || line.delivery?.state === "failed";
+    return el("li", { class: `line ${line.from}${failed ? " failed" : ""}` },
       el("span", { class: "who" }, who, el("time", { text: when(line.at) })),
       el("span", { class: "text", text: line.text }),
-      line.failed ? el("span", { class: "failed-note", text: "Not delivered" }) : null);
+      line.delivery ? deliveryMark(line)
+        : line.failed ? el("span", { class: "failed-note", text: "Not delivered" }) : null);
   });
   if (!items.length) items.push(el("li", { class: "line system", text: "Nothing said yet." }));
   // Only append what is new, so screen readers announce just the new lines.

@@ -182,7 +182,30 @@ async function refreshQueues() {
   } catch (error) {
     $("queues-as-of").textContent = `not updated: ${error.message}`;
   }
+  try {
+    renderOutbox(await fetchJson("/api/outbox", token));
+  } catch (error) {
+    $("outbox-as-of").textContent = `not updated: ${error.message}`;
+  }
   queuesTimer = setTimeout(refreshQueues, QUEUES_EVERY_MS);
+}
+
+// What waits to go out through Twilio and the chat, and what failed for good (/api/outbox).
+function renderOutbox(outbox) {
+  $("outbox-depth").textContent = format(outbox.depth, "count");
+  $("outbox-retrying").textContent = format(outbox.retrying, "count");
+  $("outbox-oldest").textContent = outbox.depth ? format(outbox.oldest_queued_s, "seconds") : "–";
+  $("outbox-failed").textContent = format(outbox.last_24h.failed, "count");
+  table("outbox-failures", [
+    { title: "Failed at", get: (f) => new Date(f.at * 1000).toLocaleString(), kind: "text" },
+    { title: "Channel", field: "channel", kind: "text" },
+    { title: "What", get: (f) => (f.action === "connect" ? "connecting the agent" : "agent text"),
+      kind: "text" },
+    { title: "Code", get: (f) => f.code || "", kind: "text" },
+    { title: "Why", field: "reason", kind: "text" },
+  ], outbox.recent_failures.map((f) => ({ key: f.message_id, ...f })));
+  $("outbox-as-of").textContent = `as of ${new Date(outbox.as_of).toLocaleTimeString()}, ` +
+    `every ${QUEUES_EVERY_MS / 1000} s`;
 }
 
 function renderQueues(now) {
