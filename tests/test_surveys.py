@@ -19,7 +19,7 @@ from service.conversations import prompts
 from service.reporting import reports
 from service.rules.surveys import load_surveys, sampled
 from service.rules.yamlfile import ConfigError
-from tests.conftest import ROOT, _clean_tables, with_settings
+from tests.conftest import PUBLIC_URL, ROOT, _clean_tables, with_settings
 from tests.test_agents import ALL_SKILLS, instance, login
 from tests.test_whatsapp import whatsapp
 from tests.twilio_driver import SERVICE_NUMBER, Call, text
@@ -313,8 +313,9 @@ async def test_sms_survey_after_the_agent_wraps_up(surveyed, db, twilio):
         await agent.next("assigned")
         await agent.send(type="wrap_up", contact_id=offer["contact_id"], resolved=True)
         await agent.next("wrapped_up")
-        assert standin.messages[-1] == {"To": CUSTOMER, "From": SERVICE_NUMBER,
-                                        "Body": CSAT_TEXT}
+        sent = dict(standin.messages[-1])
+        assert sent.pop("StatusCallback").startswith(f"{PUBLIC_URL}/twilio/sms/status")
+        assert sent == {"To": CUSTOMER, "From": SERVICE_NUMBER, "Body": CSAT_TEXT}
         assert await text(client, CUSTOMER, "2 took a while") == ["Thank you for your feedback!"]
         [sent, answered] = await events(client, db, "survey_sent", "survey_answered")
         assert sent["data"]["after"] == "agent"
