@@ -7,17 +7,18 @@ import asyncio
 import time
 
 from service.appkeys import EVENTS
-from service.conversations import conversation as conversation_module
+from service.conversations import context as context_module
 from service.conversations import pacing, prompts
 from service.rules.loader import load_rules
 from tests.conftest import RULES_DIR
-from tests.test_agents import instance
+from tests.test_agents import app_settings, instance, login, twilio  # noqa: F401 (fixtures)
 from tests.test_sms import conversation, events_of, kinds
 from tests.twilio_driver import SERVICE_NUMBER, post_signed, sms_params, text
 
 HOT = "+15555550177"
 OTHER = "+15555550178"
 STALE = "+15555550179"
+WAITING = "+15555550183"
 WORDS = [f"my parcel number {n} has not arrived" for n in range(12)]
 
 
@@ -55,7 +56,7 @@ async def test_concurrent_texts_over_two_instances_lose_no_update(settings, db, 
 async def test_a_lease_left_by_a_failed_turn_is_taken_over(client, redis_client, monkeypatch):
     """A turn whose Redis went away could not give its lease back: the next text waits for it
     a while, then is answered normally."""
-    monkeypatch.setattr(conversation_module, "LEASE_WAIT_S", 0.5)
+    monkeypatch.setattr(context_module, "LEASE_WAIT_S", 0.5)
     stale = f"sb:{{phone:{STALE}}}:conv:sms:{SERVICE_NUMBER}:lease"
     await redis_client.set(stale, 1, px=60_000)
     began = time.monotonic()
@@ -105,3 +106,21 @@ async def test_a_person_repeating_a_short_question_is_still_answered(client, db)
     for _ in range(pacing.LOOP_HITS + 1):
         assert (await text(client, "+15555550182", "order status"))[0].startswith("Every order")
     assert "bot_loop_detected" not in kinds(await events_of(client, db, "+15555550182"))
+
+
+async def test_an_accept_and_the_customers_texts_at_once_lose_neither(app_settings, db,
+                                                                      redis_client):
+    """The agent's accept changes the conversation under its lease, as turns do: the texts
+    sent meanwhile are all kept and the contact stays with the agent."""
+    async with instance(app_settings) as client:
+        agent = await login(client, db)
+        await text(client, WAITING, "I want to talk to a person")
+        offer = await agent.next("offer")
+        words = [f"are you there {n}?" for n in range(6)]
+        await asyncio.gather(agent.send(type="accept", contact_id=offer["contact_id"]),
+                             _send_all([client], words, WAITING))
+        await agent.next("assigned")
+        conv = await conversation(redis_client, WAITING)
+        assert conv["status"] == "with_agent"
+        assert [w for w in _heard(conv) if w in words] == words
+        assert any(line["from"] == "agent" for line in conv["transcript"])  # the greeting

@@ -35,15 +35,20 @@ PostgreSQL and its own copy may lag.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import random
 import time
 from dataclasses import dataclass
-from typing import Any, Collection, Sequence
+from typing import Any, AsyncIterator, Collection, Sequence
 
 import orjson
+import structlog
 
 from service.infra.redis_batch import Command, CommandBatcher
 from service.model import Inbound, Reply
+
+log = structlog.get_logger(__name__)
 
 IDENTITY_TTL_S = 30 * 86400
 SEEN_TTL_S = 86400
@@ -51,6 +56,9 @@ SEEN_TTL_S = 86400
 # webhooks of one conversation are applied one after another on any instance. Longer than a
 # turn may run (app.TURN_TIMEOUT_S), so it only expires when its holder died.
 TURN_LEASE_MS = 11_000
+# A turn takes milliseconds (a flow's look-up, a few seconds): a lease held longer than this
+# was left by a turn whose Redis went away before it could give it back.
+LEASE_WAIT_S = 6.0
 CONTACTS_TTL_S = 30 * 86400
 KEPT_CONTACTS = 50  # summaries per hash: every turn reads its address's whole hash
 PENDING = b"pending"
@@ -274,6 +282,32 @@ class ContextStore:
         [raw] = await self.redis.execute(("GET", key))
         conversation = _json(raw)
         return (key.decode(), conversation) if conversation else None
+
+    @contextlib.asynccontextmanager
+    async def leased_contact(self, contact_id: str
+                             ) -> AsyncIterator[tuple[str, dict[str, Any]] | None]:
+        """The open conversation of a contact, read and changed (an agent's accept, text or
+        wrap-up) while its lease is held, so a customer's turn cannot overwrite the change."""
+        [key] = await self.redis.execute(("GET", contact_index_key(contact_id)))
+        if key is None:
+            yield None
+            return
+        key = key.decode()
+        lease = key + ":lease"
+        pause, give_up = 0.01, time.monotonic() + LEASE_WAIT_S
+        while not (await self.redis.execute(("SET", lease, 1, "NX", "PX", TURN_LEASE_MS)))[0]:
+            if time.monotonic() > give_up:  # its holder failed before giving it back
+                log.warning("context.lease_taken_over", contact_id=contact_id)
+                break
+            await asyncio.sleep(pause * random.uniform(0.5, 1.5))
+            pause = min(pause * 2, 0.2)
+        try:
+            [raw] = await self.redis.execute(("GET", key))
+            conversation = _json(raw)
+            yield (key, conversation) if conversation else None
+        finally:
+            with contextlib.suppress(Exception):  # it expires by itself
+                await self.redis.execute(("DEL", lease))
 
     async def save(self, key: str, conversation: dict[str, Any], summary: bool = True) -> None:
         commands = self._save(key, conversation)

@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 import structlog
 
+from service.conversations import context as context_module
 from service.conversations import pacing, prompts, surveys
 from service.conversations.context import (
     KEPT_CONTACTS,
@@ -55,9 +56,6 @@ YES = {"yes", "y", "yeah", "yep", "yes it did", "it did", "thanks", "thank you",
 NO = {"no", "n", "nope", "not really", "no it didn't", "it didn't", "2"}
 MAX_TRANSCRIPT = 60
 LEASE_RETRY_S = 0.01  # first pause when another instance has the conversation's turn
-# A turn takes milliseconds (a flow's look-up, a few seconds): a lease held longer than this
-# was left by a turn whose Redis went away before it could give it back.
-LEASE_WAIT_S = 6.0
 MISSES_BEFORE_ESCALATION = 2
 OPEN_IN_IVR = ("new", "menu", "clarifying", "confirming", "confirming_repeat")
 AGENT_TOOK_IT = ("bridged", "redirected")  # Twilio QueueResult values
@@ -171,7 +169,7 @@ class Conversations:
 
     async def _leased_start(self, inbound: Inbound) -> TurnStart:
         """Round trip 1 once the conversation's lease is ours (another instance may hold it)."""
-        pause, give_up = LEASE_RETRY_S, time.monotonic() + LEASE_WAIT_S
+        pause, give_up = LEASE_RETRY_S, time.monotonic() + context_module.LEASE_WAIT_S
         while not (start := await self._context.begin_turn(inbound)).leased:
             if time.monotonic() > give_up:  # its holder failed before giving it back
                 log.warning("turn.lease_taken_over", channel=inbound.channel)

@@ -6,9 +6,10 @@ agent. Both halves share the conversation state in Redis (context.py) and the ev
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict
-from typing import Any, Callable, Mapping
+from typing import Any, AsyncIterator, Callable, Mapping
 
 import structlog
 
@@ -147,15 +148,15 @@ class Handoff:
         entry = await self.router.accept(contact_id, agent["id"])
         if entry is None:
             raise HandoffError("offer_gone", "this contact is no longer offered to you")
-        found = await self._context.by_contact(contact_id)
-        if found is None:
-            raise HandoffError("contact_gone", "the customer has left")
-        key, conv = found
-        now = time.time()
-        conv.update(status="with_agent", agent_id=agent["id"], agent_name=agent["name"])
-        if self._channels[conv["channel"]].traits.agent_can_type:
-            conv["transcript"].append({"from": "agent", "text": _hello(agent), "at": now})
-        await self._context.save(key, conv)
+        async with self._context.leased_contact(contact_id) as found:
+            if found is None:
+                raise HandoffError("contact_gone", "the customer has left")
+            key, conv = found
+            now = time.time()
+            conv.update(status="with_agent", agent_id=agent["id"], agent_name=agent["name"])
+            if self._channels[conv["channel"]].traits.agent_can_type:
+                conv["transcript"].append({"from": "agent", "text": _hello(agent), "at": now})
+            await self._context.save(key, conv)
         self._record("agent_accepted", entry, agent_id=agent["id"],
                      waited_s=round(now - entry["enqueued_at"], 3))
         await self._connect_customer(agent, conv, joining="transfer" in entry)
@@ -182,11 +183,11 @@ class Handoff:
     # ---- conversation with the agent -----------------------------------------------------
 
     async def agent_message(self, agent: dict[str, Any], contact_id: str, text: str) -> None:
-        key, conv = await self._assigned(agent, contact_id)
-        if not self._channels[conv["channel"]].traits.agent_can_type:
-            raise HandoffError("not_text", "this contact is a phone call")
-        conv["transcript"].append({"from": "agent", "text": text, "at": time.time()})
-        await self._context.save(key, conv, summary=False)
+        async with self._changing(agent, contact_id) as (key, conv):
+            if not self._channels[conv["channel"]].traits.agent_can_type:
+                raise HandoffError("not_text", "this contact is a phone call")
+            conv["transcript"].append({"from": "agent", "text": text, "at": time.time()})
+            await self._context.save(key, conv, summary=False)
         self._record_conv("agent_message", conv, agent_id=agent["id"], text=text)
         await self._outbound(conv, "send", {"text": text})
 
@@ -205,25 +206,36 @@ class Handoff:
                       correction: str | None, note: str) -> None:
         if correction and correction not in self._rules().catalog.types:
             raise HandoffError("bad_contact_type", f"unknown contact type '{correction}'")
-        key, conv = await self._assigned(agent, contact_id)
-        await self.transfers.cancel(conv, "wrapped_up")
-        await self.router.finish(contact_id, agent["id"], conv["channel"])
-        outcome = "agent_resolved" if resolved else "agent_unresolved"
-        now = time.time()
-        self._record_conv("wrap_up", conv, agent_id=agent["id"], resolved=resolved,
-                          corrected_contact_type=correction, note=note,
-                          classified_as=conv.get("contact_type"))
-        if correction:
-            conv["contact_type"] = correction
-        conv.update(status="closed", outcome=outcome, ended_at=now)
-        self._record_conv("ended", conv, outcome=outcome)
-        await self._context.save(key, conv)
+        async with self._changing(agent, contact_id) as (key, conv):
+            await self.transfers.cancel(conv, "wrapped_up")
+            await self.router.finish(contact_id, agent["id"], conv["channel"])
+            outcome = "agent_resolved" if resolved else "agent_unresolved"
+            now = time.time()
+            self._record_conv("wrap_up", conv, agent_id=agent["id"], resolved=resolved,
+                              corrected_contact_type=correction, note=note,
+                              classified_as=conv.get("contact_type"))
+            if correction:
+                conv["contact_type"] = correction
+            conv.update(status="closed", outcome=outcome, ended_at=now)
+            self._record_conv("ended", conv, outcome=outcome)
+            await self._context.save(key, conv)
         await surveys.after_wrap_up(self, conv)
         try:
             await self._channels[conv["channel"]].close(destination(conv))
         except DeliveryFailed as exc:  # the contact is wrapped up all the same
             log.warning("handoff.close_failed", error=str(exc), contact_id=contact_id)
         await self.dispatch()
+
+    @contextlib.asynccontextmanager
+    async def _changing(self, agent: dict[str, Any], contact_id: str
+                        ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """The agent's own contact, to change while no customer turn can overwrite it."""
+        if await self.router.assigned_agent(contact_id) != agent["id"]:
+            raise HandoffError("not_assigned", "this contact is not assigned to you")
+        async with self._context.leased_contact(contact_id) as found:
+            if found is None:
+                raise HandoffError("contact_gone", "this contact has ended")
+            yield found
 
     async def _assigned(self, agent: dict[str, Any], contact_id: str
                         ) -> tuple[str, dict[str, Any]]:
