@@ -5,6 +5,7 @@ import redis.asyncio as redis
 from aiohttp import web
 from redis.asyncio.cluster import RedisCluster
 
+from service.agents.activity import ActivityLog
 from service.agents.bus import Bus
 from service.agents.desk import AgentDesk
 from service.agents.queues import Dispatcher, QueueLoad
@@ -31,4 +32,5 @@ LOOKUPS = web.AppKey("lookups", HttpLookups)
 CONVERSATIONS = web.AppKey("conversations", Conversations)
 FALLBACK = web.AppKey("fallback", FallbackContacts)
 AGENT_DESK = web.AppKey("agent_desk", AgentDesk)
+ACTIVITY = web.AppKey("activity", ActivityLog)
 CHANNEL_LIST = web.AppKey("channel_list", list)  # the channel instances, in listed order

@@ -17,6 +17,7 @@ import asyncpg
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from service.agents.activity import STATE_FRAMES, ActivityLog
 from service.agents.bus import Bus
 from service.conversations.handoff import Handoff, HandoffError, offer_frame
 from service.infra.tokens import hash_token, new_token
@@ -57,10 +58,12 @@ async def agent_for_token(pool: asyncpg.Pool, token: str) -> dict[str, Any] | No
 class AgentDesk:
     """The /agent/ws endpoint of one instance."""
 
-    def __init__(self, pool: asyncpg.Pool, handoff: Handoff, bus: Bus, contact_types):
+    def __init__(self, pool: asyncpg.Pool, handoff: Handoff, bus: Bus, contact_types,
+                 activity: ActivityLog):
         self._pool = pool
         self._handoff = handoff
         self._bus = bus
+        self._activity = activity
         self._contact_types = contact_types
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
 
@@ -73,12 +76,14 @@ class AgentDesk:
         structlog.contextvars.bind_contextvars(agent_id=agent["id"])
         router = self._handoff.router
         await router.register_agent(agent)
+        console = await self._activity.connected(agent["id"])
         try:
             async with relay(self._bus.subscription(f"agent:{agent['id']}"), ws):
                 await self._send_ready(ws, agent)
                 await self._serve(ws, agent)
         finally:
             await router.set_presence(agent["id"], "away")
+            await self._activity.disconnected(console)
         return ws
 
     async def _authenticate(self, ws: web.WebSocketResponse) -> dict[str, Any] | None:
@@ -128,6 +133,8 @@ class AgentDesk:
                 await self._dispatch_frame(ws, agent, frame)
             except HandoffError as exc:
                 await _error(ws, exc.code, str(exc), frame)
+            if isinstance(frame, dict) and str(frame.get("type")) in STATE_FRAMES:
+                await self._activity.observe([agent["id"]])  # stamp when the state began
 
     async def _dispatch_frame(self, ws, agent, frame) -> None:
         if not isinstance(frame, dict):
