@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import service.agents.activity
 from service.agents.desk import add_agent
 from service.appkeys import RULES
-from service.infra.tokens import create_token
+from service.infra.tokens import create_token, role_of
 from tests.conftest import with_settings
 from tests.test_agents import (
     ALL_SKILLS,
@@ -25,7 +25,7 @@ from tests.test_agents import (
     twilio,  # noqa: F401 (fixture)
 )
 from tests.test_agents import app_settings as agent_settings  # noqa: F401 (fixture)
-from tests.test_ops_api import clock, events_landed  # noqa: F401 (fixture)
+from tests.test_ops_api import cli, clock, events_landed, use_servers  # noqa: F401 (fixture)
 from tests.test_rules_validation import ROUTES, errors
 from tests.twilio_driver import Call, text
 
@@ -283,3 +283,13 @@ def test_a_bad_service_level_target_names_file_line_and_key_path(tmp_path, writt
     routes = ROUTES.replace("    skills: [care]\n",
                             f"    skills: [care]\n    service_level: {written}\n", 1)
     assert errors(tmp_path, routes=routes) == expected
+
+
+async def test_tokens_add_makes_a_supervisor_token_the_view_accepts(monkeypatch, capsys,
+                                                                    supervised, db):
+    use_servers(monkeypatch, supervised)
+    async with instance(supervised) as client:
+        assert await cli("tokens", "add", "--role", "supervisor", "--name", "floor") == 0
+        token = capsys.readouterr().out.strip().splitlines()[-1]
+        assert token.startswith("sb_supervisor_") and await role_of(db, token) == "supervisor"
+        assert (await view(client, token))["agents"] == []
