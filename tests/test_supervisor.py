@@ -26,6 +26,7 @@ from tests.test_agents import (
 )
 from tests.test_agents import app_settings as agent_settings  # noqa: F401 (fixture)
 from tests.test_ops_api import cli, clock, events_landed, use_servers  # noqa: F401 (fixture)
+from tests.test_redis_ha import shape_url  # noqa: F401 (fixture)
 from tests.test_rules_validation import ROUTES, errors
 from tests.twilio_driver import Call, text
 
@@ -293,3 +294,13 @@ async def test_tokens_add_makes_a_supervisor_token_the_view_accepts(monkeypatch,
         token = capsys.readouterr().out.strip().splitlines()[-1]
         assert token.startswith("sb_supervisor_") and await role_of(db, token) == "supervisor"
         assert (await view(client, token))["agents"] == []
+
+
+@pytest.fixture
+def on_each_shape(supervised, shape_url):
+    return with_settings(supervised, redis_url=shape_url)
+
+
+async def test_agents_are_seen_alike_on_a_cluster_and_behind_sentinels(on_each_shape, db):
+    await test_agents_on_two_instances_are_seen_with_their_state_contacts_and_time(
+        on_each_shape, db)
