@@ -23,7 +23,7 @@ from channels.twilio_voice import TwilioVoice
 from channels.twilio_whatsapp import TwilioWhatsApp
 from channels.webchat import WebChat
 from service import WEB_DIR
-from service.agents.activity import SOCKET_REFRESH_S, ActivityLog
+from service.agents.activity import CONSOLE_REFRESH_S, ActivityLog
 from service.agents.bus import Bus
 from service.agents.desk import AgentDesk
 from service.agents.queues import Dispatcher, QueueLoad
@@ -291,7 +291,7 @@ async def conversations(app: web.Application) -> AsyncIterator[None]:
         lookups=app[LOOKUPS], queue_load=lambda: app[QUEUE_LOAD].waiting)
     app[FALLBACK] = FallbackContacts(app[EVENTS], lambda kind, value: find_customer(
         pool, kind, value), lambda: default_queue(app), settings.sms_idle_timeout_s)
-    app[ACTIVITY] = ActivityLog(app[REDIS_BATCH])
+    app[ACTIVITY] = ActivityLog(app[REDIS_BATCH], traits)
     app[AGENT_DESK] = AgentDesk(pool, app[HANDOFF], app[BUS], lambda: [
         {"id": t.id, "label": t.label} for t in current_rules().catalog.types.values()],
         app[ACTIVITY])
@@ -318,7 +318,7 @@ async def background_sweeps(app: web.Application) -> AsyncIterator[None]:
                                         "handoff.sweep")),
              asyncio.create_task(_every(QUEUE_LOAD_INTERVAL_S, app[QUEUE_LOAD].refresh,
                                         "queue_load.refresh")),
-             asyncio.create_task(_every(SOCKET_REFRESH_S, app[ACTIVITY].refresh,
+             asyncio.create_task(_every(CONSOLE_REFRESH_S, app[ACTIVITY].refresh,
                                         "activity.refresh")),
              asyncio.create_task(_every(supervisor.GAUGE_REFRESH_S,
                                         lambda: supervisor.refresh_gauges(app),

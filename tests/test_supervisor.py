@@ -253,7 +253,7 @@ async def test_only_ops_and_supervisor_tokens_read_the_view(supervised, db):
 
 async def test_a_console_whose_instance_stops_refreshing_turns_offline(supervised, db,
                                                                        monkeypatch):
-    monkeypatch.setattr(service.agents.activity, "SOCKET_TTL_S", 0.5)
+    monkeypatch.setattr(service.agents.activity, "CONSOLE_TTL_S", 0.5)
     async with instance(with_settings(supervised)) as client:
         token = await create_token(db, "supervisor", "floor")
         await login(client, db, "Gil", ALL_SKILLS)
