@@ -7,6 +7,7 @@ routes.yaml with file and line.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 
 import pytest
@@ -16,7 +17,7 @@ import service.agents.activity
 from service.agents.desk import add_agent
 from service.appkeys import RULES
 from service.infra.tokens import create_token, role_of
-from tests.conftest import with_settings
+from tests.conftest import ROOT, service_with_rules, with_settings
 from tests.test_agents import (
     ALL_SKILLS,
     instance,
@@ -304,3 +305,31 @@ def on_each_shape(supervised, shape_url):
 async def test_agents_are_seen_alike_on_a_cluster_and_behind_sentinels(on_each_shape, db):
     await test_agents_on_two_instances_are_seen_with_their_state_contacts_and_time(
         on_each_shape, db)
+
+
+async def test_a_contact_that_overflowed_and_left_counts_for_the_queue_it_left(
+        supervised, db, tmp_path):
+    rules = tmp_path / "rules"
+    shutil.copytree(ROOT / "routing_rules", rules)
+    routes = (rules / "routes.yaml").read_text()
+    (rules / "routes.yaml").write_text(routes.replace(
+        "    service_level: {target_s: 20, goal: 0.8}\n",
+        "    service_level: {target_s: 20, goal: 0.8}\n    timeout_s: 1\n    overflow: accounts\n",
+        1))
+    async with service_with_rules(supervised, rules) as client:
+        token = await create_token(db, "supervisor", "floor")
+        call = await (await Call(client, "+15555550701").dial()).press("0")
+        await call.hold()
+
+        async def overflowed():
+            queues = (await view(client, token))["queues"]
+            return (queues["general"]["waiting"], queues["accounts"]["waiting"]) == (0, 1)
+        assert await until(overflowed)
+        await call.leave_queue("hangup")
+        await call.hang_up()
+        await events_landed(client.app)
+        queues = (await view(client, token))["queues"]
+        assert (queues["general"]["abandoned"], queues["accounts"]["abandoned"]) == (0, 1)
+        assert (queues["accounts"]["service_level"], queues["accounts"]["below_goal"]) == \
+            (0.0, True)
+        assert queues["general"]["service_level"] is None
