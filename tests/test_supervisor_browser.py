@@ -166,3 +166,22 @@ async def check_it_refreshes(page, client, db) -> None:
     row = page.locator('#agents tr:has([data-field="name"]:text-is("Eve"))')
     await expect(row.locator('[data-field="state"]')).to_have_text("available")
     await expect(page.locator('#states [data-state="available"] .value')).to_have_text("2")
+
+
+async def test_an_ops_user_goes_from_the_dashboard_to_the_floor_without_signing_in_again(
+        agent_settings, db):  # noqa: F811
+    async with instance(agent_settings) as client:
+        await db.execute("DELETE FROM agents")
+        await login(client, db, "Ada", ["care"])
+        token = await create_token(db, "ops", "browser test")
+        async with chromium() as browser:
+            page = await (await browser.new_context()).new_page()
+            await page.goto(str(client.make_url("/ops")))
+            await page.fill("#token", token)
+            await page.click("#sign-in")
+            await expect(page.locator("#dashboard")).to_be_visible()
+            await page.click('a[href="/supervisor"]')
+            await expect(page.locator("#floor")).to_be_visible()
+            await expect(page.locator("#login-view")).to_be_hidden()
+            await expect(page.locator('#agents [data-field="state"]')).to_have_text(
+                ["available"])

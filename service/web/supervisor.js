@@ -2,6 +2,7 @@
 // No build step and nothing fetched from elsewhere: this file, supervisor.css and the API.
 
 const TOKEN_KEY = "switchboard.supervisor.token";
+const OPS_TOKEN_KEY = "switchboard.ops.token";  // signed in on /ops: that token reads this too
 const SORT_KEY = "switchboard.supervisor.sort";
 const EVERY_MS = 3000;
 const STATES = [
@@ -244,15 +245,18 @@ function tick() {  // time in state moves on between polls
 
 // ---- start --------------------------------------------------------------------------------
 
-function takeTokenFromFragment() {
+function takeToken() {
   const match = location.hash.match(/token=([^&]+)/);
-  if (!match) return;
-  sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
-  history.replaceState(null, "", location.pathname + location.search);
+  if (match) {
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  } else if (!sessionStorage.getItem(TOKEN_KEY) && sessionStorage.getItem(OPS_TOKEN_KEY)) {
+    sessionStorage.setItem(TOKEN_KEY, sessionStorage.getItem(OPS_TOKEN_KEY));
+  }
 }
 
 function start() {
-  takeTokenFromFragment();
+  takeToken();
   $("queue-sort").value = sort.queues;
   $("queue-sort").addEventListener("change", () => {
     sort.queues = $("queue-sort").value;
