@@ -19,10 +19,12 @@ from aiohttp import web
 from channels.base import Channel, ChannelConfig
 from channels.twilio_rest import TwilioRest
 from service import WEB_DIR
+from service.agents.activity import CONSOLE_REFRESH_S, ActivityLog
 from service.agents.bus import Bus
 from service.agents.desk import AgentDesk
 from service.agents.queues import Dispatcher, QueueLoad
 from service.appkeys import (
+    ACTIVITY,
     AGENT_DESK,
     AUTH_THROTTLE,
     BUS,
@@ -55,7 +57,7 @@ from service.infra.migrate import migrate
 from service.infra.redis_batch import batcher_for
 from service.infra.redis_url import client_for, close_client, publisher_for, subscriber_for
 from service.model import ChannelTraits, Inbound, Reply
-from service.reporting import metrics, ops_api, partitions
+from service.reporting import metrics, ops_api, partitions, supervisor
 from service.reporting.events import EventWriter
 from service.rules.flows import HttpLookups
 from service.rules.holder import RulesHolder
@@ -92,6 +94,7 @@ def create_app(settings: Settings) -> web.Application:
         app.router.add_routes(channel.routes())
     app.router.add_routes(api.routes())
     app.router.add_routes(ops_api.routes())
+    app.router.add_routes(supervisor.routes())
     app.router.add_routes(pages())
     app.on_shutdown.append(close_websockets)
     app.on_response_prepare.append(content_security_policy)
@@ -305,9 +308,10 @@ async def conversations(app: web.Application) -> AsyncIterator[None]:
     app[FALLBACK] = FallbackContacts(app[EVENTS], lambda kind, value: find_customer(
         pool, kind, value), lambda: default_queue(app), traits, settings.sms_idle_timeout_s)
     app[AUTH_THROTTLE] = AuthThrottle(app[REDIS_BATCH])
+    app[ACTIVITY] = ActivityLog(app[REDIS_BATCH], traits)
     app[AGENT_DESK] = AgentDesk(pool, app[HANDOFF], app[BUS], lambda: [
         {"id": t.id, "label": t.label} for t in current_rules().catalog.types.values()],
-        app[AUTH_THROTTLE], app[OUTBOX])
+        app[AUTH_THROTTLE], app[ACTIVITY], app[OUTBOX])
     yield
 
 
@@ -330,7 +334,12 @@ async def background_sweeps(app: web.Application) -> AsyncIterator[None]:
              asyncio.create_task(_every(HANDOFF_SWEEP_INTERVAL_S, app[HANDOFF].sweep,
                                         "handoff.sweep")),
              asyncio.create_task(_every(QUEUE_LOAD_INTERVAL_S, app[QUEUE_LOAD].refresh,
-                                        "queue_load.refresh"))]
+                                        "queue_load.refresh")),
+             asyncio.create_task(_every(CONSOLE_REFRESH_S, app[ACTIVITY].refresh,
+                                        "activity.refresh")),
+             asyncio.create_task(_every(supervisor.GAUGE_REFRESH_S,
+                                        lambda: supervisor.refresh_gauges(app),
+                                        "supervisor.gauges"))]
     yield
     for task in tasks:
         task.cancel()

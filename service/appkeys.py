@@ -5,6 +5,7 @@ import redis.asyncio as redis
 from aiohttp import web
 from redis.asyncio.cluster import RedisCluster
 
+from service.agents.activity import ActivityLog
 from service.agents.bus import Bus
 from service.agents.desk import AgentDesk
 from service.agents.queues import Dispatcher, QueueLoad
@@ -35,4 +36,5 @@ CONVERSATIONS = web.AppKey("conversations", Conversations)
 FALLBACK = web.AppKey("fallback", FallbackContacts)
 AGENT_DESK = web.AppKey("agent_desk", AgentDesk)
 AUTH_THROTTLE = web.AppKey("auth_throttle", AuthThrottle)
+ACTIVITY = web.AppKey("activity", ActivityLog)
 CHANNEL_LIST = web.AppKey("channel_list", list)  # the channel instances, in listed order

@@ -17,6 +17,7 @@ import asyncpg
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from service.agents.activity import STATE_FRAMES, ActivityLog
 from service.agents.bus import Bus
 from service.conversations.handoff import Handoff, HandoffError, offer_frame
 from service.conversations.outbox import Outbox
@@ -88,11 +89,13 @@ class AgentDesk:
     """The /agent/ws endpoint of one instance."""
 
     def __init__(self, pool: asyncpg.Pool, handoff: Handoff, bus: Bus, contact_types,
-                 throttle: AuthThrottle, outbox: Outbox | None = None):
+                 throttle: AuthThrottle, activity: ActivityLog,
+                 outbox: Outbox | None = None):
         self._pool = pool
         self._outbox = outbox
         self._handoff = handoff
         self._bus = bus
+        self._activity = activity
         self._contact_types = contact_types
         self._throttle = throttle
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
@@ -110,6 +113,7 @@ class AgentDesk:
         await router.register_agent(agent)
         self._signed_in[ws] = agent["id"]
         self._ensure_rechecking()
+        console = await self._activity.connected(agent["id"])
         try:
             async with relay(self._bus.subscription(f"agent:{agent['id']}"), ws):
                 await self._send_ready(ws, agent)
@@ -117,6 +121,7 @@ class AgentDesk:
         finally:
             self._signed_in.pop(ws, None)
             await router.set_presence(agent["id"], "away")
+            await self._activity.disconnected(console)
         return ws
 
     async def _authenticate(self, ws: web.WebSocketResponse,
@@ -216,6 +221,8 @@ class AgentDesk:
                 await self._dispatch_frame(ws, agent, frame)
             except HandoffError as exc:
                 await _error(ws, exc.code, str(exc), frame)
+            if isinstance(frame, dict) and str(frame.get("type")) in STATE_FRAMES:
+                await self._activity.observe([agent["id"]])  # stamp when the state began
 
     async def _dispatch_frame(self, ws, agent, frame) -> None:
         if not isinstance(frame, dict):

@@ -21,6 +21,7 @@ Commands go through the shared `CommandBatcher`; a transaction is one MULTI ... 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -271,16 +272,20 @@ class Dispatcher:
 
     async def status(self, queues: Iterable[str], now: float) -> dict[str, Any]:
         """What is waiting where right now, and how many agents are available."""
-        names = list(queues)
-        *ranges, available = await self.batcher.execute(
-            *(("ZRANGE", f"{PREFIX}q:{q}", 0, -1, "WITHSCORES") for q in names),
-            ("ZCARD", PREFIX + "available"))
-        status = {}
-        for name, flat in zip(names, ranges):
-            enqueued_ms = [int(float(score)) % PRIORITY_SCALE for score in flat[1::2]]
-            longest = round(now - min(enqueued_ms) / 1000, 1) if enqueued_ms else None
-            status[name] = {"waiting": len(enqueued_ms), "longest_wait_s": longest}
+        waits, [available] = await asyncio.gather(
+            self.wait_times(queues, now), self.batcher.execute(("ZCARD", PREFIX + "available")))
+        status = {name: {"waiting": len(waited),
+                         "longest_wait_s": round(max(waited), 1) if waited else None}
+                  for name, waited in waits.items()}
         return {"queues": status, "agents_available": available}
+
+    async def wait_times(self, queues: Iterable[str], now: float) -> dict[str, list[float]]:
+        """Seconds each waiting contact has waited so far, per queue, in one round trip."""
+        names = list(queues)
+        ranges = await self.batcher.execute(
+            *(("ZRANGE", f"{PREFIX}q:{q}", 0, -1, "WITHSCORES") for q in names))
+        return {name: [now - (int(float(score)) % PRIORITY_SCALE) / 1000 for score in flat[1::2]]
+                for name, flat in zip(names, ranges)}
 
     async def waiting_counts(self, queues: Iterable[str]) -> dict[str, int]:
         """How many contacts wait in each queue, in one round trip."""

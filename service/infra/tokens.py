@@ -3,7 +3,8 @@
     token = await create_token(conn, "ops", name="dashboard")   # print it, never store it
     role = await role_of(pool, token)                            # "ops", or None
 
-Roles: `ops` reads reports and the ops dashboard; `agent` is kept for the agent console.
+Roles: `ops` reads reports, the ops dashboard and the supervisor view; `supervisor` reads only
+the supervisor view (agents and queues now); `agent` is kept for the agent console.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import uuid
 
 import asyncpg
 
-ROLES = ("ops", "agent")
+ROLES = ("ops", "supervisor", "agent")
 TOKEN_BYTES = 32
 
 

@@ -2,7 +2,7 @@
 
     switchboard report --from 2024-05-01 --to 2024-05-08 [--format table|json|csv]
     switchboard simulate [--rules DIR] [--against DIR] [--from F --to T] [--format table|json]
-    switchboard tokens add --role ops [--name N]      the token alone on the last line
+    switchboard tokens add --role ops|supervisor [--name N]   the token alone on the last line
     switchboard demo --contacts 200 [--url U]         synthetic traffic through the public endpoints
 
 `add_parsers(commands)` registers them on the CLI's sub-command parser; each command is
@@ -68,9 +68,10 @@ def add_parsers(commands) -> None:
 
     tokens = commands.add_parser("tokens", help="API tokens").add_subparsers(
         dest="tokens_command", required=True)
-    add = tokens.add_parser("add", help="create an ops token for the report API and the /ops "
-                            "dashboard; prints it once (agents get theirs from `agents add`)")
-    add.add_argument("--role", required=True, choices=("ops",))
+    add = tokens.add_parser("add", help="create a token and print it once: ops (the report API, "
+                            "/ops and /supervisor) or supervisor (/supervisor only); agents get "
+                            "theirs from `agents add`")
+    add.add_argument("--role", required=True, choices=("ops", "supervisor"))
     add.add_argument("--name", default="", help="who or what uses it, for your records")
     add.set_defaults(func=cmd_tokens_add)
 

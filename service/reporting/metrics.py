@@ -40,6 +40,24 @@ OUTBOX_ATTEMPTS = Counter("switchboard_outbox_attempts_total", "Outbound attempt
 OUTBOX_FAILED = Counter("switchboard_outbox_failed_total", "Outbound requests that failed for "
                         "good, by channel and reason", ["channel", "reason"], registry=REGISTRY)
 
+# The supervisor view's figures (service/reporting/supervisor.py): shared state, the same on
+# every instance, refreshed every few seconds.
+AGENTS = Gauge("switchboard_agents", "Agents by state: available, busy (holding contacts), "
+               "away, offline", ["state"], registry=REGISTRY)
+QUEUE_LONGEST_WAIT = Gauge("switchboard_queue_longest_wait_seconds", "How long the contact "
+                           "waiting longest in each queue has waited (0 when none waits)",
+                           ["queue"], registry=REGISTRY)
+QUEUE_SERVICE_LEVEL = Gauge("switchboard_queue_service_level", "Last hour: accepted within the "
+                            "queue's target / (accepted + abandoned + waiting past the target); "
+                            "NaN when there is none", ["queue"], registry=REGISTRY)
+QUEUE_SERVICE_LEVEL_GOAL = Gauge("switchboard_queue_service_level_goal", "The queue's "
+                                 "service-level goal (routes.yaml)", ["queue"], registry=REGISTRY)
+QUEUE_ABANDONED_LAST_HOUR = Gauge("switchboard_queue_abandoned_last_hour", "Contacts that ended "
+                                  "while waiting in the queue, in the last hour", ["queue"],
+                                  registry=REGISTRY)
+SUPERVISOR_QUEUE_GAUGES = (QUEUE_LONGEST_WAIT, QUEUE_SERVICE_LEVEL, QUEUE_SERVICE_LEVEL_GOAL,
+                           QUEUE_ABANDONED_LAST_HOUR)
+
 # Live counters of what contacts do, for alerting (reports stay computed from the event log).
 CONTACT_EVENTS = Counter("switchboard_contact_events_total", "Contact events recorded, by "
                          "kind and channel", ["kind", "channel"], registry=REGISTRY)

@@ -74,14 +74,16 @@ def bearer_token(request: web.Request) -> str | None:
     return token.strip() or None
 
 
-def ops_report(name: str, source: str = "the event log") -> Callable[[Handler], Handler]:
-    """Only for ops tokens; counts requests; a database outage is a 503, not a stack trace."""
+def ops_report(name: str, source: str = "the event log", roles: tuple[str, ...] = ("ops",),
+               what: str = "reports") -> Callable[[Handler], Handler]:
+    """Only for tokens of `roles`; counts requests; a database outage is a 503, not a stack
+    trace."""
     def decorate(handler: Handler) -> Handler:
         @functools.wraps(handler)
         async def guarded(request: web.Request) -> web.StreamResponse:
             status = 500
             try:
-                await _require_ops(request)
+                await _require_role(request, roles, what)
                 response = await handler(request)
                 status = response.status
                 return response
@@ -99,7 +101,7 @@ def ops_report(name: str, source: str = "the event log") -> Callable[[Handler], 
     return decorate
 
 
-async def _require_ops(request: web.Request) -> None:
+async def _require_role(request: web.Request, roles: tuple[str, ...], what: str) -> None:
     throttle = request.app[AUTH_THROTTLE]
     if await throttle.blocked(request.remote):
         raise json_error(web.HTTPTooManyRequests, "too many failed sign-ins from this address; "
@@ -107,15 +109,16 @@ async def _require_ops(request: web.Request) -> None:
                          **{"Retry-After": str(throttle.window_s)})
     token = bearer_token(request)
     role = await tokens.role_of(request.app[PG], token) if token else None
+    wanted = f"an {' or '.join(roles)} token"
     if role is None:
         if token:  # a wrong token, not a page asking before it has one
             await throttle.failed(request.remote)
-        raise json_error(web.HTTPUnauthorized, "an ops token is required: send 'Authorization: "
-                         "Bearer <token>' (create one with: switchboard tokens add --role ops)",
-                         **{"WWW-Authenticate": 'Bearer realm="switchboard"'})
-    if role != "ops":
-        raise json_error(web.HTTPForbidden, f"tokens of role '{role}' cannot read reports; use "
-                         "an ops token")
+        raise json_error(web.HTTPUnauthorized, f"{wanted} is required: send 'Authorization: "
+                         "Bearer <token>' (create one with: switchboard tokens add --role "
+                         f"{roles[-1]})", **{"WWW-Authenticate": 'Bearer realm="switchboard"'})
+    if role not in roles:
+        raise json_error(web.HTTPForbidden, f"tokens of role '{role}' cannot read {what}; use "
+                         f"{wanted}")
 
 
 # ---- query parameters ---------------------------------------------------------------------

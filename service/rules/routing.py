@@ -38,6 +38,17 @@ COMPARE: dict[str, Callable[[float, float], bool]] = {
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceLevel:
+    """A queue's target: at least `goal` (a fraction) of its contacts accepted within
+    `target_s` seconds of entering the queue."""
+    target_s: int
+    goal: float
+
+
+DEFAULT_SERVICE_LEVEL = ServiceLevel(target_s=60, goal=0.8)
+
+
+@dataclass(frozen=True, slots=True)
 class Queue:
     name: str
     label: str
@@ -45,6 +56,7 @@ class Queue:
     avg_handle_s: int = 300
     timeout_s: int | None = None  # waiting longer than this moves a contact to `overflow`
     overflow: str | None = None
+    service_level: ServiceLevel = DEFAULT_SERVICE_LEVEL
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +250,8 @@ def _queues(check: Checker, doc: LocatedDict) -> dict[str, Queue]:
     for name, spec in specs.items():
         path = ("queues", name)
         spec = check.mapping(spec, specs, name, path, required=["label", "skills"],
-                             optional=["avg_handle_s", "timeout_s", "overflow"])
+                             optional=["avg_handle_s", "timeout_s", "overflow",
+                                       "service_level"])
         if spec is None:
             continue
         skills = spec["skills"]
@@ -251,7 +264,7 @@ def _queues(check: Checker, doc: LocatedDict) -> dict[str, Queue]:
                         (*path, "avg_handle_s"))
             handle = 300
         queues[name] = Queue(name, str(spec["label"]), tuple(skills), handle,
-                             *_overflow(check, spec, path))
+                             *_overflow(check, spec, path), _service_level(check, spec, path))
     for name, queue in queues.items():
         if queue.overflow and queue.overflow not in queues:
             check.error(specs[name], "overflow", f"unknown queue '{queue.overflow}'",
@@ -273,6 +286,28 @@ def _overflow(check: Checker, spec: LocatedDict, path: tuple) -> tuple[int | Non
                     (*path, "timeout_s"))
         return None, None
     return timeout, overflow
+
+
+def _service_level(check: Checker, spec: LocatedDict, path: tuple) -> ServiceLevel:
+    """`service_level: {target_s: 20, goal: 0.8}`; both keys required when it is given."""
+    if "service_level" not in spec:
+        return DEFAULT_SERVICE_LEVEL
+    path = (*path, "service_level")
+    raw = check.mapping(spec["service_level"], spec, "service_level", path,
+                        required=["target_s", "goal"])
+    if raw is None or not {"target_s", "goal"} <= raw.keys():
+        return DEFAULT_SERVICE_LEVEL
+    target, goal = raw["target_s"], raw["goal"]
+    valid = True
+    if type(target) is not int or target <= 0:
+        check.error(raw, "target_s", f"target_s must be a positive whole number of seconds, "
+                    f"not {target!r}", (*path, "target_s"))
+        valid = False
+    if type(goal) not in (int, float) or not 0 < goal <= 1:
+        check.error(raw, "goal", f"goal must be a fraction above 0 and at most 1 (0.8 is 80%), "
+                    f"not {goal!r}", (*path, "goal"))
+        valid = False
+    return ServiceLevel(target, float(goal)) if valid else DEFAULT_SERVICE_LEVEL
 
 
 def _time_intervals(check: Checker, doc: LocatedDict) -> dict[str, TimeInterval]:

@@ -1,0 +1,280 @@
+// Switchboard supervisor view: polls /api/supervisor every few seconds and draws the floor.
+// No build step and nothing fetched from elsewhere: this file, supervisor.css and the API.
+
+const TOKEN_KEY = "switchboard.supervisor.token";
+const OPS_TOKEN_KEY = "switchboard.ops.token";  // signed in on /ops: that token reads this too
+const SORT_KEY = "switchboard.supervisor.sort";
+const EVERY_MS = 3000;
+const STATES = [
+  { key: "available", label: "Available" },
+  { key: "busy", label: "Busy" },
+  { key: "away", label: "Away" },
+  { key: "offline", label: "Offline" },
+];
+const STATE_ORDER = Object.fromEntries(STATES.map((s, i) => [s.key, i]));
+const COLUMNS = [
+  { key: "name", label: "Agent", text: true },
+  { key: "state", label: "State", text: true },
+  { key: "in_state_s", label: "In state" },
+  { key: "contacts", label: "Contacts", text: true },
+  { key: "offers", label: "Offers" },
+  { key: "skills", label: "Skills", text: true },
+];
+
+const $ = (id) => document.getElementById(id);
+let timer = null;
+let ticker = null;
+let latest = null;
+let fetchedAt = 0;
+const sort = JSON.parse(localStorage.getItem(SORT_KEY) || "null") ||
+  { agents: { key: "state", dir: 1 }, queues: "attention" };
+
+// ---- formatting -------------------------------------------------------------------------
+
+export function formatDuration(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  const s = Math.floor(seconds);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, "0")}s`;
+  return `${Math.floor(s / 3600)}h ${String(Math.floor(s / 60) % 60).padStart(2, "0")}m`;
+}
+
+export function formatRate(value) {
+  return value === null || value === undefined ? "–" : `${Math.round(value * 100)}%`;
+}
+
+export function formatContacts(contacts) {
+  const parts = Object.entries(contacts).sort(([a], [b]) => a.localeCompare(b));
+  return parts.length ? parts.map(([channel, n]) => `${channel} ${n}`).join(" · ") : "–";
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (name === "text") node.textContent = value;
+    else if (value !== undefined && value !== null) node.setAttribute(name, value);
+  }
+  node.append(...children);
+  return node;
+}
+
+// ---- API ----------------------------------------------------------------------------------
+
+class Unauthorized extends Error {}
+
+async function fetchView(token) {
+  const response = await fetch("/api/supervisor", { headers: { Authorization: `Bearer ${token}` } });
+  const body = await response.json().catch(() => ({ error: response.statusText }));
+  if (response.status === 401 || response.status === 403) throw new Unauthorized(body.error);
+  if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+  return body;
+}
+
+async function refresh() {
+  clearTimeout(timer);
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (!token) return showLogin("");
+  try {
+    latest = await fetchView(token);
+    fetchedAt = Date.now();
+    showFloor();
+    render(latest);
+    setStatus("");
+  } catch (error) {
+    if (error instanceof Unauthorized) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      return showLogin(`That token was not accepted: ${error.message}`);
+    }
+    setStatus(`Not updated: ${error.message}. Retrying…`, true);
+  }
+  timer = setTimeout(refresh, EVERY_MS);
+}
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+function showLogin(message) {
+  clearTimeout(timer);
+  clearInterval(ticker);
+  ticker = null;
+  $("login-view").hidden = false;
+  $("floor").hidden = true;
+  $("live").hidden = true;
+  $("login-error").textContent = message;
+  $("token").focus();
+}
+
+function showFloor() {
+  $("login-view").hidden = true;
+  $("floor").hidden = false;
+  $("live").hidden = false;
+  ticker = ticker || setInterval(tick, 1000);
+}
+
+// ---- drawing ------------------------------------------------------------------------------
+
+function render(view) {
+  $("as-of").textContent = `as of ${new Date(view.as_of).toLocaleTimeString()} · ` +
+    `every ${EVERY_MS / 1000} s`;
+  $("queues-window").textContent =
+    `service level and abandoned over the last ${Math.round(view.window_s / 60)} min`;
+  renderStates(view.agents_by_state);
+  renderQueues(view.queues);
+  renderAgents(view.agents);
+}
+
+function renderStates(counts) {
+  $("states").replaceChildren(...STATES.map((s) => el("div", {
+    class: "state-count", "data-state": s.key,
+  }, el("span", { class: "dot", "aria-hidden": "true" }),
+  el("span", { class: "label", text: s.label }),
+  el("strong", { class: "value", text: String(counts[s.key] ?? 0) }))));
+}
+
+function queueOrder(a, b) {
+  const key = sort.queues;
+  if (key === "label") return a.label.localeCompare(b.label);
+  if (key === "attention") {
+    return (b.below_goal - a.below_goal) || ((b.longest_wait_s ?? -1) - (a.longest_wait_s ?? -1))
+      || a.label.localeCompare(b.label);
+  }
+  if (key === "service_level") return (a.service_level ?? 2) - (b.service_level ?? 2);
+  return (b[key] ?? -1) - (a[key] ?? -1);
+}
+
+function renderQueues(queues) {
+  const tiles = Object.entries(queues).map(([key, q]) => ({ key, ...q })).sort(queueOrder);
+  $("queues").replaceChildren(...tiles.map(queueTile));
+}
+
+function figure(field, label, value, extra = {}) {
+  return el("div", { class: "figure", ...extra },
+    el("span", { class: "figure-value", "data-field": field, text: value }),
+    el("span", { class: "figure-label", text: label }));
+}
+
+function queueTile(q) {
+  const judged = q.service_level !== null;
+  const level = el("div", { class: "level" },
+    el("span", { class: "level-value", "data-field": "service_level",
+                 text: formatRate(q.service_level) }),
+    el("span", { class: "level-target", "data-field": "target",
+                 text: `goal ${formatRate(q.goal)} within ${q.target_s} s` }));
+  const bar = el("div", { class: "bar", role: "img",
+                          "aria-label": `service level ${formatRate(q.service_level)}` },
+    el("span", { class: "fill", style: `width: ${judged ? Math.round(q.service_level * 100) : 0}%` }),
+    el("span", { class: "goal", style: `left: ${Math.round(q.goal * 100)}%` }));
+  return el("article", {
+    class: `tile${q.below_goal ? " below-goal" : ""}${judged ? "" : " unjudged"}`,
+    "data-key": q.key, "aria-label": q.label,
+  }, el("header", {}, el("h3", { "data-field": "label", text: q.label }),
+    q.below_goal ? el("span", { class: "flag", text: "below goal" }) : ""),
+  level, bar,
+  el("div", { class: "figures" },
+    figure("waiting", "waiting", String(q.waiting)),
+    figure("longest_wait", "longest", formatDuration(q.longest_wait_s),
+           { class: `figure${q.longest_wait_s > q.target_s ? " late" : ""}`,
+             title: "the longest wait of a contact waiting now" }),
+    figure("abandoned", "abandoned", String(q.abandoned)),
+    figure("accepted", "in target", `${q.accepted_within_target}/${q.accepted}`,
+           { title: "accepted within the target / accepted, last hour" })));
+}
+
+function agentValue(agent, key) {
+  if (key === "state") return STATE_ORDER[agent.state];
+  if (key === "contacts") return Object.values(agent.contacts).reduce((a, b) => a + b, 0);
+  if (key === "skills") return agent.skills.join(",");
+  if (key === "in_state_s") return agent.in_state_s ?? -1;
+  return agent[key];
+}
+
+function agentOrder(a, b) {
+  const { key, dir } = sort.agents;
+  const x = agentValue(a, key);
+  const y = agentValue(b, key);
+  const order = typeof x === "string" ? x.localeCompare(y) : x - y;
+  return (order * dir) || a.name.localeCompare(b.name);
+}
+
+function inState(agent) {
+  if (agent.in_state_s === null) return null;
+  return agent.in_state_s + (Date.now() - fetchedAt) / 1000;
+}
+
+function renderAgents(agents) {
+  const head = el("tr", {}, ...COLUMNS.map((c) => {
+    const active = sort.agents.key === c.key;
+    const button = el("button", { type: "button", class: "sort-button", "data-sort": c.key,
+                                  text: c.label });
+    button.addEventListener("click", () => {
+      sort.agents = { key: c.key, dir: active ? -sort.agents.dir : 1 };
+      localStorage.setItem(SORT_KEY, JSON.stringify(sort));
+      renderAgents(latest.agents);
+    });
+    return el("th", { class: c.text ? "text" : undefined, scope: "col",
+                      "aria-sort": active ? (sort.agents.dir > 0 ? "ascending" : "descending")
+                        : "none" }, button);
+  }));
+  const rows = [...agents].sort(agentOrder).map((a) => el("tr", {
+    "data-key": a.id, "data-state": a.state,
+  }, el("td", { class: "text name", "data-field": "name", text: a.name }),
+  el("td", { class: "text" }, el("span", { class: "pill", "data-field": "state",
+                                           "data-state": a.state, text: a.state }),
+    a.state === "busy" && a.presence === "away"
+      ? el("span", { class: "note", "data-field": "presence", text: "not taking more" }) : ""),
+  el("td", { "data-field": "in_state", "data-since": a.since, class: "time",
+             text: formatDuration(inState(a)) }),
+  el("td", { class: "text", "data-field": "contacts", text: formatContacts(a.contacts) }),
+  el("td", { "data-field": "offers", text: String(a.offers) }),
+  el("td", { class: "text skills", "data-field": "skills", text: a.skills.join(", ") })));
+  const empty = agents.length ? [] : [el("tr", {}, el("td", {
+    colspan: String(COLUMNS.length), class: "text none",
+    text: "No agents yet: add one with switchboard agents add NAME --skills …" }))];
+  $("agents").replaceChildren(el("thead", {}, head), el("tbody", {}, ...rows, ...empty));
+}
+
+function tick() {  // time in state moves on between polls
+  if (!latest) return;
+  for (const cell of document.querySelectorAll('#agents td[data-field="in_state"]')) {
+    const agent = latest.agents.find((a) => a.id === cell.parentElement.dataset.key);
+    if (agent) cell.textContent = formatDuration(inState(agent));
+  }
+}
+
+// ---- start --------------------------------------------------------------------------------
+
+function takeToken() {
+  const match = location.hash.match(/token=([^&]+)/);
+  if (match) {
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  } else if (!sessionStorage.getItem(TOKEN_KEY) && sessionStorage.getItem(OPS_TOKEN_KEY)) {
+    sessionStorage.setItem(TOKEN_KEY, sessionStorage.getItem(OPS_TOKEN_KEY));
+  }
+}
+
+function start() {
+  takeToken();
+  $("queue-sort").value = sort.queues;
+  $("queue-sort").addEventListener("change", () => {
+    sort.queues = $("queue-sort").value;
+    localStorage.setItem(SORT_KEY, JSON.stringify(sort));
+    if (latest) renderQueues(latest.queues);
+  });
+  $("login-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
+    $("token").value = "";
+    refresh();
+  });
+  $("sign-out").addEventListener("click", () => {
+    sessionStorage.removeItem(TOKEN_KEY);
+    latest = null;
+    showLogin("");
+  });
+  refresh();
+}
+
+start();
