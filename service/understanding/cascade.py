@@ -58,10 +58,14 @@ def fit_stage(encodings: np.ndarray, targets: Sequence[str], columns: Sequence[s
     from sklearn.linear_model import LogisticRegression
 
     model = LogisticRegression(C=ENCODER_C, max_iter=2000).fit(encodings, list(targets))
+    coef, intercept = model.coef_, model.intercept_
+    if coef.shape[0] == 1:  # two classes: one logit for the second; softmax([0, z]) = sigmoid
+        coef = np.vstack([np.zeros_like(coef), coef])
+        intercept = np.concatenate([np.zeros_like(intercept), intercept])
     position = {str(label): i for i, label in enumerate(model.classes_)}
     picked = [position[label] for label in columns]
-    return EncoderStage(encoder, np.ascontiguousarray(model.coef_[picked].T, np.float32),
-                        model.intercept_[picked].astype(np.float32), band)
+    return EncoderStage(encoder, np.ascontiguousarray(coef[picked].T, np.float32),
+                        intercept[picked].astype(np.float32), band)
 
 
 Encodings = Callable[[Sequence[str]], np.ndarray]  # training texts -> their encodings

@@ -140,10 +140,25 @@ class Classifier:
         """The cheap model's prediction, or the encoder stage's when the cheap model's
         confidence falls in the stage's band."""
         prediction = self.cheap_prediction(text, top)
+        if self._in_band(text, prediction.confidence):
+            return self.stage_prediction(text, top) or prediction
+        return prediction
+
+    def decided_by_encoder(self, text: str) -> bool:
+        """Whether predict(text) is the encoder stage's (the cheap model is unsure)."""
+        return self._in_band(text, self.cheap_prediction(text, 1).confidence)
+
+    def stage_prediction(self, text: str, top: int = 3) -> Prediction | None:
+        """The encoder stage's prediction whatever the band; None without a stage, or for a
+        message with no letters (no reason for contact at all)."""
+        if self.encoder_stage is None or not LETTER.search(text):
+            return None
+        return self._prediction(self.encoder_stage.probabilities(text), top)
+
+    def _in_band(self, text: str, confidence: float) -> bool:
         stage = self.encoder_stage
-        if stage is None or not LETTER.search(text) or not stage.in_band(prediction.confidence):
-            return prediction
-        return self._prediction(stage.probabilities(text), top)
+        return stage is not None and LETTER.search(text) is not None and \
+            stage.in_band(confidence)
 
     def cheap_prediction(self, text: str, top: int = 3) -> Prediction:
         """The n-gram model's prediction alone, whatever the band."""

@@ -36,6 +36,8 @@ LAYERS, HEADS, DIMENSIONS = 6, 12, 384
 MAX_TOKENS = 128  # the published tokenizer's truncation
 LAYER_NORM_EPS = 1e-12
 BATCH = 64
+# Encodings of training sets, by what was encoded and the weights' hash (see cached_encodings)
+ENCODINGS_CACHE = Path.home() / ".cache" / "switchboard" / "encodings"
 
 
 class EncoderUnavailable(Exception):
@@ -200,15 +202,15 @@ def encoder() -> SentenceEncoder:
     return SentenceEncoder(model_directory())
 
 
-def cached_encodings(model: SentenceEncoder, texts: Sequence[str], key: str,
+def cached_encodings(model: SentenceEncoder, texts: Sequence[str],
                      directory: Path | None) -> np.ndarray:
-    """`model.embed(texts)`, kept in `directory` under `key` and the weights' hash: a reload
-    of the same training set reads a file instead of running the encoder. No directory: no
-    cache. The file holds a plain array (read with allow_pickle=False)."""
+    """`model.embed(texts)`, kept in `directory` under a digest of the texts (the training
+    set, so of the rules' training digest) and the weights' hash: loading the same training
+    set again, in this process or another, reads a file instead of running the encoder. No
+    directory: no cache. The file holds a plain array (read with allow_pickle=False)."""
     if directory is None:
         return model.embed(texts)
-    name = hashlib.sha256(f"{model.weights_sha256}\n{key}\n{len(texts)}".encode()).hexdigest()
-    path = directory / f"encodings-{name[:32]}.npy"
+    path = directory / f"encodings-{training_set_digest(model, texts)[:32]}.npy"
     try:
         cached = np.load(path, allow_pickle=False)
         if cached.shape == (len(texts), DIMENSIONS):
@@ -219,6 +221,15 @@ def cached_encodings(model: SentenceEncoder, texts: Sequence[str], key: str,
     vectors = model.embed(texts)
     _write_atomically(path, vectors)
     return vectors
+
+
+def training_set_digest(model: SentenceEncoder, texts: Sequence[str]) -> str:
+    """What a cached file of encodings is the encoding of."""
+    h = hashlib.sha256(f"{model.weights_sha256}\n{len(texts)}\n".encode())
+    for text in texts:
+        h.update(text.encode())
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def _write_atomically(path: Path, vectors: np.ndarray) -> None:
