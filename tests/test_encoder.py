@@ -136,13 +136,25 @@ def test_encodings_cache_is_hit_on_reload(tmp_path):
     counting = CountingEncoder()
     texts = [text for text, _ in TINY] + CHATTER
     first = cached_encodings(counting, texts, tmp_path)
-    assert len(counting.texts) == len(texts) and len(list(tmp_path.glob("*.npy"))) == 1
+    assert len(counting.texts) == len(texts) and len(list(tmp_path.glob("*.npz"))) == 1
     again = cached_encodings(counting, texts, tmp_path)
     assert len(counting.texts) == len(texts)  # read from the file, not encoded again
     assert np.array_equal(first, again)
-    cached_encodings(counting, texts[:-1], tmp_path)  # another training set: its own file
-    assert len(counting.texts) == 2 * len(texts) - 1
-    assert len(list(tmp_path.glob("*.npy"))) == 2
+
+
+def test_a_new_training_set_encodes_only_its_new_texts(tmp_path):
+    counting = CountingEncoder()
+    texts = [text for text, _ in TINY] + CHATTER
+    first = cached_encodings(counting, texts, tmp_path)
+    counting.texts.clear()
+    grown = cached_encodings(counting, ["my parcel is lost", *texts[:-1]], tmp_path)
+    assert counting.texts == ["my parcel is lost"]  # a learned example, say
+    assert np.array_equal(grown[1:], first[:-1])
+    assert np.allclose(grown[0], encoder().embed(["my parcel is lost"])[0], atol=1e-6)
+    assert len(list(tmp_path.glob("*.npz"))) == 2  # its own file, found again next time
+    counting.texts.clear()
+    cached_encodings(counting, ["my parcel is lost", *texts[:-1]], tmp_path)
+    assert counting.texts == []
 
 
 def test_encodings_cache_survives_an_unwritable_directory(tmp_path):

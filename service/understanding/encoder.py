@@ -206,39 +206,82 @@ def cached_encodings(model: SentenceEncoder, texts: Sequence[str],
                      directory: Path | None) -> np.ndarray:
     """`model.embed(texts)`, kept in `directory` under a digest of the texts (the training
     set, so of the rules' training digest) and the weights' hash: loading the same training
-    set again, in this process or another, reads a file instead of running the encoder. No
-    directory: no cache. The file holds a plain array (read with allow_pickle=False)."""
+    set again, in this process or another, reads a file instead of running the encoder. A new
+    training set (an example added, learned examples) reuses the rows of the newest file and
+    encodes only its new texts. No directory: no cache. Files hold plain arrays (read with
+    allow_pickle=False); the newest KEEP_FILES are kept."""
     if directory is None:
         return model.embed(texts)
-    path = directory / f"encodings-{training_set_digest(model, texts)[:32]}.npy"
-    try:
-        cached = np.load(path, allow_pickle=False)
-        if cached.shape == (len(texts), DIMENSIONS):
-            log.debug("encoder.cache_hit", path=str(path), rows=len(texts))
-            return cached
-    except (OSError, ValueError):
-        pass
-    vectors = model.embed(texts)
-    _write_atomically(path, vectors)
+    keys = np.array([hashlib.sha256(t.encode()).digest() for t in texts], dtype="S32")
+    prefix = f"encodings-{model.weights_sha256[:12]}-"
+    path = directory / f"{prefix}{hashlib.sha256(keys.tobytes()).hexdigest()[:32]}.npz"
+    known = _read_cache(path)
+    if known is not None and np.array_equal(known[0], keys):
+        log.debug("encoder.cache_hit", path=str(path), rows=len(texts))
+        _touch(path)  # the newest file is the one new training sets reuse
+        return known[1]
+    vectors = _reusing_newest(model, texts, keys, directory, prefix)
+    _write_atomically(path, keys, vectors)
+    _prune(directory, prefix)
     return vectors
 
 
-def training_set_digest(model: SentenceEncoder, texts: Sequence[str]) -> str:
-    """What a cached file of encodings is the encoding of."""
-    h = hashlib.sha256(f"{model.weights_sha256}\n{len(texts)}\n".encode())
-    for text in texts:
-        h.update(text.encode())
-        h.update(b"\0")
-    return h.hexdigest()
+KEEP_FILES = 8
 
 
-def _write_atomically(path: Path, vectors: np.ndarray) -> None:
+def _reusing_newest(model: SentenceEncoder, texts: Sequence[str], keys: np.ndarray,
+                    directory: Path, prefix: str) -> np.ndarray:
+    files = sorted(directory.glob(f"{prefix}*.npz"), key=_mtime, reverse=True)
+    newest = _read_cache(files[0]) if files else None
+    reused = dict(zip(newest[0].tolist(), newest[1])) if newest else {}
+    missing = [i for i, key in enumerate(keys.tolist()) if key not in reused]
+    vectors = np.empty((len(texts), DIMENSIONS), np.float32)
+    for i, key in enumerate(keys.tolist()):
+        if key in reused:
+            vectors[i] = reused[key]
+    if missing:
+        vectors[missing] = model.embed([texts[i] for i in missing])
+    log.info("encoder.cache_miss", rows=len(texts), encoded=len(missing))
+    return vectors
+
+
+def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            keys, vectors = data["keys"], data["vectors"]
+    except (OSError, ValueError, KeyError):
+        return None
+    if vectors.shape != (len(keys), DIMENSIONS):
+        return None
+    return keys, vectors
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _write_atomically(path: Path, keys: np.ndarray, vectors: np.ndarray) -> None:
     """Another process may read the file while this one writes it: rename into place."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-            np.save(handle, vectors, allow_pickle=False)
+            np.savez(handle, keys=keys, vectors=vectors)
         os.replace(handle.name, path)
         log.info("encoder.cache_written", path=str(path), rows=len(vectors))
     except OSError as exc:  # a read-only place only costs speed
         log.warning("encoder.cache_unwritable", path=str(path), error=str(exc))
+
+
+def _prune(directory: Path, prefix: str) -> None:
+    for old in sorted(directory.glob(f"{prefix}*.npz"), key=_mtime, reverse=True)[KEEP_FILES:]:
+        old.unlink(missing_ok=True)
