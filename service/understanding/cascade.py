@@ -93,6 +93,10 @@ class MemoEncoder:
         self.weights_sha256 = encoder.weights_sha256
         self._vectors: dict[str, np.ndarray] = {}
 
+    def remember(self, texts: Sequence[str], vectors: np.ndarray) -> None:
+        """Encodings already at hand (a cached training set)."""
+        self._vectors.update(zip(texts, vectors))
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         missing = list(dict.fromkeys(t for t in texts if t not in self._vectors))
         if missing:

@@ -20,7 +20,12 @@ from service.understanding import classify_eval as ev
 from service.understanding.background import background_texts, without_examples
 from service.understanding.cascade import MemoEncoder
 from service.understanding.embeddings import BACKENDS, EmbeddingsUnavailable, embedder
-from service.understanding.encoder import EncoderUnavailable, encoder
+from service.understanding.encoder import (
+    ENCODINGS_CACHE,
+    EncoderUnavailable,
+    cached_encodings,
+    encoder,
+)
 
 
 def add_parser(commands) -> None:
@@ -108,8 +113,10 @@ def _run(args: argparse.Namespace) -> tuple[ev.Report, str]:
                                                           tuple(train_data.examples)))
     with_encoder = with_encoder if args.encoder is None else args.encoder
     train_data = ev.Dataset(train_data.examples, train_data.out_of_scope + catalog_oos + extra,
-                            embedder(embeddings) if embeddings else None, background,
-                            MemoEncoder(encoder()) if with_encoder else None)
+                            embedder(embeddings) if embeddings else None, background)
+    if with_encoder:
+        train_data = ev.Dataset(train_data.examples, train_data.out_of_scope,
+                                train_data.embedder, background, _memo_encoder(train_data))
     options = dict(folds=args.folds, oos_share=args.oos_share, hide_types=args.hide_types,
                    progress=_progress)
     if not args.test:
@@ -119,6 +126,16 @@ def _run(args: argparse.Namespace) -> tuple[ev.Report, str]:
     _progress(f"training on {len(train_data):,} rows, scoring {len(test_rows):,}")
     return ev.evaluate(train_data, ev.split_out_of_scope(test_rows, oos_label), oos_label,
                        **options), note
+
+
+def _memo_encoder(data: ev.Dataset) -> MemoEncoder:
+    """The encoder, with the training rows' encodings read from the cache the service uses
+    (or encoded once and written there): an evaluation run again is not encoded again."""
+    model = encoder()
+    texts = [text for text, _ in data.examples] + data.out_of_scope + data.background
+    memo = MemoEncoder(model)
+    memo.remember(texts, cached_encodings(model, texts, ENCODINGS_CACHE))
+    return memo
 
 
 def _training_rows(args: argparse.Namespace

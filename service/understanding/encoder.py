@@ -217,7 +217,6 @@ def cached_encodings(model: SentenceEncoder, texts: Sequence[str],
     path = directory / f"{prefix}{hashlib.sha256(keys.tobytes()).hexdigest()[:32]}.npz"
     known = _read_cache(path)
     if known is not None and np.array_equal(known[0], keys):
-        log.debug("encoder.cache_hit", path=str(path), rows=len(texts))
         _touch(path)  # the newest file is the one new training sets reuse
         return known[1]
     vectors = _reusing_newest(model, texts, keys, directory, prefix)
@@ -241,7 +240,6 @@ def _reusing_newest(model: SentenceEncoder, texts: Sequence[str], keys: np.ndarr
             vectors[i] = reused[key]
     if missing:
         vectors[missing] = model.embed([texts[i] for i in missing])
-    log.info("encoder.cache_miss", rows=len(texts), encoded=len(missing))
     return vectors
 
 
@@ -277,7 +275,6 @@ def _write_atomically(path: Path, keys: np.ndarray, vectors: np.ndarray) -> None
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
             np.savez(handle, keys=keys, vectors=vectors)
         os.replace(handle.name, path)
-        log.info("encoder.cache_written", path=str(path), rows=len(vectors))
     except OSError as exc:  # a read-only place only costs speed
         log.warning("encoder.cache_unwritable", path=str(path), error=str(exc))
 
