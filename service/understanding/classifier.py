@@ -16,6 +16,9 @@ contact type; when it wins, the types share little probability, so the confidenc
 message with no letters at all (a bare order number) carries no reason for contact and gets
 confidence 0.
 
+The cascade (on by default, cascade.py): when the confidence falls in the catalog's band, a
+transformer encoder's logistic regression (encoder.py) decides instead.
+
 Training goes through scikit-learn; inference does not. The columns of a word (itself and
 its character n-grams) are looked up once and kept, so a message costs a dict lookup per word
 and bigram, a count of column ids and one small gather and dot product: tens of microseconds.
