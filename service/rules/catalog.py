@@ -66,7 +66,7 @@ def load_catalog(directory: Path, display_dir: str,
     threshold = _threshold(check, root, classifier)
     out_of_scope = _out_of_scope_texts(check, classifier, directory, display_dir)
     embeddings = _embeddings(check, classifier)
-    encoder_band = _encoder_band(check, classifier)
+    encoder_band = _encoder_band(check, root, classifier)
     training = [(ex, t.id) for t in types.values() for ex in t.examples]
     training += _training_files(check, root, directory, display_dir, types)
     background = without_examples(background_texts(), tuple(training)) \
@@ -186,9 +186,11 @@ def _background(check: Checker, section: LocatedDict | None) -> bool:
     return value
 
 
-def _encoder_band(check: Checker, section: LocatedDict | None) -> Band | None:
+def _encoder_band(check: Checker, root: LocatedDict, section: LocatedDict | None
+                  ) -> Band | None:
     """classifier.encoder (on by default) and its band, classifier.encoder_band: [low, high]."""
-    section = section or {}
+    if section is None:
+        section = root  # no classifier section: the defaults, and errors at the top
     enabled = section.get("encoder", True)
     if not isinstance(enabled, bool):
         check.error(section, "encoder", "encoder must be true or false", ("classifier", "encoder"))
