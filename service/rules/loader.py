@@ -18,8 +18,10 @@ from service.rules.redaction import load_redaction
 from service.rules.routing import RoutingTree, load_routing_tree
 from service.rules.surveys import NO_SURVEYS, Surveys, load_surveys
 from service.rules.yamlfile import ConfigError
+from service.understanding.cascade import Band, CascadeSpec
 from service.understanding.classifier import Classifier, train
 from service.understanding.embeddings import embedder
+from service.understanding.encoder import ENCODINGS_CACHE, cached_encodings, encoder
 
 # flows, redaction and surveys are optional
 RULE_FILES = ("catalog.yaml", "routes.yaml", "flows.yaml", "redaction.yaml", "surveys.yaml")
@@ -54,8 +56,9 @@ def load_rules(directory: Path, *, with_classifier: bool = True,
     learned = tuple((text, label) for text, label in learned if label in catalog.types)
     examples = catalog.training + learned
     out_of_scope = catalog.out_of_scope + catalog.background
-    training_digest = _training_digest(examples, out_of_scope, catalog.embeddings)
-    classifier = _trained(training_digest, examples, out_of_scope, catalog.embeddings) \
+    training_digest = _training_digest(examples, out_of_scope, catalog.embeddings,
+                                       catalog.encoder_band)
+    classifier = _trained(training_digest, examples, out_of_scope, catalog) \
         if with_classifier else None
     return Rules(directory, _digest(files, training_digest), catalog, tree, classifier,
                  learned, flows, files, redactor, surveys)
@@ -94,19 +97,30 @@ _trained_by_digest: dict[str, Classifier] = {}
 
 
 def _trained(training_digest: str, examples: tuple[tuple[str, str], ...],
-             out_of_scope: tuple[str, ...], embeddings: str | None) -> Classifier:
-    """Training takes seconds; a reload that leaves the examples alone reuses the model."""
+             out_of_scope: tuple[str, ...], catalog: Catalog) -> Classifier:
+    """Training takes seconds; a reload that leaves the examples alone reuses the model, and
+    a new process reuses the training set's encodings from the disk cache."""
     if training_digest not in _trained_by_digest:
         model = train(examples, out_of_scope=out_of_scope,
-                      embedder=embedder(embeddings) if embeddings else None)
+                      embedder=embedder(catalog.embeddings) if catalog.embeddings else None,
+                      cascade=_cascade(catalog.encoder_band))
         _trained_by_digest.clear()
         _trained_by_digest[training_digest] = model
     return _trained_by_digest[training_digest]
 
 
+def _cascade(band: Band | None) -> CascadeSpec | None:
+    if band is None:
+        return None
+    model = encoder()
+    return CascadeSpec(model, band, lambda texts: cached_encodings(model, texts, ENCODINGS_CACHE))
+
+
 def _training_digest(examples: tuple[tuple[str, str], ...], out_of_scope: tuple[str, ...],
-                     embeddings: str | None) -> str:
+                     embeddings: str | None, encoder_band: Band | None = None) -> str:
     h = hashlib.sha256(f"embeddings={embeddings}\n".encode() if embeddings else b"")
+    if encoder_band is not None:
+        h.update(f"encoder_band={encoder_band}\n".encode())
     for text, label in examples:
         h.update(f"{label}\t{text}\n".encode())
     for text in out_of_scope:

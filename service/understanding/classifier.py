@@ -16,6 +16,9 @@ contact type; when it wins, the types share little probability, so the confidenc
 message with no letters at all (a bare order number) carries no reason for contact and gets
 confidence 0.
 
+The cascade (on by default, cascade.py): when the confidence falls in the catalog's band, a
+transformer encoder's logistic regression (encoder.py) decides instead.
+
 Training goes through scikit-learn; inference does not. The columns of a word (itself and
 its character n-grams) are looked up once and kept, so a message costs a dict lookup per word
 and bigram, a count of column ids and one small gather and dot product: tens of microseconds.
@@ -32,6 +35,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from service.understanding.cascade import CascadeSpec, EncoderStage, fit_stage
 from service.understanding.embeddings import SentenceEmbedder
 
 TOKEN = re.compile(r"[a-z0-9']+")
@@ -116,9 +120,11 @@ class Classifier:
     def __init__(self, labels: Sequence[str], vocabulary: dict[str, int], idf: np.ndarray,
                  weights: np.ndarray, bias: np.ndarray, out_of_scope: bool = False,
                  embedder: SentenceEmbedder | None = None,
-                 dense_weights: np.ndarray | None = None):
+                 dense_weights: np.ndarray | None = None,
+                 encoder_stage: EncoderStage | None = None):
         """`weights` has a column per label, plus a last one for out of scope if trained;
-        `dense_weights` the same columns for the embedder's dimensions, if there is one."""
+        `dense_weights` the same columns for the embedder's dimensions, if there is one;
+        `encoder_stage` decides the messages whose confidence falls in its band."""
         self.labels = tuple(labels)  # contact types only
         self._vocabulary = vocabulary
         self._idf = idf
@@ -128,18 +134,47 @@ class Classifier:
         self._has_out_of_scope = out_of_scope
         self._embedder = embedder
         self._dense_weights = dense_weights
+        self.encoder_stage = encoder_stage
         self._token_columns = _TokenColumns(vocabulary)
         self._bigram_columns = {tuple(f[2:].split(" ")): i for f, i in vocabulary.items()
                                 if f.startswith("b:")}
 
     def predict(self, text: str, top: int = 3) -> Prediction:
-        probabilities = self.probabilities(text)
+        """The cheap model's prediction, or the encoder stage's when the cheap model's
+        confidence falls in the stage's band."""
+        prediction = self.cheap_prediction(text, top)
+        if self._in_band(text, prediction.confidence):
+            return self.stage_prediction(text, top) or prediction
+        return prediction
+
+    def decided_by_encoder(self, text: str) -> bool:
+        """Whether predict(text) is the encoder stage's (the cheap model is unsure)."""
+        return self._in_band(text, self.cheap_prediction(text, 1).confidence)
+
+    def stage_prediction(self, text: str, top: int = 3) -> Prediction | None:
+        """The encoder stage's prediction whatever the band; None without a stage, or for a
+        message with no letters (no reason for contact at all)."""
+        if self.encoder_stage is None or not LETTER.search(text):
+            return None
+        return self._prediction(self.encoder_stage.probabilities(text), top)
+
+    def _in_band(self, text: str, confidence: float) -> bool:
+        stage = self.encoder_stage
+        return stage is not None and LETTER.search(text) is not None and \
+            stage.in_band(confidence)
+
+    def cheap_prediction(self, text: str, top: int = 3) -> Prediction:
+        """The n-gram model's prediction alone, whatever the band."""
+        if not LETTER.search(text):
+            prediction = self._prediction(self.probabilities(text), top)
+            return Prediction(prediction.contact_type, 0.0, prediction.ranked, True)
+        return self._prediction(self.probabilities(text), top)
+
+    def _prediction(self, probabilities: np.ndarray, top: int) -> Prediction:
         in_scope = probabilities[:len(self.labels)]
         order = np.argsort(-in_scope)[:top]
         ranked = tuple(zip(map(self.labels.__getitem__, order.tolist()), in_scope[order].tolist()))
         best, confidence = ranked[0]
-        if not LETTER.search(text):
-            return Prediction(best, 0.0, ranked, out_of_scope=True)
         out_of_scope = self._has_out_of_scope and bool(probabilities[-1] > confidence)
         return Prediction(best, confidence, ranked, out_of_scope)
 
@@ -170,15 +205,18 @@ class Classifier:
 
 
 def train(examples: Iterable[tuple[str, str]], out_of_scope: Iterable[str] = (),
-          c: float = DEFAULT_C, embedder: SentenceEmbedder | None = None) -> Classifier:
+          c: float = DEFAULT_C, embedder: SentenceEmbedder | None = None,
+          cascade: CascadeSpec | None = None) -> Classifier:
     """Fit on (text, contact type) pairs, and texts that are none of them. A second or two per
     five thousand examples. With an embedder, its unit-norm sentence vector is a third block
-    of features, weighted as each n-gram block is (see service/embeddings.py)."""
+    of features, weighted as each n-gram block is (see service/embeddings.py). With a cascade,
+    an encoder stage is fitted on the same rows to decide the cheap model's uncertain band."""
     from sklearn.svm import LinearSVC
 
     texts, labels = map(list, zip(*examples))
     extra = list(out_of_scope)
     classes = sorted(set(labels))
+    columns = [*classes, OUT_OF_SCOPE] if extra else classes
     targets = [*labels, *[OUT_OF_SCOPE] * len(extra)]
     counted = [features(t) for t in (*texts, *extra)]
     vocabulary, idf = _vocabulary_and_idf(counted)
@@ -188,13 +226,15 @@ def train(examples: Iterable[tuple[str, str]], out_of_scope: Iterable[str] = (),
 
         matrix = hstack([matrix, csr_matrix(embedder.embed([*texts, *extra]))]).tocsr()
     model = LinearSVC(C=c, max_iter=10_000).fit(matrix, targets)
-    weights, bias = _columns(model, [*classes, OUT_OF_SCOPE] if extra else classes)
+    weights, bias = _columns(model, columns)
     dense_weights = None
     if embedder is not None:
         weights, dense_weights = weights[:len(vocabulary)], weights[len(vocabulary):]
+    stage = None if cascade is None else fit_stage(
+        cascade.encode([*texts, *extra]), targets, columns, cascade.encoder, cascade.band)
     return Classifier(classes, vocabulary, idf, np.ascontiguousarray(weights), bias,
                       out_of_scope=bool(extra), embedder=embedder,
-                      dense_weights=dense_weights)
+                      dense_weights=dense_weights, encoder_stage=stage)
 
 
 def _vocabulary_and_idf(counted: list[Counter[str]]) -> tuple[dict[str, int], np.ndarray]:

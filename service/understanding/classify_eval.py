@@ -23,13 +23,19 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from service.understanding.cascade import Band, CascadeSpec, Encoder
 from service.understanding.classifier import Classifier, train
 from service.understanding.embeddings import SentenceEmbedder
 
 TEXT_COLUMNS = ("text", "sentence", "utterance")
 LABEL_COLUMNS = ("contact_type", "label", "intent", "category")
 OOS_LABELS = ("oos", "out_of_scope", "NO_NODES_DETECTED")
+FULL_BAND = (0.0, 1.0)  # inside cross-validation: the encoder stage fitted, to score every row
 THRESHOLDS = np.round(np.arange(0.01, 1.0, 0.01), 2)
+# encoder bands [low, high) tried, narrowest first (a high of 1.0 includes 1.0)
+BANDS = sorted(((round(low, 2), round(high, 2)) for low in np.arange(0.0, 0.95, 0.05)
+                for high in np.arange(low + 0.05, 1.0001, 0.05)),
+               key=lambda band: (band[1] - band[0], band[0]))
 DEFAULT_FOLDS = 5
 DEFAULT_OOS_SHARE = 0.5
 
@@ -47,6 +53,7 @@ class Dataset:
     embedder: SentenceEmbedder | None = None  # how to train on it, as a catalog may ask
     # out of scope too, but only ever trained on: the shipped corpus, not the data under test
     background: list[str] = field(default_factory=list)
+    encoder: Encoder | None = None  # the cascade's encoder (a MemoEncoder here), if any
 
     def __len__(self) -> int:
         return len(self.examples) + len(self.out_of_scope) + len(self.background)
@@ -94,6 +101,17 @@ class Report:
     background_rows: int = 0  # out-of-scope texts only trained on (shipped corpus, catalog's)
     predictions: tuple[ScoredRow, ...] = ()  # every scored row, in scoring order
     confused: tuple[tuple[str, str, int], ...] = ()  # (expected, decided, count), most first
+    bands: tuple[Band | None, ...] = ()  # the encoder band of each outer fold (None: no encoder)
+    encoder_share: float | None = None  # share of scored rows the encoder decided
+
+    @property
+    def band(self) -> Band | None:
+        """The folds' bands averaged; None when most folds chose none."""
+        chosen = [b for b in self.bands if b is not None]
+        if len(chosen) * 2 <= len(self.bands):
+            return None
+        return (round(statistics.fmean(b[0] for b in chosen), 2),
+                round(statistics.fmean(b[1] for b in chosen), 2))
 
     @property
     def threshold(self) -> float:
@@ -208,15 +226,49 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, kind: np.ndarr
     share rather than by row counts keeps a large out-of-scope file from deciding alone. Of
     several equally good thresholds, the middle one.
     """
+    return _best_threshold(confidence, correct, kind, oos_share)[1]
+
+
+def _best_threshold(confidence: np.ndarray, correct: np.ndarray, kind: np.ndarray,
+                    oos_share: float) -> tuple[float, float]:
+    """(best score, threshold) of choose_threshold."""
     accepted = confidence[:, None] >= THRESHOLDS[None, :]
     in_scope = kind == IN_SCOPE
-    score = (accepted[in_scope] & correct[in_scope, None]).mean(0) if in_scope.any() else 0.0
+    score = (accepted[in_scope] & correct[in_scope, None]).mean(0) if in_scope.any() else \
+        np.zeros(len(THRESHOLDS))
     refusals = [(~accepted[kind == k]).mean(0) for k in (OUT_OF_SCOPE, UNSEEN_TYPE)
                 if (kind == k).any()]
     if refusals:
         score = (1 - oos_share) * score + oos_share * np.mean(refusals, axis=0)
     best = np.flatnonzero(np.isclose(score, np.max(score)))
-    return float(THRESHOLDS[best[len(best) // 2]])
+    return float(np.max(score)), float(THRESHOLDS[best[len(best) // 2]])
+
+
+def choose_band(cheap: tuple[np.ndarray, np.ndarray], encoder: tuple[np.ndarray, np.ndarray],
+                kind: np.ndarray, oos_share: float = DEFAULT_OOS_SHARE
+                ) -> tuple[Band | None, float]:
+    """The encoder band and threshold that score best together, as choose_threshold scores.
+
+    `cheap` and `encoder` are each (confidence, correct) per row: the cheap model's, and the
+    encoder stage's for the same row. A row whose cheap confidence is in the band takes the
+    encoder's. No band (the cheap model alone) unless a band scores better; of equally good
+    bands the narrowest, which asks the encoder least often."""
+    best_score, threshold = _best_threshold(*cheap, kind, oos_share)
+    best: tuple[Band | None, float] = (None, threshold)
+    for band in BANDS:
+        inside = in_band(cheap[0], band)
+        score, threshold = _best_threshold(np.where(inside, encoder[0], cheap[0]),
+                                           np.where(inside, encoder[1], cheap[1]), kind,
+                                           oos_share)
+        if score > best_score + 1e-9:
+            best_score, best = score, (band, threshold)
+    return best
+
+
+def in_band(confidence: np.ndarray, band: Band) -> np.ndarray:
+    """Rows the encoder decides: as EncoderStage.in_band, for many rows at once."""
+    low, high = band
+    return (confidence >= low) & ((confidence < high) | (high >= 1.0))
 
 
 # --- evaluation ------------------------------------------------------------------------------
@@ -245,26 +297,46 @@ class _Scored:
     guess: list[str] = field(default_factory=list)
     confidence: list[float] = field(default_factory=list)
     latency_ms: list[float] = field(default_factory=list)
+    by_encoder: list[bool] = field(default_factory=list)
+    # the encoder stage's own guess and confidence for each row (rows without letters: the
+    # cheap model's), for choosing the band
+    encoder_guess: list[str] = field(default_factory=list)
+    encoder_confidence: list[float] = field(default_factory=list)
 
     def add(self, classifier: Classifier, rows: list[tuple[str, str]]) -> None:
         for text, label in rows:
             started = time.perf_counter()
             prediction = classifier.predict(text, top=1)
             self.latency_ms.append((time.perf_counter() - started) * 1000)
-            self.texts.append(text)
-            self.truth.append(label)
-            self.guess.append(prediction.contact_type)
-            self.confidence.append(prediction.confidence)
+            self._append(text, label, prediction.contact_type, prediction.confidence)
+            self.by_encoder.append(classifier.decided_by_encoder(text))
+
+    def add_both(self, classifier: Classifier, rows: list[tuple[str, str]]) -> None:
+        """The cheap model's prediction, and the encoder stage's whatever the band."""
+        for text, label in rows:
+            cheap = classifier.cheap_prediction(text, top=1)
+            self._append(text, label, cheap.contact_type, cheap.confidence)
+            second = classifier.stage_prediction(text, top=1) or cheap
+            self.encoder_guess.append(second.contact_type)
+            self.encoder_confidence.append(second.confidence)
+
+    def _append(self, text: str, label: str, guess: str, confidence: float) -> None:
+        self.texts.append(text)
+        self.truth.append(label)
+        self.guess.append(guess)
+        self.confidence.append(confidence)
 
     def decided(self, thresholds: list[float], oos_label: str) -> list[str]:
         return [g if c >= t else oos_label
                 for g, c, t in zip(self.guess, self.confidence, thresholds)]
 
 
-def _fit(data: Dataset) -> Classifier:
+def _fit(data: Dataset, band: Band | None = None) -> Classifier:
+    """A model as the service trains it; with an encoder and a band, the cascade."""
+    cascade = CascadeSpec(data.encoder, band) if data.encoder and band else None
     try:
         return train(data.examples, out_of_scope=data.out_of_scope + data.background,
-                     embedder=data.embedder)
+                     embedder=data.embedder, cascade=cascade)
     except ValueError as exc:  # e.g. one class left in a fold
         raise EvalInputError(f"cannot train on these rows: {exc}") from None
 
@@ -272,17 +344,26 @@ def _fit(data: Dataset) -> Classifier:
 def _subset(data: Dataset, rows: list[tuple[str, str]], keep: np.ndarray,
             oos_label: str) -> Dataset:
     part = split_out_of_scope([row for row, k in zip(rows, keep) if k], oos_label)
-    return Dataset(part.examples, part.out_of_scope, data.embedder, data.background)
+    return Dataset(part.examples, part.out_of_scope, data.embedder, data.background,
+                   data.encoder)
 
 
-def cross_validated_threshold(data: Dataset, folds: int, oos_share: float,
-                              progress: Progress, hide_types: bool = False,
-                              oos_label: str = "\0oos") -> float:
+@dataclass(frozen=True)
+class Choice:
+    threshold: float
+    band: Band | None = None  # the encoder's band; None: the cheap model alone
+
+
+def cross_validated_choice(data: Dataset, folds: int, oos_share: float,
+                           progress: Progress, hide_types: bool = False,
+                           oos_label: str = "\0oos") -> Choice:
     """k models, each trained without one fold of rows (and with `hide_types`, without one
     fold of contact types): the rows it did not see score as in scope, out of scope or of an
     unseen type. The background corpus is scored here like out-of-scope rows: it is what the
-    threshold must refuse when a catalog has no out-of-scope rows of its own."""
-    data = Dataset(data.examples, data.out_of_scope + data.background, data.embedder)
+    threshold must refuse when a catalog has no out-of-scope rows of its own. With an
+    encoder, each model is a cascade and the band is chosen with the threshold."""
+    data = Dataset(data.examples, data.out_of_scope + data.background, data.embedder,
+                   encoder=data.encoder)
     rows = data.labelled(oos_label)
     fold = fold_of_each([label for _, label in rows], folds)
     types = sorted({label for _, label in data.examples})
@@ -292,12 +373,23 @@ def cross_validated_threshold(data: Dataset, folds: int, oos_share: float,
         progress(f"  threshold fold {k + 1}/{folds}")
         unseen = {label for label, f in hidden_in.items() if f == k}
         keep = (fold != k) & np.array([label not in unseen for _, label in rows])
-        scored.add(_fit(_subset(data, rows, keep, oos_label)), [r for r, f in zip(rows, fold)
-                                                                 if f == k])
+        model = _fit(_subset(data, rows, keep, oos_label), FULL_BAND)
+        scored.add_both(model, [r for r, f in zip(rows, fold) if f == k])
         kinds += [OUT_OF_SCOPE if label == oos_label else UNSEEN_TYPE if label in unseen
                   else IN_SCOPE for (_, label), f in zip(rows, fold) if f == k]
-    correct = np.array(scored.truth, dtype=object) == np.array(scored.guess, dtype=object)
-    return choose_threshold(np.array(scored.confidence), correct, np.array(kinds), oos_share)
+    truth = np.array(scored.truth, dtype=object)
+    cheap = (np.array(scored.confidence), truth == np.array(scored.guess, dtype=object))
+    if data.encoder is None:
+        return Choice(choose_threshold(*cheap, np.array(kinds), oos_share))
+    encoder = (np.array(scored.encoder_confidence),
+               truth == np.array(scored.encoder_guess, dtype=object))
+    return Choice(*reversed(choose_band(cheap, encoder, np.array(kinds), oos_share)))
+
+
+def cross_validated_threshold(data: Dataset, folds: int, oos_share: float,
+                              progress: Progress, hide_types: bool = False) -> float:
+    """The threshold of cross_validated_choice."""
+    return cross_validated_choice(data, folds, oos_share, progress, hide_types).threshold
 
 
 def _type_folds(types: list[str], folds: int) -> dict[str, int]:
@@ -313,15 +405,15 @@ def evaluate(train_data: Dataset, test_data: Dataset, oos_label: str, *,
              folds: int = DEFAULT_FOLDS, oos_share: float = DEFAULT_OOS_SHARE,
              hide_types: bool = False, progress: Progress = lambda _: None) -> Report:
     _check_enough(train_data, folds)
-    threshold = cross_validated_threshold(train_data, folds, oos_share, progress, hide_types)
+    choice = cross_validated_choice(train_data, folds, oos_share, progress, hide_types)
     progress(f"  training on all {len(train_data):,} rows")
     started = time.perf_counter()
-    model = _fit(train_data)
+    model = _fit(train_data, choice.band)
     seconds = time.perf_counter() - started
     scored = _Scored()
     scored.add(model, test_data.labelled(oos_label))
-    return _report(scored, [threshold] * len(scored.truth), [threshold], [seconds], oos_label,
-                   train_data, "test file", folds)
+    return _report(scored, [choice.threshold] * len(scored.truth), [choice], [seconds],
+                   oos_label, train_data, "test file", folds)
 
 
 def cross_validate(data: Dataset, oos_label: str, *, folds: int = DEFAULT_FOLDS,
@@ -330,21 +422,20 @@ def cross_validate(data: Dataset, oos_label: str, *, folds: int = DEFAULT_FOLDS,
     _check_enough(data, folds)
     rows = data.labelled(oos_label)
     fold = fold_of_each([label for _, label in rows], folds)
-    scored, thresholds, row_thresholds, seconds = _Scored(), [], [], []
+    scored, choices, row_thresholds, seconds = _Scored(), [], [], []
     for k in range(folds):
         progress(f"fold {k + 1}/{folds}: {int((fold != k).sum()):,} rows to train, "
                  f"{int((fold == k).sum()):,} to score")
         part = _subset(data, rows, fold != k, oos_label)
         _check_enough(part, folds)
-        thresholds.append(cross_validated_threshold(part, folds, oos_share, progress,
-                                                    hide_types))
+        choices.append(cross_validated_choice(part, folds, oos_share, progress, hide_types))
         started = time.perf_counter()
-        model = _fit(part)
+        model = _fit(part, choices[-1].band)
         seconds.append(time.perf_counter() - started)
         held_out = [row for row, f in zip(rows, fold) if f == k]
         scored.add(model, held_out)
-        row_thresholds += [thresholds[-1]] * len(held_out)
-    return _report(scored, row_thresholds, thresholds, seconds, oos_label, data,
+        row_thresholds += [choices[-1].threshold] * len(held_out)
+    return _report(scored, row_thresholds, choices, seconds, oos_label, data,
                    "cross-validation", folds)
 
 
@@ -358,7 +449,7 @@ def _check_enough(data: Dataset, folds: int) -> None:
         raise EvalInputError("cross-validation needs at least 2 folds")
 
 
-def _report(scored: _Scored, row_thresholds: list[float], thresholds: list[float],
+def _report(scored: _Scored, row_thresholds: list[float], choices: list[Choice],
             seconds: list[float], oos_label: str, train_data: Dataset, mode: str,
             folds: int) -> Report:
     latency = np.array(scored.latency_ms)
@@ -371,7 +462,10 @@ def _report(scored: _Scored, row_thresholds: list[float], thresholds: list[float
         metrics=metrics(scored.truth, decided, oos_label),
         predictions=rows,
         confused=most_confused(scored.truth, decided),
-        thresholds=thresholds,
+        thresholds=[choice.threshold for choice in choices],
+        bands=tuple(choice.band for choice in choices),
+        encoder_share=float(np.mean(scored.by_encoder)) if train_data.encoder and
+        scored.by_encoder else None,
         train_seconds=statistics.fmean(seconds),
         latency_ms_p50=float(np.percentile(latency, 50)) if len(latency) else 0.0,
         latency_ms_p99=float(np.percentile(latency, 99)) if len(latency) else 0.0,
@@ -421,6 +515,9 @@ def as_dict(report: Report) -> dict:
         "test_rows": report.test_rows, "test_oos_rows": report.test_oos_rows,
         "contact_types": report.contact_types, "mode": report.mode, "folds": report.folds,
         "embeddings": report.embeddings, "background_rows": report.background_rows,
+        "encoder_band": list(report.band) if report.band else None,
+        "encoder_bands": [list(b) if b else None for b in report.bands],
+        "encoder_share": _round(report.encoder_share),
         "most_confused": [{"expected": t, "decided": d, "count": n}
                           for t, d, n in report.confused],
     }
@@ -445,6 +542,7 @@ def as_table(report: Report) -> str:
         ("out-of-scope recall", _cell(m.oos_recall, "n/a (no out-of-scope rows scored)")),
         ("MCC", _cell(m.mcc)),
         ("threshold", f"{report.threshold:.2f} ({how})"),
+        *([("encoder band", _band_cell(report))] if report.encoder_share is not None else []),
         ("training time", f"{report.train_seconds:.2f} s"),
         ("latency p50 / p99", f"{report.latency_ms_p50:.3f} / {report.latency_ms_p99:.3f} ms "
                               "per message"),
@@ -454,6 +552,14 @@ def as_table(report: Report) -> str:
         return table
     pairs = [f"  {n:>5}  {t} -> {d}" for t, d, n in report.confused]
     return "\n".join([table, "most confused (count, expected -> decided):", *pairs])
+
+
+def _band_cell(report: Report) -> str:
+    chosen = ", ".join("none" if b is None else f"{b[0]:.2f}-{b[1]:.2f}" for b in report.bands)
+    band = report.band
+    picked = "none (the n-gram model alone)" if band is None else f"{band[0]:.2f}-{band[1]:.2f}"
+    return (f"{picked} (folds: {chosen}); {report.encoder_share:.1%} of scored messages "
+            "decided by the encoder")
 
 
 def _round(value: float | None) -> float | None:

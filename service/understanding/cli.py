@@ -18,7 +18,14 @@ from pathlib import Path
 from service.rules.yamlfile import ConfigError
 from service.understanding import classify_eval as ev
 from service.understanding.background import background_texts, without_examples
+from service.understanding.cascade import MemoEncoder
 from service.understanding.embeddings import BACKENDS, EmbeddingsUnavailable, embedder
+from service.understanding.encoder import (
+    ENCODINGS_CACHE,
+    EncoderUnavailable,
+    cached_encodings,
+    encoder,
+)
 
 
 def add_parser(commands) -> None:
@@ -57,6 +64,10 @@ def add_parser(commands) -> None:
     parser.add_argument("--embeddings", choices=sorted(BACKENDS),
                         help="add pretrained sentence embeddings to the features (needs the "
                              "embeddings extra); --catalog uses the catalog's setting")
+    parser.add_argument("--encoder", action=argparse.BooleanOptionalAction, default=None,
+                        help="the transformer encoder decides the messages the n-gram model is "
+                             "unsure of, in a band chosen by cross-validation (default: on; "
+                             "--catalog follows the catalog's classifier.encoder)")
     parser.add_argument("--predictions", type=Path, metavar="FILE",
                         help="write every scored message to this CSV: text, expected, "
                              "predicted, confidence, refused")
@@ -67,7 +78,7 @@ def add_parser(commands) -> None:
 def cmd_classify_eval(args: argparse.Namespace, settings: object = None) -> int:
     try:
         report, note = _run(args)
-    except (ev.EvalInputError, ConfigError, EmbeddingsUnavailable) as exc:
+    except (ev.EvalInputError, ConfigError, EmbeddingsUnavailable, EncoderUnavailable) as exc:
         print(f"switchboard classify-eval: {exc}", file=sys.stderr)
         return 2
     if args.predictions is not None:
@@ -90,7 +101,7 @@ def _run(args: argparse.Namespace) -> tuple[ev.Report, str]:
     if args.predictions is not None and not args.predictions.parent.is_dir():
         raise ev.EvalInputError(f"no such directory for --predictions: "
                                 f"{args.predictions.parent}")
-    rows, catalog_oos, catalog_background, embeddings, note = _training_rows(args)
+    rows, catalog_oos, catalog_background, embeddings, with_encoder, note = _training_rows(args)
     test_rows = [row for path in args.test or ()
                  for row in ev.read_labelled(path, args.text_col, args.label_col)]
     oos_label = ev.oos_label_of(rows + test_rows, args.oos_label)
@@ -100,8 +111,12 @@ def _run(args: argparse.Namespace) -> tuple[ev.Report, str]:
     background = catalog_background if args.catalog is not None else [] \
         if args.no_background else list(without_examples(background_texts(),
                                                           tuple(train_data.examples)))
+    with_encoder = with_encoder if args.encoder is None else args.encoder
     train_data = ev.Dataset(train_data.examples, train_data.out_of_scope + catalog_oos + extra,
                             embedder(embeddings) if embeddings else None, background)
+    if with_encoder:
+        train_data = ev.Dataset(train_data.examples, train_data.out_of_scope,
+                                train_data.embedder, background, _memo_encoder(train_data))
     options = dict(folds=args.folds, oos_share=args.oos_share, hide_types=args.hide_types,
                    progress=_progress)
     if not args.test:
@@ -113,20 +128,34 @@ def _run(args: argparse.Namespace) -> tuple[ev.Report, str]:
                        **options), note
 
 
+def _memo_encoder(data: ev.Dataset) -> MemoEncoder:
+    """The encoder, with the training rows' encodings read from the cache the service uses
+    (or encoded once and written there): an evaluation run again is not encoded again."""
+    model = encoder()
+    texts = [text for text, _ in data.examples] + data.out_of_scope + data.background
+    memo = MemoEncoder(model)
+    memo.remember(texts, cached_encodings(model, texts, ENCODINGS_CACHE))
+    return memo
+
+
 def _training_rows(args: argparse.Namespace
-                   ) -> tuple[list[tuple[str, str]], list[str], list[str], str | None, str]:
-    """Labelled training rows, the catalog's out-of-scope texts, background and embeddings,
-    and a note for the table."""
+                   ) -> tuple[list[tuple[str, str]], list[str], list[str], str | None, bool, str]:
+    """Labelled training rows, the catalog's out-of-scope texts, background, embeddings,
+    whether the encoder is on, and a note for the table."""
     if args.train is not None:
-        return ev.read_labelled(args.train, args.text_col, args.label_col), [], [], None, ""
+        rows = ev.read_labelled(args.train, args.text_col, args.label_col)
+        return rows, [], [], None, True, ""
     from service.rules.catalog import load_catalog
 
     if not (args.catalog / "catalog.yaml").is_file():
         raise ev.EvalInputError(f"no such file: {args.catalog / 'catalog.yaml'}")
     catalog = load_catalog(args.catalog, str(args.catalog).rstrip("/"))
     note = f"{'catalog threshold':<20} {catalog.threshold:.2f} (configured in catalog.yaml)"
+    if catalog.encoder_band is not None:
+        low, high = catalog.encoder_band
+        note += f"\n{'catalog encoder band':<20} {low:.2f}-{high:.2f} (configured in catalog.yaml)"
     return (list(catalog.training), list(catalog.out_of_scope), list(catalog.background),
-            catalog.embeddings, note)
+            catalog.embeddings, catalog.encoder_band is not None, note)
 
 
 def _warn_unknown_labels(train_data: ev.Dataset, test_rows: list[tuple[str, str]],

@@ -1,0 +1,105 @@
+"""The encoder stage of the classifier's cascade: a second opinion for uncertain messages.
+
+The cheap n-gram classifier decides when its confidence is outside the band [low, high); a
+message inside it is encoded by the transformer encoder (encoder.py) and decided by a
+logistic regression on the encodings, trained on the same rows and the same out-of-scope
+class (so it also learns the background corpus). Logistic regression's probabilities are
+calibrated as the cheap model's temperature softmax is, so one threshold serves both. The band
+is chosen by cross-validation on the training rows (classify_eval.py), as the threshold is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+ENCODER_C = 10.0  # 5-fold CV on HINT3: C = 1 underfits the 384 unit-norm dimensions
+DEFAULT_BAND = (0.05, 0.90)  # see docs/classifier.md, "Transformer encoder"
+Band = tuple[float, float]
+
+
+class Encoder(Protocol):
+    weights_sha256: str
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """One unit-norm float32 row per text."""
+
+
+@dataclass(frozen=True)
+class EncoderStage:
+    """Logistic regression on encodings; columns as the cheap model's (types, then out of
+    scope if trained)."""
+
+    encoder: Encoder
+    weights: np.ndarray  # (384, classes)
+    bias: np.ndarray
+    band: Band
+
+    def in_band(self, confidence: float) -> bool:
+        """Whether the cheap model is unsure enough to ask the encoder."""
+        low, high = self.band
+        return low <= confidence < high or (high >= 1.0 and confidence >= low)
+
+    def probabilities(self, text: str) -> np.ndarray:
+        """One probability per column for one message (runs the encoder)."""
+        return self.probabilities_of(self.encoder.embed((text,))[0])
+
+    def probabilities_of(self, vector: np.ndarray) -> np.ndarray:
+        scores = vector @ self.weights + self.bias
+        scores = np.exp(scores - scores.max())
+        return scores / scores.sum()
+
+
+def fit_stage(encodings: np.ndarray, targets: Sequence[str], columns: Sequence[str],
+              encoder: Encoder, band: Band) -> EncoderStage:
+    """Multinomial logistic regression of `targets` on `encodings`, columns in `columns`."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=ENCODER_C, max_iter=2000).fit(encodings, list(targets))
+    coef, intercept = model.coef_, model.intercept_
+    if coef.shape[0] == 1:  # two classes: one logit for the second; softmax([0, z]) = sigmoid
+        coef = np.vstack([np.zeros_like(coef), coef])
+        intercept = np.concatenate([np.zeros_like(intercept), intercept])
+    position = {str(label): i for i, label in enumerate(model.classes_)}
+    picked = [position[label] for label in columns]
+    return EncoderStage(encoder, np.ascontiguousarray(coef[picked].T, np.float32),
+                        intercept[picked].astype(np.float32), band)
+
+
+Encodings = Callable[[Sequence[str]], np.ndarray]  # training texts -> their encodings
+
+
+@dataclass(frozen=True)
+class CascadeSpec:
+    """How `train` builds the encoder stage: the encoder, its band, and where the training
+    set's encodings come from (the on-disk cache in the service, a memo in classify-eval)."""
+
+    encoder: Encoder
+    band: Band = DEFAULT_BAND
+    encodings: Encodings | None = None  # None: encoder.embed
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        return (self.encodings or self.encoder.embed)(texts)
+
+
+class MemoEncoder:
+    """An encoder that encodes each distinct text once: cross-validation trains dozens of
+    models on overlapping rows, and scores each held-out row under several of them."""
+
+    def __init__(self, encoder: Encoder):
+        self._encoder = encoder
+        self.weights_sha256 = encoder.weights_sha256
+        self._vectors: dict[str, np.ndarray] = {}
+
+    def remember(self, texts: Sequence[str], vectors: np.ndarray) -> None:
+        """Encodings already at hand (a cached training set)."""
+        self._vectors.update(zip(texts, vectors))
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        missing = list(dict.fromkeys(t for t in texts if t not in self._vectors))
+        if missing:
+            self._vectors.update(zip(missing, self._encoder.embed(missing)))
+        return np.stack([self._vectors[t] for t in texts]) if texts else \
+            np.zeros((0, 384), np.float32)
