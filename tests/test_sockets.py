@@ -1,9 +1,16 @@
-"""A console that reconnects gets the same context package as the offer it accepted."""
+"""The sockets: a reconnected console keeps its context; no socket negotiates compression."""
 
 from __future__ import annotations
 
 from service.agents.desk import add_agent
-from tests.test_agents import ALL_SKILLS, AgentSocket, app_settings, instance, twilio  # noqa: F401
+from tests.test_agents import (  # noqa: F401
+    ALL_SKILLS,
+    AgentSocket,
+    ChatSocket,
+    app_settings,
+    instance,
+    twilio,
+)
 from tests.twilio_driver import text
 
 CUSTOMER = "+15555550177"
@@ -41,3 +48,15 @@ async def test_a_reconnected_console_keeps_the_whole_context_and_when_it_escalat
             assert context[key] == offered[key], key
         assert context["transcript"][:len(offered["transcript"])] == offered["transcript"]
         await again.ws.close()
+
+
+async def test_sockets_refuse_per_message_compression_a_browser_offers(app_settings, db):  # noqa: F811
+    async with instance(app_settings) as client:
+        for path in ("/chat/ws", "/agent/ws"):
+            ws = await client.ws_connect(path, compress=15)  # offers permessage-deflate
+            assert ws.compress == 0, path  # plain frames: no deflate context per socket
+            await ws.close()
+        chat = await client.ws_connect("/chat/ws", compress=15)
+        await chat.send_json({"type": "start", "session": None})
+        assert (await ChatSocket(chat).next("session"))["session"]  # and it still works
+        await chat.close()
