@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from typing import cast
 
 from aiohttp import web
 from multidict import MultiDictProxy
@@ -27,9 +28,10 @@ class TwilioSignature:
             form = await request.post()
         except ValueError as exc:
             raise web.HTTPBadRequest(text=f"unreadable form body: {exc}") from exc
-        if not signature or not self._valid(self.url_for(request), form, signature):
+        fields = cast("MultiDictProxy[str]", form)  # a urlencoded body holds no file parts
+        if not signature or not self._valid(self.url_for(request), fields, signature):
             raise web.HTTPForbidden(text="invalid X-Twilio-Signature")
-        return form
+        return fields
 
     def _valid(self, url: str, form: MultiDictProxy[str], signature: str) -> bool:
         # Twilio signs the URL we configured, so one HMAC usually settles it; validate() also

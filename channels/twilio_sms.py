@@ -145,7 +145,7 @@ def parse(form, channel: str = "sms") -> Inbound:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_CHARS, actual_size=len(body))
     channel, sender = _unprefixed(form["From"], channel)
     _, recipient = _unprefixed(form["To"], channel)
-    return Inbound(channel=channel, address=sender, service_address=recipient,  # type: ignore[arg-type]
+    return Inbound(channel=channel, address=sender, service_address=recipient,
                    text=body, dedupe_key=form["MessageSid"], identity="phone",
                    provider={k: form[k] for k in KEPT_FIELDS if k in form})
 

@@ -23,6 +23,7 @@ from service.model import (
     DeliveryFailed,
     Destination,
     Inbound,
+    InboundKind,
     Reply,
 )
 
@@ -183,7 +184,7 @@ class TwilioVoice:
             log.exception("voice.callback_failed", kind=inbound.kind)
 
 
-def _inbound(form, kind: str, text: str, dedupe_key: str | None,
+def _inbound(form, kind: InboundKind, text: str, dedupe_key: str | None,
              confidence: float | None = None) -> Inbound:
     return Inbound(channel="voice", address=form["From"], service_address=form["To"], text=text,
                    dedupe_key=dedupe_key, kind=kind, thread=form["CallSid"],

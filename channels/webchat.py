@@ -20,7 +20,15 @@ import structlog
 from aiohttp import WSCloseCode, web
 
 from channels.base import ChannelConfig, HandleInbound
-from service.model import AgentLine, ChannelTraits, Choice, Destination, Inbound, Reply
+from service.model import (
+    AgentLine,
+    ChannelTraits,
+    Choice,
+    Destination,
+    Inbound,
+    InboundKind,
+    Reply,
+)
 from service.websocket import RateLimit, open_socket, parse_frame, relay, send_error
 
 log = structlog.get_logger(__name__)
@@ -65,6 +73,9 @@ class WebChat:
             return ws
         session, address = start
         structlog.contextvars.bind_contextvars(chat_session=session[:8])
+        if self._subscribe is None:  # built without the bus (the contract test): no sessions
+            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"no bus")
+            return ws
         async with relay(self._subscribe(f"chat:{session}"), ws):
             reply = await self._turn(ws, session, address, "start", "")
             if reply is not None:
@@ -152,7 +163,8 @@ class WebChat:
             if reply is not None:
                 await _send_reply(ws, reply)
 
-    async def _turn(self, ws, session: str, address: str, kind: str, text: str) -> Reply | None:
+    async def _turn(self, ws, session: str, address: str, kind: InboundKind,
+                    text: str) -> Reply | None:
         inbound = Inbound(channel="chat", address=address, service_address="web", text=text,
                           kind=kind, thread=session, identity=self.traits.identity)
         try:

@@ -22,8 +22,8 @@ from service.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 PG = web.AppKey("pg", asyncpg.Pool)
-REDIS = web.AppKey("redis", redis.Redis | RedisCluster)
-REDIS_BATCH = web.AppKey("redis_batch", CommandBatcher | ClusterBatcher)
+REDIS = web.AppKey[redis.Redis | RedisCluster]("redis")
+REDIS_BATCH = web.AppKey[CommandBatcher | ClusterBatcher]("redis_batch")
 RULES = web.AppKey("rules", RulesHolder)
 EVENTS = web.AppKey("events", EventWriter)
 BUS = web.AppKey("bus", Bus)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from service.infra.redis_url import parse_redis_url
@@ -193,7 +193,7 @@ PARSERS = {
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from the environment, collecting every problem before failing."""
     environ = os.environ if environ is None else environ
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     problems: list[str] = []
     for var, attr in ENV_VARS.items():
         raw = environ.get(var)

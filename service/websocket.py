@@ -45,7 +45,9 @@ def parse_frame(msg) -> Any:
 async def open_socket(request: web.Request, sockets: "weakref.WeakSet",
                       max_frame_bytes: int) -> web.WebSocketResponse:
     """Accept a WebSocket and remember it, so shutdown can close it with GOING_AWAY."""
-    ws = web.WebSocketResponse(heartbeat=30, max_msg_size=max_frame_bytes)
+    # No permessage-deflate: frames are a few hundred bytes of JSON it barely shrinks, and its
+    # two deflate contexts cost about 90 KiB a socket (load_tests/REPORTS.md, chat sockets).
+    ws = web.WebSocketResponse(heartbeat=30, max_msg_size=max_frame_bytes, compress=False)
     await ws.prepare(request)
     sockets.add(ws)
     return ws

@@ -56,7 +56,7 @@ def parse_redis_url(raw: str) -> RedisTarget:
     nodes = tuple(_host_port(item, 26379 if scheme in SENTINEL_SCHEMES else 6379)
                   for item in hosts.split(","))
     query = parse_qs(parts.query)
-    common = dict(url=raw, nodes=nodes, username=unquote(username) or None,
+    common: dict[str, Any] = dict(url=raw, nodes=nodes, username=unquote(username) or None,
                   password=unquote(password) if userinfo else None,
                   tls=scheme.startswith("rediss"))
     if scheme in CLUSTER_SCHEMES:
@@ -89,7 +89,7 @@ def client_for(url: str, **options: Any) -> "redis.Redis | RedisCluster":
     target = parse_redis_url(url)
     if target.shape == "single":
         return redis.from_url(url, **options)
-    auth = dict(username=target.username, password=target.password, ssl=target.tls)
+    auth: dict[str, Any] = dict(username=target.username, password=target.password, ssl=target.tls)
     if target.shape == "cluster":
         nodes = [ClusterNode(host, port) for host, port in target.nodes]
         options.pop("health_check_interval", None)
@@ -118,7 +118,7 @@ def subscriber_for(client: "redis.Redis | RedisCluster") -> Callable[[], redis.R
         attempt = next(turn)  # the home first, then home and another node in turn
         node = _home_node(client) if attempt % 2 == 0 else _any_node(client, attempt // 2)
         kwargs = node.connection_kwargs
-        return redis.Redis(host=node.host, port=node.port, username=kwargs.get("username"),
+        return redis.Redis(host=node.host, port=int(node.port), username=kwargs.get("username"),
                            password=kwargs.get("password"), ssl=bool(kwargs.get("ssl")),
                            socket_connect_timeout=2)
 

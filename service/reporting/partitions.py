@@ -62,6 +62,8 @@ async def _drop_older(conn: asyncpg.Connection, cutoff: datetime) -> list[str]:
     dropped, boundary = [], None
     for name in await months(conn):
         match = MONTH_NAME.match(name)
+        if match is None:  # months() lists only names of this shape
+            continue
         end = next_month(datetime(int(match[1]), int(match[2]), 1, tzinfo=timezone.utc))
         if end <= cutoff:
             await conn.execute(f'DROP TABLE "{name}"')
