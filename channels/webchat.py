@@ -20,7 +20,15 @@ import structlog
 from aiohttp import WSCloseCode, web
 
 from channels.base import ChannelConfig, HandleInbound
-from service.model import AgentLine, ChannelTraits, Choice, Destination, Inbound, Reply
+from service.model import (
+    AgentLine,
+    ChannelTraits,
+    Choice,
+    DeliveryFailed,
+    Destination,
+    Inbound,
+    Reply,
+)
 from service.websocket import RateLimit, open_socket, parse_frame, relay, send_error
 
 log = structlog.get_logger(__name__)
@@ -93,6 +101,12 @@ class WebChat:
 
     async def release_agent(self, to: Destination, agent: AgentLine) -> None:
         await self._publish(f"chat:{to.thread}", {"type": "status", "state": "queued"})
+
+    async def drop_agent(self, to: Destination, agent: AgentLine) -> None:
+        return None  # the next agent's hello already told the visitor
+
+    async def call_back(self, to: Destination, attempt: int) -> str | None:
+        raise DeliveryFailed("not_call", "a chat visitor cannot be called back")
 
     async def close(self, to: Destination) -> None:
         await self._publish(f"chat:{to.thread}", {"type": "status", "state": "closed"})

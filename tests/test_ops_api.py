@@ -237,7 +237,8 @@ async def test_summary_of_the_known_week(ops_client, db, clock, ops_token):
         "contacts": 8, "self_service_offered": 5, "self_service_resolved": 4,
         "false_deflections": 1, "escalated": 3, "abandoned": 1, "accepted": 1,
         "accepted_in_service_level": 1, "voice_contacts": 3, "voice_contained": 2,
-        "transferred": 0, "deflection_rate": 0.5, "true_deflection_rate": 0.375, "containment_rate": 2 / 3,
+        "transferred": 0, "callbacks_requested": 0, "callbacks_completed": 0,
+        "deflection_rate": 0.5, "true_deflection_rate": 0.375, "containment_rate": 2 / 3,
         "abandonment_rate": 1 / 3, "service_level": 1 / 3} | {
         k: v for k, v in figures(0, 0, 0, 0, 0, 0, 0, 0, 0, 0).items()
         if k.startswith(("survey", "csat", "nps"))}

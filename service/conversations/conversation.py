@@ -17,6 +17,7 @@ import structlog
 
 from service.conversations import context as context_module
 from service.conversations import pacing, prompts, surveys
+from service.conversations.callbacks import CALLBACK_CHOICE, CALLBACK_DIGIT
 from service.conversations.context import (
     KEPT_CONTACTS,
     ContextStore,
@@ -132,6 +133,8 @@ class Conversations:
         self._turn_locks: dict[str, TurnLock] = {}
 
     async def handle(self, inbound: Inbound) -> Reply:
+        if inbound.kind == "callback" and inbound.text != CALLBACK_DIGIT:
+            return await self._still_holding(inbound)  # any other key: the hold loop again
         if inbound.kind == "wait":
             held = await self._hold(inbound)
             if held is not None:
@@ -197,6 +200,8 @@ class Conversations:
                                           now, start.survey)
         if inbound.kind in ("end", "left_queue"):
             return await self._ended_by_customer(inbound, conversation, now)
+        if inbound.kind == "callback":
+            return await self._callback_requested(inbound, conversation, now)
         if start.muted and inbound.kind == "message" and keyword not in HELP_WORDS:
             return await self._muted(inbound, customer, now)
         survey, let_go = start.survey, None
@@ -606,9 +611,37 @@ class Conversations:
             return Reply(state="queued", messages=("Thanks for holding.",))
         queue, position = found
         wait_s = position.position * self._rules().tree.queues[queue].avg_handle_s
-        return Reply(messages=(prompts.hold(position.position, wait_s),), state="queued",
+        said = prompts.hold(position.position, wait_s)
+        offer = self._handoff.callbacks.offered(conv)
+        return Reply(messages=(f"{said} {prompts.CALLBACK_OFFER}" if offer else said,),
+                     choices=(CALLBACK_CHOICE,) if offer else (), state="queued",
                      contact_id=conv["contact_id"], position=position.position,
                      estimated_wait_s=wait_s)
+
+    async def _still_holding(self, inbound: Inbound) -> Reply:
+        """What a waiting caller hears again (the hold loop), whatever happened meanwhile."""
+        return await self._hold(inbound) or Reply(state="queued",
+                                                  messages=("Thanks for holding.",))
+
+    async def _callback_requested(self, inbound: Inbound, conversation: dict | None,
+                                  now: float) -> Reply:
+        """A waiting caller asked to be called back: they leave the line and keep their place
+        in the queue. Too late (an agent took the call) or not offered: the hold loop."""
+        if conversation and conversation["status"] == "queued" and \
+                self._handoff.callbacks.offered(conversation):
+            queue = await self._handoff.callbacks.request(conversation, now)
+            if queue is not None:
+                turn = Turn(inbound, self._rules(), now, conversation, {})
+                turn.record("callback_requested", queue=queue, number=conversation["address"])
+                reply = Reply(messages=(prompts.CALLBACK_CONFIRMED,), state="queued",
+                              contact_id=conversation["contact_id"], callback=True)
+                await self._context.commit_turn(inbound, conversation, reply,
+                                                summaries=[conversation])
+                self._events.emit(*turn.events)
+                return reply
+        reply = await self._still_holding(inbound)
+        await self._context.remember_reply(inbound, reply)
+        return reply
 
     async def _ended_by_customer(self, inbound: Inbound, conversation: dict | None,
                                  now: float) -> Reply:
@@ -623,6 +656,8 @@ class Conversations:
             turn.record("left_queue", result=inbound.text)
         if inbound.kind == "left_queue" and inbound.text in AGENT_TOOK_IT:
             pass  # the accepting agent bridged the call: the contact goes on with them
+        elif conversation.get("callback"):
+            pass  # the caller left to be called back: the contact waits for its call
         elif status == "queued":  # hung up or left while waiting
             withdrawn_from = await self._router.remove(conversation["contact_id"])
             if withdrawn_from:

@@ -16,6 +16,7 @@ import structlog
 from service.agents.bus import Bus
 from service.agents.queues import Dispatcher
 from service.conversations import surveys
+from service.conversations.callbacks import Callbacks, callback_context
 from service.conversations.context import ContextStore
 from service.conversations.outbox import NotRecorded, Outbox, destination
 from service.conversations.record import Conversation
@@ -47,6 +48,11 @@ def _hello(agent: dict[str, Any]) -> str:
     return f"You're now talking with {agent['name']}."
 
 
+def agent_line(agent: dict[str, Any]) -> AgentLine:
+    """How an agent (as the desk knows them) is reached on a call."""
+    return AgentLine(agent["id"], agent["name"], agent.get("phone"), agent.get("client_identity"))
+
+
 def agent_context(rules: Rules, conv: Conversation) -> dict[str, Any]:
     """Everything an agent needs so the customer never repeats themselves: the one place the
     package is built, for an offer and for a console re-synced after it reconnects."""
@@ -59,7 +65,8 @@ def agent_context(rules: Rules, conv: Conversation) -> dict[str, Any]:
             "transcript": list(conv["transcript"]), "self_service_steps": list(conv["steps"]),
             "earlier_contacts": list(conv.get("earlier", ())),
             "escalated_at": conv.get("escalated_at"),
-            **({"transfer": _transfer_context(conv["transfer"])} if conv.get("transfer") else {})}
+            **({"transfer": _transfer_context(conv["transfer"])} if conv.get("transfer") else {}),
+            **({"callback": callback_context(conv["callback"])} if conv.get("callback") else {})}
 
 
 def _transfer_context(transfer: dict[str, Any]) -> dict[str, Any]:
@@ -71,6 +78,8 @@ def _transfer_context(transfer: dict[str, Any]) -> dict[str, Any]:
 def offer_frame(entry: dict[str, Any], kind: str = "offer", **extra: Any) -> dict[str, Any]:
     return {"type": kind, "contact_id": entry["contact_id"], "channel": entry["channel"],
             "queue": entry["queue"], "reason": entry["reason"], "context": entry["context"],
+            **({"callback": callback_context(entry["callback"])} if entry.get("callback")
+               else {}),
             **extra}
 
 
@@ -88,6 +97,7 @@ class Handoff:
         from service.conversations.transfer import Transfers  # it builds on this module
 
         self.transfers = Transfers(self)
+        self.callbacks = Callbacks(self)
 
     def queues(self) -> list[dict[str, str]]:
         """The agent queues, for the console's transfer list."""
@@ -156,10 +166,14 @@ class Handoff:
             conv.update(status="with_agent", agent_id=agent["id"], agent_name=agent["name"])
             if self._channels[conv["channel"]].traits.agent_can_type:
                 conv["transcript"].append({"from": "agent", "text": _hello(agent), "at": now})
+            calling = self.callbacks.attempting(conv, agent_line(agent))
             await self._context.save(key, conv)
         self._record("agent_accepted", entry, agent_id=agent["id"],
                      waited_s=round(now - entry["enqueued_at"], 3))
-        await self._connect_customer(agent, conv, joining="transfer" in entry)
+        if calling:  # the customer is called first; the agent joins once they answer
+            await self.callbacks.place(conv, calling)
+        else:
+            await self._connect_customer(agent, conv, joining="transfer" in entry)
         if "transfer" in entry:
             await self.transfers.taken_over(key, conv, entry)
         entry["context"] = agent_context(self._rules(), conv)
@@ -168,9 +182,7 @@ class Handoff:
 
     async def _connect_customer(self, agent: dict[str, Any], conv: dict[str, Any],
                                 joining: bool = False) -> None:
-        line = AgentLine(agent["id"], agent["name"], agent.get("phone"),
-                         agent.get("client_identity"))
-        payload = {"agent": asdict(line), "hello": _hello(agent)}
+        payload = {"agent": asdict(agent_line(agent)), "hello": _hello(agent)}
         # a transfer: the customer is already connected (a call's conference)
         await self._outbound(conv, "join" if joining else "connect", payload)
 

@@ -76,6 +76,12 @@ def hold(position: int, wait_s: int) -> str:
             f"minute{'s' if minutes != 1 else ''}. Thanks for holding.")
 
 
+# A queued caller's choice to be called back (conversations/callbacks.py), said after `hold`.
+CALLBACK_OFFER = "To be called back instead and keep your place in line, press 1."
+CALLBACK_CONFIRMED = ("Thanks. We'll call you back at this number when it's your turn, and "
+                      "you keep your place in line. Goodbye.")
+
+
 # ---- satisfaction surveys (conversations/surveys.py) -------------------------------------
 
 SCALES = {"csat": (1, 5), "nps": (0, 10)}

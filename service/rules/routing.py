@@ -49,6 +49,17 @@ DEFAULT_SERVICE_LEVEL = ServiceLevel(target_s=60, goal=0.8)
 
 
 @dataclass(frozen=True, slots=True)
+class CallbackPolicy:
+    """How a queue's callbacks are tried: at most `attempts` calls, `retry_after_s` apart
+    (a call not answered, busy or failed is tried again after that, then given up)."""
+    attempts: int = 3
+    retry_after_s: int = 300
+
+
+DEFAULT_CALLBACK = CallbackPolicy()
+
+
+@dataclass(frozen=True, slots=True)
 class Queue:
     name: str
     label: str
@@ -57,6 +68,7 @@ class Queue:
     timeout_s: int | None = None  # waiting longer than this moves a contact to `overflow`
     overflow: str | None = None
     service_level: ServiceLevel = DEFAULT_SERVICE_LEVEL
+    callback: CallbackPolicy = DEFAULT_CALLBACK
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +263,7 @@ def _queues(check: Checker, doc: LocatedDict) -> dict[str, Queue]:
         path = ("queues", name)
         spec = check.mapping(spec, specs, name, path, required=["label", "skills"],
                              optional=["avg_handle_s", "timeout_s", "overflow",
-                                       "service_level"])
+                                       "service_level", "callback"])
         if spec is None:
             continue
         skills = spec["skills"]
@@ -264,7 +276,8 @@ def _queues(check: Checker, doc: LocatedDict) -> dict[str, Queue]:
                         (*path, "avg_handle_s"))
             handle = 300
         queues[name] = Queue(name, str(spec["label"]), tuple(skills), handle,
-                             *_overflow(check, spec, path), _service_level(check, spec, path))
+                             *_overflow(check, spec, path), _service_level(check, spec, path),
+                             _callback(check, spec, path))
     for name, queue in queues.items():
         if queue.overflow and queue.overflow not in queues:
             check.error(specs[name], "overflow", f"unknown queue '{queue.overflow}'",
@@ -308,6 +321,29 @@ def _service_level(check: Checker, spec: LocatedDict, path: tuple) -> ServiceLev
                     f"not {goal!r}", (*path, "goal"))
         valid = False
     return ServiceLevel(target, float(goal)) if valid else DEFAULT_SERVICE_LEVEL
+
+
+def _callback(check: Checker, spec: LocatedDict, path: tuple) -> CallbackPolicy:
+    """`callback: {attempts: 3, retry_after_s: 300}`; either key may be left to its default."""
+    if "callback" not in spec:
+        return DEFAULT_CALLBACK
+    path = (*path, "callback")
+    raw = check.mapping(spec["callback"], spec, "callback", path,
+                        optional=["attempts", "retry_after_s"])
+    if raw is None:
+        return DEFAULT_CALLBACK
+    attempts = raw.get("attempts", DEFAULT_CALLBACK.attempts)
+    delay = raw.get("retry_after_s", DEFAULT_CALLBACK.retry_after_s)
+    valid = True
+    if type(attempts) is not int or not 1 <= attempts <= 10:
+        check.error(raw, "attempts", f"attempts must be a whole number from 1 to 10, not "
+                    f"{attempts!r}", (*path, "attempts"))
+        valid = False
+    if type(delay) is not int or not 10 <= delay <= 86400:
+        check.error(raw, "retry_after_s", f"retry_after_s must be a whole number of seconds "
+                    f"from 10 to 86400, not {delay!r}", (*path, "retry_after_s"))
+        valid = False
+    return CallbackPolicy(attempts, delay) if valid else DEFAULT_CALLBACK
 
 
 def _time_intervals(check: Checker, doc: LocatedDict) -> dict[str, TimeInterval]:
