@@ -339,9 +339,9 @@ def _callback(check: Checker, spec: LocatedDict, path: tuple) -> CallbackPolicy:
         check.error(raw, "attempts", f"attempts must be a whole number from 1 to 10, not "
                     f"{attempts!r}", (*path, "attempts"))
         valid = False
-    if type(delay) is not int or not 10 <= delay <= 86400:
+    if type(delay) is not int or not 1 <= delay <= 86400:
         check.error(raw, "retry_after_s", f"retry_after_s must be a whole number of seconds "
-                    f"from 10 to 86400, not {delay!r}", (*path, "retry_after_s"))
+                    f"from 1 to 86400, not {delay!r}", (*path, "retry_after_s"))
         valid = False
     return CallbackPolicy(attempts, delay) if valid else DEFAULT_CALLBACK
 
