@@ -75,6 +75,33 @@ async def test_a_closed_voice_route_with_only_a_message_hangs_up(settings, redis
         assert await client.app[ROUTER].waiting("general") == []
 
 
+async def test_a_closed_voice_route_with_a_callback_calls_back_when_agents_are_back(
+        settings, redis_client, db, tmp_path):
+    tree = TREE.replace(f'closed: {{queue: orders, message: "{NIGHT_LINE}"}}',
+                        'closed: {callback: orders, message: "The phone line is closed."}'
+                        ).replace(f'closed: {{message: "{CLOSED}"}}', 'closed: {callback: orders}')
+    async with service_with_rules(settings, write_rules(tmp_path, routes=tree)) as client:
+        call = await Call(client, "+15555550154").dial()
+        await call.press("0")
+        assert call.verbs() == ["Say", "Say", "Hangup"]
+        assert call.said()[0] == "The phone line is closed."
+        assert "call you back" in call.said()[1]
+        [waiting] = await client.app[ROUTER].waiting("orders")
+        assert waiting["callback"]["number"] == "+15555550154"
+        assert waiting["callback"]["state"] == "waiting"
+        await call.hang_up("completed")  # the call ends; the callback waits for an agent
+        assert len(await client.app[ROUTER].waiting("orders")) == 1
+        # a texter is not called back: the same route queues them as usual
+        assert await text(client, "+15555550155", "I want to talk to a human") != []
+        texter = [w for w in await client.app[ROUTER].waiting("orders") if w["channel"] == "sms"]
+        assert len(texter) == 1 and "callback" not in texter[0]
+        assert await client.app[EVENTS].flush()
+    kinds = [r["kind"] for r in await db.fetch(
+        "SELECT kind FROM contact_events WHERE contact_id = $1::uuid ORDER BY seq",
+        waiting["contact_id"])]
+    assert "callback_requested" in kinds and "ended" not in kinds
+
+
 @pytest.mark.parametrize("args,closed", [
     (["channel=sms"], {"message": CLOSED}),
     (["channel=voice"], {"queue": "orders", "message": NIGHT_LINE}),
@@ -86,12 +113,14 @@ def test_rules_test_shows_what_a_closed_route_does(tmp_path, capsys, args, close
 
 
 CLOSED_ERRORS = [
-    ("callback is not there yet", "closed: {callback: {attempts: 3}}",
-     "routes.yaml:18: 'callback' is not available yet: use 'message' (say it and end the "
-     "contact) or 'queue' (wait there for an agent) (route -> routes -> 1 -> closed -> callback)"),
+    ("queue and callback", "closed: {queue: orders, callback: orders}",
+     "routes.yaml:18: closed takes a 'queue' to wait in or a 'callback' queue, not both "
+     "(route -> routes -> 1 -> closed -> callback)"),
+    ("unknown callback queue", "closed: {callback: night}",
+     "routes.yaml:18: unknown queue 'night' (route -> routes -> 1 -> closed -> callback)"),
     ("nothing to do", "closed: {}",
-     "routes.yaml:18: closed needs a 'message', a 'queue' to wait in, or both "
-     "(route -> routes -> 1 -> closed)"),
+     "routes.yaml:18: closed needs a 'message', a 'queue' to wait in, a 'callback' queue, "
+     "or a message with either (route -> routes -> 1 -> closed)"),
     ("unknown queue", "closed: {queue: night}",
      "routes.yaml:18: unknown queue 'night' (route -> routes -> 1 -> closed -> queue)"),
     ("empty message", "closed: {message: ''}",
@@ -101,8 +130,8 @@ CLOSED_ERRORS = [
      "routes.yaml:18: unknown key 'mesage' (route -> routes -> 1 -> closed -> mesage)"),
 ]
 CLOSED_ERRORS[-1] = (*CLOSED_ERRORS[-1][:2], [  # the typo leaves it with nothing to do
-    CLOSED_ERRORS[-1][2], "routes.yaml:18: closed needs a 'message', a 'queue' to wait in, or "
-    "both (route -> routes -> 1 -> closed)"])
+    CLOSED_ERRORS[-1][2], "routes.yaml:18: closed needs a 'message', a 'queue' to wait in, a "
+    "'callback' queue, or a message with either (route -> routes -> 1 -> closed)"])
 
 
 @pytest.mark.parametrize("closed,expected", [c[1:] for c in CLOSED_ERRORS],

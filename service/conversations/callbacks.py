@@ -52,19 +52,19 @@ class Callbacks:
         channel = self._handoff._channels.get(conv["channel"])
         return channel is not None and channel.traits.calls_back and not conv.get("callback")
 
+    def record(self, conv: Conversation, queue: str, now: float) -> dict[str, Any]:
+        """A new callback of the contact, waiting in `queue`, tried as that queue says."""
+        queues = self._handoff._rules().tree.queues
+        policy = (queues.get(queue) or next(iter(queues.values()))).callback
+        return {"number": conv["address"], "requested_at": now, "queue": queue, "attempts": 0,
+                "max_attempts": policy.attempts, "retry_after_s": policy.retry_after_s,
+                "state": "waiting"}
+
     async def request(self, conv: Conversation, now: float) -> str | None:
         """The waiting customer asks to be called back: marked in the queue entry, which keeps
         its place, and in the conversation; the queue, or None when it no longer waits."""
-        rules = self._handoff._rules()
-
         def mark(entry: dict[str, Any]) -> None:
-            queue = rules.tree.queues.get(entry["queue"])
-            policy = queue.callback if queue else rules.tree.queues[
-                next(iter(rules.tree.queues))].callback
-            entry["callback"] = {"number": conv["address"], "requested_at": now,
-                                 "queue": entry["queue"], "attempts": 0,
-                                 "max_attempts": policy.attempts,
-                                 "retry_after_s": policy.retry_after_s, "state": "waiting"}
+            entry["callback"] = self.record(conv, entry["queue"], now)
             entry["context"]["callback"] = callback_context(entry["callback"])
 
         entry = await self._router.edit_entry(conv["contact_id"], mark)

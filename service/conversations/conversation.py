@@ -245,7 +245,8 @@ class Conversations:
                                         forget=turn.forget, extra=turn.extra,
                                         mute_s=pacing.MUTE_S if verdict == "loop" else 0)
         self._events.emit(*turn.events)
-        if reply.queue:  # offer only once the queued state is saved, or an accept could race it
+        # Offer only once the queued state is saved, or an accept could race it.
+        if reply.queue or reply.callback:
             await self._handoff.dispatch()
         return reply
 
@@ -566,10 +567,10 @@ class Conversations:
         # A route's `closed` (out of hours, say) replaces the queue; a caller already held
         # after a failure of ours is not turned away by it.
         closed = decision.closed if reason != "technical_fallback" else None
-        if closed is not None and closed.queue is None:
+        if closed is not None and closed.waits_in is None:
             return self._closed(turn, decision, reason)
         conv, rules = turn.conversation, turn.rules
-        queue = rules.tree.queues[closed.queue if closed else decision.queue]
+        queue = rules.tree.queues[closed.waits_in if closed else decision.queue]
         contact_type = rules.catalog.types.get(conv["contact_type"])
         conv.update(status="queued", queue=queue.name, reason=reason,
                     route_path=decision.route_path, escalated_at=turn.now,
@@ -582,10 +583,20 @@ class Conversations:
                  "priority": decision.priority, "skills": skills, "reason": reason,
                  "type_skills": list(contact_type.skills if contact_type else ()),
                  "enqueued_at": turn.now, "context": agent_context(rules, conv)}
+        calls_back = closed is not None and closed.callback is not None and \
+            self._channels[turn.channel].calls_back
+        if calls_back:  # out of hours: called back once someone is there
+            conv["callback"] = entry["callback"] = self._handoff.callbacks.record(
+                conv, queue.name, turn.now)
+            entry["context"] = agent_context(rules, conv)
         position = await self._router.enqueue(queue.name, decision.priority, entry)
         wait_s = position.position * queue.avg_handle_s
         turn.record("queued", queue=queue.name, position=position.position, skills=skills)
         said = (closed.message,) if closed and closed.message else ()
+        if calls_back:
+            turn.record("callback_requested", queue=queue.name, number=conv["address"],
+                        closed=True)
+            return turn.reply(*said, prompts.CALLBACK_WHEN_OPEN, state="queued", callback=True)
         return turn.reply(*said, prompts.queued(queue.label, position.position, wait_s,
                                                 self._style(turn)),
                           state="queued", position=position.position, estimated_wait_s=wait_s,

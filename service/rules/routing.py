@@ -146,18 +146,25 @@ class TimeInterval:
 @dataclass(frozen=True, slots=True)
 class Closed:
     """What a route does instead of queueing a contact for an agent, e.g. out of hours: say
-    `message` and end the contact, or (with `queue`) say it, if any, and wait in that queue.
-    A callback offer will be a third choice (CLOSED_LATER)."""
+    `message` and end the contact, or (with `queue`) say it, if any, and wait in that queue,
+    or (with `callback`) say it, if any, and wait in that queue to be called back (on a
+    channel that calls back; elsewhere as with `queue`)."""
 
     message: str | None = None
     queue: str | None = None
+    callback: str | None = None  # the queue a callback waits in
+
+    @property
+    def waits_in(self) -> str | None:
+        """The queue the contact waits in, if it waits at all."""
+        return self.queue or self.callback
 
     def as_dict(self) -> dict[str, str]:
-        return {k: v for k, v in (("message", self.message), ("queue", self.queue)) if v}
+        return {k: v for k, v in (("message", self.message), ("queue", self.queue),
+                                  ("callback", self.callback)) if v}
 
 
-CLOSED_KEYS = ("message", "queue")
-CLOSED_LATER = ("callback",)  # accepted by no tree yet: refused with a clear message
+CLOSED_KEYS = ("message", "queue", "callback")
 
 
 @dataclass(frozen=True, slots=True)
@@ -559,25 +566,30 @@ def _settings(check: Checker, spec: LocatedDict, path: tuple, parent: RouteSetti
 
 def _closed(check: Checker, spec: LocatedDict, path: tuple, queues: dict[str, Queue]
             ) -> Closed | None:
-    """`closed: {message: ...}`, `{queue: ...}` or both; `closed: null` undoes a parent's."""
+    """`closed: {message: ...}`, `{queue: ...}`, `{callback: ...}`, a message with either
+    queue; `closed: null` undoes a parent's."""
     raw = spec["closed"]
     if raw is None:
         return None
-    raw = check.mapping(raw, spec, "closed", path, optional=(*CLOSED_KEYS, *CLOSED_LATER))
+    raw = check.mapping(raw, spec, "closed", path, optional=CLOSED_KEYS)
     if raw is None:
         return None
-    for later in sorted(CLOSED_LATER & raw.keys()):
-        check.error(raw, later, f"'{later}' is not available yet: use 'message' (say it and "
-                    "end the contact) or 'queue' (wait there for an agent)", (*path, later))
-    if not raw.keys() & {*CLOSED_KEYS, *CLOSED_LATER}:
-        check.error(spec, "closed", "closed needs a 'message', a 'queue' to wait in, or both",
-                    path)
-    message, queue = raw.get("message"), raw.get("queue")
+    if not raw.keys() & set(CLOSED_KEYS):
+        check.error(spec, "closed", "closed needs a 'message', a 'queue' to wait in, a "
+                    "'callback' queue, or a message with either", path)
+    if {"queue", "callback"} <= raw.keys():
+        check.error(raw, "callback", "closed takes a 'queue' to wait in or a 'callback' "
+                    "queue, not both", (*path, "callback"))
+    message = raw.get("message")
     if message is not None and (not isinstance(message, str) or not message.strip()):
         check.error(raw, "message", "message must be non-empty text", (*path, "message"))
-    if queue is not None and queue not in queues:
-        check.error(raw, "queue", f"unknown queue '{queue}'", (*path, "queue"))
-    return Closed(str(message) if message else None, str(queue) if queue else None)
+    for key in ("queue", "callback"):
+        if raw.get(key) is not None and (not isinstance(raw[key], str) or
+                                         raw[key] not in queues):
+            check.error(raw, key, f"unknown queue '{raw[key]}'", (*path, key))
+    queue, callback = raw.get("queue"), raw.get("callback")
+    return Closed(str(message) if message else None, str(queue) if queue else None,
+                  str(callback) if callback else None)
 
 
 def _matchers(check: Checker, spec: LocatedDict, path: tuple, known: "Known"
