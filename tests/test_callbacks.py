@@ -15,8 +15,11 @@ import pytest
 from service.appkeys import EVENTS
 from service.reporting import reports
 from service.reporting.reports import FROM_EVENTS, ReportRules, Window
+from service.rules.loader import load_rules
+from service.rules.routing import CallbackPolicy
 from tests.conftest import RULES_DIR, with_settings
 from tests.test_agents import app_settings, instance, twilio  # noqa: F401
+from tests.test_rules_validation import ROUTES, errors, write_rules
 from tests.test_transfers import events_of, sign_in
 from tests.twilio_driver import SERVICE_NUMBER, Call, check_twiml, post_signed
 
@@ -248,3 +251,34 @@ async def test_other_keys_and_replays_are_answered_the_same(app_settings, db, tw
         assert kinds.count("callback_requested") == 1
         assert "callback_completed" not in kinds and "ended" not in kinds
         assert standin.calls == [] and standin.participants == []
+
+
+CALLBACK_POLICY_CASES = [
+    ("no attempts", "{attempts: 0}",
+     ["routes.yaml:5: attempts must be a whole number from 1 to 10, not 0 "
+      "(queues -> general -> callback -> attempts)"]),
+    ("delay in words", "{retry_after_s: soon}",
+     ["routes.yaml:5: retry_after_s must be a whole number of seconds from 1 to 86400, not "
+      "'soon' (queues -> general -> callback -> retry_after_s)"]),
+    ("unknown key", "{attempt: 3}",
+     ["routes.yaml:5: unknown key 'attempt' (queues -> general -> callback -> attempt)"]),
+    ("not a mapping", "3",
+     ["routes.yaml:5: expected a mapping (queues -> general -> callback)"]),
+]
+
+
+@pytest.mark.parametrize("written,expected", [c[1:] for c in CALLBACK_POLICY_CASES],
+                         ids=[c[0] for c in CALLBACK_POLICY_CASES])
+def test_a_bad_callback_policy_names_file_line_and_key_path(tmp_path, written, expected):
+    routes = ROUTES.replace("    skills: [care]\n",
+                            f"    skills: [care]\n    callback: {written}\n", 1)
+    assert errors(tmp_path, routes=routes) == expected
+
+
+def test_a_queue_s_callback_policy_is_read_with_defaults(tmp_path):
+    routes = ROUTES.replace("    skills: [care]\n",
+                            "    skills: [care]\n    callback: {attempts: 5}\n", 1)
+    queues = load_rules(write_rules(tmp_path, routes=routes), with_classifier=False).tree.queues
+    assert (queues["general"].callback.attempts,
+            queues["general"].callback.retry_after_s) == (5, 300)
+    assert queues["orders"].callback == CallbackPolicy(3, 300)
