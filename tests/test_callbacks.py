@@ -129,6 +129,8 @@ async def test_a_waiting_caller_is_called_back_in_their_place(app_settings, db, 
         assert await standin.send_call_status(placed, "ringing") == 200
         assert await standin.send_call_status(placed, "in-progress") == 200
         assert await standin.send_call_status(placed, "in-progress") == 200  # replayed
+        answered = await agent.next("callback_result")
+        assert (answered["contact_id"], answered["status"]) == (contact, "answered")
         [joined] = standin.participants
         assert (joined["conference"], joined["Label"], joined["To"]) == \
             (f"contact-{contact}", f"agent-{agent.id}", f"client:agent-{agent.id}")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from service.conversations import prompts
 from service.conversations.record import Conversation
 from service.model import AgentLine, CallOutcome, Choice
 
@@ -32,6 +33,7 @@ log = structlog.get_logger(__name__)
 CALLBACK_DIGIT = "1"
 CALLBACK_CHOICE = Choice("Call me back", "callback", CALLBACK_DIGIT)
 NOT_REACHED = ("no_answer", "busy", "failed")
+ASKED = f"[pressed {CALLBACK_DIGIT}: call me back]"  # the transcript's line for the request
 
 
 def callback_context(callback: dict[str, Any]) -> dict[str, Any]:
@@ -63,14 +65,19 @@ class Callbacks:
     async def request(self, conv: Conversation, now: float) -> str | None:
         """The waiting customer asks to be called back: marked in the queue entry, which keeps
         its place, and in the conversation; the queue, or None when it no longer waits."""
+        said = [{"from": "customer", "text": ASKED, "at": now},
+                {"from": "bot", "text": prompts.CALLBACK_CONFIRMED, "at": now}]
+
         def mark(entry: dict[str, Any]) -> None:
             entry["callback"] = self.record(conv, entry["queue"], now)
             entry["context"]["callback"] = callback_context(entry["callback"])
+            entry["context"]["transcript"].extend(said)
 
         entry = await self._router.edit_entry(conv["contact_id"], mark)
         if entry is None:
             return None
         conv["callback"] = entry["callback"]
+        conv["transcript"].extend(said)
         return entry["queue"]
 
     # ---- an agent accepted: the call ----------------------------------------------------
@@ -80,7 +87,7 @@ class Callbacks:
         """The accepting agent starts the next attempt (in the accept's lease); its number,
         or None for a contact that is not a callback."""
         callback = conv.get("callback")
-        if not callback:
+        if not callback or callback["state"] != "waiting":  # a transfer of an answered one
             return None
         callback.update(attempts=callback["attempts"] + 1, state="calling",
                         agent_id=agent.id, agent=asdict(agent))
@@ -107,7 +114,8 @@ class Callbacks:
                 return
             key, conv = found
             callback = conv.get("callback")
-            if not callback or callback["attempts"] != outcome.attempt:
+            if not callback or callback["attempts"] != outcome.attempt or \
+                    conv["status"] == "closed":  # another attempt's, or wrapped up already
                 return
             if outcome.state == "answered":
                 after = self._answered(conv, outcome)
@@ -190,6 +198,11 @@ class Callbacks:
         handoff = self._handoff
         if after == "join":
             agent = conv["callback"].get("agent")
+            if conv.get("agent_id"):
+                await handoff._bus.publish(f"agent:{conv['agent_id']}", {
+                    "type": "callback_result", "contact_id": conv["contact_id"],
+                    "status": "answered", "attempt": conv["callback"]["attempts"],
+                    "retry_in_s": None, "gave_up": False})
             if agent:
                 await handoff._outbound(conv, "join", {"agent": agent,
                                                        "hello": f"You're now talking with "

@@ -269,7 +269,7 @@ class Handoff:
         except NotRecorded as exc:  # so not sent: the agent may send it again
             log.error("handoff.outbox_unavailable", action=action, error=str(exc),
                       contact_id=conv["contact_id"])
-            if action == "connect":
+            if action in ("connect", "call_back"):  # the accept stands; the agent sees why
                 return
             raise HandoffError("not_recorded", "the text was not sent: it could not be "
                                "recorded for sending; try again in a moment") from exc

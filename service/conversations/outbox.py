@@ -327,7 +327,11 @@ class Outbox:
                                       "error": text[:300], "message_id": job.id}))
         await self._tell(job, "failed", text, code)
         if job.action == "call_back" and self.call_failed is not None:
-            await self.call_failed(CallOutcome(job.contact_id, job.payload["attempt"], "failed"))
+            try:  # the attempt is over: tried again later, or given up
+                await self.call_failed(CallOutcome(job.contact_id, job.payload["attempt"],
+                                                   "failed"))
+            except Exception:
+                log.exception("outbox.call_failed_unreported", contact_id=job.contact_id)
 
     # ---- states --------------------------------------------------------------------------
 
