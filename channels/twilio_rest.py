@@ -152,6 +152,12 @@ class TwilioRest:
         await _calling(self._rest().conferences(conference_sid).participants(
             label).delete_async())
 
+    async def connected_labels(self, conference_sid: str) -> set[str]:
+        """The labels of the conference's participants who are in it now (answered)."""
+        found = await _calling(self._rest().conferences(conference_sid).participants.list_async(
+            limit=50))
+        return {p.label for p in found if p.label and p.status == "connected"}
+
     async def conference_sid(self, conference: str) -> str:
         """The SID of the contact's conference in progress (participants are changed by it)."""
         found = await _calling(self._rest().conferences.list_async(

@@ -39,6 +39,8 @@ ALWAYS_HINTS = ("agent", "representative", "yes", "no")
 FALLBACK = "Sorry, we're having technical trouble. Please hold for the next available agent."
 CONNECTING = "Thanks for holding. Connecting you now."
 PASSING_ON = "I'm passing you to a colleague. Please stay on the line."
+WAIT_FOR_JOIN_S = 2.0  # how often a warm transfer's drop looks again for the next agent
+NOT_FOUND = "20404"  # Twilio: no such resource (a participant who already left)
 # A placed call's CallStatus -> what became of it (status callbacks of `call_back`).
 CALL_STATES: dict[str, CallState] = {"in-progress": "answered", "completed": "ended",
                                      "no-answer": "no_answer", "busy": "busy",
@@ -171,9 +173,21 @@ class TwilioVoice:
         await self._twilio.remove_participant(sid, agent_label(agent.id))
 
     async def drop_agent(self, to: Destination, agent: AgentLine) -> None:
-        """A warm transfer completed: the first agent's leg leaves the conference."""
+        """A warm transfer completed: the first agent's leg leaves the conference, but only
+        once another agent is in it (their phone may still ring), so the caller is never
+        alone; until then this is refused as retryable and the outbox tries again."""
         sid = await self._twilio.conference_sid(_conference(to))
-        await self._twilio.remove_participant(sid, agent_label(agent.id))
+        label = agent_label(agent.id)
+        others = {lb for lb in await self._twilio.connected_labels(sid)
+                  if lb.startswith("agent-") and lb != label}
+        if not others:
+            raise DeliveryFailed("waiting", "the next agent has not joined the call yet",
+                                 retryable=True, retry_after_s=WAIT_FOR_JOIN_S)
+        try:
+            await self._twilio.remove_participant(sid, label)
+        except DeliveryFailed as exc:
+            if exc.code != NOT_FOUND:  # not found: the first agent already hung up
+                raise
 
     async def call_back(self, to: Destination, attempt: int) -> str | None:
         """Call the customer into the contact's conference (they hear the wait message until

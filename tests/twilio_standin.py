@@ -44,6 +44,7 @@ class TwilioStandIn:
     conferences: dict[str, str] = field(default_factory=dict)  # friendly name -> CF sid
     # Calls resource creates (calls placed), in order: the form plus "sid".
     calls: list[dict[str, str]] = field(default_factory=list)
+    ringing: set[str] = field(default_factory=set)  # participant labels not yet answered
     call_attempts: int = 0  # every Calls create that arrived, answered or not
     fail_calls: int = 0  # answer the next N Calls creates with 503 (taking nothing)
 
@@ -65,6 +66,8 @@ class TwilioStandIn:
         app.router.add_get(f"{base}/Conferences.json", self._list_conferences)
         app.router.add_post(f"{base}/Conferences/{{conference}}/Participants.json",
                             self._create_participant)
+        app.router.add_get(f"{base}/Conferences/{{conference}}/Participants.json",
+                           self._list_participants)
         app.router.add_post(f"{base}/Conferences/{{conference}}/Participants/{{participant}}.json",
                             self._update_participant)
         app.router.add_delete(
@@ -113,6 +116,25 @@ class TwilioStandIn:
                                   "participant": call_sid, **form})
         return web.json_response(self._participant(request, sid, call_sid, form.get("Label")),
                                  status=201)
+
+    async def _list_participants(self, request: web.Request) -> web.Response:
+        """The participants in the conference now: created and not deleted (by label), each
+        `connected` unless its label is in `ringing`."""
+        sid = request.match_info["conference"]
+        names = {n for n, s in self.conferences.items() if s == sid}
+        present: dict[str, str] = {}
+        for change in self.participants:
+            label = change.get("Label") or change.get("participant")
+            if change["action"] == "create" and change["conference"] in names | {sid}:
+                present[label] = change["participant"]
+            elif change["action"] == "delete" and change["conference"] == sid:
+                present.pop(label, None)
+        found = [{**self._participant(request, sid, call_sid, label),
+                  "status": "ringing" if label in self.ringing else "connected"}
+                 for label, call_sid in present.items()]
+        return web.json_response({"participants": found, "meta": {
+            "key": "participants", "page": 0, "page_size": 50, "next_page_url": None,
+            "previous_page_url": None, "url": str(request.rel_url)}})
 
     async def _update_participant(self, request: web.Request) -> web.Response:
         if request.match_info["conference"] not in self.conferences.values():
