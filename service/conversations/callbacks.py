@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from service.conversations import prompts
+from service.conversations.handoff import Handoff, callback_context, greeting, queue_entry
 from service.conversations.record import Conversation
 from service.model import AgentLine, CallOutcome, Choice
-
-if TYPE_CHECKING:
-    from service.conversations.handoff import Handoff
 
 log = structlog.get_logger(__name__)
 
@@ -34,12 +32,6 @@ CALLBACK_DIGIT = "1"
 CALLBACK_CHOICE = Choice("Call me back", "callback", CALLBACK_DIGIT)
 NOT_REACHED = ("no_answer", "busy", "failed")
 ASKED = f"[pressed {CALLBACK_DIGIT}: call me back]"  # the transcript's line for the request
-
-
-def callback_context(callback: dict[str, Any]) -> dict[str, Any]:
-    """What the agent's offer and context show of a callback."""
-    return {key: callback.get(key) for key in ("number", "requested_at", "attempts",
-                                               "max_attempts", "state")}
 
 
 class Callbacks:
@@ -174,22 +166,13 @@ class Callbacks:
         return "dispatch"
 
     def _entry(self, conv: Conversation) -> dict[str, Any]:
-        """The queue entry of a callback waiting for its retry: its first priority and enqueue
-        time (its place in line), offered no sooner than `retry_at`."""
-        from service.conversations.handoff import agent_context
-
+        """The queue entry of a callback waiting for its retry: its place in line kept,
+        offered no sooner than `retry_at`."""
         rules, callback = self._handoff._rules(), conv["callback"]
-        queue = rules.tree.queues.get(callback["queue"]) or next(iter(rules.tree.queues.values()))
-        contact_type = rules.catalog.types.get(conv.get("contact_type"))
-        type_skills = list(contact_type.skills if contact_type else ())
-        return {"contact_id": conv["contact_id"], "customer_id": conv["customer_id"],
-                "channel": conv["channel"], "queue": queue.name, "thread": conv.get("thread"),
-                "priority": conv.get("priority", 0),
-                "skills": sorted(set(queue.skills) | set(type_skills)),
-                "reason": conv.get("reason"), "type_skills": type_skills,
-                "enqueued_at": conv.get("escalated_at") or time.time(),
-                "not_before": callback["retry_at"], "callback": callback,
-                "context": agent_context(rules, conv)}
+        queue = callback["queue"] if callback["queue"] in rules.tree.queues else \
+            next(iter(rules.tree.queues))
+        return queue_entry(rules, conv, queue, conv.get("reason"),
+                           not_before=callback["retry_at"], callback=callback)
 
     async def _then(self, after: str, conv: Conversation) -> None:
         """What follows a changed callback, once the conversation is saved: the customer
@@ -204,9 +187,7 @@ class Callbacks:
                     "status": "answered", "attempt": conv["callback"]["attempts"],
                     "retry_in_s": None, "gave_up": False})
             if agent:
-                await handoff._outbound(conv, "join", {"agent": agent,
-                                                       "hello": f"You're now talking with "
-                                                                f"{agent['name']}."})
+                await handoff._outbound(conv, "join", {"agent": agent, "hello": greeting(agent)})
         elif after == "left":
             await handoff.customer_left(conv)
         else:

@@ -16,7 +16,6 @@ import structlog
 from service.agents.bus import Bus
 from service.agents.queues import Dispatcher
 from service.conversations import surveys
-from service.conversations.callbacks import Callbacks, callback_context
 from service.conversations.context import ContextStore
 from service.conversations.outbox import NotRecorded, Outbox, destination
 from service.conversations.record import Conversation
@@ -44,8 +43,26 @@ def _failure_text(action: str, exc: DeliveryFailed) -> str:
     return f"{what}: {exc}"
 
 
-def _hello(agent: dict[str, Any]) -> str:
+def greeting(agent: Mapping[str, Any]) -> str:
+    """What the customer is told when an agent takes them (`hello` of connect and join)."""
     return f"You're now talking with {agent['name']}."
+
+
+def queue_entry(rules: Rules, conv: Conversation, queue_name: str, reason: str | None,
+                **extra: Any) -> dict[str, Any]:
+    """The queue entry of a contact that waits again (a transfer, a callback's retry): its
+    first priority and enqueue time, so it keeps its place in line, and the agent's whole
+    context package; `extra` adds to it."""
+    queue = rules.tree.queues[queue_name]
+    contact_type = rules.catalog.types.get(conv.get("contact_type"))
+    type_skills = list(contact_type.skills if contact_type else ())
+    return {"contact_id": conv["contact_id"], "customer_id": conv["customer_id"],
+            "channel": conv["channel"], "queue": queue.name, "thread": conv.get("thread"),
+            "priority": conv.get("priority", 0),
+            "skills": sorted(set(queue.skills) | set(type_skills)),
+            "reason": reason, "type_skills": type_skills,
+            "enqueued_at": conv.get("escalated_at") or time.time(),
+            "context": agent_context(rules, conv), **extra}
 
 
 def agent_line(agent: dict[str, Any]) -> AgentLine:
@@ -67,6 +84,12 @@ def agent_context(rules: Rules, conv: Conversation) -> dict[str, Any]:
             "escalated_at": conv.get("escalated_at"),
             **({"transfer": _transfer_context(conv["transfer"])} if conv.get("transfer") else {}),
             **({"callback": callback_context(conv["callback"])} if conv.get("callback") else {})}
+
+
+def callback_context(callback: Mapping[str, Any]) -> dict[str, Any]:
+    """What an offer and the agent's context show of a callback (callbacks.py)."""
+    return {key: callback.get(key) for key in ("number", "requested_at", "attempts",
+                                               "max_attempts", "state")}
 
 
 def _transfer_context(transfer: dict[str, Any]) -> dict[str, Any]:
@@ -94,7 +117,8 @@ class Handoff:
         self._events = events
         self._channels = channels
         self._outbox = outbox
-        from service.conversations.transfer import Transfers  # it builds on this module
+        from service.conversations.callbacks import Callbacks  # they build on this module
+        from service.conversations.transfer import Transfers
 
         self.transfers = Transfers(self)
         self.callbacks = Callbacks(self)
@@ -165,7 +189,7 @@ class Handoff:
             now = time.time()
             conv.update(status="with_agent", agent_id=agent["id"], agent_name=agent["name"])
             if self._channels[conv["channel"]].traits.agent_can_type:
-                conv["transcript"].append({"from": "agent", "text": _hello(agent), "at": now})
+                conv["transcript"].append({"from": "agent", "text": greeting(agent), "at": now})
             calling = self.callbacks.attempting(conv, agent_line(agent))
             await self._context.save(key, conv)
         self._record("agent_accepted", entry, agent_id=agent["id"],
@@ -182,7 +206,7 @@ class Handoff:
 
     async def _connect_customer(self, agent: dict[str, Any], conv: dict[str, Any],
                                 joining: bool = False) -> None:
-        payload = {"agent": asdict(agent_line(agent)), "hello": _hello(agent)}
+        payload = {"agent": asdict(agent_line(agent)), "hello": greeting(agent)}
         # a transfer: the customer is already connected (a call's conference)
         await self._outbound(conv, "join" if joining else "connect", payload)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from service.conversations.handoff import Handoff, HandoffError, agent_context, agent_line
+from service.conversations.handoff import Handoff, HandoffError, agent_line, queue_entry
 from service.conversations.record import Conversation
 from service.model import AgentLine
 
@@ -139,17 +139,8 @@ class Transfers:
 
     def _entry(self, conv: Conversation, transfer: dict[str, Any]) -> dict[str, Any]:
         """The queue entry of a transferred contact: the new agent's whole context package."""
-        rules = self._handoff._rules()
-        queue = rules.tree.queues[transfer["to_queue"]]
-        contact_type = rules.catalog.types.get(conv.get("contact_type"))
-        type_skills = list(contact_type.skills if contact_type else ())
-        entry = {"contact_id": conv["contact_id"], "customer_id": conv["customer_id"],
-                 "channel": conv["channel"], "queue": queue.name, "thread": conv.get("thread"),
-                 "priority": conv.get("priority", 0),
-                 "skills": sorted(set(queue.skills) | set(type_skills)),
-                 "reason": "transferred", "type_skills": type_skills,
-                 "enqueued_at": conv.get("escalated_at") or time.time(),
-                 "context": agent_context(rules, conv), "transfer": transfer}
+        entry = queue_entry(self._handoff._rules(), conv, transfer["to_queue"], "transferred",
+                            transfer=transfer)
         if transfer["to_agent"]:
             entry["only_agent"] = transfer["to_agent"]
         return entry
