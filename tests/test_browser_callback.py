@@ -72,3 +72,34 @@ async def test_an_agent_takes_a_callback_that_is_not_answered(app_settings, db):
     finally:
         await standin.stop()
     assert errors == []
+
+
+async def test_a_callback_twilio_refuses_at_once_leaves_no_contact_behind(app_settings, db):
+    """The call fails within the accept itself, so its result reaches the console before the
+    accept's answer: the console must not keep the contact the server already took back."""
+    standin, _ = await start_standin()
+    standin.refuse_calls_with_code = 21211
+    settings = with_settings(app_settings, twilio_api_base_url=standin.url,
+                             twilio_account_sid="AC" + "1" * 32)
+    token = await add_agent(db, "Ann", ["care"])
+    errors: list[str] = []
+    try:
+        async with live(settings) as base, chromium() as browser, \
+                aiohttp.ClientSession(base_url=base) as twilio_side:
+            call = await queued_call(twilio_side)
+            await ask_callback(call)
+            page = await (await browser.new_context(
+                viewport={"width": 1280, "height": 800})).new_page()
+            watch_for_errors(page, errors)
+            page.set_default_timeout(TIMEOUT_MS)
+            await sign_in_available(page, base, token)
+            await expect(page.locator("#offers")).to_contain_text(f"Callback to {CALLER}")
+            await page.get_by_role("button", name="Accept").click()
+            await expect(page.locator("#toast")).to_contain_text(
+                "The customer couldn't be reached. It goes back to the queue")
+            await expect(page.locator("#contacts-empty")).to_be_visible()
+            await expect(page.locator("#offers-empty")).to_be_visible()
+            await page.screenshot(path=artifact("callback-refused.png"))
+    finally:
+        await standin.stop()
+    assert errors == []

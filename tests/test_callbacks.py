@@ -218,6 +218,27 @@ async def test_twilio_busy_at_the_first_placement_still_places_the_call_once(app
         assert kinds.count("callback_attempt") == 1 and "delivery_failed" not in kinds
 
 
+async def test_a_call_twilio_refuses_for_good_is_a_failed_attempt(quick_retry_settings, db,
+                                                                   twilio):
+    standin, _ = twilio
+    standin.refuse_calls_with_code = 21211  # not a valid phone number
+    async with instance(quick_retry_settings) as client:
+        call = await queued_call(client)
+        await ask_callback(call)
+        agent = await sign_in(client, db, "Ann", ["care"])
+        for attempt, gave_up in ((1, False), (2, True)):
+            contact = (await agent.next("offer", timeout=15))["contact_id"]
+            await agent.send(type="accept", contact_id=contact)
+            result = await agent.next("callback_result")
+            assert (result["status"], result["attempt"], result["gave_up"]) == \
+                ("failed", attempt, gave_up)
+        events = await events_of(client, db, contact)
+        kinds = [e["kind"] for e in events]
+        assert kinds.count("delivery_failed") == 2 and kinds.count("callback_failed") == 1
+        assert [e["code"] for e in events if e["kind"] == "delivery_failed"] == ["21211"] * 2
+        assert events[-1]["outcome"] == "callback_failed" and standin.calls == []
+
+
 async def test_other_keys_and_replays_are_answered_the_same(app_settings, db, twilio):
     standin, _ = twilio
     async with instance(app_settings) as client:

@@ -47,6 +47,7 @@ class TwilioStandIn:
     ringing: set[str] = field(default_factory=set)  # participant labels not yet answered
     call_attempts: int = 0  # every Calls create that arrived, answered or not
     fail_calls: int = 0  # answer the next N Calls creates with 503 (taking nothing)
+    refuse_calls_with_code: int | None = None  # refuse every Calls create (Twilio's 400)
 
     lose_answers: bool = False  # take the message, then never answer
     drop_connections: int = 0  # close the next N message requests' connections, taking nothing
@@ -212,6 +213,9 @@ class TwilioStandIn:
             self.fail_calls -= 1
             return web.json_response({"code": 20500, "message": "Twilio is busy",
                                       "status": 503}, status=503)
+        if self.refuse_calls_with_code:
+            return web.json_response({"code": self.refuse_calls_with_code, "status": 400,
+                                      "message": "Twilio refused the call"}, status=400)
         form = _multi(await request.post())
         sid = f"CA{next(_sids):032d}"
         self.calls.append({**form, "sid": sid})

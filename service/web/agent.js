@@ -86,6 +86,7 @@ const state = {
   contacts: new Map(), // contact_id -> {frame, transcript, ended, unread, pending}
   selected: null, // contact_id of an offer or a contact
   earlyStatuses: new Map(), // contact_id -> message_status frames that came before "assigned"
+  callbacksGone: new Map(), // contact_id -> attempt whose call failed before "assigned" came
 };
 
 // ---- connection ----------------------------------------------------------------------------
@@ -238,6 +239,12 @@ function onAssigned(frame) {
   const known = state.contacts.get(id);
   const offer = state.offers.get(id);
   state.offers.delete(id);
+  if (state.callbacksGone.has(id) &&
+      state.callbacksGone.get(id) === frame.context?.callback?.attempts) {
+    state.callbacksGone.delete(id); // its call already failed: it is back in the queue
+    if (state.selected === id) state.selected = firstSelectable();
+    return render();
+  }
   // Some assigned frames (re-sync after a reconnect) carry less context than the offer did.
   const context = { ...(offer?.frame.context || known?.frame.context || {}), ...(frame.context || {}) };
   state.contacts.set(id, {
@@ -356,6 +363,7 @@ function onCallbackResult(frame) {
   const next = frame.gave_up ? "The callback was given up."
     : `It goes back to the queue and is tried again in ${delay}.`;
   toast(`The customer ${why[frame.status] || humanise(frame.status)}. ${next}`, "info");
+  if (!contact) state.callbacksGone.set(frame.contact_id, frame.attempt); // "assigned" follows
   state.contacts.delete(frame.contact_id);
   if (state.selected === frame.contact_id) state.selected = firstSelectable();
   render();
