@@ -27,7 +27,7 @@ from service.conversations.context import (
     newest_first,
 )
 from service.conversations.fallback import call_contact_id
-from service.conversations.handoff import Handoff, agent_context
+from service.conversations.handoff import Handoff, queue_entry
 from service.conversations.record import Conversation, new_conversation
 from service.infra.ids import new_uuid
 from service.model import ChannelTraits, Choice, Inbound, PromptStyle, Reply
@@ -571,27 +571,21 @@ class Conversations:
             return self._closed(turn, decision, reason)
         conv, rules = turn.conversation, turn.rules
         queue = rules.tree.queues[closed.waits_in if closed else decision.queue]
-        contact_type = rules.catalog.types.get(conv["contact_type"])
         conv.update(status="queued", queue=queue.name, reason=reason,
                     route_path=decision.route_path, escalated_at=turn.now,
                     priority=decision.priority)
         turn.summary_changed = True
         turn.record("escalated", reason=reason, queue=queue.name, priority=decision.priority)
-        skills = sorted(set(queue.skills) | set(contact_type.skills if contact_type else ()))
-        entry = {"contact_id": conv["contact_id"], "customer_id": conv["customer_id"],
-                 "channel": turn.channel, "queue": queue.name, "thread": conv.get("thread"),
-                 "priority": decision.priority, "skills": skills, "reason": reason,
-                 "type_skills": list(contact_type.skills if contact_type else ()),
-                 "enqueued_at": turn.now, "context": agent_context(rules, conv)}
         calls_back = closed is not None and closed.callback is not None and \
             self._channels[turn.channel].calls_back
         if calls_back:  # out of hours: called back once someone is there
-            conv["callback"] = entry["callback"] = self._handoff.callbacks.record(
-                conv, queue.name, turn.now)
-            entry["context"] = agent_context(rules, conv)
+            conv["callback"] = self._handoff.callbacks.record(conv, queue.name, turn.now)
+        entry = queue_entry(rules, conv, queue.name, reason,
+                            **({"callback": conv["callback"]} if calls_back else {}))
         position = await self._router.enqueue(queue.name, decision.priority, entry)
         wait_s = position.position * queue.avg_handle_s
-        turn.record("queued", queue=queue.name, position=position.position, skills=skills)
+        turn.record("queued", queue=queue.name, position=position.position,
+                    skills=entry["skills"])
         said = (closed.message,) if closed and closed.message else ()
         if calls_back:
             turn.record("callback_requested", queue=queue.name, number=conv["address"],
