@@ -350,6 +350,8 @@ class Conversations:
             return turn.reply(state="with_agent")
         if conv["status"] == "in_flow":
             return await self._flow_answer(turn)
+        if conv["status"] == "callback_offered":
+            return await self._callback_answer(turn)
         if inbound.kind == "no_input":
             return await self._missed(turn, (), "no_input")
         if inbound.kind == "wait":
@@ -563,12 +565,17 @@ class Conversations:
         return turn.rules.tree.decide(routing_attributes(turn.rules, conv, turn.channel,
                                                          turn.now, self._queue_load()))
 
-    async def _escalate(self, turn: Turn, decision: Decision, reason: str) -> Reply:
+    async def _escalate(self, turn: Turn, decision: Decision, reason: str,
+                        callback_chosen: bool = False) -> Reply:
         # A route's `closed` (out of hours, say) replaces the queue; a caller already held
         # after a failure of ours is not turned away by it.
         closed = decision.closed if reason != "technical_fallback" else None
         if closed is not None and closed.waits_in is None:
             return self._closed(turn, decision, reason)
+        calls_back = closed is not None and closed.callback is not None and \
+            self._channels[turn.channel].calls_back
+        if calls_back and not callback_chosen:
+            return self._offer_callback(turn, decision, reason)
         conv, rules = turn.conversation, turn.rules
         queue = rules.tree.queues[closed.waits_in if closed else decision.queue]
         conv.update(status="queued", queue=queue.name, reason=reason,
@@ -576,8 +583,6 @@ class Conversations:
                     priority=decision.priority)
         turn.summary_changed = True
         turn.record("escalated", reason=reason, queue=queue.name, priority=decision.priority)
-        calls_back = closed is not None and closed.callback is not None and \
-            self._channels[turn.channel].calls_back
         if calls_back:  # out of hours: called back once someone is there
             conv["callback"] = self._handoff.callbacks.record(conv, queue.name, turn.now)
         entry = queue_entry(rules, conv, queue.name, reason,
@@ -590,11 +595,35 @@ class Conversations:
         if calls_back:
             turn.record("callback_requested", queue=queue.name, number=conv["address"],
                         closed=True)
-            return turn.reply(*said, prompts.CALLBACK_WHEN_OPEN, state="queued", callback=True)
+            return turn.reply(prompts.CALLBACK_WHEN_OPEN, state="queued", callback=True)
         return turn.reply(*said, prompts.queued(queue.label, position.position, wait_s,
                                                 self._style(turn)),
                           state="queued", position=position.position, estimated_wait_s=wait_s,
                           queue=queue.name)
+
+    def _offer_callback(self, turn: Turn, decision: Decision, reason: str) -> Reply:
+        """Closed, and the route calls back: the route's message, and the caller may ask to
+        be called back once someone is there (key 1); anything else ends the contact."""
+        closed, conv = decision.closed, turn.conversation
+        assert closed is not None and closed.callback is not None
+        conv.update(status="callback_offered", route_path=decision.route_path,
+                    closed_reason=reason)
+        turn.record("callback_offered", reason=reason, queue=closed.callback)
+        said = (closed.message,) if closed.message else ()
+        return turn.reply(*said, prompts.CALLBACK_OFFER_CLOSED, choices=(CALLBACK_CHOICE,),
+                          expects_input=True)
+
+    async def _callback_answer(self, turn: Turn) -> Reply:
+        """The answer to a closed route's callback offer: key 1 (or yes) queues the callback
+        (decided again: if agents are back meanwhile, the caller simply waits for one)."""
+        conv, inbound = turn.conversation, turn.inbound
+        reason = conv.pop("closed_reason", None) or "requested_agent"
+        answer = inbound.text.strip().lower().strip(" .!")
+        if inbound.kind in ("digits", "message") and (answer == CALLBACK_DIGIT or answer in YES):
+            return await self._escalate(turn, self._decide(turn), reason, callback_chosen=True)
+        turn.record("closed_message", reason=reason)
+        self._end(turn, "closed")
+        return turn.reply(prompts.CLOSED_GOODBYE, state="closed")
 
     def _closed(self, turn: Turn, decision: Decision, reason: str) -> Reply:
         """The route says we are closed: its message, and the contact ends (not abandoned)."""
@@ -674,6 +703,8 @@ class Conversations:
             await self._handoff.customer_left(conversation)
         elif status in OPEN_IN_IVR and inbound.kind == "end":
             self._end(turn, self._channels[inbound.channel].end_outcome)
+        elif status == "callback_offered" and inbound.kind == "end":
+            self._end(turn, "closed")  # hung up rather than ask for a callback
         reply = Reply(state=conversation["status"], contact_id=conversation["contact_id"])
         await self._context.commit_turn(inbound, conversation, reply, summaries=[conversation])
         self._events.emit(*turn.events)
