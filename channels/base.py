@@ -16,6 +16,7 @@ from aiohttp import web
 from channels.twilio_rest import TwilioRest
 from service.model import (
     AgentLine,
+    CallOutcome,
     ChannelTraits,
     Choice,
     Destination,
@@ -27,6 +28,8 @@ from service.model import (
 HandleInbound = Callable[[Inbound], Awaitable[Reply]]
 # A provider's status callback about one outbound message, mapped to the neutral model.
 ReportStatus = Callable[[MessageStatus], Awaitable[None]]
+# A provider's status callback about a call placed back to a customer.
+ReportCallOutcome = Callable[[CallOutcome], Awaitable[None]]
 # Frames pushed to one conversation from anywhere (an agent's reply on another instance).
 Subscribe = Callable[[str], AsyncContextManager["asyncio.Queue[dict[str, Any]]"]]
 Publish = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -37,6 +40,10 @@ async def _nowhere(topic: str, frame: dict[str, Any]) -> None:
 
 
 async def _unheard(status: MessageStatus) -> None:
+    return None
+
+
+async def _unheard_call(outcome: CallOutcome) -> None:
     return None
 
 
@@ -51,6 +58,7 @@ class ChannelConfig:
     chat_origins: tuple[str, ...] = ()  # sites whose pages may open /chat/ws; empty: any
     twilio: TwilioRest | None = None  # outbound REST, shared by the Twilio channels
     message_status: ReportStatus = _unheard  # where status callbacks go (the outbox)
+    call_outcome: ReportCallOutcome = _unheard_call  # calls placed back (the callbacks)
 
 
 class Channel(Protocol):
@@ -71,6 +79,10 @@ class Channel(Protocol):
     async def join_agent(self, to: Destination, agent: AgentLine, hello: str) -> None: ...
 
     async def release_agent(self, to: Destination, agent: AgentLine) -> None: ...
+
+    async def drop_agent(self, to: Destination, agent: AgentLine) -> None: ...
+
+    async def call_back(self, to: Destination, attempt: int) -> str | None: ...
 
     async def close(self, to: Destination) -> None: ...
 

@@ -116,11 +116,17 @@ class TwilioRest:
     async def conference_call(self, call_sid: str, conference: str, wait_url: str) -> None:
         """Take a queued call out of the queue into the contact's conference, where it hears
         `wait_url` until an agent joins; the conference ends when the caller leaves."""
-        twiml = ('<?xml version="1.0" encoding="UTF-8"?><Response><Dial>'
-                 f'<Conference participantLabel="{CUSTOMER_LABEL}" startConferenceOnEnter="false"'
-                 f' endConferenceOnExit="true" beep="false" waitUrl="{escape(wait_url)}"'
-                 f' waitMethod="POST">{escape(conference)}</Conference></Dial></Response>')
-        await _calling(self._rest().calls(call_sid).update_async(twiml=twiml))
+        await _calling(self._rest().calls(call_sid).update_async(
+            twiml=conference_twiml(conference, wait_url)))
+
+    async def place_call(self, to: str, from_: str, twiml: str, status_callback: str) -> str:
+        """Call a customer (Calls resource) who then hears `twiml`; Twilio posts the call's
+        progress (answered, completed, or why it was not answered) to `status_callback`.
+        The new call's CallSid."""
+        call = await _calling(self._rest().calls.create_async(
+            to=to, from_=from_, twiml=twiml, status_callback=status_callback,
+            status_callback_method="POST", status_callback_event=["answered", "completed"]))
+        return call.sid
 
     async def add_participant(self, conference: str, from_: str, agent: AgentLine,
                               status_url: str | None = None) -> None:
@@ -145,6 +151,12 @@ class TwilioRest:
         """Drop one participant (an agent's leg) from the conference."""
         await _calling(self._rest().conferences(conference_sid).participants(
             label).delete_async())
+
+    async def connected_labels(self, conference_sid: str) -> set[str]:
+        """The labels of the conference's participants who are in it now (answered)."""
+        found = await _calling(self._rest().conferences(conference_sid).participants.list_async(
+            limit=50))
+        return {p.label for p in found if p.label and p.status == "connected"}
 
     async def conference_sid(self, conference: str) -> str:
         """The SID of the contact's conference in progress (participants are changed by it)."""
@@ -174,6 +186,15 @@ class TwilioRest:
 
 
 CUSTOMER_LABEL = "customer"  # the caller's participant label in the contact's conference
+
+
+def conference_twiml(conference: str, wait_url: str) -> str:
+    """The customer's leg into the contact's conference: `wait_url` until an agent is in,
+    and the conference ends when the customer leaves."""
+    return ('<?xml version="1.0" encoding="UTF-8"?><Response><Dial>'
+            f'<Conference participantLabel="{CUSTOMER_LABEL}" startConferenceOnEnter="false"'
+            f' endConferenceOnExit="true" beep="false" waitUrl="{escape(wait_url)}"'
+            f' waitMethod="POST">{escape(conference)}</Conference></Dial></Response>')
 
 
 def agent_label(agent_id: str) -> str:

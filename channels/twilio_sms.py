@@ -20,6 +20,7 @@ from service.model import (
     AgentLine,
     ChannelTraits,
     Choice,
+    DeliveryFailed,
     Destination,
     Inbound,
     MessageStatus,
@@ -120,6 +121,12 @@ class TwilioMessaging:
 
     async def release_agent(self, to: Destination, agent: AgentLine) -> None:
         return None  # the next agent's hello is the customer's next message
+
+    async def drop_agent(self, to: Destination, agent: AgentLine) -> None:
+        return None  # no line to drop: the next agent's hello already went out
+
+    async def call_back(self, to: Destination, attempt: int) -> str | None:
+        raise DeliveryFailed("not_call", f"{self.traits.name} cannot call a customer back")
 
     async def close(self, to: Destination) -> None:
         return None  # the conversation simply goes quiet; the next text opens a new contact

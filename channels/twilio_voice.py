@@ -15,9 +15,11 @@ from twilio.twiml.voice_response import VoiceResponse
 
 from channels.base import ChannelConfig, HandleInbound, twilio_of
 from channels.twilio_auth import TwilioSignature
-from channels.twilio_rest import agent_label
+from channels.twilio_rest import agent_label, conference_twiml
 from service.model import (
     AgentLine,
+    CallOutcome,
+    CallState,
     ChannelTraits,
     Choice,
     DeliveryFailed,
@@ -38,19 +40,26 @@ ALWAYS_HINTS = ("agent", "representative", "yes", "no")
 FALLBACK = "Sorry, we're having technical trouble. Please hold for the next available agent."
 CONNECTING = "Thanks for holding. Connecting you now."
 PASSING_ON = "I'm passing you to a colleague. Please stay on the line."
+WAIT_FOR_JOIN_S = 2.0  # how often a warm transfer's drop looks again for the next agent
+NOT_FOUND = "20404"  # Twilio: no such resource (a participant who already left)
+# A placed call's CallStatus -> what became of it (status callbacks of `call_back`).
+CALL_STATES: dict[str, CallState] = {"in-progress": "answered", "completed": "ended",
+                                     "no-answer": "no_answer", "busy": "busy",
+                                     "failed": "failed", "canceled": "failed"}
 
 
 class TwilioVoice:
     traits: ClassVar[ChannelTraits] = ChannelTraits(
         name="voice", identity="phone", prompt_style="keys", default_capacity=1,
         idles_out=False, carrier_keywords=False, agent_can_type=False, route_prefix=BASE,
-        live_call=True,
+        live_call=True, calls_back=True,
         end_outcome="hung_up_in_ivr")
 
     def __init__(self, config: ChannelConfig, handle: HandleInbound):
         self._signature = TwilioSignature(config.twilio_auth_token, config.public_url)
         self._handle = handle
         self._fallback_queue: Callable[[], str] = config.fallback_queue
+        self._call_outcome = config.call_outcome
         self._twilio = twilio_of(config)
         self._public_url = config.public_url.rstrip("/")
 
@@ -61,7 +70,9 @@ class TwilioVoice:
                 web.post(f"{BASE}/status", self.status),
                 web.post(f"{BASE}/conference-wait", self.conference_wait),
                 web.post(f"{BASE}/conference-hold", self.conference_hold),
-                web.post(f"{BASE}/conference-status", self.conference_status)]
+                web.post(f"{BASE}/conference-status", self.conference_status),
+                web.post(f"{BASE}/callback-key", self.callback_key),
+                web.post(f"{BASE}/callback-status", self.callback_status)]
 
     async def incoming(self, request: web.Request) -> web.Response:
         form = await self._form(request)
@@ -90,6 +101,36 @@ class TwilioVoice:
             log.exception("voice.hold_failed", call_sid=form["CallSid"])
             reply = Reply(messages=("Thanks for holding.",), state="queued")
         return _twiml(render_hold(reply))
+
+    async def callback_key(self, request: web.Request) -> web.Response:
+        """A key pressed in the hold loop: the core tells a callback request (its
+        confirmation, then the caller leaves Twilio's queue) from any other key (the hold
+        loop again). One request per call, so a replay is answered the same."""
+        form = await self._form(request)
+        inbound = _inbound(form, "callback", form.get("Digits", ""),
+                           f"{form['CallSid']}:callback")
+        try:
+            reply = await self._handle(inbound)
+        except Exception:
+            log.exception("voice.callback_request_failed")
+            reply = Reply(messages=("Thanks for holding.",), state="queued")
+        return _twiml(render_leave(reply) if reply.callback else render_hold(reply))
+
+    async def callback_status(self, request: web.Request) -> web.Response:
+        """Status callbacks of a call placed back to a customer (`call_back`): its contact
+        and attempt are in the URL Twilio was given."""
+        form = await self._signature.verified_form(request)
+        contact, attempt = request.query.get("contact", ""), request.query.get("attempt", "")
+        state = CALL_STATES.get(form.get("CallStatus", ""))
+        if not contact or not attempt.isdigit():
+            raise web.HTTPBadRequest(text="contact and attempt are required")
+        if state is not None:
+            try:
+                await self._call_outcome(CallOutcome(contact, int(attempt), state,
+                                                     form.get("CallSid")))
+            except Exception:  # Twilio does not retry status callbacks: log it loudly
+                log.exception("voice.callback_outcome_failed", contact_id=contact)
+        return _twiml(EMPTY)
 
     async def left_queue(self, request: web.Request) -> web.Response:
         form = await self._form(request)
@@ -131,6 +172,33 @@ class TwilioVoice:
         sid = await self._twilio.conference_sid(_conference(to))
         await self._twilio.hold_customer(sid, f"{self._public_url}{BASE}/conference-hold")
         await self._twilio.remove_participant(sid, agent_label(agent.id))
+
+    async def drop_agent(self, to: Destination, agent: AgentLine) -> None:
+        """A warm transfer completed: the first agent's leg leaves the conference, but only
+        once another agent is in it (their phone may still ring), so the caller is never
+        alone; until then this is refused as retryable and the outbox tries again."""
+        sid = await self._twilio.conference_sid(_conference(to))
+        label = agent_label(agent.id)
+        others = {lb for lb in await self._twilio.connected_labels(sid)
+                  if lb.startswith("agent-") and lb != label}
+        if not others:
+            raise DeliveryFailed("waiting", "the next agent has not joined the call yet",
+                                 retryable=True, retry_after_s=WAIT_FOR_JOIN_S)
+        try:
+            await self._twilio.remove_participant(sid, label)
+        except DeliveryFailed as exc:
+            if exc.code != NOT_FOUND:  # not found: the first agent already hung up
+                raise
+
+    async def call_back(self, to: Destination, attempt: int) -> str | None:
+        """Call the customer into the contact's conference (they hear the wait message until
+        the agent joins); its progress comes back to /callback-status."""
+        status = f"{self._public_url}{BASE}/callback-status?contact={to.contact_id}" \
+                 f"&attempt={attempt}"
+        return await self._twilio.place_call(
+            to.address, to.service_address,
+            conference_twiml(_conference(to), f"{self._public_url}{BASE}/conference-wait"),
+            status)
 
     async def conference_wait(self, request: web.Request) -> web.Response:
         """What the caller hears in the conference before the agent joins; Twilio loops it."""
@@ -244,16 +312,33 @@ def _render(queue: str | None, messages: tuple[str, ...], expects_input: bool,
 
 
 def render_hold(reply: Reply) -> str:
-    """What a queued caller hears until an agent takes the call; Twilio loops it."""
-    return _render_hold(reply.messages)
+    """What a queued caller hears until an agent takes the call; Twilio loops it. With a
+    choice (a callback), its key is gathered during the words and the pause after them."""
+    return _render_hold(reply.messages, bool(reply.choices))
 
 
 @functools.lru_cache(maxsize=1024)
-def _render_hold(messages: tuple[str, ...]) -> str:
+def _render_hold(messages: tuple[str, ...], keys: bool) -> str:
     response = VoiceResponse()
+    if keys:
+        gather = response.gather(input="dtmf", num_digits=1, action=f"{BASE}/callback-key",
+                                 method="POST", timeout=HOLD_PAUSE_S)
+        for text in messages:
+            gather.say(text)
+        return str(response)
     for text in messages:
         response.say(text)
     response.pause(length=HOLD_PAUSE_S)
+    return str(response)
+
+
+def render_leave(reply: Reply) -> str:
+    """A caller who will be called back: the confirmation, then out of Twilio's queue (its
+    Enqueue action, /queue-result, hangs up)."""
+    response = VoiceResponse()
+    for text in reply.messages:
+        response.say(text)
+    response.leave()
     return str(response)
 
 

@@ -24,6 +24,7 @@ from service.model import (
     AgentLine,
     ChannelTraits,
     Choice,
+    DeliveryFailed,
     Destination,
     Inbound,
     InboundKind,
@@ -104,6 +105,12 @@ class WebChat:
 
     async def release_agent(self, to: Destination, agent: AgentLine) -> None:
         await self._publish(f"chat:{to.thread}", {"type": "status", "state": "queued"})
+
+    async def drop_agent(self, to: Destination, agent: AgentLine) -> None:
+        return None  # the next agent's hello already told the visitor
+
+    async def call_back(self, to: Destination, attempt: int) -> str | None:
+        raise DeliveryFailed("not_call", "a chat visitor cannot be called back")
 
     async def close(self, to: Destination) -> None:
         await self._publish(f"chat:{to.thread}", {"type": "status", "state": "closed"})

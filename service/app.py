@@ -87,7 +87,9 @@ def create_app(settings: Settings) -> web.Application:
                            publish=lambda topic, frame: app[BUS].publish(topic, frame),
                            chat_identity_secret=settings.chat_identity_secret,
                            chat_origins=settings.chat_origins, twilio=twilio,
-                           message_status=lambda status: app[OUTBOX].on_status(status))
+                           message_status=lambda status: app[OUTBOX].on_status(status),
+                           call_outcome=lambda outcome: app[HANDOFF].callbacks.on_outcome(
+                               outcome))
     app[CHANNEL_LIST] = [cls(config, lambda inbound: handle_turn(app, inbound))
                          for cls in CHANNEL_TYPES]
     for channel in app[CHANNEL_LIST]:
@@ -301,6 +303,7 @@ async def conversations(app: web.Application) -> AsyncIterator[None]:
     app[QUEUE_LOAD] = QueueLoad(app[ROUTER], lambda: current_rules().tree.queues)
     app[HANDOFF] = Handoff(current_rules, context, app[ROUTER], app[BUS], app[EVENTS],
                            outbound_channels(app), app[OUTBOX])
+    app[OUTBOX].call_failed = app[HANDOFF].callbacks.on_outcome
     app[CONVERSATIONS] = Conversations(
         rules=current_rules, context=context, handoff=app[HANDOFF], events=app[EVENTS],
         channels=traits, find_customer=lambda kind, value: find_customer(pool, kind, value),

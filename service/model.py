@@ -19,8 +19,10 @@ PromptStyle = Literal["text", "buttons", "keys"]
 ContactState = Literal["self_service", "queued", "with_agent", "closed"]
 # message: words typed or spoken; digits: keypad; start: a call or chat begins;
 # no_input: the customer said nothing; wait: a queued caller's hold loop asks for news;
-# left_queue: the caller left the queue (hung up, bridged); end: the call or chat ended.
-InboundKind = Literal["message", "digits", "start", "no_input", "wait", "left_queue", "end"]
+# left_queue: the caller left the queue (hung up, bridged); end: the call or chat ended;
+# callback: a key pressed by a queued caller in the hold loop (text: the key) to be called back.
+InboundKind = Literal["message", "digits", "start", "no_input", "wait", "left_queue", "end",
+                      "callback"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,8 @@ class Reply:
     turn: int = 0  # how many turns the contact has had; voice puts it in its action URLs
     history: tuple[dict[str, Any], ...] = ()  # the transcript so far, when a chat resumes
     survey: bool = False  # the last message asks for a rating (a widget shows a survey)
+    # The customer will be called back: a queued call leaves the provider's queue and ends.
+    callback: bool = False
 
     def to_json(self) -> dict[str, Any]:
         # Spelled out: dataclasses.asdict deep-copies every field and costs ~20 us per turn.
@@ -69,7 +73,8 @@ class Reply:
                 "state": self.state, "contact_id": self.contact_id, "position": self.position,
                 "estimated_wait_s": self.estimated_wait_s, "queue": self.queue,
                 "expects_input": self.expects_input, "turn": self.turn,
-                "history": [dict(entry) for entry in self.history], "survey": self.survey}
+                "history": [dict(entry) for entry in self.history], "survey": self.survey,
+                "callback": self.callback}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "Reply":
@@ -93,6 +98,7 @@ class ChannelTraits:
     reply_window_s: int | None = None  # agents may write only this long after the customer did
     customer_paced: bool = False  # the customer writes when they like (rate limit, loop breaker)
     live_call: bool = False  # a call: its thread is the contact; the provider holds it when we fail
+    calls_back: bool = False  # a queued customer may ask to be called back (`call_back`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +133,21 @@ class DeliveryFailed(Exception):
         # The request may have reached the provider (its answer was lost): look before resending.
         self.maybe_sent = maybe_sent
         self.retry_after_s = retry_after_s  # the provider asked us to wait this long (Retry-After)
+
+
+# What became of a call placed back to a customer (a provider's status callback):
+# answered: the customer picked up; ended: the call ended after that; no_answer, busy, failed:
+# the customer was not reached.
+CallState = Literal["answered", "ended", "no_answer", "busy", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    """A provider's news about a call placed back to a customer (`Outbound.call_back`)."""
+    contact_id: str
+    attempt: int  # which attempt of the contact's callback the call was
+    state: CallState
+    provider_id: str | None = None  # e.g. Twilio's CallSid of the placed call
 
 
 # What the agent console shows of one outbound message (docs/interfaces.md, message_status).
@@ -171,6 +192,17 @@ class Outbound(Protocol):
     async def release_agent(self, to: Destination, agent: AgentLine) -> None:
         """The agent leaves before the next one joins (a cold transfer): a caller is held
         with music, the agent's leg is dropped."""
+        ...
+
+    async def drop_agent(self, to: Destination, agent: AgentLine) -> None:
+        """A warm transfer completed (the next agent accepted): the first agent's leg of a
+        call is dropped; nothing to do where there is no leg."""
+        ...
+
+    async def call_back(self, to: Destination, attempt: int) -> str | None:
+        """Place a call to a customer who asked to be called back, into the contact's
+        conversation where its agent joins; its outcome comes back as `CallOutcome`s.
+        Channels whose traits lack `calls_back` refuse (DeliveryFailed)."""
         ...
 
     async def close(self, to: Destination) -> None:

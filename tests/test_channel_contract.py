@@ -14,7 +14,14 @@ from service.app import create_app
 from service.appkeys import CHANNEL_LIST
 from service.channel_list import CHANNEL_TYPES, channel_names
 from service.conversations import prompts
-from service.model import ChannelTraits, IdentityKind, PromptStyle, Reply
+from service.model import (
+    ChannelTraits,
+    DeliveryFailed,
+    Destination,
+    IdentityKind,
+    PromptStyle,
+    Reply,
+)
 from service.rules.loader import load_rules
 from service.rules.yamlfile import ConfigError
 from tests.conftest import RULES_DIR
@@ -67,10 +74,25 @@ def test_routes_are_under_its_own_prefix(channel):
 
 @pytest.mark.parametrize("channel", CHANNEL_TYPES, ids=IDS)
 def test_outbound_methods_are_present(channel):
-    for name in ("send_text", "connect_agent", "join_agent", "release_agent", "close", "ask",
-                 "find_sent"):
+    for name in ("send_text", "connect_agent", "join_agent", "release_agent", "drop_agent",
+                 "call_back", "close", "ask", "find_sent"):
         method = getattr(channel, name, None)
         assert method is not None and inspect.iscoroutinefunction(method), name
+
+
+@pytest.mark.parametrize("channel", CHANNEL_TYPES, ids=IDS)
+async def test_a_channel_that_cannot_call_back_says_so_in_its_traits(channel):
+    """The core offers a callback only where the traits say the channel places calls; the
+    others refuse a call_back with DeliveryFailed (never a provider request)."""
+    instance = channel(ChannelConfig("https://example.test", "token"), _nothing)
+    to = Destination("contact-1", "+15555550100", "+15005550006", "thread-1")
+    if channel.traits.calls_back:
+        assert channel.traits.live_call  # a callback keeps its place like a held call
+        assert any(route.path.endswith("/callback-status") for route in instance.routes())
+        return
+    with pytest.raises(DeliveryFailed) as refused:
+        await instance.call_back(to, 1)
+    assert refused.value.reason == "not_call" and not refused.value.retryable
 
 
 @pytest.mark.parametrize("channel", CHANNEL_TYPES, ids=IDS)

@@ -9,6 +9,7 @@ import pytest
 
 from service.__main__ import main
 from service.appkeys import EVENTS, ROUTER
+from service.conversations import prompts
 from tests.conftest import service_with_rules
 from tests.test_rules_validation import CATALOG, ROUTES, errors, write_rules
 from tests.twilio_driver import Call, text
@@ -75,6 +76,57 @@ async def test_a_closed_voice_route_with_only_a_message_hangs_up(settings, redis
         assert await client.app[ROUTER].waiting("general") == []
 
 
+async def test_a_closed_voice_route_offers_a_callback_for_when_agents_are_back(
+        settings, redis_client, db, tmp_path):
+    tree = TREE.replace(f'closed: {{queue: orders, message: "{NIGHT_LINE}"}}',
+                        'closed: {callback: orders, message: "The phone line is closed."}'
+                        ).replace(f'closed: {{message: "{CLOSED}"}}', 'closed: {callback: orders}')
+    async with service_with_rules(settings, write_rules(tmp_path, routes=tree)) as client:
+        call = await Call(client, "+15555550154").dial()
+        await call.press("0")
+        assert call.verbs() == ["Gather", "Redirect"]
+        assert call.said() == ["The phone line is closed.", prompts.CALLBACK_OFFER_CLOSED]
+        assert await client.app[ROUTER].waiting("orders") == []  # nothing until they choose
+        await call.press("1")
+        assert call.verbs() == ["Say", "Hangup"]
+        assert call.said() == [prompts.CALLBACK_WHEN_OPEN]
+        [waiting] = await client.app[ROUTER].waiting("orders")
+        assert waiting["callback"]["number"] == "+15555550154"
+        assert waiting["callback"]["state"] == "waiting"
+        await call.hang_up("completed")  # the call ends; the callback waits for an agent
+        assert len(await client.app[ROUTER].waiting("orders")) == 1
+
+        silent = await Call(client, "+15555550156").dial()
+        await silent.press("0")
+        await silent.stay_silent()  # no key: the contact ends, closed, nothing queued
+        assert silent.verbs() == ["Say", "Hangup"]
+        assert silent.said() == [prompts.CLOSED_GOODBYE]
+        gone = await Call(client, "+15555550157").dial()
+        await gone.press("0")
+        await gone.hang_up("completed")  # hung up on the offer
+        assert len(await client.app[ROUTER].waiting("orders")) == 1
+
+        # a texter is not called back: the same route queues them as usual
+        assert await text(client, "+15555550155", "I want to talk to a human") != []
+        texter = [w for w in await client.app[ROUTER].waiting("orders") if w["channel"] == "sms"]
+        assert len(texter) == 1 and "callback" not in texter[0]
+        assert await client.app[EVENTS].flush()
+    rows = await db.fetch("SELECT c.address, e.kind, e.data FROM contact_events e JOIN contacts c "
+                          "ON c.id = e.contact_id WHERE c.channel = 'voice' ORDER BY e.seq")
+    by_caller: dict[str, list[str]] = {}
+    outcomes = {}
+    for row in rows:
+        by_caller.setdefault(row["address"], []).append(row["kind"])
+        if row["kind"] == "ended":
+            outcomes[row["address"]] = json.loads(row["data"])["outcome"]
+    called_back = by_caller["+15555550154"]
+    assert called_back.index("callback_offered") < called_back.index("callback_requested")
+    assert "ended" not in called_back
+    assert outcomes == {"+15555550156": "closed", "+15555550157": "closed"}
+    assert not any("callback_requested" in by_caller[c] or "escalated" in by_caller[c]
+                   for c in ("+15555550156", "+15555550157"))
+
+
 @pytest.mark.parametrize("args,closed", [
     (["channel=sms"], {"message": CLOSED}),
     (["channel=voice"], {"queue": "orders", "message": NIGHT_LINE}),
@@ -86,12 +138,14 @@ def test_rules_test_shows_what_a_closed_route_does(tmp_path, capsys, args, close
 
 
 CLOSED_ERRORS = [
-    ("callback is not there yet", "closed: {callback: {attempts: 3}}",
-     "routes.yaml:18: 'callback' is not available yet: use 'message' (say it and end the "
-     "contact) or 'queue' (wait there for an agent) (route -> routes -> 1 -> closed -> callback)"),
+    ("queue and callback", "closed: {queue: orders, callback: orders}",
+     "routes.yaml:18: closed takes a 'queue' to wait in or a 'callback' queue, not both "
+     "(route -> routes -> 1 -> closed -> callback)"),
+    ("unknown callback queue", "closed: {callback: night}",
+     "routes.yaml:18: unknown queue 'night' (route -> routes -> 1 -> closed -> callback)"),
     ("nothing to do", "closed: {}",
-     "routes.yaml:18: closed needs a 'message', a 'queue' to wait in, or both "
-     "(route -> routes -> 1 -> closed)"),
+     "routes.yaml:18: closed needs a 'message', a 'queue' to wait in, a 'callback' queue, "
+     "or a message with either (route -> routes -> 1 -> closed)"),
     ("unknown queue", "closed: {queue: night}",
      "routes.yaml:18: unknown queue 'night' (route -> routes -> 1 -> closed -> queue)"),
     ("empty message", "closed: {message: ''}",
@@ -101,8 +155,8 @@ CLOSED_ERRORS = [
      "routes.yaml:18: unknown key 'mesage' (route -> routes -> 1 -> closed -> mesage)"),
 ]
 CLOSED_ERRORS[-1] = (*CLOSED_ERRORS[-1][:2], [  # the typo leaves it with nothing to do
-    CLOSED_ERRORS[-1][2], "routes.yaml:18: closed needs a 'message', a 'queue' to wait in, or "
-    "both (route -> routes -> 1 -> closed)"])
+    CLOSED_ERRORS[-1][2], "routes.yaml:18: closed needs a 'message', a 'queue' to wait in, a "
+    "'callback' queue, or a message with either (route -> routes -> 1 -> closed)"])
 
 
 @pytest.mark.parametrize("closed,expected", [c[1:] for c in CLOSED_ERRORS],

@@ -237,7 +237,8 @@ async def test_summary_of_the_known_week(ops_client, db, clock, ops_token):
         "contacts": 8, "self_service_offered": 5, "self_service_resolved": 4,
         "false_deflections": 1, "escalated": 3, "abandoned": 1, "accepted": 1,
         "accepted_in_service_level": 1, "voice_contacts": 3, "voice_contained": 2,
-        "transferred": 0, "deflection_rate": 0.5, "true_deflection_rate": 0.375, "containment_rate": 2 / 3,
+        "transferred": 0, "callbacks_requested": 0, "callbacks_completed": 0,
+        "deflection_rate": 0.5, "true_deflection_rate": 0.375, "containment_rate": 2 / 3,
         "abandonment_rate": 1 / 3, "service_level": 1 / 3} | {
         k: v for k, v in figures(0, 0, 0, 0, 0, 0, 0, 0, 0, 0).items()
         if k.startswith(("survey", "csat", "nps"))}
@@ -552,12 +553,12 @@ async def test_report_command_in_three_formats(monkeypatch, capsys, settings, op
                         "accepted_in_service_level,voice_contacts,voice_contained,"
                         "surveys_sent,survey_responses,csat_responses,csat_points,"
                         "nps_responses,nps_promoters,nps_detractors,transferred,"
-                        "deflection_rate,true_deflection_rate,containment_rate,"
+                        "callbacks_requested,callbacks_completed,deflection_rate,true_deflection_rate,containment_rate,"
                         "abandonment_rate,service_level,survey_response_rate,csat,nps")
     assert lines[1] == "2,2024-05-06T00:00:00Z,2024-05-07T00:00:00Z,total,,2,1,1,0,1,0,0,0,0," \
-                       "0,0,0,0,0,0,0,0,0,0.5,0.5,,0.0,0.0,,,"
+                       "0,0,0,0,0,0,0,0,0,0,0,0.5,0.5,,0.0,0.0,,,"
     assert "2,2024-05-06T00:00:00Z,2024-05-07T00:00:00Z,escalation_reason,requested_agent,,,,," \
-           "1" + "," * 21 in lines
+           "1" + "," * 23 in lines
 
     assert await cli("report", *window) == 0
     table = capsys.readouterr().out

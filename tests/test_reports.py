@@ -184,7 +184,8 @@ async def test_summary_of_a_mixed_day(log_db):
         "contacts": 11, "self_service_offered": 7, "self_service_resolved": 5,
         "false_deflections": 1, "escalated": 5, "abandoned": 2, "accepted": 3,
         "accepted_in_service_level": 2, "voice_contacts": 4, "voice_contained": 2,
-        "transferred": 1, "deflection_rate": 5 / 11, "true_deflection_rate": 4 / 11, "containment_rate": 0.5,
+        "transferred": 1, "callbacks_requested": 0, "callbacks_completed": 0,
+        "deflection_rate": 5 / 11, "true_deflection_rate": 4 / 11, "containment_rate": 0.5,
         "abandonment_rate": 0.4, "service_level": 0.4}
     assert {k: report["totals"][k] for k in NOT_SURVEYED} == NOT_SURVEYED
     assert report["escalation_reasons"] == {"repeat_contact": 1, "requested_agent": 1,
@@ -410,6 +411,13 @@ def random_contact(rng, customer: str, at: datetime) -> Contact:
         contact.failed().escalated(rng.choice(("self_service_failed", "requested_agent")),
                                    rng.choice(("orders", "general")), gap_s=gap())
     fate = rng.random()
+    if contact.channel == "voice" and rng.random() < 0.4:  # the caller asked to be called back
+        contact.event("callback_requested", queue="general", number="+15550100", gap_s=gap())
+        if fate < 0.6:
+            return random_callback(rng, contact, gap)
+        if fate < 0.8:  # hung up after asking (the call's end is no abandonment)
+            contact.event("left_queue", result="leave", gap_s=gap())
+        return contact
     if fate < 0.6:
         contact.accepted(after_s=rng.choice((5, 45, 90)))
         if rng.random() < 0.3:  # handed on, once or twice, cold or warm
@@ -420,6 +428,21 @@ def random_contact(rng, customer: str, at: datetime) -> Contact:
     elif fate < 0.9:
         contact.ended("abandoned_in_queue", gap_s=gap())
     return contact
+
+
+def random_callback(rng, contact: Contact, gap) -> Contact:
+    """A callback's attempts, each after an agent's accept: answered (then wrapped up), or
+    not answered and tried again up to three times, then given up."""
+    for attempt in range(1, 4):
+        contact.accepted(after_s=rng.choice((5, 45, 300)))
+        contact.event("callback_attempt", attempt=attempt, gap_s=gap())
+        if rng.random() < 0.5:
+            contact.event("callback_completed", attempt=attempt, gap_s=gap())
+            return contact.wrap_up(rng.random() < 0.7)
+        contact.event("callback_attempt_failed", attempt=attempt, result="no_answer",
+                      gap_s=gap())
+    contact.event("callback_failed", attempts=3, result="no_answer", gap_s=gap())
+    return contact.ended("callback_failed", gap_s=gap())
 
 
 def random_survey(rng, contact: Contact, gap) -> Contact:
@@ -476,6 +499,7 @@ async def test_served_figures_equal_the_raw_event_computation_on_random_traffic(
     assert whole["totals"]["contacts"] == len(contacts)
     assert whole["totals"]["false_deflections"] > 0 and whole["totals"]["abandoned"] > 0
     assert 0 < whole["totals"]["transferred"] < whole["totals"]["accepted"]
+    assert 0 < whole["totals"]["callbacks_completed"] < whole["totals"]["callbacks_requested"]
     totals = whole["totals"]
     assert totals["surveys_sent"] > totals["survey_responses"] > 0
     assert totals["csat_responses"] > 0 and totals["nps_responses"] > 0

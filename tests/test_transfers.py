@@ -273,16 +273,29 @@ async def test_warm_call_transfer_adds_the_next_agent_to_the_conference(app_sett
         await first.send(type="transfer", contact_id=contact, agent=second.id, mode="warm",
                          note="caller wants billing")
         await first.next("transfer_result")
+        standin.ringing.add(f"agent-{second.id}")  # Bob's phone rings a while
         await take(second)
         assert (await first.next("transfer_result"))["status"] == "accepted"
+        await asyncio.sleep(1)
+        assert [p["action"] for p in standin.participants] == ["create", "create"]
+        standin.ringing.clear()  # Bob answered: Ann's leg goes at the next look
         added = standin.participants[1]
         assert (added["action"], added["conference"], added["Label"]) == \
             ("create", conference, f"agent-{second.id}")
         assert added["ConferenceStatusCallback"].endswith("/twilio/voice/conference-status")
         assert added["ConferenceStatusCallbackEvent"] == "join"
-        # warm: nobody was put on hold or dropped; Ann leaves by hanging up herself
-        assert [p["action"] for p in standin.participants] == ["create", "create"]
+        # warm: nobody was put on hold; once Bob is in, Ann's leg is dropped for her
+        sid = standin.conferences[conference]
+        for _ in range(200):
+            if len(standin.participants) >= 3:
+                break
+            await asyncio.sleep(0.05)
+        assert [p["action"] for p in standin.participants] == ["create", "create", "delete"]
+        dropped = standin.participants[2]
+        assert (dropped["conference"], dropped["participant"]) == (sid, f"agent-{first.id}")
         assert len(standin.call_updates) == 1
+        kinds = [e["kind"] for e in await events_of(client, db, contact)]
+        assert "delivery_failed" not in kinds and kinds.count("transferred") == 1
 
 
 async def test_cold_call_transfer_holds_the_caller_then_drops_the_first_agent(app_settings, db,

@@ -168,7 +168,7 @@ async def test_hang_up_in_the_queue(client, db, redis_client):
     call = await Call(client, CALLER).dial()
     await call.press("0")
     await call.hold()
-    assert call.verbs() == ["Say", "Pause"]
+    assert call.verbs() == ["Gather"]  # the hold words, listening for the callback key
     await call.leave_queue("hangup")
     assert call.verbs() == ["Hangup"]
     await call.hang_up()
@@ -205,9 +205,11 @@ async def test_wait_url_tells_the_real_position(client, redis_client):
     await second.press("0")
     await second.hold(position=7)  # Twilio's own figure is ignored: ours is the real queue
     assert second.raw == (
-        '<?xml version="1.0" encoding="UTF-8"?><Response><Say>You are number 2 in line. The '
-        'estimated wait is about 10 minutes. Thanks for holding.</Say><Pause length="20" />'
-        '</Response>')
+        '<?xml version="1.0" encoding="UTF-8"?><Response><Gather '
+        'action="/twilio/voice/callback-key" input="dtmf" method="POST" numDigits="1" '
+        'timeout="20"><Say>You are number 2 in line. The estimated wait is about 10 minutes. '
+        'Thanks for holding. To be called back instead and keep your place in line, press 1.'
+        '</Say></Gather></Response>')
 
 
 async def test_a_retried_gather_is_answered_the_same_and_processed_once(client, db):

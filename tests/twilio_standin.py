@@ -7,7 +7,8 @@ Redis in these tests are real. Failure modes: answer a status (503, 429) with or
 connections (the server stops listening); lose the answer (the message is taken, then the
 request hangs until the client gives up); drop the connection without taking the message.
 It lists messages (GET Messages.json filtered by
-To, From and DateSent) and posts signed status callbacks to the service, as Twilio does.
+To, From and DateSent), places calls (POST Calls.json, `fail_calls` answers the next ones 503)
+and posts signed status callbacks of messages and placed calls to the service, as Twilio does.
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ class TwilioStandIn:
     # {"action": "create" | "update" | "delete", "conference", "participant", **form}.
     participants: list[dict[str, str]] = field(default_factory=list)
     conferences: dict[str, str] = field(default_factory=dict)  # friendly name -> CF sid
+    # Calls resource creates (calls placed), in order: the form plus "sid".
+    calls: list[dict[str, str]] = field(default_factory=list)
+    ringing: set[str] = field(default_factory=set)  # participant labels not yet answered
+    call_attempts: int = 0  # every Calls create that arrived, answered or not
+    fail_calls: int = 0  # answer the next N Calls creates with 503 (taking nothing)
+    refuse_calls_with_code: int | None = None  # refuse every Calls create (Twilio's 400)
 
     lose_answers: bool = False  # take the message, then never answer
     drop_connections: int = 0  # close the next N message requests' connections, taking nothing
@@ -55,10 +62,13 @@ class TwilioStandIn:
         base = "/2010-04-01/Accounts/{account}"
         app.router.add_post(MESSAGES, self._message)
         app.router.add_get(MESSAGES, self._list)
+        app.router.add_post(f"{base}/Calls.json", self._create_call)
         app.router.add_post(f"{base}/Calls/{{call}}.json", self._call)
         app.router.add_get(f"{base}/Conferences.json", self._list_conferences)
         app.router.add_post(f"{base}/Conferences/{{conference}}/Participants.json",
                             self._create_participant)
+        app.router.add_get(f"{base}/Conferences/{{conference}}/Participants.json",
+                           self._list_participants)
         app.router.add_post(f"{base}/Conferences/{{conference}}/Participants/{{participant}}.json",
                             self._update_participant)
         app.router.add_delete(
@@ -107,6 +117,25 @@ class TwilioStandIn:
                                   "participant": call_sid, **form})
         return web.json_response(self._participant(request, sid, call_sid, form.get("Label")),
                                  status=201)
+
+    async def _list_participants(self, request: web.Request) -> web.Response:
+        """The participants in the conference now: created and not deleted (by label), each
+        `connected` unless its label is in `ringing`."""
+        sid = request.match_info["conference"]
+        names = {n for n, s in self.conferences.items() if s == sid}
+        present: dict[str, str] = {}
+        for change in self.participants:
+            label = change.get("Label") or change.get("participant")
+            if change["action"] == "create" and change["conference"] in names | {sid}:
+                present[label] = change["participant"]
+            elif change["action"] == "delete" and change["conference"] == sid:
+                present.pop(label, None)
+        found = [{**self._participant(request, sid, call_sid, label),
+                  "status": "ringing" if label in self.ringing else "connected"}
+                 for label, call_sid in present.items()]
+        return web.json_response({"participants": found, "meta": {
+            "key": "participants", "page": 0, "page_size": 50, "next_page_url": None,
+            "previous_page_url": None, "url": str(request.rel_url)}})
 
     async def _update_participant(self, request: web.Request) -> web.Response:
         if request.match_info["conference"] not in self.conferences.values():
@@ -177,6 +206,39 @@ class TwilioStandIn:
         if "<Conference" in form.get("Twiml", ""):  # the caller dialled into a conference
             self.conference_sid(form["Twiml"].split("</Conference>")[0].rsplit(">", 1)[1])
         return web.json_response({"sid": request.match_info["call"], "status": "in-progress"})
+
+    async def _create_call(self, request: web.Request) -> web.Response:
+        self.call_attempts += 1
+        if self.fail_calls:
+            self.fail_calls -= 1
+            return web.json_response({"code": 20500, "message": "Twilio is busy",
+                                      "status": 503}, status=503)
+        if self.refuse_calls_with_code:
+            return web.json_response({"code": self.refuse_calls_with_code, "status": 400,
+                                      "message": "Twilio refused the call"}, status=400)
+        form = _multi(await request.post())
+        sid = f"CA{next(_sids):032d}"
+        self.calls.append({**form, "sid": sid})
+        return web.json_response({"sid": sid, "status": "queued", "to": form.get("To"),
+                                  "from": form.get("From"),
+                                  "account_sid": request.match_info["account"]}, status=201)
+
+    async def send_call_status(self, call: dict[str, str], status: str,
+                               signature: str | None = None) -> int:
+        """Post a placed call's StatusCallback (CallStatus `status`), signed as Twilio signs
+        it; the HTTP status."""
+        callback = call["StatusCallback"]
+        params = {"CallSid": call["sid"], "AccountSid": "AC" + "1" * 32, "To": call["To"],
+                  "From": call["From"], "CallStatus": status, "Direction": "outbound-api",
+                  "ApiVersion": "2010-04-01",
+                  "CallbackSource": "call-progress-events"}
+        signed = RequestValidator(self.auth_token).compute_signature(callback, params)
+        parts = urlsplit(callback)
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{self.service_url}{parts.path}?{parts.query}",
+                                    data=params, headers={
+                                        "X-Twilio-Signature": signature or signed}) as response:
+                return response.status
 
     async def send_status(self, sid: str, status: str, error_code: str | None = None,
                           signature: str | None = None) -> int:

@@ -38,7 +38,8 @@ PRIORITY_SCALE = 10**13  # above any epoch-millisecond value, so priority always
 DECLINED_TTL_S = 120
 
 # Offers contacts (priority, then wait) to the longest-idle available agent with every skill
-# the contact needs, free capacity on its channel, and no earlier decline of it.
+# the contact needs, free capacity on its channel, and no earlier decline of it; an entry with
+# `not_before` (a callback waiting to be tried again) keeps its place but is offered only then.
 DISPATCH = """
 local P, now, ttl = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
 local agents = redis.call('ZRANGE', P .. 'available', 0, -1)
@@ -54,8 +55,9 @@ table.sort(candidates, function(a, b) return a[2] < b[2] end)
 local made = {}
 for _, candidate in ipairs(candidates) do
   local contact = candidate[1]
-  if redis.call('HEXISTS', P .. 'offered', contact) == 0 then
-    local entry = cjson.decode(redis.call('HGET', P .. 'entries', contact))
+  local entry = cjson.decode(redis.call('HGET', P .. 'entries', contact))
+  local due = entry['not_before'] == nil or entry['not_before'] * 1000 <= now
+  if due and redis.call('HEXISTS', P .. 'offered', contact) == 0 then
     local channel = entry['channel']
     for _, agent in ipairs(agents) do
       local a = redis.call('HMGET', P .. 'agent:' .. agent, 'skills', 'cap_' .. channel,

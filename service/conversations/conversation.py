@@ -17,6 +17,7 @@ import structlog
 
 from service.conversations import context as context_module
 from service.conversations import pacing, prompts, surveys
+from service.conversations.callbacks import CALLBACK_CHOICE, CALLBACK_DIGIT
 from service.conversations.context import (
     KEPT_CONTACTS,
     ContextStore,
@@ -26,7 +27,7 @@ from service.conversations.context import (
     newest_first,
 )
 from service.conversations.fallback import call_contact_id
-from service.conversations.handoff import Handoff, agent_context
+from service.conversations.handoff import Handoff, queue_entry
 from service.conversations.record import Conversation, new_conversation
 from service.infra.ids import new_uuid
 from service.model import ChannelTraits, Choice, Inbound, PromptStyle, Reply
@@ -132,6 +133,8 @@ class Conversations:
         self._turn_locks: dict[str, TurnLock] = {}
 
     async def handle(self, inbound: Inbound) -> Reply:
+        if inbound.kind == "callback" and inbound.text != CALLBACK_DIGIT:
+            return await self._still_holding(inbound)  # any other key: the hold loop again
         if inbound.kind == "wait":
             held = await self._hold(inbound)
             if held is not None:
@@ -197,6 +200,8 @@ class Conversations:
                                           now, start.survey)
         if inbound.kind in ("end", "left_queue"):
             return await self._ended_by_customer(inbound, conversation, now)
+        if inbound.kind == "callback":
+            return await self._callback_requested(inbound, conversation, now)
         if start.muted and inbound.kind == "message" and keyword not in HELP_WORDS:
             return await self._muted(inbound, customer, now)
         survey, let_go = start.survey, None
@@ -240,7 +245,8 @@ class Conversations:
                                         forget=turn.forget, extra=turn.extra,
                                         mute_s=pacing.MUTE_S if verdict == "loop" else 0)
         self._events.emit(*turn.events)
-        if reply.queue:  # offer only once the queued state is saved, or an accept could race it
+        # Offer only once the queued state is saved, or an accept could race it.
+        if reply.queue or reply.callback:
             await self._handoff.dispatch()
         return reply
 
@@ -344,6 +350,8 @@ class Conversations:
             return turn.reply(state="with_agent")
         if conv["status"] == "in_flow":
             return await self._flow_answer(turn)
+        if conv["status"] == "callback_offered":
+            return await self._callback_answer(turn)
         if inbound.kind == "no_input":
             return await self._missed(turn, (), "no_input")
         if inbound.kind == "wait":
@@ -557,34 +565,65 @@ class Conversations:
         return turn.rules.tree.decide(routing_attributes(turn.rules, conv, turn.channel,
                                                          turn.now, self._queue_load()))
 
-    async def _escalate(self, turn: Turn, decision: Decision, reason: str) -> Reply:
+    async def _escalate(self, turn: Turn, decision: Decision, reason: str,
+                        callback_chosen: bool = False) -> Reply:
         # A route's `closed` (out of hours, say) replaces the queue; a caller already held
         # after a failure of ours is not turned away by it.
         closed = decision.closed if reason != "technical_fallback" else None
-        if closed is not None and closed.queue is None:
+        if closed is not None and closed.waits_in is None:
             return self._closed(turn, decision, reason)
+        calls_back = closed is not None and closed.callback is not None and \
+            self._channels[turn.channel].calls_back
+        if calls_back and not callback_chosen:
+            return self._offer_callback(turn, decision, reason)
         conv, rules = turn.conversation, turn.rules
-        queue = rules.tree.queues[closed.queue if closed else decision.queue]
-        contact_type = rules.catalog.types.get(conv["contact_type"])
+        queue = rules.tree.queues[closed.waits_in if closed else decision.queue]
         conv.update(status="queued", queue=queue.name, reason=reason,
                     route_path=decision.route_path, escalated_at=turn.now,
                     priority=decision.priority)
         turn.summary_changed = True
         turn.record("escalated", reason=reason, queue=queue.name, priority=decision.priority)
-        skills = sorted(set(queue.skills) | set(contact_type.skills if contact_type else ()))
-        entry = {"contact_id": conv["contact_id"], "customer_id": conv["customer_id"],
-                 "channel": turn.channel, "queue": queue.name, "thread": conv.get("thread"),
-                 "priority": decision.priority, "skills": skills, "reason": reason,
-                 "type_skills": list(contact_type.skills if contact_type else ()),
-                 "enqueued_at": turn.now, "context": agent_context(rules, conv)}
+        if calls_back:  # out of hours: called back once someone is there
+            conv["callback"] = self._handoff.callbacks.record(conv, queue.name, turn.now)
+        entry = queue_entry(rules, conv, queue.name, reason,
+                            **({"callback": conv["callback"]} if calls_back else {}))
         position = await self._router.enqueue(queue.name, decision.priority, entry)
         wait_s = position.position * queue.avg_handle_s
-        turn.record("queued", queue=queue.name, position=position.position, skills=skills)
+        turn.record("queued", queue=queue.name, position=position.position,
+                    skills=entry["skills"])
         said = (closed.message,) if closed and closed.message else ()
+        if calls_back:
+            turn.record("callback_requested", queue=queue.name, number=conv["address"],
+                        closed=True)
+            return turn.reply(prompts.CALLBACK_WHEN_OPEN, state="queued", callback=True)
         return turn.reply(*said, prompts.queued(queue.label, position.position, wait_s,
                                                 self._style(turn)),
                           state="queued", position=position.position, estimated_wait_s=wait_s,
                           queue=queue.name)
+
+    def _offer_callback(self, turn: Turn, decision: Decision, reason: str) -> Reply:
+        """Closed, and the route calls back: the route's message, and the caller may ask to
+        be called back once someone is there (key 1); anything else ends the contact."""
+        closed, conv = decision.closed, turn.conversation
+        assert closed is not None and closed.callback is not None
+        conv.update(status="callback_offered", route_path=decision.route_path,
+                    closed_reason=reason)
+        turn.record("callback_offered", reason=reason, queue=closed.callback)
+        said = (closed.message,) if closed.message else ()
+        return turn.reply(*said, prompts.CALLBACK_OFFER_CLOSED, choices=(CALLBACK_CHOICE,),
+                          expects_input=True)
+
+    async def _callback_answer(self, turn: Turn) -> Reply:
+        """The answer to a closed route's callback offer: key 1 (or yes) queues the callback
+        (decided again: if agents are back meanwhile, the caller simply waits for one)."""
+        conv, inbound = turn.conversation, turn.inbound
+        reason = conv.pop("closed_reason", None) or "requested_agent"
+        answer = inbound.text.strip().lower().strip(" .!")
+        if inbound.kind in ("digits", "message") and (answer == CALLBACK_DIGIT or answer in YES):
+            return await self._escalate(turn, self._decide(turn), reason, callback_chosen=True)
+        turn.record("closed_message", reason=reason)
+        self._end(turn, "closed")
+        return turn.reply(prompts.CLOSED_GOODBYE, state="closed")
 
     def _closed(self, turn: Turn, decision: Decision, reason: str) -> Reply:
         """The route says we are closed: its message, and the contact ends (not abandoned)."""
@@ -606,9 +645,37 @@ class Conversations:
             return Reply(state="queued", messages=("Thanks for holding.",))
         queue, position = found
         wait_s = position.position * self._rules().tree.queues[queue].avg_handle_s
-        return Reply(messages=(prompts.hold(position.position, wait_s),), state="queued",
+        said = prompts.hold(position.position, wait_s)
+        offer = self._handoff.callbacks.offered(conv)
+        return Reply(messages=(f"{said} {prompts.CALLBACK_OFFER}" if offer else said,),
+                     choices=(CALLBACK_CHOICE,) if offer else (), state="queued",
                      contact_id=conv["contact_id"], position=position.position,
                      estimated_wait_s=wait_s)
+
+    async def _still_holding(self, inbound: Inbound) -> Reply:
+        """What a waiting caller hears again (the hold loop), whatever happened meanwhile."""
+        return await self._hold(inbound) or Reply(state="queued",
+                                                  messages=("Thanks for holding.",))
+
+    async def _callback_requested(self, inbound: Inbound, conversation: dict | None,
+                                  now: float) -> Reply:
+        """A waiting caller asked to be called back: they leave the line and keep their place
+        in the queue. Too late (an agent took the call) or not offered: the hold loop."""
+        if conversation and conversation["status"] == "queued" and \
+                self._handoff.callbacks.offered(conversation):
+            queue = await self._handoff.callbacks.request(conversation, now)
+            if queue is not None:
+                turn = Turn(inbound, self._rules(), now, conversation, {})
+                turn.record("callback_requested", queue=queue, number=conversation["address"])
+                reply = Reply(messages=(prompts.CALLBACK_CONFIRMED,), state="queued",
+                              contact_id=conversation["contact_id"], callback=True)
+                await self._context.commit_turn(inbound, conversation, reply,
+                                                summaries=[conversation])
+                self._events.emit(*turn.events)
+                return reply
+        reply = await self._still_holding(inbound)
+        await self._context.remember_reply(inbound, reply)
+        return reply
 
     async def _ended_by_customer(self, inbound: Inbound, conversation: dict | None,
                                  now: float) -> Reply:
@@ -623,6 +690,8 @@ class Conversations:
             turn.record("left_queue", result=inbound.text)
         if inbound.kind == "left_queue" and inbound.text in AGENT_TOOK_IT:
             pass  # the accepting agent bridged the call: the contact goes on with them
+        elif conversation.get("callback"):
+            pass  # the caller left to be called back: the contact waits for its call
         elif status == "queued":  # hung up or left while waiting
             withdrawn_from = await self._router.remove(conversation["contact_id"])
             if withdrawn_from:
@@ -634,6 +703,8 @@ class Conversations:
             await self._handoff.customer_left(conversation)
         elif status in OPEN_IN_IVR and inbound.kind == "end":
             self._end(turn, self._channels[inbound.channel].end_outcome)
+        elif status == "callback_offered" and inbound.kind == "end":
+            self._end(turn, "closed")  # hung up rather than ask for a callback
         reply = Reply(state=conversation["status"], contact_id=conversation["contact_id"])
         await self._context.commit_turn(inbound, conversation, reply, summaries=[conversation])
         self._events.emit(*turn.events)

@@ -43,8 +43,31 @@ def _failure_text(action: str, exc: DeliveryFailed) -> str:
     return f"{what}: {exc}"
 
 
-def _hello(agent: dict[str, Any]) -> str:
+def greeting(agent: Mapping[str, Any]) -> str:
+    """What the customer is told when an agent takes them (`hello` of connect and join)."""
     return f"You're now talking with {agent['name']}."
+
+
+def queue_entry(rules: Rules, conv: Conversation, queue_name: str, reason: str | None,
+                **extra: Any) -> dict[str, Any]:
+    """The queue entry of a contact that waits again (a transfer, a callback's retry): its
+    first priority and enqueue time, so it keeps its place in line, and the agent's whole
+    context package; `extra` adds to it."""
+    queue = rules.tree.queues[queue_name]
+    contact_type = rules.catalog.types.get(conv.get("contact_type"))
+    type_skills = list(contact_type.skills if contact_type else ())
+    return {"contact_id": conv["contact_id"], "customer_id": conv["customer_id"],
+            "channel": conv["channel"], "queue": queue.name, "thread": conv.get("thread"),
+            "priority": conv.get("priority", 0),
+            "skills": sorted(set(queue.skills) | set(type_skills)),
+            "reason": reason, "type_skills": type_skills,
+            "enqueued_at": conv.get("escalated_at") or time.time(),
+            "context": agent_context(rules, conv), **extra}
+
+
+def agent_line(agent: dict[str, Any]) -> AgentLine:
+    """How an agent (as the desk knows them) is reached on a call."""
+    return AgentLine(agent["id"], agent["name"], agent.get("phone"), agent.get("client_identity"))
 
 
 def agent_context(rules: Rules, conv: Conversation) -> dict[str, Any]:
@@ -59,7 +82,14 @@ def agent_context(rules: Rules, conv: Conversation) -> dict[str, Any]:
             "transcript": list(conv["transcript"]), "self_service_steps": list(conv["steps"]),
             "earlier_contacts": list(conv.get("earlier", ())),
             "escalated_at": conv.get("escalated_at"),
-            **({"transfer": _transfer_context(conv["transfer"])} if conv.get("transfer") else {})}
+            **({"transfer": _transfer_context(conv["transfer"])} if conv.get("transfer") else {}),
+            **({"callback": callback_context(conv["callback"])} if conv.get("callback") else {})}
+
+
+def callback_context(callback: Mapping[str, Any]) -> dict[str, Any]:
+    """What an offer and the agent's context show of a callback (callbacks.py)."""
+    return {key: callback.get(key) for key in ("number", "requested_at", "attempts",
+                                               "max_attempts", "state")}
 
 
 def _transfer_context(transfer: dict[str, Any]) -> dict[str, Any]:
@@ -71,6 +101,8 @@ def _transfer_context(transfer: dict[str, Any]) -> dict[str, Any]:
 def offer_frame(entry: dict[str, Any], kind: str = "offer", **extra: Any) -> dict[str, Any]:
     return {"type": kind, "contact_id": entry["contact_id"], "channel": entry["channel"],
             "queue": entry["queue"], "reason": entry["reason"], "context": entry["context"],
+            **({"callback": callback_context(entry["callback"])} if entry.get("callback")
+               else {}),
             **extra}
 
 
@@ -85,9 +117,11 @@ class Handoff:
         self._events = events
         self._channels = channels
         self._outbox = outbox
-        from service.conversations.transfer import Transfers  # it builds on this module
+        from service.conversations.callbacks import Callbacks  # they build on this module
+        from service.conversations.transfer import Transfers
 
         self.transfers = Transfers(self)
+        self.callbacks = Callbacks(self)
 
     def queues(self) -> list[dict[str, str]]:
         """The agent queues, for the console's transfer list."""
@@ -155,11 +189,15 @@ class Handoff:
             now = time.time()
             conv.update(status="with_agent", agent_id=agent["id"], agent_name=agent["name"])
             if self._channels[conv["channel"]].traits.agent_can_type:
-                conv["transcript"].append({"from": "agent", "text": _hello(agent), "at": now})
+                conv["transcript"].append({"from": "agent", "text": greeting(agent), "at": now})
+            calling = self.callbacks.attempting(conv, agent_line(agent))
             await self._context.save(key, conv)
         self._record("agent_accepted", entry, agent_id=agent["id"],
                      waited_s=round(now - entry["enqueued_at"], 3))
-        await self._connect_customer(agent, conv, joining="transfer" in entry)
+        if calling:  # the customer is called first; the agent joins once they answer
+            await self.callbacks.place(conv, calling)
+        else:
+            await self._connect_customer(agent, conv, joining="transfer" in entry)
         if "transfer" in entry:
             await self.transfers.taken_over(key, conv, entry)
         entry["context"] = agent_context(self._rules(), conv)
@@ -168,9 +206,7 @@ class Handoff:
 
     async def _connect_customer(self, agent: dict[str, Any], conv: dict[str, Any],
                                 joining: bool = False) -> None:
-        line = AgentLine(agent["id"], agent["name"], agent.get("phone"),
-                         agent.get("client_identity"))
-        payload = {"agent": asdict(line), "hello": _hello(agent)}
+        payload = {"agent": asdict(agent_line(agent)), "hello": greeting(agent)}
         # a transfer: the customer is already connected (a call's conference)
         await self._outbound(conv, "join" if joining else "connect", payload)
 
@@ -257,7 +293,7 @@ class Handoff:
         except NotRecorded as exc:  # so not sent: the agent may send it again
             log.error("handoff.outbox_unavailable", action=action, error=str(exc),
                       contact_id=conv["contact_id"])
-            if action == "connect":
+            if action in ("connect", "call_back"):  # the accept stands; the agent sees why
                 return
             raise HandoffError("not_recorded", "the text was not sent: it could not be "
                                "recorded for sending; try again in a moment") from exc

@@ -25,6 +25,7 @@ import structlog
 from service.infra.ids import new_hex, new_uuid
 from service.model import (
     AgentLine,
+    CallOutcome,
     Choice,
     DeliveryFailed,
     Destination,
@@ -65,9 +66,11 @@ class RetryPolicy:
         return max(random.uniform(backoff / 2, backoff), retry_after_s or 0.0)
 
 
-# send: an agent's text; connect: the agent accepted; join: a transfer's next agent joins;
-# release: a cold transfer lets the first agent go; ask: a survey question.
-ACTIONS = ("send", "connect", "join", "release", "ask")
+# send: an agent's text; connect: the agent accepted; join: a transfer's next agent joins
+# (or a callback's agent, once the customer answered); release: a cold transfer lets the
+# first agent go; drop: a completed warm transfer drops the first agent's line; ask: a survey
+# question; call_back: a call placed to a customer who asked to be called back.
+ACTIONS = ("send", "connect", "join", "release", "drop", "ask", "call_back")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,8 @@ class Outbox:
         self.policy = policy
         self._wake = asyncio.Event()
         self._stopping = False
+        # Where a call placed back that could not be placed at all is reported (callbacks).
+        self.call_failed: Callable[[CallOutcome], Awaitable[None]] | None = None
 
     # ---- recording -----------------------------------------------------------------------
 
@@ -234,11 +239,15 @@ class Outbox:
         if job.action == "ask":
             choices = tuple(Choice(**c) for c in payload["choices"])
             return await channel.ask(to, job.text, choices)
+        if job.action == "call_back":
+            return await channel.call_back(to, payload["attempt"])
         line = AgentLine(**payload["agent"])
         if job.action == "connect":
             return await channel.connect_agent(to, line, job.text, job.id)
         if job.action == "join":
             await channel.join_agent(to, line, job.text)
+        elif job.action == "drop":
+            await channel.drop_agent(to, line)
         else:
             await channel.release_agent(to, line)
         return None
@@ -317,6 +326,12 @@ class Outbox:
                                 data={"action": job.action, "failure": reason, "code": code,
                                       "error": text[:300], "message_id": job.id}))
         await self._tell(job, "failed", text, code)
+        if job.action == "call_back" and self.call_failed is not None:
+            try:  # the attempt is over: tried again later, or given up
+                await self.call_failed(CallOutcome(job.contact_id, job.payload["attempt"],
+                                                   "failed"))
+            except Exception:
+                log.exception("outbox.call_failed_unreported", contact_id=job.contact_id)
 
     # ---- states --------------------------------------------------------------------------
 

@@ -76,6 +76,18 @@ def hold(position: int, wait_s: int) -> str:
             f"minute{'s' if minutes != 1 else ''}. Thanks for holding.")
 
 
+# A queued caller's choice to be called back (conversations/callbacks.py), said after `hold`.
+CALLBACK_OFFER = "To be called back instead and keep your place in line, press 1."
+CALLBACK_CONFIRMED = ("Thanks. We'll call you back at this number when it's your turn, and "
+                      "you keep your place in line. Goodbye.")
+# A route's `closed: {callback: queue}`: the caller may be called back when agents are back.
+CALLBACK_OFFER_CLOSED = ("To be called back at this number as soon as someone is available, "
+                         "press 1. Otherwise, you can hang up.")
+CALLBACK_WHEN_OPEN = ("Thanks. We'll call you back at this number as soon as someone is "
+                      "available. Goodbye.")
+CLOSED_GOODBYE = "Thanks for calling. Goodbye."
+
+
 # ---- satisfaction surveys (conversations/surveys.py) -------------------------------------
 
 SCALES = {"csat": (1, 5), "nps": (0, 10)}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Literal, TypedDict
 
 Status = Literal["new", "menu", "clarifying", "confirming", "confirming_repeat", "in_flow",
-                 "queued", "with_agent", "closed"]
+                 "callback_offered", "queued", "with_agent", "closed"]
 
 
 class _Required(TypedDict):
@@ -50,6 +50,10 @@ class Conversation(_Required, total=False):
     # (_name), requested_at, pending (until the next agent accepts or it is given up)
     transfer: dict[str, Any]
     agent_name: str
+    # A waiting customer's callback (conversations/callbacks.py): number, requested_at, queue,
+    # attempts, max_attempts, retry_after_s, state, agent of the attempt under way, retry_at
+    callback: dict[str, Any]
+    closed_reason: str  # why a caller offered a callback while closed was going to an agent
     ended_at: float
     arrivals: list[float]  # when the customer's last few texts arrived (pacing.py)
     loop_hits: int  # texts in a row that echo ours or repeat the customer's previous one

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from service.conversations.handoff import Handoff, HandoffError, agent_context
+from service.conversations.handoff import Handoff, HandoffError, agent_line, queue_entry
 from service.conversations.record import Conversation
 from service.model import AgentLine
 
@@ -56,10 +56,6 @@ class TransferRequest:
             raise HandoffError("bad_frame", f"note is text of at most {MAX_NOTE_CHARS} "
                                             "characters")
         return cls(frame["contact_id"], mode, note.strip(), queue, agent)
-
-
-def _line(agent: dict[str, Any]) -> AgentLine:
-    return AgentLine(agent["id"], agent["name"], agent.get("phone"), agent.get("client_identity"))
 
 
 def result_frame(contact_id: str, status: str, transfer: dict[str, Any],
@@ -143,17 +139,8 @@ class Transfers:
 
     def _entry(self, conv: Conversation, transfer: dict[str, Any]) -> dict[str, Any]:
         """The queue entry of a transferred contact: the new agent's whole context package."""
-        rules = self._handoff._rules()
-        queue = rules.tree.queues[transfer["to_queue"]]
-        contact_type = rules.catalog.types.get(conv.get("contact_type"))
-        type_skills = list(contact_type.skills if contact_type else ())
-        entry = {"contact_id": conv["contact_id"], "customer_id": conv["customer_id"],
-                 "channel": conv["channel"], "queue": queue.name, "thread": conv.get("thread"),
-                 "priority": conv.get("priority", 0),
-                 "skills": sorted(set(queue.skills) | set(type_skills)),
-                 "reason": "transferred", "type_skills": type_skills,
-                 "enqueued_at": conv.get("escalated_at") or time.time(),
-                 "context": agent_context(rules, conv), "transfer": transfer}
+        entry = queue_entry(self._handoff._rules(), conv, transfer["to_queue"], "transferred",
+                            transfer=transfer)
         if transfer["to_agent"]:
             entry["only_agent"] = transfer["to_agent"]
         return entry
@@ -174,7 +161,7 @@ class Transfers:
             if handoff._channels[conv["channel"]].traits.agent_can_type:
                 await handoff._outbound(conv, "send", {"text": PASSING_ON[mode]})
             if mode == "cold":
-                await handoff._outbound(conv, "release", {"agent": asdict(_line(agent))})
+                await handoff._outbound(conv, "release", {"agent": asdict(agent_line(agent))})
         except HandoffError as exc:
             return str(exc)
         return None
@@ -190,6 +177,9 @@ class Transfers:
         if transfer["mode"] == "warm":
             await self._router.release_slot(transfer["from_agent"], conv["channel"])
             self._record("transferred", conv, transfer, "agent_transfer")
+            # queued after the next agent's join, so a caller is never left alone
+            first = AgentLine(transfer["from_agent"], transfer["from_agent_name"])
+            await self._handoff._outbound(conv, "drop", {"agent": asdict(first)})
         await self._tell_sender(conv, transfer, "accepted")
 
     async def refused(self, entry: dict[str, Any], agent_id: str, why: str) -> None:

@@ -28,7 +28,7 @@ import asyncpg
 
 from service.reporting import metrics
 
-METRIC_VERSION = "2"  # 1 plus transferred, surveys, CSAT and NPS (docs/interfaces.md)
+METRIC_VERSION = "2"  # 1 plus transferred, callbacks, surveys, CSAT and NPS (docs/interfaces.md)
 DEFAULT_REPEAT_WINDOW_H = 72
 DEFAULT_SERVICE_LEVEL_S = 60
 DEFAULT_SPAN = timedelta(days=7)
@@ -52,7 +52,8 @@ DEFINITIONS = {
                              "never entered an agent queue.",
     "escalated": "Contacts that entered an agent queue; escalation_reasons counts each "
                  "escalated contact once, by the reason code of its first escalation.",
-    "abandoned": "Escalated contacts that ended before an agent accepted them.",
+    "abandoned": "Escalated contacts that ended before an agent accepted them; a contact "
+                 "whose caller asked to be called back is never abandoned.",
     "false_deflections": "Self-service-resolved contacts followed by another contact of the "
                          "same customer with the same contact type, on any channel, starting "
                          "within the type's repeat window (catalog repeat_window_h, default "
@@ -78,6 +79,12 @@ DEFINITIONS = {
     "transferred": "Contacts an agent transferred, to a queue or to an agent, counted once "
                    "each (a transferred event: cold at the request, warm when the next agent "
                    "accepted).",
+    "callbacks_requested": "Voice contacts whose caller, while waiting in a queue, asked to "
+                           "be called back (a callback_requested event), counted once each.",
+    "callbacks_completed": "Contacts whose callback reached an agent and the customer: a "
+                           "call placed back was answered by the customer and the accepting "
+                           "agent dialled in (a callback_completed event), counted once each "
+                           "however many attempts it took.",
     "surveys_sent": "Contacts that were sent a CSAT or NPS survey (surveys.yaml).",
     "survey_responses": "Surveyed contacts whose survey got a valid answer in time; a late, "
                         "invalid or missing answer is not a response.",
@@ -94,7 +101,7 @@ COUNT_FIELDS = ("contacts", "self_service_offered", "self_service_resolved", "fa
                 "escalated", "abandoned", "accepted", "accepted_in_service_level",
                 "voice_contacts", "voice_contained", "surveys_sent", "survey_responses",
                 "csat_responses", "csat_points", "nps_responses", "nps_promoters",
-                "nps_detractors", "transferred")
+                "nps_detractors", "transferred", "callbacks_requested", "callbacks_completed")
 SURVEY_FIELDS = ("surveys_sent", "survey_responses", "survey_response_rate", "csat", "nps")
 HANDLED_BY = ("self_service", "agent", "abandoned")
 
@@ -232,17 +239,21 @@ gathered AS (
                    "e.kind IN ('routed', 'escalated') AND e.route_path IS NOT NULL")} AS routes,
         {_in_order("e.data->>'kind'", "e.kind = 'survey_sent'")} AS survey_kinds,
         {_in_order("e.data->>'score'", "e.kind = 'survey_answered'")} AS survey_scores,
-        COALESCE(bool_or(e.kind = 'transferred'), false) AS transferred
+        COALESCE(bool_or(e.kind = 'transferred'), false) AS transferred,
+        COALESCE(bool_or(e.kind = 'callback_requested'), false) AS callback_requested,
+        COALESCE(bool_or(e.kind = 'callback_completed'), false) AS callback_completed
     FROM chosen c
     LEFT JOIN contact_events e ON e.contact_id = c.contact_id
         AND e.kind IN ('classified', 'wrap_up', 'self_service_started', 'classification_missed',
                        'routed', 'escalated', 'agent_accepted', 'ended', 'survey_sent',
-                       'survey_answered', 'transferred')
+                       'survey_answered', 'transferred', 'callback_requested',
+                       'callback_completed')
     GROUP BY c.contact_id, c.customer_id, c.channel, c.started_at
 ),
 facts AS (
     SELECT contact_id, customer_id, channel, started_at, missed, routed_to_agent,
-        escalated_at, accepted_at, ended_at, transferred,
+        escalated_at, accepted_at, ended_at, transferred, callback_requested,
+        callback_completed,
         types[cardinality(types)] AS contact_type,
         steps IS NOT NULL AS offered,
         steps[cardinality(steps)] AS last_step,
@@ -275,7 +286,8 @@ FACT_COLUMNS = """contact_id, customer_id, (started).value AS channel, started_a
         (contact_type).value AS contact_type, offered, (last_step).value AS last_step,
         (escalation).value AS escalation_reason, (ending).value AS outcome,
         (queue).value AS queue, (route).value AS route, next_same_type_at,
-        (survey).value AS survey_kind, (survey_answer).value::int AS survey_score, transferred"""
+        (survey).value AS survey_kind, (survey_answer).value::int AS survey_score, transferred,
+        callback_requested, callback_completed"""
 
 STORED_FACTS_IN_WINDOW = f"""
 facts AS (
@@ -307,7 +319,8 @@ judged AS (
         COALESCE(f.outcome = 'self_service_resolved', false) AND f.escalated_at IS NULL
             AS resolved_in_self_service,
         f.escalated_at IS NOT NULL AND f.ended_at IS NOT NULL
-            AND (f.accepted_at IS NULL OR f.accepted_at > f.ended_at) AS abandoned,
+            AND (f.accepted_at IS NULL OR f.accepted_at > f.ended_at)
+            AND NOT f.callback_requested AS abandoned,
         f.escalated_at IS NOT NULL AND f.accepted_at IS NOT NULL AS accepted,
         CASE WHEN f.outcome IN ('self_service_resolved', 'agent_resolved')
              THEN extract(epoch FROM f.ended_at - f.started_at)::float8 END AS resolution_s
@@ -354,7 +367,9 @@ AGGREGATES = """
     count(*) FILTER (WHERE survey_kind = 'nps' AND survey_score IS NOT NULL) AS nps_responses,
     count(*) FILTER (WHERE survey_kind = 'nps' AND survey_score >= 9) AS nps_promoters,
     count(*) FILTER (WHERE survey_kind = 'nps' AND survey_score <= 6) AS nps_detractors,
-    count(*) FILTER (WHERE transferred) AS transferred"""
+    count(*) FILTER (WHERE transferred) AS transferred,
+    count(*) FILTER (WHERE callback_requested) AS callbacks_requested,
+    count(*) FILTER (WHERE callback_completed) AS callbacks_completed"""
 
 
 @dataclass(frozen=True)

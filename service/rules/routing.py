@@ -49,6 +49,17 @@ DEFAULT_SERVICE_LEVEL = ServiceLevel(target_s=60, goal=0.8)
 
 
 @dataclass(frozen=True, slots=True)
+class CallbackPolicy:
+    """How a queue's callbacks are tried: at most `attempts` calls, `retry_after_s` apart
+    (a call not answered, busy or failed is tried again after that, then given up)."""
+    attempts: int = 3
+    retry_after_s: int = 300
+
+
+DEFAULT_CALLBACK = CallbackPolicy()
+
+
+@dataclass(frozen=True, slots=True)
 class Queue:
     name: str
     label: str
@@ -57,6 +68,7 @@ class Queue:
     timeout_s: int | None = None  # waiting longer than this moves a contact to `overflow`
     overflow: str | None = None
     service_level: ServiceLevel = DEFAULT_SERVICE_LEVEL
+    callback: CallbackPolicy = DEFAULT_CALLBACK
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,18 +146,25 @@ class TimeInterval:
 @dataclass(frozen=True, slots=True)
 class Closed:
     """What a route does instead of queueing a contact for an agent, e.g. out of hours: say
-    `message` and end the contact, or (with `queue`) say it, if any, and wait in that queue.
-    A callback offer will be a third choice (CLOSED_LATER)."""
+    `message` and end the contact, or (with `queue`) say it, if any, and wait in that queue,
+    or (with `callback`) say it, if any, and wait in that queue to be called back (on a
+    channel that calls back; elsewhere as with `queue`)."""
 
     message: str | None = None
     queue: str | None = None
+    callback: str | None = None  # the queue a callback waits in
+
+    @property
+    def waits_in(self) -> str | None:
+        """The queue the contact waits in, if it waits at all."""
+        return self.queue or self.callback
 
     def as_dict(self) -> dict[str, str]:
-        return {k: v for k, v in (("message", self.message), ("queue", self.queue)) if v}
+        return {k: v for k, v in (("message", self.message), ("queue", self.queue),
+                                  ("callback", self.callback)) if v}
 
 
-CLOSED_KEYS = ("message", "queue")
-CLOSED_LATER = ("callback",)  # accepted by no tree yet: refused with a clear message
+CLOSED_KEYS = ("message", "queue", "callback")
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +270,7 @@ def _queues(check: Checker, doc: LocatedDict) -> dict[str, Queue]:
         path = ("queues", name)
         spec = check.mapping(spec, specs, name, path, required=["label", "skills"],
                              optional=["avg_handle_s", "timeout_s", "overflow",
-                                       "service_level"])
+                                       "service_level", "callback"])
         if spec is None:
             continue
         skills = spec["skills"]
@@ -264,7 +283,8 @@ def _queues(check: Checker, doc: LocatedDict) -> dict[str, Queue]:
                         (*path, "avg_handle_s"))
             handle = 300
         queues[name] = Queue(name, str(spec["label"]), tuple(skills), handle,
-                             *_overflow(check, spec, path), _service_level(check, spec, path))
+                             *_overflow(check, spec, path), _service_level(check, spec, path),
+                             _callback(check, spec, path))
     for name, queue in queues.items():
         if queue.overflow and queue.overflow not in queues:
             check.error(specs[name], "overflow", f"unknown queue '{queue.overflow}'",
@@ -308,6 +328,29 @@ def _service_level(check: Checker, spec: LocatedDict, path: tuple) -> ServiceLev
                     f"not {goal!r}", (*path, "goal"))
         valid = False
     return ServiceLevel(target, float(goal)) if valid else DEFAULT_SERVICE_LEVEL
+
+
+def _callback(check: Checker, spec: LocatedDict, path: tuple) -> CallbackPolicy:
+    """`callback: {attempts: 3, retry_after_s: 300}`; either key may be left to its default."""
+    if "callback" not in spec:
+        return DEFAULT_CALLBACK
+    path = (*path, "callback")
+    raw = check.mapping(spec["callback"], spec, "callback", path,
+                        optional=["attempts", "retry_after_s"])
+    if raw is None:
+        return DEFAULT_CALLBACK
+    attempts = raw.get("attempts", DEFAULT_CALLBACK.attempts)
+    delay = raw.get("retry_after_s", DEFAULT_CALLBACK.retry_after_s)
+    valid = True
+    if type(attempts) is not int or not 1 <= attempts <= 10:
+        check.error(raw, "attempts", f"attempts must be a whole number from 1 to 10, not "
+                    f"{attempts!r}", (*path, "attempts"))
+        valid = False
+    if type(delay) is not int or not 1 <= delay <= 86400:
+        check.error(raw, "retry_after_s", f"retry_after_s must be a whole number of seconds "
+                    f"from 1 to 86400, not {delay!r}", (*path, "retry_after_s"))
+        valid = False
+    return CallbackPolicy(attempts, delay) if valid else DEFAULT_CALLBACK
 
 
 def _time_intervals(check: Checker, doc: LocatedDict) -> dict[str, TimeInterval]:
@@ -523,25 +566,30 @@ def _settings(check: Checker, spec: LocatedDict, path: tuple, parent: RouteSetti
 
 def _closed(check: Checker, spec: LocatedDict, path: tuple, queues: dict[str, Queue]
             ) -> Closed | None:
-    """`closed: {message: ...}`, `{queue: ...}` or both; `closed: null` undoes a parent's."""
+    """`closed: {message: ...}`, `{queue: ...}`, `{callback: ...}`, a message with either
+    queue; `closed: null` undoes a parent's."""
     raw = spec["closed"]
     if raw is None:
         return None
-    raw = check.mapping(raw, spec, "closed", path, optional=(*CLOSED_KEYS, *CLOSED_LATER))
+    raw = check.mapping(raw, spec, "closed", path, optional=CLOSED_KEYS)
     if raw is None:
         return None
-    for later in sorted(CLOSED_LATER & raw.keys()):
-        check.error(raw, later, f"'{later}' is not available yet: use 'message' (say it and "
-                    "end the contact) or 'queue' (wait there for an agent)", (*path, later))
-    if not raw.keys() & {*CLOSED_KEYS, *CLOSED_LATER}:
-        check.error(spec, "closed", "closed needs a 'message', a 'queue' to wait in, or both",
-                    path)
-    message, queue = raw.get("message"), raw.get("queue")
+    if not raw.keys() & set(CLOSED_KEYS):
+        check.error(spec, "closed", "closed needs a 'message', a 'queue' to wait in, a "
+                    "'callback' queue, or a message with either", path)
+    if {"queue", "callback"} <= raw.keys():
+        check.error(raw, "callback", "closed takes a 'queue' to wait in or a 'callback' "
+                    "queue, not both", (*path, "callback"))
+    message = raw.get("message")
     if message is not None and (not isinstance(message, str) or not message.strip()):
         check.error(raw, "message", "message must be non-empty text", (*path, "message"))
-    if queue is not None and queue not in queues:
-        check.error(raw, "queue", f"unknown queue '{queue}'", (*path, "queue"))
-    return Closed(str(message) if message else None, str(queue) if queue else None)
+    for key in ("queue", "callback"):
+        if raw.get(key) is not None and (not isinstance(raw[key], str) or
+                                         raw[key] not in queues):
+            check.error(raw, key, f"unknown queue '{raw[key]}'", (*path, key))
+    queue, callback = raw.get("queue"), raw.get("callback")
+    return Closed(str(message) if message else None, str(queue) if queue else None,
+                  str(callback) if callback else None)
 
 
 def _matchers(check: Checker, spec: LocatedDict, path: tuple, known: "Known"

@@ -86,6 +86,7 @@ const state = {
   contacts: new Map(), // contact_id -> {frame, transcript, ended, unread, pending}
   selected: null, // contact_id of an offer or a contact
   earlyStatuses: new Map(), // contact_id -> message_status frames that came before "assigned"
+  callbacksGone: new Map(), // contact_id -> attempt whose call failed before "assigned" came
 };
 
 // ---- connection ----------------------------------------------------------------------------
@@ -171,6 +172,8 @@ function handle(frame) {
       return onWrappedUp(frame);
     case "transfer_result":
       return onTransferResult(frame);
+    case "callback_result":
+      return onCallbackResult(frame);
     case "message_status":
       return onMessageStatus(frame);
     case "error":
@@ -236,6 +239,12 @@ function onAssigned(frame) {
   const known = state.contacts.get(id);
   const offer = state.offers.get(id);
   state.offers.delete(id);
+  if (state.callbacksGone.has(id) &&
+      state.callbacksGone.get(id) === frame.context?.callback?.attempts) {
+    state.callbacksGone.delete(id); // its call already failed: it is back in the queue
+    if (state.selected === id) state.selected = firstSelectable();
+    return render();
+  }
   // Some assigned frames (re-sync after a reconnect) carry less context than the offer did.
   const context = { ...(offer?.frame.context || known?.frame.context || {}), ...(frame.context || {}) };
   state.contacts.set(id, {
@@ -337,6 +346,34 @@ function onTransferResult(frame) {
     contact.transfer = null;
   }
   render();
+}
+
+// What became of a call placed back: answered (the agent is dialled in), or not answered (the
+// contact leaves this agent: it waits for its retry, or was given up).
+function onCallbackResult(frame) {
+  const contact = state.contacts.get(frame.contact_id);
+  if (frame.status === "answered") { // the agent's phone rings now
+    if (contact?.frame.context?.callback) contact.frame.context.callback.state = "answered";
+    toast("The customer answered: your phone rings now.", "info");
+    return render();
+  }
+  const why = { no_answer: "didn't answer", busy: "was busy", failed: "couldn't be reached" };
+  const seconds = Math.round(Number(frame.retry_in_s));
+  const delay = seconds >= 120 ? `${Math.round(seconds / 60)} min` : `${seconds} s`;
+  const next = frame.gave_up ? "The callback was given up."
+    : `It goes back to the queue and is tried again in ${delay}.`;
+  toast(`The customer ${why[frame.status] || humanise(frame.status)}. ${next}`, "info");
+  if (!contact) state.callbacksGone.set(frame.contact_id, frame.attempt); // "assigned" follows
+  state.contacts.delete(frame.contact_id);
+  if (state.selected === frame.contact_id) state.selected = firstSelectable();
+  render();
+}
+
+function callbackLabel(callback) {
+  const of = `${callback.attempts} of ${callback.max_attempts}`;
+  const tried = callback.state === "calling" ? ` (attempt ${of})`
+    : Number(callback.attempts) > 0 ? ` (tried ${of})` : "";
+  return `Callback to ${callback.number}${tried}`;
 }
 
 function queueLabel(name) {
@@ -565,7 +602,7 @@ function renderOffers() {
       el("span", { class: "item-title", text: typeLabel(frame.context) }),
       el("span", { class: "item-meta" },
         el("span", { class: `channel ${frame.channel}`, text: CHANNELS[frame.channel] || frame.channel }),
-        el("span", { text: reasonLabel(frame.reason) })),
+        el("span", { text: frame.callback ? callbackLabel(frame.callback) : reasonLabel(frame.reason) })),
       el("span", { class: "item-meta countdown", "data-expires": offer.expiresAt || "" })));
   }));
   ui.offerCount.textContent = String(state.offers.size);
@@ -613,7 +650,8 @@ function renderSelected() {
   const ctx = frame.context || {};
   ui.heading.textContent = typeLabel(ctx);
   ui.meta.textContent = [CHANNELS[frame.channel] || frame.channel, customerLabel(ctx.customer),
-                         frame.queue ? `queue ${frame.queue}` : null].filter(Boolean).join(" · ");
+                         frame.queue ? `queue ${frame.queue}` : null,
+                         ctx.callback ? callbackLabel(ctx.callback) : null].filter(Boolean).join(" · ");
 
   ui.offerActions.hidden = !offer;
   ui.accept.disabled = Boolean(offer?.pending);
@@ -636,6 +674,8 @@ function renderSelected() {
     ui.endedBanner.textContent = contact.ended === "customer_left"
       ? "The customer left. Wrap up when you're ready."
       : `This contact ended (${humanise(contact.ended)}). Wrap up when you're ready.`;
+  } else if (contact && ctx.callback?.state === "calling") {
+    ui.endedBanner.textContent = `Calling the customer back at ${ctx.callback.number}: your phone rings once they answer.`;
   } else if (contact && frame.channel === "voice") {
     ui.endedBanner.textContent = "The call is connected to your phone. Wrap up here when it ends.";
   }
