@@ -1,0 +1,335 @@
+"""Experiments end to end against the real PostgreSQL and Redis: customers text, call and write
+on WhatsApp through the signed webhooks; the arms, figures, intervals and verdicts are read back
+through the report API and the CLI, and checked against values computed here from what the
+customers did (the intervals by their textbook formulas, not the service's code)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+import math
+import shutil
+import textwrap
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from service.__main__ import main
+from service.appkeys import PG, RULES
+from service.conversations import prompts
+from service.infra.tokens import create_token
+from service.reporting import reports
+from service.rules.experiments import load_experiments
+from service.rules.yamlfile import ConfigError
+from tests.conftest import ROOT, _clean_tables, with_settings
+from tests.test_agents import instance
+from tests.test_ops_api import clock, events_landed  # noqa: F401 (fixture)
+from tests.test_whatsapp import whatsapp
+from tests.twilio_driver import SERVICE_NUMBER, Call, text
+
+ASK = "I need to track my order"
+SHORT = "Track it at example.com/orders: Shipped means the carrier has it."
+CONFIRM = prompts.CONFIRM["text"]
+CSAT_QUESTION = prompts.survey_question("csat", "text")
+EXPERIMENTS = f"""
+    experiments:
+      order_wording:
+        contact_type: track_order
+        control: catalog
+        min_contacts: 8
+        arms:
+          catalog: {{}}
+          short:
+            answer: "{SHORT}"
+"""
+SURVEYS = """
+    default:
+      kind: csat
+      once_per_days: 0
+"""
+DAY = 86400
+Z = 1.959963984540054
+T_975 = {1: 12.706205, 2: 4.302653, 3: 3.182446, 4: 2.776445, 5: 2.570582, 6: 2.446912,
+         7: 2.364624, 8: 2.306004, 9: 2.262157, 10: 2.228139, 11: 2.200985, 12: 2.178813,
+         13: 2.160369, 14: 2.144787, 15: 2.131450, 16: 2.119905, 17: 2.109816, 18: 2.100922,
+         19: 2.093024, 20: 2.085963, 21: 2.079614, 22: 2.073873, 23: 2.068658, 24: 2.063899,
+         25: 2.059539, 26: 2.055529, 27: 2.051831, 28: 2.048407, 29: 2.045230, 30: 2.042272}
+
+
+def rules_dir(tmp_path: Path, experiments: str = EXPERIMENTS, surveys: str = SURVEYS) -> Path:
+    directory = tmp_path / "rules"
+    shutil.copytree(ROOT / "routing_rules", directory, ignore=shutil.ignore_patterns("bank"),
+                    dirs_exist_ok=True)
+    (directory / "experiments.yaml").write_text(textwrap.dedent(experiments))
+    (directory / "surveys.yaml").write_text(textwrap.dedent(surveys))
+    return directory
+
+
+@pytest.fixture
+def experimenting(settings, tmp_path, redis_client):
+    async def start():
+        await _clean_tables(settings.database_url)
+        return instance(with_settings(settings, rules_dir=rules_dir(tmp_path)))
+    return start
+
+
+def window() -> dict[str, str]:
+    now = datetime.now(timezone.utc)
+    return {"from": reports.iso(now - timedelta(hours=1)),
+            "to": reports.iso(now + timedelta(hours=1))}
+
+
+async def experiments_api(client, token: str) -> dict:
+    response = await client.get("/api/reports/experiments", params=window(),
+                                headers={"Authorization": f"Bearer {token}"})
+    assert response.status == 200, await response.text()
+    return await response.json()
+
+
+def wilson(successes: int, n: int) -> list[float]:
+    p = successes / n
+    denominator = 1 + Z ** 2 / n
+    centre = (p + Z ** 2 / (2 * n)) / denominator
+    half = Z * math.sqrt(p * (1 - p) / n + Z ** 2 / (4 * n ** 2)) / denominator
+    return [centre - half, centre + half]
+
+
+def t_interval(scores: list[int]) -> list[float]:
+    n = len(scores)
+    mean = sum(scores) / n
+    sd = math.sqrt(sum((s - mean) ** 2 for s in scores) / (n - 1))
+    half = T_975[n - 1] * sd / math.sqrt(n)
+    return [mean - half, mean + half]
+
+
+def close(actual: list[float] | None, expected: list[float], within: float = 1e-9) -> bool:
+    return actual is not None and all(abs(a - b) < within for a, b in zip(actual, expected))
+
+
+def arm_of(customer_id: str) -> str:
+    """The arm a customer must be in: SHA-256 of 'customer:experiment', equal weights."""
+    digest = hashlib.sha256(f"{customer_id}:order_wording".encode()).digest()
+    return "catalog" if int.from_bytes(digest[:8], "big") / 2 ** 64 * 2 < 1 else "short"
+
+
+async def assigned(client, db) -> list[dict]:
+    await events_landed(client.app)
+    rows = await db.fetch("SELECT contact_id, customer_id, channel, data FROM contact_events "
+                          "WHERE kind = 'experiment_assigned' ORDER BY occurred_at, seq")
+    return [dict(r, data=json.loads(r["data"])) for r in rows]
+
+
+# ---- per-arm figures, intervals and the verdict ------------------------------------------
+
+async def test_two_arms_with_known_outcomes_give_the_expected_figures_and_verdict(
+        experimenting, db, capsys, monkeypatch, settings):
+    async with await experimenting() as client:
+        token = await create_token(db, "ops", "tests")
+        arms: dict[str, list[str]] = {"catalog": [], "short": []}
+        csat = {"catalog": [], "short": []}
+        short_scores = itertools.cycle([5, 4, 5, 5, 4, 5, 3])
+        for i in range(80):
+            if min(len(a) for a in arms.values()) >= 8:
+                break
+            phone = f"+1555444{i:04d}"
+            said = await text(client, phone, ASK)
+            assert said[-1] == CONFIRM
+            arm = "short" if said[0] == SHORT else "catalog"
+            if arm == "catalog":
+                assert said[0] == client.app[RULES].current.catalog.types["track_order"].answer
+            arms[arm].append(phone)
+            if arm == "catalog" and len(arms["catalog"]) > 1:  # only the first resolves
+                assert "in line" in " ".join(await text(client, phone, "no"))
+                continue
+            assert await text(client, phone, "yes") == [prompts.RESOLVED_THEN_SURVEY,
+                                                         CSAT_QUESTION]
+            score = 2 if arm == "catalog" else next(short_scores)
+            assert await text(client, phone, str(score)) == ["Thank you for your feedback!"]
+            csat[arm].append(score)
+            if i == 3:  # early on: too few contacts for a verdict
+                early = await experiments_api(client, token)
+                [short] = [a for a in early["experiments"][0]["arms"] if a["arm"] == "short"]
+                assert short["verdict"]["verdict"] == "not enough data yet"
+        # The first short-arm customer comes back about the same thing: a false deflection,
+        # and a repeat contact the routing sends to an agent (still in the short arm).
+        back = await text(client, arms["short"][0], ASK)
+        assert "in line" in " ".join(back)
+
+        # Every contact's arm is the one its customer id hashes to.
+        events = await assigned(client, db)
+        assert len(events) == len(arms["catalog"]) + len(arms["short"]) + 1
+        for event in events:
+            assert event["data"]["arm"] == arm_of(str(event["customer_id"]))
+            assert event["data"]["experiment"] == "order_wording"
+
+        report = await experiments_api(client, token)
+        [experiment] = report["experiments"]
+        assert (experiment["experiment"], experiment["contact_type"], experiment["control"],
+                experiment["min_contacts"]) == ("order_wording", "track_order", "catalog", 8)
+        control, short = experiment["arms"]
+        n_c, n_s = len(arms["catalog"]), len(arms["short"]) + 1
+        assert (control["arm"], control["treatment"], control["control"]) == \
+            ("catalog", "catalog", True)
+        assert (short["arm"], short["treatment"], short["control"]) == ("short", "answer", False)
+        assert {k: control[k] for k in ("contacts", "self_service_resolved",
+                                        "false_deflections", "escalated", "csat_responses",
+                                        "csat_points")} == \
+            {"contacts": n_c, "self_service_resolved": 1, "false_deflections": 0,
+             "escalated": n_c - 1, "csat_responses": 1, "csat_points": 2}
+        assert {k: short[k] for k in ("contacts", "self_service_resolved", "false_deflections",
+                                      "escalated", "csat_responses", "csat_points")} == \
+            {"contacts": n_s, "self_service_resolved": n_s - 1, "false_deflections": 1,
+             "escalated": 1, "csat_responses": n_s - 1, "csat_points": sum(csat["short"])}
+        # rates and their Wilson intervals, from the counts above
+        assert control["true_deflection_rate"] == pytest.approx(1 / n_c)
+        assert close(control["true_deflection_interval"], wilson(1, n_c))
+        assert short["true_deflection_rate"] == pytest.approx((n_s - 2) / n_s)
+        assert close(short["true_deflection_interval"], wilson(n_s - 2, n_s))
+        assert close(control["escalation_interval"], wilson(n_c - 1, n_c))
+        assert close(short["escalation_interval"], wilson(1, n_s))
+        assert short["false_deflection_rate"] == pytest.approx(1 / (n_s - 1))
+        assert close(short["false_deflection_interval"], wilson(1, n_s - 1))
+        assert control["false_deflection_rate"] == 0
+        # mean CSAT and Student's t interval; one answer has no interval
+        assert short["csat"] == pytest.approx(sum(csat["short"]) / len(csat["short"]))
+        assert close(short["csat_interval"], t_interval(csat["short"]), 1e-5)  # table's t
+        assert control["csat"] == 2 and control["csat_interval"] is None
+        # the verdict: z of the two proportions, computed here
+        x1, x0 = n_s - 2, 1
+        pooled = (x1 + x0) / (n_s + n_c)
+        z = (x1 / n_s - x0 / n_c) / math.sqrt(pooled * (1 - pooled) * (1 / n_s + 1 / n_c))
+        assert z > Z
+        assert control["verdict"] is None
+        assert short["verdict"]["verdict"] == "better"
+        assert short["verdict"]["deflection_z"] == pytest.approx(z, abs=1e-5)
+        assert "two-proportion z-test" in report["definitions"]["verdict"]
+
+        # The CLI says the same.
+        monkeypatch.setenv("DATABASE_URL", settings.database_url)
+        monkeypatch.setenv("SWITCHBOARD_RULES_DIR", str(client.app[RULES].current.directory))
+        capsys.readouterr()
+        span = window()
+        assert await asyncio.to_thread(main, ["experiments", "report", "--from", span["from"],
+                                              "--to", span["to"]]) == 0
+        table = capsys.readouterr().out
+        short_line = next(line for line in table.splitlines()
+                          if line.strip().startswith("short"))
+        assert short_line.split()[:3] == ["short", "answer", str(n_s)]
+        assert f"{short['true_deflection_rate'] * 100:.1f}%" in short_line
+        assert "better: true deflection is higher" in short_line
+        assert await asyncio.to_thread(main, ["experiments", "report", "--format", "json",
+                                              "--from", span["from"], "--to", span["to"]]) == 0
+        cli_report = json.loads(capsys.readouterr().out)
+        assert cli_report["experiments"] == report["experiments"]
+
+
+# ---- one arm per customer, on every channel -----------------------------------------------
+
+async def test_a_customer_stays_in_one_arm_across_channels(experimenting, db, redis_client,
+                                                           clock):
+    """Each channel's contact comes 4 days after the last, outside track_order's 72 h repeat
+    window, so each is offered self-service again rather than sent to an agent as a repeat."""
+    clock.at(time.time() - 9 * DAY)
+    async with await experimenting() as client:
+        first_of: dict[str, str] = {}
+        for i in range(40):
+            phone = f"+1555333{i:04d}"
+            said = await text(client, phone, ASK)
+            arm = "short" if said[0] == SHORT else "catalog"
+            first_of.setdefault(arm, phone)
+            # the conversation context carries the arm too
+            raw = await redis_client.get(f"sb:{{phone:{phone}}}:conv:sms:{SERVICE_NUMBER}")
+            assert json.loads(raw)["experiment"] == {"name": "order_wording", "arm": arm}
+            await text(client, phone, "yes")
+            await text(client, phone, "5")
+            if len(first_of) == 2:
+                break
+        assert set(first_of) == {"catalog", "short"}
+        catalog_answer = client.app[RULES].current.catalog.types["track_order"].answer
+        clock.advance(4 * DAY)
+        for arm, phone in first_of.items():  # WhatsApp: the same number, the same customer
+            said = await whatsapp(client, ASK, sender=f"whatsapp:{phone}")
+            assert said[0] == (SHORT if arm == "short" else catalog_answer)
+            await whatsapp(client, "yes", sender=f"whatsapp:{phone}")
+        clock.advance(4 * DAY)
+        for arm, phone in first_of.items():  # a call: 1 for orders, the same arm's answer
+            call = await (await Call(client, phone).dial()).press("1")
+            assert (SHORT if arm == "short" else catalog_answer) in " ".join(call.said())
+            await call.hang_up()
+        events = await assigned(client, db)
+        by_customer: dict[str, set[str]] = {}
+        channels: dict[str, set[str]] = {}
+        for event in events:
+            by_customer.setdefault(str(event["customer_id"]), set()).add(event["data"]["arm"])
+            channels.setdefault(str(event["customer_id"]), set()).add(event["channel"])
+        moved = {c for c, ch in channels.items() if len(ch) == 3}
+        assert len(moved) == 2
+        for customer in moved:
+            assert by_customer[customer] == {arm_of(customer)}
+
+
+# ---- a bad experiments.yaml ---------------------------------------------------------------
+
+BAD = """
+    experiments:
+      order_wording:
+        contact_type: track_order
+        arms:
+          catalog: {}
+          guided:
+            flow: no_such_flow
+      TwoWords:
+        contact_type: track_orderz
+        control: nobody
+        arms:
+          only: {answer: "x", agent: true}
+"""
+
+
+def test_a_bad_experiments_file_names_file_line_and_key(tmp_path):
+    directory = rules_dir(tmp_path, BAD)
+    with pytest.raises(ConfigError) as caught:
+        load_experiments(directory, "rules", ["track_order"], ["refund_status"])
+    problems = [str(issue) for issue in caught.value.issues]
+    assert "rules/experiments.yaml:8: unknown flow 'no_such_flow' (flows.yaml defines: " \
+           "refund_status) (experiments -> order_wording -> arms -> guided -> flow)" in problems
+    assert "rules/experiments.yaml:9: experiment names are lower_snake_case " \
+           "(experiments -> TwoWords)" in problems
+    assert "rules/experiments.yaml:10: unknown contact type 'track_orderz' " \
+           "(experiments -> TwoWords -> contact_type)" in problems
+    assert "rules/experiments.yaml:12: expected a mapping of two or more arms " \
+           "(experiments -> TwoWords -> arms)" in problems
+
+
+async def test_a_bad_experiments_file_is_refused_whole_and_changes_nothing(
+        experimenting, db, capsys, tmp_path):
+    async with await experimenting() as client:
+        token = await create_token(db, "ops", "tests")
+        holder = client.app[RULES]
+        before = holder.current
+        directory = before.directory
+        (directory / "experiments.yaml").write_text(textwrap.dedent(EXPERIMENTS).replace(
+            "min_contacts: 8", "min_contacts: many").replace("catalog: {}", "catalog: {weight: 0}"))
+        response = await client.post("/api/rules/reload",
+                                     headers={"Authorization": f"Bearer {token}"})
+        assert response.status == 422
+        errors = (await response.json())["errors"]
+        assert f"{directory}/experiments.yaml:6: min_contacts must be a whole number of at " \
+               "least 1, not 'many' (experiments -> order_wording -> min_contacts)" in errors
+        assert f"{directory}/experiments.yaml:8: weight must be a number above 0, not 0 " \
+               "(experiments -> order_wording -> arms -> catalog -> weight)" in errors
+        assert holder.current is before
+        assert holder.current.experiments.for_type("track_order").min_contacts == 8
+        said = await text(client, "+15554440999", ASK)
+        assert said[-1] == CONFIRM  # still running the experiment as loaded
+        capsys.readouterr()
+        assert await asyncio.to_thread(main, ["rules", "check", str(directory)]) == 1
+        err = capsys.readouterr().err
+        assert f"{directory}/experiments.yaml:6: min_contacts must be" in err
+        last = await client.app[PG].fetchrow(
+            "SELECT version_id, errors FROM rule_loads ORDER BY id DESC LIMIT 1")
+        assert last["version_id"] is None and "min_contacts" in last["errors"]
