@@ -103,7 +103,7 @@ def t_interval(scores: list[int]) -> list[float]:
     mean = sum(scores) / n
     sd = math.sqrt(sum((s - mean) ** 2 for s in scores) / (n - 1))
     half = T_975[n - 1] * sd / math.sqrt(n)
-    return [mean - half, mean + half]
+    return [max(1, mean - half), min(5, mean + half)]  # clipped to the 1-5 scale
 
 
 def close(actual: list[float] | None, expected: list[float], within: float = 1e-9) -> bool:

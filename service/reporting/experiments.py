@@ -12,9 +12,9 @@ as in every report (reports.py), and it counts in the window in which it started
     csat                  mean of the arm's valid CSAT answers (1-5)
 
 Intervals: Wilson score intervals at 95% for the rates; for mean CSAT, Student's t interval
-(mean +- t(0.975, n-1) * s / sqrt(n), null under 2 answers). Verdict of an arm against the
-control (VERDICT_RULE): two-proportion z-test on true deflection and Welch's t-test on CSAT,
-both two-sided at 95%, once both arms have min_contacts contacts.
+(mean +- t(0.975, n-1) * s / sqrt(n), clipped to 1-5, null under 2 answers). Verdict of an
+arm against the control (VERDICT_RULE): two-proportion z-test on true deflection and Welch's
+t-test on CSAT, both two-sided at 95%, once both arms have min_contacts contacts.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from service.rules.experiments import Experiment, Experiments
 log = structlog.get_logger(__name__)
 
 Z_95 = 1.959963984540054  # the standard normal's 97.5th percentile
+CSAT_SCALE = (1.0, 5.0)
 ARM_COUNTS = ("contacts", "self_service_resolved", "false_deflections", "escalated",
               "csat_responses", "csat_points", "csat_squares")
 VERDICT_RULE = (
@@ -70,7 +71,7 @@ DEFINITIONS = {
                              "repeat window.",
     "csat": "Mean of the arm's valid 1-5 CSAT answers.",
     "interval": "95% intervals: Wilson score for rates; Student's t (n-1 degrees of freedom) "
-                "for mean CSAT, null under 2 answers.",
+                "for mean CSAT, clipped to the 1-5 scale, null under 2 answers.",
     "verdict": VERDICT_RULE,
     "guardrails": GUARDRAIL_RULE,
 }
@@ -111,14 +112,16 @@ def t_quantile(degrees: float) -> float:
     return float(t.ppf(0.975, degrees))
 
 
-def mean_interval(n: int, total: float, squares: float) -> list[float] | None:
-    """Student's t interval of a mean from the count, sum and sum of squares; None under 2."""
+def mean_interval(n: int, total: float, squares: float,
+                  scale: tuple[float, float] = CSAT_SCALE) -> list[float] | None:
+    """Student's t interval of a mean from the count, sum and sum of squares, clipped to the
+    answers' scale; None under 2."""
     if n < 2:
         return None
     mean = total / n
     variance = max(0.0, (squares - n * mean * mean) / (n - 1))
     half = t_quantile(n - 1) * math.sqrt(variance / n)
-    return [mean - half, mean + half]
+    return [max(scale[0], mean - half), min(scale[1], mean + half)]
 
 
 def two_proportion_z(x1: int, n1: int, x0: int, n0: int) -> float | None:
