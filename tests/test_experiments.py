@@ -16,6 +16,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from service.__main__ import main
@@ -333,3 +334,35 @@ async def test_a_bad_experiments_file_is_refused_whole_and_changes_nothing(
         last = await client.app[PG].fetchrow(
             "SELECT version_id, errors FROM rule_loads ORDER BY id DESC LIMIT 1")
         assert last["version_id"] is None and "min_contacts" in last["errors"]
+
+
+# ---- the demo fills the panel ---------------------------------------------------------------
+
+async def test_the_demo_asks_about_the_example_experiment(monkeypatch, capsys, settings,
+                                                          redis_client, db):
+    """The shipped rules have an experiment; `switchboard demo` asks about its contact type
+    often enough that both arms get traffic, through the public endpoints."""
+    from tests.browser import serve
+    from tests.test_ops_api import ops_app, use_servers
+
+    await _clean_tables(settings.database_url)
+    use_servers(monkeypatch, settings)
+    monkeypatch.setenv("SWITCHBOARD_RULES_DIR", str(ROOT / "routing_rules"))
+    app = ops_app(settings)
+    async with serve(app) as base_url:
+        assert await asyncio.to_thread(main, ["demo", "--contacts", "40", "--seed", "3",
+                                              "--url", base_url]) == 0
+        await events_landed(app)
+        token = await create_token(db, "ops")
+        async with aiohttp.ClientSession() as http, http.get(
+                f"{base_url}/api/reports/experiments", params=window(),
+                headers={"Authorization": f"Bearer {token}"}) as response:
+            report = await response.json()
+    [experiment] = report["experiments"]
+    assert experiment["experiment"] == "delivery_wording"
+    assigned_count = await db.fetchval(
+        "SELECT count(DISTINCT contact_id) FROM contact_events "
+        "WHERE kind = 'experiment_assigned'")
+    assert assigned_count >= 4  # 40% of the texted and chatted questions
+    assert [a["arm"] for a in experiment["arms"]] == ["catalog", "short"]
+    assert sum(a["contacts"] for a in experiment["arms"]) == assigned_count
