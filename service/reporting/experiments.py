@@ -19,10 +19,12 @@ t-test on CSAT, both two-sided at 95%, once both arms have min_contacts contacts
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
+import asyncpg
 import structlog
 
 from service.reporting.events import Event, EventWriter
@@ -43,6 +45,7 @@ from service.rules.canary import Canary
 from service.rules.experiments import Experiment, Experiments
 
 log = structlog.get_logger(__name__)
+UNREADABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 Z_95 = 1.959963984540054  # the standard normal's 97.5th percentile
 CSAT_SCALE = (1.0, 5.0)
@@ -302,7 +305,11 @@ async def guard_canary(pool, holder, events: EventWriter,
     running = await holder.sync_canary()
     if running is None:
         return None
-    result = await canary_result(pool, running.canary, rules)
+    try:
+        result = await canary_result(pool, running.canary, rules)
+    except UNREADABLE as exc:  # PostgreSQL away: judged again at the next look
+        log.warning("rules.canary_not_judged", canary=running.id, error=str(exc))
+        return None
     reason = tripped(result["guardrails"])
     if reason is None:
         return None
