@@ -249,3 +249,41 @@ async def _value(value):
 
 async def _is(actual, expected) -> bool:
     return actual is expected
+
+
+async def test_arms_and_the_canary_add_no_redis_round_trip(settings, redis_client, tmp_path,
+                                                          db, monkeypatch):
+    """A first message classified into an experiment's type while a canary runs: its arm and
+    its canary share are hashes in process, so the turn still costs two round trips."""
+    from service.appkeys import REDIS_BATCH
+    from tests.test_experiments import EXPERIMENTS, SHORT, rules_dir
+
+    await _clean_tables(settings.database_url)
+    stable = rules_dir(tmp_path, EXPERIMENTS)
+    candidate = reworded(shutil.copytree(stable, tmp_path / "candidate"))
+    async with instance(with_settings(settings, rules_dir=stable)) as client:
+        token = await create_token(db, "ops", "tests")
+        response = await client.post("/api/rules/canary", json={
+            "directory": str(candidate), "share": 0.5, "min_contacts": 100},
+            headers={"Authorization": f"Bearer {token}"})
+        assert response.status == 200
+        batcher, sent, phone = client.app[REDIS_BATCH], [], "+15557770001"
+        execute = batcher.execute
+
+        async def counted(*commands):
+            if any(phone in str(arg) for c in commands for arg in c):
+                sent.append(commands)
+            return await execute(*commands)
+
+        monkeypatch.setattr(batcher, "execute", counted)
+        said = await text(client, phone, ASK)
+        assert said[-1] == CONFIRM
+        held = await arm(redis_client, phone)
+        assert held["arm"] in ("canary", "stable")
+        assert said[0] == SHORT or said[0].startswith("CANARY") or "Every order" in said[0]
+        assert len(sent) == 2  # read, then write: nothing more for the arm or the canary
+        await events_landed(client.app)
+        kinds = [r["kind"] for r in await db.fetch(
+            "SELECT kind FROM contact_events WHERE kind IN ('canary_assigned', "
+            "'experiment_assigned') ORDER BY occurred_at, seq")]
+        assert kinds == ["canary_assigned", "experiment_assigned"]
