@@ -119,19 +119,19 @@ def _experiment(check: Checker, entries: LocatedDict, name: str, raw: Any,
     if spec is None or not {"contact_type", "arms"} <= spec.keys():
         return None
     contact_type = spec["contact_type"]
-    if contact_type not in type_ids:
+    if not isinstance(contact_type, str) or contact_type not in type_ids:
         check.error(spec, "contact_type", f"unknown contact type {contact_type!r}",
                     (*path, "contact_type"))
     arms = _arms(check, spec, path, flow_ids)
     control = spec.get("control", arms[0].name if arms else None)
-    if arms and control not in {a.name for a in arms}:
+    if arms and not (isinstance(control, str) and control in {a.name for a in arms}):
         check.error(spec, "control", f"control must name one of the arms "
                     f"({', '.join(a.name for a in arms)}), not {control!r}", (*path, "control"))
     least = spec.get("min_contacts", DEFAULT_MIN_CONTACTS)
     if not isinstance(least, int) or isinstance(least, bool) or least < 1:
         check.error(spec, "min_contacts", f"min_contacts must be a whole number of at least 1, "
                     f"not {least!r}", (*path, "min_contacts"))
-    if len(arms) < 2 or contact_type not in type_ids:
+    if len(arms) < 2 or not isinstance(contact_type, str) or contact_type not in type_ids:
         return None
     return Experiment(name, contact_type, tuple(arms), str(control),
                       least if isinstance(least, int) else DEFAULT_MIN_CONTACTS)
@@ -167,7 +167,7 @@ def _arm(check: Checker, parent: LocatedDict, name: str, raw: Any, path: tuple,
                                  and len(answer) <= MAX_ANSWER_CHARS):
         check.error(spec, "answer", f"answer must be text of 1 to {MAX_ANSWER_CHARS} "
                     "characters", (*path, "answer"))
-    if "flow" in spec and flow not in flow_ids:
+    if "flow" in spec and not (isinstance(flow, str) and flow in flow_ids):
         check.error(spec, "flow", f"unknown flow {flow!r} (flows.yaml defines: "
                     f"{', '.join(sorted(flow_ids)) or 'none'})", (*path, "flow"))
     if "agent" in spec and agent is not True:
