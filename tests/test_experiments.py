@@ -366,3 +366,53 @@ async def test_the_demo_asks_about_the_example_experiment(monkeypatch, capsys, s
     assert assigned_count >= 4  # 40% of the texted and chatted questions
     assert [a["arm"] for a in experiment["arms"]] == ["catalog", "short"]
     assert sum(a["contacts"] for a in experiment["arms"]) == assigned_count
+
+
+# ---- a flow instead of the answer, or straight to an agent ----------------------------------
+
+TREATMENTS = """
+    experiments:
+      orders_to_people:
+        contact_type: track_order
+        arms:
+          catalog: {weight: 0.000000001}
+          person: {agent: true, weight: 1000000000}
+      guided_cancel:
+        contact_type: cancel_order
+        arms:
+          catalog: {weight: 0.000000001}
+          guided: {flow: refund_status, weight: 1000000000}
+"""
+
+
+async def test_an_arm_can_send_to_an_agent_or_run_a_flow(settings, tmp_path, redis_client, db):
+    """Arms weighted so every customer lands in the treated one (the odds of the other are
+    one in a billion)."""
+    await _clean_tables(settings.database_url)
+    directory = rules_dir(tmp_path, TREATMENTS)
+    async with instance(with_settings(settings, rules_dir=directory)) as client:
+        token = await create_token(db, "ops", "tests")
+        assert "in line" in (await text(client, "+15554441001", ASK))[-1]
+        said = await text(client, "+15554441002", "need to cancel order 00004587345")
+        assert said[-1].startswith("Which order is the refund for?")
+        await events_landed(client.app)
+        [escalated] = await db.fetch("SELECT reason FROM contact_events WHERE kind = 'escalated'")
+        assert escalated["reason"] == "experiment"
+        rows = await db.fetch("SELECT data FROM contact_events WHERE kind = 'experiment_assigned'"
+                              " ORDER BY occurred_at, seq")
+        assert [json.loads(r["data"]) for r in rows] == [
+            {"experiment": "orders_to_people", "arm": "person", "treatment": "agent",
+             "control": False},
+            {"experiment": "guided_cancel", "arm": "guided", "treatment": "flow",
+             "control": False}]
+        report = await experiments_api(client, token)
+        person = report["experiments"][0]["arms"][1] if \
+            report["experiments"][0]["experiment"] == "orders_to_people" else \
+            report["experiments"][1]["arms"][1]
+        assert (person["arm"], person["contacts"], person["escalated"],
+                person["escalation_rate"]) == ("person", 1, 1, 1.0)
+        # sent to an agent by the arm, like a rule: not a self-service drop-out
+        response = await client.get("/api/reports/journeys", params=window(),
+                                    headers={"Authorization": f"Bearer {token}"})
+        exits = [d["exit"] for d in (await response.json())["dropouts"]]
+        assert "experiment" not in exits
