@@ -287,3 +287,54 @@ async def test_arms_and_the_canary_add_no_redis_round_trip(settings, redis_clien
             "SELECT kind FROM contact_events WHERE kind IN ('canary_assigned', "
             "'experiment_assigned') ORDER BY occurred_at, seq")]
         assert kinds == ["canary_assigned", "experiment_assigned"]
+
+
+async def test_every_instance_follows_the_canary_its_abort_and_its_rollback(
+        settings, redis_client, db, tmp_path, capsys, canary_env):
+    """Two instances on one PostgreSQL and Redis: a canary started at the command line runs on
+    both; aborted by hand, then another rolled back by a guardrail, it leaves both, recorded
+    once."""
+    await _clean_tables(settings.database_url)
+    stable = copy_rules(tmp_path / "stable")
+    worse = orders_to_agents(copy_rules(tmp_path / "candidate"))
+    shared = with_settings(settings, rules_dir=stable, canary_check_s=0.3)
+    async with instance(shared) as one, instance(shared) as two:
+        holders = (one.app[RULES], two.app[RULES])
+        start = ("rules", "canary", str(worse), "--share", "0.5", "--guardrail",
+                 "true_deflection:-0.05", "--min-contacts", "2")
+        assert (await cli(capsys, *start))[0] == 0
+        first = await eventually(lambda: _value(all(h.canary for h in holders)), 120)
+        assert first and holders[0].canary.id == holders[1].canary.id
+        code, out, _ = await cli(capsys, "rules", "abort")
+        assert code == 0 and f"canary {holders[0].canary.id} aborted" in out
+        await eventually(lambda: _value(not any(h.canary for h in holders)), 60)
+        [aborted] = await versions.history(db, limit=1)
+        assert aborted.cause == "canary" and aborted.actor.endswith("aborted")
+
+        assert (await cli(capsys, *start))[0] == 0
+        await eventually(lambda: _value(all(h.canary for h in holders)), 120)
+        second = holders[0].canary.id
+        counts = {"canary": 0, "stable": 0}
+        for i in range(60):  # customers reach either instance
+            if counts["canary"] >= 2 and counts["stable"] >= 1:
+                break
+            client, phone = (one, two)[i % 2], f"+1555888{i:04d}"
+            said = await text(client, phone, ASK)
+            held = await arm(redis_client, phone)
+            counts[held["arm"]] += 1
+            if said[-1] == CONFIRM:
+                await text(client, phone, "yes")
+        await events_landed(one.app)
+        await events_landed(two.app)
+        await eventually(lambda: _value(not any(h.canary for h in holders)), 60)
+        await asyncio.sleep(1)  # every instance has looked at least twice more
+        rows = await db.fetch("SELECT state, ended_by FROM rule_canaries ORDER BY id")
+        assert [tuple(r) for r in rows] == [("aborted", rows[0]["ended_by"]),
+                                           ("rolled_back", "guardrail")]
+        rollbacks = await db.fetchval("SELECT count(*) FROM rule_loads WHERE canary_id = $1 "
+                                      "AND actor LIKE 'guardrail:%'", second)
+        await events_landed(one.app)
+        await events_landed(two.app)
+        events = await db.fetchval("SELECT count(*) FROM contact_events "
+                                   "WHERE kind = 'canary_rolled_back'")
+        assert (rollbacks, events) == (1, 1)
