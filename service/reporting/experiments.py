@@ -27,6 +27,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import asyncpg
 import structlog
 
+from service.reporting import reports
 from service.reporting.events import Event, EventWriter
 from service.reporting.reports import (
     AGGREGATES,
@@ -246,7 +247,8 @@ async def experiments_report(conn, window: Window, rules: ReportRules,
     """Every experiment of the rules in force over the window, and the canary (its own span)."""
     configured = list(experiments.by_type.values())
     counts = await arm_counts(conn, window, rules, [e.name for e in configured])
-    report = header(window, rules) | {"definitions": DEFINITIONS,
+    shared = {name: reports.DEFINITIONS[name] for name in ("window", "rates")}
+    report = header(window, rules) | {"definitions": shared | DEFINITIONS,
                                       "experiments": [experiment_result(e, counts.get(e.name, {}))
                                                       for e in configured]}
     return report | {"canary": await canary_result(conn, canary, rules) if canary else None}
