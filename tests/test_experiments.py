@@ -405,6 +405,11 @@ async def test_an_arm_can_send_to_an_agent_or_run_a_flow(settings, tmp_path, red
              "control": False},
             {"experiment": "guided_cancel", "arm": "guided", "treatment": "flow",
              "control": False}]
+        assert (await client.get("/api/reports/experiments")).status == 401
+        supervisor = await create_token(db, "supervisor", "wallboard")
+        response = await client.get("/api/reports/experiments",
+                                    headers={"Authorization": f"Bearer {supervisor}"})
+        assert response.status == 403
         report = await experiments_api(client, token)
         person = report["experiments"][0]["arms"][1] if \
             report["experiments"][0]["experiment"] == "orders_to_people" else \
@@ -416,3 +421,35 @@ async def test_an_arm_can_send_to_an_agent_or_run_a_flow(settings, tmp_path, red
                                     headers={"Authorization": f"Bearer {token}"})
         exits = [d["exit"] for d in (await response.json())["dropouts"]]
         assert "experiment" not in exits
+
+
+# ---- the verdict rule on counts -------------------------------------------------------------
+
+def counts(contacts, resolved, false=0, escalated=0, scores=()):
+    return {"contacts": contacts, "self_service_resolved": resolved, "false_deflections": false,
+            "escalated": escalated, "csat_responses": len(scores), "csat_points": sum(scores),
+            "csat_squares": sum(s * s for s in scores)}
+
+
+def test_the_verdict_rule_reads_deflection_and_csat():
+    from service.reporting.experiments import verdict
+
+    control = counts(100, 50, scores=[5, 4, 5, 4, 5, 4, 5, 4])
+    # true deflection 30% against 50%: z = -2.89, worse
+    judged = verdict(counts(100, 30, scores=[5, 4, 5, 4, 5, 4, 5, 4]), control, 30)
+    pooled = 80 / 200
+    z = (0.3 - 0.5) / math.sqrt(pooled * (1 - pooled) * (2 / 100))
+    assert judged["verdict"] == "worse" and judged["deflection_z"] == pytest.approx(z, abs=1e-6)
+    assert judged["reason"] == "true deflection is lower (95%)"
+    # the same deflection, CSAT 2.5 against 4.5: Welch's t far below -t(0.975, df), worse
+    judged = verdict(counts(100, 50, scores=[2, 3, 2, 3, 2, 3, 2, 3]), control, 30)
+    assert judged["verdict"] == "worse" and judged["reason"] == "CSAT is lower (95%)"
+    assert judged["csat_t"] == pytest.approx(-2 / math.sqrt(2 * (2 / 7) / 8), abs=1e-6)
+    # 55% against 50%, CSAT the same: no clear difference
+    judged = verdict(counts(100, 55, scores=[5, 4, 5, 4, 5, 4, 5, 4]), control, 30)
+    assert judged["verdict"] == "no clear difference"
+    # deflection up, CSAT down: worse, said so
+    judged = verdict(counts(100, 80, scores=[2, 3, 2, 3, 2, 3, 2, 3]), control, 30)
+    assert judged["verdict"] == "worse" and "CSAT is lower" in judged["reason"]
+    # too few contacts on one side
+    assert verdict(counts(29, 29), control, 30)["verdict"] == "not enough data yet"
