@@ -202,6 +202,8 @@ def cmd_canary_start(args: argparse.Namespace, settings: Settings) -> int:
     print(f"canary {started.id} started: v{started.version_id} ({started.digest}) decides "
           f"{started.share:.0%} of new contacts; running instances follow it now "
           "(see: switchboard rules canary-status)")
+    if not guardrails:
+        print("no guardrails: it runs until `rules promote` or `rules abort`")
     return 0
 
 
