@@ -73,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     reload = rules.add_parser("reload", help="have every running instance reload its rules "
                               "directory (all or nothing, recorded)")
     reload.set_defaults(func=cmd_rules_reload)
+    from service.reporting import experiments_cli
+
+    experiments_cli.add_rules_parsers(rules)
 
     agents = commands.add_parser("agents", help="manage agents").add_subparsers(
         dest="agents_command", required=True)
@@ -113,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     from service.understanding import cli as cli_classify
 
     cli_ops.add_parsers(commands)
+    experiments_cli.add_parsers(commands)
     cli_classify.add_parser(commands)
     return parser
 

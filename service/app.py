@@ -57,8 +57,16 @@ from service.infra.migrate import migrate
 from service.infra.redis_batch import batcher_for
 from service.infra.redis_url import client_for, close_client, publisher_for, subscriber_for
 from service.model import ChannelTraits, Inbound, Reply
-from service.reporting import metrics, ops_api, partitions, supervisor
+from service.reporting import (
+    experiments,
+    experiments_api,
+    metrics,
+    ops_api,
+    partitions,
+    supervisor,
+)
 from service.reporting.events import EventWriter
+from service.reporting.reports import ReportRules
 from service.rules.flows import HttpLookups
 from service.rules.holder import RulesHolder
 from service.rules.versions import LoadCause
@@ -96,6 +104,7 @@ def create_app(settings: Settings) -> web.Application:
         app.router.add_routes(channel.routes())
     app.router.add_routes(api.routes())
     app.router.add_routes(ops_api.routes())
+    app.router.add_routes(experiments_api.routes())
     app.router.add_routes(supervisor.routes())
     app.router.add_routes(pages())
     app.on_shutdown.append(close_websockets)
@@ -307,7 +316,8 @@ async def conversations(app: web.Application) -> AsyncIterator[None]:
     app[CONVERSATIONS] = Conversations(
         rules=current_rules, context=context, handoff=app[HANDOFF], events=app[EVENTS],
         channels=traits, find_customer=lambda kind, value: find_customer(pool, kind, value),
-        lookups=app[LOOKUPS], queue_load=lambda: app[QUEUE_LOAD].waiting)
+        lookups=app[LOOKUPS], queue_load=lambda: app[QUEUE_LOAD].waiting,
+        canary=lambda: app[RULES].canary, rules_for=lambda held: app[RULES].for_contact(held))
     app[FALLBACK] = FallbackContacts(app[EVENTS], lambda kind, value: find_customer(
         pool, kind, value), lambda: default_queue(app), traits, settings.sms_idle_timeout_s)
     app[AUTH_THROTTLE] = AuthThrottle(app[REDIS_BATCH])
@@ -342,11 +352,20 @@ async def background_sweeps(app: web.Application) -> AsyncIterator[None]:
                                         "activity.refresh")),
              asyncio.create_task(_every(supervisor.GAUGE_REFRESH_S,
                                         lambda: supervisor.refresh_gauges(app),
-                                        "supervisor.gauges"))]
+                                        "supervisor.gauges")),
+             asyncio.create_task(_every(app[SETTINGS].canary_check_s,
+                                        lambda: guard_canary(app), "canary.guard"))]
     yield
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def guard_canary(app: web.Application) -> None:
+    """Follow the canary and roll it back when a guardrail trips (every instance may)."""
+    rules = app[RULES]
+    await experiments.guard_canary(app[PG], rules, app[EVENTS],
+                                   ReportRules.from_catalog(rules.current.catalog))
 
 
 async def _every(interval_s: float, job, name: str) -> None:

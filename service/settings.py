@@ -45,6 +45,7 @@ class Settings:
     event_flush_interval_s: float = 0.2
     event_retention_days: int = 0  # 0: keep every month of the event log
     event_loop: str = "auto"
+    canary_check_s: float = 5.0  # how often each instance follows the canary and its guardrails
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -75,6 +76,7 @@ ENV_VARS = {
     "SWITCHBOARD_SMS_IDLE_TIMEOUT_S": "sms_idle_timeout_s",
     "SWITCHBOARD_EVENT_LOOP": "event_loop",
     "SWITCHBOARD_EVENT_RETENTION_DAYS": "event_retention_days",
+    "SWITCHBOARD_CANARY_CHECK_S": "canary_check_s",
 }
 
 
@@ -187,6 +189,7 @@ PARSERS = {
     "sms_idle_timeout_s": _positive_int,
     "event_loop": _choice("auto", "uvloop", "asyncio"),
     "event_retention_days": _retention_days,
+    "canary_check_s": _positive_seconds,
 }
 
 

@@ -32,6 +32,8 @@ from service.conversations.record import Conversation, new_conversation
 from service.infra.ids import new_uuid
 from service.model import ChannelTraits, Choice, Inbound, PromptStyle, Reply
 from service.reporting.events import Event, EventWriter
+from service.rules.canary import RunningCanary
+from service.rules.experiments import Arm
 from service.rules.flows import (
     HttpLookups,
     LookupFailed,
@@ -120,9 +122,13 @@ class Conversations:
     def __init__(self, rules: Callable[[], Rules], context: ContextStore, handoff: Handoff,
                  events: EventWriter, find_customer: FindCustomer, lookups: HttpLookups,
                  channels: Mapping[str, ChannelTraits],
-                 queue_load: Callable[[], Mapping[str, int]] = dict):
+                 queue_load: Callable[[], Mapping[str, int]] = dict,
+                 canary: Callable[[], RunningCanary | None] = lambda: None,
+                 rules_for: Callable[[dict | None], Rules] | None = None):
         self._channels = channels
         self._rules = rules
+        self._canary = canary  # a canary running: new contacts in its share get its rules
+        self._rules_for = rules_for or (lambda _held: rules())
         self._lookups = lookups
         self._queue_load = queue_load
         self._context = context
@@ -231,6 +237,7 @@ class Conversations:
                            data={"identity_kind": kind, "identity_value": value},
                            occurred_at=now))
         await self._open_contact(turn)
+        turn.rules = self._rules_for(turn.conversation.get("canary"))
         turn.conversation["turns"] += 1
         verdict = self._pace(turn)
         self._hear(turn)
@@ -323,6 +330,11 @@ class Conversations:
             return
         turn.record("contact_started", address=turn.inbound.address,
                     service_address=turn.inbound.service_address, thread=turn.inbound.thread)
+        canary = self._canary()
+        if canary is not None:  # a hash of the contact id: which rules decide it
+            arm = canary.arm_of(conv["contact_id"])
+            conv["canary"] = {"id": canary.id, "arm": arm}
+            turn.record("canary_assigned", canary=canary.id, arm=arm)
 
     async def _earlier_contacts(self, turn: Turn) -> list[dict[str, Any]]:
         """From round trip 1 when the address's link was in Redis; otherwise the address was
@@ -508,17 +520,21 @@ class Conversations:
         conv.update(route_path=decision.route_path, queue=decision.queue)
         turn.record("routed", **decision.as_dict())
         contact_type = turn.rules.catalog.types[type_id]
-        straight_to_agent = escalation_reason(turn.rules, type_id, decision)
+        arm = _experiment_arm(turn, type_id)
+        straight_to_agent = escalation_reason(turn.rules, type_id, decision, arm)
         if straight_to_agent:
             return await self._escalate(turn, decision, straight_to_agent)
-        if contact_type.flow:
-            return await self._start_flow(turn, type_id, contact_type.flow)
+        flow = contact_type.flow
+        if arm is not None and (arm.answer or arm.flow):  # the arm's self-service instead
+            flow = arm.flow
+        if flow:
+            return await self._start_flow(turn, type_id, flow)
         conv["status"] = "confirming"
         conv["steps"].append({"type": "answer", "contact_type": type_id, "at": turn.now,
                               "outcome": None})
         turn.record("self_service_started", step="answer")
-        return turn.reply(contact_type.answer, prompts.CONFIRM[self._style(turn)], choices=YES_NO,
-                          expects_input=True)
+        return turn.reply(arm.answer if arm and arm.answer else contact_type.answer,
+                          prompts.CONFIRM[self._style(turn)], choices=YES_NO, expects_input=True)
 
     async def _missed(self, turn: Turn, ranked: tuple[tuple[str, float], ...],
                       reason: str) -> Reply:
@@ -644,7 +660,8 @@ class Conversations:
         if found is None:
             return Reply(state="queued", messages=("Thanks for holding.",))
         queue, position = found
-        wait_s = position.position * self._rules().tree.queues[queue].avg_handle_s
+        wait_s = position.position * self._rules_for(conv.get("canary")).tree.queues[
+            queue].avg_handle_s
         said = prompts.hold(position.position, wait_s)
         offer = self._handoff.callbacks.offered(conv)
         return Reply(messages=(f"{said} {prompts.CALLBACK_OFFER}" if offer else said,),
@@ -781,6 +798,24 @@ def _is_repeat(rules: Rules, conv: dict[str, Any]) -> bool:
 def _latest_in_window(rules: Rules, conv: dict[str, Any]) -> dict[str, Any] | None:
     """The customer's most recent contact (any channel) still inside its repeat window."""
     return next((e for e in conv.get("earlier", ()) if _in_window(rules, conv, e)), None)
+
+
+def _experiment_arm(turn: Turn, type_id: str) -> Arm | None:
+    """The arm of the type's experiment the customer is in (experiments.yaml), recorded on
+    the contact once; a hash of ids in process, no round trip."""
+    experiment = turn.rules.experiments.for_type(type_id)
+    if experiment is None:
+        return None
+    conv = turn.conversation
+    held = conv.get("experiment")
+    if held is not None:  # the contact is in one experiment at most
+        arms = {arm.name: arm for arm in experiment.arms}
+        return arms.get(held["arm"]) if held["name"] == experiment.name else None
+    arm = experiment.arm_of(conv["customer_id"])
+    conv["experiment"] = {"name": experiment.name, "arm": arm.name}
+    turn.record("experiment_assigned", experiment=experiment.name, arm=arm.name,
+                treatment=arm.treatment, control=arm.name == experiment.control)
+    return arm
 
 
 def _digit_menu(turn: Turn) -> tuple[Choice, ...]:

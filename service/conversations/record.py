@@ -58,6 +58,8 @@ class Conversation(_Required, total=False):
     arrivals: list[float]  # when the customer's last few texts arrived (pacing.py)
     loop_hits: int  # texts in a row that echo ours or repeat the customer's previous one
     rate_limited: bool  # the customer was told to slow down and has not yet
+    experiment: dict[str, str]  # the experiment it is in: name, arm (experiments.yaml)
+    canary: dict[str, Any]  # opened while a canary ran: id, arm (canary or stable)
 
 
 def new_conversation(*, contact_id: str, customer: dict[str, Any], channel: str, address: str,

@@ -8,6 +8,7 @@ inherited, so parent and child never hand out the same ones.
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 BATCH = 256
@@ -59,3 +60,9 @@ def _forget() -> None:
 
 # Checked at fork rather than per call: os.getpid() costs a system call, more than an id does.
 os.register_at_fork(after_in_child=_forget)
+
+
+def stable_point(key: str) -> float:
+    """The key's place in [0, 1), the same in every process: the first 8 bytes of SHA-256 of
+    it (survey sampling, experiment arms, canary shares; no round trip, never random)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2 ** 64

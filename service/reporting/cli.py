@@ -19,7 +19,7 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from service.reporting import candidates, reports
 from service.reporting.reports import BadWindow, ReportRules
@@ -389,6 +389,7 @@ DEMO_CONCURRENCY = 4
 STORIES = (("sms_answer", 34), ("voice_keypad", 20), ("chat_answer", 18), ("voice_agent", 7),
            ("voice_menu_hang_up", 6), ("sms_unclear", 8), ("sms_person", 7))
 FOLLOW_UP_BY_PHONE = 0.35  # a texter calls back about the same thing (false deflection)
+FEATURED_SHARE = 0.4  # of texted and chatted questions, about a type in an experiment
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -401,12 +402,13 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         return _fail("--contacts must be at least 1", 2)
     url = (args.url or settings.public_url).rstrip("/")
     try:
-        catalog = load_rules(settings.rules_dir, with_classifier=False).catalog
+        rules = load_rules(settings.rules_dir, with_classifier=False)
     except ConfigError as exc:
         return _fail(f"the rules in {settings.rules_dir} are invalid:\n{exc}")
+    featured = [e.contact_type for e in rules.experiments.by_type.values()]
     try:
-        sent = asyncio.run(run_demo(settings, url, catalog, args.contacts, args.seed,
-                                    args.agent_token))
+        sent = asyncio.run(run_demo(settings, url, rules.catalog, args.contacts, args.seed,
+                                    args.agent_token, featured))
     except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
         problem = str(exc) or type(exc).__name__
         return _fail(f"demo traffic to {url} failed: {problem} (is `switchboard serve` "
@@ -418,8 +420,10 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def run_demo(settings: Settings, url: str, catalog, contacts: int, seed: int | None,
-                   agent_token: str | None = None) -> dict[str, int]:
-    """Send `contacts` contacts; return how many went over each channel."""
+                   agent_token: str | None = None,
+                   featured: Sequence[str] = ()) -> dict[str, int]:
+    """Send `contacts` contacts; return how many went over each channel. `featured`: contact
+    types asked about more often (those in experiments, so their panel fills)."""
     import random
     from collections import Counter
 
@@ -429,7 +433,7 @@ async def run_demo(settings: Settings, url: str, catalog, contacts: int, seed: i
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         traffic = DemoTraffic(session, url, settings.public_url, settings.twilio_auth_token,
-                              catalog)
+                              catalog, featured)
         agent = asyncio.create_task(demo_agent(session, url, agent_token)) if agent_token \
             else None
         limit = asyncio.Semaphore(DEMO_CONCURRENCY)
@@ -466,7 +470,8 @@ def _demo_plans(rng, contacts: int) -> list[tuple[str, bool, int]]:
 class DemoTraffic:
     """Customers of a running service, over signed webhooks and the chat WebSocket."""
 
-    def __init__(self, session, url: str, public_url: str, auth_token: str, catalog):
+    def __init__(self, session, url: str, public_url: str, auth_token: str, catalog,
+                 featured: Sequence[str] = ()):
         from twilio.request_validator import RequestValidator
 
         self.session, self.url = session, url
@@ -474,6 +479,13 @@ class DemoTraffic:
         self.validator = RequestValidator(auth_token)
         self.answered = [t for t in catalog.types.values() if t.answer]
         self.keypad = [t for t in self.answered if t.ivr_digit]
+        self.featured = [t for t in self.answered if t.id in featured]
+
+    def topic(self, rng):
+        """What a customer asks about; the featured types (in experiments) in FEATURED_SHARE."""
+        if self.featured and rng.random() < FEATURED_SHARE:
+            return rng.choice(self.featured)
+        return rng.choice(self.answered)
 
     @staticmethod
     def sid(prefix: str) -> str:
@@ -501,7 +513,7 @@ class DemoTraffic:
     # ---- stories: each returns the channels of the contacts it made ----
 
     async def sms_answer(self, phone: str, rng, follow_up: bool) -> list[str]:
-        topic = rng.choice(self.answered)
+        topic = self.topic(rng)
         twiml = await self.text(phone, rng.choice(topic.examples))
         for _ in range(3):
             if "Did that help" in twiml:
@@ -551,7 +563,7 @@ class DemoTraffic:
         return ["voice"]
 
     async def chat_answer(self, phone: str, rng, follow_up: bool) -> list[str]:
-        topic = rng.choice(self.answered)
+        topic = self.topic(rng)
         async with self.session.ws_connect(self.url + "/chat/ws") as ws:
             await ws.send_json({"type": "start", "session": None})
             await _until_status(ws)

@@ -72,6 +72,7 @@ async def _drop_older(conn: asyncpg.Connection, cutoff: datetime) -> list[str]:
     if boundary is not None:  # what the default partition caught before it goes too
         await conn.execute("DELETE FROM contact_events_default WHERE occurred_at < $1", boundary)
         await conn.execute("DELETE FROM contact_facts WHERE started_at < $1", boundary)
+        await conn.execute("DELETE FROM contact_arms WHERE assigned_at < $1", boundary)
     return dropped
 
 

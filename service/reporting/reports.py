@@ -73,7 +73,8 @@ DEFINITIONS = {
                "dropped (ended without resolution or escalation), open (still going).",
     "dropout": "A contact that left self-service unresolved on its own account: escalated at "
                "the customer's request or after failing self-service, or ended (hung up, "
-               "went quiet, opted out); not contacts routed straight to an agent by a rule. "
+               "went quiet, opted out); not contacts routed straight to an agent by a rule or "
+               "an experiment's arm. "
                "step: where it was (greeting, clarifying, or the self-service step); exit: "
                "the escalation reason or the outcome.",
     "transferred": "Contacts an agent transferred, to a queue or to an agent, counted once "
@@ -336,7 +337,7 @@ derived AS (
         j.resolved_in_self_service AND j.contact_type IS NOT NULL AND {false_deflection}
             AS false_deflection,
         NOT j.resolved_in_self_service AND NOT j.routed_to_agent
-            AND j.escalation_reason IS DISTINCT FROM 'no_self_service'
+            AND COALESCE(j.escalation_reason, '') NOT IN ('no_self_service', 'experiment')
             AND (j.escalated OR j.ended_at IS NOT NULL) AS dropped_out,
         CASE WHEN j.resolved_in_self_service THEN 'self_service'
              WHEN j.accepted AND NOT j.abandoned THEN 'agent'

@@ -2,6 +2,7 @@
 
 Every load and reload is recorded (service/rules/versions.py) with its cause; a reload asked
 with NOTIFY (`switchboard rules reload`, `rules rollback`) reaches every instance listening.
+A canary's rules (service/rules/canary.py) are held beside them, followed the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import structlog
 
 from service.infra.runtime import settle_heap
 from service.reporting import metrics
-from service.rules import versions
+from service.rules import canary, versions
+from service.rules.canary import BadCanary, RunningCanary
 from service.rules.loader import Rules, load_rules
 from service.rules.versions import Load, LoadCause, Version
 from service.rules.yamlfile import ConfigError
@@ -42,6 +44,9 @@ class RulesHolder:
         self._lock = asyncio.Lock()
         self._version: Version | None = None  # what `current` is, as recorded
         self._asked: set[asyncio.Task] = set()  # reloads NOTIFY asked for, still running
+        self.canary: RunningCanary | None = None  # a canary's rules, for its share of contacts
+        self._canary_lock = asyncio.Lock()
+        self._canary_refused: set[int] = set()  # canaries whose rules do not load here
 
     @classmethod
     async def load(cls, directory: Path, pool: asyncpg.Pool,
@@ -59,7 +64,49 @@ class RulesHolder:
         holder = cls(rules, pool)
         previous = await _or_none(versions.in_force(pool))
         await holder._record(cause, previous, ())
+        await holder.sync_canary()
         return holder
+
+    def for_contact(self, held: dict | None) -> Rules:
+        """The rules deciding a contact: the canary's when it was opened in the canary's share
+        of the canary running now (`held`: the conversation's `canary`), else those in force."""
+        running = self.canary
+        if held and held.get("arm") == "canary" and running and running.id == held.get("id"):
+            return running.rules
+        return self.current
+
+    async def sync_canary(self) -> RunningCanary | None:
+        """Follow the canary recorded in PostgreSQL: load the one running, drop one that ended.
+        PostgreSQL away: keep what is held."""
+        async with self._canary_lock:
+            try:
+                recorded = await canary.running(self._pool)
+            except RECORD_FAILED as exc:
+                log.warning("rules.canary_unknown", error=str(exc))
+                return self.canary
+            if recorded is None or recorded.id in self._canary_refused:
+                if self.canary is not None:
+                    log.info("rules.canary_dropped", canary=self.canary.id)
+                self.canary = None
+            elif self.canary is None or self.canary.id != recorded.id:
+                self.canary = await self._load_canary(recorded)
+            return self.canary
+
+    async def _load_canary(self, recorded: canary.Canary) -> RunningCanary | None:
+        try:
+            files = await canary.files_of(self._pool, recorded)
+            learned = await _learned(self._pool)
+            rules = await asyncio.get_running_loop().run_in_executor(None, functools.partial(
+                canary.load_canary_rules, self.current.directory, files, learned))
+            canary.check_queues(rules, self.current)
+        except (ConfigError, BadCanary, OSError, *RECORD_FAILED) as exc:
+            self._canary_refused.add(recorded.id)
+            log.error("rules.canary_not_loaded", canary=recorded.id, error=str(exc),
+                      note="this instance decides every contact with the rules in force")
+            return None
+        log.info("rules.canary_loaded", canary=recorded.id, digest=rules.digest,
+                 share=recorded.share)
+        return RunningCanary(recorded, rules)
 
     async def reload(self, cause: LoadCause = LoadCause("signal", "SIGHUP")) -> ReloadResult:
         """Load and validate everything off the event loop, then swap in one assignment;
@@ -116,6 +163,8 @@ class RulesHolder:
             try:
                 conn.add_termination_listener(lambda _conn: lost.set())
                 await conn.add_listener(versions.RELOAD_CHANNEL, self._notified)
+                await conn.add_listener(canary.CANARY_CHANNEL, self._canary_notified)
+                self._ask(self.sync_canary())  # what changed while nobody listened
                 await lost.wait()
             except RECORD_FAILED as exc:
                 log.warning("rules.listen_lost", error=str(exc))
@@ -125,7 +174,13 @@ class RulesHolder:
             await asyncio.sleep(LISTEN_RETRY_S)
 
     def _notified(self, _conn, _pid: int, _channel: str, payload: str) -> None:
-        task = asyncio.ensure_future(self.reload(LoadCause.from_payload(payload)))
+        self._ask(self.reload(LoadCause.from_payload(payload)))
+
+    def _canary_notified(self, _conn, _pid: int, _channel: str, _payload: str) -> None:
+        self._ask(self.sync_canary())
+
+    def _ask(self, job) -> None:
+        task = asyncio.ensure_future(job)
         self._asked.add(task)
         task.add_done_callback(self._asked.discard)
 

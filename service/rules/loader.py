@@ -13,6 +13,7 @@ from typing import Collection, Iterable, Mapping
 
 from service.conversations.redaction import CARDS_ONLY, Redactor
 from service.rules.catalog import Catalog, load_catalog
+from service.rules.experiments import NO_EXPERIMENTS, Experiments, load_experiments
 from service.rules.flows import NO_FLOWS, Flows, load_flows
 from service.rules.redaction import load_redaction
 from service.rules.routing import RoutingTree, load_routing_tree
@@ -23,8 +24,9 @@ from service.understanding.classifier import Classifier, train
 from service.understanding.embeddings import embedder
 from service.understanding.encoder import ENCODINGS_CACHE, cached_encodings, encoder
 
-# flows, redaction and surveys are optional
-RULE_FILES = ("catalog.yaml", "routes.yaml", "flows.yaml", "redaction.yaml", "surveys.yaml")
+# flows, redaction, surveys and experiments are optional
+RULE_FILES = ("catalog.yaml", "routes.yaml", "flows.yaml", "redaction.yaml", "surveys.yaml",
+              "experiments.yaml")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Rules:
     files: Mapping[str, str] = field(default_factory=dict)  # the YAML as loaded, by name
     redactor: Redactor = CARDS_ONLY
     surveys: Surveys = NO_SURVEYS
+    experiments: Experiments = NO_EXPERIMENTS
 
 
 def load_rules(directory: Path, *, with_classifier: bool = True,
@@ -53,6 +56,7 @@ def load_rules(directory: Path, *, with_classifier: bool = True,
     tree = load_routing_tree(directory, display, catalog, _served(channels))
     redactor = load_redaction(directory, display)
     surveys = load_surveys(directory, display, catalog.types.keys())
+    experiments = load_experiments(directory, display, catalog.types.keys(), flows.flows.keys())
     learned = tuple((text, label) for text, label in learned if label in catalog.types)
     examples = catalog.training + learned
     out_of_scope = catalog.out_of_scope + catalog.background
@@ -61,7 +65,7 @@ def load_rules(directory: Path, *, with_classifier: bool = True,
     classifier = _trained(training_digest, examples, out_of_scope, catalog) \
         if with_classifier else None
     return Rules(directory, _digest(files, training_digest), catalog, tree, classifier,
-                 learned, flows, files, redactor, surveys)
+                 learned, flows, files, redactor, surveys, experiments)
 
 
 def _served(channels: Collection[str] | None) -> Collection[str]:
@@ -93,6 +97,7 @@ def _flows_and_catalog(directory: Path, display: str) -> tuple[Flows, Catalog]:
     return flows, catalog
 
 
+KEPT_MODELS = 2  # the rules in force and a canary's
 _trained_by_digest: dict[str, Classifier] = {}
 
 
@@ -104,7 +109,8 @@ def _trained(training_digest: str, examples: tuple[tuple[str, str], ...],
         model = train(examples, out_of_scope=out_of_scope,
                       embedder=embedder(catalog.embeddings) if catalog.embeddings else None,
                       cascade=_cascade(catalog.encoder_band))
-        _trained_by_digest.clear()
+        while len(_trained_by_digest) >= KEPT_MODELS:
+            del _trained_by_digest[next(iter(_trained_by_digest))]
         _trained_by_digest[training_digest] = model
     return _trained_by_digest[training_digest]
 

@@ -16,11 +16,11 @@ No file, or no `default` and no entry for a type: that type is never surveyed.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Collection, Mapping
 
+from service.infra.ids import stable_point
 from service.rules.yamlfile import Checker, LocatedDict, load_yaml
 
 KINDS = ("csat", "nps")
@@ -62,9 +62,8 @@ NO_SURVEYS = Surveys()
 
 
 def sampled(contact_id: str, rate: float) -> bool:
-    """The contact's place in [0, 1) from the first 8 bytes of SHA-256 of its id."""
-    point = int.from_bytes(hashlib.sha256(contact_id.encode()).digest()[:8], "big") / 2 ** 64
-    return point < rate
+    """Whether the contact's stable place in [0, 1) falls under the rate."""
+    return stable_point(contact_id) < rate
 
 
 def load_surveys(directory: Path, display_dir: str, type_ids: Collection[str]) -> Surveys:

@@ -18,7 +18,8 @@ from typing import Any, Mapping, Sequence
 import asyncpg
 
 RELOAD_CHANNEL = "switchboard_rules_reload"
-CAUSES = ("start", "signal", "api", "cli", "rollback")
+CAUSES = ("start", "signal", "api", "cli", "rollback", "canary")
+ASKED_BY_NOTIFY = ("cli", "rollback", "canary")
 INSTANCE = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -37,7 +38,7 @@ class LoadCause:
         """A NOTIFY payload; anything unreadable is still a reload asked from the CLI."""
         try:
             data = json.loads(payload)
-            kind = data["cause"] if data.get("cause") in ("cli", "rollback") else "cli"
+            kind = data["cause"] if data.get("cause") in ASKED_BY_NOTIFY else "cli"
             return cls(kind, str(data.get("actor", ""))[:200])
         except (ValueError, TypeError, AttributeError, KeyError):
             return cls("cli", "")
@@ -62,13 +63,14 @@ class Load:
     previous_id: int | None
     diff: str
     errors: tuple[str, ...]
+    canary_id: int | None = None  # a canary started or ended (its rules beside those in force)
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "loaded_at": self.loaded_at.isoformat(), "cause": self.cause,
                 "actor": self.actor, "instance": self.instance, "version": self.version_id,
                 "digest": self.digest, "previous_version": self.previous_id,
                 "ok": self.version_id is not None, "diff": self.diff,
-                "errors": list(self.errors)}
+                "errors": list(self.errors), "canary": self.canary_id}
 
 
 class UnknownVersion(LookupError):
@@ -101,17 +103,26 @@ async def record_load(pool: asyncpg.Pool, cause: LoadCause, *, digest: str | Non
                       errors: Sequence[str] = ()) -> Load:
     """One load: a new version in force (digest and files), or a failure (errors)."""
     async with pool.acquire() as conn, conn.transaction():
-        version_id = await save_version(conn, digest, files) if digest and files else None
-        diff = unified_diff(previous.files if previous else {}, files or {},
-                            f"v{previous.id}" if previous else "none",
-                            f"v{version_id}") if version_id is not None else ""
-        row = await conn.fetchrow(
-            "INSERT INTO rule_loads (cause, actor, instance, version_id, previous_id, diff, "
-            "errors) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb) RETURNING id",
-            cause.kind, cause.actor, INSTANCE, version_id, previous.id if previous else None,
-            diff, json.dumps(list(errors)))
-    [load] = await history(pool, limit=1, before=row["id"] + 1)
+        load_id = await insert_load(conn, cause, digest=digest, files=files, previous=previous,
+                                    errors=errors)
+    [load] = await history(pool, limit=1, before=load_id + 1)
     return load
+
+
+async def insert_load(conn: asyncpg.Connection, cause: LoadCause, *, digest: str | None,
+                      files: Mapping[str, str] | None, previous: Version | None,
+                      errors: Sequence[str] = (), canary_id: int | None = None) -> int:
+    """The row of one load, in the caller's transaction; its id."""
+    version_id = await save_version(conn, digest, files) if digest and files else None
+    diff = unified_diff(previous.files if previous else {}, files or {},
+                        f"v{previous.id}" if previous else "none",
+                        f"v{version_id}") if version_id is not None else ""
+    row = await conn.fetchrow(
+        "INSERT INTO rule_loads (cause, actor, instance, version_id, previous_id, diff, "
+        "errors, canary_id) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8) RETURNING id",
+        cause.kind, cause.actor, INSTANCE, version_id, previous.id if previous else None,
+        diff, json.dumps(list(errors)), canary_id)
+    return row["id"]
 
 
 async def history(conn: asyncpg.Connection | asyncpg.Pool, limit: int = 50,
@@ -122,7 +133,7 @@ async def history(conn: asyncpg.Connection | asyncpg.Pool, limit: int = 50,
         " WHERE $2::bigint IS NULL OR l.id < $2 ORDER BY l.id DESC LIMIT $1", limit, before)
     return [Load(r["id"], r["loaded_at"], r["cause"], r["actor"], r["instance"],
                  r["version_id"], r["digest"], r["previous_id"], r["diff"],
-                 tuple(json.loads(r["errors"]))) for r in rows]
+                 tuple(json.loads(r["errors"])), r["canary_id"]) for r in rows]
 
 
 async def version(conn: asyncpg.Connection | asyncpg.Pool, ref: str) -> Version:
@@ -143,9 +154,9 @@ async def version(conn: asyncpg.Connection | asyncpg.Pool, ref: str) -> Version:
 
 
 async def in_force(conn: asyncpg.Connection | asyncpg.Pool) -> Version | None:
-    """The version the newest successful load put in force."""
+    """The version the newest successful load put in force (a canary's loads aside)."""
     row = await conn.fetchrow("SELECT version_id FROM rule_loads WHERE version_id IS NOT NULL "
-                              "ORDER BY id DESC LIMIT 1")
+                              "AND canary_id IS NULL ORDER BY id DESC LIMIT 1")
     return await version(conn, str(row["version_id"])) if row else None
 
 

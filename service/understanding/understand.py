@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from service.rules.experiments import ESCALATION_REASON as EXPERIMENT_REASON
+from service.rules.experiments import Arm
 from service.rules.loader import Rules
 from service.rules.routing import Decision
 from service.understanding.classifier import wants_agent
@@ -55,10 +57,16 @@ def main_menu(rules: Rules, size: int = 3) -> tuple[tuple[str, float], ...]:
     return tuple((t.id, 0.0) for t in keyed[:size])
 
 
-def escalation_reason(rules: Rules, contact_type: str, decision: Decision) -> str | None:
-    """Why a classified contact goes straight to an agent; None: self-service first."""
+def escalation_reason(rules: Rules, contact_type: str, decision: Decision,
+                      arm: Arm | None = None) -> str | None:
+    """Why a classified contact goes straight to an agent; None: self-service first. An
+    experiment's arm may send it to an agent or give it self-service of its own."""
     if not decision.self_service:
         return decision.reason
+    if arm is not None and arm.agent:
+        return EXPERIMENT_REASON
+    if arm is not None and (arm.answer or arm.flow):
+        return None
     if rules.catalog.types[contact_type].agent_only:
         return "no_self_service"
     return None

@@ -139,6 +139,7 @@ async function load(range) {
     render(summary, matrix, journeys, trend, candidates);
     setStatus("");
     refreshQueues();
+    loadExperiments(range, token);
   } catch (error) {
     if (error instanceof Unauthorized) {
       sessionStorage.removeItem(TOKEN_KEY);
@@ -433,6 +434,127 @@ function renderDefinitions(summary) {
     [el("dt", { text: name }), el("dd", { text })]));
   $("footnote").textContent = `Metric version ${summary.metric_version} · contacts that started `
     + `from ${summary.from} to ${summary.to} (exclusive) · as of ${summary.as_of}`;
+}
+
+// ---- experiments and the canary (/api/reports/experiments) ------------------------------------
+
+async function loadExperiments(range, token) {
+  try {
+    renderExperiments(await fetchReport("experiments", range, token));
+  } catch (error) {
+    $("experiments").replaceChildren(el("p", { class: "empty-note",
+      text: `Experiments not shown: ${error.message}` }));
+  }
+}
+
+const ARM_COLUMNS = [
+  { title: "Contacts", field: "contacts", kind: "count" },
+  { title: "True deflection", field: "true_deflection_rate", interval: "true_deflection_interval",
+    kind: "rate" },
+  { title: "Escalation", field: "escalation_rate", interval: "escalation_interval", kind: "rate" },
+  { title: "False deflection", field: "false_deflection_rate",
+    interval: "false_deflection_interval", kind: "rate" },
+  { title: "CSAT", field: "csat", interval: "csat_interval", kind: "csat" },
+];
+
+function formatInterval(bounds, kind) {
+  if (!bounds) return "";
+  const [low, high] = kind === "rate" ? bounds.map((b) => (b * 100).toFixed(1)) :
+    bounds.map((b) => b.toFixed(2));
+  return `${low}–${high}${kind === "rate" ? "%" : ""}`;
+}
+
+// A figure with its 95% interval drawn under it on a 0-100% (or 1-5) scale.
+function figureCell(arm, column, key) {
+  const value = arm[column.field];
+  const cell = el("td", { "data-field": column.field, class: value === null ? "none" : "" },
+    el("span", { class: "figure", text: format(value, column.kind) }));
+  if (!column.interval) return cell;
+  const bounds = arm[column.interval];
+  cell.append(el("span", { class: "interval", "data-field": column.interval,
+    text: formatInterval(bounds, column.kind) }));
+  if (bounds) {
+    const [low, high] = column.kind === "rate" ? [0, 1] : [1, 5];
+    const x = (v) => 2 + 96 * Math.min(1, Math.max(0, (v - low) / (high - low)));
+    cell.append(svg("svg", { class: "ci", viewBox: "0 0 100 8", "aria-hidden": "true",
+      "data-arm": key },
+      svg("line", { class: "ci-track", x1: 2, x2: 98, y1: 4, y2: 4 }),
+      svg("line", { class: "ci-range", x1: x(bounds[0]), x2: x(bounds[1]), y1: 4, y2: 4 }),
+      svg("circle", { class: "ci-point", cx: x(value), cy: 4, r: 2.6 })));
+  }
+  return cell;
+}
+
+function armTable(rows, caption, lastTitle = "Verdict") {
+  const widths = [11, 11, 8, 14, 14, 14, 14, 14];
+  const columns = el("colgroup", {}, ...widths.map((w) => el("col", { style: `width: ${w}%` })));
+  const head = el("thead", {}, el("tr", {},
+    el("th", { class: "text", scope: "col", text: "Arm" }),
+    el("th", { class: "text", scope: "col", text: "Does" }),
+    ...ARM_COLUMNS.map((c) => el("th", { scope: "col", text: c.title })),
+    el("th", { class: "text", scope: "col", text: lastTitle })));
+  const body = el("tbody", {}, ...rows.map(({ key, name, does, arm, verdict }) =>
+    el("tr", { "data-key": key },
+      el("td", { class: "text", "data-field": "arm" }, el("strong", { text: name })),
+      el("td", { class: "text muted", "data-field": "treatment", text: does }),
+      ...ARM_COLUMNS.map((c) => figureCell(arm, c, key)),
+      el("td", { class: "text", "data-field": "verdict" }, verdict))));
+  return el("div", { class: "scroll" },
+    el("table", { class: "figures arms", "aria-label": caption }, columns, head, body));
+}
+
+// The canary's guardrails in a word: tripped, holding, or waiting for contacts.
+function guardBadge(canary) {
+  const tripped = canary.guardrails.some((g) => g.tripped);
+  const judged = canary.guardrails.some((g) => g.judged);
+  const word = tripped ? "tripped" : judged ? "holding" : "waiting for contacts";
+  return el("span", { class: "verdict", "data-verdict": { tripped: "worse", holding: "better" }[word]
+    || "not enough data yet", text: word });
+}
+
+function verdictBadge(judged) {
+  if (!judged) return el("span", { class: "verdict control", text: "control" });
+  return el("span", { class: "verdict", "data-verdict": judged.verdict, title: judged.reason,
+    text: judged.verdict });
+}
+
+function renderExperiments(report) {
+  const blocks = report.experiments.map((x) => el("div", { class: "experiment",
+    "data-experiment": x.experiment },
+    el("h3", {}, x.experiment, el("span", { class: "sub",
+      text: ` · ${x.contact_type} · control ${x.control} · verdicts after ${x.min_contacts} ` +
+        "contacts per arm" })),
+    armTable(x.arms.map((a) => ({ key: `${x.experiment}/${a.arm}`, name: a.arm,
+      does: a.treatment, arm: a, verdict: verdictBadge(a.verdict) })), x.experiment)));
+  if (report.canary) blocks.push(canaryBlock(report.canary));
+  if (!blocks.length) {
+    blocks.push(el("p", { class: "empty-note", text: "No experiments in experiments.yaml and " +
+      "no canary yet." }));
+  }
+  $("experiments").replaceChildren(...blocks);
+  $("experiments-rule").textContent = report.definitions.verdict;
+}
+
+function canaryBlock(canary) {
+  const state = canary.state.replace("_", " ");
+  const since = new Date(canary.started_at).toLocaleString();
+  const guards = canary.guardrails.map((g) => el("li", { "data-guardrail": g.guardrail,
+    "data-state": g.tripped ? "tripped" : g.judged ? "holds" : "waiting" },
+    el("code", { text: g.guardrail }), " ",
+    g.tripped ? "tripped" : g.judged ? "holds" : `judged after ${canary.min_contacts} contacts`,
+    g.change === null ? "" : ` (change ${g.change > 0 ? "+" : ""}${g.change.toFixed(3)})`));
+  return el("div", { class: "experiment canary", "data-canary": canary.id,
+    "data-state": canary.state },
+    el("h3", {}, `Canary ${canary.id}`, el("span", { class: "state", text: state }),
+      el("span", { class: "sub", text: ` · v${canary.version} on ` +
+        `${Math.round(canary.share * 100)}% of new contacts since ${since}` })),
+    canary.end_reason ? el("p", { class: "why", text: `Why: ${canary.end_reason}` }) : "",
+    armTable(["canary", "stable"].map((name) => ({ key: `canary/${name}`, name,
+      does: name === "canary" ? `v${canary.version}` : "rules in force",
+      arm: canary.arms[name], verdict: name === "canary" ? guardBadge(canary)
+        : el("span", { class: "verdict control", text: "reference" }) })),
+    `Canary ${canary.id}`, "Guardrails"),
+    el("ul", { class: "guardrails" }, ...guards));
 }
 
 // ---- start --------------------------------------------------------------------------------
