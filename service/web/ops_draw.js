@@ -36,3 +36,9 @@ export const HANDLING_LABELS = {
   all: "everyone", self_service: "self-service", agent: "an agent", abandoned: "abandoned",
   queued: "still queued", dropped: "dropped", open: "still open",
 };
+
+const CHANNEL_NAMES = { sms: "SMS", voice: "Voice", chat: "Chat", whatsapp: "WhatsApp" };
+
+export function channelName(channel) {
+  return CHANNEL_NAMES[channel] || channel;
+}

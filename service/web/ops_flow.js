@@ -2,7 +2,7 @@
 // how each contact was handled, where they came back and on which channel. Data: the `flows`
 // of /api/reports/journeys (every journey of the window, not only the top ones).
 
-import { el, HANDLING_LABELS, svg } from "/static/ops_draw.js";
+import { channelName, el, HANDLING_LABELS, svg } from "/static/ops_draw.js";
 
 export const HANDLING_COLOURS = {
   self_service: "#1b7f4b", agent: "#2451c6", abandoned: "#c2410c", dropped: "#6b7280",
@@ -124,5 +124,5 @@ export function drawFlow(flow, label, maxStages) {
 
 function describe(step) {
   const [channel, handling] = step.split(":");
-  return `${channel} · ${HANDLING_LABELS[handling] || handling}`;
+  return `${channelName(channel)} · ${HANDLING_LABELS[handling] || handling}`;
 }

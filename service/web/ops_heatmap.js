@@ -2,7 +2,7 @@
 // metric, for everyone or for the contacts one kind of handling took; sortable, filterable,
 // with a legend, tooltips and a CSV download of the API's figures.
 
-import { el, formatRate, formatScore, HANDLING_LABELS } from "/static/ops_draw.js";
+import { channelName, el, formatRate, formatScore, HANDLING_LABELS } from "/static/ops_draw.js";
 
 // Darker is more; stops of a single-hue blue ramp that stays readable for colour-blind eyes.
 const RAMP = [[240, 244, 251], [201, 216, 242], [143, 176, 227], [79, 127, 204],
@@ -111,7 +111,7 @@ export function createHeatmap(root, { download }) {
         if (box.checked) state.hidden.delete(name); else state.hidden.add(name);
         draw();
       });
-      return el("label", { class: "check" }, box, name);
+      return el("label", { class: "check" }, box, channelName(name));
     }));
   }
 
@@ -141,12 +141,13 @@ export function createHeatmap(root, { download }) {
       text: `${METRICS[state.metric].label} per contact type and channel, ` +
         `contacts handled by ${HANDLING_LABELS[state.handled]}` }),
     el("thead", {}, el("tr", {}, el("th", { scope: "col", class: "text", text: "Contact type" }),
-      ...shown.map((c) => el("th", { scope: "col", "data-channel": c, text: c })),
+      ...shown.map((c) => el("th", { scope: "col", "data-channel": c, text: channelName(c) })),
       el("th", { scope: "col", class: "total", text: "All shown" }))),
     el("tbody", {}, ...rows.map((t) => el("tr", { "data-type": t.key },
       el("th", { scope: "row", class: "text", text: t.label }),
       ...shown.map((c) => (t.cells[c] ? cellOf(t, c, figuresOf(t.cells[c]), scale)
-        : el("td", { class: "absent", "data-channel": c, title: `no ${c} contacts`, text: "" }))),
+        : el("td", { class: "absent", "data-channel": c, title: `no ${channelName(c)} contacts`,
+          text: "" }))),
       cellOf(t, "", t.total, null)))));
     if (!rows.length) {
       table.tBodies[0].append(el("tr", {}, el("td", { colspan: shown.length + 2, class: "text none",
@@ -171,7 +172,7 @@ export function createHeatmap(root, { download }) {
 
   function tooltip(label, channel, f) {
     const who = state.handled === "all" ? "" : ` · handled by ${HANDLING_LABELS[state.handled]}`;
-    return [`${label} · ${channel || "all shown channels"}${who}`,
+    return [`${label} · ${channel ? channelName(channel) : "all shown channels"}${who}`,
       `Contacts: ${f.contacts}`,
       `True deflection: ${formatRate(f.true_deflection_rate)}`,
       `CSAT: ${formatScore(f.csat, "csat")} (${f.csat_responses} answers)`,
