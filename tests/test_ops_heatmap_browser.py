@@ -145,7 +145,7 @@ async def check_every_metric_and_handling(page, matrix: dict) -> None:
         await page.select_option("#heatmap-handled", handled)
         for metric in METRICS:
             await page.select_option("#heatmap-metric", metric)
-            await expect(page.locator("#heatmap-table")).to_have_attribute("data-metric", metric)
+            await expect(page.locator("#heatmap-table")).to_have_attribute("data-colour-by", metric)
             await expect(page.locator("#heatmap-table")).to_have_attribute("data-handled",
                                                                            handled)
             expected = {}

@@ -36,6 +36,7 @@ def add_parsers(commands) -> None:
     report.add_argument("--format", choices=("table", "json", "csv"), default="table")
     report.add_argument("--service-level-s", type=float, default=reports.DEFAULT_SERVICE_LEVEL_S,
                         help="answer-time target of service_level (default 60)")
+    _segment_arguments(report)
     report.set_defaults(func=cmd_report)
 
     ranked = commands.add_parser(
@@ -47,6 +48,7 @@ def add_parsers(commands) -> None:
     ranked.add_argument("--format", choices=("table", "json"), default="table")
     ranked.add_argument("--service-level-s", type=float, default=reports.DEFAULT_SERVICE_LEVEL_S,
                         help=argparse.SUPPRESS)
+    _segment_arguments(ranked)
     ranked.set_defaults(func=cmd_candidates)
 
     simulate = commands.add_parser(
@@ -87,6 +89,15 @@ def add_parsers(commands) -> None:
 
 
 # ---- shared -----------------------------------------------------------------------------
+
+def _segment_arguments(parser) -> None:
+    parser.add_argument("--by", metavar="customer.ATTRIBUTE",
+                        help="split the report by a customer attribute, one report per value "
+                             "(e.g. --by customer.tier)")
+    parser.add_argument("--segment", metavar="VALUE",
+                        help="with --by: only the customers whose attribute has this value "
+                             "('' for customers without it)")
+
 
 def _fail(message: str, code: int = 1) -> int:
     print(f"switchboard: {message}", file=sys.stderr)
@@ -164,18 +175,45 @@ def _run_report(args: argparse.Namespace, settings: Settings, query, formats) ->
         return _fail(f"the rules in {settings.rules_dir} are invalid (reports need their "
                      f"repeat windows):\n{exc}")
     rules = ReportRules.from_catalog(catalog, service_level_s=args.service_level_s)
+    if args.segment is not None and not args.by:
+        return _fail("--segment needs --by (e.g. --by customer.tier --segment gold)", 2)
+    try:
+        attribute = reports.parse_segment_by(args.by) if args.by else None
+    except reports.BadSegment as exc:
+        return _fail(str(exc).replace("'segment_by'", "--by"), 2)
+    if attribute and args.segment is not None:
+        rules = rules.with_segment(attribute, args.segment)
 
     async def run(url: str) -> dict[str, Any]:
         conn = await _connect(url)
         try:
+            if attribute and args.segment is None:
+                return await reports.split(query, conn, window, rules, attribute)
             return await query(conn, window, rules)
         finally:
             await conn.close()
 
     with _database(settings) as url:
         report = asyncio.run(run(url))
-    print(formats[args.format](report), end="")
+    print(_each_segment(report, formats[args.format]) if args.format != "json"
+          else formats["json"](report), end="")
     return 0
+
+
+def _each_segment(report: dict[str, Any], render) -> str:
+    """A split report as one rendering per segment, each under its own heading (CSV: the
+    segment in the first two columns of every row)."""
+    if "segments" not in report:
+        return render(report)
+    head = {k: v for k, v in report.items() if k not in ("segments", "segment_by")}
+    parts = []
+    for part in report["segments"]:
+        one = head | {k: v for k, v in part.items() if k != "value"} | {
+            "segment": {"by": report["segment_by"], "value": part["value"]}}
+        parts.append(render(one))
+    if render is report_csv:  # one header row
+        return "".join([parts[0], *(p.split("\n", 1)[1] for p in parts[1:])]) if parts else ""
+    return "\n".join(parts)
 
 
 def candidates_table(report: dict[str, Any]) -> str:
@@ -189,7 +227,8 @@ def candidates_table(report: dict[str, Any]) -> str:
              "-" if c["csat_gap"] is None else f"{c['csat_gap']:+.2f}",
              f"{c['risk']:.2f}", f"{c['score']:.1f}") for c in report["rows"]]
     widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
-    lines = [f"Self-service candidates, {report['from']} to {report['to']}", ""]
+    lines = [f"Self-service candidates, {report['from']} to {report['to']}",
+             *_segment_line(report), ""]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
               for row in (head, *rows)]
     return "\n".join(lines + ["", report["formula"], ""])
@@ -340,8 +379,17 @@ def _survey_table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _segment_line(report: dict[str, Any]) -> list[str]:
+    segment = report.get("segment")
+    if not segment:
+        return []
+    value = "(not set)" if segment["value"] is None else segment["value"]
+    return [f"customers with {segment['by']} = {value}"]
+
+
 def report_table(report: dict[str, Any]) -> str:
     lines = [f"Switchboard report, metric version {report['metric_version']}",
+             *_segment_line(report),
              f"contacts that started from {report['from']} to {report['to']} (exclusive); "
              f"service level: accepted within {report['service_level_s']:g} s",
              "", f"{'':<28}" + "".join(f"{title:>11}" for title, _ in TABLE_COLUMNS),
@@ -364,8 +412,11 @@ def report_csv(report: dict[str, Any]) -> str:
     fields = [*reports.COUNT_FIELDS, *RATES]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["metric_version", "from", "to", "group", "key", *fields])
-    head = [report["metric_version"], report["from"], report["to"]]
+    segment = report.get("segment")
+    columns = ["segment_by", "segment"] if segment else []
+    writer.writerow([*columns, "metric_version", "from", "to", "group", "key", *fields])
+    head = [*([segment["by"], _csv(segment["value"])] if segment else []),
+            report["metric_version"], report["from"], report["to"]]
     writer.writerow([*head, "total", "", *(_csv(report["totals"][f]) for f in fields)])
     for title, key in GROUPS:
         for name, figures in report[key].items():

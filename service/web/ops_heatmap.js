@@ -135,7 +135,7 @@ export function createHeatmap(root, { download }) {
     const [low, high] = METRICS[state.metric].domain(Math.max(0, ...values.filter((v) => v !== null)));
     const scale = (v) => (v - low) / (high - low);
     drawLegend(low, high);
-    const table = el("table", { class: "heatmap", id: "heatmap-table", "data-metric": state.metric,
+    const table = el("table", { class: "heatmap", id: "heatmap-table", "data-colour-by": state.metric,
       "data-handled": state.handled, "data-sort": state.sort },
     el("caption", { class: "visually-hidden",
       text: `${METRICS[state.metric].label} per contact type and channel, ` +
