@@ -19,8 +19,11 @@ PromptStyle = Literal["text", "buttons", "keys"]
 ContactState = Literal["self_service", "queued", "with_agent", "closed"]
 # message: words typed or spoken; digits: keypad; start: a call or chat begins;
 # no_input: the customer said nothing; wait: a queued caller's hold loop asks for news;
-# left_queue: the caller left the queue (hung up, bridged); end: the call or chat ended.
-InboundKind = Literal["message", "digits", "start", "no_input", "wait", "left_queue", "end"]
+# left_queue: the caller left the queue (hung up, bridged); end: the call or chat ended;
+# agent_left: the contact's agent left a live call the caller is still on (text: the agent's
+# id); after_agent: such a caller asks what comes next (the survey's question, or goodbye).
+InboundKind = Literal["message", "digits", "start", "no_input", "wait", "left_queue", "end",
+                      "agent_left", "after_agent"]
 
 
 @dataclass(frozen=True, slots=True)

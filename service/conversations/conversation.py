@@ -197,11 +197,14 @@ class Conversations:
                                           now, start.survey)
         if inbound.kind in ("end", "left_queue"):
             return await self._ended_by_customer(inbound, conversation, now)
+        if inbound.kind in ("agent_left", "after_agent"):
+            return await self._after_agent(inbound, start, now)
         if start.muted and inbound.kind == "message" and keyword not in HELP_WORDS:
             return await self._muted(inbound, customer, now)
         survey, let_go = start.survey, None
         if survey and inbound.kind in surveys.ANSWER_INPUT and keyword not in HELP_WORDS and \
-                (conversation is None or conversation["status"] == "closed"):
+                (conversation is None or conversation["status"] == "closed"
+                 or survey["contact_id"] == conversation["contact_id"]):  # after its agent
             answered = surveys.answer(self._rules(), survey, inbound,
                                       self._channels[inbound.channel].prompt_style, now)
             if answered.reply is not None:  # an answer, late or not, or its reprompt
@@ -631,11 +634,41 @@ class Conversations:
             self._end(turn, "abandoned_in_queue")
         elif status == "with_agent" and inbound.kind == "end":
             turn.record("customer_left")  # the agent still wraps the contact up
+            conversation["customer_left"] = True  # so no survey is asked of them
             await self._handoff.customer_left(conversation)
         elif status in OPEN_IN_IVR and inbound.kind == "end":
             self._end(turn, self._channels[inbound.channel].end_outcome)
         reply = Reply(state=conversation["status"], contact_id=conversation["contact_id"])
         await self._context.commit_turn(inbound, conversation, reply, summaries=[conversation])
+        self._events.emit(*turn.events)
+        return reply
+
+    async def _after_agent(self, inbound: Inbound, start: TurnStart, now: float) -> Reply:
+        """A live call's agent left (`agent_left`: the survey decided, or a goodbye), or the
+        caller, moved off the agent's call, asks what comes next (`after_agent`)."""
+        conv, style = start.conversation, self._channels[inbound.channel].prompt_style
+        if inbound.kind == "after_agent":
+            reply = surveys.waiting_question(start.survey, conv, style) or Reply(
+                messages=(prompts.AFTER_AGENT_GOODBYE,), state="closed")
+            await self._context.commit_reply(inbound, reply, ())
+            return reply
+        if not conv or conv["status"] != "with_agent" or conv.get("after_agent") or \
+                conv.get("agent_id") != inbound.text:  # a transfer, or already done
+            reply = Reply(state=conv["status"] if conv else "closed")
+            await self._context.remember_reply(inbound, reply)
+            return reply
+        turn = Turn(inbound, self._rules(), now, conv, {})
+        conv["turns"] += 1
+        asked = surveys.offer(turn.rules, conv, style, "agent", now, start.surveyed_at,
+                              start.opted_out, turn=conv["turns"])
+        conv["after_agent"] = "surveyed" if asked else "let_go"
+        if asked:
+            turn.add(asked.event)
+            turn.extra.extend(asked.commands)
+        reply = Reply(messages=(asked.text if asked else prompts.AFTER_AGENT_GOODBYE,),
+                      state=conv["status"], contact_id=conv["contact_id"])
+        await self._context.commit_turn(inbound, conv, reply, summaries=[conv],
+                                        extra=turn.extra)
         self._events.emit(*turn.events)
         return reply
 

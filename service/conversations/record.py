@@ -54,6 +54,8 @@ class Conversation(_Required, total=False):
     arrivals: list[float]  # when the customer's last few texts arrived (pacing.py)
     loop_hits: int  # texts in a row that echo ours or repeat the customer's previous one
     rate_limited: bool  # the customer was told to slow down and has not yet
+    customer_left: bool  # a live call the caller hung up while with an agent
+    after_agent: str  # a live call's agent left: "surveyed" or "let_go" (no wrap-up survey)
 
 
 def new_conversation(*, contact_id: str, customer: dict[str, Any], channel: str, address: str,
