@@ -648,7 +648,7 @@ class Conversations:
         caller, moved off the agent's call, asks what comes next (`after_agent`)."""
         conv, style = start.conversation, self._channels[inbound.channel].prompt_style
         if inbound.kind == "after_agent":
-            reply = surveys.waiting_question(start.survey, conv, style) or Reply(
+            reply = surveys.waiting_question(start.survey, conv, inbound, style) or Reply(
                 messages=(prompts.AFTER_AGENT_GOODBYE,), state="closed")
             await self._context.commit_reply(inbound, reply, ())
             return reply
@@ -665,12 +665,12 @@ class Conversations:
         if asked:
             turn.add(asked.event)
             turn.extra.extend(asked.commands)
-        reply = Reply(messages=(asked.text if asked else prompts.AFTER_AGENT_GOODBYE,),
-                      state=conv["status"], contact_id=conv["contact_id"])
-        await self._context.commit_turn(inbound, conv, reply, summaries=[conv],
-                                        extra=turn.extra)
+        done = Reply(state=conv["status"], contact_id=conv["contact_id"])
+        # A retried notice gets `done`: the caller is moved once; what they hear comes from
+        # the after_agent step.
+        await self._context.commit_turn(inbound, conv, done, summaries=[conv], extra=turn.extra)
         self._events.emit(*turn.events)
-        return reply
+        return replace(done, messages=(asked.text if asked else prompts.AFTER_AGENT_GOODBYE,))
 
     async def _opt_in_out(self, inbound: Inbound, keyword: str, conversation: dict | None,
                           customer: dict | None, opted_out: bool, now: float,

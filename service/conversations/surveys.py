@@ -96,7 +96,8 @@ def offer(rules: Rules, conv: dict[str, Any], style: PromptStyle, moment: str, n
     if surveyed_at is not None and now - surveyed_at < rule.once_per_days * 86400:
         return None
     pending = {"contact_id": conv["contact_id"], "customer_id": conv["customer_id"],
-               "channel": conv["channel"], "contact_type": conv.get("contact_type"),
+               "channel": conv["channel"], "thread": conv.get("thread"),
+               "contact_type": conv.get("contact_type"),
                "route_path": conv.get("route_path"), "kind": rule.kind,
                "question": rule.question, "sent_at": now, "due_at": now + rule.answer_within_s,
                "reprompted": False, "turn": turn, "after": moment}
@@ -187,14 +188,19 @@ async def after_wrap_up(handoff: HandoffSide, conv: dict[str, Any]) -> None:
 
 
 def waiting_question(pending: dict[str, Any] | None, conv: dict[str, Any] | None,
-                     style: PromptStyle) -> Reply | None:
-    """The question of the survey waiting for this very contact, as a reply that asks it
-    (a live call moved off its agent hears it); None when none waits."""
-    if not pending or not conv or pending["contact_id"] != conv.get("contact_id"):
+                     inbound: Inbound, style: PromptStyle) -> Reply | None:
+    """The question of the survey waiting for this very contact (the open one, or the call's
+    wrapped-up one), as a reply that asks it; None when none waits."""
+    if not pending:
+        return None
+    ours = pending["contact_id"] == conv.get("contact_id") if conv else \
+        inbound.thread is not None and pending.get("thread") == inbound.thread
+    if not ours:
         return None
     return Reply(messages=(prompts.survey_question(pending["kind"], style,
                                                    pending["question"]),),
-                 choices=choices_for(pending["kind"], style), state=conv["status"],
+                 choices=choices_for(pending["kind"], style),
+                 state=conv["status"] if conv else "closed",
                  contact_id=pending["contact_id"], expects_input=True, turn=pending["turn"],
                  survey=True)
 
