@@ -278,8 +278,8 @@ async def test_warm_call_transfer_adds_the_next_agent_to_the_conference(app_sett
         added = standin.participants[1]
         assert (added["action"], added["conference"], added["Label"]) == \
             ("create", conference, f"agent-{second.id}")
-        assert added["ConferenceStatusCallback"].endswith("/twilio/voice/conference-status")
-        assert added["ConferenceStatusCallbackEvent"] == "join"
+        assert "/twilio/voice/conference-status?call=" in added["ConferenceStatusCallback"]
+        assert added["ConferenceStatusCallbackEvent"] == "join leave"
         # warm: nobody was put on hold or dropped; Ann leaves by hanging up herself
         assert [p["action"] for p in standin.participants] == ["create", "create"]
         assert len(standin.call_updates) == 1

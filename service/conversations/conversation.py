@@ -31,16 +31,10 @@ from service.conversations.record import Conversation, new_conversation
 from service.infra.ids import new_uuid
 from service.model import ChannelTraits, Choice, Inbound, PromptStyle, Reply
 from service.reporting.events import Event, EventWriter
-from service.rules.flows import (
-    HttpLookups,
-    LookupFailed,
-    MissingValue,
-    Step,
-    accepted,
-    render,
-)
+from service.rules.flows import HttpLookups, LookupFailed, Step, accepted
 from service.rules.loader import Rules
 from service.rules.routing import Decision
+from service.rules.templates import MissingValue, personal_values, render
 from service.understanding.understand import (
     asks_for_agent,
     escalation_reason,
@@ -424,10 +418,9 @@ class Conversations:
             while state["at"] < len(steps):
                 step = steps[state["at"]]
                 if step.kind == "ask":
-                    return turn.reply(*said, render(step.text, state["values"]),
-                                      expects_input=True)
+                    return turn.reply(*said, _text_for(turn, step.text), expects_input=True)
                 if step.kind == "say":
-                    said.append(render(step.text, state["values"]))
+                    said.append(_text_for(turn, step.text))
                 else:
                     lookup = turn.rules.flows.lookups[step.lookup]
                     state["values"][step.save] = await self._lookups.fetch(
@@ -464,7 +457,7 @@ class Conversations:
         if state["not_found"] >= MISSES_BEFORE_ESCALATION:
             return await self._flow_failed(turn, LookupFailed("lookup_not_found", "twice"), said)
         state["at"] = lookup.back_to
-        return turn.reply(*said, render(lookup.not_found, state["values"]), expects_input=True)
+        return turn.reply(*said, _text_for(turn, lookup.not_found), expects_input=True)
 
     async def _flow_answer(self, turn: Turn) -> Reply:
         conv, inbound = turn.conversation, turn.inbound
@@ -487,8 +480,7 @@ class Conversations:
                         misses=state["misses"])
             if state["misses"] >= MISSES_BEFORE_ESCALATION:
                 return await self._self_service_failed(turn, "flow_input_failed")
-            return turn.reply(render(step.retry or step.text, state["values"]),
-                              expects_input=True)
+            return turn.reply(_text_for(turn, step.retry or step.text), expects_input=True)
         state["values"][step.save], state["misses"] = value, 0
         state["at"] += 1
         conv["steps"][-1]["collected"][step.save] = value
@@ -512,8 +504,8 @@ class Conversations:
         conv["steps"].append({"type": "answer", "contact_type": type_id, "at": turn.now,
                               "outcome": None})
         turn.record("self_service_started", step="answer")
-        return turn.reply(contact_type.answer, prompts.CONFIRM[self._style(turn)], choices=YES_NO,
-                          expects_input=True)
+        return turn.reply(_text_for(turn, contact_type.answer), prompts.CONFIRM[self._style(turn)],
+                          choices=YES_NO, expects_input=True)
 
     async def _missed(self, turn: Turn, ranked: tuple[tuple[str, float], ...],
                       reason: str) -> Reply:
@@ -712,6 +704,14 @@ class Conversations:
         self._end(turn, "idle_timeout")
         await self._context.save_summary(conv)
         self._events.emit(*turn.events)
+
+
+def _text_for(turn: Turn, template: str) -> str:
+    """An answer or flow text with the customer's own data and the flow's values filled in
+    (templates.py); MissingValue only for a flow value outside an optional part."""
+    conv = turn.conversation
+    values = personal_values(conv, turn.rules.catalog.label, turn.now)
+    return render(template, {**values, **conv.get("flow", {}).get("values", {})})
 
 
 def routing_attributes(rules: Rules, conv: dict[str, Any], channel: str, at: float,

@@ -54,6 +54,7 @@ class Conversation(_Required, total=False):
     arrivals: list[float]  # when the customer's last few texts arrived (pacing.py)
     loop_hits: int  # texts in a row that echo ours or repeat the customer's previous one
     rate_limited: bool  # the customer was told to slow down and has not yet
+    customer_name: str  # the customer's name in the directory, for answers' {customer.name}
     customer_left: bool  # a live call the caller hung up while with an agent
     after_agent: str  # a live call's agent left: "surveyed" or "let_go" (no wrap-up survey)
 
@@ -68,4 +69,5 @@ def new_conversation(*, contact_id: str, customer: dict[str, Any], channel: str,
         last_at=now, status="new", turns=0, contact_type=None, confidence=None, misses=0,
         menu=[], route_path=None, queue=None, reason=None, outcome=None, transcript=[],
         steps=[], attributes=customer.get("attributes", {}), identities=customer["identities"],
-        earlier=earlier)
+        earlier=earlier, **({"customer_name": customer["display_name"]}
+                            if customer.get("display_name") else {}))
