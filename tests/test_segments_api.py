@@ -143,3 +143,33 @@ async def test_cli_report_by_tier_equals_the_api(ops_client, ops_token, db, redi
     assert "--by must name a customer attribute" in capsys.readouterr().err
     assert await cli("report", "--segment", "gold") == 2
     assert "--segment needs --by" in capsys.readouterr().err
+
+
+async def test_demo_fills_the_segments_and_the_surveys(monkeypatch, capsys, settings,
+                                                       redis_client, db, tmp_path):
+    """`switchboard demo` against a service with surveys: customers carry a tier and a
+    language, and answer their surveys, so the new panels have something to show."""
+    from tests.browser import serve
+    from tests.conftest import _clean_tables, with_settings
+    from tests.test_ops_api import ops_app
+    from tests.test_surveys import CSAT_ALWAYS, rules_with
+
+    await _clean_tables(settings.database_url)
+    use_servers(monkeypatch, settings)
+    rules = rules_with(tmp_path, CSAT_ALWAYS)
+    monkeypatch.setenv("SWITCHBOARD_RULES_DIR", str(rules))
+    app = ops_app(with_settings(settings, rules_dir=rules))
+    async with serve(app) as base_url:
+        assert await cli("demo", "--contacts", "30", "--seed", "11", "--url", base_url) == 0
+        capsys.readouterr()
+        await events_landed(app)
+        assert await cli("report", "--by", "customer.tier", "--format", "json") == 0
+    report = json.loads(capsys.readouterr().out)
+    segments = {s["value"]: s["totals"] for s in report["segments"]}
+    assert {"standard", "silver", "gold"} & set(segments) and len(segments) >= 3
+    assert sum(t["contacts"] for t in segments.values()) == 30
+    assert sum(t["surveys_sent"] for t in segments.values()) > \
+        sum(t["survey_responses"] for t in segments.values()) > 0
+    named = await db.fetchval("SELECT count(*) FROM customers WHERE display_name IS NOT NULL "
+                              "AND attributes ? 'language'")
+    assert named > 0

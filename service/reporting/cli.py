@@ -17,6 +17,7 @@ import contextlib
 import csv
 import io
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -433,13 +434,19 @@ def _csv(value: Any) -> Any:
 
 
 # ---- demo -------------------------------------------------------------------------------
-# Synthetic customers through the public endpoints: nothing is written to the database
-# directly, so the dashboard shows exactly what real traffic would produce.
+# Synthetic customers through the public endpoints, so the dashboard shows exactly what real
+# traffic would produce; the one direct write is the customer directory (as `customers add`
+# does), giving most customers a name, a tier and a language for the reports' segments. They
+# answer the satisfaction surveys they are asked (surveys.yaml).
 
 DEMO_CONCURRENCY = 4
 STORIES = (("sms_answer", 34), ("voice_keypad", 20), ("chat_answer", 18), ("voice_agent", 7),
            ("voice_menu_hang_up", 6), ("sms_unclear", 8), ("sms_person", 7))
 FOLLOW_UP_BY_PHONE = 0.35  # a texter calls back about the same thing (false deflection)
+DEMO_TIERS = (("standard", 60), ("silver", 25), ("gold", 15))
+DEMO_LANGUAGES = (("en", 80), ("es", 20))
+DEMO_NAMES = ("Ana", "Ben", "Chloe", "Dev", "Eva", "Femi", "Gus", "Hana", "Ivan", "Jo")
+IN_DIRECTORY = 0.85  # the rest are strangers to the directory
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -455,6 +462,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         catalog = load_rules(settings.rules_dir, with_classifier=False).catalog
     except ConfigError as exc:
         return _fail(f"the rules in {settings.rules_dir} are invalid:\n{exc}")
+    if not (settings.database_url and settings.redis_url):
+        print("customers get no attributes: the demo needs DATABASE_URL and REDIS_URL to add "
+              "them to the directory", file=sys.stderr)
     try:
         sent = asyncio.run(run_demo(settings, url, catalog, args.contacts, args.seed,
                                     args.agent_token))
@@ -478,7 +488,8 @@ async def run_demo(settings: Settings, url: str, catalog, contacts: int, seed: i
 
     sent: Counter[str] = Counter()
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with aiohttp.ClientSession(timeout=timeout) as session, \
+            DemoDirectory.of(settings) as directory:
         traffic = DemoTraffic(session, url, settings.public_url, settings.twilio_auth_token,
                               catalog)
         agent = asyncio.create_task(demo_agent(session, url, agent_token)) if agent_token \
@@ -489,6 +500,8 @@ async def run_demo(settings: Settings, url: str, catalog, contacts: int, seed: i
             rng = random.Random(story_seed)  # each customer's own: the same seed, the same story
             phone = f"+1555{rng.randrange(1_000_000, 10_000_000)}"
             async with limit:
+                if directory:
+                    await directory.add(phone, random.Random(story_seed + 1))
                 sent.update(await getattr(traffic, story)(phone, rng, follow_up))
 
         plans = _demo_plans(random.Random(seed), contacts)
@@ -512,6 +525,56 @@ def _demo_plans(rng, contacts: int) -> list[tuple[str, bool, int]]:
         plans.append((story, follow_up, rng.getrandbits(32)))
         planned += 2 if follow_up else 1
     return plans
+
+
+class DemoDirectory:
+    """The demo's customers in the customer directory, with a name and attributes."""
+
+    def __init__(self, pool, client):
+        self.pool, self.client = pool, client
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def of(cls, settings: Settings):
+        """A directory to add to, or None without a database and Redis to reach."""
+        if not (settings.database_url and settings.redis_url):
+            yield None
+            return
+        import asyncpg
+
+        from service.infra.redis_url import client_for, close_client
+
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+        client = client_for(settings.redis_url)
+        try:
+            yield cls(pool, client)
+        finally:
+            await pool.close()
+            await close_client(client)
+
+    async def add(self, phone: str, rng) -> None:
+        from service.conversations.customers import upsert_customer
+
+        if rng.random() >= IN_DIRECTORY:
+            return
+        tiers, languages = zip(*DEMO_TIERS), zip(*DEMO_LANGUAGES)
+        attributes = {"tier": rng.choices(*tiers)[0], "language": rng.choices(*languages)[0]}
+        async with self.pool.acquire() as conn:
+            await upsert_customer(conn, self.client, identities=[("phone", phone)],
+                                  display_name=rng.choice(DEMO_NAMES), attributes=attributes)
+
+
+def rating_asked(text: str) -> tuple[int, int] | None:
+    """The scale of a satisfaction question as a customer reads it, or None."""
+    if "not at all" not in text:
+        return None
+    return (0, 10) if re.search(r"\b10\b", text) else (1, 5)
+
+
+def a_rating(scale: tuple[int, int], rng) -> str:
+    """Mostly content customers, some not."""
+    low, high = scale
+    return str(rng.choice((high, high, high - 1, high - 1, (low + high) // 2, low)))
 
 
 class DemoTraffic:
@@ -556,7 +619,9 @@ class DemoTraffic:
         twiml = await self.text(phone, rng.choice(topic.examples))
         for _ in range(3):
             if "Did that help" in twiml:
-                await self.text(phone, "yes" if rng.random() < 0.8 else "no")
+                twiml = await self.text(phone, "yes" if rng.random() < 0.8 else "no")
+                if (scale := rating_asked(twiml)) and rng.random() < 0.75:
+                    await self.text(phone, a_rating(scale, rng))
                 break
             if "not sure I understood" not in twiml:
                 break
@@ -576,6 +641,8 @@ class DemoTraffic:
         call = await DemoCall(self, phone).dial()
         await call.press(str(rng.choice(self.keypad).ivr_digit))
         await call.press("1" if rng.random() < 0.7 else "2")
+        if (scale := rating_asked(" ".join(call.said()))) and rng.random() < 0.75:
+            await call.press(a_rating(scale, rng))
         if call.queued:
             await call.hold_then_hang_up()
         await call.end()
@@ -612,6 +679,9 @@ class DemoTraffic:
                 await ws.send_json({"type": "message",
                                     "text": "yes" if rng.random() < 0.7 else "no"})
                 said = await _until_status(ws)
+                if (scale := rating_asked(" ".join(said))) and rng.random() < 0.75:
+                    await ws.send_json({"type": "message", "text": a_rating(scale, rng)})
+                    said = await _until_status(ws)
             if said and said[-1] == "queued":
                 await _until_status(ws, wanted="closed", timeout_s=4)
             await ws.send_json({"type": "end"})
@@ -653,6 +723,10 @@ class DemoCall:
                   "To": "+15005550006", "CallStatus": "in-progress", "Direction": "inbound",
                   "ApiVersion": "2010-04-01", **extra}
         self.twiml = ET.fromstring(await self.traffic.post(path, params))
+
+    def said(self) -> list[str]:
+        return [say.text or "" for say in self.twiml.iter("Say")] if self.twiml is not None \
+            else []
 
     async def dial(self) -> "DemoCall":
         await self._post("/twilio/voice", CallStatus="ringing")
