@@ -9,7 +9,7 @@ export const HANDLING_COLOURS = {
   queued: "#8a4fd1", open: "#0e7490",
 };
 const ORDINALS = ["1st", "2nd", "3rd", "4th", "5th"];
-const [WIDTH, TOP, BOTTOM, NODE_W, GAP, LABEL_W] = [1000, 34, 10, 14, 14, 190];
+const [WIDTH, TOP, BOTTOM, NODE_W, GAP] = [1000, 34, 10, 14, 14];
 
 export function createFlow(root) {
   let report = null;
@@ -66,7 +66,8 @@ export function drawFlow(flow, label, maxStages) {
   const height = TOP + plotH + BOTTOM;
   const scale = (plotH - GAP * (tallest - 1)) / Math.max(...columns.map(
     (c) => c.reduce((s, n) => s + n.journeys, 0)));
-  const span = stages > 1 ? (WIDTH - LABEL_W - NODE_W) / (stages - 1) : 0;
+  // The last column's labels sit to its left, the others' to their right.
+  const span = stages > 1 ? (WIDTH - NODE_W) / (stages - 1) : 0;
   const x = (stage) => (stages > 1 ? (stage - 1) * span : (WIDTH - NODE_W) / 2);
   const place = new Map();
   columns.forEach((column) => {
