@@ -9,7 +9,7 @@ export const HANDLING_COLOURS = {
   queued: "#8a4fd1", open: "#0e7490",
 };
 const ORDINALS = ["1st", "2nd", "3rd", "4th", "5th"];
-const [WIDTH, TOP, BOTTOM, NODE_W, GAP] = [1000, 34, 10, 14, 14];
+const [WIDTH, TOP, BOTTOM, NODE_W, GAP, LABEL_W] = [1000, 34, 10, 14, 14, 220];
 
 export function createFlow(root) {
   let report = null;
@@ -66,8 +66,8 @@ export function drawFlow(flow, label, maxStages) {
   const height = TOP + plotH + BOTTOM;
   const scale = (plotH - GAP * (tallest - 1)) / Math.max(...columns.map(
     (c) => c.reduce((s, n) => s + n.journeys, 0)));
-  // The last column's labels sit to its left, the others' to their right.
-  const span = stages > 1 ? (WIDTH - NODE_W) / (stages - 1) : 0;
+  // Labels sit right of their node: the last column keeps room for its own.
+  const span = stages > 1 ? (WIDTH - NODE_W - LABEL_W) / (stages - 1) : 0;
   const x = (stage) => (stages > 1 ? (stage - 1) * span : (WIDTH - NODE_W) / 2);
   const place = new Map();
   columns.forEach((column) => {
@@ -82,9 +82,7 @@ export function drawFlow(flow, label, maxStages) {
     "aria-label": `Journeys of ${label}: ${flow.journeys} journeys over ${stages} contacts`,
     "data-type": label });
   for (let stage = 1; stage <= stages; stage++) {
-    const anchor = stage === 1 ? "start" : stage === stages && stages > 1 ? "end" : "middle";
-    const at = anchor === "start" ? x(stage) : anchor === "end" ? x(stage) + NODE_W : x(stage) + NODE_W / 2;
-    chart.append(svg("text", { class: "stage", x: at, y: 16, "text-anchor": anchor,
+    chart.append(svg("text", { class: "stage", x: x(stage), y: 16,
       text: stageLabel(stage, maxStages) }));
   }
   const links = [...flow.links].sort((a, b) => place.get(`${a.stage + 1}|${a.to}`).y
@@ -106,15 +104,13 @@ export function drawFlow(flow, label, maxStages) {
     svg("title", { text: `${describe(link.from)} → ${describe(link.to)}: ${link.journeys} journeys` })));
   }
   for (const { node, y, h } of place.values()) {
-    const last = node.stage === stages && stages > 1;
-    const tx = last ? x(node.stage) - 8 : x(node.stage) + NODE_W + 8;
+    const tx = x(node.stage) + NODE_W + 8;
     const ended = node.ended && node.stage < stages ? ` · ${node.ended} ended here` : "";
     chart.append(svg("g", { class: "node", "data-stage": node.stage, "data-step": node.step,
       "data-journeys": node.journeys, "data-ended": node.ended },
     svg("rect", { x: x(node.stage), y, width: NODE_W, height: h, rx: 2,
       fill: HANDLING_COLOURS[node.handling] || "#999" }),
-    svg("text", { class: "node-label", x: tx, y: y + Math.min(h / 2, 14) + 4,
-      "text-anchor": last ? "end" : "start" },
+    svg("text", { class: "node-label", x: tx, y: y + Math.min(h / 2, 14) + 4 },
     svg("tspan", { class: "node-name", text: describe(node.step) }),
     svg("tspan", { class: "node-count", text: `  ${node.journeys}${ended}` })),
     svg("title", { text: `${stageLabel(node.stage, maxStages)}: ${describe(node.step)}, ` +

@@ -166,8 +166,10 @@ export function createHeatmap(root, { download }) {
       const colour = colourAt(scale(value));
       attrs.style = `background: rgb(${colour.join(",")}); color: ${inkFor(colour)}`;
     } else if (value === null) attrs.class += " none";
+    const volume = state.metric === "contacts" ? "" :  // the value says it already
+      `${figures.contacts} contact${figures.contacts === 1 ? "" : "s"}`;
     return el("td", attrs, el("span", { class: "value", text }),
-      el("span", { class: "n", text: `${figures.contacts} contact${figures.contacts === 1 ? "" : "s"}` }));
+      el("span", { class: "n", text: volume }));
   }
 
   function tooltip(label, channel, f) {
