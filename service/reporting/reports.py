@@ -234,13 +234,17 @@ def _in_segment(customer: str) -> str:
             f"WHERE cu.id = {customer}), '') = $8::text)")
 
 
-STARTED_IN_WINDOW = f"""
+STARTED_IN_WINDOW = """
 chosen AS (
     SELECT contact_id, customer_id, channel, occurred_at AS started_at
     FROM contact_events
     WHERE kind = 'contact_started' AND occurred_at >= $1::timestamptz
-      AND occurred_at < $2::timestamptz AND {_in_segment("customer_id")}
+      AND occurred_at < $2::timestamptz
 )"""
+# The same for reports, whose queries always carry the segment ($7, $8).
+STARTED_IN_SEGMENT = STARTED_IN_WINDOW.replace(
+    "AND occurred_at < $2::timestamptz",
+    f"AND occurred_at < $2::timestamptz AND {_in_segment('customer_id')}")
 
 # Journeys need the customers' other contacts: from one repeat window before the window on.
 CUSTOMERS_OF_WINDOW = f"""
@@ -512,7 +516,7 @@ FROM_FACTS = Queries.over(STORED_FACTS_IN_WINDOW, STORED_FACTS_OF_CUSTOMERS,
                           FALSE_DEFLECTION_OF_FACTS, _segment_values(
                               "contact_facts", "s.started_at >= $1::timestamptz "
                               "AND s.started_at < $2::timestamptz"))
-FROM_EVENTS = Queries.over(f"{STARTED_IN_WINDOW}, {FACTS_OF_EVENTS}",
+FROM_EVENTS = Queries.over(f"{STARTED_IN_SEGMENT}, {FACTS_OF_EVENTS}",
                            f"{CUSTOMERS_OF_WINDOW}, {FACTS_OF_EVENTS}",
                            FALSE_DEFLECTION_OF_EVENTS, _segment_values(
                                "contact_events", "s.kind = 'contact_started' "
