@@ -78,6 +78,23 @@ async def test_bad_segment_parameters_are_a_400_that_says_why(ops_client, ops_to
     assert status == 401
 
 
+async def test_a_split_into_too_many_segments_is_refused(ops_client, ops_token, db,
+                                                         redis_client):
+    for number in range(21):
+        phone = f"+155555507{number:02d}"
+        await upsert_customer(db, redis_client, identities=[("phone", phone)],
+                              display_name=None, attributes={"code": f"c{number}"})
+        await text(ops_client, phone, "I need to track my order")
+    await events_landed(ops_client.app)
+    status, body = await get(ops_client, "/api/reports/summary", ops_token,
+                             segment_by="customer.code")
+    assert status == 400 and "customer.code takes 21 values in this window; a split shows " \
+        "at most 20" in body["error"]
+    status, one = await get(ops_client, "/api/reports/summary", ops_token,
+                            segment_by="customer.code", segment="c7")
+    assert status == 200 and one["totals"]["contacts"] == 1
+
+
 async def test_the_matrix_csv_has_the_json_figures(ops_client, ops_token, db, redis_client):
     await tiered_traffic(ops_client, db, redis_client)
     headers = {"Authorization": f"Bearer {ops_token}"}

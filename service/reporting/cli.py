@@ -195,7 +195,10 @@ def _run_report(args: argparse.Namespace, settings: Settings, query, formats) ->
             await conn.close()
 
     with _database(settings) as url:
-        report = asyncio.run(run(url))
+        try:
+            report = asyncio.run(run(url))
+        except reports.BadSegment as exc:
+            return _fail(str(exc).replace("'segment'", "--segment"), 2)
     print(_each_segment(report, formats[args.format]) if args.format != "json"
           else formats["json"](report), end="")
     return 0

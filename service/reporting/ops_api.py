@@ -178,7 +178,11 @@ async def _segmented(request: web.Request, report, **options) -> dict:
     if "segment" in request.query:
         return await report(request.app[PG], window,
                             rules.with_segment(attribute, request.query["segment"]), **options)
-    return await reports.split(report, request.app[PG], window, rules, attribute, **options)
+    try:
+        return await reports.split(report, request.app[PG], window, rules, attribute,
+                                   **options)
+    except BadSegment as exc:
+        raise json_error(web.HTTPBadRequest, str(exc)) from None
 
 
 # ---- reports ------------------------------------------------------------------------------

@@ -571,6 +571,7 @@ GROUP BY 1, 2 ORDER BY 1, 2""", window.start, window.end)
             "attributes": {SEGMENT_PREFIX + name: values for name, values in found.items()}}
 
 
+MAX_SEGMENTS = 20
 HEADER_FIELDS = ("metric_version", "from", "to", "as_of", "service_level_s", "segment",
                  "definitions")
 
@@ -581,6 +582,10 @@ async def split(report, conn, window: Window, rules: ReportRules, attribute: str
     customers without it make the segment whose value is null."""
     values = await _fetch(conn, "segments", queries.segment_values, window.start, window.end,
                           attribute)
+    if len(values) > MAX_SEGMENTS:  # each is one more report query
+        raise BadSegment(f"customer.{attribute} takes {len(values)} values in this window; "
+                         f"a split shows at most {MAX_SEGMENTS}: choose one value with "
+                         "'segment', or another attribute")
     segments = []
     for row in values:
         part = await report(conn, window, rules.with_segment(attribute, row["value"]),
