@@ -55,10 +55,11 @@ function colourAt(t) {
   return mix;
 }
 
-// Dark text on light cells, white on dark ones (WCAG relative luminance).
+// Dark text on light cells, white on dark ones: the switch where both contrast alike (WCAG
+// relative luminance 0.21, at least 4:1 either way).
 function inkFor([r, g, b]) {
   const lin = (c) => { const s = c / 255; return s <= 0.03928 ? s / 12.92 : ((s + 0.055) / 1.055) ** 2.4; };
-  return 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b) > 0.3 ? "#1c2230" : "#ffffff";
+  return 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b) > 0.21 ? "#1c2230" : "#ffffff";
 }
 
 function control(label, select) {
