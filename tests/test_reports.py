@@ -486,7 +486,7 @@ async def test_served_figures_equal_the_raw_event_computation_on_random_traffic(
 async def split_figures_equal_the_raw_events(conn, rng, contacts, windows, rules) -> None:
     """Customers carry a tier (some none): every report split by it, or for one tier, serves
     the raw-event computation over those customers' events, and the tiers add up."""
-    customers = sorted({c.customer for c in contacts})
+    customers = list(dict.fromkeys(c.customer for c in contacts))  # in the order drawn
     await conn.executemany(
         "INSERT INTO customers (id, attributes) VALUES ($1, $2::jsonb)",
         [(cid, json.dumps({"tier": rng.choice(("gold", "silver", "bronze")),
@@ -511,7 +511,8 @@ async def split_figures_equal_the_raw_events(conn, rng, contacts, windows, rules
     gold = await reports.summary(conn, windows[0], rules.with_segment("tier", "gold"))
     assert gold["segment"] == {"by": "customer.tier", "value": "gold"}
     assert gold["totals"] == whole["segments"][2]["totals"]
-    assert gold["totals"]["contacts"] > 0 and gold["totals"]["false_deflections"] > 0
+    assert gold["totals"]["contacts"] > 0
+    assert sum(s["totals"]["false_deflections"] > 0 for s in whole["segments"]) >= 2
 
 
 def without_clock(report: dict) -> dict:
