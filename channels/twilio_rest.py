@@ -131,11 +131,11 @@ class TwilioRest:
     async def add_participant(self, conference: str, from_: str, agent: AgentLine,
                               status_url: str | None = None) -> None:
         """Dial an agent into the conference (Conference Participants resource); Twilio
-        reports their joining to `status_url` when given."""
+        reports their joining and leaving to `status_url` when given."""
         target = agent.phone or f"client:{agent.client_identity or f'agent-{agent.id}'}"
         callback = {"conference_status_callback": status_url,
                     "conference_status_callback_method": "POST",
-                    "conference_status_callback_event": ["join"]} if status_url else {}
+                    "conference_status_callback_event": ["join", "leave"]} if status_url else {}
         await _calling(self._rest().conferences(conference).participants.create_async(
             from_=from_, to=target, label=agent_label(agent.id), beep="false",
             start_conference_on_enter=True, end_conference_on_exit=False, **callback))
@@ -157,6 +157,21 @@ class TwilioRest:
         found = await _calling(self._rest().conferences(conference_sid).participants.list_async(
             limit=50))
         return {p.label for p in found if p.label and p.status == "connected"}
+
+    async def caller_in_conference(self, conference_sid: str) -> bool:
+        """Whether the caller is still a participant of the conference (not hung up)."""
+        try:
+            found = await _calling(self._rest().conferences(conference_sid).participants(
+                CUSTOMER_LABEL).fetch_async())
+        except DeliveryFailed as exc:
+            if exc.code == "20404" or "(404)" in str(exc):
+                return False
+            raise
+        return found.status not in ("complete", "failed")
+
+    async def redirect_call(self, call_sid: str, url: str) -> None:
+        """Take a live call to the TwiML at `url` (it leaves its conference)."""
+        await _calling(self._rest().calls(call_sid).update_async(url=url, method="POST"))
 
     async def conference_sid(self, conference: str) -> str:
         """The SID of the contact's conference in progress (participants are changed by it)."""

@@ -2,12 +2,18 @@
 
 Every URL the service puts into its TwiML lives under /twilio/voice/ and carries the turn
 number, so Twilio's retries of one step are recognised (CallSid + turn) and answered the same.
+
+After an agent: when the contact's agent leaves the conference (their leg ends) while the
+caller is still in it, or the agent wraps up while both are on the line, the caller's call is
+moved to /twilio/voice/after-agent, which plays the survey's keypad question (or a goodbye)
+before the hang-up; the answer comes back through /gather like any other key press.
 """
 
 from __future__ import annotations
 
 import functools
 from typing import Callable, ClassVar
+from urllib.parse import urlencode
 
 import structlog
 from aiohttp import web
@@ -72,7 +78,8 @@ class TwilioVoice:
                 web.post(f"{BASE}/conference-hold", self.conference_hold),
                 web.post(f"{BASE}/conference-status", self.conference_status),
                 web.post(f"{BASE}/callback-key", self.callback_key),
-                web.post(f"{BASE}/callback-status", self.callback_status)]
+                web.post(f"{BASE}/callback-status", self.callback_status),
+                web.post(f"{BASE}/after-agent", self.after_agent)]
 
     async def incoming(self, request: web.Request) -> web.Response:
         form = await self._form(request)
@@ -154,7 +161,8 @@ class TwilioVoice:
         the wait message until the agent joins) and dial the agent in."""
         await self._twilio.conference_call(to.thread or "", _conference(to),
                                            f"{self._public_url}{BASE}/conference-wait")
-        await self._twilio.add_participant(_conference(to), to.service_address, agent)
+        await self._twilio.add_participant(_conference(to), to.service_address, agent,
+                                           self._status_url(to))
         return None
 
     async def find_sent(self, to: Destination, text: str, since: float) -> str | None:
@@ -164,7 +172,13 @@ class TwilioVoice:
         """A transfer's next agent is dialled into the conference; once they join, a caller
         held by a cold transfer is taken off hold."""
         await self._twilio.add_participant(_conference(to), to.service_address, agent,
-                                           f"{self._public_url}{BASE}/conference-status")
+                                           self._status_url(to))
+
+    def _status_url(self, to: Destination) -> str:
+        """Where an agent's joining and leaving are reported, naming the caller's call."""
+        query = urlencode({"call": to.thread or "", "from": to.address,
+                           "to": to.service_address})
+        return f"{self._public_url}{BASE}/conference-status?{query}"
 
     async def release_agent(self, to: Destination, agent: AgentLine) -> None:
         """Cold transfer: the caller hears the hold loop, then the agent's leg is dropped, so
@@ -211,23 +225,64 @@ class TwilioVoice:
         return _twiml(_spoken_loop(PASSING_ON))
 
     async def conference_status(self, request: web.Request) -> web.Response:
-        """Conference events: an agent who joined takes the caller off hold."""
+        """Conference events: an agent who joined takes the caller off hold; the contact's
+        agent who left, with the caller still in, moves the caller to the survey."""
         form = await self._signature.verified_form(request)
-        joined = form.get("StatusCallbackEvent") == "participant-join" and \
-            form.get("ParticipantLabel", "").startswith("agent-")
-        if joined and form.get("ConferenceSid"):
+        event = form.get("StatusCallbackEvent")
+        label = form.get("ParticipantLabel", "")
+        if not label.startswith("agent-") or not form.get("ConferenceSid"):
+            return _twiml(EMPTY)
+        if event == "participant-join":
             try:
                 await self._twilio.hold_customer(form["ConferenceSid"], None)
             except DeliveryFailed as exc:
                 log.warning("voice.unhold_failed", error=str(exc),
                             conference_sid=form["ConferenceSid"])
+        elif event == "participant-leave" and request.query.get("call"):
+            await self._agent_left(request, form, label.removeprefix("agent-"))
         return _twiml(EMPTY)
+
+    async def _agent_left(self, request: web.Request, form, agent_id: str) -> None:
+        """Tell the core the agent left; when it has something for the caller still on the
+        line (the survey, or a goodbye), move the call to /after-agent to hear it."""
+        call = request.query["call"]
+        structlog.contextvars.bind_contextvars(call_sid=call)
+        try:
+            if not await self._twilio.caller_in_conference(form["ConferenceSid"]):
+                return  # the caller hung up first: nobody to ask
+            reply = await self._handle(Inbound(
+                channel="voice", address=request.query.get("from", ""), kind="agent_left",
+                service_address=request.query.get("to", ""), text=agent_id, thread=call,
+                dedupe_key=f"{call}:agent-left:{form.get('CallSid', agent_id)}",
+                identity=TwilioVoice.traits.identity))
+            if reply.messages:
+                await self._twilio.redirect_call(call, f"{self._public_url}{BASE}/after-agent")
+        except Exception:  # Twilio gets its 200 all the same; the caller hangs up as before
+            log.exception("voice.after_agent_failed", agent_id=agent_id)
+
+    async def after_agent(self, request: web.Request) -> web.Response:
+        """What the caller hears once their agent is gone: the survey's question, else a
+        goodbye; a retry of this step is answered the same."""
+        form = await self._form(request)
+        try:
+            reply = await self._handle(_inbound(form, "after_agent", "",
+                                                f"{form['CallSid']}:after-agent"))
+        except Exception:  # the agent's part is done: a goodbye, never a queue again
+            log.exception("voice.after_agent_failed")
+            return _twiml(HANGUP)
+        return _twiml(render(reply))
 
     async def close(self, to: Destination) -> None:
         return None  # the call ends when either side hangs up
 
     async def ask(self, to: Destination, text: str, choices: tuple[Choice, ...]) -> str | None:
-        raise DeliveryFailed("not_text", "the bridged call ends when the agent hangs up")
+        """The agent wrapped up with the caller still on the line: move the call to
+        /after-agent, which asks the waiting survey's question."""
+        sid = await self._twilio.conference_sid(_conference(to))  # refused once it ended
+        if not await self._twilio.caller_in_conference(sid):
+            raise DeliveryFailed("gone", "the caller has hung up")
+        await self._twilio.redirect_call(to.thread or "", f"{self._public_url}{BASE}/after-agent")
+        return None
 
     async def _form(self, request: web.Request):
         form = await self._signature.verified_form(request)

@@ -5,7 +5,9 @@
 Starts an embedded PostgreSQL in a temporary folder (or uses DATABASE_URL, in a new database
 it drops afterwards), applies the migrations, writes at least --events contact events with
 COPY, ANALYZEs, then times the report queries of service/reports.py: the summary (the whole
-log, then one day of it), the touchpoint matrix, journeys with drop-outs, and the trend.
+log, then one day of it), the touchpoint matrix, journeys with drop-outs, and the trend; then,
+with every customer given a tier in the directory, the summary of one tier and the summary
+and matrix split by tier.
 Prints the median and the fastest of --runs runs of each; results go in load_tests/REPORTS.md.
 
 The log looks like real traffic: customers who come back on other channels within and outside
@@ -195,7 +197,14 @@ async def bench(url: str, events: int, days: int, runs: int) -> None:
                   lambda: reports.journeys(conn, whole, rules)),
                  ("trend by day, whole log", lambda: reports.trend(conn, whole, rules)),
                  ("summary from raw events (reference)", lambda: reports.summary(
-                     conn, whole, rules, queries=reports.FROM_EVENTS))]
+                     conn, whole, rules, queries=reports.FROM_EVENTS)),
+                 ("summary, tier gold, whole log", lambda: reports.summary(
+                     conn, whole, rules.with_segment("tier", "gold"))),
+                 ("summary split by tier, whole log", lambda: reports.split(
+                     reports.summary, conn, whole, rules, "tier")),
+                 ("matrix split by tier, whole log", lambda: reports.split(
+                     reports.matrix, conn, whole, rules, "tier"))]
+        await give_customers_tiers(conn)
         await conn.execute("ANALYZE contact_facts")
         report = await reports.summary(conn, whole, rules)
         reference = await reports.summary(conn, whole, rules, queries=reports.FROM_EVENTS)
@@ -208,6 +217,18 @@ async def bench(url: str, events: int, days: int, runs: int) -> None:
             print(f"{name:<34}{median * 1000:>8.0f} ms{fastest * 1000:>7.0f} ms")
     finally:
         await conn.close()
+
+
+async def give_customers_tiers(conn: asyncpg.Connection) -> None:
+    """Every customer in the directory with a tier (a tenth without), for the segments."""
+    await conn.execute("""
+        INSERT INTO customers (id, attributes)
+        SELECT customer_id, CASE WHEN abs(hashtext(customer_id::text)) % 10 = 0 THEN '{}'::jsonb
+            ELSE jsonb_build_object('tier', (ARRAY['standard', 'silver', 'gold'])[
+                1 + abs(hashtext(customer_id::text)) % 3]) END
+        FROM (SELECT DISTINCT customer_id FROM contact_events) c
+        ON CONFLICT (id) DO UPDATE SET attributes = EXCLUDED.attributes""")
+    await conn.execute("ANALYZE customers")
 
 
 @contextlib.contextmanager

@@ -21,8 +21,10 @@ ContactState = Literal["self_service", "queued", "with_agent", "closed"]
 # no_input: the customer said nothing; wait: a queued caller's hold loop asks for news;
 # left_queue: the caller left the queue (hung up, bridged); end: the call or chat ended;
 # callback: a key pressed by a queued caller in the hold loop (text: the key) to be called back.
+# agent_left: the contact's agent left a live call the caller is still on (text: the agent's
+# id); after_agent: such a caller asks what comes next (the survey's question, or goodbye).
 InboundKind = Literal["message", "digits", "start", "no_input", "wait", "left_queue", "end",
-                      "callback"]
+                      "callback", "agent_left", "after_agent"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -274,6 +274,14 @@ async def test_matrix_of_the_known_week(ops_client, db, clock, ops_token):
     rows = report["rows"]
     chat_median = rows[1].pop("median_resolution_s")  # the agent's part ran on the real clock
     assert 0 < chat_median < 30
+    handled = {(r["contact_type"], r["channel"]): {who: f["contacts"] for who, f in
+                                                   r["by_handling"].items()} for r in rows}
+    assert handled["track_order", "sms"] == {"self_service": 3, "agent": 0, "abandoned": 0}
+    assert handled["recover_password", "chat"] == {"self_service": 0, "agent": 1,
+                                                   "abandoned": 0}
+    for row in rows:  # by_handling has every figure; the surveys' are compared below
+        row["by_handling"] = {who: {k: v for k, v in figures.items() if k in UNSURVEYED["agent"]}
+                              for who, figures in row["by_handling"].items()}
     assert rows == [
         {"contact_type": "cancel_order", "label": "Cancel an order", "channel": "voice",
          **figures(1, 1, 1, 0, 0, 0, 0, 0, 1, 1), "median_resolution_s": 25.0,
@@ -427,10 +435,15 @@ async def test_the_dashboard_page_and_its_files_need_no_token(ops_client):
     sheets = re.findall(r'<link rel="stylesheet" href="([^"]+)">', html)
     assert sheets == ["/static/theme.css", "/ops/ops.css"]
     files = [("/ops/ops.js", "application/javascript")] + [(s, "text/css") for s in sheets]
-    for path, kind in files:
+    for path, kind in files:  # the modules ops.js imports are followed too
         response = await ops_client.get(path)
         assert (response.status, response.content_type) == (200, kind)
-        urls |= set(re.findall(r"https?://[^\s\"'`)]+", await response.text()))
+        body = await response.text()
+        urls |= set(re.findall(r"https?://[^\s\"'`)]+", body))
+        files += [(module, "application/javascript") for module in
+                  re.findall(r'^import .* from "(/static/[^"]+)";', body, re.MULTILINE)
+                  if (module, "application/javascript") not in files]
+    assert ("/static/ops_heatmap.js", "application/javascript") in files
     assert urls == {"http://www.w3.org/2000/svg"}  # a namespace name: nothing is fetched
 
 

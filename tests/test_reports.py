@@ -10,6 +10,7 @@ test_ops_api.py. Here `Contact` builds the events of one contact, each step `gap
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -19,7 +20,7 @@ import asyncpg
 import pytest
 
 from service.infra.migrate import migrate
-from service.reporting import metrics, reports
+from service.reporting import candidates, metrics, reports
 from service.reporting.reports import BadWindow, ReportRules, Window, parse_window
 
 # ---- an event log built by hand ----------------------------------------------------------
@@ -495,6 +496,7 @@ async def test_served_figures_equal_the_raw_event_computation_on_random_traffic(
         served = await reports.trend(log_db, window, rules)
         reference = await reports.trend(log_db, window, rules, queries=reports.FROM_EVENTS)
         assert without_clock(served) == without_clock(reference)
+    await split_figures_equal_the_raw_events(log_db, rng, contacts, windows, rules)
     whole = await reports.summary(log_db, windows[0], rules)
     assert whole["totals"]["contacts"] == len(contacts)
     assert whole["totals"]["false_deflections"] > 0 and whole["totals"]["abandoned"] > 0
@@ -503,6 +505,38 @@ async def test_served_figures_equal_the_raw_event_computation_on_random_traffic(
     totals = whole["totals"]
     assert totals["surveys_sent"] > totals["survey_responses"] > 0
     assert totals["csat_responses"] > 0 and totals["nps_responses"] > 0
+
+
+async def split_figures_equal_the_raw_events(conn, rng, contacts, windows, rules) -> None:
+    """Customers carry a tier (some none): every report split by it, or for one tier, serves
+    the raw-event computation over those customers' events, and the tiers add up."""
+    customers = list(dict.fromkeys(c.customer for c in contacts))  # in the order drawn
+    await conn.executemany(
+        "INSERT INTO customers (id, attributes) VALUES ($1, $2::jsonb)",
+        [(cid, json.dumps({"tier": rng.choice(("gold", "silver", "bronze")),
+                           "language": rng.choice(("en", "fr"))} if rng.random() < 0.8 else {}))
+         for cid in customers[:-10]])  # the last ten are not in the directory at all
+    split = functools.partial(reports.split, attribute="tier")
+    for window in windows[:3]:
+        for report in (reports.summary, reports.matrix, reports.journeys, reports.trend,
+                       candidates.candidates):
+            served = await split(report, conn, window, rules)
+            reference = await split(report, conn, window, rules,
+                                    queries=reports.FROM_EVENTS)
+            assert without_clock(served) == without_clock(reference), (report.__name__, window)
+        whole = await reports.summary(conn, window, rules)
+        tiers = await split(reports.summary, conn, window, rules)
+        assert sum(s["totals"]["contacts"] for s in tiers["segments"]) == \
+            whole["totals"]["contacts"]
+        assert sum(s["totals"]["self_service_resolved"] for s in tiers["segments"]) == \
+            whole["totals"]["self_service_resolved"]
+    whole = await split(reports.summary, conn, windows[0], rules)
+    assert [s["value"] for s in whole["segments"]] == [None, "bronze", "gold", "silver"]
+    gold = await reports.summary(conn, windows[0], rules.with_segment("tier", "gold"))
+    assert gold["segment"] == {"by": "customer.tier", "value": "gold"}
+    assert gold["totals"] == whole["segments"][2]["totals"]
+    assert gold["totals"]["contacts"] > 0
+    assert sum(s["totals"]["false_deflections"] > 0 for s in whole["segments"]) >= 2
 
 
 def without_clock(report: dict) -> dict:
@@ -556,10 +590,16 @@ async def test_the_matrix_splits_survey_figures_by_who_handled_the_contact(log_d
     await insert(log_db, self_served, by_agent, unanswered)
     [cell] = (await reports.matrix(log_db, WIDE, RULES))["rows"]
     assert (cell["contact_type"], cell["channel"], cell["csat"]) == ("track_order", "chat", 3.5)
-    assert cell["by_handling"] == {
+    survey_fields = ("surveys_sent", "survey_responses", "survey_response_rate", "csat", "nps")
+    assert {who: {k: figures[k] for k in survey_fields}
+            for who, figures in cell["by_handling"].items()} == {
         "self_service": {"surveys_sent": 1, "survey_responses": 1, "survey_response_rate": 1.0,
                          "csat": 5.0, "nps": None},
         "agent": {"surveys_sent": 2, "survey_responses": 1, "survey_response_rate": 0.5,
                   "csat": 2.0, "nps": None},
         "abandoned": {"surveys_sent": 0, "survey_responses": 0, "survey_response_rate": None,
                       "csat": None, "nps": None}}
+    by = cell["by_handling"]  # every figure, not only the surveys'
+    assert (by["self_service"]["contacts"], by["agent"]["contacts"], by["abandoned"]["contacts"]) \
+        == (1, 2, 0)
+    assert by["self_service"]["true_deflection_rate"] == 1.0 and by["agent"]["escalated"] == 2

@@ -282,8 +282,8 @@ async def test_warm_call_transfer_adds_the_next_agent_to_the_conference(app_sett
         added = standin.participants[1]
         assert (added["action"], added["conference"], added["Label"]) == \
             ("create", conference, f"agent-{second.id}")
-        assert added["ConferenceStatusCallback"].endswith("/twilio/voice/conference-status")
-        assert added["ConferenceStatusCallbackEvent"] == "join"
+        assert "/twilio/voice/conference-status?call=" in added["ConferenceStatusCallback"]
+        assert added["ConferenceStatusCallbackEvent"] == "join leave"
         # warm: nobody was put on hold; once Bob is in, Ann's leg is dropped for her
         sid = standin.conferences[conference]
         for _ in range(200):

@@ -48,6 +48,7 @@ class TwilioStandIn:
     call_attempts: int = 0  # every Calls create that arrived, answered or not
     fail_calls: int = 0  # answer the next N Calls creates with 503 (taking nothing)
     refuse_calls_with_code: int | None = None  # refuse every Calls create (Twilio's 400)
+    ended: set[str] = field(default_factory=set)  # CF sids whose caller hung up (it ended)
 
     lose_answers: bool = False  # take the message, then never answer
     drop_connections: int = 0  # close the next N message requests' connections, taking nothing
@@ -74,6 +75,9 @@ class TwilioStandIn:
         app.router.add_delete(
             f"{base}/Conferences/{{conference}}/Participants/{{participant}}.json",
             self._delete_participant)
+        app.router.add_get(
+            f"{base}/Conferences/{{conference}}/Participants/{{participant}}.json",
+            self._fetch_participant)
         return app
 
     @property
@@ -103,7 +107,8 @@ class TwilioStandIn:
         name = request.query.get("FriendlyName")
         found = [{"sid": sid, "friendly_name": n, "status": "in-progress",
                   "account_sid": request.match_info["account"]}
-                 for n, sid in self.conferences.items() if name in (None, n)]
+                 for n, sid in self.conferences.items()
+                 if name in (None, n) and sid not in self.ended]
         return web.json_response({"conferences": found, "meta": {
             "key": "conferences", "page": 0, "page_size": 50, "next_page_url": None,
             "previous_page_url": None, "url": str(request.rel_url)}})
@@ -145,6 +150,15 @@ class TwilioStandIn:
         return web.json_response(self._participant(request, request.match_info["conference"],
                                                    "CA" + "9" * 32,
                                                    request.match_info["participant"]))
+
+    async def _fetch_participant(self, request: web.Request) -> web.Response:
+        """A participant of a conference in progress; 404 once the conference ended."""
+        sid = request.match_info["conference"]
+        if sid not in self.conferences.values() or sid in self.ended:
+            return _not_found()
+        found = self._participant(request, sid, "CA" + "8" * 32,
+                                  request.match_info["participant"])
+        return web.json_response({**found, "status": "connected"})
 
     async def _delete_participant(self, request: web.Request) -> web.Response:
         if request.match_info["conference"] not in self.conferences.values():

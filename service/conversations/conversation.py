@@ -37,13 +37,12 @@ from service.rules.experiments import Arm
 from service.rules.flows import (
     HttpLookups,
     LookupFailed,
-    MissingValue,
     Step,
     accepted,
-    render,
 )
 from service.rules.loader import Rules
 from service.rules.routing import Decision
+from service.rules.templates import MissingValue, personal_values, render
 from service.understanding.understand import (
     asks_for_agent,
     escalation_reason,
@@ -208,11 +207,14 @@ class Conversations:
             return await self._ended_by_customer(inbound, conversation, now)
         if inbound.kind == "callback":
             return await self._callback_requested(inbound, conversation, now)
+        if inbound.kind in ("agent_left", "after_agent"):
+            return await self._after_agent(inbound, start, now)
         if start.muted and inbound.kind == "message" and keyword not in HELP_WORDS:
             return await self._muted(inbound, customer, now)
         survey, let_go = start.survey, None
         if survey and inbound.kind in surveys.ANSWER_INPUT and keyword not in HELP_WORDS and \
-                (conversation is None or conversation["status"] == "closed"):
+                (conversation is None or conversation["status"] == "closed"
+                 or survey["contact_id"] == conversation["contact_id"]):  # after its agent
             answered = surveys.answer(self._rules(), survey, inbound,
                                       self._channels[inbound.channel].prompt_style, now)
             if answered.reply is not None:  # an answer, late or not, or its reprompt
@@ -441,10 +443,9 @@ class Conversations:
             while state["at"] < len(steps):
                 step = steps[state["at"]]
                 if step.kind == "ask":
-                    return turn.reply(*said, render(step.text, state["values"]),
-                                      expects_input=True)
+                    return turn.reply(*said, _text_for(turn, step.text), expects_input=True)
                 if step.kind == "say":
-                    said.append(render(step.text, state["values"]))
+                    said.append(_text_for(turn, step.text))
                 else:
                     lookup = turn.rules.flows.lookups[step.lookup]
                     state["values"][step.save] = await self._lookups.fetch(
@@ -481,7 +482,7 @@ class Conversations:
         if state["not_found"] >= MISSES_BEFORE_ESCALATION:
             return await self._flow_failed(turn, LookupFailed("lookup_not_found", "twice"), said)
         state["at"] = lookup.back_to
-        return turn.reply(*said, render(lookup.not_found, state["values"]), expects_input=True)
+        return turn.reply(*said, _text_for(turn, lookup.not_found), expects_input=True)
 
     async def _flow_answer(self, turn: Turn) -> Reply:
         conv, inbound = turn.conversation, turn.inbound
@@ -504,8 +505,7 @@ class Conversations:
                         misses=state["misses"])
             if state["misses"] >= MISSES_BEFORE_ESCALATION:
                 return await self._self_service_failed(turn, "flow_input_failed")
-            return turn.reply(render(step.retry or step.text, state["values"]),
-                              expects_input=True)
+            return turn.reply(_text_for(turn, step.retry or step.text), expects_input=True)
         state["values"][step.save], state["misses"] = value, 0
         state["at"] += 1
         conv["steps"][-1]["collected"][step.save] = value
@@ -533,7 +533,8 @@ class Conversations:
         conv["steps"].append({"type": "answer", "contact_type": type_id, "at": turn.now,
                               "outcome": None})
         turn.record("self_service_started", step="answer")
-        return turn.reply(arm.answer if arm and arm.answer else contact_type.answer,
+        return turn.reply(_text_for(turn, arm.answer if arm and arm.answer else
+                                    contact_type.answer),
                           prompts.CONFIRM[self._style(turn)], choices=YES_NO, expects_input=True)
 
     async def _missed(self, turn: Turn, ranked: tuple[tuple[str, float], ...],
@@ -717,6 +718,7 @@ class Conversations:
             self._end(turn, "abandoned_in_queue")
         elif status == "with_agent" and inbound.kind == "end":
             turn.record("customer_left")  # the agent still wraps the contact up
+            conversation["customer_left"] = True  # so no survey is asked of them
             await self._handoff.customer_left(conversation)
         elif status in OPEN_IN_IVR and inbound.kind == "end":
             self._end(turn, self._channels[inbound.channel].end_outcome)
@@ -726,6 +728,35 @@ class Conversations:
         await self._context.commit_turn(inbound, conversation, reply, summaries=[conversation])
         self._events.emit(*turn.events)
         return reply
+
+    async def _after_agent(self, inbound: Inbound, start: TurnStart, now: float) -> Reply:
+        """A live call's agent left (`agent_left`: the survey decided, or a goodbye), or the
+        caller, moved off the agent's call, asks what comes next (`after_agent`)."""
+        conv, style = start.conversation, self._channels[inbound.channel].prompt_style
+        if inbound.kind == "after_agent":
+            reply = surveys.waiting_question(start.survey, conv, inbound, style) or Reply(
+                messages=(prompts.AFTER_AGENT_GOODBYE,), state="closed")
+            await self._context.commit_reply(inbound, reply, ())
+            return reply
+        if not conv or conv["status"] != "with_agent" or conv.get("after_agent") or \
+                conv.get("agent_id") != inbound.text:  # a transfer, or already done
+            reply = Reply(state=conv["status"] if conv else "closed")
+            await self._context.remember_reply(inbound, reply)
+            return reply
+        turn = Turn(inbound, self._rules(), now, conv, {})
+        conv["turns"] += 1
+        asked = surveys.offer(turn.rules, conv, style, "agent", now, start.surveyed_at,
+                              start.opted_out, turn=conv["turns"])
+        conv["after_agent"] = "surveyed" if asked else "let_go"
+        if asked:
+            turn.add(asked.event)
+            turn.extra.extend(asked.commands)
+        done = Reply(state=conv["status"], contact_id=conv["contact_id"])
+        # A retried notice gets `done`: the caller is moved once; what they hear comes from
+        # the after_agent step.
+        await self._context.commit_turn(inbound, conv, done, summaries=[conv], extra=turn.extra)
+        self._events.emit(*turn.events)
+        return replace(done, messages=(asked.text if asked else prompts.AFTER_AGENT_GOODBYE,))
 
     async def _opt_in_out(self, inbound: Inbound, keyword: str, conversation: dict | None,
                           customer: dict | None, opted_out: bool, now: float,
@@ -767,6 +798,14 @@ class Conversations:
         self._end(turn, "idle_timeout")
         await self._context.save_summary(conv)
         self._events.emit(*turn.events)
+
+
+def _text_for(turn: Turn, template: str) -> str:
+    """An answer or flow text with the customer's own data and the flow's values filled in
+    (templates.py); MissingValue only for a flow value outside an optional part."""
+    conv = turn.conversation
+    values = personal_values(conv, turn.rules.catalog.label, turn.now)
+    return render(template, {**values, **conv.get("flow", {}).get("values", {})})
 
 
 def routing_attributes(rules: Rules, conv: dict[str, Any], channel: str, at: float,

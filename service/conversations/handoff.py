@@ -17,7 +17,7 @@ from service.agents.bus import Bus
 from service.agents.queues import Dispatcher
 from service.conversations import surveys
 from service.conversations.context import ContextStore
-from service.conversations.outbox import NotRecorded, Outbox, destination
+from service.conversations.outbox import NotRecorded, Outbox, Outcome, destination
 from service.conversations.record import Conversation
 from service.model import AgentLine, DeliveryFailed, OutboundChannel
 from service.reporting.events import Event, EventWriter
@@ -283,7 +283,7 @@ class Handoff:
         return found
 
     async def _outbound(self, conv: dict[str, Any], action: str,
-                        payload: dict[str, Any]) -> None:
+                        payload: dict[str, Any]) -> Outcome | None:
         """Record one outbound request in the outbox (`outbox.ACTIONS`), which sends it
         through the contact's channel now or retries it later. Connecting never fails the
         accept (the contact is assigned, the greeting waits in the outbox); an agent's text
@@ -294,13 +294,14 @@ class Handoff:
             log.error("handoff.outbox_unavailable", action=action, error=str(exc),
                       contact_id=conv["contact_id"])
             if action in ("connect", "call_back"):  # the accept stands; the agent sees why
-                return
+                return None
             raise HandoffError("not_recorded", "the text was not sent: it could not be "
                                "recorded for sending; try again in a moment") from exc
         failure = outcome.failure
         if action == "send" and outcome.state == "failed" and failure is not None:
             raise HandoffError(_ERROR_CODES.get(failure.reason, "delivery_failed"),
                                _failure_text(action, failure))
+        return outcome
 
     # ---- events --------------------------------------------------------------------------
 

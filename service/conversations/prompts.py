@@ -125,6 +125,9 @@ SURVEY_LET_GO: dict[PromptStyle, str] = {
 }
 
 
+AFTER_AGENT_GOODBYE = "Thank you for calling. Goodbye."  # a call whose agent left, unsurveyed
+
+
 def survey_question(kind: str, style: PromptStyle, wording: str | None = None) -> str:
     """The survey's question: the deployment's wording, or ours, then how to answer."""
     asked = (wording or _ASKED[kind]).rstrip(" ?")

@@ -60,16 +60,22 @@ class Conversation(_Required, total=False):
     rate_limited: bool  # the customer was told to slow down and has not yet
     experiment: dict[str, str]  # the experiment it is in: name, arm (experiments.yaml)
     canary: dict[str, Any]  # opened while a canary ran: id, arm (canary or stable)
+    customer_name: str  # the customer's name in the directory, for answers' {customer.name}
+    customer_left: bool  # a live call the caller hung up while with an agent
+    after_agent: str  # a live call's agent left: "surveyed" or "let_go" (no wrap-up survey)
 
 
 def new_conversation(*, contact_id: str, customer: dict[str, Any], channel: str, address: str,
                      service_address: str, thread: str | None, now: float,
                      earlier: list[dict[str, Any]]) -> Conversation:
     """A contact just opened, nothing understood yet."""
-    return Conversation(
+    conversation = Conversation(
         contact_id=contact_id, customer_id=customer["customer_id"], channel=channel,
         address=address, service_address=service_address, thread=thread, started_at=now,
         last_at=now, status="new", turns=0, contact_type=None, confidence=None, misses=0,
         menu=[], route_path=None, queue=None, reason=None, outcome=None, transcript=[],
         steps=[], attributes=customer.get("attributes", {}), identities=customer["identities"],
         earlier=earlier)
+    if customer.get("display_name"):
+        conversation["customer_name"] = customer["display_name"]
+    return conversation

@@ -2,8 +2,10 @@
 
 A contact resolved in self-service is asked in the same reply (a text, a rating in the chat
 widget, a keypad question before the call hangs up); one an agent wrapped up is asked through
-the channel's outbound side (a text, a survey frame in the widget; a call ends with the
-agent, so it is not asked). Which survey, how often and for whom is `rules.surveys`
+the channel's outbound side (a text, a survey frame in the widget; a call with the caller
+still on the line is moved to the survey's keypad question). A call whose agent leaves while
+the caller stays on is asked then (`agent_left` in the orchestrator), not again at wrap-up.
+Which survey, how often and for whom is `rules.surveys`
 (surveys.yaml). The question waits in Redis under the customer's address and channel; the
 next message there is read as its answer before it can open a contact:
 
@@ -94,7 +96,8 @@ def offer(rules: Rules, conv: dict[str, Any], style: PromptStyle, moment: str, n
     if surveyed_at is not None and now - surveyed_at < rule.once_per_days * 86400:
         return None
     pending = {"contact_id": conv["contact_id"], "customer_id": conv["customer_id"],
-               "channel": conv["channel"], "contact_type": conv.get("contact_type"),
+               "channel": conv["channel"], "thread": conv.get("thread"),
+               "contact_type": conv.get("contact_type"),
                "route_path": conv.get("route_path"), "kind": rule.kind,
                "question": rule.question, "sent_at": now, "due_at": now + rule.answer_within_s,
                "reprompted": False, "turn": turn, "after": moment}
@@ -156,28 +159,50 @@ class HandoffSide(Protocol):
 
     def _rules(self) -> Rules: ...
 
-    async def _outbound(self, conv: dict[str, Any], action: str, call) -> None: ...
+    async def _outbound(self, conv: dict[str, Any], action: str, call) -> Any: ...
 
 
 async def after_wrap_up(handoff: HandoffSide, conv: dict[str, Any]) -> None:
     """Survey a contact an agent just wrapped up, through the channel's outbound side: the
     text channels' `send_text`, a survey frame where the customer has buttons."""
     traits: ChannelTraits = handoff._channels[conv["channel"]].traits
-    if not traits.agent_can_type:  # a bridged call ends when the agent hangs up
-        return
+    if conv.get("after_agent") or (traits.live_call and conv.get("customer_left")):
+        return  # asked (or let go) when the agent left the call, or the caller hung up
     opted_out, surveyed_at = await handoff._context.survey_state(conv)
     asked = offer(handoff._rules(), conv, traits.prompt_style, "agent", conv["ended_at"],
-                  surveyed_at, opted_out)
+                  surveyed_at, opted_out, turn=conv.get("turns", 0) + 1)
     if asked is None:
         return
     try:
-        await handoff._outbound(conv, "ask", {
+        outcome = await handoff._outbound(conv, "ask", {
             "text": asked.text, "choices": [asdict(choice) for choice in asked.choices]})
     except Exception as exc:  # recorded as delivery_failed; the wrap-up stands
         log.info("survey.not_sent", contact_id=conv["contact_id"], error=str(exc))
         return
+    if outcome is not None and outcome.state == "failed":  # e.g. the caller hung up
+        log.info("survey.not_sent", contact_id=conv["contact_id"], reason=outcome.failure
+                 and outcome.failure.reason)
+        return
     await handoff._context.execute(asked.commands)
     handoff._events.emit(asked.event)
+
+
+def waiting_question(pending: dict[str, Any] | None, conv: dict[str, Any] | None,
+                     inbound: Inbound, style: PromptStyle) -> Reply | None:
+    """The question of the survey waiting for this very contact (the open one, or the call's
+    wrapped-up one), as a reply that asks it; None when none waits."""
+    if not pending:
+        return None
+    ours = pending["contact_id"] == conv.get("contact_id") if conv else \
+        inbound.thread is not None and pending.get("thread") == inbound.thread
+    if not ours:
+        return None
+    return Reply(messages=(prompts.survey_question(pending["kind"], style,
+                                                   pending["question"]),),
+                 choices=choices_for(pending["kind"], style),
+                 state=conv["status"] if conv else "closed",
+                 contact_id=pending["contact_id"], expects_input=True, turn=pending["turn"],
+                 survey=True)
 
 
 def _starts_contact(rules: Rules, inbound: Inbound, text: str) -> bool:

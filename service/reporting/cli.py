@@ -17,6 +17,7 @@ import contextlib
 import csv
 import io
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -36,6 +37,7 @@ def add_parsers(commands) -> None:
     report.add_argument("--format", choices=("table", "json", "csv"), default="table")
     report.add_argument("--service-level-s", type=float, default=reports.DEFAULT_SERVICE_LEVEL_S,
                         help="answer-time target of service_level (default 60)")
+    _segment_arguments(report)
     report.set_defaults(func=cmd_report)
 
     ranked = commands.add_parser(
@@ -47,6 +49,7 @@ def add_parsers(commands) -> None:
     ranked.add_argument("--format", choices=("table", "json"), default="table")
     ranked.add_argument("--service-level-s", type=float, default=reports.DEFAULT_SERVICE_LEVEL_S,
                         help=argparse.SUPPRESS)
+    _segment_arguments(ranked)
     ranked.set_defaults(func=cmd_candidates)
 
     simulate = commands.add_parser(
@@ -87,6 +90,15 @@ def add_parsers(commands) -> None:
 
 
 # ---- shared -----------------------------------------------------------------------------
+
+def _segment_arguments(parser) -> None:
+    parser.add_argument("--by", metavar="customer.ATTRIBUTE",
+                        help="split the report by a customer attribute, one report per value "
+                             "(e.g. --by customer.tier)")
+    parser.add_argument("--segment", metavar="VALUE",
+                        help="with --by: only the customers whose attribute has this value "
+                             "('' for customers without it)")
+
 
 def _fail(message: str, code: int = 1) -> int:
     print(f"switchboard: {message}", file=sys.stderr)
@@ -164,18 +176,48 @@ def _run_report(args: argparse.Namespace, settings: Settings, query, formats) ->
         return _fail(f"the rules in {settings.rules_dir} are invalid (reports need their "
                      f"repeat windows):\n{exc}")
     rules = ReportRules.from_catalog(catalog, service_level_s=args.service_level_s)
+    if args.segment is not None and not args.by:
+        return _fail("--segment needs --by (e.g. --by customer.tier --segment gold)", 2)
+    try:
+        attribute = reports.parse_segment_by(args.by) if args.by else None
+    except reports.BadSegment as exc:
+        return _fail(str(exc).replace("'segment_by'", "--by"), 2)
+    if attribute and args.segment is not None:
+        rules = rules.with_segment(attribute, args.segment)
 
     async def run(url: str) -> dict[str, Any]:
         conn = await _connect(url)
         try:
+            if attribute and args.segment is None:
+                return await reports.split(query, conn, window, rules, attribute)
             return await query(conn, window, rules)
         finally:
             await conn.close()
 
     with _database(settings) as url:
-        report = asyncio.run(run(url))
-    print(formats[args.format](report), end="")
+        try:
+            report = asyncio.run(run(url))
+        except reports.BadSegment as exc:
+            return _fail(str(exc).replace("'segment'", "--segment"), 2)
+    print(_each_segment(report, formats[args.format]) if args.format != "json"
+          else formats["json"](report), end="")
     return 0
+
+
+def _each_segment(report: dict[str, Any], render) -> str:
+    """A split report as one rendering per segment, each under its own heading (CSV: the
+    segment in the first two columns of every row)."""
+    if "segments" not in report:
+        return render(report)
+    head = {k: v for k, v in report.items() if k not in ("segments", "segment_by")}
+    parts = []
+    for part in report["segments"]:
+        one = head | {k: v for k, v in part.items() if k != "value"} | {
+            "segment": {"by": report["segment_by"], "value": part["value"]}}
+        parts.append(render(one))
+    if render is report_csv:  # one header row
+        return "".join([parts[0], *(p.split("\n", 1)[1] for p in parts[1:])]) if parts else ""
+    return "\n".join(parts)
 
 
 def candidates_table(report: dict[str, Any]) -> str:
@@ -189,7 +231,8 @@ def candidates_table(report: dict[str, Any]) -> str:
              "-" if c["csat_gap"] is None else f"{c['csat_gap']:+.2f}",
              f"{c['risk']:.2f}", f"{c['score']:.1f}") for c in report["rows"]]
     widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
-    lines = [f"Self-service candidates, {report['from']} to {report['to']}", ""]
+    lines = [f"Self-service candidates, {report['from']} to {report['to']}",
+             *_segment_line(report), ""]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
               for row in (head, *rows)]
     return "\n".join(lines + ["", report["formula"], ""])
@@ -340,8 +383,17 @@ def _survey_table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _segment_line(report: dict[str, Any]) -> list[str]:
+    segment = report.get("segment")
+    if not segment:
+        return []
+    value = "(not set)" if segment["value"] is None else segment["value"]
+    return [f"customers with {segment['by']} = {value}"]
+
+
 def report_table(report: dict[str, Any]) -> str:
     lines = [f"Switchboard report, metric version {report['metric_version']}",
+             *_segment_line(report),
              f"contacts that started from {report['from']} to {report['to']} (exclusive); "
              f"service level: accepted within {report['service_level_s']:g} s",
              "", f"{'':<28}" + "".join(f"{title:>11}" for title, _ in TABLE_COLUMNS),
@@ -364,8 +416,11 @@ def report_csv(report: dict[str, Any]) -> str:
     fields = [*reports.COUNT_FIELDS, *RATES]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["metric_version", "from", "to", "group", "key", *fields])
-    head = [report["metric_version"], report["from"], report["to"]]
+    segment = report.get("segment")
+    columns = ["segment_by", "segment"] if segment else []
+    writer.writerow([*columns, "metric_version", "from", "to", "group", "key", *fields])
+    head = [*([segment["by"], _csv(segment["value"])] if segment else []),
+            report["metric_version"], report["from"], report["to"]]
     writer.writerow([*head, "total", "", *(_csv(report["totals"][f]) for f in fields)])
     for title, key in GROUPS:
         for name, figures in report[key].items():
@@ -382,14 +437,20 @@ def _csv(value: Any) -> Any:
 
 
 # ---- demo -------------------------------------------------------------------------------
-# Synthetic customers through the public endpoints: nothing is written to the database
-# directly, so the dashboard shows exactly what real traffic would produce.
+# Synthetic customers through the public endpoints, so the dashboard shows exactly what real
+# traffic would produce; the one direct write is the customer directory (as `customers add`
+# does), giving most customers a name, a tier and a language for the reports' segments. They
+# answer the satisfaction surveys they are asked (surveys.yaml).
 
 DEMO_CONCURRENCY = 4
 STORIES = (("sms_answer", 34), ("voice_keypad", 20), ("chat_answer", 18), ("voice_agent", 7),
            ("voice_menu_hang_up", 6), ("sms_unclear", 8), ("sms_person", 7))
 FOLLOW_UP_BY_PHONE = 0.35  # a texter calls back about the same thing (false deflection)
 FEATURED_SHARE = 0.4  # of texted and chatted questions, about a type in an experiment
+DEMO_TIERS = (("standard", 60), ("silver", 25), ("gold", 15))
+DEMO_LANGUAGES = (("en", 80), ("es", 20))
+DEMO_NAMES = ("Ana", "Ben", "Chloe", "Dev", "Eva", "Femi", "Gus", "Hana", "Ivan", "Jo")
+IN_DIRECTORY = 0.85  # the rest are strangers to the directory
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -406,6 +467,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     except ConfigError as exc:
         return _fail(f"the rules in {settings.rules_dir} are invalid:\n{exc}")
     featured = [e.contact_type for e in rules.experiments.by_type.values()]
+    if not (settings.database_url and settings.redis_url):
+        print("customers get no attributes: the demo needs DATABASE_URL and REDIS_URL to add "
+              "them to the directory", file=sys.stderr)
     try:
         sent = asyncio.run(run_demo(settings, url, rules.catalog, args.contacts, args.seed,
                                     args.agent_token, featured))
@@ -431,7 +495,8 @@ async def run_demo(settings: Settings, url: str, catalog, contacts: int, seed: i
 
     sent: Counter[str] = Counter()
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with aiohttp.ClientSession(timeout=timeout) as session, \
+            DemoDirectory.of(settings) as directory:
         traffic = DemoTraffic(session, url, settings.public_url, settings.twilio_auth_token,
                               catalog, featured)
         agent = asyncio.create_task(demo_agent(session, url, agent_token)) if agent_token \
@@ -442,6 +507,8 @@ async def run_demo(settings: Settings, url: str, catalog, contacts: int, seed: i
             rng = random.Random(story_seed)  # each customer's own: the same seed, the same story
             phone = f"+1555{rng.randrange(1_000_000, 10_000_000)}"
             async with limit:
+                if directory:
+                    await directory.add(phone, random.Random(story_seed + 1))
                 sent.update(await getattr(traffic, story)(phone, rng, follow_up))
 
         plans = _demo_plans(random.Random(seed), contacts)
@@ -465,6 +532,56 @@ def _demo_plans(rng, contacts: int) -> list[tuple[str, bool, int]]:
         plans.append((story, follow_up, rng.getrandbits(32)))
         planned += 2 if follow_up else 1
     return plans
+
+
+class DemoDirectory:
+    """The demo's customers in the customer directory, with a name and attributes."""
+
+    def __init__(self, pool, client):
+        self.pool, self.client = pool, client
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def of(cls, settings: Settings):
+        """A directory to add to, or None without a database and Redis to reach."""
+        if not (settings.database_url and settings.redis_url):
+            yield None
+            return
+        import asyncpg
+
+        from service.infra.redis_url import client_for, close_client
+
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+        client = client_for(settings.redis_url)
+        try:
+            yield cls(pool, client)
+        finally:
+            await pool.close()
+            await close_client(client)
+
+    async def add(self, phone: str, rng) -> None:
+        from service.conversations.customers import upsert_customer
+
+        if rng.random() >= IN_DIRECTORY:
+            return
+        tiers, languages = zip(*DEMO_TIERS), zip(*DEMO_LANGUAGES)
+        attributes = {"tier": rng.choices(*tiers)[0], "language": rng.choices(*languages)[0]}
+        async with self.pool.acquire() as conn:
+            await upsert_customer(conn, self.client, identities=[("phone", phone)],
+                                  display_name=rng.choice(DEMO_NAMES), attributes=attributes)
+
+
+def rating_asked(text: str) -> tuple[int, int] | None:
+    """The scale of a satisfaction question as a customer reads it, or None."""
+    if "not at all" not in text:
+        return None
+    return (0, 10) if re.search(r"\b10\b", text) else (1, 5)
+
+
+def a_rating(scale: tuple[int, int], rng) -> str:
+    """Mostly content customers, some not."""
+    low, high = scale
+    return str(rng.choice((high, high, high - 1, high - 1, (low + high) // 2, low)))
 
 
 class DemoTraffic:
@@ -517,7 +634,9 @@ class DemoTraffic:
         twiml = await self.text(phone, rng.choice(topic.examples))
         for _ in range(3):
             if "Did that help" in twiml:
-                await self.text(phone, "yes" if rng.random() < 0.8 else "no")
+                twiml = await self.text(phone, "yes" if rng.random() < 0.8 else "no")
+                if (scale := rating_asked(twiml)) and rng.random() < 0.75:
+                    await self.text(phone, a_rating(scale, rng))
                 break
             if "not sure I understood" not in twiml:
                 break
@@ -537,6 +656,8 @@ class DemoTraffic:
         call = await DemoCall(self, phone).dial()
         await call.press(str(rng.choice(self.keypad).ivr_digit))
         await call.press("1" if rng.random() < 0.7 else "2")
+        if (scale := rating_asked(" ".join(call.said()))) and rng.random() < 0.75:
+            await call.press(a_rating(scale, rng))
         if call.queued:
             await call.hold_then_hang_up()
         await call.end()
@@ -573,6 +694,9 @@ class DemoTraffic:
                 await ws.send_json({"type": "message",
                                     "text": "yes" if rng.random() < 0.7 else "no"})
                 said = await _until_status(ws)
+                if (scale := rating_asked(" ".join(said))) and rng.random() < 0.75:
+                    await ws.send_json({"type": "message", "text": a_rating(scale, rng)})
+                    said = await _until_status(ws)
             if said and said[-1] == "queued":
                 await _until_status(ws, wanted="closed", timeout_s=4)
             await ws.send_json({"type": "end"})
@@ -614,6 +738,10 @@ class DemoCall:
                   "To": "+15005550006", "CallStatus": "in-progress", "Direction": "inbound",
                   "ApiVersion": "2010-04-01", **extra}
         self.twiml = ET.fromstring(await self.traffic.post(path, params))
+
+    def said(self) -> list[str]:
+        return [say.text or "" for say in self.twiml.iter("Say")] if self.twiml is not None \
+            else []
 
     async def dial(self) -> "DemoCall":
         await self._post("/twilio/voice", CallStatus="ringing")

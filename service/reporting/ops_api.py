@@ -5,6 +5,8 @@
     GET /api/reports/candidates?from=&to=                      self-service candidates, ranked
     GET /api/reports/journeys?from=&to=[&limit=5]              journeys and drop-outs
     GET /api/reports/trend?from=&to=[&bucket=hour|day|week]    headline rates over time
+    GET /api/reports/matrix.csv?from=&to=                      the matrix as CSV (a download)
+    GET /api/reports/attributes?from=&to=                      customer attributes and values
     GET /api/queues                                            now: waiting, longest wait, agents
     POST /api/rules/reload                                     reload this instance's rules
     GET /ops                                                   the dashboard (static page)
@@ -12,6 +14,9 @@
 API calls need `Authorization: Bearer <token>` with an ops token (`switchboard tokens add
 --role ops`): 401 without a valid one, 403 for another role. from/to are ISO 8601 (a date is
 midnight UTC); `to` defaults to now and `from` to seven days earlier; a bad value is a 400.
+Every report takes `segment_by=customer.<attribute>`: split into one report per value the
+attribute takes (`segments`), or, with `segment=<value>` (empty: customers without it), only
+that segment's customers.
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ from aiohttp import web
 from service import WEB_DIR
 from service.appkeys import AUTH_THROTTLE, OUTBOX, PG, ROUTER, RULES
 from service.infra import tokens
-from service.reporting import candidates, metrics, reports
-from service.reporting.reports import BadWindow, ReportRules, Window
+from service.reporting import candidates, export, metrics, reports
+from service.reporting.reports import BadSegment, BadWindow, ReportRules, Window
 from service.rules.versions import LoadCause
 
 log = structlog.get_logger(__name__)
@@ -48,6 +53,8 @@ def routes() -> list[web.RouteDef]:
     return [web.get("/ops", _static("ops.html")), web.get("/ops/ops.js", _static("ops.js")),
             web.get("/ops/ops.css", _static("ops.css")),
             web.get("/api/reports/summary", summary), web.get("/api/reports/matrix", matrix),
+            web.get("/api/reports/matrix.csv", matrix_download),
+            web.get("/api/reports/attributes", customer_attributes),
             web.get("/api/reports/candidates", self_service_candidates),
             web.get("/api/reports/journeys", journeys), web.get("/api/reports/trend", trend),
             web.get("/api/queues", queues_now), web.get("/api/outbox", outbox_now),
@@ -155,41 +162,74 @@ def _json(report: dict) -> web.Response:
     return web.json_response(report, headers=NO_STORE)
 
 
+async def _segmented(request: web.Request, report, **options) -> dict:
+    """The report over the request's window, for a segment, split by one, or whole."""
+    window, rules = _window(request), _report_rules(request)
+    raw = request.query.get("segment_by")
+    if raw is None:
+        if "segment" in request.query:
+            raise json_error(web.HTTPBadRequest, "'segment' needs 'segment_by' (e.g. "
+                             "segment_by=customer.tier&segment=gold)")
+        return await report(request.app[PG], window, rules, **options)
+    try:
+        attribute = reports.parse_segment_by(raw)
+    except BadSegment as exc:
+        raise json_error(web.HTTPBadRequest, str(exc)) from None
+    if "segment" in request.query:
+        return await report(request.app[PG], window,
+                            rules.with_segment(attribute, request.query["segment"]), **options)
+    try:
+        return await reports.split(report, request.app[PG], window, rules, attribute,
+                                   **options)
+    except BadSegment as exc:
+        raise json_error(web.HTTPBadRequest, str(exc)) from None
+
+
 # ---- reports ------------------------------------------------------------------------------
 
 @ops_report("summary")
 async def summary(request: web.Request) -> web.Response:
-    window, rules = _window(request), _report_rules(request)
-    return _json(await reports.summary(request.app[PG], window, rules))
+    return _json(await _segmented(request, reports.summary))
 
 
 @ops_report("matrix")
 async def matrix(request: web.Request) -> web.Response:
-    window, rules = _window(request), _report_rules(request)
-    return _json(await reports.matrix(request.app[PG], window, rules))
+    return _json(await _segmented(request, reports.matrix))
+
+
+@ops_report("matrix_csv")
+async def matrix_download(request: web.Request) -> web.Response:
+    """The matrix as CSV, named after its window, to save."""
+    report = await _segmented(request, reports.matrix)
+    name = f"touchpoint-matrix-{report['from'][:10]}-{report['to'][:10]}.csv"
+    return web.Response(text=export.matrix_csv(report), content_type="text/csv",
+                        headers={**NO_STORE,
+                                 "Content-Disposition": f'attachment; filename="{name}"'})
+
+
+@ops_report("attributes")
+async def customer_attributes(request: web.Request) -> web.Response:
+    return _json(await reports.attributes(request.app[PG], _window(request)))
 
 
 @ops_report("candidates")
 async def self_service_candidates(request: web.Request) -> web.Response:
-    window, rules = _window(request), _report_rules(request)
-    return _json(await candidates.candidates(request.app[PG], window, rules))
+    return _json(await _segmented(request, candidates.candidates))
 
 
 @ops_report("journeys")
 async def journeys(request: web.Request) -> web.Response:
-    window, rules = _window(request), _report_rules(request)
     limit = int(_number(request, "limit", 5, 1, 100, whole=True))
-    return _json(await reports.journeys(request.app[PG], window, rules, limit))
+    return _json(await _segmented(request, reports.journeys, limit=limit))
 
 
 @ops_report("trend")
 async def trend(request: web.Request) -> web.Response:
-    window, rules = _window(request), _report_rules(request)
     try:
-        bucket = reports.choose_bucket(window, request.query.get("bucket"))
+        bucket = reports.choose_bucket(_window(request), request.query.get("bucket"))
     except BadWindow as exc:
         raise json_error(web.HTTPBadRequest, str(exc)) from None
-    return _json(await reports.trend(request.app[PG], window, rules, bucket))
+    return _json(await _segmented(request, reports.trend, bucket=bucket))
 
 
 # ---- live -------------------------------------------------------------------------------

@@ -13,14 +13,19 @@ as of the moment it runs.
     await matrix(conn, window, rules)     # touchpoint matrix: contact type x channel
     await journeys(conn, window, rules)   # cross-channel journeys and self-service drop-outs
     await trend(conn, window, rules)      # headline rates per time bucket
+
+Any report can be restricted to one customer segment (`rules.with_segment("tier", "gold")`)
+or split into every segment of an attribute (`split(summary, conn, window, rules, "tier")`):
+customers' attributes as the directory holds them when the report runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
@@ -93,8 +98,15 @@ DEFINITIONS = {
     "csat": "Mean of the valid 1-5 answers to CSAT surveys; null when there are none.",
     "nps": "% of NPS answers 9-10 minus % of NPS answers 0-6 (0-10 scale), from -100 to "
            "100; null when there are none.",
-    "by_handling": "A matrix cell's survey figures split by who handled the contact: "
-                   "self_service (resolved), agent (accepted by an agent), abandoned.",
+    "by_handling": "A matrix cell's figures (counts, rates, surveys) split by who handled "
+                   "the contact: self_service (resolved), agent (accepted by an agent), "
+                   "abandoned.",
+    "flow": "Every journey of a contact type as stages (its 1st, 2nd... contact, up to the "
+            "4th): per stage the channel:handling steps taken and how many journeys ended "
+            "there, and the moves from one stage to the next.",
+    "segment": "Contacts of the customers whose attribute (customer.<name>, as the customer "
+               "directory holds it when the report runs) has the value; null: customers "
+               "without it. Journeys and false deflections look at those customers' contacts.",
     "rates": "Fractions from 0 to 1; null when the denominator is 0.",
 }
 
@@ -109,6 +121,33 @@ HANDLED_BY = ("self_service", "agent", "abandoned")
 
 class BadWindow(ValueError):
     """from/to cannot be read or do not make a window; the message says which and why."""
+
+
+class BadSegment(ValueError):
+    """A segment_by that names no customer attribute; the message says what is accepted."""
+
+
+SEGMENT_PREFIX = "customer."
+_ATTRIBUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+
+
+def parse_segment_by(raw: str) -> str:
+    """`customer.<attribute>` -> the attribute's name."""
+    name = raw.strip()[len(SEGMENT_PREFIX):] if raw.strip().startswith(SEGMENT_PREFIX) else ""
+    if not _ATTRIBUTE_NAME.match(name):
+        raise BadSegment(f"'segment_by' must name a customer attribute as customer.<name> "
+                         f"(letters, digits, _ or -), e.g. customer.tier, not {raw!r}")
+    return name
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Customers whose attribute has this value ("" when they do not carry it)."""
+    attribute: str
+    value: str
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"by": SEGMENT_PREFIX + self.attribute, "value": self.value or None}
 
 
 @dataclass(frozen=True)
@@ -127,6 +166,7 @@ class ReportRules:
     labels: Mapping[str, str] = field(default_factory=dict)
     default_window_h: int = DEFAULT_REPEAT_WINDOW_H
     service_level_s: float = DEFAULT_SERVICE_LEVEL_S
+    segment: Segment | None = None  # only these customers' contacts count
 
     @classmethod
     def from_catalog(cls, catalog, service_level_s: float = DEFAULT_SERVICE_LEVEL_S
@@ -139,11 +179,16 @@ class ReportRules:
     def longest_window_h(self) -> int:
         return max([self.default_window_h, *self.repeat_windows_h.values()])
 
+    def with_segment(self, attribute: str, value: str) -> "ReportRules":
+        return replace(self, segment=Segment(attribute, value))
+
     def params(self, window: Window) -> list[Any]:
-        """$1..$6 of every report query."""
+        """$1..$8 of every report query ($7, $8: the segment's attribute and value)."""
         ids = list(self.repeat_windows_h)
+        segment = self.segment
         return [window.start, window.end, ids, [self.repeat_windows_h[i] for i in ids],
-                self.default_window_h, float(self.service_level_s)]
+                self.default_window_h, float(self.service_level_s),
+                segment and segment.attribute, segment and segment.value]
 
 
 # ---- windows ------------------------------------------------------------------------------
@@ -192,6 +237,12 @@ def _in_order(expression: str, condition: str) -> str:
             f"FILTER (WHERE {condition})")
 
 
+def _in_segment(customer: str) -> str:
+    """The customer is in the report's segment ($7 attribute, $8 value), or there is none."""
+    return (f"($7::text IS NULL OR COALESCE((SELECT cu.attributes->>$7 FROM customers cu "
+            f"WHERE cu.id = {customer}), '') = $8::text)")
+
+
 STARTED_IN_WINDOW = """
 chosen AS (
     SELECT contact_id, customer_id, channel, occurred_at AS started_at
@@ -199,19 +250,23 @@ chosen AS (
     WHERE kind = 'contact_started' AND occurred_at >= $1::timestamptz
       AND occurred_at < $2::timestamptz
 )"""
+# The same for reports, whose queries always carry the segment ($7, $8).
+STARTED_IN_SEGMENT = STARTED_IN_WINDOW.replace(
+    "AND occurred_at < $2::timestamptz",
+    f"AND occurred_at < $2::timestamptz AND {_in_segment('customer_id')}")
 
 # Journeys need the customers' other contacts: from one repeat window before the window on.
-CUSTOMERS_OF_WINDOW = """
+CUSTOMERS_OF_WINDOW = f"""
 customers_in_window AS (
     SELECT DISTINCT customer_id FROM contact_events
     WHERE kind = 'contact_started' AND occurred_at >= $1::timestamptz
-      AND occurred_at < $2::timestamptz
+      AND occurred_at < $2::timestamptz AND {_in_segment("customer_id")}
 ),
 chosen AS (
     SELECT e.contact_id, e.customer_id, e.channel, e.occurred_at AS started_at
     FROM contact_events e JOIN customers_in_window USING (customer_id)
     WHERE e.kind = 'contact_started'
-      AND e.occurred_at >= $1::timestamptz - make_interval(hours => $7::int)
+      AND e.occurred_at >= $1::timestamptz - make_interval(hours => $9::int)
 )"""
 
 TYPE_ASSIGNED = _type_assigned("e")
@@ -294,16 +349,18 @@ STORED_FACTS_IN_WINDOW = f"""
 facts AS (
     SELECT {FACT_COLUMNS} FROM contact_facts
     WHERE started_at >= $1::timestamptz AND started_at < $2::timestamptz
+      AND {_in_segment("customer_id")}
 )"""
 
 STORED_FACTS_OF_CUSTOMERS = f"""
 customers_in_window AS (
     SELECT DISTINCT customer_id FROM contact_facts
     WHERE started_at >= $1::timestamptz AND started_at < $2::timestamptz
+      AND {_in_segment("customer_id")}
 ),
 facts AS (
     SELECT {FACT_COLUMNS} FROM contact_facts JOIN customers_in_window USING (customer_id)
-    WHERE started_at >= $1::timestamptz - make_interval(hours => $7::int)
+    WHERE started_at >= $1::timestamptz - make_interval(hours => $9::int)
 )"""
 
 FALSE_DEFLECTION_OF_FACTS = "COALESCE(j.next_same_type_at <= j.started_at + j.repeat_window, " \
@@ -382,12 +439,15 @@ class Queries:
     dropouts: str
     journeys: str
     candidates: str
+    segment_values: str  # $1, $2 the window, $3 the attribute
 
     @classmethod
-    def over(cls, in_window: str, of_customers: str, false_deflection: str) -> "Queries":
+    def over(cls, in_window: str, of_customers: str, false_deflection: str,
+             segment_values: str) -> "Queries":
         judged = _judged(false_deflection)
         window_facts = f"WITH {WINDOWS}, {in_window}, {judged}"
         return cls(
+            segment_values=segment_values,
             groupings=f"""{window_facts}
 SELECT GROUPING(type_key) = 0 AS by_type, GROUPING(channel) = 0 AS by_channel,
        GROUPING(queue_key) = 0 AS by_queue, GROUPING(route_key) = 0 AS by_route,
@@ -404,7 +464,7 @@ SELECT type_key, channel,
 FROM derived GROUP BY 1, 2
 """,
             trend=f"""{window_facts}
-SELECT date_bin($7::interval, started_at, $1::timestamptz) AS bucket, {AGGREGATES}
+SELECT date_bin($9::interval, started_at, $1::timestamptz) AS bucket, {AGGREGATES}
 FROM derived GROUP BY 1 ORDER BY 1
 """,
             dropouts=f"""{window_facts}
@@ -461,11 +521,24 @@ FROM derived WHERE contact_type IS NOT NULL GROUP BY 1 ORDER BY 1
 
 # Served: per-contact facts kept as events land. Reference: the same figures from raw events
 # (slow; the tests hold the two equal).
+def _segment_values(table: str, started: str) -> str:
+    """The values an attribute takes among the customers of the window's contacts."""
+    return f"""
+SELECT COALESCE(cu.attributes->>$3::text, '') AS value, count(*) AS contacts
+FROM {table} s LEFT JOIN customers cu ON cu.id = s.customer_id
+WHERE {started} GROUP BY 1 ORDER BY 1"""
+
+
 FROM_FACTS = Queries.over(STORED_FACTS_IN_WINDOW, STORED_FACTS_OF_CUSTOMERS,
-                          FALSE_DEFLECTION_OF_FACTS)
-FROM_EVENTS = Queries.over(f"{STARTED_IN_WINDOW}, {FACTS_OF_EVENTS}",
+                          FALSE_DEFLECTION_OF_FACTS, _segment_values(
+                              "contact_facts", "s.started_at >= $1::timestamptz "
+                              "AND s.started_at < $2::timestamptz"))
+FROM_EVENTS = Queries.over(f"{STARTED_IN_SEGMENT}, {FACTS_OF_EVENTS}",
                            f"{CUSTOMERS_OF_WINDOW}, {FACTS_OF_EVENTS}",
-                           FALSE_DEFLECTION_OF_EVENTS)
+                           FALSE_DEFLECTION_OF_EVENTS, _segment_values(
+                               "contact_events", "s.kind = 'contact_started' "
+                               "AND s.occurred_at >= $1::timestamptz "
+                               "AND s.occurred_at < $2::timestamptz"))
 
 
 # ---- reports ------------------------------------------------------------------------------
@@ -493,9 +566,51 @@ def _nps(counts: Mapping[str, int]) -> float | None:
 
 
 def header(window: Window, rules: ReportRules) -> dict[str, Any]:
+    segment = {"segment": rules.segment.as_dict()} if rules.segment else {}
     return {"metric_version": METRIC_VERSION, **window.as_dict(),
             "as_of": iso(datetime.now(timezone.utc)), "service_level_s": rules.service_level_s,
-            "definitions": DEFINITIONS}
+            **segment, "definitions": DEFINITIONS}
+
+
+async def attributes(conn, window: Window) -> dict[str, Any]:
+    """The customer attributes of the window's contacts: per name, its values and how many
+    contacts each has (what a segment selector offers)."""
+    rows = await _fetch(conn, "attributes", """
+SELECT a.key AS name, a.value, count(*) AS contacts
+FROM contact_facts f JOIN customers cu ON cu.id = f.customer_id,
+     jsonb_each_text(cu.attributes) AS a
+WHERE f.started_at >= $1::timestamptz AND f.started_at < $2::timestamptz
+GROUP BY 1, 2 ORDER BY 1, 2""", window.start, window.end)
+    found: dict[str, dict[str, int]] = {}
+    for row in rows:
+        found.setdefault(row["name"], {})[row["value"]] = row["contacts"]
+    return {**window.as_dict(), "as_of": iso(datetime.now(timezone.utc)),
+            "attributes": {SEGMENT_PREFIX + name: values for name, values in found.items()}}
+
+
+MAX_SEGMENTS = 20
+HEADER_FIELDS = ("metric_version", "from", "to", "as_of", "service_level_s", "segment",
+                 "definitions")
+
+
+async def split(report, conn, window: Window, rules: ReportRules, attribute: str,
+                queries: Queries = FROM_FACTS, **options: Any) -> dict[str, Any]:
+    """`report` once per value the customer attribute takes in the window, smallest first;
+    customers without it make the segment whose value is null."""
+    values = await _fetch(conn, "segments", queries.segment_values, window.start, window.end,
+                          attribute)
+    if len(values) > MAX_SEGMENTS:  # each is one more report query
+        raise BadSegment(f"customer.{attribute} takes {len(values)} values in this window; "
+                         f"a split shows at most {MAX_SEGMENTS}: choose one value with "
+                         "'segment', or another attribute")
+    segments = []
+    for row in values:
+        part = await report(conn, window, rules.with_segment(attribute, row["value"]),
+                            queries=queries, **options)
+        segments.append({"value": row["value"] or None,
+                         **{k: v for k, v in part.items() if k not in HEADER_FIELDS}})
+    return header(window, rules) | {"segment_by": SEGMENT_PREFIX + attribute,
+                                    "segments": segments}
 
 
 _running: dict[tuple, asyncio.Future] = {}
@@ -580,18 +695,14 @@ async def matrix(conn, window: Window, rules: ReportRules,
 
 
 def _by_handling(rows: list[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """Each cell's survey figures for the contacts self-service, an agent or nobody handled."""
+    """Each cell's figures for the contacts self-service, an agent or nobody handled."""
     empty = {field_name: 0 for field_name in COUNT_FIELDS}
     split: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
         if row["by_handling"]:
             split.setdefault((row["type_key"], row["channel"]), {})[row["handling"]] = row
-    return {cell: {who: _survey_figures(found.get(who, empty)) for who in HANDLED_BY}
+    return {cell: {who: figures(found.get(who, empty)) for who in HANDLED_BY}
             for cell, found in split.items()}
-
-
-def _survey_figures(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: value for name, value in figures(row).items() if name in SURVEY_FIELDS}
 
 
 async def journeys(conn, window: Window, rules: ReportRules, limit: int = 5,
@@ -610,7 +721,42 @@ async def journeys(conn, window: Window, rules: ReportRules, limit: int = 5,
                         "cross_channel": row["cross_channel"]})
     top.sort(key=lambda j: (-j["journeys"], j["contact_type"], j["path"]))
     return header(window, rules) | {"limit_per_contact_type": limit, "journeys": top,
+                                    "flows": flows(rows), "max_stages": MAX_STAGES,
                                     "dropouts": [dict(r) for r in dropouts]}
+
+
+MAX_STAGES = 4  # a flow shows journeys up to their 4th contact
+
+
+def flows(rows: list[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every journey of each contact type (not only the top ones) as a flow: per stage (1st
+    contact, 2nd...) the steps taken, how many journeys ended there, and the moves between."""
+    found: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        flow = found.setdefault(row["contact_type"], {"journeys": 0, "nodes": {}, "links": {}})
+        steps = row["path"].split(" -> ")
+        count = row["journeys"]
+        flow["journeys"] += count
+        for stage, step in enumerate(steps[:MAX_STAGES], 1):
+            node = flow["nodes"].setdefault((stage, step), {"journeys": 0, "ended": 0})
+            node["journeys"] += count
+            node["ended"] += count if stage == len(steps) else 0
+        for stage, (left, right) in enumerate(zip(steps[:MAX_STAGES - 1],
+                                                  steps[1:MAX_STAGES]), 1):
+            flow["links"][stage, left, right] = flow["links"].get((stage, left, right), 0) + count
+    return {contact_type: {
+        "journeys": flow["journeys"],
+        "nodes": [{"stage": stage, "step": step, "channel": step.split(":")[0],
+                   "handling": step.split(":")[1], **figures}
+                  for (stage, step), figures in sorted(flow["nodes"].items(), key=_node_order)],
+        "links": [{"stage": stage, "from": left, "to": right, "journeys": count}
+                  for (stage, left, right), count in sorted(flow["links"].items())]}
+        for contact_type, flow in sorted(found.items())}
+
+
+def _node_order(item) -> tuple:
+    (stage, step), figures = item
+    return stage, -figures["journeys"], step
 
 
 BUCKETS = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}

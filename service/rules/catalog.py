@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Collection
 
+from service.rules.templates import check_template
 from service.rules.yamlfile import Checker, ConfigIssue, LocatedDict, load_yaml
 from service.understanding import encoder as transformer_encoder
 from service.understanding.background import background_texts, without_examples
@@ -142,7 +143,9 @@ def _self_service(check: Checker, spec: LocatedDict, path: tuple,
                     where)
         return {}
     if "answer" in ss:
-        return {"answer": _text(check, ss, "answer", where)}
+        answer = _text(check, ss, "answer", where)
+        check_template(check, ss, "answer", answer, where, saved=None)
+        return {"answer": answer}
     flow = ss["flow"]
     if flow_ids is not None and flow not in flow_ids:
         check.error(ss, "flow", f"unknown flow '{flow}' (flows.yaml defines: "

@@ -19,8 +19,10 @@ knows, look it up and say the answer, then ask "Did that help?" like a plain ans
             not_found: I can't find that order. Please check the number and send it again.
           - say: Order {order_number} is {order.status}.
 
-Texts and URLs may use `{name}` and `{name.field}` of values saved by earlier steps; loading
-checks that every name is saved before it is used, and that a flow ends by saying something.
+Texts and URLs may use `{name}` and `{name.field}` of values saved by earlier steps; texts
+may also use the customer's own data in optional parts (`[Hi {customer.name}. ]`, see
+`service/rules/templates.py`); loading checks that every name is known and saved before it is
+used, and that a flow ends by saying something.
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import orjson
 
+from service.rules.templates import PERSONAL, PLACEHOLDER, check_template, fill
 from service.rules.yamlfile import Checker, LocatedDict, LocatedList, load_yaml
 
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)((?:\.[A-Za-z0-9_]+)*)\}")
 STEP_KINDS = ("ask", "lookup", "say")
 # A look-up runs inside the customer's turn, which has 10 s in all (Twilio waits 15).
 DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S = 3.0, 5.0
@@ -75,26 +77,10 @@ NO_FLOWS = Flows({}, {})
 
 # ---- running ------------------------------------------------------------------------------
 
-class MissingValue(LookupError):
-    """A text names a field the looked-up data does not have."""
-
-
 class LookupFailed(Exception):
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
         self.reason = reason  # the escalation reason: lookup_not_found or lookup_failed
-
-
-def render(template: str, values: Mapping[str, Any], convert=str) -> str:
-    def value(match: re.Match) -> str:
-        found: Any = values
-        for part in (match[1], *match[2].split(".")[1:]):
-            if not isinstance(found, Mapping) or found.get(part) is None:
-                raise MissingValue(match[0])
-            found = found[part]
-        return convert(found)
-
-    return PLACEHOLDER.sub(value, template)
 
 
 def accepted(step: Step, answer: str) -> str | None:
@@ -112,7 +98,7 @@ class HttpLookups:
         self._session = session
 
     async def fetch(self, lookup: Lookup, values: Mapping[str, Any]) -> dict[str, Any]:
-        url = render(lookup.url, values, lambda v: quote(str(v), safe=""))
+        url = fill(lookup.url, values, lambda v: quote(str(v), safe=""))
         try:
             async with asyncio.timeout(lookup.timeout_s):
                 async with self._session.get(url, headers={"Accept": "application/json"},
@@ -238,6 +224,9 @@ def _step(check: Checker, items: LocatedList, index: int, path: tuple,
     save = item.get("save")
     if save is not None and (not isinstance(save, str) or not NAME.match(save)):
         check.error(item, "save", "save names a value in lower_snake_case", (*path, "save"))
+    elif save in PERSONAL:
+        check.error(item, "save", f"'{save}' is the customer's own data in texts: save "
+                    "under another name", (*path, "save"))
     if kind == "lookup":
         name = item["lookup"]
         if name not in lookups:
@@ -261,12 +250,13 @@ def _text(check: Checker, item: LocatedDict, key: str, saved: set[str], path: tu
     if not isinstance(value, str) or not value.strip():
         check.error(item, key, f"'{key}' must be non-empty text", (*path, key))
         return ""
-    _check_names(check, item, key, value, saved, path)
+    check_template(check, item, key, value, path, saved)
     return " ".join(value.split())
 
 
 def _check_names(check: Checker, item: LocatedDict, key: str, template: str, saved: set[str],
                  path: tuple) -> None:
+    """A URL's placeholders: values saved by earlier steps only."""
     for name in sorted({m[1] for m in PLACEHOLDER.finditer(template)} - saved):
         check.error(item, key, f"'{{{name}}}' is not saved by an earlier step", (*path, key))
 

@@ -1,9 +1,12 @@
 // Switchboard ops dashboard: reads the report API with an ops token and draws plain SVG.
 // No build step and nothing fetched from elsewhere: this file, ops.css and the API.
 
+import { el, formatRate, formatScore, svg } from "/static/ops_draw.js";
+import { createFlow } from "/static/ops_flow.js";
+import { createHeatmap } from "/static/ops_heatmap.js";
+
 const TOKEN_KEY = "switchboard.ops.token";
 const DAY_MS = 86400000;
-const SVG_NS = "http://www.w3.org/2000/svg";
 
 const HEADLINE = [
   { key: "contacts", label: "Contacts", kind: "count", detail: "started in the window" },
@@ -31,21 +34,11 @@ const $ = (id) => document.getElementById(id);
 
 // ---- formatting -------------------------------------------------------------------------
 
-export function formatRate(value) {
-  return value === null || value === undefined ? "–" : `${(value * 100).toFixed(1)}%`;
-}
-
 function formatSeconds(value) {
   if (value === null || value === undefined) return "–";
   if (value < 90) return `${Math.round(value)} s`;
   if (value < 5400) return `${(value / 60).toFixed(1)} min`;
   return `${(value / 3600).toFixed(1)} h`;
-}
-
-// CSAT: a mean of 1-5 answers; NPS: points from -100 to 100.
-export function formatScore(value, kind) {
-  if (value === null || value === undefined) return "–";
-  return kind === "nps" ? `${value > 0 ? "+" : ""}${value.toFixed(1)}` : value.toFixed(2);
 }
 
 function format(value, kind) {
@@ -56,26 +49,6 @@ function format(value, kind) {
   if (kind === "minutes") return value.toFixed(1);
   if (kind === "gap") return `${value > 0 ? "+" : ""}${value.toFixed(2)}`;
   return String(value);
-}
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(attrs)) {
-    if (name === "text") node.textContent = value;
-    else node.setAttribute(name, value);
-  }
-  node.append(...children);
-  return node;
-}
-
-function svg(tag, attrs = {}, ...children) {
-  const node = document.createElementNS(SVG_NS, tag);
-  for (const [name, value] of Object.entries(attrs)) {
-    if (name === "text") node.textContent = value;
-    else node.setAttribute(name, value);
-  }
-  node.append(...children);
-  return node;
 }
 
 // ---- token and window ---------------------------------------------------------------------
@@ -112,10 +85,95 @@ function rangeFromForm() {
 
 class Unauthorized extends Error {}
 
-async function fetchReport(name, range, token) {
-  const params = new URLSearchParams({ from: range.from, to: range.to });
-  return fetchJson(`/api/reports/${name}?${params}`, token);
+async function fetchReport(name, range, token, split = false) {
+  return fetchJson(`/api/reports/${name}?${reportParams(range, split)}`, token);
 }
+
+// ---- customer segments: the whole dashboard for one, or the summary split by an attribute ----
+
+const segment = { by: "", value: null };  // value null: split by `by` (when set)
+
+// The page's query: the window and the segment choice.
+function pageQuery(range) {
+  const params = new URLSearchParams({ from: range.from, to: range.to });
+  if (segment.by) params.set("segment_by", segment.by);
+  if (segment.by && segment.value !== null) params.set("segment", segment.value);
+  return params;
+}
+
+// A report's query: one segment's figures, or (split) one report per value.
+function reportParams(range, split = false) {
+  if (split) return new URLSearchParams({ ...Object.fromEntries(pageQuery(range)), segment_by: segment.by });
+  return segment.value === null ? new URLSearchParams({ from: range.from, to: range.to })
+    : pageQuery(range);
+}
+
+function segmentFromQuery() {
+  const query = new URLSearchParams(location.search);
+  segment.by = query.get("segment_by") || "";
+  segment.value = segment.by && query.has("segment") ? query.get("segment") : null;
+}
+
+function renderSegmentChoice(attributes) {
+  const names = Object.keys(attributes.attributes);
+  if (segment.by && !names.includes(segment.by)) names.push(segment.by);
+  const by = $("segment-by");
+  by.replaceChildren(el("option", { value: "", text: "All customers" }), ...names.map((name) =>
+    el("option", { value: name, text: `by ${name.replace(/^customer\./, "")}` })));
+  by.value = segment.by;
+  const values = Object.keys(attributes.attributes[segment.by] || {});
+  if (segment.value && !values.includes(segment.value)) values.push(segment.value);
+  $("segment-value").replaceChildren(el("option", { value: "*", text: "compare all" }),
+    ...values.map((v) => el("option", { value: v, text: v })),
+    el("option", { value: "", text: "(not set)" }));
+  $("segment-value").value = segment.value === null ? "*" : segment.value;
+  $("segment-value-label").hidden = !segment.by;
+}
+
+function segmentFromForm() {
+  segment.by = $("segment-by").value;
+  const value = $("segment-value").value;
+  segment.value = !segment.by || value === "*" ? null : value;
+}
+
+function renderSegments(split) {
+  $("segments-panel").hidden = !split;
+  if (!split) return;
+  $("segments-by").textContent = `${split.segment_by}: every figure for the customers of each value`;
+  table("segments", [
+    { title: "Segment", kind: "text", get: (r) => r.value ?? "(not set)" },
+    { title: "Contacts", field: "contacts", kind: "count" },
+    { title: "Deflection", field: "deflection_rate", kind: "rate" },
+    { title: "True deflection", field: "true_deflection_rate", kind: "rate" },
+    { title: "Abandonment", field: "abandonment_rate", kind: "rate" },
+    { title: "Service level", field: "service_level", kind: "rate" },
+    { title: "CSAT", field: "csat", kind: "csat" },
+    { title: "NPS", field: "nps", kind: "nps" },
+    { title: "Survey response", field: "survey_response_rate", kind: "rate" },
+  ], split.segments.map((s) => ({ key: s.value ?? "", value: s.value, ...s.totals })));
+}
+
+// The matrix as the API's CSV, saved under the name the API gives it.
+async function downloadMatrix() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const response = await fetch(`/api/reports/matrix.csv?${reportParams(currentRange)}`,
+    { headers: { Authorization: `Bearer ${token}` } });
+  if (!response.ok) {
+    setStatus(`The CSV could not be made: HTTP ${response.status}`, true);
+    return;
+  }
+  const name = (response.headers.get("Content-Disposition") || "").match(/filename="([^"]+)"/);
+  const link = el("a", { href: URL.createObjectURL(await response.blob()),
+    download: name ? name[1] : "touchpoint-matrix.csv" });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+}
+
+let currentRange = null;
+const heatmap = createHeatmap($("heatmap"), { download: downloadMatrix });
+const flow = createFlow($("flow"));
 
 async function fetchJson(path, token) {
   const response = await fetch(path, { headers: { Authorization: `Bearer ${token}` } });
@@ -131,12 +189,18 @@ async function load(range) {
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (!token) return showLogin("");
   setStatus("Loading…");
+  currentRange = range;
   try {
     const [summary, matrix, journeys, trend, candidates] = await Promise.all(
       ["summary", "matrix", "journeys", "trend", "candidates"].map(
         (n) => fetchReport(n, range, token)));
+    const [attributes, split] = await Promise.all([
+      fetchJson(`/api/reports/attributes?${new URLSearchParams(range)}`, token),
+      segment.by && segment.value === null ? fetchReport("summary", range, token, true) : null]);
     showDashboard();
     render(summary, matrix, journeys, trend, candidates);
+    renderSegmentChoice(attributes);
+    renderSegments(split);
     setStatus("");
     refreshQueues();
     loadExperiments(range, token);
@@ -230,6 +294,8 @@ function render(summary, matrix, journeys, trend, candidates) {
   renderReasons(summary.escalation_reasons);
   renderChannels(summary.by_channel);
   renderMatrix(matrix.rows);
+  heatmap.show(matrix);
+  flow.show(journeys, labels);
   renderCandidates(candidates);
   renderJourneys(journeys.journeys, labels);
   renderDropouts(journeys.dropouts, labels);
@@ -561,6 +627,7 @@ function canaryBlock(canary) {
 
 function start() {
   takeTokenFromFragment();
+  segmentFromQuery();
   let range = initialRange();
   showRange(range);
   $("login-form").addEventListener("submit", (event) => {
@@ -572,9 +639,15 @@ function start() {
   $("window-form").addEventListener("submit", (event) => {
     event.preventDefault();
     range = rangeFromForm();
-    history.replaceState(null, "", `?${new URLSearchParams(range)}`);
+    segmentFromForm();
+    history.replaceState(null, "", `?${pageQuery(range)}`);
     load(range);
   });
+  $("segment-by").addEventListener("change", () => {
+    $("segment-value").value = "*";
+    $("window-form").requestSubmit();
+  });
+  $("segment-value").addEventListener("change", () => $("window-form").requestSubmit());
   $("sign-out").addEventListener("click", () => {
     sessionStorage.removeItem(TOKEN_KEY);
     clearTimeout(queuesTimer);
