@@ -37,6 +37,7 @@ from service.reporting.reports import (
     ReportRules,
     Window,
     _fetch,
+    _in_segment,
     _judged,
     header,
     ratio,
@@ -82,12 +83,12 @@ DEFINITIONS = {
 
 ARMS_SQL = f"""WITH {WINDOWS},
 arms AS (
-    SELECT contact_id, experiment, arm FROM contact_arms WHERE experiment = ANY($7::text[])
+    SELECT contact_id, experiment, arm FROM contact_arms WHERE experiment = ANY($9::text[])
 ),
 facts AS (
     SELECT {FACT_COLUMNS} FROM contact_facts
     WHERE started_at >= $1::timestamptz AND started_at < $2::timestamptz
-      AND contact_id IN (SELECT contact_id FROM arms)
+      AND contact_id IN (SELECT contact_id FROM arms) AND {_in_segment("customer_id")}
 ), {_judged(FALSE_DEFLECTION_OF_FACTS)}
 SELECT a.experiment, a.arm, {AGGREGATES},
     COALESCE(sum(survey_score * survey_score) FILTER (WHERE survey_kind = 'csat'), 0)::int
