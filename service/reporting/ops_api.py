@@ -4,6 +4,7 @@
     GET /api/reports/matrix?from=&to=                          touchpoint matrix
     GET /api/reports/candidates?from=&to=                      self-service candidates, ranked
     GET /api/reports/journeys?from=&to=[&limit=5]              journeys and drop-outs
+    GET /api/reports/unrecognised?from=&to=                    unrecognised traffic, clustered
     GET /api/reports/trend?from=&to=[&bucket=hour|day|week]    headline rates over time
     GET /api/queues                                            now: waiting, longest wait, agents
     POST /api/rules/reload                                     reload this instance's rules
@@ -30,7 +31,7 @@ from aiohttp import web
 from service import WEB_DIR
 from service.appkeys import AUTH_THROTTLE, OUTBOX, PG, ROUTER, RULES
 from service.infra import tokens
-from service.reporting import candidates, metrics, reports
+from service.reporting import candidates, metrics, reports, unrecognised
 from service.reporting.reports import BadWindow, ReportRules, Window
 from service.rules.versions import LoadCause
 
@@ -50,6 +51,7 @@ def routes() -> list[web.RouteDef]:
             web.get("/api/reports/summary", summary), web.get("/api/reports/matrix", matrix),
             web.get("/api/reports/candidates", self_service_candidates),
             web.get("/api/reports/journeys", journeys), web.get("/api/reports/trend", trend),
+            web.get("/api/reports/unrecognised", unrecognised_traffic),
             web.get("/api/queues", queues_now), web.get("/api/outbox", outbox_now),
             web.post("/api/rules/reload", rules_reload)]
 
@@ -190,6 +192,14 @@ async def trend(request: web.Request) -> web.Response:
     except BadWindow as exc:
         raise json_error(web.HTTPBadRequest, str(exc)) from None
     return _json(await reports.trend(request.app[PG], window, rules, bucket))
+
+
+@ops_report("unrecognised")
+async def unrecognised_traffic(request: web.Request) -> web.Response:
+    """Refused, clarified, escalated and corrected messages, in clusters of like ones."""
+    window = _window(request)
+    labels = {t.id: t.label for t in request.app[RULES].current.catalog.types.values()}
+    return _json(await unrecognised.unrecognised(request.app[PG], window, labels))
 
 
 # ---- live -------------------------------------------------------------------------------
