@@ -51,8 +51,11 @@ def adopt(directory: Path, texts: Sequence[str], type_id: str, *, new: bool = Fa
     rules = _current_rules(directory)
     _check_type(rules.catalog, type_id, new)
     known = {normal(t) for t, label_ in rules.catalog.training if label_ == type_id}
-    fresh = list({normal(t): t.strip() for t in texts if t.strip()
-                  and normal(t) not in known}.values())
+    distinct: dict[str, str] = {}
+    for text in texts:
+        if text.strip():
+            distinct.setdefault(normal(text), text.strip())
+    fresh = [text for key, text in distinct.items() if key not in known]
     if not fresh:
         raise AdoptError(f"every message of the cluster is already an example of '{type_id}'; "
                          "nothing to add")
@@ -70,7 +73,8 @@ def adopt(directory: Path, texts: Sequence[str], type_id: str, *, new: bool = Fa
                or (directory / name).read_text(encoding="utf-8") != text}
     _check_result(directory, changed)
     _write(directory, changed)
-    return Adoption(type_id, new, tuple(fresh), len(texts) - len(fresh), tuple(sorted(changed)))
+    return Adoption(type_id, new, tuple(fresh), len(distinct) - len(fresh),
+                    tuple(sorted(changed)))
 
 
 def _current_rules(directory: Path) -> Rules:

@@ -4,9 +4,10 @@ Texts are compared by the transformer encoder's sentence embeddings when its mod
 installed, by the classifier's own n-gram TF-IDF otherwise (words and character n-grams, each
 block at unit norm). Clustering is leader clustering, deterministic: distinct texts (case and
 spacing aside) are taken most frequent first, then alphabetically; each joins the most similar
-existing cluster when its cosine similarity to that cluster's first text (its leader) is at
-least the method's threshold, else it leads a new cluster. A cluster's id is a digest of its
-leader, so it stays the same while the leader does, whatever else arrives.
+existing cluster when its cosine similarity to the cluster's centroid (the normalised sum of
+its members so far) is at least the method's threshold, else it leads a new cluster. A
+cluster's id is a digest of its leader, its first text, so it stays the same while the leader
+does, whatever else arrives.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-# Cosine similarity to a cluster's leader needed to join it. all-MiniLM-L6-v2 puts paraphrases
-# of one request at 0.55-0.9 and different requests of one shop mostly under 0.4 (the pairs
-# in docs/classifier.md, "Unrecognised traffic"); n-gram TF-IDF vectors of paraphrases share
-# fewer features, so its bar is lower and it finds fewer of them.
-ENCODER_THRESHOLD = 0.55
-TFIDF_THRESHOLD = 0.35
+# Cosine similarity to a cluster's centroid needed to join it. all-MiniLM-L6-v2 puts
+# paraphrases of one request at 0.5-0.9 and different requests of one shop under 0.4 (the
+# pairs in docs/classifier.md, "Unrecognised traffic"); n-gram TF-IDF vectors of paraphrases
+# share fewer features, so its bar is lower and it finds fewer of them.
+ENCODER_THRESHOLD = 0.5
+TFIDF_THRESHOLD = 0.3
 MAX_TEXTS = 2000  # distinct texts clustered per report: the most frequent
 
 Vectoriser = Callable[[Sequence[str]], np.ndarray]  # texts -> unit-norm rows
@@ -56,9 +57,11 @@ def cluster_id(leader: str) -> str:
 def cluster(texts: Sequence[str], method: Method) -> list[Cluster]:
     """Clusters of `texts` (one entry per time said), largest first."""
     counts = Counter(normal(t) for t in texts if t.strip())
-    spelled = {}
-    for text in texts:  # the first spelling seen of each distinct text shows it
-        spelled.setdefault(normal(text), text.strip())
+    spellings = Counter(text.strip() for text in texts if text.strip())
+    spelled: dict[str, str] = {}
+    # each distinct text is shown as it was spelled most often (ties: the first in sort order)
+    for spelling in sorted(spellings, key=lambda s: (-spellings[s], s)):
+        spelled.setdefault(normal(spelling), spelling)
     distinct = sorted(counts, key=lambda t: (-counts[t], t))[:MAX_TEXTS]
     if not distinct:
         return []
@@ -72,16 +75,22 @@ def cluster(texts: Sequence[str], method: Method) -> list[Cluster]:
 
 
 def _leaders(vectors: np.ndarray, threshold: float) -> dict[int, list[int]]:
-    """Leader index -> member indices (leader first), in input order."""
+    """Leader index -> member indices (leader first), in input order. A text is compared with
+    each cluster's centroid (the normalised sum of its members so far)."""
     members: dict[int, list[int]] = {}
     leaders: list[int] = []
+    sums = np.zeros((len(vectors), vectors.shape[1]), np.float32)
     for i in range(len(vectors)):
         if leaders:
-            similarity = vectors[leaders] @ vectors[i]
+            centroids = sums[:len(leaders)]
+            norms = np.linalg.norm(centroids, axis=1)
+            similarity = (centroids @ vectors[i]) / np.where(norms > 0, norms, 1.0)
             best = int(np.argmax(similarity))
             if similarity[best] >= threshold:
                 members[leaders[best]].append(i)
+                sums[best] += vectors[i]
                 continue
+        sums[len(leaders)] = vectors[i]
         leaders.append(i)
         members[i] = [i]
     return members
