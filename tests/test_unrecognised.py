@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import shutil
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from service.__main__ import main
 from service.appkeys import EVENTS
 from service.infra.tokens import create_token
+from service.reporting.reports import iso
 from service.rules.adopt import ADOPTED_FILE, AdoptError, add_training_file, adopt
 from service.understanding.clusters import TFIDF, cluster, cluster_id
 from tests.conftest import RULES_DIR, _clean_tables, with_settings
@@ -220,3 +222,50 @@ def test_a_training_file_joins_the_end_of_the_list_once():
     assert add_training_file("contact_types: {}", ADOPTED_FILE).endswith(
         f"contact_types: {{}}\ntraining_data:\n  - {ADOPTED_FILE}  # messages adopted from "
         "unrecognised traffic\n")
+
+
+async def test_the_ops_panel_shows_the_clusters_as_the_api_has_them(service_settings, db):
+    from playwright.async_api import expect
+
+    from tests.browser import artifact, chromium, require_chromium
+    from tests.test_ops_browser import sign_in
+
+    require_chromium()
+    async with instance(service_settings) as client:
+        await unrecognised_traffic(client, db)
+        token = await create_token(db, "ops", "browser test")
+        now = datetime.now(timezone.utc)
+        window = {"from": iso(now - timedelta(days=1)), "to": iso(now + timedelta(days=1))}
+        response = await client.get("/api/reports/unrecognised", params=window,
+                                    headers={"Authorization": f"Bearer {token}"})
+        report = await response.json()
+        assert len(report["clusters"]) == 3
+        async with chromium() as browser:
+            page = await (await browser.new_context(viewport={"width": 1360, "height": 900})
+                          ).new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await sign_in(page, str(client.make_url("/ops").with_query(window)), token)
+            rows = page.locator("#unrecognised tbody tr")
+            await expect(rows).to_have_count(len(report["clusters"]))
+            assert await rows.evaluate_all("rows => rows.map(r => r.dataset.key)") == \
+                [c["id"] for c in report["clusters"]]
+            for found in report["clusters"]:
+                row = page.locator(f'#unrecognised tr[data-key="{found["id"]}"]')
+                for field in ("messages", "contacts"):
+                    await expect(row.locator(f'[data-field="{field}"]')).to_have_text(
+                        str(found[field]))
+                for how, count in found["how"].items():
+                    await expect(row.locator(f'[data-field="{how}"]')).to_have_text(str(count))
+                await expect(row.locator('[data-field="agent_types"]')).to_have_text(
+                    ", ".join(f'{t["label"]} ({t["contacts"]})' for t in found["agent_types"])
+                    or "–")
+                await expect(row.locator('[data-field="examples"] li')).to_have_text(
+                    [f"“{text}”" for text in found["examples"]])
+            await expect(page.locator("#unrecognised-note")).to_contain_text(
+                f'{report["messages"]} messages · clustered by sentence embeddings, '
+                f'similarity ≥ {report["similarity"]["threshold"]}')
+            await page.locator("#unrecognised").scroll_into_view_if_needed()
+            await page.locator("#unrecognised").locator("xpath=..").locator("xpath=..") \
+                .screenshot(path=artifact("ops-unrecognised.png"))
+            assert errors == []
