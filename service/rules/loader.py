@@ -22,6 +22,7 @@ from service.understanding.cascade import Band, CascadeSpec
 from service.understanding.classifier import Classifier, train
 from service.understanding.embeddings import embedder
 from service.understanding.encoder import ENCODINGS_CACHE, cached_encodings, encoder
+from service.understanding.model_cache import MODELS_CACHE, load_model, save_model
 
 # flows, redaction and surveys are optional
 RULE_FILES = ("catalog.yaml", "routes.yaml", "flows.yaml", "redaction.yaml", "surveys.yaml")
@@ -98,12 +99,19 @@ _trained_by_digest: dict[str, Classifier] = {}
 
 def _trained(training_digest: str, examples: tuple[tuple[str, str], ...],
              out_of_scope: tuple[str, ...], catalog: Catalog) -> Classifier:
-    """Training takes seconds; a reload that leaves the examples alone reuses the model, and
-    a new process reuses the training set's encodings from the disk cache."""
+    """Training takes seconds; a reload that leaves the examples alone reuses the model, a
+    new process the model kept on disk (model_cache.py), and a new training set the encodings
+    of the texts it shares with the last one."""
     if training_digest not in _trained_by_digest:
-        model = train(examples, out_of_scope=out_of_scope,
-                      embedder=embedder(catalog.embeddings) if catalog.embeddings else None,
-                      cascade=_cascade(catalog.encoder_band))
+        cascade = _cascade(catalog.encoder_band)
+        weights = cascade.encoder.weights_sha256 if cascade else ""
+        model = None if catalog.embeddings else load_model(
+            MODELS_CACHE, training_digest, cascade and cascade.encoder, weights)
+        if model is None:
+            model = train(examples, out_of_scope=out_of_scope,
+                          embedder=embedder(catalog.embeddings) if catalog.embeddings else None,
+                          cascade=cascade)
+            save_model(MODELS_CACHE, training_digest, model, weights)
         _trained_by_digest.clear()
         _trained_by_digest[training_digest] = model
     return _trained_by_digest[training_digest]

@@ -35,7 +35,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from service.understanding.cascade import CascadeSpec, EncoderStage, fit_stage
+from service.understanding.cascade import CascadeSpec, Encoder, EncoderStage, fit_stage
 from service.understanding.embeddings import SentenceEmbedder
 
 TOKEN = re.compile(r"[a-z0-9']+")
@@ -138,6 +138,34 @@ class Classifier:
         self._token_columns = _TokenColumns(vocabulary)
         self._bigram_columns = {tuple(f[2:].split(" ")): i for f, i in vocabulary.items()
                                 if f.startswith("b:")}
+
+    def parts(self) -> dict[str, np.ndarray] | None:
+        """The trained model as plain arrays (model_cache.py keeps them on disk); None with an
+        embedder, whose dense block is not kept."""
+        if self._embedder is not None:
+            return None
+        parts = {"labels": np.array(self.labels), "idf": self._idf, "weights": self._weights,
+                 "bias": self._bias, "out_of_scope": np.array(self._has_out_of_scope),
+                 "vocabulary": np.frombuffer("\n".join(self._vocabulary).encode(), np.uint8)}
+        if self.encoder_stage is not None:
+            stage = self.encoder_stage
+            parts |= {"stage_weights": stage.weights, "stage_bias": stage.bias,
+                      "stage_band": np.array(stage.band)}
+        return parts
+
+    @classmethod
+    def from_parts(cls, parts: dict[str, np.ndarray], encoder: Encoder | None) -> "Classifier":
+        """The model `parts()` gave; `encoder` for its stage, if it has one."""
+        words = bytes(parts["vocabulary"]).decode().split("\n")
+        stage = None
+        if "stage_weights" in parts and encoder is not None:
+            low, high = (float(v) for v in parts["stage_band"])
+            stage = EncoderStage(encoder, parts["stage_weights"], parts["stage_bias"],
+                                 (low, high))
+        return cls([str(label) for label in parts["labels"]],
+                   {feature: i for i, feature in enumerate(words)}, parts["idf"],
+                   parts["weights"], parts["bias"], out_of_scope=bool(parts["out_of_scope"]),
+                   encoder_stage=stage)
 
     def predict(self, text: str, top: int = 3) -> Prediction:
         """The cheap model's prediction, or the encoder stage's when the cheap model's

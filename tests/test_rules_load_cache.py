@@ -1,0 +1,83 @@
+"""What makes a rules load fast: the background corpus's encodings ship with the package,
+and a trained model is kept on disk for the next process (load_tests/rules_load.py measures
+both)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.rules import loader
+from service.rules.loader import load_rules
+from service.understanding import background
+from service.understanding.background import background_texts, shipped_encodings
+from service.understanding.encoder import WEIGHTS_SHA256, cached_encodings, encoder
+from tests.test_encoder import CountingEncoder, write_rules
+
+PROBES = ["where is my parcel", "I would like my money back", "hi", "what's the weather",
+          "my package has not arrived", "12345"]
+
+
+def test_the_shipped_encodings_are_the_encoders_own_for_this_corpus():
+    texts = background_texts()
+    shipped = shipped_encodings(WEIGHTS_SHA256)
+    assert len(shipped) == len(set(texts))
+    picked = [texts[i] for i in range(0, len(texts), len(texts) // 7)]
+    fresh = encoder().embed(picked)
+    stored = np.stack([shipped[k] for k in background.text_keys(picked).tolist()])
+    assert np.abs(fresh - stored).max() < 2e-3  # float16
+    assert shipped_encodings("another weights hash") == {}
+
+
+def test_the_corpus_is_never_encoded_and_a_changed_corpus_is(monkeypatch):
+    counting = CountingEncoder()
+    corpus = list(background_texts()[:50])
+    cached_encodings(counting, [*corpus, "where is my parcel"], None)
+    assert counting.texts == ["where is my parcel"]
+    changed = (*background_texts()[:-1], "a row added to the corpus")
+    monkeypatch.setattr(background, "background_texts", lambda: changed)
+    background.shipped_encodings.cache_clear()
+    try:
+        assert shipped_encodings(WEIGHTS_SHA256) == {}  # made from another corpus: unused
+    finally:
+        background.shipped_encodings.cache_clear()
+
+
+@pytest.fixture
+def caches(tmp_path, monkeypatch):
+    monkeypatch.setattr(loader, "ENCODINGS_CACHE", tmp_path / "encodings")
+    monkeypatch.setattr(loader, "MODELS_CACHE", tmp_path / "models")
+    monkeypatch.setattr(loader, "_trained_by_digest", {})
+    return tmp_path / "models"
+
+
+def test_a_new_process_loads_the_model_kept_on_disk_instead_of_training(tmp_path, caches,
+                                                                        monkeypatch):
+    rules_dir = write_rules(tmp_path / "rules", "encoder_band: [0.0, 1.0]")
+    first = load_rules(rules_dir)
+    assert len(list(caches.glob("model-*.npz"))) == 1
+    loader._trained_by_digest.clear()  # as a new process
+    monkeypatch.setattr(loader, "train", lambda *a, **k: pytest.fail("trained again"))
+    again = load_rules(rules_dir)
+    assert again.classifier is not first.classifier
+    for text in PROBES:
+        assert again.classifier.predict(text) == first.classifier.predict(text)
+        assert again.classifier.decided_by_encoder(text) == \
+            first.classifier.decided_by_encoder(text)
+
+
+def test_a_changed_catalog_or_a_damaged_file_trains_again(tmp_path, caches, monkeypatch):
+    rules_dir = write_rules(tmp_path / "rules")
+    load_rules(rules_dir)
+    trained = []
+    real_train = loader.train
+    monkeypatch.setattr(loader, "train", lambda *a, **k: trained.append(1) or real_train(*a, **k))
+    loader._trained_by_digest.clear()
+    load_rules(write_rules(rules_dir, "encoder: false"))  # another training set
+    assert trained == [1] and len(list(caches.glob("model-*.npz"))) == 2
+    for path in caches.glob("model-*.npz"):
+        path.write_bytes(b"not a model")
+    loader._trained_by_digest.clear()
+    rules = load_rules(rules_dir)
+    assert trained == [1, 1]
+    assert rules.classifier.predict("where is my parcel").contact_type == "track"
