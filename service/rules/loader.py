@@ -58,7 +58,7 @@ def load_rules(directory: Path, *, with_classifier: bool = True,
     examples = catalog.training + learned
     out_of_scope = catalog.out_of_scope + catalog.background
     training_digest = _training_digest(examples, out_of_scope, catalog.embeddings,
-                                       catalog.encoder_band)
+                                       catalog.encoder_band, catalog.encoder_examples)
     classifier = _trained(training_digest, examples, out_of_scope, catalog) \
         if with_classifier else None
     return Rules(directory, _digest(files, training_digest), catalog, tree, classifier,
@@ -103,7 +103,7 @@ def _trained(training_digest: str, examples: tuple[tuple[str, str], ...],
     new process the model kept on disk (model_cache.py), and a new training set the encodings
     of the texts it shares with the last one."""
     if training_digest not in _trained_by_digest:
-        cascade = _cascade(catalog.encoder_band)
+        cascade = _cascade(catalog.encoder_band, catalog.encoder_examples)
         weights = cascade.encoder.weights_sha256 if cascade else ""
         model = None if catalog.embeddings else load_model(
             MODELS_CACHE, training_digest, cascade and cascade.encoder, weights)
@@ -117,18 +117,22 @@ def _trained(training_digest: str, examples: tuple[tuple[str, str], ...],
     return _trained_by_digest[training_digest]
 
 
-def _cascade(band: Band | None) -> CascadeSpec | None:
+def _cascade(band: Band | None, per_type: int | None = None) -> CascadeSpec | None:
     if band is None:
         return None
     model = encoder()
-    return CascadeSpec(model, band, lambda texts: cached_encodings(model, texts, ENCODINGS_CACHE))
+    return CascadeSpec(model, band, lambda texts: cached_encodings(model, texts, ENCODINGS_CACHE),
+                       per_type)
 
 
 def _training_digest(examples: tuple[tuple[str, str], ...], out_of_scope: tuple[str, ...],
-                     embeddings: str | None, encoder_band: Band | None = None) -> str:
+                     embeddings: str | None, encoder_band: Band | None = None,
+                     encoder_examples: int | None = None) -> str:
     h = hashlib.sha256(f"embeddings={embeddings}\n".encode() if embeddings else b"")
     if encoder_band is not None:
         h.update(f"encoder_band={encoder_band}\n".encode())
+    if encoder_examples is not None:
+        h.update(f"encoder_examples={encoder_examples}\n".encode())
     for text, label in examples:
         h.update(f"{label}\t{text}\n".encode())
     for text in out_of_scope:

@@ -35,7 +35,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from service.understanding.cascade import CascadeSpec, Encoder, EncoderStage, fit_stage
+from service.understanding.cascade import (
+    CascadeSpec,
+    Encoder,
+    EncoderStage,
+    fit_stage,
+    stage_sample,
+)
 from service.understanding.embeddings import SentenceEmbedder
 
 TOKEN = re.compile(r"[a-z0-9']+")
@@ -258,11 +264,19 @@ def train(examples: Iterable[tuple[str, str]], out_of_scope: Iterable[str] = (),
     dense_weights = None
     if embedder is not None:
         weights, dense_weights = weights[:len(vocabulary)], weights[len(vocabulary):]
-    stage = None if cascade is None else fit_stage(
-        cascade.encode([*texts, *extra]), targets, columns, cascade.encoder, cascade.band)
+    stage = None if cascade is None else _fit_stage([*texts, *extra], targets, columns, cascade)
     return Classifier(classes, vocabulary, idf, np.ascontiguousarray(weights), bias,
                       out_of_scope=bool(extra), embedder=embedder,
                       dense_weights=dense_weights, encoder_stage=stage)
+
+
+def _fit_stage(texts: list[str], targets: list[str], columns: list[str],
+               cascade: CascadeSpec) -> EncoderStage:
+    """The encoder stage, on every row or, with the cascade's `per_type`, a sample of each
+    contact type's rows (all out-of-scope rows: the shipped corpus costs no encoding)."""
+    rows = stage_sample(texts, targets, cascade.per_type, unlimited={OUT_OF_SCOPE})
+    return fit_stage(cascade.encode([texts[i] for i in rows]), [targets[i] for i in rows],
+                     columns, cascade.encoder, cascade.band)
 
 
 def _vocabulary_and_idf(counted: list[Counter[str]]) -> tuple[dict[str, int], np.ndarray]:
