@@ -3,15 +3,18 @@ trains them (a restart, another worker or instance, `rules check`).
 
 One `.npz` of plain arrays per model (read with allow_pickle=False), named by the rules'
 training digest (examples, out-of-scope texts, embeddings, encoder band), the encoder weights'
-hash and FORMAT, which changes whenever training or the arrays' meaning does. The newest
+hash and the source of the modules that train it (classifier.py, cascade.py, this one), so a
+change to how models are trained or kept never loads a model trained the old way. The newest
 KEEP_FILES are kept; an unreadable or unwritable cache only costs time. Models with the
 optional embeddings block are not kept (its weights live with the embedder).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,13 +27,23 @@ from service.understanding.classifier import Classifier
 log = structlog.get_logger(__name__)
 
 MODELS_CACHE = Path.home() / ".cache" / "switchboard" / "models"
-FORMAT = "1"  # bump when classifier.train or Classifier.parts changes
 KEEP_FILES = 4
 
 
+@functools.cache
+def _code_digest() -> str:
+    """The source of what trains and keeps models: another version never shares a file."""
+    from service.understanding import cascade, classifier
+
+    h = hashlib.sha256()
+    for module in (classifier, cascade, sys.modules[__name__]):
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()
+
+
 def _path(directory: Path, training_digest: str, weights_sha256: str) -> Path:
-    key = hashlib.sha256(f"{FORMAT}\n{weights_sha256}\n{training_digest}".encode()).hexdigest()
-    return directory / f"model-{key[:32]}.npz"
+    key = hashlib.sha256(f"{_code_digest()}\n{weights_sha256}\n{training_digest}".encode())
+    return directory / f"model-{key.hexdigest()[:32]}.npz"
 
 
 def load_model(directory: Path | None, training_digest: str, encoder: Encoder | None,
