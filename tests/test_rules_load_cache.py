@@ -102,10 +102,24 @@ def test_a_catalog_caps_the_encoder_stages_rows_and_encodes_only_those(tmp_path,
                                                                        monkeypatch):
     counting = CountingEncoder()
     monkeypatch.setattr(loader, "encoder", lambda: counting)
-    rules = load_rules(write_rules(tmp_path / "rules", "encoder_examples: 2"))
+    directory = write_rules(tmp_path / "rules", "encoder_examples: 2")
+    (directory / "data").mkdir()
+    (directory / "data" / "more.csv").write_text("text,contact_type\n" + "".join(
+        f"parcel question {n},track\nmoney back please {n},refund\n" for n in range(5)))
+    with (directory / "catalog.yaml").open("a") as catalog:
+        catalog.write("training_data:\n  - data/more.csv\n")
+    rules = load_rules(directory)
     assert rules.catalog.encoder_examples == 2
-    assert len(counting.texts) == 4  # two of each type's four examples
+    # the four hand-picked examples of each type, and two of the file's five
+    assert len(counting.texts) == 12
+    assert set(rules.catalog.hand_picked) <= set(counting.texts)
     assert rules.classifier.predict("where is my parcel").contact_type == "track"
     for bad in ("encoder_examples: 0", "encoder_examples: many"):
         with pytest.raises(ConfigError, match="encoder_examples must be a whole number"):
             load_rules(write_rules(tmp_path / "bad", bad), with_classifier=False)
+
+
+def test_hand_picked_texts_are_always_in_the_stage_sample():
+    texts = [f"row {n}" for n in range(10)]
+    picked = stage_sample(texts, ["big"] * 10, 2, keep={"row 7"})
+    assert "row 7" in [texts[i] for i in picked] and len(picked) == 3

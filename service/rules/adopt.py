@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from service.rules.catalog import TYPE_ID, Catalog
+from service.rules.catalog import ADOPTED_FILE, TYPE_ID, Catalog
 from service.rules.loader import Rules, load_rules
 from service.rules.yamlfile import ConfigError
 from service.understanding.clusters import normal
 
-ADOPTED_FILE = "data/adopted.csv"
 INLINE_EXAMPLES = 5  # a new type's stub shows this many; the rest go to the file
 TOP_LEVEL_KEY = re.compile(r"^[^\s#-][^:]*:")
 

@@ -15,6 +15,7 @@ from service.understanding.cascade import DEFAULT_BAND, Band
 from service.understanding.embeddings import BACKENDS, INSTALL_HINT, installed
 
 DEFAULT_REPEAT_WINDOW_H = 72
+ADOPTED_FILE = "data/adopted.csv"  # where `switchboard unrecognised adopt` writes examples
 DEFAULT_THRESHOLD = 0.45
 TYPE_ID = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -48,6 +49,8 @@ class Catalog:
     encoder_band: Band | None = None
     # the encoder stage trains on at most this many rows a type (classifier.encoder_examples)
     encoder_examples: int | None = None
+    # texts it always trains on: the types' own examples and those adopted from traffic
+    hand_picked: frozenset[str] = frozenset()
 
     def label(self, type_id: str | None) -> str:
         return self.types[type_id].label if type_id in self.types else "Something else"
@@ -71,13 +74,19 @@ def load_catalog(directory: Path, display_dir: str,
     encoder_band = _encoder_band(check, root, classifier)
     encoder_examples = _encoder_examples(check, classifier)
     training = [(ex, t.id) for t in types.values() for ex in t.examples]
-    training += _training_files(check, root, directory, display_dir, types)
+    hand_picked = {text for text, _ in training}
+    files = _training_files(check, root, directory, display_dir, types)
+    for rel, rows in files:
+        training += rows
+        if rel == ADOPTED_FILE:
+            hand_picked |= {text for text, _ in rows}
     background = without_examples(background_texts(), tuple(training)) \
         if _background(check, classifier) else ()
     check.raise_if_any()
     return Catalog(types=types, threshold=threshold, training=tuple(training),
                    out_of_scope=out_of_scope, embeddings=embeddings, background=background,
-                   encoder_band=encoder_band, encoder_examples=encoder_examples)
+                   encoder_band=encoder_band, encoder_examples=encoder_examples,
+                   hand_picked=frozenset(hand_picked))
 
 
 def _contact_types(check: Checker, root: LocatedDict,
@@ -284,19 +293,21 @@ def _csv_texts(check: Checker, path: Path, name: str) -> list[str]:
 
 
 def _training_files(check: Checker, root: LocatedDict, directory: Path, display_dir: str,
-                    types: dict[str, ContactType]) -> list[tuple[str, str]]:
+                    types: dict[str, ContactType]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Each listed file and its rows."""
     files = root.get("training_data", [])
     if not isinstance(files, list):
         check.error(root, "training_data", "expected a list of CSV files", ("training_data",))
         return []
-    rows: list[tuple[str, str]] = []
+    read: list[tuple[str, list[tuple[str, str]]]] = []
     for index, rel in enumerate(files):
         path = ("training_data", index)
         if not isinstance(rel, str) or not (directory / rel).is_file():
             check.error(files, index, f"training file '{rel}' does not exist", path)
             continue
-        rows += read_training_csv(check, directory / rel, f"{display_dir}/{rel}", types)
-    return rows
+        read.append((rel, read_training_csv(check, directory / rel, f"{display_dir}/{rel}",
+                                            types)))
+    return read
 
 
 def read_training_csv(check: Checker, path: Path, name: str,

@@ -103,7 +103,8 @@ def _trained(training_digest: str, examples: tuple[tuple[str, str], ...],
     new process the model kept on disk (model_cache.py), and a new training set the encodings
     of the texts it shares with the last one."""
     if training_digest not in _trained_by_digest:
-        cascade = _cascade(catalog.encoder_band, catalog.encoder_examples)
+        keep = catalog.hand_picked | {text for text, _ in examples[len(catalog.training):]}
+        cascade = _cascade(catalog.encoder_band, catalog.encoder_examples, keep)
         weights = cascade.encoder.weights_sha256 if cascade else ""
         model = None if catalog.embeddings else load_model(
             MODELS_CACHE, training_digest, cascade and cascade.encoder, weights)
@@ -117,12 +118,15 @@ def _trained(training_digest: str, examples: tuple[tuple[str, str], ...],
     return _trained_by_digest[training_digest]
 
 
-def _cascade(band: Band | None, per_type: int | None = None) -> CascadeSpec | None:
+def _cascade(band: Band | None, per_type: int | None = None,
+             keep: frozenset[str] = frozenset()) -> CascadeSpec | None:
+    """The encoder stage's spec; `keep`: texts it trains on whatever `per_type` says (the
+    catalog's hand-picked examples and the learned ones)."""
     if band is None:
         return None
     model = encoder()
     return CascadeSpec(model, band, lambda texts: cached_encodings(model, texts, ENCODINGS_CACHE),
-                       per_type)
+                       per_type, frozenset(keep))
 
 
 def _training_digest(examples: tuple[tuple[str, str], ...], out_of_scope: tuple[str, ...],

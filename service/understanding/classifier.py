@@ -273,8 +273,9 @@ def train(examples: Iterable[tuple[str, str]], out_of_scope: Iterable[str] = (),
 def _fit_stage(texts: list[str], targets: list[str], columns: list[str],
                cascade: CascadeSpec) -> EncoderStage:
     """The encoder stage, on every row or, with the cascade's `per_type`, a sample of each
-    contact type's rows (all out-of-scope rows: the shipped corpus costs no encoding)."""
-    rows = stage_sample(texts, targets, cascade.per_type, unlimited={OUT_OF_SCOPE})
+    contact type's rows and the hand-picked ones (all out-of-scope rows: the shipped corpus
+    costs no encoding)."""
+    rows = stage_sample(texts, targets, cascade.per_type, {OUT_OF_SCOPE}, cascade.keep)
     return fit_stage(cascade.encode([texts[i] for i in rows]), [targets[i] for i in rows],
                      columns, cascade.encoder, cascade.band)
 

@@ -107,8 +107,9 @@ def _run(args: argparse.Namespace) -> tuple[ev.Report, str]:
     rows, catalog_oos, catalog_background, embeddings, with_encoder, note = _training_rows(args)
     if args.encoder_examples is not None and args.encoder_examples < 1:
         raise ev.EvalInputError("--encoder-examples must be at least 1")
-    per_type = args.encoder_examples if args.encoder_examples is not None or \
-        args.catalog is None else _catalog_encoder_examples(args.catalog)
+    per_type, keep = args.encoder_examples, frozenset()
+    if args.catalog is not None:
+        per_type, keep = _catalog_stage(args.catalog, args.encoder_examples)
     test_rows = [row for path in args.test or ()
                  for row in ev.read_labelled(path, args.text_col, args.label_col)]
     oos_label = ev.oos_label_of(rows + test_rows, args.oos_label)
@@ -124,7 +125,7 @@ def _run(args: argparse.Namespace) -> tuple[ev.Report, str]:
     if with_encoder:
         train_data = ev.Dataset(train_data.examples, train_data.out_of_scope,
                                 train_data.embedder, background, _memo_encoder(train_data),
-                                per_type)
+                                per_type, keep)
     options = dict(folds=args.folds, oos_share=args.oos_share, hide_types=args.hide_types,
                    progress=_progress)
     if not args.test:
@@ -136,10 +137,13 @@ def _run(args: argparse.Namespace) -> tuple[ev.Report, str]:
                        **options), note
 
 
-def _catalog_encoder_examples(directory: Path) -> int | None:
+def _catalog_stage(directory: Path, per_type: int | None) -> tuple[int | None, frozenset[str]]:
+    """The catalog's cap on the encoder stage's rows (unless given) and its hand-picked
+    examples, which the stage trains on whatever the cap."""
     from service.rules.catalog import load_catalog
 
-    return load_catalog(directory, str(directory).rstrip("/")).encoder_examples
+    catalog = load_catalog(directory, str(directory).rstrip("/"))
+    return (catalog.encoder_examples if per_type is None else per_type), catalog.hand_picked
 
 
 def _memo_encoder(data: ev.Dataset) -> MemoEncoder:
