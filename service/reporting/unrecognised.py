@@ -17,7 +17,7 @@ examples (service/rules/adopt.py).
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
@@ -117,22 +117,25 @@ async def unrecognised(conn, window: Window, labels: Mapping[str, str],
     messages = await unrecognised_messages(conn, window)
     method = method or best_method()
     clusters = await asyncio.to_thread(cluster, [m.text for m in messages], method)
+    said: dict[str, list[Unrecognised]] = defaultdict(list)
+    for message in messages:
+        said[normal(message.text)].append(message)
     return {**window.as_dict(), "as_of": iso(datetime.now(timezone.utc)),
             "similarity": {"method": method.name, "threshold": method.threshold,
                            "rule": "leader clustering: a message joins the cluster whose "
                                    "first message is most similar (cosine) if at least "
                                    "the threshold, else starts one"},
             "messages": len(messages),
-            "clusters": [describe(c, messages, labels) for c in clusters]}
+            "clusters": [describe(c, said, labels) for c in clusters]}
 
 
-def describe(found: Cluster, messages: Sequence[Unrecognised],
+def describe(found: Cluster, said: Mapping[str, Sequence[Unrecognised]],
              labels: Mapping[str, str]) -> dict[str, Any]:
-    """One cluster's counts, examples and the types agents chose for its contacts."""
-    keys = {normal(t) for t in found.texts}
-    mine = [m for m in messages if normal(m.text) in keys]
+    """One cluster's counts, examples and the types agents chose for its contacts (`said`:
+    the messages under each distinct text)."""
+    mine = [m for text in found.texts for m in said[normal(text)]]
     how = Counter(m.how for m in mine)
-    chosen = Counter(t for t in {(m.contact_id, m.agent_type) for m in mine if m.agent_type})
+    chosen = {(m.contact_id, m.agent_type) for m in mine if m.agent_type}
     agent_types = Counter(agent_type for _, agent_type in chosen)
     return {"id": found.id, "messages": len(mine),
             "contacts": len({m.contact_id for m in mine}),

@@ -19,7 +19,7 @@ from typing import Any
 
 from service.reporting import reports
 from service.reporting.cli import _connect, _database, _fail
-from service.reporting.reports import BadWindow, Window
+from service.reporting.reports import BadWindow
 from service.settings import Settings
 
 
@@ -55,7 +55,7 @@ def _window_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", dest="end", metavar="TO", help="end, exclusive (default: now)")
 
 
-def _fetch(settings: Settings, window: Window, query) -> Any:
+def _fetch(settings: Settings, query) -> Any:
     async def run(url: str) -> Any:
         conn = await _connect(url)
         try:
@@ -81,7 +81,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     except ConfigError as exc:
         return _fail(f"the rules in {settings.rules_dir} are invalid:\n{exc}")
     labels = {t.id: t.label for t in catalog.types.values()}
-    report = _fetch(settings, window, lambda conn: unrecognised(conn, window, labels))
+    report = _fetch(settings, lambda conn: unrecognised(conn, window, labels))
     print(json.dumps(report, indent=2) if args.format == "json" else table(report), end="\n"
           if args.format == "json" else "")
     return 0
@@ -100,7 +100,7 @@ def cmd_adopt(args: argparse.Namespace, settings: Settings) -> int:
     if not (directory / "catalog.yaml").is_file():
         return _fail(f"{directory} is not a rules directory (no catalog.yaml in it); "
                      "nothing was written", 2)
-    messages = _fetch(settings, window, lambda conn: unrecognised_messages(conn, window))
+    messages = _fetch(settings, lambda conn: unrecognised_messages(conn, window))
     found = find_cluster(cluster([m.text for m in messages], best_method()), args.cluster_id)
     if found is None:
         return _fail(f"no cluster '{args.cluster_id}' in the unrecognised traffic from "
