@@ -28,6 +28,7 @@ from service.understanding.clusters import normal
 
 INLINE_EXAMPLES = 5  # a new type's stub shows this many; the rest go to the file
 TOP_LEVEL_KEY = re.compile(r"^[^\s#-][^:]*:")
+PLAIN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_. -]*$")
 
 
 class AdoptError(Exception):
@@ -141,7 +142,7 @@ def add_contact_type(text: str, type_id: str, label: str, skills: Sequence[str],
     indent = _indent(lines[body[0]]) if body else "  "
     inner = indent + "  "
     stub = [f"\n{indent}{type_id}:\n", f"{inner}label: {json.dumps(label)}\n",
-            f"{inner}skills: [{', '.join(skills)}]\n",
+            f"{inner}skills: [{', '.join(map(_scalar, skills))}]\n",
             f"{inner}agent_only: true  # from unrecognised traffic: give it an answer or a "
             "flow when ready\n", f"{inner}examples:\n",
             *(f"{inner}  - {json.dumps(e, ensure_ascii=False)}\n" for e in examples)]
@@ -150,6 +151,11 @@ def add_contact_type(text: str, type_id: str, label: str, skills: Sequence[str],
     if head and not head[-1].endswith("\n"):
         head[-1] += "\n"
     return "".join([*head, *stub, *lines[at:]])
+
+
+def _scalar(text: str) -> str:
+    """A flow-list item as written by hand when plain, quoted when YAML would misread it."""
+    return text if PLAIN.match(text) else json.dumps(text, ensure_ascii=False)
 
 
 def _key_line(lines: list[str], key: str) -> int | None:
