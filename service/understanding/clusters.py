@@ -13,6 +13,7 @@ does, whatever else arrives.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -117,14 +118,17 @@ class _MemoVectoriser:
 
     def __init__(self, embed: Vectoriser, limit: int = 20_000):
         self._embed, self._limit, self._known = embed, limit, {}
+        self._lock = threading.Lock()  # reports cluster in worker threads, maybe two at once
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        missing = list(dict.fromkeys(t for t in texts if t not in self._known))
-        if len(self._known) + len(missing) > self._limit:
-            self._known.clear()
-        if missing:
-            self._known.update(zip(missing, self._embed(missing)))
-        return np.stack([self._known[t] for t in texts])
+        with self._lock:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._known))
+            if len(self._known) + len(missing) > self._limit:
+                self._known.clear()
+                missing = list(dict.fromkeys(texts))
+            if missing:
+                self._known.update(zip(missing, self._embed(missing)))
+            return np.stack([self._known[t] for t in texts])
 
 
 _encoder_method: Method | None = None
