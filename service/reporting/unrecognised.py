@@ -122,9 +122,9 @@ async def unrecognised(conn, window: Window, labels: Mapping[str, str],
         said[normal(message.text)].append(message)
     return {**window.as_dict(), "as_of": iso(datetime.now(timezone.utc)),
             "similarity": {"method": method.name, "threshold": method.threshold,
-                           "rule": "leader clustering: a message joins the cluster whose "
-                                   "first message is most similar (cosine) if at least "
-                                   "the threshold, else starts one"},
+                           "rule": "leader clustering, most said first: a message joins the "
+                                   "cluster whose centroid is most similar (cosine) if at "
+                                   "least the threshold, else starts one"},
             "messages": len(messages),
             "clusters": [describe(c, said, labels) for c in clusters]}
 
@@ -147,4 +147,5 @@ def describe(found: Cluster, said: Mapping[str, Sequence[Unrecognised]],
 
 
 def find_cluster(clusters: Sequence[Cluster], cluster_id: str) -> Cluster | None:
+    """The cluster with this id, if the clustering has one."""
     return next((c for c in clusters if c.id == cluster_id), None)
