@@ -104,11 +104,14 @@ async def test_unrecognised_traffic_is_clustered_and_an_adopted_cluster_is_then_
         token = await create_token(db, "ops", "tests")
         auth = {"Authorization": f"Bearer {token}"}
         assert (await client.get(f"{path}?from=tomorrow", headers=auth)).status == 400
+        assert (await client.get(f"{path}?limit=0", headers=auth)).status == 400
+        largest = await (await client.get(f"{path}?limit=1", headers=auth)).json()
+        assert (len(largest["clusters"]), largest["clusters_total"]) == (1, 3)
         response = await client.get(path, headers=auth)
         assert response.status == 200
         report = await response.json()
         assert report["similarity"]["method"] == "encoder"
-        assert report["messages"] == 7
+        assert (report["messages"], report["clusters_total"]) == (7, 3)
         clusters = by_examples(report)
         crypto = clusters[frozenset(CRYPTO)]
         assert (crypto["messages"], crypto["contacts"], crypto["agent_types"]) == (3, 3, [])

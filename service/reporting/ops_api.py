@@ -4,7 +4,7 @@
     GET /api/reports/matrix?from=&to=                          touchpoint matrix
     GET /api/reports/candidates?from=&to=                      self-service candidates, ranked
     GET /api/reports/journeys?from=&to=[&limit=5]              journeys and drop-outs
-    GET /api/reports/unrecognised?from=&to=                    unrecognised traffic, clustered
+    GET /api/reports/unrecognised?from=&to=[&limit=50]         unrecognised traffic, clustered
     GET /api/reports/trend?from=&to=[&bucket=hour|day|week]    headline rates over time
     GET /api/queues                                            now: waiting, longest wait, agents
     POST /api/rules/reload                                     reload this instance's rules
@@ -198,8 +198,10 @@ async def trend(request: web.Request) -> web.Response:
 async def unrecognised_traffic(request: web.Request) -> web.Response:
     """Refused, clarified, escalated and corrected messages, in clusters of like ones."""
     window = _window(request)
+    limit = int(_number(request, "limit", unrecognised.DEFAULT_LIMIT, 1, 1000, whole=True))
     labels = {t.id: t.label for t in request.app[RULES].current.catalog.types.values()}
-    return _json(await unrecognised.unrecognised(request.app[PG], window, labels))
+    return _json(await unrecognised.unrecognised(request.app[PG], window, labels,
+                                                 limit=limit))
 
 
 # ---- live -------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from service.understanding.clusters import Cluster, Method, best_method, cluster
 
 HOW = ("refused", "clarified", "escalated", "corrected")
 EXAMPLES = 5
+DEFAULT_LIMIT = 50  # clusters shown, largest first; `clusters_total` counts them all
 MAX_MESSAGES = 20_000  # the newest, per report
 
 # The customer's words before each miss (typed or spoken, not keys), how it went on, and
@@ -111,9 +112,10 @@ async def unrecognised_messages(conn, window: Window) -> list[Unrecognised]:
 
 
 async def unrecognised(conn, window: Window, labels: Mapping[str, str],
-                       method: Method | None = None) -> dict[str, Any]:
-    """The report: clusters of unrecognised messages, largest first (`method`: how texts are
-    compared; the encoder's when installed)."""
+                       method: Method | None = None, limit: int = DEFAULT_LIMIT
+                       ) -> dict[str, Any]:
+    """The report: the `limit` largest clusters of unrecognised messages (`method`: how texts
+    are compared; the encoder's when installed)."""
     messages = await unrecognised_messages(conn, window)
     method = method or best_method()
     clusters = await asyncio.to_thread(cluster, [m.text for m in messages], method)
@@ -125,8 +127,8 @@ async def unrecognised(conn, window: Window, labels: Mapping[str, str],
                            "rule": "leader clustering, most said first: a message joins the "
                                    "cluster whose centroid is most similar (cosine) if at "
                                    "least the threshold, else starts one"},
-            "messages": len(messages),
-            "clusters": [describe(c, said, labels) for c in clusters]}
+            "messages": len(messages), "clusters_total": len(clusters),
+            "clusters": [describe(c, said, labels) for c in clusters[:limit]]}
 
 
 def describe(found: Cluster, said: Mapping[str, Sequence[Unrecognised]],

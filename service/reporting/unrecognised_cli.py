@@ -27,11 +27,13 @@ def add_parser(commands) -> None:
     parser = commands.add_parser(
         "unrecognised", help="what customers said that was refused, clarified, escalated for "
         "low confidence or corrected at wrap-up, in clusters; adopt one as training examples")
-    parser.set_defaults(func=cmd_report, start=None, end=None, format="table")
+    parser.set_defaults(func=cmd_report, start=None, end=None, format="table", limit=50)
     actions = parser.add_subparsers(dest="unrecognised_command", required=False)
     report = actions.add_parser("report", help="the clusters (the default)")
     _window_options(report)
     report.add_argument("--format", choices=("table", "json"), default="table")
+    report.add_argument("--limit", type=int, default=50,
+                        help="the largest clusters to show (default 50)")
     report.set_defaults(func=cmd_report)
     adopt = actions.add_parser(
         "adopt", help="write a cluster's messages into the rules directory as examples of a "
@@ -76,12 +78,15 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
         window = reports.parse_window(args.start, args.end)
     except BadWindow as exc:
         return _fail(str(exc), 2)
+    if args.limit < 1:
+        return _fail("--limit must be at least 1", 2)
     try:
         catalog = load_rules(settings.rules_dir, with_classifier=False).catalog
     except ConfigError as exc:
         return _fail(f"the rules in {settings.rules_dir} are invalid:\n{exc}")
     labels = {t.id: t.label for t in catalog.types.values()}
-    report = _fetch(settings, lambda conn: unrecognised(conn, window, labels))
+    report = _fetch(settings, lambda conn: unrecognised(conn, window, labels,
+                                                        limit=args.limit))
     print(json.dumps(report, indent=2) if args.format == "json" else table(report), end="\n"
           if args.format == "json" else "")
     return 0
@@ -124,7 +129,7 @@ def table(report: dict[str, Any]) -> str:
     """The clusters as plain text: counts per way, agents' types and examples."""
     method = report["similarity"]
     lines = [f"Unrecognised traffic, {report['from']} to {report['to']}: "
-             f"{report['messages']} messages in {len(report['clusters'])} clusters "
+             f"{report['messages']} messages in {report['clusters_total']} clusters "
              f"({method['method']} similarity >= {method['threshold']})", ""]
     for found in report["clusters"]:
         how = ", ".join(f"{n} {k}" for k, n in found["how"].items() if n)
@@ -137,5 +142,7 @@ def table(report: dict[str, Any]) -> str:
         lines.append("")
     if not report["clusters"]:
         lines.append("Nothing unrecognised in this window.")
+    elif report["clusters_total"] > len(report["clusters"]):
+        lines.append(f"(the {len(report['clusters'])} largest shown; --limit shows more)")
     lines.append("Adopt a cluster: switchboard unrecognised adopt CLUSTER_ID --type TYPE [--new]")
     return "\n".join(lines) + "\n"

@@ -476,7 +476,9 @@ function renderUnrecognised(report) {
   }
   $("unrecognised").replaceChildren(head, el("tbody", {}, ...rows));
   const how = report.similarity;
-  $("unrecognised-note").replaceChildren(`${report.messages} messages · clustered by ` +
+  const shown = report.clusters_total > report.clusters.length
+    ? ` · the ${report.clusters.length} largest of ${report.clusters_total} clusters` : "";
+  $("unrecognised-note").replaceChildren(`${report.messages} messages${shown} · clustered by ` +
     `${how.method === "encoder" ? "sentence embeddings" : "n-gram TF-IDF"}, similarity ≥ ` +
     `${how.threshold} · turn a cluster into training examples: `,
   el("code", { text: "switchboard unrecognised adopt CLUSTER --type TYPE [--new]" }));
