@@ -153,6 +153,7 @@ async def test_unrecognised_traffic_is_clustered_and_an_adopted_cluster_is_then_
                 (["adopt", "u00000000", "--type", "check_payment_methods"], "no cluster"),
                 (["adopt", crypto["id"], "--type", "crypto_payments"], "unknown contact type"),
                 (["adopt", crypto["id"], "--type", "track_order", "--new"], "exists already"),
+                (["adopt", crypto["id"], "--type", "track_order", "--skill", "x"], "need --new"),
                 (["adopt", crypto["id"], "--type", "check_payment_methods", "--rules",
                   str(rules_copy / "data")], "not a rules directory")):
             assert await asyncio.to_thread(main, ["unrecognised", *argv]) == 2, argv

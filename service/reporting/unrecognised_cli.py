@@ -102,6 +102,9 @@ def cmd_adopt(args: argparse.Namespace, settings: Settings) -> int:
         window = reports.parse_window(args.start, args.end)
     except BadWindow as exc:
         return _fail(str(exc), 2)
+    if not args.new and (args.label or args.skill):
+        return _fail("--label and --skill describe a new contact type: they need --new; "
+                     "nothing was written", 2)
     if not (directory / "catalog.yaml").is_file():
         return _fail(f"{directory} is not a rules directory (no catalog.yaml in it); "
                      "nothing was written", 2)
