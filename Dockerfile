@@ -23,6 +23,10 @@ RUN pip install --no-cache-dir -e ".${EXTRAS:+[$EXTRAS]}" \
  && useradd --system --home /var/lib/switchboard --create-home switchboard
 
 USER switchboard
+# Encode and train the default rules once, at build time: the image carries the encodings and
+# the trained model (~/.cache/switchboard), so a container's first load reads them instead of
+# encoding (docs/classifier.md, "What a rules load costs"). Do the same for your own rules.
+RUN switchboard rules test routing_rules text=hello > /dev/null
 EXPOSE 8080
 ENTRYPOINT ["switchboard"]
 CMD ["serve"]

@@ -113,10 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     add.set_defaults(func=cmd_customers_add)
 
     from service.reporting import cli as cli_ops
+    from service.reporting import unrecognised_cli
     from service.understanding import cli as cli_classify
 
     cli_ops.add_parsers(commands)
     experiments_cli.add_parsers(commands)
+    unrecognised_cli.add_parser(commands)
     cli_classify.add_parser(commands)
     return parser
 

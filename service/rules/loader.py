@@ -23,6 +23,7 @@ from service.understanding.cascade import Band, CascadeSpec
 from service.understanding.classifier import Classifier, train
 from service.understanding.embeddings import embedder
 from service.understanding.encoder import ENCODINGS_CACHE, cached_encodings, encoder
+from service.understanding.model_cache import MODELS_CACHE, load_model, save_model
 
 # flows, redaction, surveys and experiments are optional
 RULE_FILES = ("catalog.yaml", "routes.yaml", "flows.yaml", "redaction.yaml", "surveys.yaml",
@@ -61,7 +62,7 @@ def load_rules(directory: Path, *, with_classifier: bool = True,
     examples = catalog.training + learned
     out_of_scope = catalog.out_of_scope + catalog.background
     training_digest = _training_digest(examples, out_of_scope, catalog.embeddings,
-                                       catalog.encoder_band)
+                                       catalog.encoder_band, catalog.encoder_examples)
     classifier = _trained(training_digest, examples, out_of_scope, catalog) \
         if with_classifier else None
     return Rules(directory, _digest(files, training_digest), catalog, tree, classifier,
@@ -103,30 +104,45 @@ _trained_by_digest: dict[str, Classifier] = {}
 
 def _trained(training_digest: str, examples: tuple[tuple[str, str], ...],
              out_of_scope: tuple[str, ...], catalog: Catalog) -> Classifier:
-    """Training takes seconds; a reload that leaves the examples alone reuses the model, and
-    a new process reuses the training set's encodings from the disk cache."""
+    """Training takes seconds; a reload that leaves the examples alone reuses the model, a
+    new process the model kept on disk (model_cache.py), and a new training set the encodings
+    of the texts it shares with the last one."""
     if training_digest not in _trained_by_digest:
-        model = train(examples, out_of_scope=out_of_scope,
-                      embedder=embedder(catalog.embeddings) if catalog.embeddings else None,
-                      cascade=_cascade(catalog.encoder_band))
+        keep = catalog.hand_picked | {text for text, _ in examples[len(catalog.training):]}
+        cascade = _cascade(catalog.encoder_band, catalog.encoder_examples, keep)
+        weights = cascade.encoder.weights_sha256 if cascade else ""
+        model = None if catalog.embeddings else load_model(
+            MODELS_CACHE, training_digest, cascade and cascade.encoder, weights)
+        if model is None:
+            model = train(examples, out_of_scope=out_of_scope,
+                          embedder=embedder(catalog.embeddings) if catalog.embeddings else None,
+                          cascade=cascade)
+            save_model(MODELS_CACHE, training_digest, model, weights)
         while len(_trained_by_digest) >= KEPT_MODELS:
             del _trained_by_digest[next(iter(_trained_by_digest))]
         _trained_by_digest[training_digest] = model
     return _trained_by_digest[training_digest]
 
 
-def _cascade(band: Band | None) -> CascadeSpec | None:
+def _cascade(band: Band | None, per_type: int | None = None,
+             keep: frozenset[str] = frozenset()) -> CascadeSpec | None:
+    """The encoder stage's spec; `keep`: texts it trains on whatever `per_type` says (the
+    catalog's hand-picked examples and the learned ones)."""
     if band is None:
         return None
     model = encoder()
-    return CascadeSpec(model, band, lambda texts: cached_encodings(model, texts, ENCODINGS_CACHE))
+    return CascadeSpec(model, band, lambda texts: cached_encodings(model, texts, ENCODINGS_CACHE),
+                       per_type, frozenset(keep))
 
 
 def _training_digest(examples: tuple[tuple[str, str], ...], out_of_scope: tuple[str, ...],
-                     embeddings: str | None, encoder_band: Band | None = None) -> str:
+                     embeddings: str | None, encoder_band: Band | None = None,
+                     encoder_examples: int | None = None) -> str:
     h = hashlib.sha256(f"embeddings={embeddings}\n".encode() if embeddings else b"")
     if encoder_band is not None:
         h.update(f"encoder_band={encoder_band}\n".encode())
+    if encoder_examples is not None:
+        h.update(f"encoder_examples={encoder_examples}\n".encode())
     for text, label in examples:
         h.update(f"{label}\t{text}\n".encode())
     for text in out_of_scope:

@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 from pathlib import Path
+
+import numpy as np
 
 DATA_DIR = Path(__file__).parent / "data"
 FILES = ("clinc150_background.csv", "fragments.csv")
+# The corpus's transformer encodings, float16, computed once (`python -m
+# service.understanding.background`) so no rules load has to encode the corpus
+ENCODINGS = DATA_DIR / "background_encodings.npz"
 
 
 @functools.cache
@@ -37,3 +43,44 @@ def without_examples(texts: tuple[str, ...], examples: tuple[tuple[str, str], ..
 
 def _normal(text: str) -> str:
     return " ".join(text.lower().split())
+
+
+def text_keys(texts) -> np.ndarray:
+    """The SHA-256 of each text: how encodings of texts are looked up (encoder.py's cache)."""
+    return np.array([hashlib.sha256(t.encode()).digest() for t in texts], dtype="S32")
+
+
+def corpus_digest(texts: tuple[str, ...]) -> str:
+    return hashlib.sha256(text_keys(texts).tobytes()).hexdigest()
+
+
+@functools.cache
+def shipped_encodings(weights_sha256: str) -> dict[bytes, np.ndarray]:
+    """Text key -> float32 vector of the shipped encodings, when they were made by these
+    weights from this corpus (else none: the texts are encoded as any others)."""
+    try:
+        with np.load(ENCODINGS, allow_pickle=False) as data:
+            weights, corpus = str(data["weights_sha256"]), str(data["corpus_sha256"])
+            keys, vectors = data["keys"], data["vectors"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    if weights != weights_sha256 or corpus != corpus_digest(background_texts()):
+        return {}
+    return dict(zip(keys.tolist(), vectors.astype(np.float32)))
+
+
+def write_shipped_encodings() -> Path:
+    """Encode the corpus with the installed encoder and write ENCODINGS (a maintainer's step
+    after the corpus or the pinned weights change; a test checks the file is current)."""
+    from service.understanding.encoder import encoder
+
+    model, texts = encoder(), background_texts()
+    vectors = model.embed(texts).astype(np.float16)
+    np.savez_compressed(ENCODINGS, keys=text_keys(texts), vectors=vectors,
+                        weights_sha256=np.array(model.weights_sha256),
+                        corpus_sha256=np.array(corpus_digest(texts)))
+    return ENCODINGS
+
+
+if __name__ == "__main__":
+    print(f"wrote {write_shipped_encodings()}")

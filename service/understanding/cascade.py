@@ -10,8 +10,10 @@ is chosen by cross-validation on the training rows (classify_eval.py), as the th
 
 from __future__ import annotations
 
+import hashlib
+from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Collection, Protocol, Sequence
 
 import numpy as np
 
@@ -79,9 +81,35 @@ class CascadeSpec:
     encoder: Encoder
     band: Band = DEFAULT_BAND
     encodings: Encodings | None = None  # None: encoder.embed
+    per_type: int | None = None  # the stage trains on at most this many rows a type...
+    keep: frozenset[str] = frozenset()  # ...and on these texts whatever the cap
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         return (self.encodings or self.encoder.embed)(texts)
+
+
+def stage_sample(texts: Sequence[str], targets: Sequence[str], per_type: int | None,
+                 unlimited: Collection[str] = (), keep: Collection[str] = ()) -> list[int]:
+    """The rows the encoder stage trains on: all of them without a cap; else every row of a
+    class with at most `per_type` rows or in `unlimited`, and `per_type` rows of each larger
+    class, those whose texts have the smallest SHA-256 (a sample that does not depend on the
+    rows' order, and that rows added to a type change by at most as many rows), plus every
+    row whose text is in `keep` (hand-picked examples)."""
+    if per_type is None:
+        return list(range(len(texts)))
+    by_class: dict[str, list[int]] = defaultdict(list)
+    kept: list[int] = []
+    for i, target in enumerate(targets):
+        if texts[i] in keep and target not in unlimited:
+            kept.append(i)
+        else:
+            by_class[target].append(i)
+    for target, rows in by_class.items():
+        if target not in unlimited and len(rows) > per_type:
+            rows = sorted(rows, key=lambda i: hashlib.sha256(texts[i].encode()).digest())
+            rows = rows[:per_type]
+        kept += rows
+    return sorted(kept)
 
 
 class MemoEncoder:

@@ -35,7 +35,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from service.understanding.cascade import CascadeSpec, EncoderStage, fit_stage
+from service.understanding.cascade import (
+    CascadeSpec,
+    Encoder,
+    EncoderStage,
+    fit_stage,
+    stage_sample,
+)
 from service.understanding.embeddings import SentenceEmbedder
 
 TOKEN = re.compile(r"[a-z0-9']+")
@@ -139,6 +145,34 @@ class Classifier:
         self._bigram_columns = {tuple(f[2:].split(" ")): i for f, i in vocabulary.items()
                                 if f.startswith("b:")}
 
+    def parts(self) -> dict[str, np.ndarray] | None:
+        """The trained model as plain arrays (model_cache.py keeps them on disk); None with an
+        embedder, whose dense block is not kept."""
+        if self._embedder is not None:
+            return None
+        parts = {"labels": np.array(self.labels), "idf": self._idf, "weights": self._weights,
+                 "bias": self._bias, "out_of_scope": np.array(self._has_out_of_scope),
+                 "vocabulary": np.frombuffer("\n".join(self._vocabulary).encode(), np.uint8)}
+        if self.encoder_stage is not None:
+            stage = self.encoder_stage
+            parts |= {"stage_weights": stage.weights, "stage_bias": stage.bias,
+                      "stage_band": np.array(stage.band)}
+        return parts
+
+    @classmethod
+    def from_parts(cls, parts: dict[str, np.ndarray], encoder: Encoder | None) -> "Classifier":
+        """The model `parts()` gave; `encoder` for its stage, if it has one."""
+        words = bytes(parts["vocabulary"]).decode().split("\n")
+        stage = None
+        if "stage_weights" in parts and encoder is not None:
+            low, high = (float(v) for v in parts["stage_band"])
+            stage = EncoderStage(encoder, parts["stage_weights"], parts["stage_bias"],
+                                 (low, high))
+        return cls([str(label) for label in parts["labels"]],
+                   {feature: i for i, feature in enumerate(words)}, parts["idf"],
+                   parts["weights"], parts["bias"], out_of_scope=bool(parts["out_of_scope"]),
+                   encoder_stage=stage)
+
     def predict(self, text: str, top: int = 3) -> Prediction:
         """The cheap model's prediction, or the encoder stage's when the cheap model's
         confidence falls in the stage's band."""
@@ -230,11 +264,20 @@ def train(examples: Iterable[tuple[str, str]], out_of_scope: Iterable[str] = (),
     dense_weights = None
     if embedder is not None:
         weights, dense_weights = weights[:len(vocabulary)], weights[len(vocabulary):]
-    stage = None if cascade is None else fit_stage(
-        cascade.encode([*texts, *extra]), targets, columns, cascade.encoder, cascade.band)
+    stage = None if cascade is None else _fit_stage([*texts, *extra], targets, columns, cascade)
     return Classifier(classes, vocabulary, idf, np.ascontiguousarray(weights), bias,
                       out_of_scope=bool(extra), embedder=embedder,
                       dense_weights=dense_weights, encoder_stage=stage)
+
+
+def _fit_stage(texts: list[str], targets: list[str], columns: list[str],
+               cascade: CascadeSpec) -> EncoderStage:
+    """The encoder stage, on every row or, with the cascade's `per_type`, a sample of each
+    contact type's rows and the hand-picked ones (all out-of-scope rows: the shipped corpus
+    costs no encoding)."""
+    rows = stage_sample(texts, targets, cascade.per_type, {OUT_OF_SCOPE}, cascade.keep)
+    return fit_stage(cascade.encode([texts[i] for i in rows]), [targets[i] for i in rows],
+                     columns, cascade.encoder, cascade.band)
 
 
 def _vocabulary_and_idf(counted: list[Counter[str]]) -> tuple[dict[str, int], np.ndarray]:

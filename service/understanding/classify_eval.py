@@ -54,6 +54,8 @@ class Dataset:
     # out of scope too, but only ever trained on: the shipped corpus, not the data under test
     background: list[str] = field(default_factory=list)
     encoder: Encoder | None = None  # the cascade's encoder (a MemoEncoder here), if any
+    stage_per_type: int | None = None  # the encoder stage's rows a type (catalog's setting)
+    stage_keep: frozenset[str] = frozenset()  # ...and the texts it always trains on
 
     def __len__(self) -> int:
         return len(self.examples) + len(self.out_of_scope) + len(self.background)
@@ -333,7 +335,8 @@ class _Scored:
 
 def _fit(data: Dataset, band: Band | None = None) -> Classifier:
     """A model as the service trains it; with an encoder and a band, the cascade."""
-    cascade = CascadeSpec(data.encoder, band) if data.encoder and band else None
+    cascade = CascadeSpec(data.encoder, band, per_type=data.stage_per_type,
+                          keep=data.stage_keep) if data.encoder and band else None
     try:
         return train(data.examples, out_of_scope=data.out_of_scope + data.background,
                      embedder=data.embedder, cascade=cascade)
@@ -345,7 +348,7 @@ def _subset(data: Dataset, rows: list[tuple[str, str]], keep: np.ndarray,
             oos_label: str) -> Dataset:
     part = split_out_of_scope([row for row, k in zip(rows, keep) if k], oos_label)
     return Dataset(part.examples, part.out_of_scope, data.embedder, data.background,
-                   data.encoder)
+                   data.encoder, data.stage_per_type, data.stage_keep)
 
 
 @dataclass(frozen=True)
@@ -363,7 +366,8 @@ def cross_validated_choice(data: Dataset, folds: int, oos_share: float,
     threshold must refuse when a catalog has no out-of-scope rows of its own. With an
     encoder, each model is a cascade and the band is chosen with the threshold."""
     data = Dataset(data.examples, data.out_of_scope + data.background, data.embedder,
-                   encoder=data.encoder)
+                   encoder=data.encoder, stage_per_type=data.stage_per_type,
+                   stage_keep=data.stage_keep)
     rows = data.labelled(oos_label)
     fold = fold_of_each([label for _, label in rows], folds)
     types = sorted({label for _, label in data.examples})

@@ -68,6 +68,9 @@ def add_parser(commands) -> None:
                         help="the transformer encoder decides the messages the n-gram model is "
                              "unsure of, in a band chosen by cross-validation (default: on; "
                              "--catalog follows the catalog's classifier.encoder)")
+    parser.add_argument("--encoder-examples", type=int, metavar="N",
+                        help="train the encoder stage on at most N rows a contact type "
+                             "(--catalog follows the catalog's classifier.encoder_examples)")
     parser.add_argument("--predictions", type=Path, metavar="FILE",
                         help="write every scored message to this CSV: text, expected, "
                              "predicted, confidence, refused")
@@ -102,6 +105,11 @@ def _run(args: argparse.Namespace) -> tuple[ev.Report, str]:
         raise ev.EvalInputError(f"no such directory for --predictions: "
                                 f"{args.predictions.parent}")
     rows, catalog_oos, catalog_background, embeddings, with_encoder, note = _training_rows(args)
+    if args.encoder_examples is not None and args.encoder_examples < 1:
+        raise ev.EvalInputError("--encoder-examples must be at least 1")
+    per_type, keep = args.encoder_examples, frozenset()
+    if args.catalog is not None:
+        per_type, keep = _catalog_stage(args.catalog, args.encoder_examples)
     test_rows = [row for path in args.test or ()
                  for row in ev.read_labelled(path, args.text_col, args.label_col)]
     oos_label = ev.oos_label_of(rows + test_rows, args.oos_label)
@@ -116,7 +124,8 @@ def _run(args: argparse.Namespace) -> tuple[ev.Report, str]:
                             embedder(embeddings) if embeddings else None, background)
     if with_encoder:
         train_data = ev.Dataset(train_data.examples, train_data.out_of_scope,
-                                train_data.embedder, background, _memo_encoder(train_data))
+                                train_data.embedder, background, _memo_encoder(train_data),
+                                per_type, keep)
     options = dict(folds=args.folds, oos_share=args.oos_share, hide_types=args.hide_types,
                    progress=_progress)
     if not args.test:
@@ -126,6 +135,15 @@ def _run(args: argparse.Namespace) -> tuple[ev.Report, str]:
     _progress(f"training on {len(train_data):,} rows, scoring {len(test_rows):,}")
     return ev.evaluate(train_data, ev.split_out_of_scope(test_rows, oos_label), oos_label,
                        **options), note
+
+
+def _catalog_stage(directory: Path, per_type: int | None) -> tuple[int | None, frozenset[str]]:
+    """The catalog's cap on the encoder stage's rows (unless given) and its hand-picked
+    examples, which the stage trains on whatever the cap."""
+    from service.rules.catalog import load_catalog
+
+    catalog = load_catalog(directory, str(directory).rstrip("/"))
+    return (catalog.encoder_examples if per_type is None else per_type), catalog.hand_picked
 
 
 def _memo_encoder(data: ev.Dataset) -> MemoEncoder:

@@ -204,6 +204,7 @@ async function load(range) {
     setStatus("");
     refreshQueues();
     loadExperiments(range, token);
+    loadUnrecognised(range, token);
   } catch (error) {
     if (error instanceof Unauthorized) {
       sessionStorage.removeItem(TOKEN_KEY);
@@ -621,6 +622,54 @@ function canaryBlock(canary) {
         : el("span", { class: "verdict control", text: "reference" }) })),
     `Canary ${canary.id}`, "Guardrails"),
     el("ul", { class: "guardrails" }, ...guards));
+}
+
+// ---- unrecognised traffic (/api/reports/unrecognised) -----------------------------------------
+
+const UNRECOGNISED_HOW = [["Refused", "refused"], ["Clarified", "clarified"],
+  ["Escalated", "escalated"], ["Corrected", "corrected"]];
+
+async function loadUnrecognised(range, token) {
+  $("unrecognised-note").textContent = "Loading…";
+  try {
+    renderUnrecognised(await fetchReport("unrecognised", range, token));
+  } catch (error) {
+    $("unrecognised-note").textContent = `Unrecognised traffic not loaded: ${error.message}`;
+  }
+}
+
+function renderUnrecognised(report) {
+  const head = el("thead", {}, el("tr", {},
+    el("th", { class: "text", scope: "col", text: "Cluster" }),
+    ...["Messages", "Contacts", ...UNRECOGNISED_HOW.map(([title]) => title)].map(
+      (title) => el("th", { scope: "col", text: title })),
+    el("th", { class: "text", scope: "col", text: "Agents chose" }),
+    el("th", { class: "text", scope: "col", text: "Customers said" })));
+  const rows = report.clusters.map((c) => el("tr", { "data-key": c.id },
+    el("td", { class: "text id", "data-field": "id", text: c.id }),
+    el("td", { "data-field": "messages", text: format(c.messages, "count") }),
+    el("td", { "data-field": "contacts", text: format(c.contacts, "count") }),
+    ...UNRECOGNISED_HOW.map(([, how]) => el("td", {
+      class: c.how[how] ? "" : "none", "data-field": how, text: format(c.how[how], "count") })),
+    el("td", { class: `text ${c.agent_types.length ? "" : "none"}`, "data-field": "agent_types",
+      text: c.agent_types.map((t) => `${t.label} (${t.contacts})`).join(", ") || "–" }),
+    el("td", { class: "text examples", "data-field": "examples" },
+      el("ul", {}, ...c.examples.map((text) => el("li", { text: `“${text}”` })),
+        ...(c.distinct_texts > c.examples.length
+          ? [el("li", { class: "more", text: `and ${c.distinct_texts - c.examples.length} more` })]
+          : [])))));
+  if (!rows.length) {
+    rows.push(el("tr", {}, el("td", { colspan: 9, class: "text none",
+      text: "Nothing unrecognised in this window." })));
+  }
+  $("unrecognised").replaceChildren(head, el("tbody", {}, ...rows));
+  const how = report.similarity;
+  const shown = report.clusters_total > report.clusters.length
+    ? ` · the ${report.clusters.length} largest of ${report.clusters_total} clusters` : "";
+  $("unrecognised-note").replaceChildren(`${report.messages} messages${shown} · clustered by ` +
+    `${how.method === "encoder" ? "sentence embeddings" : "n-gram TF-IDF"}, similarity ≥ ` +
+    `${how.threshold} · turn a cluster into training examples: `,
+  el("code", { text: "switchboard unrecognised adopt CLUSTER --type TYPE [--new]" }));
 }
 
 // ---- start --------------------------------------------------------------------------------
