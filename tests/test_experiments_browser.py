@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 from datetime import datetime, timedelta, timezone
+from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -41,16 +42,22 @@ def browser_installed():
     require_chromium()
 
 
+def fixed(value: float, places: int) -> str:
+    """As JavaScript's toFixed: the exact binary value, a tie rounded up (Python's format
+    rounds 4.625 to 4.62, the page to 4.63)."""
+    return str(Decimal(value).quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP))
+
+
 def rate(value) -> str:
-    return "–" if value is None else f"{value * 100:.1f}%"
+    return "–" if value is None else f"{fixed(value * 100, 1)}%"
 
 
 def interval(bounds, kind: str = "rate") -> str:
     if bounds is None:
         return ""
     if kind == "rate":
-        return f"{bounds[0] * 100:.1f}–{bounds[1] * 100:.1f}%"
-    return f"{bounds[0]:.2f}–{bounds[1]:.2f}"
+        return f"{fixed(bounds[0] * 100, 1)}–{fixed(bounds[1] * 100, 1)}%"
+    return f"{fixed(bounds[0], 2)}–{fixed(bounds[1], 2)}"
 
 
 async def check_arm(page, key: str, arm: dict) -> None:
@@ -60,7 +67,7 @@ async def check_arm(page, key: str, arm: dict) -> None:
         cell = row.locator(f'td[data-field="{field}_rate"]')
         await expect(cell.locator(".figure")).to_have_text(rate(arm[f"{field}_rate"]))
         await expect(cell.locator(".interval")).to_have_text(interval(arm[f"{field}_interval"]))
-    csat = "–" if arm["csat"] is None else f'{arm["csat"]:.2f}'
+    csat = "–" if arm["csat"] is None else fixed(arm["csat"], 2)
     await expect(row.locator('td[data-field="csat"] .figure')).to_have_text(csat)
     await expect(row.locator('td[data-field="csat"] .interval')).to_have_text(
         interval(arm["csat_interval"], "mean"))
