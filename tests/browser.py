@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, AsyncIterator
 
@@ -83,3 +84,9 @@ def artifact(name: str) -> Path:
     """A path under test-artifacts/ (gitignored) for screenshots and traces."""
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS / name
+
+
+def fixed(value: float, places: int) -> str:
+    """A number as JavaScript's toFixed prints it: the exact binary value, a tie rounded up
+    (Python's format rounds 4.625 to 4.62, a page to 4.63)."""
+    return str(Decimal(value).quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP))

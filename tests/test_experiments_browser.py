@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 from datetime import datetime, timedelta, timezone
-from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -16,7 +15,7 @@ from service.app import create_app
 from service.appkeys import RULES
 from service.infra.tokens import create_token
 from service.reporting import reports
-from tests.browser import artifact, chromium, require_chromium
+from tests.browser import artifact, chromium, fixed, require_chromium
 from tests.conftest import _clean_tables, with_settings
 from tests.test_canary import reworded
 from tests.test_experiments import ASK, SHORT, rules_dir
@@ -40,12 +39,6 @@ EXPERIMENT = f"""
 @pytest.fixture(autouse=True)
 def browser_installed():
     require_chromium()
-
-
-def fixed(value: float, places: int) -> str:
-    """As JavaScript's toFixed: the exact binary value, a tie rounded up (Python's format
-    rounds 4.625 to 4.62, the page to 4.63)."""
-    return str(Decimal(value).quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP))
 
 
 def rate(value) -> str:

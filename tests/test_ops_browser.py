@@ -17,7 +17,7 @@ from playwright.async_api import expect
 
 from service.infra.tokens import create_token
 from service.reporting import reports
-from tests.browser import artifact, chromium, require_chromium
+from tests.browser import artifact, chromium, fixed, require_chromium
 from tests.test_agents import app_settings, login, twilio  # noqa: F401 (fixtures)
 from tests.test_ops_api import events_landed, ops_app
 from tests.twilio_driver import Call, text
@@ -38,7 +38,7 @@ def shown(value, kind: str = "rate") -> str:
     """What ops.js prints for a figure."""
     if kind == "count":
         return str(value)
-    return "–" if value is None else f"{value * 100:.1f}%"
+    return "–" if value is None else f"{fixed(value * 100, 1)}%"
 
 
 async def a_morning_of_traffic(client: TestClient) -> None:
@@ -125,7 +125,7 @@ async def check_candidates(page, candidates: dict) -> None:
         shown_row = page.locator(f'#candidates tr[data-key="{row["contact_type"]}"]')
         await expect(shown_row.locator('[data-field="rank"]')).to_have_text(str(row["rank"]))
         await expect(shown_row.locator('[data-field="score"]')).to_have_text(
-            f'{row["score"]:.1f}')
+            fixed(row["score"], 1))
         success = shown(row["success"]) + (" (est.)" if row["success_estimated"] else "")
         await expect(shown_row.locator('[data-field="success"]')).to_have_text(success)
     await expect(page.locator("#candidates-formula")).to_have_text(candidates["formula"])

@@ -21,7 +21,7 @@ from playwright.async_api import expect
 from service.conversations.customers import upsert_customer
 from service.infra.tokens import create_token
 from service.reporting import reports
-from tests.browser import artifact, chromium, require_chromium
+from tests.browser import artifact, chromium, fixed, require_chromium
 from tests.test_agents import ALL_SKILLS, login
 from tests.test_ops_api import events_landed
 from tests.test_ops_browser import sign_in
@@ -89,10 +89,10 @@ def shown(value, metric: str) -> str:
     if metric == "contacts":
         return str(value)
     if metric == "csat":
-        return f"{value:.2f}"
+        return fixed(value, 2)
     if metric == "nps":
-        return f"{'+' if value > 0 else ''}{value:.1f}"
-    return f"{value * 100:.1f}%"
+        return f"{'+' if value > 0 else ''}{fixed(value, 1)}"
+    return f"{fixed(value * 100, 1)}%"
 
 
 def figures_of(cell: dict, handled: str) -> dict:
