@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 import asyncpg  # noqa: E402
 
 from service.infra.migrate import migrate  # noqa: E402
-from service.reporting import reports  # noqa: E402
+from service.reporting import candidates, experiments, reports  # noqa: E402
 from service.reporting.reports import ReportRules, Window  # noqa: E402
 from service.rules.loader import load_rules  # noqa: E402
 
@@ -50,6 +50,9 @@ REASONS = {"failed": "self_service_failed", "asked_for_agent": "requested_agent"
            "routed_to_agent": "repeat_contact", "unclassified": "low_confidence"}
 COMEBACK = 0.3  # a customer's next contact: same type, soon (often another channel)
 UNCLEAR = ("hello?", "blorp", "12345", "is anyone there", "what's the weather like")
+
+
+EXPERIMENT = "bench_wording"
 
 
 def examples_by_type(catalog) -> dict[str, list[str]]:
@@ -86,6 +89,9 @@ class Contact:
             return self.escalate(rng, "low_confidence", "general")
         self.type, self.route = contact_type, f"root > {contact_type[:6]}"
         self.event("classified", 0.1, confidence=0.9, via="classifier")
+        if self.id.int % 4 == 0:  # a quarter of the contacts in a two-arm experiment
+            self.event("experiment_assigned", 0, experiment=EXPERIMENT,
+                       arm=("catalog", "short")[self.id.int % 8 // 4])
         to_agent = handling == "routed_to_agent"
         self.event("routed", 0, queue="orders", self_service=not to_agent, reason=None,
                    route_path=self.route)
@@ -203,7 +209,10 @@ async def bench(url: str, events: int, days: int, runs: int) -> None:
                  ("summary split by tier, whole log", lambda: reports.split(
                      reports.summary, conn, whole, rules, "tier")),
                  ("matrix split by tier, whole log", lambda: reports.split(
-                     reports.matrix, conn, whole, rules, "tier"))]
+                     reports.matrix, conn, whole, rules, "tier")),
+                 ("candidates, whole log", lambda: candidates.candidates(conn, whole, rules)),
+                 ("experiment arms, whole log", lambda: experiments.arm_counts(
+                     conn, whole, rules, [EXPERIMENT]))]
         await give_customers_tiers(conn)
         await conn.execute("ANALYZE contact_facts")
         report = await reports.summary(conn, whole, rules)
