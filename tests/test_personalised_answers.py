@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import shutil
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -169,3 +171,20 @@ def test_render_and_when():
     assert render("[Hi {customer.name}, ]thanks[ ({customer.tier})].", {"customer": {}}) == \
         "thanks."
     assert render("[Hi {customer.name}, ]thanks.", {"customer": {"name": ""}}) == "thanks."
+
+
+async def test_a_returning_customer_is_asked_about_yesterdays_question_by_its_day(
+        client, redis_client):
+    """The built-in "welcome back" names when the earlier contact was, not just "earlier"."""
+    phone = "+15555550604"
+    await text(client, phone, "I need to track my order")
+    assert await text(client, phone, "yes")
+    key = f"sb:{{phone:{phone}}}:contacts"
+    [(contact_id, raw)] = (await redis_client.hgetall(key)).items()
+    summary = json.loads(raw)
+    today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    summary["started_at"] = (today - timedelta(hours=12)).timestamp()  # yesterday, at noon
+    await redis_client.hset(key, contact_id, json.dumps(summary))
+    call = await Call(client, phone).dial()
+    assert call.said() == ["Welcome back. Are you calling about your track an order question "
+                           "from yesterday? Press 1 for yes, or 2 for something else."]

@@ -139,7 +139,7 @@ async def test_a_caller_who_texted_earlier_is_recognised(client, db, redis_clien
     await text(client, CALLER, "yes")
     call = await Call(client, CALLER).dial()
     assert call.said() == ["Welcome back. Are you calling about your track an order question "
-                           "from earlier? Press 1 for yes, or 2 for something else."]
+                           "from earlier today? Press 1 for yes, or 2 for something else."]
     await call.press("1")
     assert call.twiml.find("Enqueue").text == "orders"  # a repeat goes to a person
     [entry] = await client.app[ROUTER].waiting("orders")

@@ -42,7 +42,7 @@ from service.rules.flows import (
 )
 from service.rules.loader import Rules
 from service.rules.routing import Decision
-from service.rules.templates import MissingValue, personal_values, render
+from service.rules.templates import MissingValue, personal_values, render, when
 from service.understanding.understand import (
     asks_for_agent,
     escalation_reason,
@@ -398,7 +398,8 @@ class Conversations:
         if earlier:
             conv.update(status="confirming_repeat", repeat_of=earlier)
             return turn.reply(prompts.repeat_greeting(catalog.label(earlier["contact_type"]),
-                                                      self._style(turn)),
+                                                      self._style(turn),
+                                                      when(earlier["started_at"], turn.now)),
                               choices=YES_NO, expects_input=True)
         conv["status"] = "menu"
         menu = _digit_menu(turn) if self._style(turn) == "keys" else ()  # typed: free text

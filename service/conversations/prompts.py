@@ -41,11 +41,14 @@ def greeting(catalog: Catalog, style: PromptStyle) -> str:
             "words why you are calling.")
 
 
-def repeat_greeting(label: str, style: PromptStyle) -> str:
+def repeat_greeting(label: str, style: PromptStyle, when: str = "today") -> str:
+    """Asks whether a returning customer is back about their last contact; `when` as
+    templates.when says it ("today", "yesterday", "on Monday", "on 3 May")."""
+    since = "earlier today" if when == "today" else when.removeprefix("on ")
     if style == "keys":
         return (f"Welcome back. Are you calling about your {label.lower()} question from "
-                "earlier? Press 1 for yes, or 2 for something else.")
-    return f"Welcome back. Is this about your {label.lower()} question from earlier?"
+                f"{since}? Press 1 for yes, or 2 for something else.")
+    return f"Welcome back. Is this about your {label.lower()} question from {since}?"
 
 
 def not_understood(catalog: Catalog, menu: Sequence[str], style: PromptStyle) -> str:
