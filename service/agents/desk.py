@@ -32,6 +32,7 @@ from service.websocket import (
     parse_frame,
     relay,
     send_error,
+    tell_to_reconnect,
 )
 
 log = structlog.get_logger(__name__)
@@ -265,8 +266,7 @@ class AgentDesk:
         if self._recheck:
             self._recheck.cancel()
             await asyncio.gather(self._recheck, return_exceptions=True)
-        for ws in list(self.sockets):
-            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+        await tell_to_reconnect(self.sockets)
 
 
 async def _error(ws: web.WebSocketResponse, code: str, message: str, frame: Any = None) -> None:
