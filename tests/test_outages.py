@@ -30,7 +30,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from service.agents.desk import add_agent
 from service.app import create_app
-from service.appkeys import EVENTS, SETTINGS
+from service.appkeys import EVENTS, HANDOFF, SETTINGS
 from service.infra.migrate import migrate
 from service.infra.tokens import create_token
 from service.reporting import reports
@@ -436,3 +436,71 @@ async def test_twilio_down_60_s_accepts_never_fail_and_every_text_goes_once(outa
     assert result["taken_during_outage"] <= 3  # at most sends already under way
     assert result["contacts"] >= TWILIO_OUTAGE_S - 5
     assert result["all_delivered_after_s"] <= DELIVERED_WITHIN_S
+
+
+# ---- PostgreSQL down at the moment an agent accepts and replies ---------------------------
+
+async def test_postgres_down_as_an_agent_accepts_and_replies_nothing_is_lost_silently(
+        tmp_path):
+    """The outbox cannot record: the customer is still connected (one unrecorded attempt,
+    its state shown to the agent), a typed text is refused with `not_recorded` and leaves
+    no trace (nothing sent, not in the transcript, no event), and sent again once
+    PostgreSQL is back it goes out once."""
+    standin = TwilioStandIn()
+    await standin.start()
+    number = "+15554440001"
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(standin.stop)
+        postgres = stack.enter_context(dedicated_postgres(tmp_path / "pg"))
+        valkey = stack.enter_context(dedicated_valkey(tmp_path / "valkey"))
+        w = await stack.enter_async_context(
+            world(postgres.url, valkey.url, tmp_path / "data", standin.url))
+        conn = await asyncpg.connect(postgres.url)
+        token = await add_agent(conn, "Dana", ALL_SKILLS)
+        await conn.close()
+        ws = await w.client.ws_connect("/agent/ws")
+        await ws.send_json({"type": "auth", "token": token})
+        await ws.send_json({"type": "presence", "status": "available"})
+        await _texted(w.client, "/twilio/sms", sms_params("I want to talk to a human", number))
+        offer = await frame_of(ws, "offer")
+        contact = offer["contact_id"]
+
+        await asyncio.to_thread(postgres.stop)
+        await ws.send_json({"type": "accept", "contact_id": contact})
+        assert (await frame_of(ws, "assigned"))["contact_id"] == contact  # the accept stands
+        greeting = await frame_of(ws, "message_status", state="sent")
+        assert greeting["text"] == "You're now talking with Dana."
+        assert [m["Body"] for m in standin.messages] == [greeting["text"]]  # connected
+        await ws.send_json({"type": "message", "contact_id": contact, "text": "Hello there"})
+        refused = await frame_of(ws, "error")
+        assert (refused["code"], refused["contact_id"]) == ("not_recorded", contact)
+        assert "not sent" in refused["message"]
+        assert len(standin.messages) == 1  # nothing went out
+        assert "Hello there" not in [line["text"] for line in
+                                     (await w.client.app[HANDOFF].conversation(contact))[1]
+                                     ["transcript"]]
+
+        await asyncio.to_thread(postgres.start)
+        for _ in range(100):  # the pool's connections were cut: the next acquire reconnects
+            await ws.send_json({"type": "message", "contact_id": contact,
+                                "text": "Hello there"})
+            if (await frame_of(ws, "message_status", "error"))["type"] == "message_status":
+                break
+            await asyncio.sleep(0.2)
+        await frame_of(ws, "message_status", state="sent")
+        assert [m["Body"] for m in standin.messages] == [greeting["text"], "Hello there"]
+        await all_written(w)
+        conn = await asyncpg.connect(postgres.url)
+        said = await conn.fetch("SELECT data->>'text' AS text FROM contact_events "
+                                "WHERE kind = 'agent_message'")
+        await conn.close()
+        assert [r["text"] for r in said] == ["Hello there"]
+        await ws.close()
+
+
+async def frame_of(ws, *kinds: str, **match: Any) -> dict[str, Any]:
+    """The next frame of one of `kinds` (with the `match`ing fields), skipping the others."""
+    while True:
+        frame = await asyncio.wait_for(ws.receive_json(), 15)
+        if frame["type"] in kinds and all(frame.get(k) == v for k, v in match.items()):
+            return frame
