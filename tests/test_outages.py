@@ -504,3 +504,31 @@ async def frame_of(ws, *kinds: str, **match: Any) -> dict[str, Any]:
         frame = await asyncio.wait_for(ws.receive_json(), 15)
         if frame["type"] in kinds and all(frame.get(k) == v for k, v in match.items()):
             return frame
+
+
+async def test_valkey_down_an_agents_frames_are_refused_and_the_console_stays_open(
+        server_urls, tmp_path):
+    async with AsyncExitStack() as stack:
+        valkey = stack.enter_context(dedicated_valkey(tmp_path / "valkey"))
+        database = await stack.enter_async_context(own_database(server_urls[0]))
+        w = await stack.enter_async_context(world(database, valkey.url, tmp_path / "data"))
+        conn = await asyncpg.connect(database)
+        token = await add_agent(conn, "Dana", ALL_SKILLS)
+        await conn.close()
+        ws = await w.client.ws_connect("/agent/ws")
+        await ws.send_json({"type": "auth", "token": token})
+        await ws.send_json({"type": "presence", "status": "away"})
+        await frame_of(ws, "presence")  # signed in and served
+        valkey.stop()
+        for status in ("available", "away"):  # each refused; the socket stays open
+            await ws.send_json({"type": "presence", "status": status})
+            assert (await frame_of(ws, "error"))["code"] == "unavailable"
+        valkey.start()
+        for _ in range(50):  # the hot-path connection reconnects on its next batch
+            await ws.send_json({"type": "presence", "status": "available"})
+            if (await frame_of(ws, "presence", "error"))["type"] == "presence":
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("presence still refused after Valkey came back")
+        await ws.close()

@@ -222,6 +222,11 @@ class AgentDesk:
                 await self._dispatch_frame(ws, agent, frame)
             except HandoffError as exc:
                 await _error(ws, exc.code, str(exc), frame)
+            except Exception:  # Redis or PostgreSQL away: say so, keep the console open
+                log.exception("desk.frame_failed")
+                await _error(ws, "unavailable", "that could not be done now (the service "
+                             "cannot reach its data); try again in a moment", frame)
+                continue
             if isinstance(frame, dict) and str(frame.get("type")) in STATE_FRAMES:
                 await self._activity.observe([agent["id"]])  # stamp when the state began
 
