@@ -51,7 +51,7 @@ async def answered_normally(client, started: float) -> tuple[float, int]:
 
 async def one_fault(fault: str, outage_s: float, workdir: Path) -> dict:
     async with AsyncExitStack() as stack:
-        postgres = stack.enter_context(dedicated_postgres(workdir / "pg"))
+        postgres = stack.enter_context(dedicated_postgres())
         valkey = stack.enter_context(dedicated_valkey(workdir / "valkey"))
         w = await stack.enter_async_context(world(postgres.url, valkey.url, workdir / "data"))
         trickle = Trickle(w.client, "77")

@@ -9,6 +9,8 @@ folder, so a stopped server comes back with what it had, on the same address.
 from __future__ import annotations
 
 import contextlib
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -75,13 +77,17 @@ class DedicatedPostgres:
 
 
 @contextlib.contextmanager
-def dedicated_postgres(workdir: Path) -> Iterator[DedicatedPostgres]:
-    workdir.mkdir(parents=True, exist_ok=True)
+def dedicated_postgres() -> Iterator[DedicatedPostgres]:
+    """Its data outside pytest's temporary folders: running as root, the server runs as
+    another user, which must traverse the path, and each new pytest session on the machine
+    makes its own folder root-only again (a restart would then fail)."""
+    workdir = Path(tempfile.mkdtemp(prefix="switchboard-pg-"))
     server = DedicatedPostgres(workdir / "postgres")
     try:
         yield server
     finally:
         server.close()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def wait_for_redis(url: str, timeout_s: float = 20.0) -> None:

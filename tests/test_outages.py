@@ -225,7 +225,7 @@ async def valkey_stage(admin_url: str, workdir: Path) -> AsyncIterator[Stage]:
 @asynccontextmanager
 async def postgres_stage(workdir: Path) -> AsyncIterator[Stage]:
     async with AsyncExitStack() as stack:
-        postgres = stack.enter_context(dedicated_postgres(workdir / "pg"))
+        postgres = stack.enter_context(dedicated_postgres())
         valkey = stack.enter_context(dedicated_valkey(workdir / "valkey"))
         yield Stage(await stack.enter_async_context(
             world(postgres.url, valkey.url, workdir / "data")), postgres)
@@ -451,7 +451,7 @@ async def test_postgres_down_as_an_agent_accepts_and_replies_nothing_is_lost_sil
     number = "+15554440001"
     async with AsyncExitStack() as stack:
         stack.push_async_callback(standin.stop)
-        postgres = stack.enter_context(dedicated_postgres(tmp_path / "pg"))
+        postgres = stack.enter_context(dedicated_postgres())
         valkey = stack.enter_context(dedicated_valkey(tmp_path / "valkey"))
         w = await stack.enter_async_context(
             world(postgres.url, valkey.url, tmp_path / "data", standin.url))
