@@ -6,7 +6,8 @@ the channel (from the injected mapping) performs it and maps its provider's answ
 `DeliveryFailed`. Per contact, jobs go out in the order they were recorded: a job is attempted
 only when no earlier one of its contact is still queued. Several instances share the table; a
 worker claims due jobs with `FOR UPDATE SKIP LOCKED` and a lease, so one worker attempts a job
-at a time. Guarantees are in docs/reliability.md ("Twilio outbound").
+at a time. Guarantees are in docs/reliability.md ("Twilio's REST API down, busy (429) or
+refusing connections").
 """
 
 from __future__ import annotations
