@@ -30,7 +30,14 @@ from service.model import (
     InboundKind,
     Reply,
 )
-from service.websocket import RateLimit, open_socket, parse_frame, relay, send_error
+from service.websocket import (
+    RateLimit,
+    open_socket,
+    parse_frame,
+    relay,
+    send_error,
+    tell_to_reconnect,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -120,8 +127,7 @@ class WebChat:
         return None
 
     async def shutdown(self) -> None:
-        for ws in list(self._sockets):
-            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+        await tell_to_reconnect(self._sockets)
 
     async def _first_frame(self, ws: web.WebSocketResponse) -> tuple[str, str] | None:
         try:

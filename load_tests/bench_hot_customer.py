@@ -29,6 +29,7 @@ from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 from twilio.request_validator import RequestValidator  # noqa: E402
 
 from service.app import create_app  # noqa: E402
+from service.conversations.pacing import BURST  # noqa: E402
 from service.infra.embedded import servers  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
@@ -102,6 +103,11 @@ async def bench(urls, data_dir: Path, turns: int, in_flight: int, requests: int)
         last = statistics.median(latencies[-20:]) * 1000
         print(f"one texter, {turns} texts, {in_flight} in flight: first 20 median {first:.1f} ms,"
               f" last 20 median {last:.1f} ms, ratio {last / first:.2f}")
+        # Past BURST texts in BURST_WINDOW_S the texter is acknowledged quietly (pacing.py):
+        # turns 7-26 and the last 20 are the same kind of turn, the first 20 are not.
+        alike = statistics.median(latencies[BURST:BURST + 20]) * 1000
+        print(f"  like for like (both acknowledged quietly): turns {BURST + 1}-{BURST + 20} "
+              f"median {alike:.1f} ms, last 20 {last:.1f} ms, ratio {last / alike:.2f}")
         long_rps = await throughput(client, 12, requests, "555710")
         short_rps = await throughput(client, 3000, requests, "555720")
         print(f"{requests} requests: 12 texters {long_rps:,.0f}/s, 3,000 texters "

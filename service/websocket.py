@@ -44,7 +44,7 @@ def parse_frame(msg) -> Any:
 
 async def open_socket(request: web.Request, sockets: "weakref.WeakSet",
                       max_frame_bytes: int) -> web.WebSocketResponse:
-    """Accept a WebSocket and remember it, so shutdown can close it with GOING_AWAY."""
+    """Accept a WebSocket and remember it, so shutdown can tell it to reconnect."""
     # No permessage-deflate: frames are a few hundred bytes of JSON it barely shrinks, and its
     # two deflate contexts cost about 90 KiB a socket (load_tests/REPORTS.md, chat sockets).
     ws = web.WebSocketResponse(heartbeat=30, max_msg_size=max_frame_bytes, compress=False)
@@ -84,6 +84,22 @@ async def close_socket(ws: web.WebSocketResponse, code: int, reason: str) -> Non
     """Close with a code and reason the page can show."""
     if not ws.closed:
         await ws.close(code=code, message=reason.encode())
+
+
+# Closing code 1012 (service restart): this server is going away, reconnect (to another).
+RECONNECT = 1012
+
+
+async def tell_to_reconnect(sockets: "weakref.WeakSet") -> None:
+    """On shutdown: a `reconnect` frame down every socket, then each closed with RECONNECT;
+    pages reconnect (to another instance) and re-sync. The frame says it even to a client
+    whose closing handshake is cut short by the server going away."""
+    async def tell(ws: web.WebSocketResponse) -> None:
+        if not ws.closed:
+            await ws.send_json({"type": "reconnect", "reason": "server restarting"})
+        await close_socket(ws, RECONNECT, "server restarting: reconnect")
+
+    await asyncio.gather(*(tell(ws) for ws in list(sockets)), return_exceptions=True)
 
 
 async def send_error(ws: web.WebSocketResponse, code: str, message: str, **extra: Any) -> None:

@@ -406,3 +406,24 @@ async def test_chat_out_of_scope_message_gets_a_clarifying_question(app_settings
         await chat.send(type="message", text=question["choices"][0]["value"])
         answer = await chat.next("message")
         assert answer["text"].startswith("Every order is listed under Orders")
+
+
+async def test_agents_who_connect_at_the_same_moment_each_get_their_offers(app_settings, db):
+    """A fresh instance (no bus connection yet) and four consoles opening at once, as after
+    a restart: each is subscribed on the one connection the bus reads, so none misses a frame."""
+    tokens = [await add_agent(db, f"Agent {n}", ALL_SKILLS, {"sms": 1}) for n in range(4)]
+
+    async def connect(client, token: str) -> AgentSocket:
+        ws = await client.ws_connect("/agent/ws")
+        await ws.send_json({"type": "auth", "token": token})
+        await ws.send_json({"type": "presence", "status": "available"})
+        agent = AgentSocket(ws)
+        await agent.next("presence")
+        return agent
+
+    async with instance(app_settings) as client:
+        agents = await asyncio.gather(*(connect(client, token) for token in tokens))
+        for n in range(4):
+            await text(client, f"+155555503{n:02d}", "I want to talk to a human")
+        offers = await asyncio.gather(*(agent.next("offer") for agent in agents))
+        assert len({offer["contact_id"] for offer in offers}) == 4

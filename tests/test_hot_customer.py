@@ -66,6 +66,21 @@ async def test_a_lease_left_by_a_failed_turn_is_taken_over(client, redis_client,
     assert await redis_client.exists(stale) == 0  # given back by the turn that took it over
 
 
+async def test_twilios_retry_of_a_delivery_whose_process_died_mid_turn_is_processed(
+        client, redis_client, monkeypatch):
+    """A process killed between the turn's two round trips leaves its lease and its pending
+    claim on the MessageSid: Twilio's retry takes both over and is answered, not dropped."""
+    monkeypatch.setattr(context_module, "LEASE_WAIT_S", 0.5)
+    params = sms_params("I need to track my order", STALE)
+    tag = f"sb:{{phone:{STALE}}}"
+    await redis_client.set(f"{tag}:conv:sms:{SERVICE_NUMBER}:lease", 1,
+                           px=context_module.TURN_LEASE_MS)
+    await redis_client.set(f"{tag}:seen:{params['MessageSid']}", context_module.PENDING,
+                           px=context_module.TURN_LEASE_MS)
+    response = await post_signed(client, "/twilio/sms", params)
+    assert "Every order is listed under Orders" in await response.text()
+
+
 FAST = "+15555550180"
 EXAMPLES = [t.examples[0] for t in load_rules(RULES_DIR, with_classifier=False).catalog.types.values()]
 BOT = "+15555550181"

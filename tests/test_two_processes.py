@@ -44,9 +44,10 @@ async def serve(database_url: str, redis_url: str, data_dir: Path):
         process.stderr.close()
 
 
-async def wait_until_ready(http: aiohttp.ClientSession, base: str, process) -> None:
+async def wait_until_ready(http: aiohttp.ClientSession, base: str, process,
+                           timeout_s: float = 30) -> None:
     """Poll /readyz until the serve process answers 200 (it must not exit meanwhile)."""
-    for _ in range(300):
+    for _ in range(int(timeout_s * 10)):
         assert process.poll() is None, "the server exited before it was ready: " + (
             process.stderr.read().decode()[-2000:] if process.stderr else "")
         try:
@@ -56,7 +57,7 @@ async def wait_until_ready(http: aiohttp.ClientSession, base: str, process) -> N
         except aiohttp.ClientError:
             pass
         await asyncio.sleep(0.1)
-    raise AssertionError("the server was not ready within 30 s")
+    raise AssertionError(f"the server was not ready within {timeout_s:.0f} s")
 
 
 async def next_frame(ws, kind: str) -> dict:

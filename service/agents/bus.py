@@ -37,6 +37,9 @@ class Bus:
         self._listeners: dict[str, set[asyncio.Queue]] = defaultdict(set)
         self._task: asyncio.Task | None = None
         self._unsubscribed: set[str] = set()  # Redis was away: subscribed when it is back
+        # redis-py's PubSub opens its connection on the first command: two subscribes at
+        # once would open two, and only one is read (sockets opened together lost frames).
+        self._changing = asyncio.Lock()
 
     async def publish(self, topic: str, frame: dict[str, Any]) -> None:
         await self._publish(CHANNEL_PREFIX + topic, json.dumps(frame))
@@ -48,10 +51,11 @@ class Bus:
         first = not self._listeners[topic]
         self._listeners[topic].add(inbox)
         if first:
-            if self._pubsub is None:
-                self._new_listener()
             try:
-                await self._pubsub.subscribe(CHANNEL_PREFIX + topic)
+                async with self._changing:
+                    if self._pubsub is None:
+                        self._new_listener()
+                    await self._pubsub.subscribe(CHANNEL_PREFIX + topic)
             except (redis.RedisError, OSError) as exc:  # the socket is served all the same
                 log.warning("bus.subscribe_failed", topic=topic, error=str(exc))
                 self._unsubscribed.add(topic)
@@ -64,7 +68,8 @@ class Bus:
                 del self._listeners[topic]
                 self._unsubscribed.discard(topic)
                 with contextlib.suppress(redis.RedisError, OSError):
-                    await self._pubsub.unsubscribe(CHANNEL_PREFIX + topic)
+                    async with self._changing:
+                        await self._pubsub.unsubscribe(CHANNEL_PREFIX + topic)
 
     def _ensure_listening(self) -> None:
         if self._task is None or self._task.done():
@@ -99,10 +104,11 @@ class Bus:
 
     async def _resubscribe(self) -> None:
         """A new listener, subscribed to every topic someone here still listens to."""
-        await self._close_listener()
-        self._new_listener()
-        if self._listeners:
-            await self._pubsub.subscribe(*(CHANNEL_PREFIX + t for t in self._listeners))
+        async with self._changing:
+            await self._close_listener()
+            self._new_listener()
+            if self._listeners:
+                await self._pubsub.subscribe(*(CHANNEL_PREFIX + t for t in self._listeners))
 
     def _new_listener(self) -> None:
         self._listener = self._subscriber()

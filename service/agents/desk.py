@@ -32,6 +32,7 @@ from service.websocket import (
     parse_frame,
     relay,
     send_error,
+    tell_to_reconnect,
 )
 
 log = structlog.get_logger(__name__)
@@ -221,6 +222,11 @@ class AgentDesk:
                 await self._dispatch_frame(ws, agent, frame)
             except HandoffError as exc:
                 await _error(ws, exc.code, str(exc), frame)
+            except Exception:  # Redis or PostgreSQL away: say so, keep the console open
+                log.exception("desk.frame_failed")
+                await _error(ws, "unavailable", "that could not be done now (the service "
+                             "cannot reach its data); try again in a moment", frame)
+                continue
             if isinstance(frame, dict) and str(frame.get("type")) in STATE_FRAMES:
                 await self._activity.observe([agent["id"]])  # stamp when the state began
 
@@ -265,8 +271,7 @@ class AgentDesk:
         if self._recheck:
             self._recheck.cancel()
             await asyncio.gather(self._recheck, return_exceptions=True)
-        for ws in list(self.sockets):
-            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+        await tell_to_reconnect(self.sockets)
 
 
 async def _error(ws: web.WebSocketResponse, code: str, message: str, frame: Any = None) -> None:

@@ -172,7 +172,9 @@ class ContextStore:
         commands: list[Command] = [("SET", lease, 1, "PX", TURN_LEASE_MS) if take_over else
                                    ("SET", lease, 1, "NX", "PX", TURN_LEASE_MS)]
         if inbound.dedupe_key:
-            commands += [("SET", seen, PENDING, "NX", "EX", SEEN_TTL_S), ("GET", seen)]
+            # Pending as long as the lease: a claim left by a process that died mid-turn
+            # does not outlive it, so Twilio's retry of that delivery is processed.
+            commands += [("SET", seen, PENDING, "NX", "PX", TURN_LEASE_MS), ("GET", seen)]
         commands += [("GET", conversation_key(inbound)), ("GET", f"{tag}:ident"),
                      ("EXISTS", f"{tag}:optout:{inbound.channel}"),
                      ("HGETALL", f"{tag}:contacts"), ("EXISTS", muted_key(inbound)),
@@ -186,8 +188,9 @@ class ContextStore:
         self.leases.add(lease)
         if inbound.dedupe_key:
             claimed, previous, *results = results
-            if not claimed:
-                done = previous not in (None, PENDING)
+            done = previous not in (None, PENDING)
+            # Taking the lease over means its holder died: its pending claim is ours now.
+            if not claimed and (done or not take_over):
                 return TurnStart(Reply.from_json(orjson.loads(previous)) if done else None,
                                  not done, None, None, False)
         conversation, customer, opted_out, history, muted, survey, surveyed_at = results

@@ -222,10 +222,28 @@ class Handoff:
         async with self._changing(agent, contact_id) as (key, conv):
             if not self._channels[conv["channel"]].traits.agent_can_type:
                 raise HandoffError("not_text", "this contact is a phone call")
-            conv["transcript"].append({"from": "agent", "text": text, "at": time.time()})
+            said = {"from": "agent", "text": text, "at": time.time()}
+            conv["transcript"].append(said)
             await self._context.save(key, conv, summary=False)
+        try:
+            await self._outbound(conv, "send", {"text": text})
+        except HandoffError as exc:
+            if exc.code == "not_recorded":  # nothing sent: as if it had not been written
+                await self._take_back(contact_id, said)
+                raise
+            self._record_conv("agent_message", conv, agent_id=agent["id"], text=text)
+            raise
         self._record_conv("agent_message", conv, agent_id=agent["id"], text=text)
-        await self._outbound(conv, "send", {"text": text})
+
+    async def _take_back(self, contact_id: str, said: dict[str, Any]) -> None:
+        """An agent's line that was never sent leaves the transcript (the agent may resend)."""
+        try:
+            async with self._context.leased_contact(contact_id) as found:
+                if found is not None and said in found[1]["transcript"]:
+                    found[1]["transcript"].remove(said)
+                    await self._context.save(found[0], found[1], summary=False)
+        except Exception as exc:  # the agent is told it was not sent all the same
+            log.warning("handoff.take_back_failed", contact_id=contact_id, error=str(exc))
 
     async def to_agent(self, conv: dict[str, Any], message: dict[str, Any]) -> None:
         """A customer's words while an agent has the contact: straight to that agent."""
@@ -290,13 +308,16 @@ class Handoff:
         the channel refused for good, or that could not be recorded, is an error naming why."""
         try:
             outcome = await self._outbox.submit(conv, action, payload, conv.get("agent_id"))
-        except NotRecorded as exc:  # so not sent: the agent may send it again
+        except NotRecorded as exc:
             log.error("handoff.outbox_unavailable", action=action, error=str(exc),
                       contact_id=conv["contact_id"])
-            if action in ("connect", "call_back"):  # the accept stands; the agent sees why
-                return None
-            raise HandoffError("not_recorded", "the text was not sent: it could not be "
-                               "recorded for sending; try again in a moment") from exc
+            if action == "send":  # not sent: the agent may send it again
+                raise HandoffError("not_recorded", "the text was not sent: it could not be "
+                                   "recorded for sending; try again in a moment") from exc
+            # Connecting the customer cannot wait: one unrecorded attempt, its outcome
+            # shown to the agent under the greeting.
+            return await self._outbox.attempt_unrecorded(conv, action, payload,
+                                                         conv.get("agent_id"))
         failure = outcome.failure
         if action == "send" and outcome.state == "failed" and failure is not None:
             raise HandoffError(_ERROR_CODES.get(failure.reason, "delivery_failed"),

@@ -6,7 +6,8 @@ the channel (from the injected mapping) performs it and maps its provider's answ
 `DeliveryFailed`. Per contact, jobs go out in the order they were recorded: a job is attempted
 only when no earlier one of its contact is still queued. Several instances share the table; a
 worker claims due jobs with `FOR UPDATE SKIP LOCKED` and a lease, so one worker attempts a job
-at a time. Guarantees are in docs/reliability.md ("Twilio outbound").
+at a time. Guarantees are in docs/reliability.md ("Twilio's REST API down, busy (429) or
+refusing connections").
 """
 
 from __future__ import annotations
@@ -134,6 +135,29 @@ class Outbox:
         except Exception:  # recorded and leased: the worker takes it over when the lease ends
             log.exception("outbox.first_attempt_unsettled", message_id=job.id)
             return Outcome(job.id, "queued")
+
+    async def attempt_unrecorded(self, conv: Mapping[str, Any], action: str,
+                                 payload: dict[str, Any], agent_id: str | None) -> Outcome:
+        """PostgreSQL is away, so nothing can be recorded: one attempt now, never retried,
+        its outcome told to the agent like a recorded message's (for connecting the
+        customer, which would otherwise not happen at all)."""
+        job = OutboxJob(new_uuid(), conv["contact_id"], conv["channel"], action,
+                        destination(conv), payload, agent_id, {}, 1, None, time.time())
+        await self._tell(job, "queued")
+        try:
+            await self._perform(self._channels[job.channel], job)
+        except Exception as exc:  # DeliveryFailed or anything else: told, not retried
+            log.error("outbox.unrecorded_failed", message_id=job.id, action=action,
+                      error=str(exc), contact_id=job.contact_id)
+            await self._tell(job, "failed", "not sent, and not retried (PostgreSQL is "
+                             f"unavailable, so it could not be recorded): {exc}",
+                             getattr(exc, "code", None))
+            return Outcome(job.id, "failed",
+                           exc if isinstance(exc, DeliveryFailed) else None)
+        log.warning("outbox.sent_unrecorded", message_id=job.id, action=action,
+                    contact_id=job.contact_id)
+        await self._tell(job, "sent")
+        return Outcome(job.id, "sent")
 
     async def _record(self, conv: Mapping[str, Any], action: str, payload: dict[str, Any],
                       agent_id: str | None) -> OutboxJob:
