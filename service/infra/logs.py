@@ -40,6 +40,9 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Twilio's client logs every request at INFO, with its query (a look-up's phone numbers)
+    # and headers: only its warnings come through.
+    logging.getLogger("twilio").setLevel(max(root.level, logging.WARNING))
 
 
 class _CurrentStderr(logging.StreamHandler):
