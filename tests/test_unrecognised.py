@@ -142,6 +142,7 @@ async def test_unrecognised_traffic_is_clustered_and_an_adopted_cluster_is_then_
         # one never said, tried with `rules test`
         before = await text(client, "+15555550400", "can I pay with bitcoin?")
         assert before[-1].startswith(CLARIFYING)
+        assert await client.app[EVENTS].flush()  # in the log before `adopt` reads it
         assert await asyncio.to_thread(main, ["rules", "test", str(rules_copy),
                                               f"text={PROBE}"]) == 0
         assert json.loads(capsys.readouterr().out)["self_service_path"].startswith(
