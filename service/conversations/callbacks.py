@@ -156,7 +156,7 @@ class Callbacks:
             callback["state"] = "failed"
             handoff._record_conv("callback_failed", conv, attempts=callback["attempts"],
                                  result=outcome.state)
-            conv.update(status="closed", outcome="callback_failed", ended_at=now)
+            conv.update({"status": "closed", "outcome": "callback_failed", "ended_at": now})
             handoff._record_conv("ended", conv, outcome="callback_failed")
             return "dispatch"
         callback.update(state="waiting", retry_at=now + callback["retry_after_s"])

@@ -40,11 +40,12 @@ import functools
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Collection, Sequence
+from typing import Any, AsyncIterator, Collection, Sequence, cast
 
 import orjson
 import structlog
 
+from service.conversations.record import Conversation
 from service.infra.redis_batch import Command, CommandBatcher
 from service.model import Inbound, Reply
 
@@ -76,17 +77,17 @@ def identity_of(inbound: Inbound) -> tuple[str, str]:
     return inbound.identity, inbound.address
 
 
-def identities_of(conv: dict[str, Any]) -> list[tuple[str, str]]:
+def identities_of(conv: Conversation) -> list[tuple[str, str]]:
     """Every address of the conversation's customer (just its own for older states, which
     kept no kind: an E.164 number is a phone)."""
     known = conv.get("identities")
     if known:
-        return [tuple(i) for i in known]
+        return [(kind, value) for kind, value in known]
     address = conv["address"]
     return [("phone" if address.startswith("+") else "web", address)]
 
 
-def address_of(conv: dict[str, Any]) -> tuple[str, str]:
+def address_of(conv: Conversation) -> tuple[str, str]:
     """(kind, value) of the address the conversation is on, among its customer's."""
     return next(((kind, value) for kind, value in identities_of(conv)
                  if value == conv["address"]),
@@ -127,7 +128,7 @@ def address_contacts_key(kind: str, value: str) -> str:
     return f"sb:{{{kind}:{value}}}:contacts"
 
 
-def summarise(conv: dict[str, Any]) -> dict[str, Any]:
+def summarise(conv: Conversation) -> dict[str, Any]:
     """What other contacts of the customer need to know about this one."""
     return {k: conv.get(k) for k in SUMMARY_FIELDS}
 
@@ -144,7 +145,7 @@ def lease_key(inbound: Inbound) -> str:
 class TurnStart:
     duplicate_of: Reply | None  # a reply already given for this delivery
     in_flight: bool  # the same delivery is being processed right now
-    conversation: dict[str, Any] | None
+    conversation: Conversation | None
     customer: dict[str, Any] | None
     opted_out: bool
     history: Any = None  # raw summaries of this address's recent contacts
@@ -194,13 +195,13 @@ class ContextStore:
                 return TurnStart(Reply.from_json(orjson.loads(previous)) if done else None,
                                  not done, None, None, False)
         conversation, customer, opted_out, history, muted, survey, surveyed_at = results
-        return TurnStart(None, False, _json(conversation), _json(customer), bool(opted_out),
+        return TurnStart(None, False, _conversation(conversation), _json(customer), bool(opted_out),
                          history, _json(survey), float(surveyed_at) if surveyed_at else None,
                          muted=bool(muted))
 
-    async def commit_turn(self, inbound: Inbound, conversation: dict[str, Any], reply: Reply,
+    async def commit_turn(self, inbound: Inbound, conversation: Conversation, reply: Reply,
                           *, customer: dict[str, Any] | None = None,
-                          summaries: Sequence[dict[str, Any]] = (),
+                          summaries: Sequence[Conversation] = (),
                           seed: Sequence[dict[str, Any]] | None = None,
                           forget: Sequence[str] = (),
                           opt_out: bool | None = None, mute_s: int = 0,
@@ -236,7 +237,7 @@ class ContextStore:
         """Round trip 2 of a turn that opened no contact (a survey's answer)."""
         await self.redis.execute(*_remember(inbound, reply), *commands, *self._unlease(inbound))
 
-    async def survey_state(self, conv: dict[str, Any]) -> tuple[bool, float | None]:
+    async def survey_state(self, conv: Conversation) -> tuple[bool, float | None]:
         """Whether the conversation's address opted out on its channel, and when its customer
         was last surveyed (for a survey decided outside a turn)."""
         kind, value = address_of(conv)
@@ -268,27 +269,27 @@ class ContextStore:
         self.leases.discard(lease)
         return [("DEL", lease)]
 
-    async def conversation(self, inbound: Inbound) -> dict[str, Any] | None:
+    async def conversation(self, inbound: Inbound) -> Conversation | None:
         [raw] = await self.redis.execute(("GET", conversation_key(inbound)))
-        return _json(raw)
+        return _conversation(raw)
 
     async def recent_contacts(self, customer_id: str) -> list[dict[str, Any]]:
         """Earlier contacts of this customer on every channel, newest first."""
         [raw] = await self.redis.execute(("HGETALL", contacts_key(customer_id)))
         return newest_first(raw)
 
-    async def by_contact(self, contact_id: str) -> tuple[str, dict[str, Any]] | None:
+    async def by_contact(self, contact_id: str) -> tuple[str, Conversation] | None:
         """The open conversation of a contact, found from its id (agents know only that)."""
         [key] = await self.redis.execute(("GET", contact_index_key(contact_id)))
         if key is None:
             return None
         [raw] = await self.redis.execute(("GET", key))
-        conversation = _json(raw)
+        conversation = _conversation(raw)
         return (key.decode(), conversation) if conversation else None
 
     @contextlib.asynccontextmanager
     async def leased_contact(self, contact_id: str
-                             ) -> AsyncIterator[tuple[str, dict[str, Any]] | None]:
+                             ) -> AsyncIterator[tuple[str, Conversation] | None]:
         """The open conversation of a contact, read and changed (an agent's accept, text or
         wrap-up) while its lease is held, so a customer's turn cannot overwrite the change."""
         [key] = await self.redis.execute(("GET", contact_index_key(contact_id)))
@@ -306,19 +307,19 @@ class ContextStore:
             pause = min(pause * 2, 0.2)
         try:
             [raw] = await self.redis.execute(("GET", key))
-            conversation = _json(raw)
+            conversation = _conversation(raw)
             yield (key, conversation) if conversation else None
         finally:
             with contextlib.suppress(Exception):  # it expires by itself
                 await self.redis.execute(("DEL", lease))
 
-    async def save(self, key: str, conversation: dict[str, Any], summary: bool = True) -> None:
+    async def save(self, key: str, conversation: Conversation, summary: bool = True) -> None:
         commands = self._save(key, conversation)
         if summary:
             commands += _summary(conversation)
         await self.redis.execute(*commands)
 
-    async def save_summary(self, conversation: dict[str, Any]) -> None:
+    async def save_summary(self, conversation: Conversation) -> None:
         await self.redis.execute(*_summary(conversation))
 
     async def release(self, inbound: Inbound) -> None:
@@ -352,12 +353,12 @@ class ContextStore:
                     claimed.append(key.decode())
         return claimed
 
-    async def take_conversation(self, key: str) -> dict[str, Any] | None:
+    async def take_conversation(self, key: str) -> Conversation | None:
         [raw] = await self.redis.execute(("GETDEL", key))
-        return _json(raw)
+        return _conversation(raw)
 
-    def _save(self, key: str, conversation: dict[str, Any]) -> list[Command]:
-        contact_id = conversation.get("contact_id")
+    def _save(self, key: str, conversation: Conversation) -> list[Command]:
+        contact_id = conversation["contact_id"]
         if conversation["status"] == "closed":
             commands: list[Command] = [("DEL", key), ("ZREM", IDLE_INDEX, key),
                                        ("ZREM", LEGACY_IDLE_INDEX, key)]
@@ -389,7 +390,7 @@ def newest_first(raw: Any, customer_id: str | None = None) -> list[dict[str, Any
     return sorted(contacts, key=lambda c: c["started_at"], reverse=True)
 
 
-def _summary(conv: dict[str, Any]) -> list[Command]:
+def _summary(conv: Conversation) -> list[Command]:
     """The conversation's summary, in the customer's hash and in each of its addresses'."""
     summary = _dumps(summarise(conv))
     keys = [contacts_key(conv["customer_id"])]
@@ -416,3 +417,8 @@ def _pairs(raw: Any) -> dict[bytes, bytes]:
 
 def _json(raw: bytes | None) -> dict[str, Any] | None:
     return orjson.loads(raw) if raw else None
+
+
+def _conversation(raw: bytes | None) -> Conversation | None:
+    """A stored conversation record (the JSON context.py wrote from a `Conversation`)."""
+    return cast("Conversation | None", _json(raw))

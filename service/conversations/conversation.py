@@ -28,7 +28,12 @@ from service.conversations.context import (
 )
 from service.conversations.fallback import call_contact_id
 from service.conversations.handoff import Handoff, queue_entry
-from service.conversations.record import Conversation, new_conversation
+from service.conversations.record import (
+    Conversation,
+    contact_state,
+    new_conversation,
+    not_open,
+)
 from service.infra.ids import new_uuid
 from service.model import ChannelTraits, Choice, Inbound, PromptStyle, Reply
 from service.reporting.events import Event, EventWriter
@@ -81,7 +86,7 @@ class Turn:
     events: list[Event] = field(default_factory=list)
     summary_changed: bool = False
     history: Any = None  # the address's recent contacts, as read in round trip 1
-    ended: list[dict[str, Any]] = field(default_factory=list)  # closed before this one opened
+    ended: list[Conversation] = field(default_factory=list)  # closed before this one opened
     seed: list[dict[str, Any]] | None = None  # when relinked: history to copy to the address
     forget: list[str] = field(default_factory=list)  # contacts too old to keep a summary of
     unmasked: dict[str, str] = field(default_factory=dict)  # flow values as typed: this turn only
@@ -89,7 +94,7 @@ class Turn:
     surveyed_at: float | None = None  # when the customer was last surveyed
     extra: list = field(default_factory=list)  # Redis commands for round trip 2 (surveys)
 
-    def summaries(self) -> list[dict[str, Any]]:
+    def summaries(self) -> list[Conversation]:
         return self.ended + ([self.conversation] if self.summary_changed else [])
 
     @property
@@ -224,10 +229,10 @@ class Conversations:
             survey, let_go = None, answered  # not an answer: the message opens a contact
         linked = customer is not None and "identities" in customer  # older links lack them
         new_customer = False
-        if not linked:
+        if customer is None or not linked:
             customer = await self._resolve_customer(inbound)
             new_customer = customer.pop("new", False)
-        turn = Turn(inbound, self._rules(), now, conversation or {}, customer,
+        turn = Turn(inbound, self._rules(), now, conversation or not_open(), customer,
                     history=start.history if linked else () if new_customer else None,
                     survey=survey, surveyed_at=start.surveyed_at)
         if let_go is not None:
@@ -311,7 +316,7 @@ class Conversations:
                 turn.now - conv["last_at"] > self._context.idle_timeout_s:
             self._end(turn, "idle_timeout")
             turn.ended.append(conv)
-            conv = turn.conversation = {}
+            conv = turn.conversation = not_open()
         if conv:
             conv["identities"] = turn.customer["identities"]  # ops may have moved one since
             return
@@ -381,7 +386,7 @@ class Conversations:
                                 menu_offered=conv["status"] in ("menu", "clarifying"))
         if understood.outcome == "agent":
             return await self._escalate(turn, self._decide(turn), "requested_agent")
-        if understood.outcome == "classified":
+        if understood.outcome == "classified" and understood.contact_type:
             return await self._classified(turn, understood.contact_type, understood.confidence,
                                           understood.via)
         return await self._missed(turn, understood.ranked, understood.reason)
@@ -396,7 +401,7 @@ class Conversations:
         conv, catalog = turn.conversation, turn.rules.catalog
         earlier = _latest_in_window(turn.rules, conv)
         if earlier:
-            conv.update(status="confirming_repeat", repeat_of=earlier)
+            conv.update({"status": "confirming_repeat", "repeat_of": earlier})
             return turn.reply(prompts.repeat_greeting(catalog.label(earlier["contact_type"]),
                                                       self._style(turn),
                                                       when(earlier["started_at"], turn.now)),
@@ -430,7 +435,8 @@ class Conversations:
 
     async def _start_flow(self, turn: Turn, type_id: str, flow_id: str) -> Reply:
         conv = turn.conversation
-        conv.update(status="in_flow", flow={"id": flow_id, "at": 0, "values": {}, "misses": 0})
+        conv.update({"status": "in_flow",
+                     "flow": {"id": flow_id, "at": 0, "values": {}, "misses": 0}})
         conv["steps"].append({"type": "flow", "contact_type": type_id, "flow": flow_id,
                               "at": turn.now, "outcome": None, "collected": {}})
         turn.record("self_service_started", step=f"flow:{flow_id}")
@@ -438,7 +444,7 @@ class Conversations:
 
     async def _run_flow(self, turn: Turn) -> Reply:
         """Say and look up until the flow asks something or has said its answer."""
-        state, said = turn.conversation["flow"], []
+        state, said = turn.conversation["flow"], list[str]()
         steps = turn.rules.flows.flows.get(state["id"], ())
         try:
             while state["at"] < len(steps):
@@ -514,11 +520,12 @@ class Conversations:
 
     async def _classified(self, turn: Turn, type_id: str, confidence: float, via: str) -> Reply:
         conv = turn.conversation
-        conv.update(contact_type=type_id, confidence=round(confidence, 4), menu=[], misses=0)
+        conv.update({"contact_type": type_id, "confidence": round(confidence, 4), "menu": [],
+                     "misses": 0})
         turn.summary_changed = True
         turn.record("classified", confidence=conv["confidence"], via=via)
         decision = self._decide(turn)
-        conv.update(route_path=decision.route_path, queue=decision.queue)
+        conv.update({"route_path": decision.route_path, "queue": decision.queue})
         turn.record("routed", **decision.as_dict())
         contact_type = turn.rules.catalog.types[type_id]
         arm = _experiment_arm(turn, type_id)
@@ -571,7 +578,7 @@ class Conversations:
 
     def _end(self, turn: Turn, outcome: str) -> None:
         conv = turn.conversation
-        conv.update(status="closed", outcome=outcome, ended_at=turn.now)
+        conv.update({"status": "closed", "outcome": outcome, "ended_at": turn.now})
         turn.summary_changed = True
         turn.record("ended", outcome=outcome)
 
@@ -595,10 +602,11 @@ class Conversations:
         if calls_back and not callback_chosen:
             return self._offer_callback(turn, decision, reason)
         conv, rules = turn.conversation, turn.rules
-        queue = rules.tree.queues[closed.waits_in if closed else decision.queue]
-        conv.update(status="queued", queue=queue.name, reason=reason,
-                    route_path=decision.route_path, escalated_at=turn.now,
-                    priority=decision.priority)
+        waits_in = closed.waits_in if closed else None
+        queue = rules.tree.queues[waits_in or decision.queue]
+        conv.update({"status": "queued", "queue": queue.name, "reason": reason,
+                     "route_path": decision.route_path, "escalated_at": turn.now,
+                     "priority": decision.priority})
         turn.summary_changed = True
         turn.record("escalated", reason=reason, queue=queue.name, priority=decision.priority)
         if calls_back:  # out of hours: called back once someone is there
@@ -624,8 +632,8 @@ class Conversations:
         be called back once someone is there (key 1); anything else ends the contact."""
         closed, conv = decision.closed, turn.conversation
         assert closed is not None and closed.callback is not None
-        conv.update(status="callback_offered", route_path=decision.route_path,
-                    closed_reason=reason)
+        conv.update({"status": "callback_offered", "route_path": decision.route_path,
+                     "closed_reason": reason})
         turn.record("callback_offered", reason=reason, queue=closed.callback)
         said = (closed.message,) if closed.message else ()
         return turn.reply(*said, prompts.CALLBACK_OFFER_CLOSED, choices=(CALLBACK_CHOICE,),
@@ -648,7 +656,9 @@ class Conversations:
         turn.conversation["route_path"] = decision.route_path
         turn.record("closed_message", reason=reason)
         self._end(turn, "closed")
-        return turn.reply(decision.closed.message, state="closed")
+        closed = decision.closed
+        return turn.reply(closed.message if closed and closed.message else prompts.CLOSED_GOODBYE,
+                          state="closed")
 
     async def _hold(self, inbound: Inbound) -> Reply | None:
         """A caller on hold asks for news: their real position, and nothing is recorded.
@@ -676,7 +686,7 @@ class Conversations:
         return await self._hold(inbound) or Reply(state="queued",
                                                   messages=("Thanks for holding.",))
 
-    async def _callback_requested(self, inbound: Inbound, conversation: dict | None,
+    async def _callback_requested(self, inbound: Inbound, conversation: Conversation | None,
                                   now: float) -> Reply:
         """A waiting caller asked to be called back: they leave the line and keep their place
         in the queue. Too late (an agent took the call) or not offered: the hold loop."""
@@ -696,7 +706,7 @@ class Conversations:
         await self._context.remember_reply(inbound, reply)
         return reply
 
-    async def _ended_by_customer(self, inbound: Inbound, conversation: dict | None,
+    async def _ended_by_customer(self, inbound: Inbound, conversation: Conversation | None,
                                  now: float) -> Reply:
         """The call ended or left the queue: record how, and take it out of the queue."""
         if not conversation or conversation["status"] == "closed":
@@ -725,7 +735,8 @@ class Conversations:
             self._end(turn, self._channels[inbound.channel].end_outcome)
         elif status == "callback_offered" and inbound.kind == "end":
             self._end(turn, "closed")  # hung up rather than ask for a callback
-        reply = Reply(state=conversation["status"], contact_id=conversation["contact_id"])
+        reply = Reply(state=contact_state(conversation["status"]),
+                      contact_id=conversation["contact_id"])
         await self._context.commit_turn(inbound, conversation, reply, summaries=[conversation])
         self._events.emit(*turn.events)
         return reply
@@ -741,7 +752,7 @@ class Conversations:
             return reply
         if not conv or conv["status"] != "with_agent" or conv.get("after_agent") or \
                 conv.get("agent_id") != inbound.text:  # a transfer, or already done
-            reply = Reply(state=conv["status"] if conv else "closed")
+            reply = Reply(state=contact_state(conv["status"]) if conv else "closed")
             await self._context.remember_reply(inbound, reply)
             return reply
         turn = Turn(inbound, self._rules(), now, conv, {})
@@ -759,7 +770,7 @@ class Conversations:
         self._events.emit(*turn.events)
         return replace(done, messages=(asked.text if asked else prompts.AFTER_AGENT_GOODBYE,))
 
-    async def _opt_in_out(self, inbound: Inbound, keyword: str, conversation: dict | None,
+    async def _opt_in_out(self, inbound: Inbound, keyword: str, conversation: Conversation | None,
                           customer: dict | None, opted_out: bool, now: float,
                           survey: dict | None = None) -> Reply:
         if keyword in STOP_WORDS:
@@ -769,7 +780,9 @@ class Conversations:
             reply = Reply(messages=(prompts.SMS_RESUBSCRIBED,))
         else:  # opted out and not asking back in: record, never answer
             opt_out, kind, reply = None, "received_after_opt_out", Reply(state="closed")
-        conv = conversation or {"status": "closed", "last_at": now}
+        conv = conversation or not_open()
+        if not conversation:  # a keyword with no contact open
+            conv.update({"status": "closed", "last_at": now})
         customer_id = conv.get("customer_id") or (customer or {}).get("customer_id")
         events = [Event(kind, conv.get("contact_id"), customer_id, inbound.channel,
                         data={"address": inbound.address, **_provider_ids(inbound)},
@@ -801,15 +814,17 @@ class Conversations:
         self._events.emit(*turn.events)
 
 
-def _text_for(turn: Turn, template: str) -> str:
+def _text_for(turn: Turn, template: str | None) -> str:
     """An answer or flow text with the customer's own data and the flow's values filled in
     (templates.py); MissingValue only for a flow value outside an optional part."""
+    if template is None:  # rules check makes sure every path that says something has words
+        raise ValueError("nothing to say: the rules give this step no text")
     conv = turn.conversation
     values = personal_values(conv, turn.rules.catalog.label, turn.now)
     return render(template, {**values, **conv.get("flow", {}).get("values", {})})
 
 
-def routing_attributes(rules: Rules, conv: dict[str, Any], channel: str, at: float,
+def routing_attributes(rules: Rules, conv: Conversation, channel: str, at: float,
                        waiting: Mapping[str, int] | None = None) -> dict[str, Any]:
     """What the routing tree matches on, for a decision made at `at` (epoch seconds) while
     `waiting` contacts wait in each queue (None: not known, as in a replay)."""
@@ -824,18 +839,18 @@ def routing_attributes(rules: Rules, conv: dict[str, Any], channel: str, at: flo
     return attrs
 
 
-def _in_window(rules: Rules, conv: dict[str, Any], earlier: dict[str, Any]) -> bool:
-    contact_type = rules.catalog.types.get(earlier.get("contact_type"))
+def _in_window(rules: Rules, conv: Conversation, earlier: dict[str, Any]) -> bool:
+    contact_type = rules.catalog.types.get(earlier.get("contact_type") or "")
     return (contact_type is not None and earlier["contact_id"] != conv["contact_id"]
             and earlier["started_at"] >= conv["started_at"] - contact_type.repeat_window_h * 3600)
 
 
-def _is_repeat(rules: Rules, conv: dict[str, Any]) -> bool:
+def _is_repeat(rules: Rules, conv: Conversation) -> bool:
     return any(e["contact_type"] == conv.get("contact_type") and _in_window(rules, conv, e)
                for e in conv.get("earlier", ()))
 
 
-def _latest_in_window(rules: Rules, conv: dict[str, Any]) -> dict[str, Any] | None:
+def _latest_in_window(rules: Rules, conv: Conversation) -> dict[str, Any] | None:
     """The customer's most recent contact (any channel) still inside its repeat window."""
     return next((e for e in conv.get("earlier", ()) if _in_window(rules, conv, e)), None)
 
@@ -860,7 +875,7 @@ def _experiment_arm(turn: Turn, type_id: str) -> Arm | None:
 
 def _digit_menu(turn: Turn) -> tuple[Choice, ...]:
     types = sorted((t for t in turn.rules.catalog.types.values() if t.ivr_digit),
-                   key=lambda t: t.ivr_digit)
+                   key=lambda t: t.ivr_digit or 0)
     return tuple(Choice(t.label, t.id, str(t.ivr_digit)) for t in types) + (
         Choice("Talk to a person", "agent", "0"),)
 

@@ -54,7 +54,7 @@ def queue_entry(rules: Rules, conv: Conversation, queue_name: str, reason: str |
     first priority and enqueue time, so it keeps its place in line, and the agent's whole
     context package; `extra` adds to it."""
     queue = rules.tree.queues[queue_name]
-    contact_type = rules.catalog.types.get(conv.get("contact_type"))
+    contact_type = rules.catalog.types.get(conv.get("contact_type") or "")
     type_skills = list(contact_type.skills if contact_type else ())
     return {"contact_id": conv["contact_id"], "customer_id": conv["customer_id"],
             "channel": conv["channel"], "queue": queue.name, "thread": conv.get("thread"),
@@ -127,7 +127,7 @@ class Handoff:
         """The agent queues, for the console's transfer list."""
         return [{"name": q.name, "label": q.label} for q in self._rules().tree.queues.values()]
 
-    async def conversation(self, contact_id: str) -> tuple[str, dict[str, Any]] | None:
+    async def conversation(self, contact_id: str) -> tuple[str, Conversation] | None:
         return await self._context.by_contact(contact_id)
 
     # ---- offers --------------------------------------------------------------------------
@@ -187,7 +187,8 @@ class Handoff:
                 raise HandoffError("contact_gone", "the customer has left")
             key, conv = found
             now = time.time()
-            conv.update(status="with_agent", agent_id=agent["id"], agent_name=agent["name"])
+            conv.update({"status": "with_agent", "agent_id": agent["id"],
+                         "agent_name": agent["name"]})
             if self._channels[conv["channel"]].traits.agent_can_type:
                 conv["transcript"].append({"from": "agent", "text": greeting(agent), "at": now})
             calling = self.callbacks.attempting(conv, agent_line(agent))
@@ -204,7 +205,7 @@ class Handoff:
         return offer_frame(entry, kind="assigned", agent={"id": agent["id"],
                                                           "name": agent["name"]})
 
-    async def _connect_customer(self, agent: dict[str, Any], conv: dict[str, Any],
+    async def _connect_customer(self, agent: dict[str, Any], conv: Conversation,
                                 joining: bool = False) -> None:
         payload = {"agent": asdict(agent_line(agent)), "hello": greeting(agent)}
         # a transfer: the customer is already connected (a call's conference)
@@ -245,13 +246,13 @@ class Handoff:
         except Exception as exc:  # the agent is told it was not sent all the same
             log.warning("handoff.take_back_failed", contact_id=contact_id, error=str(exc))
 
-    async def to_agent(self, conv: dict[str, Any], message: dict[str, Any]) -> None:
+    async def to_agent(self, conv: Conversation, message: dict[str, Any]) -> None:
         """A customer's words while an agent has the contact: straight to that agent."""
         await self._bus.publish(f"agent:{conv['agent_id']}", {
             "type": "message", "contact_id": conv["contact_id"], "from": "customer",
             "text": message["text"]})
 
-    async def customer_left(self, conv: dict[str, Any]) -> None:
+    async def customer_left(self, conv: Conversation) -> None:
         await self._bus.publish(f"agent:{conv['agent_id']}", {
             "type": "contact_ended", "contact_id": conv["contact_id"],
             "reason": "customer_left"})
@@ -270,7 +271,7 @@ class Handoff:
                               classified_as=conv.get("contact_type"))
             if correction:
                 conv["contact_type"] = correction
-            conv.update(status="closed", outcome=outcome, ended_at=now)
+            conv.update({"status": "closed", "outcome": outcome, "ended_at": now})
             self._record_conv("ended", conv, outcome=outcome)
             await self._context.save(key, conv)
         await surveys.after_wrap_up(self, conv)
@@ -282,7 +283,7 @@ class Handoff:
 
     @contextlib.asynccontextmanager
     async def _changing(self, agent: dict[str, Any], contact_id: str
-                        ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+                        ) -> AsyncIterator[tuple[str, Conversation]]:
         """The agent's own contact, to change while no customer turn can overwrite it."""
         if await self.router.assigned_agent(contact_id) != agent["id"]:
             raise HandoffError("not_assigned", "this contact is not assigned to you")
@@ -292,7 +293,7 @@ class Handoff:
             yield found
 
     async def _assigned(self, agent: dict[str, Any], contact_id: str
-                        ) -> tuple[str, dict[str, Any]]:
+                        ) -> tuple[str, Conversation]:
         if await self.router.assigned_agent(contact_id) != agent["id"]:
             raise HandoffError("not_assigned", "this contact is not assigned to you")
         found = await self._context.by_contact(contact_id)
@@ -300,7 +301,7 @@ class Handoff:
             raise HandoffError("contact_gone", "this contact has ended")
         return found
 
-    async def _outbound(self, conv: dict[str, Any], action: str,
+    async def _outbound(self, conv: Conversation, action: str,
                         payload: dict[str, Any]) -> Outcome | None:
         """Record one outbound request in the outbox (`outbox.ACTIONS`), which sends it
         through the contact's channel now or retries it later. Connecting never fails the
@@ -333,7 +334,7 @@ class Handoff:
                                 entry["channel"], context.get("contact_type"),
                                 reason=reason, data={"queue": entry["queue"], **data}))
 
-    def _record_conv(self, kind: str, conv: dict[str, Any], reason: str | None = None,
+    def _record_conv(self, kind: str, conv: Conversation, reason: str | None = None,
                      **data: Any) -> None:
         self._events.emit(Event(kind, conv["contact_id"], conv["customer_id"], conv["channel"],
                                 conv.get("contact_type"), conv.get("route_path"), reason=reason,

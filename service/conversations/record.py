@@ -8,7 +8,9 @@ reader and writer to these names.
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, cast
+
+from service.model import ContactState
 
 Status = Literal["new", "menu", "clarifying", "confirming", "confirming_repeat", "in_flow",
                  "callback_offered", "queued", "with_agent", "closed"]
@@ -79,3 +81,15 @@ def new_conversation(*, contact_id: str, customer: dict[str, Any], channel: str,
     if customer.get("display_name"):
         conversation["customer_name"] = customer["display_name"]
     return conversation
+
+
+def not_open() -> Conversation:
+    """The record of a turn before its contact opens: empty, filled by `new_conversation`."""
+    return cast(Conversation, {})
+
+
+def contact_state(status: Status) -> ContactState:
+    """What a channel shows of a conversation's status (its `Reply.state`)."""
+    if status == "queued" or status == "with_agent" or status == "closed":
+        return status
+    return "self_service"

@@ -29,6 +29,7 @@ import structlog
 
 from service.conversations import prompts
 from service.conversations.context import address_of, identities_of, survey_key, surveyed_key
+from service.conversations.record import Conversation, contact_state
 from service.infra.redis_batch import Command
 from service.model import ChannelTraits, Choice, Inbound, PromptStyle, Reply
 from service.reporting.events import Event
@@ -86,7 +87,7 @@ def choices_for(kind: str, style: PromptStyle) -> tuple[Choice, ...]:
                  for label, value in prompts.survey_scale(kind, style))
 
 
-def offer(rules: Rules, conv: dict[str, Any], style: PromptStyle, moment: str, now: float,
+def offer(rules: Rules, conv: Conversation, style: PromptStyle, moment: str, now: float,
           surveyed_at: float | None, opted_out: bool, turn: int = 0) -> Asked | None:
     """The survey this ended contact gets, if its type's rule, the sample, the customer's
     last survey and their opt-out allow one."""
@@ -159,10 +160,10 @@ class HandoffSide(Protocol):
 
     def _rules(self) -> Rules: ...
 
-    async def _outbound(self, conv: dict[str, Any], action: str, call) -> Any: ...
+    async def _outbound(self, conv: Conversation, action: str, call) -> Any: ...
 
 
-async def after_wrap_up(handoff: HandoffSide, conv: dict[str, Any]) -> None:
+async def after_wrap_up(handoff: HandoffSide, conv: Conversation) -> None:
     """Survey a contact an agent just wrapped up, through the channel's outbound side: the
     text channels' `send_text`, a survey frame where the customer has buttons."""
     traits: ChannelTraits = handoff._channels[conv["channel"]].traits
@@ -187,7 +188,7 @@ async def after_wrap_up(handoff: HandoffSide, conv: dict[str, Any]) -> None:
     handoff._events.emit(asked.event)
 
 
-def waiting_question(pending: dict[str, Any] | None, conv: dict[str, Any] | None,
+def waiting_question(pending: dict[str, Any] | None, conv: Conversation | None,
                      inbound: Inbound, style: PromptStyle) -> Reply | None:
     """The question of the survey waiting for this very contact (the open one, or the call's
     wrapped-up one), as a reply that asks it; None when none waits."""
@@ -200,7 +201,7 @@ def waiting_question(pending: dict[str, Any] | None, conv: dict[str, Any] | None
     return Reply(messages=(prompts.survey_question(pending["kind"], style,
                                                    pending["question"]),),
                  choices=choices_for(pending["kind"], style),
-                 state=conv["status"] if conv else "closed",
+                 state=contact_state(conv["status"]) if conv else "closed",
                  contact_id=pending["contact_id"], expects_input=True, turn=pending["turn"],
                  survey=True)
 

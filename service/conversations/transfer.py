@@ -122,6 +122,7 @@ class Transfers:
             if request.queue not in queues:
                 raise HandoffError("unknown_queue", f"there is no queue '{request.queue}'")
             return transfer, "agent_transfer"
+        assert request.agent is not None  # from_frame: exactly one of queue and agent
         if request.agent == agent["id"]:
             raise HandoffError("self_transfer", "you cannot transfer a contact to yourself")
         state = await self._router.agent_state(request.agent)
@@ -148,7 +149,7 @@ class Transfers:
     @staticmethod
     def _leave(conv: Conversation, queue: str) -> None:
         """The contact leaves its agent and waits again."""
-        conv.update(status="queued", queue=queue)
+        conv.update({"status": "queued", "queue": queue})
         conv.pop("agent_id", None)
         conv.pop("agent_name", None)
 
