@@ -10,6 +10,12 @@ What can be replayed is the first decision: self-service offered, straight to an
 which queue), or a clarifying question. How the customer would have answered after that is
 unknown. Customer fields are read as they are now; repeat contacts use the simulated contact
 types of contacts in the window and the recorded ones before it.
+
+What a replay needs of each contact is kept in `contact_replay` as events land (migration
+015), so reading a window is one row per contact; `load_past_from_events` gathers the same from
+the raw events and stays as the reference the tests hold it equal to. Decisions are memoised on
+exactly what they read: the same words are understood once, and the routing tree walked once
+per distinct set of the attributes its matchers read.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import timedelta
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import asyncpg
 import orjson
@@ -25,12 +31,16 @@ import orjson
 from service.conversations.conversation import routing_attributes
 from service.reporting.reports import STARTED_IN_WINDOW, Window, iso
 from service.rules.loader import Rules
-from service.understanding.understand import escalation_reason, understand
+from service.rules.routing import Decision, Route
+from service.understanding.understand import Understood, escalation_reason, understand
 
 DECISIVE = ("classified", "classification_missed", "escalated")
 KINDS = ("received", "routed", "self_service_started", *DECISIVE)
 PROGRESS_EVERY = 5000
 TOP = 10
+
+# Each customer's contacts (id, start, recorded contact type), for repeat contacts.
+EarlierTypes = dict[str, list[tuple[str, float, str | None]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,55 +83,90 @@ class PastContact:
 
 # ---- replay ---------------------------------------------------------------------------------
 
-def replay(rules: Rules, contacts: Iterable[PastContact],
-           earlier_types: dict[str, list[tuple[str, float, str | None]]],
+def replay(rules: Rules, contacts: Iterable[PastContact], earlier_types: EarlierTypes,
            progress: Callable[[int], None] = lambda n: None) -> dict[str, Result]:
     """The first decision of each replayable contact under `rules`, oldest contact first.
     `earlier_types` lists each customer's contacts (id, start, recorded type) for repeats."""
-    simulated: dict[str, Result] = {}
-    understood: dict[tuple, Any] = {}  # understand() is pure: the same words, the same answer
+    run = _Replay(rules, earlier_types)
     for count, contact in enumerate(contacts, 1):
         if contact.skipped is None:
-            simulated[contact.contact_id] = _first_decision(rules, contact, earlier_types,
-                                                            simulated, understood)
+            run.simulated[contact.contact_id] = run.first_decision(contact)
         if count % PROGRESS_EVERY == 0:
             progress(count)
-    return simulated
+    return run.simulated
 
 
-def _first_decision(rules: Rules, contact: PastContact,
-                    earlier_types: dict[str, list[tuple[str, float, str | None]]],
-                    simulated: dict[str, Result], seen: dict[tuple, Any]) -> Result:
-    if contact.confirmed_earlier:  # the customer picked the type: only the routing can change
-        return _classified(rules, contact, contact.recorded.contact_type, 1.0, earlier_types,
-                           simulated)
-    said = (contact.input_kind or "message", contact.text.strip(), contact.input_confidence)
-    understood = seen.get(said)
-    if understood is None:
-        understood = seen[said] = understand(rules, *said)
-    if understood.outcome == "classified":
-        return _classified(rules, contact, understood.contact_type, understood.confidence,
-                           earlier_types, simulated)
-    if understood.outcome == "agent":
-        decision = rules.tree.decide(_attributes(rules, contact, None, None, earlier_types,
-                                                 simulated))
-        return Result("agent", "requested_agent", None, decision.route_path, decision.queue)
-    return Result("clarify", understood.reason)
+class _Replay:
+    """One replay: its results so far, and the decisions already worked out. `understand` and
+    the routing tree are pure, so the same words get the same answer, and the same values of
+    the attributes the tree's matchers read the same route."""
+
+    def __init__(self, rules: Rules, earlier_types: EarlierTypes):
+        self.rules, self.earlier_types = rules, earlier_types
+        self.simulated: dict[str, Result] = {}
+        self.understood: dict[tuple, Understood] = {}
+        self.decided: dict[tuple, Result] = {}
+        self.read = tuple(sorted(attributes_read(rules.tree.root)))
+
+    def first_decision(self, contact: PastContact) -> Result:
+        if contact.confirmed_earlier:  # the customer picked the type: only the routing changes
+            return self.classified(contact, contact.recorded.contact_type, 1.0)
+        said = (contact.input_kind or "message", contact.text.strip(), contact.input_confidence)
+        understood = self.understood.get(said)
+        if understood is None:
+            understood = self.understood[said] = understand(self.rules, *said)
+        if understood.outcome == "classified":
+            return self.classified(contact, understood.contact_type, understood.confidence)
+        if understood.outcome == "agent":
+            return self.routed(contact, None, None, _to_agent)
+        return Result("clarify", understood.reason)
+
+    def classified(self, contact: PastContact, contact_type: str | None,
+                   confidence: float) -> Result:
+        if contact_type not in self.rules.catalog.types:  # the candidate dropped the type
+            return Result("clarify", "unknown_contact_type", contact_type)
+        return self.routed(contact, contact_type, confidence, _first_step)
+
+    def routed(self, contact: PastContact, contact_type: str | None, confidence: float | None,
+               result: Callable[[Rules, str | None, Decision], Result]) -> Result:
+        attrs = _attributes(self.rules, contact, contact_type, confidence, self.earlier_types,
+                            self.simulated)
+        key = (result, contact_type, *(_value_key(attrs.get(name)) for name in self.read))
+        known = self.decided.get(key)
+        if known is None:
+            known = self.decided[key] = result(self.rules, contact_type,
+                                               self.rules.tree.decide(attrs))
+        return known
 
 
-def _classified(rules: Rules, contact: PastContact, contact_type: str | None, confidence: float,
-                earlier_types, simulated) -> Result:
-    if contact_type not in rules.catalog.types:  # the candidate catalog dropped the type
-        return Result("clarify", "unknown_contact_type", contact_type)
-    decision = rules.tree.decide(_attributes(rules, contact, contact_type, confidence,
-                                             earlier_types, simulated))
+def _first_step(rules: Rules, contact_type: str | None, decision: Decision) -> Result:
     reason = escalation_reason(rules, contact_type, decision)
     return Result("agent" if reason else "self_service", reason, contact_type,
                   decision.route_path, decision.queue)
 
 
+def _to_agent(rules: Rules, contact_type: str | None, decision: Decision) -> Result:
+    return Result("agent", "requested_agent", None, decision.route_path, decision.queue)
+
+
+def attributes_read(route: Route) -> set[str]:
+    """The attributes the matchers of `route` and its descendants read: all a decision
+    depends on."""
+    names = {matcher.attr for matcher in route.matchers}
+    for child in route.routes:
+        names |= attributes_read(child)
+    return names
+
+
+def _value_key(value: Any) -> tuple:
+    """A value as a memo key: its type too (True and 1 match differently), and the text of a
+    list or mapping (what a matcher compares them by)."""
+    return (type(value), repr(value) if isinstance(value, (list, dict)) else value)
+
+
 def _attributes(rules: Rules, contact: PastContact, contact_type: str | None,
-                confidence: float | None, earlier_types, simulated) -> dict[str, Any]:
+                confidence: float | None, earlier_types: EarlierTypes,
+                simulated: dict[str, Result]) -> dict[str, Any]:
     """The same attributes a live turn routes on, built from the past contact."""
     earlier = [{"contact_id": cid, "started_at": started,
                 "contact_type": simulated[cid].contact_type if cid in simulated else recorded}
@@ -134,6 +179,87 @@ def _attributes(rules: Rules, contact: PastContact, contact_type: str | None,
 
 
 # ---- what was recorded ------------------------------------------------------------------------
+
+# One row per contact from contact_facts and contact_replay (migration 015), the window's
+# contacts and, before them, the customers' earlier ones a repeat may follow.
+PAST_SQL = """
+SELECT f.contact_id::text, f.customer_id::text, (f.started).value,
+       extract(epoch FROM f.started_at)::float8, f.started_at >= $1::timestamptz,
+       coalesce(cu.attributes, '{}'::jsonb)::text,
+       (r.decided).value, r.decided_type, r.decided_route, r.decided_reason, r.decided_queue,
+       r.decided_via, (r.routed).value, r.routed_queue, (r.step).value, r.step_reason,
+       (r.said).at IS NOT NULL, (r.said).value, r.said_input, r.said_confidence,
+       (r.classified).value
+FROM contact_facts f LEFT JOIN contact_replay r USING (contact_id)
+     LEFT JOIN customers cu ON cu.id = f.customer_id
+WHERE f.started_at >= $1::timestamptz - make_interval(secs => $3::float8)
+  AND f.started_at < $2::timestamptz
+ORDER BY f.started_at, f.contact_id
+"""
+
+
+async def load_past(conn: asyncpg.Connection, window: Window, lookback_h: float
+                    ) -> tuple[list[PastContact], EarlierTypes]:
+    """The contacts that started in the window, oldest first, and every customer's contacts
+    from `lookback_h` before the window to its end (for repeats)."""
+    async with conn.transaction():
+        await conn.execute("SET LOCAL work_mem = '64MB'")
+        rows = await conn.fetch(PAST_SQL, window.start, window.end, lookback_h * 3600)
+    contacts: list[PastContact] = []
+    earlier: EarlierTypes = {}
+    attributes: dict[str, dict[str, Any]] = {}
+    results: dict[tuple, Result] = {}
+    for (contact_id, customer_id, channel, started_at, in_window, attrs, decided, *recorded,
+         said, text, input_kind, input_confidence, classified) in rows:
+        earlier.setdefault(str(customer_id), []).append((contact_id, started_at, classified))
+        if not in_window:
+            continue
+        confirmed = recorded[4] == "repeat_prompt"
+        contacts.append(PastContact(
+            contact_id, str(customer_id), channel, started_at,
+            attributes.get(attrs) or attributes.setdefault(attrs, orjson.loads(attrs)),
+            _recorded_result(decided, *recorded, results) if decided else None,
+            input_kind=input_kind if said else None,
+            text=None if not said or confirmed else text,
+            input_confidence=input_confidence if said else None, confirmed_earlier=confirmed))
+    return contacts, earlier
+
+
+def _recorded_result(decided: str, contact_type: str | None, route_path: str | None,
+                     reason: str | None, queue: str | None, via: str | None,
+                     routed_path: str | None, routed_queue: str | None, step: str | None,
+                     step_reason: str | None, results: dict[tuple, Result]) -> Result:
+    """The first decision from contact_replay's columns, as `_recorded` reads it from events
+    (one Result object per distinct decision: compare then mostly finds them identical)."""
+    if decided == "classification_missed":
+        fields: tuple = ("clarify", reason)
+    elif decided == "escalated":
+        fields = ("agent", reason, None, route_path, queue)
+    elif step == "escalated":
+        fields = ("agent", step_reason, contact_type, routed_path, routed_queue)
+    else:
+        fields = ("self_service", None, contact_type, routed_path, routed_queue)
+    result = results.get(fields)
+    if result is None:
+        result = results[fields] = Result(*fields)
+    return result
+
+
+# ---- the reference: the same from the raw events -------------------------------------------
+
+async def load_past_from_events(conn: asyncpg.Connection, window: Window, lookback_h: float
+                                ) -> tuple[list[PastContact], EarlierTypes]:
+    """What `load_past` reads, gathered from contact_events (slow: the tests' reference)."""
+    async with conn.transaction():
+        contacts = [past_contact(row) async for row in conn.cursor(
+            CONTACTS_FROM_EVENTS, window.start, window.end, list(KINDS), prefetch=2000)]
+    earlier: EarlierTypes = {}
+    for row in await conn.fetch(EARLIER_FROM_EVENTS, window.start - timedelta(hours=lookback_h),
+                                window.end):
+        earlier.setdefault(str(row["customer_id"]), []).append(
+            (str(row["contact_id"]), row["started_at"], row["contact_type"]))
+    return contacts, earlier
+
 
 def past_contact(row: asyncpg.Record) -> PastContact:
     """A contact and its events of KINDS (`events`: [kind, contact_type, route_path, reason,
@@ -182,7 +308,7 @@ def _recorded(decisive: _Event, later: list[_Event]) -> Result:
 
 
 # One row per contact, its events already gathered: far fewer rows to decode than events.
-CONTACTS_SQL = "WITH " + STARTED_IN_WINDOW + """,
+CONTACTS_FROM_EVENTS = "WITH " + STARTED_IN_WINDOW + """,
 gathered AS (
     SELECT e.contact_id,
            json_agg(json_build_array(e.kind, e.contact_type, e.route_path, e.reason, e.data)
@@ -200,7 +326,7 @@ ORDER BY c.started_at, c.contact_id
 """
 
 # The type a contact's summary carried for repeat detection: its latest classification.
-EARLIER_SQL = "WITH " + STARTED_IN_WINDOW + """,
+EARLIER_FROM_EVENTS = "WITH " + STARTED_IN_WINDOW + """,
 typed AS (
     SELECT DISTINCT ON (e.contact_id) e.contact_id, e.contact_type
     FROM contact_events e JOIN chosen c USING (contact_id)
@@ -214,23 +340,6 @@ ORDER BY c.started_at
 """
 
 
-async def load_past_contacts(conn: asyncpg.Connection, window: Window) -> list[PastContact]:
-    async with conn.transaction():
-        return [past_contact(row) async for row in conn.cursor(
-            CONTACTS_SQL, window.start, window.end, list(KINDS), prefetch=2000)]
-
-
-async def load_earlier_types(conn: asyncpg.Connection, window: Window, lookback_h: float
-                             ) -> dict[str, list[tuple[str, float, str | None]]]:
-    """Every customer's contacts from `lookback_h` before the window to its end."""
-    by_customer: dict[str, list[tuple[str, float, str | None]]] = {}
-    for row in await conn.fetch(EARLIER_SQL, window.start - timedelta(hours=lookback_h),
-                                window.end):
-        by_customer.setdefault(str(row["customer_id"]), []).append(
-            (str(row["contact_id"]), row["started_at"], row["contact_type"]))
-    return by_customer
-
-
 def longest_repeat_window_h(*rule_sets: Rules) -> float:
     return max((t.repeat_window_h for rules in rule_sets for t in rules.catalog.types.values()),
                default=0)
@@ -238,39 +347,63 @@ def longest_repeat_window_h(*rule_sets: Rules) -> float:
 
 # ---- comparing ----------------------------------------------------------------------------------
 
-def compare(window: Window, contacts: list[PastContact], simulated: dict[str, Result],
+def compare(window: Window, contacts: Sequence[PastContact], simulated: dict[str, Result],
             baseline: dict[str, Result] | None, rules: Rules, against: Rules | None,
             examples: int = 10) -> dict[str, Any]:
     """The report: the first decisions under `rules` next to the baseline, which is `against`'s
     replay when given, else what was recorded."""
-    replayed = [c for c in contacts if c.contact_id in simulated]
-    pairs = [(c, (baseline[c.contact_id] if baseline is not None else c.recorded),
-              simulated[c.contact_id]) for c in replayed]
-    changed = [(c, old, new) for c, old, new in pairs if old != new]
+    pairs: dict[tuple[int, int], list] = {}  # by the two Results' ids: [old, new, contacts]
+    not_replayed: Counter[str] = Counter()
+    shown: list[tuple[PastContact, Result, Result]] = []
+    for contact in contacts:
+        if contact.skipped:
+            not_replayed[contact.skipped] += 1
+        new = simulated.get(contact.contact_id)
+        if new is None:
+            continue
+        old = baseline[contact.contact_id] if baseline is not None else contact.recorded
+        pair = pairs.get((id(old), id(new)))
+        if pair is None:
+            pairs[id(old), id(new)] = [old, new, 1]
+        else:
+            pair[2] += 1
+        if len(shown) < examples and old is not new and old != new:
+            shown.append((contact, old, new))
+    counted = [(old, new, n) for old, new, n in pairs.values()]
+    changed = [(old, new, n) for old, new, n in counted if old != new]
     return {
         "from": iso(window.start), "to": iso(window.end),
         "rules": _described(rules),
         "baseline": _described(against) if against is not None else "recorded",
-        "contacts": len(contacts), "replayed": len(replayed),
-        "not_replayed": dict(Counter(c.skipped for c in contacts if c.skipped).most_common()),
-        "first_decisions": _side_by_side(Counter(old.label for _, old, _ in pairs),
-                                         Counter(new.label for _, _, new in pairs)),
-        "queues": _side_by_side(Counter(old.queue for _, old, _ in pairs
-                                        if old.outcome == "agent"),
-                                Counter(new.queue for _, _, new in pairs
-                                        if new.outcome == "agent")),
+        "contacts": len(contacts), "replayed": sum(n for _, _, n in counted),
+        "not_replayed": dict(not_replayed.most_common()),
+        "first_decisions": _side_by_side(_count((old.label, n) for old, _, n in counted),
+                                         _count((new.label, n) for _, new, n in counted)),
+        "queues": _side_by_side(_count((old.queue, n) for old, _, n in counted
+                                       if old.outcome == "agent"),
+                                _count((new.queue, n) for _, new, n in counted
+                                       if new.outcome == "agent")),
         "changed": {
-            "first_decision": sum(old.label != new.label for _, old, new in changed),
-            "contact_type": sum(old.contact_type != new.contact_type for _, old, new in changed),
-            "route": sum(old.route_path != new.route_path for _, old, new in changed),
-            "queue": sum(old.queue != new.queue for _, old, new in changed)},
-        "contact_type_changes": _top(Counter((old.contact_type, new.contact_type)
-                                             for _, old, new in changed
-                                             if old.contact_type != new.contact_type)),
-        "first_decision_changes": _top(Counter((old.label, new.label) for _, old, new in changed
-                                               if old.label != new.label)),
-        "examples": [_example(c, old, new) for c, old, new in changed[:examples]],
+            "first_decision": sum(n for old, new, n in changed if old.label != new.label),
+            "contact_type": sum(n for old, new, n in changed
+                                if old.contact_type != new.contact_type),
+            "route": sum(n for old, new, n in changed if old.route_path != new.route_path),
+            "queue": sum(n for old, new, n in changed if old.queue != new.queue)},
+        "contact_type_changes": _top(_count(((old.contact_type, new.contact_type), n)
+                                            for old, new, n in changed
+                                            if old.contact_type != new.contact_type)),
+        "first_decision_changes": _top(_count(((old.label, new.label), n)
+                                              for old, new, n in changed
+                                              if old.label != new.label)),
+        "examples": [_example(c, old, new) for c, old, new in shown],
     }
+
+
+def _count(weighted: Iterable[tuple[Any, int]]) -> Counter:
+    counts: Counter = Counter()
+    for key, n in weighted:
+        counts[key] += n
+    return counts
 
 
 def _described(rules: Rules) -> dict[str, str]:
@@ -294,4 +427,3 @@ def _example(contact: PastContact, old: Result, new: Result) -> dict[str, Any]:
     return {"contact_id": contact.contact_id, "channel": contact.channel,
             "started_at": contact.started_at, "said": said,
             "baseline": asdict(old), "simulated": asdict(new)}
-
