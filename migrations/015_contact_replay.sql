@@ -1,25 +1,25 @@
 -- What `switchboard simulate` replays of each contact, kept from the log as events land.
 --
--- contact_replay holds one row per contact that has any of the events a replay reads
--- (received, classified, classification_missed, escalated, routed, self_service_started): the
--- words or key that decided its first step and the first decision recorded for it, so a replay
--- reads one row per contact instead of gathering every contact's events. A statement trigger
--- of its own on contact_events keeps it in the inserting transaction, like contact_facts
--- (whose trigger this leaves alone). Each piece is a fact_mark, the event's (time, seq) and
--- one value, with the event's other values in the columns after it:
+-- contact_replay holds one row per contact: when and where it started, the words or key that
+-- decided its first step and the first decision recorded for it, so a replay reads one row per
+-- contact, in the order of an index, instead of gathering every contact's events. A statement
+-- trigger of its own on contact_events keeps it in the inserting transaction, like
+-- contact_facts (whose trigger this leaves alone). Each piece is a fact_mark, the event's
+-- (time, seq) and one value, with the event's other values in the columns after it:
 --   decided    the first classified, classification_missed or escalated event; value: its kind
 --   said       the latest received event before `decided` (before none: the latest of all);
 --              value: its text
 --   routed     the first routed event after `decided`; value: its data's route_path
 --   step       the first self_service_started or escalated event after `decided`; value: kind
 --   classified the latest classified event; value: its contact type (for repeat contacts)
---   latest     the latest event of those kinds
--- `said`, `routed` and `step` depend on where `decided` is, so unlike contact_facts' marks they
--- cannot be merged batch by batch. When a batch's events of a contact all come after `latest`
--- (events land in order: the usual case) the contact is folded again from the stored pieces,
--- which stand for all its earlier events, and the batch; when a batch brings an earlier event
--- (a replayed spool, two writers) it is folded from all its events in contact_events. Either
--- way the row is what folding every event of the contact gives.
+--   latest     the latest event of the kinds above
+--   started    the first contact_started event; value: its channel (customer_id: its customer)
+-- `started`, `classified` and `latest` merge batch by batch like contact_facts' marks; `said`,
+-- `routed` and `step` depend on where `decided` is, so they cannot. When a batch's events of a
+-- contact all come after `latest` (events land in order: the usual case), the contact is
+-- folded again from the stored pieces, which stand for all its earlier events, and the batch;
+-- when a batch brings an earlier event (a replayed spool, two writers), it is folded from all
+-- its events in contact_events. Either way the row is what folding every event gives.
 
 CREATE TABLE contact_replay (
     contact_id      uuid PRIMARY KEY,
@@ -37,8 +37,12 @@ CREATE TABLE contact_replay (
     step            fact_mark,
     step_reason     text,
     classified      fact_mark,
-    latest          fact_mark
+    latest          fact_mark,
+    started         fact_mark,
+    customer_id     uuid,
+    started_at      timestamptz GENERATED ALWAYS AS ((started).at) STORED
 );
+CREATE INDEX contact_replay_started ON contact_replay (started_at, contact_id);
 
 -- One event as the fold reads it (route_path: the data's for routed, the column's otherwise).
 CREATE TYPE replay_event AS (
@@ -120,25 +124,35 @@ BEGIN
           WHERE contact_id IS NOT NULL ORDER BY 1) keys;
 
     INSERT INTO contact_replay AS r
-    SELECT t.contact_id, f.*, t.classified, t.latest
-    FROM (SELECT b.contact_id, b.events, b.classified, b.latest,
+    SELECT t.contact_id, f.*, t.classified, t.latest, t.started, t.customer_id
+    FROM (SELECT b.*,
                  CASE WHEN r.contact_id IS NULL THEN b.events
-                      WHEN ((b.earliest).at, (b.earliest).seq) > ((r.latest).at, (r.latest).seq)
+                      WHEN b.earliest IS NULL THEN replay_events_of(r)  -- nothing to fold
+                      WHEN r.latest IS NULL
+                           OR ((b.earliest).at, (b.earliest).seq) > ((r.latest).at, (r.latest).seq)
                       THEN b.events || replay_events_of(r)
                       ELSE (SELECT array_agg(replay_event_of(e)) FROM contact_events e
                             WHERE e.contact_id = b.contact_id
                               AND e.kind IN ('received', 'classified', 'classification_missed',
                                              'escalated', 'routed', 'self_service_started'))
                  END AS folded
-          FROM (SELECT contact_id, array_agg(ev) AS events,
-                       fact_latest(ROW((ev).at, (ev).seq, (ev).contact_type)::fact_mark)
-                           FILTER (WHERE (ev).kind = 'classified') AS classified,
-                       fact_latest(ROW((ev).at, (ev).seq, NULL)::fact_mark) AS latest,
-                       fact_first(ROW((ev).at, (ev).seq, NULL)::fact_mark) AS earliest
-                FROM (SELECT contact_id, replay_event_of(l) AS ev FROM landed l
-                      WHERE contact_id IS NOT NULL
-                        AND kind IN ('received', 'classified', 'classification_missed',
-                                     'escalated', 'routed', 'self_service_started')) e
+          FROM (SELECT contact_id,
+                       array_agg(ev) FILTER (WHERE folds) AS events,
+                       fact_latest(ROW(occurred_at, seq, contact_type)::fact_mark)
+                           FILTER (WHERE kind = 'classified') AS classified,
+                       fact_latest(ROW(occurred_at, seq, NULL)::fact_mark) FILTER (WHERE folds)
+                           AS latest,
+                       fact_first(ROW(occurred_at, seq, NULL)::fact_mark) FILTER (WHERE folds)
+                           AS earliest,
+                       fact_first(ROW(occurred_at, seq, channel)::fact_mark)
+                           FILTER (WHERE kind = 'contact_started') AS started,
+                       (array_agg(customer_id ORDER BY occurred_at, seq)
+                           FILTER (WHERE kind = 'contact_started'))[1] AS customer_id
+                FROM (SELECT l.*, replay_event_of(l) AS ev,
+                             kind IN ('received', 'classified', 'classification_missed',
+                                      'escalated', 'routed', 'self_service_started') AS folds
+                      FROM landed l WHERE contact_id IS NOT NULL) e
+                WHERE folds OR kind = 'contact_started'
                 GROUP BY contact_id) b
                LEFT JOIN contact_replay r USING (contact_id)) t,
          LATERAL contact_replay_fold(t.folded) f
@@ -151,7 +165,11 @@ BEGIN
         routed = EXCLUDED.routed, routed_queue = EXCLUDED.routed_queue,
         step = EXCLUDED.step, step_reason = EXCLUDED.step_reason,
         classified = fact_later(r.classified, EXCLUDED.classified),
-        latest = fact_later(r.latest, EXCLUDED.latest);
+        latest = fact_later(r.latest, EXCLUDED.latest),
+        started = fact_earlier(r.started, EXCLUDED.started),
+        customer_id = CASE WHEN fact_earlier(r.started, EXCLUDED.started)
+                                IS NOT DISTINCT FROM r.started
+                           THEN r.customer_id ELSE EXCLUDED.customer_id END;
     RETURN NULL;
 END $$;
 
@@ -169,14 +187,20 @@ CREATE TRIGGER contact_replay_truncate AFTER TRUNCATE ON contact_events
 
 -- The contacts already in the log.
 INSERT INTO contact_replay
-SELECT g.contact_id, f.*, g.classified, g.latest
-FROM (SELECT contact_id, array_agg(ev) AS events,
-             fact_latest(ROW((ev).at, (ev).seq, (ev).contact_type)::fact_mark)
-                 FILTER (WHERE (ev).kind = 'classified') AS classified,
-             fact_latest(ROW((ev).at, (ev).seq, NULL)::fact_mark) AS latest
-      FROM (SELECT contact_id, replay_event_of(e) AS ev FROM contact_events e
-            WHERE contact_id IS NOT NULL
-              AND kind IN ('received', 'classified', 'classification_missed', 'escalated',
-                           'routed', 'self_service_started')) e
+SELECT g.contact_id, f.*, g.classified, g.latest, g.started, g.customer_id
+FROM (SELECT contact_id,
+             array_agg(ev) FILTER (WHERE folds) AS events,
+             fact_latest(ROW(occurred_at, seq, contact_type)::fact_mark)
+                 FILTER (WHERE kind = 'classified') AS classified,
+             fact_latest(ROW(occurred_at, seq, NULL)::fact_mark) FILTER (WHERE folds) AS latest,
+             fact_first(ROW(occurred_at, seq, channel)::fact_mark)
+                 FILTER (WHERE kind = 'contact_started') AS started,
+             (array_agg(customer_id ORDER BY occurred_at, seq)
+                 FILTER (WHERE kind = 'contact_started'))[1] AS customer_id
+      FROM (SELECT e.*, replay_event_of(e) AS ev,
+                   kind IN ('received', 'classified', 'classification_missed', 'escalated',
+                            'routed', 'self_service_started') AS folds
+            FROM contact_events e WHERE contact_id IS NOT NULL) e
+      WHERE folds OR kind = 'contact_started'
       GROUP BY contact_id) g,
      LATERAL contact_replay_fold(g.events) f;

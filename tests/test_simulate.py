@@ -260,13 +260,16 @@ async def write_past_traffic(conn: asyncpg.Connection, rng: random.Random,
 
 async def reports_both_ways(conn: asyncpg.Connection, window: Window, rules: Rules,
                             against: Rules | None) -> tuple[dict, dict]:
-    """The report of `simulate` as served, and as computed from the raw events."""
+    """The report of `simulate` as served, and as computed from the raw events with every
+    decision worked out afresh."""
     lookback = simulation.longest_repeat_window_h(rules, *([against] if against else []))
     made = []
-    for load in (simulation.load_past, simulation.load_past_from_events):
+    for load, memoised in ((simulation.load_past, True),
+                           (simulation.load_past_from_events, False)):
         contacts, earlier = await load(conn, window, lookback)
-        replayed = simulation.replay(rules, contacts, earlier)
-        baseline = simulation.replay(against, contacts, earlier) if against else None
+        replayed = simulation.replay(rules, contacts, earlier, memoised=memoised)
+        baseline = simulation.replay(against, contacts, earlier, memoised=memoised) \
+            if against else None
         made.append(simulation.compare(window, contacts, replayed, baseline, rules, against,
                                        examples=100_000))
     return made[0], made[1]

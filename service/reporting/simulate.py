@@ -84,10 +84,12 @@ class PastContact:
 # ---- replay ---------------------------------------------------------------------------------
 
 def replay(rules: Rules, contacts: Iterable[PastContact], earlier_types: EarlierTypes,
-           progress: Callable[[int], None] = lambda n: None) -> dict[str, Result]:
+           progress: Callable[[int], None] = lambda n: None,
+           memoised: bool = True) -> dict[str, Result]:
     """The first decision of each replayable contact under `rules`, oldest contact first.
-    `earlier_types` lists each customer's contacts (id, start, recorded type) for repeats."""
-    run = _Replay(rules, earlier_types)
+    `earlier_types` lists each customer's contacts (id, start, recorded type) for repeats.
+    `memoised=False` works every decision out afresh (the tests' reference)."""
+    run = _Replay(rules, earlier_types, memoised)
     for count, contact in enumerate(contacts, 1):
         if contact.skipped is None:
             run.simulated[contact.contact_id] = run.first_decision(contact)
@@ -101,8 +103,8 @@ class _Replay:
     the routing tree are pure, so the same words get the same answer, and the same values of
     the attributes the tree's matchers read the same route."""
 
-    def __init__(self, rules: Rules, earlier_types: EarlierTypes):
-        self.rules, self.earlier_types = rules, earlier_types
+    def __init__(self, rules: Rules, earlier_types: EarlierTypes, memoised: bool):
+        self.rules, self.earlier_types, self.memoised = rules, earlier_types, memoised
         self.simulated: dict[str, Result] = {}
         self.understood: dict[tuple, Understood] = {}
         self.decided: dict[tuple, Result] = {}
@@ -114,7 +116,9 @@ class _Replay:
         said = (contact.input_kind or "message", contact.text.strip(), contact.input_confidence)
         understood = self.understood.get(said)
         if understood is None:
-            understood = self.understood[said] = understand(self.rules, *said)
+            understood = understand(self.rules, *said)
+            if self.memoised:
+                self.understood[said] = understood
         if understood.outcome == "classified":
             return self.classified(contact, understood.contact_type, understood.confidence)
         if understood.outcome == "agent":
@@ -131,8 +135,16 @@ class _Replay:
                result: Callable[[Rules, str | None, Decision], Result]) -> Result:
         attrs = _attributes(self.rules, contact, contact_type, confidence, self.earlier_types,
                             self.simulated)
-        key = (result, contact_type, *(_value_key(attrs.get(name)) for name in self.read))
-        known = self.decided.get(key)
+        if not self.memoised:
+            return result(self.rules, contact_type, self.rules.tree.decide(attrs))
+        # The values the matchers read, with their types (True and 1 match differently).
+        values = tuple(map(attrs.get, self.read))
+        key: tuple = (result, contact_type, values, tuple(map(type, values)))
+        try:
+            known = self.decided.get(key)
+        except TypeError:  # a list or mapping among them: matchers compare its text
+            key = (result, contact_type, repr(values), key[3])
+            known = self.decided.get(key)
         if known is None:
             known = self.decided[key] = result(self.rules, contact_type,
                                                self.rules.tree.decide(attrs))
@@ -158,12 +170,6 @@ def attributes_read(route: Route) -> set[str]:
     return names
 
 
-def _value_key(value: Any) -> tuple:
-    """A value as a memo key: its type too (True and 1 match differently), and the text of a
-    list or mapping (what a matcher compares them by)."""
-    return (type(value), repr(value) if isinstance(value, (list, dict)) else value)
-
-
 def _attributes(rules: Rules, contact: PastContact, contact_type: str | None,
                 confidence: float | None, earlier_types: EarlierTypes,
                 simulated: dict[str, Result]) -> dict[str, Any]:
@@ -180,21 +186,38 @@ def _attributes(rules: Rules, contact: PastContact, contact_type: str | None,
 
 # ---- what was recorded ------------------------------------------------------------------------
 
-# One row per contact from contact_facts and contact_replay (migration 015), the window's
-# contacts and, before them, the customers' earlier ones a repeat may follow.
+# One row per contact from contact_replay (migration 015), in the order of its index: the
+# window's contacts and, before them, the customers' earlier ones a repeat may follow. The
+# recorded first decision as `_recorded` reads it from the events.
 PAST_SQL = """
-SELECT f.contact_id::text, f.customer_id::text, (f.started).value,
-       extract(epoch FROM f.started_at)::float8, f.started_at >= $1::timestamptz,
-       coalesce(cu.attributes, '{}'::jsonb)::text,
-       (r.decided).value, r.decided_type, r.decided_route, r.decided_reason, r.decided_queue,
-       r.decided_via, (r.routed).value, r.routed_queue, (r.step).value, r.step_reason,
-       (r.said).at IS NOT NULL, (r.said).value, r.said_input, r.said_confidence,
-       (r.classified).value
-FROM contact_facts f LEFT JOIN contact_replay r USING (contact_id)
-     LEFT JOIN customers cu ON cu.id = f.customer_id
-WHERE f.started_at >= $1::timestamptz - make_interval(secs => $3::float8)
-  AND f.started_at < $2::timestamptz
-ORDER BY f.started_at, f.contact_id
+SELECT contact_id::text, customer_id::text, (started).value,
+       extract(epoch FROM started_at)::float8, started_at >= $1::timestamptz,
+       CASE (decided).value WHEN 'classification_missed' THEN 'clarify'
+                            WHEN 'escalated' THEN 'agent'
+                            WHEN 'classified' THEN CASE WHEN (step).value = 'escalated'
+                                                        THEN 'agent' ELSE 'self_service' END
+       END,
+       CASE WHEN (decided).value <> 'classified' THEN decided_reason
+            WHEN (step).value = 'escalated' THEN step_reason END,
+       CASE WHEN (decided).value = 'classified' THEN decided_type END,
+       CASE (decided).value WHEN 'escalated' THEN decided_route
+                            WHEN 'classified' THEN (routed).value END,
+       CASE (decided).value WHEN 'escalated' THEN decided_queue
+                            WHEN 'classified' THEN routed_queue END,
+       decided_via IS NOT DISTINCT FROM 'repeat_prompt',
+       (said).value, said_input, said_confidence, (classified).value
+FROM contact_replay
+WHERE started_at >= $1::timestamptz - make_interval(secs => $3::float8)
+  AND started_at < $2::timestamptz
+ORDER BY started_at, contact_id
+"""
+
+# The fields of the window's customers who have any (most contacts' customers have none).
+CUSTOMER_FIELDS_SQL = """
+SELECT id::text, attributes::text FROM customers
+WHERE attributes <> '{}'::jsonb
+  AND id IN (SELECT customer_id FROM contact_replay
+             WHERE started_at >= $1::timestamptz AND started_at < $2::timestamptz)
 """
 
 
@@ -203,46 +226,29 @@ async def load_past(conn: asyncpg.Connection, window: Window, lookback_h: float
     """The contacts that started in the window, oldest first, and every customer's contacts
     from `lookback_h` before the window to its end (for repeats)."""
     async with conn.transaction():
-        await conn.execute("SET LOCAL work_mem = '64MB'")
         rows = await conn.fetch(PAST_SQL, window.start, window.end, lookback_h * 3600)
+        fields = await conn.fetch(CUSTOMER_FIELDS_SQL, window.start, window.end)
+    parsed: dict[str, dict[str, Any]] = {}  # one dict per distinct text
+    attributes = {customer: parsed.get(text) or parsed.setdefault(text, orjson.loads(text))
+                  for customer, text in fields}
+    results: dict[tuple, Result] = {}  # one Result per distinct decision: cheap to compare
     contacts: list[PastContact] = []
     earlier: EarlierTypes = {}
-    attributes: dict[str, dict[str, Any]] = {}
-    results: dict[tuple, Result] = {}
-    for (contact_id, customer_id, channel, started_at, in_window, attrs, decided, *recorded,
-         said, text, input_kind, input_confidence, classified) in rows:
-        earlier.setdefault(str(customer_id), []).append((contact_id, started_at, classified))
+    for (contact_id, customer_id, channel, started_at, in_window, outcome, reason, contact_type,
+         route_path, queue, confirmed, text, input_kind, input_confidence, classified) in rows:
+        customer_id = str(customer_id)  # None, as the reference has it, for none
+        earlier.setdefault(customer_id, []).append((contact_id, started_at, classified))
         if not in_window:
             continue
-        confirmed = recorded[4] == "repeat_prompt"
+        recorded = None
+        if outcome is not None:
+            fields_of = (outcome, reason, contact_type, route_path, queue)
+            recorded = results.get(fields_of) or results.setdefault(fields_of, Result(*fields_of))
         contacts.append(PastContact(
-            contact_id, str(customer_id), channel, started_at,
-            attributes.get(attrs) or attributes.setdefault(attrs, orjson.loads(attrs)),
-            _recorded_result(decided, *recorded, results) if decided else None,
-            input_kind=input_kind if said else None,
-            text=None if not said or confirmed else text,
-            input_confidence=input_confidence if said else None, confirmed_earlier=confirmed))
+            contact_id, customer_id, channel, started_at, attributes.get(customer_id, {}),
+            recorded, input_kind=input_kind, text=None if confirmed else text,
+            input_confidence=input_confidence, confirmed_earlier=confirmed))
     return contacts, earlier
-
-
-def _recorded_result(decided: str, contact_type: str | None, route_path: str | None,
-                     reason: str | None, queue: str | None, via: str | None,
-                     routed_path: str | None, routed_queue: str | None, step: str | None,
-                     step_reason: str | None, results: dict[tuple, Result]) -> Result:
-    """The first decision from contact_replay's columns, as `_recorded` reads it from events
-    (one Result object per distinct decision: compare then mostly finds them identical)."""
-    if decided == "classification_missed":
-        fields: tuple = ("clarify", reason)
-    elif decided == "escalated":
-        fields = ("agent", reason, None, route_path, queue)
-    elif step == "escalated":
-        fields = ("agent", step_reason, contact_type, routed_path, routed_queue)
-    else:
-        fields = ("self_service", None, contact_type, routed_path, routed_queue)
-    result = results.get(fields)
-    if result is None:
-        result = results[fields] = Result(*fields)
-    return result
 
 
 # ---- the reference: the same from the raw events -------------------------------------------
