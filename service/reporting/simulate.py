@@ -209,7 +209,7 @@ SELECT contact_id::text, customer_id::text, (started).value,
 FROM contact_replay
 WHERE started_at >= $1::timestamptz - make_interval(secs => $3::float8)
   AND started_at < $2::timestamptz
-ORDER BY started_at, contact_id
+ORDER BY contact_replay.started_at, contact_replay.contact_id
 """
 
 # The fields of the window's customers who have any (most contacts' customers have none).
