@@ -31,7 +31,7 @@ import orjson
 from service.conversations.conversation import routing_attributes
 from service.reporting.reports import STARTED_IN_WINDOW, Window, iso
 from service.rules.loader import Rules
-from service.rules.routing import Decision, Route
+from service.rules.routing import INTERVAL_ATTR, Decision, Route
 from service.understanding.understand import Understood, escalation_reason, understand
 
 DECISIVE = ("classified", "classification_missed", "escalated")
@@ -109,6 +109,7 @@ class _Replay:
         self.understood: dict[tuple, Understood] = {}
         self.decided: dict[tuple, Result] = {}
         self.read = tuple(sorted(attributes_read(rules.tree.root)))
+        self.readers = tuple(self._reader(name) for name in self.read)
 
     def first_decision(self, contact: PastContact) -> Result:
         if contact.confirmed_earlier:  # the customer picked the type: only the routing changes
@@ -133,12 +134,11 @@ class _Replay:
 
     def routed(self, contact: PastContact, contact_type: str | None, confidence: float | None,
                result: Callable[[Rules, str | None, Decision], Result]) -> Result:
-        attrs = _attributes(self.rules, contact, contact_type, confidence, self.earlier_types,
-                            self.simulated)
         if not self.memoised:
-            return result(self.rules, contact_type, self.rules.tree.decide(attrs))
-        # The values the matchers read, with their types (True and 1 match differently).
-        values = tuple(map(attrs.get, self.read))
+            return result(self.rules, contact_type, self.rules.tree.decide(self.attributes(
+                contact, contact_type, confidence)))
+        values = tuple([read(contact, contact_type, confidence) for read in self.readers])
+        # With their types: True and 1 match differently.
         key: tuple = (result, contact_type, values, tuple(map(type, values)))
         try:
             known = self.decided.get(key)
@@ -146,9 +146,58 @@ class _Replay:
             key = (result, contact_type, repr(values), key[3])
             known = self.decided.get(key)
         if known is None:
+            attrs = self.attributes(contact, contact_type, confidence)
+            if values != tuple(map(attrs.get, self.read)):
+                raise AssertionError(f"the replay's key {values} is not what the tree reads")
             known = self.decided[key] = result(self.rules, contact_type,
                                                self.rules.tree.decide(attrs))
         return known
+
+    def attributes(self, contact: PastContact, contact_type: str | None,
+                   confidence: float | None) -> dict[str, Any]:
+        """The same attributes a live turn routes on, built from the past contact."""
+        earlier = [{"contact_id": cid, "started_at": started,
+                    "contact_type": self.type_of(cid, recorded)}
+                   for cid, started, recorded in self.earlier_types.get(contact.customer_id, ())
+                   if started < contact.started_at]
+        conv = {"contact_id": contact.contact_id, "started_at": contact.started_at,
+                "contact_type": contact_type, "confidence": confidence,
+                "attributes": contact.attributes, "earlier": earlier}
+        return routing_attributes(self.rules, conv, contact.channel, contact.started_at)
+
+    def type_of(self, contact_id: str, recorded: str | None) -> str | None:
+        """An earlier contact's type: as replayed if it was, else as recorded."""
+        replayed = self.simulated.get(contact_id)
+        return recorded if replayed is None else replayed.contact_type
+
+    # The memo key: each attribute the tree reads as `attributes` gives it, without building
+    # them all (`routed` checks the two agree whenever it walks the tree).
+    def _reader(self, name: str) -> Callable[[PastContact, str | None, float | None], Any]:
+        if name == "channel":
+            return lambda contact, contact_type, confidence: contact.channel
+        if name == "contact_type":
+            return lambda contact, contact_type, confidence: contact_type
+        if name == "confidence":
+            return lambda contact, contact_type, confidence: confidence
+        if name == "repeat_contact":
+            return lambda contact, contact_type, confidence: self.is_repeat(contact, contact_type)
+        if name == INTERVAL_ATTR:
+            intervals_at = self.rules.tree.intervals_at
+            return lambda contact, contact_type, confidence: intervals_at(contact.started_at)
+        if name.startswith("customer."):
+            field = name.removeprefix("customer.")
+            return lambda contact, contact_type, confidence: contact.attributes.get(field)
+        return lambda contact, contact_type, confidence: None  # waiting.<queue>: unknown
+
+    def is_repeat(self, contact: PastContact, contact_type: str | None) -> bool:
+        """An earlier contact of the customer's of the same type within its repeat window."""
+        known = self.rules.catalog.types.get(contact_type or "")
+        if known is None:
+            return False
+        since = contact.started_at - known.repeat_window_h * 3600
+        return any(since <= started < contact.started_at and cid != contact.contact_id
+                   and self.type_of(cid, recorded) == contact_type
+                   for cid, started, recorded in self.earlier_types.get(contact.customer_id, ()))
 
 
 def _first_step(rules: Rules, contact_type: str | None, decision: Decision) -> Result:
@@ -168,20 +217,6 @@ def attributes_read(route: Route) -> set[str]:
     for child in route.routes:
         names |= attributes_read(child)
     return names
-
-
-def _attributes(rules: Rules, contact: PastContact, contact_type: str | None,
-                confidence: float | None, earlier_types: EarlierTypes,
-                simulated: dict[str, Result]) -> dict[str, Any]:
-    """The same attributes a live turn routes on, built from the past contact."""
-    earlier = [{"contact_id": cid, "started_at": started,
-                "contact_type": simulated[cid].contact_type if cid in simulated else recorded}
-               for cid, started, recorded in earlier_types.get(contact.customer_id, ())
-               if started < contact.started_at]
-    conv = {"contact_id": contact.contact_id, "started_at": contact.started_at,
-            "contact_type": contact_type, "confidence": confidence,
-            "attributes": contact.attributes, "earlier": earlier}
-    return routing_attributes(rules, conv, contact.channel, contact.started_at)
 
 
 # ---- what was recorded ------------------------------------------------------------------------
