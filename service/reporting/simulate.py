@@ -194,10 +194,12 @@ class _Replay:
         known = self.rules.catalog.types.get(contact_type or "")
         if known is None:
             return False
-        since = contact.started_at - known.repeat_window_h * 3600
-        return any(since <= started < contact.started_at and cid != contact.contact_id
-                   and self.type_of(cid, recorded) == contact_type
-                   for cid, started, recorded in self.earlier_types.get(contact.customer_id, ()))
+        at, since = contact.started_at, contact.started_at - known.repeat_window_h * 3600
+        for cid, started, recorded in self.earlier_types.get(contact.customer_id, ()):
+            if since <= started < at and cid != contact.contact_id and \
+                    self.type_of(cid, recorded) == contact_type:
+                return True
+        return False
 
 
 def _first_step(rules: Rules, contact_type: str | None, decision: Decision) -> Result:
