@@ -148,7 +148,8 @@ class _Replay:
         if known is None:
             attrs = self.attributes(contact, contact_type, confidence)
             if values != tuple(map(attrs.get, self.read)):
-                raise AssertionError(f"the replay's key {values} is not what the tree reads")
+                raise RuntimeError(f"simulate read {values} for {self.read}, routing_attributes "
+                                   f"{tuple(map(attrs.get, self.read))}: the two must agree")
             known = self.decided[key] = result(self.rules, contact_type,
                                                self.rules.tree.decide(attrs))
         return known
