@@ -71,8 +71,7 @@ async def _drop_older(conn: asyncpg.Connection, cutoff: datetime) -> list[str]:
             boundary = max(boundary or end, end)
     if boundary is not None:  # what the default partition caught before it goes too
         await conn.execute("DELETE FROM contact_events_default WHERE occurred_at < $1", boundary)
-        await conn.execute("DELETE FROM contact_replay r USING contact_facts f WHERE "
-                           "f.contact_id = r.contact_id AND f.started_at < $1", boundary)
+        await conn.execute("DELETE FROM contact_replay WHERE started_at < $1", boundary)
         await conn.execute("DELETE FROM contact_facts WHERE started_at < $1", boundary)
     return dropped
 
