@@ -31,6 +31,7 @@ async def test_months_are_created_ahead_and_old_ones_dropped_by_retention(log_db
     everything = Window(datetime(2025, 1, 1, tzinfo=timezone.utc), NOW + timedelta(days=400))
     before = await reports.summary(log_db, everything, RULES)
     assert before["totals"]["contacts"] == 3
+    assert await log_db.fetchval("SELECT count(*) FROM contact_replay") == 3
 
     done = await partitions.maintain(log_db, retention_days=60, now=NOW)  # cutoff 2026-01-14
     assert "contact_events_2025_12" in done.dropped
@@ -42,6 +43,8 @@ async def test_months_are_created_ahead_and_old_ones_dropped_by_retention(log_db
     assert after["totals"] == reference["totals"]
     assert await log_db.fetchval("SELECT count(*) FROM contact_events") == \
         len(kept.rows) + len(far.rows)
+    assert {r[0] for r in await log_db.fetch("SELECT contact_id FROM contact_replay")} == \
+        {kept.id, far.id}
 
 
 async def test_keeping_everything_drops_nothing(log_db):

@@ -281,8 +281,7 @@ async def _simulate(url: str, window, directories: list[Path], examples: int) ->
             _progress(f"training the classifier of {directory} "
                       f"({len(learned)} learned examples)")
             rule_sets.append(await asyncio.to_thread(load_rules, directory, learned=learned))
-        contacts = await simulate.load_past_contacts(conn, window)
-        earlier = await simulate.load_earlier_types(
+        contacts, earlier = await simulate.load_past(
             conn, window, simulate.longest_repeat_window_h(*rule_sets))
     finally:
         await conn.close()

@@ -41,7 +41,7 @@ def next_month(start: datetime) -> datetime:
 async def maintain(conn: asyncpg.Connection, retention_days: int,
                    now: datetime | None = None) -> Maintained:
     """Create this month and MONTHS_AHEAD more; drop months wholly older than the retention
-    (0 keeps everything), with their contacts' facts."""
+    (0 keeps everything), with their contacts' facts and replay rows."""
     now = now or datetime.now(timezone.utc)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
@@ -71,6 +71,7 @@ async def _drop_older(conn: asyncpg.Connection, cutoff: datetime) -> list[str]:
             boundary = max(boundary or end, end)
     if boundary is not None:  # what the default partition caught before it goes too
         await conn.execute("DELETE FROM contact_events_default WHERE occurred_at < $1", boundary)
+        await conn.execute("DELETE FROM contact_replay WHERE started_at < $1", boundary)
         await conn.execute("DELETE FROM contact_facts WHERE started_at < $1", boundary)
         await conn.execute("DELETE FROM contact_arms WHERE assigned_at < $1", boundary)
     return dropped
