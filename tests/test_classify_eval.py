@@ -367,3 +367,23 @@ def test_unseen_types_estimate_input_errors(ten_types_csv, capsys, extra, messag
     argv = [str(ten_types_csv) if a == "TRAIN" else a for a in extra]
     assert run_cli("--train", str(ten_types_csv), "--no-encoder", *argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_types_are_hidden_by_default_only_without_out_of_scope_rows_of_its_own(
+        ten_types_csv, tmp_path, capsys):
+    examples = [("my parcel", "parcel"), ("a refund", "refund")]
+    assert ev.hides_types(ev.Dataset(examples))
+    assert not ev.hides_types(ev.Dataset(examples, ["hello"]))
+    assert ev.hides_types(ev.Dataset(examples, ["hello"]), borrowed=["hello"])
+    in_scope_only = write(tmp_path / "in_scope.csv", "\n".join(
+        line for line in ten_types_csv.read_text().splitlines() if not line.endswith(",oos"))
+        + "\n")
+    other_domain = write(tmp_path / "other.csv", "text\nbook a flight\nset an alarm\n")
+    for train, extra, hidden in ((ten_types_csv, [], False), (in_scope_only, [], True),
+                                 (in_scope_only, ["--oos-data", str(other_domain)], True),
+                                 (ten_types_csv, ["--hide-types"], True),
+                                 (in_scope_only, ["--no-hide-types"], False)):
+        assert run_cli("--train", str(train), "--folds", "2", "--no-encoder", *extra,
+                       "--format", "json") == 0
+        err = capsys.readouterr().err
+        assert f"contact types {'hidden' if hidden else 'not hidden'}" in err, (train, extra)

@@ -414,6 +414,16 @@ def cross_validated_threshold(data: Dataset, folds: int, oos_share: float,
     return cross_validated_choice(data, folds, oos_share, progress, hide_types).threshold
 
 
+def hides_types(data: Dataset, borrowed: Sequence[str] = ()) -> bool:
+    """Whether the threshold's cross-validation should hide contact types by default: only
+    when the data has no out-of-scope rows of its own. Labelled out-of-scope rows of the same
+    traffic (`borrowed` rows from elsewhere, e.g. another domain's, do not count) already show
+    the in-domain requests the catalog lacks, which hidden types only imitate; hiding types
+    next to them double-counts refusals and refuses the catalog's own sibling types."""
+    borrowed_texts = set(borrowed)
+    return not any(text not in borrowed_texts for text in data.out_of_scope)
+
+
 def _type_folds(types: list[str], folds: int) -> dict[str, int]:
     """The fold that hides each contact type; none hidden when too few would remain."""
     if len(types) < 2 * folds:

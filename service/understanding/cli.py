@@ -56,11 +56,13 @@ def add_parser(commands) -> None:
     parser.add_argument("--oos-share", type=float, default=ev.DEFAULT_OOS_SHARE,
                         help="share of out-of-scope messages assumed when choosing the "
                              f"threshold (default {ev.DEFAULT_OOS_SHARE})")
-    parser.add_argument("--hide-types", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--hide-types", action=argparse.BooleanOptionalAction, default=None,
                         help="also hide some contact types from each cross-validation model "
                              "and count their messages as out of scope, so the threshold "
                              "learns to refuse in-domain requests the catalog does not cover "
-                             "(default: on)")
+                             "(default: on unless the training rows hold out-of-scope rows "
+                             "of their own: --train rows labelled out of scope, or the "
+                             "catalog's out_of_scope_data)")
     parser.add_argument("--unseen-types", action="store_true",
                         help="without --test: also train each outer fold's model without one "
                              "fold of contact types and score their held-out messages as out "
@@ -139,7 +141,10 @@ def _run(args: argparse.Namespace) -> tuple[ev.Report, str]:
         train_data = ev.Dataset(train_data.examples, train_data.out_of_scope,
                                 train_data.embedder, background, _memo_encoder(train_data),
                                 per_type, keep)
-    options = dict(folds=args.folds, oos_share=args.oos_share, hide_types=args.hide_types,
+    hide = ev.hides_types(train_data, extra) if args.hide_types is None else args.hide_types
+    _progress(f"threshold: contact types {'hidden' if hide else 'not hidden'} in its "
+              "cross-validation")
+    options = dict(folds=args.folds, oos_share=args.oos_share, hide_types=hide,
                    progress=_progress)
     if not args.test:
         _progress(f"cross-validating on {len(train_data):,} rows, {args.folds} folds")
