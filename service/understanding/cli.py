@@ -84,7 +84,8 @@ def add_parser(commands) -> None:
                              "(--catalog follows the catalog's classifier.encoder_examples)")
     parser.add_argument("--predictions", type=Path, metavar="FILE",
                         help="write every scored message to this CSV: text, expected, "
-                             "predicted, confidence, refused")
+                             "predicted, confidence, refused (and weight with "
+                             "--weigh-oos-share)")
     parser.add_argument("--format", choices=("table", "json"), default="table")
     parser.set_defaults(func=cmd_classify_eval)
 
