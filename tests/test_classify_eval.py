@@ -379,11 +379,20 @@ def test_types_are_hidden_by_default_only_without_out_of_scope_rows_of_its_own(
         line for line in ten_types_csv.read_text().splitlines() if not line.endswith(",oos"))
         + "\n")
     other_domain = write(tmp_path / "other.csv", "text\nbook a flight\nset an alarm\n")
+    thresholds = {}
     for train, extra, hidden in ((ten_types_csv, [], False), (in_scope_only, [], True),
                                  (in_scope_only, ["--oos-data", str(other_domain)], True),
                                  (ten_types_csv, ["--hide-types"], True),
-                                 (in_scope_only, ["--no-hide-types"], False)):
+                                 (in_scope_only, ["--no-hide-types"], False),
+                                 (ten_types_csv, ["--no-hide-types"], False),
+                                 (in_scope_only, ["--hide-types"], True)):
         assert run_cli("--train", str(train), "--folds", "2", "--no-encoder", *extra,
                        "--format", "json") == 0
-        err = capsys.readouterr().err
+        out, err = capsys.readouterr()
         assert f"contact types {'hidden' if hidden else 'not hidden'}" in err, (train, extra)
+        thresholds[train.name, tuple(extra)] = json.loads(out)["thresholds"]
+    # the default is the forced choice it names, and that choice matters
+    assert thresholds["ten.csv", ()] == thresholds["ten.csv", ("--no-hide-types",)] != \
+        thresholds["ten.csv", ("--hide-types",)]
+    assert thresholds["in_scope.csv", ()] == thresholds["in_scope.csv", ("--hide-types",)] != \
+        thresholds["in_scope.csv", ("--no-hide-types",)]
