@@ -281,3 +281,118 @@ def test_predictions_into_a_missing_directory_is_refused_before_training(train_c
     assert run_cli("--train", str(train_csv), "--predictions",
                    str(tmp_path / "nowhere" / "p.csv")) == 2
     assert "no such directory for --predictions" in capsys.readouterr().err
+
+
+WORDS = ["parcel", "refund", "password", "invoice", "address", "account", "voucher", "return",
+         "delivery", "payment"]
+
+
+@pytest.fixture
+def ten_types_csv(tmp_path) -> Path:
+    prefixes = ("help with my", "question about", "problem with my", "my", "about the",
+                "sort out my", "i need my", "what about my")
+    lines = ["text,intent"] + [f"{prefix} {word},{word}" for word in WORDS for prefix in prefixes]
+    lines += [f"{t},oos" for t in ("hello", "hi there", "what's the weather", "tell me a joke",
+                                   "good morning", "play some music", "how are you",
+                                   "who are you")]
+    return write(tmp_path / "ten.csv", "\n".join(lines) + "\n")
+
+
+def test_weighted_metrics_agree_with_scikit_learn():
+    weights = ev.share_weights(TRUTH, "oos", 0.7)
+    assert sum(w for w, t in zip(weights, TRUTH) if t == "oos") / sum(weights) == \
+        pytest.approx(0.7)
+    assert sum(weights) == pytest.approx(len(TRUTH))
+    m = ev.metrics(TRUTH, GUESS, "oos", weights)
+    right = [t == g for t, g in zip(TRUTH, GUESS)]
+    assert m.accuracy == pytest.approx(np.average(right, weights=weights))
+    assert m.mcc == pytest.approx(matthews_corrcoef(TRUTH, GUESS, sample_weight=weights))
+    assert m.macro_f1 == pytest.approx(f1_score(TRUTH, GUESS, average="macro",
+                                                sample_weight=weights))
+    assert m.in_scope_accuracy == pytest.approx(2 / 3) and m.oos_recall == pytest.approx(0.5)
+    assert ev.metrics(TRUTH, GUESS, "oos", [1.0] * 5) == ev.metrics(TRUTH, GUESS, "oos")
+    with pytest.raises(ev.EvalInputError, match="both in-scope and out-of-scope"):
+        ev.share_weights(["a", "b"], "oos", 0.5)
+
+
+def test_unseen_types_estimate_rows_match_the_weighted_summary(ten_types_csv, tmp_path, capsys):
+    out_file = tmp_path / "estimate.csv"
+    assert run_cli("--train", str(ten_types_csv), "--folds", "2", "--no-encoder",
+                   "--unseen-types", "--weigh-oos-share", "0.6", "--predictions",
+                   str(out_file), "--format", "json") == 0
+    report = json.loads(capsys.readouterr().out)
+    with out_file.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == report["test_rows"] == 88
+    # half the types are hidden from each outer fold's model: their held-out rows, 40 of
+    # them, must be refused, next to the file's own 8 out-of-scope rows
+    unseen = [r for r in rows if r["expected"] == "oos" and r["text"].split()[-1] in WORDS]
+    assert len(unseen) == report["unseen_type_rows"] == 40
+    assert report["test_oos_rows"] == 48 and report["weighted_oos_share"] == 0.6
+    weights = [float(r["weight"]) for r in rows]
+    expected = [r["expected"] for r in rows]
+    assert sum(w for w, e in zip(weights, expected) if e == "oos") / sum(weights) == \
+        pytest.approx(0.6, abs=1e-4)
+    decided = ["oos" if r["refused"] == "yes" else r["predicted"] for r in rows]
+    right = [e == d for e, d in zip(expected, decided)]
+    assert report["accuracy"] == pytest.approx(np.average(right, weights=weights), abs=1e-4)
+    assert report["mcc"] == pytest.approx(
+        matthews_corrcoef(expected, decided, sample_weight=weights), abs=1e-4)
+    refused = [r["refused"] == "yes" for r in rows if r["expected"] == "oos"]
+    assert report["oos_recall"] == pytest.approx(sum(refused) / len(refused), abs=1e-4)
+    in_scope = [ok for ok, e in zip(right, expected) if e != "oos"]
+    assert report["in_scope_accuracy"] == pytest.approx(sum(in_scope) / len(in_scope), abs=1e-4)
+    # unweighted, the same rows give the plain share of right decisions
+    assert run_cli("--train", str(ten_types_csv), "--folds", "2", "--no-encoder",
+                   "--unseen-types", "--format", "json") == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["unseen_type_rows"] == 40 and plain["weighted_oos_share"] is None
+    assert plain["oos_recall"] == report["oos_recall"]
+
+
+def test_unseen_types_estimate_is_labelled_in_the_table(ten_types_csv, capsys):
+    assert run_cli("--train", str(ten_types_csv), "--folds", "2", "--no-encoder",
+                   "--unseen-types", "--weigh-oos-share", "0.42") == 0
+    out = capsys.readouterr().out
+    assert "of which 40 of unseen types" in out
+    assert "weighed to 42% of traffic: an estimate, not a test-set figure" in out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--unseen-types", "--test", "TRAIN"], "--unseen-types works in cross-validation"),
+    (["--weigh-oos-share", "1"], "--weigh-oos-share must be between 0 and 1"),
+    (["--unseen-types", "--folds", "6"], "needs at least 12 contact types"),
+])
+def test_unseen_types_estimate_input_errors(ten_types_csv, capsys, extra, message):
+    argv = [str(ten_types_csv) if a == "TRAIN" else a for a in extra]
+    assert run_cli("--train", str(ten_types_csv), "--no-encoder", *argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_types_are_hidden_by_default_only_without_out_of_scope_rows_of_its_own(
+        ten_types_csv, tmp_path, capsys):
+    examples = [("my parcel", "parcel"), ("a refund", "refund")]
+    assert ev.hides_types(ev.Dataset(examples))
+    assert not ev.hides_types(ev.Dataset(examples, ["hello"]))
+    assert ev.hides_types(ev.Dataset(examples, ["hello"]), borrowed=["hello"])
+    in_scope_only = write(tmp_path / "in_scope.csv", "\n".join(
+        line for line in ten_types_csv.read_text().splitlines() if not line.endswith(",oos"))
+        + "\n")
+    other_domain = write(tmp_path / "other.csv", "text\nbook a flight\nset an alarm\n")
+    thresholds = {}
+    for train, extra, hidden in ((ten_types_csv, [], False), (in_scope_only, [], True),
+                                 (in_scope_only, ["--oos-data", str(other_domain)], True),
+                                 (ten_types_csv, ["--hide-types"], True),
+                                 (in_scope_only, ["--no-hide-types"], False),
+                                 (ten_types_csv, ["--no-hide-types"], False),
+                                 (in_scope_only, ["--hide-types"], True)):
+        assert run_cli("--train", str(train), "--folds", "2", "--no-encoder", *extra,
+                       "--format", "json") == 0
+        out, err = capsys.readouterr()
+        assert f"contact types {'hidden' if hidden else 'not hidden'}" in err, (train, extra)
+        thresholds[train.name, tuple(extra)] = json.loads(out)["thresholds"]
+    # the default is the forced choice it names, and that choice matters
+    assert thresholds["ten.csv", ()] == thresholds["ten.csv", ("--no-hide-types",)] != \
+        thresholds["ten.csv", ("--hide-types",)]
+    assert thresholds["in_scope.csv", ()] == thresholds["in_scope.csv", ("--hide-types",)] != \
+        thresholds["in_scope.csv", ("--no-hide-types",)]

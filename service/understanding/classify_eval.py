@@ -80,6 +80,7 @@ class ScoredRow:
     predicted: str  # the likeliest contact type, refused or not
     confidence: float
     refused: bool  # confidence under the threshold: decided out of scope
+    weight: float = 1.0  # the row's weight in the summary (see share_weights)
 
     def decided(self, oos_label: str) -> str:
         return oos_label if self.refused else self.predicted
@@ -105,6 +106,8 @@ class Report:
     confused: tuple[tuple[str, str, int], ...] = ()  # (expected, decided, count), most first
     bands: tuple[Band | None, ...] = ()  # the encoder band of each outer fold (None: no encoder)
     encoder_share: float | None = None  # share of scored rows the encoder decided
+    unseen_type_rows: int = 0  # rows of types hidden from their fold's model, scored as oos
+    weighted_oos_share: float | None = None  # out-of-scope rows weighed to this share
 
     @property
     def band(self) -> Band | None:
@@ -179,20 +182,35 @@ def oos_label_of(rows: list[tuple[str, str]], given: str | None) -> str:
 # --- metrics ---------------------------------------------------------------------------------
 
 
-def metrics(truth: Sequence[str], predicted: Sequence[str], oos_label: str) -> Metrics:
+def metrics(truth: Sequence[str], predicted: Sequence[str], oos_label: str,
+            weights: Sequence[float] | None = None) -> Metrics:
+    """The figures of the report; `weights` (one per row) weigh accuracy, macro-F1 and MCC."""
     labels = sorted(set(truth) | set(predicted))
     index = {label: i for i, label in enumerate(labels)}
-    confusion = np.zeros((len(labels), len(labels)), np.int64)
-    np.add.at(confusion, ([index[t] for t in truth], [index[p] for p in predicted]), 1)
-    true_oos = np.array([t == oos_label for t in truth])
-    right = np.array([t == p for t, p in zip(truth, predicted)])
+    weight = np.ones(len(truth)) if weights is None else np.asarray(weights, float)
+    confusion = np.zeros((len(labels), len(labels)), float)
+    np.add.at(confusion, ([index[t] for t in truth], [index[p] for p in predicted]), weight)
+    true_oos = np.array([t == oos_label for t in truth], bool)
+    right = np.array([t == p for t, p in zip(truth, predicted)], bool)
     return Metrics(
-        accuracy=float(right.mean()),
+        accuracy=float(np.average(right, weights=weight)),
         macro_f1=_macro_f1(confusion),
         in_scope_accuracy=float(right[~true_oos].mean()) if (~true_oos).any() else None,
         oos_recall=float(right[true_oos].mean()) if true_oos.any() else None,
         mcc=_mcc(confusion),
     )
+
+
+def share_weights(truth: Sequence[str], oos_label: str, oos_share: float) -> list[float]:
+    """Row weights under which out-of-scope rows make `oos_share` of the total, and the rows
+    still count len(truth) in all (the in-scope rows and the others share the rest evenly)."""
+    outside = sum(t == oos_label for t in truth)
+    inside = len(truth) - outside
+    if not outside or not inside:
+        raise EvalInputError("weighing the out-of-scope share needs both in-scope and "
+                             "out-of-scope rows among the scored ones")
+    per_oos, per_in = oos_share * len(truth) / outside, (1 - oos_share) * len(truth) / inside
+    return [per_oos if t == oos_label else per_in for t in truth]
 
 
 def _macro_f1(confusion: np.ndarray) -> float:
@@ -396,6 +414,16 @@ def cross_validated_threshold(data: Dataset, folds: int, oos_share: float,
     return cross_validated_choice(data, folds, oos_share, progress, hide_types).threshold
 
 
+def hides_types(data: Dataset, borrowed: Sequence[str] = ()) -> bool:
+    """Whether the threshold's cross-validation should hide contact types by default: only
+    when the data has no out-of-scope rows of its own. Labelled out-of-scope rows of the same
+    traffic (`borrowed` rows from elsewhere, e.g. another domain's, do not count) already show
+    the in-domain requests the catalog lacks, which hidden types only imitate; hiding types
+    next to them double-counts refusals and refuses the catalog's own sibling types."""
+    borrowed_texts = set(borrowed)
+    return not any(text not in borrowed_texts for text in data.out_of_scope)
+
+
 def _type_folds(types: list[str], folds: int) -> dict[str, int]:
     """The fold that hides each contact type; none hidden when too few would remain."""
     if len(types) < 2 * folds:
@@ -407,7 +435,8 @@ def _type_folds(types: list[str], folds: int) -> dict[str, int]:
 
 def evaluate(train_data: Dataset, test_data: Dataset, oos_label: str, *,
              folds: int = DEFAULT_FOLDS, oos_share: float = DEFAULT_OOS_SHARE,
-             hide_types: bool = False, progress: Progress = lambda _: None) -> Report:
+             hide_types: bool = False, weigh_oos_share: float | None = None,
+             progress: Progress = lambda _: None) -> Report:
     _check_enough(train_data, folds)
     choice = cross_validated_choice(train_data, folds, oos_share, progress, hide_types)
     progress(f"  training on all {len(train_data):,} rows")
@@ -417,30 +446,44 @@ def evaluate(train_data: Dataset, test_data: Dataset, oos_label: str, *,
     scored = _Scored()
     scored.add(model, test_data.labelled(oos_label))
     return _report(scored, [choice.threshold] * len(scored.truth), [choice], [seconds],
-                   oos_label, train_data, "test file", folds)
+                   oos_label, train_data, "test file", folds,
+                   weigh_oos_share=weigh_oos_share)
 
 
 def cross_validate(data: Dataset, oos_label: str, *, folds: int = DEFAULT_FOLDS,
                    oos_share: float = DEFAULT_OOS_SHARE, hide_types: bool = False,
+                   unseen_types: bool = False, weigh_oos_share: float | None = None,
                    progress: Progress = lambda _: None) -> Report:
+    """Nested cross-validation. With `unseen_types`, each outer fold's model is also trained
+    without one fold of contact types, whose held-out rows are scored as out of scope: real
+    traffic holds in-domain requests of types the catalog lacks. With `weigh_oos_share`, the
+    summary weighs the out-of-scope rows to that share of the scored messages."""
     _check_enough(data, folds)
     rows = data.labelled(oos_label)
     fold = fold_of_each([label for _, label in rows], folds)
-    scored, choices, row_thresholds, seconds = _Scored(), [], [], []
+    hidden_in = _type_folds(sorted({label for _, label in data.examples}), folds) \
+        if unseen_types else {}
+    if unseen_types and not hidden_in:
+        raise EvalInputError(f"scoring unseen types needs at least {2 * folds} contact types")
+    scored, choices, row_thresholds, seconds, unseen_rows = _Scored(), [], [], [], 0
     for k in range(folds):
-        progress(f"fold {k + 1}/{folds}: {int((fold != k).sum()):,} rows to train, "
+        unseen = {label for label, f in hidden_in.items() if f == k}
+        keep = (fold != k) & np.array([label not in unseen for _, label in rows])
+        progress(f"fold {k + 1}/{folds}: {int(keep.sum()):,} rows to train, "
                  f"{int((fold == k).sum()):,} to score")
-        part = _subset(data, rows, fold != k, oos_label)
+        part = _subset(data, rows, keep, oos_label)
         _check_enough(part, folds)
         choices.append(cross_validated_choice(part, folds, oos_share, progress, hide_types))
         started = time.perf_counter()
         model = _fit(part, choices[-1].band)
         seconds.append(time.perf_counter() - started)
-        held_out = [row for row, f in zip(rows, fold) if f == k]
+        held_out = [(text, oos_label if label in unseen else label)
+                    for (text, label), f in zip(rows, fold) if f == k]
+        unseen_rows += sum(label in unseen for (_, label), f in zip(rows, fold) if f == k)
         scored.add(model, held_out)
         row_thresholds += [choices[-1].threshold] * len(held_out)
     return _report(scored, row_thresholds, choices, seconds, oos_label, data,
-                   "cross-validation", folds)
+                   "cross-validation", folds, unseen_rows, weigh_oos_share)
 
 
 def _check_enough(data: Dataset, folds: int) -> None:
@@ -455,15 +498,19 @@ def _check_enough(data: Dataset, folds: int) -> None:
 
 def _report(scored: _Scored, row_thresholds: list[float], choices: list[Choice],
             seconds: list[float], oos_label: str, train_data: Dataset, mode: str,
-            folds: int) -> Report:
+            folds: int, unseen_rows: int = 0, weigh_oos_share: float | None = None) -> Report:
     latency = np.array(scored.latency_ms)
     decided = scored.decided(row_thresholds, oos_label)
-    rows = tuple(ScoredRow(text, truth, guess, confidence, confidence < threshold)
-                 for text, truth, guess, confidence, threshold in
+    weights = [1.0] * len(scored.truth) if weigh_oos_share is None else \
+        share_weights(scored.truth, oos_label, weigh_oos_share)
+    rows = tuple(ScoredRow(text, truth, guess, confidence, confidence < threshold, weight)
+                 for text, truth, guess, confidence, threshold, weight in
                  zip(scored.texts, scored.truth, scored.guess, scored.confidence,
-                     row_thresholds))
+                     row_thresholds, weights))
     return Report(
-        metrics=metrics(scored.truth, decided, oos_label),
+        metrics=metrics(scored.truth, decided, oos_label, weights),
+        unseen_type_rows=unseen_rows,
+        weighted_oos_share=weigh_oos_share,
         predictions=rows,
         confused=most_confused(scored.truth, decided),
         thresholds=[choice.threshold for choice in choices],
@@ -494,13 +541,17 @@ def most_confused(truth: Sequence[str], decided: Sequence[str], top: int = 10
 
 
 def write_predictions(report: Report, path: Path) -> None:
-    """One CSV row per scored message: text, expected, predicted, confidence, refused."""
+    """One CSV row per scored message: text, expected, predicted, confidence, refused (and
+    the row's weight when the report weighs the out-of-scope share)."""
+    weighted = report.weighted_oos_share is not None
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["text", "expected", "predicted", "confidence", "refused"])
+        writer.writerow(["text", "expected", "predicted", "confidence", "refused"]
+                        + (["weight"] if weighted else []))
         for row in report.predictions:
             writer.writerow([row.text, row.expected, row.predicted, f"{row.confidence:.4f}",
-                             "yes" if row.refused else "no"])
+                             "yes" if row.refused else "no"]
+                            + ([f"{row.weight:.6f}"] if weighted else []))
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -522,6 +573,8 @@ def as_dict(report: Report) -> dict:
         "encoder_band": list(report.band) if report.band else None,
         "encoder_bands": [list(b) if b else None for b in report.bands],
         "encoder_share": _round(report.encoder_share),
+        "unseen_type_rows": report.unseen_type_rows,
+        "weighted_oos_share": report.weighted_oos_share,
         "most_confused": [{"expected": t, "decided": d, "count": n}
                           for t, d, n in report.confused],
     }
@@ -533,8 +586,12 @@ def as_table(report: Report) -> str:
            else f"mean of the {report.folds} folds' own choices "
                 f"{min(report.thresholds):.2f}-{max(report.thresholds):.2f}")
     lines = [
-        ("scored", f"{report.test_rows:,} rows ({report.test_oos_rows:,} out of scope), "
-                   f"{report.mode}"),
+        ("scored", f"{report.test_rows:,} rows ({report.test_oos_rows:,} out of scope"
+                   + (f", of which {report.unseen_type_rows:,} of unseen types"
+                      if report.unseen_type_rows else "") + f"), {report.mode}"),
+        *([("estimate", f"out-of-scope rows weighed to {report.weighted_oos_share:.0%} of "
+                        "traffic: an estimate, not a test-set figure")]
+          if report.weighted_oos_share is not None else []),
         ("trained on", f"{report.train_rows:,} rows ({report.train_oos_rows:,} out of scope), "
                        f"{report.contact_types} contact types, + {report.background_rows:,} "
                        "background out-of-scope texts"),

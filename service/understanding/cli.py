@@ -56,11 +56,22 @@ def add_parser(commands) -> None:
     parser.add_argument("--oos-share", type=float, default=ev.DEFAULT_OOS_SHARE,
                         help="share of out-of-scope messages assumed when choosing the "
                              f"threshold (default {ev.DEFAULT_OOS_SHARE})")
-    parser.add_argument("--hide-types", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--hide-types", action=argparse.BooleanOptionalAction, default=None,
                         help="also hide some contact types from each cross-validation model "
                              "and count their messages as out of scope, so the threshold "
                              "learns to refuse in-domain requests the catalog does not cover "
-                             "(default: on)")
+                             "(default: on unless the training rows hold out-of-scope rows "
+                             "of their own: --train rows labelled out of scope, or the "
+                             "catalog's out_of_scope_data)")
+    parser.add_argument("--unseen-types", action="store_true",
+                        help="without --test: also train each outer fold's model without one "
+                             "fold of contact types and score their held-out messages as out "
+                             "of scope (in-domain requests the catalog lacks, as real traffic "
+                             "has)")
+    parser.add_argument("--weigh-oos-share", type=float, metavar="S",
+                        help="weigh the scored out-of-scope messages to this share of traffic "
+                             "in accuracy, macro-F1 and MCC (an estimate for traffic with that "
+                             "share)")
     parser.add_argument("--embeddings", choices=sorted(BACKENDS),
                         help="add pretrained sentence embeddings to the features (needs the "
                              "embeddings extra); --catalog uses the catalog's setting")
@@ -73,7 +84,8 @@ def add_parser(commands) -> None:
                              "(--catalog follows the catalog's classifier.encoder_examples)")
     parser.add_argument("--predictions", type=Path, metavar="FILE",
                         help="write every scored message to this CSV: text, expected, "
-                             "predicted, confidence, refused")
+                             "predicted, confidence, refused (and weight with "
+                             "--weigh-oos-share)")
     parser.add_argument("--format", choices=("table", "json"), default="table")
     parser.set_defaults(func=cmd_classify_eval)
 
@@ -101,6 +113,10 @@ def cmd_classify_eval(args: argparse.Namespace, settings: object = None) -> int:
 def _run(args: argparse.Namespace) -> tuple[ev.Report, str]:
     if not 0 <= args.oos_share <= 1:
         raise ev.EvalInputError("--oos-share must be between 0 and 1")
+    if args.weigh_oos_share is not None and not 0 < args.weigh_oos_share < 1:
+        raise ev.EvalInputError("--weigh-oos-share must be between 0 and 1 (exclusive)")
+    if args.unseen_types and args.test:
+        raise ev.EvalInputError("--unseen-types works in cross-validation: drop --test")
     if args.predictions is not None and not args.predictions.parent.is_dir():
         raise ev.EvalInputError(f"no such directory for --predictions: "
                                 f"{args.predictions.parent}")
@@ -126,15 +142,19 @@ def _run(args: argparse.Namespace) -> tuple[ev.Report, str]:
         train_data = ev.Dataset(train_data.examples, train_data.out_of_scope,
                                 train_data.embedder, background, _memo_encoder(train_data),
                                 per_type, keep)
-    options = dict(folds=args.folds, oos_share=args.oos_share, hide_types=args.hide_types,
+    hide = ev.hides_types(train_data, extra) if args.hide_types is None else args.hide_types
+    _progress(f"threshold: contact types {'hidden' if hide else 'not hidden'} in its "
+              "cross-validation")
+    options = dict(folds=args.folds, oos_share=args.oos_share, hide_types=hide,
                    progress=_progress)
     if not args.test:
         _progress(f"cross-validating on {len(train_data):,} rows, {args.folds} folds")
-        return ev.cross_validate(train_data, oos_label, **options), note
+        return ev.cross_validate(train_data, oos_label, unseen_types=args.unseen_types,
+                                 weigh_oos_share=args.weigh_oos_share, **options), note
     _warn_unknown_labels(train_data, test_rows, oos_label)
     _progress(f"training on {len(train_data):,} rows, scoring {len(test_rows):,}")
     return ev.evaluate(train_data, ev.split_out_of_scope(test_rows, oos_label), oos_label,
-                       **options), note
+                       weigh_oos_share=args.weigh_oos_share, **options), note
 
 
 def _catalog_stage(directory: Path, per_type: int | None) -> tuple[int | None, frozenset[str]]:
