@@ -358,14 +358,14 @@ class ContextStore:
         return _conversation(raw)
 
     def _save(self, key: str, conversation: Conversation) -> list[Command]:
-        contact_id = conversation["contact_id"]
+        contact_id = conversation.get("contact_id")  # none: a keyword's, with no contact open
         if conversation["status"] == "closed":
             commands: list[Command] = [("DEL", key), ("ZREM", IDLE_INDEX, key),
                                        ("ZREM", LEGACY_IDLE_INDEX, key)]
             return commands + ([("DEL", contact_index_key(contact_id))] if contact_id else [])
         ttl = self.idle_timeout_s + 86400
         commands = [("SET", key, _dumps(conversation), "EX", ttl),
-                    ("SET", contact_index_key(contact_id), key, "EX", ttl)]
+                    ("SET", contact_index_key(conversation["contact_id"]), key, "EX", ttl)]
         if conversation["channel"] in self._idles_out and \
                 conversation["status"] not in ("queued", "with_agent"):
             commands.append(("ZADD", IDLE_INDEX, conversation["last_at"], key))
