@@ -8,12 +8,13 @@ started once per session from the same pip-installed server.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -23,6 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from service.app import create_app
 from service.infra.embedded import servers
+from service.infra.logs import configure_logging
 from service.infra.migrate import migrate
 from service.settings import Settings
 from tests.valkey_topology import Cluster, SentinelGroup, cluster, sentinel_group
@@ -135,3 +137,17 @@ def valkey_sentinel(tmp_path_factory) -> Iterator[SentinelGroup]:
     """A real primary, replica and 3 sentinels on loopback, for the whole session."""
     with sentinel_group(tmp_path_factory.mktemp("sentinel")) as started:
         yield started
+
+
+@contextmanager
+def service_logs(capsys, level: str) -> Iterator[Callable[[], str]]:
+    """The service's own log output while the block runs, JSON as production writes it, at
+    `level`; logging as it was afterwards."""
+    root = logging.getLogger()
+    handlers, before = root.handlers[:], root.level
+    configure_logging("json", level)
+    try:
+        yield lambda: capsys.readouterr().err
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(before)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 
 from service.agents.desk import add_agent
-from service.infra.logs import configure_logging
-from tests.conftest import AUTH_TOKEN
+from tests.conftest import AUTH_TOKEN, service_logs
 from tests.test_agents import (  # noqa: F401
     ALL_SKILLS,
     AgentSocket,
@@ -25,11 +22,8 @@ WORDS = ("zebra-pancake-sonnet", "quokka-lantern-tuesday", "marzipan-orbit-cello
 @pytest.fixture
 def info_logs(capsys):
     """The service's own log output as production writes it (JSON, INFO)."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    configure_logging("json", "info")
-    yield lambda: capsys.readouterr().err
-    root.handlers[:], _ = handlers, root.setLevel(level)
+    with service_logs(capsys, "info") as read:
+        yield read
 
 
 async def test_no_message_body_or_secret_is_logged_at_info(app_settings, db, info_logs):  # noqa: F811

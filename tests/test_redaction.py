@@ -4,7 +4,6 @@ event log and its spool, logs, the agent's offer; a look-up in a flow still gets
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 from pathlib import Path
 
@@ -15,9 +14,8 @@ from aiohttp.test_utils import TestServer
 from service.__main__ import main
 from service.appkeys import EVENTS
 from service.conversations.redaction import Redactor, luhn_valid
-from service.infra.logs import configure_logging
 from service.rules.loader import load_rules
-from tests.conftest import service_with_rules, with_settings
+from tests.conftest import service_logs, service_with_rules, with_settings
 from tests.test_agents import login, open_chat
 from tests.twilio_driver import Call, text
 
@@ -40,12 +38,9 @@ def rules_dir(tmp_path) -> Path:
 
 @pytest.fixture
 def logs(capsys):
-    """The service's own log output (JSON, debug level, as configured in production)."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    configure_logging("json", "debug")
-    yield lambda: capsys.readouterr().err
-    root.handlers[:], _ = handlers, root.setLevel(level)
+    """The service's own log output (JSON, debug level)."""
+    with service_logs(capsys, "debug") as read:
+        yield read
 
 
 async def redis_dump(redis_client) -> str:
