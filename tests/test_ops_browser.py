@@ -24,7 +24,8 @@ from tests.twilio_driver import Call, text
 
 HEADLINE = {"contacts": "count", "deflection_rate": "rate", "true_deflection_rate": "rate",
             "containment_rate": "rate", "abandonment_rate": "rate", "service_level": "rate",
-            "false_deflections": "count", "escalated": "count"}
+            "false_deflections": "count", "escalated": "count", "transferred": "count",
+            "callbacks_requested": "count"}
 SERIES = ("deflection_rate", "true_deflection_rate", "containment_rate", "abandonment_rate")
 
 
@@ -149,6 +150,8 @@ async def check_headline(page, summary: dict) -> None:
         await expect(value).to_have_text(shown(summary["totals"][key], kind))
     await expect(page.locator('[data-metric="true_deflection_rate"] .value')).to_have_text(
         "16.7%")  # 2 of 6 resolved in self-service, 1 of them came back
+    await expect(page.locator('[data-metric="callbacks_requested"] .detail')).to_have_text(
+        f"asked for while queued, {summary['totals']['callbacks_completed']} completed")
     await expect(page.locator("#metric-version")).to_have_text("2")
     await expect(page.locator("#footnote")).to_contain_text(summary["from"])
 

@@ -23,6 +23,10 @@ const HEADLINE = [
   { key: "false_deflections", label: "False deflections", kind: "count",
     detail: "came back within the repeat window" },
   { key: "escalated", label: "Escalated", kind: "count", detail: "entered an agent queue" },
+  { key: "transferred", label: "Transferred", kind: "count",
+    detail: "handed on by an agent" },
+  { key: "callbacks_requested", label: "Callbacks", kind: "count",
+    detail: "asked for while queued, {completed} completed" },
   { key: "csat", label: "CSAT", kind: "csat", detail: "mean answer, 1 to 5" },
   { key: "nps", label: "NPS", kind: "nps", detail: "promoters minus detractors, %" },
   { key: "survey_responses", label: "Survey responses", kind: "count",
@@ -312,7 +316,8 @@ function renderHeadline(summary) {
       el("p", { class: "label" }, swatch, metric.label),
       el("p", { class: "value", "data-value": JSON.stringify(value), text: format(value, metric.kind) }),
       el("p", { class: "detail", text: metric.detail.replace("{s}", summary.service_level_s)
-        .replace("{sent}", summary.totals.surveys_sent) }));
+        .replace("{sent}", summary.totals.surveys_sent)
+        .replace("{completed}", summary.totals.callbacks_completed) }));
   });
   $("headline").replaceChildren(...cards);
 }
