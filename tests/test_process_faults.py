@@ -280,8 +280,28 @@ async def all_counted(db, expected: int) -> None:
     assert await contacts_started(db) == expected
 
 
-async def test_rolling_restart_refuses_no_webhook_and_sockets_move_to_the_other_instance(
-        database_url, redis_url, db, redis_client, tmp_path):
+@dataclass
+class TwoInstances:
+    """Two service processes on one PostgreSQL and Redis, an agent and a chat visitor talking
+    through the first, and texters trickling in through a balancer over both."""
+    http: aiohttp.ClientSession
+    one: Instance
+    two: Instance
+    console: Console
+    visitor: Visitor
+    contact_id: str
+    trickle: SmsTrickle
+    stop: asyncio.Event
+    traffic: "asyncio.Task[None]"
+
+    async def end_traffic(self) -> None:
+        self.stop.set()
+        await self.traffic
+
+
+@asynccontextmanager
+async def two_instances_under_traffic(database_url, redis_url, db, tmp_path, numbers: str,
+                                      **trickle_options):
     await _clean_tables(database_url)
     await migrate(db)
     token = await add_agent(db, "Dana", ["accounts", "care"])
@@ -292,64 +312,60 @@ async def test_rolling_restart_refuses_no_webhook_and_sockets_move_to_the_other_
             console, visitor = Console(http, token), Visitor(http)
             await console.connect(one.base)
             contact_id = await agent_and_chat_together(console, visitor, one.base)
-            trickle = SmsTrickle(Balancer(http, [one, two]), "61")
+            trickle = SmsTrickle(Balancer(http, [one, two]), numbers, **trickle_options)
             stop = asyncio.Event()
-            traffic = asyncio.create_task(trickle.run(stop))
-            for going, staying in ((one, two), (two, one)):
-                await asyncio.sleep(1)
-                going.signal(signal.SIGTERM)
-                # Both sockets are told to reconnect, and carry on on the other instance.
-                assert await told_to_reconnect(console.ws)
-                assert await told_to_reconnect(visitor.ws)
-                await console.connect(staying.base)
-                assert (await console.next("assigned"))["contact_id"] == contact_id
-                await visitor.connect(staying.base)
-                await still_talking(console, visitor, contact_id, f"still here after {going.port}")
-                assert await going.exited() == 0
-                assert list(going.spool.glob("*.jsonl")) == []  # flushed before it exited
-                await going.start(http)
-            await asyncio.sleep(1)
-            stop.set()
-            await traffic
+            run = TwoInstances(http, one, two, console, visitor, contact_id, trickle, stop,
+                               asyncio.create_task(trickle.run(stop)))
+            yield run
+            if not stop.is_set():
+                await run.end_traffic()
         finally:
             one.stop()
             two.stop()
-    assert trickle.lost == []  # every webhook an instance took was answered
-    assert len(trickle.answered) == len(set(trickle.answered)) > 20
-    await all_counted(db, len(trickle.answered) + 1)  # and the chat, once
+
+
+async def test_rolling_restart_refuses_no_webhook_and_sockets_move_to_the_other_instance(
+        database_url, redis_url, db, redis_client, tmp_path):
+    async with two_instances_under_traffic(database_url, redis_url, db, tmp_path, "61") as run:
+        console, visitor = run.console, run.visitor
+        for going, staying in ((run.one, run.two), (run.two, run.one)):
+            await asyncio.sleep(1)
+            going.signal(signal.SIGTERM)
+            # Both sockets are told to reconnect, and carry on on the other instance.
+            assert await told_to_reconnect(console.ws)
+            assert await told_to_reconnect(visitor.ws)
+            await console.connect(staying.base)
+            assert (await console.next("assigned"))["contact_id"] == run.contact_id
+            await visitor.connect(staying.base)
+            await still_talking(console, visitor, run.contact_id,
+                                f"still here after {going.port}")
+            assert await going.exited() == 0
+            assert list(going.spool.glob("*.jsonl")) == []  # flushed before it exited
+            await going.start(run.http)
+        await asyncio.sleep(1)
+        await run.end_traffic()
+    assert run.trickle.lost == []  # every webhook an instance took was answered
+    assert len(run.trickle.answered) == len(set(run.trickle.answered)) > 20
+    await all_counted(db, len(run.trickle.answered) + 1)  # and the chat, once
 
 
 async def test_kill_9_of_one_instance_of_two_under_traffic_loses_nothing(
         database_url, redis_url, db, redis_client, tmp_path):
-    await _clean_tables(database_url)
-    await migrate(db)
-    token = await add_agent(db, "Dana", ["accounts", "care"])
-    one, two = (Instance(database_url, redis_url, tmp_path / name) for name in ("one", "two"))
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
-        try:
-            await asyncio.gather(one.start(http), two.start(http))
-            console, visitor = Console(http, token), Visitor(http)
-            await console.connect(one.base)
-            contact_id = await agent_and_chat_together(console, visitor, one.base)
-            trickle = SmsTrickle(Balancer(http, [one, two]), "62", every_s=0.05)
-            stop = asyncio.Event()
-            traffic = asyncio.create_task(trickle.run(stop))
-            await asyncio.sleep(2)
-            one.signal(signal.SIGKILL)  # no shutdown: its spool and its claims stay behind
-            assert await one.exited() == -signal.SIGKILL
-            assert not await told_to_reconnect(console.ws)  # dropped, not told
-            await console.connect(two.base)
-            assert (await console.next("assigned"))["contact_id"] == contact_id
-            await visitor.connect(two.base)
-            await still_talking(console, visitor, contact_id, "still here")
-            await asyncio.sleep(1)
-            stop.set()
-            await traffic
-            await trickle.retry_lost()  # what the dead instance took, retried on the other
-            await one.start(http)  # adopts the dead process's spool
-        finally:
-            one.stop()
-            two.stop()
-    assert len(trickle.answered) == len(set(trickle.answered)) > 20
-    await all_counted(db, len(trickle.answered) + 1)
+    async with two_instances_under_traffic(database_url, redis_url, db, tmp_path, "62",
+                                           every_s=0.05) as run:
+        one, two, console, visitor = run.one, run.two, run.console, run.visitor
+        await asyncio.sleep(2)
+        one.signal(signal.SIGKILL)  # no shutdown: its spool and its claims stay behind
+        assert await one.exited() == -signal.SIGKILL
+        assert not await told_to_reconnect(console.ws)  # dropped, not told
+        await console.connect(two.base)
+        assert (await console.next("assigned"))["contact_id"] == run.contact_id
+        await visitor.connect(two.base)
+        await still_talking(console, visitor, run.contact_id, "still here")
+        await asyncio.sleep(1)
+        await run.end_traffic()
+        await run.trickle.retry_lost()  # what the dead instance took, retried on the other
+        await one.start(run.http)  # adopts the dead process's spool
+    assert len(run.trickle.answered) == len(set(run.trickle.answered)) > 20
+    await all_counted(db, len(run.trickle.answered) + 1)
     assert list(one.spool.glob("*.jsonl")) == []
