@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     rollback.add_argument("path", nargs="?", type=Path, help="the rules directory "
                           "(default SWITCHBOARD_RULES_DIR)")
     rollback.set_defaults(func=cmd_rules_rollback)
+    encode = rules.add_parser(
+        "encode", help="write the encoder stage's training encodings into the rules "
+        "directory (encodings.npz), so a first load on a new machine does not encode them")
+    encode.add_argument("path", nargs="?", type=Path)
+    encode.set_defaults(func=cmd_rules_encode)
     reload = rules.add_parser("reload", help="have every running instance reload its rules "
                               "directory (all or nothing, recorded)")
     reload.set_defaults(func=cmd_rules_reload)
@@ -203,6 +208,48 @@ def cmd_rules_check(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     print(f"{directory}: OK ({len(rules.catalog.types)} contact types, "
           f"{len(rules.tree.queues)} queues, {len(rules.catalog.training)} training examples)")
+    _print_encodings_coverage(directory)
+    return 0
+
+
+def _print_encodings_coverage(directory: Path) -> None:
+    """When the directory ships encodings, say whether they are current."""
+    from service.rules.loader import stage_coverage
+    from service.understanding.encodings_file import RULES_ENCODINGS
+
+    if not (directory / RULES_ENCODINGS).exists():
+        return
+    coverage = stage_coverage(directory)
+    if coverage is None:
+        print(f"{RULES_ENCODINGS}: unused (the catalog turns the encoder off)")
+        return
+    stored, needed = coverage
+    advice = "" if stored == needed else \
+        f"; a first load encodes the other {needed - stored}: run switchboard rules encode"
+    print(f"{RULES_ENCODINGS}: holds {stored} of the encoder stage's {needed} training "
+          f"texts{advice}")
+
+
+def cmd_rules_encode(args: argparse.Namespace, settings: Settings) -> int:
+    from service.rules.loader import EncoderOff, encode_rules
+    from service.understanding.encoder import EncoderUnavailable
+
+    directory = args.path or settings.rules_dir
+
+    def progress(done: int, total: int) -> None:
+        print(f"encoded {done} of {total} texts", file=sys.stderr, flush=True)
+
+    try:
+        encoded = encode_rules(directory, progress)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        print(f"{len(exc.issues)} problem(s) in {directory}", file=sys.stderr)
+        return 1
+    except (EncoderOff, EncoderUnavailable) as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {encoded.path}: {encoded.texts} texts ({encoded.encoded} encoded now, "
+          f"{encoded.texts - encoded.encoded} kept from the file)")
     return 0
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from service.understanding.encodings_file import read_encodings, text_keys, write_encodings
+
 DATA_DIR = Path(__file__).parent / "data"
 FILES = ("clinc150_background.csv", "fragments.csv")
 # The corpus's transformer encodings, float16, computed once (`python -m
@@ -45,11 +47,6 @@ def _normal(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def text_keys(texts) -> np.ndarray:
-    """The SHA-256 of each text: how encodings of texts are looked up (encoder.py's cache)."""
-    return np.array([hashlib.sha256(t.encode()).digest() for t in texts], dtype="S32")
-
-
 def corpus_digest(texts: tuple[str, ...]) -> str:
     return hashlib.sha256(text_keys(texts).tobytes()).hexdigest()
 
@@ -58,15 +55,8 @@ def corpus_digest(texts: tuple[str, ...]) -> str:
 def shipped_encodings(weights_sha256: str) -> dict[bytes, np.ndarray]:
     """Text key -> float32 vector of the shipped encodings, when they were made by these
     weights from this corpus (else none: the texts are encoded as any others)."""
-    try:
-        with np.load(ENCODINGS, allow_pickle=False) as data:
-            weights, corpus = str(data["weights_sha256"]), str(data["corpus_sha256"])
-            keys, vectors = data["keys"], data["vectors"]
-    except (OSError, ValueError, KeyError):
-        return {}
-    if weights != weights_sha256 or corpus != corpus_digest(background_texts()):
-        return {}
-    return dict(zip(keys.tolist(), vectors.astype(np.float32)))
+    return read_encodings(ENCODINGS, weights_sha256,
+                          corpus_sha256=corpus_digest(background_texts()))
 
 
 def write_shipped_encodings() -> Path:
@@ -75,11 +65,8 @@ def write_shipped_encodings() -> Path:
     from service.understanding.encoder import encoder
 
     model, texts = encoder(), background_texts()
-    vectors = model.embed(texts).astype(np.float16)
-    np.savez_compressed(ENCODINGS, keys=text_keys(texts), vectors=vectors,
-                        weights_sha256=np.array(model.weights_sha256),
-                        corpus_sha256=np.array(corpus_digest(texts)))
-    return ENCODINGS
+    return write_encodings(ENCODINGS, text_keys(texts), model.embed(texts),
+                           model.weights_sha256, corpus_sha256=corpus_digest(texts))
 
 
 if __name__ == "__main__":

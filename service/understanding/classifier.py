@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import chain, islice, repeat
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 import numpy as np
 
@@ -244,7 +245,9 @@ def train(examples: Iterable[tuple[str, str]], out_of_scope: Iterable[str] = (),
     """Fit on (text, contact type) pairs, and texts that are none of them. A second or two per
     five thousand examples. With an embedder, its unit-norm sentence vector is a third block
     of features, weighted as each n-gram block is (see service/embeddings.py). With a cascade,
-    an encoder stage is fitted on the same rows to decide the cheap model's uncertain band."""
+    an encoder stage is fitted on the same rows to decide the cheap model's uncertain band,
+    in a second thread while the SVM fits (liblinear runs without the GIL, so with two cores
+    a first load takes the longer of the two fits, not their sum)."""
     from sklearn.svm import LinearSVC
 
     texts, labels = map(list, zip(*examples))
@@ -252,22 +255,31 @@ def train(examples: Iterable[tuple[str, str]], out_of_scope: Iterable[str] = (),
     classes = sorted(set(labels))
     columns = [*classes, OUT_OF_SCOPE] if extra else classes
     targets = [*labels, *[OUT_OF_SCOPE] * len(extra)]
-    counted = [features(t) for t in (*texts, *extra)]
+    vocabulary, idf, matrix = _training_matrix([*texts, *extra], embedder)
+    with ThreadPoolExecutor(1, thread_name_prefix="encoder-stage") as pool:
+        stage = None if cascade is None else \
+            pool.submit(_fit_stage, [*texts, *extra], targets, columns, cascade)
+        model = LinearSVC(C=c, max_iter=10_000).fit(matrix, targets)
+    weights, bias = _columns(model, columns)
+    dense_weights = None
+    if embedder is not None:
+        weights, dense_weights = weights[:len(vocabulary)], weights[len(vocabulary):]
+    return Classifier(classes, vocabulary, idf, np.ascontiguousarray(weights), bias,
+                      out_of_scope=bool(extra), embedder=embedder,
+                      dense_weights=dense_weights,
+                      encoder_stage=stage.result() if stage else None)
+
+
+def _training_matrix(texts: list[str], embedder: SentenceEmbedder | None):
+    """The n-gram vocabulary, its idf and the tf-idf rows of `texts` (and the embedder's)."""
+    counted = [features(t) for t in texts]
     vocabulary, idf = _vocabulary_and_idf(counted)
     matrix = _matrix(counted, vocabulary, idf)
     if embedder is not None:
         from scipy.sparse import csr_matrix, hstack
 
-        matrix = hstack([matrix, csr_matrix(embedder.embed([*texts, *extra]))]).tocsr()
-    model = LinearSVC(C=c, max_iter=10_000).fit(matrix, targets)
-    weights, bias = _columns(model, columns)
-    dense_weights = None
-    if embedder is not None:
-        weights, dense_weights = weights[:len(vocabulary)], weights[len(vocabulary):]
-    stage = None if cascade is None else _fit_stage([*texts, *extra], targets, columns, cascade)
-    return Classifier(classes, vocabulary, idf, np.ascontiguousarray(weights), bias,
-                      out_of_scope=bool(extra), embedder=embedder,
-                      dense_weights=dense_weights, encoder_stage=stage)
+        matrix = hstack([matrix, csr_matrix(embedder.embed(texts))]).tocsr()
+    return vocabulary, idf, matrix
 
 
 def _fit_stage(texts: list[str], targets: list[str], columns: list[str],
@@ -278,6 +290,15 @@ def _fit_stage(texts: list[str], targets: list[str], columns: list[str],
     rows = stage_sample(texts, targets, cascade.per_type, {OUT_OF_SCOPE}, cascade.keep)
     return fit_stage(cascade.encode([texts[i] for i in rows]), [targets[i] for i in rows],
                      columns, cascade.encoder, cascade.band)
+
+
+def stage_texts(examples: Iterable[tuple[str, str]], out_of_scope: Iterable[str],
+                per_type: int | None, keep: Collection[str] = ()) -> list[str]:
+    """The texts `train` encodes for the encoder stage (what a rules directory's shipped
+    encodings should hold)."""
+    pairs = [*examples, *((text, OUT_OF_SCOPE) for text in out_of_scope)]
+    texts, targets = [text for text, _ in pairs], [label for _, label in pairs]
+    return [texts[i] for i in stage_sample(texts, targets, per_type, {OUT_OF_SCOPE}, keep)]
 
 
 def _vocabulary_and_idf(counted: list[Counter[str]]) -> tuple[dict[str, int], np.ndarray]:

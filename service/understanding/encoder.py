@@ -21,12 +21,13 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import structlog
 
-from service.understanding.background import shipped_encodings, text_keys
+from service.understanding.background import shipped_encodings
+from service.understanding.encodings_file import text_keys
 
 log = structlog.get_logger(__name__)
 
@@ -217,25 +218,27 @@ def encoder() -> SentenceEncoder:
     return SentenceEncoder(model_directory())
 
 
-def cached_encodings(model: SentenceEncoder, texts: Sequence[str],
-                     directory: Path | None) -> np.ndarray:
+def cached_encodings(model: SentenceEncoder, texts: Sequence[str], directory: Path | None,
+                     shipped: Mapping[bytes, np.ndarray] | None = None) -> np.ndarray:
     """`model.embed(texts)`, kept in `directory` under a digest of the texts (the training
     set, so of the rules' training digest) and the weights' hash: loading the same training
     set again, in this process or another, reads a file instead of running the encoder. A new
     training set (an example added, learned examples) reuses the rows of the newest file and
     encodes only its new texts. The background corpus's encodings ship with the package and
-    are never encoded (background.shipped_encodings). No directory: no cache. Files hold
-    plain arrays (read with allow_pickle=False); the newest KEEP_FILES are kept."""
+    are never encoded (background.shipped_encodings), nor are those in `shipped` (a rules
+    directory's own, encodings_file.py). No directory: no cache. Files hold plain arrays
+    (read with allow_pickle=False); the newest KEEP_FILES are kept."""
     keys = text_keys(texts)
+    known = {**shipped_encodings(model.weights_sha256), **(shipped or {})}
     if directory is None:
-        return _encoded(model, texts, keys, shipped_encodings(model.weights_sha256))
+        return _encoded(model, texts, keys, known)
     prefix = f"encodings-{model.weights_sha256[:12]}-"
     path = directory / f"{prefix}{hashlib.sha256(keys.tobytes()).hexdigest()[:32]}.npz"
-    known = _read_cache(path)
-    if known is not None and np.array_equal(known[0], keys):
+    cached = _read_cache(path)
+    if cached is not None and np.array_equal(cached[0], keys):
         _touch(path)  # the newest file is the one new training sets reuse
-        return known[1]
-    vectors = _reusing_newest(model, texts, keys, directory, prefix)
+        return cached[1]
+    vectors = _reusing_newest(model, texts, keys, directory, prefix, known)
     _write_atomically(path, keys, vectors)
     _prune(directory, prefix)
     return vectors
@@ -245,16 +248,17 @@ KEEP_FILES = 8
 
 
 def _reusing_newest(model: SentenceEncoder, texts: Sequence[str], keys: np.ndarray,
-                    directory: Path, prefix: str) -> np.ndarray:
+                    directory: Path, prefix: str, known: Mapping[bytes, np.ndarray]
+                    ) -> np.ndarray:
     files = sorted(directory.glob(f"{prefix}*.npz"), key=_mtime, reverse=True)
     newest = _read_cache(files[0]) if files else None
     reused = dict(zip(newest[0].tolist(), newest[1])) if newest else {}
-    reused.update(shipped_encodings(model.weights_sha256))  # the same on every machine
+    reused.update(known)  # the same on every machine
     return _encoded(model, texts, keys, reused)
 
 
 def _encoded(model: SentenceEncoder, texts: Sequence[str], keys: np.ndarray,
-             reused: dict[bytes, np.ndarray]) -> np.ndarray:
+             reused: Mapping[bytes, np.ndarray]) -> np.ndarray:
     """The vectors of `texts`: those in `reused` (by key) as they are, the others encoded."""
     missing = [i for i, key in enumerate(keys.tolist()) if key not in reused]
     vectors = np.empty((len(texts), DIMENSIONS), np.float32)
