@@ -41,7 +41,8 @@ def next_month(start: datetime) -> datetime:
 async def maintain(conn: asyncpg.Connection, retention_days: int,
                    now: datetime | None = None) -> Maintained:
     """Create this month and MONTHS_AHEAD more; drop months wholly older than the retention
-    (0 keeps everything), with their contacts' facts and replay rows."""
+    (0 keeps everything), with their contacts' facts and replay rows; fold the day roll-ups'
+    record of fact changes (rollups.py) into a row per day."""
     now = now or datetime.now(timezone.utc)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
@@ -53,6 +54,7 @@ async def maintain(conn: asyncpg.Connection, retention_days: int,
             month = next_month(month)
         dropped = await _drop_older(conn, now - timedelta(days=retention_days)) \
             if retention_days else []
+        await conn.execute("SELECT report_fact_changes_compact()")  # a row per day
     if created or dropped:
         log.info("events.partitions", created=created, dropped=dropped)
     return Maintained(tuple(created), tuple(dropped))
@@ -74,6 +76,8 @@ async def _drop_older(conn: asyncpg.Connection, cutoff: datetime) -> list[str]:
         await conn.execute("DELETE FROM contact_replay WHERE started_at < $1", boundary)
         await conn.execute("DELETE FROM contact_facts WHERE started_at < $1", boundary)
         await conn.execute("DELETE FROM contact_arms WHERE assigned_at < $1", boundary)
+        await conn.execute("DELETE FROM report_rollups WHERE day < "
+                           "($1::timestamptz AT TIME ZONE 'UTC')::date", boundary)
     return dropped
 
 

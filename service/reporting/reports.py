@@ -430,6 +430,45 @@ AGGREGATES = """
     count(*) FILTER (WHERE callback_completed) AS callbacks_completed"""
 
 
+GROUPING_KEYS = ("by_type", "by_channel", "by_queue", "by_route", "by_reason", "by_handling",
+                 "type_key", "channel", "queue_key", "route_key", "escalation_reason", "handling")
+GROUPINGS = """
+SELECT GROUPING(type_key) = 0 AS by_type, GROUPING(channel) = 0 AS by_channel,
+       GROUPING(queue_key) = 0 AS by_queue, GROUPING(route_key) = 0 AS by_route,
+       GROUPING(escalation_reason) = 0 AS by_reason, GROUPING(handling) = 0 AS by_handling,
+       type_key, channel, queue_key, route_key, escalation_reason, handling, {AGGREGATES}
+FROM {source}
+GROUP BY {by}GROUPING SETS ((), (type_key), (channel), (queue_key), (route_key),
+                        (escalation_reason), (type_key, channel),
+                        (type_key, channel, handling))
+"""
+DROPOUTS = """
+SELECT {by}type_key AS contact_type, channel,
+       COALESCE(last_step, CASE WHEN missed THEN 'clarifying' ELSE 'greeting' END) AS step,
+       COALESCE(escalation_reason, outcome) AS exit, count(*) AS contacts
+FROM {source} WHERE dropped_out
+GROUP BY {columns}"""
+JOURNEYS = """
+marked AS (
+    SELECT customer_id, contact_type, contact_id, channel, started_at, handling,
+        CASE WHEN started_at - lag(started_at) OVER topic <= repeat_window THEN 0 ELSE 1 END
+            AS opens_journey
+    FROM derived WHERE contact_type IS NOT NULL
+    WINDOW topic AS (PARTITION BY customer_id, contact_type ORDER BY started_at, contact_id)
+),
+numbered AS (
+    SELECT *, sum(opens_journey) OVER (PARTITION BY customer_id, contact_type
+                                       ORDER BY started_at, contact_id) AS journey
+    FROM marked
+),
+journeys AS (
+    SELECT contact_type, min(started_at) AS began, max(started_at) AS latest_start,
+           count(DISTINCT channel) AS channels,
+           string_agg(channel || ':' || handling, ' -> ' ORDER BY started_at, contact_id) AS path
+    FROM numbered GROUP BY customer_id, contact_type, journey
+)"""
+
+
 @dataclass(frozen=True)
 class Queries:
     """The report queries over one source of per-contact facts."""
@@ -448,16 +487,8 @@ class Queries:
         window_facts = f"WITH {WINDOWS}, {in_window}, {judged}"
         return cls(
             segment_values=segment_values,
-            groupings=f"""{window_facts}
-SELECT GROUPING(type_key) = 0 AS by_type, GROUPING(channel) = 0 AS by_channel,
-       GROUPING(queue_key) = 0 AS by_queue, GROUPING(route_key) = 0 AS by_route,
-       GROUPING(escalation_reason) = 0 AS by_reason, GROUPING(handling) = 0 AS by_handling,
-       type_key, channel, queue_key, route_key, escalation_reason, handling, {AGGREGATES}
-FROM derived
-GROUP BY GROUPING SETS ((), (type_key), (channel), (queue_key), (route_key),
-                        (escalation_reason), (type_key, channel),
-                        (type_key, channel, handling))
-""",
+            groupings=window_facts + GROUPINGS.format(AGGREGATES=AGGREGATES, source="derived",
+                                                      by=""),
             medians=f"""{window_facts}
 SELECT type_key, channel,
        percentile_cont(0.5) WITHIN GROUP (ORDER BY resolution_s) AS median_resolution_s
@@ -467,31 +498,11 @@ FROM derived GROUP BY 1, 2
 SELECT date_bin($9::interval, started_at, $1::timestamptz) AS bucket, {AGGREGATES}
 FROM derived GROUP BY 1 ORDER BY 1
 """,
-            dropouts=f"""{window_facts}
-SELECT type_key AS contact_type, channel,
-       COALESCE(last_step, CASE WHEN missed THEN 'clarifying' ELSE 'greeting' END) AS step,
-       COALESCE(escalation_reason, outcome) AS exit, count(*) AS contacts
-FROM derived WHERE dropped_out
-GROUP BY 1, 2, 3, 4 ORDER BY contacts DESC, 1, 2, 3, 4
+            dropouts=window_facts + DROPOUTS.format(by="", source="derived",
+                                                    columns="1, 2, 3, 4") + """
+ORDER BY contacts DESC, 1, 2, 3, 4
 """,
-            journeys=f"""WITH {WINDOWS}, {of_customers}, {judged},
-marked AS (
-    SELECT customer_id, contact_type, contact_id, channel, started_at, handling,
-        CASE WHEN started_at - lag(started_at) OVER topic <= repeat_window THEN 0 ELSE 1 END
-            AS opens_journey
-    FROM derived WHERE contact_type IS NOT NULL
-    WINDOW topic AS (PARTITION BY customer_id, contact_type ORDER BY started_at, contact_id)
-),
-numbered AS (
-    SELECT *, sum(opens_journey) OVER (PARTITION BY customer_id, contact_type
-                                       ORDER BY started_at, contact_id) AS journey
-    FROM marked
-),
-journeys AS (
-    SELECT contact_type, min(started_at) AS began, count(DISTINCT channel) AS channels,
-           string_agg(channel || ':' || handling, ' -> ' ORDER BY started_at, contact_id) AS path
-    FROM numbered GROUP BY customer_id, contact_type, journey
-)
+            journeys=f"""WITH {WINDOWS}, {of_customers}, {judged}, {JOURNEYS}
 SELECT contact_type, path, count(*) AS journeys, bool_or(channels > 1) AS cross_channel
 FROM journeys WHERE began >= $1::timestamptz AND began < $2::timestamptz
 GROUP BY contact_type, path ORDER BY contact_type, journeys DESC, path
@@ -620,10 +631,14 @@ async def _fetch(conn: asyncpg.Connection | asyncpg.Pool, report: str, sql: str,
                  *args: Any) -> list[asyncpg.Record]:
     """Run a report query; the same query already running on `conn` is joined, not repeated
     (the dashboard asks for the summary and the matrix, which share one query, at once)."""
-    key = (id(conn), sql, repr(args))
+    return await shared((id(conn), sql, repr(args)), lambda: _run(conn, report, sql, args))
+
+
+async def shared(key: tuple, start) -> Any:
+    """The result of `start()`, or of the same work (`key`) already running."""
     if key in _running:
         return await asyncio.shield(_running[key])
-    _running[key] = asyncio.ensure_future(_run(conn, report, sql, args))
+    _running[key] = asyncio.ensure_future(start())
     try:
         return await asyncio.shield(_running[key])
     finally:
@@ -650,8 +665,19 @@ def _connection(conn: asyncpg.Connection | asyncpg.Pool):
 
 async def summary(conn, window: Window, rules: ReportRules,
                   queries: Queries = FROM_FACTS) -> dict[str, Any]:
-    rows = await _fetch(conn, "summary", queries.groupings, *rules.params(window))
+    rows = await _report_rows(conn, "summary", "groupings", window, rules, queries)
     return header(window, rules) | summary_from(rows)
+
+
+async def _report_rows(conn, label: str, query: str, window: Window, rules: ReportRules,
+                       queries: Queries, *extra: Any) -> list[Mapping[str, Any]]:
+    """The rows of one report query: served from the day roll-ups and the window's edges when
+    the report is of the stored facts and of every customer, else by the query itself."""
+    if queries is FROM_FACTS and rules.segment is None:
+        from service.reporting import rollups  # it builds its queries from this module's
+
+        return await rollups.rows(conn, label, rollups.BY_NAME[query], window, rules)
+    return await _fetch(conn, label, getattr(queries, query), *rules.params(window), *extra)
 
 
 def summary_from(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
@@ -680,9 +706,9 @@ def summary_from(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
 
 async def matrix(conn, window: Window, rules: ReportRules,
                  queries: Queries = FROM_FACTS) -> dict[str, Any]:
-    rows = await _fetch(conn, "matrix", queries.groupings, *rules.params(window))
-    medians = {(r["type_key"], r["channel"]): r["median_resolution_s"] for r in await _fetch(
-        conn, "medians", queries.medians, *rules.params(window))}
+    rows = await _report_rows(conn, "matrix", "groupings", window, rules, queries)
+    medians = {(r["type_key"], r["channel"]): r["median_resolution_s"] for r in
+               await _report_rows(conn, "medians", "medians", window, rules, queries)}
     handled = _by_handling(rows)
     cells = [{"contact_type": r["type_key"], "label": rules.labels.get(r["type_key"],
                                                                        r["type_key"]),
@@ -708,9 +734,9 @@ def _by_handling(rows: list[Mapping[str, Any]]) -> dict[tuple[str, str], dict[st
 async def journeys(conn, window: Window, rules: ReportRules, limit: int = 5,
                    queries: Queries = FROM_FACTS) -> dict[str, Any]:
     """The `limit` most common journeys of each contact type, and the self-service drop-outs."""
-    params = rules.params(window)
-    rows = await _fetch(conn, "journeys", queries.journeys, *params, rules.longest_window_h)
-    dropouts = await _fetch(conn, "dropouts", queries.dropouts, *params)
+    rows = await _report_rows(conn, "journeys", "journeys", window, rules, queries,
+                              rules.longest_window_h)
+    dropouts = await _report_rows(conn, "dropouts", "dropouts", window, rules, queries)
     kept: dict[str, int] = {}
     top = []
     for row in rows:  # ordered by contact type, then most common first

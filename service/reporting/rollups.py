@@ -1,0 +1,271 @@
+"""Report queries per UTC day, kept in `report_rollups` and added up over any window.
+
+A report over a window reads its whole days from the roll-ups (one row per day and query, its
+result rows as JSON) and its partial edges from `contact_facts`, in one statement that adds
+the two up (pools them, for the median), so a report over months costs a row per day, not
+per contact. A roll-up is exact while the facts it read are unchanged: triggers on
+`contact_facts` add the day of every changed contact to `report_fact_changes`
+(migrations/016_report_rollups.sql) and a roll-up stores the total of its days' changes; a
+day whose total moved, or that has no roll-up, is computed from the facts again (and kept, if
+the day is over). The roll-ups of each query are kept per set of rules (repeat windows,
+service level) and per query text, so a catalog change or a new definition needs no rebuild.
+
+The rows are those of the same report query over the facts (reports.py), so the served figures
+stay equal to `FROM_EVENTS`; tests/test_reports.py holds them equal on random traffic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+import asyncpg
+
+from service.reporting import metrics, reports
+from service.reporting.reports import ReportRules, Window
+
+DAY = timedelta(days=1)
+
+# The facts of the contacts that started in the ranges [$1[i], $2[i]).
+_RANGES = """
+ranges AS (SELECT * FROM unnest($1::timestamptz[], $2::timestamptz[]) AS r(lo, hi))"""
+_FACTS_IN_RANGES = f"""
+facts AS (
+    SELECT {reports.FACT_COLUMNS}
+    FROM contact_facts JOIN ranges ON started_at >= lo AND started_at < hi
+)"""
+# Journeys read the facts of the ranges' customers from one repeat window ($9 h) before on.
+_FACTS_OF_CUSTOMERS = f"""
+customers_in_window AS (
+    SELECT DISTINCT customer_id
+    FROM contact_facts JOIN ranges ON started_at >= lo AND started_at < hi
+),
+facts AS (
+    SELECT {reports.FACT_COLUMNS} FROM contact_facts JOIN customers_in_window USING (customer_id)
+    WHERE started_at >= (SELECT min(lo) FROM ranges) - make_interval(hours => $9::int)
+)"""
+_JUDGED = reports._judged(reports.FALSE_DEFLECTION_OF_FACTS)
+_DAYS = "(SELECT *, (started_at AT TIME ZONE 'UTC')::date AS day FROM derived) d"
+_IN_RANGES = f"WITH {reports.WINDOWS}, {_RANGES}, {_FACTS_IN_RANGES}, {_JUDGED}"
+
+
+@dataclass(frozen=True)
+class Rollup:
+    """One report query, per day of the contacts (or journeys) it counts."""
+    name: str
+    by_day: str    # its rows with their `day`, over the ranges $1, $2 (rules: $3-$6, $9)
+    columns: str   # the rows' columns and types, as stored
+    merged: str    # the report's rows from `parts`: the stored and the computed rows
+    reads_later_days: bool = False  # journeys: a day's rows read the facts of later days
+
+    @property
+    def names(self) -> str:
+        return ", ".join(column.split()[0] for column in self.columns.split(","))
+
+
+_COUNTS = ", ".join(f"{name} bigint" for name in reports.COUNT_FIELDS)
+_KEYS = ", ".join(reports.GROUPING_KEYS)
+
+GROUPINGS = Rollup(
+    "groupings",
+    _IN_RANGES + reports.GROUPINGS.format(AGGREGATES=reports.AGGREGATES, source=_DAYS,
+                                          by="day, ").replace("SELECT ", "SELECT day, ", 1),
+    "by_type boolean, by_channel boolean, by_queue boolean, by_route boolean, "
+    "by_reason boolean, by_handling boolean, type_key text, channel text, queue_key text, "
+    "route_key text, escalation_reason text, handling text, " + _COUNTS,
+    f"SELECT {_KEYS}, " + ", ".join(f"sum({name})::bigint AS {name}"
+                                    for name in reports.COUNT_FIELDS)
+    + f" FROM parts GROUP BY {_KEYS}")
+
+MEDIANS = Rollup(
+    "medians",
+    f"""{_IN_RANGES}
+SELECT day, type_key, channel,
+       array_agg(resolution_s) FILTER (WHERE resolution_s IS NOT NULL) AS resolutions
+FROM {_DAYS} GROUP BY 1, 2, 3""",
+    "type_key text, channel text, resolutions float8[]",
+    """SELECT type_key, channel,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY resolution_s) AS median_resolution_s
+FROM parts LEFT JOIN LATERAL unnest(resolutions) AS resolution_s ON true
+GROUP BY 1, 2""")
+
+DROPOUTS = Rollup(
+    "dropouts",
+    _IN_RANGES + reports.DROPOUTS.format(by="day, ", source=_DAYS, columns="1, 2, 3, 4, 5"),
+    "contact_type text, channel text, step text, exit text, contacts bigint",
+    """SELECT contact_type, channel, step, exit, sum(contacts)::bigint AS contacts
+FROM parts GROUP BY 1, 2, 3, 4 ORDER BY contacts DESC, 1, 2, 3, 4""")
+
+JOURNEYS = Rollup(
+    "journeys",
+    f"""WITH {reports.WINDOWS}, {_RANGES}, {_FACTS_OF_CUSTOMERS}, {_JUDGED}, {reports.JOURNEYS}
+SELECT (began AT TIME ZONE 'UTC')::date AS day, contact_type, path, count(*) AS journeys,
+       bool_or(channels > 1) AS cross_channel, max(latest_start) AS latest_start
+FROM journeys j WHERE EXISTS (SELECT FROM ranges WHERE j.began >= lo AND j.began < hi)
+GROUP BY 1, 2, 3""",
+    "contact_type text, path text, journeys bigint, cross_channel boolean",
+    """SELECT contact_type, path, sum(journeys)::bigint AS journeys,
+       bool_or(cross_channel) AS cross_channel
+FROM parts GROUP BY 1, 2 ORDER BY contact_type, journeys DESC, path""",
+    reads_later_days=True)
+
+BY_NAME = {rollup.name: rollup for rollup in (GROUPINGS, MEDIANS, DROPOUTS, JOURNEYS)}
+
+# The days whose roll-up ($1 rules, $2 query) is still exact: its days' changes are the same.
+_FRESH = """
+SELECT ro.day FROM report_rollups ro
+WHERE ro.rules = $1 AND ro.report = $2 AND ro.day = ANY($3::date[])
+  AND ro.changes = (SELECT COALESCE(sum(c.weight), 0) FROM report_fact_changes c
+                    WHERE c.day BETWEEN ro.first_day AND ro.last_day)"""
+
+# A journey that began on a day reads its customer's facts from a repeat window before it to
+# a repeat window after its latest contact: what a change there may alter (in whole days).
+_REACH = "ceil($9::int / 24.0)::int"
+
+
+def _merged_sql(rollup: Rollup) -> str:
+    """The report's rows: the stored ones of days $8 and those computed over ranges $1, $2."""
+    return f"""WITH stored AS (
+    SELECT x.* FROM report_rollups ro, jsonb_to_recordset(ro.rows) AS x({rollup.columns})
+    WHERE ro.rules = $7 AND ro.report = '{rollup.name}' AND ro.day = ANY($8::date[])
+),
+live AS ({rollup.by_day}),
+parts AS (SELECT {rollup.names} FROM stored UNION ALL SELECT {rollup.names} FROM live)
+{rollup.merged}"""
+
+
+def _refresh_sql(rollup: Rollup) -> str:
+    """Compute and keep the roll-ups of days $8 (the ranges $1, $2 are those days)."""
+    first, last = ("d.day", "d.day") if not rollup.reads_later_days else (
+        f"d.day - {_REACH}",
+        f"greatest(d.day, max((l.latest_start AT TIME ZONE 'UTC')::date)) + {_REACH}")
+    return f"""WITH live AS ({rollup.by_day}),
+days AS (SELECT unnest($8::date[]) AS day),
+per_day AS (
+    SELECT d.day, {first} AS first_day, {last} AS last_day,
+           COALESCE(jsonb_agg(to_jsonb(l) - 'day' - 'latest_start')
+                    FILTER (WHERE l.day IS NOT NULL), '[]'::jsonb) AS rows
+    FROM days d LEFT JOIN live l ON l.day = d.day GROUP BY d.day
+)
+INSERT INTO report_rollups AS ro (rules, report, day, first_day, last_day, changes, rows)
+SELECT $7, '{rollup.name}', p.day, p.first_day, p.last_day,
+       (SELECT COALESCE(sum(c.weight), 0) FROM report_fact_changes c
+        WHERE c.day BETWEEN p.first_day AND p.last_day), p.rows
+FROM per_day p
+ON CONFLICT (rules, report, day) DO UPDATE SET first_day = EXCLUDED.first_day,
+    last_day = EXCLUDED.last_day, changes = EXCLUDED.changes, rows = EXCLUDED.rows,
+    computed_at = now()"""
+
+
+MERGED = {name: _merged_sql(rollup) for name, rollup in BY_NAME.items()}
+REFRESH = {name: _refresh_sql(rollup) for name, rollup in BY_NAME.items()}
+
+
+def whole_days(window: Window) -> tuple[list[date], list[tuple[datetime, datetime]]]:
+    """The UTC days wholly inside the window, and the partial edges around them."""
+    first = _midnight(window.start)
+    if first < window.start:
+        first += DAY
+    last = _midnight(window.end)
+    if first >= last:
+        return [], [(window.start, window.end)]
+    days = [(first + n * DAY).date() for n in range((last - first) // DAY)]
+    edges = [(lo, hi) for lo, hi in ((window.start, first), (last, window.end)) if lo < hi]
+    return days, edges
+
+
+def _midnight(moment: datetime) -> datetime:
+    utc = moment.astimezone(timezone.utc)
+    return datetime(utc.year, utc.month, utc.day, tzinfo=timezone.utc)
+
+
+def _day_range(day: date) -> tuple[datetime, datetime]:
+    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    return start, start + DAY
+
+
+def fingerprint(rollup: Rollup, rules: ReportRules) -> str:
+    """What a roll-up depends on besides the facts: the rules and the query's text."""
+    ids = sorted(rules.repeat_windows_h)
+    material = [rollup.by_day, ids, [rules.repeat_windows_h[i] for i in ids],
+                rules.default_window_h, float(rules.service_level_s)]
+    return hashlib.sha256(json.dumps(material).encode()).hexdigest()[:32]
+
+
+def _rule_params(rollup: Rollup, rules: ReportRules) -> list[Any]:
+    """$3-$6 (and $9 for journeys) of the roll-up queries."""
+    ids = sorted(rules.repeat_windows_h)
+    params: list[Any] = [ids, [rules.repeat_windows_h[i] for i in ids],
+                         rules.default_window_h, float(rules.service_level_s)]
+    return params + ([rules.longest_window_h] if rollup.reads_later_days else [])
+
+
+def _with_rules(base: list[Any], rollup: Rollup, rules: ReportRules, key: str,
+                days: list[date]) -> list[Any]:
+    """$1-$9 in order: the ranges, the rules, the roll-ups' key and days, the reach."""
+    rule_params = _rule_params(rollup, rules)
+    return [*base, *rule_params[:4], key, days, *rule_params[4:]]
+
+
+async def rows(conn, label: str, rollup: Rollup, window: Window,
+               rules: ReportRules) -> list[asyncpg.Record]:
+    """The report query's rows over the window, as the same query over the facts gives them."""
+    key = fingerprint(rollup, rules)
+    return await reports.shared(("rollup", id(conn), rollup.name, window, key),
+                                lambda: _timed(conn, label, rollup, window, rules, key))
+
+
+async def _timed(conn, label: str, rollup: Rollup, window: Window, rules: ReportRules,
+                 key: str) -> list[asyncpg.Record]:
+    started = time.perf_counter()
+    try:
+        async with reports._connection(conn) as connection:
+            return await _rows(connection, rollup, window, rules, key)
+    finally:
+        metrics.REPORT_SECONDS.labels(label).observe(time.perf_counter() - started)
+
+
+async def _rows(conn: asyncpg.Connection, rollup: Rollup, window: Window, rules: ReportRules,
+                key: str) -> list[asyncpg.Record]:
+    days, edges = whole_days(window)
+    today = datetime.now(timezone.utc).date()
+    await refresh(conn, rollup, rules, key, [day for day in days if day < today])
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        await conn.execute(f"SET LOCAL work_mem = '{reports.WORK_MEM}'")
+        fresh = await _fresh(conn, rollup, key, days)
+        ranges = edges + [_day_range(day) for day in days if day not in fresh]
+        base = [[lo for lo, _ in ranges], [hi for _, hi in ranges]]
+        return await conn.fetch(MERGED[rollup.name],
+                                *_with_rules(base, rollup, rules, key, sorted(fresh)),
+                                timeout=reports.QUERY_TIMEOUT_S)
+
+
+async def _fresh(conn: asyncpg.Connection, rollup: Rollup, key: str,
+                 days: list[date]) -> set[date]:
+    if not days:
+        return set()
+    return {row["day"] for row in await conn.fetch(_FRESH, key, rollup.name, days)}
+
+
+async def refresh(conn: asyncpg.Connection, rollup: Rollup, rules: ReportRules, key: str,
+                  days: list[date]) -> list[date]:
+    """Compute and keep the roll-ups of the days among `days` that have none still exact."""
+    stale = sorted(set(days) - await _fresh(conn, rollup, key, days))
+    if stale:
+        ranges = [_day_range(day) for day in stale]
+        base = [[lo for lo, _ in ranges], [hi for _, hi in ranges]]
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL work_mem = '{reports.WORK_MEM}'")
+            await conn.execute(REFRESH[rollup.name],
+                               *_with_rules(base, rollup, rules, key, stale),
+                               timeout=reports.QUERY_TIMEOUT_S)
+    return stale
+
+
+async def compact(conn: asyncpg.Connection) -> int:
+    """Fold the recorded fact changes into one row per day (their totals stay the same)."""
+    return await conn.fetchval("SELECT report_fact_changes_compact()")
