@@ -1,0 +1,230 @@
+"""Day roll-ups of the reports (service/reporting/rollups.py, migration 016): kept, reused,
+recomputed when the facts of a day they read change, and always equal to the figures computed
+from raw events, also while several writers land batches at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from datetime import datetime, timedelta, timezone
+
+import asyncpg
+import pytest
+
+from service.reporting import partitions, reports, rollups
+from service.reporting.reports import ReportRules, Window
+from tests.test_reports import COLUMNS, TYPES, Contact, insert, random_contact, without_clock
+
+T0 = datetime(2024, 5, 6, 9, 0, tzinfo=timezone.utc)
+H = timedelta(hours=1)
+DAY = timedelta(days=1)
+RULES = ReportRules({"track_order": 24, "cancel_order": 72, "change_order": 72,
+                     "recover_password": 48, "payment_issue": 72}, service_level_s=60)
+SERVED = (reports.summary, reports.matrix, reports.journeys)
+
+
+@pytest.fixture
+async def log_db(db):
+    await db.execute("TRUNCATE contact_events")
+    return db
+
+
+async def assert_served_equals_events(conn, window: Window, rules: ReportRules = RULES) -> None:
+    for report in SERVED:
+        served = await report(conn, window, rules)
+        reference = await report(conn, window, rules, queries=reports.FROM_EVENTS)
+        assert without_clock(served) == without_clock(reference), (report.__name__, window)
+
+
+async def kept(conn, report: str = "groupings") -> dict:
+    rows = await conn.fetch("SELECT day, changes, computed_at FROM report_rollups "
+                            "WHERE report = $1 ORDER BY day", report)
+    return {row["day"]: (row["changes"], row["computed_at"]) for row in rows}
+
+
+def traffic(rng: random.Random, customers: int, start: datetime, hours: float) -> list[Contact]:
+    contacts = []
+    for number in range(customers):
+        at = start + timedelta(hours=rng.uniform(0, hours))
+        for _ in range(rng.choice((1, 1, 2, 3))):
+            contacts.append(random_contact(rng, f"rollup-{number}", at))
+            at += timedelta(hours=rng.choice((0, 1, 20, 60, 80)))
+    return contacts
+
+
+async def test_whole_days_are_kept_and_read_back_and_edges_come_from_the_facts(log_db):
+    await insert(log_db, *traffic(random.Random(1), 60, T0, 96))
+    window = Window(T0 - 3 * H, T0 + 4 * DAY + 5 * H)  # 18 h, 3 whole days, 14 h
+    days, edges = rollups.whole_days(window)
+    assert days == [(T0 + n * DAY).date() for n in range(1, 4)]
+    assert edges == [(window.start, datetime(2024, 5, 7, tzinfo=timezone.utc)),
+                     (datetime(2024, 5, 10, tzinfo=timezone.utc), window.end)]
+    await assert_served_equals_events(log_db, window)
+    first = await kept(log_db)
+    assert sorted(first) == days
+    for name in ("medians", "journeys", "dropouts"):
+        assert sorted(await kept(log_db, name)) == days
+    await assert_served_equals_events(log_db, window)
+    assert await kept(log_db) == first  # read back, not computed again
+
+    # What is served for a whole day is the stored roll-up: alter it and the report shows it.
+    await log_db.execute("""
+        UPDATE report_rollups SET rows = (
+            SELECT jsonb_agg(CASE WHEN (r->>'by_type')::bool OR (r->>'by_channel')::bool
+                                       OR (r->>'by_queue')::bool OR (r->>'by_route')::bool
+                                       OR (r->>'by_reason')::bool OR (r->>'by_handling')::bool
+                                  THEN r ELSE jsonb_set(r, '{contacts}', '1000') END)
+            FROM jsonb_array_elements(rows) r)
+        WHERE report = 'groupings' AND day = $1""", days[1])
+    served = await reports.summary(log_db, window, RULES)
+    reference = await reports.summary(log_db, window, RULES, queries=reports.FROM_EVENTS)
+    assert served["totals"]["contacts"] > reference["totals"]["contacts"] + 900
+
+
+async def test_a_change_to_a_days_facts_makes_its_roll_up_computed_again(log_db):
+    ana = Contact("ana-r", "sms", T0).classified("track_order").routed("orders").offered()
+    ana.resolved()
+    gus = Contact("gus-r", "chat", T0 + 2 * DAY).classified("cancel_order").routed("orders")
+    gus.offered().failed().escalated("self_service_failed", "orders").accepted(after_s=30)
+    await insert(log_db, ana, gus, *traffic(random.Random(2), 40, T0, 72))
+    window = Window(T0 - 9 * H, T0 + 5 * DAY - 9 * H)  # five whole days
+    await assert_served_equals_events(log_db, window)
+    before = await kept(log_db)
+    before_journeys = await kept(log_db, "journeys")
+
+    # Three days later ana comes back about the same thing: her first contact becomes a false
+    # deflection and her journey grows; gus's wrap-up corrects his type two days on.
+    back = Contact("ana-r", "voice", T0 + 20 * H).classified("track_order").routed("orders")
+    back.offered().resolved()
+    wrap = Contact("gus-r", "chat", T0)
+    wrap.id, wrap.rows = gus.id, []
+    wrap.now, wrap.contact_type = T0 + 2 * DAY + 10 * H, "cancel_order"
+    wrap.wrap_up(resolved=True, correction="change_order")
+    await insert(log_db, back, wrap)
+    await assert_served_equals_events(log_db, window)
+    after = await kept(log_db)
+    changed = {day for day in before if after[day] != before[day]}
+    # only the days whose facts changed: ana's two, gus's
+    assert changed == {T0.date(), (T0 + DAY).date(), (T0 + 2 * DAY).date()}
+    assert after[T0.date()][0] > before[T0.date()][0]
+    journeys = await kept(log_db, "journeys")
+    assert journeys[T0.date()] != before_journeys[T0.date()]  # its journey gained a contact
+    summary = await reports.summary(log_db, window, RULES)
+    assert summary["totals"]["false_deflections"] >= 1
+
+
+async def test_other_rules_keep_their_own_roll_ups(log_db):
+    """The repeat windows and the service level are the report's, not the facts': a report
+    under other rules neither uses nor spoils the roll-ups of the first."""
+    await insert(log_db, *traffic(random.Random(3), 60, T0, 96))
+    window = Window(T0 - 9 * H, T0 + 4 * DAY - 9 * H)
+    short = ReportRules({t: 1 for t in TYPES}, service_level_s=10)
+    await assert_served_equals_events(log_db, window)
+    await assert_served_equals_events(log_db, window, short)
+    keys = await log_db.fetch("SELECT DISTINCT rules FROM report_rollups WHERE report = "
+                              "'groupings'")
+    assert len(keys) == 2
+    wide = await reports.summary(log_db, window, RULES)
+    narrow = await reports.summary(log_db, window, short)
+    assert wide["totals"]["false_deflections"] > narrow["totals"]["false_deflections"]
+    await assert_served_equals_events(log_db, window)
+
+
+async def test_days_not_over_are_computed_from_the_facts_and_not_kept(log_db):
+    now = datetime.now(timezone.utc)
+    await insert(log_db, *traffic(random.Random(4), 30, now - 30 * H, 29))
+    window = Window(now - 3 * DAY, now + DAY)
+    await assert_served_equals_events(log_db, window)
+    assert all(day < now.date() for day in await kept(log_db))
+
+
+async def test_truncating_the_log_drops_the_roll_ups(log_db):
+    await insert(log_db, *traffic(random.Random(5), 20, T0, 48))
+    window = Window(T0 - 9 * H, T0 + 3 * DAY - 9 * H)
+    await assert_served_equals_events(log_db, window)
+    assert await kept(log_db)
+    await log_db.execute("TRUNCATE contact_events")
+    assert await log_db.fetchval("SELECT count(*) FROM report_rollups") == 0
+    assert (await reports.summary(log_db, window, RULES))["totals"]["contacts"] == 0
+    await insert(log_db, *traffic(random.Random(6), 20, T0, 48))
+    await assert_served_equals_events(log_db, window)
+
+
+async def test_compacting_the_changes_keeps_the_roll_ups_fresh(log_db):
+    rng = random.Random(7)
+    for part in range(3):  # three inserts: several change rows per day
+        await insert(log_db, *traffic(rng, 15, T0 + part * H, 48))
+    window = Window(T0 - 9 * H, T0 + 3 * DAY - 9 * H)
+    await assert_served_equals_events(log_db, window)
+    before = await kept(log_db)
+    rows_before = await log_db.fetchval("SELECT count(*) FROM report_fact_changes")
+    await partitions.maintain(log_db, retention_days=0, now=T0)
+    assert await log_db.fetchval("SELECT count(*) FROM report_fact_changes") < rows_before
+    assert await log_db.fetchval("SELECT count(*) FROM report_fact_changes") == \
+        await log_db.fetchval("SELECT count(DISTINCT day) FROM report_fact_changes")
+    await assert_served_equals_events(log_db, window)
+    assert await kept(log_db) == before  # the totals did not move: nothing recomputed
+
+
+async def test_reports_during_concurrent_writers_end_equal_to_the_raw_events(log_db,
+                                                                            database_url):
+    """Four writers COPY shuffled batches of the same traffic at once (a contact's events
+    across writers) while reports keep running over the same windows; then every served
+    figure equals the raw-event computation."""
+    rng = random.Random(8)
+    contacts = traffic(rng, 150, T0, 120)
+    rows = [row for c in contacts for row in c.rows]
+    rng.shuffle(rows)
+    batches = [rows[start:start + 61] for start in range(0, len(rows), 61)]
+    windows = [Window(T0 - H, T0 + 10 * DAY), Window(T0 + 30 * H, T0 + 3 * DAY + 5 * H)]
+    writing = True
+
+    async def writer(share: list[list[tuple]]) -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            for batch in share:
+                await conn.copy_records_to_table("contact_events", records=batch,
+                                                 columns=COLUMNS)
+        finally:
+            await conn.close()
+
+    async def reader() -> int:
+        conn = await asyncpg.connect(database_url)
+        runs = 0
+        try:
+            while writing:
+                for window in windows:
+                    for report in SERVED:
+                        await report(conn, window, RULES)
+                        runs += 1
+        finally:
+            await conn.close()
+        return runs
+
+    reading = asyncio.ensure_future(reader())
+    await asyncio.gather(*(writer(batches[n::4]) for n in range(4)))
+    writing = False
+    assert await reading > 0
+    assert await log_db.fetchval("SELECT count(*) FROM contact_facts") == len(contacts)
+    for window in windows:
+        await assert_served_equals_events(log_db, window)
+
+
+async def test_medians_survive_storage_exactly(log_db):
+    """Resolution times with microseconds, kept as JSON numbers, give the median to the bit."""
+    rng = random.Random(9)
+    contacts = []
+    for number in range(40):
+        contact = Contact(f"m-{number}", "sms", T0 + timedelta(hours=rng.uniform(0, 40)))
+        contact.classified("track_order").routed("orders").offered()
+        contacts.append(contact.resolved(gap_s=rng.uniform(0, 1000) + 1e-6 * rng.randint(1, 9)))
+    await insert(log_db, *contacts)
+    window = Window(T0 - 9 * H, T0 + 2 * DAY - 9 * H)
+    served = await reports.matrix(log_db, window, RULES)
+    reference = await reports.matrix(log_db, window, RULES, queries=reports.FROM_EVENTS)
+    assert [r["median_resolution_s"] for r in served["rows"]] == \
+        [r["median_resolution_s"] for r in reference["rows"]]
+    stored = await log_db.fetchval("SELECT rows FROM report_rollups WHERE report = 'medians' "
+                                   "AND day = $1", T0.date())
+    assert any(row["resolutions"] for row in json.loads(stored))
