@@ -62,16 +62,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads) and of its live children (the
-    workers of `serve --workers N`) so far; 0 when it is gone."""
+def cpu_seconds(pid: int, children: bool = True) -> float:
+    """User + system CPU of a process (all its threads) and, with `children`, of its live
+    children (the workers of `serve --workers N`) so far; 0 when it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split() if children else []
     except (FileNotFoundError, ProcessLookupError):
         return 0.0
     own = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return own + sum(cpu_seconds(int(child)) for child in children)
+    return own + sum(cpu_seconds(int(child)) for child in kids)
 
 
 def core_busy() -> dict[int, float]:
@@ -227,7 +227,7 @@ def run_wrk(url: str, requests_file: Path, mode: str, seconds: float, connection
     dbs = processes_in(db_dir)
     for pid in dbs:  # PostgreSQL backends and Valkey each lead their own session
         boost(pid)
-    db_before = {pid: cpu_seconds(pid) for pid in dbs}
+    db_before = {pid: cpu_seconds(pid, children=False) for pid in dbs}
     server_before, cores_before = cpu_seconds(server_pid), core_busy()
     started = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -242,7 +242,8 @@ def run_wrk(url: str, requests_file: Path, mode: str, seconds: float, connection
     db_cpu: dict[str, float] = {}
     for pid, name in dbs.items():
         name = "postgres" if name.startswith("postgres") else name
-        db_cpu[name] = db_cpu.get(name, 0.0) + cpu_seconds(pid) - db_before.get(pid, 0.0)
+        used = cpu_seconds(pid, children=False) - db_before.get(pid, 0.0)
+        db_cpu[name] = db_cpu.get(name, 0.0) + used
     line = next((l for l in stdout.splitlines() if l.startswith("BENCH_JSON ")), None)
     if proc.returncode != 0 or line is None:
         raise SystemExit(f"wrk failed ({proc.returncode}):\n{stdout}\n{stderr}")

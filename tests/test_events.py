@@ -129,6 +129,28 @@ async def test_a_replayed_segment_is_written_once(pool, tmp_path):
     assert await stored_kinds(pool) == ["received"]
 
 
+async def test_a_replayed_old_event_leaves_the_projections_as_the_newer_events_left_them(
+        pool, tmp_path):
+    contact = "00000000-0000-0000-0000-000000000001"
+    first, second = (Event(kind="classified", contact_id=contact, customer_id=None,
+                           channel="sms", contact_type=kind, data={"confidence": 0.9})
+                     for kind in ("billing", "orders"))
+    writer = EventWriter(pool, tmp_path / "spool", flush_interval_s=60)
+    await writer.start()
+    writer.emit(event("contact_started"), first)
+    writer.emit(second)
+    assert await writer.flush()
+    await writer.close()
+    (tmp_path / "spool" / "1-1-a.jsonl").write_bytes(first.to_line())  # a lost ack, replayed
+    again = EventWriter(pool, tmp_path / "spool", flush_interval_s=60)
+    await again.start()
+    assert await again.flush()
+    await again.close()
+    assert await stored_kinds(pool) == ["contact_started", "classified", "classified"]
+    assert await pool.fetchval("SELECT contact_type FROM contacts") == "orders"
+    assert await pool.fetchval("SELECT (contact_type).value FROM contact_facts") == "orders"
+
+
 async def test_an_event_postgres_rejects_does_not_block_the_others(pool, tmp_path):
     writer = EventWriter(pool, tmp_path / "spool", flush_interval_s=60)
     await writer.start()

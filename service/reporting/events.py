@@ -238,15 +238,21 @@ FROM incoming_lines;
 
 # Events are the record; customers and contacts are projections of them, kept in the same
 # transaction (so is contact_facts, by the insert's trigger). Every statement is idempotent,
-# so a replayed segment changes nothing twice.
+# so a replayed segment changes nothing twice: an event already in the log is not inserted
+# again (the primary key's own check: a join against the log cost a scan of the month's
+# partition on every batch), and the projections read only the events this batch added.
 PROJECT_SQL = """
-DELETE FROM incoming_events i USING contact_events e
-WHERE e.id = i.id AND e.occurred_at = i.occurred_at;
-INSERT INTO contact_events (id, occurred_at, kind, contact_id, customer_id, channel,
-                            contact_type, route_path, reason, data)
-SELECT id, occurred_at, kind, contact_id, customer_id, channel, contact_type, route_path,
-       reason, data
-FROM incoming_events ORDER BY batch_order;
+WITH added AS (
+    INSERT INTO contact_events (id, occurred_at, kind, contact_id, customer_id, channel,
+                                contact_type, route_path, reason, data)
+    SELECT id, occurred_at, kind, contact_id, customer_id, channel, contact_type, route_path,
+           reason, data
+    FROM incoming_events ORDER BY batch_order
+    ON CONFLICT DO NOTHING
+    RETURNING id, occurred_at
+)
+DELETE FROM incoming_events i
+WHERE NOT EXISTS (SELECT FROM added a WHERE a.id = i.id AND a.occurred_at = i.occurred_at);
 
 INSERT INTO customers (id, created_at)
 SELECT DISTINCT ON (customer_id) customer_id, occurred_at FROM incoming_events
