@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hmac
 from typing import cast
 
@@ -13,6 +14,7 @@ from twilio.request_validator import RequestValidator
 class TwilioSignature:
     def __init__(self, auth_token: str, public_url: str):
         self._validator = RequestValidator(auth_token)
+        self._key = auth_token.encode("utf-8")
         self._public_url = public_url.rstrip("/")
 
     def url_for(self, request: web.Request) -> str:
@@ -36,6 +38,12 @@ class TwilioSignature:
     def _valid(self, url: str, form: MultiDictProxy[str], signature: str) -> bool:
         # Twilio signs the URL we configured, so one HMAC usually settles it; validate() also
         # tries the URL with and without a default port, which costs three times as much.
-        expected = self._validator.compute_signature(url, form)
-        return hmac.compare_digest(expected, signature) or \
+        return hmac.compare_digest(self.signature(url, form), signature) or \
             self._validator.validate(url, form, signature)
+
+    def signature(self, url: str, form: MultiDictProxy[str]) -> str:
+        """The HMAC-SHA1 Twilio computes (RequestValidator.compute_signature, in one pass)."""
+        # Twilio's order: names sorted, each name's distinct values sorted; sorting the
+        # distinct (name, value) pairs is the same order, without a getall() per name.
+        signed = url + "".join([name + value for name, value in sorted(set(form.items()))])
+        return base64.b64encode(hmac.digest(self._key, signed.encode("utf-8"), "sha1")).decode()
