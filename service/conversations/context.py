@@ -176,11 +176,12 @@ class ContextStore:
             # Pending as long as the lease: a claim left by a process that died mid-turn
             # does not outlive it, so Twilio's retry of that delivery is processed.
             commands += [("SET", seen, PENDING, "NX", "PX", TURN_LEASE_MS), ("GET", seen)]
-        commands += [("GET", conversation_key(inbound)), ("GET", f"{tag}:ident"),
+        # One MGET for the four values: every key shares the address's hash tag.
+        commands += [("MGET", conversation_key(inbound), f"{tag}:ident",
+                      survey_key(*identity_of(inbound), inbound.channel),
+                      surveyed_key(*identity_of(inbound))),
                      ("EXISTS", f"{tag}:optout:{inbound.channel}"),
-                     ("HGETALL", f"{tag}:contacts"), ("EXISTS", muted_key(inbound)),
-                     ("GET", survey_key(*identity_of(inbound), inbound.channel)),
-                     ("GET", surveyed_key(*identity_of(inbound)))]
+                     ("HGETALL", f"{tag}:contacts"), ("EXISTS", muted_key(inbound))]
         leased, *results = await self.redis.execute(*commands)
         if not leased:
             if inbound.dedupe_key and results[0]:  # claimed it: let the retry claim it again
@@ -194,7 +195,7 @@ class ContextStore:
             if not claimed and (done or not take_over):
                 return TurnStart(Reply.from_json(orjson.loads(previous)) if done else None,
                                  not done, None, None, False)
-        conversation, customer, opted_out, history, muted, survey, surveyed_at = results
+        (conversation, customer, survey, surveyed_at), opted_out, history, muted = results
         return TurnStart(None, False, _conversation(conversation), _json(customer), bool(opted_out),
                          history, _json(survey), float(surveyed_at) if surveyed_at else None,
                          muted=bool(muted))
