@@ -7,11 +7,10 @@ identity + context (Redis) -> contact type (classifier) -> decision (routing tre
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 import structlog
 
@@ -72,6 +71,33 @@ YES_NO = (Choice("Yes", "yes", "1"), Choice("No", "no", "2"))
 class TurnLock(asyncio.Lock):
     """A conversation's turn on this instance, with how many turns wait for it."""
     users = 0
+
+
+class InOrder:
+    """Holds a conversation's TurnLock, dropped from `locks` when no turn uses it. A class,
+    not an asynccontextmanager: that costs ~6 us more on every turn."""
+    __slots__ = ("_locks", "_key", "_lock")
+
+    def __init__(self, locks: dict[str, TurnLock], key: str):
+        self._locks, self._key = locks, key
+
+    async def __aenter__(self) -> None:
+        self._lock = self._locks.setdefault(self._key, TurnLock())
+        self._lock.users += 1
+        try:
+            await self._lock.acquire()
+        except BaseException:  # cancelled while waiting for the turn before it
+            self._leave()
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        self._lock.users -= 1
+        if not self._lock.users:
+            del self._locks[self._key]
 
 FindCustomer = Callable[[str, str], Awaitable[dict[str, Any] | None]]
 
@@ -167,18 +193,9 @@ class Conversations:
             finally:
                 await self._context.end_turn(inbound)
 
-    @contextlib.asynccontextmanager
-    async def _in_order(self, key: str) -> AsyncIterator[None]:
+    def _in_order(self, key: str) -> "InOrder":
         """This instance's turns of one conversation, one at a time in arrival order."""
-        lock = self._turn_locks.setdefault(key, TurnLock())
-        lock.users += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            lock.users -= 1
-            if not lock.users:
-                del self._turn_locks[key]
+        return InOrder(self._turn_locks, key)
 
     async def _leased_start(self, inbound: Inbound) -> TurnStart:
         """Round trip 1 once the conversation's lease is ours (another instance may hold it)."""
