@@ -26,17 +26,17 @@ OWNERS = [
     ("TwiML rendering (twilio MessagingResponse, VoiceResponse)", re.compile(r"twilio/twiml/")),
     ("logging (structlog, contextvars)", re.compile(r"structlog/|[(/]logging/__init__\.py")),
     ("metrics (prometheus_client)", re.compile(r"prometheus_client/")),
-    ("classifier (predict)", re.compile(r"service/classifier\.py")),
-    ("routing tree (decide)", re.compile(r"service/routing\.py")),
+    ("classifier (predict)", re.compile(r"service/understanding/")),
+    ("routing tree (decide)", re.compile(r"service/rules/routing\.py")),
     ("event spool (emit)",
-     re.compile(r"\b(emit|to_line) \(.*service/events\.py")),
-    ("event writer (COPY to PostgreSQL)", re.compile(r"service/events\.py")),
-    ("customer look-up (PostgreSQL)", re.compile(r"service/customers\.py")),
+     re.compile(r"\b(emit|to_line) \(.*service/reporting/events\.py")),
+    ("event writer (COPY to PostgreSQL)", re.compile(r"service/reporting/events\.py")),
+    ("customer look-up (PostgreSQL)", re.compile(r"service/conversations/customers\.py")),
     ("stored reply (Reply.to_json: dataclasses.asdict)",
      re.compile(r"\bto_json \(.*service/model\.py")),
-    ("queue + dispatch (Dispatcher, Lua scripts)", re.compile(r"service/queues\.py")),
+    ("queue + dispatch (Dispatcher, Lua scripts)", re.compile(r"service/agents/queues\.py")),
     ("Redis client (CommandBatcher, redis-py)",
-     re.compile(r"service/redis_batch\.py|[(/]redis/|hiredis")),
+     re.compile(r"service/infra/redis_batch\.py|[(/]redis/|hiredis")),
     ("asyncpg (other)", re.compile(r"asyncpg/")),
 ]
 # With uvloop the loop is C code under aiohttp's run_app: a sample whose innermost Python frame
@@ -115,7 +115,7 @@ def inclusive(collapsed: Path, limit: int = 25) -> list[tuple[str, int]]:
 
 # Webhook handlers, by the path they serve: the handler on a sample's stack says which kind
 # of request the sample worked for.
-HANDLER_PATHS = {"TwilioSms.incoming": "/twilio/sms", "TwilioVoice.incoming": "/twilio/voice",
+HANDLER_PATHS = {"TwilioMessaging.incoming": "/twilio/sms", "TwilioVoice.incoming": "/twilio/voice",
                  "TwilioVoice.gathered": "/twilio/voice/gather",
                  "TwilioVoice.no_input": "/twilio/voice/no-input",
                  "TwilioVoice.wait": "/twilio/voice/wait",
@@ -134,7 +134,7 @@ def by_webhook(collapsed: Path) -> collections.Counter[str | None]:
 
 
 # Functions worth pricing one by one (inclusive: with everything they call).
-WATCHED = ["TwilioSms.incoming", "TwilioVoice.incoming", "TwilioVoice.gathered",
+WATCHED = ["TwilioMessaging.incoming", "TwilioVoice.incoming", "TwilioVoice.gathered",
            "TwilioVoice.wait", "TwilioVoice.left_queue", "TwilioVoice.status",
            "Conversations._hold", "Dispatcher.position", "Dispatcher.remove", "Dispatcher.entry",
            "TwilioSignature.verified_form", "BaseRequest.post",
