@@ -63,10 +63,10 @@ from service.reporting import (
     metrics,
     ops_api,
     partitions,
+    rollups,
     supervisor,
 )
 from service.reporting.events import EventWriter
-from service.reporting.reports import ReportRules
 from service.rules.flows import HttpLookups
 from service.rules.holder import RulesHolder
 from service.rules.versions import LoadCause
@@ -254,12 +254,19 @@ async def event_writer(app: web.Application) -> AsyncIterator[None]:
         await partitions.maintain(conn, settings.event_retention_days)
     upkeep = asyncio.create_task(
         partitions.keep_maintained(app[PG], settings.event_retention_days), name="partitions")
+    background = [upkeep]
+    if settings.report_warm_days:  # the reports' day roll-ups, computed before they are asked
+        warmer = rollups.Warmer(app[PG], lambda: ops_api.report_rules(app),
+                                settings.report_warm_days)
+        app[RULES].on_reloaded.append(warmer.ask)
+        background.append(asyncio.create_task(warmer.run(), name="rollups.warm"))
     writer = EventWriter(app[PG], settings.spool_dir, settings.event_flush_interval_s)
     await writer.start()
     app[EVENTS] = writer
     yield
-    upkeep.cancel()
-    await asyncio.gather(upkeep, return_exceptions=True)
+    for task in background:
+        task.cancel()
+    await asyncio.gather(*background, return_exceptions=True)
     await writer.close()
 
 
@@ -364,8 +371,7 @@ async def background_sweeps(app: web.Application) -> AsyncIterator[None]:
 async def guard_canary(app: web.Application) -> None:
     """Follow the canary and roll it back when a guardrail trips (every instance may)."""
     rules = app[RULES]
-    await experiments.guard_canary(app[PG], rules, app[EVENTS],
-                                   ReportRules.from_catalog(rules.current.catalog))
+    await experiments.guard_canary(app[PG], rules, app[EVENTS], ops_api.report_rules(app))
 
 
 async def _every(interval_s: float, job, name: str) -> None:

@@ -44,6 +44,7 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     event_flush_interval_s: float = 0.2
     event_retention_days: int = 0  # 0: keep every month of the event log
+    report_warm_days: int = 35  # the days whose report roll-ups are kept computed; 0: none
     event_loop: str = "auto"
     canary_check_s: float = 5.0  # how often each instance follows the canary and its guardrails
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -76,6 +77,7 @@ ENV_VARS = {
     "SWITCHBOARD_SMS_IDLE_TIMEOUT_S": "sms_idle_timeout_s",
     "SWITCHBOARD_EVENT_LOOP": "event_loop",
     "SWITCHBOARD_EVENT_RETENTION_DAYS": "event_retention_days",
+    "SWITCHBOARD_REPORT_WARM_DAYS": "report_warm_days",
     "SWITCHBOARD_CANARY_CHECK_S": "canary_check_s",
 }
 
@@ -115,6 +117,13 @@ def _retention_days(raw: str) -> int:
     value = _whole_number(raw)
     if not 0 <= value <= 36500:
         raise ValueError("must be a number of days from 0 (keep everything) to 36500")
+    return value
+
+
+def _warm_days(raw: str) -> int:
+    value = _whole_number(raw)
+    if not 0 <= value <= 3660:
+        raise ValueError("must be a number of days from 0 (warm nothing) to 3660")
     return value
 
 
@@ -189,6 +198,7 @@ PARSERS = {
     "sms_idle_timeout_s": _positive_int,
     "event_loop": _choice("auto", "uvloop", "asyncio"),
     "event_retention_days": _retention_days,
+    "report_warm_days": _warm_days,
     "canary_check_s": _positive_seconds,
 }
 

@@ -66,6 +66,16 @@ def test_event_retention_is_days_from_zero():
         assert caught.value.problems[0].startswith(f"SWITCHBOARD_EVENT_RETENTION_DAYS={raw!r}")
 
 
+def test_report_warm_days_are_days_from_zero():
+    assert settings_from_env({}).report_warm_days == 35
+    assert settings_from_env({"SWITCHBOARD_REPORT_WARM_DAYS": "0"}).report_warm_days == 0
+    assert settings_from_env({"SWITCHBOARD_REPORT_WARM_DAYS": "90"}).report_warm_days == 90
+    for raw in ("-1", "a month", "4000", "3.5"):
+        with pytest.raises(SettingsError) as caught:
+            settings_from_env({"SWITCHBOARD_REPORT_WARM_DAYS": raw})
+        assert caught.value.problems[0].startswith(f"SWITCHBOARD_REPORT_WARM_DAYS={raw!r}: ")
+
+
 def test_redis_url_names_one_server_a_cluster_or_sentinel():
     from service.infra.redis_url import parse_redis_url
 

@@ -155,9 +155,15 @@ def _number(request: web.Request, name: str, default: float, low: float, high: f
     return value
 
 
+def report_rules(app: web.Application,
+                 service_level_s: float = reports.DEFAULT_SERVICE_LEVEL_S) -> ReportRules:
+    """The report rules of the rules in force: their catalog's repeat windows and labels."""
+    return ReportRules.from_catalog(app[RULES].current.catalog, service_level_s=service_level_s)
+
+
 def _report_rules(request: web.Request) -> ReportRules:
     level = _number(request, "service_level_s", reports.DEFAULT_SERVICE_LEVEL_S, 1, 86400)
-    return ReportRules.from_catalog(request.app[RULES].current.catalog, service_level_s=level)
+    return report_rules(request.app, level)
 
 
 def _json(report: dict) -> web.Response:

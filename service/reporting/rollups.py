@@ -12,23 +12,35 @@ service level) and per query text, so a catalog change or a new definition needs
 
 The rows are those of the same report query over the facts (reports.py), so the served figures
 stay equal to `FROM_EVENTS`; tests/test_reports.py holds them equal on random traffic.
+
+`Warmer` computes the roll-ups of the recent days ahead of the reports (at start, hourly and
+after a rules reload), so the first report after a deploy or a catalog change need not.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Callable
 
 import asyncpg
+import structlog
 
 from service.reporting import metrics, reports
 from service.reporting.reports import ReportRules, Window
 
+log = structlog.get_logger(__name__)
+
 DAY = timedelta(days=1)
+WARM_LOCK_KEY = 0x5B_0A_7F  # one session warms at a time (partitions.LOCK_KEY is 0x5B_0A_7E)
+WARM_DAYS_PER_STATEMENT = 3  # a short transaction each, so a pass never holds one for long
+WARM_EVERY_S = 3600
+WARM_FAILED = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)
 
 # The facts of the contacts that started in the ranges [$1[i], $2[i]).
 _RANGES = """
@@ -269,3 +281,76 @@ async def refresh(conn: asyncpg.Connection, rollup: Rollup, rules: ReportRules, 
 async def compact(conn: asyncpg.Connection) -> int:
     """Fold the recorded fact changes into one row per day (their totals stay the same)."""
     return await conn.fetchval("SELECT report_fact_changes_compact()")
+
+
+# ---- warming ------------------------------------------------------------------------------
+
+def recent_days(count: int, today: date | None = None) -> list[date]:
+    """The `count` whole UTC days before today, newest first."""
+    today = today or datetime.now(timezone.utc).date()
+    return [today - n * DAY for n in range(1, count + 1)]
+
+
+async def warm(conn: asyncpg.Connection | asyncpg.Pool, rules: ReportRules,
+               days: list[date]) -> int:
+    """Compute every report's roll-ups of the days among `days` that are over and have none
+    still exact, a few days per statement, newest first; returns how many day roll-ups it
+    computed (0 when another session is warming: that pass is skipped)."""
+    today = datetime.now(timezone.utc).date()
+    over = sorted({day for day in days if day < today}, reverse=True)
+    if not over:
+        return 0
+    async with reports._connection(conn) as connection:
+        if not await connection.fetchval("SELECT pg_try_advisory_lock($1)", WARM_LOCK_KEY):
+            log.info("reports.warm_skipped", reason="another instance is warming")
+            return 0
+        try:
+            return await _warm_locked(connection, rules, over)
+        finally:  # a pool's connection also drops its locks when released
+            with contextlib.suppress(*WARM_FAILED):
+                await connection.execute("SELECT pg_advisory_unlock($1)", WARM_LOCK_KEY)
+
+
+async def _warm_locked(conn: asyncpg.Connection, rules: ReportRules, days: list[date]) -> int:
+    computed = 0
+    for at in range(0, len(days), WARM_DAYS_PER_STATEMENT):
+        chunk = days[at:at + WARM_DAYS_PER_STATEMENT]
+        for rollup in BY_NAME.values():
+            computed += len(await refresh(conn, rollup, rules, fingerprint(rollup, rules),
+                                          chunk))
+    return computed
+
+
+class Warmer:
+    """Keeps the roll-ups of the last `days` days computed under the rules in force: a pass
+    at start, every WARM_EVERY_S and whenever asked (after a rules reload)."""
+
+    def __init__(self, pool: asyncpg.Pool, rules: Callable[[], ReportRules], days: int,
+                 every_s: float = WARM_EVERY_S):
+        self._pool, self._rules, self._days, self._every_s = pool, rules, days, every_s
+        self._asked = asyncio.Event()
+        self._asked.set()  # the first pass right away
+
+    def ask(self) -> None:
+        """Run a pass soon (the rules changed)."""
+        self._asked.set()
+
+    async def run(self) -> None:
+        """Warm until cancelled; a failed pass is logged and tried again at the next one."""
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._asked.wait(), self._every_s)
+            self._asked.clear()
+            await self.warm_once()
+
+    async def warm_once(self) -> int | None:
+        """One pass: the day roll-ups it computed, or None when PostgreSQL failed it."""
+        started = time.perf_counter()
+        try:
+            computed = await warm(self._pool, self._rules(), recent_days(self._days))
+        except WARM_FAILED as exc:
+            log.warning("reports.warm_failed", error=str(exc) or type(exc).__name__)
+            return None
+        log.info("reports.warmed", days=self._days, computed=computed,
+                 seconds=round(time.perf_counter() - started, 2))
+        return computed

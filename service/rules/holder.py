@@ -11,6 +11,7 @@ import asyncio
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import asyncpg
 import structlog
@@ -47,6 +48,7 @@ class RulesHolder:
         self.canary: RunningCanary | None = None  # a canary's rules, for its share of contacts
         self._canary_lock = asyncio.Lock()
         self._canary_refused: set[int] = set()  # canaries whose rules do not load here
+        self.on_reloaded: list[Callable[[], None]] = []  # told after each successful reload
 
     @classmethod
     async def load(cls, directory: Path, pool: asyncpg.Pool,
@@ -131,6 +133,8 @@ class RulesHolder:
             metrics.RULES_RELOAD_OK.set(1)
             metrics.RULES_RELOAD_TIME.set_to_current_time()
             log.info("rules.reloaded", digest=rules.digest, cause=cause.kind, actor=cause.actor)
+            for listener in self.on_reloaded:
+                listener()
             load = await self._record(cause, previous, ())
             return ReloadResult(True, rules.digest, (), load)
 
