@@ -230,6 +230,27 @@ async def test_a_pass_while_another_session_warms_computes_nothing(settings, db)
         await other.close()
 
 
+async def test_a_pass_cancelled_midway_lets_go_of_the_lock(settings, db):
+    """Shutdown cancels a pass between or inside statements: what it kept is kept, the lock
+    is free for the next session, and the pool closes."""
+    await _clean_tables(settings.database_url)
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1)
+    try:
+        passing = asyncio.create_task(rollups.warm(pool, LOCK_RULES, rollups.recent_days(3000)))
+        for _ in range(200):
+            if await db.fetchval("SELECT count(*) FROM report_rollups"):
+                break
+            await asyncio.sleep(0.02)
+        passing.cancel()
+        await asyncio.gather(passing, return_exceptions=True)
+        assert passing.cancelled()
+        assert await db.fetchval("SELECT count(*) FROM report_rollups") < 3000 * 4
+        assert await db.fetchval("SELECT pg_try_advisory_lock($1)", rollups.WARM_LOCK_KEY)
+        assert await db.fetchval("SELECT pg_advisory_unlock($1)", rollups.WARM_LOCK_KEY)
+    finally:
+        await asyncio.wait_for(pool.close(), 30)
+
+
 async def test_two_passes_at_once_compute_each_day_once(settings, db):
     await _clean_tables(settings.database_url)
     await insert(db, *past_contacts())

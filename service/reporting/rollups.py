@@ -302,7 +302,7 @@ async def warm(conn: asyncpg.Connection | asyncpg.Pool, rules: ReportRules,
         return 0
     async with reports._connection(conn) as connection:
         if not await connection.fetchval("SELECT pg_try_advisory_lock($1)", WARM_LOCK_KEY):
-            log.info("reports.warm_skipped", reason="another instance is warming")
+            log.debug("reports.warm_skipped", reason="another session is warming")
             return 0
         try:
             return await _warm_locked(connection, rules, over)
