@@ -1,7 +1,7 @@
 """Report query benchmark: a large synthetic event log, then the time of each report query.
 
     .venv/bin/python load_tests/bench_reports.py [--events 1000000] [--days 30] [--runs 5]
-        [--keep DIR]
+        [--keep DIR] [--warm]
 
 Starts an embedded PostgreSQL in a temporary folder (or uses DATABASE_URL, in a new database
 it drops afterwards), applies the migrations, writes at least --events contact events with
@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 import asyncpg  # noqa: E402
 
 from service.infra.migrate import migrate  # noqa: E402
-from service.reporting import candidates, experiments, reports  # noqa: E402
+from service.reporting import candidates, experiments, reports, rollups  # noqa: E402
 from service.reporting.reports import ReportRules, Window  # noqa: E402
 from service.rules.loader import load_rules  # noqa: E402
 
@@ -184,7 +184,7 @@ async def timed(runs: int, query) -> tuple[float, float]:
     return statistics.median(seconds), min(seconds)
 
 
-async def bench(url: str, events: int, days: int, runs: int) -> None:
+async def bench(url: str, events: int, days: int, runs: int, warm: bool = False) -> None:
     catalog = load_rules(ROOT / "routing_rules", with_classifier=False).catalog
     rules = ReportRules.from_catalog(catalog)
     start = datetime(2024, 4, 1, tzinfo=timezone.utc)
@@ -227,7 +227,7 @@ async def bench(url: str, events: int, days: int, runs: int) -> None:
                      conn, whole, rules, [EXPERIMENT]))]
         await give_customers_tiers(conn)
         await conn.execute("ANALYZE contact_facts")
-        await time_computing_the_rollups(conn, whole, rules)
+        await time_computing_the_rollups(conn, whole, rules, warm)
         report = await reports.summary(conn, whole, rules)
         reference = await reports.summary(conn, whole, rules, queries=reports.FROM_EVENTS)
         assert report["totals"] == reference["totals"], "served and reference figures differ"
@@ -242,11 +242,19 @@ async def bench(url: str, events: int, days: int, runs: int) -> None:
 
 
 async def time_computing_the_rollups(conn: asyncpg.Connection, whole: Window,
-                                     rules: ReportRules) -> None:
+                                     rules: ReportRules, warm: bool = False) -> None:
     """The first reports over the whole log compute and keep its days' roll-ups (once per
     set of rules; then only days whose facts change are computed again)."""
     kept = await conn.fetchval("SELECT count(*) FROM report_rollups")
     print(f"  day roll-ups kept before the first reports: {kept}")
+    if warm:  # what the service's background pass does before anyone asks
+        await conn.execute("DELETE FROM report_rollups")
+        days = [(whole.start + n * rollups.DAY).date()
+                for n in range((whole.end - whole.start).days + 1)]
+        began = time.perf_counter()
+        computed = await rollups.warm(conn, rules, days)
+        print(f"  warm pass from no roll-ups: {computed} day roll-ups in "
+              f"{time.perf_counter() - began:.1f} s")
     for name, report in (("summary", reports.summary), ("matrix", reports.matrix),
                          ("journeys", reports.journeys)):
         began = time.perf_counter()
@@ -309,9 +317,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep the embedded server's data and the log here, to time again")
+    parser.add_argument("--warm", action="store_true",
+                        help="first compute the roll-ups as the service's background pass "
+                             "does (rollups.warm), timed, instead of by the first reports")
     args = parser.parse_args()
     with database(args.keep, args.events) as url:
-        asyncio.run(bench(url, args.events, args.days, args.runs))
+        asyncio.run(bench(url, args.events, args.days, args.runs, args.warm))
 
 
 if __name__ == "__main__":
