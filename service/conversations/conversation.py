@@ -399,8 +399,13 @@ class Conversations:
         chosen = _clarifying_choice(turn, text)
         if chosen:
             return await self._classified(turn, chosen, 1.0, "menu")
+        # Words (not a key): the classifier's prediction, its encoder stage off the loop.
+        classifier = turn.rules.classifier
+        prediction = None if inbound.kind == "digits" or classifier is None else \
+            await classifier.predict_off_loop(text)
         understood = understand(turn.rules, inbound.kind, text, inbound.input_confidence,
-                                menu_offered=conv["status"] in ("menu", "clarifying"))
+                                menu_offered=conv["status"] in ("menu", "clarifying"),
+                                prediction=prediction)
         if understood.outcome == "agent":
             return await self._escalate(turn, self._decide(turn), "requested_agent")
         if understood.outcome == "classified" and understood.contact_type:

@@ -27,6 +27,8 @@ Its scores are the ones its row of the training matrix would give, to the bit.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -182,6 +184,17 @@ class Classifier:
             return self.stage_prediction(text, top) or prediction
         return prediction
 
+    async def predict_off_loop(self, text: str, top: int = 3) -> Prediction:
+        """predict(), with the encoder stage in a thread of its own: its milliseconds of
+        matrix products (which release the GIL) no longer hold up the event loop's other
+        requests."""
+        prediction = self.cheap_prediction(text, top)
+        if self._in_band(text, prediction.confidence):
+            stage = await asyncio.get_running_loop().run_in_executor(
+                _encoder_thread(), self.stage_prediction, text, top)
+            return stage or prediction
+        return prediction
+
     def decided_by_encoder(self, text: str) -> bool:
         """Whether predict(text) is the encoder stage's (the cheap model is unsure)."""
         return self._in_band(text, self.cheap_prediction(text, 1).confidence)
@@ -313,6 +326,13 @@ def _vocabulary_and_idf(counted: list[Counter[str]]) -> tuple[dict[str, int], np
 
 def _blocks(vocabulary: dict[str, int]) -> np.ndarray:
     return np.fromiter((_block(f) for f in vocabulary), np.int8, len(vocabulary))
+
+
+@functools.lru_cache(maxsize=1)
+def _encoder_thread() -> ThreadPoolExecutor:
+    """One thread per process for the encoder stage: a process serves from one core, and
+    messages wait their turn here rather than oversubscribe it."""
+    return ThreadPoolExecutor(1, thread_name_prefix="encoder-stage-live")
 
 
 def _tfidf(indices: np.ndarray, counts: list[int], idf: np.ndarray, blocks: np.ndarray

@@ -10,7 +10,7 @@ from service.rules.experiments import ESCALATION_REASON as EXPERIMENT_REASON
 from service.rules.experiments import Arm
 from service.rules.loader import Rules
 from service.rules.routing import Decision
-from service.understanding.classifier import wants_agent
+from service.understanding.classifier import Prediction, wants_agent
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,10 +24,11 @@ class Understood:
 
 
 def understand(rules: Rules, kind: str, text: str, input_confidence: float | None = None,
-               menu_offered: bool = True) -> Understood:
+               menu_offered: bool = True, prediction: Prediction | None = None) -> Understood:
     """`kind` is the Inbound kind: "digits" for a key press, else words typed or spoken
     (`input_confidence` is the speech recogniser's). A key picks a contact type only when
-    the phone menu was offered (`menu_offered`); 0 asks for a person at any time."""
+    the phone menu was offered (`menu_offered`); 0 asks for a person at any time.
+    `prediction`: the classifier's for `text` when the caller already has it."""
     if asks_for_agent(kind, text):
         return Understood("agent")
     if kind == "digits":
@@ -35,7 +36,7 @@ def understand(rules: Rules, kind: str, text: str, input_confidence: float | Non
                       None) if menu_offered else None
         return Understood("classified", chosen, 1.0, "menu") if chosen else \
             Understood("missed", reason="invalid_input")
-    prediction = rules.classifier.predict(text)
+    prediction = prediction or rules.classifier.predict(text)
     confidence = prediction.confidence * (input_confidence or 1.0)
     if confidence >= rules.catalog.threshold:
         return Understood("classified", prediction.contact_type, confidence,
