@@ -578,7 +578,8 @@ def profile(pid: int, url: str, requests_file: Path, args, common: dict, workdir
     collapsed = workdir / "stacks.txt"
     spy = subprocess.Popen([py_spy, "record", "--pid", str(pid), "--rate", "100",
                             "--format", "raw", "--output", str(collapsed),
-                            "--duration", str(int(args.profile_seconds) + 2)],
+                            "--duration", str(int(args.profile_seconds) + 2),
+                            *(["--subprocesses"] if args.workers > 1 else [])],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                            start_new_session=True)
     boost(spy.pid)

@@ -140,7 +140,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
     from service.app import create_app
-    from service.infra.runtime import EventLoopUnavailable, new_event_loop, tune_gc
+    from service.infra.runtime import (
+        EventLoopUnavailable,
+        new_event_loop,
+        one_native_thread,
+        tune_gc,
+    )
 
     try:
         from service.rules.loader import load_rules
@@ -156,6 +161,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         print(f"switchboard: {exc}", file=sys.stderr)
         return 2
     tune_gc()
+    one_native_thread()
     with _servers(settings) as ready:
         if args.workers == 1:
             web.run_app(create_app(ready), host=ready.host, port=ready.port, print=None,
@@ -166,6 +172,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         loop.close()  # each worker makes its own, after the fork
 
         def serve(sock) -> None:
+            one_native_thread()  # a forked child starts OpenBLAS's threads afresh
             web.run_app(create_app(ready), sock=sock, print=None, access_log=None,
                         loop=new_event_loop(ready.event_loop))
 

@@ -35,3 +35,21 @@ async def test_other_requests_are_served_while_the_encoder_stage_works(client, m
     release.set()
     [answer, *_] = await asyncio.wait_for(turn, 10)
     assert answer.startswith("You can cancel any order that has not shipped yet")
+
+
+async def test_a_request_for_a_person_never_waits_for_the_encoder_stage(client, monkeypatch):
+    classifier = client.app[RULES].current.classifier
+    monkeypatch.setattr(classifier, "encoder_stage",
+                        replace(classifier.encoder_stage, band=(0.0, 1.0)))
+    asked: list[str] = []
+    stage_probabilities = EncoderStage.probabilities
+
+    def counted(stage: EncoderStage, words: str):
+        asked.append(words)
+        return stage_probabilities(stage, words)
+
+    monkeypatch.setattr(EncoderStage, "probabilities", counted)
+    await text(client, CUSTOMER, "talk to a person please")
+    assert asked == []
+    await text(client, "+15550009999", "i want to cancel my order")
+    assert asked == ["i want to cancel my order"]

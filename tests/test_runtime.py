@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import gc
+import json
+import os
+import subprocess
+import sys
 import weakref
+from pathlib import Path
 
 import pytest
 
 from service.infra import runtime
 from service.infra.runtime import GC_THRESHOLDS, new_event_loop, settle_heap, tune_gc
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("kind, expected", [("auto", "uvloop"), ("uvloop", "uvloop"),
@@ -41,3 +48,31 @@ def test_a_serving_process_freezes_its_heap_and_frees_a_replaced_one():
         gc.unfreeze()
         gc.set_threshold(*thresholds)
         runtime._serving = False
+
+
+ONE_THREAD_CHECK = """
+import json, threadpoolctl
+from service.infra.runtime import one_native_thread
+import numpy  # noqa: F401  (loads OpenBLAS with its thread per core)
+one_native_thread()
+print(json.dumps([i["num_threads"] for i in threadpoolctl.threadpool_info()
+                  if i["user_api"] == "blas"]))
+"""
+
+
+def _blas_threads(env: dict[str, str]) -> list[int]:
+    done = subprocess.run([sys.executable, "-c", ONE_THREAD_CHECK], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: OpenBLAS starts one thread")
+def test_a_serving_process_runs_numeric_code_on_one_thread():
+    env = {k: v for k, v in os.environ.items() if k not in runtime.THREAD_VARIABLES}
+    assert _blas_threads(env) == [1]
+
+
+def test_an_explicit_thread_count_is_left_as_set():
+    env = {k: v for k, v in os.environ.items() if k not in runtime.THREAD_VARIABLES}
+    assert _blas_threads({**env, "OPENBLAS_NUM_THREADS": "2"}) == [2]

@@ -50,6 +50,7 @@ from service.rules.templates import MissingValue, personal_values, render, when
 from service.understanding.understand import (
     asks_for_agent,
     escalation_reason,
+    needs_prediction,
     understand,
 )
 
@@ -399,10 +400,10 @@ class Conversations:
         chosen = _clarifying_choice(turn, text)
         if chosen:
             return await self._classified(turn, chosen, 1.0, "menu")
-        # Words (not a key): the classifier's prediction, its encoder stage off the loop.
+        # The classifier's prediction with its encoder stage off the loop, when one is needed.
         classifier = turn.rules.classifier
-        prediction = None if inbound.kind == "digits" or classifier is None else \
-            await classifier.predict_off_loop(text)
+        prediction = await classifier.predict_off_loop(text) \
+            if classifier is not None and needs_prediction(inbound.kind, text) else None
         understood = understand(turn.rules, inbound.kind, text, inbound.input_confidence,
                                 menu_offered=conv["status"] in ("menu", "clarifying"),
                                 prediction=prediction)

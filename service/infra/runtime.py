@@ -1,4 +1,5 @@
-"""How the `switchboard serve` process runs: its event loop and its garbage collector.
+"""How the `switchboard serve` process runs: its event loop, its garbage collector and its
+numeric libraries' threads.
 
 uvloop (libuv, in C) does the socket and callback work of every webhook turn with less CPU
 than asyncio's selector loop. CPython's default collector thresholds (a young-generation pass
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 
 # A turn allocates a few thousand objects that die young; collecting every 20,000 allocations
 # instead of 700 keeps the passes rare, and cycles are still freed within a few turns.
@@ -42,6 +44,21 @@ def tune_gc() -> None:
     global _serving
     _serving = True
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def one_native_thread() -> None:
+    """Numeric libraries (OpenBLAS under numpy) on one thread, unless THREAD_VARIABLES say
+    otherwise. A serving process uses one core (`--workers N` for more); OpenBLAS starts a
+    thread per core and its idle threads spin: with two workers on two cores they took more
+    CPU than the turns themselves (load_tests/README.md)."""
+    if any(name in os.environ for name in THREAD_VARIABLES):
+        return
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
 
 
 def settle_heap() -> None:

@@ -46,6 +46,12 @@ def understand(rules: Rules, kind: str, text: str, input_confidence: float | Non
     return Understood("missed", reason="low_confidence", ranked=prediction.ranked)
 
 
+def needs_prediction(kind: str, text: str) -> bool:
+    """Whether understand() asks the classifier: words, not a key, and not a request for a
+    person (which it answers first)."""
+    return kind != "digits" and not asks_for_agent(kind, text)
+
+
 def asks_for_agent(kind: str, text: str) -> bool:
     """0 on the keypad, or words asking for a person: honoured at any step."""
     return (kind == "digits" and text == "0") or wants_agent(text)
