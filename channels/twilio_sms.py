@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from typing import ClassVar
+from xml.sax.saxutils import escape  # what ElementTree does to element text: &, < and >
 
 import structlog
 from aiohttp import web
@@ -190,19 +191,8 @@ def _twiml(messages: tuple[str, ...]) -> str:
     an ElementTree: a reply naming the customer or a queue position is new every time."""
     if not messages:
         return XML_DECLARATION + "<Response />"
-    body = "".join([f"<Message>{_escaped(text)}</Message>" if text else "<Message />"
+    body = "".join([f"<Message>{escape(text)}</Message>" if text else "<Message />"
                     for text in messages])
     document = f"{XML_DECLARATION}<Response>{body}</Response>"
     # ElementTree writes what UTF-8 cannot hold (a lone surrogate) as a character reference.
     return document.encode("utf-8", "xmlcharrefreplace").decode("utf-8")
-
-
-def _escaped(text: str) -> str:
-    """Element text escaped as ElementTree does: &, < and >."""
-    if "&" in text:
-        text = text.replace("&", "&amp;")
-    if "<" in text:
-        text = text.replace("<", "&lt;")
-    if ">" in text:
-        text = text.replace(">", "&gt;")
-    return text

@@ -33,28 +33,21 @@ CREATE TABLE report_rollups (
     PRIMARY KEY (rules, report, day)
 );
 
-CREATE FUNCTION report_fact_days_added() RETURNS trigger LANGUAGE plpgsql AS $$
+-- The days of the contacts a statement changed, from their rows after (INSERT, UPDATE) and
+-- before (UPDATE, DELETE). PL/pgSQL plans a statement when it first runs, so each branch
+-- names only a transition table its trigger has.
+CREATE FUNCTION report_fact_days_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO report_fact_changes (day)
-    SELECT DISTINCT (started_at AT TIME ZONE 'UTC')::date FROM changed_new
-    WHERE started_at IS NOT NULL;
-    RETURN NULL;
-END $$;
-
-CREATE FUNCTION report_fact_days_updated() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO report_fact_changes (day)
-    SELECT DISTINCT (started_at AT TIME ZONE 'UTC')::date
-    FROM (SELECT started_at FROM changed_new UNION ALL SELECT started_at FROM changed_old) c
-    WHERE started_at IS NOT NULL;
-    RETURN NULL;
-END $$;
-
-CREATE FUNCTION report_fact_days_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO report_fact_changes (day)
-    SELECT DISTINCT (started_at AT TIME ZONE 'UTC')::date FROM changed_old
-    WHERE started_at IS NOT NULL;
+    IF TG_OP <> 'DELETE' THEN
+        INSERT INTO report_fact_changes (day)
+        SELECT DISTINCT (started_at AT TIME ZONE 'UTC')::date FROM changed_new
+        WHERE started_at IS NOT NULL;
+    END IF;
+    IF TG_OP <> 'INSERT' THEN
+        INSERT INTO report_fact_changes (day)
+        SELECT DISTINCT (started_at AT TIME ZONE 'UTC')::date FROM changed_old
+        WHERE started_at IS NOT NULL;
+    END IF;
     RETURN NULL;
 END $$;
 
@@ -69,13 +62,13 @@ END $$;
 
 CREATE TRIGGER report_fact_days_added AFTER INSERT ON contact_facts
     REFERENCING NEW TABLE AS changed_new
-    FOR EACH STATEMENT EXECUTE FUNCTION report_fact_days_added();
+    FOR EACH STATEMENT EXECUTE FUNCTION report_fact_days_changed();
 CREATE TRIGGER report_fact_days_updated AFTER UPDATE ON contact_facts
     REFERENCING OLD TABLE AS changed_old NEW TABLE AS changed_new
-    FOR EACH STATEMENT EXECUTE FUNCTION report_fact_days_updated();
+    FOR EACH STATEMENT EXECUTE FUNCTION report_fact_days_changed();
 CREATE TRIGGER report_fact_days_deleted AFTER DELETE ON contact_facts
     REFERENCING OLD TABLE AS changed_old
-    FOR EACH STATEMENT EXECUTE FUNCTION report_fact_days_deleted();
+    FOR EACH STATEMENT EXECUTE FUNCTION report_fact_days_changed();
 CREATE TRIGGER report_fact_days_truncated AFTER TRUNCATE ON contact_facts
     FOR EACH STATEMENT EXECUTE FUNCTION report_fact_days_truncated();
 

@@ -50,8 +50,7 @@ from service.rules.templates import MissingValue, personal_values, render, when
 from service.understanding.understand import (
     asks_for_agent,
     escalation_reason,
-    needs_prediction,
-    understand,
+    understand_off_loop,
 )
 
 log = structlog.get_logger(__name__)
@@ -400,13 +399,9 @@ class Conversations:
         chosen = _clarifying_choice(turn, text)
         if chosen:
             return await self._classified(turn, chosen, 1.0, "menu")
-        # The classifier's prediction with its encoder stage off the loop, when one is needed.
-        classifier = turn.rules.classifier
-        prediction = await classifier.predict_off_loop(text) \
-            if classifier is not None and needs_prediction(inbound.kind, text) else None
-        understood = understand(turn.rules, inbound.kind, text, inbound.input_confidence,
-                                menu_offered=conv["status"] in ("menu", "clarifying"),
-                                prediction=prediction)
+        understood = await understand_off_loop(
+            turn.rules, inbound.kind, text, inbound.input_confidence,
+            menu_offered=conv["status"] in ("menu", "clarifying"))
         if understood.outcome == "agent":
             return await self._escalate(turn, self._decide(turn), "requested_agent")
         if understood.outcome == "classified" and understood.contact_type:

@@ -278,11 +278,6 @@ async def refresh(conn: asyncpg.Connection, rollup: Rollup, rules: ReportRules, 
     return stale
 
 
-async def compact(conn: asyncpg.Connection) -> int:
-    """Fold the recorded fact changes into one row per day (their totals stay the same)."""
-    return await conn.fetchval("SELECT report_fact_changes_compact()")
-
-
 # ---- warming ------------------------------------------------------------------------------
 
 def recent_days(count: int, today: date | None = None) -> list[date]:

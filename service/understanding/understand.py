@@ -46,10 +46,15 @@ def understand(rules: Rules, kind: str, text: str, input_confidence: float | Non
     return Understood("missed", reason="low_confidence", ranked=prediction.ranked)
 
 
-def needs_prediction(kind: str, text: str) -> bool:
-    """Whether understand() asks the classifier: words, not a key, and not a request for a
-    person (which it answers first)."""
-    return kind != "digits" and not asks_for_agent(kind, text)
+async def understand_off_loop(rules: Rules, kind: str, text: str,
+                              input_confidence: float | None = None,
+                              menu_offered: bool = True) -> Understood:
+    """understand(), with the classifier's encoder stage in its own thread (the service's
+    way: its milliseconds no longer hold up the event loop's other requests)."""
+    prediction = None
+    if kind != "digits" and not asks_for_agent(kind, text) and rules.classifier is not None:
+        prediction = await rules.classifier.predict_off_loop(text)
+    return understand(rules, kind, text, input_confidence, menu_offered, prediction)
 
 
 def asks_for_agent(kind: str, text: str) -> bool:
