@@ -95,7 +95,7 @@ async def _clean_tables(database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
         if await conn.fetchval("SELECT to_regclass('contact_events') IS NOT NULL"):
-            await conn.execute("TRUNCATE contact_events, contacts, customer_identities, "
+            await conn.execute("TRUNCATE contact_events, customer_identities, "
                                "customers, rule_versions CASCADE")
         if await conn.fetchval("SELECT to_regclass('outbox') IS NOT NULL"):
             await conn.execute("TRUNCATE outbox")

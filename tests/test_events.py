@@ -26,7 +26,7 @@ async def pool(database_url):
     async with asyncpg.create_pool(database_url, min_size=1, max_size=2) as pool:
         async with pool.acquire() as conn:
             await migrate(conn)
-            await conn.execute("TRUNCATE contact_events, contacts")
+            await conn.execute("TRUNCATE contact_events")
         yield pool
 
 

@@ -52,6 +52,9 @@ async def test_self_service_answer_accepted_resolves_the_contact(client, db, red
     contact = await db.fetchrow("SELECT * FROM contacts")
     assert (contact["outcome"], contact["contact_type"], contact["escalation_reason"]) == \
         ("self_service_resolved", "track_order", None)
+    assert (contact["channel"], contact["address"], contact["route_path"]) == \
+        ("sms", events[1]["data"]["address"], "root > orders")
+    assert contact["confidence"] == pytest.approx(events[3]["data"]["confidence"])
     summaries = await redis_client.hgetall(f"sb:{{cust:{contact['customer_id']}}}:contacts")
     assert json.loads(summaries[str(contact["id"]).encode()])["outcome"] == "self_service_resolved"
     assert await client.app[ROUTER].waiting("orders") == []

@@ -236,11 +236,11 @@ SELECT n, (line->>0)::uuid, to_timestamp((line->>1)::float8), line->>2, (line->>
 FROM incoming_lines;
 """
 
-# Events are the record; customers and contacts are projections of them, kept in the same
-# transaction (so is contact_facts, by the insert's trigger). Every statement is idempotent,
-# so a replayed segment changes nothing twice: an event already in the log is not inserted
-# again (the primary key's own check: a join against the log cost a scan of the month's
-# partition on every batch), and the projections read only the events this batch added.
+# Events are the record; customers are a projection of them, kept in the same transaction (so
+# is contact_facts, by the insert's trigger; `contacts` is a view over it). Every statement is
+# idempotent, so a replayed segment changes nothing twice: an event already in the log is not
+# inserted again (the primary key's own check: a join against the log cost a scan of the
+# month's partition on every batch), and the projections read only the events this batch added.
 PROJECT_SQL = """
 WITH added AS (
     INSERT INTO contact_events (id, occurred_at, kind, contact_id, customer_id, channel,
@@ -264,29 +264,4 @@ SELECT DISTINCT ON (data->>'identity_kind', data->>'identity_value')
        data->>'identity_kind', data->>'identity_value', customer_id
 FROM incoming_events WHERE kind = 'customer_created' AND customer_id IS NOT NULL
 ON CONFLICT DO NOTHING;
-
-INSERT INTO contacts (id, customer_id, channel, address, started_at)
-SELECT contact_id, customer_id, channel, data->>'address', occurred_at FROM incoming_events
-WHERE kind = 'contact_started' AND contact_id IS NOT NULL AND customer_id IS NOT NULL
-ON CONFLICT DO NOTHING;
-
-UPDATE contacts c SET contact_type = e.contact_type, confidence = (e.data->>'confidence')::real
-FROM (SELECT DISTINCT ON (contact_id) * FROM incoming_events WHERE kind = 'classified'
-      ORDER BY contact_id, occurred_at DESC, batch_order DESC) e
-WHERE c.id = e.contact_id;
-
-UPDATE contacts c SET route_path = e.route_path, queue = e.data->>'queue'
-FROM (SELECT DISTINCT ON (contact_id) * FROM incoming_events WHERE kind = 'routed'
-      ORDER BY contact_id, occurred_at DESC, batch_order DESC) e
-WHERE c.id = e.contact_id;
-
-UPDATE contacts c SET escalation_reason = e.reason, queue = e.data->>'queue'
-FROM (SELECT DISTINCT ON (contact_id) * FROM incoming_events WHERE kind = 'escalated'
-      ORDER BY contact_id, occurred_at DESC, batch_order DESC) e
-WHERE c.id = e.contact_id;
-
-UPDATE contacts c SET ended_at = e.occurred_at, outcome = e.data->>'outcome'
-FROM (SELECT DISTINCT ON (contact_id) * FROM incoming_events WHERE kind = 'ended'
-      ORDER BY contact_id, occurred_at DESC, batch_order DESC) e
-WHERE c.id = e.contact_id;
 """
