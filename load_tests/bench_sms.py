@@ -444,7 +444,7 @@ def main() -> int:
                     print(f"{target}: pid {bare.pid}, thread affinities "
                           f"{[sorted(a) for a in thread_affinities(bare.pid)]}", flush=True)
                     common = dict(connections=args.connections, threads=args.wrk_threads,
-                                  max_responses=args.max_requests, db_dir=db_dir,
+                                  max_responses=args.max_requests, db_dir=workdir,
                                   server_pid=bare.pid, channel=args.channel)
                     run_wrk(bare_url, bare_file, "cycle", args.warmup, target="warm-up",
                             **common)
@@ -496,7 +496,7 @@ def main() -> int:
                 print(f"switchboard pid {full.pid}, thread affinities "
                       f"{[sorted(a) for a in thread_affinities(full.pid)]}", flush=True)
                 common = dict(connections=args.connections, threads=args.wrk_threads,
-                              max_responses=args.max_requests, db_dir=db_dir,
+                              max_responses=args.max_requests, db_dir=workdir,
                               server_pid=full.pid, channel=args.channel)
                 warm = run_wrk(url, files["warm"], "once", args.warmup, target="warm-up",
                                **common)

@@ -211,6 +211,43 @@ async def test_a_write_waiting_for_its_replica_holds_up_no_unfenced_batch(
         await batcher.close()
 
 
+async def test_writes_queued_behind_a_pending_wait_share_the_next_one(valkey_sentinel,
+                                                                      monkeypatch):
+    """Group commit: ten turns' writes sent while a WAIT is pending go out behind one WAIT,
+    and each is answered once the replica has it."""
+    monkeypatch.setattr(redis_batch, "WAIT_MS", 10_000)
+    primary = valkey_sentinel.primary()
+    primary_port = primary.connection_pool.connection_kwargs["port"]
+    [replica_port] = [p for p in valkey_sentinel.data_ports if p != primary_port]
+    replica = valkey_sentinel.processes.running[replica_port]
+    batcher = batcher_for(valkey_sentinel.url)
+
+    def waits() -> int:
+        return primary.info("commandstats").get("cmdstat_wait", {}).get("calls", 0)
+
+    try:
+        await batcher.execute(("SET", "group:warm", 1))
+        before = waits()
+        replica.send_signal(signal.SIGSTOP)
+        try:
+            first = asyncio.ensure_future(batcher.execute(("SET", "group:first", 1)))
+            await asyncio.sleep(0.1)
+            held = []
+            for _ in range(10):  # each in a loop iteration of its own: ten writes
+                held.append(asyncio.ensure_future(batcher.execute(("INCR", "group:n"))))
+                await asyncio.sleep(0.01)
+            assert not first.done() and not any(h.done() for h in held)
+        finally:
+            replica.send_signal(signal.SIGCONT)
+        assert await asyncio.wait_for(first, 10) == [b"OK"]
+        assert sorted(r for [r] in await asyncio.wait_for(asyncio.gather(*held), 10)) == \
+            list(range(1, 11))
+        assert waits() - before == 2
+        assert sync_redis.Redis(port=replica_port).get("group:n") == b"10"
+    finally:
+        await batcher.close()
+
+
 async def test_a_connection_lost_while_its_write_waits_for_the_replica_fails_the_write(
         valkey_sentinel, monkeypatch):
     """Not left waiting until the turn's own timeout: the turn answers with the fallback."""

@@ -556,6 +556,11 @@ class _Connection(asyncio.Protocol):
 
     One watchdog timer per connection, not one per batch: it fires when the oldest batch in
     flight has waited `timeout_s`, and drops the connection.
+
+    With `replicas`, a write ends with WAIT, and batches queued while a WAIT is pending are
+    held until it answers, then go out together behind one WAIT: the server would not run
+    them any sooner (a client blocked in WAIT is read no further), and one replica
+    acknowledgement then covers every turn that arrived meanwhile.
     """
 
     def __init__(self, timeout_s: float) -> None:
@@ -567,6 +572,7 @@ class _Connection(asyncio.Protocol):
         self._watchdog: asyncio.TimerHandle | None = None
         self._flush_scheduled = False
         self._unfenced: list[InFlight] = []
+        self._fence_pending = False  # a WAIT is out: hold further writes until it answers
         self.replicas = 0  # > 0: each write ends with a WAIT for that many replicas
         self.lost = False
 
@@ -607,6 +613,9 @@ class _Connection(asyncio.Protocol):
         self._flush_scheduled = False
         if self._queued and not self.lost:
             if self.replicas:
+                if self._fence_pending:
+                    return  # kept queued: written when the pending WAIT answers
+                self._fence_pending = True
                 self._queued.append(_pack(("WAIT", self.replicas, WAIT_MS)))
                 self._in_flight.append(InFlight(1, [], None, asyncio.get_running_loop().time(),
                                                 self._unfenced))
@@ -622,11 +631,14 @@ class _Connection(asyncio.Protocol):
                 batch.replies.append(reply)
                 if len(batch.replies) == batch.count:
                     self._in_flight.popleft()
-                    if batch.guards is not None and not _settle(batch.guards, reply,
-                                                                self.replicas):
-                        # writes queued behind would each wait out WAIT: start afresh
-                        self.close(NotReplicated("no replica confirms writes"))
-                        return
+                    if batch.guards is not None:
+                        if not _settle(batch.guards, reply, self.replicas):
+                            # writes queued behind would each wait out WAIT: start afresh
+                            self.close(NotReplicated("no replica confirms writes"))
+                            return
+                        self._fence_pending = False
+                        if self._queued and not self._flush_scheduled:
+                            self._flush()  # after the replies before it: order is kept
                     elif not self.replicas and not batch.future.done():
                         batch.future.set_result(batch.replies)
         except (hiredis.ProtocolError, IndexError) as exc:  # out of step: nothing can be trusted
