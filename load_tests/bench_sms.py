@@ -411,13 +411,18 @@ def main() -> int:
             db_dir = workdir / "db"
             db_dir.mkdir()
             database_url, redis_url = stack.enter_context(databases(db_dir))
+            primary_url = redis_url
             if args.redis != "single":  # the same service on a real cluster or Sentinel
                 sys.path.insert(0, str(ROOT))
                 from tests import valkey_topology
 
                 start = {"cluster": valkey_topology.cluster,
                          "sentinel": valkey_topology.sentinel_group}[args.redis]
-                redis_url = stack.enter_context(start(workdir / args.redis)).url
+                topology = stack.enter_context(start(workdir / args.redis))
+                redis_url = topology.url
+                if args.redis == "sentinel":  # Valkey's own figures: the primary's
+                    primary_url = "redis://127.0.0.1:{}/0".format(
+                        topology.primary().connection_pool.connection_kwargs["port"])
                 if args.redis == "sentinel" and args.replicas is not None:
                     redis_url += f"?replicas={args.replicas}"
             rules_dir = ROOT / "routing_rules"
@@ -505,12 +510,13 @@ def main() -> int:
                 signed = sign("measure", args.seconds, warm.rps)
                 print(f"full warm-up: {warm.rps:,.0f} requests/s; signed {signed:,} requests "
                       f"for the measured run in {time.monotonic() - t0:.1f} s", flush=True)
-                single = args.redis == "single"
-                valkey_before = commandstats(redis_url) if single else {}
+                single = args.redis != "cluster"
+                valkey_before = commandstats(primary_url) if single else {}
                 full_run = measured(run_wrk, url, files["measure"], "once", args.seconds,
                                     target="full service", **common)
-                results["valkey"] = valkey_time(valkey_before, commandstats(redis_url),
-                                                full_run.wall_s) if single else args.redis
+                results["valkey"] = valkey_time(valkey_before, commandstats(primary_url),
+                                                full_run.wall_s, full_run.result["requests"]) \
+                    if single else args.redis
                 runs.append(full_run)
                 print(f"full: {full_run.rps:,.0f} requests/s, p99 {full_run.ms('p99'):.2f} ms",
                       flush=True)
@@ -544,7 +550,8 @@ def main() -> int:
         f"full-path run: database CPU {databases_cpu}; core {server_core} busy "
         f"{full_run.core_busy_s.get(server_core, 0) / full_run.wall_s:.0%} "
         f"(the server {full_run.server_cpu_s / full_run.wall_s:.0%})",
-        f"Valkey time during the full run (command: calls, us/call, share of wall time): "
+        f"Valkey (the primary) during the full run (command: calls, us/call, share of wall "
+        f"time): "
         f"{results['valkey']}",
         f"service log during the runs: {results['service_log']}",
         f"events in PostgreSQL after shutdown: {results['events']}",
@@ -653,15 +660,17 @@ def commandstats(redis_url: str) -> dict[str, tuple[int, int]]:
     return {name.removeprefix("cmdstat_"): (v["calls"], v["usec"]) for name, v in stats.items()}
 
 
-def valkey_time(before: dict, after: dict, seconds: float) -> str:
+def valkey_time(before: dict, after: dict, seconds: float, requests: int) -> str:
     rows = []
     for name, (calls, usec) in after.items():
         calls0, usec0 = before.get(name, (0, 0))
         if calls - calls0:
             rows.append((usec - usec0, calls - calls0, name))
     rows.sort(reverse=True)
+    waits = next((calls for _, calls, name in rows if name == "wait"), 0)
     return "; ".join(f"{name}: {calls:,}, {usec / calls:,.0f} us, {usec / 1e6 / seconds:.0%}"
-                     for usec, calls, name in rows[:6])
+                     for usec, calls, name in rows[:6]) + \
+        (f"; WAIT: {waits:,} calls, {waits / max(1, requests):.2f} a request" if waits else "")
 
 
 def log_summary(log: Path) -> dict:
