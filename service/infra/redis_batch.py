@@ -571,7 +571,7 @@ class _Connection(asyncio.Protocol):
         self._in_flight: collections.deque[InFlight] = collections.deque()
         self._watchdog: asyncio.TimerHandle | None = None
         self._flush_scheduled = False
-        self._unfenced: list[InFlight] = []
+        self._unguarded: list[InFlight] = []  # batches no WAIT has been sent for yet
         self._fence_pending = False  # a WAIT is out: hold further writes until it answers
         self.replicas = 0  # > 0: each write ends with a WAIT for that many replicas
         self.lost = False
@@ -590,7 +590,7 @@ class _Connection(asyncio.Protocol):
         batch = InFlight(len(commands), [], future, loop.time())
         self._in_flight.append(batch)
         if self.replicas:
-            self._unfenced.append(batch)
+            self._unguarded.append(batch)
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._timeout_s, self._check_overdue)
         if not self._flush_scheduled:
@@ -618,8 +618,8 @@ class _Connection(asyncio.Protocol):
                 self._fence_pending = True
                 self._queued.append(_pack(("WAIT", self.replicas, WAIT_MS)))
                 self._in_flight.append(InFlight(1, [], None, asyncio.get_running_loop().time(),
-                                                self._unfenced))
-                self._unfenced = []
+                                                self._unguarded))
+                self._unguarded = []
             self._transport.write(b"".join(self._queued))
         self._queued = []
 
@@ -656,8 +656,8 @@ class _Connection(asyncio.Protocol):
         self.lost = True
         if self._watchdog is not None:
             self._watchdog.cancel()
-        waiting = [*self._unfenced]  # queued for the next WAIT: it will not come
-        self._unfenced = []
+        waiting = [*self._unguarded]  # answered, waiting for the next WAIT: it will not come
+        self._unguarded = []
         while self._in_flight:
             batch = self._in_flight.popleft()
             waiting += [batch, *(batch.guards or ())]  # a WAIT's batches have their replies
