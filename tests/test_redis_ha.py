@@ -274,6 +274,30 @@ async def test_a_connection_lost_while_its_write_waits_for_the_replica_fails_the
         await batcher.close()
 
 
+async def test_a_text_is_answered_only_once_the_replica_has_its_turn(
+        app_settings, valkey_sentinel, db, monkeypatch):  # noqa: F811
+    """Round trip 1 waits for no replica, but the turn's answer still does."""
+    monkeypatch.setattr(redis_batch, "WAIT_MS", 10_000)
+    valkey_sentinel.primary().flushall()
+    primary_port = valkey_sentinel.primary().connection_pool.connection_kwargs["port"]
+    [replica_port] = [p for p in valkey_sentinel.data_ports if p != primary_port]
+    replica = valkey_sentinel.processes.running[replica_port]
+    settings = with_settings(app_settings, redis_url=valkey_sentinel.url)
+    async with instance(settings) as client:
+        assert await text(client, "+15550300001", "hello")  # both connections open
+        replica.send_signal(signal.SIGSTOP)
+        try:
+            answer = asyncio.ensure_future(text(client, "+15550300002",
+                                                "I need to track my order"))
+            await asyncio.sleep(0.5)
+            assert not answer.done()
+        finally:
+            replica.send_signal(signal.SIGCONT)
+        said = await asyncio.wait_for(answer, 10)
+    assert said and said[-1] != FALLBACK
+    assert sync_redis.Redis(port=replica_port).keys("sb:{phone:+15550300002}:conv:*")
+
+
 async def test_a_failover_during_traffic_loses_no_queued_contact(
         app_settings, valkey_sentinel, db):  # noqa: F811
     valkey_sentinel.primary().flushall()
