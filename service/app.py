@@ -46,7 +46,7 @@ from service.appkeys import (
 from service.channel_list import CHANNEL_TYPES
 from service.conversations.context import ContextStore
 from service.conversations.conversation import Conversations
-from service.conversations.customers import find_customer
+from service.conversations.customers import find_customer, lookup_pool
 from service.conversations.fallback import FallbackContacts
 from service.conversations.handoff import Handoff
 from service.conversations.outbox import Outbox, RetryPolicy
@@ -311,6 +311,7 @@ async def flow_lookups(app: web.Application) -> AsyncIterator[None]:
 
 async def conversations(app: web.Application) -> AsyncIterator[None]:
     pool, settings = app[PG], app[SETTINGS]
+    customers = await lookup_pool(settings.database_url)  # the hot path's only query
     current_rules = lambda: app[RULES].current  # noqa: E731
     traits = channel_traits(app)
     context = idle_context(app)
@@ -322,17 +323,18 @@ async def conversations(app: web.Application) -> AsyncIterator[None]:
     app[OUTBOX].call_failed = app[HANDOFF].callbacks.on_outcome
     app[CONVERSATIONS] = Conversations(
         rules=current_rules, context=context, handoff=app[HANDOFF], events=app[EVENTS],
-        channels=traits, find_customer=lambda kind, value: find_customer(pool, kind, value),
+        channels=traits, find_customer=lambda kind, value: find_customer(customers, kind, value),
         lookups=app[LOOKUPS], queue_load=lambda: app[QUEUE_LOAD].waiting,
         canary=lambda: app[RULES].canary, rules_for=lambda held: app[RULES].for_contact(held))
     app[FALLBACK] = FallbackContacts(app[EVENTS], lambda kind, value: find_customer(
-        pool, kind, value), lambda: default_queue(app), traits, settings.sms_idle_timeout_s)
+        customers, kind, value), lambda: default_queue(app), traits, settings.sms_idle_timeout_s)
     app[AUTH_THROTTLE] = AuthThrottle(app[REDIS_BATCH])
     app[ACTIVITY] = ActivityLog(app[REDIS_BATCH], traits)
     app[AGENT_DESK] = AgentDesk(pool, app[HANDOFF], app[BUS], lambda: [
         {"id": t.id, "label": t.label} for t in current_rules().catalog.types.values()],
         app[AUTH_THROTTLE], app[ACTIVITY], app[OUTBOX])
     yield
+    await customers.close()
 
 
 def idle_context(app: web.Application) -> ContextStore:

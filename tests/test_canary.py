@@ -270,10 +270,10 @@ async def test_arms_and_the_canary_add_no_redis_round_trip(settings, redis_clien
         batcher, sent, phone = client.app[REDIS_BATCH], [], "+15557770001"
         execute = batcher.execute
 
-        async def counted(*commands):
+        async def counted(*commands, **options):
             if any(phone in str(arg) for c in commands for arg in c):
                 sent.append(commands)
-            return await execute(*commands)
+            return await execute(*commands, **options)
 
         monkeypatch.setattr(batcher, "execute", counted)
         said = await text(client, phone, ASK)

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 
 import pytest
 import redis as sync_redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from channels.twilio_sms import FALLBACK
 from service.agents.bus import Bus
+from service.infra import redis_batch
 from service.infra.redis_batch import ClusterBatcher, batcher_for
 from service.infra.redis_url import (
     BUS_HOME_KEY,
@@ -175,6 +178,124 @@ def _owns(client: sync_redis.Redis, slot: int) -> bool:
         if start <= slot <= end:
             return primary[2].decode() == myself
     return False
+
+
+async def test_a_write_waiting_for_its_replica_holds_up_no_unfenced_batch(
+        valkey_sentinel, monkeypatch):
+    """A fenced write is answered once the replica has it; meanwhile an unfenced batch (a
+    turn's first round trip) is answered on its own connection; the fenced write's WAIT
+    covers the unfenced write sent before it."""
+    monkeypatch.setattr(redis_batch, "WAIT_MS", 10_000)  # the stopped replica is not given up
+    primary_port = valkey_sentinel.primary().connection_pool.connection_kwargs["port"]
+    [replica_port] = [p for p in valkey_sentinel.data_ports if p != primary_port]
+    replica = valkey_sentinel.processes.running[replica_port]
+    batcher = batcher_for(valkey_sentinel.url)
+    try:
+        assert await batcher.execute(("SET", "fence:warm", 1)) == [b"OK"]
+        assert await batcher.execute(("GET", "fence:warm"), fenced=False) == [b"1"]
+        replica.send_signal(signal.SIGSTOP)
+        try:
+            assert await batcher.execute(("SET", "fence:early", 1), fenced=False) == [b"OK"]
+            fenced = asyncio.ensure_future(batcher.execute(("SET", "fence:late", 1)))
+            await asyncio.sleep(0.2)
+            assert not fenced.done()  # its WAIT waits for the stopped replica
+            assert await asyncio.wait_for(
+                batcher.execute(("GET", "fence:late"), fenced=False), 5) == [b"1"]
+            assert not fenced.done()
+        finally:
+            replica.send_signal(signal.SIGCONT)
+        assert await asyncio.wait_for(fenced, 10) == [b"OK"]
+        on_replica = sync_redis.Redis(port=replica_port)
+        assert on_replica.mget("fence:early", "fence:late") == [b"1", b"1"]
+    finally:
+        await batcher.close()
+
+
+async def test_writes_queued_behind_a_pending_wait_share_the_next_one(valkey_sentinel,
+                                                                      monkeypatch):
+    """Group commit: ten turns' writes sent while a WAIT is pending go out behind one WAIT,
+    and each is answered once the replica has it."""
+    monkeypatch.setattr(redis_batch, "WAIT_MS", 10_000)
+    primary = valkey_sentinel.primary()
+    primary_port = primary.connection_pool.connection_kwargs["port"]
+    [replica_port] = [p for p in valkey_sentinel.data_ports if p != primary_port]
+    replica = valkey_sentinel.processes.running[replica_port]
+    batcher = batcher_for(valkey_sentinel.url)
+
+    def waits() -> int:
+        return primary.info("commandstats").get("cmdstat_wait", {}).get("calls", 0)
+
+    try:
+        await batcher.execute(("SET", "group:warm", 1))
+        before = waits()
+        replica.send_signal(signal.SIGSTOP)
+        try:
+            first = asyncio.ensure_future(batcher.execute(("SET", "group:first", 1)))
+            await asyncio.sleep(0.1)
+            held = []
+            for _ in range(10):  # each in a loop iteration of its own: ten writes
+                held.append(asyncio.ensure_future(batcher.execute(("INCR", "group:n"))))
+                await asyncio.sleep(0.01)
+            assert not first.done() and not any(h.done() for h in held)
+        finally:
+            replica.send_signal(signal.SIGCONT)
+        assert await asyncio.wait_for(first, 10) == [b"OK"]
+        assert sorted(r for [r] in await asyncio.wait_for(asyncio.gather(*held), 10)) == \
+            list(range(1, 11))
+        assert waits() - before == 2
+        assert sync_redis.Redis(port=replica_port).get("group:n") == b"10"
+    finally:
+        await batcher.close()
+
+
+async def test_a_connection_lost_while_its_write_waits_for_the_replica_fails_the_write(
+        valkey_sentinel, monkeypatch):
+    """Not left waiting until the turn's own timeout: the turn answers with the fallback."""
+    monkeypatch.setattr(redis_batch, "WAIT_MS", 10_000)
+    primary = valkey_sentinel.primary()
+    primary_port = primary.connection_pool.connection_kwargs["port"]
+    [replica_port] = [p for p in valkey_sentinel.data_ports if p != primary_port]
+    replica = valkey_sentinel.processes.running[replica_port]
+    batcher = batcher_for(valkey_sentinel.url, timeout_s=30)
+    try:
+        await batcher.execute(("CLIENT", "SETNAME", "fenced-lane"))
+        [ours] = [c for c in primary.client_list() if c["name"] == "fenced-lane"]
+        replica.send_signal(signal.SIGSTOP)
+        try:
+            fenced = asyncio.ensure_future(batcher.execute(("SET", "fence:lost", 1)))
+            await asyncio.sleep(0.2)
+            assert not fenced.done()
+            primary.client_kill_filter(_id=ours["id"])
+            with pytest.raises(RedisConnectionError):
+                await asyncio.wait_for(fenced, 5)
+        finally:
+            replica.send_signal(signal.SIGCONT)
+    finally:
+        await batcher.close()
+
+
+async def test_a_text_is_answered_only_once_the_replica_has_its_turn(
+        app_settings, valkey_sentinel, db, monkeypatch):  # noqa: F811
+    """Round trip 1 waits for no replica, but the turn's answer still does."""
+    monkeypatch.setattr(redis_batch, "WAIT_MS", 10_000)
+    valkey_sentinel.primary().flushall()
+    primary_port = valkey_sentinel.primary().connection_pool.connection_kwargs["port"]
+    [replica_port] = [p for p in valkey_sentinel.data_ports if p != primary_port]
+    replica = valkey_sentinel.processes.running[replica_port]
+    settings = with_settings(app_settings, redis_url=valkey_sentinel.url)
+    async with instance(settings) as client:
+        assert await text(client, "+15550300001", "hello")  # both connections open
+        replica.send_signal(signal.SIGSTOP)
+        try:
+            answer = asyncio.ensure_future(text(client, "+15550300002",
+                                                "I need to track my order"))
+            await asyncio.sleep(0.5)
+            assert not answer.done()
+        finally:
+            replica.send_signal(signal.SIGCONT)
+        said = await asyncio.wait_for(answer, 10)
+    assert said and said[-1] != FALLBACK
+    assert sync_redis.Redis(port=replica_port).keys("sb:{phone:+15550300002}:conv:*")
 
 
 async def test_a_failover_during_traffic_loses_no_queued_contact(

@@ -67,10 +67,10 @@ def round_trips(client, monkeypatch) -> list[tuple]:
     batcher, sent = client.app[REDIS_BATCH], []
     execute = batcher.execute
 
-    async def counted(*commands):
+    async def counted(*commands, **options):
         if any(CUSTOMER in str(arg) or "{cust:" in str(arg) for c in commands for arg in c):
             sent.append(commands)
-        return await execute(*commands)
+        return await execute(*commands, **options)
 
     monkeypatch.setattr(batcher, "execute", counted)
     return sent

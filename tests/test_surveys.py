@@ -142,10 +142,10 @@ async def test_a_survey_answer_costs_two_redis_round_trips(surveyed, monkeypatch
         batcher, sent = client.app[REDIS_BATCH], []
         execute = batcher.execute
 
-        async def counted(*commands):
+        async def counted(*commands, **options):
             if any(CUSTOMER in str(arg) for c in commands for arg in c):
                 sent.append(commands)
-            return await execute(*commands)
+            return await execute(*commands, **options)
 
         monkeypatch.setattr(batcher, "execute", counted)
         assert await text(client, CUSTOMER, "5") == ["Thank you for your feedback!"]

@@ -182,10 +182,13 @@ class ContextStore:
                       surveyed_key(*identity_of(inbound))),
                      ("EXISTS", f"{tag}:optout:{inbound.channel}"),
                      ("HGETALL", f"{tag}:contacts"), ("EXISTS", muted_key(inbound))]
-        leased, *results = await self.redis.execute(*commands)
+        # Unfenced: with Sentinel replicas, no WAIT of its own. Every turn ends with a fenced
+        # write (commit_turn, remember_reply, end_turn) before it is answered, and that WAIT
+        # covers these writes and whatever this read saw.
+        leased, *results = await self.redis.execute(*commands, fenced=False)
         if not leased:
             if inbound.dedupe_key and results[0]:  # claimed it: let the retry claim it again
-                await self.redis.execute(("DEL", seen))
+                await self.redis.execute(("DEL", seen), fenced=False)
             return TurnStart(None, False, None, None, False, leased=False)
         self.leases.add(lease)
         if inbound.dedupe_key:

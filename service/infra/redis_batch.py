@@ -73,51 +73,58 @@ class NotSent(RedisConnectionError):
 
 
 class CommandBatcher:
+    """One server. `fenced=False` marks a batch whose writes need no replica's acknowledgement
+    of their own (a later fenced batch of the same turn covers them, see SentinelBatcher); on
+    one server every batch shares the one connection."""
+
     def __init__(self, address: Address, timeout_s: float = 2.0):
         self._address = address
         self._timeout_s = timeout_s
-        self._connection: _Connection | None = None
+        self._lanes: list[_Connection | None] = [None, None]  # fenced, unfenced
         self._connecting = asyncio.Lock()
 
     @classmethod
     def from_url(cls, url: str, timeout_s: float = 2.0) -> "CommandBatcher":
         return cls(Address.from_url(url), timeout_s)
 
-    async def execute(self, *commands: Command) -> list[Any]:
+    async def execute(self, *commands: Command, fenced: bool = True) -> list[Any]:
         """Run the commands in order; raise the first error reply, if any."""
-        connection = self._connection
-        if connection is None or connection.lost:
-            connection = await self._connect()
-        replies = await connection.send(commands)
+        replies = await self.submit(commands, fenced)
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise reply
         return replies
 
-    def submit(self, commands: Sequence[Command]) -> Awaitable[list[Any]]:
+    def submit(self, commands: Sequence[Command], fenced: bool = True
+               ) -> Awaitable[list[Any]]:
         """The replies in order, error replies as `ResponseError` values, not raised."""
-        connection = self._connection
+        lane = self._lane(fenced)
+        connection = self._lanes[lane]
         if connection is None or connection.lost:
-            return self._connect_and_send(commands)
+            return self._connect_and_send(commands, lane)
         return connection.send(commands)
 
-    async def _connect_and_send(self, commands: Sequence[Command]) -> list[Any]:
-        return await (await self._connect()).send(commands)
+    def _lane(self, fenced: bool) -> int:
+        return 0
+
+    async def _connect_and_send(self, commands: Sequence[Command], lane: int) -> list[Any]:
+        return await (await self._connect(lane)).send(commands)
 
     async def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        self.drop()
+        self._lanes = [None, None]
 
     def drop(self) -> None:
-        """Close the connection; the next batch opens a new one."""
-        if self._connection is not None:
-            self._connection.close()
+        """Close the connections; the next batch opens a new one."""
+        for connection in self._lanes:
+            if connection is not None:
+                connection.close()
 
-    async def _connect(self) -> "_Connection":
+    async def _connect(self, lane: int = 0) -> "_Connection":
         async with self._connecting:
-            if self._connection is not None and not self._connection.lost:
-                return self._connection
+            current = self._lanes[lane]
+            if current is not None and not current.lost:
+                return current
             address = await self._locate()
             connection = await _open(address, self._timeout_s)
             try:
@@ -127,7 +134,7 @@ class CommandBatcher:
             except BaseException:
                 connection.close()
                 raise
-            self._connection = connection
+            self._lanes[lane] = connection
             return connection
 
     async def _locate(self) -> Address:
@@ -176,7 +183,14 @@ class SentinelBatcher(CommandBatcher):
     primary; it is dropped when the sentinels announce a switch or the server answers
     READONLY (a demoted primary), and the batch refused with READONLY, of which nothing was
     applied, runs again on the new primary. Batches find no primary for up to `failover_s`
-    before they fail."""
+    before they fail.
+
+    With `replicas` > 0 each write of the fenced connection ends with WAIT, and its batches
+    are answered once enough replicas have their writes. A server blocks a connection's later
+    commands while its WAIT is pending, so `fenced=False` batches go on a second connection
+    without WAIT: a turn's first round trip, whose writes (its lease and delivery claim) the
+    turn's last fenced write covers, since WAIT waits for the primary's whole replication
+    offset up to that write, not just the connection's own writes."""
 
     def __init__(self, target: RedisTarget, timeout_s: float = 2.0, failover_s: float = 5.0):
         super().__init__(Address(db=target.db, username=target.username,
@@ -188,12 +202,12 @@ class SentinelBatcher(CommandBatcher):
         self._replicas = target.replicas
         self._watcher: asyncio.Task | None = None
 
-    async def execute(self, *commands: Command) -> list[Any]:
+    async def execute(self, *commands: Command, fenced: bool = True) -> list[Any]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._failover_s
         while True:
             try:
-                replies = await self.submit(commands)
+                replies = await self.submit(commands, fenced)
             except NotSent:
                 if loop.time() >= deadline:
                     raise
@@ -244,9 +258,12 @@ class SentinelBatcher(CommandBatcher):
         if not isinstance(role, list) or role[0] != b"master":
             raise NotSent("the server the sentinels named is not a primary (yet)")
 
-    async def _connect(self) -> "_Connection":
-        connection = await super()._connect()
-        connection.replicas = self._replicas
+    def _lane(self, fenced: bool) -> int:
+        return 0 if fenced or not self._replicas else 1
+
+    async def _connect(self, lane: int = 0) -> "_Connection":
+        connection = await super()._connect(lane)
+        connection.replicas = self._replicas if lane == 0 else 0
         return connection
 
     async def _watch_switches(self) -> None:
@@ -313,8 +330,9 @@ class ClusterBatcher:
         self._map_version = 0
         self._refreshing = asyncio.Lock()
 
-    async def execute(self, *commands: Command) -> list[Any]:
-        """Run the commands, each on the node owning its key; raise the first error reply."""
+    async def execute(self, *commands: Command, fenced: bool = True) -> list[Any]:
+        """Run the commands, each on the node owning its key; raise the first error reply.
+        (`fenced` means nothing here: a cluster replicates asynchronously.)"""
         if not self._slots:
             await self.refresh_slots(self._map_version)
         units = self._split(commands)
@@ -538,6 +556,11 @@ class _Connection(asyncio.Protocol):
 
     One watchdog timer per connection, not one per batch: it fires when the oldest batch in
     flight has waited `timeout_s`, and drops the connection.
+
+    With `replicas`, a write ends with WAIT, and batches queued while a WAIT is pending are
+    held until it answers, then go out together behind one WAIT: the server would not run
+    them any sooner (a client blocked in WAIT is read no further), and one replica
+    acknowledgement then covers every turn that arrived meanwhile.
     """
 
     def __init__(self, timeout_s: float) -> None:
@@ -548,7 +571,8 @@ class _Connection(asyncio.Protocol):
         self._in_flight: collections.deque[InFlight] = collections.deque()
         self._watchdog: asyncio.TimerHandle | None = None
         self._flush_scheduled = False
-        self._unfenced: list[InFlight] = []
+        self._unguarded: list[InFlight] = []  # batches no WAIT has been sent for yet
+        self._fence_pending = False  # a WAIT is out: hold further writes until it answers
         self.replicas = 0  # > 0: each write ends with a WAIT for that many replicas
         self.lost = False
 
@@ -566,7 +590,7 @@ class _Connection(asyncio.Protocol):
         batch = InFlight(len(commands), [], future, loop.time())
         self._in_flight.append(batch)
         if self.replicas:
-            self._unfenced.append(batch)
+            self._unguarded.append(batch)
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._timeout_s, self._check_overdue)
         if not self._flush_scheduled:
@@ -589,10 +613,13 @@ class _Connection(asyncio.Protocol):
         self._flush_scheduled = False
         if self._queued and not self.lost:
             if self.replicas:
+                if self._fence_pending:
+                    return  # kept queued: written when the pending WAIT answers
+                self._fence_pending = True
                 self._queued.append(_pack(("WAIT", self.replicas, WAIT_MS)))
                 self._in_flight.append(InFlight(1, [], None, asyncio.get_running_loop().time(),
-                                                self._unfenced))
-                self._unfenced = []
+                                                self._unguarded))
+                self._unguarded = []
             self._transport.write(b"".join(self._queued))
         self._queued = []
 
@@ -604,11 +631,14 @@ class _Connection(asyncio.Protocol):
                 batch.replies.append(reply)
                 if len(batch.replies) == batch.count:
                     self._in_flight.popleft()
-                    if batch.guards is not None and not _settle(batch.guards, reply,
-                                                                self.replicas):
-                        # writes queued behind would each wait out WAIT: start afresh
-                        self.close(NotReplicated("no replica confirms writes"))
-                        return
+                    if batch.guards is not None:
+                        if not _settle(batch.guards, reply, self.replicas):
+                            # writes queued behind would each wait out WAIT: start afresh
+                            self.close(NotReplicated("no replica confirms writes"))
+                            return
+                        self._fence_pending = False
+                        if self._queued and not self._flush_scheduled:
+                            self._flush()  # after the replies before it: order is kept
                     elif not self.replicas and not batch.future.done():
                         batch.future.set_result(batch.replies)
         except (hiredis.ProtocolError, IndexError) as exc:  # out of step: nothing can be trusted
@@ -626,10 +656,14 @@ class _Connection(asyncio.Protocol):
         self.lost = True
         if self._watchdog is not None:
             self._watchdog.cancel()
+        waiting = [*self._unguarded]  # answered, waiting for the next WAIT: it will not come
+        self._unguarded = []
         while self._in_flight:
-            future = self._in_flight.popleft().future
-            if future is not None and not future.done():
-                future.set_exception(exc)
+            batch = self._in_flight.popleft()
+            waiting += [batch, *(batch.guards or ())]  # a WAIT's batches have their replies
+        for batch in waiting:
+            if batch.future is not None and not batch.future.done():
+                batch.future.set_exception(exc)
 
 
 def _settle(batches: list[InFlight], acked: Any, replicas: int) -> bool:
