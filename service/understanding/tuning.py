@@ -225,8 +225,10 @@ class TuningSettings:
 
 
 def fine_tune(p: dict[str, np.ndarray], states: Sequence[np.ndarray], targets: np.ndarray,
-              settings: TuningSettings = TuningSettings(), log=None) -> dict[str, np.ndarray]:
-    """Adam over minibatches of texts of like length; the rates decay linearly to 0."""
+              settings: TuningSettings = TuningSettings(), log=None, on_epoch=None
+              ) -> dict[str, np.ndarray]:
+    """Adam over minibatches of texts of like length; the rates decay linearly to 0.
+    `on_epoch(epoch, parameters)` is called after each epoch (for experiments)."""
     p = {k: v.copy() for k, v in p.items()}
     first = {k: np.zeros_like(v) for k, v in p.items()}
     second = {k: np.zeros_like(v) for k, v in p.items()}
@@ -252,6 +254,8 @@ def fine_tune(p: dict[str, np.ndarray], states: Sequence[np.ndarray], targets: n
                 p[name] -= (rate * corrected / scale).astype(np.float32)
         if log:
             log(f"epoch {epoch + 1}: loss {np.mean(losses):.4f}")
+        if on_epoch:
+            on_epoch(epoch + 1, p)
     return p
 
 
