@@ -1,6 +1,7 @@
 """Tuning the cascade's encoder stage: frozen features against a fine-tuned top layer.
 
-    OMP_NUM_THREADS=1 .venv/bin/python load_tests/encoder_tuning.py [--skip-tuning] [--epochs 3]
+    OMP_NUM_THREADS=1 .venv/bin/python load_tests/encoder_tuning.py [--skip-tuning] \
+        [--variants NAME ...] [--only oos|bank] [--epochs 6] [--layer-rate 3e-4]
 
 Two data sets, measured as docs/classifier.md describes (results: classifier_results.md,
 "Issue 11: tuning the encoder stage"):
@@ -19,10 +20,12 @@ Encoder-stage variants, each trained on the same rows (types + out of scope + ba
   frozen-L456    layers 4, 5 and 6
   tuned-L6       the top layer and a softmax head fine-tuned (Adam, tuning.py); the head
                  starts from frozen-L6's regression, layers 1-5 are frozen and run once a text
+  tuned-L56      the top two layers and the head (layers 1-4 frozen)
 
 In the band the stage's probabilities decide ("alone") or their average with the n-gram
 model's ("average"). The lower layers' token states are computed once and kept in
-~/.cache/switchboard/tuning (about 5.5 ms of CPU a text the first time).
+~/.cache/switchboard/tuning (about 5.5 ms of CPU a text the first time; layer 4's, from which
+layer 5's are computed at start).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from service.understanding import tuning  # noqa: E402
 from service.understanding.background import background_texts, without_examples  # noqa: E402
 from service.understanding.cascade import DEFAULT_BAND, ENCODER_C  # noqa: E402
 from service.understanding.classifier import LETTER, OUT_OF_SCOPE, train  # noqa: E402
-from service.understanding.encoder import encoder  # noqa: E402
+from service.understanding.encoder import _batches, _block, encoder  # noqa: E402
 
 DATA = ROOT / "load_tests" / "data" / "banking77_oos"
 BANK = ROOT / "routing_rules" / "bank" / "data" / "banking77_train.csv"
@@ -58,30 +61,46 @@ def log(message: str) -> None:
 
 
 class States:
-    """Text -> (token states after layer 5, pooled unit vectors of every layer)."""
+    """Text -> token states after layers 4 and 5, and the pooled unit vectors of every layer."""
 
     def __init__(self, texts: list[str]):
         texts = sorted(set(texts))
         digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
-        path = CACHE / f"states-{digest}.npz"
+        path = CACHE / f"states4-{digest}.npz"
         if path.exists():
             with np.load(path) as data:
                 flat, offsets, pooled = data["flat"], data["offsets"], data["pooled"]
         else:
-            log(f"encoding {len(texts)} texts (layers 1-5 kept per token)")
+            log(f"encoding {len(texts)} texts (layers 1-4 kept per token)")
             started = time.process_time()
-            lower = tuning.lower_states(encoder(), texts)
+            lower = tuning.lower_states(encoder(), texts, frozen=4)
             log(f"encoded in {time.process_time() - started:.0f} s of CPU")
             offsets = np.cumsum([0] + [len(s) for s in lower.states])
             flat, pooled = np.concatenate(lower.states).astype(np.float16), lower.pooled
             CACHE.mkdir(parents=True, exist_ok=True)
             np.savez(path, flat=flat, offsets=offsets, pooled=pooled)
         self.index = {t: i for i, t in enumerate(texts)}
-        self._flat, self._offsets, self._pooled = flat, offsets, pooled
+        self._offsets, self._pooled = offsets, pooled
+        self._flat = {4: flat, 5: self._fifth(flat, offsets)}
 
-    def tokens(self, texts: list[str]) -> list[np.ndarray]:
+    @staticmethod
+    def _fifth(flat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Layer 5's token states from layer 4's (the pretrained layer, run once)."""
+        lengths = np.diff(offsets).tolist()
+        out = np.empty_like(flat)
+        layer = encoder()._layers[4]
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        for chunk in _batches(order, lengths):
+            hidden, mask = tuning.pad([flat[offsets[i]:offsets[i + 1]].astype(np.float32)
+                                       for i in chunk])
+            hidden = _block(hidden, tuning._padding(mask), layer)
+            for row, i in enumerate(chunk):
+                out[offsets[i]:offsets[i + 1]] = hidden[row, :lengths[i]]
+        return out
+
+    def tokens(self, texts: list[str], after: int = 5) -> list[np.ndarray]:
         spans = [(self._offsets[i], self._offsets[i + 1]) for i in map(self.index.get, texts)]
-        return [self._flat[a:b].astype(np.float32) for a, b in spans]
+        return [self._flat[after][a:b].astype(np.float32) for a, b in spans]
 
     def pooled(self, texts: list[str], layers: tuple[int, ...]) -> np.ndarray:
         rows = self._pooled[[self.index[t] for t in texts]]
@@ -115,16 +134,18 @@ def frozen(layers: tuple[int, ...]):
     return fit_and_score
 
 
-def tuned(states, train_texts, targets, classes, test_texts, settings):
-    model = encoder()
-    head, head_bias = logistic(states.pooled(train_texts, (6,)), targets, classes)
-    start = tuning.top_parameters(model, head, head_bias)
-    p = tuning.fine_tune(start, states.tokens(train_texts), targets, settings, log)
-    return tuning.probabilities(p, states.tokens(test_texts))
+def tuned(layers: int):
+    def fit_and_score(states, train_texts, targets, classes, test_texts, settings):
+        head, head_bias = logistic(states.pooled(train_texts, (6,)), targets, classes)
+        start = tuning.top_parameters(encoder(), head, head_bias, layers)
+        after = 6 - layers
+        p = tuning.fine_tune(start, states.tokens(train_texts, after), targets, settings, log)
+        return tuning.probabilities(p, states.tokens(test_texts, after))
+    return fit_and_score
 
 
 VARIANTS = {"frozen-L6": frozen((6,)), "frozen-L56": frozen((5, 6)),
-            "frozen-L456": frozen((4, 5, 6)), "tuned-L6": tuned}
+            "frozen-L456": frozen((4, 5, 6)), "tuned-L6": tuned(1), "tuned-L56": tuned(2)}
 
 
 # --- scoring --------------------------------------------------------------------------------
@@ -249,13 +270,14 @@ def report_bank(cv: Scored, types: int, variants, timings) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--skip-tuning", action="store_true", help="frozen variants only")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--layer-rate", type=float, default=5e-5)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--layer-rate", type=float, default=3e-4)
     parser.add_argument("--head-rate", type=float, default=1e-3)
     parser.add_argument("--only", choices=("oos", "bank"))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     args = parser.parse_args()
     settings = tuning.TuningSettings(args.epochs, args.layer_rate, args.head_rate)
-    variants = [v for v in VARIANTS if not (args.skip_tuning and v.startswith("tuned"))]
+    variants = [v for v in args.variants if not (args.skip_tuning and v.startswith("tuned"))]
 
     train_rows = [(t, OUT_OF_SCOPE if label == "oos" else label) for t, label in
                   ev.read_labelled(DATA / "b77oos_train.csv")]

@@ -26,10 +26,6 @@ from service.understanding.encoder import (
     _gelu,
 )
 
-PARAMETERS = ("qkv", "qkv_bias", "attention_out", "attention_out_bias", "norm1_weight",
-              "norm1_bias", "up", "up_bias", "down", "down_bias", "norm2_weight", "norm2_bias",
-              "head", "head_bias")
-
 
 @dataclass(frozen=True)
 class TokenStates:
@@ -85,14 +81,32 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def top_parameters(model: SentenceEncoder, head: np.ndarray, head_bias: np.ndarray
-                   ) -> dict[str, np.ndarray]:
-    """The pretrained top layer's parameters (copied) and a head to start from."""
-    layer = model._layers[-1]
-    values = (layer.qkv, layer.qkv_bias, layer.attention_out, layer.attention_out_bias,
-              *layer.attention_norm, layer.up, layer.up_bias, layer.down, layer.down_bias,
-              *layer.output_norm, head, head_bias)
-    return {name: np.array(value, np.float32) for name, value in zip(PARAMETERS, values)}
+LAYER_PARAMETERS = ("qkv", "qkv_bias", "attention_out", "attention_out_bias", "norm1_weight",
+                    "norm1_bias", "up", "up_bias", "down", "down_bias", "norm2_weight",
+                    "norm2_bias")
+
+
+def parameter_names(layers: int) -> tuple[str, ...]:
+    """Keys of the tuned parameters: `{k}.{name}` for each tuned layer k (0 the lowest of
+    them), then the head's."""
+    return (*(f"{k}.{name}" for k in range(layers) for name in LAYER_PARAMETERS),
+            "head", "head_bias")
+
+
+def tuned_layers(p: dict[str, np.ndarray]) -> int:
+    return sum(key.endswith(".qkv") for key in p)
+
+
+def top_parameters(model: SentenceEncoder, head: np.ndarray, head_bias: np.ndarray,
+                   layers: int = 1) -> dict[str, np.ndarray]:
+    """The pretrained top `layers` layers' parameters (copied) and a head to start from."""
+    p: dict[str, np.ndarray] = {}
+    for k, layer in enumerate(model._layers[LAYERS - layers:]):
+        values = (layer.qkv, layer.qkv_bias, layer.attention_out, layer.attention_out_bias,
+                  *layer.attention_norm, layer.up, layer.up_bias, layer.down, layer.down_bias,
+                  *layer.output_norm)
+        p |= {f"{k}.{name}": np.array(v, np.float32) for name, v in zip(LAYER_PARAMETERS, values)}
+    return p | {"head": np.array(head, np.float32), "head_bias": np.array(head_bias, np.float32)}
 
 
 def pad(states: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -115,9 +129,8 @@ def _norm_forward(x, weight, bias):
 
 def _norm_backward(grad, weight, cache):
     normal, deviation = cache
-    flat_grad, flat_normal = grad.reshape(-1, grad.shape[-1]), normal.reshape(-1, grad.shape[-1])
-    d_weight = (flat_grad * flat_normal).sum(0)
-    d_bias = flat_grad.sum(0)
+    d_weight = (grad * normal).sum(0)
+    d_bias = grad.sum(0)
     d_normal = grad * weight
     d_x = (d_normal - d_normal.mean(-1, keepdims=True)
            - normal * (d_normal * normal).mean(-1, keepdims=True)) / deviation
@@ -132,57 +145,44 @@ def _gelu_grad(x: np.ndarray) -> np.ndarray:
     return (0.5 * (1.0 + erf(x / np.sqrt(2.0))) + x * phi).astype(x.dtype)
 
 
-def forward(p: dict[str, np.ndarray], hidden: np.ndarray, mask: np.ndarray,
-            keep: bool = False):
-    """Logits (batch, classes) of the top layer and the head over a padded batch; with
-    `keep`, also what backward() needs."""
-    batch, width, dims = hidden.shape
+def _layer_forward(p, prefix, flat, padding, batch, width):
+    """One transformer layer over (batch * width, 384) rows, and what its backward needs."""
+    dims = flat.shape[1]
     size = dims // HEADS
-    flat = hidden.reshape(batch * width, dims)
-    qkv = (flat @ p["qkv"] + p["qkv_bias"]).reshape(batch, width, 3, HEADS, size)
+    qkv = (flat @ p[prefix + "qkv"] + p[prefix + "qkv_bias"]).reshape(batch, width, 3, HEADS,
+                                                                       size)
     query, key, value = qkv.transpose(2, 0, 3, 1, 4)
-    scale = hidden.dtype.type(1 / np.sqrt(size))
-    scores = query @ key.transpose(0, 1, 3, 2) * scale + _padding(mask)
+    scale = flat.dtype.type(1 / np.sqrt(size))
+    scores = query @ key.transpose(0, 1, 3, 2) * scale + padding
     attention = np.exp(scores - scores.max(-1, keepdims=True))
     attention /= attention.sum(-1, keepdims=True)
     context = (attention @ value).transpose(0, 2, 1, 3).reshape(batch * width, dims)
-    first, norm1 = _norm_forward(context @ p["attention_out"] + p["attention_out_bias"] + flat,
-                                 p["norm1_weight"], p["norm1_bias"])
-    up = first @ p["up"] + p["up_bias"]
+    first, norm1 = _norm_forward(
+        context @ p[prefix + "attention_out"] + p[prefix + "attention_out_bias"] + flat,
+        p[prefix + "norm1_weight"], p[prefix + "norm1_bias"])
+    up = first @ p[prefix + "up"] + p[prefix + "up_bias"]
     activated = _gelu(up)
-    out, norm2 = _norm_forward(activated @ p["down"] + p["down_bias"] + first,
-                               p["norm2_weight"], p["norm2_bias"])
-    out = out.reshape(batch, width, dims)
-    counts = mask.sum(1, keepdims=True)
-    pooled = (out * mask[:, :, None]).sum(1) / counts
-    length = np.linalg.norm(pooled, axis=1, keepdims=True)
-    unit = pooled / length
-    logits = unit @ p["head"] + p["head_bias"]
-    if not keep:
-        return logits
-    return logits, (flat, query, key, value, attention, context, first, norm1, up, activated,
-                    norm2, counts, length, unit, mask)
+    out, norm2 = _norm_forward(activated @ p[prefix + "down"] + p[prefix + "down_bias"] + first,
+                               p[prefix + "norm2_weight"], p[prefix + "norm2_bias"])
+    return out, (flat, query, key, value, attention, context, first, norm1, up, activated, norm2)
 
 
-def backward(p: dict[str, np.ndarray], d_logits: np.ndarray, cache) -> dict[str, np.ndarray]:
-    """Gradients of every parameter, given the loss's gradient at the logits."""
-    (flat, query, key, value, attention, context, first, norm1, up, activated, norm2, counts,
-     length, unit, mask) = cache
+def _layer_backward(p, prefix, d_out, cache, g, input_grad):
+    """Fills `g` with the layer's gradients; returns the gradient at its input if asked."""
+    flat, query, key, value, attention, context, first, norm1, up, activated, norm2 = cache
     batch, heads, width, size = query.shape
     dims = heads * size
-    g = {"head": unit.T @ d_logits, "head_bias": d_logits.sum(0)}
-    d_unit = d_logits @ p["head"].T
-    d_pooled = (d_unit - unit * (d_unit * unit).sum(1, keepdims=True)) / length
-    d_out = (mask[:, :, None] * (d_pooled / counts)[:, None, :]).reshape(batch * width, dims)
-    d_sum, g["norm2_weight"], g["norm2_bias"] = _norm_backward(d_out, p["norm2_weight"], norm2)
-    g["down"], g["down_bias"] = activated.T @ d_sum, d_sum.sum(0)
-    d_up = (d_sum @ p["down"].T) * _gelu_grad(up)
-    g["up"], g["up_bias"] = first.T @ d_up, d_up.sum(0)
-    d_first = d_sum + d_up @ p["up"].T
-    d_residual, g["norm1_weight"], g["norm1_bias"] = _norm_backward(d_first, p["norm1_weight"],
-                                                                    norm1)
-    g["attention_out"], g["attention_out_bias"] = context.T @ d_residual, d_residual.sum(0)
-    d_context = (d_residual @ p["attention_out"].T).reshape(batch, width, heads, size)
+    d_sum, g[prefix + "norm2_weight"], g[prefix + "norm2_bias"] = _norm_backward(
+        d_out, p[prefix + "norm2_weight"], norm2)
+    g[prefix + "down"], g[prefix + "down_bias"] = activated.T @ d_sum, d_sum.sum(0)
+    d_up = (d_sum @ p[prefix + "down"].T) * _gelu_grad(up)
+    g[prefix + "up"], g[prefix + "up_bias"] = first.T @ d_up, d_up.sum(0)
+    d_first = d_sum + d_up @ p[prefix + "up"].T
+    d_residual, g[prefix + "norm1_weight"], g[prefix + "norm1_bias"] = _norm_backward(
+        d_first, p[prefix + "norm1_weight"], norm1)
+    g[prefix + "attention_out"] = context.T @ d_residual
+    g[prefix + "attention_out_bias"] = d_residual.sum(0)
+    d_context = (d_residual @ p[prefix + "attention_out"].T).reshape(batch, width, heads, size)
     d_context = d_context.transpose(0, 2, 1, 3)
     d_attention = d_context @ value.transpose(0, 1, 3, 2)
     d_value = attention.transpose(0, 1, 3, 2) @ d_context
@@ -192,7 +192,40 @@ def backward(p: dict[str, np.ndarray], d_logits: np.ndarray, cache) -> dict[str,
     d_key = d_scores.transpose(0, 1, 3, 2) @ query
     d_qkv = np.stack([d_query, d_key, d_value]).transpose(1, 3, 0, 2, 4)
     d_qkv = d_qkv.reshape(batch * width, 3 * dims)
-    g["qkv"], g["qkv_bias"] = flat.T @ d_qkv, d_qkv.sum(0)
+    g[prefix + "qkv"], g[prefix + "qkv_bias"] = flat.T @ d_qkv, d_qkv.sum(0)
+    return d_residual + d_qkv @ p[prefix + "qkv"].T if input_grad else None
+
+
+def forward(p: dict[str, np.ndarray], hidden: np.ndarray, mask: np.ndarray,
+            keep: bool = False):
+    """Logits (batch, classes) of the tuned layers and the head over a padded batch; with
+    `keep`, also what backward() needs."""
+    batch, width, dims = hidden.shape
+    flat, padding, caches = hidden.reshape(batch * width, dims), _padding(mask), []
+    for k in range(tuned_layers(p)):
+        flat, cache = _layer_forward(p, f"{k}.", flat, padding, batch, width)
+        caches.append(cache)
+    out = flat.reshape(batch, width, dims)
+    counts = mask.sum(1, keepdims=True)
+    pooled = (out * mask[:, :, None]).sum(1) / counts
+    length = np.linalg.norm(pooled, axis=1, keepdims=True)
+    unit = pooled / length
+    logits = unit @ p["head"] + p["head_bias"]
+    if not keep:
+        return logits
+    return logits, (caches, counts, length, unit, mask)
+
+
+def backward(p: dict[str, np.ndarray], d_logits: np.ndarray, cache) -> dict[str, np.ndarray]:
+    """Gradients of every parameter, given the loss's gradient at the logits."""
+    caches, counts, length, unit, mask = cache
+    batch, width = mask.shape
+    g = {"head": unit.T @ d_logits, "head_bias": d_logits.sum(0)}
+    d_unit = d_logits @ p["head"].T
+    d_pooled = (d_unit - unit * (d_unit * unit).sum(1, keepdims=True)) / length
+    d_out = (mask[:, :, None] * (d_pooled / counts)[:, None, :]).reshape(batch * width, -1)
+    for k in reversed(range(len(caches))):
+        d_out = _layer_backward(p, f"{k}.", d_out, caches[k], g, input_grad=k > 0)
     return g
 
 
