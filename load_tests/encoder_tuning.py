@@ -182,9 +182,9 @@ class Scored:
         self.stages = {name: np.zeros_like(self.ngram) for name in VARIANTS}
 
 
-def cross_validated(states, rows, columns, folds, variants, settings, timings):
+def cross_validated(states, rows, columns, folds, variants, settings, timings, seed):
     scored = Scored(rows, columns)
-    fold = ev.fold_of_each([label for _, label in rows], folds)
+    fold = ev.fold_of_each([label for _, label in rows], folds, seed)
     for k in range(folds):
         train_rows = [row for row, f in zip(rows, fold) if f != k]
         held = np.flatnonzero(fold == k)
@@ -207,9 +207,27 @@ def fit_stage(name, states, train_rows, columns, test_texts, settings, timings):
     return out
 
 
-def second_opinion(scored: Scored, name: str, rule: str) -> np.ndarray:
-    stage = scored.stages[name]
-    return stage if rule == "alone" else (stage + scored.ngram) / 2
+WEIGHTS = (0.25, 0.5, 0.75, 1.0)  # the stage's weight in "weighted", chosen on training rows
+
+
+def second_opinion(scored: Scored, name: str, weight: float) -> np.ndarray:
+    """In the band: the stage's probabilities (weight 1) or a weighted mean with the n-gram
+    model's."""
+    return weight * scored.stages[name] + (1 - weight) * scored.ngram
+
+
+def chosen(cheap_cv, second_cv, kinds, band):
+    """(score, band, threshold) on the training rows: the band chosen as classify-eval does,
+    or the band given."""
+    if band is None:
+        band, threshold = ev.choose_band(cheap_cv, second_cv, kinds)
+    if band is None:
+        return ev._best_threshold(*cheap_cv, kinds, ev.DEFAULT_OOS_SHARE)[0], None, threshold
+    inside = ev.in_band(cheap_cv[0], band)
+    score, threshold = ev._best_threshold(np.where(inside, second_cv[0], cheap_cv[0]),
+                                          np.where(inside, second_cv[1], cheap_cv[1]), kinds,
+                                          ev.DEFAULT_OOS_SHARE)
+    return score, band, threshold
 
 
 def report_oos(cv: Scored, test: Scored, types: int, variants, timings) -> None:
@@ -219,30 +237,29 @@ def report_oos(cv: Scored, test: Scored, types: int, variants, timings) -> None:
     inside_scope = ~test.outside
     print("\nBANKING77-OOS, validation split (band and threshold chosen on out-of-fold train rows)")
     print(f"n-gram alone: top-1 in scope {cheap_test[1][inside_scope].mean():.4f}")
-    print("| stage | in the band | top-1 in scope (stage alone, every message) | band | "
+    print("| stage | in the band (stage weight) | top-1 in scope, every message | band | "
           "threshold | encoder share | in-scope acc. | OOS recall | fit s (mean) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in variants:
-        for rule in ("alone", "average"):
-            second_cv = decided(second_opinion(cv, name, rule), cv.texts, cv.truth, types)
-            second_test = decided(second_opinion(test, name, rule), test.texts, test.truth,
-                                  types)
+        for rule in ("alone", "average", "weighted"):
             for how in ("chosen", "default"):
-                if how == "chosen":
-                    band, threshold = ev.choose_band(cheap_cv, second_cv, kinds)
-                else:
-                    band = DEFAULT_BAND
-                    inside = ev.in_band(cheap_cv[0], band)
-                    threshold = ev.choose_threshold(
-                        np.where(inside, second_cv[0], cheap_cv[0]),
-                        np.where(inside, second_cv[1], cheap_cv[1]), kinds)
+                weights = {"alone": (1.0,), "average": (0.5,), "weighted": WEIGHTS}[rule]
+                options = []
+                for weight in weights:
+                    second_cv = decided(second_opinion(cv, name, weight), cv.texts, cv.truth,
+                                        types)
+                    band = None if how == "chosen" else DEFAULT_BAND
+                    options.append((*chosen(cheap_cv, second_cv, kinds, band), weight))
+                _, band, threshold, weight = max(options, key=lambda o: o[0])
+                second_test = decided(second_opinion(test, name, weight), test.texts,
+                                      test.truth, types)
                 inside = ev.in_band(cheap_test[0], band) if band else \
                     np.zeros(len(test.texts), bool)
                 confidence = np.where(inside, second_test[0], cheap_test[0])
                 right = np.where(inside, second_test[1], cheap_test[1])
                 shown = f"{band[0]:.2f}-{band[1]:.2f} ({how})" if band else "none (chosen)"
-                print(f"| {name} | {rule} | {second_test[1][inside_scope].mean():.4f} | {shown} "
-                      f"| {threshold:.2f} | {inside.mean():.1%} "
+                print(f"| {name} | {rule} ({weight:g}) | {second_test[1][inside_scope].mean():.4f} "
+                      f"| {shown} | {threshold:.2f} | {inside.mean():.1%} "
                       f"| {(right & (confidence >= threshold))[inside_scope].mean():.4f} "
                       f"| {(confidence < threshold)[test.outside].mean():.4f} "
                       f"| {np.mean(timings.get(name, [0])):.0f} |", flush=True)
@@ -259,8 +276,8 @@ def report_bank(cv: Scored, types: int, variants, timings) -> None:
     inside = ev.in_band(cheap[0], DEFAULT_BAND)
     for name in variants:
         cells = [decided(cv.stages[name], cv.texts, cv.truth, types)[1][in_scope].mean()]
-        for rule in ("alone", "average"):
-            second = decided(second_opinion(cv, name, rule), cv.texts, cv.truth, types)
+        for weight in (1.0, 0.5):
+            second = decided(second_opinion(cv, name, weight), cv.texts, cv.truth, types)
             cells.append(np.where(inside, second[1], cheap[1])[in_scope].mean())
         print(f"| {name} | " + " | ".join(f"{c:.4f}" for c in cells) +
               f" | {inside[in_scope].mean():.1%} | {np.mean(timings.get(name, [0])):.0f} |",
@@ -274,6 +291,7 @@ def main() -> None:
     parser.add_argument("--layer-rate", type=float, default=3e-4)
     parser.add_argument("--head-rate", type=float, default=1e-3)
     parser.add_argument("--only", choices=("oos", "bank"))
+    parser.add_argument("--seed", type=int, default=0, help="of the folds' assignment")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     args = parser.parse_args()
     settings = tuning.TuningSettings(args.epochs, args.layer_rate, args.head_rate)
@@ -293,7 +311,7 @@ def main() -> None:
                                                                          examples)]
         columns = [*sorted({label for _, label in examples}), OUT_OF_SCOPE]
         timings: dict[str, list[float]] = {}
-        cv = cross_validated(states, pool, columns, 5, variants, settings, timings)
+        cv = cross_validated(states, pool, columns, 5, variants, settings, timings, args.seed)
         test = Scored(test_rows, columns)
         test_texts = [t for t, _ in test_rows]
         log("the whole train split -> validation split")
@@ -308,7 +326,7 @@ def main() -> None:
                                                                         tuple(bank_rows))]
         columns = [*sorted({label for _, label in bank_rows}), OUT_OF_SCOPE]
         timings = {}
-        cv = cross_validated(states, pool, columns, 3, variants, settings, timings)
+        cv = cross_validated(states, pool, columns, 3, variants, settings, timings, args.seed)
         report_bank(cv, len(columns) - 1, variants, timings)
 
 
