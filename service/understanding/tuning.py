@@ -1,11 +1,14 @@
-"""Fine-tuning the encoder's top transformer layer and a softmax head, in numpy.
+"""Fine-tuning the encoder's top transformer layers and a softmax head, in numpy.
+
+For measurement only (load_tests/encoder_tuning.py): the service's encoder stage stays a
+logistic regression on frozen encodings, because a tuned top layer scored within the noise of
+it in the cascade for 60-90 times the training (docs/classifier.md, "Why frozen encodings").
 
 The lower layers stay frozen: their token vectors are computed once per training text
-(`lower_states`), so an epoch runs only the top layer forward and backward. The backward pass
-is written by hand (layer norm, exact GELU, attention, mean pooling, L2 norm, softmax
+(`lower_states`), so an epoch runs only the tuned layers forward and backward. The backward
+pass is written by hand (layer norm, exact GELU, attention, mean pooling, L2 norm, softmax
 cross-entropy) and checked against finite differences in tests/test_encoder_tuning.py.
-Training is Adam on minibatches of texts of like length. Measured in
-load_tests/encoder_tuning.py; see docs/classifier.md, "Known limits".
+Training is Adam on minibatches of texts of like length.
 """
 
 from __future__ import annotations
