@@ -1,7 +1,8 @@
 """Tuning the cascade's encoder stage: frozen features against a fine-tuned top layer.
 
     OMP_NUM_THREADS=1 .venv/bin/python load_tests/encoder_tuning.py [--skip-tuning] \
-        [--variants NAME ...] [--only oos|bank] [--epochs 6] [--layer-rate 3e-4]
+        [--variants NAME ...] [--only oos|bank] [--seed N] [--epochs 6] [--layer-rate 3e-4] \
+        [--head-rate 1e-3] [--probe LAYERS [--zero-head]]
 
 Two data sets, measured as docs/classifier.md describes (results: classifier_results.md,
 "Issue 11: tuning the encoder stage"):
@@ -304,6 +305,29 @@ def report_bank(cv: Scored, types: int, variants, timings) -> None:
               flush=True)
 
 
+def probe(states, pool, columns, settings, layers: int, zero_head: bool) -> None:
+    """Choosing the fine-tuning settings: train on folds 2-5 of the pool, print the stage's
+    top-1 in scope on fold 1 after each epoch (training rows only)."""
+    fold = ev.fold_of_each([label for _, label in pool], 5)
+    kept = [pool[i] for i in np.flatnonzero(fold != 0)]
+    held = [pool[i] for i in np.flatnonzero(fold == 0)]
+    texts, targets = [t for t, _ in kept], np.array([columns.index(lb) for _, lb in kept])
+    truth = np.array([columns.index(label) for _, label in held])
+    head, head_bias = logistic(states.pooled(texts, (6,)), targets, len(columns))
+    if zero_head:
+        head, head_bias = np.zeros_like(head), np.zeros_like(head_bias)
+    held_states = states.tokens([t for t, _ in held], 6 - layers)
+
+    def report(epoch, p):
+        best = tuning.probabilities(p, held_states)[:, :-1].argmax(1)
+        in_scope = truth < len(columns) - 1
+        print(f"epoch {epoch}: top-1 in scope {(best == truth)[in_scope].mean():.4f}", flush=True)
+
+    start = tuning.top_parameters(encoder(), head, head_bias, layers)
+    report(0, start)
+    tuning.fine_tune(start, states.tokens(texts, 6 - layers), targets, settings, log, report)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--skip-tuning", action="store_true", help="frozen variants only")
@@ -312,6 +336,10 @@ def main() -> None:
     parser.add_argument("--head-rate", type=float, default=1e-3)
     parser.add_argument("--only", choices=("oos", "bank"))
     parser.add_argument("--seed", type=int, default=0, help="of the folds' assignment")
+    parser.add_argument("--probe", type=int, choices=(1, 2), metavar="LAYERS",
+                        help="one split of BANKING77-OOS's training rows, top-1 after each "
+                             "epoch, tuning this many layers")
+    parser.add_argument("--zero-head", action="store_true", help="with --probe: head from 0")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     args = parser.parse_args()
     settings = tuning.TuningSettings(args.epochs, args.layer_rate, args.head_rate)
@@ -330,6 +358,8 @@ def main() -> None:
         pool = train_rows + [(t, OUT_OF_SCOPE) for t in without_examples(tuple(background),
                                                                          examples)]
         columns = [*sorted({label for _, label in examples}), OUT_OF_SCOPE]
+        if args.probe:
+            return probe(states, pool, columns, settings, args.probe, args.zero_head)
         timings: dict[str, list[float]] = {}
         cv = cross_validated(states, pool, columns, 5, variants, settings, timings, args.seed)
         test = Scored(test_rows, columns)
