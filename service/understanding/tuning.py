@@ -2,7 +2,7 @@
 
 For measurement only (load_tests/encoder_tuning.py): the service's encoder stage stays a
 logistic regression on frozen encodings, because a tuned top layer scored within the noise of
-it in the cascade for 60-90 times the training (docs/classifier.md, "Why frozen encodings").
+it in the cascade for 60-180 times the training (docs/classifier.md, "Why frozen encodings").
 
 The lower layers stay frozen: their token vectors are computed once per training text
 (`lower_states`), so an epoch runs only the tuned layers forward and backward. The backward
