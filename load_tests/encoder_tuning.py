@@ -47,7 +47,7 @@ from service.understanding import tuning  # noqa: E402
 from service.understanding.background import background_texts, without_examples  # noqa: E402
 from service.understanding.cascade import DEFAULT_BAND, ENCODER_C  # noqa: E402
 from service.understanding.classifier import LETTER, OUT_OF_SCOPE, train  # noqa: E402
-from service.understanding.encoder import _batches, _block, encoder  # noqa: E402
+from service.understanding.encoder import _batches, _block, encoder, padding_of  # noqa: E402
 
 DATA = ROOT / "load_tests" / "data" / "banking77_oos"
 BANK = ROOT / "routing_rules" / "bank" / "data" / "banking77_train.csv"
@@ -94,7 +94,7 @@ class States:
         for chunk in _batches(order, lengths):
             hidden, mask = tuning.pad([flat[offsets[i]:offsets[i + 1]].astype(np.float32)
                                        for i in chunk])
-            hidden = _block(hidden, tuning._padding(mask), layer)
+            hidden = _block(hidden, padding_of(mask), layer)
             for row, i in enumerate(chunk):
                 out[offsets[i]:offsets[i + 1]] = hidden[row, :lengths[i]]
         return out

@@ -103,6 +103,15 @@ class SentenceEncoder:
         return out
 
     def _forward(self, token_ids: list[list[int]]) -> np.ndarray:
+        hidden, mask = self.embedded(token_ids)
+        padding = padding_of(mask)
+        for layer in self._layers:
+            hidden = _block(hidden, padding, layer)
+        pooled = mean_pool(hidden, mask)
+        return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+    def embedded(self, token_ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """The token vectors entering the first layer, (batch, width, 384), and the mask."""
         width = max(len(ids) for ids in token_ids)
         ids = np.zeros((len(token_ids), width), np.intp)
         mask = np.zeros((len(token_ids), width), np.float32)
@@ -110,12 +119,17 @@ class SentenceEncoder:
             ids[row, :len(sequence)] = sequence
             mask[row, :len(sequence)] = 1.0
         hidden = self._word[ids] + self._position[:width] + self._token_type
-        hidden = _layer_norm(hidden, *self._embedding_norm)
-        padding = (1.0 - mask)[:, None, None, :] * np.float32(-1e4)  # BERT's additive mask
-        for layer in self._layers:
-            hidden = _block(hidden, padding, layer)
-        pooled = (hidden * mask[:, :, None]).sum(1) / mask.sum(1, keepdims=True)
-        return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+        return _layer_norm(hidden, *self._embedding_norm), mask
+
+
+def padding_of(mask: np.ndarray) -> np.ndarray:
+    """BERT's additive attention mask for a (batch, width) token mask."""
+    return (1.0 - mask)[:, None, None, :] * mask.dtype.type(-1e4)
+
+
+def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The mean of each text's token vectors, padding left out."""
+    return (hidden * mask[:, :, None]).sum(1) / mask.sum(1, keepdims=True)
 
 
 def _batches(order: list[int], lengths: list[int]) -> list[list[int]]:

@@ -27,6 +27,8 @@ from service.understanding.encoder import (
     _batches,
     _block,
     _gelu,
+    mean_pool,
+    padding_of,
 )
 
 
@@ -48,36 +50,15 @@ def lower_states(model: SentenceEncoder, texts: Sequence[str], frozen: int = LAY
     pooled = np.empty((len(texts), LAYERS, DIMENSIONS), np.float32)
     order = sorted(range(len(texts)), key=lambda i: lengths[i])
     for chunk in _batches(order, lengths):
-        hidden, mask, padding = _embedded(model, [encodings[i].ids for i in chunk])
+        hidden, mask = model.embedded([encodings[i].ids for i in chunk])
+        padding = padding_of(mask)
         for index, layer in enumerate(model._layers):
             hidden = _block(hidden, padding, layer)
-            pooled[chunk, index] = _unit(_mean_pool(hidden, mask))
+            pooled[chunk, index] = _unit(mean_pool(hidden, mask))
             if index + 1 == frozen:
                 for row, i in enumerate(chunk):
                     states[i] = hidden[row, :lengths[i]].copy()
     return TokenStates(tuple(states), pooled)  # type: ignore[arg-type]
-
-
-def _embedded(model: SentenceEncoder, token_ids: list[list[int]]):
-    width = max(len(ids) for ids in token_ids)
-    ids = np.zeros((len(token_ids), width), np.intp)
-    mask = np.zeros((len(token_ids), width), np.float32)
-    for row, sequence in enumerate(token_ids):
-        ids[row, :len(sequence)] = sequence
-        mask[row, :len(sequence)] = 1.0
-    hidden = model._word[ids] + model._position[:width] + model._token_type
-    from service.understanding.encoder import _layer_norm
-
-    hidden = _layer_norm(hidden, *model._embedding_norm)
-    return hidden, mask, _padding(mask)
-
-
-def _padding(mask: np.ndarray) -> np.ndarray:
-    return (1.0 - mask)[:, None, None, :] * mask.dtype.type(-1e4)  # BERT's additive mask
-
-
-def _mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    return (hidden * mask[:, :, None]).sum(1) / mask.sum(1, keepdims=True)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -204,7 +185,7 @@ def forward(p: dict[str, np.ndarray], hidden: np.ndarray, mask: np.ndarray,
     """Logits (batch, classes) of the tuned layers and the head over a padded batch; with
     `keep`, also what backward() needs."""
     batch, width, dims = hidden.shape
-    flat, padding, caches = hidden.reshape(batch * width, dims), _padding(mask), []
+    flat, padding, caches = hidden.reshape(batch * width, dims), padding_of(mask), []
     for k in range(tuned_layers(p)):
         flat, cache = _layer_forward(p, f"{k}.", flat, padding, batch, width)
         caches.append(cache)
