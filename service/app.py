@@ -30,6 +30,7 @@ from service.appkeys import (
     BUS,
     CHANNEL_LIST,
     CONVERSATIONS,
+    CUSTOMER_LOOKUPS,
     EVENTS,
     FALLBACK,
     HANDOFF,
@@ -87,8 +88,9 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     twilio = TwilioRest(settings.twilio_account_sid, settings.twilio_auth_token,
                         settings.twilio_api_base_url, settings.twilio_timeout_s)
-    app.cleanup_ctx.extend([postgres, redis_client, rules, event_writer, messaging(twilio),
-                            flow_lookups, outbox, conversations, background_sweeps])
+    app.cleanup_ctx.extend([postgres, customer_lookups, redis_client, rules, event_writer,
+                            messaging(twilio), flow_lookups, outbox, conversations,
+                            background_sweeps])
     config = ChannelConfig(settings.public_url, settings.twilio_auth_token,
                            fallback_queue=lambda: default_queue(app),
                            subscribe=lambda topic: app[BUS].subscription(topic),
@@ -209,6 +211,12 @@ async def postgres(app: web.Application) -> AsyncIterator[None]:
     await pool.close()
 
 
+async def customer_lookups(app: web.Application) -> AsyncIterator[None]:
+    app[CUSTOMER_LOOKUPS] = await lookup_pool(app[SETTINGS].database_url)
+    yield
+    await app[CUSTOMER_LOOKUPS].close()
+
+
 async def redis_client(app: web.Application) -> AsyncIterator[None]:
     url = app[SETTINGS].redis_url
     client = client_for(url, socket_timeout=2, socket_connect_timeout=2,
@@ -311,7 +319,7 @@ async def flow_lookups(app: web.Application) -> AsyncIterator[None]:
 
 async def conversations(app: web.Application) -> AsyncIterator[None]:
     pool, settings = app[PG], app[SETTINGS]
-    customers = await lookup_pool(settings.database_url)  # the hot path's only query
+    customers = app[CUSTOMER_LOOKUPS]  # the hot path's only query
     current_rules = lambda: app[RULES].current  # noqa: E731
     traits = channel_traits(app)
     context = idle_context(app)
@@ -334,7 +342,6 @@ async def conversations(app: web.Application) -> AsyncIterator[None]:
         {"id": t.id, "label": t.label} for t in current_rules().catalog.types.values()],
         app[AUTH_THROTTLE], app[ACTIVITY], app[OUTBOX])
     yield
-    await customers.close()
 
 
 def idle_context(app: web.Application) -> ContextStore:

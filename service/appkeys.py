@@ -22,6 +22,7 @@ from service.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 PG = web.AppKey("pg", asyncpg.Pool)
+CUSTOMER_LOOKUPS = web.AppKey("customer_lookups", asyncpg.Pool)  # the hot path's look-up
 REDIS = web.AppKey[redis.Redis | RedisCluster]("redis")
 REDIS_BATCH = web.AppKey[CommandBatcher | ClusterBatcher]("redis_batch")
 RULES = web.AppKey("rules", RulesHolder)
