@@ -7,6 +7,7 @@ typed AppKey; cleanup runs exactly for the resources whose start-up succeeded.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import time
 from typing import AsyncIterator
@@ -319,7 +320,7 @@ async def flow_lookups(app: web.Application) -> AsyncIterator[None]:
 
 async def conversations(app: web.Application) -> AsyncIterator[None]:
     pool, settings = app[PG], app[SETTINGS]
-    customers = app[CUSTOMER_LOOKUPS]  # the hot path's only query
+    find = functools.partial(find_customer, app[CUSTOMER_LOOKUPS])  # the hot path's only query
     current_rules = lambda: app[RULES].current  # noqa: E731
     traits = channel_traits(app)
     context = idle_context(app)
@@ -331,11 +332,11 @@ async def conversations(app: web.Application) -> AsyncIterator[None]:
     app[OUTBOX].call_failed = app[HANDOFF].callbacks.on_outcome
     app[CONVERSATIONS] = Conversations(
         rules=current_rules, context=context, handoff=app[HANDOFF], events=app[EVENTS],
-        channels=traits, find_customer=lambda kind, value: find_customer(customers, kind, value),
+        channels=traits, find_customer=find,
         lookups=app[LOOKUPS], queue_load=lambda: app[QUEUE_LOAD].waiting,
         canary=lambda: app[RULES].canary, rules_for=lambda held: app[RULES].for_contact(held))
-    app[FALLBACK] = FallbackContacts(app[EVENTS], lambda kind, value: find_customer(
-        customers, kind, value), lambda: default_queue(app), traits, settings.sms_idle_timeout_s)
+    app[FALLBACK] = FallbackContacts(app[EVENTS], find, lambda: default_queue(app), traits,
+                                     settings.sms_idle_timeout_s)
     app[AUTH_THROTTLE] = AuthThrottle(app[REDIS_BATCH])
     app[ACTIVITY] = ActivityLog(app[REDIS_BATCH], traits)
     app[AGENT_DESK] = AgentDesk(pool, app[HANDOFF], app[BUS], lambda: [

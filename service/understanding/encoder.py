@@ -132,11 +132,12 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (hidden * mask[:, :, None]).sum(1) / mask.sum(1, keepdims=True)
 
 
-def _batches(order: list[int], lengths: list[int]) -> list[list[int]]:
-    """`order` (by length, shortest first) cut into runs of at most BATCH_TOKENS positions."""
+def _batches(order: list[int], lengths: list[int], batch_tokens: int = BATCH_TOKENS
+             ) -> list[list[int]]:
+    """`order` (by length, shortest first) cut into runs of at most `batch_tokens` positions."""
     batches: list[list[int]] = []
     for i in order:
-        if batches and (len(batches[-1]) + 1) * lengths[i] <= BATCH_TOKENS:
+        if batches and (len(batches[-1]) + 1) * lengths[i] <= batch_tokens:
             batches[-1].append(i)
         else:
             batches.append([i])

@@ -279,12 +279,7 @@ def fine_tune(p: dict[str, np.ndarray], states: Sequence[np.ndarray], targets: n
 def _shuffled_batches(lengths: list[int], batch_tokens: int, rng) -> list[list[int]]:
     """Texts sorted by length (ties at random) cut into batches, the batches shuffled."""
     order = sorted(rng.permutation(len(lengths)).tolist(), key=lambda i: lengths[i])
-    batches: list[list[int]] = []
-    for i in order:
-        if batches and (len(batches[-1]) + 1) * lengths[i] <= batch_tokens:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
+    batches = _batches(order, lengths, batch_tokens)
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
