@@ -235,7 +235,8 @@ async def test_a_canary_that_holds_can_be_promoted(serving, db, redis_client, tm
         assert holder.canary is None
         said = await text(client, "+15551119999", ASK)
         assert said[0].startswith("CANARY") and await arm(redis_client, "+15551119999") is None
-        load = (await versions.history(client.app[PG], limit=1))[0]
+        # the promoted rules are swapped in before the load is recorded: wait for the record
+        load = await eventually(lambda: _newest_load_if(client.app[PG], "promoted"))
         assert (load.cause, load.actor, load.canary_id) == \
             ("canary", f"release-bot: promoted canary {canary_id}", None)
         assert "+        CANARY: every order is listed" in load.diff
@@ -245,6 +246,12 @@ async def test_a_canary_that_holds_can_be_promoted(serving, db, redis_client, tm
 
 async def _value(value):
     return value
+
+
+async def _newest_load_if(pool, said: str):
+    """The newest rules load once its actor says `said`."""
+    load = (await versions.history(pool, limit=1))[0]
+    return load if said in load.actor else None
 
 
 async def _is(actual, expected) -> bool:
