@@ -368,11 +368,14 @@ async def twilio_outage(stage: Stage) -> dict[str, Any]:
             bodies = Counter(m["Body"] for m in standin.messages)
             if all(bodies[t] for _, t in expected) and len(desk.accepted) == count:
                 break
-            assert time.monotonic() - back < DELIVERED_WITHIN_S + 15, (
-                f"{sum(1 for _, t in expected if not bodies[t])} agent messages of "
-                f"{len(expected)} not delivered, {len(desk.accepted)} of {count} contacts "
-                f"accepted {DELIVERED_WITHIN_S + 15} s after recovery; "
-                f"{(problems + desk.problems)[:5]}")
+            if time.monotonic() - back >= DELIVERED_WITHIN_S + 15:
+                missing = [t for _, t in expected if not bodies[t]]
+                raise AssertionError(
+                    f"{len(missing)} agent messages of {len(expected)} not delivered, "
+                    f"{len(desk.accepted)} of {count} contacts accepted "
+                    f"{DELIVERED_WITHIN_S + 15} s after recovery; "
+                    f"{(problems + desk.problems)[:5]}; their outbox rows: "
+                    f"{await _outbox_rows(conn, missing)}")
             await asyncio.sleep(0.2)
         delivered_s = time.monotonic() - back
         await asyncio.sleep(2)  # anything sent twice would arrive now
@@ -393,6 +396,19 @@ async def twilio_outage(stage: Stage) -> dict[str, Any]:
         assert delivered_s <= DELIVERED_WITHIN_S, delivered_s
         return {"contacts": count, "agent_messages": len(expected),
                 "taken_during_outage": taken_before - taken_at_outage, "all_delivered_after_s": delivered_s}
+
+
+async def _outbox_rows(conn: asyncpg.Connection, texts: list[str]) -> list[dict[str, Any]]:
+    """Where the outbox has the messages with these texts, and the jobs ahead of them."""
+    rows = await conn.fetch(
+        """SELECT seq, contact_id, action, state, attempts, payload->>'text' AS text,
+                  extract(epoch FROM next_attempt_at - now())::int AS due_in_s,
+                  extract(epoch FROM lease_until - now())::int AS lease_left_s,
+                  maybe_sent_since IS NOT NULL AS maybe_sent, failure
+           FROM outbox WHERE contact_id IN (SELECT contact_id FROM outbox
+                                            WHERE payload->>'text' = ANY($1::text[]))
+           ORDER BY seq""", texts)
+    return [dict(row) for row in rows]
 
 
 # ---- the tests: the outages run together, each test reads its own outcome ------------------

@@ -9,6 +9,7 @@ import json
 import time
 import uuid
 
+import asyncpg
 import pytest
 
 from service.appkeys import EVENTS, OUTBOX, ROUTER
@@ -461,3 +462,41 @@ async def test_a_reconnecting_console_gets_each_messages_state_again(app_setting
         retrying = next(f for f in again.frames if f.get("text") == "Still there?")
         assert "503" in retrying["reason"]
         standin.fail_with = None
+
+
+
+def _conv(n: int) -> dict:
+    return {"contact_id": str(uuid.uuid4()), "channel": "sms", "customer_id": None,
+            "address": f"+1555777{n:04d}", "service_address": "+15005550006",
+            "transcript": [], "contact_type": None, "route_path": None}
+
+
+async def test_a_send_taken_never_waits_for_a_waiting_row_another_statement_holds(
+        app_settings, db, twilio):  # noqa: F811
+    """A send Twilio took makes the channel's waiting jobs due. When Twilio comes back many
+    sends succeed at once, each waking the same rows; a statement that waited for rows
+    another one holds could deadlock with it (seen under load: the loser's job, sent, stayed
+    leased until its lease ran out). So rows held elsewhere are skipped, not waited for."""
+    standin, _ = twilio
+    slow = with_settings(app_settings, outbox_retry_base_s=30.0, outbox_retry_max_s=60.0)
+    async with instance(slow) as client:
+        outbox = client.app[OUTBOX]
+        await standin.stop()
+        waiting = await outbox.submit(_conv(1), "send", {"text": "waiting out a backoff"}, None)
+        assert waiting.state == "queued"
+        await standin.start()
+        holder = await asyncpg.connect(app_settings.database_url)
+        try:
+            async with holder.transaction():
+                await holder.execute("SELECT 1 FROM outbox WHERE id = $1 FOR UPDATE",
+                                     uuid.UUID(waiting.message_id))
+                taken = await asyncio.wait_for(
+                    outbox.submit(_conv(2), "send", {"text": "taken"}, None), 5.0)
+                assert taken.state == "sent"
+        finally:
+            await holder.close()
+        assert standin.bodies() == ["taken"]  # the held row was skipped, still in its backoff
+        again = await outbox.submit(_conv(3), "send", {"text": "taken again"}, None)
+        assert again.state == "sent"  # this one wakes it
+        await wait_for(lambda: "waiting out a backoff" in standin.bodies(), 5.0)
+    assert await db.fetchval("SELECT count(*) FROM outbox WHERE state = 'queued'") == 0

@@ -279,6 +279,10 @@ class Outbox:
     async def _sent(self, job: OutboxJob, provider_id: str | None, result: str) -> Outcome:
         # The channel took it, so it is up: every job of the channel waiting out a backoff is
         # due now (not before a Retry-After), in the same statement, and the worker wakes.
+        # Many sends succeed at once when a provider comes back, each waking the same rows:
+        # rows another statement holds are skipped (it is waking them), never waited for, or
+        # two such statements deadlock and one job stays leased, though sent, until its lease
+        # runs out.
         state = await self._pool.fetchval(
             """WITH settled AS (
                    UPDATE outbox SET state = CASE WHEN state = 'queued' THEN 'sent'
@@ -288,10 +292,14 @@ class Outbox:
                        maybe_sent_since = NULL, failure = NULL, failure_code = NULL,
                        updated_at = now()
                    WHERE id = $1 AND lease = $3 RETURNING state),
-               channel_is_back AS (
-                   UPDATE outbox SET next_attempt_at = greatest(now(), retry_not_before)
+               waiting AS (
+                   SELECT id FROM outbox
                    WHERE state = 'queued' AND channel = $4 AND next_attempt_at > now()
-                     AND lease IS NULL AND id <> $1)
+                     AND lease IS NULL AND id <> $1
+                   FOR UPDATE SKIP LOCKED),
+               channel_is_back AS (
+                   UPDATE outbox o SET next_attempt_at = greatest(now(), o.retry_not_before)
+                   FROM waiting WHERE o.id = waiting.id)
                SELECT state FROM settled""",
             uuid.UUID(job.id), provider_id, job.lease, job.channel)
         metrics.OUTBOX_ATTEMPTS.labels(job.channel, result).inc()
