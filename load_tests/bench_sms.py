@@ -141,6 +141,60 @@ def wait_http(url: str, proc: subprocess.Popen, timeout_s: float, log: Path) -> 
     raise SystemExit(f"{url}: not ready after {timeout_s} s\n" + log.read_text()[-3000:])
 
 
+def worker_pids(pid: int, workers: int) -> list[int]:
+    """The processes serving requests: `serve` itself, or its N worker children."""
+    if workers == 1:
+        return [pid]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        kids = [int(k) for k in
+                Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        if len(kids) >= workers:
+            return kids
+        time.sleep(0.2)
+    raise SystemExit(f"serve --workers {workers}: its workers did not all start")
+
+
+CGROUP_V2, CGROUP_V1 = Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/cpu")
+
+
+@contextmanager
+def cpu_limited(pids: list[int], share: float) -> Iterator[None]:
+    """Each process in a control group of its own that may use `share` of a core (CFS
+    quota): N such workers on one core stand in for N cores of that speed (--worker-cpu).
+    Needs root and the cgroup cpu controller (v2 or v1)."""
+    period = 100_000
+    quota = int(share * period)
+    made = []
+    try:
+        for pid in pids:
+            if (CGROUP_V2 / "cgroup.controllers").exists():
+                group = CGROUP_V2 / f"switchboard-bench-{pid}"
+                group.mkdir()
+                made.append(group)
+                (group / "cpu.max").write_text(f"{quota} {period}")
+            else:
+                group = CGROUP_V1 / f"switchboard-bench-{pid}"
+                group.mkdir()
+                made.append(group)
+                (group / "cpu.cfs_period_us").write_text(str(period))
+                (group / "cpu.cfs_quota_us").write_text(str(quota))
+            (group / "cgroup.procs").write_text(str(pid))
+        yield
+    finally:
+        for group in made:
+            root = group.parent
+            try:  # back to the root group (the process may be gone), then away with it
+                for pid in (group / "cgroup.procs").read_text().split():
+                    (root / "cgroup.procs").write_text(pid)
+            except OSError:
+                pass
+            try:
+                group.rmdir()
+            except OSError as exc:
+                print(f"bench_sms: could not remove {group}: {exc}", file=sys.stderr)
+
+
 @contextmanager
 def server(name: str, argv: list[str], env: dict[str, str], ready_url: str,
            core: int | set[int] | None,
@@ -378,6 +432,11 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="run the service as `serve --workers N`, on N cores (the bare "
                         "handler stays on one; wrk and the databases share the last core)")
+    parser.add_argument("--worker-cpu", type=float, metavar="SHARE",
+                        help="limit each worker to SHARE of a core (a CFS quota; root) and "
+                        "run them all on the server core: N workers then stand in for N "
+                        "cores of that speed, with wrk and the databases on the other core "
+                        "(for measuring how throughput grows with cores on a 2-core machine)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
@@ -395,6 +454,10 @@ def main() -> int:
     os.sched_setaffinity(0, {load_core})  # this script, wrk and the databases: the load core
     global BOOST
     BOOST = args.nice
+    if args.worker_cpu is not None and not (0 < args.worker_cpu * args.workers <= 1):
+        print("bench_sms: --worker-cpu SHARE times --workers must be within one core",
+              file=sys.stderr)
+        return 2
     if BOOST and os.geteuid() != 0:
         print("bench_sms: --nice needs root (CAP_SYS_NICE)", file=sys.stderr)
         return 2
@@ -495,11 +558,17 @@ def main() -> int:
             # warm-up's rate.
             sign("warm", min(args.warmup, 30_000 / max(1.0, bare_run.rps)), bare_run.rps)
             print("starting switchboard serve ...", flush=True)
-            service_cores = set(cores[:args.workers]) if args.workers > 1 else {server_core}
+            service_cores = set(cores[:args.workers]) \
+                if args.workers > 1 and args.worker_cpu is None else {server_core}
             with server("switchboard", argv, env, url + "/readyz", service_cores, workdir,
-                        180) as full:
+                        180) as full, ExitStack() as limits:
                 print(f"switchboard pid {full.pid}, thread affinities "
                       f"{[sorted(a) for a in thread_affinities(full.pid)]}", flush=True)
+                if args.worker_cpu is not None:
+                    pids = worker_pids(full.pid, args.workers)
+                    limits.enter_context(cpu_limited(pids, args.worker_cpu))
+                    print(f"workers {pids}: each limited to {args.worker_cpu:.0%} of core "
+                          f"{server_core}", flush=True)
                 common = dict(connections=args.connections, threads=args.wrk_threads,
                               max_responses=args.max_requests, db_dir=workdir,
                               server_pid=full.pid, channel=args.channel)
