@@ -156,8 +156,8 @@ async def handle_turn(app: web.Application, inbound: Inbound) -> Reply:
         await app[FALLBACK].record(inbound)  # the contact the channel's apology answers counts
         raise
     structlog.contextvars.bind_contextvars(contact_id=reply.contact_id)
-    metrics.TURNS.labels(inbound.channel, reply.state).inc()
-    metrics.TURN_SECONDS.labels(inbound.channel).observe(time.perf_counter() - started)
+    metrics.child(metrics.TURNS, inbound.channel, reply.state).inc()
+    metrics.child(metrics.TURN_SECONDS, inbound.channel).observe(time.perf_counter() - started)
     return reply
 
 
