@@ -15,7 +15,7 @@ from typing import AsyncIterator
 import aiohttp
 import asyncpg
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from channels.base import Channel, ChannelConfig
 from channels.twilio_rest import TwilioRest
@@ -124,7 +124,8 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline';
 
 async def content_security_policy(request: web.Request, response: web.StreamResponse) -> None:
     """Every HTML page goes out with the Content-Security-Policy above."""
-    if response.content_type == "text/html":
+    # The header as set, not response.content_type: that parses it, on every response.
+    if response.headers.get(hdrs.CONTENT_TYPE, "")[:9].lower() == "text/html":
         response.headers.setdefault("Content-Security-Policy", CSP)
 
 
@@ -156,8 +157,8 @@ async def handle_turn(app: web.Application, inbound: Inbound) -> Reply:
         await app[FALLBACK].record(inbound)  # the contact the channel's apology answers counts
         raise
     structlog.contextvars.bind_contextvars(contact_id=reply.contact_id)
-    metrics.TURNS.labels(inbound.channel, reply.state).inc()
-    metrics.TURN_SECONDS.labels(inbound.channel).observe(time.perf_counter() - started)
+    metrics.child(metrics.TURNS, inbound.channel, reply.state).inc()
+    metrics.child(metrics.TURN_SECONDS, inbound.channel).observe(time.perf_counter() - started)
     return reply
 
 

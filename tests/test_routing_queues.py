@@ -223,3 +223,19 @@ async def test_a_message_during_overflow_keeps_the_entry_in_its_new_queue(router
     [waiting] = await router.waiting("general")
     assert waiting["queue"] == "general" and waiting["context"]["transcript"] == [message]
     assert waiting["type_skills"] == []  # empty lists stay lists through the move
+
+
+async def test_an_entry_keeps_its_words_and_times_exactly_through_overflow_and_edits(router):
+    """Entries are stored as UTF-8 JSON: the Lua overflow appends to them and Python rewrites
+    them, and the customer's words (accents, emoji) and the float times come back unchanged."""
+    words = {"role": "customer", "text": "Où est ma commande ? 📦 «urgent»", "at": 1765101234.567891}
+    old = entry("vip", ["vip"], enqueued_at=time.time() - 300)
+    old["context"]["transcript"].append(words)
+    await enqueue(router, old)
+    assert await router.overflow("vip", "general", 120, ["care"]) == [old["contact_id"]]
+    later = {"role": "customer", "text": "¿hola? 你好", "at": 1765101299.000001}
+    await router.append_message(old["contact_id"], later)
+    [waiting] = await router.waiting("general")
+    assert waiting["context"]["transcript"] == [words, later]
+    assert waiting["enqueued_at"] == old["enqueued_at"] and waiting["queue"] == "general"
+    assert waiting["skills"] == ["care"] and waiting["overflowed_from"] == "vip"

@@ -398,3 +398,23 @@ async def test_an_unrelated_message_gets_a_clarifying_question_not_an_answer(
     [missed] = [e for e in events if e["kind"] == "classification_missed"]
     assert missed["reason"] == "out_of_scope"
     assert (await text(client, CUSTOMER, "1"))[1] == "Did that help? Reply YES or NO."
+
+
+def metric_value(exposition: str, sample: str) -> float:
+    """The value of one sample line ('name{labels}') of the Prometheus text, 0 when absent."""
+    for line in exposition.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_each_turn_counts_in_the_turn_metrics(client):
+    """The turn counter (by result) and the answer-time histogram move by one per text."""
+    turns = 'switchboard_turns_total{channel="sms",result="self_service"}'
+    answered = 'switchboard_turn_seconds_count{channel="sms"}'
+    before = await (await client.get("/metrics")).text()
+    await text(client, CUSTOMER, "I need to track my order")
+    await text(client, CUSTOMER, "where is my package")  # the same contact, still confirming
+    after = await (await client.get("/metrics")).text()
+    assert metric_value(after, turns) - metric_value(before, turns) == 2
+    assert metric_value(after, answered) - metric_value(before, answered) == 2

@@ -57,9 +57,11 @@ log = structlog.get_logger(__name__)
 
 STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
 START_WORDS = {"START", "UNSTOP", "YES START", "OPTIN"}
+CARRIER_WORDS = frozenset(STOP_WORDS | START_WORDS)  # once, not a new set every turn
 HELP_WORDS = {"HELP", "INFO"}
 YES = {"yes", "y", "yeah", "yep", "yes it did", "it did", "thanks", "thank you", "1"}
 NO = {"no", "n", "nope", "not really", "no it didn't", "it didn't", "2"}
+YES_OR_NO = frozenset(YES | NO)
 MAX_TRANSCRIPT = 60
 LEASE_RETRY_S = 0.01  # first pause when another instance has the conversation's turn
 MISSES_BEFORE_ESCALATION = 2
@@ -222,7 +224,7 @@ class Conversations:
         conversation, customer, opted_out = start.conversation, start.customer, start.opted_out
         keyword = " ".join(inbound.text.upper().split())
         if self._channels[inbound.channel].carrier_keywords and \
-                (keyword in STOP_WORDS | START_WORDS or opted_out):
+                (keyword in CARRIER_WORDS or opted_out):
             return await self._opt_in_out(inbound, keyword, conversation, customer, opted_out,
                                           now, start.survey)
         if inbound.kind in ("end", "left_queue"):
@@ -394,7 +396,7 @@ class Conversations:
             return await self._escalate(turn, self._decide(turn), "technical_fallback")
         text = inbound.text.strip()
         answer = text.lower().strip(" .!")
-        if conv["status"] in ("confirming", "confirming_repeat") and answer in YES | NO:
+        if conv["status"] in ("confirming", "confirming_repeat") and answer in YES_OR_NO:
             return await self._confirmed(turn, answer in YES)
         chosen = _clarifying_choice(turn, text)
         if chosen:

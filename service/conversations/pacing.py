@@ -17,6 +17,7 @@ recent arrival times are exact on any instance.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Literal
 
@@ -60,5 +61,6 @@ def _echoes(conv: Conversation, text: str) -> bool:
     return said == _normal(previous or "") or any(said == _normal(line) for line in ours)
 
 
+@functools.lru_cache(maxsize=512)  # our prompts and the customer's last text recur turn on turn
 def _normal(text: str) -> str:
     return _NOT_WORDS.sub(" ", text.lower()).strip()
