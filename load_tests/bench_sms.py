@@ -167,18 +167,15 @@ def cpu_limited(pids: list[int], share: float) -> Iterator[None]:
     quota = int(share * period)
     made = []
     try:
+        v2 = (CGROUP_V2 / "cgroup.controllers").exists()
+        limits = {"cpu.max": f"{quota} {period}"} if v2 else \
+            {"cpu.cfs_period_us": str(period), "cpu.cfs_quota_us": str(quota)}
         for pid in pids:
-            if (CGROUP_V2 / "cgroup.controllers").exists():
-                group = CGROUP_V2 / f"switchboard-bench-{pid}"
-                group.mkdir()
-                made.append(group)
-                (group / "cpu.max").write_text(f"{quota} {period}")
-            else:
-                group = CGROUP_V1 / f"switchboard-bench-{pid}"
-                group.mkdir()
-                made.append(group)
-                (group / "cpu.cfs_period_us").write_text(str(period))
-                (group / "cpu.cfs_quota_us").write_text(str(quota))
+            group = (CGROUP_V2 if v2 else CGROUP_V1) / f"switchboard-bench-{pid}"
+            group.mkdir()
+            made.append(group)
+            for name, value in limits.items():
+                (group / name).write_text(value)
             (group / "cgroup.procs").write_text(str(pid))
         yield
     finally:

@@ -5,9 +5,12 @@ traffic lose nothing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
+import subprocess
 import time
+from typing import Iterator
 
 import pytest
 import redis as sync_redis
@@ -180,21 +183,35 @@ def _owns(client: sync_redis.Redis, slot: int) -> bool:
     return False
 
 
+def _replica(group) -> tuple[int, subprocess.Popen]:
+    """The Sentinel group's one replica: its port and its process."""
+    primary_port = group.primary().connection_pool.connection_kwargs["port"]
+    [port] = [p for p in group.data_ports if p != primary_port]
+    return port, group.processes.running[port]
+
+
+@contextlib.contextmanager
+def _stopped(process: subprocess.Popen) -> Iterator[None]:
+    """The process stopped (SIGSTOP) for the block: connected, answering nothing."""
+    process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        process.send_signal(signal.SIGCONT)
+
+
 async def test_a_write_waiting_for_its_replica_holds_up_no_unfenced_batch(
         valkey_sentinel, monkeypatch):
     """A fenced write is answered once the replica has it; meanwhile an unfenced batch (a
     turn's first round trip) is answered on its own connection; the fenced write's WAIT
     covers the unfenced write sent before it."""
     monkeypatch.setattr(redis_batch, "WAIT_MS", 10_000)  # the stopped replica is not given up
-    primary_port = valkey_sentinel.primary().connection_pool.connection_kwargs["port"]
-    [replica_port] = [p for p in valkey_sentinel.data_ports if p != primary_port]
-    replica = valkey_sentinel.processes.running[replica_port]
+    replica_port, replica = _replica(valkey_sentinel)
     batcher = batcher_for(valkey_sentinel.url)
     try:
         assert await batcher.execute(("SET", "fence:warm", 1)) == [b"OK"]
         assert await batcher.execute(("GET", "fence:warm"), fenced=False) == [b"1"]
-        replica.send_signal(signal.SIGSTOP)
-        try:
+        with _stopped(replica):
             assert await batcher.execute(("SET", "fence:early", 1), fenced=False) == [b"OK"]
             fenced = asyncio.ensure_future(batcher.execute(("SET", "fence:late", 1)))
             await asyncio.sleep(0.2)
@@ -202,8 +219,6 @@ async def test_a_write_waiting_for_its_replica_holds_up_no_unfenced_batch(
             assert await asyncio.wait_for(
                 batcher.execute(("GET", "fence:late"), fenced=False), 5) == [b"1"]
             assert not fenced.done()
-        finally:
-            replica.send_signal(signal.SIGCONT)
         assert await asyncio.wait_for(fenced, 10) == [b"OK"]
         on_replica = sync_redis.Redis(port=replica_port)
         assert on_replica.mget("fence:early", "fence:late") == [b"1", b"1"]
@@ -217,9 +232,7 @@ async def test_writes_queued_behind_a_pending_wait_share_the_next_one(valkey_sen
     and each is answered once the replica has it."""
     monkeypatch.setattr(redis_batch, "WAIT_MS", 10_000)
     primary = valkey_sentinel.primary()
-    primary_port = primary.connection_pool.connection_kwargs["port"]
-    [replica_port] = [p for p in valkey_sentinel.data_ports if p != primary_port]
-    replica = valkey_sentinel.processes.running[replica_port]
+    replica_port, replica = _replica(valkey_sentinel)
     batcher = batcher_for(valkey_sentinel.url)
 
     def waits() -> int:
@@ -228,8 +241,7 @@ async def test_writes_queued_behind_a_pending_wait_share_the_next_one(valkey_sen
     try:
         await batcher.execute(("SET", "group:warm", 1))
         before = waits()
-        replica.send_signal(signal.SIGSTOP)
-        try:
+        with _stopped(replica):
             first = asyncio.ensure_future(batcher.execute(("SET", "group:first", 1)))
             await asyncio.sleep(0.1)
             held = []
@@ -237,8 +249,6 @@ async def test_writes_queued_behind_a_pending_wait_share_the_next_one(valkey_sen
                 held.append(asyncio.ensure_future(batcher.execute(("INCR", "group:n"))))
                 await asyncio.sleep(0.01)
             assert not first.done() and not any(h.done() for h in held)
-        finally:
-            replica.send_signal(signal.SIGCONT)
         assert await asyncio.wait_for(first, 10) == [b"OK"]
         assert sorted(r for [r] in await asyncio.wait_for(asyncio.gather(*held), 10)) == \
             list(range(1, 11))
@@ -253,23 +263,18 @@ async def test_a_connection_lost_while_its_write_waits_for_the_replica_fails_the
     """Not left waiting until the turn's own timeout: the turn answers with the fallback."""
     monkeypatch.setattr(redis_batch, "WAIT_MS", 10_000)
     primary = valkey_sentinel.primary()
-    primary_port = primary.connection_pool.connection_kwargs["port"]
-    [replica_port] = [p for p in valkey_sentinel.data_ports if p != primary_port]
-    replica = valkey_sentinel.processes.running[replica_port]
+    _, replica = _replica(valkey_sentinel)
     batcher = batcher_for(valkey_sentinel.url, timeout_s=30)
     try:
         await batcher.execute(("CLIENT", "SETNAME", "fenced-lane"))
         [ours] = [c for c in primary.client_list() if c["name"] == "fenced-lane"]
-        replica.send_signal(signal.SIGSTOP)
-        try:
+        with _stopped(replica):
             fenced = asyncio.ensure_future(batcher.execute(("SET", "fence:lost", 1)))
             await asyncio.sleep(0.2)
             assert not fenced.done()
             primary.client_kill_filter(_id=ours["id"])
             with pytest.raises(RedisConnectionError):
                 await asyncio.wait_for(fenced, 5)
-        finally:
-            replica.send_signal(signal.SIGCONT)
     finally:
         await batcher.close()
 
@@ -279,20 +284,15 @@ async def test_a_text_is_answered_only_once_the_replica_has_its_turn(
     """Round trip 1 waits for no replica, but the turn's answer still does."""
     monkeypatch.setattr(redis_batch, "WAIT_MS", 10_000)
     valkey_sentinel.primary().flushall()
-    primary_port = valkey_sentinel.primary().connection_pool.connection_kwargs["port"]
-    [replica_port] = [p for p in valkey_sentinel.data_ports if p != primary_port]
-    replica = valkey_sentinel.processes.running[replica_port]
+    replica_port, replica = _replica(valkey_sentinel)
     settings = with_settings(app_settings, redis_url=valkey_sentinel.url)
     async with instance(settings) as client:
         assert await text(client, "+15550300001", "hello")  # both connections open
-        replica.send_signal(signal.SIGSTOP)
-        try:
+        with _stopped(replica):
             answer = asyncio.ensure_future(text(client, "+15550300002",
                                                 "I need to track my order"))
             await asyncio.sleep(0.5)
             assert not answer.done()
-        finally:
-            replica.send_signal(signal.SIGCONT)
         said = await asyncio.wait_for(answer, 10)
     assert said and said[-1] != FALLBACK
     assert sync_redis.Redis(port=replica_port).keys("sb:{phone:+15550300002}:conv:*")

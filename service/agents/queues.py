@@ -22,22 +22,16 @@ Commands go through the shared `CommandBatcher`; a transaction is one MULTI ... 
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import json
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-import orjson
 from redis.exceptions import ResponseError
 
-from service.infra.redis_batch import Command, CommandBatcher
+from service.infra.redis_batch import Command, CommandBatcher, json_value
 from service.reporting import metrics
-
-# Entries are written with orjson (a tenth of json.dumps' time for an entry carrying its
-# transcript); they are read back with json.loads and cjson, which take either encoding.
-_dumps = functools.partial(orjson.dumps, option=orjson.OPT_NON_STR_KEYS)
 
 PREFIX = "sb:{routing}:"
 PRIORITY_SCALE = 10**13  # above any epoch-millisecond value, so priority always dominates
@@ -266,7 +260,7 @@ class Dispatcher:
         score = priority * PRIORITY_SCALE + int(entry["enqueued_at"] * 1000)
         key = f"{PREFIX}q:{queue}"
         _, _, rank, size = await self._transaction(
-            ("HSET", PREFIX + "entries", contact, _dumps(entry)),
+            ("HSET", PREFIX + "entries", contact, json_value(entry)),
             ("ZADD", key, "NX", score, contact), ("ZRANK", key, contact), ("ZCARD", key))
         return QueuePosition(rank + 1, size)
 
@@ -328,7 +322,7 @@ class Dispatcher:
                 return None
             entry = json.loads(raw)
             change(entry)
-            if await self._replace_entry(self.batcher, contact_id, raw, _dumps(entry)):
+            if await self._replace_entry(self.batcher, contact_id, raw, json_value(entry)):
                 return entry
 
     async def requeue(self, entry: dict[str, Any], from_agent: str, mode: str) -> str:
@@ -337,7 +331,7 @@ class Dispatcher:
         its first enqueue time, so it goes ahead of everyone who came after it."""
         score = entry["priority"] * PRIORITY_SCALE + int(entry["enqueued_at"] * 1000)
         done = await self._transfer(self.batcher, entry["contact_id"], from_agent,
-                                    entry["queue"], score, _dumps(entry), mode,
+                                    entry["queue"], score, json_value(entry), mode,
                                     DECLINED_TTL_S, entry.get("only_agent", ""),
                                     int((time.time() + self.offer_timeout_s) * 1000))
         return {1: "queued", 0: "not_assigned"}.get(done, "pending")

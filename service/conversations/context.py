@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import random
 import time
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ import orjson
 import structlog
 
 from service.conversations.record import Conversation
-from service.infra.redis_batch import Command, CommandBatcher
+from service.infra.redis_batch import Command, CommandBatcher, json_value
 from service.model import Inbound, Reply
 
 log = structlog.get_logger(__name__)
@@ -67,10 +66,6 @@ IDLE_INDEX = "sb:idle"
 LEGACY_IDLE_INDEX = "sb:sms:idle"  # its name before channels were neutral: still drained
 SUMMARY_FIELDS = ("contact_id", "customer_id", "channel", "contact_type", "started_at",
                   "ended_at", "status", "outcome", "queue", "reason")
-
-# orjson: the conversation state is encoded and decoded on every turn, ~40 us with json.
-_dumps = functools.partial(orjson.dumps, option=orjson.OPT_NON_STR_KEYS)
-
 
 def identity_of(inbound: Inbound) -> tuple[str, str]:
     """(kind, value) that identifies the customer behind an inbound message."""
@@ -219,7 +214,7 @@ class ContextStore:
         commands = self._save(conversation_key(inbound), conversation) + _remember(inbound, reply)
         commands += self._unlease(inbound)
         if customer is not None:
-            commands.append(("SET", f"{tag}:ident", _dumps(customer), "EX", IDENTITY_TTL_S))
+            commands.append(("SET", f"{tag}:ident", json_value(customer), "EX", IDENTITY_TTL_S))
         if opt_out is True:
             commands.append(("SET", f"{tag}:optout:{inbound.channel}", 1))
         elif opt_out is False:
@@ -368,7 +363,7 @@ class ContextStore:
                                        ("ZREM", LEGACY_IDLE_INDEX, key)]
             return commands + ([("DEL", contact_index_key(contact_id))] if contact_id else [])
         ttl = self.idle_timeout_s + 86400
-        commands = [("SET", key, _dumps(conversation), "EX", ttl),
+        commands = [("SET", key, json_value(conversation), "EX", ttl),
                     ("SET", contact_index_key(conversation["contact_id"]), key, "EX", ttl)]
         if conversation["channel"] in self._idles_out and \
                 conversation["status"] not in ("queued", "with_agent"):
@@ -381,7 +376,7 @@ class ContextStore:
 def _remember(inbound: Inbound, reply: Reply) -> list[Command]:
     if not inbound.dedupe_key:
         return []
-    return [("SET", f"{_tag(inbound)}:seen:{inbound.dedupe_key}", _dumps(reply.to_json()),
+    return [("SET", f"{_tag(inbound)}:seen:{inbound.dedupe_key}", json_value(reply.to_json()),
              "EX", SEEN_TTL_S)]
 
 
@@ -396,7 +391,7 @@ def newest_first(raw: Any, customer_id: str | None = None) -> list[dict[str, Any
 
 def _summary(conv: Conversation) -> list[Command]:
     """The conversation's summary, in the customer's hash and in each of its addresses'."""
-    summary = _dumps(summarise(conv))
+    summary = json_value(summarise(conv))
     keys = [contacts_key(conv["customer_id"])]
     keys += [address_contacts_key(kind, value) for kind, value in identities_of(conv)]
     commands: list[Command] = []
@@ -407,7 +402,7 @@ def _summary(conv: Conversation) -> list[Command]:
 
 def _seed(key: str, summaries: Sequence[dict[str, Any]]) -> list[Command]:
     """Rebuild an address's copy from its customer's hash, dropping whatever it held before."""
-    fields = [part for s in summaries for part in (s["contact_id"], _dumps(s))]
+    fields = [part for s in summaries for part in (s["contact_id"], json_value(s))]
     if not fields:
         return [("DEL", key)]
     return [("DEL", key), ("HSET", key, *fields), ("EXPIRE", key, CONTACTS_TTL_S)]

@@ -24,13 +24,12 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-import orjson
 import structlog
 
 from service.conversations import prompts
 from service.conversations.context import address_of, identities_of, survey_key, surveyed_key
 from service.conversations.record import Conversation, contact_state
-from service.infra.redis_batch import Command
+from service.infra.redis_batch import Command, json_value
 from service.model import ChannelTraits, Choice, Inbound, PromptStyle, Reply
 from service.reporting.events import Event
 from service.rules.loader import Rules
@@ -220,7 +219,7 @@ def _closing(pending: dict[str, Any], text: str) -> Reply:
 
 def _keep(kind: str, value: str, pending: dict[str, Any]) -> Command:
     ttl = max(1, int(pending["due_at"] - pending["sent_at"])) + LATE_KEPT_S
-    return ("SET", survey_key(kind, value, pending["channel"]), orjson.dumps(pending), "EX", ttl)
+    return ("SET", survey_key(kind, value, pending["channel"]), json_value(pending), "EX", ttl)
 
 
 def _event(kind: str, pending: dict[str, Any], now: float, /, **data: Any) -> Event:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Awaitable, NamedTuple, Sequence
 
 import hiredis
+import orjson
 import structlog
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.crc import key_slot
@@ -37,6 +38,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from service.infra.redis_url import RedisTarget, parse_redis_url
 
 Command = Sequence[Any]
+
+# JSON values stored in Redis (conversation state, queue entries, surveys): orjson, a tenth of
+# json.dumps' time on every turn; readers (json, orjson, the Lua scripts' cjson) take it alike.
+json_value = functools.partial(orjson.dumps, option=orjson.OPT_NON_STR_KEYS)
 WAIT_MS = 500  # how long a write waits for its replicas (Sentinel with `replicas=N`)
 log = structlog.get_logger(__name__)
 
