@@ -9,6 +9,11 @@ with a `text` column), and classifies them one after another in
 one task while a second task stands in for the process's other requests: a 1 ms timer whose
 lateness is the time any other request on that loop would have waited. Prints the timer's
 lateness (p50, p99, max) and the time per message, for both ways.
+
+Then `--at-once C` customers text at the same time (C tasks, each classifying its share one
+after another): each message's time from arrival to answer (p50, p99) and the messages
+answered a second, with a pass of the encoder for each message (as before batching) and with
+the messages that wait together sharing a pass (`predict_off_loop`, what the service does).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from service.rules.loader import load_rules  # noqa: E402
+from service.understanding.cascade import encoder_thread  # noqa: E402
 
 TICK_S = 0.001
 
@@ -51,6 +57,21 @@ async def lateness_while(classify, texts: list[str]) -> tuple[list[float], float
     return late, spent
 
 
+async def answer_times(classify, texts: list[str], at_once: int) -> tuple[list[float], float]:
+    """Each message's time to answer (ms) with `at_once` customers texting; messages a second."""
+    times: list[float] = []
+
+    async def customer(mine: list[str]) -> None:
+        for text in mine:
+            started = time.perf_counter()
+            await classify(text)
+            times.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(customer(texts[i::at_once]) for i in range(at_once)))
+    return times, len(texts) / (time.perf_counter() - started)
+
+
 def in_band_texts(classifier, paths: list[Path], limit: int) -> list[str]:
     """Held-out messages the encoder stage decides."""
     texts = []
@@ -64,6 +85,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("rules", nargs="?", type=Path, default=ROOT / "routing_rules" / "bank")
     parser.add_argument("--messages", type=int, default=200)
+    parser.add_argument("--at-once", type=int, default=16)
     parser.add_argument("--held-out", type=Path, nargs="+", default=[
         ROOT / "load_tests" / "data" / "banking77_oos" / "b77oos_test.csv",
         ROOT / "routing_rules" / "data" / "clinc150_out_of_scope_heldout.csv",
@@ -85,6 +107,17 @@ async def main() -> None:
         late, spent = await lateness_while(classify, texts)
         cuts = statistics.quantiles(late, n=100, method="inclusive")
         print(f"{name:<30}{cuts[49]:>8.2f}{cuts[98]:>8.2f}{max(late):>8.2f}{spent * 1000:>14.2f}")
+
+    async def pass_each(text: str) -> None:
+        await asyncio.get_running_loop().run_in_executor(encoder_thread(), classifier.predict,
+                                                         text)
+
+    ways = {"a pass a message": pass_each, "waiting ones share (now)": classifier.predict_off_loop}
+    print(f"\n{args.at_once} customers at once{'answer p50 ms':>18}{'p99 ms':>8}{'messages/s':>12}")
+    for name, classify in ways.items():
+        times, rate = await answer_times(classify, texts, args.at_once)
+        cuts = statistics.quantiles(times, n=100, method="inclusive")
+        print(f"{name:<30}{cuts[49]:>12.2f}{cuts[98]:>8.2f}{rate:>12.1f}")
 
 
 if __name__ == "__main__":

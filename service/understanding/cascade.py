@@ -10,8 +10,12 @@ is chosen by cross-validation on the training rows (classify_eval.py), as the th
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
+import weakref
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Collection, Protocol, Sequence
 
@@ -19,6 +23,7 @@ import numpy as np
 
 ENCODER_C = 10.0  # 5-fold CV on HINT3: C = 1 underfits the 384 unit-norm dimensions
 DEFAULT_BAND = (0.05, 0.90)  # see docs/classifier.md, "Transformer encoder"
+BATCH_MAX_TEXTS = 32  # one run's texts: enough to share the weights' cost, short enough to wait for
 Band = tuple[float, float]
 
 
@@ -48,10 +53,72 @@ class EncoderStage:
         """One probability per column for one message (runs the encoder)."""
         return self.probabilities_of(self.encoder.embed((text,))[0])
 
+    async def probabilities_off_loop(self, text: str) -> np.ndarray:
+        """probabilities(), encoded in the encoder's thread together with the other messages
+        waiting for it."""
+        return self.probabilities_of(await _batcher(self.encoder).embed(self.encoder, text))
+
     def probabilities_of(self, vector: np.ndarray) -> np.ndarray:
         scores = vector @ self.weights + self.bias
         scores = np.exp(scores - scores.max())
         return scores / scores.sum()
+
+
+class _Batcher:
+    """The texts waiting for one encoder on one event loop. A run in the encoder's thread
+    takes all of them (up to BATCH_MAX_TEXTS): a pass costs about the same for one short text
+    as for a dozen (the weights' cost, docs/classifier.md), so messages that arrive together
+    share it instead of queueing one pass each."""
+
+    def __init__(self) -> None:
+        self._waiting: list[tuple[str, asyncio.Future[np.ndarray]]] = []
+        self._draining: asyncio.Task[None] | None = None
+
+    async def embed(self, encoder: Encoder, text: str) -> np.ndarray:
+        """The text's encoding, from the next run of the encoder's thread."""
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._waiting.append((text, future))
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.create_task(self._drain(encoder))
+        return await future
+
+    async def _drain(self, encoder: Encoder) -> None:
+        loop = asyncio.get_running_loop()
+        while self._waiting:
+            batch = self._waiting[:BATCH_MAX_TEXTS]
+            del self._waiting[:BATCH_MAX_TEXTS]
+            try:
+                vectors = await loop.run_in_executor(
+                    encoder_thread(), encoder.embed, [text for text, _ in batch])
+            except Exception as error:  # each waiting message gets it, as a lone one would
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for (_, future), vector in zip(batch, vectors):
+                if not future.done():  # its request may have been cancelled meanwhile
+                    future.set_result(vector)
+
+
+_batchers: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, weakref.WeakKeyDictionary[Encoder, _Batcher]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _batcher(encoder: Encoder) -> _Batcher:
+    """The running loop's batcher for this encoder (a loop's futures cannot serve another)."""
+    per_encoder = _batchers.setdefault(asyncio.get_running_loop(), weakref.WeakKeyDictionary())
+    batcher = per_encoder.get(encoder)
+    if batcher is None:
+        batcher = per_encoder[encoder] = _Batcher()
+    return batcher
+
+
+@functools.lru_cache(maxsize=1)
+def encoder_thread() -> ThreadPoolExecutor:
+    """One thread per process for the encoder stage: a process serves from one core, and
+    messages wait their turn here rather than oversubscribe it."""
+    return ThreadPoolExecutor(1, thread_name_prefix="encoder-stage-live")
 
 
 def fit_stage(encodings: np.ndarray, targets: Sequence[str], columns: Sequence[str],

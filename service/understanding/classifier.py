@@ -27,8 +27,6 @@ Its scores are the ones its row of the training matrix would give, to the bit.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -187,12 +185,11 @@ class Classifier:
     async def predict_off_loop(self, text: str, top: int = 3) -> Prediction:
         """predict(), with the encoder stage in a thread of its own: its milliseconds of
         matrix products (which release the GIL) no longer hold up the event loop's other
-        requests."""
+        requests, and messages that wait for it together are encoded in one pass."""
         prediction = self.cheap_prediction(text, top)
-        if self._in_band(text, prediction.confidence):
-            stage = await asyncio.get_running_loop().run_in_executor(
-                _encoder_thread(), self.stage_prediction, text, top)
-            return stage or prediction
+        if self.encoder_stage is not None and self._in_band(text, prediction.confidence):
+            return self._prediction(
+                await self.encoder_stage.probabilities_off_loop(text), top)
         return prediction
 
     def decided_by_encoder(self, text: str) -> bool:
@@ -326,13 +323,6 @@ def _vocabulary_and_idf(counted: list[Counter[str]]) -> tuple[dict[str, int], np
 
 def _blocks(vocabulary: dict[str, int]) -> np.ndarray:
     return np.fromiter((_block(f) for f in vocabulary), np.int8, len(vocabulary))
-
-
-@functools.lru_cache(maxsize=1)
-def _encoder_thread() -> ThreadPoolExecutor:
-    """One thread per process for the encoder stage: a process serves from one core, and
-    messages wait their turn here rather than oversubscribe it."""
-    return ThreadPoolExecutor(1, thread_name_prefix="encoder-stage-live")
 
 
 def _tfidf(indices: np.ndarray, counts: list[int], idf: np.ndarray, blocks: np.ndarray
