@@ -99,3 +99,17 @@ async def test_a_failed_pass_fails_its_messages_and_the_next_ones_are_encoded(
     after = await classifier.predict_off_loop("where is my parcel")
     assert watched.passes == [["where is my parcel"]]  # the failed pass never reached it
     assert after.contact_type == classifier.predict("where is my parcel").contact_type
+
+
+async def test_a_failing_encoder_stage_leaves_the_n_gram_models_answer(client, monkeypatch):
+    watched, classifier = watch_stage(client, monkeypatch)
+
+    def failing(texts: Sequence[str]) -> np.ndarray:
+        raise MemoryError("no room for the pass")
+
+    watched.embed = failing  # type: ignore[method-assign]
+    words = "i want to cancel my order"
+    expected = classifier.cheap_prediction(words)
+    assert expected.contact_type == "cancel_order"
+    [answer, *_] = await text(client, CUSTOMER, words)  # a 200 with an answer, not the fallback
+    assert answer.startswith("You can cancel any order that has not shipped yet")

@@ -6,12 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import structlog
+
 from service.rules.experiments import ESCALATION_REASON as EXPERIMENT_REASON
 from service.rules.experiments import Arm
 from service.rules.loader import Rules
 from service.rules.routing import Decision
 from service.understanding.classifier import Prediction, wants_agent
 
+log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Understood:
@@ -50,10 +53,15 @@ async def understand_off_loop(rules: Rules, kind: str, text: str,
                               input_confidence: float | None = None,
                               menu_offered: bool = True) -> Understood:
     """understand(), with the classifier's encoder stage in its own thread (the service's
-    way: its milliseconds no longer hold up the event loop's other requests)."""
+    way: its milliseconds no longer hold up the event loop's other requests). Should the
+    stage fail, the n-gram model's prediction serves: the customer is still understood."""
     prediction = None
     if kind != "digits" and not asks_for_agent(kind, text) and rules.classifier is not None:
-        prediction = await rules.classifier.predict_off_loop(text)
+        try:
+            prediction = await rules.classifier.predict_off_loop(text)
+        except Exception:
+            log.exception("classifier.encoder_stage_failed")
+            prediction = rules.classifier.cheap_prediction(text)
     return understand(rules, kind, text, input_confidence, menu_offered, prediction)
 
 
