@@ -82,8 +82,20 @@ async def test_the_page_shows_the_api_figures_refreshes_and_sorts(agent_settings
             await check_queues(page, now)
             await check_sorting(page, now)
             await check_it_refreshes(page, client, db)
+            await check_nothing_is_cut(page)
             await page.screenshot(path=artifact("supervisor.png"), full_page=True)
             assert errors == []
+
+
+async def check_nothing_is_cut(page) -> None:
+    """Every queue figure's value and label show whole in the cards (a wait of minutes too)."""
+    cut = await page.eval_on_selector_all(
+        ".figure-value, .figure-label",
+        "cells => cells.filter(c => c.scrollWidth > c.clientWidth + 1"
+        " || c.getBoundingClientRect().right > c.closest('.tile')"
+        ".getBoundingClientRect().right + 1).map(c => c.textContent)")
+    assert cut == []
+    assert await page.locator(".figure-value", has_text="1m").count() >= 1  # the long wait
 
 
 async def sign_in(page, url: str, token: str) -> None:
