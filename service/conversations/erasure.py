@@ -196,8 +196,9 @@ async def _redis_state(client: redis.Redis | RedisCluster, customer: _Customer) 
     under_addresses: set[str] = set()
     idle: set[str] = set()
     for kind, value in customer.identities:
-        pattern = _glob(f"sb:{{{kind}:{value}}}:") + "*"
-        under_addresses |= {k async for k in _scan(client, pattern)}
+        tag = f"sb:{{{kind}:{value}}}:"
+        pattern = _glob(tag) + "*"
+        under_addresses |= {k async for k in _scan(client, pattern, tag)}
         for index in (IDLE_INDEX, LEGACY_IDLE_INDEX):
             idle |= {_text(m) async for m, _ in client.zscan_iter(index, match=pattern)}
     kept = {k for k in under_addresses if _after_tag(k).startswith(":optout:")}
@@ -223,11 +224,13 @@ async def _open_contact(client: redis.Redis | RedisCluster, key: str) -> str | N
     return conversation.get("contact_id") or key
 
 
-async def _scan(client: redis.Redis | RedisCluster, pattern: str) -> AsyncIterator[str]:
-    """Keys matching a pattern of one hash tag: on a cluster, only the node owning its slot."""
+async def _scan(client: redis.Redis | RedisCluster, pattern: str,
+                slot_key: str) -> AsyncIterator[str]:
+    """Keys matching a pattern within one hash tag: on a cluster, only the node owning the slot
+    of `slot_key`."""
     options: dict[str, Any] = {"match": pattern, "count": 1000}
     if isinstance(client, RedisCluster):
-        options["target_nodes"] = client.get_node_from_key(pattern)
+        options["target_nodes"] = client.get_node_from_key(slot_key)
     async for key in client.scan_iter(**options):
         yield _text(key)
 
