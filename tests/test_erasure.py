@@ -374,3 +374,43 @@ async def test_an_opted_out_number_keeps_only_its_suppression_record(app_setting
         assert dump[f"sb:{{phone:{PHONE}}}:optout:sms"] == "b'1'"
         assert await tables_holding(db, PHONE) == []
         assert await text(client, PHONE, "hello again") == []  # still opted out
+
+
+async def test_an_erasure_on_a_redis_cluster_leaves_no_key_of_the_customer_on_any_node(
+        app_settings, db, valkey_cluster):  # noqa: F811
+    from service.infra.redis_url import client_for, close_client
+    from tests.conftest import with_settings
+
+    primaries = valkey_cluster.primaries()
+    for primary in primaries:
+        primary.flushall()
+    on_cluster = with_settings(app_settings, redis_url=valkey_cluster.url)
+    cluster = client_for(valkey_cluster.url)
+    try:
+        customer_id = await known_customer(db, cluster)
+    finally:
+        await close_client(cluster)
+    async with instance(on_cluster) as client:
+        token = await create_token(db, "ops", "tests")
+        await text(client, PHONE, "I forgot my password and can't log in")
+        await text(client, PHONE, "yes")
+        await chat_and_leave(client)
+        assert await client.app[EVENTS].flush()
+
+        def holding(secret: str) -> list[str]:
+            found = []
+            for primary in primaries:
+                for key in primary.scan_iter(count=1000):
+                    kind = primary.type(key).decode()
+                    value = primary.get(key) if kind == "string" else \
+                        primary.hgetall(key) if kind == "hash" else \
+                        primary.zrange(key, 0, -1) if kind == "zset" else kind
+                    if secret in key.decode() or secret in repr(value):
+                        found.append(key.decode())
+            return found
+
+        assert len({key.split("}")[0] for key in holding(PHONE) + holding(WEB_ID)}) == 2
+        response = await erase_request(client, customer_id, token)
+        assert response.status == 200, await response.text()
+        assert (await response.json())["counts"]["redis_keys"] >= 5
+        assert holding(PHONE) == [] and holding(WEB_ID) == [] and holding(customer_id) == []

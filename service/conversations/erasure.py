@@ -230,6 +230,7 @@ async def _scan(client: redis.Redis | RedisCluster, pattern: str,
     of `slot_key`."""
     options: dict[str, Any] = {"match": pattern, "count": 1000}
     if isinstance(client, RedisCluster):
+        await client.initialize()  # the slot map, read on first use
         options["target_nodes"] = client.get_node_from_key(slot_key)
     async for key in client.scan_iter(**options):
         yield _text(key)
