@@ -414,3 +414,19 @@ async def test_an_erasure_on_a_redis_cluster_leaves_no_key_of_the_customer_on_an
         assert response.status == 200, await response.text()
         assert (await response.json())["counts"]["redis_keys"] >= 5
         assert holding(PHONE) == [] and holding(WEB_ID) == [] and holding(customer_id) == []
+
+
+async def test_only_an_erasures_transaction_may_rewrite_the_log_and_none_may_delete(db):
+    import asyncpg
+
+    for statement in ("UPDATE contact_events SET data = '{}'", "DELETE FROM contact_events"):
+        with pytest.raises(asyncpg.RaiseError, match="append-only"):
+            await db.execute(statement)
+    async with db.transaction():
+        await db.execute("SET LOCAL switchboard.erasing = 'on'")
+        await db.execute("UPDATE contact_events SET data = data WHERE false")
+        with pytest.raises(asyncpg.RaiseError, match="append-only: DELETE"):
+            async with db.transaction():
+                await db.execute("DELETE FROM contact_events WHERE false")
+    with pytest.raises(asyncpg.RaiseError, match="append-only"):  # the setting went with it
+        await db.execute("UPDATE contact_events SET data = data WHERE false")
