@@ -161,8 +161,10 @@ async def _customer(conn: asyncpg.Connection, cid: uuid.UUID) -> _Customer | Non
         """SELECT contact_id FROM contact_facts WHERE customer_id = $1
            UNION SELECT contact_id FROM contact_events
                  WHERE customer_id = $1 AND contact_id IS NOT NULL""", cid)
+    # Too short a string would blank values that merely contain it (a position, a count).
     secrets = {value for _, value in identities}
-    secrets |= {value.removeprefix("id:") for kind, value in identities if kind == "web"}
+    secrets |= {value.removeprefix("id:") for kind, value in identities
+                if kind == "web" and len(value) >= len("id:") + 4}
     if row["display_name"] and len(row["display_name"].strip()) >= 3:
         secrets.add(row["display_name"].strip())
     return _Customer(cid, tuple(identities), tuple(sorted(secrets)),
@@ -263,7 +265,8 @@ def _text(value: bytes | str) -> str:
 # ---- PostgreSQL ---------------------------------------------------------------------------
 
 # The customer's events: by customer, by contact, and those of a failed or muted turn that
-# carry only the address (a sequential pass over the log: ops' rare request, not the hot path).
+# carry only the address. All three by index (customer-less events are the customer index's
+# NULL entries, few), so an erasure does not read the whole log (load_tests/bench_erasure.py).
 EVENTS_OF = """(customer_id = $1 OR contact_id = ANY($2::uuid[])
                 OR (customer_id IS NULL AND data->>'address' = ANY($3::text[])))
                AND data IS DISTINCT FROM erased_event_data(data, $4::text[])"""
