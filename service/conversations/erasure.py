@@ -47,6 +47,7 @@ Reason = Literal["bad_input", "not_found", "open"]
 # Events of an erased customer can land late while an instance's spool waits for PostgreSQL:
 # the upkeep looks for them this long after the erasure.
 LATE_EVENTS_DAYS = 30
+KEPT = "opt_out_records_kept"  # beside the counts in erased_customers.counts
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 _HASH_TAG = re.compile(r"\{[^}]*\}")
 
@@ -186,8 +187,9 @@ async def _resume(conn: asyncpg.Connection, client: redis.Redis | RedisCluster,
         await conn.execute("UPDATE erased_customers SET redis_keys = NULL "
                            "WHERE customer_id = $1", cid)
         log.info("customers.erasure_resumed", customer_id=str(cid))
-    return Erasure(str(cid), dry_run, json.loads(record["counts"]), 0, record["erased_at"],
-                   resumed=True)
+    counts = json.loads(record["counts"])
+    kept = counts.pop(KEPT, 0)
+    return Erasure(str(cid), dry_run, counts, kept, record["erased_at"], resumed=True)
 
 
 # ---- Redis --------------------------------------------------------------------------------
@@ -328,7 +330,7 @@ async def _erase_stored(conn: asyncpg.Connection, customer: _Customer, state: _R
                  erased_by = EXCLUDED.erased_by, counts = EXCLUDED.counts,
                  redis_keys = EXCLUDED.redis_keys
                RETURNING erased_at""",
-            customer.id, by, json.dumps(counts), state.pending)
+            customer.id, by, json.dumps(counts | {KEPT: len(state.kept)}), state.pending)
     return counts, erased_at
 
 
