@@ -24,7 +24,7 @@ import json
 import re
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, AsyncIterator, Iterable, Literal, Mapping
 
@@ -95,7 +95,7 @@ class _RedisState:
     keys: tuple[str, ...]  # to delete
     idle: tuple[str, ...]  # conversation keys in the idle indexes
     kept: tuple[str, ...]  # opt-out records
-    open_contacts: tuple[str, ...] = field(default=())
+    open_contacts: tuple[str, ...] = ()
 
     @property
     def pending(self) -> list[str]:
@@ -131,14 +131,7 @@ async def erase(pool: asyncpg.Pool, client: redis.Redis | RedisCluster, customer
         if customer is None:
             return await _resume(conn, client, cid, dry_run)
         state = await _redis_state(client, customer)
-        sending = await conn.fetch(
-            "SELECT DISTINCT contact_id FROM outbox WHERE contact_id = ANY($1::text[]) "
-            "AND state = 'queued'", list(customer.contact_ids))
-        still_open = sorted(set(state.open_contacts) | {r["contact_id"] for r in sending})
-        if still_open:
-            raise ErasureError("open", f"customer {cid} has open contacts: "
-                               f"{', '.join(still_open)}; erase once they have ended",
-                               still_open)
+        await _refuse_open(conn, customer, state)
         redis_counts = {"redis_keys": len(state.keys), "idle_entries": len(state.idle)}
         if dry_run:
             counts = await _counted(conn, customer) | redis_counts
@@ -149,6 +142,19 @@ async def erase(pool: asyncpg.Pool, client: redis.Redis | RedisCluster, customer
                            "WHERE customer_id = $1", cid)
     log.info("customers.erased", customer_id=str(cid), by=by, **counts)
     return Erasure(str(cid), False, counts, len(state.kept), erased_at)
+
+
+async def _refuse_open(conn: asyncpg.Connection, customer: _Customer, state: _RedisState
+                       ) -> None:
+    """ErasureError naming the customer's open contacts: a conversation not closed, a queue
+    entry, a message still being sent."""
+    sending = await conn.fetch(
+        "SELECT DISTINCT contact_id FROM outbox WHERE contact_id = ANY($1::text[]) "
+        "AND state = 'queued'", list(customer.contact_ids))
+    still_open = sorted(set(state.open_contacts) | {r["contact_id"] for r in sending})
+    if still_open:
+        raise ErasureError("open", f"customer {customer.id} has open contacts: "
+                           f"{', '.join(still_open)}; erase once they have ended", still_open)
 
 
 async def _customer(conn: asyncpg.Connection, cid: uuid.UUID) -> _Customer | None:
