@@ -116,6 +116,14 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE",
                      help="customer field used by routing, e.g. tier=vip")
     add.set_defaults(func=cmd_customers_add)
+    erase = customers.add_parser(
+        "erase", help="erase a customer's personal data (right to erasure); prints counts")
+    who = erase.add_mutually_exclusive_group(required=True)
+    who.add_argument("--customer", metavar="ID")
+    who.add_argument("--phone", metavar="NUMBER")
+    who.add_argument("--web-id", metavar="ID")
+    erase.add_argument("--dry-run", action="store_true", help="count, change nothing")
+    erase.set_defaults(func=cmd_customers_erase)
 
     from service.reporting import cli as cli_ops
     from service.reporting import unrecognised_cli
@@ -475,6 +483,36 @@ def cmd_customers_add(args: argparse.Namespace, settings: Settings) -> int:
         except CustomerError as exc:
             print(f"switchboard: {exc}", file=sys.stderr)
             return 2
+    return 0
+
+
+def cmd_customers_erase(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncpg
+
+    from service.conversations import erasure
+    from service.infra.migrate import migrate
+    from service.infra.redis_url import client_for, close_client
+
+    async def run(ready: Settings) -> erasure.Erasure:
+        async with asyncpg.create_pool(ready.database_url, min_size=1, max_size=1) as pool:
+            client = client_for(ready.redis_url)
+            try:
+                async with pool.acquire() as conn:
+                    await migrate(conn)
+                customer = args.customer or await erasure.customer_id_for(
+                    pool, *(("phone", args.phone) if args.phone else ("web", f"id:{args.web_id}")))
+                return await erasure.erase(pool, client, customer, by=f"cli: {_user()}",
+                                           dry_run=args.dry_run)
+            finally:
+                await close_client(client)
+
+    with _servers(settings) as ready:
+        try:
+            done = asyncio.run(run(ready))
+        except erasure.ErasureError as exc:
+            print(f"switchboard: {exc}", file=sys.stderr)
+            return 2 if exc.reason == "bad_input" else 1
+    print(json.dumps(done.as_dict(), indent=2))
     return 0
 
 

@@ -60,6 +60,7 @@ from service.infra.redis_batch import batcher_for
 from service.infra.redis_url import client_for, close_client, publisher_for, subscriber_for
 from service.model import ChannelTraits, Inbound, Reply
 from service.reporting import (
+    erasure_api,
     experiments,
     experiments_api,
     metrics,
@@ -108,6 +109,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(api.routes())
     app.router.add_routes(ops_api.routes())
     app.router.add_routes(experiments_api.routes())
+    app.router.add_routes(erasure_api.routes())
     app.router.add_routes(supervisor.routes())
     app.router.add_routes(pages())
     app.on_shutdown.append(close_websockets)

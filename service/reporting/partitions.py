@@ -15,6 +15,8 @@ from datetime import datetime, timedelta, timezone
 import asyncpg
 import structlog
 
+from service.conversations import erasure
+
 log = structlog.get_logger(__name__)
 
 MONTHS_AHEAD = 2
@@ -42,7 +44,8 @@ async def maintain(conn: asyncpg.Connection, retention_days: int,
                    now: datetime | None = None) -> Maintained:
     """Create this month and MONTHS_AHEAD more; drop months wholly older than the retention
     (0 keeps everything), with their contacts' facts and replay rows; fold the day roll-ups'
-    record of fact changes (rollups.py) into a row per day."""
+    record of fact changes (rollups.py) into a row per day; scrub what landed for erased
+    customers since (erasure.py)."""
     now = now or datetime.now(timezone.utc)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
@@ -55,6 +58,7 @@ async def maintain(conn: asyncpg.Connection, retention_days: int,
         dropped = await _drop_older(conn, now - timedelta(days=retention_days)) \
             if retention_days else []
         await conn.execute("SELECT report_fact_changes_compact()")  # a row per day
+        await erasure.reapply(conn)
     if created or dropped:
         log.info("events.partitions", created=created, dropped=dropped)
     return Maintained(tuple(created), tuple(dropped))
