@@ -222,7 +222,8 @@ def cmd_rules_check(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{len(exc.issues)} problem(s) in {directory}", file=sys.stderr)
         return 1
     print(f"{directory}: OK ({len(rules.catalog.types)} contact types, "
-          f"{len(rules.tree.queues)} queues, {len(rules.catalog.training)} training examples)")
+          f"{len(rules.tree.queues)} queues, {len(rules.catalog.training)} training examples"
+          f"{f', {len(rules.replies.replies)} saved replies' if rules.replies.replies else ''})")
     _print_encodings_coverage(directory)
     return 0
 

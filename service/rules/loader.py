@@ -18,6 +18,7 @@ from service.rules.catalog import Catalog, load_catalog
 from service.rules.experiments import NO_EXPERIMENTS, Experiments, load_experiments
 from service.rules.flows import NO_FLOWS, Flows, load_flows
 from service.rules.redaction import load_redaction
+from service.rules.replies import NO_REPLIES, SavedReplies, load_replies
 from service.rules.routing import RoutingTree, load_routing_tree
 from service.rules.surveys import NO_SURVEYS, Surveys, load_surveys
 from service.rules.yamlfile import ConfigError
@@ -34,9 +35,9 @@ from service.understanding.encodings_file import (
 )
 from service.understanding.model_cache import MODELS_CACHE, load_model, save_model
 
-# flows, redaction, surveys and experiments are optional
+# flows, redaction, surveys, experiments and replies are optional
 RULE_FILES = ("catalog.yaml", "routes.yaml", "flows.yaml", "redaction.yaml", "surveys.yaml",
-              "experiments.yaml")
+              "experiments.yaml", "replies.yaml")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Rules:
     redactor: Redactor = CARDS_ONLY
     surveys: Surveys = NO_SURVEYS
     experiments: Experiments = NO_EXPERIMENTS
+    replies: SavedReplies = NO_REPLIES
 
 
 def load_rules(directory: Path, *, with_classifier: bool = True,
@@ -67,6 +69,7 @@ def load_rules(directory: Path, *, with_classifier: bool = True,
     redactor = load_redaction(directory, display)
     surveys = load_surveys(directory, display, catalog.types.keys())
     experiments = load_experiments(directory, display, catalog.types.keys(), flows.flows.keys())
+    replies = load_replies(directory, display, catalog.types.keys())
     learned = tuple((text, label) for text, label in learned if label in catalog.types)
     examples = catalog.training + learned
     out_of_scope = catalog.out_of_scope + catalog.background
@@ -75,7 +78,7 @@ def load_rules(directory: Path, *, with_classifier: bool = True,
     classifier = _trained(training_digest, examples, out_of_scope, catalog, directory) \
         if with_classifier else None
     return Rules(directory, _digest(files, training_digest), catalog, tree, classifier,
-                 learned, flows, files, redactor, surveys, experiments)
+                 learned, flows, files, redactor, surveys, experiments, replies)
 
 
 def _served(channels: Collection[str] | None) -> Collection[str]:

@@ -37,12 +37,16 @@ class MissingValue(LookupError):
     """A text names a value this customer or flow does not have."""
 
 
-def fill(template: str, values: Mapping[str, Any], convert=str) -> str:
-    """Every placeholder replaced; MissingValue when one has no value (None or empty)."""
+def fill(template: str, values: Mapping[str, Any], convert=str,
+         gap: Callable[[str], str] | None = None) -> str:
+    """Every placeholder replaced; MissingValue when one has no value (None or empty), unless
+    `gap` says what to put in its place instead."""
     def value(match: re.Match) -> str:
         found: Any = values
         for part in (match[1], *match[2].split(".")[1:]):
             if not isinstance(found, Mapping) or found.get(part) in (None, ""):
+                if gap is not None:
+                    return gap(match[0])
                 raise MissingValue(match[0])
             found = found[part]
         return convert(found)
@@ -50,10 +54,12 @@ def fill(template: str, values: Mapping[str, Any], convert=str) -> str:
     return PLACEHOLDER.sub(value, template)
 
 
-def render(template: str, values: Mapping[str, Any]) -> str:
-    """The text a customer gets: optional parts kept only when all their values exist."""
+def render(template: str, values: Mapping[str, Any],
+           gap: Callable[[str], str] | None = None) -> str:
+    """The text a customer gets: optional parts kept only when all their values exist; a
+    required value that is missing raises MissingValue, or becomes `gap(placeholder)`."""
     if "[" not in template:
-        return fill(template, values)
+        return fill(template, values, gap=gap)
 
     def optional(match: re.Match) -> str:
         try:
@@ -61,7 +67,7 @@ def render(template: str, values: Mapping[str, Any]) -> str:
         except MissingValue:
             return ""
 
-    text = fill(OPTIONAL.sub(optional, template), values)
+    text = fill(OPTIONAL.sub(optional, template), values, gap=gap)
     return _SPACES.sub(" ", _SPACE_BEFORE_MARK.sub(r"\1", text)).strip()
 
 
@@ -100,9 +106,11 @@ def when(at: float, now: float) -> str:
 # ---- loading -------------------------------------------------------------------------------
 
 def check_template(check: Checker, item: LocatedDict, key: str, template: str, path: tuple,
-                   saved: set[str] | None) -> None:
+                   saved: set[str] | None, *, for_agent: bool = False) -> None:
     """Report every placeholder the text cannot fill: unknown names, values not saved by an
-    earlier step (`saved`; None where no flow runs), customer values outside [ ]."""
+    earlier step (`saved`; None where no flow runs), customer values outside [ ].
+    `for_agent`: a saved reply an agent edits before sending (replies.py): {agent.name} is
+    known, and customer values may stand outside [ ] (a gap the agent fills in)."""
     where = (*path, key)
     unbalanced = OPTIONAL.sub("", template)
     if "[" in unbalanced or "]" in unbalanced:
@@ -111,7 +119,7 @@ def check_template(check: Checker, item: LocatedDict, key: str, template: str, p
     inside = {m.span() for part in OPTIONAL.finditer(template)
               for m in PLACEHOLDER.finditer(template, part.start(), part.end())}
     for match in PLACEHOLDER.finditer(template):
-        problem = _problem(match, saved, match.span() in inside)
+        problem = _problem(match, saved, match.span() in inside or for_agent, for_agent)
         if problem:
             check.error(item, key, problem, where)
     for braces in re.finditer(r"\{[^{}]*\}", template):
@@ -120,8 +128,11 @@ def check_template(check: Checker, item: LocatedDict, key: str, template: str, p
                         "{name.field} in lower_snake_case", where)
 
 
-def _problem(match: re.Match, saved: set[str] | None, optional: bool) -> str | None:
+def _problem(match: re.Match, saved: set[str] | None, optional: bool,
+             for_agent: bool = False) -> str | None:
     name, fields = match[1], match[2].split(".")[1:]
+    if for_agent and name == "agent":
+        return None if fields == ["name"] else f"'{match[0]}': the agent has only {{agent.name}}"
     if name in PERSONAL:
         if name == "customer" and len(fields) != 1:
             return (f"'{match[0]}': write {{customer.name}} or {{customer.<attribute>}}, "
@@ -135,8 +146,10 @@ def _problem(match: re.Match, saved: set[str] | None, optional: bool) -> str | N
                     "words that go with it, e.g. [Hi {customer.name}. ]")
         return None
     if saved is None:
-        return (f"unknown placeholder '{match[0]}': answers may use {{customer.name}}, "
-                "{customer.<attribute>} and {last_contact.label|type|channel|when}")
+        what = "saved replies" if for_agent else "answers"
+        also = ", {agent.name}" if for_agent else ""
+        return (f"unknown placeholder '{match[0]}': {what} may use {{customer.name}}, "
+                f"{{customer.<attribute>}}{also} and {{last_contact.label|type|channel|when}}")
     if name not in saved:
         return f"'{{{name}}}' is not saved by an earlier step"
     return None
