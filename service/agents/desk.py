@@ -261,6 +261,8 @@ class AgentDesk:
             note = str(frame.get("note") or "")[:MAX_TEXT_CHARS]
             await self._handoff.wrap_up(agent, contact_id, frame["resolved"], correction, note)
             await ws.send_json({"type": "wrapped_up", "contact_id": contact_id})
+        elif kind == "replies":
+            await ws.send_json(await self._handoff.saved_replies(agent, contact_id))
         elif kind == "transfer":
             request = TransferRequest.from_frame(frame)
             await ws.send_json(await self._handoff.transfers.request(agent, request))

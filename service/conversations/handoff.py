@@ -22,6 +22,7 @@ from service.conversations.record import Conversation
 from service.model import AgentLine, DeliveryFailed, OutboundChannel
 from service.reporting.events import Event, EventWriter
 from service.rules.loader import Rules
+from service.rules.replies import replies_for
 
 log = structlog.get_logger(__name__)
 
@@ -216,6 +217,16 @@ class Handoff:
         return {"type": "assigned", "contact_id": conv["contact_id"], "channel": conv["channel"],
                 "queue": conv.get("queue"), "reason": conv.get("reason"),
                 "context": agent_context(self._rules(), conv)}
+
+    async def saved_replies(self, agent: dict[str, Any], contact_id: str) -> dict[str, Any]:
+        """The `replies` frame: the saved replies for the agent's own contact, filled in for
+        its customer and this agent (replies.py), those for its contact type first."""
+        _, conv = await self._assigned(agent, contact_id)
+        rules = self._rules()
+        filled = replies_for(rules.replies, rules.catalog, conv, agent["name"], time.time())
+        return {"type": "replies", "contact_id": contact_id,
+                "contact_type": conv.get("contact_type"),
+                "replies": [reply.frame() for reply in filled]}
 
     # ---- conversation with the agent -----------------------------------------------------
 

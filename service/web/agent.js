@@ -75,6 +75,8 @@ const ui = {
   ctxConfidence: $("ctx-confidence"), ctxReason: $("ctx-reason"), ctxQueue: $("ctx-queue"),
   ctxCustomer: $("ctx-customer"), ctxAttributes: $("ctx-attributes"), ctxSteps: $("ctx-steps"),
   ctxEarlier: $("ctx-earlier"), toast: $("toast"),
+  repliesPanel: $("replies-panel"), repliesFilter: $("replies-filter"),
+  repliesList: $("replies-list"), repliesButton: $("replies-button"),
 };
 
 const state = {
@@ -87,6 +89,7 @@ const state = {
   selected: null, // contact_id of an offer or a contact
   earlyStatuses: new Map(), // contact_id -> message_status frames that came before "assigned"
   callbacksGone: new Map(), // contact_id -> attempt whose call failed before "assigned" came
+  replies: new Map(), // contact_id -> saved replies filled in for it (replies frame)
 };
 
 // ---- connection ----------------------------------------------------------------------------
@@ -176,6 +179,8 @@ function handle(frame) {
       return onCallbackResult(frame);
     case "message_status":
       return onMessageStatus(frame);
+    case "replies":
+      return onReplies(frame);
     case "error":
       return onError(frame);
     default:
@@ -255,6 +260,7 @@ function onAssigned(frame) {
     pending: false,
   });
   const contact = state.contacts.get(id);
+  if (frame.channel !== "voice") sendFrame({ type: "replies", contact_id: id }); // ready for "/"
   for (const early of state.earlyStatuses.get(id) || []) applyStatus(contact, early);
   state.earlyStatuses.delete(id);
   const wasWaitingForThis = offer?.pending || !state.selected || !isKnown(state.selected);
@@ -322,6 +328,7 @@ function onContactEnded(frame) {
 function onWrappedUp(frame) {
   const contact = state.contacts.get(frame.contact_id);
   state.contacts.delete(frame.contact_id);
+  state.replies.delete(frame.contact_id);
   if (state.selected === frame.contact_id) state.selected = firstSelectable();
   toast(`Wrapped up${contact ? `: ${contactTitle(contact.frame)}` : ""}.`, "info");
   render();
@@ -465,6 +472,10 @@ ui.replyForm.addEventListener("submit", (event) => {
   const contact = state.contacts.get(state.selected);
   const text = ui.reply.value.trim();
   if (!contact || !text || contact.ended) return;
+  if (selectGap()) {
+    toast("Fill in the marked gap before sending: this customer has no value for it.");
+    return;
+  }
   if (sendFrame({ type: "message", contact_id: state.selected, text })) {
     contact.transcript.push({ from: "agent", text, at: Date.now() / 1000 });
     ui.reply.value = "";
@@ -473,6 +484,12 @@ ui.replyForm.addEventListener("submit", (event) => {
 });
 
 ui.reply.addEventListener("keydown", (event) => {
+  const atStart = ui.reply.selectionStart === 0 && ui.reply.selectionEnd === 0;
+  if (event.key === "/" && atStart && !event.ctrlKey && !event.metaKey && !event.altKey) {
+    event.preventDefault();
+    openReplies();
+    return;
+  }
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
     event.preventDefault();
     ui.replyForm.requestSubmit();
@@ -508,11 +525,170 @@ ui.transferForm.addEventListener("submit", (event) => {
 });
 
 function selectContact(id) {
+  if (id !== state.selected) closeReplies(false);
   state.selected = id;
   const contact = state.contacts.get(id);
   if (contact) contact.unread = 0;
   render();
 }
+
+// ---- saved replies ---------------------------------------------------------------------------
+// The server fills each reply in for the contact (replies frame); "/" at the start of the reply
+// box or the Replies button opens the list, those for the contact's type first. A value the
+// customer lacks stays in the text as its {placeholder}: it is selected after inserting, and
+// Send refuses until it is filled in.
+
+const GAP = /\{(?:customer|agent|last_contact)\.[A-Za-z0-9_-]+\}/;
+const REPLY_GROUPS = { type: null, any: "Any contact", other: "Other contact types" };
+const picker = { open: false, active: 0, shown: [] };
+
+function onReplies(frame) {
+  if (!frame.contact_id || !Array.isArray(frame.replies)) return;
+  state.replies.set(frame.contact_id, frame.replies);
+  if (picker.open && frame.contact_id === state.selected) renderReplies();
+}
+
+function openReplies() {
+  const contact = state.contacts.get(state.selected);
+  if (!contact || ui.reply.disabled) return;
+  sendFrame({ type: "replies", contact_id: state.selected }); // the rules may have changed
+  picker.open = true;
+  picker.active = 0;
+  ui.repliesFilter.value = "";
+  ui.repliesPanel.hidden = false;
+  ui.repliesButton.setAttribute("aria-expanded", "true");
+  renderReplies();
+  ui.repliesFilter.focus();
+}
+
+function closeReplies(refocus = true) {
+  if (!picker.open) return;
+  picker.open = false;
+  ui.repliesPanel.hidden = true;
+  ui.repliesButton.setAttribute("aria-expanded", "false");
+  ui.repliesFilter.removeAttribute("aria-activedescendant");
+  if (refocus) ui.reply.focus();
+}
+
+function matchingReplies() {
+  const words = ui.repliesFilter.value.toLowerCase().split(/\s+/).filter(Boolean);
+  const all = state.replies.get(state.selected) || [];
+  return all.filter((reply) => {
+    const haystack = `${reply.title} ${reply.text} ${reply.id}`.toLowerCase();
+    return words.every((word) => haystack.includes(word));
+  });
+}
+
+function renderReplies() {
+  const contact = state.contacts.get(state.selected);
+  const loaded = state.replies.has(state.selected);
+  picker.shown = matchingReplies();
+  picker.active = Math.min(picker.active, Math.max(picker.shown.length - 1, 0));
+  const items = [];
+  let group = null;
+  picker.shown.forEach((reply, index) => {
+    if (reply.group !== group) {
+      group = reply.group;
+      const label = REPLY_GROUPS[group] ?? null;
+      items.push(el("li", { class: "replies-group", role: "presentation",
+                            text: label || `For ${typeLabel(contact?.frame.context)}` }));
+    }
+    const active = index === picker.active;
+    items.push(el("li", {
+      id: `reply-option-${index}`, role: "option", class: "reply-option",
+      "aria-selected": active ? "true" : "false",
+      onmousedown: (event) => event.preventDefault(), // keep focus in the search box
+      onclick: () => insertReply(reply),
+      onmousemove: () => { if (picker.active !== index) { picker.active = index; markActive(); } },
+    },
+    el("span", { class: "reply-title" }, reply.title,
+      reply.gaps?.length ? el("span", { class: "reply-gap-note",
+                                         text: `needs ${reply.gaps.map(gapName).join(", ")}` }) : null),
+    el("span", { class: "reply-text", text: reply.text })));
+  });
+  if (!items.length) {
+    items.push(el("li", { class: "replies-empty", role: "presentation",
+                          text: !loaded ? "Loading saved replies…"
+                            : ui.repliesFilter.value ? "No saved reply matches." : "No saved replies." }));
+  }
+  ui.repliesList.replaceChildren(...items);
+  markActive();
+}
+
+function markActive() {
+  for (const node of ui.repliesList.querySelectorAll("[role=option]")) {
+    node.setAttribute("aria-selected", String(node.id === `reply-option-${picker.active}`));
+  }
+  const active = $(`reply-option-${picker.active}`);
+  if (active) {
+    ui.repliesFilter.setAttribute("aria-activedescendant", active.id);
+    active.scrollIntoView({ block: "nearest" });
+  } else {
+    ui.repliesFilter.removeAttribute("aria-activedescendant");
+  }
+}
+
+function gapName(placeholder) {
+  return placeholder.slice(1, -1).replace(/^customer\./, "customer's ").replaceAll("_", " ")
+    .replace(".", " ");
+}
+
+// Insert at the caret (replacing a selection, or the whole box when it is empty), then select
+// the first gap, or put the caret after the text.
+function insertReply(reply) {
+  closeReplies(false);
+  const box = ui.reply;
+  const start = box.selectionStart ?? box.value.length;
+  const end = box.selectionEnd ?? box.value.length;
+  const before = box.value.slice(0, start);
+  const after = box.value.slice(end);
+  const joiner = before && !/\s$/.test(before) ? " " : "";
+  box.value = `${before}${joiner}${reply.text}${after}`.slice(0, Number(box.maxLength) || 2000);
+  const caret = before.length + joiner.length + reply.text.length;
+  box.focus();
+  if (!selectGap()) box.setSelectionRange(caret, caret);
+}
+
+function selectGap() {
+  const found = GAP.exec(ui.reply.value);
+  if (!found) return false;
+  ui.reply.focus();
+  ui.reply.setSelectionRange(found.index, found.index + found[0].length);
+  return true;
+}
+
+ui.repliesButton.addEventListener("click", () => (picker.open ? closeReplies() : openReplies()));
+ui.repliesFilter.addEventListener("input", () => { picker.active = 0; renderReplies(); });
+ui.repliesFilter.addEventListener("keydown", (event) => {
+  const last = picker.shown.length - 1;
+  if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+    event.preventDefault();
+    if (last < 0) return;
+    const step = event.key === "ArrowDown" ? 1 : -1;
+    picker.active = (picker.active + step + last + 1) % (last + 1);
+    markActive();
+  } else if (event.key === "Home" || event.key === "End") {
+    if (last < 0 || ui.repliesFilter.value) return;
+    event.preventDefault();
+    picker.active = event.key === "Home" ? 0 : last;
+    markActive();
+  } else if (event.key === "Enter") {
+    const reply = picker.shown[picker.active];
+    if (!reply) return;
+    event.preventDefault();
+    insertReply(reply);
+  } else if (event.key === "Escape") {
+    event.preventDefault();
+    closeReplies();
+  } else if (event.key === "Backspace" && !ui.repliesFilter.value) {
+    event.preventDefault(); // backspacing over the "/" closes, as in a chat app
+    closeReplies();
+  }
+});
+ui.repliesPanel.addEventListener("focusout", (event) => {
+  if (picker.open && !ui.repliesPanel.contains(event.relatedTarget) &&
+      event.relatedTarget !== ui.repliesButton) closeReplies(false);
+});
 
 // ---- rendering -----------------------------------------------------------------------------
 
@@ -667,6 +843,8 @@ function renderSelected() {
   const canReply = contact && !contact.ended && frame.channel !== "voice";
   ui.reply.disabled = !canReply;
   ui.send.disabled = !canReply;
+  ui.repliesButton.disabled = !canReply;
+  if (!canReply) closeReplies(false);
   ui.finish.disabled = Boolean(contact?.pending);
   ui.finish.textContent = contact?.pending ? "Finishing…" : "Finish contact";
   ui.endedBanner.hidden = !(contact?.ended || (contact && frame.channel === "voice"));
