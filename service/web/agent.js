@@ -544,8 +544,17 @@ const picker = { open: false, active: 0, shown: [] };
 
 function onReplies(frame) {
   if (!frame.contact_id || !Array.isArray(frame.replies)) return;
+  const first = !state.replies.has(frame.contact_id);
   state.replies.set(frame.contact_id, frame.replies);
-  if (picker.open && frame.contact_id === state.selected) renderReplies();
+  if (!picker.open || frame.contact_id !== state.selected) return;
+  renderReplies();
+  if (first) holdPanelHeight();
+}
+
+// The panel keeps the height it opened with, so the search box stays put while typing.
+function holdPanelHeight() {
+  ui.repliesPanel.style.height = "";
+  ui.repliesPanel.style.height = `${ui.repliesPanel.offsetHeight}px`;
 }
 
 function openReplies() {
@@ -555,9 +564,13 @@ function openReplies() {
   picker.open = true;
   picker.active = 0;
   ui.repliesFilter.value = "";
+  // Over the transcript only: the conversation's heading stays in sight.
+  const room = ui.replyForm.getBoundingClientRect().top - ui.transcript.getBoundingClientRect().top;
+  ui.repliesPanel.style.maxHeight = `${Math.max(220, Math.min(460, room - 4))}px`;
   ui.repliesPanel.hidden = false;
   ui.repliesButton.setAttribute("aria-expanded", "true");
   renderReplies();
+  holdPanelHeight();
   ui.repliesFilter.focus();
 }
 
@@ -604,7 +617,7 @@ function renderReplies() {
     el("span", { class: "reply-title" }, reply.title,
       reply.gaps?.length ? el("span", { class: "reply-gap-note",
                                          text: `needs ${reply.gaps.map(gapName).join(", ")}` }) : null),
-    el("span", { class: "reply-text", text: reply.text })));
+    el("span", { class: "reply-text" }, ...withGapsMarked(reply.text))));
   });
   if (!items.length) {
     items.push(el("li", { class: "replies-empty", role: "presentation",
@@ -626,6 +639,12 @@ function markActive() {
   } else {
     ui.repliesFilter.removeAttribute("aria-activedescendant");
   }
+}
+
+// The text with each gap in a <mark>, all through textContent (replies hold customer data).
+function withGapsMarked(text) {
+  return text.split(new RegExp(`(${GAP.source})`)).map((part, i) =>
+    (i % 2 ? el("mark", { class: "gap", text: part }) : part));
 }
 
 function gapName(placeholder) {
