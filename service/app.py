@@ -331,7 +331,8 @@ async def conversations(app: web.Application) -> AsyncIterator[None]:
                              {name: t.default_capacity for name, t in traits.items()})
     app[QUEUE_LOAD] = QueueLoad(app[ROUTER], lambda: current_rules().tree.queues)
     app[HANDOFF] = Handoff(current_rules, context, app[ROUTER], app[BUS], app[EVENTS],
-                           outbound_channels(app), app[OUTBOX])
+                           outbound_channels(app), app[OUTBOX],
+                           rules_for=lambda held: app[RULES].for_contact(held))
     app[OUTBOX].call_failed = app[HANDOFF].callbacks.on_outcome
     app[CONVERSATIONS] = Conversations(
         rules=current_rules, context=context, handoff=app[HANDOFF], events=app[EVENTS],

@@ -22,7 +22,7 @@ from tests.conftest import ROOT, service_with_rules
 from tests.test_agents import ALL_SKILLS, login
 from tests.test_rules_audit import cli, cli_env, reload  # noqa: F401 (fixture)
 from tests.test_rules_validation import errors, write_rules
-from tests.twilio_driver import text
+from tests.twilio_driver import SERVICE_NUMBER, text
 
 GOOD = """\
 replies:
@@ -237,3 +237,46 @@ async def test_an_unknown_customer_gets_the_wording_without_their_values(shop, d
          ["{customer.member_number}"])
     await agent.send(type="replies", contact_id="")
     assert (await asyncio.wait_for(agent.ws.receive_json(), 5))["code"] == "bad_frame"
+
+
+async def test_a_canary_contact_gets_the_canarys_replies(settings, redis_client, db, tmp_path):
+    stable, candidate = (tmp_path / name for name in ("stable", "candidate"))
+    for directory in (stable, candidate):
+        shutil.copytree(ROOT / "routing_rules", directory, ignore=shutil.ignore_patterns("bank"))
+    replies = (candidate / "replies.yaml").read_text()
+    (candidate / "replies.yaml").write_text(replies.replace("Hi[ {customer.name}], I'm",
+                                                            "CANARY hello, I'm"))
+    async with service_with_rules(settings, stable) as client:
+        token = await create_token(db, "ops", "tests")
+        response = await client.post(
+            "/api/rules/canary", headers={"Authorization": f"Bearer {token}"},
+            json={"directory": str(candidate), "share": 0.5, "guardrails": []})
+        assert response.status == 200, await response.text()
+        agent = await login(client, db, name="Dana", skills=ALL_SKILLS, capacity={"sms": 20})
+        arms: dict[str, str] = {}  # arm -> the phone of a contact in it
+        for i in range(20):
+            phone = f"+1555333{i:04d}"
+            await text(client, phone, "I want to talk to a human agent")
+            raw = await redis_client.get(f"sb:{{phone:{phone}}}:conv:sms:{SERVICE_NUMBER}")
+            arms.setdefault(json.loads(raw)["canary"]["arm"], phone)
+            if len(arms) == 2:
+                break
+        # Every offer is taken; the two contacts' replies are asked for once they are ours
+        # (frames come in any order, so none is skipped).
+        wanted = {phone: arm for arm, phone in arms.items()}
+        arm_of: dict[str, str] = {}
+        greetings: dict[str, str] = {}
+        while len(greetings) < 2:
+            frame = await asyncio.wait_for(agent.ws.receive_json(), 15)
+            if frame["type"] == "offer":
+                await agent.send(type="accept", contact_id=frame["contact_id"])
+            elif frame["type"] == "assigned":
+                arm = wanted.get(frame["context"]["customer"]["address"])
+                if arm:
+                    arm_of[frame["contact_id"]] = arm
+                    await agent.send(type="replies", contact_id=frame["contact_id"])
+            elif frame["type"] == "replies":
+                greetings[arm_of[frame["contact_id"]]] = next(
+                    r["text"] for r in frame["replies"] if r["id"] == "greeting")
+        assert greetings["canary"].startswith("CANARY hello, I'm Dana from Example Shop.")
+        assert greetings["stable"].startswith("Hi, I'm Dana from Example Shop.")

@@ -110,8 +110,10 @@ def offer_frame(entry: dict[str, Any], kind: str = "offer", **extra: Any) -> dic
 class Handoff:
     def __init__(self, rules: Callable[[], Rules], context: ContextStore, router: Dispatcher,
                  bus: Bus, events: EventWriter, channels: Mapping[str, OutboundChannel],
-                 outbox: Outbox):
+                 outbox: Outbox, rules_for: Callable[[Any], Rules] | None = None):
         self._rules = rules
+        # a contact's own rules: a canary's, for a contact opened in its share (holder.py)
+        self._rules_for = rules_for or (lambda held: rules())
         self._context = context
         self.router = router
         self._bus = bus
@@ -222,7 +224,7 @@ class Handoff:
         """The `replies` frame: the saved replies for the agent's own contact, filled in for
         its customer and this agent (replies.py), those for its contact type first."""
         _, conv = await self._assigned(agent, contact_id)
-        rules = self._rules()
+        rules = self._rules_for(conv.get("canary"))
         filled = replies_for(rules.replies, rules.catalog, conv, agent["name"], time.time())
         return {"type": "replies", "contact_id": contact_id,
                 "contact_type": conv.get("contact_type"),
