@@ -123,6 +123,11 @@ async def test_an_agent_inserts_a_saved_reply_with_the_keyboard(app_settings, db
             await search.press("Escape")
             await expect(panel).to_be_hidden()
             await expect(reply).to_be_focused()
+            await reply.press("/")
+            await search.press("/")  # "//" types a slash
+            await expect(panel).to_be_hidden()
+            await expect(reply).to_have_value("/")
+            await reply.fill("")
             await agent.get_by_role("button", name="Replies").click()
             await expect(search).to_be_focused()
 
@@ -137,6 +142,7 @@ async def test_an_agent_inserts_a_saved_reply_with_the_keyboard(app_settings, db
             await reply.press("Enter")
             await expect(agent.locator("#toast")).to_contain_text("Fill in the marked gap")
             await expect(reply).not_to_have_value("")
+            await agent.screenshot(path=artifact("agent-saved-reply-gap.png"))
             await agent.keyboard.type("M-2291")
             await reply.press("Enter")
             await expect(log.locator(".msg.agent").last).to_contain_text(

@@ -662,7 +662,8 @@ function insertReply(reply) {
   const before = box.value.slice(0, start);
   const after = box.value.slice(end);
   const joiner = before && !/\s$/.test(before) ? " " : "";
-  box.value = `${before}${joiner}${reply.text}${after}`.slice(0, Number(box.maxLength) || 2000);
+  const tail = after && !/^\s/.test(after) ? " " : "";
+  box.value = `${before}${joiner}${reply.text}${tail}${after}`.slice(0, Number(box.maxLength) || 2000);
   const caret = before.length + joiner.length + reply.text.length;
   box.focus();
   if (!selectGap()) box.setSelectionRange(caret, caret);
@@ -702,6 +703,10 @@ ui.repliesFilter.addEventListener("keydown", (event) => {
   } else if (event.key === "Backspace" && !ui.repliesFilter.value) {
     event.preventDefault(); // backspacing over the "/" closes, as in a chat app
     closeReplies();
+  } else if (event.key === "/" && !ui.repliesFilter.value) {
+    event.preventDefault(); // "//": the agent meant a slash
+    closeReplies();
+    ui.reply.setRangeText("/", 0, 0, "end");
   }
 });
 ui.repliesPanel.addEventListener("focusout", (event) => {
