@@ -60,6 +60,7 @@ from service.infra.redis_batch import batcher_for
 from service.infra.redis_url import client_for, close_client, publisher_for, subscriber_for
 from service.model import ChannelTraits, Inbound, Reply
 from service.reporting import (
+    agent_report,
     erasure_api,
     experiments,
     experiments_api,
@@ -111,6 +112,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(experiments_api.routes())
     app.router.add_routes(erasure_api.routes())
     app.router.add_routes(supervisor.routes())
+    app.router.add_routes(agent_report.routes())
     app.router.add_routes(pages())
     app.on_shutdown.append(close_websockets)
     app.on_response_prepare.append(content_security_policy)
