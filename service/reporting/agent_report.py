@@ -70,14 +70,14 @@ DEFINITIONS = {
 # The agent events of the window, then each wrap-up with the seconds since the same agent's
 # accept (looked up by contact: the accept may lie before the window) and its contact's CSAT
 # answer (contact_facts: the first survey_sent kind and the first survey_answered score).
-QUERY = """
+QUERY = f"""
 WITH window_events AS (
     SELECT e.kind, e.contact_id, e.occurred_at, e.data,
            CASE WHEN e.kind = 'transferred' THEN e.data->>'from_agent'
                 ELSE e.data->>'agent_id' END AS agent_id
     FROM contact_events e
     WHERE e.occurred_at >= $1::timestamptz AND e.occurred_at < $2::timestamptz
-      AND e.kind = ANY($3::text[])
+      AND e.kind IN ({', '.join(repr(k) for k in AGENT_EVENTS)})
 ),
 wrap_ups AS (
     SELECT w.agent_id, w.kind,
@@ -172,7 +172,7 @@ def _seconds(value: float | None) -> float | None:
 
 async def agent_report(conn: asyncpg.Connection | asyncpg.Pool, window: Window) -> dict[str, Any]:
     """Per agent and for the team, the figures of DEFINITIONS over the window."""
-    rows = await _run(conn, "agents", QUERY, (window.start, window.end, list(AGENT_EVENTS)))
+    rows = await _run(conn, "agents", QUERY, (window.start, window.end))
     [team] = [AgentFigures.from_row(r) for r in rows if r["team"]]
     agents = sorted((AgentFigures.from_row(r) for r in rows if not r["team"]),
                     key=lambda a: ((a.name or "").lower(), a.id or ""))

@@ -1,6 +1,7 @@
 """Ops commands of the `switchboard` CLI: report, simulate, tokens add, demo.
 
     switchboard report --from 2024-05-01 --to 2024-05-08 [--format table|json|csv]
+    switchboard report agents --from F --to T [--format table|json|csv]   (agent_report_cli.py)
     switchboard simulate [--rules DIR] [--against DIR] [--from F --to T] [--format table|json]
     switchboard tokens add --role ops|supervisor [--name N]   the token alone on the last line
     switchboard demo --contacts 200 [--url U]         synthetic traffic through the public endpoints
@@ -39,6 +40,9 @@ def add_parsers(commands) -> None:
                         help="answer-time target of service_level (default 60)")
     _segment_arguments(report)
     report.set_defaults(func=cmd_report)
+    from service.reporting import agent_report_cli
+
+    agent_report_cli.add_parser(report)
 
     ranked = commands.add_parser(
         "candidates", help="contact types ranked as self-service candidates: agent time they "
