@@ -2,6 +2,7 @@
 // No build step and nothing fetched from elsewhere: this file, ops.css and the API.
 
 import { el, formatRate, formatScore, svg } from "/static/ops_draw.js";
+import { createAgentsPanel } from "/static/ops_agents.js";
 import { createFlow } from "/static/ops_flow.js";
 import { createHeatmap } from "/static/ops_heatmap.js";
 
@@ -209,6 +210,7 @@ async function load(range) {
     refreshQueues();
     loadExperiments(range, token);
     loadUnrecognised(range, token);
+    loadAgents(range, token);
   } catch (error) {
     if (error instanceof Unauthorized) {
       sessionStorage.removeItem(TOKEN_KEY);
@@ -675,6 +677,22 @@ function renderUnrecognised(report) {
     `${how.method === "encoder" ? "sentence embeddings" : "n-gram TF-IDF"}, similarity ≥ ` +
     `${how.threshold} · turn a cluster into training examples: `,
   el("code", { text: "switchboard unrecognised adopt CLUSTER --type TYPE [--new]" }));
+}
+
+// ---- agents (/api/reports/agents; ops_agents.js) -------------------------------------------
+
+let agentsPanel = null;
+
+async function loadAgents(range, token) {
+  agentsPanel ??= createAgentsPanel($("agents"));
+  $("agents-note").textContent = "Loading…";
+  try {
+    agentsPanel.render(await fetchJson(`/api/reports/agents?${new URLSearchParams(range)}`, token));
+    $("agents-note").textContent = "Each figure counts what happened in the window: offers when " +
+      "made, contacts when wrapped up (CSAT: their answers). Click a heading to sort.";
+  } catch (error) {
+    $("agents-note").textContent = `Agents not loaded: ${error.message}`;
+  }
 }
 
 // ---- start --------------------------------------------------------------------------------
