@@ -117,7 +117,12 @@ async def bench(url: str, events: int, days: int, agents: int, runs: int) -> Non
         day = Window(start + timedelta(days=10), start + timedelta(days=11))
         plan = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + agent_report.QUERY,
                                 day.start, day.end)
-        print("\nplan, one day:\n" + "\n".join(r[0] for r in plan))
+        partial = await conn.fetchval(
+            "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = "
+            "'contact_events_2024_04'::regclass AND indpred IS NOT NULL "
+            "AND pg_get_indexdef(indexrelid) LIKE '%offer_expired%'")
+        print(f"\nmigration 020's index on the window's partition: {partial}")
+        print("plan, one day:\n" + "\n".join(r[0] for r in plan))
         whole = Window(first, last + timedelta(seconds=1))
         report = await agent_report.agent_report(conn, whole)
         team = report["team"]

@@ -28,7 +28,7 @@ from tests.twilio_driver import text
 
 ASKS_FOR_A_PERSON = "I want to talk to a human"
 A, B, C, D = "+15555550601", "+15555550602", "+15555550603", "+15555550604"
-OFFER_TIMEOUT_S = 2
+OFFER_TIMEOUT_S = 3  # short, so a missed offer expires soon; long enough for a loaded machine
 
 
 def iso(epoch: float) -> str:
@@ -111,6 +111,9 @@ async def play_the_scenario(client, db) -> dict:
     await text(client, D, ASKS_FOR_A_PERSON)
     d = await dana.next("offer")
     await accept(dana, d)
+    await asyncio.sleep(0.05)
+    moments["d_accepted"] = time.time()  # between D's accept and its wrap-up
+    await asyncio.sleep(0.05)
     await wrap_up(dana, d, resolved=True, correction="track_order")
     assert await text(client, D, "4 thanks") == ["Thank you for your feedback!"]
     await asyncio.sleep(0.05)
@@ -200,6 +203,15 @@ async def test_the_window_takes_only_the_events_that_happened_in_it(agent_servic
             "transfers_out": 0, "retyped": 1, "csat": 4.0, "csat_responses": 1}
         assert (early["Eli"]["handled"], late["Eli"]["handled"]) == (3, 0)
         assert late["Eli"]["offers"] == 0 and after["agents"][1]["handle_time_mean_s"] is None
+
+        # D accepted before the window, wrapped up in it: handled, with its whole handle time
+        _, straddling = await report(client, token, **{"from": iso(moments["d_accepted"]),
+                                                      "to": iso(moments["end"])})
+        dana = straddling["agents"][0]
+        assert (dana["offers"], dana["accepted"], dana["handled"]) == (0, 0, 1)
+        [seconds] = await handle_times(db, "Dana")
+        assert seconds > 0.1
+        assert dana["handle_time_mean_s"] == pytest.approx(seconds, abs=0.001)
 
         _, later = await report(client, token, **{"from": iso(moments["end"] + 1),
                                                  "to": iso(moments["end"] + 3600)})

@@ -68,8 +68,9 @@ DEFINITIONS = {
 }
 
 # The agent events of the window, then each wrap-up with the seconds since the same agent's
-# accept (looked up by contact: the accept may lie before the window) and its contact's CSAT
-# answer (contact_facts: the first survey_sent kind and the first survey_answered score).
+# accept and its contact's CSAT answer (contact_facts: the first survey_sent kind and the first
+# survey_answered score). The accept is nearly always in the window too; only when it is not
+# is it looked up by contact (COALESCE evaluates that sub-query only then).
 QUERY = f"""
 WITH window_events AS (
     SELECT e.kind, e.contact_id, e.occurred_at, e.data,
@@ -79,20 +80,25 @@ WITH window_events AS (
     WHERE e.occurred_at >= $1::timestamptz AND e.occurred_at < $2::timestamptz
       AND e.kind IN ({', '.join(repr(k) for k in AGENT_EVENTS)})
 ),
+accepts AS (
+    SELECT contact_id, agent_id, max(occurred_at) AS at FROM window_events
+    WHERE kind = 'agent_accepted' GROUP BY contact_id, agent_id
+),
 wrap_ups AS (
     SELECT w.agent_id, w.kind,
-           extract(epoch FROM w.occurred_at - accepted.at)::float8 AS handle_s,
+           extract(epoch FROM w.occurred_at - COALESCE(
+               CASE WHEN a.at <= w.occurred_at THEN a.at END,
+               (SELECT p.occurred_at FROM contact_events p
+                WHERE p.contact_id = w.contact_id AND p.occurred_at <= w.occurred_at
+                  AND p.kind = 'agent_accepted' AND p.data->>'agent_id' = w.agent_id
+                ORDER BY p.occurred_at DESC, p.seq DESC LIMIT 1)))::float8 AS handle_s,
            (w.data->>'resolved')::boolean AS resolved,
            (w.data->>'corrected_contact_type' IS NOT NULL
             AND w.data->>'corrected_contact_type'
                 IS DISTINCT FROM w.data->>'classified_as') AS retyped,
            CASE WHEN (f.survey).value = 'csat' THEN ((f.survey_answer).value)::int END AS csat
     FROM window_events w
-    LEFT JOIN LATERAL (
-        SELECT p.occurred_at AS at FROM contact_events p
-        WHERE p.contact_id = w.contact_id AND p.occurred_at <= w.occurred_at
-          AND p.kind = 'agent_accepted' AND p.data->>'agent_id' = w.agent_id
-        ORDER BY p.occurred_at DESC, p.seq DESC LIMIT 1) accepted ON true
+    LEFT JOIN accepts a ON a.contact_id = w.contact_id AND a.agent_id = w.agent_id
     LEFT JOIN contact_facts f ON f.contact_id = w.contact_id
     WHERE w.kind = 'wrap_up'
 ),
