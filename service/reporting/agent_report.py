@@ -25,6 +25,7 @@ from service.appkeys import PG
 from service.reporting.ops_api import _json, _window, ops_report
 from service.reporting.reports import METRIC_VERSION, Window, _run, ratio
 
+# The kinds of migration 020's partial index (its predicate must imply the query's filter).
 AGENT_EVENTS = ("offered", "agent_accepted", "offer_declined", "offer_expired", "wrap_up",
                 "transferred")
 
