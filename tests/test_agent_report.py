@@ -228,6 +228,9 @@ async def test_tokens_and_bad_windows(agent_service, db):
         assert status == 401 and "ops or supervisor token" in body["error"]
         status, body = await report(client, agent_token)
         assert status == 401 and "ops or supervisor token" in body["error"]
+        status, body = await report(client, await create_token(db, "agent", "not for this"))
+        assert status == 403 and body["error"] == (
+            "tokens of role 'agent' cannot read the agent report; use an ops or supervisor token")
         ops = await create_token(db, "ops", "wallboard")
         before = await db.fetchval("SELECT count(*) FROM contact_events")
         for window, message in (({"from": "yesterday"}, "'from' is not a date or time"),

@@ -76,8 +76,8 @@ def add_parsers(commands) -> None:
     tokens = commands.add_parser("tokens", help="API tokens").add_subparsers(
         dest="tokens_command", required=True)
     add = tokens.add_parser("add", help="create a token and print it once: ops (the report API, "
-                            "/ops and /supervisor) or supervisor (/supervisor only); agents get "
-                            "theirs from `agents add`")
+                            "/ops and /supervisor) or supervisor (/supervisor and the agent report "
+                            "only); agents get theirs from `agents add`")
     add.add_argument("--role", required=True, choices=("ops", "supervisor"))
     add.add_argument("--name", default="", help="who or what uses it, for your records")
     add.set_defaults(func=cmd_tokens_add)
