@@ -36,6 +36,13 @@ PUBLIC_URL = "https://switchboard.example.test"
 AUTH_TOKEN = "test-auth-token"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def logs_on_stderr() -> None:
+    """The service's log lines go to stderr, as in production, so that a command's output on
+    stdout (a report as JSON or CSV) never has a background task's log line in it."""
+    configure_logging("console", "info")
+
+
 @pytest.fixture(scope="session")
 def server_urls(tmp_path_factory) -> Iterator[tuple[str, str]]:
     data_dir = tmp_path_factory.mktemp("servers")
