@@ -7,10 +7,11 @@ Starts an embedded PostgreSQL in a temporary folder (or uses DATABASE_URL, in a 
 it drops afterwards), applies the migrations, writes at least --events contact events with
 COPY, ANALYZEs, then times the report queries of service/reports.py: the summary (the whole
 log, then one day of it), the touchpoint matrix, journeys with drop-outs, and the trend; then,
-with every customer given a tier in the directory, the summary of one tier and the summary
-and matrix split by tier.
-Before them it times the first summary, matrix and journeys over the whole log, which
-compute and keep the day roll-ups the later runs read (service/reporting/rollups.py).
+with every customer given a tier in the directory, the summary and matrix of one tier and
+the summary, matrix and journeys split by tier.
+Before them it times the first summary, matrix and journeys over the whole log, and then the
+first of each split by tier, which compute and keep the day roll-ups (by tier, for the
+splits) the later runs read (service/reporting/rollups.py).
 Prints the median and the fastest of --runs runs of each; results go in load_tests/REPORTS.md.
 With --keep DIR the embedded server's data stays in DIR and its database is kept: a later run
 with the same DIR and --events applies any new migration and times the queries again without
@@ -222,6 +223,12 @@ async def bench(url: str, events: int, days: int, runs: int, warm: bool = False)
                      reports.summary, conn, whole, rules, "tier")),
                  ("matrix split by tier, whole log", lambda: reports.split(
                      reports.matrix, conn, whole, rules, "tier")),
+                 ("matrix, tier gold, whole log", lambda: reports.matrix(
+                     conn, whole, rules.with_segment("tier", "gold"))),
+                 ("journeys split by tier, whole log", lambda: reports.split(
+                     reports.journeys, conn, whole, rules, "tier")),
+                 ("summary split by tier, one day", lambda: reports.split(
+                     reports.summary, conn, day, rules, "tier")),
                  ("candidates, whole log", lambda: candidates.candidates(conn, whole, rules)),
                  ("experiment arms, whole log", lambda: experiments.arm_counts(
                      conn, whole, rules, [EXPERIMENT]))]
@@ -260,6 +267,12 @@ async def time_computing_the_rollups(conn: asyncpg.Connection, whole: Window,
         began = time.perf_counter()
         await report(conn, whole, rules)
         print(f"  first {name}, whole log: {(time.perf_counter() - began) * 1000:.0f} ms")
+    for name, report in (("summary", reports.summary), ("matrix", reports.matrix),
+                         ("journeys", reports.journeys)):  # the roll-ups by tier
+        began = time.perf_counter()
+        await reports.split(report, conn, whole, rules, "tier")
+        print(f"  first {name} split by tier, whole log: "
+              f"{(time.perf_counter() - began) * 1000:.0f} ms")
     print("  day roll-ups kept:", await conn.fetchval("SELECT count(*) FROM report_rollups"))
 
 

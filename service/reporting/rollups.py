@@ -13,8 +13,15 @@ service level) and per query text, so a catalog change or a new definition needs
 The rows are those of the same report query over the facts (reports.py), so the served figures
 stay equal to `FROM_EVENTS`; tests/test_reports.py holds them equal on random traffic.
 
-`Warmer` computes the roll-ups of the recent days ahead of the reports (at start, hourly and
-after a rules reload), so the first report after a deploy or a catalog change need not.
+Reports of a customer segment read segmented roll-ups (`SEGMENTED`, migration 018): the same
+rows grouped by the value of one attribute each contact's customer has now (`segment`), so a
+split reads all its segments at once. Triggers on `customers` add the days of the contacts of
+a customer whose attribute changed to `report_attribute_changes`, which a segmented roll-up's
+total counts too; an attribute with more than MAX_ROLLED_UP_VALUES values is not rolled up.
+
+`Warmer` computes the (unsegmented) roll-ups of the recent days ahead of the reports (at start,
+hourly and after a rules reload), so the first report after a deploy or a catalog change need
+not; segmented ones are computed by the first report that needs them.
 """
 
 from __future__ import annotations
