@@ -1,7 +1,7 @@
 """Report query benchmark: a large synthetic event log, then the time of each report query.
 
     .venv/bin/python load_tests/bench_reports.py [--events 1000000] [--days 30] [--runs 5]
-        [--keep DIR] [--warm]
+        [--keep DIR] [--warm] [--only TEXT]
 
 Starts an embedded PostgreSQL in a temporary folder (or uses DATABASE_URL, in a new database
 it drops afterwards), applies the migrations, writes at least --events contact events with
@@ -185,7 +185,8 @@ async def timed(runs: int, query) -> tuple[float, float]:
     return statistics.median(seconds), min(seconds)
 
 
-async def bench(url: str, events: int, days: int, runs: int, warm: bool = False) -> None:
+async def bench(url: str, events: int, days: int, runs: int, warm: bool = False,
+                only: str | None = None) -> None:
     catalog = load_rules(ROOT / "routing_rules", with_classifier=False).catalog
     rules = ReportRules.from_catalog(catalog)
     start = datetime(2024, 4, 1, tzinfo=timezone.utc)
@@ -242,6 +243,8 @@ async def bench(url: str, events: int, days: int, runs: int, warm: bool = False)
             "contacts", "self_service_resolved", "false_deflections", "escalated", "abandoned")}))
         print(f"\n{'query':<34}{'median':>10}{'fastest':>10}   ({runs} runs)")
         for name, query in cases:
+            if only and only not in name:
+                continue
             median, fastest = await timed(runs, query)
             print(f"{name:<34}{median * 1000:>8.0f} ms{fastest * 1000:>7.0f} ms")
     finally:
@@ -333,9 +336,11 @@ def main() -> None:
     parser.add_argument("--warm", action="store_true",
                         help="first compute the roll-ups as the service's background pass "
                              "does (rollups.warm), timed, instead of by the first reports")
+    parser.add_argument("--only", default=None, metavar="TEXT",
+                        help="time only the queries whose name contains TEXT (e.g. tier)")
     args = parser.parse_args()
     with database(args.keep, args.events) as url:
-        asyncio.run(bench(url, args.events, args.days, args.runs, args.warm))
+        asyncio.run(bench(url, args.events, args.days, args.runs, args.warm, args.only))
 
 
 if __name__ == "__main__":

@@ -73,24 +73,31 @@ _IN_RANGES = f"WITH {reports.WINDOWS}, {_RANGES}, {_FACTS_IN_RANGES}, {_JUDGED}"
 
 
 # Segmented: each fact also carries its customer's attribute (parameter {attribute}) as the
-# directory holds it now, '' without it (reports.Segment).
-_SEGMENT_OF = "COALESCE(cu.attributes->>{attribute}::text, '') AS segment"
+# directory holds it now, '' without it (reports.Segment). A look-up per contact and a scan
+# of the facts per range or customer (OFFSET 0 keeps them apart): the planner cannot tell how
+# few contacts a range holds and would otherwise read every fact and every customer.
+_SEGMENT_OF = ("COALESCE((SELECT cu.attributes->>{attribute}::text FROM customers cu "
+               "WHERE cu.id = f.customer_id), '') AS segment")
 _SEGMENTED_FACTS_IN_RANGES = f"""
 facts AS (
-    SELECT {reports.FACT_COLUMNS}, {_SEGMENT_OF.format(attribute="$9")}
-    FROM contact_facts JOIN ranges ON started_at >= lo AND started_at < hi
-    LEFT JOIN customers cu ON cu.id = customer_id
+    SELECT f.*, {_SEGMENT_OF.format(attribute="$9")}
+    FROM ranges CROSS JOIN LATERAL (
+        SELECT {reports.FACT_COLUMNS} FROM contact_facts
+        WHERE started_at >= lo AND started_at < hi OFFSET 0) f
 )"""
 _SEGMENTED_FACTS_OF_CUSTOMERS = f"""
 customers_in_window AS (
-    SELECT DISTINCT customer_id
-    FROM contact_facts JOIN ranges ON started_at >= lo AND started_at < hi
+    SELECT DISTINCT customer_id FROM ranges CROSS JOIN LATERAL (
+        SELECT customer_id FROM contact_facts
+        WHERE started_at >= lo AND started_at < hi OFFSET 0) c
 ),
 facts AS (
-    SELECT {reports.FACT_COLUMNS}, {_SEGMENT_OF.format(attribute="$10")}
-    FROM contact_facts JOIN customers_in_window USING (customer_id)
-    LEFT JOIN customers cu ON cu.id = customer_id
-    WHERE started_at >= (SELECT min(lo) FROM ranges) - make_interval(hours => $9::int)
+    SELECT f.*, {_SEGMENT_OF.format(attribute="$10")}
+    FROM customers_in_window c CROSS JOIN LATERAL (
+        SELECT {reports.FACT_COLUMNS} FROM contact_facts
+        WHERE contact_facts.customer_id = c.customer_id
+          AND started_at >= (SELECT min(lo) FROM ranges) - make_interval(hours => $9::int)
+        OFFSET 0) f
 )"""
 
 
