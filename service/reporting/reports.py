@@ -639,9 +639,9 @@ async def split(report, conn, window: Window, rules: ReportRules, attribute: str
 async def _split_values(report, conn, window: Window, rules: ReportRules, attribute: str,
                         queries: Queries) -> list[str]:
     """The values the attribute takes among the window's contacts, in order: for a rolled-up
-    report, those of its roll-up rows (the totals of each segment), read once for the split."""
+    report, from the roll-ups of the contacts per value."""
     if queries is FROM_FACTS and report in _ROLLED_UP:
-        by_segment = await _rows_by_segment(conn, "segments", "groupings", window, rules,
+        by_segment = await _rows_by_segment(conn, "segments", "segments", window, rules,
                                             attribute)
         if by_segment is not None:
             return list(by_segment)
