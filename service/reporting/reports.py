@@ -706,7 +706,7 @@ async def _report_rows(conn, label: str, query: str, window: Window, rules: Repo
         if rules.segment is None:
             return await rollups.rows(conn, label, rollups.BY_NAME[query], window, rules)
         by_segment = await _rows_by_segment(conn, label, query, window, rules,
-                                            rules.segment.attribute)
+                                            rules.segment.attribute, rules.segment.value)
         if by_segment is not None:
             return by_segment.get(rules.segment.value, [])
     return await _fetch(conn, label, getattr(queries, query), *rules.params(window), *extra)
@@ -718,16 +718,19 @@ _SPLIT_ROWS: ContextVar[dict[tuple[str, str], Any] | None] = ContextVar("split_r
 
 
 async def _rows_by_segment(conn, label: str, query: str, window: Window, rules: ReportRules,
-                           attribute: str) -> dict[str, list[dict[str, Any]]] | None:
+                           attribute: str, value: str | None = None
+                           ) -> dict[str, list[dict[str, Any]]] | None:
     """The query's rolled-up rows per value of the attribute, in the values' order (None when
-    it takes too many values to be rolled up)."""
+    it takes too many values to be rolled up): of every value in a split, else of `value`'s
+    at least."""
     from service.reporting import rollups
 
     cache = _SPLIT_ROWS.get()
     if cache is not None and (query, attribute) in cache:
         return cache[query, attribute]
     found = await rollups.rows(conn, label, rollups.SEGMENTED[query], window,
-                               replace(rules, segment=None), attribute)
+                               replace(rules, segment=None), attribute,
+                               None if cache is not None else value)
     by_segment = None
     if found is not None:
         by_segment = {}

@@ -121,6 +121,11 @@ class Rollup:
         """The segment's attribute: the parameter after the rules' ($9, or $10 for journeys)."""
         return "$10" if self.reads_later_days else "$9"
 
+    @property
+    def value_param(self) -> str:
+        """The one value whose stored rows to read (NULL: all): the parameter after it."""
+        return "$11" if self.reads_later_days else "$10"
+
 
 _COUNTS = ", ".join(f"{name} bigint" for name in reports.COUNT_FIELDS)
 _KEYS = ", ".join(reports.GROUPING_KEYS)
@@ -255,13 +260,27 @@ _REACH = "ceil($9::int / 24.0)::int"
 
 def _merged_sql(rollup: Rollup) -> str:
     """The report's rows: the stored ones of days $8 and those computed over ranges $1, $2."""
-    return f"""WITH stored AS (
-    SELECT x.* FROM report_rollups ro, jsonb_to_recordset(ro.rows) AS x({rollup.columns})
-    WHERE ro.rules = $7 AND ro.report = '{rollup.name}' AND ro.day = ANY($8::date[])
+    return f"""WITH stored AS ({_stored_sql(rollup)}
 ),
 live AS ({rollup.by_day}),
 parts AS (SELECT {rollup.names} FROM stored UNION ALL SELECT {rollup.names} FROM live)
 {rollup.merged}"""
+
+
+def _stored_sql(rollup: Rollup) -> str:
+    """The stored rows of days $8; segmented, they are kept per value (an object of arrays),
+    so one value's rows are read without the others'."""
+    where = f"ro.rules = $7 AND ro.report = '{rollup.name}' AND ro.day = ANY($8::date[])"
+    if not rollup.segmented:
+        return f"""
+    SELECT x.* FROM report_rollups ro, jsonb_to_recordset(ro.rows) AS x({rollup.columns})
+    WHERE {where}"""
+    columns = rollup.columns.removeprefix("segment text, ")
+    return f"""
+    SELECT s.key AS segment, x.*
+    FROM report_rollups ro, jsonb_each(ro.rows) s, jsonb_to_recordset(s.value) AS x({columns})
+    WHERE {where}
+      AND ({rollup.value_param}::text IS NULL OR s.key = {rollup.value_param}::text)"""
 
 
 def _refresh_sql(rollup: Rollup) -> str:
@@ -270,12 +289,10 @@ def _refresh_sql(rollup: Rollup) -> str:
         f"d.day - {_REACH}",
         f"greatest(d.day, max((l.latest_start AT TIME ZONE 'UTC')::date)) + {_REACH}")
     attribute = f"{rollup.attribute_param}::text" if rollup.segmented else "NULL::text"
-    return f"""WITH live AS ({rollup.by_day}),
+    return f"""WITH live AS ({_per_value(rollup) if rollup.segmented else rollup.by_day}),
 days AS (SELECT unnest($8::date[]) AS day),
 per_day AS (
-    SELECT d.day, {first} AS first_day, {last} AS last_day,
-           COALESCE(jsonb_agg(to_jsonb(l) - 'day' - 'latest_start')
-                    FILTER (WHERE l.day IS NOT NULL), '[]'::jsonb) AS rows
+    SELECT d.day, {first} AS first_day, {last} AS last_day, {_day_rows(rollup)} AS rows
     FROM days d LEFT JOIN live l ON l.day = d.day GROUP BY d.day
 )
 INSERT INTO report_rollups AS ro (rules, report, day, first_day, last_day, changes, rows,
@@ -286,6 +303,24 @@ FROM per_day p
 ON CONFLICT (rules, report, day) DO UPDATE SET first_day = EXCLUDED.first_day,
     last_day = EXCLUDED.last_day, changes = EXCLUDED.changes, rows = EXCLUDED.rows,
     segment_by = EXCLUDED.segment_by, computed_at = now()"""
+
+
+def _per_value(rollup: Rollup) -> str:
+    """A segmented roll-up's rows of each day and value as one array, without those two."""
+    latest = ", max(latest_start) AS latest_start" if rollup.reads_later_days else ""
+    return f"""
+    SELECT day, segment,
+           jsonb_agg(to_jsonb(v) - 'day' - 'segment' - 'latest_start') AS rows{latest}
+    FROM ({rollup.by_day}) v GROUP BY day, segment"""
+
+
+def _day_rows(rollup: Rollup) -> str:
+    """A day's stored rows: an array; segmented, an object of one array per value."""
+    if rollup.segmented:
+        return ("COALESCE(jsonb_object_agg(l.segment, l.rows) FILTER (WHERE l.day IS NOT NULL),"
+                " '{}'::jsonb)")
+    return ("COALESCE(jsonb_agg(to_jsonb(l) - 'day' - 'latest_start')\n"
+            "                    FILTER (WHERE l.day IS NOT NULL), '[]'::jsonb)")
 
 
 MERGED = {rollup: _merged_sql(rollup) for rollup in (*BY_NAME.values(), *SEGMENTED.values())}
@@ -321,7 +356,7 @@ def fingerprint(rollup: Rollup, rules: ReportRules, attribute: str | None = None
     ids = sorted(rules.repeat_windows_h)
     material = [rollup.by_day, ids, [rules.repeat_windows_h[i] for i in ids],
                 rules.default_window_h, float(rules.service_level_s)]
-    material += [attribute] if rollup.segmented else []
+    material += [attribute, "rows per value"] if rollup.segmented else []
     return hashlib.sha256(json.dumps(material).encode()).hexdigest()[:32]
 
 
@@ -342,27 +377,35 @@ def _with_rules(base: list[Any], rollup: Rollup, rules: ReportRules, key: str,
             *([attribute] if rollup.segmented else [])]
 
 
+def _reading(params: list[Any], rollup: Rollup, value: str | None) -> list[Any]:
+    """The parameters of the merged query: a segmented one's also name the value to read."""
+    return params + ([value] if rollup.segmented else [])
+
+
 class TooManyValues(Exception):
     """The attribute takes more values than MAX_ROLLED_UP_VALUES: not rolled up."""
 
 
 async def rows(conn, label: str, rollup: Rollup, window: Window, rules: ReportRules,
-               attribute: str | None = None) -> list[asyncpg.Record] | None:
+               attribute: str | None = None,
+               value: str | None = None) -> list[asyncpg.Record] | None:
     """The report query's rows over the window, as the same query over the facts gives them;
-    segmented: with their `segment`, every value of `attribute` at once (None when it takes
-    too many values to be rolled up)."""
+    segmented: with their `segment`, of every value of `attribute` (or at least of `value`'s:
+    the stored rows of the others are not read), None when it takes too many values to be
+    rolled up."""
     key = fingerprint(rollup, rules, attribute)
-    return await reports.shared(("rollup", id(conn), rollup.name, window, key),
+    return await reports.shared(("rollup", id(conn), rollup.name, window, key, value),
                                 lambda: _timed(conn, label, rollup, window, rules, key,
-                                               attribute))
+                                               attribute, value))
 
 
 async def _timed(conn, label: str, rollup: Rollup, window: Window, rules: ReportRules,
-                 key: str, attribute: str | None) -> list[asyncpg.Record] | None:
+                 key: str, attribute: str | None,
+                 value: str | None) -> list[asyncpg.Record] | None:
     started = time.perf_counter()
     try:
         async with reports._connection(conn) as connection:
-            return await _rows(connection, rollup, window, rules, key, attribute)
+            return await _rows(connection, rollup, window, rules, key, attribute, value)
     except TooManyValues:
         return None
     finally:
@@ -370,7 +413,7 @@ async def _timed(conn, label: str, rollup: Rollup, window: Window, rules: Report
 
 
 async def _rows(conn: asyncpg.Connection, rollup: Rollup, window: Window, rules: ReportRules,
-                key: str, attribute: str | None) -> list[asyncpg.Record]:
+                key: str, attribute: str | None, value: str | None) -> list[asyncpg.Record]:
     days, edges = whole_days(window)
     today = datetime.now(timezone.utc).date()
     await refresh(conn, rollup, rules, key, [day for day in days if day < today], attribute)
@@ -379,9 +422,9 @@ async def _rows(conn: asyncpg.Connection, rollup: Rollup, window: Window, rules:
         fresh = await _fresh(conn, rollup, key, days)
         ranges = edges + [_day_range(day) for day in days if day not in fresh]
         base = [[lo for lo, _ in ranges], [hi for _, hi in ranges]]
-        return await conn.fetch(
-            MERGED[rollup], *_with_rules(base, rollup, rules, key, sorted(fresh), attribute),
-            timeout=reports.QUERY_TIMEOUT_S)
+        params = _with_rules(base, rollup, rules, key, sorted(fresh), attribute)
+        return await conn.fetch(MERGED[rollup], *_reading(params, rollup, value),
+                                timeout=reports.QUERY_TIMEOUT_S)
 
 
 async def _fresh(conn: asyncpg.Connection, rollup: Rollup, key: str,
