@@ -3,7 +3,8 @@
 --
 -- A segmented roll-up keeps the rows of one report query for one day grouped by the value
 -- of one customer attribute (`segment_by`), as the `customers` table held it when the
--- roll-up was computed. It is exact while neither the facts it read (report_fact_changes,
+-- roll-up was computed; its `rows` are an object of one array per value ('' for customers
+-- without the attribute). It is exact while neither the facts it read (report_fact_changes,
 -- migration 016) nor that attribute of the customers of its contacts have changed:
 --
 -- report_attribute_changes: a row (attribute, day, weight) for each day with contacts of a

@@ -14,8 +14,9 @@ The rows are those of the same report query over the facts (reports.py), so the 
 stay equal to `FROM_EVENTS`; tests/test_reports.py holds them equal on random traffic.
 
 Reports of a customer segment read segmented roll-ups (`SEGMENTED`, migration 018): the same
-rows grouped by the value of one attribute each contact's customer has now (`segment`), so a
-split reads all its segments at once. Triggers on `customers` add the days of the contacts of
+rows grouped by the value of one attribute each contact's customer has now (`segment`), kept
+as one array per value, so one segment reads its value's rows and a split all of them at
+once. Triggers on `customers` add the days of the contacts of
 a customer whose attribute changed to `report_attribute_changes`, which a segmented roll-up's
 total counts too; an attribute with more than MAX_ROLLED_UP_VALUES values is not rolled up.
 
