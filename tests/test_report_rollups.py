@@ -448,3 +448,59 @@ async def test_an_attribute_with_more_values_than_a_split_shows_is_not_rolled_up
     assert await kept_segmented(log_db, attribute="ref") == {}
     with pytest.raises(reports.BadSegment, match="customer.ref takes 40 values"):
         await reports.split(reports.summary, log_db, window, RULES, "ref")
+
+
+async def test_splits_during_writers_and_tier_changes_end_equal_to_the_raw_events(
+        log_db, database_url):
+    """Two writers COPY shuffled batches while a third session keeps moving customers between
+    tiers and splits by tier keep running (roll-ups computed, stored and read meanwhile); then
+    every split equals the raw-event computation over the tiers as they ended."""
+    rng = random.Random(16)
+    contacts = traffic(rng, 100, T0, 96)
+    customers = await give_tiers(log_db, rng, contacts)
+    rows = [row for c in contacts for row in c.rows]
+    rng.shuffle(rows)
+    batches = [rows[start:start + 53] for start in range(0, len(rows), 53)]
+    windows = [Window(T0 - H, T0 + 8 * DAY), Window(T0 + 30 * H, T0 + 3 * DAY + 5 * H)]
+    busy = True
+
+    async def session(work) -> int:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    async def write(conn, share: list[list[tuple]]) -> int:
+        for batch in share:
+            await conn.copy_records_to_table("contact_events", records=batch, columns=COLUMNS)
+        return len(share)
+
+    async def move_tiers(conn) -> int:
+        moves, mover = 0, random.Random(17)
+        while busy:
+            await conn.execute("UPDATE customers SET attributes = jsonb_build_object('tier', "
+                               "$2::text) WHERE id = $1", mover.choice(customers),
+                               mover.choice(("gold", "silver", "bronze", "platinum")))
+            moves += 1
+            await asyncio.sleep(0.01)
+        return moves
+
+    async def read(conn) -> int:
+        runs = 0
+        while busy:
+            for window in windows:
+                for report in SERVED:
+                    await SPLIT(report, conn, window, RULES)
+                    runs += 1
+        return runs
+
+    moving = asyncio.ensure_future(session(move_tiers))
+    reading = asyncio.ensure_future(session(read))
+    await asyncio.gather(*(session(functools.partial(write, share=batches[n::2]))
+                           for n in range(2)))
+    await asyncio.sleep(0.5)  # a few more moves and reads after the last batch
+    busy = False
+    assert await moving > 0 and await reading > 0
+    for window in windows:
+        await assert_split_equals_events(log_db, window)

@@ -775,7 +775,8 @@ async def matrix(conn, window: Window, rules: ReportRules,
     cells = [{"contact_type": r["type_key"], "label": rules.labels.get(r["type_key"],
                                                                        r["type_key"]),
               "channel": r["channel"], **figures(r),
-              "median_resolution_s": medians[r["type_key"], r["channel"]],
+              # a cell new since the medians' read (a separate statement) has none yet
+              "median_resolution_s": medians.get((r["type_key"], r["channel"])),
               "by_handling": handled[r["type_key"], r["channel"]]}
              for r in rows if r["by_type"] and r["by_channel"] and not r["by_handling"]]
     cells.sort(key=lambda c: (c["contact_type"], c["channel"]))
