@@ -101,6 +101,26 @@ facts AS (
         OFFSET 0) f
 )"""
 
+# The same for many days at once (computing roll-ups): one join with every customer costs
+# less than a look-up per contact once the contacts are many.
+_SEGMENTED_FACTS_IN_RANGES_IN_BULK = f"""
+facts AS (
+    SELECT {reports.FACT_COLUMNS}, COALESCE(cu.attributes->>$9::text, '') AS segment
+    FROM contact_facts JOIN ranges ON started_at >= lo AND started_at < hi
+    LEFT JOIN customers cu ON cu.id = customer_id
+)"""
+_SEGMENTED_FACTS_OF_CUSTOMERS_IN_BULK = f"""
+customers_in_window AS (
+    SELECT DISTINCT customer_id
+    FROM contact_facts JOIN ranges ON started_at >= lo AND started_at < hi
+),
+facts AS (
+    SELECT {reports.FACT_COLUMNS}, COALESCE(cu.attributes->>$10::text, '') AS segment
+    FROM contact_facts JOIN customers_in_window USING (customer_id)
+    LEFT JOIN customers cu ON cu.id = customer_id
+    WHERE started_at >= (SELECT min(lo) FROM ranges) - make_interval(hours => $9::int)
+)"""
+
 
 @dataclass(frozen=True)
 class Rollup:
@@ -116,6 +136,13 @@ class Rollup:
     @property
     def names(self) -> str:
         return ", ".join(column.split()[0] for column in self.columns.split(","))
+
+    @property
+    def by_day_in_bulk(self) -> str:
+        """`by_day` as computing the roll-ups of many days runs it: the same rows."""
+        return self.by_day.replace(
+            _SEGMENTED_FACTS_IN_RANGES, _SEGMENTED_FACTS_IN_RANGES_IN_BULK).replace(
+            _SEGMENTED_FACTS_OF_CUSTOMERS, _SEGMENTED_FACTS_OF_CUSTOMERS_IN_BULK)
 
     @property
     def attribute_param(self) -> str:
@@ -290,7 +317,7 @@ def _refresh_sql(rollup: Rollup) -> str:
         f"d.day - {_REACH}",
         f"greatest(d.day, max((l.latest_start AT TIME ZONE 'UTC')::date)) + {_REACH}")
     attribute = f"{rollup.attribute_param}::text" if rollup.segmented else "NULL::text"
-    return f"""WITH live AS ({_per_value(rollup) if rollup.segmented else rollup.by_day}),
+    return f"""WITH live AS ({_per_value(rollup) if rollup.segmented else rollup.by_day_in_bulk}),
 days AS (SELECT unnest($8::date[]) AS day),
 per_day AS (
     SELECT d.day, {first} AS first_day, {last} AS last_day, {_day_rows(rollup)} AS rows
@@ -312,7 +339,7 @@ def _per_value(rollup: Rollup) -> str:
     return f"""
     SELECT day, segment,
            jsonb_agg(to_jsonb(v) - 'day' - 'segment' - 'latest_start') AS rows{latest}
-    FROM ({rollup.by_day}) v GROUP BY day, segment"""
+    FROM ({rollup.by_day_in_bulk}) v GROUP BY day, segment"""
 
 
 def _day_rows(rollup: Rollup) -> str:
