@@ -1,16 +1,17 @@
 """Report query benchmark: a large synthetic event log, then the time of each report query.
 
     .venv/bin/python load_tests/bench_reports.py [--events 1000000] [--days 30] [--runs 5]
-        [--keep DIR] [--warm]
+        [--keep DIR] [--warm] [--only TEXT]
 
 Starts an embedded PostgreSQL in a temporary folder (or uses DATABASE_URL, in a new database
 it drops afterwards), applies the migrations, writes at least --events contact events with
 COPY, ANALYZEs, then times the report queries of service/reports.py: the summary (the whole
 log, then one day of it), the touchpoint matrix, journeys with drop-outs, and the trend; then,
-with every customer given a tier in the directory, the summary of one tier and the summary
-and matrix split by tier.
-Before them it times the first summary, matrix and journeys over the whole log, which
-compute and keep the day roll-ups the later runs read (service/reporting/rollups.py).
+with every customer given a tier in the directory, the summary and matrix of one tier and
+the summary, matrix and journeys split by tier.
+Before them it times the first summary, matrix and journeys over the whole log, and then the
+first of each split by tier, which compute and keep the day roll-ups (by tier, for the
+splits) the later runs read (service/reporting/rollups.py).
 Prints the median and the fastest of --runs runs of each; results go in load_tests/REPORTS.md.
 With --keep DIR the embedded server's data stays in DIR and its database is kept: a later run
 with the same DIR and --events applies any new migration and times the queries again without
@@ -184,7 +185,8 @@ async def timed(runs: int, query) -> tuple[float, float]:
     return statistics.median(seconds), min(seconds)
 
 
-async def bench(url: str, events: int, days: int, runs: int, warm: bool = False) -> None:
+async def bench(url: str, events: int, days: int, runs: int, warm: bool = False,
+                only: str | None = None) -> None:
     catalog = load_rules(ROOT / "routing_rules", with_classifier=False).catalog
     rules = ReportRules.from_catalog(catalog)
     start = datetime(2024, 4, 1, tzinfo=timezone.utc)
@@ -222,6 +224,12 @@ async def bench(url: str, events: int, days: int, runs: int, warm: bool = False)
                      reports.summary, conn, whole, rules, "tier")),
                  ("matrix split by tier, whole log", lambda: reports.split(
                      reports.matrix, conn, whole, rules, "tier")),
+                 ("matrix, tier gold, whole log", lambda: reports.matrix(
+                     conn, whole, rules.with_segment("tier", "gold"))),
+                 ("journeys split by tier, whole log", lambda: reports.split(
+                     reports.journeys, conn, whole, rules, "tier")),
+                 ("summary split by tier, one day", lambda: reports.split(
+                     reports.summary, conn, day, rules, "tier")),
                  ("candidates, whole log", lambda: candidates.candidates(conn, whole, rules)),
                  ("experiment arms, whole log", lambda: experiments.arm_counts(
                      conn, whole, rules, [EXPERIMENT]))]
@@ -235,6 +243,8 @@ async def bench(url: str, events: int, days: int, runs: int, warm: bool = False)
             "contacts", "self_service_resolved", "false_deflections", "escalated", "abandoned")}))
         print(f"\n{'query':<34}{'median':>10}{'fastest':>10}   ({runs} runs)")
         for name, query in cases:
+            if only and only not in name:
+                continue
             median, fastest = await timed(runs, query)
             print(f"{name:<34}{median * 1000:>8.0f} ms{fastest * 1000:>7.0f} ms")
     finally:
@@ -260,6 +270,12 @@ async def time_computing_the_rollups(conn: asyncpg.Connection, whole: Window,
         began = time.perf_counter()
         await report(conn, whole, rules)
         print(f"  first {name}, whole log: {(time.perf_counter() - began) * 1000:.0f} ms")
+    for name, report in (("summary", reports.summary), ("matrix", reports.matrix),
+                         ("journeys", reports.journeys)):  # the roll-ups by tier
+        began = time.perf_counter()
+        await reports.split(report, conn, whole, rules, "tier")
+        print(f"  first {name} split by tier, whole log: "
+              f"{(time.perf_counter() - began) * 1000:.0f} ms")
     print("  day roll-ups kept:", await conn.fetchval("SELECT count(*) FROM report_rollups"))
 
 
@@ -320,9 +336,11 @@ def main() -> None:
     parser.add_argument("--warm", action="store_true",
                         help="first compute the roll-ups as the service's background pass "
                              "does (rollups.warm), timed, instead of by the first reports")
+    parser.add_argument("--only", default=None, metavar="TEXT",
+                        help="time only the queries whose name contains TEXT (e.g. tier)")
     args = parser.parse_args()
     with database(args.keep, args.events) as url:
-        asyncio.run(bench(url, args.events, args.days, args.runs, args.warm))
+        asyncio.run(bench(url, args.events, args.days, args.runs, args.warm, args.only))
 
 
 if __name__ == "__main__":

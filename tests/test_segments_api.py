@@ -11,9 +11,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
+from datetime import datetime, timedelta, timezone
 
 from service.conversations.customers import upsert_customer
-from service.reporting import export
+from service.reporting import export, ops_api, reports
+from service.reporting.reports import Window
 from tests.test_ops_api import (  # noqa: F401 (fixtures)
     cli,
     events_landed,
@@ -22,6 +25,8 @@ from tests.test_ops_api import (  # noqa: F401 (fixtures)
     ops_token,
     use_servers,
 )
+from tests.test_report_rollups import DAY, traffic
+from tests.test_reports import Contact, insert, without_clock
 from tests.twilio_driver import text
 
 GOLD_A, GOLD_B, SILVER, UNKNOWN = ("+15555550501", "+15555550502", "+15555550503",
@@ -190,3 +195,58 @@ async def test_demo_fills_the_segments_and_the_surveys(monkeypatch, capsys, sett
     named = await db.fetchval("SELECT count(*) FROM customers WHERE display_name IS NOT NULL "
                               "AND attributes ? 'language'")
     assert named > 0
+
+
+async def test_split_reports_over_past_days_follow_a_tier_change(ops_client, ops_token, db,
+                                                                 redis_client):
+    """Past days of traffic (written to the log directly: the webhooks only make today's),
+    tiers set through the directory: splits over whole days and an edge are served from the
+    roll-ups by tier, equal to the raw-event computation; a customer moved to another tier
+    moves all their contacts in the next report, only their days computed again; a contact
+    through the webhooks meanwhile (a new customer, no attributes) recomputes no past day."""
+    midnight = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = midnight - 4 * DAY + timedelta(hours=9)
+    ana = [Contact("ana-api", "sms", start + n * DAY).classified("track_order")
+           .routed("orders").offered().resolved() for n in range(2)]
+    contacts = [*ana, *traffic(random.Random(31), 30, start, 60)]
+    await insert(db, *contacts)
+    customers = list(dict.fromkeys(c.customer for c in contacts))
+    await db.executemany("INSERT INTO customers (id) VALUES ($1)",  # as the event writer does
+                         [(cid,) for cid in customers])
+    for number, cid in enumerate(customers):
+        await upsert_customer(db, redis_client, identities=[("phone", f"+1555556{number:04d}")],
+                              display_name=None, customer_id=str(cid),
+                              attributes={"tier": "silver" if number == 0 else
+                                          ("gold", "silver")[number % 2]})
+    window = Window(start - timedelta(hours=3), midnight)  # an edge, then three whole days
+    bounds = {"from": reports.iso(window.start), "to": reports.iso(window.end)}
+    rules = ops_api.report_rules(ops_client.app)
+
+    async def served_equals_events() -> dict:
+        found = {}
+        for name, report in (("summary", reports.summary), ("matrix", reports.matrix),
+                             ("journeys", reports.journeys)):
+            status, served = await get(ops_client, f"/api/reports/{name}", ops_token,
+                                       segment_by="customer.tier", **bounds)
+            reference = await reports.split(report, db, window, rules, "tier",
+                                            queries=reports.FROM_EVENTS)
+            assert status == 200
+            assert without_clock(served) == without_clock(json.loads(json.dumps(reference)))
+            found[name] = served
+        return {s["value"]: s["totals"]["contacts"] for s in found["summary"]["segments"]}
+
+    before = await served_equals_events()
+    assert list(before) == ["gold", "silver"]
+    kept = dict(await db.fetch("SELECT day, computed_at FROM report_rollups WHERE "
+                               "segment_by = 'tier' AND report = 'groupings'"))
+    assert sorted(kept) == [(midnight - n * DAY).date() for n in (3, 2, 1)]
+
+    await text(ops_client, "+15555550777", "I need to track my order")
+    await events_landed(ops_client.app)
+    await upsert_customer(db, redis_client, identities=[("phone", "+15555560000")],
+                          display_name=None, attributes={"tier": "gold"})
+    after = await served_equals_events()
+    assert (after["gold"] - before["gold"], after["silver"] - before["silver"]) == (2, -2)
+    now_kept = dict(await db.fetch("SELECT day, computed_at FROM report_rollups WHERE "
+                                   "segment_by = 'tier' AND report = 'groupings'"))
+    assert {day for day in kept if now_kept[day] != kept[day]} == {(start + DAY).date()}

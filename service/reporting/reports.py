@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import re
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
@@ -448,9 +449,14 @@ SELECT {by}type_key AS contact_type, channel,
        COALESCE(escalation_reason, outcome) AS exit, count(*) AS contacts
 FROM {source} WHERE dropped_out
 GROUP BY {columns}"""
-JOURNEYS = """
+
+
+def journeys_sql(carried: str = "") -> str:
+    """Each customer's journeys per contact type, with the columns `carried` ("segment, ": a
+    value of the customer's, so it does not split a journey) kept on each journey."""
+    return f"""
 marked AS (
-    SELECT customer_id, contact_type, contact_id, channel, started_at, handling,
+    SELECT {carried}customer_id, contact_type, contact_id, channel, started_at, handling,
         CASE WHEN started_at - lag(started_at) OVER topic <= repeat_window THEN 0 ELSE 1 END
             AS opens_journey
     FROM derived WHERE contact_type IS NOT NULL
@@ -462,11 +468,14 @@ numbered AS (
     FROM marked
 ),
 journeys AS (
-    SELECT contact_type, min(started_at) AS began, max(started_at) AS latest_start,
+    SELECT {carried}contact_type, min(started_at) AS began, max(started_at) AS latest_start,
            count(DISTINCT channel) AS channels,
            string_agg(channel || ':' || handling, ' -> ' ORDER BY started_at, contact_id) AS path
-    FROM numbered GROUP BY customer_id, contact_type, journey
+    FROM numbered GROUP BY {carried}customer_id, contact_type, journey
 )"""
+
+
+JOURNEYS = journeys_sql()
 
 
 @dataclass(frozen=True)
@@ -608,20 +617,37 @@ async def split(report, conn, window: Window, rules: ReportRules, attribute: str
                 queries: Queries = FROM_FACTS, **options: Any) -> dict[str, Any]:
     """`report` once per value the customer attribute takes in the window, smallest first;
     customers without it make the segment whose value is null."""
-    values = await _fetch(conn, "segments", queries.segment_values, window.start, window.end,
-                          attribute)
-    if len(values) > MAX_SEGMENTS:  # each is one more report query
-        raise BadSegment(f"customer.{attribute} takes {len(values)} values in this window; "
-                         f"a split shows at most {MAX_SEGMENTS}: choose one value with "
-                         "'segment', or another attribute")
-    segments = []
-    for row in values:
-        part = await report(conn, window, rules.with_segment(attribute, row["value"]),
-                            queries=queries, **options)
-        segments.append({"value": row["value"] or None,
-                         **{k: v for k, v in part.items() if k not in HEADER_FIELDS}})
+    reading = _SPLIT_ROWS.set({})
+    try:
+        values = await _split_values(report, conn, window, rules, attribute, queries)
+        if len(values) > MAX_SEGMENTS:  # each is one more report
+            raise BadSegment(f"customer.{attribute} takes {len(values)} values in this "
+                             f"window; a split shows at most {MAX_SEGMENTS}: choose one value "
+                             "with 'segment', or another attribute")
+        segments = []
+        for value in values:
+            part = await report(conn, window, rules.with_segment(attribute, value),
+                                queries=queries, **options)
+            segments.append({"value": value or None,
+                             **{k: v for k, v in part.items() if k not in HEADER_FIELDS}})
+    finally:
+        _SPLIT_ROWS.reset(reading)
     return header(window, rules) | {"segment_by": SEGMENT_PREFIX + attribute,
                                     "segments": segments}
+
+
+async def _split_values(report, conn, window: Window, rules: ReportRules, attribute: str,
+                        queries: Queries) -> list[str]:
+    """The values the attribute takes among the window's contacts, in order: for a rolled-up
+    report, from the roll-ups of the contacts per value."""
+    if queries is FROM_FACTS and report in _ROLLED_UP:
+        by_segment = await _rows_by_segment(conn, "segments", "segments", window, rules,
+                                            attribute)
+        if by_segment is not None:
+            return list(by_segment)
+    rows = await _fetch(conn, "segments", queries.segment_values, window.start, window.end,
+                        attribute)
+    return [row["value"] for row in rows]
 
 
 _running: dict[tuple, asyncio.Future] = {}
@@ -672,12 +698,48 @@ async def summary(conn, window: Window, rules: ReportRules,
 async def _report_rows(conn, label: str, query: str, window: Window, rules: ReportRules,
                        queries: Queries, *extra: Any) -> list[Mapping[str, Any]]:
     """The rows of one report query: served from the day roll-ups and the window's edges when
-    the report is of the stored facts and of every customer, else by the query itself."""
-    if queries is FROM_FACTS and rules.segment is None:
+    the report is of the stored facts (a segment's: from the roll-ups by its attribute, unless
+    that takes too many values), else by the query itself."""
+    if queries is FROM_FACTS:
         from service.reporting import rollups  # it builds its queries from this module's
 
-        return await rollups.rows(conn, label, rollups.BY_NAME[query], window, rules)
+        if rules.segment is None:
+            return await rollups.rows(conn, label, rollups.BY_NAME[query], window, rules)
+        by_segment = await _rows_by_segment(conn, label, query, window, rules,
+                                            rules.segment.attribute, rules.segment.value)
+        if by_segment is not None:
+            return by_segment.get(rules.segment.value, [])
     return await _fetch(conn, label, getattr(queries, query), *rules.params(window), *extra)
+
+
+# While `split` runs: each rolled-up query's rows by segment, read once for all its segments.
+_SPLIT_ROWS: ContextVar[dict[tuple[str, str], Any] | None] = ContextVar("split_rows",
+                                                                        default=None)
+
+
+async def _rows_by_segment(conn, label: str, query: str, window: Window, rules: ReportRules,
+                           attribute: str, value: str | None = None
+                           ) -> dict[str, list[dict[str, Any]]] | None:
+    """The query's rolled-up rows per value of the attribute, in the values' order (None when
+    it takes too many values to be rolled up): of every value in a split, else of `value`'s
+    at least."""
+    from service.reporting import rollups
+
+    cache = _SPLIT_ROWS.get()
+    if cache is not None and (query, attribute) in cache:
+        return cache[query, attribute]
+    found = await rollups.rows(conn, label, rollups.SEGMENTED[query], window,
+                               replace(rules, segment=None), attribute,
+                               None if cache is not None else value)
+    by_segment = None
+    if found is not None:
+        by_segment = {}
+        for row in found:
+            part = dict(row.items())
+            by_segment.setdefault(part.pop("segment"), []).append(part)
+    if cache is not None:
+        cache[query, attribute] = by_segment
+    return by_segment
 
 
 def summary_from(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
@@ -713,7 +775,8 @@ async def matrix(conn, window: Window, rules: ReportRules,
     cells = [{"contact_type": r["type_key"], "label": rules.labels.get(r["type_key"],
                                                                        r["type_key"]),
               "channel": r["channel"], **figures(r),
-              "median_resolution_s": medians[r["type_key"], r["channel"]],
+              # a cell new since the medians' read (a separate statement) has none yet
+              "median_resolution_s": medians.get((r["type_key"], r["channel"])),
               "by_handling": handled[r["type_key"], r["channel"]]}
              for r in rows if r["by_type"] and r["by_channel"] and not r["by_handling"]]
     cells.sort(key=lambda c: (c["contact_type"], c["channel"]))
@@ -752,6 +815,7 @@ async def journeys(conn, window: Window, rules: ReportRules, limit: int = 5,
 
 
 MAX_STAGES = 4  # a flow shows journeys up to their 4th contact
+_ROLLED_UP = (summary, matrix, journeys)  # the reports whose segments come from roll-ups
 
 
 def flows(rows: list[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

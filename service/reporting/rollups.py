@@ -13,8 +13,16 @@ service level) and per query text, so a catalog change or a new definition needs
 The rows are those of the same report query over the facts (reports.py), so the served figures
 stay equal to `FROM_EVENTS`; tests/test_reports.py holds them equal on random traffic.
 
-`Warmer` computes the roll-ups of the recent days ahead of the reports (at start, hourly and
-after a rules reload), so the first report after a deploy or a catalog change need not.
+Reports of a customer segment read segmented roll-ups (`SEGMENTED`, migration 018): the same
+rows grouped by the value of one attribute each contact's customer has now (`segment`), kept
+as one array per value, so one segment reads its value's rows and a split all of them at
+once. Triggers on `customers` add the days of the contacts of
+a customer whose attribute changed to `report_attribute_changes`, which a segmented roll-up's
+total counts too; an attribute with more than MAX_ROLLED_UP_VALUES values is not rolled up.
+
+`Warmer` computes the (unsegmented) roll-ups of the recent days ahead of the reports (at start,
+hourly and after a rules reload), so the first report after a deploy or a catalog change need
+not; segmented ones are computed by the first report that needs them.
 """
 
 from __future__ import annotations
@@ -65,74 +73,213 @@ _DAYS = "(SELECT *, (started_at AT TIME ZONE 'UTC')::date AS day FROM derived) d
 _IN_RANGES = f"WITH {reports.WINDOWS}, {_RANGES}, {_FACTS_IN_RANGES}, {_JUDGED}"
 
 
+# Segmented: each fact also carries its customer's attribute (parameter {attribute}) as the
+# directory holds it now, '' without it (reports.Segment). A look-up per contact and a scan
+# of the facts per range or customer (OFFSET 0 keeps them apart): the planner cannot tell how
+# few contacts a range holds and would otherwise read every fact and every customer.
+_SEGMENT_OF = ("COALESCE((SELECT cu.attributes->>{attribute}::text FROM customers cu "
+               "WHERE cu.id = f.customer_id), '') AS segment")
+_SEGMENTED_FACTS_IN_RANGES = f"""
+facts AS (
+    SELECT f.*, {_SEGMENT_OF.format(attribute="$9")}
+    FROM ranges CROSS JOIN LATERAL (
+        SELECT {reports.FACT_COLUMNS} FROM contact_facts
+        WHERE started_at >= lo AND started_at < hi OFFSET 0) f
+)"""
+_SEGMENTED_FACTS_OF_CUSTOMERS = f"""
+customers_in_window AS (
+    SELECT DISTINCT customer_id FROM ranges CROSS JOIN LATERAL (
+        SELECT customer_id FROM contact_facts
+        WHERE started_at >= lo AND started_at < hi OFFSET 0) c
+),
+facts AS (
+    SELECT f.*, {_SEGMENT_OF.format(attribute="$10")}
+    FROM customers_in_window c CROSS JOIN LATERAL (
+        SELECT {reports.FACT_COLUMNS} FROM contact_facts
+        WHERE contact_facts.customer_id = c.customer_id
+          AND started_at >= (SELECT min(lo) FROM ranges) - make_interval(hours => $9::int)
+        OFFSET 0) f
+)"""
+
+# The same for many days at once (computing roll-ups): one join with every customer costs
+# less than a look-up per contact once the contacts are many.
+_SEGMENTED_FACTS_IN_RANGES_IN_BULK = f"""
+facts AS (
+    SELECT {reports.FACT_COLUMNS}, COALESCE(cu.attributes->>$9::text, '') AS segment
+    FROM contact_facts JOIN ranges ON started_at >= lo AND started_at < hi
+    LEFT JOIN customers cu ON cu.id = customer_id
+)"""
+_SEGMENTED_FACTS_OF_CUSTOMERS_IN_BULK = f"""
+customers_in_window AS (
+    SELECT DISTINCT customer_id
+    FROM contact_facts JOIN ranges ON started_at >= lo AND started_at < hi
+),
+facts AS (
+    SELECT {reports.FACT_COLUMNS}, COALESCE(cu.attributes->>$10::text, '') AS segment
+    FROM contact_facts JOIN customers_in_window USING (customer_id)
+    LEFT JOIN customers cu ON cu.id = customer_id
+    WHERE started_at >= (SELECT min(lo) FROM ranges) - make_interval(hours => $9::int)
+)"""
+
+
 @dataclass(frozen=True)
 class Rollup:
-    """One report query, per day of the contacts (or journeys) it counts."""
+    """One report query, per day of the contacts (or journeys) it counts; segmented: per day
+    and value of a customer attribute (the parameter after the others)."""
     name: str
     by_day: str    # its rows with their `day`, over the ranges $1, $2 (rules: $3-$6, $9)
     columns: str   # the rows' columns and types, as stored
     merged: str    # the report's rows from `parts`: the stored and the computed rows
     reads_later_days: bool = False  # journeys: a day's rows read the facts of later days
+    segmented: bool = False
 
     @property
     def names(self) -> str:
         return ", ".join(column.split()[0] for column in self.columns.split(","))
 
+    @property
+    def by_day_in_bulk(self) -> str:
+        """`by_day` as computing the roll-ups of many days runs it: the same rows."""
+        return self.by_day.replace(
+            _SEGMENTED_FACTS_IN_RANGES, _SEGMENTED_FACTS_IN_RANGES_IN_BULK).replace(
+            _SEGMENTED_FACTS_OF_CUSTOMERS, _SEGMENTED_FACTS_OF_CUSTOMERS_IN_BULK)
+
+    @property
+    def attribute_param(self) -> str:
+        """The segment's attribute: the parameter after the rules' ($9, or $10 for journeys)."""
+        return "$10" if self.reads_later_days else "$9"
+
+    @property
+    def value_param(self) -> str:
+        """The one value whose stored rows to read (NULL: all): the parameter after it."""
+        return "$11" if self.reads_later_days else "$10"
+
 
 _COUNTS = ", ".join(f"{name} bigint" for name in reports.COUNT_FIELDS)
 _KEYS = ", ".join(reports.GROUPING_KEYS)
 
-GROUPINGS = Rollup(
-    "groupings",
-    _IN_RANGES + reports.GROUPINGS.format(AGGREGATES=reports.AGGREGATES, source=_DAYS,
-                                          by="day, ").replace("SELECT ", "SELECT day, ", 1),
-    "by_type boolean, by_channel boolean, by_queue boolean, by_route boolean, "
-    "by_reason boolean, by_handling boolean, type_key text, channel text, queue_key text, "
-    "route_key text, escalation_reason text, handling text, " + _COUNTS,
-    f"SELECT {_KEYS}, " + ", ".join(f"sum({name})::bigint AS {name}"
-                                    for name in reports.COUNT_FIELDS)
-    + f" FROM parts GROUP BY {_KEYS}")
 
-MEDIANS = Rollup(
-    "medians",
-    f"""{_IN_RANGES}
-SELECT day, type_key, channel,
+def _by(segmented: bool) -> tuple[str, str]:
+    """The extra grouping column and its stored declaration, if segmented."""
+    return ("segment, ", "segment text, ") if segmented else ("", "")
+
+
+def _in_ranges(segmented: bool) -> str:
+    if not segmented:
+        return _IN_RANGES
+    return f"WITH {reports.WINDOWS}, {_RANGES}, {_SEGMENTED_FACTS_IN_RANGES}, {_JUDGED}"
+
+
+def _groupings(segmented: bool) -> Rollup:
+    by, column = _by(segmented)
+    return Rollup(
+        "groupings",
+        _in_ranges(segmented) + reports.GROUPINGS.format(
+            AGGREGATES=reports.AGGREGATES, source=_DAYS, by=f"day, {by}"
+        ).replace("SELECT ", f"SELECT day, {by}", 1),
+        column + "by_type boolean, by_channel boolean, by_queue boolean, by_route boolean, "
+        "by_reason boolean, by_handling boolean, type_key text, channel text, queue_key text, "
+        "route_key text, escalation_reason text, handling text, " + _COUNTS,
+        f"SELECT {by}{_KEYS}, " + ", ".join(f"sum({name})::bigint AS {name}"
+                                            for name in reports.COUNT_FIELDS)
+        + f" FROM parts GROUP BY {by}{_KEYS}" + (" ORDER BY segment" if segmented else ""),
+        segmented=segmented)
+
+
+def _medians(segmented: bool) -> Rollup:
+    by, column = _by(segmented)
+    keys = "1, 2, 3, 4" if segmented else "1, 2, 3"
+    return Rollup(
+        "medians",
+        f"""{_in_ranges(segmented)}
+SELECT day, {by}type_key, channel,
        array_agg(resolution_s) FILTER (WHERE resolution_s IS NOT NULL) AS resolutions
-FROM {_DAYS} GROUP BY 1, 2, 3""",
-    "type_key text, channel text, resolutions float8[]",
-    """SELECT type_key, channel,
+FROM {_DAYS} GROUP BY {keys}""",
+        column + "type_key text, channel text, resolutions float8[]",
+        f"""SELECT {by}type_key, channel,
        percentile_cont(0.5) WITHIN GROUP (ORDER BY resolution_s) AS median_resolution_s
 FROM parts LEFT JOIN LATERAL unnest(resolutions) AS resolution_s ON true
-GROUP BY 1, 2""")
+GROUP BY {keys[:-3]}""",
+        segmented=segmented)
 
-DROPOUTS = Rollup(
-    "dropouts",
-    _IN_RANGES + reports.DROPOUTS.format(by="day, ", source=_DAYS, columns="1, 2, 3, 4, 5"),
-    "contact_type text, channel text, step text, exit text, contacts bigint",
-    """SELECT contact_type, channel, step, exit, sum(contacts)::bigint AS contacts
-FROM parts GROUP BY 1, 2, 3, 4 ORDER BY contacts DESC, 1, 2, 3, 4""")
 
-JOURNEYS = Rollup(
-    "journeys",
-    f"""WITH {reports.WINDOWS}, {_RANGES}, {_FACTS_OF_CUSTOMERS}, {_JUDGED}, {reports.JOURNEYS}
-SELECT (began AT TIME ZONE 'UTC')::date AS day, contact_type, path, count(*) AS journeys,
+def _dropouts(segmented: bool) -> Rollup:
+    by, column = _by(segmented)
+    keys, order = ("1, 2, 3, 4, 5", "2, 3, 4, 5") if segmented else ("1, 2, 3, 4", "1, 2, 3, 4")
+    return Rollup(
+        "dropouts",
+        _in_ranges(segmented) + reports.DROPOUTS.format(
+            by=f"day, {by}", source=_DAYS, columns=f"{keys}, {len(keys.split(',')) + 1}"),
+        column + "contact_type text, channel text, step text, exit text, contacts bigint",
+        f"""SELECT {by}contact_type, channel, step, exit, sum(contacts)::bigint AS contacts
+FROM parts GROUP BY {keys} ORDER BY contacts DESC, {order}""",
+        segmented=segmented)
+
+
+def _journeys(segmented: bool) -> Rollup:
+    by, column = _by(segmented)
+    facts = _SEGMENTED_FACTS_OF_CUSTOMERS if segmented else _FACTS_OF_CUSTOMERS
+    keys = "1, 2, 3, 4" if segmented else "1, 2, 3"
+    return Rollup(
+        "journeys",
+        f"""WITH {reports.WINDOWS}, {_RANGES}, {facts}, {_JUDGED}, {reports.journeys_sql(by)}
+SELECT (began AT TIME ZONE 'UTC')::date AS day, {by}contact_type, path, count(*) AS journeys,
        bool_or(channels > 1) AS cross_channel, max(latest_start) AS latest_start
 FROM journeys j WHERE EXISTS (SELECT FROM ranges WHERE j.began >= lo AND j.began < hi)
-GROUP BY 1, 2, 3""",
-    "contact_type text, path text, journeys bigint, cross_channel boolean",
-    """SELECT contact_type, path, sum(journeys)::bigint AS journeys,
+GROUP BY {keys}""",
+        column + "contact_type text, path text, journeys bigint, cross_channel boolean",
+        f"""SELECT {by}contact_type, path, sum(journeys)::bigint AS journeys,
        bool_or(cross_channel) AS cross_channel
-FROM parts GROUP BY 1, 2 ORDER BY contact_type, journeys DESC, path""",
-    reads_later_days=True)
+FROM parts GROUP BY {keys[:-3]} ORDER BY contact_type, journeys DESC, path""",
+        reads_later_days=True, segmented=segmented)
 
-BY_NAME = {rollup.name: rollup for rollup in (GROUPINGS, MEDIANS, DROPOUTS, JOURNEYS)}
+
+# The contacts per value: what a split's segments are (cheaper to read than the groupings).
+SEGMENTS = Rollup(
+    "segments",
+    f"""{_in_ranges(True)}
+SELECT day, segment, count(*) AS contacts FROM {_DAYS} GROUP BY 1, 2""",
+    "segment text, contacts bigint",
+    "SELECT segment, sum(contacts)::bigint AS contacts FROM parts GROUP BY 1 ORDER BY 1",
+    segmented=True)
+
+_BUILDERS = (_groupings, _medians, _dropouts, _journeys)
+BY_NAME = {rollup.name: rollup for rollup in (build(False) for build in _BUILDERS)}
+SEGMENTED = {rollup.name: rollup for rollup in (*(build(True) for build in _BUILDERS),
+                                                SEGMENTS)}
+GROUPINGS, MEDIANS, DROPOUTS, JOURNEYS = BY_NAME.values()
+
+_FACT_CHANGES = """(SELECT COALESCE(sum(c.weight), 0) FROM report_fact_changes c
+                    WHERE c.day BETWEEN {first} AND {last})"""
+# A segmented roll-up's days also change with its attribute ('': every attribute).
+_ATTRIBUTE_CHANGES = """(SELECT COALESCE(sum(a.weight), 0) FROM report_attribute_changes a
+                    WHERE {attribute} IS NOT NULL AND a.attribute IN ({attribute}, '')
+                      AND a.day BETWEEN {first} AND {last})"""
+
+
+def _changes(first: str, last: str, attribute: str) -> str:
+    """The total weight of the changes a roll-up over days first..last depends on."""
+    return (_FACT_CHANGES.format(first=first, last=last) + " + "
+            + _ATTRIBUTE_CHANGES.format(first=first, last=last, attribute=attribute))
+
 
 # The days whose roll-up ($1 rules, $2 query) is still exact: its days' changes are the same.
-_FRESH = """
+_FRESH = f"""
 SELECT ro.day FROM report_rollups ro
 WHERE ro.rules = $1 AND ro.report = $2 AND ro.day = ANY($3::date[])
-  AND ro.changes = (SELECT COALESCE(sum(c.weight), 0) FROM report_fact_changes c
-                    WHERE c.day BETWEEN ro.first_day AND ro.last_day)"""
+  AND ro.changes = {_changes("ro.first_day", "ro.last_day", "ro.segment_by")}"""
+
+# How many values the attribute ($3) takes among the contacts of the ranges $1, $2.
+_VALUES_IN_RANGES = f"""
+SELECT count(DISTINCT segment) FROM (
+    SELECT {_SEGMENT_OF.format(attribute="$3")}
+    FROM unnest($1::timestamptz[], $2::timestamptz[]) AS r(lo, hi) CROSS JOIN LATERAL (
+        SELECT customer_id FROM contact_facts
+        WHERE started_at >= lo AND started_at < hi OFFSET 0) f
+) s"""
+# An attribute with more values than a split shows is not rolled up (its rows would be as many
+# as the contacts'): its reports read the facts.
+MAX_ROLLED_UP_VALUES = reports.MAX_SEGMENTS
 
 # A journey that began on a day reads its customer's facts from a repeat window before it to
 # a repeat window after its latest contact: what a change there may alter (in whole days).
@@ -141,13 +288,27 @@ _REACH = "ceil($9::int / 24.0)::int"
 
 def _merged_sql(rollup: Rollup) -> str:
     """The report's rows: the stored ones of days $8 and those computed over ranges $1, $2."""
-    return f"""WITH stored AS (
-    SELECT x.* FROM report_rollups ro, jsonb_to_recordset(ro.rows) AS x({rollup.columns})
-    WHERE ro.rules = $7 AND ro.report = '{rollup.name}' AND ro.day = ANY($8::date[])
+    return f"""WITH stored AS ({_stored_sql(rollup)}
 ),
 live AS ({rollup.by_day}),
 parts AS (SELECT {rollup.names} FROM stored UNION ALL SELECT {rollup.names} FROM live)
 {rollup.merged}"""
+
+
+def _stored_sql(rollup: Rollup) -> str:
+    """The stored rows of days $8; segmented, they are kept per value (an object of arrays),
+    so one value's rows are read without the others'."""
+    where = f"ro.rules = $7 AND ro.report = '{rollup.name}' AND ro.day = ANY($8::date[])"
+    if not rollup.segmented:
+        return f"""
+    SELECT x.* FROM report_rollups ro, jsonb_to_recordset(ro.rows) AS x({rollup.columns})
+    WHERE {where}"""
+    columns = rollup.columns.removeprefix("segment text, ")
+    return f"""
+    SELECT s.key AS segment, x.*
+    FROM report_rollups ro, jsonb_each(ro.rows) s, jsonb_to_recordset(s.value) AS x({columns})
+    WHERE {where}
+      AND ({rollup.value_param}::text IS NULL OR s.key = {rollup.value_param}::text)"""
 
 
 def _refresh_sql(rollup: Rollup) -> str:
@@ -155,26 +316,43 @@ def _refresh_sql(rollup: Rollup) -> str:
     first, last = ("d.day", "d.day") if not rollup.reads_later_days else (
         f"d.day - {_REACH}",
         f"greatest(d.day, max((l.latest_start AT TIME ZONE 'UTC')::date)) + {_REACH}")
-    return f"""WITH live AS ({rollup.by_day}),
+    attribute = f"{rollup.attribute_param}::text" if rollup.segmented else "NULL::text"
+    return f"""WITH live AS ({_per_value(rollup) if rollup.segmented else rollup.by_day_in_bulk}),
 days AS (SELECT unnest($8::date[]) AS day),
 per_day AS (
-    SELECT d.day, {first} AS first_day, {last} AS last_day,
-           COALESCE(jsonb_agg(to_jsonb(l) - 'day' - 'latest_start')
-                    FILTER (WHERE l.day IS NOT NULL), '[]'::jsonb) AS rows
+    SELECT d.day, {first} AS first_day, {last} AS last_day, {_day_rows(rollup)} AS rows
     FROM days d LEFT JOIN live l ON l.day = d.day GROUP BY d.day
 )
-INSERT INTO report_rollups AS ro (rules, report, day, first_day, last_day, changes, rows)
+INSERT INTO report_rollups AS ro (rules, report, day, first_day, last_day, changes, rows,
+                                  segment_by)
 SELECT $7, '{rollup.name}', p.day, p.first_day, p.last_day,
-       (SELECT COALESCE(sum(c.weight), 0) FROM report_fact_changes c
-        WHERE c.day BETWEEN p.first_day AND p.last_day), p.rows
+       {_changes("p.first_day", "p.last_day", attribute)}, p.rows, {attribute}
 FROM per_day p
 ON CONFLICT (rules, report, day) DO UPDATE SET first_day = EXCLUDED.first_day,
     last_day = EXCLUDED.last_day, changes = EXCLUDED.changes, rows = EXCLUDED.rows,
-    computed_at = now()"""
+    segment_by = EXCLUDED.segment_by, computed_at = now()"""
 
 
-MERGED = {name: _merged_sql(rollup) for name, rollup in BY_NAME.items()}
-REFRESH = {name: _refresh_sql(rollup) for name, rollup in BY_NAME.items()}
+def _per_value(rollup: Rollup) -> str:
+    """A segmented roll-up's rows of each day and value as one array, without those two."""
+    latest = ", max(latest_start) AS latest_start" if rollup.reads_later_days else ""
+    return f"""
+    SELECT day, segment,
+           jsonb_agg(to_jsonb(v) - 'day' - 'segment' - 'latest_start') AS rows{latest}
+    FROM ({rollup.by_day_in_bulk}) v GROUP BY day, segment"""
+
+
+def _day_rows(rollup: Rollup) -> str:
+    """A day's stored rows: an array; segmented, an object of one array per value."""
+    if rollup.segmented:
+        return ("COALESCE(jsonb_object_agg(l.segment, l.rows) FILTER (WHERE l.day IS NOT NULL),"
+                " '{}'::jsonb)")
+    return ("COALESCE(jsonb_agg(to_jsonb(l) - 'day' - 'latest_start')\n"
+            "                    FILTER (WHERE l.day IS NOT NULL), '[]'::jsonb)")
+
+
+MERGED = {rollup: _merged_sql(rollup) for rollup in (*BY_NAME.values(), *SEGMENTED.values())}
+REFRESH = {rollup: _refresh_sql(rollup) for rollup in (*BY_NAME.values(), *SEGMENTED.values())}
 
 
 def whole_days(window: Window) -> tuple[list[date], list[tuple[datetime, datetime]]]:
@@ -200,11 +378,13 @@ def _day_range(day: date) -> tuple[datetime, datetime]:
     return start, start + DAY
 
 
-def fingerprint(rollup: Rollup, rules: ReportRules) -> str:
-    """What a roll-up depends on besides the facts: the rules and the query's text."""
+def fingerprint(rollup: Rollup, rules: ReportRules, attribute: str | None = None) -> str:
+    """What a roll-up depends on besides the facts: the rules, the query's text and, if it is
+    segmented, the attribute."""
     ids = sorted(rules.repeat_windows_h)
     material = [rollup.by_day, ids, [rules.repeat_windows_h[i] for i in ids],
                 rules.default_window_h, float(rules.service_level_s)]
+    material += [attribute, "rows per value"] if rollup.segmented else []
     return hashlib.sha256(json.dumps(material).encode()).hexdigest()[:32]
 
 
@@ -217,42 +397,61 @@ def _rule_params(rollup: Rollup, rules: ReportRules) -> list[Any]:
 
 
 def _with_rules(base: list[Any], rollup: Rollup, rules: ReportRules, key: str,
-                days: list[date]) -> list[Any]:
-    """$1-$9 in order: the ranges, the rules, the roll-ups' key and days, the reach."""
+                days: list[date], attribute: str | None) -> list[Any]:
+    """$1-$10 in order: the ranges, the rules, the roll-ups' key and days, the reach, the
+    attribute (each of the last two only if the roll-up has it)."""
     rule_params = _rule_params(rollup, rules)
-    return [*base, *rule_params[:4], key, days, *rule_params[4:]]
+    return [*base, *rule_params[:4], key, days, *rule_params[4:],
+            *([attribute] if rollup.segmented else [])]
 
 
-async def rows(conn, label: str, rollup: Rollup, window: Window,
-               rules: ReportRules) -> list[asyncpg.Record]:
-    """The report query's rows over the window, as the same query over the facts gives them."""
-    key = fingerprint(rollup, rules)
-    return await reports.shared(("rollup", id(conn), rollup.name, window, key),
-                                lambda: _timed(conn, label, rollup, window, rules, key))
+def _reading(params: list[Any], rollup: Rollup, value: str | None) -> list[Any]:
+    """The parameters of the merged query: a segmented one's also name the value to read."""
+    return params + ([value] if rollup.segmented else [])
+
+
+class TooManyValues(Exception):
+    """The attribute takes more values than MAX_ROLLED_UP_VALUES: not rolled up."""
+
+
+async def rows(conn, label: str, rollup: Rollup, window: Window, rules: ReportRules,
+               attribute: str | None = None,
+               value: str | None = None) -> list[asyncpg.Record] | None:
+    """The report query's rows over the window, as the same query over the facts gives them;
+    segmented: with their `segment`, of every value of `attribute` (or at least of `value`'s:
+    the stored rows of the others are not read), None when it takes too many values to be
+    rolled up."""
+    key = fingerprint(rollup, rules, attribute)
+    return await reports.shared(("rollup", id(conn), rollup.name, window, key, value),
+                                lambda: _timed(conn, label, rollup, window, rules, key,
+                                               attribute, value))
 
 
 async def _timed(conn, label: str, rollup: Rollup, window: Window, rules: ReportRules,
-                 key: str) -> list[asyncpg.Record]:
+                 key: str, attribute: str | None,
+                 value: str | None) -> list[asyncpg.Record] | None:
     started = time.perf_counter()
     try:
         async with reports._connection(conn) as connection:
-            return await _rows(connection, rollup, window, rules, key)
+            return await _rows(connection, rollup, window, rules, key, attribute, value)
+    except TooManyValues:
+        return None
     finally:
         metrics.REPORT_SECONDS.labels(label).observe(time.perf_counter() - started)
 
 
 async def _rows(conn: asyncpg.Connection, rollup: Rollup, window: Window, rules: ReportRules,
-                key: str) -> list[asyncpg.Record]:
+                key: str, attribute: str | None, value: str | None) -> list[asyncpg.Record]:
     days, edges = whole_days(window)
     today = datetime.now(timezone.utc).date()
-    await refresh(conn, rollup, rules, key, [day for day in days if day < today])
+    await refresh(conn, rollup, rules, key, [day for day in days if day < today], attribute)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         await conn.execute(f"SET LOCAL work_mem = '{reports.WORK_MEM}'")
         fresh = await _fresh(conn, rollup, key, days)
         ranges = edges + [_day_range(day) for day in days if day not in fresh]
         base = [[lo for lo, _ in ranges], [hi for _, hi in ranges]]
-        return await conn.fetch(MERGED[rollup.name],
-                                *_with_rules(base, rollup, rules, key, sorted(fresh)),
+        params = _with_rules(base, rollup, rules, key, sorted(fresh), attribute)
+        return await conn.fetch(MERGED[rollup], *_reading(params, rollup, value),
                                 timeout=reports.QUERY_TIMEOUT_S)
 
 
@@ -264,16 +463,21 @@ async def _fresh(conn: asyncpg.Connection, rollup: Rollup, key: str,
 
 
 async def refresh(conn: asyncpg.Connection, rollup: Rollup, rules: ReportRules, key: str,
-                  days: list[date]) -> list[date]:
-    """Compute and keep the roll-ups of the days among `days` that have none still exact."""
+                  days: list[date], attribute: str | None = None) -> list[date]:
+    """Compute and keep the roll-ups of the days among `days` that have none still exact
+    (segmented: raises TooManyValues, keeping nothing, if the attribute takes too many values
+    among those days' contacts)."""
     stale = sorted(set(days) - await _fresh(conn, rollup, key, days))
     if stale:
         ranges = [_day_range(day) for day in stale]
         base = [[lo for lo, _ in ranges], [hi for _, hi in ranges]]
         async with conn.transaction():
             await conn.execute(f"SET LOCAL work_mem = '{reports.WORK_MEM}'")
-            await conn.execute(REFRESH[rollup.name],
-                               *_with_rules(base, rollup, rules, key, stale),
+            if rollup.segmented and await conn.fetchval(
+                    _VALUES_IN_RANGES, *base, attribute) > MAX_ROLLED_UP_VALUES:
+                raise TooManyValues(attribute)
+            await conn.execute(REFRESH[rollup],
+                               *_with_rules(base, rollup, rules, key, stale, attribute),
                                timeout=reports.QUERY_TIMEOUT_S)
     return stale
 
