@@ -26,14 +26,9 @@ from tests.test_browser_chat_agent import (
     sign_in_available,
     switchboard,
 )
+from tests.test_saved_replies import MEMBER_REPLY
 
 WEB_ID = "shop-customer-9"
-MEMBER_REPLY = """
-  - id: confirm_member_number
-    title: Confirm the member number
-    text: "Your member number is {customer.member_number}[, {customer.name}]."
-    contact_types: [track_order]
-"""
 
 
 @pytest.fixture
