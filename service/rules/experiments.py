@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Collection, Mapping
 
 from service.infra.ids import stable_point
-from service.rules.yamlfile import Checker, LocatedDict, load_yaml
+from service.rules.yamlfile import Checker, LocatedDict, optional_rule_file
 
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 ARM_KEYS = ("answer", "flow", "agent", "weight")
@@ -86,13 +86,11 @@ NO_EXPERIMENTS = Experiments()
 def load_experiments(directory: Path, display_dir: str, type_ids: Collection[str],
                      flow_ids: Collection[str]) -> Experiments:
     """The deployment's experiments; none when there is no experiments.yaml."""
-    path = directory / "experiments.yaml"
-    if not path.exists():
+    opened = optional_rule_file(directory, display_dir, "experiments.yaml",
+                                required=["experiments"])
+    if opened is None:
         return NO_EXPERIMENTS
-    doc = load_yaml(path, f"{display_dir}/experiments.yaml")
-    check = Checker()
-    root = check.mapping(doc, doc, None, (), required=["experiments"])
-    check.raise_if_any()
+    check, root = opened
     entries = check.entries(root, "experiments", "experiments")
     by_type: dict[str, Experiment] = {}
     for name, spec in entries.items():

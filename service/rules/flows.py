@@ -38,7 +38,7 @@ import aiohttp
 import orjson
 
 from service.rules.templates import PERSONAL, PLACEHOLDER, check_template, fill
-from service.rules.yamlfile import Checker, LocatedDict, LocatedList, load_yaml
+from service.rules.yamlfile import Checker, LocatedDict, LocatedList, optional_rule_file
 
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 STEP_KINDS = ("ask", "lookup", "say")
@@ -132,13 +132,11 @@ def _json_object(name: str, body: bytes) -> dict[str, Any]:
 # ---- loading --------------------------------------------------------------------------------
 
 def load_flows(directory: Path, display_dir: str) -> Flows:
-    path = directory / "flows.yaml"
-    if not path.exists():
+    opened = optional_rule_file(directory, display_dir, "flows.yaml",
+                                required=["flows"], optional=["lookups"])
+    if opened is None:
         return NO_FLOWS
-    doc = load_yaml(path, f"{display_dir}/flows.yaml")
-    check = Checker()
-    root = check.mapping(doc, doc, None, (), required=["flows"], optional=["lookups"])
-    check.raise_if_any()
+    check, root = opened
     lookups = _lookups(check, root)
     flows = _flows(check, root, lookups)
     check.raise_if_any()

@@ -11,20 +11,18 @@ import re
 from pathlib import Path
 
 from service.conversations.redaction import CARDS_ONLY, Redactor
-from service.rules.yamlfile import Checker, LocatedDict, load_yaml
+from service.rules.yamlfile import Checker, LocatedDict, optional_rule_file
 
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def load_redaction(directory: Path, display_dir: str) -> Redactor:
     """The deployment's Redactor; card numbers only when there is no redaction.yaml."""
-    path = directory / "redaction.yaml"
-    if not path.exists():
+    opened = optional_rule_file(directory, display_dir, "redaction.yaml",
+                                optional=["card_numbers", "patterns"])
+    if opened is None:
         return CARDS_ONLY
-    doc = load_yaml(path, f"{display_dir}/redaction.yaml")
-    check = Checker()
-    root = check.mapping(doc, doc, None, (), optional=["card_numbers", "patterns"])
-    check.raise_if_any()
+    check, root = opened
     cards = root.get("card_numbers", True)
     if not isinstance(cards, bool):
         check.error(root, "card_numbers", "card_numbers must be true or false", ("card_numbers",))

@@ -25,7 +25,7 @@ from typing import Any, Collection, Mapping
 
 from service.rules.catalog import Catalog
 from service.rules.templates import check_template, personal_values, render
-from service.rules.yamlfile import Checker, LocatedDict, LocatedList, load_yaml
+from service.rules.yamlfile import Checker, LocatedDict, LocatedList, optional_rule_file
 
 REPLY_ID = re.compile(r"^[a-z][a-z0-9_]*$")
 MAX_TITLE_CHARS = 60
@@ -74,13 +74,11 @@ class FilledReply:
 
 def load_replies(directory: Path, display_dir: str, type_ids: Collection[str]) -> SavedReplies:
     """The deployment's saved replies; none when there is no replies.yaml."""
-    path = directory / "replies.yaml"
-    if not path.exists():
+    opened = optional_rule_file(directory, display_dir, "replies.yaml",
+                                required=["replies"])
+    if opened is None:
         return NO_REPLIES
-    doc = load_yaml(path, f"{display_dir}/replies.yaml")
-    check = Checker()
-    root = check.mapping(doc, doc, None, (), required=["replies"])
-    check.raise_if_any()
+    check, root = opened
     items = root["replies"]
     if not isinstance(items, LocatedList) or not items:
         check.error(root, "replies", "expected a non-empty list of replies", ("replies",))

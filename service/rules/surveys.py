@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Collection, Mapping
 
 from service.infra.ids import stable_point
-from service.rules.yamlfile import Checker, LocatedDict, load_yaml
+from service.rules.yamlfile import Checker, LocatedDict, optional_rule_file
 
 KINDS = ("csat", "nps")
 MOMENTS = ("self_service", "agent")  # self-service resolved; an agent wrapped the contact up
@@ -68,13 +68,11 @@ def sampled(contact_id: str, rate: float) -> bool:
 
 def load_surveys(directory: Path, display_dir: str, type_ids: Collection[str]) -> Surveys:
     """The deployment's surveys; none when there is no surveys.yaml."""
-    path = directory / "surveys.yaml"
-    if not path.exists():
+    opened = optional_rule_file(directory, display_dir, "surveys.yaml",
+                                optional=["default", "contact_types"])
+    if opened is None:
         return NO_SURVEYS
-    doc = load_yaml(path, f"{display_dir}/surveys.yaml")
-    check = Checker()
-    root = check.mapping(doc, doc, None, (), optional=["default", "contact_types"])
-    check.raise_if_any()
+    check, root = opened
     default = None
     if "default" in root:
         default = _rule(check, root, "default", ("default",), SurveyRule())

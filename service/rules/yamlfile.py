@@ -151,3 +151,19 @@ class Checker:
     def raise_if_any(self) -> None:
         if self.issues:
             raise ConfigError(sorted(self.issues, key=lambda i: (i.file, i.line)))
+
+
+def optional_rule_file(directory: Path, display_dir: str, name: str,
+                       required: Iterable[str] = (), optional: Iterable[str] = ()
+                       ) -> tuple[Checker, LocatedDict] | None:
+    """An optional file of a rules directory: its top-level mapping, checked for exactly these
+    keys, and the Checker for the rest of it; None when the directory has no such file."""
+    path = directory / name
+    if not path.exists():
+        return None
+    doc = load_yaml(path, f"{display_dir}/{name}")
+    check = Checker()
+    root = check.mapping(doc, doc, None, (), required=required, optional=optional)
+    check.raise_if_any()
+    assert root is not None  # raise_if_any raised otherwise
+    return check, root
