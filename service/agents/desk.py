@@ -1,7 +1,8 @@
 """Agents: the directory in PostgreSQL and the agent WebSocket at /agent/ws.
 
 The first frame authenticates (only a SHA-256 of each token is stored); then the socket
-carries presence, offers, accept/decline, messages and wrap-up (docs/interfaces.md). Frames
+carries presence, offers, accept/decline, messages, private notes and wrap-up
+(docs/interfaces.md). Frames
 for an agent reach it through the bus, whichever instance produced them.
 """
 
