@@ -2,8 +2,8 @@
 
 The first frame authenticates (only a SHA-256 of each token is stored); then the socket
 carries presence, offers, accept/decline, messages, private notes and wrap-up
-(docs/interfaces.md). Frames
-for an agent reach it through the bus, whichever instance produced them.
+(docs/interfaces.md). Frames for an agent reach it through the bus, whichever instance
+produced them.
 """
 
 from __future__ import annotations

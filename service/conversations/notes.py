@@ -59,7 +59,7 @@ def checked_text(text: Any) -> str:
         raise HandoffError("bad_frame", "a note needs text")
     if len(text) > MAX_NOTE_CHARS:
         raise HandoffError("bad_frame", f"a note is at most {MAX_NOTE_CHARS} characters "
-                                    f"({len(text)} given)")
+                                        f"({len(text)} given)")
     return text.strip()
 
 
@@ -86,9 +86,17 @@ class Notes:
         handoff._record_conv("note_added", conv, author_id=author.id,
                              author_name=author.name, role=author.role, text=note.text)
         if conv.get("agent_id"):
-            await handoff._bus.publish(f"agent:{conv['agent_id']}", note.frame())
+            await self._push(conv["agent_id"], note)
         log.info("notes.added", contact_id=contact_id, role=author.role)
         return note
+
+    async def _push(self, agent_id: str, note: Note) -> None:
+        """Live to the agent's consoles; the note is kept already, so a bus that fails only
+        delays it until the console re-syncs (the `assigned` frame's context holds it)."""
+        try:
+            await self._handoff._bus.publish(f"agent:{agent_id}", note.frame())
+        except Exception as exc:
+            log.warning("notes.push_failed", contact_id=note.contact_id, error=str(exc))
 
 
 def _live(contact_id: str, found: tuple[str, Conversation] | None) -> tuple[str, Conversation]:
