@@ -173,11 +173,13 @@ async def test_chat_never_shows_a_note_live_or_when_the_chat_resumes(app_setting
         await agent.send(type="note", contact_id=contact, text="Secret: VIP, waive the fee")
         await agent.wait(is_note(contact, "Secret: VIP, waive the fee"))
         await agent.send(type="message", contact_id=contact, text="Hi, I can help")
-        # the chat's frames come in order: the agent's reply is the next one, not the note
-        assert await chat.next("message") == {"type": "message", "from": "agent",
-                                              "text": "Hi, I can help"}
+        # every frame the chat gets, of any type, up to the agent's reply and for a while after
+        frames = [await asyncio.wait_for(chat.ws.receive_json(), 5)]
+        while frames[-1] != {"type": "message", "from": "agent", "text": "Hi, I can help"}:
+            frames.append(await asyncio.wait_for(chat.ws.receive_json(), 5))
         with pytest.raises(asyncio.TimeoutError):
-            await chat.next("message", timeout=0.5)
+            frames.append(await asyncio.wait_for(chat.ws.receive_json(), 0.5))
+        assert not any("Secret" in json.dumps(f) or "VIP" in json.dumps(f) for f in frames)
 
         await chat.ws.close()
         chat, resumed = await open_chat(client, session=session["session"])
