@@ -1,8 +1,8 @@
 """Private notes and the supervisor's whisper, end to end on real PostgreSQL and Valkey: the
 agent socket's `note` frame and `POST /api/contacts/{id}/notes` keep a masked note as an event
 and a private transcript line, push it to the agent who holds the contact, and never send it
-to the customer (SMS through the Twilio stand-in, the chat socket); notes travel with a
-transfer and into a returning customer's history; bad input changes nothing."""
+to the customer (SMS and a call through the Twilio stand-in, the chat socket); notes travel
+with a transfer and into a returning customer's history; bad input changes nothing."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from tests.test_agents import (  # noqa: F401 (fixtures)
 )
 from tests.test_outbox import Console, wait_for
 from tests.test_transfers import sign_in
-from tests.twilio_driver import text
+from tests.twilio_driver import Call, text
 
 CUSTOMER = "+15555550188"
 NOTE = "Card 4111 1111 1111 1111 was declined twice; be gentle, they are upset"
@@ -315,3 +315,29 @@ async def test_bad_whispers_get_a_clear_error_and_change_nothing(app_settings, d
         assert status == 409, answer
         assert await note_events(client, db) == []
         assert not any(f["type"] == "note" for f in console.frames)
+
+
+async def test_a_note_on_a_call_is_kept_and_twilio_hears_nothing_of_it(app_settings, db,
+                                                                        twilio):
+    standin, _ = twilio
+    async with instance(app_settings) as client:
+        console = await console_of(client, await add_agent(db, "Dana", ALL_SKILLS))
+        call = await Call(client, CUSTOMER).dial()
+        await call.press("0")
+        offer = await console.wait(lambda f: f["type"] == "offer")
+        contact = offer["contact_id"]
+        await console.send(type="accept", contact_id=contact)
+        await console.wait(lambda f: f["type"] == "assigned")
+        await wait_for(lambda: len(standin.participants) == 1)
+        before = (len(standin.messages), len(standin.call_updates), len(standin.participants))
+        await console.send(type="note", contact_id=contact, text="Caller sounds distressed")
+        await console.wait(is_note(contact, "Caller sounds distressed"))
+        assert notes_in(await transcript(client, contact)) == \
+            [("agent", "Dana", "Caller sounds distressed")]
+        await asyncio.sleep(0.3)
+        assert (len(standin.messages), len(standin.call_updates),
+                len(standin.participants)) == before
+        assert "distressed" not in json.dumps([standin.messages, standin.call_updates,
+                                               standin.participants])
+        await call.leave_queue("redirected")
+        await call.hang_up()
