@@ -65,6 +65,7 @@ from service.reporting import (
     experiments,
     experiments_api,
     metrics,
+    notes_api,
     ops_api,
     partitions,
     rollups,
@@ -113,6 +114,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(erasure_api.routes())
     app.router.add_routes(supervisor.routes())
     app.router.add_routes(agent_report.routes())
+    app.router.add_routes(notes_api.routes())
     app.router.add_routes(pages())
     app.on_shutdown.append(close_websockets)
     app.on_response_prepare.append(content_security_policy)

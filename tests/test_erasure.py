@@ -35,8 +35,11 @@ SAID_LATER = "Thanks, Quayside Lane it is"
 SAID_IN_CHAT = "Where is my refund for order ZX-4471"
 AGENT_REPLY = "I see parcel PX-ALPHA-991; sending a new one to Quayside Lane"
 NOTE = "Philippa at Quayside Lane, resent PX-ALPHA-991"
+PRIVATE_NOTE = "Philippa Quist's neighbour Oswin signs for parcels at Quayside"
+WHISPER = "Philippa is owed the Marlowe-7 goodwill credit"
 SECRETS = (PHONE, WEB_ID, NAME, ATTRIBUTE, SAID_BY_SMS, SAID_LATER, SAID_IN_CHAT, AGENT_REPLY,
-           NOTE, "PX-ALPHA-991", "Quayside", "ZX-4471")
+           NOTE, "PX-ALPHA-991", "Quayside", "ZX-4471", PRIVATE_NOTE, WHISPER, "Oswin",
+           "Marlowe-7")
 
 
 @pytest.fixture(autouse=True)
@@ -140,6 +143,13 @@ async def served_by_an_agent(client, db, standin) -> Console:
     await wait_for(lambda: GREETING in standin.bodies())
     await console.send(type="message", contact_id=contact_id, text=AGENT_REPLY)
     await wait_for(lambda: AGENT_REPLY in standin.bodies())
+    # private notes: the agent's own and a supervisor's whisper
+    await console.send(type="note", contact_id=contact_id, text=PRIVATE_NOTE)
+    await console.wait(lambda f: f["type"] == "note" and f["note"]["text"] == PRIVATE_NOTE)
+    whisper = await client.post(f"/api/contacts/{contact_id}/notes", json={"text": WHISPER},
+                                headers={"Authorization": "Bearer " + await create_token(
+                                    db, "supervisor", "floor lead")})
+    assert whisper.status == 201, await whisper.text()
     await text(client, PHONE, SAID_LATER)
     await console.wait(lambda f: f.get("type") == "message" and f.get("text") == SAID_LATER)
     await console.send(type="wrap_up", contact_id=contact_id, resolved=True, note=NOTE)
@@ -176,7 +186,11 @@ async def test_an_erased_customer_leaves_nothing_personal_and_every_figure_uncha
         console = await served_by_an_agent(client, db, standin)
         await settled(client, db)
         assert await tables_holding(db, PHONE) and await tables_holding(db, AGENT_REPLY)
+        for private in (PRIVATE_NOTE, WHISPER):  # note_added events (partitions)
+            assert {t.split("_20")[0] for t in await tables_holding(db, private)} == \
+                {"contact_events"}
         assert redis_holding(await redis_dump(redis_client), PHONE)
+        assert redis_holding(await redis_dump(redis_client), WHISPER)  # earlier contacts' notes
         window = window_around_now()
         served_before, computed_before = await served_reports(client, token, *window), \
             await reports_from_events(db, *window)

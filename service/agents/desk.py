@@ -1,8 +1,9 @@
 """Agents: the directory in PostgreSQL and the agent WebSocket at /agent/ws.
 
 The first frame authenticates (only a SHA-256 of each token is stored); then the socket
-carries presence, offers, accept/decline, messages and wrap-up (docs/interfaces.md). Frames
-for an agent reach it through the bus, whichever instance produced them.
+carries presence, offers, accept/decline, messages, private notes and wrap-up
+(docs/interfaces.md). Frames for an agent reach it through the bus, whichever instance
+produced them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from service.agents.activity import STATE_FRAMES, ActivityLog
 from service.agents.bus import Bus
 from service.conversations.handoff import Handoff, HandoffError, offer_frame
+from service.conversations.notes import NoteAuthor
 from service.conversations.outbox import Outbox
 from service.conversations.transfer import TransferRequest
 from service.infra.auth_throttle import AuthThrottle
@@ -261,6 +263,10 @@ class AgentDesk:
             note = str(frame.get("note") or "")[:MAX_TEXT_CHARS]
             await self._handoff.wrap_up(agent, contact_id, frame["resolved"], correction, note)
             await ws.send_json({"type": "wrapped_up", "contact_id": contact_id})
+        elif kind == "note":  # private: pushed to the agent's consoles, never to the customer
+            author = NoteAuthor("agent", agent["name"], agent["id"])
+            await self._handoff.notes.add(contact_id, author, frame.get("text"),
+                                          holder_only=True)
         elif kind == "replies":
             await ws.send_json(await self._handoff.saved_replies(agent, contact_id))
         elif kind == "transfer":

@@ -44,7 +44,7 @@ from typing import Any, AsyncIterator, Collection, Sequence, cast
 import orjson
 import structlog
 
-from service.conversations.record import Conversation
+from service.conversations.record import Conversation, latest_notes
 from service.infra.redis_batch import Command, CommandBatcher, json_value
 from service.model import Inbound, Reply
 
@@ -125,7 +125,11 @@ def address_contacts_key(kind: str, value: str) -> str:
 
 def summarise(conv: Conversation) -> dict[str, Any]:
     """What other contacts of the customer need to know about this one."""
-    return {k: conv.get(k) for k in SUMMARY_FIELDS}
+    summary = {k: conv.get(k) for k in SUMMARY_FIELDS}
+    notes = latest_notes(conv.get("transcript", []))
+    if notes:  # private: agents see them in the customer's history, customers never
+        summary["notes"] = notes
+    return summary
 
 
 def muted_key(inbound: Inbound) -> str:

@@ -30,6 +30,7 @@ from service.conversations.handoff import Handoff, queue_entry
 from service.conversations.record import (
     Conversation,
     contact_state,
+    customer_lines,
     new_conversation,
     not_open,
 )
@@ -415,7 +416,7 @@ class Conversations:
         """A session reconnects with its token: the same contact, its transcript replayed."""
         conv = turn.conversation
         state = conv["status"] if conv["status"] in ("queued", "with_agent") else "self_service"
-        return turn.reply(state=state, history=tuple(conv["transcript"]))
+        return turn.reply(state=state, history=customer_lines(conv["transcript"]))
 
     def _greet(self, turn: Turn) -> Reply:
         conv, catalog = turn.conversation, turn.rules.catalog

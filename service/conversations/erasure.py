@@ -5,10 +5,12 @@ of those addresses (a SCAN scoped to the address's hash tag: one slot, ops only,
 path), of the customer and of their contacts. While a contact is open (a conversation not
 closed, a queue entry, a message still being sent) it refuses and changes nothing: the agent
 needs the context, ops erase once it ends. Otherwise one PostgreSQL transaction blanks the
-personal fields of the customer's events (`erased_event_data`, migration 019), the words
+personal fields of the customer's events (`erased_event_data`, migration 019: among them
+the `text` of agents' and supervisors' private notes, `note_added`), the words
 `simulate` keeps, and the addresses and texts of settled outbox rows; deletes the customer and
 their identities; and records the erasure (`erased_customers`: who, when, counts per place)
-with the Redis keys still to delete. Then the keys go, and the record forgets their names. A
+with the Redis keys still to delete. Then the keys go (the notes kept in a conversation's
+transcript and in its contact summaries with them), and the record forgets their names. A
 crash after the transaction is finished by running the same erasure again.
 
 Kept on purpose: the pseudonymous customer id in events and facts, so every report figure is

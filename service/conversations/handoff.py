@@ -121,10 +121,12 @@ class Handoff:
         self._channels = channels
         self._outbox = outbox
         from service.conversations.callbacks import Callbacks  # they build on this module
+        from service.conversations.notes import Notes
         from service.conversations.transfer import Transfers
 
         self.transfers = Transfers(self)
         self.callbacks = Callbacks(self)
+        self.notes = Notes(self)
 
     def queues(self) -> list[dict[str, str]]:
         """The agent queues, for the console's transfer list."""

@@ -12,6 +12,8 @@ from typing import Any, Literal, TypedDict, cast
 
 from service.model import ContactState
 
+NOTE = "note"  # a transcript line's `from` for a private note (notes.py): never the customer's
+
 Status = Literal["new", "menu", "clarifying", "confirming", "confirming_repeat", "in_flow",
                  "callback_offered", "queued", "with_agent", "closed"]
 
@@ -35,7 +37,9 @@ class _Required(TypedDict):
     queue: str | None
     reason: str | None  # why it went to an agent (reason code)
     outcome: str | None  # how it ended (self_service_resolved, idle_timeout, ...)
-    transcript: list[dict[str, Any]]  # {"from": customer|bot|agent, "text", "at"}, the last 60
+    # {"from": customer|bot|agent, "text", "at"}, the last 60; and private notes, {"from":
+    # "note", "private": true, "text", "at", "author_id", "author_name", "role"}
+    transcript: list[dict[str, Any]]
     steps: list[dict[str, Any]]  # self-service steps tried: answer or flow, with their outcome
     attributes: dict[str, Any]  # the customer's attributes, for routing's customer.<name>
     identities: list[list[str]]  # every [kind, value] address of the customer
@@ -81,6 +85,19 @@ def new_conversation(*, contact_id: str, customer: dict[str, Any], channel: str,
     if customer.get("display_name"):
         conversation["customer_name"] = customer["display_name"]
     return conversation
+
+
+def customer_lines(transcript: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
+    """The transcript as the customer may see it again (a chat resumed): no private notes."""
+    return tuple(line for line in transcript if line.get("from") != NOTE)
+
+
+def latest_notes(transcript: list[dict[str, Any]], keep: int = 3,
+                 chars: int = 280) -> list[dict[str, Any]]:
+    """The contact's last few notes, cut short, for its summary (every turn of the customer
+    reads their summaries, so they stay small)."""
+    notes = [line for line in transcript if line.get("from") == NOTE][-keep:]
+    return [{**line, "text": line["text"][:chars]} for line in notes]
 
 
 def not_open() -> Conversation:

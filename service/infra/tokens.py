@@ -4,7 +4,8 @@
     role = await role_of(pool, token)                            # "ops", or None
 
 Roles: `ops` reads reports, the ops dashboard and the supervisor view; `supervisor` reads only
-the supervisor view (agents and queues now); `agent` is kept for the agent console.
+the supervisor view (agents and queues now) and the agent report, and whispers notes to agents
+on live contacts; `agent` is kept for the agent console.
 """
 
 from __future__ import annotations

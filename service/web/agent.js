@@ -44,7 +44,14 @@ const OUTCOMES = {
   idle_timeout: "Went quiet",
   opted_out: "Opted out",
 };
-const SPEAKERS = { customer: "Customer", bot: "Assistant", agent: "You" };
+const SPEAKERS = { customer: "Customer", bot: "Assistant", agent: "You", note: "Private note" };
+// The reply box writes to the customer, or a private note only agents see (note frame).
+const COMPOSE = {
+  reply: { label: "Reply to the customer", send: "Send",
+           placeholder: "Type a reply, or / for saved replies. Enter sends, Shift+Enter adds a line." },
+  note: { label: "Private note", send: "Add note",
+          placeholder: "Write a private note for agents and supervisors. Enter adds it, Shift+Enter adds a line." },
+};
 // An agent message's states (message_status frames), in the order they can only move forward.
 const DELIVERY_RANK = { queued: 0, sent: 1, delivered: 2, failed: 3 };
 const DELIVERY_LABELS = { queued: "Queued", sent: "Sent", delivered: "Delivered", failed: "Not delivered" };
@@ -77,6 +84,8 @@ const ui = {
   ctxEarlier: $("ctx-earlier"), toast: $("toast"),
   repliesPanel: $("replies-panel"), repliesFilter: $("replies-filter"),
   repliesList: $("replies-list"), repliesButton: $("replies-button"),
+  modeReply: $("mode-reply"), modeNote: $("mode-note"), replyLabel: $("reply-label"),
+  noteHint: $("note-hint"),
 };
 
 const state = {
@@ -90,6 +99,7 @@ const state = {
   earlyStatuses: new Map(), // contact_id -> message_status frames that came before "assigned"
   callbacksGone: new Map(), // contact_id -> attempt whose call failed before "assigned" came
   replies: new Map(), // contact_id -> saved replies filled in for it (replies frame)
+  compose: "reply", // what the reply box writes: "reply" or "note" (a call: notes only)
 };
 
 // ---- connection ----------------------------------------------------------------------------
@@ -181,6 +191,8 @@ function handle(frame) {
       return onMessageStatus(frame);
     case "replies":
       return onReplies(frame);
+    case "note":
+      return onNote(frame);
     case "error":
       return onError(frame);
     default:
@@ -278,6 +290,25 @@ function onMessage(frame) {
   if (!contact || typeof frame.text !== "string") return;
   contact.transcript.push({ from: frame.from || "customer", text: frame.text, at: Date.now() / 1000 });
   if (state.selected !== frame.contact_id) contact.unread += 1;
+  render();
+}
+
+// A private note on a contact of ours (ours, a colleague's before a transfer, a supervisor's).
+function onNote(frame) {
+  const note = frame.note;
+  if (!note || typeof note.text !== "string") return;
+  const contact = state.contacts.get(frame.contact_id);
+  const offer = state.offers.get(frame.contact_id);
+  const transcript = contact ? contact.transcript : offer?.frame.context?.transcript;
+  if (!transcript) return;
+  transcript.push({ ...note, from: "note" });
+  if (contact) {
+    if (note.author_id === state.agent?.id) contact.noteDraft = null; // it is kept
+    else if (state.selected !== frame.contact_id) contact.unread += 1;
+    if (note.role === "supervisor" && state.selected !== frame.contact_id) {
+      toast(`${note.author_name || "A supervisor"} left a note on ${contactTitle(contact.frame)}.`, "info");
+    }
+  }
   render();
 }
 
@@ -403,6 +434,10 @@ function onError(frame) {
   if (offer) offer.pending = false;
   const contact = id && state.contacts.get(id);
   if (contact) contact.pending = false;
+  if (contact?.noteDraft) { // a note that was not kept goes back into the box, not lost
+    if (state.selected === id && !ui.reply.value) ui.reply.value = contact.noteDraft;
+    contact.noteDraft = null;
+  }
   if (contact && ["delivery_failed", "not_text", "outside_window", "not_recorded"].includes(frame.code)) {
     const last = [...contact.transcript].reverse().find((line) => line.from === "agent");
     if (last) last.failed = true;
@@ -472,6 +507,14 @@ ui.replyForm.addEventListener("submit", (event) => {
   const contact = state.contacts.get(state.selected);
   const text = ui.reply.value.trim();
   if (!contact || !text || contact.ended) return;
+  if (composeMode() === "note") {
+    // Shown once the server keeps it (the note frame), on every console of this agent.
+    if (sendFrame({ type: "note", contact_id: state.selected, text })) {
+      contact.noteDraft = text;
+      ui.reply.value = "";
+    }
+    return;
+  }
   if (selectGap()) {
     toast("Fill in the marked gap before sending: this customer has no value for it.");
     return;
@@ -485,7 +528,8 @@ ui.replyForm.addEventListener("submit", (event) => {
 
 ui.reply.addEventListener("keydown", (event) => {
   const atStart = ui.reply.selectionStart === 0 && ui.reply.selectionEnd === 0;
-  if (event.key === "/" && atStart && !event.ctrlKey && !event.metaKey && !event.altKey) {
+  if (event.key === "/" && atStart && !event.ctrlKey && !event.metaKey && !event.altKey &&
+      composeMode() === "reply") {
     event.preventDefault();
     openReplies();
     return;
@@ -522,6 +566,57 @@ ui.transferForm.addEventListener("submit", (event) => {
     contact.pending = true;
     render();
   }
+});
+
+// ---- reply or private note -------------------------------------------------------------------
+// Two tabs over the reply box; arrows move between them, Alt+R and Alt+N from anywhere.
+
+function composeMode() {
+  const contact = state.contacts.get(state.selected);
+  return contact?.frame.channel === "voice" ? "note" : state.compose;
+}
+
+function setCompose(mode, focus = true) {
+  if (!(mode in COMPOSE) || (mode === "reply" && ui.modeReply.disabled)) return;
+  state.compose = mode;
+  if (mode === "note") closeReplies(false);
+  renderCompose();
+  if (focus && !ui.reply.disabled) ui.reply.focus();
+}
+
+function renderCompose() {
+  const mode = composeMode();
+  const words = COMPOSE[mode];
+  for (const [tab, name] of [[ui.modeReply, "reply"], [ui.modeNote, "note"]]) {
+    tab.setAttribute("aria-selected", String(mode === name));
+    tab.tabIndex = mode === name ? 0 : -1;
+  }
+  ui.replyForm.classList.toggle("note-mode", mode === "note");
+  ui.replyLabel.textContent = words.label;
+  ui.reply.placeholder = words.placeholder;
+  ui.send.textContent = words.send;
+  ui.noteHint.hidden = mode !== "note";
+  ui.repliesButton.hidden = mode === "note";
+}
+
+ui.modeReply.addEventListener("click", () => setCompose("reply"));
+ui.modeNote.addEventListener("click", () => setCompose("note"));
+for (const tab of [ui.modeReply, ui.modeNote]) {
+  tab.addEventListener("keydown", (event) => {
+    if (!["ArrowLeft", "ArrowRight", "Home", "End"].includes(event.key)) return;
+    event.preventDefault();
+    const next = tab === ui.modeReply ? "note" : "reply";
+    const target = event.key === "Home" ? "reply" : event.key === "End" ? "note" : next;
+    setCompose(target, false);
+    (composeMode() === "note" ? ui.modeNote : ui.modeReply).focus();
+  });
+}
+document.addEventListener("keydown", (event) => {
+  if (!event.altKey || event.ctrlKey || event.metaKey || ui.replyForm.hidden) return;
+  const mode = { KeyN: "note", KeyR: "reply" }[event.code];
+  if (!mode) return;
+  event.preventDefault();
+  setCompose(mode);
 });
 
 function selectContact(id) {
@@ -825,7 +920,7 @@ function renderContacts() {
       el("span", { class: "item-meta" },
         el("span", { class: `channel ${frame.channel}`, text: CHANNELS[frame.channel] || frame.channel }),
         contact.ended ? el("span", { class: "ended", text: "Ended" }) : null),
-      last ? el("span", { class: "item-snippet", text: `${SPEAKERS[last.from] || ""}: ${last.text}` }) : null));
+      last ? el("span", { class: `item-snippet ${last.from}`, text: `${SPEAKERS[last.from] || ""}: ${last.text}` }) : null));
   }));
   ui.contactCount.textContent = String(state.contacts.size);
   ui.contactsEmpty.hidden = state.contacts.size > 0;
@@ -865,10 +960,13 @@ function renderSelected() {
   ui.transferStatus.hidden = !contact?.transfer;
   ui.transferStatus.textContent = contact?.transfer || "";
   const canReply = contact && !contact.ended && frame.channel !== "voice";
-  ui.reply.disabled = !canReply;
-  ui.send.disabled = !canReply;
+  const canWrite = composeMode() === "note" ? contact && !contact.ended : canReply;
+  ui.modeReply.disabled = frame.channel === "voice"; // a call: nothing to type to the caller
+  ui.reply.disabled = !canWrite;
+  ui.send.disabled = !canWrite;
   ui.repliesButton.disabled = !canReply;
   if (!canReply) closeReplies(false);
+  renderCompose();
   ui.finish.disabled = Boolean(contact?.pending);
   ui.finish.textContent = contact?.pending ? "Finishing…" : "Finish contact";
   ui.endedBanner.hidden = !(contact?.ended || (contact && frame.channel === "voice"));
@@ -897,6 +995,7 @@ function renderSelected() {
 function renderTranscript(lines, transfer) {
   const atBottom = ui.transcript.scrollHeight - ui.transcript.scrollTop - ui.transcript.clientHeight < 40;
   const items = lines.map((line) => {
+    if (line.from === "note") return noteLine(line);
     // Before a transfer reached this agent, the agent's lines were the colleague's.
     const colleague = line.from === "agent" && transfer && Number(line.at) <= Number(transfer.at);
     const who = colleague ? (transfer.from_agent_name || "Colleague")
@@ -920,6 +1019,30 @@ function renderTranscript(lines, transfer) {
     ui.transcript.dataset.for = state.selected;
   }
   if (atBottom || !sameStart) ui.transcript.scrollTop = ui.transcript.scrollHeight;
+}
+
+// A private note in the transcript: styled apart, with who wrote it; never the customer's.
+function noteLine(line) {
+  const supervisor = line.role === "supervisor";
+  const mine = !supervisor && line.author_id && line.author_id === state.agent?.id;
+  const author = mine ? "You" : line.author_name || (supervisor ? "Supervisor" : "An agent");
+  return el("li", { class: `line note${supervisor ? " whisper" : ""}${mine ? " mine" : ""}` },
+    el("span", { class: "who" },
+      el("span", { class: "note-label" }, el("span", { class: "lock", "aria-hidden": "true" }),
+        supervisor ? "Supervisor note" : "Private note"),
+      el("span", { text: `${author} · Only agents see this` }),
+      el("time", { text: when(line.at) })),
+    el("span", { class: "text", text: line.text }));
+}
+
+function earlierNotes(notes) {
+  if (!Array.isArray(notes) || !notes.length) return null;
+  return el("ul", { class: "earlier-notes", "aria-label": "Private notes" },
+    ...notes.map((note) => el("li", { class: note.role === "supervisor" ? "whisper" : null },
+      el("span", { class: "lock", "aria-hidden": "true" }),
+      el("span", { class: "earlier-note-text", text: note.text }),
+      el("span", { class: "earlier-note-by",
+                   text: `${note.author_name || humanise(note.role)}${note.role === "supervisor" ? " (supervisor)" : ""}` }))));
 }
 
 function renderContext(frame, ctx) {
@@ -971,7 +1094,8 @@ function renderContext(frame, ctx) {
       el("span", { class: `channel ${c.channel}`, text: CHANNELS[c.channel] || c.channel }),
       ` ${state.contactTypes.get(c.contact_type) || humanise(c.contact_type) || "Not classified"}`),
     el("span", { class: "outcome", text: OUTCOMES[c.outcome] || humanise(c.outcome || c.status) }),
-    el("time", { text: when(c.started_at, dateFormat) }))) :
+    el("time", { text: when(c.started_at, dateFormat) }),
+    earlierNotes(c.notes))) :
     [el("li", { class: "empty", text: "None: this is their first contact" })]));
 }
 
