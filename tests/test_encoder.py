@@ -308,3 +308,72 @@ def test_an_encoder_without_its_model_package_is_refused(tmp_path, monkeypatch):
     assert [issue.line for issue in caught.value.issues] == [1]
     off = write_rules(tmp_path / "off", "encoder: false")
     assert load_rules(off, with_classifier=False).catalog.encoder_band is None
+
+
+class VectorEncoder:
+    """An encoder whose texts are their own encodings: 'x,y' -> [x, y]."""
+
+    weights_sha256 = "vectors"
+
+    def embed(self, texts):
+        return np.array([[float(v) for v in text.split(",")] for text in texts], np.float32)
+
+
+def _line_rows(rng, centre, label, count):
+    points = rng.normal(centre, 0.3, size=(count, 2))
+    return [(f"{x:.4f},{y:.4f}", label) for x, y in points]
+
+
+def test_out_of_scope_groups_let_the_stage_keep_a_type_between_two_kinds_of_noise():
+    """Out of scope on both sides of a type (greetings left, another bank's requests right):
+    as one class a linear model's out-of-scope region is convex, so it swallows the type in
+    the middle or gives up a side; split into groups, each side is its own region."""
+    from service.understanding.cascade import fit_stage
+
+    rng = np.random.default_rng(7)
+    rows = [*_line_rows(rng, (0, 0), "balance", 150), *_line_rows(rng, (0, 4), "card", 150),
+            *_line_rows(rng, (-3, 0), "~out", 150), *_line_rows(rng, (3, 0), "~out", 150)]
+    encoder = VectorEncoder()
+    encodings = encoder.embed([text for text, _ in rows])
+    targets = [label for _, label in rows]
+    columns = ["balance", "card", "~out"]
+    grouped = fit_stage(encodings, targets, columns, encoder, DEFAULT_BAND, "~out")
+    single = fit_stage(encodings, targets, columns, encoder, DEFAULT_BAND)
+
+    assert grouped.weights.shape[1] > len(columns)  # the out-of-scope rows became groups
+    assert single.weights.shape[1] == len(columns)
+    for text, expected in (("0,0", 0), ("0,4", 1), ("-3,0", 2), ("3,0", 2)):
+        probabilities = grouped.probabilities(text)
+        assert probabilities.shape == (3,) and abs(probabilities.sum() - 1) < 1e-5
+        assert probabilities.argmax() == expected and probabilities[expected] > 0.8, text
+    # one class cannot have both sides and the middle: some point goes wrong
+    assert any(single.probabilities(text).argmax() != expected
+               for text, expected in (("0,0", 0), ("-3,0", 2), ("3,0", 2)))
+
+
+def test_out_of_scope_groups_are_stable_and_only_for_enough_rows():
+    from service.understanding.cascade import OUT_OF_SCOPE_GROUP_ROWS, out_of_scope_groups
+
+    rng = np.random.default_rng(3)
+    encodings = rng.normal(size=(400, 8)).astype(np.float32)
+    targets = ["a"] * 100 + ["~out"] * 300
+    first, groups = out_of_scope_groups(encodings, targets, "~out")
+    again, _ = out_of_scope_groups(encodings, targets, "~out")
+    assert first == again
+    assert first[:100] == ["a"] * 100 and "~out" not in first
+    assert len(groups) == 300 // OUT_OF_SCOPE_GROUP_ROWS and set(first[100:]) == set(groups)
+    few = ["a"] * 100 + ["~out"] * (2 * OUT_OF_SCOPE_GROUP_ROWS - 1)
+    assert out_of_scope_groups(encodings[:len(few)], few, "~out") == (few, ["~out"])
+
+
+def test_a_model_with_out_of_scope_groups_reads_back_the_same_from_its_parts():
+    from service.understanding.classifier import Classifier
+
+    model = train(TINY, out_of_scope=list(background_texts())[:400],
+                  cascade=CascadeSpec(CountingEncoder(), (0.0, 1.0)))
+    stage = model.encoder_stage
+    assert stage is not None and stage.weights.shape[1] > len(model.labels) + 1
+    again = Classifier.from_parts(model.parts(), stage.encoder)
+    for message in ("where is my parcel", "what is the weather", "refund please"):
+        assert again.predict(message) == model.predict(message)
+        assert len(again.encoder_stage.probabilities(message)) == len(model.labels) + 1

@@ -24,6 +24,10 @@ import numpy as np
 ENCODER_C = 10.0  # 5-fold CV on HINT3: C = 1 underfits the 384 unit-norm dimensions
 DEFAULT_BAND = (0.05, 0.90)  # see docs/classifier.md, "Transformer encoder"
 BATCH_MAX_TEXTS = 32  # one run's texts: enough to share the weights' cost, short enough to wait for
+# Out-of-scope rows are split into groups of like encodings, about this many rows each, at most
+# MAX_OUT_OF_SCOPE_GROUPS (docs/classifier.md, "Out-of-scope groups")
+OUT_OF_SCOPE_GROUP_ROWS = 60
+MAX_OUT_OF_SCOPE_GROUPS = 64
 Band = tuple[float, float]
 
 
@@ -36,13 +40,15 @@ class Encoder(Protocol):
 
 @dataclass(frozen=True)
 class EncoderStage:
-    """Logistic regression on encodings; columns as the cheap model's (types, then out of
-    scope if trained)."""
+    """Logistic regression on encodings; its probabilities have the cheap model's columns
+    (types, then out of scope if trained). Its own classes may be more: the out-of-scope rows'
+    groups, which add up to the out-of-scope column."""
 
     encoder: Encoder
     weights: np.ndarray  # (384, classes)
     bias: np.ndarray
     band: Band
+    columns: int  # the probabilities' columns: the last one adds up every class from it on
 
     def in_band(self, confidence: float) -> bool:
         """Whether the cheap model is unsure enough to ask the encoder."""
@@ -61,7 +67,11 @@ class EncoderStage:
     def probabilities_of(self, vector: np.ndarray) -> np.ndarray:
         scores = vector @ self.weights + self.bias
         scores = np.exp(scores - scores.max())
-        return scores / scores.sum()
+        probabilities = scores / scores.sum()
+        if len(probabilities) == self.columns:
+            return probabilities
+        last = self.columns - 1  # out of scope: its groups' probabilities added up
+        return np.append(probabilities[:last], probabilities[last:].sum())
 
 
 class _Batcher:
@@ -122,19 +132,50 @@ def encoder_thread() -> ThreadPoolExecutor:
 
 
 def fit_stage(encodings: np.ndarray, targets: Sequence[str], columns: Sequence[str],
-              encoder: Encoder, band: Band) -> EncoderStage:
-    """Multinomial logistic regression of `targets` on `encodings`, columns in `columns`."""
+              encoder: Encoder, band: Band, out_of_scope: str | None = None) -> EncoderStage:
+    """Multinomial logistic regression of `targets` on `encodings`, columns in `columns`.
+    `out_of_scope`, when it is the last column, names rows that are no contact type: they are
+    split into groups of like encodings, each a class of its own (out_of_scope_groups)."""
     from sklearn.linear_model import LogisticRegression
 
-    model = LogisticRegression(C=ENCODER_C, max_iter=2000).fit(encodings, list(targets))
+    classes, targets = list(columns), list(targets)
+    if out_of_scope is not None and classes and classes[-1] == out_of_scope:
+        targets, groups = out_of_scope_groups(encodings, targets, out_of_scope)
+        classes = [*classes[:-1], *groups]
+    model = LogisticRegression(C=ENCODER_C, max_iter=2000).fit(encodings, targets)
     coef, intercept = model.coef_, model.intercept_
     if coef.shape[0] == 1:  # two classes: one logit for the second; softmax([0, z]) = sigmoid
         coef = np.vstack([np.zeros_like(coef), coef])
         intercept = np.concatenate([np.zeros_like(intercept), intercept])
     position = {str(label): i for i, label in enumerate(model.classes_)}
-    picked = [position[label] for label in columns]
+    picked = [position[label] for label in classes]
     return EncoderStage(encoder, np.ascontiguousarray(coef[picked].T, np.float32),
-                        intercept[picked].astype(np.float32), band)
+                        intercept[picked].astype(np.float32), band, len(columns))
+
+
+def out_of_scope_groups(encodings: np.ndarray, targets: list[str], out_of_scope: str
+                        ) -> tuple[list[str], list[str]]:
+    """(targets with each out-of-scope row relabelled by its group, the groups' labels).
+
+    Out of scope is greetings, other businesses' requests and the neighbouring requests a
+    catalog does not handle at once: as one class a linear model must draw one region around
+    all of them, and takes in-scope messages near any of them along. Split by k-means on
+    their encodings (about OUT_OF_SCOPE_GROUP_ROWS rows a group), each group is a class and
+    their probabilities add up to out of scope's. Deterministic: the same rows, the same
+    groups."""
+    from sklearn.cluster import KMeans
+
+    rows = [i for i, target in enumerate(targets) if target == out_of_scope]
+    count = min(MAX_OUT_OF_SCOPE_GROUPS, len(rows) // OUT_OF_SCOPE_GROUP_ROWS)
+    if count < 2:
+        return targets, [out_of_scope]
+    found = KMeans(count, n_init=3, random_state=0).fit_predict(encodings[rows])
+    labels = [f"{out_of_scope} {group}" for group in range(count)]
+    regrouped = list(targets)
+    for row, group in zip(rows, found.tolist()):
+        regrouped[row] = labels[group]
+    used = set(regrouped)
+    return regrouped, [label for label in labels if label in used]
 
 
 Encodings = Callable[[Sequence[str]], np.ndarray]  # training texts -> their encodings

@@ -167,8 +167,9 @@ class Classifier:
         stage = None
         if "stage_weights" in parts and encoder is not None:
             low, high = (float(v) for v in parts["stage_band"])
+            columns = len(parts["labels"]) + bool(parts["out_of_scope"])
             stage = EncoderStage(encoder, parts["stage_weights"], parts["stage_bias"],
-                                 (low, high))
+                                 (low, high), columns)
         return cls([str(label) for label in parts["labels"]],
                    {feature: i for i, feature in enumerate(words)}, parts["idf"],
                    parts["weights"], parts["bias"], out_of_scope=bool(parts["out_of_scope"]),
@@ -299,7 +300,7 @@ def _fit_stage(texts: list[str], targets: list[str], columns: list[str],
     costs no encoding)."""
     rows = stage_sample(texts, targets, cascade.per_type, {OUT_OF_SCOPE}, cascade.keep)
     return fit_stage(cascade.encode([texts[i] for i in rows]), [targets[i] for i in rows],
-                     columns, cascade.encoder, cascade.band)
+                     columns, cascade.encoder, cascade.band, OUT_OF_SCOPE)
 
 
 def stage_texts(examples: Iterable[tuple[str, str]], out_of_scope: Iterable[str],
