@@ -11,7 +11,7 @@ import json
 import random
 import time
 from contextlib import asynccontextmanager
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import AsyncIterator
 
 import asyncpg
@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from service.app import create_app
 from service.infra.tokens import create_token
-from service.reporting import ops_api, reports, rollups
+from service.reporting import candidates, metrics, ops_api, reports, rollups
 from service.reporting.reports import ReportRules, Window
 from service.settings import SettingsError, settings_from_env
 from tests.conftest import _clean_tables, service_logs, with_settings
@@ -258,3 +258,46 @@ def test_warm_segments_setting_lists_attributes_and_refuses_bad_ones():
         problem = caught.value.problems[0]
         assert problem.startswith(f"SWITCHBOARD_REPORT_WARM_SEGMENTS={raw!r}: ") and \
             says in problem, problem
+
+
+def reads(label: str) -> float:
+    """How many report queries (or roll-up reads) of this label ran so far."""
+    return metrics.REGISTRY.get_sample_value("switchboard_report_query_seconds_count",
+                                             {"report": label}) or 0
+
+
+async def test_trend_and_candidates_splits_read_the_warm_roll_ups_once_for_all_values(
+        settings, db):
+    await tiered_log(settings, db)
+    await rollups.warm(db, LOCK_RULES, rollups.recent_days(10), ("tier",))
+    kept = await kept_by(db, "tier")
+    assert all(kept["trend"]) and all(kept["candidates"])
+    half_past = Window(midnight(today() - 6 * DAY) + timedelta(minutes=30),
+                       midnight(today() - DAY))
+    for window, options in ((past_window(), {}), (past_window(), {"bucket": "hour"}),
+                            (past_window(), {"bucket": "week"}),
+                            (half_past, {"bucket": "day"})):
+        before = reads("trend")
+        served = await reports.split(reports.trend, db, window, LOCK_RULES, "tier", **options)
+        read = reads("trend") - before
+        reference = await reports.split(reports.trend, db, window, LOCK_RULES, "tier",
+                                        queries=reports.FROM_EVENTS, **options)
+        assert without_clock(served) == without_clock(reference), options
+        assert len(served["segments"]) >= 3
+        # one read of the roll-ups for every value; a window off the hour: a query per value
+        assert read == (len(served["segments"]) if window is half_past else 1), options
+        assert sum(point["contacts"] for part in served["segments"]
+                   for point in part["points"]) == \
+            sum(1 for c in past_contacts() if window.start <= started(c) < window.end)
+
+    before = reads("candidates")
+    served = await reports.split(candidates.candidates, db, past_window(), LOCK_RULES, "tier")
+    assert reads("candidates") - before == 1
+    reference = await reports.split(candidates.candidates, db, past_window(), LOCK_RULES,
+                                    "tier", queries=reports.FROM_EVENTS)
+    assert without_clock(served) == without_clock(reference)
+    assert any(row["agent_minutes"] > 0 for part in served["segments"] for row in part["rows"])
+    gold = await candidates.candidates(db, past_window(), LOCK_RULES.with_segment("tier", "gold"))
+    assert gold["rows"] == next(part["rows"] for part in served["segments"]
+                                if part["value"] == "gold")
+    assert await kept_by(db, "tier") == kept  # all read from what the pass kept

@@ -244,10 +244,40 @@ SELECT day, segment, count(*) AS contacts FROM {_DAYS} GROUP BY 1, 2""",
     "SELECT segment, sum(contacts)::bigint AS contacts FROM parts GROUP BY 1 ORDER BY 1",
     segmented=True)
 
+# Only by segment (a split's trend and candidates read them once for all values; the whole
+# log's read the facts): the trend's counts per hour, and the candidates' per contact type
+# (the agent seconds kept exact, numeric, and float8 once added up, as the query gives them).
+TREND = Rollup(
+    "trend",
+    f"""{_in_ranges(True)}
+SELECT day, segment, date_bin('1 hour', started_at, TIMESTAMPTZ '2000-01-01 00:00+00') AS hour,
+       {reports.AGGREGATES}
+FROM {_DAYS} GROUP BY 1, 2, 3""",
+    "segment text, hour timestamptz, " + _COUNTS,
+    "SELECT segment, hour, " + ", ".join(f"sum({name})::bigint AS {name}"
+                                         for name in reports.COUNT_FIELDS)
+    + " FROM parts GROUP BY 1, 2 ORDER BY 1, 2",
+    segmented=True)
+_CANDIDATE_COUNTS = ("contacts", "agent_handled", "agent_timed", "self_service_offered",
+                     "offered_and_resolved", "self_service_resolved", "false_deflections",
+                     "csat_self_responses", "csat_agent_responses")
+CANDIDATES = Rollup(
+    "candidates",
+    _in_ranges(True) + reports.CANDIDATES.format(by="day, segment, ", seconds="",
+                                                 source=_DAYS, columns="1, 2, 3"),
+    "segment text, contact_type text, agent_seconds numeric, csat_self_points bigint, "
+    "csat_agent_points bigint, " + ", ".join(f"{name} bigint" for name in _CANDIDATE_COUNTS),
+    "SELECT segment, contact_type, sum(agent_seconds)::float8 AS agent_seconds, "
+    "sum(csat_self_points)::int AS csat_self_points, "
+    "sum(csat_agent_points)::int AS csat_agent_points, "
+    + ", ".join(f"sum({name})::bigint AS {name}" for name in _CANDIDATE_COUNTS)
+    + " FROM parts GROUP BY 1, 2 ORDER BY 1, 2",
+    segmented=True)
+
 _BUILDERS = (_groupings, _medians, _dropouts, _journeys)
 BY_NAME = {rollup.name: rollup for rollup in (build(False) for build in _BUILDERS)}
 SEGMENTED = {rollup.name: rollup for rollup in (*(build(True) for build in _BUILDERS),
-                                                SEGMENTS)}
+                                                SEGMENTS, TREND, CANDIDATES)}
 GROUPINGS, MEDIANS, DROPOUTS, JOURNEYS = BY_NAME.values()
 
 _FACT_CHANGES = """(SELECT COALESCE(sum(c.weight), 0) FROM report_fact_changes c
