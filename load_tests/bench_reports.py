@@ -8,7 +8,7 @@ it drops afterwards), applies the migrations, writes at least --events contact e
 COPY, ANALYZEs, then times the report queries of service/reports.py: the summary (the whole
 log, then one day of it), the touchpoint matrix, journeys with drop-outs, and the trend; then,
 with every customer given a tier in the directory, the summary and matrix of one tier and
-the summary, matrix and journeys split by tier.
+the summary, matrix, journeys, trend (from midnight, by day) and candidates split by tier.
 Before them it times the first summary, matrix and journeys over the whole log, and then the
 first of each split by tier, which compute and keep the day roll-ups (by tier, for the
 splits) the later runs read (service/reporting/rollups.py).
@@ -214,6 +214,7 @@ async def bench(url: str, events: int, days: int, runs: int, warm: bool = False,
             "SELECT min(occurred_at), max(occurred_at) FROM contact_events")
         whole = Window(first, last + timedelta(seconds=1))
         day = Window(start + timedelta(days=10), start + timedelta(days=11))
+        whole_days = on_midnights(whole)
         cases = [("summary, whole log", lambda: reports.summary(conn, whole, rules)),
                  ("summary, one day", lambda: reports.summary(conn, day, rules)),
                  ("matrix, whole log", lambda: reports.matrix(conn, whole, rules)),
@@ -234,6 +235,10 @@ async def bench(url: str, events: int, days: int, runs: int, warm: bool = False,
                      reports.journeys, conn, whole, rules, "tier")),
                  ("summary split by tier, one day", lambda: reports.split(
                      reports.summary, conn, day, rules, "tier")),
+                 ("trend split by tier, whole log", lambda: reports.split(
+                     reports.trend, conn, whole_days, rules, "tier")),
+                 ("candidates split by tier, whole log", lambda: reports.split(
+                     candidates.candidates, conn, whole, rules, "tier")),
                  ("candidates, whole log", lambda: candidates.candidates(conn, whole, rules)),
                  ("experiment arms, whole log", lambda: experiments.arm_counts(
                      conn, whole, rules, [EXPERIMENT]))]
@@ -253,6 +258,13 @@ async def bench(url: str, events: int, days: int, runs: int, warm: bool = False,
             print(f"{name:<34}{median * 1000:>8.0f} ms{fastest * 1000:>7.0f} ms")
     finally:
         await conn.close()
+
+
+def on_midnights(window: Window) -> Window:
+    """The window widened to whole UTC days (a trend from midnight reads the roll-ups)."""
+    first = datetime.combine(window.start.astimezone(timezone.utc).date(), datetime.min.time(),
+                             tzinfo=timezone.utc)
+    return Window(first, first + timedelta(days=(window.end - first).days + 1))
 
 
 async def time_computing_the_rollups(conn: asyncpg.Connection, whole: Window,
@@ -276,9 +288,11 @@ async def time_computing_the_rollups(conn: asyncpg.Connection, whole: Window,
         await report(conn, whole, rules)
         print(f"  first {name}, whole log: {(time.perf_counter() - began) * 1000:.0f} ms")
     for name, report in (("summary", reports.summary), ("matrix", reports.matrix),
-                         ("journeys", reports.journeys)):  # the roll-ups by tier
+                         ("journeys", reports.journeys), ("trend", reports.trend),
+                         ("candidates", candidates.candidates)):  # the roll-ups by tier
         began = time.perf_counter()
-        await reports.split(report, conn, whole, rules, "tier")
+        await reports.split(report, conn, on_midnights(whole) if report is reports.trend
+                            else whole, rules, "tier")
         print(f"  first {name} split by tier, whole log: "
               f"{(time.perf_counter() - began) * 1000:.0f} ms")
     print("  day roll-ups kept:", await conn.fetchval("SELECT count(*) FROM report_rollups"))
