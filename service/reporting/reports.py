@@ -886,7 +886,6 @@ async def trend(conn, window: Window, rules: ReportRules, bucket: str | None = N
     return header(window, rules) | {"bucket": name, "points": points}
 
 
-
 async def _trend_rows(conn, window: Window, rules: ReportRules, queries: Queries,
                       step: timedelta) -> list[Mapping[str, Any]]:
     """The trend's counts per bucket: a segment's from its roll-ups' hours when the window

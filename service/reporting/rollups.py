@@ -18,7 +18,8 @@ rows grouped by the value of one attribute each contact's customer has now (`seg
 as one array per value, so one segment reads its value's rows and a split all of them at
 once (the trend's and the candidates' too: counts per hour, per contact type). Triggers on
 `customers` add the days of the contacts of a customer whose attribute changed to
-`report_attribute_changes`, which a segmented roll-up's total counts too; an attribute with more than MAX_ROLLED_UP_VALUES values is not rolled up.
+`report_attribute_changes`, which a segmented roll-up's total counts too; an attribute with
+more than MAX_ROLLED_UP_VALUES values is not rolled up.
 
 `Warmer` computes the roll-ups of the recent days ahead of the reports (at start, hourly and
 after a rules reload), so the first report after a deploy or a catalog change need not: the
