@@ -2,7 +2,8 @@
 attributes configured (SWITCHBOARD_REPORT_WARM_SEGMENTS) are warm before anyone asks, an
 attribute a report rolled up once is warmed for the later days, a pass with nothing to do
 computes nothing, a customer changing value after a pass still gives exact figures, another
-session's lock skips the pass, and an attribute with too many values is left."""
+session's lock skips the pass, and an attribute with too many values is left; the trend and
+candidates splits read the warm roll-ups once for all values, equal to the raw events."""
 
 from __future__ import annotations
 
