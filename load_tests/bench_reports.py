@@ -1,17 +1,20 @@
 """Report query benchmark: a large synthetic event log, then the time of each report query.
 
     .venv/bin/python load_tests/bench_reports.py [--events 1000000] [--days 30] [--runs 5]
-        [--keep DIR] [--warm] [--only TEXT]
+        [--keep DIR] [--warm [--warm-segments customer.tier]] [--only TEXT]
 
 Starts an embedded PostgreSQL in a temporary folder (or uses DATABASE_URL, in a new database
 it drops afterwards), applies the migrations, writes at least --events contact events with
 COPY, ANALYZEs, then times the report queries of service/reports.py: the summary (the whole
 log, then one day of it), the touchpoint matrix, journeys with drop-outs, and the trend; then,
 with every customer given a tier in the directory, the summary and matrix of one tier and
-the summary, matrix and journeys split by tier.
+the summary, matrix, journeys, trend (from midnight, by day) and candidates split by tier.
 Before them it times the first summary, matrix and journeys over the whole log, and then the
 first of each split by tier, which compute and keep the day roll-ups (by tier, for the
 splits) the later runs read (service/reporting/rollups.py).
+With --warm the roll-ups are first dropped and computed by the service's background pass
+(`rollups.warm`, timed), with --warm-segments also those by the listed attributes (as
+SWITCHBOARD_REPORT_WARM_SEGMENTS does), so the first reports read them.
 Prints the median and the fastest of --runs runs of each; results go in load_tests/REPORTS.md.
 With --keep DIR the embedded server's data stays in DIR and its database is kept: a later run
 with the same DIR and --events applies any new migration and times the queries again without
@@ -43,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
 
+from service import settings  # noqa: E402
 from service.infra.migrate import migrate  # noqa: E402
 from service.reporting import candidates, experiments, reports, rollups  # noqa: E402
 from service.reporting.reports import ReportRules, Window  # noqa: E402
@@ -186,7 +190,7 @@ async def timed(runs: int, query) -> tuple[float, float]:
 
 
 async def bench(url: str, events: int, days: int, runs: int, warm: bool = False,
-                only: str | None = None) -> None:
+                only: str | None = None, warm_segments: tuple[str, ...] = ()) -> None:
     catalog = load_rules(ROOT / "routing_rules", with_classifier=False).catalog
     rules = ReportRules.from_catalog(catalog)
     start = datetime(2024, 4, 1, tzinfo=timezone.utc)
@@ -210,6 +214,7 @@ async def bench(url: str, events: int, days: int, runs: int, warm: bool = False,
             "SELECT min(occurred_at), max(occurred_at) FROM contact_events")
         whole = Window(first, last + timedelta(seconds=1))
         day = Window(start + timedelta(days=10), start + timedelta(days=11))
+        whole_days = on_midnights(whole)
         cases = [("summary, whole log", lambda: reports.summary(conn, whole, rules)),
                  ("summary, one day", lambda: reports.summary(conn, day, rules)),
                  ("matrix, whole log", lambda: reports.matrix(conn, whole, rules)),
@@ -230,12 +235,16 @@ async def bench(url: str, events: int, days: int, runs: int, warm: bool = False,
                      reports.journeys, conn, whole, rules, "tier")),
                  ("summary split by tier, one day", lambda: reports.split(
                      reports.summary, conn, day, rules, "tier")),
+                 ("trend split by tier, whole log", lambda: reports.split(
+                     reports.trend, conn, whole_days, rules, "tier")),
+                 ("candidates split by tier, whole log", lambda: reports.split(
+                     candidates.candidates, conn, whole, rules, "tier")),
                  ("candidates, whole log", lambda: candidates.candidates(conn, whole, rules)),
                  ("experiment arms, whole log", lambda: experiments.arm_counts(
                      conn, whole, rules, [EXPERIMENT]))]
         await give_customers_tiers(conn)
         await conn.execute("ANALYZE contact_facts")
-        await time_computing_the_rollups(conn, whole, rules, warm)
+        await time_computing_the_rollups(conn, whole, rules, warm, warm_segments)
         report = await reports.summary(conn, whole, rules)
         reference = await reports.summary(conn, whole, rules, queries=reports.FROM_EVENTS)
         assert report["totals"] == reference["totals"], "served and reference figures differ"
@@ -251,8 +260,16 @@ async def bench(url: str, events: int, days: int, runs: int, warm: bool = False,
         await conn.close()
 
 
+def on_midnights(window: Window) -> Window:
+    """The window widened to whole UTC days (a trend from midnight reads the roll-ups)."""
+    first = datetime.combine(window.start.astimezone(timezone.utc).date(), datetime.min.time(),
+                             tzinfo=timezone.utc)
+    return Window(first, first + timedelta(days=(window.end - first).days + 1))
+
+
 async def time_computing_the_rollups(conn: asyncpg.Connection, whole: Window,
-                                     rules: ReportRules, warm: bool = False) -> None:
+                                     rules: ReportRules, warm: bool = False,
+                                     warm_segments: tuple[str, ...] = ()) -> None:
     """The first reports over the whole log compute and keep its days' roll-ups (once per
     set of rules; then only days whose facts change are computed again)."""
     kept = await conn.fetchval("SELECT count(*) FROM report_rollups")
@@ -262,18 +279,20 @@ async def time_computing_the_rollups(conn: asyncpg.Connection, whole: Window,
         days = [(whole.start + n * rollups.DAY).date()
                 for n in range((whole.end - whole.start).days + 1)]
         began = time.perf_counter()
-        computed = await rollups.warm(conn, rules, days)
-        print(f"  warm pass from no roll-ups: {computed} day roll-ups in "
-              f"{time.perf_counter() - began:.1f} s")
+        computed = await rollups.warm(conn, rules, days, warm_segments)
+        print(f"  warm pass from no roll-ups (segments: {', '.join(warm_segments) or 'none'}):"
+              f" {computed} day roll-ups in {time.perf_counter() - began:.1f} s")
     for name, report in (("summary", reports.summary), ("matrix", reports.matrix),
                          ("journeys", reports.journeys)):
         began = time.perf_counter()
         await report(conn, whole, rules)
         print(f"  first {name}, whole log: {(time.perf_counter() - began) * 1000:.0f} ms")
     for name, report in (("summary", reports.summary), ("matrix", reports.matrix),
-                         ("journeys", reports.journeys)):  # the roll-ups by tier
+                         ("journeys", reports.journeys), ("trend", reports.trend),
+                         ("candidates", candidates.candidates)):  # the roll-ups by tier
         began = time.perf_counter()
-        await reports.split(report, conn, whole, rules, "tier")
+        await reports.split(report, conn, on_midnights(whole) if report is reports.trend
+                            else whole, rules, "tier")
         print(f"  first {name} split by tier, whole log: "
               f"{(time.perf_counter() - began) * 1000:.0f} ms")
     print("  day roll-ups kept:", await conn.fetchval("SELECT count(*) FROM report_rollups"))
@@ -336,11 +355,16 @@ def main() -> None:
     parser.add_argument("--warm", action="store_true",
                         help="first compute the roll-ups as the service's background pass "
                              "does (rollups.warm), timed, instead of by the first reports")
+    parser.add_argument("--warm-segments", default=(), metavar="customer.NAME,...",
+                        type=settings.PARSERS["report_warm_segments"],
+                        help="with --warm, also warm the roll-ups by these customer "
+                             "attributes, as SWITCHBOARD_REPORT_WARM_SEGMENTS does")
     parser.add_argument("--only", default=None, metavar="TEXT",
                         help="time only the queries whose name contains TEXT (e.g. tier)")
     args = parser.parse_args()
     with database(args.keep, args.events) as url:
-        asyncio.run(bench(url, args.events, args.days, args.runs, args.warm, args.only))
+        asyncio.run(bench(url, args.events, args.days, args.runs, args.warm, args.only,
+                          args.warm_segments))
 
 
 if __name__ == "__main__":

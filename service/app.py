@@ -273,7 +273,8 @@ async def event_writer(app: web.Application) -> AsyncIterator[None]:
     background = [upkeep]
     if settings.report_warm_days:  # the reports' day roll-ups, computed before they are asked
         warmer = rollups.Warmer(app[PG], lambda: ops_api.report_rules(app),
-                                settings.report_warm_days)
+                                settings.report_warm_days,
+                                attributes=settings.report_warm_segments)
         app[RULES].on_reloaded.append(warmer.ask)
         background.append(asyncio.create_task(warmer.run(), name="rollups.warm"))
     writer = EventWriter(app[PG], settings.spool_dir, settings.event_flush_interval_s)

@@ -45,6 +45,7 @@ class Settings:
     event_flush_interval_s: float = 0.2
     event_retention_days: int = 0  # 0: keep every month of the event log
     report_warm_days: int = 35  # the days whose report roll-ups are kept computed; 0: none
+    report_warm_segments: tuple[str, ...] = ()  # customer attributes also warmed by segment
     event_loop: str = "auto"
     canary_check_s: float = 5.0  # how often each instance follows the canary and its guardrails
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -78,6 +79,7 @@ ENV_VARS = {
     "SWITCHBOARD_EVENT_LOOP": "event_loop",
     "SWITCHBOARD_EVENT_RETENTION_DAYS": "event_retention_days",
     "SWITCHBOARD_REPORT_WARM_DAYS": "report_warm_days",
+    "SWITCHBOARD_REPORT_WARM_SEGMENTS": "report_warm_segments",
     "SWITCHBOARD_CANARY_CHECK_S": "canary_check_s",
 }
 
@@ -125,6 +127,24 @@ def _warm_days(raw: str) -> int:
     if not 0 <= value <= 3660:
         raise ValueError("must be a number of days from 0 (warm nothing) to 3660")
     return value
+
+
+def _warm_segments(raw: str) -> tuple[str, ...]:
+    from service.reporting import reports, rollups  # the report modules, only when set
+
+    items = [item.strip() for item in raw.split(",") if item.strip()]
+    names = []
+    for item in items:
+        try:
+            names.append(reports.parse_segment_by(item))
+        except reports.BadSegment:
+            raise ValueError(f"{item!r} is not a customer attribute: list them as "
+                             "customer.<name> (letters, digits, _ or -), comma-separated, "
+                             "e.g. customer.tier,customer.region") from None
+    if len(set(names)) > rollups.MAX_WARMED_ATTRIBUTES:
+        raise ValueError(f"lists {len(set(names))} attributes; at most "
+                         f"{rollups.MAX_WARMED_ATTRIBUTES} are warmed")
+    return tuple(dict.fromkeys(names))
 
 
 def _http_url(raw: str) -> str:
@@ -199,6 +219,7 @@ PARSERS = {
     "event_loop": _choice("auto", "uvloop", "asyncio"),
     "event_retention_days": _retention_days,
     "report_warm_days": _warm_days,
+    "report_warm_segments": _warm_segments,
     "canary_check_s": _positive_seconds,
 }
 

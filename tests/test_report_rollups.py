@@ -292,7 +292,7 @@ async def test_segments_and_splits_are_served_from_roll_ups_by_attribute(log_db)
         served = await assert_split_equals_events(log_db, window)
         assert list(contacts_by_tier(served)) == [None, "bronze", "gold", "silver"]
     days = rollups.whole_days(windows[1])[0]
-    for name in rollups.SEGMENTED:
+    for name in set(rollups.SEGMENTED) - {"trend", "candidates"}:  # what these reports read
         assert sorted(await kept_segmented(log_db, name)) == days, name
     first = await kept_segmented(log_db)
     stored = await log_db.fetchval("SELECT rows FROM report_rollups WHERE segment_by = 'tier' "

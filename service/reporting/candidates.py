@@ -22,7 +22,14 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from service.reporting.reports import FROM_FACTS, Queries, ReportRules, Window, _fetch, header
+from service.reporting.reports import (
+    FROM_FACTS,
+    Queries,
+    ReportRules,
+    Window,
+    _report_rows,
+    header,
+)
 
 FORMULA = ("score = agent_minutes x success x (1 - risk); risk = min(1, false_deflection + "
            "max(0, csat_gap) / 4); csat_gap = csat_agent - csat_self_service; success = "
@@ -32,7 +39,7 @@ FORMULA = ("score = agent_minutes x success x (1 - risk); risk = min(1, false_de
 async def candidates(conn, window: Window, rules: ReportRules,
                      queries: Queries = FROM_FACTS) -> dict[str, Any]:
     """The contact types ranked as self-service candidates, with the figures behind each."""
-    rows = await _fetch(conn, "candidates", queries.candidates, *rules.params(window))
+    rows = await _report_rows(conn, "candidates", "candidates", window, rules, queries)
     return header(window, rules) | {"formula": FORMULA,
                                     "rows": rank(rows, rules.labels)}
 

@@ -450,6 +450,30 @@ SELECT {by}type_key AS contact_type, channel,
 FROM {source} WHERE dropped_out
 GROUP BY {columns}"""
 
+# Per contact type, what the self-service candidates are ranked by (candidates.py); the agent
+# seconds are summed exactly (numeric), as float8 ({seconds}) once summed over the window.
+CANDIDATES = """
+SELECT {by}type_key AS contact_type, count(*) AS contacts,
+       count(*) FILTER (WHERE handling = 'agent') AS agent_handled,
+       count(*) FILTER (WHERE handling = 'agent' AND ended_at >= accepted_at) AS agent_timed,
+       COALESCE(sum(extract(epoch FROM ended_at - accepted_at))
+                FILTER (WHERE handling = 'agent' AND ended_at >= accepted_at), 0){seconds}
+           AS agent_seconds,
+       count(*) FILTER (WHERE offered) AS self_service_offered,
+       count(*) FILTER (WHERE offered AND resolved_in_self_service) AS offered_and_resolved,
+       count(*) FILTER (WHERE resolved_in_self_service) AS self_service_resolved,
+       count(*) FILTER (WHERE false_deflection) AS false_deflections,
+       count(*) FILTER (WHERE handling = 'self_service' AND survey_kind = 'csat'
+                        AND survey_score IS NOT NULL) AS csat_self_responses,
+       COALESCE(sum(survey_score) FILTER (WHERE handling = 'self_service'
+                                          AND survey_kind = 'csat'), 0)::int AS csat_self_points,
+       count(*) FILTER (WHERE handling = 'agent' AND survey_kind = 'csat'
+                        AND survey_score IS NOT NULL) AS csat_agent_responses,
+       COALESCE(sum(survey_score) FILTER (WHERE handling = 'agent'
+                                          AND survey_kind = 'csat'), 0)::int AS csat_agent_points
+FROM {source} WHERE contact_type IS NOT NULL
+GROUP BY {columns}"""
+
 
 def journeys_sql(carried: str = "") -> str:
     """Each customer's journeys per contact type, with the columns `carried` ("segment, ": a
@@ -516,27 +540,9 @@ SELECT contact_type, path, count(*) AS journeys, bool_or(channels > 1) AS cross_
 FROM journeys WHERE began >= $1::timestamptz AND began < $2::timestamptz
 GROUP BY contact_type, path ORDER BY contact_type, journeys DESC, path
 """,
-            candidates=f"""{window_facts}
-SELECT type_key AS contact_type, count(*) AS contacts,
-       count(*) FILTER (WHERE handling = 'agent') AS agent_handled,
-       count(*) FILTER (WHERE handling = 'agent' AND ended_at >= accepted_at) AS agent_timed,
-       COALESCE(sum(extract(epoch FROM ended_at - accepted_at))
-                FILTER (WHERE handling = 'agent' AND ended_at >= accepted_at), 0)::float8
-           AS agent_seconds,
-       count(*) FILTER (WHERE offered) AS self_service_offered,
-       count(*) FILTER (WHERE offered AND resolved_in_self_service) AS offered_and_resolved,
-       count(*) FILTER (WHERE resolved_in_self_service) AS self_service_resolved,
-       count(*) FILTER (WHERE false_deflection) AS false_deflections,
-       count(*) FILTER (WHERE handling = 'self_service' AND survey_kind = 'csat'
-                        AND survey_score IS NOT NULL) AS csat_self_responses,
-       COALESCE(sum(survey_score) FILTER (WHERE handling = 'self_service'
-                                          AND survey_kind = 'csat'), 0)::int AS csat_self_points,
-       count(*) FILTER (WHERE handling = 'agent' AND survey_kind = 'csat'
-                        AND survey_score IS NOT NULL) AS csat_agent_responses,
-       COALESCE(sum(survey_score) FILTER (WHERE handling = 'agent'
-                                          AND survey_kind = 'csat'), 0)::int AS csat_agent_points
-FROM derived WHERE contact_type IS NOT NULL GROUP BY 1 ORDER BY 1
-""")
+            candidates=window_facts + CANDIDATES.format(by="", seconds="::float8",
+                                                        source="derived", columns="1")
+            + " ORDER BY 1\n")
 
 
 # Served: per-contact facts kept as events land. Reference: the same figures from raw events
@@ -638,9 +644,9 @@ async def split(report, conn, window: Window, rules: ReportRules, attribute: str
 
 async def _split_values(report, conn, window: Window, rules: ReportRules, attribute: str,
                         queries: Queries) -> list[str]:
-    """The values the attribute takes among the window's contacts, in order: for a rolled-up
-    report, from the roll-ups of the contacts per value."""
-    if queries is FROM_FACTS and report in _ROLLED_UP:
+    """The values the attribute takes among the window's contacts, in order: from the roll-ups
+    of the contacts per value, unless it takes too many to be rolled up."""
+    if queries is FROM_FACTS:
         by_segment = await _rows_by_segment(conn, "segments", "segments", window, rules,
                                             attribute)
         if by_segment is not None:
@@ -703,12 +709,13 @@ async def _report_rows(conn, label: str, query: str, window: Window, rules: Repo
     if queries is FROM_FACTS:
         from service.reporting import rollups  # it builds its queries from this module's
 
-        if rules.segment is None:
+        if rules.segment is None and query in rollups.BY_NAME:
             return await rollups.rows(conn, label, rollups.BY_NAME[query], window, rules)
-        by_segment = await _rows_by_segment(conn, label, query, window, rules,
-                                            rules.segment.attribute, rules.segment.value)
-        if by_segment is not None:
-            return by_segment.get(rules.segment.value, [])
+        if rules.segment is not None:
+            by_segment = await _rows_by_segment(conn, label, query, window, rules,
+                                                rules.segment.attribute, rules.segment.value)
+            if by_segment is not None:
+                return by_segment.get(rules.segment.value, [])
     return await _fetch(conn, label, getattr(queries, query), *rules.params(window), *extra)
 
 
@@ -815,7 +822,6 @@ async def journeys(conn, window: Window, rules: ReportRules, limit: int = 5,
 
 
 MAX_STAGES = 4  # a flow shows journeys up to their 4th contact
-_ROLLED_UP = (summary, matrix, journeys)  # the reports whose segments come from roll-ups
 
 
 def flows(rows: list[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -870,8 +876,8 @@ async def trend(conn, window: Window, rules: ReportRules, bucket: str | None = N
     """Headline figures per time bucket, every bucket of the window present."""
     name = choose_bucket(window, bucket)
     step = BUCKETS[name]
-    rows = await _fetch(conn, "trend", queries.trend, *rules.params(window), step)
-    found = {row["bucket"]: figures(row) for row in rows}
+    found = {row["bucket"]: figures(row)
+             for row in await _trend_rows(conn, window, rules, queries, step)}
     empty = figures({field_name: 0 for field_name in COUNT_FIELDS})
     points, start = [], window.start
     while start < window.end:
@@ -879,3 +885,28 @@ async def trend(conn, window: Window, rules: ReportRules, bucket: str | None = N
         start += step
     return header(window, rules) | {"bucket": name, "points": points}
 
+
+async def _trend_rows(conn, window: Window, rules: ReportRules, queries: Queries,
+                      step: timedelta) -> list[Mapping[str, Any]]:
+    """The trend's counts per bucket: a segment's from its roll-ups' hours when the window
+    starts on the hour (every bucket is then whole hours), else by the query itself."""
+    segment = rules.segment
+    if queries is FROM_FACTS and segment is not None and window.start.timestamp() % 3600 == 0:
+        by_segment = await _rows_by_segment(conn, "trend", "trend", window, rules,
+                                            segment.attribute, segment.value)
+        if by_segment is not None:
+            return in_buckets(by_segment.get(segment.value, []), window.start, step)
+    return await _fetch(conn, "trend", queries.trend, *rules.params(window), step)
+
+
+def in_buckets(hours: list[Mapping[str, Any]], start: datetime,
+               step: timedelta) -> list[dict[str, Any]]:
+    """Counts per hour added up per bucket of `step` from `start` (as date_bin puts them)."""
+    buckets: dict[datetime, dict[str, Any]] = {}
+    for row in hours:
+        bucket = start + (row["hour"] - start) // step * step
+        counts = buckets.setdefault(bucket, {"bucket": bucket,
+                                             **{name: 0 for name in COUNT_FIELDS}})
+        for name in COUNT_FIELDS:
+            counts[name] += row[name]
+    return [buckets[bucket] for bucket in sorted(buckets)]

@@ -16,13 +16,15 @@ stay equal to `FROM_EVENTS`; tests/test_reports.py holds them equal on random tr
 Reports of a customer segment read segmented roll-ups (`SEGMENTED`, migration 018): the same
 rows grouped by the value of one attribute each contact's customer has now (`segment`), kept
 as one array per value, so one segment reads its value's rows and a split all of them at
-once. Triggers on `customers` add the days of the contacts of
-a customer whose attribute changed to `report_attribute_changes`, which a segmented roll-up's
-total counts too; an attribute with more than MAX_ROLLED_UP_VALUES values is not rolled up.
+once (the trend's and the candidates' too: counts per hour, per contact type). Triggers on
+`customers` add the days of the contacts of a customer whose attribute changed to
+`report_attribute_changes`, which a segmented roll-up's total counts too; an attribute with
+more than MAX_ROLLED_UP_VALUES values is not rolled up.
 
-`Warmer` computes the (unsegmented) roll-ups of the recent days ahead of the reports (at start,
-hourly and after a rules reload), so the first report after a deploy or a catalog change need
-not; segmented ones are computed by the first report that needs them.
+`Warmer` computes the roll-ups of the recent days ahead of the reports (at start, hourly and
+after a rules reload), so the first report after a deploy or a catalog change need not: the
+unsegmented ones, then the segmented ones of the attributes ops segment by (`warmed_attributes`:
+those configured, and those some report already rolled up).
 """
 
 from __future__ import annotations
@@ -243,10 +245,40 @@ SELECT day, segment, count(*) AS contacts FROM {_DAYS} GROUP BY 1, 2""",
     "SELECT segment, sum(contacts)::bigint AS contacts FROM parts GROUP BY 1 ORDER BY 1",
     segmented=True)
 
+# Only by segment (a split's trend and candidates read them once for all values; the whole
+# log's read the facts): the trend's counts per hour, and the candidates' per contact type
+# (the agent seconds kept exact, numeric, and float8 once added up, as the query gives them).
+TREND = Rollup(
+    "trend",
+    f"""{_in_ranges(True)}
+SELECT day, segment, date_bin('1 hour', started_at, TIMESTAMPTZ '2000-01-01 00:00+00') AS hour,
+       {reports.AGGREGATES}
+FROM {_DAYS} GROUP BY 1, 2, 3""",
+    "segment text, hour timestamptz, " + _COUNTS,
+    "SELECT segment, hour, " + ", ".join(f"sum({name})::bigint AS {name}"
+                                         for name in reports.COUNT_FIELDS)
+    + " FROM parts GROUP BY 1, 2 ORDER BY 1, 2",
+    segmented=True)
+_CANDIDATE_COUNTS = ("contacts", "agent_handled", "agent_timed", "self_service_offered",
+                     "offered_and_resolved", "self_service_resolved", "false_deflections",
+                     "csat_self_responses", "csat_agent_responses")
+CANDIDATES = Rollup(
+    "candidates",
+    _in_ranges(True) + reports.CANDIDATES.format(by="day, segment, ", seconds="",
+                                                 source=_DAYS, columns="1, 2, 3"),
+    "segment text, contact_type text, agent_seconds numeric, csat_self_points bigint, "
+    "csat_agent_points bigint, " + ", ".join(f"{name} bigint" for name in _CANDIDATE_COUNTS),
+    "SELECT segment, contact_type, sum(agent_seconds)::float8 AS agent_seconds, "
+    "sum(csat_self_points)::int AS csat_self_points, "
+    "sum(csat_agent_points)::int AS csat_agent_points, "
+    + ", ".join(f"sum({name})::bigint AS {name}" for name in _CANDIDATE_COUNTS)
+    + " FROM parts GROUP BY 1, 2 ORDER BY 1, 2",
+    segmented=True)
+
 _BUILDERS = (_groupings, _medians, _dropouts, _journeys)
 BY_NAME = {rollup.name: rollup for rollup in (build(False) for build in _BUILDERS)}
 SEGMENTED = {rollup.name: rollup for rollup in (*(build(True) for build in _BUILDERS),
-                                                SEGMENTS)}
+                                                SEGMENTS, TREND, CANDIDATES)}
 GROUPINGS, MEDIANS, DROPOUTS, JOURNEYS = BY_NAME.values()
 
 _FACT_CHANGES = """(SELECT COALESCE(sum(c.weight), 0) FROM report_fact_changes c
@@ -490,11 +522,21 @@ def recent_days(count: int, today: date | None = None) -> list[date]:
     return [today - n * DAY for n in range(1, count + 1)]
 
 
+# Segmented roll-ups are warmed for at most this many configured attributes, and as many of
+# those a report rolled up (most recently computed first): each costs a pass over its days.
+MAX_WARMED_ATTRIBUTES = 8
+# The attributes some report (or pass) rolled up, most recently computed first.
+_ROLLED_UP_ATTRIBUTES = """
+SELECT segment_by FROM report_rollups WHERE segment_by IS NOT NULL
+GROUP BY 1 ORDER BY max(computed_at) DESC, 1 LIMIT $1"""
+
+
 async def warm(conn: asyncpg.Connection | asyncpg.Pool, rules: ReportRules,
-               days: list[date]) -> int:
+               days: list[date], attributes: tuple[str, ...] = ()) -> int:
     """Compute every report's roll-ups of the days among `days` that are over and have none
-    still exact, a few days per statement, newest first; returns how many day roll-ups it
-    computed (0 when another session is warming: that pass is skipped)."""
+    still exact, a few days per statement, newest first: the unsegmented ones, then those by
+    each of `warmed_attributes`; returns how many day roll-ups it computed (0 when another
+    session is warming: that pass is skipped)."""
     today = datetime.now(timezone.utc).date()
     over = sorted({day for day in days if day < today}, reverse=True)
     if not over:
@@ -504,29 +546,68 @@ async def warm(conn: asyncpg.Connection | asyncpg.Pool, rules: ReportRules,
             log.debug("reports.warm_skipped", reason="another session is warming")
             return 0
         try:
-            return await _warm_locked(connection, rules, over)
+            computed = await _warm_locked(connection, rules, over, BY_NAME.values(), None)
+            for attribute in await warmed_attributes(connection, attributes):
+                computed += await _warm_attribute(connection, rules, over, attribute)
+            return computed
         finally:  # a pool's connection also drops its locks when released
             with contextlib.suppress(*WARM_FAILED):
                 await connection.execute("SELECT pg_advisory_unlock($1)", WARM_LOCK_KEY)
 
 
-async def _warm_locked(conn: asyncpg.Connection, rules: ReportRules, days: list[date]) -> int:
+async def warmed_attributes(conn: asyncpg.Connection,
+                            configured: tuple[str, ...] = ()) -> list[str]:
+    """The attributes whose segmented roll-ups a pass keeps warm: the configured ones, then
+    those already rolled up (asked by a report at least once), each list bounded."""
+    rolled_up = [row["segment_by"] for row in
+                 await conn.fetch(_ROLLED_UP_ATTRIBUTES, MAX_WARMED_ATTRIBUTES)]
+    chosen = list(dict.fromkeys(configured[:MAX_WARMED_ATTRIBUTES]))
+    return chosen + [attribute for attribute in rolled_up if attribute not in chosen]
+
+
+async def _warm_attribute(conn: asyncpg.Connection, rules: ReportRules, days: list[date],
+                          attribute: str) -> int:
+    """One attribute's segmented roll-ups of `days`; an attribute with too many values among
+    some days' contacts is left (its reports read the facts), logged."""
+    started = time.perf_counter()
+    try:
+        computed = await _warm_locked(conn, rules, days, SEGMENTED.values(), attribute)
+    except TooManyValues:
+        log.info("reports.warm_segments_skipped", attribute=attribute,
+                 reason=f"more than {MAX_ROLLED_UP_VALUES} values")
+        return 0
+    log.info("reports.warmed_segments", attribute=attribute, computed=computed,
+             seconds=round(time.perf_counter() - started, 2))
+    return computed
+
+
+async def _warm_locked(conn: asyncpg.Connection, rules: ReportRules, days: list[date],
+                       chosen, attribute: str | None) -> int:
+    """The `chosen` roll-ups of the days without one still exact, newest first: one look at
+    which are missing or stale, then a few days per statement."""
+    keys = {rollup: fingerprint(rollup, rules, attribute) for rollup in chosen}
+    stale = {rollup: set(days) - await _fresh(conn, rollup, key, days)
+             for rollup, key in keys.items()}
+    to_compute = sorted(set().union(*stale.values()), reverse=True)
     computed = 0
-    for at in range(0, len(days), WARM_DAYS_PER_STATEMENT):
-        chunk = days[at:at + WARM_DAYS_PER_STATEMENT]
-        for rollup in BY_NAME.values():
-            computed += len(await refresh(conn, rollup, rules, fingerprint(rollup, rules),
-                                          chunk))
+    for at in range(0, len(to_compute), WARM_DAYS_PER_STATEMENT):
+        chunk = to_compute[at:at + WARM_DAYS_PER_STATEMENT]
+        for rollup, key in keys.items():
+            computed += len(await refresh(conn, rollup, rules, key,
+                                          [day for day in chunk if day in stale[rollup]],
+                                          attribute))
     return computed
 
 
 class Warmer:
-    """Keeps the roll-ups of the last `days` days computed under the rules in force: a pass
-    at start, every WARM_EVERY_S and whenever asked (after a rules reload)."""
+    """Keeps the roll-ups of the last `days` days computed under the rules in force (and those
+    by `attributes`, and by every attribute a report rolled up): a pass at start, every
+    WARM_EVERY_S and whenever asked (after a rules reload)."""
 
     def __init__(self, pool: asyncpg.Pool, rules: Callable[[], ReportRules], days: int,
-                 every_s: float = WARM_EVERY_S):
+                 every_s: float = WARM_EVERY_S, attributes: tuple[str, ...] = ()):
         self._pool, self._rules, self._days, self._every_s = pool, rules, days, every_s
+        self._attributes = attributes
         self._asked = asyncio.Event()
         self._asked.set()  # the first pass right away
 
@@ -546,7 +627,8 @@ class Warmer:
         """One pass: the day roll-ups it computed, or None when PostgreSQL failed it."""
         started = time.perf_counter()
         try:
-            computed = await warm(self._pool, self._rules(), recent_days(self._days))
+            computed = await warm(self._pool, self._rules(), recent_days(self._days),
+                                  self._attributes)
         except WARM_FAILED as exc:
             log.warning("reports.warm_failed", error=str(exc) or type(exc).__name__)
             return None
