@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -29,6 +27,7 @@ from service.reporting.ops_api import (
     _window,
     bearer_token,
     json_error,
+    json_object,
     ops_report,
 )
 from service.rules import canary
@@ -64,7 +63,7 @@ async def canary_now(request: web.Request) -> web.Response:
 @ops_report("canary_start", source="PostgreSQL")
 async def canary_start(request: web.Request) -> web.Response:
     """Validate the directory's rules (422 with file:line problems), then start the canary."""
-    body = await _body(request)
+    body = await json_object(request)
     try:
         directory = Path(str(body["directory"]))
         share = float(body["share"])
@@ -121,11 +120,3 @@ async def _actor(request: web.Request) -> str:
     return name or "ops token"
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        body = None
-    if not isinstance(body, dict):
-        raise json_error(web.HTTPBadRequest, "expected a JSON object")
-    return body

@@ -10,7 +10,6 @@ such live contact, 409 the contact has ended; nothing is kept then (conversation
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import structlog
@@ -21,8 +20,7 @@ from service.appkeys import AUTH_THROTTLE, HANDOFF, PG
 from service.conversations.handoff import HandoffError
 from service.conversations.notes import NoteAuthor
 from service.infra import tokens
-from service.reporting import metrics
-from service.reporting.ops_api import NO_STORE, UNAVAILABLE, bearer_token, json_error
+from service.reporting.ops_api import NO_STORE, bearer_token, counted, json_error, json_object
 
 log = structlog.get_logger(__name__)
 
@@ -36,29 +34,12 @@ def routes() -> list[web.RouteDef]:
     return [web.post("/api/contacts/{contact_id}/notes", add_note)]
 
 
+@counted("contact_notes", "the contact cannot be reached right now; try again")
 async def add_note(request: web.Request) -> web.Response:
     """Keep a private note on a live contact, pushed to the agent who holds it."""
-    status = 500
-    try:
-        response = await _add_note(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    except UNAVAILABLE as exc:
-        log.warning("notes.unavailable", error=str(exc))
-        status = 503
-        raise json_error(web.HTTPServiceUnavailable, "the contact cannot be reached right "
-                         "now; try again") from exc
-    finally:
-        metrics.OPS_API_REQUESTS.labels("contact_notes", str(status)).inc()
-
-
-async def _add_note(request: web.Request) -> web.Response:
     author = await _author(request)
     contact_id = _contact_id(request.match_info["contact_id"])
-    text = (await _body(request)).get("text")
+    text = (await json_object(request)).get("text")
     try:
         note = await request.app[HANDOFF].notes.add(contact_id, author, text,
                                                     holder_only=author.role == "agent")
@@ -108,13 +89,3 @@ def _contact_id(value: str) -> str:
         return str(uuid.UUID(value))
     except ValueError:
         raise json_error(web.HTTPBadRequest, f"not a contact id: {value!r}") from None
-
-
-async def _body(request: web.Request) -> dict:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        body = None
-    if not isinstance(body, dict):
-        raise json_error(web.HTTPBadRequest, 'send JSON {"text": "..."}')
-    return body

@@ -26,7 +26,7 @@ import functools
 import json
 import time
 from datetime import datetime, timezone
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import asyncpg
 import redis.exceptions
@@ -89,10 +89,21 @@ def ops_report(name: str, source: str = "the event log", roles: tuple[str, ...] 
     trace."""
     def decorate(handler: Handler) -> Handler:
         @functools.wraps(handler)
+        async def checked(request: web.Request) -> web.StreamResponse:
+            await _require_role(request, roles, what)
+            return await handler(request)
+        return counted(name, f"{source} cannot be read right now; try again")(checked)
+    return decorate
+
+
+def counted(name: str, unavailable: str) -> Callable[[Handler], Handler]:
+    """Counts the handler's requests by status; a database or Redis outage is a 503 saying
+    `unavailable`, not a stack trace."""
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
         async def guarded(request: web.Request) -> web.StreamResponse:
             status = 500
             try:
-                await _require_role(request, roles, what)
                 response = await handler(request)
                 status = response.status
                 return response
@@ -100,14 +111,24 @@ def ops_report(name: str, source: str = "the event log", roles: tuple[str, ...] 
                 status = exc.status
                 raise
             except UNAVAILABLE as exc:
-                log.warning("reports.unavailable", report=name, error=str(exc))
+                log.warning("api.unavailable", endpoint=name, error=str(exc))
                 status = 503
-                raise json_error(web.HTTPServiceUnavailable,
-                                 f"{source} cannot be read right now; try again") from exc
+                raise json_error(web.HTTPServiceUnavailable, unavailable) from exc
             finally:
                 metrics.OPS_API_REQUESTS.labels(name, str(status)).inc()
         return guarded
     return decorate
+
+
+async def json_object(request: web.Request) -> dict[str, Any]:
+    """The request's JSON body, which must be an object (400 otherwise)."""
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        raise json_error(web.HTTPBadRequest, "expected a JSON object")
+    return body
 
 
 async def _require_role(request: web.Request, roles: tuple[str, ...], what: str) -> None:
