@@ -15,7 +15,7 @@ import pytest
 from service.agents.desk import add_agent
 from service.appkeys import EVENTS, HANDOFF
 from service.conversations.notes import MAX_NOTE_CHARS
-from service.infra.tokens import create_token
+from service.infra.tokens import create_token, hash_token
 from tests.test_agents import (  # noqa: F401 (fixtures)
     ALL_SKILLS,
     AgentSocket,
@@ -106,7 +106,8 @@ async def test_an_agents_note_is_masked_kept_pushed_and_never_texted(app_setting
     standin, _ = twilio
     async with instance(app_settings) as client:
         console, contact, token = await sms_contact_with(client, db, standin)
-        agent_id = (await db.fetchval("SELECT id::text FROM agents WHERE name = 'Dana'"))
+        agent_id = await db.fetchval("SELECT id::text FROM agents WHERE token_hash = $1",
+                                     hash_token(token))  # other tests' agents are named Dana too
 
         await console.send(type="note", contact_id=contact, text=f"  {NOTE}  ")
         pushed = await console.wait(is_note(contact, MASKED))
