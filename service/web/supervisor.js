@@ -233,7 +233,7 @@ function renderAgents(agents) {
       localStorage.setItem(SORT_KEY, JSON.stringify(sort));
       renderAgents(latest.agents);
     });
-    return el("th", { class: c.text ? "text" : undefined, scope: "col",
+    return el("th", { class: c.text ? "text" : undefined, scope: "col", "data-col": c.key,
                       "aria-sort": active ? (sort.agents.dir > 0 ? "ascending" : "descending")
                         : "none" }, button);
   }));
@@ -319,12 +319,14 @@ function openWhisper(agent, contact) {
   const input = el("input", {
     type: "text", class: "whisper-text", maxlength: "2000", autocomplete: "off",
     "aria-label": `Whisper to ${agent.name}`,
-    placeholder: `Only ${agent.name} sees this; Enter sends, Esc closes`,
+    placeholder: `A private note for ${agent.name}…`,
   });
   const send = el("button", { type: "submit", class: "primary small", text: "Send" });
   const close = el("button", { type: "button", class: "whisper-close", "aria-label":
                                "Close the whisper box", text: "×" });
-  const status = el("p", { class: "whisper-status", role: "status", "aria-live": "polite" });
+  const status = el("p", { class: "whisper-status", role: "status", "aria-live": "polite",
+                           text: `Only ${agent.name} sees this, never the customer. ` +
+                             "Enter sends, Esc closes." });
   const form = el("form", { class: "whisper", "aria-label": `Whisper to ${agent.name}` },
     el("div", { class: "whisper-row" }, input, send, close), status);
   form.addEventListener("submit", (event) => {
