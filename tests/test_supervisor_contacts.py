@@ -88,28 +88,36 @@ async def test_each_agents_held_contacts_are_listed_until_wrap_up(supervised, db
         await eli.ws.close()
 
 
-async def test_the_gauges_refresh_reads_no_contacts(supervised, db, monkeypatch):  # noqa: F811
-    """The gauges run every few seconds on every instance: they need no conversations."""
-    commands: list[tuple] = []
+async def test_the_contacts_cost_two_batches_and_the_gauges_none(supervised, db,  # noqa: F811
+                                                                  monkeypatch):
+    """The page reads the held contacts in two batches however many there are; the gauges,
+    refreshed every few seconds on every instance, read none."""
+    batches: list[tuple] = []
     real = CommandBatcher.execute
 
     async def counted(self, *batch):
-        commands.extend(batch)
+        batches.append(batch)
         return await real(self, *batch)
 
     async with instance(supervised) as client:
         dana = await login(client, db, "Dana", ALL_SKILLS)
-        await text(client, CUSTOMER, "I want to talk to a human")
-        offer = await dana.next("offer")
-        await dana.send(type="accept", contact_id=offer["contact_id"])
-        await dana.next("assigned")
+        held = []
+        for number in ("+15555550434", "+15555550435", "+15555550436"):
+            await text(client, number, "I want to talk to a human")
+            offer = await dana.next("offer")
+            await dana.send(type="accept", contact_id=offer["contact_id"])
+            await dana.next("assigned")
+            held.append(offer["contact_id"])
         assert isinstance(client.app[ROUTER].batcher, CommandBatcher)
         monkeypatch.setattr(CommandBatcher, "execute", counted)
+
         gauges = await supervisor.snapshot(client.app)
         assert by_name(gauges)["Dana"]["held"] == []
         assert not any(c[0] == "GET" or c[:2] == ("HGETALL", "sb:{routing}:assigned")
-                       for c in commands)
-        commands.clear()
+                       for batch in batches for c in batch)
+
+        batches.clear()
         page = await supervisor.snapshot(client.app, with_contacts=True)
-        assert [c["contact_id"] for c in by_name(page)["Dana"]["held"]] == [offer["contact_id"]]
-        assert sum(c[0] == "GET" for c in commands) == 2  # the index key, the conversation
+        assert [c["contact_id"] for c in by_name(page)["Dana"]["held"]] == held
+        reads = [batch for batch in batches if any(c[0] == "GET" for c in batch)]
+        assert [len(batch) for batch in reads] == [3, 3]  # the index keys, the conversations
