@@ -1,9 +1,10 @@
 """The supervisor whispers from the supervisor view, in real headless Chromium against the real
 app: a customer's chat reaches an agent's console (a second page); the supervisor's view lists
 the contact under the agent; "Whisper" opens an inline box that keeps its text and the
-keyboard while the view refreshes, Enter sends ("Sent to Dana") and the agent's console shows
-the supervisor's note; once the agent wraps up, a whisper shows the API's refusal inline, and
-Escape closes the box. Screenshots land in test-artifacts/."""
+keyboard while the view refreshes, Enter sends ("Sent to Dana"), Escape closes it and gives
+the keyboard back to the button, and the agent's console shows the supervisor's note; once
+the agent wraps up, a whisper shows the API's refusal inline. Screenshots land in
+test-artifacts/."""
 
 from __future__ import annotations
 
@@ -92,6 +93,18 @@ async def test_a_supervisor_whispers_from_the_view_and_sees_refusals_inline(app_
             await expect(box).to_have_value("")
             await floor.screenshot(path=artifact("supervisor-whisper-sent.png"))
 
+            # Escape closes the box and gives the keyboard back; Enter on the button reopens
+            await box.press("Escape")
+            await expect(floor.get_by_role("form", name="Whisper to Dana")).to_have_count(0)
+            await expect(button).to_be_focused()
+            await expect(button).to_have_attribute("aria-expanded", "false")
+            await a_refresh(floor)
+            await expect(button).to_be_focused()  # a redraw keeps it too
+            await floor.keyboard.press("Enter")
+            await expect(box).to_be_focused()
+            await expect(status).to_have_text(
+                "Only Dana sees this, never the customer. Enter sends, Esc closes.")
+
             # the agent's console shows the supervisor's note
             note = agent.get_by_role("log", name="Conversation").locator(".line.note.whisper")
             await expect(note).to_contain_text(WHISPER)
@@ -114,7 +127,7 @@ async def test_a_supervisor_whispers_from_the_view_and_sees_refusals_inline(app_
             await expect(box).to_have_value("Are you still there?")
             await floor.screenshot(path=artifact("supervisor-whisper-refused.png"))
 
-            # Escape closes the box and the ended contact with it; focus goes nowhere odd
+            # Escape closes the box, and the ended contact goes with it
             await box.press("Escape")
             await expect(floor.get_by_role("form", name="Whisper to Dana")).to_have_count(0)
             await expect(held).to_have_count(0)
