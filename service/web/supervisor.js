@@ -240,7 +240,7 @@ function renderAgents(agents) {
   const rows = [...agents].sort(agentOrder).map((a) => el("tr", {
     "data-key": a.id, "data-state": a.state,
   }, el("td", { class: "text name", "data-field": "name", text: a.name }),
-  el("td", { class: "text" }, el("span", { class: "pill", "data-field": "state",
+  el("td", { class: "text state-cell" }, el("span", { class: "pill", "data-field": "state",
                                            "data-state": a.state, text: a.state }),
     a.state === "busy" && a.presence === "away"
       ? el("span", { class: "note", "data-field": "presence", text: "not taking more" }) : ""),
@@ -301,8 +301,9 @@ function heldItem(agent, contact, open) {
                           "data-contact": contact.contact_id },
     el("div", { class: "held-line" },
       el("span", { class: "channel", "data-channel": contact.channel, text: contact.channel }),
-      el("span", { class: "who", text: customerLabel(contact) }),
-      el("span", { class: "type", text: contact.contact_type_label }),
+      el("span", { class: "who", title: customerLabel(contact), text: customerLabel(contact) }),
+      el("span", { class: "type", title: contact.contact_type_label,
+                   text: contact.contact_type_label }),
       contact.gone ? el("span", { class: "ended", text: "no longer live" })
         : el("span", { class: "for", "data-since": since, title: "with the agent for",
                        text: formatDuration(heldFor(since)) }),
