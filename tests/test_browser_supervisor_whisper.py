@@ -1,7 +1,7 @@
 """The supervisor whispers from the supervisor view, in real headless Chromium against the real
 app: a customer's chat reaches an agent's console (a second page); the supervisor's view lists
 the contact under the agent; "Whisper" opens an inline box that keeps its text and the
-keyboard while the view refreshes, Enter sends ("Sent to Dana"), Escape closes it and gives
+keyboard while the view refreshes, Enter sends ("Sent to Priya"), Escape closes it and gives
 the keyboard back to the button, and the agent's console shows the supervisor's note; once
 the agent wraps up, a whisper shows the API's refusal inline. Screenshots land in
 test-artifacts/."""
@@ -47,8 +47,8 @@ async def a_refresh(page) -> None:
 
 
 async def test_a_supervisor_whispers_from_the_view_and_sees_refusals_inline(app_settings, db):  # noqa: F811
-    token = await switchboard(app_settings, "agents", "add", "Dana", "--skills", SKILLS)
-    await switchboard(app_settings, "agents", "add", "Eli", "--skills", SKILLS)
+    token = await switchboard(app_settings, "agents", "add", "Priya", "--skills", SKILLS)
+    await switchboard(app_settings, "agents", "add", "Omar", "--skills", SKILLS)
     await switchboard(app_settings, "customers", "add", "--web-id", WEB_ID, "--name", "Ana")
     supervisor = await create_token(db, "supervisor", name="Sam")
     signature = hmac.new(SECRET.encode(), WEB_ID.encode(), hashlib.sha256).hexdigest()
@@ -60,24 +60,24 @@ async def test_a_supervisor_whispers_from_the_view_and_sees_refusals_inline(app_
             await sign_in_available(agent, base, token)
             log = await ask_for_a_person(customer, base, signature)
             await agent.get_by_role("button", name="Accept").click()
-            await expect(log).to_contain_text("You're now talking with Dana.")
+            await expect(log).to_contain_text("You're now talking with Priya.")
             contact_id = await agent.locator("#transcript").get_attribute("data-for")
 
-            # the view lists the contact under Dana; Eli holds none
-            dana = floor.locator("#agents tbody tr").filter(has_text="Dana")
-            held = dana.get_by_role("list", name="Contacts Dana holds")
+            # the view lists the contact under Priya; Omar holds none
+            priya = floor.locator("#agents tbody tr").filter(has_text="Priya")
+            held = priya.get_by_role("list", name="Contacts Priya holds")
             item = held.locator(f'li[data-contact="{contact_id}"]')
             await expect(item).to_contain_text("Ana")
             await expect(item.locator(".channel")).to_have_text("chat")
             await expect(item.locator(".for")).to_have_text(re.compile(r"^\d+s$"))
-            eli = floor.locator("#agents tbody tr").filter(has_text="Eli")
-            await expect(eli.locator('td[data-field="contacts"]')).to_have_text("–")
+            omar = floor.locator("#agents tbody tr").filter(has_text="Omar")
+            await expect(omar.locator('td[data-field="contacts"]')).to_have_text("–")
 
             # Whisper opens the box with the keyboard in it; a refresh keeps text and focus
-            button = item.get_by_role("button", name="Whisper to Dana about Ana")
+            button = item.get_by_role("button", name="Whisper to Priya about Ana")
             await button.click()
             await expect(button).to_have_attribute("aria-expanded", "true")
-            box = floor.get_by_role("textbox", name="Whisper to Dana")
+            box = floor.get_by_role("textbox", name="Whisper to Priya")
             await expect(box).to_be_focused()
             first, rest = WHISPER[:17], WHISPER[17:]
             await floor.keyboard.type(first)
@@ -88,14 +88,14 @@ async def test_a_supervisor_whispers_from_the_view_and_sees_refusals_inline(app_
             await floor.keyboard.type(rest)
             await expect(box).to_have_value(WHISPER)
             await floor.keyboard.press("Enter")
-            status = floor.get_by_role("form", name="Whisper to Dana").get_by_role("status")
-            await expect(status).to_have_text("Sent to Dana")
+            status = floor.get_by_role("form", name="Whisper to Priya").get_by_role("status")
+            await expect(status).to_have_text("Sent to Priya")
             await expect(box).to_have_value("")
             await floor.screenshot(path=artifact("supervisor-whisper-sent.png"))
 
             # Escape closes the box and gives the keyboard back; Enter on the button reopens
             await box.press("Escape")
-            await expect(floor.get_by_role("form", name="Whisper to Dana")).to_have_count(0)
+            await expect(floor.get_by_role("form", name="Whisper to Priya")).to_have_count(0)
             await expect(button).to_be_focused()
             await expect(button).to_have_attribute("aria-expanded", "false")
             await a_refresh(floor)
@@ -103,7 +103,7 @@ async def test_a_supervisor_whispers_from_the_view_and_sees_refusals_inline(app_
             await floor.keyboard.press("Enter")
             await expect(box).to_be_focused()
             await expect(status).to_have_text(
-                "Only Dana sees this, never the customer. Enter sends, Esc closes.")
+                "Only Priya sees this, never the customer. Enter sends, Esc closes.")
 
             # the agent's console shows the supervisor's note
             note = agent.get_by_role("log", name="Conversation").locator(".line.note.whisper")
@@ -129,9 +129,9 @@ async def test_a_supervisor_whispers_from_the_view_and_sees_refusals_inline(app_
 
             # Escape closes the box, and the ended contact goes with it
             await box.press("Escape")
-            await expect(floor.get_by_role("form", name="Whisper to Dana")).to_have_count(0)
+            await expect(floor.get_by_role("form", name="Whisper to Priya")).to_have_count(0)
             await expect(held).to_have_count(0)
-            await expect(dana.locator('td[data-field="contacts"]')).to_have_text("–")
+            await expect(priya.locator('td[data-field="contacts"]')).to_have_text("–")
         except BaseException:
             await floor.screenshot(path=artifact("failed-supervisor-whisper.png"), full_page=True)
             await agent.screenshot(path=artifact("failed-agent-whisper.png"), full_page=True)
