@@ -88,7 +88,8 @@ async def test_agents_on_two_instances_are_seen_with_their_state_contacts_and_ti
         assert seen["Finn"] | {"id": None} == {
             "id": None, "name": "Finn", "skills": ["care"], "state": "offline",
             "presence": "away", "since": None, "in_state_s": None, "contacts": {},
-            "offers": 0, "capacity": {"sms": 3, "voice": 1, "chat": 3, "whatsapp": 3}}
+            "offers": 0, "capacity": {"sms": 3, "voice": 1, "chat": 3, "whatsapp": 3},
+            "held": []}
         assert seen["Dana"]["state"] == "available" and stamped_in_window(seen["Dana"])
         dana_available = seen["Dana"]["since"]
 

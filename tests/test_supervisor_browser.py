@@ -122,8 +122,11 @@ async def check_agents(page, now: dict) -> None:
         row = page.locator(f'#agents tr[data-key="{agent["id"]}"]')
         await expect(row.locator('[data-field="name"]')).to_have_text(agent["name"])
         await expect(row.locator('[data-field="state"]')).to_have_text(agent["state"])
-        await expect(row.locator('[data-field="contacts"]')).to_have_text(
-            contacts(agent["contacts"]))
+        held = row.locator('[data-field="contacts"] li[data-contact]')
+        await expect(held).to_have_count(len(agent["held"]))
+        if not agent["held"]:
+            await expect(row.locator('[data-field="contacts"]')).to_have_text(
+                contacts(agent["contacts"]))
         await expect(row.locator('[data-field="offers"]')).to_have_text(str(agent["offers"]))
         cell = row.locator('[data-field="in_state"]')
         if agent["since"] is None:
@@ -131,8 +134,13 @@ async def check_agents(page, now: dict) -> None:
         else:
             await expect(cell).to_have_attribute("data-since", agent["since"])
             await expect(cell).to_have_text(re.compile(r"^\d+s$"))
-    ada = page.locator('#agents tr[data-state="busy"] [data-field="contacts"]')
-    await expect(ada).to_have_text("sms 1")
+    [held] = next(a["held"] for a in now["agents"] if a["name"] == "Ada")
+    ada = page.locator(f'#agents tr[data-state="busy"] li[data-contact="{held["contact_id"]}"]')
+    await expect(ada.locator(".channel")).to_have_text("sms")
+    await expect(ada.locator(".who")).to_have_text("Unknown customer")
+    await expect(ada.locator(".type")).to_have_text("Something else")
+    await expect(ada.get_by_role("button", name="Whisper to Ada about Unknown customer")
+                 ).to_be_visible()
 
 
 async def check_queues(page, now: dict) -> None:

@@ -193,7 +193,7 @@ class Handoff:
             key, conv = found
             now = time.time()
             conv.update({"status": "with_agent", "agent_id": agent["id"],
-                         "agent_name": agent["name"]})
+                         "agent_name": agent["name"], "accepted_at": now})
             if self._channels[conv["channel"]].traits.agent_can_type:
                 conv["transcript"].append({"from": "agent", "text": greeting(agent), "at": now})
             calling = self.callbacks.attempting(conv, agent_line(agent))

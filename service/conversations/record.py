@@ -52,6 +52,7 @@ class Conversation(_Required, total=False):
     escalated_at: float  # when it entered an agent queue (the console's "escalated N ago")
     priority: int  # the routing decision's priority when it was escalated (lower first)
     agent_id: str  # the agent who holds it
+    accepted_at: float  # when that agent accepted it (the supervisor view's "for N min")
     # The latest transfer: from_agent(_name), note, mode (cold|warm), to_queue, to_agent
     # (_name), requested_at, pending (until the next agent accepts or it is given up)
     transfer: dict[str, Any]

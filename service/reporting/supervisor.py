@@ -1,11 +1,16 @@
 """The supervisor view: every agent's state and every queue's service level, now.
 
-    GET /api/supervisor     agents, queues, counts by state (ops or supervisor token)
-    GET /supervisor         the page that polls it
+    GET /api/supervisor     agents (with the contacts each holds), queues, counts by state
+                            (ops or supervisor token)
+    GET /supervisor         the page that polls it, and whispers on a held contact through
+                            POST /api/contacts/{id}/notes (notes_api.py)
 
 Agents' states come from Redis (service/agents/activity.py), so every instance sees the same;
 waiting contacts from the queues in Redis; what was accepted and abandoned in the last hour
-from the event log. Service level of a queue, over the last hour:
+from the event log. The contacts each agent holds come from the router's assignments and
+the contacts' open conversations: three batched Redis round trips however many there are
+(the assignments beside the agents' states, then the contacts' conversation keys, then the
+conversations). Service level of a queue, over the last hour:
 
     accepted within the queue's target_s
     / (accepted + abandoned + waiting now for longer than target_s)
@@ -17,6 +22,7 @@ instance reports the same shared figures: aggregate them with max, not sum).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -24,14 +30,18 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 import asyncpg
+import orjson
 from aiohttp import web
 
 from service.agents.activity import STATES, AgentActivity
-from service.agents.queues import Dispatcher
+from service.agents.queues import PREFIX, Dispatcher
 from service.appkeys import ACTIVITY, PG, ROUTER, RULES
+from service.conversations.context import contact_index_key
+from service.infra.redis_batch import CommandBatcher
 from service.reporting import metrics
 from service.reporting.ops_api import _static, ops_report
 from service.reporting.reports import iso
+from service.rules.catalog import Catalog
 from service.rules.routing import Queue
 
 WINDOW_S = 3600
@@ -72,6 +82,26 @@ class QueueOutcomes:
     abandoned: int = 0
 
 
+@dataclass(frozen=True)
+class HeldContact:
+    """A contact an agent holds now, as the supervisor view lists it under the agent."""
+    contact_id: str
+    agent_id: str
+    channel: str
+    contact_type: str | None
+    contact_type_label: str
+    customer_name: str | None  # from the customer directory, when it has one
+    started_at: float  # epoch seconds: the contact opened
+    accepted_at: float | None  # the agent accepted it (None: a record from before it was kept)
+
+    def view(self) -> dict[str, Any]:
+        """The contact as /api/supervisor shows it."""
+        return {"contact_id": self.contact_id, "channel": self.channel,
+                "contact_type": self.contact_type, "contact_type_label": self.contact_type_label,
+                "customer_name": self.customer_name, "started_at": _iso(self.started_at),
+                "accepted_at": _iso(self.accepted_at)}
+
+
 def routes() -> list[web.RouteDef]:
     return [web.get("/supervisor", _static("supervisor.html")),
             web.get("/supervisor/supervisor.js", _static("supervisor.js")),
@@ -83,7 +113,7 @@ def routes() -> list[web.RouteDef]:
             what="the supervisor view")
 async def supervisor_now(request: web.Request) -> web.Response:
     """Agents and queues as they are now; the gauges on /metrics get the same figures."""
-    view = await snapshot(request.app)
+    view = await snapshot(request.app, with_contacts=True)
     publish_gauges(view)
     return web.json_response(view, headers={"Cache-Control": "no-store"})
 
@@ -93,15 +123,21 @@ async def refresh_gauges(app: web.Application) -> None:
     publish_gauges(await snapshot(app))
 
 
-async def snapshot(app: web.Application) -> dict[str, Any]:
-    """Everything the page shows, as of one moment."""
+async def snapshot(app: web.Application, with_contacts: bool = False) -> dict[str, Any]:
+    """Everything the page shows, as of one moment; the contacts each agent holds only
+    `with_contacts` (the page; the gauges need none)."""
     now = time.time()
-    queues = app[RULES].current.tree.queues
+    rules = app[RULES].current
+    queues = rules.tree.queues
     directory = await _agents(app[PG])
-    activity = await app[ACTIVITY].observe(directory, now)
-    waits = await app[ROUTER].wait_times(queues, now)
+    router = app[ROUTER]
+    # one batch: the batcher writes what is queued in one loop iteration together
+    activity, waits, assigned = await asyncio.gather(
+        app[ACTIVITY].observe(directory, now), router.wait_times(queues, now),
+        _assignments(router.batcher) if with_contacts else _nothing())
+    held = await held_contacts(router.batcher, assigned, rules.catalog)
     outcomes = await queue_outcomes(app[PG], now - WINDOW_S, queues)
-    agents = [_agent_view(row, activity[agent_id], app[ROUTER], now)
+    agents = [_agent_view(row, activity[agent_id], router, now, held.get(agent_id, []))
               for agent_id, row in directory.items()]
     return {"as_of": iso(datetime.fromtimestamp(now, timezone.utc)), "window_s": WINDOW_S,
             "agents_by_state": {s: sum(a["state"] == s for a in agents) for s in STATES},
@@ -127,15 +163,54 @@ async def queue_outcomes(pool: asyncpg.Pool, since: float, queues: Mapping[str, 
             for r in rows}
 
 
+async def _assignments(batcher: CommandBatcher) -> dict[str, str]:
+    """Contact -> the agent who holds it, for every held contact (the router's `assigned`)."""
+    [flat] = await batcher.execute(("HGETALL", PREFIX + "assigned"))
+    return {c.decode(): a.decode() for c, a in zip(flat[::2], flat[1::2])}
+
+
+async def _nothing() -> dict[str, str]:
+    return {}
+
+
+async def held_contacts(batcher: CommandBatcher, assigned: Mapping[str, str],
+                        catalog: Catalog) -> dict[str, list[HeldContact]]:
+    """Per agent, the contacts they hold, longest held first, from their open conversations
+    in two batched round trips (a contact whose conversation has just closed is left out)."""
+    if not assigned:
+        return {}
+    contacts = list(assigned)
+    keys = await batcher.execute(*(("GET", contact_index_key(c)) for c in contacts))
+    found = [(c, k.decode()) for c, k in zip(contacts, keys) if k]
+    raws = await batcher.execute(*(("GET", key) for _, key in found)) if found else []
+    held: dict[str, list[HeldContact]] = {}
+    for (contact_id, _), raw in zip(found, raws):
+        conv = orjson.loads(raw) if raw else None
+        if not conv or conv.get("contact_id") != contact_id or conv.get("status") == "closed":
+            continue
+        agent_id = assigned[contact_id]
+        held.setdefault(agent_id, []).append(HeldContact(
+            contact_id, agent_id, conv["channel"], conv.get("contact_type"),
+            catalog.label(conv.get("contact_type")), conv.get("customer_name"),
+            conv["started_at"], conv.get("accepted_at")))
+    for mine in held.values():
+        mine.sort(key=lambda h: (h.accepted_at or h.started_at, h.contact_id))
+    return held
+
+
+def _iso(at: float | None) -> str | None:
+    return iso(datetime.fromtimestamp(at, timezone.utc)) if at else None
+
+
 def _agent_view(row: dict[str, Any], seen: AgentActivity, router: Dispatcher,
-                now: float) -> dict[str, Any]:
+                now: float, held: list[HeldContact]) -> dict[str, Any]:
     in_state = seen.in_state_s(now)
     return {"id": seen.agent_id, "name": row["name"], "skills": row["skills"],
-            "state": seen.state, "presence": seen.presence,
-            "since": iso(datetime.fromtimestamp(seen.since, timezone.utc)) if seen.since else None,
+            "state": seen.state, "presence": seen.presence, "since": _iso(seen.since),
             "in_state_s": None if in_state is None else round(in_state, 1),
             "contacts": dict(seen.contacts), "offers": seen.offers,
-            "capacity": router.capacity_of(row)}
+            "capacity": router.capacity_of(row),
+            "held": [h.view() for h in held]}
 
 
 def _queue_view(queue: Queue, waited: list[float], done: QueueOutcomes) -> dict[str, Any]:

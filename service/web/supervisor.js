@@ -1,4 +1,5 @@
-// Switchboard supervisor view: polls /api/supervisor every few seconds and draws the floor.
+// Switchboard supervisor view: polls /api/supervisor every few seconds and draws the floor;
+// a supervisor whispers to the agent on a held contact (POST /api/contacts/{id}/notes).
 // No build step and nothing fetched from elsewhere: this file, supervisor.css and the API.
 
 const TOKEN_KEY = "switchboard.supervisor.token";
@@ -26,6 +27,9 @@ let timer = null;
 let ticker = null;
 let latest = null;
 let fetchedAt = 0;
+// The open whisper box outlives the redraws: its one form node is moved into each new table,
+// so the text, the caret and the last answer stay; `contact` is the contact as last listed.
+let whisper = null;  // { agentId, agentName, contact, form }
 const sort = JSON.parse(localStorage.getItem(SORT_KEY) || "null") ||
   { agents: { key: "state", dir: 1 }, queues: "attention" };
 
@@ -48,6 +52,10 @@ export function formatContacts(contacts) {
   return parts.length ? parts.map(([channel, n]) => `${channel} ${n}`).join(" · ") : "–";
 }
 
+export function customerLabel(contact) {
+  return contact.customer_name || "Unknown customer";
+}
+
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [name, value] of Object.entries(attrs)) {
@@ -66,6 +74,17 @@ async function fetchView(token) {
   const response = await fetch("/api/supervisor", { headers: { Authorization: `Bearer ${token}` } });
   const body = await response.json().catch(() => ({ error: response.statusText }));
   if (response.status === 401 || response.status === 403) throw new Unauthorized(body.error);
+  if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+  return body;
+}
+
+async function postNote(contactId, text) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const response = await fetch(`/api/contacts/${encodeURIComponent(contactId)}/notes`, {
+    method: "POST", body: JSON.stringify({ text }),
+    headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+  });
+  const body = await response.json().catch(() => ({ error: response.statusText }));
   if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
   return body;
 }
@@ -204,6 +223,7 @@ function inState(agent) {
 }
 
 function renderAgents(agents) {
+  const focused = focusedControl();  // before the whisper box moves into the new rows
   const head = el("tr", {}, ...COLUMNS.map((c) => {
     const active = sort.agents.key === c.key;
     const button = el("button", { type: "button", class: "sort-button", "data-sort": c.key,
@@ -213,26 +233,153 @@ function renderAgents(agents) {
       localStorage.setItem(SORT_KEY, JSON.stringify(sort));
       renderAgents(latest.agents);
     });
-    return el("th", { class: c.text ? "text" : undefined, scope: "col",
+    return el("th", { class: c.text ? "text" : undefined, scope: "col", "data-col": c.key,
                       "aria-sort": active ? (sort.agents.dir > 0 ? "ascending" : "descending")
                         : "none" }, button);
   }));
   const rows = [...agents].sort(agentOrder).map((a) => el("tr", {
     "data-key": a.id, "data-state": a.state,
   }, el("td", { class: "text name", "data-field": "name", text: a.name }),
-  el("td", { class: "text" }, el("span", { class: "pill", "data-field": "state",
+  el("td", { class: "text state-cell" }, el("span", { class: "pill", "data-field": "state",
                                            "data-state": a.state, text: a.state }),
     a.state === "busy" && a.presence === "away"
       ? el("span", { class: "note", "data-field": "presence", text: "not taking more" }) : ""),
   el("td", { "data-field": "in_state", "data-since": a.since, class: "time",
              text: formatDuration(inState(a)) }),
-  el("td", { class: "text", "data-field": "contacts", text: formatContacts(a.contacts) }),
+  heldCell(a),
   el("td", { "data-field": "offers", text: String(a.offers) }),
   el("td", { class: "text skills", "data-field": "skills", text: a.skills.join(", ") })));
   const empty = agents.length ? [] : [el("tr", {}, el("td", {
     colspan: String(COLUMNS.length), class: "text none",
     text: "No agents yet: add one with switchboard agents add NAME --skills …" }))];
   $("agents").replaceChildren(el("thead", {}, head), el("tbody", {}, ...rows, ...empty));
+  if (whisper && !whisper.form.isConnected) whisper = null;  // its agent left the directory
+  focused()?.focus({ preventScroll: true });
+}
+
+// A redraw replaces the table: the control that had the keyboard gets it back.
+function focusedControl() {
+  const active = document.activeElement;
+  if (!active || !$("agents").contains(active)) return () => null;
+  if (whisper && whisper.form.contains(active)) return () => (active.isConnected ? active : null);
+  const contact = active.closest("li[data-contact]")?.dataset.contact;
+  if (contact) {
+    return () => document.querySelector(`#agents li[data-contact="${contact}"] .whisper-button`);
+  }
+  const column = active.dataset.sort;
+  return () => (column ? document.querySelector(`#agents [data-sort="${column}"]`) : null);
+}
+
+// ---- the contacts an agent holds, and the whisper box -----------------------------------
+
+function heldCell(agent) {
+  const held = [...agent.held];
+  const open = whisper && whisper.agentId === agent.id ? whisper : null;
+  if (open && !held.some((c) => c.contact_id === open.contact.contact_id)) {
+    held.push({ ...open.contact, gone: true });  // ended while the box is open: kept till closed
+  }
+  if (!held.length) {
+    return el("td", { class: "text held-cell", "data-field": "contacts",
+                      text: formatContacts(agent.contacts) });
+  }
+  return el("td", { class: "text held-cell", "data-field": "contacts" },
+    el("ul", { class: "held", "aria-label": `Contacts ${agent.name} holds` },
+      ...held.map((c) => heldItem(agent, c, open))));
+}
+
+function heldItem(agent, contact, open) {
+  const isOpen = open && open.contact.contact_id === contact.contact_id;
+  if (isOpen && !contact.gone) open.contact = contact;
+  const button = el("button", {
+    type: "button", class: "whisper-button", "aria-expanded": String(Boolean(isOpen)),
+    "aria-label": `Whisper to ${agent.name} about ${customerLabel(contact)}`, text: "Whisper",
+  });
+  button.addEventListener("click", () => (isOpen ? closeWhisper(true)
+    : openWhisper(agent, contact)));
+  const since = contact.accepted_at || contact.started_at;
+  const item = el("li", { class: `held-contact${contact.gone ? " gone" : ""}`,
+                          "data-contact": contact.contact_id },
+    el("div", { class: "held-line" },
+      el("span", { class: "channel", "data-channel": contact.channel, text: contact.channel }),
+      el("span", { class: "who", title: customerLabel(contact), text: customerLabel(contact) }),
+      el("span", { class: "type", title: contact.contact_type_label,
+                   text: contact.contact_type_label }),
+      contact.gone ? el("span", { class: "ended", text: "no longer live" })
+        : el("span", { class: "for", "data-since": since, title: "with the agent for",
+                       text: formatDuration(heldFor(since)) }),
+      button));
+  if (isOpen) item.append(open.form);
+  return item;
+}
+
+function heldFor(since) {
+  return since ? Math.max(0, (Date.now() - Date.parse(since)) / 1000) : null;
+}
+
+function openWhisper(agent, contact) {
+  const input = el("input", {
+    type: "text", class: "whisper-text", maxlength: "2000", autocomplete: "off",
+    "aria-label": `Whisper to ${agent.name}`,
+    placeholder: `A private note for ${agent.name}…`,
+  });
+  const send = el("button", { type: "submit", class: "primary small", text: "Send" });
+  const close = el("button", { type: "button", class: "whisper-close", "aria-label":
+                               "Close the whisper box", text: "×" });
+  const status = el("p", { class: "whisper-status", role: "status", "aria-live": "polite",
+                           text: `Only ${agent.name} sees this, never the customer. ` +
+                             "Enter sends, Esc closes." });
+  const form = el("form", { class: "whisper", "aria-label": `Whisper to ${agent.name}` },
+    el("div", { class: "whisper-row" }, input, send, close), status);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    sendWhisper();
+  });
+  form.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      event.preventDefault();
+      closeWhisper(true);
+    }
+  });
+  close.addEventListener("click", () => closeWhisper(true));
+  whisper = { agentId: agent.id, agentName: agent.name, contact, form };
+  renderAgents(latest.agents);
+  input.focus();
+}
+
+function closeWhisper(refocus) {
+  if (!whisper) return;
+  const contactId = whisper.contact.contact_id;
+  whisper.form.remove();
+  whisper = null;
+  if (latest) renderAgents(latest.agents);
+  if (refocus) {
+    document.querySelector(`#agents li[data-contact="${contactId}"] .whisper-button`)?.focus();
+  }
+}
+
+async function sendWhisper() {
+  const open = whisper;
+  const input = open.form.querySelector(".whisper-text");
+  const send = open.form.querySelector('button[type="submit"]');
+  const text = input.value.trim();
+  if (!text || send.disabled) return;
+  send.disabled = true;
+  showWhisperStatus(open, "Sending…", "");
+  try {
+    await postNote(open.contact.contact_id, text);
+    input.value = "";
+    showWhisperStatus(open, `Sent to ${open.agentName}`, "ok");
+  } catch (error) {
+    showWhisperStatus(open, error.message, "error");
+  } finally {
+    send.disabled = false;
+  }
+}
+
+function showWhisperStatus(open, text, kind) {
+  const status = open.form.querySelector(".whisper-status");
+  status.textContent = text;
+  status.className = `whisper-status${kind ? ` ${kind}` : ""}`;
 }
 
 function tick() {  // time in state moves on between polls
@@ -240,6 +387,9 @@ function tick() {  // time in state moves on between polls
   for (const cell of document.querySelectorAll('#agents td[data-field="in_state"]')) {
     const agent = latest.agents.find((a) => a.id === cell.parentElement.dataset.key);
     if (agent) cell.textContent = formatDuration(inState(agent));
+  }
+  for (const held of document.querySelectorAll("#agents .held-contact .for")) {
+    held.textContent = formatDuration(heldFor(held.dataset.since));
   }
 }
 
@@ -272,6 +422,7 @@ function start() {
   $("sign-out").addEventListener("click", () => {
     sessionStorage.removeItem(TOKEN_KEY);
     latest = null;
+    whisper = null;
     showLogin("");
   });
   refresh();
