@@ -123,6 +123,9 @@ async def test_agents_on_two_instances_are_seen_with_their_state_contacts_and_ti
         seen = by_name(snapshot)
         assert seen["Dana"]["state"] == "busy" and seen["Dana"]["presence"] == "available"
         assert seen["Dana"]["contacts"] == {"chat": 1, "sms": 1}
+        # each held contact is listed (its keys spread over the cluster's nodes)
+        assert {(c["contact_id"], c["channel"]) for c in seen["Dana"]["held"]} == \
+            {(sms["contact_id"], "sms"), (offer["contact_id"], "chat")}
         assert seen["Dana"]["offers"] == 0
         assert seen["Dana"]["since"] == busy_since  # busy since the first contact
         assert snapshot["agents_by_state"] == {"available": 0, "busy": 1, "away": 1,
