@@ -328,7 +328,7 @@ def test_out_of_scope_groups_let_the_stage_keep_a_type_between_two_kinds_of_nois
     """Out of scope on both sides of a type (greetings left, another bank's requests right):
     as one class a linear model's out-of-scope region is convex, so it swallows the type in
     the middle or gives up a side; split into groups, each side is its own region."""
-    from service.understanding.cascade import fit_stage
+    from service.understanding.cascade import fit_stage, out_of_scope_groups
 
     rng = np.random.default_rng(7)
     rows = [*_line_rows(rng, (0, 0), "balance", 150), *_line_rows(rng, (0, 4), "card", 150),
@@ -337,7 +337,9 @@ def test_out_of_scope_groups_let_the_stage_keep_a_type_between_two_kinds_of_nois
     encodings = encoder.embed([text for text, _ in rows])
     targets = [label for _, label in rows]
     columns = ["balance", "card", "~out"]
-    grouped = fit_stage(encodings, targets, columns, encoder, DEFAULT_BAND, "~out")
+    regrouped, groups = out_of_scope_groups(encodings, targets, "~out")
+    grouped = fit_stage(encodings, regrouped, [*columns[:-1], *groups], encoder, DEFAULT_BAND,
+                        len(columns))
     single = fit_stage(encodings, targets, columns, encoder, DEFAULT_BAND)
 
     assert grouped.weights.shape[1] > len(columns)  # the out-of-scope rows became groups
@@ -372,8 +374,15 @@ def test_a_model_with_out_of_scope_groups_reads_back_the_same_from_its_parts():
     model = train(TINY, out_of_scope=list(background_texts())[:400],
                   cascade=CascadeSpec(CountingEncoder(), (0.0, 1.0)))
     stage = model.encoder_stage
+    parts = model.parts()
+    # both models have a column per group of out-of-scope rows, the same groups
     assert stage is not None and stage.weights.shape[1] > len(model.labels) + 1
-    again = Classifier.from_parts(model.parts(), stage.encoder)
+    assert parts["weights"].shape[1] == stage.weights.shape[1]
+    again = Classifier.from_parts(parts, stage.encoder)
     for message in ("where is my parcel", "what is the weather", "refund please"):
         assert again.predict(message) == model.predict(message)
-        assert len(again.encoder_stage.probabilities(message)) == len(model.labels) + 1
+        for probabilities in (again.encoder_stage.probabilities(message),
+                              again.probabilities(message)):
+            assert len(probabilities) == len(model.labels) + 1
+            assert abs(probabilities.sum() - 1) < 1e-5
+    assert model.predict("what is the weather").out_of_scope

@@ -67,11 +67,16 @@ class EncoderStage:
     def probabilities_of(self, vector: np.ndarray) -> np.ndarray:
         scores = vector @ self.weights + self.bias
         scores = np.exp(scores - scores.max())
-        probabilities = scores / scores.sum()
-        if len(probabilities) == self.columns:
-            return probabilities
-        last = self.columns - 1  # out of scope: its groups' probabilities added up
-        return np.append(probabilities[:last], probabilities[last:].sum())
+        return collapsed(scores / scores.sum(), self.columns)
+
+
+def collapsed(probabilities: np.ndarray, columns: int) -> np.ndarray:
+    """The probabilities in `columns` columns: the last adds up every class from it on (the
+    groups of out-of-scope rows, out_of_scope_groups)."""
+    if len(probabilities) == columns:
+        return probabilities
+    last = columns - 1
+    return np.append(probabilities[:last], probabilities[last:].sum())
 
 
 class _Batcher:
@@ -131,18 +136,14 @@ def encoder_thread() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(1, thread_name_prefix="encoder-stage-live")
 
 
-def fit_stage(encodings: np.ndarray, targets: Sequence[str], columns: Sequence[str],
-              encoder: Encoder, band: Band, out_of_scope: str | None = None) -> EncoderStage:
-    """Multinomial logistic regression of `targets` on `encodings`, columns in `columns`.
-    `out_of_scope`, when it is the last column, names rows that are no contact type: they are
-    split into groups of like encodings, each a class of its own (out_of_scope_groups)."""
+def fit_stage(encodings: np.ndarray, targets: Sequence[str], classes: Sequence[str],
+              encoder: Encoder, band: Band, columns: int | None = None) -> EncoderStage:
+    """Multinomial logistic regression of `targets` on `encodings`, a weight column per class
+    in `classes`; its probabilities have `columns` columns (all classes by default; fewer:
+    the last adds up the rest, out of scope's groups)."""
     from sklearn.linear_model import LogisticRegression
 
-    classes, targets = list(columns), list(targets)
-    if out_of_scope is not None and classes and classes[-1] == out_of_scope:
-        targets, groups = out_of_scope_groups(encodings, targets, out_of_scope)
-        classes = [*classes[:-1], *groups]
-    model = LogisticRegression(C=ENCODER_C, max_iter=2000).fit(encodings, targets)
+    model = LogisticRegression(C=ENCODER_C, max_iter=2000).fit(encodings, list(targets))
     coef, intercept = model.coef_, model.intercept_
     if coef.shape[0] == 1:  # two classes: one logit for the second; softmax([0, z]) = sigmoid
         coef = np.vstack([np.zeros_like(coef), coef])
@@ -150,7 +151,7 @@ def fit_stage(encodings: np.ndarray, targets: Sequence[str], columns: Sequence[s
     position = {str(label): i for i, label in enumerate(model.classes_)}
     picked = [position[label] for label in classes]
     return EncoderStage(encoder, np.ascontiguousarray(coef[picked].T, np.float32),
-                        intercept[picked].astype(np.float32), band, len(columns))
+                        intercept[picked].astype(np.float32), band, columns or len(classes))
 
 
 def out_of_scope_groups(encodings: np.ndarray, targets: list[str], out_of_scope: str

@@ -40,7 +40,9 @@ from service.understanding.cascade import (
     CascadeSpec,
     Encoder,
     EncoderStage,
+    collapsed,
     fit_stage,
+    out_of_scope_groups,
     stage_sample,
 )
 from service.understanding.embeddings import SentenceEmbedder
@@ -129,9 +131,10 @@ class Classifier:
                  embedder: SentenceEmbedder | None = None,
                  dense_weights: np.ndarray | None = None,
                  encoder_stage: EncoderStage | None = None):
-        """`weights` has a column per label, plus a last one for out of scope if trained;
-        `dense_weights` the same columns for the embedder's dimensions, if there is one;
-        `encoder_stage` decides the messages whose confidence falls in its band."""
+        """`weights` has a column per label, then out of scope's if trained (one, or one per
+        group of out-of-scope rows: cascade.out_of_scope_groups); `dense_weights` the same
+        columns for the embedder's dimensions, if there is one; `encoder_stage` decides the
+        messages whose confidence falls in its band."""
         self.labels = tuple(labels)  # contact types only
         self._vocabulary = vocabulary
         self._idf = idf
@@ -236,7 +239,7 @@ class Classifier:
         if self._embedder is not None:
             scores += self._embedder.embed((text,))[0] @ self._dense_weights
         scores = np.exp(TEMPERATURE * (scores - scores.max()))
-        return scores / scores.sum()
+        return collapsed(scores / scores.sum(), len(self.labels) + self._has_out_of_scope)
 
     def _column_counts(self, text: str) -> Counter[int]:
         """The known columns of features(text) and their counts, in the same order, built in
@@ -256,9 +259,11 @@ def train(examples: Iterable[tuple[str, str]], out_of_scope: Iterable[str] = (),
     """Fit on (text, contact type) pairs, and texts that are none of them. A second or two per
     five thousand examples. With an embedder, its unit-norm sentence vector is a third block
     of features, weighted as each n-gram block is (see service/embeddings.py). With a cascade,
-    an encoder stage is fitted on the same rows to decide the cheap model's uncertain band,
-    in a second thread while the SVM fits (liblinear runs without the GIL, so with two cores
-    a first load takes the longer of the two fits, not their sum)."""
+    an encoder stage is fitted on the same rows to decide the cheap model's uncertain band:
+    the rows are encoded first (their out-of-scope groups come from the encodings, and both
+    models train on them), then the stage fits in a second thread while the SVM fits
+    (liblinear runs without the GIL, so with two cores that takes the longer of the two fits,
+    not their sum)."""
     from sklearn.svm import LinearSVC
 
     texts, labels = map(list, zip(*examples))
@@ -266,10 +271,18 @@ def train(examples: Iterable[tuple[str, str]], out_of_scope: Iterable[str] = (),
     classes = sorted(set(labels))
     columns = [*classes, OUT_OF_SCOPE] if extra else classes
     targets = [*labels, *[OUT_OF_SCOPE] * len(extra)]
+    stage_rows, encodings = _stage_rows([*texts, *extra], targets, cascade)
+    if encodings is not None and extra:  # every out-of-scope row is among the stage's rows
+        grouped, groups = out_of_scope_groups(encodings, [targets[i] for i in stage_rows],
+                                              OUT_OF_SCOPE)
+        for row, target in zip(stage_rows, grouped):
+            targets[row] = target
+        columns = [*classes, *groups]
     vocabulary, idf, matrix = _training_matrix([*texts, *extra], embedder)
     with ThreadPoolExecutor(1, thread_name_prefix="encoder-stage") as pool:
-        stage = None if cascade is None else \
-            pool.submit(_fit_stage, [*texts, *extra], targets, columns, cascade)
+        stage = None if cascade is None or encodings is None else pool.submit(
+            fit_stage, encodings, [targets[i] for i in stage_rows], columns, cascade.encoder,
+            cascade.band, len(classes) + bool(extra))
         model = LinearSVC(C=c, max_iter=10_000).fit(matrix, targets)
     weights, bias = _columns(model, columns)
     dense_weights = None
@@ -279,6 +292,17 @@ def train(examples: Iterable[tuple[str, str]], out_of_scope: Iterable[str] = (),
                       out_of_scope=bool(extra), embedder=embedder,
                       dense_weights=dense_weights,
                       encoder_stage=stage.result() if stage else None)
+
+
+def _stage_rows(texts: list[str], targets: list[str], cascade: CascadeSpec | None
+                ) -> tuple[list[int], np.ndarray | None]:
+    """The rows the encoder stage trains on and their encodings (none without a cascade): on
+    every row or, with the cascade's `per_type`, a sample of each contact type's rows and the
+    hand-picked ones (all out-of-scope rows: the shipped corpus costs no encoding)."""
+    if cascade is None:
+        return [], None
+    rows = stage_sample(texts, targets, cascade.per_type, {OUT_OF_SCOPE}, cascade.keep)
+    return rows, cascade.encode([texts[i] for i in rows])
 
 
 def _training_matrix(texts: list[str], embedder: SentenceEmbedder | None):
@@ -291,16 +315,6 @@ def _training_matrix(texts: list[str], embedder: SentenceEmbedder | None):
 
         matrix = hstack([matrix, csr_matrix(embedder.embed(texts))]).tocsr()
     return vocabulary, idf, matrix
-
-
-def _fit_stage(texts: list[str], targets: list[str], columns: list[str],
-               cascade: CascadeSpec) -> EncoderStage:
-    """The encoder stage, on every row or, with the cascade's `per_type`, a sample of each
-    contact type's rows and the hand-picked ones (all out-of-scope rows: the shipped corpus
-    costs no encoding)."""
-    rows = stage_sample(texts, targets, cascade.per_type, {OUT_OF_SCOPE}, cascade.keep)
-    return fit_stage(cascade.encode([texts[i] for i in rows]), [targets[i] for i in rows],
-                     columns, cascade.encoder, cascade.band, OUT_OF_SCOPE)
 
 
 def stage_texts(examples: Iterable[tuple[str, str]], out_of_scope: Iterable[str],
