@@ -27,9 +27,7 @@ from tests.test_browser_chat_agent import (
     switchboard,
     watch_for_errors,
 )
-from tests.test_browser_notes import WEB_ID, ask_for_a_person
-
-WHISPER = "Go ahead with the goodwill credit, I approve it"
+from tests.test_browser_notes import WEB_ID, WHISPER, ask_for_a_person
 
 
 async def supervisor_page(browser, base: str, token: str, errors: list[str]):
