@@ -392,6 +392,11 @@ class Dispatcher:
     async def assignments_for(self, agent_id: str) -> list[str]:
         return await self._contacts_held_by(PREFIX + "assigned", agent_id)
 
+    async def assignments(self) -> dict[str, str]:
+        """Contact -> the agent who holds it, for every held contact."""
+        [flat] = await self.batcher.execute(("HGETALL", PREFIX + "assigned"))
+        return {c.decode(): a.decode() for c, a in zip(flat[::2], flat[1::2])}
+
     async def _contacts_held_by(self, key: str, agent_id: str) -> list[str]:
         [flat] = await self.batcher.execute(("HGETALL", key))  # contact, agent, contact, ...
         agent = agent_id.encode()

@@ -283,12 +283,7 @@ class ContextStore:
 
     async def by_contact(self, contact_id: str) -> tuple[str, Conversation] | None:
         """The open conversation of a contact, found from its id (agents know only that)."""
-        [key] = await self.redis.execute(("GET", contact_index_key(contact_id)))
-        if key is None:
-            return None
-        [raw] = await self.redis.execute(("GET", key))
-        conversation = _conversation(raw)
-        return (key.decode(), conversation) if conversation else None
+        return (await conversations_of(self.redis, [contact_id])).get(contact_id)
 
     @contextlib.asynccontextmanager
     async def leased_contact(self, contact_id: str
@@ -420,6 +415,19 @@ def _pairs(raw: Any) -> dict[bytes, bytes]:
 
 def _json(raw: bytes | None) -> dict[str, Any] | None:
     return orjson.loads(raw) if raw else None
+
+
+async def conversations_of(redis: CommandBatcher, contact_ids: Sequence[str]
+                           ) -> dict[str, tuple[str, Conversation]]:
+    """Contact id -> (key, conversation) of those contacts that have one stored, in two
+    batched round trips however many contacts there are."""
+    if not contact_ids:
+        return {}
+    keys = await redis.execute(*(("GET", contact_index_key(c)) for c in contact_ids))
+    found = [(contact, key.decode()) for contact, key in zip(contact_ids, keys) if key]
+    raws = await redis.execute(*(("GET", key) for _, key in found)) if found else []
+    return {contact: (key, conversation) for (contact, key), raw in zip(found, raws)
+            if (conversation := _conversation(raw))}
 
 
 def _conversation(raw: bytes | None) -> Conversation | None:

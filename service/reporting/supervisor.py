@@ -30,13 +30,12 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 import asyncpg
-import orjson
 from aiohttp import web
 
 from service.agents.activity import STATES, AgentActivity
-from service.agents.queues import PREFIX, Dispatcher
+from service.agents.queues import Dispatcher
 from service.appkeys import ACTIVITY, PG, ROUTER, RULES
-from service.conversations.context import contact_index_key
+from service.conversations.context import conversations_of
 from service.infra.redis_batch import CommandBatcher
 from service.reporting import metrics
 from service.reporting.ops_api import _static, ops_report
@@ -134,7 +133,7 @@ async def snapshot(app: web.Application, with_contacts: bool = False) -> dict[st
     # one batch: the batcher writes what is queued in one loop iteration together
     activity, waits, assigned = await asyncio.gather(
         app[ACTIVITY].observe(directory, now), router.wait_times(queues, now),
-        _assignments(router.batcher) if with_contacts else _nothing())
+        router.assignments() if with_contacts else _nothing())
     held = await held_contacts(router.batcher, assigned, rules.catalog)
     outcomes = await queue_outcomes(app[PG], now - WINDOW_S, queues)
     agents = [_agent_view(row, activity[agent_id], router, now, held.get(agent_id, []))
@@ -163,12 +162,6 @@ async def queue_outcomes(pool: asyncpg.Pool, since: float, queues: Mapping[str, 
             for r in rows}
 
 
-async def _assignments(batcher: CommandBatcher) -> dict[str, str]:
-    """Contact -> the agent who holds it, for every held contact (the router's `assigned`)."""
-    [flat] = await batcher.execute(("HGETALL", PREFIX + "assigned"))
-    return {c.decode(): a.decode() for c, a in zip(flat[::2], flat[1::2])}
-
-
 async def _nothing() -> dict[str, str]:
     return {}
 
@@ -176,17 +169,10 @@ async def _nothing() -> dict[str, str]:
 async def held_contacts(batcher: CommandBatcher, assigned: Mapping[str, str],
                         catalog: Catalog) -> dict[str, list[HeldContact]]:
     """Per agent, the contacts they hold, longest held first, from their open conversations
-    in two batched round trips (a contact whose conversation has just closed is left out)."""
-    if not assigned:
-        return {}
-    contacts = list(assigned)
-    keys = await batcher.execute(*(("GET", contact_index_key(c)) for c in contacts))
-    found = [(c, k.decode()) for c, k in zip(contacts, keys) if k]
-    raws = await batcher.execute(*(("GET", key) for _, key in found)) if found else []
+    (a contact whose conversation has just closed is left out)."""
     held: dict[str, list[HeldContact]] = {}
-    for (contact_id, _), raw in zip(found, raws):
-        conv = orjson.loads(raw) if raw else None
-        if not conv or conv.get("contact_id") != contact_id or conv.get("status") == "closed":
+    for contact_id, (_, conv) in (await conversations_of(batcher, list(assigned))).items():
+        if conv.get("contact_id") != contact_id or conv.get("status") == "closed":
             continue
         agent_id = assigned[contact_id]
         held.setdefault(agent_id, []).append(HeldContact(

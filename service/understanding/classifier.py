@@ -270,15 +270,15 @@ def train(examples: Iterable[tuple[str, str]], out_of_scope: Iterable[str] = (),
     extra = list(out_of_scope)
     classes = sorted(set(labels))
     columns = [*classes, OUT_OF_SCOPE] if extra else classes
-    targets = [*labels, *[OUT_OF_SCOPE] * len(extra)]
-    stage_rows, encodings = _stage_rows([*texts, *extra], targets, cascade)
+    rows, targets = [*texts, *extra], [*labels, *[OUT_OF_SCOPE] * len(extra)]
+    stage_rows, encodings = _stage_rows(rows, targets, cascade)
     if encodings is not None and extra:  # every out-of-scope row is among the stage's rows
         grouped, groups = out_of_scope_groups(encodings, [targets[i] for i in stage_rows],
                                               OUT_OF_SCOPE)
         for row, target in zip(stage_rows, grouped):
             targets[row] = target
         columns = [*classes, *groups]
-    vocabulary, idf, matrix = _training_matrix([*texts, *extra], embedder)
+    vocabulary, idf, matrix = _training_matrix(rows, embedder)
     with ThreadPoolExecutor(1, thread_name_prefix="encoder-stage") as pool:
         stage = None if cascade is None or encodings is None else pool.submit(
             fit_stage, encodings, [targets[i] for i in stage_rows], columns, cascade.encoder,
