@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import sys
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
+from service.infra.cli_support import database, fail, invoking_user, servers, with_database
 from service.rules.yamlfile import ConfigError
 from service.settings import Settings, SettingsError, settings_from_env
 
@@ -21,8 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_env()
     except SettingsError as exc:
-        print(f"switchboard: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc), 2)
     from service.infra.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
@@ -136,14 +134,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-@contextlib.contextmanager
-def _servers(settings: Settings) -> Iterator[Settings]:
-    from service.infra.embedded import servers
-
-    with servers(settings.database_url, settings.redis_url, settings.data_dir) as urls:
-        yield replace(settings, database_url=urls.database_url, redis_url=urls.redis_url)
-
-
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
@@ -166,11 +156,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     try:
         loop = new_event_loop(settings.event_loop)
     except EventLoopUnavailable as exc:
-        print(f"switchboard: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc), 2)
     tune_gc()
     one_native_thread()
-    with _servers(settings) as ready:
+    with servers(settings) as ready:
         if args.workers == 1:
             web.run_app(create_app(ready), host=ready.host, port=ready.port, print=None,
                         access_log=None, loop=loop)
@@ -205,8 +194,8 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             await conn.close()
 
-    with _servers(settings) as ready:
-        applied = asyncio.run(run(ready.database_url))
+    with database(settings) as url:
+        applied = asyncio.run(run(url))
     print(f"applied {len(applied)} migration(s)" + (f": {applied}" if applied else ""))
     return 0
 
@@ -262,8 +251,7 @@ def cmd_rules_encode(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{len(exc.issues)} problem(s) in {directory}", file=sys.stderr)
         return 1
     except (EncoderOff, EncoderUnavailable) as exc:
-        print(f"switchboard: {exc}", file=sys.stderr)
-        return 1
+        return fail(str(exc))
     print(f"wrote {encoded.path}: {encoded.texts} texts ({encoded.encoded} encoded now, "
           f"{encoded.texts - encoded.encoded} kept from the file)")
     return 0
@@ -279,8 +267,7 @@ def cmd_rules_test(args: argparse.Namespace, settings: Settings) -> int:
         attrs = _attributes(items)
         rules = load_rules(directory, with_classifier="text" in attrs)
     except (ValueError, ConfigError) as exc:
-        print(f"switchboard: {exc}", file=sys.stderr)
-        return 1
+        return fail(str(exc))
     understood = None
     if "text" in attrs:
         understood = understand(rules, "message", str(attrs.pop("text")))
@@ -289,8 +276,7 @@ def cmd_rules_test(args: argparse.Namespace, settings: Settings) -> int:
             attrs.setdefault("confidence", round(understood.confidence, 4))
     unknown = attrs.get("contact_type") not in (None, *rules.catalog.types)
     if unknown:
-        print(f"switchboard: unknown contact_type '{attrs['contact_type']}'", file=sys.stderr)
-        return 1
+        return fail(f"unknown contact_type '{attrs['contact_type']}'")
     at = attrs.pop("at", None) or datetime.now(timezone.utc)
     attrs["hours"] = sorted(rules.tree.intervals_at(at.timestamp()))
     decision = rules.tree.decide(attrs)
@@ -342,37 +328,10 @@ def _moment(raw: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def _with_database(settings: Settings, job) -> object:
-    """Run `job(conn)` against the migrated database (embedded servers when no URL is set)."""
-    import asyncpg
-
-    from service.infra.migrate import migrate
-
-    async def run(url: str):
-        conn = await asyncpg.connect(url)
-        try:
-            await migrate(conn)
-            return await job(conn)
-        finally:
-            await conn.close()
-
-    with _servers(settings) as ready:
-        return asyncio.run(run(ready.database_url))
-
-
-def _user() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown user"
-
-
 def cmd_rules_history(args: argparse.Namespace, settings: Settings) -> int:
     from service.rules import versions
 
-    loads = _with_database(settings, lambda conn: versions.history(conn, args.limit))
+    loads = with_database(settings, lambda conn: versions.history(conn, args.limit))
     if args.format == "json":
         print(json.dumps([load.as_dict() for load in loads], indent=2))
         return 0
@@ -405,10 +364,9 @@ def cmd_rules_diff(args: argparse.Namespace, settings: Settings) -> int:
         return versions.unified_diff(old.files, new.files, f"v{old.id}", f"v{new.id}")
 
     try:
-        print(_with_database(settings, job), end="")
+        print(with_database(settings, job), end="")
     except versions.UnknownVersion as exc:
-        print(f"switchboard: {exc}", file=sys.stderr)
-        return 1
+        return fail(str(exc))
     return 0
 
 
@@ -422,14 +380,13 @@ def cmd_rules_rollback(args: argparse.Namespace, settings: Settings) -> int:
         target = await versions.version(conn, args.version)
         restore(directory, target.files)  # validated first; raises, changing nothing
         await versions.ask_reload(conn, versions.LoadCause(
-            "rollback", f"{_user()} (to v{target.id})"))
+            "rollback", f"{invoking_user()} (to v{target.id})"))
         return target
 
     try:
-        target = _with_database(settings, job)
+        target = with_database(settings, job)
     except versions.UnknownVersion as exc:
-        print(f"switchboard: {exc}", file=sys.stderr)
-        return 1
+        return fail(str(exc))
     except RestoreFailed as exc:
         print(f"switchboard: version {args.version} does not validate any more; nothing "
               f"changed:\n{exc}", file=sys.stderr)
@@ -442,8 +399,8 @@ def cmd_rules_rollback(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_rules_reload(args: argparse.Namespace, settings: Settings) -> int:
     from service.rules import versions
 
-    _with_database(settings, lambda conn: versions.ask_reload(
-        conn, versions.LoadCause("cli", _user())))
+    with_database(settings, lambda conn: versions.ask_reload(
+        conn, versions.LoadCause("cli", invoking_user())))
     print("asked every running instance to reload (see: switchboard rules history)")
     return 0
 
@@ -458,13 +415,11 @@ def cmd_customers_add(args: argparse.Namespace, settings: Settings) -> int:
     identities = [("phone", p) for p in args.phone] + [("email", e.lower()) for e in args.email]
     identities += [("web", f"id:{w}") for w in args.web_id]
     if not identities:
-        print("switchboard: give at least one --phone, --email or --web-id", file=sys.stderr)
-        return 2
+        return fail("give at least one --phone, --email or --web-id", 2)
     try:
         attributes = dict(_split(a) for a in args.attr)
     except ValueError as exc:
-        print(f"switchboard: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc), 2)
 
     async def run(ready: Settings) -> str:
         conn = await asyncpg.connect(ready.database_url)
@@ -478,12 +433,11 @@ def cmd_customers_add(args: argparse.Namespace, settings: Settings) -> int:
             await conn.close()
             await close_client(client)
 
-    with _servers(settings) as ready:
+    with servers(settings) as ready:
         try:
             print(asyncio.run(run(ready)))
         except CustomerError as exc:
-            print(f"switchboard: {exc}", file=sys.stderr)
-            return 2
+            return fail(str(exc), 2)
     return 0
 
 
@@ -502,27 +456,23 @@ def cmd_customers_erase(args: argparse.Namespace, settings: Settings) -> int:
                     await migrate(conn)
                 customer = args.customer or await erasure.customer_id_for(
                     pool, *(("phone", args.phone) if args.phone else ("web", f"id:{args.web_id}")))
-                return await erasure.erase(pool, client, customer, by=f"cli: {_user()}",
+                return await erasure.erase(pool, client, customer, by=f"cli: {invoking_user()}",
                                            dry_run=args.dry_run)
             finally:
                 await close_client(client)
 
-    with _servers(settings) as ready:
+    with servers(settings) as ready:
         try:
             done = asyncio.run(run(ready))
         except erasure.ErasureError as exc:
-            print(f"switchboard: {exc}", file=sys.stderr)
-            return 2 if exc.reason == "bad_input" else 1
+            return fail(str(exc), 2 if exc.reason == "bad_input" else 1)
     print(json.dumps(done.as_dict(), indent=2))
     return 0
 
 
 def cmd_agents_add(args: argparse.Namespace, settings: Settings) -> int:
-    import asyncpg
-
     from service.agents.desk import add_agent
     from service.channel_list import channel_names
-    from service.infra.migrate import migrate
 
     skills = [s.strip() for s in args.skills.split(",") if s.strip()]
     try:
@@ -533,22 +483,12 @@ def cmd_agents_add(args: argparse.Namespace, settings: Settings) -> int:
             raise ValueError(f"capacity takes {', '.join(names[:-1])} and {names[-1]} with "
                              f"whole numbers, got {args.capacity!r}")
     except ValueError as exc:
-        print(f"switchboard: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc), 2)
     if not skills:
-        print("switchboard: give at least one skill", file=sys.stderr)
-        return 2
+        return fail("give at least one skill", 2)
 
-    async def run(url: str) -> str:
-        conn = await asyncpg.connect(url)
-        try:
-            await migrate(conn)
-            return await add_agent(conn, args.name, skills, capacity, args.phone)
-        finally:
-            await conn.close()
-
-    with _servers(settings) as ready:
-        token = asyncio.run(run(ready.database_url))
+    token = with_database(settings, lambda conn: add_agent(conn, args.name, skills, capacity,
+                                                          args.phone))
     print(f"agent {args.name} added with skills {','.join(sorted(set(skills)))}; their token "
           "(shown once):")
     print(token)
@@ -569,11 +509,10 @@ def cmd_agents_disable(args: argparse.Namespace, settings: Settings) -> int:
         return agent_id, await _close_consoles(redis_url, agent_id)
 
     try:
-        with _servers(settings) as ready:
+        with servers(settings) as ready:
             agent_id, told = asyncio.run(run(ready.database_url, ready.redis_url))
     except ValueError as exc:
-        print(f"switchboard: {exc}", file=sys.stderr)
-        return 1
+        return fail(str(exc))
     print(f"agent {args.agent} ({agent_id}) disabled; " + (
         "their open consoles were closed" if told else
         "Redis could not be reached: their open consoles close within "
@@ -610,7 +549,7 @@ def cmd_learned(args: argparse.Namespace, settings: Settings) -> int:
                 await migrate(conn)
             return await learned_examples(pool)
 
-    with _servers(settings) as ready:
+    with servers(settings) as ready:
         rows = asyncio.run(run(ready.database_url))
     if args.format == "json":
         print(json.dumps([{**r, "occurred_at": r["occurred_at"].isoformat()} for r in rows],

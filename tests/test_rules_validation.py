@@ -128,6 +128,8 @@ CATALOG_CASES = [
     ("unknown key in type", CATALOG.replace("    label: Complaint\n",
                                             "    label: Complaint\n    lable: x\n"),
      ["catalog.yaml:13: unknown key 'lable' (contact_types -> complaint -> lable)"]),
+    ("type id not snake_case", CATALOG.replace("  complaint:", "  Complaint-2:"),
+     ["catalog.yaml:11: contact type ids are lower_snake_case (contact_types -> Complaint-2)"]),
     ("missing training file", CATALOG + "training_data: [data/missing.csv]\n",
      ["catalog.yaml:16: training file 'data/missing.csv' does not exist (training_data -> 0)"]),
 ]

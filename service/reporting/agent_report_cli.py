@@ -11,8 +11,8 @@ import io
 import json
 from typing import Any
 
+from service.infra.cli_support import csv_value, fail, percent, with_database
 from service.reporting import agent_report, reports
-from service.reporting.cli import _csv, _fail, _percent
 from service.reporting.reports import BadWindow
 from service.settings import Settings
 
@@ -32,13 +32,11 @@ def add_parser(report: argparse.ArgumentParser) -> None:
 
 
 def cmd_agents(args: argparse.Namespace, settings: Settings) -> int:
-    from service.reporting.unrecognised_cli import _fetch
-
     try:
         window = reports.parse_window(args.start, args.end)
     except BadWindow as exc:
-        return _fail(str(exc), 2)
-    report = _fetch(settings, lambda conn: agent_report.agent_report(conn, window))
+        return fail(str(exc), 2)
+    report = with_database(settings, lambda conn: agent_report.agent_report(conn, window))
     render = {"json": lambda r: json.dumps(r, indent=2) + "\n", "csv": agents_csv,
               "table": agents_table}[args.format]
     print(render(report), end="")
@@ -57,7 +55,7 @@ def _cell(figures: dict[str, Any], field: str) -> str:
     if value is None:
         return "-"
     if field.endswith("_rate"):
-        return _percent(value)
+        return percent(value)
     if field.endswith("_s"):
         return f"{value:.0f} s"
     if field == "csat":
@@ -88,6 +86,6 @@ def agents_csv(report: dict[str, Any]) -> str:
     writer.writerow(["metric_version", "from", "to", "team", *names])
     head = [report["metric_version"], report["from"], report["to"]]
     for agent in report["agents"]:
-        writer.writerow([*head, "false", *(_csv(agent[f]) for f in names)])
-    writer.writerow([*head, "true", *(_csv(report["team"][f]) for f in names)])
+        writer.writerow([*head, "false", *(csv_value(agent[f]) for f in names)])
+    writer.writerow([*head, "true", *(csv_value(report["team"][f]) for f in names)])
     return out.getvalue()

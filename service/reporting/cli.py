@@ -21,8 +21,9 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
+from service.infra.cli_support import connect, csv_value, database, fail, percent
 from service.reporting import candidates, reports
 from service.reporting.reports import BadWindow, ReportRules
 from service.settings import Settings
@@ -104,46 +105,19 @@ def _segment_arguments(parser) -> None:
                              "('' for customers without it)")
 
 
-def _fail(message: str, code: int = 1) -> int:
-    print(f"switchboard: {message}", file=sys.stderr)
-    return code
-
-
-@contextlib.contextmanager
-def _database(settings: Settings) -> Iterator[str]:
-    """The configured PostgreSQL, or the embedded one under the data directory."""
-    if settings.database_url:
-        yield settings.database_url
-        return
-    from service.infra.embedded import embedded_postgres
-
-    with embedded_postgres(settings.data_dir) as url:
-        yield url
-
-
-async def _connect(url: str):
-    import asyncpg
-
-    from service.infra.migrate import migrate
-
-    conn = await asyncpg.connect(url)
-    await migrate(conn)
-    return conn
-
-
 # ---- tokens -----------------------------------------------------------------------------
 
 def cmd_tokens_add(args: argparse.Namespace, settings: Settings) -> int:
     from service.infra.tokens import create_token
 
     async def run(url: str) -> str:
-        conn = await _connect(url)
+        conn = await connect(url)
         try:
             return await create_token(conn, args.role, args.name)
         finally:
             await conn.close()
 
-    with _database(settings) as url:
+    with database(settings) as url:
         token = asyncio.run(run(url))
     print(f"{args.role} token{f' for {args.name}' if args.name else ''} created; it is shown "
           "once, only its hash is kept. Send it as 'Authorization: Bearer <token>':")
@@ -171,26 +145,26 @@ def _run_report(args: argparse.Namespace, settings: Settings, query, formats) ->
     try:
         window = reports.parse_window(args.start, args.end)
     except BadWindow as exc:
-        return _fail(str(exc), 2)
+        return fail(str(exc), 2)
     if not args.service_level_s > 0:
-        return _fail("--service-level-s must be a positive number of seconds", 2)
+        return fail("--service-level-s must be a positive number of seconds", 2)
     try:
         catalog = load_rules(settings.rules_dir, with_classifier=False).catalog
     except ConfigError as exc:
-        return _fail(f"the rules in {settings.rules_dir} are invalid (reports need their "
+        return fail(f"the rules in {settings.rules_dir} are invalid (reports need their "
                      f"repeat windows):\n{exc}")
     rules = ReportRules.from_catalog(catalog, service_level_s=args.service_level_s)
     if args.segment is not None and not args.by:
-        return _fail("--segment needs --by (e.g. --by customer.tier --segment gold)", 2)
+        return fail("--segment needs --by (e.g. --by customer.tier --segment gold)", 2)
     try:
         attribute = reports.parse_segment_by(args.by) if args.by else None
     except reports.BadSegment as exc:
-        return _fail(str(exc).replace("'segment_by'", "--by"), 2)
+        return fail(str(exc).replace("'segment_by'", "--by"), 2)
     if attribute and args.segment is not None:
         rules = rules.with_segment(attribute, args.segment)
 
     async def run(url: str) -> dict[str, Any]:
-        conn = await _connect(url)
+        conn = await connect(url)
         try:
             if attribute and args.segment is None:
                 return await reports.split(query, conn, window, rules, attribute)
@@ -198,11 +172,11 @@ def _run_report(args: argparse.Namespace, settings: Settings, query, formats) ->
         finally:
             await conn.close()
 
-    with _database(settings) as url:
+    with database(settings) as url:
         try:
             report = asyncio.run(run(url))
         except reports.BadSegment as exc:
-            return _fail(str(exc).replace("'segment'", "--segment"), 2)
+            return fail(str(exc).replace("'segment'", "--segment"), 2)
     print(_each_segment(report, formats[args.format]) if args.format != "json"
           else formats["json"](report), end="")
     return 0
@@ -230,8 +204,8 @@ def candidates_table(report: dict[str, Any]) -> str:
             "CSAT gap", "risk", "score")
     rows = [(str(c["rank"]), c["contact_type"], str(c["agent_handled"]),
              f"{c['agent_minutes']:.1f}",
-             _percent(c["success"]) + (" (est.)" if c["success_estimated"] else ""),
-             _percent(c["false_deflection"]),
+             percent(c["success"]) + (" (est.)" if c["success_estimated"] else ""),
+             percent(c["false_deflection"]),
              "-" if c["csat_gap"] is None else f"{c['csat_gap']:+.2f}",
              f"{c['risk']:.2f}", f"{c['score']:.1f}") for c in report["rows"]]
     widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
@@ -240,10 +214,6 @@ def candidates_table(report: dict[str, Any]) -> str:
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
               for row in (head, *rows)]
     return "\n".join(lines + ["", report["formula"], ""])
-
-
-def _percent(value: float) -> str:
-    return f"{100 * value:.1f}%"
 
 
 # ---- simulate ---------------------------------------------------------------------------
@@ -255,17 +225,17 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     try:
         window = reports.parse_window(args.start, args.end)
     except BadWindow as exc:
-        return _fail(str(exc), 2)
+        return fail(str(exc), 2)
     if args.examples < 0:
-        return _fail("--examples must be 0 or more", 2)
+        return fail("--examples must be 0 or more", 2)
     directories = [args.rules or settings.rules_dir] + ([args.against] if args.against else [])
     for directory in directories:  # every problem before any training or database work
         try:
             load_rules(directory, with_classifier=False)
         except ConfigError as exc:
-            return _fail(f"the rules in {directory} are invalid:\n{exc}")
+            return fail(f"the rules in {directory} are invalid:\n{exc}")
 
-    with _database(settings) as url:
+    with database(settings) as url:
         report = asyncio.run(_simulate(url, window, directories, args.examples))
     print(json.dumps(report, indent=2) if args.format == "json" else simulation_table(report),
           end="\n" if args.format == "json" else "")
@@ -277,7 +247,7 @@ async def _simulate(url: str, window, directories: list[Path], examples: int) ->
     from service.rules.loader import load_rules
     from service.understanding.learning import learned_examples
 
-    conn = await _connect(url)
+    conn = await connect(url)
     try:
         learned = [(r["text"], r["label"]) for r in await learned_examples(conn)]
         rule_sets = []
@@ -422,21 +392,17 @@ def report_csv(report: dict[str, Any]) -> str:
     segment = report.get("segment")
     columns = ["segment_by", "segment"] if segment else []
     writer.writerow([*columns, "metric_version", "from", "to", "group", "key", *fields])
-    head = [*([segment["by"], _csv(segment["value"])] if segment else []),
+    head = [*([segment["by"], csv_value(segment["value"])] if segment else []),
             report["metric_version"], report["from"], report["to"]]
-    writer.writerow([*head, "total", "", *(_csv(report["totals"][f]) for f in fields)])
+    writer.writerow([*head, "total", "", *(csv_value(report["totals"][f]) for f in fields)])
     for title, key in GROUPS:
         for name, figures in report[key].items():
             writer.writerow([*head, title.replace(" ", "_"), name,
-                             *(_csv(figures[f]) for f in fields)])
+                             *(csv_value(figures[f]) for f in fields)])
     for reason, count in report["escalation_reasons"].items():
         writer.writerow([*head, "escalation_reason", reason,
                          *(count if f == "escalated" else "" for f in fields)])
     return out.getvalue()
-
-
-def _csv(value: Any) -> Any:
-    return "" if value is None else value
 
 
 # ---- demo -------------------------------------------------------------------------------
@@ -463,12 +429,12 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from service.rules.yamlfile import ConfigError
 
     if args.contacts < 1:
-        return _fail("--contacts must be at least 1", 2)
+        return fail("--contacts must be at least 1", 2)
     url = (args.url or settings.public_url).rstrip("/")
     try:
         rules = load_rules(settings.rules_dir, with_classifier=False)
     except ConfigError as exc:
-        return _fail(f"the rules in {settings.rules_dir} are invalid:\n{exc}")
+        return fail(f"the rules in {settings.rules_dir} are invalid:\n{exc}")
     featured = [e.contact_type for e in rules.experiments.by_type.values()]
     if not (settings.database_url and settings.redis_url):
         print("customers get no attributes: the demo needs DATABASE_URL and REDIS_URL to add "
@@ -478,7 +444,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
                                     args.agent_token, featured))
     except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
         problem = str(exc) or type(exc).__name__
-        return _fail(f"demo traffic to {url} failed: {problem} (is `switchboard serve` "
+        return fail(f"demo traffic to {url} failed: {problem} (is `switchboard serve` "
                      "running, with the same TWILIO_AUTH_TOKEN and SWITCHBOARD_PUBLIC_URL?)")
     print(f"sent {sum(sent.values())} contacts to {url}: " + ", ".join(
         f"{n} {channel}" for channel, n in sorted(sent.items())))

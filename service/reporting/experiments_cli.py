@@ -11,14 +11,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from service.infra.cli_support import fail, invoking_user, with_database
 from service.reporting import reports
-from service.reporting.cli import _connect, _database, _fail
 from service.reporting.reports import BadWindow, ReportRules
 from service.settings import Settings
 
@@ -59,24 +58,6 @@ def add_rules_parsers(rules) -> None:
         func=cmd_canary_abort)
 
 
-def _run(settings: Settings, job) -> Any:
-    async def run(url: str) -> Any:
-        conn = await _connect(url)
-        try:
-            return await job(conn)
-        finally:
-            await conn.close()
-
-    with _database(settings) as url:
-        return asyncio.run(run(url))
-
-
-def _user() -> str:
-    from service.__main__ import _user as user
-
-    return user()
-
-
 # ---- experiments report -----------------------------------------------------------------
 
 def cmd_experiments_report(args: argparse.Namespace, settings: Settings) -> int:
@@ -89,16 +70,16 @@ def cmd_experiments_report(args: argparse.Namespace, settings: Settings) -> int:
         window = reports.parse_window(args.start, args.end)
         rules = load_rules(settings.rules_dir, with_classifier=False)
     except BadWindow as exc:
-        return _fail(str(exc), 2)
+        return fail(str(exc), 2)
     except ConfigError as exc:
-        return _fail(f"the rules in {settings.rules_dir} are invalid:\n{exc}")
+        return fail(f"the rules in {settings.rules_dir} are invalid:\n{exc}")
 
     async def job(conn):
         return await experiments.experiments_report(
             conn, window, ReportRules.from_catalog(rules.catalog), rules.experiments,
             await canary.latest(conn))
 
-    report = _run(settings, job)
+    report = with_database(settings, job)
     print(json.dumps(report, indent=2) if args.format == "json" else experiments_table(report))
     return 0
 
@@ -183,22 +164,22 @@ def cmd_canary_start(args: argparse.Namespace, settings: Settings) -> int:
         guardrails = [canary.Guardrail.parse(raw) for raw in args.guardrail]
         canary.check_settings(args.share, args.min_contacts)
     except canary.BadCanary as exc:
-        return _fail(str(exc), 2)
+        return fail(str(exc), 2)
     try:
         rules = load_rules(args.directory, with_classifier=False)
         stable = load_rules(settings.rules_dir, with_classifier=False)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        return _fail(f"{len(exc.issues)} problem(s); no canary started")
+        return fail(f"{len(exc.issues)} problem(s); no canary started")
 
     async def job(conn):
         return await canary.start(conn, rules, stable, share=args.share, guardrails=guardrails,
-                                  min_contacts=args.min_contacts, actor=_user())
+                                  min_contacts=args.min_contacts, actor=invoking_user())
 
     try:
-        started = _run(settings, job)
+        started = with_database(settings, job)
     except canary.BadCanary as exc:
-        return _fail(f"{exc}; no canary started")
+        return fail(f"{exc}; no canary started")
     print(f"canary {started.id} started: v{started.version_id} ({started.digest}) decides "
           f"{started.share:.0%} of new contacts; running instances follow it now "
           "(see: switchboard rules canary-status)")
@@ -219,7 +200,7 @@ def cmd_canary_status(args: argparse.Namespace, settings: Settings) -> int:
         return await experiments.canary_result(conn, found, ReportRules.from_catalog(catalog)) \
             if found else None
 
-    found = _run(settings, job)
+    found = with_database(settings, job)
     if args.format == "json":
         print(json.dumps({"canary": found}, indent=2))
     elif found is None:
@@ -234,9 +215,10 @@ def cmd_canary_promote(args: argparse.Namespace, settings: Settings) -> int:
 
     directory = args.path or settings.rules_dir
     try:
-        ended = _run(settings, lambda conn: canary.promote(conn, directory, _user()))
+        ended = with_database(
+            settings, lambda conn: canary.promote(conn, directory, invoking_user()))
     except canary.BadCanary as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     print(f"canary {ended.id} promoted: v{ended.version_id} written into {directory}; running "
           "instances reload it now (see: switchboard rules history)")
     return 0
@@ -246,8 +228,8 @@ def cmd_canary_abort(args: argparse.Namespace, settings: Settings) -> int:
     from service.rules import canary
 
     try:
-        ended = _run(settings, lambda conn: canary.abort(conn, _user()))
+        ended = with_database(settings, lambda conn: canary.abort(conn, invoking_user()))
     except canary.BadCanary as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     print(f"canary {ended.id} aborted: every new contact is decided by the rules in force")
     return 0

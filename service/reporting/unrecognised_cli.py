@@ -12,13 +12,12 @@ cluster's messages into the rules directory (service/rules/adopt.py).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
+from service.infra.cli_support import fail, with_database
 from service.reporting import reports
-from service.reporting.cli import _connect, _database, _fail
 from service.reporting.reports import BadWindow
 from service.settings import Settings
 
@@ -57,18 +56,6 @@ def _window_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", dest="end", metavar="TO", help="end, exclusive (default: now)")
 
 
-def _fetch(settings: Settings, query) -> Any:
-    async def run(url: str) -> Any:
-        conn = await _connect(url)
-        try:
-            return await query(conn)
-        finally:
-            await conn.close()
-
-    with _database(settings) as url:
-        return asyncio.run(run(url))
-
-
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     from service.reporting.unrecognised import unrecognised
     from service.rules.loader import load_rules
@@ -77,15 +64,15 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     try:
         window = reports.parse_window(args.start, args.end)
     except BadWindow as exc:
-        return _fail(str(exc), 2)
+        return fail(str(exc), 2)
     if args.limit < 1:
-        return _fail("--limit must be at least 1", 2)
+        return fail("--limit must be at least 1", 2)
     try:
         catalog = load_rules(settings.rules_dir, with_classifier=False).catalog
     except ConfigError as exc:
-        return _fail(f"the rules in {settings.rules_dir} are invalid:\n{exc}")
+        return fail(f"the rules in {settings.rules_dir} are invalid:\n{exc}")
     labels = {t.id: t.label for t in catalog.types.values()}
-    report = _fetch(settings, lambda conn: unrecognised(conn, window, labels,
+    report = with_database(settings, lambda conn: unrecognised(conn, window, labels,
                                                         limit=args.limit))
     print(json.dumps(report, indent=2) if args.format == "json" else table(report), end="\n"
           if args.format == "json" else "")
@@ -101,24 +88,24 @@ def cmd_adopt(args: argparse.Namespace, settings: Settings) -> int:
     try:
         window = reports.parse_window(args.start, args.end)
     except BadWindow as exc:
-        return _fail(str(exc), 2)
+        return fail(str(exc), 2)
     if not args.new and (args.label or args.skill):
-        return _fail("--label and --skill describe a new contact type: they need --new; "
+        return fail("--label and --skill describe a new contact type: they need --new; "
                      "nothing was written", 2)
     if not (directory / "catalog.yaml").is_file():
-        return _fail(f"{directory} is not a rules directory (no catalog.yaml in it); "
+        return fail(f"{directory} is not a rules directory (no catalog.yaml in it); "
                      "nothing was written", 2)
-    messages = _fetch(settings, lambda conn: unrecognised_messages(conn, window))
+    messages = with_database(settings, lambda conn: unrecognised_messages(conn, window))
     found = find_cluster(cluster([m.text for m in messages], best_method()), args.cluster_id)
     if found is None:
-        return _fail(f"no cluster '{args.cluster_id}' in the unrecognised traffic from "
+        return fail(f"no cluster '{args.cluster_id}' in the unrecognised traffic from "
                      f"{reports.iso(window.start)} to {reports.iso(window.end)} (see "
                      "`switchboard unrecognised` for this window's ids); nothing was written", 2)
     try:
         done = adopt(directory, found.texts, args.contact_type, new=args.new, label=args.label,
                      skills=args.skill)
     except AdoptError as exc:
-        return _fail(f"{exc}", 2)
+        return fail(f"{exc}", 2)
     where = "a new contact type in catalog.yaml" if done.new_type else f"{ADOPTED_FILE}"
     print(f"Cluster {found.id}: {len(done.added)} message(s) added as examples of "
           f"'{done.contact_type}' ({where}); {done.already_known} were examples already.")

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from service.rules.catalog import ADOPTED_FILE, TYPE_ID, Catalog
+from service.rules.catalog import ADOPTED_FILE, Catalog
 from service.rules.loader import Rules, load_rules
-from service.rules.yamlfile import ConfigError
+from service.rules.yamlfile import ConfigError, is_identifier
 from service.understanding.clusters import normal
 
 INLINE_EXAMPLES = 5  # a new type's stub shows this many; the rest go to the file
@@ -91,7 +91,7 @@ def _check_type(catalog: Catalog, type_id: str, new: bool) -> None:
     if new and type_id in catalog.types:
         raise AdoptError(f"contact type '{type_id}' exists already; leave out --new to add "
                          "the messages to it")
-    if new and not TYPE_ID.match(type_id):
+    if new and not is_identifier(type_id):
         raise AdoptError(f"'{type_id}' cannot be a contact type id: ids are lower_snake_case")
     if not new and type_id not in catalog.types:
         raise AdoptError(f"unknown contact type '{type_id}' (the catalog has: "

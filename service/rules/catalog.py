@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import csv
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Collection
 
 from service.rules.templates import check_template
-from service.rules.yamlfile import Checker, ConfigIssue, LocatedDict, load_yaml
+from service.rules.yamlfile import Checker, ConfigIssue, LocatedDict, is_identifier, load_yaml
 from service.understanding import encoder as transformer_encoder
 from service.understanding.background import background_texts, without_examples
 from service.understanding.cascade import DEFAULT_BAND, Band
@@ -18,7 +17,6 @@ from service.understanding.embeddings import BACKENDS, INSTALL_HINT, installed
 DEFAULT_REPEAT_WINDOW_H = 72
 ADOPTED_FILE = "data/adopted.csv"  # where `switchboard unrecognised adopt` writes examples
 DEFAULT_THRESHOLD = 0.45
-TYPE_ID = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +95,7 @@ def _contact_types(check: Checker, root: LocatedDict,
     digits: dict[int, str] = {}
     for type_id, spec in entries.items():
         path = ("contact_types", type_id)
-        if not TYPE_ID.match(type_id):
+        if not is_identifier(type_id):
             check.error(entries, type_id, "contact type ids are lower_snake_case", path)
         spec = check.mapping(spec, entries, type_id, path, required=["label", "skills", "examples"],
                              optional=["ivr_digit", "repeat_window_h", "self_service",

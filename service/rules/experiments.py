@@ -21,15 +21,13 @@ the same customer gets the same arm on every channel and every contact.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Mapping
 
 from service.infra.ids import stable_point
-from service.rules.yamlfile import Checker, LocatedDict, optional_rule_file
+from service.rules.yamlfile import Checker, LocatedDict, is_identifier, optional_rule_file
 
-NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 ARM_KEYS = ("answer", "flow", "agent", "weight")
 DEFAULT_MIN_CONTACTS = 30
 MAX_ANSWER_CHARS = 1600
@@ -110,7 +108,7 @@ def load_experiments(directory: Path, display_dir: str, type_ids: Collection[str
 def _experiment(check: Checker, entries: LocatedDict, name: str, raw: Any,
                 type_ids: Collection[str], flow_ids: Collection[str]) -> Experiment | None:
     path = ("experiments", name)
-    if not NAME.match(name):
+    if not is_identifier(name):
         check.error(entries, name, "experiment names are lower_snake_case", path)
     spec = check.mapping(raw, entries, name, path, required=["contact_type", "arms"],
                          optional=["control", "min_contacts"])
@@ -144,7 +142,7 @@ def _arms(check: Checker, spec: LocatedDict, path: tuple,
     arms = []
     for name, arm_spec in raw.items():
         where = (*path, "arms", name)
-        if not NAME.match(name):
+        if not is_identifier(name):
             check.error(raw, name, "arm names are lower_snake_case", where)
         arm = _arm(check, raw, name, arm_spec, where, flow_ids)
         if arm is not None:

@@ -38,9 +38,14 @@ import aiohttp
 import orjson
 
 from service.rules.templates import PERSONAL, PLACEHOLDER, check_template, fill
-from service.rules.yamlfile import Checker, LocatedDict, LocatedList, optional_rule_file
+from service.rules.yamlfile import (
+    Checker,
+    LocatedDict,
+    LocatedList,
+    is_identifier,
+    optional_rule_file,
+)
 
-NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 STEP_KINDS = ("ask", "lookup", "say")
 # A look-up runs inside the customer's turn, which has 10 s in all (Twilio waits 15).
 DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S = 3.0, 5.0
@@ -151,7 +156,7 @@ def _lookups(check: Checker, root: LocatedDict) -> dict[str, Lookup]:
     lookups = {}
     for name, spec in entries.items():
         path = ("lookups", name)
-        if not NAME.match(name):
+        if not is_identifier(name):
             check.error(entries, name, "look-up names are lower_snake_case", path)
         spec = check.mapping(spec, entries, name, path, required=["url"], optional=["timeout_s"])
         if spec is None:
@@ -175,7 +180,7 @@ def _flows(check: Checker, root: LocatedDict,
     flows = {}
     for flow_id, spec in entries.items():
         path = ("flows", flow_id)
-        if not NAME.match(flow_id):
+        if not is_identifier(flow_id):
             check.error(entries, flow_id, "flow ids are lower_snake_case", path)
         spec = check.mapping(spec, entries, flow_id, path, required=["steps"])
         if spec is not None:
@@ -220,7 +225,7 @@ def _step(check: Checker, items: LocatedList, index: int, path: tuple,
     if item is None:
         return None
     save = item.get("save")
-    if save is not None and (not isinstance(save, str) or not NAME.match(save)):
+    if save is not None and not is_identifier(save):
         check.error(item, "save", "save names a value in lower_snake_case", (*path, "save"))
     elif save in PERSONAL:
         check.error(item, "save", f"'{save}' is the customer's own data in texts: save "

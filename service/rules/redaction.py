@@ -11,9 +11,7 @@ import re
 from pathlib import Path
 
 from service.conversations.redaction import CARDS_ONLY, Redactor
-from service.rules.yamlfile import Checker, LocatedDict, optional_rule_file
-
-NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+from service.rules.yamlfile import Checker, LocatedDict, is_identifier, optional_rule_file
 
 
 def load_redaction(directory: Path, display_dir: str) -> Redactor:
@@ -40,7 +38,7 @@ def _patterns(check: Checker, root: LocatedDict) -> tuple[tuple[str, re.Pattern[
     patterns = []
     for name, raw in entries.items():
         path = ("patterns", name)
-        if not NAME.match(name):
+        if not is_identifier(name):
             check.error(entries, name, "pattern names are lower_snake_case", path)
         if not isinstance(raw, str) or not raw:
             check.error(entries, name, "expected a regular expression (quoted text)", path)

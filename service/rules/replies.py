@@ -18,16 +18,20 @@ contacts of that type (id `answer.<type>`), filled in the same way.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Collection, Mapping
 
 from service.rules.catalog import Catalog
 from service.rules.templates import check_template, personal_values, render
-from service.rules.yamlfile import Checker, LocatedDict, LocatedList, optional_rule_file
+from service.rules.yamlfile import (
+    Checker,
+    LocatedDict,
+    LocatedList,
+    is_identifier,
+    optional_rule_file,
+)
 
-REPLY_ID = re.compile(r"^[a-z][a-z0-9_]*$")
 MAX_TITLE_CHARS = 60
 MAX_TEXT_CHARS = 2000  # an agent's message (service/agents/desk.py)
 GROUPS = ("type", "any", "other")  # suits this contact's type, any contact, other types
@@ -108,7 +112,7 @@ def _reply(check: Checker, items: LocatedList, index: int, item: Any,
         return None
     before = len(check.issues)
     reply_id, title, text = spec["id"], spec["title"], spec["text"]
-    if not isinstance(reply_id, str) or not REPLY_ID.match(reply_id):
+    if not is_identifier(reply_id):
         check.error(spec, "id", f"reply id {reply_id!r} must be lower_snake_case, e.g. "
                     "ask_order_number", (*path, "id"))
     if not isinstance(title, str) or not title.strip() or len(title) > MAX_TITLE_CHARS:

@@ -18,9 +18,8 @@ from typing import Any, Callable, Collection, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from service.rules.catalog import Catalog
-from service.rules.yamlfile import Checker, LocatedDict, LocatedList, load_yaml
+from service.rules.yamlfile import Checker, LocatedDict, LocatedList, is_identifier, load_yaml
 
-REASON = re.compile(r"^[a-z][a-z0-9_]*$")
 MATCHER = re.compile(r'^\s*([a-z_][a-z0-9_.]*)\s*(=~|!~|!=|<=|>=|=|<|>)\s*(.*?)\s*$', re.S)
 NUMERIC_ATTRS = ("confidence",)
 BOOL_ATTRS = ("repeat_contact",)
@@ -367,7 +366,7 @@ def _time_intervals(check: Checker, doc: LocatedDict) -> dict[str, TimeInterval]
         if item is None:
             continue
         name, periods = item["name"], item["time_intervals"]
-        if not isinstance(name, str) or not REASON.match(name) or name in intervals:
+        if not is_identifier(name) or name in intervals:
             check.error(item, "name", "name must be a unique lower_snake_case name",
                         (*path, "name"))
         if not isinstance(periods, LocatedList) or not periods:
@@ -554,7 +553,7 @@ def _settings(check: Checker, spec: LocatedDict, path: tuple, parent: RouteSetti
         else:
             settings = replace(settings, self_service=spec["self_service"])
     if "reason" in spec:
-        if not isinstance(spec["reason"], str) or not REASON.match(spec["reason"]):
+        if not is_identifier(spec["reason"]):
             check.error(spec, "reason", "reason must be a lower_snake_case code",
                         (*path, "reason"))
         else:

@@ -6,6 +6,7 @@ Errors read like Home Assistant's: `routing_rules/routes.yaml:37: unknown contac
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -16,6 +17,13 @@ try:
     _Loader = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - libyaml missing
     _Loader = yaml.SafeLoader
+
+_IDENTIFIER = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def is_identifier(value: object) -> bool:
+    """True for the names rule files give things (types, flows, replies...): snake_case."""
+    return isinstance(value, str) and _IDENTIFIER.fullmatch(value) is not None
 
 
 class LocatedDict(dict):
