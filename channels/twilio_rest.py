@@ -226,11 +226,12 @@ class TwilioRest:
         if not self.is_media_url(url):
             raise AttachmentUnavailable("unsupported", "not a media URL of this Twilio account")
         if self._media is None:  # inside the running loop: aiohttp sessions belong to one
-            self._media = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
-                auth=aiohttp.BasicAuth(self._account_sid, self._auth_token))
+            self._media = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout))
+        credentials = base64.b64encode(f"{self._account_sid}:{self._auth_token}".encode())
+        # aiohttp drops the header when a redirect leaves the API's origin
+        headers = {"Authorization": f"Basic {credentials.decode()}"}
         try:
-            async with self._media.get(url, max_redirects=3) as response:
+            async with self._media.get(url, headers=headers, max_redirects=3) as response:
                 if response.status == 404:
                     raise AttachmentUnavailable("gone", "Twilio no longer has this file (404)")
                 if response.status != 200:
