@@ -93,6 +93,8 @@ class Channel(Protocol):
 
     async def fetch_attachment(self, attachment: Attachment) -> AttachmentBody: ...
 
+    async def delete_attachment(self, attachment: Attachment) -> None: ...
+
 
 def twilio_of(config: ChannelConfig) -> TwilioRest:
     """The shared REST client, or one of the channel's own when none was given (tests)."""

@@ -225,13 +225,9 @@ class TwilioRest:
         naming why not."""
         if not self.is_media_url(url):
             raise AttachmentUnavailable("unsupported", "not a media URL of this Twilio account")
-        if self._media is None:  # inside the running loop: aiohttp sessions belong to one
-            self._media = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout))
-        credentials = base64.b64encode(f"{self._account_sid}:{self._auth_token}".encode())
-        # aiohttp drops the header when a redirect leaves the API's origin
-        headers = {"Authorization": f"Basic {credentials.decode()}"}
-        try:
-            async with self._media.get(url, headers=headers, max_redirects=3) as response:
+        try:  # aiohttp drops the credentials when a redirect leaves the API's origin
+            async with self._media_session().get(url, headers=self._basic_auth(),
+                                                 max_redirects=3) as response:
                 if response.status == 404:
                     raise AttachmentUnavailable("gone", "Twilio no longer has this file (404)")
                 if response.status != 200:
@@ -249,6 +245,36 @@ class TwilioRest:
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise AttachmentUnavailable(
                 "unavailable", f"Twilio did not hand over the file: {exc!r}") from exc
+
+    async def delete_media(self, url: str) -> None:
+        """Delete one Media resource (an erasure); already gone (404) is done. Failures are
+        retryable DeliveryFailed: deleting twice does no harm, so nothing is looked up."""
+        if not self.is_media_url(url):
+            raise DeliveryFailed("refused", "not a media URL of this Twilio account")
+        try:
+            async with self._media_session().delete(
+                    url if url.endswith(".json") else f"{url}.json",
+                    headers=self._basic_auth()) as response:
+                if response.status in (200, 204, 404):
+                    return
+                failure = DeliveryFailed(
+                    "refused", f"Twilio answered {response.status} to the media delete",
+                    code=_error_code(await response.text()),
+                    retryable=response.status >= 500 or response.status == 429,
+                    retry_after_s=retry_after(response.headers))
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise DeliveryFailed("no_answer", f"Twilio did not answer: {exc!r}",
+                                 retryable=True) from exc
+        raise failure
+
+    def _media_session(self) -> aiohttp.ClientSession:
+        if self._media is None:  # inside the running loop: aiohttp sessions belong to one
+            self._media = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout))
+        return self._media
+
+    def _basic_auth(self) -> dict[str, str]:
+        credentials = base64.b64encode(f"{self._account_sid}:{self._auth_token}".encode())
+        return {"Authorization": f"Basic {credentials.decode()}"}
 
     async def close(self) -> None:
         if self._http is not None:

@@ -146,6 +146,9 @@ class TwilioMessaging:
     async def fetch_attachment(self, attachment: Attachment) -> AttachmentBody:
         return await self._twilio.fetch_media(attachment.ref)
 
+    async def delete_attachment(self, attachment: Attachment) -> None:
+        await self._twilio.delete_media(attachment.ref)
+
 
 class TwilioSms(TwilioMessaging):
     traits: ClassVar[ChannelTraits] = ChannelTraits(

@@ -281,6 +281,9 @@ class TwilioVoice:
     async def fetch_attachment(self, attachment: Attachment) -> AttachmentBody:
         raise AttachmentUnavailable("unsupported", "a call carries no files")
 
+    async def delete_attachment(self, attachment: Attachment) -> None:
+        raise DeliveryFailed("unsupported", "a call carries no files")
+
     async def ask(self, to: Destination, text: str, choices: tuple[Choice, ...]) -> str | None:
         """The agent wrapped up with the caller still on the line: move the call to
         /after-agent, which asks the waiting survey's question."""

@@ -128,6 +128,9 @@ class WebChat:
     async def fetch_attachment(self, attachment: Attachment) -> AttachmentBody:
         raise AttachmentUnavailable("unsupported", "the chat takes no file uploads")
 
+    async def delete_attachment(self, attachment: Attachment) -> None:
+        raise DeliveryFailed("unsupported", "the chat takes no file uploads")
+
     async def ask(self, to: Destination, text: str, choices: tuple[Choice, ...]) -> str | None:
         await self._publish(f"chat:{to.thread}", _survey_frame(text, choices))
         return None

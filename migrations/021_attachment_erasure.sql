@@ -23,3 +23,11 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
         ELSE value END), '{}'::jsonb)
     FROM jsonb_each(data)
 $$;
+
+-- An erasure also asks the provider to delete the customer's files (outbox action
+-- `delete_attachment`, payload {content_type, ref}: the channel's own reference), recorded in
+-- the erasure's transaction and retried like every outbound request.
+ALTER TABLE outbox DROP CONSTRAINT outbox_action_check;
+ALTER TABLE outbox ADD CONSTRAINT outbox_action_check
+    CHECK (action IN ('send', 'connect', 'join', 'release', 'drop', 'ask', 'call_back',
+                      'delete_attachment'));

@@ -245,6 +245,11 @@ class Outbound(Protocol):
         account's credentials; AttachmentUnavailable when it cannot be had."""
         ...
 
+    async def delete_attachment(self, attachment: Attachment) -> None:
+        """Ask the provider to delete a file the customer sent (an erasure); one already
+        gone counts as deleted. DeliveryFailed (retryable) when the provider failed."""
+        ...
+
 
 class OutboundChannel(Outbound, Protocol):
     """A channel as the core sees it: its traits and its outbound side."""

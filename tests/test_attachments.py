@@ -259,8 +259,8 @@ async def test_twilio_failing_to_hand_over_a_file_is_a_clear_error_never_a_hang(
             await standin.start()
 
 
-async def test_an_erasure_drops_the_references_and_keeps_the_count(app_settings, db, twilio,
-                                                                   redis_client):
+async def test_an_erasure_drops_the_references_and_deletes_the_files_at_twilio(
+        app_settings, db, twilio, redis_client):
     standin, _ = twilio
     async with instance(app_settings) as client:
         console, contact, token = await sms_contact_with(client, db, standin)
@@ -277,7 +277,9 @@ async def test_an_erasure_drops_the_references_and_keeps_the_count(app_settings,
         assert event["attachments"][0]["ref"] == photo
         customer_id = await db.fetchval("SELECT customer_id::text FROM customer_identities "
                                         "WHERE value = $1", CUSTOMER)
-        await erasure.erase(client.app[PG], redis_client, customer_id, by="test")
+        standin.fail_media_with = 503  # Twilio busy: the deletion waits in the outbox
+        done = await erasure.erase(client.app[PG], redis_client, customer_id, by="test")
+        assert done.counts["file_deletions"] == 1
 
         [event] = [e for e in await received_events(client, db, contact) if "attachments" in e]
         assert event["attachments"] == [{"n": 1, "content_type": "image/jpeg"}]
@@ -285,3 +287,32 @@ async def test_an_erasure_drops_the_references_and_keeps_the_count(app_settings,
             [dict(r) for r in await db.fetch("SELECT data::text FROM contact_events")])
         supervisor = await create_token(db, "supervisor", "floor lead")
         assert (await get(client, contact, 1, supervisor)).status == 404
+
+        media_sid = photo.rsplit("/", 1)[1]
+        for _ in range(40):  # retried until Twilio takes it
+            if await db.fetchval("SELECT attempts FROM outbox "
+                                 "WHERE action = 'delete_attachment'") >= 1:
+                break
+            await asyncio.sleep(0.1)
+        assert media_sid in standin.media and not standin.media_deletes
+        standin.fail_media_with = None
+        for _ in range(200):
+            if standin.media_deletes:
+                break
+            await asyncio.sleep(0.1)
+        assert standin.media_deletes == [media_sid] and media_sid not in standin.media
+        await wait_for_state(db, "sent")
+        async with client.app[PG].acquire() as conn:
+            assert (await erasure.reapply(conn))["file_references"] == 1
+        payload = await db.fetchval("SELECT payload::text FROM outbox "
+                                    "WHERE action = 'delete_attachment'")
+        assert json.loads(payload) == {"content_type": "image/jpeg"}
+
+
+async def wait_for_state(db, state: str) -> None:
+    for _ in range(100):
+        if await db.fetchval("SELECT state FROM outbox WHERE action = 'delete_attachment'") \
+                == state:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the deletion never reached {state}")

@@ -58,6 +58,7 @@ class TwilioStandIn:
     fail_media_with: int | None = None  # answer media GETs with this status
     hang_media: bool = False  # never answer media GETs
     account_sid: str = "AC" + "1" * 32  # whose basic auth media GETs need
+    media_deletes: list[str] = field(default_factory=list)  # ME sids deleted, in order
 
     lose_answers: bool = False  # take the message, then never answer
     drop_connections: int = 0  # close the next N message requests' connections, taking nothing
@@ -70,6 +71,8 @@ class TwilioStandIn:
     def app(self) -> web.Application:
         app = web.Application()
         base = "/2010-04-01/Accounts/{account}"
+        app.router.add_delete(f"{base}/Messages/{{message}}/Media/{{media}}.json",
+                              self._delete_media)
         app.router.add_get(f"{base}/Messages/{{message}}/Media/{{media}}", self._media)
         app.router.add_post(MESSAGES, self._message)
         app.router.add_get(MESSAGES, self._list)
@@ -113,9 +116,25 @@ class TwilioStandIn:
         return (f"{self.url}/2010-04-01/Accounts/{account or self.account_sid}/Messages/"
                 f"{message_sid}/Media/{media_sid}")
 
-    async def _media(self, request: web.Request) -> web.StreamResponse:
+    def _authorised(self, request: web.Request) -> bool:
         expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
-        authorised = request.headers.get("Authorization") == f"Basic {expected}"
+        return request.headers.get("Authorization") == f"Basic {expected}"
+
+    async def _delete_media(self, request: web.Request) -> web.Response:
+        """Twilio's Media resource DELETE (basic auth); `fail_media_with` fails it too."""
+        if not self._authorised(request):
+            return web.json_response({"code": 20003, "status": 401}, status=401)
+        if self.fail_media_with:
+            return web.json_response({"code": 20500, "status": self.fail_media_with,
+                                      "message": "Twilio is having trouble"},
+                                     status=self.fail_media_with)
+        if self.media.pop(request.match_info["media"], None) is None:
+            return _not_found()
+        self.media_deletes.append(request.match_info["media"])
+        return web.Response(status=204)
+
+    async def _media(self, request: web.Request) -> web.StreamResponse:
+        authorised = self._authorised(request)
         self.media_fetches.append({"path": request.path, "authorised": str(authorised)})
         if not authorised:
             return web.json_response({"code": 20003, "status": 401,
