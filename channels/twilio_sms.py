@@ -1,6 +1,10 @@
 """Twilio Messaging: inbound SMS webhook -> Inbound; Reply -> <Response><Message>; agents'
 texts out through the REST API.
 
+Media (MMS, WhatsApp) arrive as `NumMedia`, `MediaUrl{N}`, `MediaContentType{N}` and become
+`Inbound.attachments`: only Media resources of our account on the configured API host are
+kept (they are fetched later with the account's credentials, never any other URL).
+
 The same webhook shape serves WhatsApp (twilio_whatsapp.py): one Messaging Service may post
 both to /twilio/sms, so a `whatsapp:` sender here is handed in as a WhatsApp contact.
 """

@@ -6,7 +6,9 @@ path), of the customer and of their contacts. While a contact is open (a convers
 closed, a queue entry, a message still being sent) it refuses and changes nothing: the agent
 needs the context, ops erase once it ends. Otherwise one PostgreSQL transaction blanks the
 personal fields of the customer's events (`erased_event_data`, migration 019: among them
-the `text` of agents' and supervisors' private notes, `note_added`), the words
+the `text` of agents' and supervisors' private notes, `note_added`, and the provider
+references of the customer's files, migration 021, each first recorded as an outbox job that
+asks the channel to delete the file at the provider), the words
 `simulate` keeps, and the addresses and texts of settled outbox rows; deletes the customer and
 their identities; and records the erasure (`erased_customers`: who, when, counts per place)
 with the Redis keys still to delete. Then the keys go (the notes kept in a conversation's
