@@ -316,3 +316,24 @@ async def wait_for_state(db, state: str) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"the deletion never reached {state}")
+
+
+async def test_after_a_transfer_the_next_agent_sees_and_opens_the_files_and_the_first_cannot(
+        app_settings, db, twilio):
+    standin, _ = twilio
+    async with instance(app_settings) as client:
+        console, contact, first = await sms_contact_with(client, db, standin)
+        photo = standin.media_url("image/gif", PHOTO)
+        await mms(client, CUSTOMER, "", [(photo, "image/gif")])
+        await console.wait(with_files(contact))
+        second = await add_agent(db, "Bob", ["billing"])
+        colleague = await console_of(client, second)
+        await console.send(type="transfer", contact_id=contact, queue="billing", mode="cold")
+        offer = await colleague.wait(lambda f: f["type"] == "offer")
+        lines = [line for line in offer["context"]["transcript"] if line.get("attachments")]
+        assert [line["attachments"] for line in lines] == [[{"n": 1, "content_type": "image/gif"}]]
+        await colleague.send(type="accept", contact_id=contact)
+        await colleague.wait(lambda f: f["type"] == "assigned")
+        taken = await get(client, contact, 1, second)
+        assert taken.status == 200 and await taken.read() == PHOTO
+        assert (await get(client, contact, 1, first)).status == 403
