@@ -32,7 +32,7 @@ def keep(conv: Conversation, attachments: Sequence[Attachment], now: float
     """Number a message's attachments within the contact and keep them on its record; the
     entries kept (number, type, reference)."""
     kept = conv.setdefault("attachments", [])
-    added = []
+    added: list[dict[str, Any]] = []
     for attachment in attachments:
         if len(kept) >= MAX_PER_CONTACT:
             log.warning("attachments.over_limit", contact_id=conv.get("contact_id"),

@@ -318,11 +318,13 @@ class Conversations:
             heard = inbound.text if inbound.kind == "message" else f"[pressed {inbound.text}]"
             kept = attachments.keep(turn.conversation, inbound.attachments, turn.now) \
                 if inbound.attachments else []
-            files = {"attachments": attachments.shown(kept)} if kept else {}
-            turn.say("customer", heard, **files)
+            shown: dict[str, Any] = {"attachments": attachments.shown(kept)} if kept else {}
+            kept_refs: dict[str, Any] = {"attachments": attachments.recorded(kept)} if kept \
+                else {}
+            turn.say("customer", heard, **shown)
             turn.record("received", text=inbound.text, input=inbound.kind,
                         input_confidence=inbound.input_confidence, **_provider_ids(inbound),
-                        **({"attachments": attachments.recorded(kept)} if kept else {}))
+                        **kept_refs)
         elif inbound.kind == "no_input":
             turn.record("no_input")
 
