@@ -31,3 +31,7 @@ ALTER TABLE outbox DROP CONSTRAINT outbox_action_check;
 ALTER TABLE outbox ADD CONSTRAINT outbox_action_check
     CHECK (action IN ('send', 'connect', 'join', 'release', 'drop', 'ask', 'call_back',
                       'delete_attachment'));
+-- The hourly upkeep forgets a deletion's reference once the provider answered: the few rows
+-- still holding one, by index (the outbox keeps every message ever sent).
+CREATE INDEX outbox_file_references ON outbox (seq)
+    WHERE action = 'delete_attachment' AND payload ? 'ref';
