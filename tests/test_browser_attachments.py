@@ -71,16 +71,25 @@ async def test_the_console_shows_an_mms_photo_as_a_thumbnail_and_a_pdf_as_a_down
         agent, _ = await agent_and_customer(browser, errors)
         await sign_in_available(agent, base, token)
         async with aiohttp.ClientSession(base_url=base) as http:
+            # a screenshot alone in self-service: kept, shown on the offer, opened on accept
+            first = standin.media_url("image/png", parcel_png(320, 480))
+            await mms(http, PHONE, "", [(first, "image/png")])
             await text(http, PHONE, "I want to talk to a human")
-            await agent.get_by_role("button", name="Accept").click()
             transcript = agent.get_by_role("log", name="Conversation")
+            await expect(transcript).to_contain_text("Photo 1 (image/png): accept to open")
+            await agent.screenshot(path=artifact("agent-attachment-offer.png"))
+            assert not standin.media_fetches  # nothing fetched before the contact is theirs
+            await agent.get_by_role("button", name="Accept").click()
             await expect(transcript).to_contain_text("You're now talking with Dana.")
+            await expect(transcript.get_by_role(
+                "link", name="Photo 1 from the customer: open full size")).to_have_class(
+                "attachment photo ready")
             photo = standin.media_url("image/png", photo_bytes)
             receipt = standin.media_url("application/pdf", PDF)
             await mms(http, PHONE, "The box arrived crushed, photo and receipt attached",
                       [(photo, "image/png"), (receipt, "application/pdf")])
 
-        thumb = transcript.get_by_role("link", name="Photo 1 from the customer: open full size")
+        thumb = transcript.get_by_role("link", name="Photo 2 from the customer: open full size")
         await expect(thumb).to_have_class("attachment photo ready")
         image = thumb.locator("img")
         await expect(image).to_be_visible()
@@ -89,7 +98,7 @@ async def test_the_console_shows_an_mms_photo_as_a_thumbnail_and_a_pdf_as_a_down
         box = await thumb.bounding_box()
         assert box is not None and box["width"] <= 242 and box["height"] <= 240
         await expect(thumb).to_have_css("border-top-left-radius", "12px")
-        await expect(thumb).to_contain_text("Photo 1 · PNG")
+        await expect(thumb).to_contain_text("Photo 2 · PNG")
 
         download = transcript.get_by_role(
             "link", name="PDF document (application/pdf) from the customer: download")
@@ -101,7 +110,7 @@ async def test_the_console_shows_an_mms_photo_as_a_thumbnail_and_a_pdf_as_a_down
             await download.click()
         saved = await (await fetched.value).path()
         assert saved is not None and saved.read_bytes() == PDF
-        assert (await fetched.value).suggested_filename == "attachment-2.pdf"
+        assert (await fetched.value).suggested_filename == "attachment-3.pdf"
 
         async with agent.context.expect_page() as opened:
             await thumb.click()
@@ -110,6 +119,6 @@ async def test_the_console_shows_an_mms_photo_as_a_thumbnail_and_a_pdf_as_a_down
         await full.close()
 
         # only the console fetched the files, through the proxy, with the account's auth
-        assert len(standin.media_fetches) == 2
+        assert len(standin.media_fetches) == 3
         assert all(f["authorised"] == "True" for f in standin.media_fetches)
     assert not errors, errors
