@@ -111,6 +111,13 @@ async def test_an_mms_photo_reaches_the_agent_and_only_they_and_supervisors_may_
         assert seen.status == 200 and await seen.read() == PHOTO
         assert all(f["authorised"] == "True" for f in standin.media_fetches)
 
+        # Twilio answers with a redirect to its file host: followed, the credentials not sent
+        standin.redirect_media = True
+        moved = await get(client, contact, 2, token)
+        assert moved.status == 200 and await moved.read() == PDF
+        assert [r["authorization"] for r in standin.file_host_requests] == [""]
+        standin.redirect_media = False
+
         # the transcript and the event log keep them; the log keeps the reference too
         _, conv = await client.app[HANDOFF].conversation(contact)
         line = next(line for line in conv["transcript"]

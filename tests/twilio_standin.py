@@ -7,8 +7,9 @@ Redis in these tests are real. Failure modes: answer a status (503, 429) with or
 connections (the server stops listening); lose the answer (the message is taken, then the
 request hangs until the client gives up); drop the connection without taking the message.
 It serves media files (GET .../Messages/{MM}/Media/{ME}, as Twilio's MMS and WhatsApp MediaUrl
-point at them) only with the account's basic auth, and fails them on demand (`fail_media_with`
-a status, `hang_media` never answers). It lists messages (GET Messages.json filtered by
+point at them) only with the account's basic auth, optionally through a 307 to a file host of
+another origin as Twilio does (`redirect_media`), deletes them (DELETE .../Media/{ME}.json),
+and fails both on demand (`fail_media_with` a status, `hang_media` never answers). It lists messages (GET Messages.json filtered by
 To, From and DateSent), places calls (POST Calls.json, `fail_calls` answers the next ones 503)
 and posts signed status callbacks of messages and placed calls to the service, as Twilio does.
 """
@@ -59,6 +60,10 @@ class TwilioStandIn:
     hang_media: bool = False  # never answer media GETs
     account_sid: str = "AC" + "1" * 32  # whose basic auth media GETs need
     media_deletes: list[str] = field(default_factory=list)  # ME sids deleted, in order
+    # As Twilio does: a media GET answers 307 to its file host (here `localhost`, another
+    # origin), which serves the bytes without auth; what that host was sent is kept.
+    redirect_media: bool = False
+    file_host_requests: list[dict[str, str]] = field(default_factory=list)
 
     lose_answers: bool = False  # take the message, then never answer
     drop_connections: int = 0  # close the next N message requests' connections, taking nothing
@@ -74,6 +79,7 @@ class TwilioStandIn:
         app.router.add_delete(f"{base}/Messages/{{message}}/Media/{{media}}.json",
                               self._delete_media)
         app.router.add_get(f"{base}/Messages/{{message}}/Media/{{media}}", self._media)
+        app.router.add_get("/files/{media}", self._file_host)
         app.router.add_post(MESSAGES, self._message)
         app.router.add_get(MESSAGES, self._list)
         app.router.add_post(f"{base}/Calls.json", self._create_call)
@@ -148,8 +154,20 @@ class TwilioStandIn:
         found = self.media.get(request.match_info["media"])
         if found is None:
             return _not_found()
+        if self.redirect_media:
+            raise web.HTTPTemporaryRedirect(
+                f"http://localhost:{self.port}/files/{request.match_info['media']}")
         content_type, data = found
         return web.Response(body=data, content_type=content_type)
+
+    async def _file_host(self, request: web.Request) -> web.Response:
+        self.file_host_requests.append({"host": request.host,
+                                        "authorization": request.headers.get("Authorization",
+                                                                             "")})
+        found = self.media.get(request.match_info["media"])
+        if found is None:
+            return _not_found()
+        return web.Response(body=found[1], content_type=found[0])
 
     def bodies(self) -> list[str]:
         return [m["Body"] for m in self.messages]
