@@ -16,6 +16,8 @@ from aiohttp import web
 from channels.twilio_rest import TwilioRest
 from service.model import (
     AgentLine,
+    Attachment,
+    AttachmentBody,
     CallOutcome,
     ChannelTraits,
     Choice,
@@ -88,6 +90,10 @@ class Channel(Protocol):
 
     async def ask(self, to: Destination, text: str, choices: tuple[Choice, ...]
                   ) -> str | None: ...
+
+    async def fetch_attachment(self, attachment: Attachment) -> AttachmentBody: ...
+
+    async def delete_attachment(self, attachment: Attachment) -> None: ...
 
 
 def twilio_of(config: ChannelConfig) -> TwilioRest:

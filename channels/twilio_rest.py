@@ -15,23 +15,30 @@ import asyncio
 import base64
 import contextlib
 import json
+import re
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import AsyncIterator
 from xml.sax.saxutils import escape
 
 import aiohttp
+import yarl
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
-from service.model import AgentLine, DeliveryFailed
+from service.model import AgentLine, AttachmentBody, AttachmentUnavailable, DeliveryFailed
 
 TWILIO_API = "https://api.twilio.com"
 OUTSIDE_WINDOW = "63016"  # Twilio: freeform message outside the 24-hour customer-care window
 # Twilio answers these when it is busy or down; the request was not taken and may be repeated.
 THROTTLED_STATUSES = (429, 503)
 MAX_RETRY_AFTER_S = 3600.0  # a Retry-After beyond this is read as this
+MAX_MEDIA_BYTES = 5 * 1024 * 1024  # Twilio's own cap on one inbound MMS/WhatsApp media file
+MEDIA_CHUNK_BYTES = 64 * 1024
+# A Media resource of one of the account's messages, the only URL shape we ever fetch.
+MEDIA_PATH = re.compile(r"/2010-04-01/Accounts/(AC[0-9a-fA-F]{32})/Messages/"
+                        r"((?:MM|SM)[0-9a-fA-F]{32})/Media/(ME[0-9a-fA-F]{32})")
 
 
 class _Throttled(Exception):
@@ -92,6 +99,8 @@ class TwilioRest:
     def __init__(self, account_sid: str, auth_token: str, base_url: str = TWILIO_API,
                  timeout: float = 10):
         self._account_sid = account_sid or "AC" + "0" * 32
+        self._media_account = account_sid or None  # media of other accounts is refused
+        self._media: aiohttp.ClientSession | None = None
         self._auth_token = auth_token or "unset"
         self._base_url, self._timeout = base_url, timeout
         self._http: _RebasedHttpClient | None = None
@@ -195,9 +204,88 @@ class TwilioRest:
                 return message.sid
         return None
 
+    def is_media_url(self, url: str) -> bool:
+        """Whether `url` is a Media resource of our account on the configured API host (the
+        only media we fetch with the account's credentials: anything else could be a request
+        forgery aimed at another host)."""
+        try:
+            parsed, base = yarl.URL(url), yarl.URL(self._base_url)
+        except (ValueError, TypeError):
+            return False
+        if (parsed.scheme, parsed.host, parsed.port) != (base.scheme, base.host, base.port) \
+                or parsed.user or parsed.password or parsed.query_string or parsed.fragment:
+            return False
+        path = parsed.path.removeprefix(base.path.rstrip("/"))
+        found = MEDIA_PATH.fullmatch(path)
+        return found is not None and self._media_account in (None, found.group(1))
+
+    async def fetch_media(self, url: str) -> AttachmentBody:
+        """The bytes of one Media resource (basic auth; Twilio may redirect to its file host,
+        which never gets the credentials), at most MAX_MEDIA_BYTES; AttachmentUnavailable
+        naming why not."""
+        if not self.is_media_url(url):
+            raise AttachmentUnavailable("unsupported", "not a media URL of this Twilio account")
+        try:  # aiohttp drops the credentials when a redirect leaves the API's origin
+            async with self._media_session().get(url, headers=self._basic_auth(),
+                                                 max_redirects=3) as response:
+                if response.status == 404:
+                    raise AttachmentUnavailable("gone", "Twilio no longer has this file (404)")
+                if response.status != 200:
+                    raise AttachmentUnavailable(
+                        "unavailable", f"Twilio answered {response.status} for the file")
+                if (response.content_length or 0) > MAX_MEDIA_BYTES:
+                    raise _too_large()
+                data = bytearray()
+                async for chunk in response.content.iter_chunked(MEDIA_CHUNK_BYTES):
+                    data += chunk
+                    if len(data) > MAX_MEDIA_BYTES:
+                        raise _too_large()
+                return AttachmentBody(response.content_type or "application/octet-stream",
+                                      bytes(data))
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise AttachmentUnavailable(
+                "unavailable", f"Twilio did not hand over the file: {exc!r}") from exc
+
+    async def delete_media(self, url: str) -> None:
+        """Delete one Media resource (an erasure); already gone (404) is done. Failures are
+        retryable DeliveryFailed: deleting twice does no harm, so nothing is looked up."""
+        if not self.is_media_url(url):
+            raise DeliveryFailed("refused", "not a media URL of this Twilio account")
+        try:
+            async with self._media_session().delete(
+                    url if url.endswith(".json") else f"{url}.json",
+                    headers=self._basic_auth()) as response:
+                if response.status in (200, 204, 404):
+                    return
+                failure = DeliveryFailed(
+                    "refused", f"Twilio answered {response.status} to the media delete",
+                    code=_error_code(await response.text()),
+                    retryable=response.status >= 500 or response.status == 429,
+                    retry_after_s=retry_after(response.headers))
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise DeliveryFailed("no_answer", f"Twilio did not answer: {exc!r}",
+                                 retryable=True) from exc
+        raise failure
+
+    def _media_session(self) -> aiohttp.ClientSession:
+        if self._media is None:  # inside the running loop: aiohttp sessions belong to one
+            self._media = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout))
+        return self._media
+
+    def _basic_auth(self) -> dict[str, str]:
+        credentials = base64.b64encode(f"{self._account_sid}:{self._auth_token}".encode())
+        return {"Authorization": f"Basic {credentials.decode()}"}
+
     async def close(self) -> None:
         if self._http is not None:
             await self._http.close()
+        if self._media is not None:
+            await self._media.close()
+
+
+def _too_large() -> AttachmentUnavailable:
+    return AttachmentUnavailable("too_large", f"the file is larger than "
+                                 f"{MAX_MEDIA_BYTES // (1024 * 1024)} MB")
 
 
 CUSTOMER_LABEL = "customer"  # the caller's participant label in the contact's conference

@@ -1,6 +1,10 @@
 """Twilio Messaging: inbound SMS webhook -> Inbound; Reply -> <Response><Message>; agents'
 texts out through the REST API.
 
+Media (MMS, WhatsApp) arrive as `NumMedia`, `MediaUrl{N}`, `MediaContentType{N}` and become
+`Inbound.attachments`: only Media resources of our account on the configured API host are
+kept (they are fetched later with the account's credentials, never any other URL).
+
 The same webhook shape serves WhatsApp (twilio_whatsapp.py): one Messaging Service may post
 both to /twilio/sms, so a `whatsapp:` sender here is handed in as a WhatsApp contact.
 """
@@ -8,7 +12,8 @@ both to /twilio/sms, so a `whatsapp:` sender here is handed in as a WhatsApp con
 from __future__ import annotations
 
 import functools
-from typing import ClassVar
+import re
+from typing import Callable, ClassVar
 from xml.sax.saxutils import escape  # what ElementTree does to element text: &, < and >
 
 import structlog
@@ -19,6 +24,8 @@ from channels.base import ChannelConfig, HandleInbound, twilio_of
 from channels.twilio_auth import TwilioSignature
 from service.model import (
     AgentLine,
+    Attachment,
+    AttachmentBody,
     ChannelTraits,
     Choice,
     DeliveryFailed,
@@ -35,8 +42,12 @@ REQUIRED = ("MessageSid", "From", "To")
 KEPT_FIELDS = ("AccountSid", "MessagingServiceSid", "NumMedia", "FromCountry", "ProfileName")
 FALLBACK = ("Sorry, something went wrong on our side. Please text us again in a few minutes, "
             "or reply AGENT to reach a person.")
+# Media sent with no words, none of it usable (no URL, a foreign host): nothing reaches the core.
 MEDIA_ONLY = ("Sorry, I can only read text, so I couldn't open what you sent. Please tell me "
               "in a few words what you need, or reply AGENT to talk to a person.")
+MAX_MEDIA = 10  # Twilio's own limit of media on one inbound message
+UNKNOWN_TYPE = "application/octet-stream"
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,127}")
 MAX_BODY_CHARS = 1600  # Twilio's own limit for one inbound message
 # Channels whose addresses Twilio writes as "<prefix>:+1555...": the prefix names the channel.
 PREFIXED_CHANNELS = ("whatsapp",)
@@ -64,9 +75,10 @@ class TwilioMessaging:
 
     async def incoming(self, request: web.Request) -> web.Response:
         form = await self._signature.verified_form(request)
-        inbound = parse(form, self.traits.name)
+        inbound = parse(form, self.traits.name, self._twilio.is_media_url)
         structlog.contextvars.bind_contextvars(message_sid=inbound.dedupe_key)
-        if not inbound.text.strip() and inbound.provider.get("NumMedia", "0") != "0":
+        if not inbound.text.strip() and not inbound.attachments and \
+                _media_count(form) > 0:  # every file dropped: nothing for the core to keep
             log.info("messaging.media_only", channel=inbound.channel)
             return web.Response(text=render(Reply(messages=(MEDIA_ONLY,))), content_type=TWIML)
         try:
@@ -135,6 +147,12 @@ class TwilioMessaging:
     async def ask(self, to: Destination, text: str, choices: tuple[Choice, ...]) -> str | None:
         return await self.send_text(to, text)  # the text says how to answer
 
+    async def fetch_attachment(self, attachment: Attachment) -> AttachmentBody:
+        return await self._twilio.fetch_media(attachment.ref)
+
+    async def delete_attachment(self, attachment: Attachment) -> None:
+        await self._twilio.delete_media(attachment.ref)
+
 
 class TwilioSms(TwilioMessaging):
     traits: ClassVar[ChannelTraits] = ChannelTraits(
@@ -143,8 +161,10 @@ class TwilioSms(TwilioMessaging):
         customer_paced=True)
 
 
-def parse(form, channel: str = "sms") -> Inbound:
-    """The webhook's fields as an Inbound; a prefixed sender (whatsapp:+1...) names its channel."""
+def parse(form, channel: str = "sms",
+          media_ok: Callable[[str], bool] = lambda url: False) -> Inbound:
+    """The webhook's fields as an Inbound; a prefixed sender (whatsapp:+1...) names its channel.
+    Media whose URL `media_ok` refuses is dropped with a log line."""
     missing = [name for name in REQUIRED if not form.get(name)]
     if missing:
         raise web.HTTPBadRequest(text=f"missing Twilio fields: {', '.join(missing)}")
@@ -155,7 +175,40 @@ def parse(form, channel: str = "sms") -> Inbound:
     _, recipient = _unprefixed(form["To"], channel)
     return Inbound(channel=channel, address=sender, service_address=recipient,
                    text=body, dedupe_key=form["MessageSid"], identity="phone",
-                   provider={k: form[k] for k in KEPT_FIELDS if k in form})
+                   provider={k: form[k] for k in KEPT_FIELDS if k in form},
+                   attachments=attachments(form, media_ok))
+
+
+def attachments(form, media_ok: Callable[[str], bool]) -> tuple[Attachment, ...]:
+    """MediaUrl{N} / MediaContentType{N} for N below NumMedia (at most Twilio's 10): those
+    on our account's API host, each with its type (unknown: application/octet-stream)."""
+    kept = []
+    for n in range(min(_media_count(form), MAX_MEDIA)):
+        url = form.get(f"MediaUrl{n}", "")
+        if not url or not media_ok(url):
+            log.warning("messaging.media_dropped", index=n, url=url[:200],
+                        why="missing" if not url else "not a media URL of our Twilio account")
+            continue
+        kept.append(Attachment(_media_type(form.get(f"MediaContentType{n}", "")), url))
+    return tuple(kept)
+
+
+def _media_count(form) -> int:
+    raw = form.get("NumMedia", "0") or "0"
+    try:
+        count = int(raw)
+    except ValueError:
+        log.warning("messaging.bad_num_media", num_media=raw[:20])
+        return 0
+    if count > MAX_MEDIA:
+        log.warning("messaging.too_many_media", num_media=count, kept=MAX_MEDIA)
+    return max(count, 0)
+
+
+def _media_type(raw: str) -> str:
+    """A media type as `type/subtype`, lower case, parameters dropped; unknown when malformed."""
+    kind = raw.split(";", 1)[0].strip().lower()
+    return kind if _MEDIA_TYPE.fullmatch(kind) else UNKNOWN_TYPE
 
 
 def parse_status(form, message_id: str | None) -> MessageStatus | None:

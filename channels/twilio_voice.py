@@ -24,6 +24,9 @@ from channels.twilio_auth import TwilioSignature
 from channels.twilio_rest import agent_label, conference_twiml
 from service.model import (
     AgentLine,
+    Attachment,
+    AttachmentBody,
+    AttachmentUnavailable,
     CallOutcome,
     CallState,
     ChannelTraits,
@@ -274,6 +277,12 @@ class TwilioVoice:
 
     async def close(self, to: Destination) -> None:
         return None  # the call ends when either side hangs up
+
+    async def fetch_attachment(self, attachment: Attachment) -> AttachmentBody:
+        raise AttachmentUnavailable("unsupported", "a call carries no files")
+
+    async def delete_attachment(self, attachment: Attachment) -> None:
+        raise DeliveryFailed("unsupported", "a call carries no files")
 
     async def ask(self, to: Destination, text: str, choices: tuple[Choice, ...]) -> str | None:
         """The agent wrapped up with the caller still on the line: move the call to

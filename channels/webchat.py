@@ -22,6 +22,9 @@ from aiohttp import WSCloseCode, web
 from channels.base import ChannelConfig, HandleInbound
 from service.model import (
     AgentLine,
+    Attachment,
+    AttachmentBody,
+    AttachmentUnavailable,
     ChannelTraits,
     Choice,
     DeliveryFailed,
@@ -121,6 +124,12 @@ class WebChat:
 
     async def close(self, to: Destination) -> None:
         await self._publish(f"chat:{to.thread}", {"type": "status", "state": "closed"})
+
+    async def fetch_attachment(self, attachment: Attachment) -> AttachmentBody:
+        raise AttachmentUnavailable("unsupported", "the chat takes no file uploads")
+
+    async def delete_attachment(self, attachment: Attachment) -> None:
+        raise DeliveryFailed("unsupported", "the chat takes no file uploads")
 
     async def ask(self, to: Destination, text: str, choices: tuple[Choice, ...]) -> str | None:
         await self._publish(f"chat:{to.thread}", _survey_frame(text, choices))

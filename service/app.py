@@ -61,6 +61,7 @@ from service.infra.redis_url import client_for, close_client, publisher_for, sub
 from service.model import ChannelTraits, Inbound, Reply
 from service.reporting import (
     agent_report,
+    attachments_api,
     erasure_api,
     experiments,
     experiments_api,
@@ -115,6 +116,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(supervisor.routes())
     app.router.add_routes(agent_report.routes())
     app.router.add_routes(notes_api.routes())
+    app.router.add_routes(attachments_api.routes())
     app.router.add_routes(pages())
     app.on_shutdown.append(close_websockets)
     app.on_response_prepare.append(content_security_policy)
@@ -123,8 +125,9 @@ def create_app(settings: Settings) -> web.Application:
 
 # Pages load their scripts, styles and sockets from this origin only (chat.html has one inline
 # style block; the widget's own styles live in its shadow root), and no other site may frame them.
+# blob: images are customers' photos the console fetched with its token (attachments_api.py).
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-       "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+       "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
        "form-action 'self'; frame-ancestors 'none'")
 
 

@@ -28,6 +28,30 @@ InboundKind = Literal["message", "digits", "start", "no_input", "wait", "left_qu
 
 
 @dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file the customer sent with a message (a photo, a PDF): its type and where the
+    channel can fetch it again. `ref` is the channel's own (a media URL): opaque to the core."""
+    content_type: str  # "image/jpeg"; application/octet-stream when the channel did not say
+    ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentBody:
+    """An attachment's bytes as the channel fetched them."""
+    content_type: str
+    data: bytes
+
+
+class AttachmentUnavailable(Exception):
+    """The channel could not fetch an attachment. reason: gone (the provider no longer has
+    it), unavailable (the provider failed or did not answer), too_large, unsupported."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
 class Inbound:
     channel: ChannelName
     address: str  # the customer on this channel: E.164 number, chat session id
@@ -42,6 +66,7 @@ class Inbound:
     # The text before redaction, set only when something was masked: for a self-service
     # look-up in this turn, never stored, logged or shown (see conversations/redaction.py).
     unmasked: str | None = field(default=None, repr=False, compare=False)
+    attachments: tuple[Attachment, ...] = ()  # files sent with the message, checked at the edge
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +238,16 @@ class Outbound(Protocol):
 
     async def ask(self, to: Destination, text: str, choices: tuple[Choice, ...]) -> str | None:
         """Ask for a rating outside a turn (a survey after wrap-up), with its answers."""
+        ...
+
+    async def fetch_attachment(self, attachment: Attachment) -> AttachmentBody:
+        """The bytes of a file the customer sent, fetched from the provider with the
+        account's credentials; AttachmentUnavailable when it cannot be had."""
+        ...
+
+    async def delete_attachment(self, attachment: Attachment) -> None:
+        """Ask the provider to delete a file the customer sent (an erasure); one already
+        gone counts as deleted. DeliveryFailed (retryable) when the provider failed."""
         ...
 
 

@@ -75,7 +75,7 @@ def test_routes_are_under_its_own_prefix(channel):
 @pytest.mark.parametrize("channel", CHANNEL_TYPES, ids=IDS)
 def test_outbound_methods_are_present(channel):
     for name in ("send_text", "connect_agent", "join_agent", "release_agent", "drop_agent",
-                 "call_back", "close", "ask", "find_sent"):
+                 "call_back", "close", "ask", "find_sent", "fetch_attachment"):
         method = getattr(channel, name, None)
         assert method is not None and inspect.iscoroutinefunction(method), name
 

@@ -6,7 +6,10 @@ Redis in these tests are real. Failure modes: answer a status (503, 429) with or
 `Retry-After`; refuse a message with a Twilio error code (21610, 21211, 63016, ...); refuse
 connections (the server stops listening); lose the answer (the message is taken, then the
 request hangs until the client gives up); drop the connection without taking the message.
-It lists messages (GET Messages.json filtered by
+It serves media files (GET .../Messages/{MM}/Media/{ME}, as Twilio's MMS and WhatsApp MediaUrl
+point at them) only with the account's basic auth, optionally through a 307 to a file host of
+another origin as Twilio does (`redirect_media`), deletes them (DELETE .../Media/{ME}.json),
+and fails both on demand (`fail_media_with` a status, `hang_media` never answers). It lists messages (GET Messages.json filtered by
 To, From and DateSent), places calls (POST Calls.json, `fail_calls` answers the next ones 503)
 and posts signed status callbacks of messages and placed calls to the service, as Twilio does.
 """
@@ -14,6 +17,7 @@ and posts signed status callbacks of messages and placed calls to the service, a
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -49,6 +53,17 @@ class TwilioStandIn:
     fail_calls: int = 0  # answer the next N Calls creates with 503 (taking nothing)
     refuse_calls_with_code: int | None = None  # refuse every Calls create (Twilio's 400)
     ended: set[str] = field(default_factory=set)  # CF sids whose caller hung up (it ended)
+    # Media resources: ME sid -> (content type, bytes); media_url() adds one.
+    media: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    media_fetches: list[dict[str, str]] = field(default_factory=list)  # every GET, with auth
+    fail_media_with: int | None = None  # answer media GETs with this status
+    hang_media: bool = False  # never answer media GETs
+    account_sid: str = "AC" + "1" * 32  # whose basic auth media GETs need
+    media_deletes: list[str] = field(default_factory=list)  # ME sids deleted, in order
+    # As Twilio does: a media GET answers 307 to its file host (here `localhost`, another
+    # origin), which serves the bytes without auth; what that host was sent is kept.
+    redirect_media: bool = False
+    file_host_requests: list[dict[str, str]] = field(default_factory=list)
 
     lose_answers: bool = False  # take the message, then never answer
     drop_connections: int = 0  # close the next N message requests' connections, taking nothing
@@ -61,6 +76,10 @@ class TwilioStandIn:
     def app(self) -> web.Application:
         app = web.Application()
         base = "/2010-04-01/Accounts/{account}"
+        app.router.add_delete(f"{base}/Messages/{{message}}/Media/{{media}}.json",
+                              self._delete_media)
+        app.router.add_get(f"{base}/Messages/{{message}}/Media/{{media}}", self._media)
+        app.router.add_get("/files/{media}", self._file_host)
         app.router.add_post(MESSAGES, self._message)
         app.router.add_get(MESSAGES, self._list)
         app.router.add_post(f"{base}/Calls.json", self._create_call)
@@ -95,6 +114,60 @@ class TwilioStandIn:
         if self.server is not None:
             await self.server.close()
             self.server = None
+
+    def media_url(self, content_type: str, data: bytes, account: str | None = None) -> str:
+        """A new Media resource holding `data`: its URL, as a webhook's MediaUrl{N} names it."""
+        media_sid, message_sid = f"ME{next(_sids):032d}", f"MM{next(_sids):032d}"
+        self.media[media_sid] = (content_type, data)
+        return (f"{self.url}/2010-04-01/Accounts/{account or self.account_sid}/Messages/"
+                f"{message_sid}/Media/{media_sid}")
+
+    def _authorised(self, request: web.Request) -> bool:
+        expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
+        return request.headers.get("Authorization") == f"Basic {expected}"
+
+    async def _delete_media(self, request: web.Request) -> web.Response:
+        """Twilio's Media resource DELETE (basic auth); `fail_media_with` fails it too."""
+        if not self._authorised(request):
+            return web.json_response({"code": 20003, "status": 401}, status=401)
+        if self.fail_media_with:
+            return web.json_response({"code": 20500, "status": self.fail_media_with,
+                                      "message": "Twilio is having trouble"},
+                                     status=self.fail_media_with)
+        if self.media.pop(request.match_info["media"], None) is None:
+            return _not_found()
+        self.media_deletes.append(request.match_info["media"])
+        return web.Response(status=204)
+
+    async def _media(self, request: web.Request) -> web.StreamResponse:
+        authorised = self._authorised(request)
+        self.media_fetches.append({"path": request.path, "authorised": str(authorised)})
+        if not authorised:
+            return web.json_response({"code": 20003, "status": 401,
+                                      "message": "Authenticate"}, status=401)
+        if self.hang_media:
+            await asyncio.sleep(3600)
+        if self.fail_media_with:
+            return web.json_response({"code": 20500, "status": self.fail_media_with,
+                                      "message": "Twilio is having trouble"},
+                                     status=self.fail_media_with)
+        found = self.media.get(request.match_info["media"])
+        if found is None:
+            return _not_found()
+        if self.redirect_media:
+            raise web.HTTPTemporaryRedirect(
+                f"http://localhost:{self.port}/files/{request.match_info['media']}")
+        content_type, data = found
+        return web.Response(body=data, content_type=content_type)
+
+    async def _file_host(self, request: web.Request) -> web.Response:
+        self.file_host_requests.append({"host": request.host,
+                                        "authorization": request.headers.get("Authorization",
+                                                                             "")})
+        found = self.media.get(request.match_info["media"])
+        if found is None:
+            return _not_found()
+        return web.Response(body=found[1], content_type=found[0])
 
     def bodies(self) -> list[str]:
         return [m["Body"] for m in self.messages]

@@ -129,6 +129,8 @@ def summarise(conv: Conversation) -> dict[str, Any]:
     notes = latest_notes(conv.get("transcript", []))
     if notes:  # private: agents see them in the customer's history, customers never
         summary["notes"] = notes
+    if conv.get("attachments"):  # how many files the customer sent in it
+        summary["attachments"] = len(conv["attachments"])
     return summary
 
 

@@ -14,8 +14,8 @@ from typing import Any, Awaitable, Callable, Mapping
 
 import structlog
 
+from service.conversations import attachments, pacing, prompts, surveys
 from service.conversations import context as context_module
-from service.conversations import pacing, prompts, surveys
 from service.conversations.callbacks import CALLBACK_CHOICE, CALLBACK_DIGIT
 from service.conversations.context import (
     KEPT_CONTACTS,
@@ -141,9 +141,9 @@ class Turn:
     def add(self, event: Event) -> None:
         self.events.append(event)
 
-    def say(self, sender: str, text: str) -> None:
+    def say(self, sender: str, text: str, **extra: Any) -> None:
         transcript = self.conversation["transcript"]
-        transcript.append({"from": sender, "text": text, "at": self.now})
+        transcript.append({"from": sender, "text": text, "at": self.now, **extra})
         del transcript[:-MAX_TRANSCRIPT]
 
     def reply(self, *messages: str, **fields: Any) -> Reply:
@@ -218,7 +218,8 @@ class Conversations:
                                 data={"address": inbound.address, "text": inbound.text,
                                       "kind": inbound.kind, "thread": inbound.thread,
                                       "service_address": inbound.service_address,
-                                      "dedupe_key": inbound.dedupe_key, "error": str(error)}))
+                                      "dedupe_key": inbound.dedupe_key, "error": str(error),
+                                      **_attachment_refs(inbound)}))
 
     async def _turn(self, inbound: Inbound, start: TurnStart) -> Reply:
         now = time.time()
@@ -305,7 +306,8 @@ class Conversations:
         self._events.emit(Event("received_while_muted", None,
                                 (customer or {}).get("customer_id"), inbound.channel,
                                 data={"address": inbound.address, "text": inbound.text,
-                                      **_provider_ids(inbound)}, occurred_at=now))
+                                      **_provider_ids(inbound), **_attachment_refs(inbound)},
+                                occurred_at=now))
         reply = Reply(state="closed")
         await self._context.remember_reply(inbound, reply)
         return reply
@@ -314,9 +316,15 @@ class Conversations:
         inbound = turn.inbound
         if inbound.kind == "message" or inbound.kind == "digits":
             heard = inbound.text if inbound.kind == "message" else f"[pressed {inbound.text}]"
-            turn.say("customer", heard)
+            kept = attachments.keep(turn.conversation, inbound.attachments, turn.now) \
+                if inbound.attachments else []
+            shown: dict[str, Any] = {"attachments": attachments.shown(kept)} if kept else {}
+            kept_refs: dict[str, Any] = {"attachments": attachments.recorded(kept)} if kept \
+                else {}
+            turn.say("customer", heard, **shown)
             turn.record("received", text=inbound.text, input=inbound.kind,
-                        input_confidence=inbound.input_confidence, **_provider_ids(inbound))
+                        input_confidence=inbound.input_confidence, **_provider_ids(inbound),
+                        **kept_refs)
         elif inbound.kind == "no_input":
             turn.record("no_input")
 
@@ -387,6 +395,8 @@ class Conversations:
         if conv["status"] == "with_agent":
             await self._handoff.to_agent(conv, conv["transcript"][-1])
             return turn.reply(state="with_agent")
+        if inbound.attachments and not inbound.text.strip():  # kept for an agent; say so
+            return turn.reply(prompts.MEDIA_ONLY, expects_input=True)
         if conv["status"] == "in_flow":
             return await self._flow_answer(turn)
         if conv["status"] == "callback_offered":
@@ -912,6 +922,14 @@ def _clarifying_choice(turn: Turn, text: str) -> str | None:
             text.isdigit() and 1 <= int(text) <= len(menu):
         return menu[int(text) - 1]
     return None
+
+
+def _attachment_refs(inbound: Inbound) -> dict[str, Any]:
+    """A failed turn's files, kept in its event as they came (nothing numbered them)."""
+    if not inbound.attachments:
+        return {}
+    return {"attachments": [{"content_type": a.content_type, "ref": a.ref}
+                            for a in inbound.attachments]}
 
 
 def _provider_ids(inbound: Inbound) -> dict[str, str]:

@@ -6,7 +6,9 @@ path), of the customer and of their contacts. While a contact is open (a convers
 closed, a queue entry, a message still being sent) it refuses and changes nothing: the agent
 needs the context, ops erase once it ends. Otherwise one PostgreSQL transaction blanks the
 personal fields of the customer's events (`erased_event_data`, migration 019: among them
-the `text` of agents' and supervisors' private notes, `note_added`), the words
+the `text` of agents' and supervisors' private notes, `note_added`, and the provider
+references of the customer's files, migration 021, each first recorded as an outbox job that
+asks the channel to delete the file at the provider), the words
 `simulate` keeps, and the addresses and texts of settled outbox rows; deletes the customer and
 their identities; and records the erasure (`erased_customers`: who, when, counts per place)
 with the Redis keys still to delete. Then the keys go (the notes kept in a conversation's
@@ -280,6 +282,27 @@ def _text(value: bytes | str) -> str:
 EVENTS_OF = """(customer_id = $1 OR contact_id = ANY($2::uuid[])
                 OR (customer_id IS NULL AND data->>'address' = ANY($3::text[])))
                AND data IS DISTINCT FROM erased_event_data(data, $4::text[])"""
+# The customer's files (attachments kept by `received` events and failed turns), one outbox
+# job each asking the channel to delete it at the provider (`delete_attachment`).
+FILES_OF = f"""
+    SELECT DISTINCT ON (a.item->>'ref') coalesce(contact_id::text, $1::uuid::text) AS contact_id,
+           channel, a.item->>'content_type' AS content_type, a.item->>'ref' AS ref
+    FROM contact_events, jsonb_array_elements(CASE WHEN jsonb_typeof(data->'attachments')
+                                                   = 'array' THEN data->'attachments'
+                                              ELSE '[]'::jsonb END) AS a(item)
+    WHERE {EVENTS_OF} AND jsonb_typeof(a.item) = 'object' AND coalesce(a.item->>'ref', '') <> ''"""
+DELETE_FILES = f"""
+    INSERT INTO outbox (id, contact_id, channel, action, destination, payload, event_context)
+    SELECT gen_random_uuid(), f.contact_id, f.channel, 'delete_attachment',
+           jsonb_build_object('contact_id', f.contact_id, 'address', '', 'service_address', '',
+                              'thread', NULL, 'customer_last_at', NULL),
+           jsonb_build_object('content_type', coalesce(f.content_type, ''), 'ref', f.ref),
+           jsonb_build_object('customer_id', $1::uuid::text)
+    FROM ({FILES_OF}) f"""
+# Once the provider has answered, a deletion's reference is no longer needed.
+FORGET_DELETED_FILES = """
+    UPDATE outbox SET payload = payload - 'ref', updated_at = now()
+    WHERE action = 'delete_attachment' AND state <> 'queued' AND payload ? 'ref'"""
 REPLAY_OF = "contact_id = ANY($1::uuid[]) AND (said).value <> ''"
 OUTBOX_OF = """contact_id = ANY($1::text[]) AND state <> 'queued'
                AND (destination IS DISTINCT FROM erased_event_data(destination, $2::text[])
@@ -302,6 +325,8 @@ async def _counted(conn: asyncpg.Connection, customer: _Customer) -> dict[str, i
                                       list(customer.contact_ids)),
         "outbox": await conn.fetchval(f"SELECT count(*) FROM outbox WHERE {OUTBOX_OF}",
                                       list(customer.contact_ids), list(customer.secrets)),
+        "file_deletions": await conn.fetchval(f"SELECT count(*) FROM ({FILES_OF}) f",
+                                              *_event_args(customer)),
     }
 
 
@@ -314,6 +339,7 @@ async def _erase_stored(conn: asyncpg.Connection, customer: _Customer, state: _R
                                customer.id) is None:
             raise ErasureError("not_found", f"customer {customer.id} was erased meanwhile")
         await conn.execute("SET LOCAL switchboard.erasing = 'on'")
+        files = await conn.execute(DELETE_FILES, *_event_args(customer))  # before they blank
         events = await conn.execute(
             f"UPDATE contact_events SET data = erased_event_data(data, $4::text[]) "
             f"WHERE {EVENTS_OF}", *_event_args(customer))
@@ -330,7 +356,8 @@ async def _erase_stored(conn: asyncpg.Connection, customer: _Customer, state: _R
             "DELETE FROM customer_identities WHERE customer_id = $1", customer.id)
         await conn.execute("DELETE FROM customers WHERE id = $1", customer.id)
         counts = {"customers": 1, "identities": _rows(identities), "events": _rows(events),
-                  "replay": _rows(replay), "outbox": _rows(outbox)} | redis_counts
+                  "replay": _rows(replay), "outbox": _rows(outbox),
+                  "file_deletions": _rows(files)} | redis_counts
         erased_at = await conn.fetchval(
             """INSERT INTO erased_customers (customer_id, erased_by, counts, redis_keys)
                VALUES ($1, $2, $3::jsonb, $4)
@@ -370,12 +397,14 @@ SELECT (SELECT count(*) FROM late) AS events, (SELECT count(*) FROM replay) AS r
 
 async def reapply(conn: asyncpg.Connection) -> dict[str, int]:
     """Scrub what landed for erased customers after their erasure: late events (their personal
-    keys: the customer's addresses are no longer known), replay words, and a customer row
-    (with identities) a late `customer_created` event projected again."""
+    keys: the customer's addresses are no longer known), replay words, a customer row (with
+    identities) a late `customer_created` event projected again, and the references of files
+    the provider has been asked to delete."""
     async with conn.transaction():
         await conn.execute("SET LOCAL switchboard.erasing = 'on'")
         row = await conn.fetchrow(REAPPLY_SQL, LATE_EVENTS_DAYS)
-    found = dict(row)
+        forgotten = await conn.execute(FORGET_DELETED_FILES)
+    found = dict(row) | {"file_references": _rows(forgotten)}
     if any(found.values()):
         log.info("customers.erasure_reapplied", **found)
     return found

@@ -120,6 +120,7 @@ class Handoff:
         self._events = events
         self._channels = channels
         self._outbox = outbox
+        from service.conversations.attachments import Attachments
         from service.conversations.callbacks import Callbacks  # they build on this module
         from service.conversations.notes import Notes
         from service.conversations.transfer import Transfers
@@ -127,6 +128,11 @@ class Handoff:
         self.transfers = Transfers(self)
         self.callbacks = Callbacks(self)
         self.notes = Notes(self)
+        self.attachments = Attachments(self)
+
+    def channel(self, name: str) -> OutboundChannel | None:
+        """The outbound side of a listed channel, by name."""
+        return self._channels.get(name)
 
     def queues(self) -> list[dict[str, str]]:
         """The agent queues, for the console's transfer list."""
@@ -265,7 +271,8 @@ class Handoff:
         """A customer's words while an agent has the contact: straight to that agent."""
         await self._bus.publish(f"agent:{conv['agent_id']}", {
             "type": "message", "contact_id": conv["contact_id"], "from": "customer",
-            "text": message["text"]})
+            "text": message["text"],
+            **({"attachments": message["attachments"]} if message.get("attachments") else {})})
 
     async def customer_left(self, conv: Conversation) -> None:
         await self._bus.publish(f"agent:{conv['agent_id']}", {

@@ -26,6 +26,7 @@ import structlog
 from service.infra.ids import new_hex, new_uuid
 from service.model import (
     AgentLine,
+    Attachment,
     CallOutcome,
     Choice,
     DeliveryFailed,
@@ -70,8 +71,10 @@ class RetryPolicy:
 # send: an agent's text; connect: the agent accepted; join: a transfer's next agent joins
 # (or a callback's agent, once the customer answered); release: a cold transfer lets the
 # first agent go; drop: a completed warm transfer drops the first agent's line; ask: a survey
-# question; call_back: a call placed to a customer who asked to be called back.
-ACTIONS = ("send", "connect", "join", "release", "drop", "ask", "call_back")
+# question; call_back: a call placed to a customer who asked to be called back;
+# delete_attachment: a customer's file deleted at the provider (an erasure, erasure.py).
+ACTIONS = ("send", "connect", "join", "release", "drop", "ask", "call_back",
+           "delete_attachment")
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +240,7 @@ class Outbox:
     async def _attempt(self, job: OutboxJob) -> Outcome:
         channel = self._channels[job.channel]
         try:
-            if job.look_since is not None:  # a lost answer: was it taken after all?
+            if job.look_since is not None and job.text:  # a lost answer: taken after all?
                 found = await channel.find_sent(job.destination, job.text, job.look_since)
                 if found and not await self._known(found, job.id):
                     return await self._sent(job, found, "adopted")
@@ -265,6 +268,9 @@ class Outbox:
             return await channel.ask(to, job.text, choices)
         if job.action == "call_back":
             return await channel.call_back(to, payload["attempt"])
+        if job.action == "delete_attachment":
+            await channel.delete_attachment(Attachment(payload["content_type"], payload["ref"]))
+            return None
         line = AgentLine(**payload["agent"])
         if job.action == "connect":
             return await channel.connect_agent(to, line, job.text, job.id)

@@ -27,6 +27,10 @@ SMS_HELP = ("Support by text: tell us what you need in a few words, or reply AGE
             "a person. Reply STOP to opt out. Msg&data rates may apply.")
 SLOW_DOWN = ("You're sending messages faster than we can read them. We'll answer your next "
              "message in a moment.")
+# A message with files and no words, in self-service: the files are kept for an agent.
+MEDIA_ONLY = ("Thanks, I've kept what you sent for our team, but I can't look at pictures or "
+              "files myself. Please tell me in a few words what you need, or reply AGENT to "
+              "talk to a person.")
 SMS_RESUBSCRIBED = "You're subscribed again. Text us any time."
 FAILED_VOICE = "Sorry, we're having technical trouble. Please hold for the next available agent."
 

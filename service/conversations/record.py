@@ -37,8 +37,9 @@ class _Required(TypedDict):
     queue: str | None
     reason: str | None  # why it went to an agent (reason code)
     outcome: str | None  # how it ended (self_service_resolved, idle_timeout, ...)
-    # {"from": customer|bot|agent, "text", "at"}, the last 60; and private notes, {"from":
-    # "note", "private": true, "text", "at", "author_id", "author_name", "role"}
+    # {"from": customer|bot|agent, "text", "at"}, the last 60 (a customer's line with files:
+    # "attachments": [{"n", "content_type"}]); and private notes, {"from": "note", "private":
+    # true, "text", "at", "author_id", "author_name", "role"}
     transcript: list[dict[str, Any]]
     steps: list[dict[str, Any]]  # self-service steps tried: answer or flow, with their outcome
     attributes: dict[str, Any]  # the customer's attributes, for routing's customer.<name>
@@ -70,6 +71,10 @@ class Conversation(_Required, total=False):
     customer_name: str  # the customer's name in the directory, for answers' {customer.name}
     customer_left: bool  # a live call the caller hung up while with an agent
     after_agent: str  # a live call's agent left: "surveyed" or "let_go" (no wrap-up survey)
+    # Files the customer sent (conversations/attachments.py), every one of the contact, kept
+    # past the transcript's 60 lines: {"n" (1, 2, ...), "content_type", "ref" (the channel's
+    # own, opaque here), "at"}
+    attachments: list[dict[str, Any]]
 
 
 def new_conversation(*, contact_id: str, customer: dict[str, Any], channel: str, address: str,

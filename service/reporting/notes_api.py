@@ -37,14 +37,14 @@ def routes() -> list[web.RouteDef]:
 @counted("contact_notes", "the contact cannot be reached right now; try again")
 async def add_note(request: web.Request) -> web.Response:
     """Keep a private note on a live contact, pushed to the agent who holds it."""
-    author = await _author(request)
-    contact_id = _contact_id(request.match_info["contact_id"])
+    author = await asker(request, "write notes")
+    contact_id = contact_id_of(request.match_info["contact_id"])
     text = (await json_object(request)).get("text")
     try:
         note = await request.app[HANDOFF].notes.add(contact_id, author, text,
                                                     holder_only=author.role == "agent")
     except HandoffError as exc:
-        if exc.code == "unknown_contact" and await _ended(request, contact_id):
+        if exc.code == "unknown_contact" and await ended(request, contact_id):
             raise json_error(web.HTTPConflict, f"contact {contact_id} has ended; notes are "
                              "for live contacts") from None
         raise json_error(STATUS.get(exc.code, web.HTTPBadRequest), str(exc)) from None
@@ -52,8 +52,9 @@ async def add_note(request: web.Request) -> web.Response:
                              status=201, headers=NO_STORE)
 
 
-async def _author(request: web.Request) -> NoteAuthor:
-    """Who writes, from the bearer token: a supervisor (ops or supervisor token) or an agent."""
+async def asker(request: web.Request, to_do: str) -> NoteAuthor:
+    """Who asks, from the bearer token: a supervisor (ops or supervisor token) or an agent
+    (their console token); 401/403/429 naming why not, `to_do` saying what was asked."""
     throttle = request.app[AUTH_THROTTLE]
     if await throttle.blocked(request.remote):
         raise json_error(web.HTTPTooManyRequests, "too many failed sign-ins from this address; "
@@ -65,7 +66,7 @@ async def _author(request: web.Request) -> NoteAuthor:
     if role in WRITERS:
         return NoteAuthor("supervisor", await tokens.name_of(pool, token) or "Supervisor")
     if role is not None:
-        raise json_error(web.HTTPForbidden, f"tokens of role '{role}' cannot write notes; use "
+        raise json_error(web.HTTPForbidden, f"tokens of role '{role}' cannot {to_do}; use "
                          "a supervisor, ops or agent token")
     agent = await agent_for_token(pool, token) if token else None
     if agent is not None:
@@ -77,14 +78,14 @@ async def _author(request: web.Request) -> NoteAuthor:
                      **{"WWW-Authenticate": 'Bearer realm="switchboard"'})
 
 
-async def _ended(request: web.Request, contact_id: str) -> bool:
+async def ended(request: web.Request, contact_id: str) -> bool:
     """A contact not live in Redis that the event log knows: it ended (Redis forgets a
     closed conversation at once)."""
     return bool(await request.app[PG].fetchval(
         "SELECT 1 FROM contact_facts WHERE contact_id = $1::uuid", contact_id, timeout=5))
 
 
-def _contact_id(value: str) -> str:
+def contact_id_of(value: str) -> str:
     try:
         return str(uuid.UUID(value))
     except ValueError:

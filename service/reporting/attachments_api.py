@@ -1,0 +1,106 @@
+"""A customer's files over HTTP, for the agent console and supervisors.
+
+    GET /api/contacts/{contact_id}/attachments/{n}   the bytes of the contact's n-th file
+
+The provider's media URLs need the account's credentials, so browsers never see them: this
+endpoint fetches the file through the contact's channel (`fetch_attachment`) and hands it on.
+Who may: the agent who holds the contact (their console token) and supervisors (ops or
+supervisor token; a contact that ended is found in the event log). 400 bad id or number,
+401 no or an unknown token, 403 another role or another agent's contact, 404 no such contact
+or file (or the provider no longer has it), 502 the provider failed, did not answer in time, or
+the file is over the size cap; always JSON. The answer is `Cache-Control: private`, `nosniff`,
+and only raster images are shown inline: anything else (HTML, SVG, PDF) is a download.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import re
+
+import structlog
+from aiohttp import web
+
+from service.appkeys import HANDOFF, PG
+from service.conversations.handoff import HandoffError
+from service.model import Attachment, AttachmentBody, AttachmentUnavailable
+from service.reporting.notes_api import asker, contact_id_of, ended
+from service.reporting.ops_api import counted, json_error
+
+log = structlog.get_logger(__name__)
+
+# Shown in the page; every other type is served as a download (no HTML or SVG in our origin).
+INLINE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+UNKNOWN_TYPE = "application/octet-stream"
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,127}")
+STATUS: dict[str, type[web.HTTPException]] = {
+    "not_assigned": web.HTTPForbidden, "unknown_contact": web.HTTPNotFound,
+    "no_attachment": web.HTTPNotFound, "gone": web.HTTPNotFound,
+    "unsupported": web.HTTPNotFound, "unavailable": web.HTTPBadGateway,
+    "too_large": web.HTTPBadGateway}
+ENDED_ATTACHMENTS = """
+    SELECT channel, data->'attachments' AS attachments FROM contact_events
+    WHERE contact_id = $1::uuid AND kind = 'received' AND data ? 'attachments'"""
+
+
+def routes() -> list[web.RouteDef]:
+    return [web.get("/api/contacts/{contact_id}/attachments/{n}", attachment)]
+
+
+@counted("contact_attachments", "the contact cannot be reached right now; try again")
+async def attachment(request: web.Request) -> web.Response:
+    """The bytes of a contact's file, fetched through the channel that received it."""
+    who = await asker(request, "open customers' files")
+    contact_id = contact_id_of(request.match_info["contact_id"])
+    n = _number(request.match_info["n"])
+    attachments = request.app[HANDOFF].attachments
+    try:
+        found = await attachments.live(contact_id, n, who)
+        if found is None:  # a supervisor asking about a contact that ended
+            found = await _from_the_log(request, contact_id, n)
+        channel, wanted = found
+        body = await attachments.fetch(channel, wanted)
+    except HandoffError as exc:
+        raise json_error(STATUS.get(exc.code, web.HTTPBadRequest), str(exc)) from None
+    except AttachmentUnavailable as exc:
+        log.warning("attachments.fetch_failed", contact_id=contact_id, n=n, reason=exc.reason,
+                    error=str(exc))
+        raise json_error(STATUS.get(exc.reason, web.HTTPBadGateway),
+                         f"the file could not be fetched: {exc}") from None
+    return web.Response(body=body.data, headers=_headers(n, wanted, body))
+
+
+async def _from_the_log(request: web.Request, contact_id: str, n: int
+                        ) -> tuple[str, Attachment]:
+    """A file of a contact that ended, as its `received` event kept it."""
+    rows = await request.app[PG].fetch(ENDED_ATTACHMENTS, contact_id, timeout=5)
+    for row in rows:
+        for entry in json.loads(row["attachments"]) if row["attachments"] else ():
+            if isinstance(entry, dict) and entry.get("n") == n and entry.get("ref"):
+                return row["channel"], Attachment(entry.get("content_type") or UNKNOWN_TYPE,
+                                                  entry["ref"])
+    if rows:
+        raise HandoffError("no_attachment", f"contact {contact_id} has no attachment {n}")
+    if await ended(request, contact_id):
+        raise HandoffError("no_attachment", f"contact {contact_id} has no attachments kept")
+    raise HandoffError("unknown_contact", f"no contact {contact_id}")
+
+
+def _number(value: str) -> int:
+    if not value.isascii() or not value.isdigit() or not 0 < int(value) < 10_000:
+        raise json_error(web.HTTPBadRequest, f"not an attachment number: {value[:20]!r} "
+                         "(1 for the contact's first file)")
+    return int(value)
+
+
+def _headers(n: int, wanted: Attachment, body: AttachmentBody) -> dict[str, str]:
+    """The file's type (the provider's, else the one the message named), never sniffed or
+    cached by shared caches; inline only for raster images."""
+    given = body.content_type.split(";", 1)[0].strip().lower()
+    kind = given if _MEDIA_TYPE.fullmatch(given) and given != UNKNOWN_TYPE \
+        else wanted.content_type
+    name = f"attachment-{n}{mimetypes.guess_extension(kind) or ''}"
+    disposition = "inline" if kind in INLINE_TYPES else "attachment"
+    return {"Content-Type": kind, "Content-Disposition": f'{disposition}; filename="{name}"',
+            "Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; sandbox"}
