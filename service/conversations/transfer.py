@@ -127,7 +127,8 @@ class Transfers:
             raise HandoffError("self_transfer", "you cannot transfer a contact to yourself")
         state = await self._router.agent_state(request.agent)
         if not state:
-            raise HandoffError("unknown_agent", f"there is no agent '{request.agent}'")
+            raise HandoffError("unknown_agent", "that colleague has never signed in, so cannot "
+                                                "take contacts; the contact stays with you")
         home = conv.get("queue") if conv.get("queue") in queues else next(iter(queues))
         transfer["to_queue"] = home
         if await self._router.has_room(request.agent, conv["channel"]):

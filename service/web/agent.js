@@ -368,7 +368,7 @@ function onContactEnded(frame) {
 
 function onWrappedUp(frame) {
   const contact = state.contacts.get(frame.contact_id);
-  state.contacts.delete(frame.contact_id);
+  dropContact(frame.contact_id);
   state.replies.delete(frame.contact_id);
   forgetAttachments(frame.contact_id);
   if (state.selected === frame.contact_id) state.selected = firstSelectable();
@@ -389,7 +389,7 @@ function onTransferResult(frame) {
   if (frame.status === "pending") {
     contact.transfer = `Waiting for ${target} to accept (warm transfer).`;
   } else if (frame.status === "transferred" || frame.status === "accepted") {
-    state.contacts.delete(frame.contact_id); // it is the next agent's now
+    dropContact(frame.contact_id); // it is the next agent's now
     if (state.selected === frame.contact_id) state.selected = firstSelectable();
   } else {
     contact.transfer = null;
@@ -413,7 +413,7 @@ function onCallbackResult(frame) {
     : `It goes back to the queue and is tried again in ${delay}.`;
   toast(`The customer ${why[frame.status] || humanise(frame.status)}. ${next}`, "info");
   if (!contact) state.callbacksGone.set(frame.contact_id, frame.attempt); // "assigned" follows
-  state.contacts.delete(frame.contact_id);
+  dropContact(frame.contact_id);
   if (state.selected === frame.contact_id) state.selected = firstSelectable();
   render();
 }
@@ -454,7 +454,7 @@ function onError(frame) {
     if (last) last.failed = true;
   }
   if (contact && frame.code === "not_assigned") {
-    state.contacts.delete(id);
+    dropContact(id);
     if (state.selected === id) state.selected = firstSelectable();
   }
   toast(frame.message || `Something went wrong (${frame.code || "error"}).`);
@@ -486,6 +486,7 @@ ui.signOut.addEventListener("click", () => {
   state.offers.clear();
   state.contacts.clear();
   state.selected = null;
+  renderedFor = null;
   showLogin("");
 });
 
@@ -938,7 +939,16 @@ function renderContacts() {
   ui.contactsEmpty.hidden = state.contacts.size > 0;
 }
 
-let renderedFor = null; // which contact the wrap-up form was last filled for
+// Which contact the wrap-up and transfer forms were last filled for. It outlives a reconnect's
+// re-sync (the contacts are sent again), so what the agent was choosing or typing stays.
+let renderedFor = null;
+
+// A contact that left this agent for good (wrapped up, transferred, back to the queue): its
+// forms start afresh should it come back.
+function dropContact(id) {
+  state.contacts.delete(id);
+  if (renderedFor === id) renderedFor = null;
+}
 
 function renderSelected() {
   const id = state.selected;
@@ -949,10 +959,7 @@ function renderSelected() {
   ui.conversation.hidden = !item;
   ui.contextEmpty.hidden = Boolean(item);
   ui.contextBody.hidden = !item;
-  if (!item) {
-    renderedFor = null;
-    return;
-  }
+  if (!item) return;
   const frame = item.frame;
   const ctx = frame.context || {};
   ui.heading.textContent = typeLabel(ctx);
@@ -998,7 +1005,6 @@ function renderSelected() {
     fillTransferTargets();
     renderedFor = id;
   }
-  if (!contact) renderedFor = null;
 
   renderTranscript(contact ? contact.transcript : (ctx.transcript || []), ctx.transfer);
   renderContext(frame, ctx);
