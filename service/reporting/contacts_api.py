@@ -90,7 +90,16 @@ async def search_contacts(request: web.Request) -> web.Response:
             "next_before": found.next_before}
     if found.customers_matched is not None:
         body["customers_matched"] = found.customers_matched
+    body["choices"] = _choices(request.app)
     return web.json_response(body, headers=NO_STORE)
+
+
+def _choices(app: web.Application) -> dict[str, Any]:
+    """What the filters take, for the page's menus: channels, the catalog's types, outcomes."""
+    types = sorted(app[RULES].current.catalog.types.values(), key=lambda t: t.label.lower())
+    return {"channels": list(channel_names()),
+            "contact_types": [{"id": t.id, "label": t.label} for t in types],
+            "outcomes": list(contact_search.OUTCOME_WORDS)}
 
 
 KNOWN = ("customer", "contact_id", "from", "to", "channel", "contact_type", "outcome", "agent",
@@ -194,6 +203,7 @@ async def one_contact(request: web.Request) -> web.Response:
     others = tuple(o for o in others if o.contact_id != row.contact_id)[:OTHER_CONTACTS]
     return web.json_response({
         "contact": row.as_dict(),
+        "queue_label": names.queue(row.queue) if row.queue else None,
         "timeline": [_entry(e) for e in told.timeline],
         "conversation": [b.as_dict() for b in told.bubbles],
         "other_contacts": [{"contact_id": o.contact_id, "started_at": o.started_at,
