@@ -14,7 +14,13 @@ import pytest
 
 from service.conversations.customers import upsert_customer
 from service.infra.tokens import create_token
-from tests.test_agents import app_settings, instance, login, twilio  # noqa: F401 (fixtures)
+from tests.test_agents import (  # noqa: F401 (fixtures)
+    app_settings,
+    instance,
+    login,
+    open_chat,
+    twilio,
+)
 from tests.test_erasure import (
     AGENT_REPLY,
     NAME,
@@ -72,8 +78,13 @@ async def test_a_customer_is_found_by_phone_in_any_format_email_name_and_ids(
         ("phone", ANA), ("email", ANA_EMAIL)], display_name=ANA_NAME, attributes={})
     async with instance(app_settings) as client:
         await sms_resolved(client, ANA)
-        await sms_resolved(client, "+15555550199")  # someone else
+        await sms_resolved(client, "+15555550199")  # someone else, who comes back
+        await text(client, "+15555550199", "I need to track my order")
         await events_landed(client.app)
+        came_back, again = (await found(client, ops_token, customer="+15555550199"))[::-1]
+        assert (came_back["came_back"], came_back["handling"]) == (True, "self_service")
+        assert came_back["customer"]["name"] is None  # not in the directory
+        assert again["came_back"] is None and again["handling"] == "queued"  # a repeat: to an agent
         [mine] = await found(client, ops_token, customer=ANA)
         for typed in ("(555) 555-0142", "555.555.0142", "+1 555 555 0142", "1-555-555-0142",
                       "001 555 555 0142", "whatsapp:+15555550142", "ANA.LIMA@example.COM",
@@ -99,6 +110,7 @@ async def test_a_customer_is_found_by_phone_in_any_format_email_name_and_ids(
 async def test_windows_filters_and_pages_find_each_contact_once(app_settings, db,  # noqa: F811
                                                                 clock, ops_token):  # noqa: F811
     base = time.time() - 10 * HOUR
+    since_base = {"from": iso(base - HOUR)}
     async with instance(app_settings) as client:
         for n in range(5):  # resolved by self-service, an hour apart
             clock.at(base + n * HOUR)
@@ -108,12 +120,28 @@ async def test_windows_filters_and_pages_find_each_contact_once(app_settings, db
         clock.at(base + 6 * HOUR)
         await (await Call(client, "+15555550311").dial()).press("0")  # waits on the phone
         clock.release()
+        chat, _ = await open_chat(client)  # now: asks, then leaves before answering
+        await chat.next("message")
+        await chat.send(type="message", text="I forgot my password and can't log in")
+        await chat.next("message")
+        await chat.send(type="end")
+        await chat.next("status")
+        await chat.ws.close()
         await events_landed(client.app)
         everything = await found(client, ops_token, **{"from": iso(base - HOUR)})
-        assert len(everything) == 7
+        assert len(everything) == 8
         starts = [r["started_at"] for r in everything]
         assert starts == sorted(starts, reverse=True)  # newest first
-        assert [r["channel"] for r in everything[:2]] == ["voice", "sms"]
+        assert [r["channel"] for r in everything[:3]] == ["chat", "voice", "sms"]
+        [left] = await found(client, ops_token, channel="chat", **{"from": iso(base - HOUR)})
+        assert (left["handling"], left["outcome"], left["contact_type"]) == \
+            ("dropped", "customer_left", "recover_password")
+        assert ids(await found(client, ops_token, outcome="dropped")) == [left["contact_id"]]
+        assert ids(await found(client, ops_token, outcome="customer_left")) == \
+            [left["contact_id"]]
+        unclassified = await found(client, ops_token, contact_type="unclassified", **since_base)
+        assert {r["channel"] for r in unclassified} == {"sms", "voice"}
+        assert all(r["contact_type"] is None for r in unclassified) and len(unclassified) == 2
         window = {"from": iso(base + HOUR), "to": iso(base + 4 * HOUR)}  # contacts 1, 2, 3
         assert [r["started_at"] for r in await found(client, ops_token, **window)] == \
             [iso(base + n * HOUR) for n in (3, 2, 1)]
@@ -125,10 +153,10 @@ async def test_windows_filters_and_pages_find_each_contact_once(app_settings, db
         assert len(await found(client, ops_token, outcome="queued", **since)) == 2
         assert len(await found(client, ops_token, outcome="self_service_resolved", **since)) == 5
         assert ids(await found(client, ops_token, outcome="escalated", channel="voice",
-                               **since)) == [everything[0]["contact_id"]]
+                               **since)) == [everything[1]["contact_id"]]
         assert len(await found(client, ops_token, contact_type="track_order", channel="sms",
                                **window)) == 3
-        assert await found(client, ops_token, channel="chat", **since) == []
+        assert await found(client, ops_token, channel="whatsapp", **since) == []
         # the same words as the reports: their counts agree over the window
         status, summary = await get(client, "/api/reports/summary", ops_token, **since)
         assert status == 200
@@ -146,6 +174,7 @@ async def test_windows_filters_and_pages_find_each_contact_once(app_settings, db
             if before is None:
                 break
         assert paged == ids(everything) and pages == 4  # each once, in the same order
+        assert len(set(paged)) == 8
 
 
 async def test_only_ops_and_supervisor_tokens_read_contacts(app_settings, db,  # noqa: F811

@@ -67,12 +67,9 @@ async def _require_reader(request: web.Request) -> None:
 
 
 def bad_parameter(exc: BadParameter) -> web.HTTPException:
-    return web.HTTPBadRequest(text=_dumps({"error": str(exc), "parameter": exc.parameter}),
+    """A 400 whose JSON names the parameter as well as what is wrong with it."""
+    return web.HTTPBadRequest(text=json.dumps({"error": str(exc), "parameter": exc.parameter}),
                               content_type="application/json", headers=NO_STORE)
-
-
-def _dumps(body: dict[str, Any]) -> str:
-    return json.dumps(body)
 
 
 @counted("contacts_search", UNAVAILABLE)

@@ -80,7 +80,8 @@ export function understood(text) {
   const q = text.trim();
   if (!q) return {};
   if (UUID.test(q)) return { uuid: q.toLowerCase() };
-  if (/^[0-9a-f-]{4,36}$/i.test(q) && /[a-f]/i.test(q) && !q.includes("@")) {
+  // the start of an id: hex with a digit and a letter ("face" or "Abbe" stay names)
+  if (/^[0-9a-f-]{6,36}$/i.test(q) && /[0-9]/.test(q) && /[a-f]/i.test(q)) {
     return { contact_id: q };
   }
   return { customer: q };
