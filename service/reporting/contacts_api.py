@@ -82,7 +82,7 @@ async def search_contacts(request: web.Request) -> web.Response:
         found = await contact_search.search(request.app[PG], query, rules)
     except BadParameter as exc:
         raise bad_parameter(exc) from None
-    body = {**query.window.as_dict(), "limit": query.limit,
+    body: dict[str, Any] = {**query.window.as_dict(), "limit": query.limit,
             "contacts": [row.as_dict() for row in found.rows],
             "next_before": found.next_before}
     if found.customers_matched is not None:
