@@ -316,3 +316,22 @@ async def test_an_erased_customers_contact_shows_nothing_personal(
         assert await found(client, ops_token, customer=NAME) == []
         [row] = await found(client, ops_token, customer=customer_id)  # the pseudonymous id
         assert row["customer"]["erased"] and NAME not in json.dumps(row)
+
+
+async def test_nothing_is_cached_and_the_database_failing_is_a_503(app_settings, db,  # noqa: F811
+                                                                   ops_token, monkeypatch):
+    from service.reporting import contact_search
+    async with instance(app_settings) as client:
+        response = await client.get("/api/contacts",
+                                    headers={"Authorization": f"Bearer {ops_token}"})
+        assert response.status == 200 and response.headers["Cache-Control"] == "no-store"
+
+        async def broken(*args, **kwargs):
+            raise ConnectionRefusedError("connection refused")
+
+        monkeypatch.setattr(contact_search, "search", broken)
+        monkeypatch.setattr(contact_search, "contact", broken)
+        for path in ("/api/contacts", f"/api/contacts/{uuid.uuid4()}"):
+            status, body = await get(client, path, ops_token)
+            assert (status, body) == (503, {"error": "the event log cannot be read right "
+                                                     "now; try again"})
