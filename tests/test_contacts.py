@@ -191,8 +191,12 @@ async def test_only_ops_and_supervisor_tokens_read_contacts(app_settings, db,  #
             assert status == 403 and "'agent'" in body["error"]
             status, _ = await get(client, path, await create_token(db, "supervisor", "floor"))
             assert status in (200, 404)
-        response = await client.get("/contacts")
-        assert response.status == 200 and "text/html" in response.content_type
+        response = await client.get("/contacts")  # the page itself needs no token
+        assert response.status == 200 and response.content_type == "text/html"
+        policy = response.headers["Content-Security-Policy"]
+        assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+        for asset in ("/contacts/contacts.js", "/contacts/contacts.css"):
+            assert (await client.get(asset)).status == 200
 
 
 async def test_an_agents_console_token_is_refused(app_settings, db, ops_token):  # noqa: F811
