@@ -339,3 +339,50 @@ async def test_nothing_is_cached_and_the_database_failing_is_a_503(app_settings,
             status, body = await get(client, path, ops_token)
             assert (status, body) == (503, {"error": "the event log cannot be read right "
                                                      "now; try again"})
+
+
+async def test_a_transferred_and_surveyed_contact_shows_both_agents_the_note_and_the_answer(
+        app_settings, db, tmp_path, ops_token):  # noqa: F811
+    from service.conversations.transfer import PASSING_ON
+    from tests.conftest import with_settings
+    from tests.test_surveys import CSAT_ALWAYS, rules_with
+    from tests.test_transfers import sign_in, take
+    surveyed = with_settings(app_settings, rules_dir=rules_with(tmp_path, CSAT_ALWAYS))
+    async with instance(surveyed) as client:
+        ann = await sign_in(client, db, "Ann", ["care", "orders"])
+        await text(client, "+15555550166", "I want to talk to a human")
+        contact_id = (await take(ann))["contact_id"]
+        bob = await sign_in(client, db, "Bob", ["billing"])
+        await ann.send(type="transfer", contact_id=contact_id, queue="billing", mode="cold",
+                       note="wants a refund for order 1234")
+        assert (await ann.next("transfer_result"))["told_customer"] == PASSING_ON["cold"]
+        await take(bob)
+        await bob.send(type="wrap_up", contact_id=contact_id, resolved=True)
+        await bob.next("wrapped_up")
+        await events_landed(client.app)
+        assert await text(client, "+15555550166", "5")  # the CSAT question's answer
+        await events_landed(client.app)
+
+        status, story = await get(client, f"/api/contacts/{contact_id}", ops_token)
+        assert status == 200
+        contact = story["contact"]
+        assert [a["name"] for a in contact["agents"]] == ["Ann", "Bob"]
+        assert (contact["transferred"], contact["csat"], contact["survey"]) == \
+            (True, 5, {"kind": "csat", "score": 5})
+        by_kind = {e["kind"]: e for e in story["timeline"]}
+        requested = by_kind["transfer_requested"]
+        assert requested["private"] and requested["description"] == \
+            "Transfer requested by Ann to Billing and refunds (cold)"
+        assert requested["details"]["from_agent_name"] == "Ann"
+        assert by_kind["wrap_up"]["description"] == "Bob wrapped up: resolved"
+        assert by_kind["survey_answered"]["description"] == "CSAT answered 5/5"
+        kinds = [e["kind"] for e in story["timeline"]]
+        assert kinds.index("transferred") < kinds.index("wrap_up") < \
+            kinds.index("survey_answered") and kinds.index("survey_sent") < \
+            kinds.index("survey_answered")
+        [note] = [b for b in story["conversation"] if b["from"] == "note"]
+        assert (note["text"], note["author"], note["private"]) == \
+            ("wants a refund for order 1234", "Ann (transfer note)", True)
+        assert story["conversation"][-1]["from"] == "customer"
+        assert story["conversation"][-1]["text"] == "5"
+        assert ids(await found(client, ops_token, agent="bob")) == [contact_id]
