@@ -52,12 +52,16 @@ async def test_search_open_a_contact_and_read_its_story(app_settings, db, redis_
                           ).new_page()
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error"
-                    else None)
             await page.goto(str(client.make_url("/contacts")))
+            await page.fill("#token", "not-a-token")
+            await page.click("#sign-in")
+            await expect(page.locator("#login-error")).to_contain_text(
+                "That token was not accepted")
             await page.fill("#token", token)
             await page.click("#sign-in")
             await expect(page.locator("#results tbody tr[data-contact]")).to_have_count(5)
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error"
+                    else None)  # after the refused token's 401
 
             await page.fill("#q", "(555) 555-0777")
             await page.press("#q", "Enter")
