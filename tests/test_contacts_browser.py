@@ -119,6 +119,8 @@ async def test_search_open_a_contact_and_read_its_story(app_settings, db, redis_
             await expect(page.locator(
                 f'#results tr[data-contact="{served["contact_id"]}"]')).to_have_attribute(
                 "aria-selected", "true")
+            await page.set_viewport_size({"width": 1024, "height": 800})
+            await page.screenshot(path=artifact("contacts-narrow.png"))
             assert errors == []
 
 

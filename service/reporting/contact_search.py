@@ -6,9 +6,11 @@ contact id prefix, window, channel, type, outcome and agent; newest first, keyse
     found.next_before  # the cursor of the next page, or None
 
 Reads `contact_facts` (one row per contact) by its `started_at` index, or by its
-`(customer_id, started_at)` index once the customer box has named customers; the customer
-directory by `customer_identities`' primary key (phone, email) or a scan of `customers` for a
-name. A page's customers, erasures and agents are looked up for its rows only.
+`(customer_id, started_at)` index once the customer box has named customers, or its key for a
+contact id; the customer directory by `customer_identities`' primary key (phone, email) or the
+trigram index of names (migration 023, which also keeps statistics of the facts' channel, type
+and outcome, so a filter is read from the newest contacts on). A page's customers, erasures,
+addresses and agents are looked up for its rows only (load_tests/REPORTS.md, "Contact search").
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, Sequence
 
 import asyncpg
 
-from service.reporting.reports import HANDLED_BY, ReportRules, Window, iso
+from service.reporting.reports import HANDLED_BY, ReportRules, Window, _connection, iso
 
 MAX_LIMIT = 100
 DEFAULT_LIMIT = 25
@@ -81,8 +83,9 @@ class SearchQuery:
 @dataclass(frozen=True)
 class CustomerRef:
     id: str | None
-    name: str | None
+    name: str | None  # from the customer directory
     erased: bool = False
+    address: str | None = None  # what the contact came from (a number, a chat session)
 
 
 @dataclass(frozen=True)
@@ -208,18 +211,25 @@ def contact_id_range(raw: str) -> tuple[uuid.UUID, uuid.UUID]:
 
 # ---- the query ---------------------------------------------------------------------------
 
-# The contact's handling in reports.py's words (its _judged and derived CTEs, per contact).
-HANDLING_SQL = """CASE
-    WHEN (f.ending).value = 'self_service_resolved' AND f.escalation IS NULL THEN 'self_service'
-    WHEN f.escalation IS NOT NULL AND f.accepted_at IS NOT NULL
-         AND NOT (f.ending IS NOT NULL AND f.accepted_at > (f.ending).at
-                  AND NOT f.callback_requested) THEN 'agent'
-    WHEN f.escalation IS NOT NULL AND f.ending IS NOT NULL
-         AND (f.accepted_at IS NULL OR f.accepted_at > (f.ending).at)
-         AND NOT f.callback_requested THEN 'abandoned'
-    WHEN f.escalation IS NOT NULL THEN 'queued'
-    WHEN f.ending IS NOT NULL THEN 'dropped'
-    ELSE 'open' END"""
+# The contact's handling in reports.py's words (its _judged and derived CTEs, per contact), as
+# one condition per word, mutually exclusive: a filter is a plain conjunction the planner can
+# estimate (a CASE it cannot, and a rare word then read the whole table instead of the newest
+# contacts of the index until the page was full).
+_ABANDONED = ("f.escalation IS NOT NULL AND f.ending IS NOT NULL AND NOT f.callback_requested "
+              "AND (f.accepted_at IS NULL OR f.accepted_at > (f.ending).at)")
+HANDLING_CONDITIONS = {
+    "self_service": "(f.ending).value = 'self_service_resolved' AND f.escalation IS NULL",
+    "agent": f"f.escalation IS NOT NULL AND f.accepted_at IS NOT NULL AND NOT ({_ABANDONED})",
+    "abandoned": _ABANDONED,
+    "queued": "f.escalation IS NOT NULL AND f.accepted_at IS NULL "
+              "AND (f.ending IS NULL OR f.callback_requested)",
+    "dropped": "f.escalation IS NULL AND f.ending IS NOT NULL "
+               "AND (f.ending).value IS DISTINCT FROM 'self_service_resolved'",
+    "open": "f.escalation IS NULL AND f.ending IS NULL",
+}
+assert tuple(HANDLING_CONDITIONS) == HANDLING
+HANDLING_SQL = "CASE " + " ".join(f"WHEN {condition} THEN '{word}'" for word, condition
+                                  in HANDLING_CONDITIONS.items()) + " END"
 
 # A page of contacts (the inner query: its conditions, order and limit), then for its rows
 # only the customer, an erasure, and the agents who accepted it.
@@ -230,7 +240,8 @@ SELECT f.contact_id, f.customer_id, (f.started).value AS channel, f.started_at,
        f.escalation IS NOT NULL AS escalated, (f.queue).value AS queue,
        (f.survey).value AS survey_kind, (f.survey_answer).value AS survey_score,
        f.next_same_type_at, f.transferred, f.callback_requested, f.handling,
-       c.display_name, x.customer_id IS NOT NULL AS erased, agents.list AS agents
+       c.display_name, x.customer_id IS NOT NULL AS erased, agents.list AS agents,
+       NULLIF(started.data->>'address', '') AS address
 FROM (
     SELECT f.*, {handling} AS handling FROM contact_facts f
     WHERE {where}
@@ -239,6 +250,11 @@ FROM (
 ) f
 LEFT JOIN customers c ON c.id = f.customer_id
 LEFT JOIN erased_customers x ON x.customer_id = f.customer_id
+LEFT JOIN LATERAL (  -- the address it came from (the contacts view reads it alike)
+    SELECT e.data FROM contact_events e
+    WHERE e.contact_id = f.contact_id AND e.occurred_at = f.started_at
+      AND e.seq = (f.started).seq
+) started ON true
 LEFT JOIN LATERAL (
     SELECT array_agg(ARRAY[a.agent_id, g.name] ORDER BY a.first_at) AS list
     FROM (SELECT e.data->>'agent_id' AS agent_id, min(e.occurred_at) AS first_at
@@ -255,6 +271,20 @@ ORDER BY f.started_at DESC, f.contact_id DESC
 def page_sql(where: Sequence[str], limit_param: str) -> str:
     return PAGE_SQL.format(handling=HANDLING_SQL, where=" AND ".join(where) or "true",
                            limit=limit_param)
+
+
+async def fetch_page(conn: asyncpg.Connection | asyncpg.Pool, sql: str, *args: Any,
+                     custom_plan: bool = False) -> list[asyncpg.Record]:
+    """A page query; `custom_plan`: planned for its own values each time. asyncpg prepares
+    every statement and PostgreSQL plans it for any values from its sixth run on: for a search
+    over the window with a rare filter that plan reads the whole table instead of the index's
+    newest contacts (1.4 ms, then 40-100 ms on the 1M-event benchmark log). Planning costs
+    1-2 ms, so a look-up by customer or id, whose plan is the same for any values, skips it."""
+    if not custom_plan:
+        return await conn.fetch(sql, *args, timeout=QUERY_TIMEOUT_S)
+    async with _connection(conn) as connection, connection.transaction(readonly=True):
+        await connection.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        return await connection.fetch(sql, *args, timeout=QUERY_TIMEOUT_S)
 
 
 async def search(conn: asyncpg.Connection | asyncpg.Pool, query: SearchQuery,
@@ -299,8 +329,9 @@ async def search(conn: asyncpg.Connection | asyncpg.Pool, query: SearchQuery,
         sql.where(f"f.started_at <= {moment}")
         sql.where(f"(f.started_at < {moment} OR f.contact_id < {contact})")
     limit = sql.param(query.limit + 1)
-    records = await conn.fetch(page_sql(sql.conditions, limit), *sql.params,
-                               timeout=QUERY_TIMEOUT_S)
+    by_window = query.customer is None and query.contact_id is None
+    records = await fetch_page(conn, page_sql(sql.conditions, limit), *sql.params,
+                               custom_plan=by_window)
     rows = tuple(contact_row(r, rules) for r in records[:query.limit])
     more = len(records) > query.limit
     next_before = Cursor(records[query.limit - 1]["started_at"],
@@ -312,7 +343,7 @@ def _outcome_condition(sql: _Sql, outcome: str) -> None:
     if outcome == "escalated":
         sql.where("f.escalation IS NOT NULL")
     elif outcome in HANDLING:
-        sql.where(f"{HANDLING_SQL} = {sql.param(outcome)}")
+        sql.where(HANDLING_CONDITIONS[outcome])
     else:
         sql.where(f"(f.ending).value = {sql.param(outcome)}")
 
@@ -346,16 +377,15 @@ def _is_uuid(text: str) -> bool:
 async def contact(conn: asyncpg.Connection | asyncpg.Pool, contact_id: uuid.UUID,
                   rules: ReportRules) -> ContactRow | None:
     """One contact's row, or None when the log has no such contact."""
-    records = await conn.fetch(page_sql(["f.contact_id = $1"], "1"), contact_id,
-                               timeout=QUERY_TIMEOUT_S)
+    records = await fetch_page(conn, page_sql(["f.contact_id = $1"], "1"), contact_id)
     return contact_row(records[0], rules) if records else None
 
 
 async def customer_contacts(conn: asyncpg.Connection | asyncpg.Pool, customer_id: str,
                             rules: ReportRules, limit: int = 50) -> tuple[ContactRow, ...]:
     """The customer's contacts, newest first (at most `limit`)."""
-    records = await conn.fetch(page_sql(["f.customer_id = $1"], "$2"), uuid.UUID(customer_id),
-                               limit, timeout=QUERY_TIMEOUT_S)
+    records = await fetch_page(conn, page_sql(["f.customer_id = $1"], "$2"),
+                               uuid.UUID(customer_id), limit)
     return tuple(contact_row(r, rules) for r in records)
 
 
@@ -370,7 +400,8 @@ def contact_row(r: asyncpg.Record, rules: ReportRules) -> ContactRow:
         duration_s=round((r["ended_at"] - r["started_at"]).total_seconds(), 3)
         if r["ended_at"] else None,
         channel=r["channel"],
-        customer=CustomerRef(customer_id, r["display_name"], bool(r["erased"])),
+        customer=CustomerRef(customer_id, r["display_name"], bool(r["erased"]),
+                             r["address"]),
         contact_type=r["contact_type"],
         contact_type_label=rules.labels.get(r["contact_type"] or "", r["contact_type"]
                                             or "Unclassified"),

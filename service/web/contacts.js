@@ -26,7 +26,10 @@ export function formatDuration(seconds) {
 }
 
 function day(iso) {
-  return new Date(iso).toLocaleDateString(undefined, { day: "numeric", month: "short", year: "numeric" });
+  const date = new Date(iso);
+  const sameYear = date.getFullYear() === new Date().getFullYear();
+  return date.toLocaleDateString(undefined, sameYear ? { day: "numeric", month: "short" }
+    : { day: "numeric", month: "short", year: "numeric" });
 }
 
 function clock(iso) {
@@ -36,7 +39,10 @@ function clock(iso) {
 
 function customerName(customer) {
   if (customer.erased) return "Erased customer";
-  return customer.name || "Unnamed customer";
+  const address = customer.address || "";
+  // a number or an email says who it was; a chat session's id says nothing
+  const readable = /^\+?[0-9 ]{7,}$/.test(address) || address.includes("@");
+  return customer.name || (readable ? address : "Unknown customer");
 }
 
 function agentsOf(row) {
@@ -170,11 +176,10 @@ function showResults(rows, next, note) {
   const head = el("thead", {}, el("tr", {},
     el("th", { class: "when", scope: "col", text: "Started" }),
     el("th", { scope: "col", text: "Customer · type" }),
-    el("th", { class: "channel", scope: "col", text: "Channel" }),
     el("th", { class: "outcome", scope: "col", text: "Outcome" })));
   const body = el("tbody", {}, ...rows.map(resultRow));
   if (!rows.length) {
-    body.append(el("tr", {}, el("td", { colspan: "4", class: "none",
+    body.append(el("tr", {}, el("td", { colspan: "3", class: "none",
       text: note ? `Nothing found: ${note}.` : "No contacts match. Try a longer window or fewer filters." })));
   }
   $("results").replaceChildren(head, body);
@@ -189,8 +194,8 @@ function resultRow(row) {
     el("td", {}, el("span", { class: "date", text: day(row.started_at) }),
       el("span", { class: "time", text: clock(row.started_at) })),
     el("td", {}, el("span", { class: "who", text: customerName(row.customer) }),
-      el("span", { class: "type", text: [row.contact_type_label, agentsOf(row)].filter(Boolean).join(" · ") })),
-    el("td", {}, el("span", { class: "chan", text: row.channel || "?" })),
+      el("span", { class: "type" }, el("span", { class: "chan", text: row.channel || "?" }),
+        [row.contact_type_label, agentsOf(row)].filter(Boolean).join(" · "))),
     el("td", {}, pill(row.handling),
       row.came_back ? el("span", { class: "flag-back", title: "came back within the repeat window", text: "↺" }) : null));
   tr.addEventListener("click", () => open(row.contact_id, tr));
@@ -271,6 +276,7 @@ function detailHead(found) {
     el("div", { class: "detail-title" },
       el("h2", { id: "contact-heading", text: customerName(c.customer) }),
       c.customer.erased ? el("span", { class: "erased-badge", text: "personal data erased" }) : null,
+      c.customer.name && c.customer.address ? el("span", { class: "address", text: c.customer.address }) : null,
       el("span", { class: "ids", title: "contact id", text: c.contact_id })),
     el("dl", { class: "facts" }, ...facts.map(([label, value]) =>
       el("div", {}, el("dt", { text: label }), el("dd", {}, value)))));
