@@ -371,6 +371,12 @@ DESCRIBERS: dict[str, Describer] = {
 
 SYSTEM_LINES: dict[str, Callable[[asyncpg.Record, dict[str, Any], Names], str]] = {
     "classified": lambda e, d, n: f"Understood: {n.type(e['contact_type'])}",
+    "classification_missed": lambda e, d, n: "Not understood: asked again",
+    "self_service_resolved": lambda e, d, n: "The customer said it helped",
+    "self_service_failed": lambda e, d, n: "It did not help",
+    "closed_message": lambda e, d, n: "Told the customer we are closed",
+    "callback_requested": lambda e, d, n: "Asked to be called back",
+    "customer_left": lambda e, d, n: "The customer left",
     "escalated": lambda e, d, n: f"Handed to an agent in {n.queue(d.get('queue'))}",
     "agent_accepted": lambda e, d, n: f"{n.agent(d.get('agent_id'))} joined",
     "transferred": lambda e, d, n: "Transferred to " + (
