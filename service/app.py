@@ -62,6 +62,7 @@ from service.model import ChannelTraits, Inbound, Reply
 from service.reporting import (
     agent_report,
     attachments_api,
+    contacts_api,
     erasure_api,
     experiments,
     experiments_api,
@@ -117,6 +118,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(agent_report.routes())
     app.router.add_routes(notes_api.routes())
     app.router.add_routes(attachments_api.routes())
+    app.router.add_routes(contacts_api.routes())
     app.router.add_routes(pages())
     app.on_shutdown.append(close_websockets)
     app.on_response_prepare.append(content_security_policy)

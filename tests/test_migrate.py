@@ -55,3 +55,29 @@ async def test_partitioning_the_log_keeps_every_event_and_builds_the_facts(serve
     finally:
         await admin.execute("DROP DATABASE switchboard_migrate_partitions WITH (FORCE)")
         await admin.close()
+
+
+async def test_a_role_that_may_not_create_extensions_still_migrates(server_urls):
+    """The service's role owns its schema but not the database: it cannot create pg_trgm, so
+    the name search's index is left out (a warning) and every migration still applies."""
+    admin = await asyncpg.connect(server_urls[0])
+    await admin.execute("CREATE ROLE switchboard_plain LOGIN PASSWORD 'plain'")
+    await admin.execute("CREATE DATABASE switchboard_migrate_plain")
+    url = server_urls[0].replace("/postgres?", "/switchboard_migrate_plain?")
+    try:
+        owner = await asyncpg.connect(url)
+        await owner.execute("ALTER SCHEMA public OWNER TO switchboard_plain")
+        await owner.close()
+        plain = await asyncpg.connect(url, user="switchboard_plain", password="plain")
+        try:
+            assert await migrate(plain) == [m.version for m in discover()]
+            assert not await plain.fetchval(
+                "SELECT count(*) FROM pg_extension WHERE extname = 'pg_trgm'")
+            assert not await plain.fetchval(
+                "SELECT to_regclass('customers_display_name_trgm') IS NOT NULL")
+        finally:
+            await plain.close()
+    finally:
+        await admin.execute("DROP DATABASE switchboard_migrate_plain WITH (FORCE)")
+        await admin.execute("DROP ROLE switchboard_plain")
+        await admin.close()

@@ -3,9 +3,10 @@
     token = await create_token(conn, "ops", name="dashboard")   # print it, never store it
     role = await role_of(pool, token)                            # "ops", or None
 
-Roles: `ops` reads reports, the ops dashboard and the supervisor view; `supervisor` reads only
-the supervisor view (agents and queues now) and the agent report, and whispers notes to agents
-on live contacts; `agent` is kept for the agent console.
+Roles: `ops` reads reports, the ops dashboard, the supervisor view and contact search;
+`supervisor` reads only the supervisor view (agents and queues now), the agent report and
+contact search (`/api/contacts`), and whispers notes to agents on live contacts; `agent` is
+kept for the agent console.
 """
 
 from __future__ import annotations
