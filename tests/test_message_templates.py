@@ -242,8 +242,8 @@ def rules_with(tmp_path: Path, templates: str) -> Path:
     directory = tmp_path / "rules"
     shutil.copytree(RULES_DIR, directory, ignore=shutil.ignore_patterns("bank"))
     text = (directory / "replies.yaml").read_text()
-    head = text.split("\ntemplates:\n")[0]
-    (directory / "replies.yaml").write_text(f"{head}\ntemplates:\n{templates}")
+    replies = text[text.index("# Saved replies"):]  # the example's templates left out
+    (directory / "replies.yaml").write_text(f"{replies}\ntemplates:\n{templates}")
     return directory
 
 
