@@ -16,6 +16,7 @@ import pytest
 
 from service.appkeys import EVENTS
 from service.conversations.customers import upsert_customer
+from service.infra.tokens import create_token
 from service.rules.loader import load_rules
 from service.rules.yamlfile import ConfigError
 from tests.conftest import RULES_DIR, with_settings
@@ -316,3 +317,27 @@ def test_the_example_templates_load_and_a_file_of_templates_alone_is_valid(tmp_p
                     f"    content_sid: {STILL_SID}\n    text: Hello from us.\n")
     alone = load_rules(directory, with_classifier=False).replies
     assert (alone.replies, [t.id for t in alone.templates]) == ((), ["hello"])
+
+
+async def test_an_erasure_blanks_a_sent_templates_text_and_values(
+        app_settings, db, twilio, redis_client):  # noqa: F811
+    standin, _ = twilio
+    await named_customer(db, redis_client)
+    async with instance(app_settings) as client:
+        console, contact_id = await with_agent(client, db, standin)
+        await console.send(type="template", contact_id=contact_id, template_id="follow_up")
+        await console.wait(status_of(FILLED, "sent"))
+        await console.send(type="wrap_up", contact_id=contact_id, resolved=True)
+        await console.wait(lambda f: f["type"] == "wrapped_up")
+        assert await client.app[EVENTS].flush()
+        customer_id = await db.fetchval("SELECT customer_id FROM customer_identities "
+                                        "WHERE value = $1", NUMBER)
+        token = await create_token(db, "ops", "tests")
+        response = await client.delete(f"/api/customers/{customer_id}",
+                                       headers={"Authorization": f"Bearer {token}"})
+        assert response.status == 200, await response.text()
+    [job] = [r for r in await outbox_rows(db) if r["action"] == "template"]
+    assert "Ana" not in job["payload"] and json.loads(job["payload"])["ref"] == FOLLOW_UP_SID
+    said = await db.fetch("SELECT data FROM contact_events WHERE kind = 'agent_message'")
+    assert not [r for r in said if "Ana" in r["data"]]
+    assert [json.loads(r["data"]).get("template") for r in said].count("follow_up") == 1
