@@ -43,13 +43,13 @@ async def app_settings(settings, twilio, redis_client):  # noqa: F811
                          outbox_retry_max_s=1.0)
 
 
-async def day_later(redis_client) -> None:
-    """Every line of the open WhatsApp contact moved 25 hours back."""
+async def hours_later(redis_client, hours: float) -> None:
+    """Every line of the open WhatsApp contact moved `hours` back."""
     [pointer] = [k async for k in redis_client.scan_iter("sb:{contact:*}:conv")]
     key = await redis_client.get(pointer)
     conv = orjson.loads(await redis_client.get(key))
     for line in conv["transcript"]:
-        line["at"] -= 25 * 3600
+        line["at"] -= hours * 3600
     await redis_client.set(key, orjson.dumps(conv), keepttl=True)
 
 
@@ -74,12 +74,21 @@ async def test_an_agent_reaches_a_customer_after_the_window_with_a_template(
         closed = page.locator("#window-closed")
         await expect(closed).to_be_hidden()
 
+        # Half an hour before the window closes, the console counts down (read on a reload).
+        await hours_later(redis_client, 23.5)
+        await page.reload()
+        note = page.locator("#window-note")
+        await expect(note).to_have_text("Reply window closes in 30 min")
+        await expect(reply).to_be_enabled()
+        await page.screenshot(path=artifact("agent-window-closing-soon.png"))
+
         # A day later: the typed reply is refused and the box offers a template instead.
-        await day_later(redis_client)
+        await hours_later(redis_client, 1.5)
         await reply.fill("Are you still there?")
         await page.get_by_role("button", name="Send", exact=True).click()
         await expect(closed).to_be_visible()
         await expect(closed).to_contain_text("24-hour reply window has closed")
+        await expect(note).to_be_hidden()
         await expect(reply).to_be_disabled()
         offer = page.get_by_role("button", name="Send a template")
         await expect(offer).to_be_focused()

@@ -94,6 +94,7 @@ const ui = {
   repliesList: $("replies-list"), repliesButton: $("replies-button"),
   repliesHintAction: $("replies-hint-action"), windowClosed: $("window-closed"),
   windowClosedText: $("window-closed-text"), templatesButton: $("templates-button"),
+  windowNote: $("window-note"),
   modeReply: $("mode-reply"), modeNote: $("mode-note"), replyLabel: $("reply-label"),
   noteHint: $("note-hint"),
 };
@@ -960,10 +961,20 @@ function templateSent(contact) {
 
 let windowShown = false; // whether the closed-window offer is on screen
 
+// The last hour before the window closes, counted down beside the tabs.
+function renderClosingSoon(contact, mode) {
+  const win = contact?.window;
+  const left = win?.lastAt ? win.lastAt + win.seconds - serverNow(win) : Infinity;
+  const soon = mode === "reply" && !windowClosed(contact) && left > 0 && left <= 3600;
+  ui.windowNote.hidden = !soon;
+  if (soon) ui.windowNote.textContent = `Reply window closes in ${Math.max(1, Math.ceil(left / 60))} min`;
+}
+
 function renderWindow(mode) {
   const contact = state.contacts.get(state.selected);
   const closed = mode === "reply" && windowClosed(contact);
   windowShown = closed;
+  renderClosingSoon(contact, mode);
   ui.windowClosed.hidden = !closed;
   ui.replyForm.classList.toggle("window-shut", closed);
   if (!closed) return;
@@ -1427,6 +1438,7 @@ function tick() {
   }
   const held = state.contacts.get(state.selected);
   if (held?.window && windowClosed(held) !== windowShown && composeMode() === "reply") renderSelected();
+  else if (held?.window) renderClosingSoon(held, composeMode());
   const offer = state.offers.get(state.selected);
   ui.offerExpires.textContent = offer?.expiresAt
     ? (offer.expiresAt > now ? `${Math.ceil((offer.expiresAt - now) / 1000)} s left` : "Expiring…") : "";
