@@ -22,8 +22,7 @@ from service.conversations.record import Conversation
 from service.model import AgentLine, DeliveryFailed, OutboundChannel
 from service.reporting.events import Event, EventWriter
 from service.rules.loader import Rules
-from service.rules.replies import fill_template, replies_for, templates_for
-from service.rules.templates import personal_values
+from service.rules.replies import agent_values, fill_template, replies_for, templates_for
 
 log = structlog.get_logger(__name__)
 
@@ -281,9 +280,8 @@ class Handoff:
             if not getattr(traits, template.channel_trait, False):
                 raise HandoffError("not_template", f"this contact's channel sends no message "
                                    f"templates (it lacks {template.channel_trait})")
-            values = {**personal_values(conv, rules.catalog.label, time.time()),
-                      "agent": {"name": agent["name"]}}
-            filled = fill_template(template, values)
+            filled = fill_template(template, agent_values(rules.catalog, conv, agent["name"],
+                                                          time.time()))
             if filled.gaps:
                 raise HandoffError("template_gaps", f"'{template.title}' was not sent: this "
                                    f"customer has no value for {', '.join(filled.gaps)}, and "
@@ -294,20 +292,7 @@ class Handoff:
             await self._context.save(key, conv, summary=False)
         payload = {"text": filled.text, "template_id": template.id, "ref": template.ref,
                    "variables": dict(filled.variables)}
-        try:
-            await self._outbound(conv, "template", payload)
-        except HandoffError as exc:
-            if exc.code == "not_recorded":
-                await self._take_back(contact_id, said)
-                raise
-            self._record_template(conv, agent, filled.text, template.id)
-            raise
-        self._record_template(conv, agent, filled.text, template.id)
-
-    def _record_template(self, conv: Conversation, agent: dict[str, Any], text: str,
-                         template_id: str) -> None:
-        self._record_conv("agent_message", conv, agent_id=agent["id"], text=text,
-                          template=template_id)
+        await self._agent_says(agent, conv, said, "template", payload, template=template.id)
 
     # ---- conversation with the agent -----------------------------------------------------
 
@@ -318,15 +303,24 @@ class Handoff:
             said = {"from": "agent", "text": text, "at": time.time()}
             conv["transcript"].append(said)
             await self._context.save(key, conv, summary=False)
+        await self._agent_says(agent, conv, said, "send", {"text": text})
+
+    async def _agent_says(self, agent: dict[str, Any], conv: Conversation,
+                          said: dict[str, Any], action: str, payload: dict[str, Any],
+                          **event: Any) -> None:
+        """Send a line the agent wrote (already in the transcript) through the outbox; its
+        `agent_message` event is recorded unless it could not even be recorded."""
         try:
-            await self._outbound(conv, "send", {"text": text})
+            await self._outbound(conv, action, payload)
         except HandoffError as exc:
             if exc.code == "not_recorded":  # nothing sent: as if it had not been written
-                await self._take_back(contact_id, said)
+                await self._take_back(conv["contact_id"], said)
                 raise
-            self._record_conv("agent_message", conv, agent_id=agent["id"], text=text)
+            self._record_conv("agent_message", conv, agent_id=agent["id"], text=said["text"],
+                              **event)
             raise
-        self._record_conv("agent_message", conv, agent_id=agent["id"], text=text)
+        self._record_conv("agent_message", conv, agent_id=agent["id"], text=said["text"],
+                          **event)
 
     async def _take_back(self, contact_id: str, said: dict[str, Any]) -> None:
         """An agent's line that was never sent leaves the transcript (the agent may resend)."""

@@ -51,7 +51,7 @@ from service.rules.yamlfile import (
 
 MAX_TITLE_CHARS = 60
 MAX_TEXT_CHARS = 2000  # an agent's message (service/agents/desk.py)
-MAX_TEMPLATE_CHARS = 1024  # WhatsApp's limit on an approved template's body
+MAX_TEMPLATE_CHARS = 1024  # the providers' limit on an approved template's body
 GROUPS = ("type", "any", "other")  # suits this contact's type, any contact, other types
 ANSWER_PREFIX = "answer."
 CONTENT_SID = re.compile(r"HX[0-9a-fA-F]{32}")  # Twilio Content API template id
@@ -294,7 +294,7 @@ def replies_for(saved: SavedReplies, catalog: Catalog, conv: Mapping[str, Any],
     """The replies for one contact, filled in: those for its type first (its catalog answer
     last among them), then those for any contact, then those for other types."""
     contact_type = conv.get("contact_type")
-    values = {**personal_values(conv, catalog.label, now), "agent": {"name": agent_name}}
+    values = agent_values(catalog, conv, agent_name, now)
     filled = [_filled(reply.id, reply.title, reply.text, reply.group_for(contact_type),
                       reply.contact_types, values) for reply in saved.replies]
     kind = catalog.types.get(contact_type or "")
@@ -302,6 +302,13 @@ def replies_for(saved: SavedReplies, catalog: Catalog, conv: Mapping[str, Any],
         filled.append(_filled(f"{ANSWER_PREFIX}{kind.id}", f"Self-service answer: {kind.label}",
                               kind.answer, "type", (kind.id,), values))
     return sorted(filled, key=lambda reply: GROUPS.index(reply.group))  # stable: file order
+
+
+def agent_values(catalog: Catalog, conv: Mapping[str, Any], agent_name: str,
+                 now: float) -> dict[str, Any]:
+    """What an agent's replies and templates are filled with: the customer's values and the
+    agent's name."""
+    return {**personal_values(conv, catalog.label, now), "agent": {"name": agent_name}}
 
 
 def _filled(reply_id: str, title: str, template: str, group: str,
@@ -321,7 +328,7 @@ def templates_for(saved: SavedReplies, catalog: Catalog, conv: Mapping[str, Any]
                   ) -> list[FilledTemplate]:
     """The message templates for one contact, filled in: those whose channel trait the
     contact's channel has (`has_trait`), in file order."""
-    values = {**personal_values(conv, catalog.label, now), "agent": {"name": agent_name}}
+    values = agent_values(catalog, conv, agent_name, now)
     return [fill_template(template, values) for template in saved.templates
             if has_trait(template.channel_trait)]
 
