@@ -264,6 +264,13 @@ BAD_TEMPLATES = """\
     content_sid: HX00000000000000000000000000000003
     text: Hello
     colour: blue
+  - id: order
+    title: Order
+    channel_trait: templates_after_window
+    content_sid: HX00000000000000000000000000000004
+    text: Your order {{1}}
+    variables:
+      "1": "{order.id}"
 """
 
 
@@ -291,6 +298,8 @@ def test_every_mistake_in_templates_is_reported_with_file_line_and_key_path(tmp_
                                                         "templates -> 1 -> channel_trait")]
     assert "unknown key 'colour'" in found[(line_of("colour: blue"),
                                             "templates -> 1 -> colour")]
+    assert "unknown placeholder '{order.id}'" in found[(line_of('"1": "{order.id}"'),
+                                                        "templates -> 2 -> variables -> 1")]
 
 
 def test_rules_check_reports_template_errors_with_file_and_line(tmp_path):
