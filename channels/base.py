@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, AsyncContextManager, Awaitable, Callable, ClassVar, Protocol
+from typing import (
+    Any,
+    AsyncContextManager,
+    Awaitable,
+    Callable,
+    ClassVar,
+    Mapping,
+    Protocol,
+)
 
 from aiohttp import web
 
@@ -85,6 +93,9 @@ class Channel(Protocol):
     async def drop_agent(self, to: Destination, agent: AgentLine) -> None: ...
 
     async def call_back(self, to: Destination, attempt: int) -> str | None: ...
+
+    async def send_template(self, to: Destination, ref: str, variables: Mapping[str, str],
+                            message_id: str | None = None) -> str | None: ...
 
     async def close(self, to: Destination) -> None: ...
 

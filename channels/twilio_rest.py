@@ -18,7 +18,7 @@ import json
 import re
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
-from typing import AsyncIterator
+from typing import AsyncIterator, Mapping
 from xml.sax.saxutils import escape
 
 import aiohttp
@@ -116,9 +116,21 @@ class TwilioRest:
                            status_callback: str | None = None) -> str:
         """Create one outbound message; its MessageSid. Twilio posts its states to
         `status_callback`."""
+        return await self._create_message(to, from_, status_callback, body=body)
+
+    async def send_content(self, to: str, from_: str, content_sid: str,
+                           variables: Mapping[str, str],
+                           status_callback: str | None = None) -> str:
+        """Create one message from an approved Content template (`ContentSid` and its
+        `ContentVariables` as a JSON string, no `Body`); its MessageSid."""
+        return await self._create_message(to, from_, status_callback, content_sid=content_sid,
+                                          content_variables=json.dumps(dict(variables)))
+
+    async def _create_message(self, to: str, from_: str, status_callback: str | None,
+                              **fields: str) -> str:
         extra = {"status_callback": status_callback} if status_callback else {}
         async with _mapped_failures():
-            message = await self._rest().messages.create_async(to=to, from_=from_, body=body,
+            message = await self._rest().messages.create_async(to=to, from_=from_, **fields,
                                                                **extra)
         return message.sid
 
@@ -343,7 +355,11 @@ def _failure(exc: Exception) -> DeliveryFailed | None:
 REFUSALS = {"21610": "the customer has unsubscribed from this number (replied STOP)",
             "21211": "the customer's number is not a valid phone number",
             "21614": "the customer's number cannot receive text messages",
-            "21408": "texting that country is not enabled for this account"}
+            "21408": "texting that country is not enabled for this account",
+            "21655": "the template's ContentSid is not one of this account's (check "
+                     "replies.yaml `templates`)",
+            "21656": "the template's variables do not match its approved text",
+            "63027": "the template is not approved for this sender or language"}
 
 
 def _refused(exc: TwilioRestException) -> DeliveryFailed:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Mapping
 from xml.sax.saxutils import escape  # what ElementTree does to element text: &, < and >
 
 import structlog
@@ -113,6 +113,15 @@ class TwilioMessaging:
         return await self._twilio.send_message(self.wire_address(to.address),
                                                self.wire_address(to.service_address), text,
                                                self.status_callback(message_id))
+
+    async def send_template(self, to: Destination, ref: str, variables: Mapping[str, str],
+                            message_id: str | None = None) -> str | None:
+        if not self.traits.templates_after_window:
+            raise DeliveryFailed("not_template", f"{self.traits.name} sends no message "
+                                 "templates: write to the customer instead")
+        return await self._twilio.send_content(self.wire_address(to.address),
+                                               self.wire_address(to.service_address), ref,
+                                               variables, self.status_callback(message_id))
 
     async def connect_agent(self, to: Destination, agent: AgentLine, hello: str,
                             message_id: str | None = None) -> str | None:

@@ -12,7 +12,7 @@ before the hang-up; the answer comes back through /gather like any other key pre
 from __future__ import annotations
 
 import functools
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Mapping
 from urllib.parse import urlencode
 
 import structlog
@@ -274,6 +274,10 @@ class TwilioVoice:
             log.exception("voice.after_agent_failed")
             return _twiml(HANGUP)
         return _twiml(render(reply))
+
+    async def send_template(self, to: Destination, ref: str, variables: Mapping[str, str],
+                            message_id: str | None = None) -> str | None:
+        raise DeliveryFailed("not_template", f"{self.traits.name} sends no message templates")
 
     async def close(self, to: Destination) -> None:
         return None  # the call ends when either side hangs up

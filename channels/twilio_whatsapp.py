@@ -4,7 +4,9 @@ addresses, replies as <Message> TwiML, agents' texts through the REST API.
 The customer is their phone number, so a WhatsApp contact shares history with the number's SMS
 and calls. WhatsApp lets a business write freely only within 24 hours of the customer's last
 message: an agent's text outside that window is refused here (and Twilio's 63016, should the
-clocks disagree, is reported the same way) rather than lost.
+clocks disagree, is reported the same way) rather than lost. An approved message template
+(Twilio's Content API: a ContentSid and its variables) may be sent at any time: that is how an
+agent reaches a customer after the window, and the customer's answer opens it again.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ class TwilioWhatsApp(TwilioMessaging):
     traits: ClassVar[ChannelTraits] = ChannelTraits(
         name="whatsapp", identity="phone", prompt_style="text", default_capacity=3,
         idles_out=True, carrier_keywords=False, agent_can_type=True,
-        route_prefix="/twilio/whatsapp", reply_window_s=WINDOW_S, customer_paced=True)
+        route_prefix="/twilio/whatsapp", reply_window_s=WINDOW_S, customer_paced=True,
+        templates_after_window=True)
 
     def wire_address(self, address: str) -> str:
         return f"whatsapp:{address}"

@@ -13,7 +13,7 @@ import hmac
 import re
 import secrets
 import weakref
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 from urllib.parse import urlsplit
 
 import structlog
@@ -121,6 +121,10 @@ class WebChat:
 
     async def call_back(self, to: Destination, attempt: int) -> str | None:
         raise DeliveryFailed("not_call", "a chat visitor cannot be called back")
+
+    async def send_template(self, to: Destination, ref: str, variables: Mapping[str, str],
+                            message_id: str | None = None) -> str | None:
+        raise DeliveryFailed("not_template", f"{self.traits.name} sends no message templates")
 
     async def close(self, to: Destination) -> None:
         await self._publish(f"chat:{to.thread}", {"type": "status", "state": "closed"})

@@ -210,9 +210,11 @@ def cmd_rules_check(args: argparse.Namespace, settings: Settings) -> int:
         print(exc, file=sys.stderr)
         print(f"{len(exc.issues)} problem(s) in {directory}", file=sys.stderr)
         return 1
+    templates = len(rules.replies.templates)
     print(f"{directory}: OK ({len(rules.catalog.types)} contact types, "
           f"{len(rules.tree.queues)} queues, {len(rules.catalog.training)} training examples"
-          f"{f', {len(rules.replies.replies)} saved replies' if rules.replies.replies else ''})")
+          f"{f', {len(rules.replies.replies)} saved replies' if rules.replies.replies else ''}"
+          f"{f', {templates} message templates' if templates else ''})")
     _print_encodings_coverage(directory)
     return 0
 

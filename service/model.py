@@ -126,6 +126,13 @@ class ChannelTraits:
     customer_paced: bool = False  # the customer writes when they like (rate limit, loop breaker)
     live_call: bool = False  # a call: its thread is the contact; the provider holds it when we fail
     calls_back: bool = False  # a queued customer may ask to be called back (`call_back`)
+    # Past the reply window only a provider-approved message template reaches the customer
+    # (`send_template`); templates may be sent inside the window too.
+    templates_after_window: bool = False
+
+
+# The traits a message template (replies.yaml `templates`) may name as what it applies to.
+TEMPLATE_TRAITS = ("templates_after_window",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +237,13 @@ class Outbound(Protocol):
         """Place a call to a customer who asked to be called back, into the contact's
         conversation where its agent joins; its outcome comes back as `CallOutcome`s.
         Channels whose traits lack `calls_back` refuse (DeliveryFailed)."""
+        ...
+
+    async def send_template(self, to: Destination, ref: str, variables: Mapping[str, str],
+                            message_id: str | None = None) -> str | None:
+        """Deliver a provider-approved message template (`ref`, e.g. a Twilio ContentSid)
+        with its numbered variables filled; the provider's message id. Channels whose traits
+        lack `templates_after_window` refuse (DeliveryFailed, reason `not_template`)."""
         ...
 
     async def close(self, to: Destination) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from contextlib import asynccontextmanager
 
 import pytest
@@ -127,6 +128,7 @@ async def test_sms_escalation_reaches_an_agent_with_context_and_replies_go_by_sm
 
         assert await text(client, CUSTOMER, "my account is ana@example.com") == []
         message = await agent.next("message")
+        assert abs(message.pop("at") - time.time()) < 30  # when the customer wrote
         assert message == {"type": "message", "contact_id": offer["contact_id"],
                            "from": "customer", "text": "my account is ana@example.com"}
 

@@ -75,7 +75,8 @@ def test_routes_are_under_its_own_prefix(channel):
 @pytest.mark.parametrize("channel", CHANNEL_TYPES, ids=IDS)
 def test_outbound_methods_are_present(channel):
     for name in ("send_text", "connect_agent", "join_agent", "release_agent", "drop_agent",
-                 "call_back", "close", "ask", "find_sent", "fetch_attachment"):
+                 "call_back", "close", "ask", "find_sent", "fetch_attachment",
+                 "send_template"):
         method = getattr(channel, name, None)
         assert method is not None and inspect.iscoroutinefunction(method), name
 
@@ -93,6 +94,20 @@ async def test_a_channel_that_cannot_call_back_says_so_in_its_traits(channel):
     with pytest.raises(DeliveryFailed) as refused:
         await instance.call_back(to, 1)
     assert refused.value.reason == "not_call" and not refused.value.retryable
+
+
+@pytest.mark.parametrize("channel", CHANNEL_TYPES, ids=IDS)
+async def test_a_channel_without_templates_refuses_one_without_asking_its_provider(channel):
+    """Message templates go only where the traits say so (`templates_after_window`, which
+    needs a reply window to matter); elsewhere send_template refuses, never retried."""
+    if channel.traits.templates_after_window:
+        assert channel.traits.reply_window_s and channel.traits.agent_can_type
+        return
+    instance = channel(ChannelConfig("https://example.test", "token"), _nothing)
+    to = Destination("contact-1", "+15555550100", "+15005550006", "thread-1")
+    with pytest.raises(DeliveryFailed) as refused:
+        await instance.send_template(to, "HX" + "0" * 32, {"1": "Ana"})
+    assert refused.value.reason == "not_template" and not refused.value.retryable
 
 
 @pytest.mark.parametrize("channel", CHANNEL_TYPES, ids=IDS)

@@ -108,7 +108,7 @@ def test_a_good_file_loads_and_is_part_of_the_version(tmp_path):
 @pytest.mark.parametrize("directory", ["routing_rules", "routing_rules/bank"])
 def test_the_example_replies_pass_rules_check(directory, capsys):
     assert main(["rules", "check", str(ROOT / directory)]) == 0
-    assert "saved replies)" in capsys.readouterr().out
+    assert " saved replies" in capsys.readouterr().out
     assert load_rules(ROOT / directory, with_classifier=False).replies.replies
 
 

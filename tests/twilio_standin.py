@@ -9,7 +9,9 @@ request hangs until the client gives up); drop the connection without taking the
 It serves media files (GET .../Messages/{MM}/Media/{ME}, as Twilio's MMS and WhatsApp MediaUrl
 point at them) only with the account's basic auth, optionally through a 307 to a file host of
 another origin as Twilio does (`redirect_media`), deletes them (DELETE .../Media/{ME}.json),
-and fails both on demand (`fail_media_with` a status, `hang_media` never answers). It lists messages (GET Messages.json filtered by
+and fails both on demand (`fail_media_with` a status, `hang_media` never answers). Messages
+from Content API templates (`ContentSid`, `ContentVariables`) are checked against the
+templates it was told are approved (`content_templates`). It lists messages (GET Messages.json filtered by
 To, From and DateSent), places calls (POST Calls.json, `fail_calls` answers the next ones 503)
 and posts signed status callbacks of messages and placed calls to the service, as Twilio does.
 """
@@ -19,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import json
+import re
 import time
 from dataclasses import dataclass, field
 from email.utils import formatdate, parsedate_to_datetime
@@ -65,6 +69,11 @@ class TwilioStandIn:
     redirect_media: bool = False
     file_host_requests: list[dict[str, str]] = field(default_factory=list)
 
+    # Content API templates the account has approved: ContentSid -> its text with {{n}}. A
+    # message naming another ContentSid is refused (21655), one whose ContentVariables are not
+    # a JSON object filling every {{n}} with text too (21656), as Twilio does; the message
+    # resource's body is the text with the variables in, as Twilio renders it.
+    content_templates: dict[str, str] = field(default_factory=dict)
     lose_answers: bool = False  # take the message, then never answer
     drop_connections: int = 0  # close the next N message requests' connections, taking nothing
     auth_token: str = "test-auth-token"
@@ -170,7 +179,7 @@ class TwilioStandIn:
         return web.Response(body=found[1], content_type=found[0])
 
     def bodies(self) -> list[str]:
-        return [m["Body"] for m in self.messages]
+        return [m.get("Body", "") for m in self.messages]
 
     def conference_sid(self, name: str) -> str:
         """The SID of a conference, created (as Twilio does) on first use of its name."""
@@ -264,12 +273,46 @@ class TwilioStandIn:
                                       "more_info": "https://www.twilio.com/docs/errors/"
                                                    f"{self.refuse_with_code}"}, status=400)
         form = dict(await request.post())
+        refused = self._refusal(form)
+        if refused:
+            return refused
         sid = f"SM{next(_sids):032d}"
         self.messages.append(form)
-        self.sids[sid] = {**form, "sid": sid, "created": formatdate(usegmt=True)}
+        rendered = self._rendered(form) if "ContentSid" in form else form.get("Body")
+        self.sids[sid] = {**form, "sid": sid, "created": formatdate(usegmt=True),
+                          "rendered": rendered or ""}
         if self.lose_answers:
             await asyncio.sleep(3600)  # the client times out: Twilio has it, the answer is lost
         return web.json_response(_resource(self.sids[sid]), status=201)
+
+    def _refusal(self, form: dict[str, str]) -> web.Response | None:
+        """Twilio's 400 for a message it cannot take as written, or None."""
+        if "ContentSid" not in form:
+            return None if form.get("Body") or form.get("MediaUrl") else _refused(
+                21602, "Message body is required")
+        if form.get("Body"):
+            return _refused(21619, "A text message body or media url must be specified, "
+                            "not both a body and a ContentSid")
+        if form["ContentSid"] not in self.content_templates:
+            return _refused(21655, "The ContentSid is Invalid")
+        try:
+            self._rendered(form)
+        except (ValueError, KeyError, TypeError):
+            return _refused(21656, "The ContentVariables Parameter is invalid")
+        return None
+
+    def _rendered(self, form: dict[str, str]) -> str:
+        """The template's text with ContentVariables in; KeyError or ValueError if unfit."""
+        values = json.loads(form.get("ContentVariables") or "{}")
+        if not isinstance(values, dict) or not all(
+                isinstance(v, str) and v for v in values.values()):
+            raise ValueError("variables are text")
+        return re.sub(r"\{\{(\d+)\}\}", lambda m: values[m[1]],
+                      self.content_templates[form["ContentSid"]])
+
+    def templated(self) -> list[dict[str, str]]:
+        """The template messages taken, in order."""
+        return [m for m in self.messages if "ContentSid" in m]
 
     async def _list(self, request: web.Request) -> web.Response:
         query = dict(request.query)
@@ -348,7 +391,7 @@ class TwilioStandIn:
 
 def _resource(message: dict[str, str]) -> dict[str, str | None]:
     return {"sid": message["sid"], "status": "queued", "to": message.get("To"),
-            "from": message.get("From"), "body": message.get("Body"),
+            "from": message.get("From"), "body": message.get("rendered", message.get("Body")),
             "date_created": message["created"], "date_sent": message["created"],
             "date_updated": message["created"]}
 
@@ -363,6 +406,12 @@ def _multi(form) -> dict[str, str]:
     for key, value in form.items():
         joined[key] = f"{joined[key]} {value}" if key in joined else value
     return joined
+
+
+def _refused(code: int, message: str) -> web.Response:
+    return web.json_response({"code": code, "status": 400, "message": message,
+                              "more_info": f"https://www.twilio.com/docs/errors/{code}"},
+                             status=400)
 
 
 def _not_found() -> web.Response:

@@ -1,8 +1,8 @@
 """Agents: the directory in PostgreSQL and the agent WebSocket at /agent/ws.
 
 The first frame authenticates (only a SHA-256 of each token is stored); then the socket
-carries presence, offers, accept/decline, messages, private notes and wrap-up
-(docs/interfaces.md). Frames for an agent reach it through the bus, whichever instance
+carries presence, offers, accept/decline, messages, message templates, private notes and
+wrap-up (docs/interfaces.md). Frames for an agent reach it through the bus, whichever instance
 produced them.
 """
 
@@ -269,6 +269,13 @@ class AgentDesk:
                                           holder_only=True)
         elif kind == "replies":
             await ws.send_json(await self._handoff.saved_replies(agent, contact_id))
+        elif kind == "templates":
+            await ws.send_json(await self._handoff.message_templates(agent, contact_id))
+        elif kind == "template":
+            template_id = frame.get("template_id")
+            if not isinstance(template_id, str) or not template_id:
+                raise HandoffError("bad_frame", "template needs a template_id")
+            await self._handoff.send_template(agent, contact_id, template_id)
         elif kind == "transfer":
             request = TransferRequest.from_frame(frame)
             await ws.send_json(await self._handoff.transfers.request(agent, request))

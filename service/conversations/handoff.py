@@ -22,7 +22,7 @@ from service.conversations.record import Conversation
 from service.model import AgentLine, DeliveryFailed, OutboundChannel
 from service.reporting.events import Event, EventWriter
 from service.rules.loader import Rules
-from service.rules.replies import replies_for
+from service.rules.replies import agent_values, fill_template, replies_for, templates_for
 
 log = structlog.get_logger(__name__)
 
@@ -34,7 +34,10 @@ class HandoffError(Exception):
 
 
 # What the agent console is told when the channel refused, by DeliveryFailed.reason.
-_ERROR_CODES = {"outside_window": "outside_window", "not_text": "not_text"}
+_ERROR_CODES = {"outside_window": "outside_window", "not_text": "not_text",
+                "not_template": "not_template"}
+# Outbox actions an agent writes: a failure for good or not recorded is the agent's error frame.
+_AGENT_WRITES = ("send", "template")
 
 
 def _failure_text(action: str, exc: DeliveryFailed) -> str:
@@ -214,7 +217,8 @@ class Handoff:
             await self.transfers.taken_over(key, conv, entry)
         entry["context"] = agent_context(self._rules(), conv)
         return offer_frame(entry, kind="assigned", agent={"id": agent["id"],
-                                                          "name": agent["name"]})
+                                                          "name": agent["name"]},
+                           **self.reply_window(conv))
 
     async def _connect_customer(self, agent: dict[str, Any], conv: Conversation,
                                 joining: bool = False) -> None:
@@ -226,7 +230,19 @@ class Handoff:
         """What a reconnecting agent's console is sent for a contact it already has."""
         return {"type": "assigned", "contact_id": conv["contact_id"], "channel": conv["channel"],
                 "queue": conv.get("queue"), "reason": conv.get("reason"),
-                "context": agent_context(self._rules(), conv)}
+                "context": agent_context(self._rules(), conv), **self.reply_window(conv)}
+
+    def reply_window(self, conv: Conversation) -> dict[str, Any]:
+        """`reply_window` of an assigned frame, on channels that have one: how long after the
+        customer's last message an agent may write, when that was, and whether a message
+        template can reach them after it (the console counts down from these)."""
+        traits = self._channels[conv["channel"]].traits
+        if traits.reply_window_s is None:
+            return {}
+        return {"reply_window": {"seconds": traits.reply_window_s,
+                                 "customer_last_at": destination(conv).customer_last_at,
+                                 "templates": traits.templates_after_window,
+                                 "now": time.time()}}
 
     async def saved_replies(self, agent: dict[str, Any], contact_id: str) -> dict[str, Any]:
         """The `replies` frame: the saved replies for the agent's own contact, filled in for
@@ -238,6 +254,46 @@ class Handoff:
                 "contact_type": conv.get("contact_type"),
                 "replies": [reply.frame() for reply in filled]}
 
+    async def message_templates(self, agent: dict[str, Any], contact_id: str
+                                ) -> dict[str, Any]:
+        """The `templates` frame: the message templates for the agent's own contact's
+        channel, filled in for its customer and this agent (replies.py)."""
+        _, conv = await self._assigned(agent, contact_id)
+        rules = self._rules_for(conv.get("canary"))
+        traits = self._channels[conv["channel"]].traits
+        filled = templates_for(rules.replies, rules.catalog, conv, agent["name"], time.time(),
+                               lambda trait: bool(getattr(traits, trait, False)))
+        return {"type": "templates", "contact_id": contact_id,
+                "templates": [template.frame() for template in filled]}
+
+    async def send_template(self, agent: dict[str, Any], contact_id: str,
+                            template_id: str) -> None:
+        """An approved message template to the agent's own contact, filled from the contact,
+        through the outbox; reaches a customer whose reply window has closed."""
+        async with self._changing(agent, contact_id) as (key, conv):
+            rules = self._rules_for(conv.get("canary"))
+            template = rules.replies.template(template_id)
+            traits = self._channels[conv["channel"]].traits
+            if template is None:
+                raise HandoffError("unknown_template", f"no message template '{template_id}' "
+                                   "in replies.yaml")
+            if not getattr(traits, template.channel_trait, False):
+                raise HandoffError("not_template", f"this contact's channel sends no message "
+                                   f"templates (it lacks {template.channel_trait})")
+            filled = fill_template(template, agent_values(rules.catalog, conv, agent["name"],
+                                                          time.time()))
+            if filled.gaps:
+                raise HandoffError("template_gaps", f"'{template.title}' was not sent: this "
+                                   f"customer has no value for {', '.join(filled.gaps)}, and "
+                                   "an approved template cannot be edited")
+            said = {"from": "agent", "text": filled.text, "at": time.time(),
+                    "template": template.id}
+            conv["transcript"].append(said)
+            await self._context.save(key, conv, summary=False)
+        payload = {"text": filled.text, "template_id": template.id, "ref": template.ref,
+                   "variables": dict(filled.variables)}
+        await self._agent_says(agent, conv, said, "template", payload, template=template.id)
+
     # ---- conversation with the agent -----------------------------------------------------
 
     async def agent_message(self, agent: dict[str, Any], contact_id: str, text: str) -> None:
@@ -247,15 +303,24 @@ class Handoff:
             said = {"from": "agent", "text": text, "at": time.time()}
             conv["transcript"].append(said)
             await self._context.save(key, conv, summary=False)
+        await self._agent_says(agent, conv, said, "send", {"text": text})
+
+    async def _agent_says(self, agent: dict[str, Any], conv: Conversation,
+                          said: dict[str, Any], action: str, payload: dict[str, Any],
+                          **event: Any) -> None:
+        """Send a line the agent wrote (already in the transcript) through the outbox; its
+        `agent_message` event is recorded unless it could not even be recorded."""
         try:
-            await self._outbound(conv, "send", {"text": text})
+            await self._outbound(conv, action, payload)
         except HandoffError as exc:
             if exc.code == "not_recorded":  # nothing sent: as if it had not been written
-                await self._take_back(contact_id, said)
+                await self._take_back(conv["contact_id"], said)
                 raise
-            self._record_conv("agent_message", conv, agent_id=agent["id"], text=text)
+            self._record_conv("agent_message", conv, agent_id=agent["id"], text=said["text"],
+                              **event)
             raise
-        self._record_conv("agent_message", conv, agent_id=agent["id"], text=text)
+        self._record_conv("agent_message", conv, agent_id=agent["id"], text=said["text"],
+                          **event)
 
     async def _take_back(self, contact_id: str, said: dict[str, Any]) -> None:
         """An agent's line that was never sent leaves the transcript (the agent may resend)."""
@@ -271,7 +336,7 @@ class Handoff:
         """A customer's words while an agent has the contact: straight to that agent."""
         await self._bus.publish(f"agent:{conv['agent_id']}", {
             "type": "message", "contact_id": conv["contact_id"], "from": "customer",
-            "text": message["text"],
+            "text": message["text"], "at": message.get("at"),
             **({"attachments": message["attachments"]} if message.get("attachments") else {})})
 
     async def customer_left(self, conv: Conversation) -> None:
@@ -334,7 +399,7 @@ class Handoff:
         except NotRecorded as exc:
             log.error("handoff.outbox_unavailable", action=action, error=str(exc),
                       contact_id=conv["contact_id"])
-            if action == "send":  # not sent: the agent may send it again
+            if action in _AGENT_WRITES:  # not sent: the agent may send it again
                 raise HandoffError("not_recorded", "the text was not sent: it could not be "
                                    "recorded for sending; try again in a moment") from exc
             # Connecting the customer cannot wait: one unrecorded attempt, its outcome
@@ -342,7 +407,7 @@ class Handoff:
             return await self._outbox.attempt_unrecorded(conv, action, payload,
                                                          conv.get("agent_id"))
         failure = outcome.failure
-        if action == "send" and outcome.state == "failed" and failure is not None:
+        if action in _AGENT_WRITES and outcome.state == "failed" and failure is not None:
             raise HandoffError(_ERROR_CODES.get(failure.reason, "delivery_failed"),
                                _failure_text(action, failure))
         return outcome

@@ -72,9 +72,11 @@ class RetryPolicy:
 # (or a callback's agent, once the customer answered); release: a cold transfer lets the
 # first agent go; drop: a completed warm transfer drops the first agent's line; ask: a survey
 # question; call_back: a call placed to a customer who asked to be called back;
-# delete_attachment: a customer's file deleted at the provider (an erasure, erasure.py).
+# delete_attachment: a customer's file deleted at the provider (an erasure, erasure.py);
+# template: an approved message template with its variables (payload ref, variables; text is
+# the filled text, what the agent sees and a lost answer is looked up by).
 ACTIONS = ("send", "connect", "join", "release", "drop", "ask", "call_back",
-           "delete_attachment")
+           "delete_attachment", "template")
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +265,8 @@ class Outbox:
         to, payload = job.destination, job.payload
         if job.action == "send":
             return await channel.send_text(to, job.text, job.id)
+        if job.action == "template":
+            return await channel.send_template(to, payload["ref"], payload["variables"], job.id)
         if job.action == "ask":
             choices = tuple(Choice(**c) for c in payload["choices"])
             return await channel.ask(to, job.text, choices)

@@ -92,6 +92,9 @@ const ui = {
   ctxEarlier: $("ctx-earlier"), toast: $("toast"),
   repliesPanel: $("replies-panel"), repliesFilter: $("replies-filter"),
   repliesList: $("replies-list"), repliesButton: $("replies-button"),
+  repliesHintAction: $("replies-hint-action"), windowClosed: $("window-closed"),
+  windowClosedText: $("window-closed-text"), templatesButton: $("templates-button"),
+  windowNote: $("window-note"),
   modeReply: $("mode-reply"), modeNote: $("mode-note"), replyLabel: $("reply-label"),
   noteHint: $("note-hint"),
 };
@@ -107,6 +110,7 @@ const state = {
   earlyStatuses: new Map(), // contact_id -> message_status frames that came before "assigned"
   callbacksGone: new Map(), // contact_id -> attempt whose call failed before "assigned" came
   replies: new Map(), // contact_id -> saved replies filled in for it (replies frame)
+  templates: new Map(), // contact_id -> message templates filled in for it (templates frame)
   compose: "reply", // what the reply box writes: "reply" or "note" (a call: notes only)
 };
 
@@ -199,6 +203,8 @@ function handle(frame) {
       return onMessageStatus(frame);
     case "replies":
       return onReplies(frame);
+    case "templates":
+      return onTemplates(frame);
     case "note":
       return onNote(frame);
     case "error":
@@ -278,9 +284,11 @@ function onAssigned(frame) {
     ended: known?.ended || endedBeforeReconnect.get(id) || null,
     unread: 0,
     pending: false,
+    window: windowOf(frame.reply_window) || known?.window || null,
   });
   const contact = state.contacts.get(id);
   if (frame.channel !== "voice") sendFrame({ type: "replies", contact_id: id }); // ready for "/"
+  if (contact.window?.templates) sendFrame({ type: "templates", contact_id: id });
   for (const early of state.earlyStatuses.get(id) || []) applyStatus(contact, early);
   state.earlyStatuses.delete(id);
   const wasWaitingForThis = offer?.pending || !state.selected || !isKnown(state.selected);
@@ -299,6 +307,10 @@ function onMessage(frame) {
   const line = { from: frame.from || "customer", text: frame.text, at: Date.now() / 1000 };
   if (Array.isArray(frame.attachments) && frame.attachments.length) line.attachments = frame.attachments;
   contact.transcript.push(line);
+  if (contact.window && line.from === "customer") { // the customer wrote: the window opens again
+    contact.window.lastAt = Number(frame.at) || serverNow(contact.window);
+    contact.windowClosed = false;
+  }
   if (state.selected !== frame.contact_id) contact.unread += 1;
   render();
 }
@@ -370,6 +382,7 @@ function onWrappedUp(frame) {
   const contact = state.contacts.get(frame.contact_id);
   dropContact(frame.contact_id);
   state.replies.delete(frame.contact_id);
+  state.templates.delete(frame.contact_id);
   forgetAttachments(frame.contact_id);
   if (state.selected === frame.contact_id) state.selected = firstSelectable();
   toast(`Wrapped up${contact ? `: ${contactTitle(contact.frame)}` : ""}.`, "info");
@@ -449,9 +462,18 @@ function onError(frame) {
     if (state.selected === id && !ui.reply.value) ui.reply.value = contact.noteDraft;
     contact.noteDraft = null;
   }
-  if (contact && ["delivery_failed", "not_text", "outside_window", "not_recorded"].includes(frame.code)) {
+  if (contact && ["delivery_failed", "not_text", "outside_window", "not_recorded", "not_template",
+                   "template_gaps", "unknown_template"].includes(frame.code)) {
     const last = [...contact.transcript].reverse().find((line) => line.from === "agent");
     if (last) last.failed = true;
+  }
+  if (contact && frame.code === "outside_window") {
+    contact.windowClosed = true; // the server's word: the reply box offers a template now
+    if (contact.window?.templates && state.selected === id) { // the line says why; the box offers
+      render();
+      ui.templatesButton.focus();
+      return;
+    }
   }
   if (contact && frame.code === "not_assigned") {
     dropContact(id);
@@ -527,6 +549,10 @@ ui.replyForm.addEventListener("submit", (event) => {
     }
     return;
   }
+  if (windowClosed(contact)) {
+    openReplies("templates"); // a typed text can't reach the customer now
+    return;
+  }
   if (selectGap()) {
     toast("Fill in the marked gap before sending: this customer has no value for it.");
     return;
@@ -592,7 +618,7 @@ function setCompose(mode, focus = true) {
   if (!(mode in COMPOSE) || (mode === "reply" && ui.modeReply.disabled)) return;
   state.compose = mode;
   if (mode === "note") closeReplies(false);
-  renderCompose();
+  renderSelected();
   if (focus && !ui.reply.disabled) ui.reply.focus();
 }
 
@@ -609,6 +635,7 @@ function renderCompose() {
   ui.send.textContent = words.send;
   ui.noteHint.hidden = mode !== "note";
   ui.repliesButton.hidden = mode === "note";
+  renderWindow(mode);
 }
 
 ui.modeReply.addEventListener("click", () => setCompose("reply"));
@@ -647,13 +674,33 @@ function selectContact(id) {
 
 const GAP = /\{(?:customer|agent|last_contact)\.[A-Za-z0-9_-]+\}/;
 const REPLY_GROUPS = { type: null, any: "Any contact", other: "Other contact types" };
-const picker = { open: false, active: 0, shown: [] };
+// One panel lists saved replies (inserted into the reply box, then edited) or a channel's
+// approved message templates (sent as they are, once chosen): the same list, preview and gaps.
+const PICKERS = {
+  replies: { label: "Saved replies", search: "Search saved replies", action: "insert",
+             loading: "Loading saved replies…", none: "No saved replies.",
+             noMatch: "No saved reply matches." },
+  templates: { label: "Message templates", search: "Search approved templates", action: "send",
+               loading: "Loading templates…",
+               none: "No approved templates for this channel (replies.yaml, templates).",
+               noMatch: "No template matches." },
+};
+const picker = { open: false, active: 0, shown: [], kind: "replies" };
 
 function onReplies(frame) {
   if (!frame.contact_id || !Array.isArray(frame.replies)) return;
-  const first = !state.replies.has(frame.contact_id);
-  state.replies.set(frame.contact_id, frame.replies);
-  if (!picker.open || frame.contact_id !== state.selected) return;
+  pickerLoaded("replies", frame.contact_id, frame.replies);
+}
+
+function onTemplates(frame) {
+  if (!frame.contact_id || !Array.isArray(frame.templates)) return;
+  pickerLoaded("templates", frame.contact_id, frame.templates);
+}
+
+function pickerLoaded(kind, contactId, items) {
+  const first = !state[kind].has(contactId);
+  state[kind].set(contactId, items);
+  if (!picker.open || picker.kind !== kind || contactId !== state.selected) return;
   renderReplies();
   if (first) holdPanelHeight();
 }
@@ -664,18 +711,28 @@ function holdPanelHeight() {
   ui.repliesPanel.style.height = `${ui.repliesPanel.offsetHeight}px`;
 }
 
-function openReplies() {
+function openReplies(kind = "replies") {
   const contact = state.contacts.get(state.selected);
-  if (!contact || ui.reply.disabled) return;
-  sendFrame({ type: "replies", contact_id: state.selected }); // the rules may have changed
+  if (!contact || contact.ended) return;
+  if (kind === "templates" ? !contact.window?.templates : ui.reply.disabled) return;
+  if (picker.open) closeReplies(false);
+  sendFrame({ type: kind, contact_id: state.selected }); // the rules may have changed
   picker.open = true;
+  picker.kind = kind;
   picker.active = 0;
+  const words = PICKERS[kind];
+  ui.repliesPanel.setAttribute("aria-label", words.label);
+  ui.repliesPanel.classList.toggle("templates", kind === "templates");
+  ui.repliesList.setAttribute("aria-label", words.label);
+  ui.repliesFilter.setAttribute("aria-label", words.search);
+  ui.repliesFilter.placeholder = words.search;
+  ui.repliesHintAction.textContent = words.action;
   ui.repliesFilter.value = "";
   // Over the transcript only: the conversation's heading stays in sight.
   const room = ui.replyForm.getBoundingClientRect().top - ui.transcript.getBoundingClientRect().top;
   ui.repliesPanel.style.maxHeight = `${Math.max(220, Math.min(460, room - 4))}px`;
   ui.repliesPanel.hidden = false;
-  ui.repliesButton.setAttribute("aria-expanded", "true");
+  pickerButton().setAttribute("aria-expanded", "true");
   renderReplies();
   holdPanelHeight();
   ui.repliesFilter.focus();
@@ -686,13 +743,18 @@ function closeReplies(refocus = true) {
   picker.open = false;
   ui.repliesPanel.hidden = true;
   ui.repliesButton.setAttribute("aria-expanded", "false");
+  ui.templatesButton.setAttribute("aria-expanded", "false");
   ui.repliesFilter.removeAttribute("aria-activedescendant");
-  if (refocus) ui.reply.focus();
+  if (refocus) (ui.reply.disabled ? pickerButton() : ui.reply).focus();
+}
+
+function pickerButton() {
+  return picker.kind === "templates" ? ui.templatesButton : ui.repliesButton;
 }
 
 function matchingReplies() {
   const words = ui.repliesFilter.value.toLowerCase().split(/\s+/).filter(Boolean);
-  const all = state.replies.get(state.selected) || [];
+  const all = state[picker.kind].get(state.selected) || [];
   return all.filter((reply) => {
     const haystack = `${reply.title} ${reply.text} ${reply.id}`.toLowerCase();
     return words.every((word) => haystack.includes(word));
@@ -701,35 +763,40 @@ function matchingReplies() {
 
 function renderReplies() {
   const contact = state.contacts.get(state.selected);
-  const loaded = state.replies.has(state.selected);
+  const loaded = state[picker.kind].has(state.selected);
+  const words = PICKERS[picker.kind];
+  const templates = picker.kind === "templates";
   picker.shown = matchingReplies();
   picker.active = Math.min(picker.active, Math.max(picker.shown.length - 1, 0));
   const items = [];
   let group = null;
   picker.shown.forEach((reply, index) => {
-    if (reply.group !== group) {
+    if (!templates && reply.group !== group) {
       group = reply.group;
       const label = REPLY_GROUPS[group] ?? null;
       items.push(el("li", { class: "replies-group", role: "presentation",
                             text: label || `For ${typeLabel(contact?.frame.context)}` }));
     }
     const active = index === picker.active;
+    const blocked = templates && reply.gaps?.length; // an approved text cannot be edited
     items.push(el("li", {
-      id: `reply-option-${index}`, role: "option", class: "reply-option",
-      "aria-selected": active ? "true" : "false",
+      id: `reply-option-${index}`, role: "option",
+      class: `reply-option${blocked ? " unavailable" : ""}`,
+      "aria-selected": active ? "true" : "false", "aria-disabled": blocked ? "true" : null,
       onmousedown: (event) => event.preventDefault(), // keep focus in the search box
-      onclick: () => insertReply(reply),
+      onclick: () => choose(reply),
       onmousemove: () => { if (picker.active !== index) { picker.active = index; markActive(); } },
     },
     el("span", { class: "reply-title" }, reply.title,
       reply.gaps?.length ? el("span", { class: "reply-gap-note",
-                                         text: `needs ${reply.gaps.map(gapName).join(", ")}` }) : null),
+                                         text: blocked ? `can't send: ${reply.gaps.map(gapName).join(", ")} unknown`
+                                           : `needs ${reply.gaps.map(gapName).join(", ")}` }) : null),
     el("span", { class: "reply-text" }, ...withGapsMarked(reply.text))));
   });
   if (!items.length) {
     items.push(el("li", { class: "replies-empty", role: "presentation",
-                          text: !loaded ? "Loading saved replies…"
-                            : ui.repliesFilter.value ? "No saved reply matches." : "No saved replies." }));
+                          text: !loaded ? words.loading
+                            : ui.repliesFilter.value ? words.noMatch : words.none }));
   }
   ui.repliesList.replaceChildren(...items);
   markActive();
@@ -759,6 +826,27 @@ function gapName(placeholder) {
     .replace(".", " ");
 }
 
+function choose(item) {
+  return picker.kind === "templates" ? sendTemplate(item) : insertReply(item);
+}
+
+// A template goes as approved, with the contact's values: one with a gap cannot be sent.
+function sendTemplate(template) {
+  const contact = state.contacts.get(state.selected);
+  if (!contact || contact.ended) return;
+  if (template.gaps?.length) {
+    toast(`"${template.title}" can't be sent: it needs the ${template.gaps.map(gapName).join(", ")}, which we don't have for this customer, and an approved template can't be edited.`);
+    return;
+  }
+  if (sendFrame({ type: "template", contact_id: state.selected, template_id: template.id })) {
+    contact.transcript.push({ from: "agent", text: template.text, at: Date.now() / 1000,
+                              template: template.id });
+    closeReplies(false);
+    render();
+    ui.templatesButton.focus();
+  }
+}
+
 // Insert at the caret (replacing a selection, or the whole box when it is empty), then select
 // the first gap, or put the caret after the text.
 function insertReply(reply) {
@@ -785,6 +873,8 @@ function selectGap() {
 }
 
 ui.repliesButton.addEventListener("click", () => (picker.open ? closeReplies() : openReplies()));
+ui.templatesButton.addEventListener("click", () => (
+  picker.open && picker.kind === "templates" ? closeReplies() : openReplies("templates")));
 ui.repliesFilter.addEventListener("input", () => { picker.active = 0; renderReplies(); });
 ui.repliesFilter.addEventListener("keydown", (event) => {
   const last = picker.shown.length - 1;
@@ -803,14 +893,14 @@ ui.repliesFilter.addEventListener("keydown", (event) => {
     const reply = picker.shown[picker.active];
     if (!reply) return;
     event.preventDefault();
-    insertReply(reply);
+    choose(reply);
   } else if (event.key === "Escape") {
     event.preventDefault();
     closeReplies();
   } else if (event.key === "Backspace" && !ui.repliesFilter.value) {
     event.preventDefault(); // backspacing over the "/" closes, as in a chat app
     closeReplies();
-  } else if (event.key === "/" && !ui.repliesFilter.value) {
+  } else if (event.key === "/" && !ui.repliesFilter.value && picker.kind === "replies") {
     event.preventDefault(); // "//": the agent meant a slash
     closeReplies();
     ui.reply.setRangeText("/", 0, 0, "end");
@@ -818,8 +908,85 @@ ui.repliesFilter.addEventListener("keydown", (event) => {
 });
 ui.repliesPanel.addEventListener("focusout", (event) => {
   if (picker.open && !ui.repliesPanel.contains(event.relatedTarget) &&
-      event.relatedTarget !== ui.repliesButton) closeReplies(false);
+      event.relatedTarget !== pickerButton()) closeReplies(false);
 });
+
+// ---- the reply window ------------------------------------------------------------------------
+// On channels with a reply window (the assigned frame's reply_window) an agent may write only so
+// long after the customer's last message; past it only an approved template (templates frame)
+// reaches them, and their answer opens the window again. Times are the server's: the frame's
+// `now` gives this clock's offset.
+
+function windowOf(raw) {
+  if (!raw || !(Number(raw.seconds) > 0)) return null;
+  return { seconds: Number(raw.seconds), lastAt: Number(raw.customer_last_at) || null,
+           templates: Boolean(raw.templates), offset: (Number(raw.now) - Date.now() / 1000) || 0 };
+}
+
+function serverNow(win) {
+  return Date.now() / 1000 + (win?.offset || 0);
+}
+
+function windowClosed(contact) {
+  const win = contact?.window;
+  if (!win || contact.ended) return false;
+  if (contact.windowClosed) return true; // the server refused a text: outside_window
+  return win.lastAt !== null && serverNow(win) - win.lastAt > win.seconds;
+}
+
+function ago(seconds) {
+  const hours = Math.floor(seconds / 3600);
+  if (hours >= 48) return `${Math.floor(hours / 24)} days ago`;
+  if (hours >= 1) return `${hours} hour${hours === 1 ? "" : "s"} ago`;
+  return "a while ago";
+}
+
+function closedText(contact) {
+  const win = contact.window;
+  const hours = Math.round(win.seconds / 3600);
+  const age = serverNow(win) - win.lastAt;
+  const last = !win.lastAt ? "The customer hasn't written"
+    : `The customer last wrote ${age > win.seconds ? ago(age) : `more than ${hours} hours ago`}`;
+  if (templateSent(contact)) {
+    return `Template sent. You can write freely again as soon as the customer answers (the ${hours}-hour reply window opens with their message).`;
+  }
+  return win.templates
+    ? `${last}: the ${hours}-hour reply window has closed, so a typed message can't reach them. Send an approved template; their answer opens the conversation again.`
+    : `${last}: the ${hours}-hour reply window has closed. You can write again when they do.`;
+}
+
+function templateSent(contact) {
+  const sent = [...contact.transcript].reverse().find((line) => line.from === "agent");
+  return Boolean(sent?.template && !sent.failed && sent.delivery?.state !== "failed");
+}
+
+let windowShown = false; // whether the closed-window offer is on screen
+
+// The last hour before the window closes, counted down beside the tabs.
+function renderClosingSoon(contact, mode) {
+  const win = contact?.window;
+  const left = win?.lastAt ? win.lastAt + win.seconds - serverNow(win) : Infinity;
+  const soon = mode === "reply" && !windowClosed(contact) && left > 0 && left <= 3600;
+  ui.windowNote.hidden = !soon;
+  if (soon) ui.windowNote.textContent = `Reply window closes in ${Math.max(1, Math.ceil(left / 60))} min`;
+}
+
+function renderWindow(mode) {
+  const contact = state.contacts.get(state.selected);
+  const closed = mode === "reply" && windowClosed(contact);
+  windowShown = closed;
+  renderClosingSoon(contact, mode);
+  ui.windowClosed.hidden = !closed;
+  ui.replyForm.classList.toggle("window-shut", closed);
+  if (!closed) return;
+  ui.windowClosedText.textContent = closedText(contact);
+  ui.templatesButton.hidden = !contact.window.templates;
+  ui.templatesButton.className = templateSent(contact) ? "secondary" : "primary";
+  ui.reply.disabled = true;
+  ui.send.disabled = true;
+  ui.repliesButton.disabled = true;
+  ui.reply.placeholder = "Typed replies are paused until the customer writes again.";
+}
 
 // ---- rendering -----------------------------------------------------------------------------
 
@@ -1021,7 +1188,9 @@ function renderTranscript(lines, transfer) {
     const failed = line.failed || line.delivery?.state === "failed";
     const sent = Array.isArray(line.attachments) && line.attachments.length ? line.attachments : null;
     return el("li", { class: `line ${line.from}${failed ? " failed" : ""}` },
-      el("span", { class: "who" }, who, el("time", { text: when(line.at) })),
+      el("span", { class: "who" }, who,
+        line.template ? el("span", { class: "template-tag", text: "Approved template" }) : null,
+        el("time", { text: when(line.at) })),
       line.text || !sent ? el("span", { class: "text", text: line.text }) : null,
       sent ? attachmentList(sent) : null,
       line.delivery ? deliveryMark(line)
@@ -1273,6 +1442,9 @@ function tick() {
     const at = Number(node.dataset.expires);
     node.textContent = at ? (at > now ? `Expires in ${Math.ceil((at - now) / 1000)} s` : "Expiring…") : "";
   }
+  const held = state.contacts.get(state.selected);
+  if (held?.window && windowClosed(held) !== windowShown && composeMode() === "reply") renderSelected();
+  else if (held?.window) renderClosingSoon(held, composeMode());
   const offer = state.offers.get(state.selected);
   ui.offerExpires.textContent = offer?.expiresAt
     ? (offer.expiresAt > now ? `${Math.ceil((offer.expiresAt - now) / 1000)} s left` : "Expiring…") : "";
