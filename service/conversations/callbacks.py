@@ -43,12 +43,12 @@ class Callbacks:
 
     def offered(self, conv: Conversation) -> bool:
         """The waiting customer may still ask to be called back (their channel can call)."""
-        channel = self._handoff._channels.get(conv["channel"])
+        channel = self._handoff.channels.get(conv["channel"])
         return channel is not None and channel.traits.calls_back and not conv.get("callback")
 
     def record(self, conv: Conversation, queue: str, now: float) -> dict[str, Any]:
         """A new callback of the contact, waiting in `queue`, tried as that queue says."""
-        queues = self._handoff._rules().tree.queues
+        queues = self._handoff.rules().tree.queues
         policy = (queues.get(queue) or next(iter(queues.values()))).callback
         return {"number": conv["address"], "requested_at": now, "queue": queue, "attempts": 0,
                 "max_attempts": policy.attempts, "retry_after_s": policy.retry_after_s,
@@ -89,9 +89,9 @@ class Callbacks:
     async def place(self, conv: Conversation, attempt: int) -> None:
         """Call the customer through the outbox (retried while the provider is away)."""
         callback = conv["callback"]
-        self._handoff._record_conv("callback_attempt", conv, attempt=attempt,
+        self._handoff.record_conv("callback_attempt", conv, attempt=attempt,
                                    agent_id=callback.get("agent_id"), number=callback["number"])
-        await self._handoff._outbound(conv, "call_back", {"attempt": attempt})
+        await self._handoff.outbound(conv, "call_back", {"attempt": attempt})
 
     # ---- what became of the call -----------------------------------------------------------
 
@@ -100,7 +100,7 @@ class Callbacks:
         callback, and each state once, so a replayed or late callback changes nothing."""
         handoff = self._handoff
         after = None
-        async with handoff._context.leased_contact(outcome.contact_id) as found:
+        async with handoff.context.leased_contact(outcome.contact_id) as found:
             if found is None:
                 log.info("callback.outcome_for_no_contact", contact_id=outcome.contact_id)
                 return
@@ -114,13 +114,13 @@ class Callbacks:
             elif outcome.state == "ended" and callback["state"] in ("calling", "answered"):
                 self._answered(conv, outcome)  # its answered news was lost: it was answered
                 callback["state"] = "ended"
-                handoff._record_conv("customer_left", conv)
+                handoff.record_conv("customer_left", conv)
                 after = "left"
             elif outcome.state in NOT_REACHED and callback["state"] == "calling":
                 after = await self._not_reached(conv, outcome)
             if after is None:
                 return
-            await handoff._context.save(key, conv)
+            await handoff.context.save(key, conv)
         await self._then(after, conv)
 
     def _answered(self, conv: Conversation, outcome: CallOutcome) -> str | None:
@@ -128,7 +128,7 @@ class Callbacks:
         if callback["state"] != "calling":
             return None
         callback["state"] = "answered"
-        self._handoff._record_conv("callback_completed", conv, attempt=outcome.attempt,
+        self._handoff.record_conv("callback_completed", conv, attempt=outcome.attempt,
                                    agent_id=callback.get("agent_id"),
                                    call_id=outcome.provider_id)
         return "join"
@@ -141,12 +141,12 @@ class Callbacks:
         last = callback["attempts"] >= callback["max_attempts"]
         now = time.time()
         retry_in = None if last else callback["retry_after_s"]
-        handoff._record_conv("callback_attempt_failed", conv, attempt=outcome.attempt,
+        handoff.record_conv("callback_attempt_failed", conv, attempt=outcome.attempt,
                              result=outcome.state, agent_id=agent_id, retry_in_s=retry_in,
                              call_id=outcome.provider_id)
         if agent_id:
             await self._router.finish(conv["contact_id"], agent_id, conv["channel"])
-            await handoff._bus.publish(f"agent:{agent_id}", {
+            await handoff.bus.publish(f"agent:{agent_id}", {
                 "type": "callback_result", "contact_id": conv["contact_id"],
                 "status": outcome.state, "attempt": outcome.attempt, "retry_in_s": retry_in,
                 "gave_up": last})
@@ -154,10 +154,10 @@ class Callbacks:
         conv.pop("agent_name", None)
         if last:
             callback["state"] = "failed"
-            handoff._record_conv("callback_failed", conv, attempts=callback["attempts"],
+            handoff.record_conv("callback_failed", conv, attempts=callback["attempts"],
                                  result=outcome.state)
             conv.update({"status": "closed", "outcome": "callback_failed", "ended_at": now})
-            handoff._record_conv("ended", conv, outcome="callback_failed")
+            handoff.record_conv("ended", conv, outcome="callback_failed")
             return "dispatch"
         callback.update(state="waiting", retry_at=now + callback["retry_after_s"])
         conv["status"] = "queued"
@@ -168,7 +168,7 @@ class Callbacks:
     def _entry(self, conv: Conversation) -> dict[str, Any]:
         """The queue entry of a callback waiting for its retry: its place in line kept,
         offered no sooner than `retry_at`."""
-        rules, callback = self._handoff._rules(), conv["callback"]
+        rules, callback = self._handoff.rules(), conv["callback"]
         queue = callback["queue"] if callback["queue"] in rules.tree.queues else \
             next(iter(rules.tree.queues))
         return queue_entry(rules, conv, queue, conv.get("reason"),
@@ -182,12 +182,12 @@ class Callbacks:
         if after == "join":
             agent = conv["callback"].get("agent")
             if conv.get("agent_id"):
-                await handoff._bus.publish(f"agent:{conv['agent_id']}", {
+                await handoff.bus.publish(f"agent:{conv['agent_id']}", {
                     "type": "callback_result", "contact_id": conv["contact_id"],
                     "status": "answered", "attempt": conv["callback"]["attempts"],
                     "retry_in_s": None, "gave_up": False})
             if agent:
-                await handoff._outbound(conv, "join", {"agent": agent, "hello": greeting(agent)})
+                await handoff.outbound(conv, "join", {"agent": agent, "hello": greeting(agent)})
         elif after == "left":
             await handoff.customer_left(conv)
         else:

@@ -111,17 +111,21 @@ def offer_frame(entry: dict[str, Any], kind: str = "offer", **extra: Any) -> dic
 
 
 class Handoff:
+    """The agent half of a contact: offers, accept, agents' texts, wrap-up. What its companions
+    (transfers, callbacks, notes, attachments, the wrap-up survey) share of it is public:
+    `rules`, `context`, `router`, `bus`, `events`, `channels`, `outbound`, `record_conv`."""
+
     def __init__(self, rules: Callable[[], Rules], context: ContextStore, router: Dispatcher,
                  bus: Bus, events: EventWriter, channels: Mapping[str, OutboundChannel],
                  outbox: Outbox, rules_for: Callable[[Any], Rules] | None = None):
-        self._rules = rules
+        self.rules = rules
         # a contact's own rules: a canary's, for a contact opened in its share (holder.py)
         self._rules_for = rules_for or (lambda held: rules())
-        self._context = context
+        self.context = context
         self.router = router
-        self._bus = bus
-        self._events = events
-        self._channels = channels
+        self.bus = bus
+        self.events = events
+        self.channels = channels
         self._outbox = outbox
         from service.conversations.attachments import Attachments
         from service.conversations.callbacks import Callbacks  # they build on this module
@@ -135,46 +139,46 @@ class Handoff:
 
     def channel(self, name: str) -> OutboundChannel | None:
         """The outbound side of a listed channel, by name."""
-        return self._channels.get(name)
+        return self.channels.get(name)
 
     def queues(self) -> list[dict[str, str]]:
         """The agent queues, for the console's transfer list."""
-        return [{"name": q.name, "label": q.label} for q in self._rules().tree.queues.values()]
+        return [{"name": q.name, "label": q.label} for q in self.rules().tree.queues.values()]
 
     async def conversation(self, contact_id: str) -> tuple[str, Conversation] | None:
-        return await self._context.by_contact(contact_id)
+        return await self.context.by_contact(contact_id)
 
     # ---- offers --------------------------------------------------------------------------
 
     async def dispatch(self) -> None:
         """Offer waiting contacts to free agents; each offer reaches the agent's instance."""
-        for offer in await self.router.dispatch(self._rules().tree.queues):
+        for offer in await self.router.dispatch(self.rules().tree.queues):
             entry = await self.router.entry(offer.contact_id)
             if entry is None:
                 continue
-            await self._bus.publish(f"agent:{offer.agent_id}", offer_frame(
+            await self.bus.publish(f"agent:{offer.agent_id}", offer_frame(
                 entry, expires_in_s=self.router.offer_timeout_s))
-            self._record("offered", entry, agent_id=offer.agent_id)
+            self.record("offered", entry, agent_id=offer.agent_id)
 
     async def sweep(self) -> None:
         """Every second on every instance: expire offers, overflow queues, dispatch."""
         for offer in await self.router.expired_offers():
-            await self._bus.publish(f"agent:{offer.agent_id}",
+            await self.bus.publish(f"agent:{offer.agent_id}",
                                     {"type": "offer_withdrawn", "contact_id": offer.contact_id,
                                      "reason": "timeout"})
             entry = await self.router.entry(offer.contact_id)
             if entry:
-                self._record("offer_expired", entry, agent_id=offer.agent_id)
+                self.record("offer_expired", entry, agent_id=offer.agent_id)
                 await self.transfers.refused(entry, offer.agent_id, "timeout")
         await self.transfers.sweep()
-        for queue in self._rules().tree.queues.values():
+        for queue in self.rules().tree.queues.values():
             if queue.timeout_s and queue.overflow:
-                target = self._rules().tree.queues[queue.overflow]
+                target = self.rules().tree.queues[queue.overflow]
                 for contact_id in await self.router.overflow(queue.name, queue.overflow,
                                                              queue.timeout_s, target.skills):
                     entry = await self.router.entry(contact_id)
                     if entry:
-                        self._record("overflowed", entry, reason="queue_timeout",
+                        self.record("overflowed", entry, reason="queue_timeout",
                                      from_queue=queue.name)
         await self.dispatch()
 
@@ -182,12 +186,12 @@ class Handoff:
         if await self.router.decline(contact_id, agent["id"]):
             entry = await self.router.entry(contact_id)
             if entry:
-                self._record("offer_declined", entry, agent_id=agent["id"])
+                self.record("offer_declined", entry, agent_id=agent["id"])
                 await self.transfers.refused(entry, agent["id"], "declined")
         await self.dispatch()
 
     async def withdraw(self, agent_id: str, contact_id: str, reason: str) -> None:
-        await self._bus.publish(f"agent:{agent_id}", {"type": "offer_withdrawn",
+        await self.bus.publish(f"agent:{agent_id}", {"type": "offer_withdrawn",
                                                       "contact_id": contact_id, "reason": reason})
 
     # ---- an agent takes the contact ------------------------------------------------------
@@ -196,18 +200,18 @@ class Handoff:
         entry = await self.router.accept(contact_id, agent["id"])
         if entry is None:
             raise HandoffError("offer_gone", "this contact is no longer offered to you")
-        async with self._context.leased_contact(contact_id) as found:
+        async with self.context.leased_contact(contact_id) as found:
             if found is None:
                 raise HandoffError("contact_gone", "the customer has left")
             key, conv = found
             now = time.time()
             conv.update({"status": "with_agent", "agent_id": agent["id"],
                          "agent_name": agent["name"], "accepted_at": now})
-            if self._channels[conv["channel"]].traits.agent_can_type:
+            if self.channels[conv["channel"]].traits.agent_can_type:
                 conv["transcript"].append({"from": "agent", "text": greeting(agent), "at": now})
             calling = self.callbacks.attempting(conv, agent_line(agent))
-            await self._context.save(key, conv)
-        self._record("agent_accepted", entry, agent_id=agent["id"],
+            await self.context.save(key, conv)
+        self.record("agent_accepted", entry, agent_id=agent["id"],
                      waited_s=round(now - entry["enqueued_at"], 3))
         if calling:  # the customer is called first; the agent joins once they answer
             await self.callbacks.place(conv, calling)
@@ -215,7 +219,7 @@ class Handoff:
             await self._connect_customer(agent, conv, joining="transfer" in entry)
         if "transfer" in entry:
             await self.transfers.taken_over(key, conv, entry)
-        entry["context"] = agent_context(self._rules(), conv)
+        entry["context"] = agent_context(self.rules(), conv)
         return offer_frame(entry, kind="assigned", agent={"id": agent["id"],
                                                           "name": agent["name"]},
                            **self.reply_window(conv))
@@ -224,19 +228,19 @@ class Handoff:
                                 joining: bool = False) -> None:
         payload = {"agent": asdict(agent_line(agent)), "hello": greeting(agent)}
         # a transfer: the customer is already connected (a call's conference)
-        await self._outbound(conv, "join" if joining else "connect", payload)
+        await self.outbound(conv, "join" if joining else "connect", payload)
 
     def assigned_frame(self, conv: Conversation) -> dict[str, Any]:
         """What a reconnecting agent's console is sent for a contact it already has."""
         return {"type": "assigned", "contact_id": conv["contact_id"], "channel": conv["channel"],
                 "queue": conv.get("queue"), "reason": conv.get("reason"),
-                "context": agent_context(self._rules(), conv), **self.reply_window(conv)}
+                "context": agent_context(self.rules(), conv), **self.reply_window(conv)}
 
     def reply_window(self, conv: Conversation) -> dict[str, Any]:
         """`reply_window` of an assigned frame, on channels that have one: how long after the
         customer's last message an agent may write, when that was, and whether a message
         template can reach them after it (the console counts down from these)."""
-        traits = self._channels[conv["channel"]].traits
+        traits = self.channels[conv["channel"]].traits
         if traits.reply_window_s is None:
             return {}
         return {"reply_window": {"seconds": traits.reply_window_s,
@@ -247,7 +251,7 @@ class Handoff:
     async def saved_replies(self, agent: dict[str, Any], contact_id: str) -> dict[str, Any]:
         """The `replies` frame: the saved replies for the agent's own contact, filled in for
         its customer and this agent (replies.py), those for its contact type first."""
-        _, conv = await self._assigned(agent, contact_id)
+        _, conv = await self.assigned(agent, contact_id)
         rules = self._rules_for(conv.get("canary"))
         filled = replies_for(rules.replies, rules.catalog, conv, agent["name"], time.time())
         return {"type": "replies", "contact_id": contact_id,
@@ -258,9 +262,9 @@ class Handoff:
                                 ) -> dict[str, Any]:
         """The `templates` frame: the message templates for the agent's own contact's
         channel, filled in for its customer and this agent (replies.py)."""
-        _, conv = await self._assigned(agent, contact_id)
+        _, conv = await self.assigned(agent, contact_id)
         rules = self._rules_for(conv.get("canary"))
-        traits = self._channels[conv["channel"]].traits
+        traits = self.channels[conv["channel"]].traits
         filled = templates_for(rules.replies, rules.catalog, conv, agent["name"], time.time(),
                                lambda trait: bool(getattr(traits, trait, False)))
         return {"type": "templates", "contact_id": contact_id,
@@ -273,7 +277,7 @@ class Handoff:
         async with self._changing(agent, contact_id) as (key, conv):
             rules = self._rules_for(conv.get("canary"))
             template = rules.replies.template(template_id)
-            traits = self._channels[conv["channel"]].traits
+            traits = self.channels[conv["channel"]].traits
             if template is None:
                 raise HandoffError("unknown_template", f"no message template '{template_id}' "
                                    "in replies.yaml")
@@ -289,7 +293,7 @@ class Handoff:
             said = {"from": "agent", "text": filled.text, "at": time.time(),
                     "template": template.id}
             conv["transcript"].append(said)
-            await self._context.save(key, conv, summary=False)
+            await self.context.save(key, conv, summary=False)
         payload = {"text": filled.text, "template_id": template.id, "ref": template.ref,
                    "variables": dict(filled.variables)}
         await self._agent_says(agent, conv, said, "template", payload, template=template.id)
@@ -298,11 +302,11 @@ class Handoff:
 
     async def agent_message(self, agent: dict[str, Any], contact_id: str, text: str) -> None:
         async with self._changing(agent, contact_id) as (key, conv):
-            if not self._channels[conv["channel"]].traits.agent_can_type:
+            if not self.channels[conv["channel"]].traits.agent_can_type:
                 raise HandoffError("not_text", "this contact is a phone call")
             said = {"from": "agent", "text": text, "at": time.time()}
             conv["transcript"].append(said)
-            await self._context.save(key, conv, summary=False)
+            await self.context.save(key, conv, summary=False)
         await self._agent_says(agent, conv, said, "send", {"text": text})
 
     async def _agent_says(self, agent: dict[str, Any], conv: Conversation,
@@ -311,59 +315,59 @@ class Handoff:
         """Send a line the agent wrote (already in the transcript) through the outbox; its
         `agent_message` event is recorded unless it could not even be recorded."""
         try:
-            await self._outbound(conv, action, payload)
+            await self.outbound(conv, action, payload)
         except HandoffError as exc:
             if exc.code == "not_recorded":  # nothing sent: as if it had not been written
                 await self._take_back(conv["contact_id"], said)
                 raise
-            self._record_conv("agent_message", conv, agent_id=agent["id"], text=said["text"],
+            self.record_conv("agent_message", conv, agent_id=agent["id"], text=said["text"],
                               **event)
             raise
-        self._record_conv("agent_message", conv, agent_id=agent["id"], text=said["text"],
+        self.record_conv("agent_message", conv, agent_id=agent["id"], text=said["text"],
                           **event)
 
     async def _take_back(self, contact_id: str, said: dict[str, Any]) -> None:
         """An agent's line that was never sent leaves the transcript (the agent may resend)."""
         try:
-            async with self._context.leased_contact(contact_id) as found:
+            async with self.context.leased_contact(contact_id) as found:
                 if found is not None and said in found[1]["transcript"]:
                     found[1]["transcript"].remove(said)
-                    await self._context.save(found[0], found[1], summary=False)
+                    await self.context.save(found[0], found[1], summary=False)
         except Exception as exc:  # the agent is told it was not sent all the same
             log.warning("handoff.take_back_failed", contact_id=contact_id, error=str(exc))
 
     async def to_agent(self, conv: Conversation, message: dict[str, Any]) -> None:
         """A customer's words while an agent has the contact: straight to that agent."""
-        await self._bus.publish(f"agent:{conv['agent_id']}", {
+        await self.bus.publish(f"agent:{conv['agent_id']}", {
             "type": "message", "contact_id": conv["contact_id"], "from": "customer",
             "text": message["text"], "at": message.get("at"),
             **({"attachments": message["attachments"]} if message.get("attachments") else {})})
 
     async def customer_left(self, conv: Conversation) -> None:
-        await self._bus.publish(f"agent:{conv['agent_id']}", {
+        await self.bus.publish(f"agent:{conv['agent_id']}", {
             "type": "contact_ended", "contact_id": conv["contact_id"],
             "reason": "customer_left"})
 
     async def wrap_up(self, agent: dict[str, Any], contact_id: str, resolved: bool,
                       correction: str | None, note: str) -> None:
-        if correction and correction not in self._rules().catalog.types:
+        if correction and correction not in self.rules().catalog.types:
             raise HandoffError("bad_contact_type", f"unknown contact type '{correction}'")
         async with self._changing(agent, contact_id) as (key, conv):
             await self.transfers.cancel(conv, "wrapped_up")
             await self.router.finish(contact_id, agent["id"], conv["channel"])
             outcome = "agent_resolved" if resolved else "agent_unresolved"
             now = time.time()
-            self._record_conv("wrap_up", conv, agent_id=agent["id"], resolved=resolved,
+            self.record_conv("wrap_up", conv, agent_id=agent["id"], resolved=resolved,
                               corrected_contact_type=correction, note=note,
                               classified_as=conv.get("contact_type"))
             if correction:
                 conv["contact_type"] = correction
             conv.update({"status": "closed", "outcome": outcome, "ended_at": now})
-            self._record_conv("ended", conv, outcome=outcome)
-            await self._context.save(key, conv)
+            self.record_conv("ended", conv, outcome=outcome)
+            await self.context.save(key, conv)
         await surveys.after_wrap_up(self, conv)
         try:
-            await self._channels[conv["channel"]].close(destination(conv))
+            await self.channels[conv["channel"]].close(destination(conv))
         except DeliveryFailed as exc:  # the contact is wrapped up all the same
             log.warning("handoff.close_failed", error=str(exc), contact_id=contact_id)
         await self.dispatch()
@@ -374,21 +378,21 @@ class Handoff:
         """The agent's own contact, to change while no customer turn can overwrite it."""
         if await self.router.assigned_agent(contact_id) != agent["id"]:
             raise HandoffError("not_assigned", "this contact is not assigned to you")
-        async with self._context.leased_contact(contact_id) as found:
+        async with self.context.leased_contact(contact_id) as found:
             if found is None:
                 raise HandoffError("contact_gone", "this contact has ended")
             yield found
 
-    async def _assigned(self, agent: dict[str, Any], contact_id: str
+    async def assigned(self, agent: dict[str, Any], contact_id: str
                         ) -> tuple[str, Conversation]:
         if await self.router.assigned_agent(contact_id) != agent["id"]:
             raise HandoffError("not_assigned", "this contact is not assigned to you")
-        found = await self._context.by_contact(contact_id)
+        found = await self.context.by_contact(contact_id)
         if found is None:
             raise HandoffError("contact_gone", "this contact has ended")
         return found
 
-    async def _outbound(self, conv: Conversation, action: str,
+    async def outbound(self, conv: Conversation, action: str,
                         payload: dict[str, Any]) -> Outcome | None:
         """Record one outbound request in the outbox (`outbox.ACTIONS`), which sends it
         through the contact's channel now or retries it later. Connecting never fails the
@@ -414,16 +418,16 @@ class Handoff:
 
     # ---- events --------------------------------------------------------------------------
 
-    def _record(self, kind: str, entry: dict[str, Any], reason: str | None = None,
+    def record(self, kind: str, entry: dict[str, Any], reason: str | None = None,
                 **data: Any) -> None:
         context = entry["context"]
-        self._events.emit(Event(kind, entry["contact_id"], entry["customer_id"],
+        self.events.emit(Event(kind, entry["contact_id"], entry["customer_id"],
                                 entry["channel"], context.get("contact_type"),
                                 reason=reason, data={"queue": entry["queue"], **data}))
 
-    def _record_conv(self, kind: str, conv: Conversation, reason: str | None = None,
+    def record_conv(self, kind: str, conv: Conversation, reason: str | None = None,
                      **data: Any) -> None:
-        self._events.emit(Event(kind, conv["contact_id"], conv["customer_id"], conv["channel"],
+        self.events.emit(Event(kind, conv["contact_id"], conv["customer_id"], conv["channel"],
                                 conv.get("contact_type"), conv.get("route_path"), reason=reason,
                                 data=data))
 

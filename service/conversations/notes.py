@@ -77,13 +77,13 @@ class Notes:
         handoff = self._handoff
         if holder_only and await handoff.router.assigned_agent(contact_id) != author.id:
             raise HandoffError("not_assigned", "this contact is not assigned to you")
-        async with handoff._context.leased_contact(contact_id) as found:
+        async with handoff.context.leased_contact(contact_id) as found:
             key, conv = _live(contact_id, found)
-            note = Note(contact_id, handoff._rules().redactor.mask(text), author, time.time())
+            note = Note(contact_id, handoff.rules().redactor.mask(text), author, time.time())
             conv["transcript"].append(note.line())
-            await handoff._context.save(key, conv)  # the summary keeps the latest notes
+            await handoff.context.save(key, conv)  # the summary keeps the latest notes
         await handoff.router.append_message(contact_id, note.line())  # a waiting entry's
-        handoff._record_conv("note_added", conv, author_id=author.id,
+        handoff.record_conv("note_added", conv, author_id=author.id,
                              author_name=author.name, role=author.role, text=note.text)
         if conv.get("agent_id"):
             await self._push(conv["agent_id"], note)
@@ -94,7 +94,7 @@ class Notes:
         """Live to the agent's consoles; the note is kept already, so a bus that fails only
         delays it until the console re-syncs (the `assigned` frame's context holds it)."""
         try:
-            await self._handoff._bus.publish(f"agent:{agent_id}", note.frame())
+            await self._handoff.bus.publish(f"agent:{agent_id}", note.frame())
         except Exception as exc:
             log.warning("notes.push_failed", contact_id=note.contact_id, error=str(exc))
 

@@ -153,28 +153,28 @@ def closed_by(pending: dict[str, Any], inbound: Inbound, now: float,
 
 class HandoffSide(Protocol):
     """What a wrap-up survey uses of the hand-off (handoff.Handoff)."""
-    _context: Any
-    _events: Any
-    _channels: Any
+    context: Any
+    events: Any
+    channels: Any
 
-    def _rules(self) -> Rules: ...
+    def rules(self) -> Rules: ...
 
-    async def _outbound(self, conv: Conversation, action: str, call) -> Any: ...
+    async def outbound(self, conv: Conversation, action: str, call) -> Any: ...
 
 
 async def after_wrap_up(handoff: HandoffSide, conv: Conversation) -> None:
     """Survey a contact an agent just wrapped up, through the channel's outbound side: the
     text channels' `send_text`, a survey frame where the customer has buttons."""
-    traits: ChannelTraits = handoff._channels[conv["channel"]].traits
+    traits: ChannelTraits = handoff.channels[conv["channel"]].traits
     if conv.get("after_agent") or (traits.live_call and conv.get("customer_left")):
         return  # asked (or let go) when the agent left the call, or the caller hung up
-    opted_out, surveyed_at = await handoff._context.survey_state(conv)
-    asked = offer(handoff._rules(), conv, traits.prompt_style, "agent", conv["ended_at"],
+    opted_out, surveyed_at = await handoff.context.survey_state(conv)
+    asked = offer(handoff.rules(), conv, traits.prompt_style, "agent", conv["ended_at"],
                   surveyed_at, opted_out, turn=conv.get("turns", 0) + 1)
     if asked is None:
         return
     try:
-        outcome = await handoff._outbound(conv, "ask", {
+        outcome = await handoff.outbound(conv, "ask", {
             "text": asked.text, "choices": [asdict(choice) for choice in asked.choices]})
     except Exception as exc:  # recorded as delivery_failed; the wrap-up stands
         log.info("survey.not_sent", contact_id=conv["contact_id"], error=str(exc))
@@ -183,8 +183,8 @@ async def after_wrap_up(handoff: HandoffSide, conv: Conversation) -> None:
         log.info("survey.not_sent", contact_id=conv["contact_id"], reason=outcome.failure
                  and outcome.failure.reason)
         return
-    await handoff._context.execute(asked.commands)
-    handoff._events.emit(asked.event)
+    await handoff.context.execute(asked.commands)
+    handoff.events.emit(asked.event)
 
 
 def waiting_question(pending: dict[str, Any] | None, conv: Conversation | None,

@@ -79,22 +79,22 @@ class Transfers:
     async def request(self, agent: dict[str, Any], request: TransferRequest) -> dict[str, Any]:
         """Hand the contact on; the `transfer_result` frame for the sender."""
         handoff = self._handoff
-        key, conv = await handoff._assigned(agent, request.contact_id)
+        key, conv = await handoff.assigned(agent, request.contact_id)
         transfer, reason = await self._target(agent, conv, request)
         if conv.get("transfer", {}).get("pending"):
             raise HandoffError("transfer_pending", "a transfer of this contact already waits")
         before = copy.deepcopy(conv)
         conv["transfer"] = transfer
-        if handoff._channels[conv["channel"]].traits.agent_can_type:
+        if handoff.channels[conv["channel"]].traits.agent_can_type:
             conv["transcript"].append({"from": "agent", "text": PASSING_ON[request.mode],
                                        "at": transfer["requested_at"]})
         entry = self._entry(conv, transfer)
         if request.mode == "cold":
             self._leave(conv, transfer["to_queue"])
-        await handoff._context.save(key, conv)
+        await handoff.context.save(key, conv)
         queued = await self._router.requeue(entry, agent["id"], request.mode)
         if queued != "queued":
-            await handoff._context.save(key, before)
+            await handoff.context.save(key, before)
             raise HandoffError("transfer_pending" if queued == "pending" else "not_assigned",
                                "a transfer of this contact already waits" if queued == "pending"
                                else "this contact is not assigned to you")
@@ -114,7 +114,7 @@ class Transfers:
                       request: TransferRequest) -> tuple[dict[str, Any], str]:
         """Where the contact goes, checked; a colleague who cannot take it now sends a cold
         transfer to the contact's queue instead (reason agent_unavailable)."""
-        queues = self._handoff._rules().tree.queues
+        queues = self._handoff.rules().tree.queues
         transfer = {"from_agent": agent["id"], "from_agent_name": agent["name"],
                     "note": request.note, "mode": request.mode, "requested_at": time.time(),
                     "pending": True, "to_queue": request.queue, "to_agent": None}
@@ -141,7 +141,7 @@ class Transfers:
 
     def _entry(self, conv: Conversation, transfer: dict[str, Any]) -> dict[str, Any]:
         """The queue entry of a transferred contact: the new agent's whole context package."""
-        entry = queue_entry(self._handoff._rules(), conv, transfer["to_queue"], "transferred",
+        entry = queue_entry(self._handoff.rules(), conv, transfer["to_queue"], "transferred",
                             transfer=transfer)
         if transfer["to_agent"]:
             entry["only_agent"] = transfer["to_agent"]
@@ -160,10 +160,10 @@ class Transfers:
         transfer stands all the same: it is recorded as delivery_failed), or None."""
         handoff = self._handoff
         try:
-            if handoff._channels[conv["channel"]].traits.agent_can_type:
-                await handoff._outbound(conv, "send", {"text": PASSING_ON[mode]})
+            if handoff.channels[conv["channel"]].traits.agent_can_type:
+                await handoff.outbound(conv, "send", {"text": PASSING_ON[mode]})
             if mode == "cold":
-                await handoff._outbound(conv, "release", {"agent": asdict(agent_line(agent))})
+                await handoff.outbound(conv, "release", {"agent": asdict(agent_line(agent))})
         except HandoffError as exc:
             return str(exc)
         return None
@@ -175,13 +175,13 @@ class Transfers:
         transfer = conv.get("transfer") or entry["transfer"]
         transfer["pending"] = False
         conv["transfer"] = transfer
-        await self._handoff._context.save(key, conv, summary=False)
+        await self._handoff.context.save(key, conv, summary=False)
         if transfer["mode"] == "warm":
             await self._router.release_slot(transfer["from_agent"], conv["channel"])
             self._record("transferred", conv, transfer, "agent_transfer")
             # queued after the next agent's join, so a caller is never left alone
             first = AgentLine(transfer["from_agent"], transfer["from_agent_name"])
-            await self._handoff._outbound(conv, "drop", {"agent": asdict(first)})
+            await self._handoff.outbound(conv, "drop", {"agent": asdict(first)})
         await self._tell_sender(conv, transfer, "accepted")
 
     async def refused(self, entry: dict[str, Any], agent_id: str, why: str) -> None:
@@ -190,7 +190,7 @@ class Transfers:
         transfer = entry.get("transfer")
         if not transfer or entry.get("only_agent") != agent_id:
             return
-        found = await self._handoff._context.by_contact(entry["contact_id"])
+        found = await self._handoff.context.by_contact(entry["contact_id"])
         if found is None:
             return
         key, conv = found
@@ -203,7 +203,7 @@ class Transfers:
             return
         await self._router.remove(entry["contact_id"])
         conv.pop("transfer", None)
-        await self._handoff._context.save(key, conv, summary=False)
+        await self._handoff.context.save(key, conv, summary=False)
         self._record("transfer_failed", conv, transfer, why)
         await self._tell_sender(conv, transfer, why, why)
 
@@ -229,10 +229,10 @@ class Transfers:
         frame = result_frame(conv["contact_id"], status, transfer, reason)
         if status == "accepted":
             frame.update(agent=conv.get("agent_id"), agent_name=conv.get("agent_name"))
-        await self._handoff._bus.publish(f"agent:{transfer['from_agent']}", frame)
+        await self._handoff.bus.publish(f"agent:{transfer['from_agent']}", frame)
 
     def _record(self, kind: str, conv: Conversation, transfer: dict[str, Any],
                 reason: str) -> None:
-        self._handoff._record_conv(kind, conv, reason=reason, from_agent=transfer["from_agent"],
+        self._handoff.record_conv(kind, conv, reason=reason, from_agent=transfer["from_agent"],
                                    to_queue=transfer["to_queue"], to_agent=transfer["to_agent"],
                                    mode=transfer["mode"], note=transfer["note"])
