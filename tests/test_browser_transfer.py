@@ -100,6 +100,8 @@ async def test_a_reconnect_keeps_the_transfer_the_agent_was_preparing(app_settin
     reconnects, the server sends her contacts again, and her choice and note are still there."""
     ann_token = await add_agent(db, "Ann", ["care"])
     bob_token = await add_agent(db, "Bob", ["billing"])
+    namesakes = [await target_of(db, await add_agent(db, "Zed Namesake", [skill]))
+                 for skill in ("billing", "orders")]
     errors: list[str] = []
     async with live(app_settings) as base, chromium() as browser:
         ann, bob, customer = [await (await browser.new_context(viewport=size)).new_page()
@@ -123,7 +125,10 @@ async def test_a_reconnect_keeps_the_transfer_the_agent_was_preparing(app_settin
             await ann.get_by_role("button", name="Accept").click()
             await expect(log).to_contain_text("You're now talking with Ann.")
             transfer = ann.get_by_role("group", name="Transfer")
-            await transfer.get_by_label("To").select_option(await target_of(db, bob_token))
+            picker = transfer.get_by_label("To")
+            for value, label in zip(namesakes, ("Zed Namesake (billing)", "Zed Namesake (orders)")):
+                await expect(picker.locator(f'option[value="{value}"]')).to_have_text(label)
+            await picker.select_option(await target_of(db, bob_token))
             await transfer.get_by_role("radio", name="Warm").check()
             await transfer.get_by_label("Note for the next agent").fill("Double charge on May 3")
 

@@ -190,11 +190,11 @@ class AgentDesk:
     async def _transfer_targets(self, agent: dict[str, Any]) -> dict[str, Any]:
         """Where this agent may transfer to: the queues and the other agents."""
         rows = await self._pool.fetch(
-            "SELECT id, name FROM agents WHERE disabled_at IS NULL AND id <> $1 ORDER BY name",
-            uuid.UUID(agent["id"]), timeout=5)
+            "SELECT id, name, skills FROM agents WHERE disabled_at IS NULL AND id <> $1 "
+            "ORDER BY name, id", uuid.UUID(agent["id"]), timeout=5)
         queues = self._handoff.queues()
-        return {"queues": queues, "agents": [{"id": str(r["id"]), "name": r["name"]}
-                                             for r in rows]}
+        return {"queues": queues, "agents": [{"id": str(r["id"]), "name": r["name"],
+                                              "skills": list(r["skills"])} for r in rows]}
 
     async def _send_statuses(self, ws: web.WebSocketResponse, contact_id: str) -> None:
         """The states of the contact's outbound messages, after its assigned frame."""

@@ -1432,7 +1432,13 @@ function fillTransferTargets() {
   ui.transferTarget.replaceChildren(
     el("option", { value: "", text: "Choose a queue or a colleague" }),
     group("Queues", state.targets.queues.map((q) => el("option", { value: `queue:${q.name}`, text: q.label }))),
-    group("Colleagues", state.targets.agents.map((a) => el("option", { value: `agent:${a.id}`, text: a.name }))));
+    group("Colleagues", state.targets.agents.map((a) => el("option", { value: `agent:${a.id}`, text: colleagueLabel(a) }))));
+}
+
+// Colleagues who share a name are told apart by their skills.
+function colleagueLabel(agent) {
+  const namesakes = state.targets.agents.filter((other) => other.name === agent.name).length;
+  return namesakes > 1 && agent.skills?.length ? `${agent.name} (${agent.skills.join(", ")})` : agent.name;
 }
 
 // Offer countdowns, once a second, without re-rendering everything.
