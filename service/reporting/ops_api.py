@@ -34,9 +34,9 @@ import structlog
 from aiohttp import web
 
 from service import WEB_DIR
-from service.appkeys import AUTH_THROTTLE, OUTBOX, PG, ROUTER, RULES
+from service.appkeys import AUTH_THROTTLE, OUTBOX, PG, PREPARING, ROUTER, RULES
 from service.infra import tokens
-from service.reporting import candidates, export, metrics, reports, unrecognised
+from service.reporting import candidates, export, metrics, reports, rollups, unrecognised
 from service.reporting.reports import BadSegment, BadWindow, ReportRules, Window
 from service.rules.versions import LoadCause
 
@@ -204,6 +204,8 @@ async def _segmented(request: web.Request, report, **options) -> dict:
         attribute = reports.parse_segment_by(raw)
     except BadSegment as exc:
         raise json_error(web.HTTPBadRequest, str(exc)) from None
+    await _unless_preparing(request, report.__name__, window, rules, attribute,
+                            split="segment" not in request.query)
     if "segment" in request.query:
         return await report(request.app[PG], window,
                             rules.with_segment(attribute, request.query["segment"]), **options)
@@ -212,6 +214,28 @@ async def _segmented(request: web.Request, report, **options) -> dict:
                                    **options)
     except BadSegment as exc:
         raise json_error(web.HTTPBadRequest, str(exc)) from None
+
+
+def prefers_async(request: web.Request) -> bool:
+    """The client sent `Prefer: respond-async` (RFC 7240)."""
+    return any(preference.split(";")[0].strip().lower() == "respond-async"
+               for header in request.headers.getall("Prefer", ())
+               for preference in header.split(","))
+
+
+async def _unless_preparing(request: web.Request, report: str, window: Window,
+                            rules: ReportRules, attribute: str, split: bool) -> None:
+    """A 202 with the progress, if the client prefers it to waiting while the report's
+    roll-ups by the attribute are computed (docs/interfaces.md)."""
+    names = rollups.read_by(report, window, split)
+    if not names or not prefers_async(request):
+        return
+    progress = await request.app[PREPARING].progress(rules, names, window, attribute)
+    if progress is not None:
+        raise web.HTTPAccepted(text=json.dumps(progress.as_dict()),
+                               content_type="application/json",
+                               headers={**NO_STORE, "Preference-Applied": "respond-async",
+                                        "Retry-After": "1"})
 
 
 # ---- reports ------------------------------------------------------------------------------
