@@ -163,13 +163,17 @@ function renderSegments(split) {
 // Figures by an attribute asked for the first time take a while to prepare: the API answers
 // 202 with its progress (days ready of the days to do) until they are ready.
 const preparing = new Map();  // report path -> its latest progress
+let loads = 0;  // the page's loads so far: an earlier one stops asking
+class Superseded extends Error {}
 
 async function fetchPrepared(path, token) {
+  const load = loads;
   try {
     for (;;) {
       const response = await fetch(path, {
         headers: { Authorization: `Bearer ${token}`, Prefer: "respond-async" } });
       if (response.status !== 202) return await readJson(response);
+      if (load !== loads) throw new Superseded();
       preparing.set(path, await response.json());
       showPreparing();
       const wait = Number(response.headers.get("Retry-After")) || 1;
@@ -190,6 +194,7 @@ function showPreparing() {
     `${least.days_done} of ${least.days_to_do} days`;
   $("segment-progress-bar").max = least.days_to_do;
   $("segment-progress-bar").value = least.days_done;
+  setStatus("");
   showDashboard();
 }
 
@@ -233,23 +238,26 @@ async function load(range) {
   if (!token) return showLogin("");
   setStatus("Loading…");
   currentRange = range;
+  loads += 1;
   try {
     const [summary, matrix, journeys, trend, candidates] = await Promise.all(
       ["summary", "matrix", "journeys", "trend", "candidates"].map(
         (n) => fetchReport(n, range, token)));
-    const [attributes, split] = await Promise.all([
-      fetchJson(`/api/reports/attributes?${new URLSearchParams(range)}`, token),
-      segment.by && segment.value === null ? fetchReport("summary", range, token, true) : null]);
+    const splitting = segment.by && segment.value === null
+      ? fetchReport("summary", range, token, true) : null;
+    splitting?.catch(() => null);  // handled where it is awaited, below
+    const attributes = await fetchJson(`/api/reports/attributes?${new URLSearchParams(range)}`, token);
     showDashboard();
     render(summary, matrix, journeys, trend, candidates);
     renderSegmentChoice(attributes);
-    renderSegments(split);
     setStatus("");
     refreshQueues();
     loadExperiments(range, token);
     loadUnrecognised(range, token);
     loadAgents(range, token);
+    renderSegments(await splitting);  // the split may still be being prepared
   } catch (error) {
+    if (error instanceof Superseded) return;
     if (error instanceof Unauthorized) {
       sessionStorage.removeItem(TOKEN_KEY);
       return showLogin(`That token was not accepted: ${error.message}`);
