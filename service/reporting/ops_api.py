@@ -17,7 +17,8 @@ API calls need `Authorization: Bearer <token>` with an ops token (`switchboard t
 midnight UTC); `to` defaults to now and `from` to seven days earlier; a bad value is a 400.
 Every report takes `segment_by=customer.<attribute>`: split into one report per value the
 attribute takes (`segments`), or, with `segment=<value>` (empty: customers without it), only
-that segment's customers.
+that segment's customers. With `Prefer: respond-async`, such a report whose roll-ups by the
+attribute are not computed yet is a 202 with the progress while they are (preparing.py).
 """
 
 from __future__ import annotations

@@ -24,7 +24,9 @@ more than MAX_ROLLED_UP_VALUES values is not rolled up.
 `Warmer` computes the roll-ups of the recent days ahead of the reports (at start, hourly and
 after a rules reload), so the first report after a deploy or a catalog change need not: the
 unsegmented ones, then the segmented ones of the attributes ops segment by (`warmed_attributes`:
-those configured, and those some report already rolled up).
+those configured, and those some report already rolled up). `prepare` computes those a report
+by a new attribute reads, in the background, when its client would rather not wait
+(preparing.py); `progress` says how far that is, from the stored roll-ups.
 """
 
 from __future__ import annotations
