@@ -65,7 +65,7 @@ def in_order(part: dict) -> dict:
 
 
 async def test_a_first_split_computes_each_kind_in_one_statement_equal_to_the_raw_events(
-        settings, db):
+        settings, db, monkeypatch):
     await _clean_tables(settings.database_url)
     await random_past_log(db)
     window = Window(past_start() + 5 * H, midnight(today()) - 2 * H)  # edges, 7 whole days
@@ -91,6 +91,7 @@ async def test_a_first_split_computes_each_kind_in_one_statement_equal_to_the_ra
                    for row in computed), computed
 
     # The background preparation, a few days per statement, stores exactly the same rows.
+    monkeypatch.setattr(rollups, "PREPARE_DAYS_PER_STATEMENT", 3)
     in_one_statement = await stored(db, "tier")
     await db.execute("DELETE FROM report_rollups WHERE segment_by = 'tier'")
     every_day = sorted({day for _, day in in_one_statement})

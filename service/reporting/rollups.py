@@ -645,7 +645,9 @@ async def _warm_locked(conn: asyncpg.Connection, rules: ReportRules, days: list[
 READ_BY = {"summary": ("groupings",), "matrix": ("groupings", "medians"),
            "journeys": ("journeys", "dropouts"), "trend": ("trend",),
            "candidates": ("candidates",)}
-PREPARE_DAYS_PER_STATEMENT = 6  # progress is shown per statement
+# Progress moves per statement; fewer, longer ones: each reads the facts of its journeys'
+# customers up to the end of the log.
+PREPARE_DAYS_PER_STATEMENT = 12
 
 
 def read_by(report: str, window: Window, split: bool) -> tuple[str, ...]:
