@@ -227,6 +227,11 @@ async def test_without_the_preference_or_a_segment_the_answer_is_synchronous(
         status, _, _ = await ask(client, token, "trend", off_hour,
                                  segment_by="customer.language")
         assert status == 202
+        response = await client.get("/api/reports/matrix.csv", headers={  # a download waits
+            "Authorization": f"Bearer {token}", "Prefer": "respond-async"}, params={
+            "from": reports.iso(window.start), "to": reports.iso(window.end),
+            "segment_by": "customer.language"})
+        assert response.status == 200 and response.content_type == "text/csv"
 
 
 async def test_an_attribute_with_too_many_values_is_answered_as_without_the_preference(

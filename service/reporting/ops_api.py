@@ -192,8 +192,10 @@ def _json(report: dict) -> web.Response:
     return web.json_response(report, headers=NO_STORE)
 
 
-async def _segmented(request: web.Request, report, **options) -> dict:
-    """The report over the request's window, for a segment, split by one, or whole."""
+async def _segmented(request: web.Request, report, answer_later: bool = True,
+                     **options) -> dict:
+    """The report over the request's window, for a segment, split by one, or whole (or a
+    202 while its roll-ups are prepared, if the client prefers and `answer_later`)."""
     window, rules = _window(request), _report_rules(request)
     raw = request.query.get("segment_by")
     if raw is None:
@@ -205,8 +207,9 @@ async def _segmented(request: web.Request, report, **options) -> dict:
         attribute = reports.parse_segment_by(raw)
     except BadSegment as exc:
         raise json_error(web.HTTPBadRequest, str(exc)) from None
-    await _unless_preparing(request, report.__name__, window, rules, attribute,
-                            split="segment" not in request.query)
+    if answer_later:
+        await _unless_preparing(request, report.__name__, window, rules, attribute,
+                                split="segment" not in request.query)
     if "segment" in request.query:
         return await report(request.app[PG], window,
                             rules.with_segment(attribute, request.query["segment"]), **options)
@@ -254,7 +257,7 @@ async def matrix(request: web.Request) -> web.Response:
 @ops_report("matrix_csv")
 async def matrix_download(request: web.Request) -> web.Response:
     """The matrix as CSV, named after its window, to save."""
-    report = await _segmented(request, reports.matrix)
+    report = await _segmented(request, reports.matrix, answer_later=False)  # a download
     name = f"touchpoint-matrix-{report['from'][:10]}-{report['to'][:10]}.csv"
     return web.Response(text=export.matrix_csv(report), content_type="text/csv",
                         headers={**NO_STORE,
