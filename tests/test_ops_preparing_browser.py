@@ -1,8 +1,9 @@
 """The /ops dashboard split by an attribute asked for the first time, in real headless
 Chromium: it asks with `Prefer: respond-async`, shows "Preparing figures by tier: N of M days"
 with a progress bar while the roll-ups by tier are prepared (held back here by another
-session holding the warming lock), then the split with the API's figures. A screenshot lands
-in test-artifacts/ops-preparing.png.
+session holding the warming lock), then the split with the API's figures; then the same for
+another attribute, the earlier split hidden meanwhile. Screenshots land in
+test-artifacts/ops-preparing.png and ops-preparing-done.png.
 """
 
 from __future__ import annotations
@@ -70,6 +71,18 @@ async def test_the_dashboard_shows_the_progress_of_a_first_split_then_the_split(
                     str(part["totals"]["contacts"]))
             await page.locator("#segments-panel").screenshot(
                 path=artifact("ops-preparing-done.png"))
+
+            # Another attribute asked for the first time: the tiers' table goes meanwhile.
+            await holder.execute("SELECT pg_advisory_lock($1)", rollups.WARM_LOCK_KEY)
+            await page.select_option("#segment-by", "customer.language")
+            await expect(progress).to_have_text(
+                f"Preparing figures by language: 0 of {PAST_DAYS} days")
+            await expect(page.locator("#segments-panel")).to_be_hidden()
+            await holder.execute("SELECT pg_advisory_unlock($1)", rollups.WARM_LOCK_KEY)
+            await expect(page.locator('#segments tr[data-key="fr"]')).to_be_visible(
+                timeout=60_000)
+            await expect(progress).to_be_hidden()
+            assert "segment_by=customer.language" in page.url
             assert errors == []
     finally:
         await holder.close()

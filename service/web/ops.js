@@ -194,6 +194,7 @@ function showPreparing() {
     `${least.days_done} of ${least.days_to_do} days`;
   $("segment-progress-bar").max = least.days_to_do;
   $("segment-progress-bar").value = least.days_done;
+  $("segments-panel").hidden = true;  // what it shows is of the earlier choice
   setStatus("");
   showDashboard();
 }
