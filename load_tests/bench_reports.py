@@ -1,7 +1,8 @@
 """Report query benchmark: a large synthetic event log, then the time of each report query.
 
     .venv/bin/python load_tests/bench_reports.py [--events 1000000] [--days 30] [--runs 5]
-        [--keep DIR] [--warm [--warm-segments customer.tier]] [--only TEXT]
+        [--keep DIR] [--warm [--warm-segments customer.tier]] [--drop-segments] [--prepare]
+        [--only TEXT]
 
 Starts an embedded PostgreSQL in a temporary folder (or uses DATABASE_URL, in a new database
 it drops afterwards), applies the migrations, writes at least --events contact events with
@@ -14,7 +15,10 @@ first of each split by tier, which compute and keep the day roll-ups (by tier, f
 splits) the later runs read (service/reporting/rollups.py).
 With --warm the roll-ups are first dropped and computed by the service's background pass
 (`rollups.warm`, timed), with --warm-segments also those by the listed attributes (as
-SWITCHBOARD_REPORT_WARM_SEGMENTS does), so the first reports read them.
+SWITCHBOARD_REPORT_WARM_SEGMENTS does), so the first reports read them; --drop-segments
+deletes the roll-ups by segment a kept log has, so that its first splits compute them again;
+--prepare first computes those of each split as the background preparation does (what a
+client sending `Prefer: respond-async` waits for), timed.
 Prints the median and the fastest of --runs runs of each; results go in load_tests/REPORTS.md.
 With --keep DIR the embedded server's data stays in DIR and its database is kept: a later run
 with the same DIR and --events applies any new migration and times the queries again without
@@ -190,7 +194,8 @@ async def timed(runs: int, query) -> tuple[float, float]:
 
 
 async def bench(url: str, events: int, days: int, runs: int, warm: bool = False,
-                only: str | None = None, warm_segments: tuple[str, ...] = ()) -> None:
+                only: str | None = None, warm_segments: tuple[str, ...] = (),
+                drop_segments: bool = False, prepare: bool = False) -> None:
     catalog = load_rules(ROOT / "routing_rules", with_classifier=False).catalog
     rules = ReportRules.from_catalog(catalog)
     start = datetime(2024, 4, 1, tzinfo=timezone.utc)
@@ -244,7 +249,8 @@ async def bench(url: str, events: int, days: int, runs: int, warm: bool = False,
                      conn, whole, rules, [EXPERIMENT]))]
         await give_customers_tiers(conn)
         await conn.execute("ANALYZE contact_facts")
-        await time_computing_the_rollups(conn, whole, rules, warm, warm_segments)
+        await time_computing_the_rollups(conn, whole, rules, warm, warm_segments, drop_segments,
+                                         prepare)
         report = await reports.summary(conn, whole, rules)
         reference = await reports.summary(conn, whole, rules, queries=reports.FROM_EVENTS)
         assert report["totals"] == reference["totals"], "served and reference figures differ"
@@ -269,9 +275,12 @@ def on_midnights(window: Window) -> Window:
 
 async def time_computing_the_rollups(conn: asyncpg.Connection, whole: Window,
                                      rules: ReportRules, warm: bool = False,
-                                     warm_segments: tuple[str, ...] = ()) -> None:
+                                     warm_segments: tuple[str, ...] = (),
+                                     drop_segments: bool = False, prepare: bool = False) -> None:
     """The first reports over the whole log compute and keep its days' roll-ups (once per
     set of rules; then only days whose facts change are computed again)."""
+    if drop_segments:  # a kept log: time the first reports by tier again
+        await conn.execute("DELETE FROM report_rollups WHERE segment_by IS NOT NULL")
     kept = await conn.fetchval("SELECT count(*) FROM report_rollups")
     print(f"  day roll-ups kept before the first reports: {kept}")
     if warm:  # what the service's background pass does before anyone asks
@@ -287,6 +296,8 @@ async def time_computing_the_rollups(conn: asyncpg.Connection, whole: Window,
         began = time.perf_counter()
         await report(conn, whole, rules)
         print(f"  first {name}, whole log: {(time.perf_counter() - began) * 1000:.0f} ms")
+    if prepare:
+        await time_preparing(conn, whole, rules)
     for name, report in (("summary", reports.summary), ("matrix", reports.matrix),
                          ("journeys", reports.journeys), ("trend", reports.trend),
                          ("candidates", candidates.candidates)):  # the roll-ups by tier
@@ -296,6 +307,23 @@ async def time_computing_the_rollups(conn: asyncpg.Connection, whole: Window,
         print(f"  first {name} split by tier, whole log: "
               f"{(time.perf_counter() - began) * 1000:.0f} ms")
     print("  day roll-ups kept:", await conn.fetchval("SELECT count(*) FROM report_rollups"))
+
+
+async def time_preparing(conn: asyncpg.Connection, whole: Window, rules: ReportRules) -> None:
+    """What a client preferring an asynchronous answer waits for: the roll-ups by tier each
+    split reads, computed as the service's background preparation does (rollups.prepare, a
+    few days per statement), one report after the other; and how long a progress check takes."""
+    days = rollups.kept_days(whole)
+    for name in ("summary", "matrix", "journeys", "trend", "candidates"):
+        names = rollups.read_by(name, on_midnights(whole), split=True)
+        began = time.perf_counter()
+        progress = await rollups.progress(conn, rules, names, whole, "tier")
+        checked = time.perf_counter() - began
+        began = time.perf_counter()
+        await rollups.prepare(conn, rules, names, days, "tier")
+        print(f"  prepared the {name} split by tier ({progress.days_done} of "
+              f"{progress.days_to_do} days ready, checked in {checked * 1000:.0f} ms): "
+              f"{(time.perf_counter() - began) * 1000:.0f} ms")
 
 
 async def give_customers_tiers(conn: asyncpg.Connection) -> None:
@@ -359,12 +387,18 @@ def main() -> None:
                         type=settings.PARSERS["report_warm_segments"],
                         help="with --warm, also warm the roll-ups by these customer "
                              "attributes, as SWITCHBOARD_REPORT_WARM_SEGMENTS does")
+    parser.add_argument("--drop-segments", action="store_true",
+                        help="first delete the kept roll-ups by segment, so that on a kept log "
+                             "the first splits by tier compute theirs again")
+    parser.add_argument("--prepare", action="store_true",
+                        help="compute the roll-ups by tier of each split first as the "
+                             "background preparation does (Prefer: respond-async), timed")
     parser.add_argument("--only", default=None, metavar="TEXT",
                         help="time only the queries whose name contains TEXT (e.g. tier)")
     args = parser.parse_args()
     with database(args.keep, args.events) as url:
         asyncio.run(bench(url, args.events, args.days, args.runs, args.warm, args.only,
-                          args.warm_segments))
+                          args.warm_segments, args.drop_segments, args.prepare))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from service.appkeys import (
     LOOKUPS,
     OUTBOX,
     PG,
+    PREPARING,
     QUEUE_LOAD,
     REDIS,
     REDIS_BATCH,
@@ -74,6 +75,7 @@ from service.reporting import (
     supervisor,
 )
 from service.reporting.events import EventWriter
+from service.reporting.preparing import Preparations
 from service.rules.flows import HttpLookups
 from service.rules.holder import RulesHolder
 from service.rules.versions import LoadCause
@@ -282,6 +284,7 @@ async def event_writer(app: web.Application) -> AsyncIterator[None]:
                                 attributes=settings.report_warm_segments)
         app[RULES].on_reloaded.append(warmer.ask)
         background.append(asyncio.create_task(warmer.run(), name="rollups.warm"))
+    app[PREPARING] = Preparations(app[PG])
     writer = EventWriter(app[PG], settings.spool_dir, settings.event_flush_interval_s)
     await writer.start()
     app[EVENTS] = writer
@@ -289,6 +292,7 @@ async def event_writer(app: web.Application) -> AsyncIterator[None]:
     for task in background:
         task.cancel()
     await asyncio.gather(*background, return_exceptions=True)
+    await app[PREPARING].close()
     await writer.close()
 
 

@@ -16,6 +16,7 @@ from service.conversations.outbox import Outbox
 from service.infra.auth_throttle import AuthThrottle
 from service.infra.redis_batch import ClusterBatcher, CommandBatcher
 from service.reporting.events import EventWriter
+from service.reporting.preparing import Preparations
 from service.rules.flows import HttpLookups
 from service.rules.holder import RulesHolder
 from service.settings import Settings
@@ -27,6 +28,7 @@ REDIS = web.AppKey[redis.Redis | RedisCluster]("redis")
 REDIS_BATCH = web.AppKey[CommandBatcher | ClusterBatcher]("redis_batch")
 RULES = web.AppKey("rules", RulesHolder)
 EVENTS = web.AppKey("events", EventWriter)
+PREPARING = web.AppKey("preparing", Preparations)  # reports by segment answered later
 BUS = web.AppKey("bus", Bus)
 ROUTER = web.AppKey("router", Dispatcher)
 QUEUE_LOAD = web.AppKey("queue_load", QueueLoad)

@@ -17,7 +17,8 @@ API calls need `Authorization: Bearer <token>` with an ops token (`switchboard t
 midnight UTC); `to` defaults to now and `from` to seven days earlier; a bad value is a 400.
 Every report takes `segment_by=customer.<attribute>`: split into one report per value the
 attribute takes (`segments`), or, with `segment=<value>` (empty: customers without it), only
-that segment's customers.
+that segment's customers. With `Prefer: respond-async`, such a report whose roll-ups by the
+attribute are not computed yet is a 202 with the progress while they are (preparing.py).
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ import structlog
 from aiohttp import web
 
 from service import WEB_DIR
-from service.appkeys import AUTH_THROTTLE, OUTBOX, PG, ROUTER, RULES
+from service.appkeys import AUTH_THROTTLE, OUTBOX, PG, PREPARING, ROUTER, RULES
 from service.infra import tokens
-from service.reporting import candidates, export, metrics, reports, unrecognised
+from service.reporting import candidates, export, metrics, reports, rollups, unrecognised
 from service.reporting.reports import BadSegment, BadWindow, ReportRules, Window
 from service.rules.versions import LoadCause
 
@@ -191,8 +192,10 @@ def _json(report: dict) -> web.Response:
     return web.json_response(report, headers=NO_STORE)
 
 
-async def _segmented(request: web.Request, report, **options) -> dict:
-    """The report over the request's window, for a segment, split by one, or whole."""
+async def _segmented(request: web.Request, report, answer_later: bool = True,
+                     **options) -> dict:
+    """The report over the request's window, for a segment, split by one, or whole (or a
+    202 while its roll-ups are prepared, if the client prefers and `answer_later`)."""
     window, rules = _window(request), _report_rules(request)
     raw = request.query.get("segment_by")
     if raw is None:
@@ -204,6 +207,9 @@ async def _segmented(request: web.Request, report, **options) -> dict:
         attribute = reports.parse_segment_by(raw)
     except BadSegment as exc:
         raise json_error(web.HTTPBadRequest, str(exc)) from None
+    if answer_later:
+        await _unless_preparing(request, report.__name__, window, rules, attribute,
+                                split="segment" not in request.query)
     if "segment" in request.query:
         return await report(request.app[PG], window,
                             rules.with_segment(attribute, request.query["segment"]), **options)
@@ -212,6 +218,28 @@ async def _segmented(request: web.Request, report, **options) -> dict:
                                    **options)
     except BadSegment as exc:
         raise json_error(web.HTTPBadRequest, str(exc)) from None
+
+
+def prefers_async(request: web.Request) -> bool:
+    """The client sent `Prefer: respond-async` (RFC 7240)."""
+    return any(preference.split(";")[0].strip().lower() == "respond-async"
+               for header in request.headers.getall("Prefer", ())
+               for preference in header.split(","))
+
+
+async def _unless_preparing(request: web.Request, report: str, window: Window,
+                            rules: ReportRules, attribute: str, split: bool) -> None:
+    """A 202 with the progress, if the client prefers it to waiting while the report's
+    roll-ups by the attribute are computed (docs/interfaces.md)."""
+    names = rollups.read_by(report, window, split)
+    if not names or not prefers_async(request):
+        return
+    progress = await request.app[PREPARING].progress(rules, names, window, attribute)
+    if progress is not None:
+        raise web.HTTPAccepted(text=json.dumps(progress.as_dict()),
+                               content_type="application/json",
+                               headers={**NO_STORE, "Preference-Applied": "respond-async",
+                                        "Retry-After": "1"})
 
 
 # ---- reports ------------------------------------------------------------------------------
@@ -229,7 +257,7 @@ async def matrix(request: web.Request) -> web.Response:
 @ops_report("matrix_csv")
 async def matrix_download(request: web.Request) -> web.Response:
     """The matrix as CSV, named after its window, to save."""
-    report = await _segmented(request, reports.matrix)
+    report = await _segmented(request, reports.matrix, answer_later=False)  # a download
     name = f"touchpoint-matrix-{report['from'][:10]}-{report['to'][:10]}.csv"
     return web.Response(text=export.matrix_csv(report), content_type="text/csv",
                         headers={**NO_STORE,

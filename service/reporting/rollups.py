@@ -24,7 +24,9 @@ more than MAX_ROLLED_UP_VALUES values is not rolled up.
 `Warmer` computes the roll-ups of the recent days ahead of the reports (at start, hourly and
 after a rules reload), so the first report after a deploy or a catalog change need not: the
 unsegmented ones, then the segmented ones of the attributes ops segment by (`warmed_attributes`:
-those configured, and those some report already rolled up).
+those configured, and those some report already rolled up). `prepare` computes those a report
+by a new attribute reads, in the background, when its client would rather not wait
+(preparing.py); `progress` says how far that is, from the stored roll-ups.
 """
 
 from __future__ import annotations
@@ -103,25 +105,49 @@ facts AS (
         OFFSET 0) f
 )"""
 
-# The same for many days at once (computing roll-ups): one join with every customer costs
-# less than a look-up per contact once the contacts are many.
-_SEGMENTED_FACTS_IN_RANGES_IN_BULK = f"""
+# Computing roll-ups reads whole days ($8, the ranges in order): one scan of the facts from the
+# first day's start to the last day's end, kept to those days. The planner then knows how many
+# facts that is (a sequential or bitmap scan, pages read in order) where an index scan per day
+# reads a page per contact; and one join with every customer costs less than a look-up per
+# contact once the contacts are many. The rows are the same as `by_day`'s.
+_SPAN = ("started_at >= ($1::timestamptz[])[1] "
+         "AND started_at < ($2::timestamptz[])[cardinality($2::timestamptz[])] "
+         "AND (started_at AT TIME ZONE 'UTC')::date = ANY($8::date[])")
+_FACTS_IN_DAYS = f"""
+facts AS (
+    SELECT {reports.FACT_COLUMNS} FROM contact_facts WHERE {_SPAN}
+)"""
+_FACTS_OF_CUSTOMERS_IN_DAYS = f"""
+customers_in_window AS (
+    SELECT DISTINCT customer_id FROM contact_facts WHERE {_SPAN}
+),
+facts AS (
+    SELECT {reports.FACT_COLUMNS} FROM contact_facts JOIN customers_in_window USING (customer_id)
+    WHERE started_at >= ($1::timestamptz[])[1] - make_interval(hours => $9::int)
+)"""
+_SEGMENTED_FACTS_IN_DAYS = f"""
 facts AS (
     SELECT {reports.FACT_COLUMNS}, COALESCE(cu.attributes->>$9::text, '') AS segment
-    FROM contact_facts JOIN ranges ON started_at >= lo AND started_at < hi
-    LEFT JOIN customers cu ON cu.id = customer_id
+    FROM contact_facts LEFT JOIN customers cu ON cu.id = customer_id
+    WHERE {_SPAN}
 )"""
-_SEGMENTED_FACTS_OF_CUSTOMERS_IN_BULK = f"""
+_SEGMENTED_FACTS_OF_CUSTOMERS_IN_DAYS = f"""
 customers_in_window AS (
-    SELECT DISTINCT customer_id
-    FROM contact_facts JOIN ranges ON started_at >= lo AND started_at < hi
+    SELECT DISTINCT customer_id FROM contact_facts WHERE {_SPAN}
 ),
 facts AS (
     SELECT {reports.FACT_COLUMNS}, COALESCE(cu.attributes->>$10::text, '') AS segment
     FROM contact_facts JOIN customers_in_window USING (customer_id)
     LEFT JOIN customers cu ON cu.id = customer_id
-    WHERE started_at >= (SELECT min(lo) FROM ranges) - make_interval(hours => $9::int)
+    WHERE started_at >= ($1::timestamptz[])[1] - make_interval(hours => $9::int)
 )"""
+_JOURNEY_BEGAN_IN_RANGES = "EXISTS (SELECT FROM ranges WHERE j.began >= lo AND j.began < hi)"
+_JOURNEY_BEGAN_IN_DAYS = "(j.began AT TIME ZONE 'UTC')::date = ANY($8::date[])"
+_IN_DAYS = ((_JOURNEY_BEGAN_IN_RANGES, _JOURNEY_BEGAN_IN_DAYS),
+            (_FACTS_IN_RANGES, _FACTS_IN_DAYS),
+            (_FACTS_OF_CUSTOMERS, _FACTS_OF_CUSTOMERS_IN_DAYS),
+            (_SEGMENTED_FACTS_IN_RANGES, _SEGMENTED_FACTS_IN_DAYS),
+            (_SEGMENTED_FACTS_OF_CUSTOMERS, _SEGMENTED_FACTS_OF_CUSTOMERS_IN_DAYS))
 
 
 @dataclass(frozen=True)
@@ -141,10 +167,11 @@ class Rollup:
 
     @property
     def by_day_in_bulk(self) -> str:
-        """`by_day` as computing the roll-ups of many days runs it: the same rows."""
-        return self.by_day.replace(
-            _SEGMENTED_FACTS_IN_RANGES, _SEGMENTED_FACTS_IN_RANGES_IN_BULK).replace(
-            _SEGMENTED_FACTS_OF_CUSTOMERS, _SEGMENTED_FACTS_OF_CUSTOMERS_IN_BULK)
+        """`by_day` as computing the roll-ups of whole days ($8) runs it: the same rows."""
+        query = self.by_day
+        for by_range, by_days in _IN_DAYS:
+            query = query.replace(by_range, by_days)
+        return query
 
     @property
     def attribute_param(self) -> str:
@@ -227,7 +254,7 @@ def _journeys(segmented: bool) -> Rollup:
         f"""WITH {reports.WINDOWS}, {_RANGES}, {facts}, {_JUDGED}, {reports.journeys_sql(by)}
 SELECT (began AT TIME ZONE 'UTC')::date AS day, {by}contact_type, path, count(*) AS journeys,
        bool_or(channels > 1) AS cross_channel, max(latest_start) AS latest_start
-FROM journeys j WHERE EXISTS (SELECT FROM ranges WHERE j.began >= lo AND j.began < hi)
+FROM journeys j WHERE {_JOURNEY_BEGAN_IN_RANGES}
 GROUP BY {keys}""",
         column + "contact_type text, path text, journeys bigint, cross_channel boolean",
         f"""SELECT {by}contact_type, path, sum(journeys)::bigint AS journeys,
@@ -301,17 +328,14 @@ SELECT ro.day FROM report_rollups ro
 WHERE ro.rules = $1 AND ro.report = $2 AND ro.day = ANY($3::date[])
   AND ro.changes = {_changes("ro.first_day", "ro.last_day", "ro.segment_by")}"""
 
-# How many values the attribute ($3) takes among the contacts of the ranges $1, $2.
-_VALUES_IN_RANGES = f"""
-SELECT count(DISTINCT segment) FROM (
-    SELECT {_SEGMENT_OF.format(attribute="$3")}
-    FROM unnest($1::timestamptz[], $2::timestamptz[]) AS r(lo, hi) CROSS JOIN LATERAL (
-        SELECT customer_id FROM contact_facts
-        WHERE started_at >= lo AND started_at < hi OFFSET 0) f
-) s"""
 # An attribute with more values than a split shows is not rolled up (its rows would be as many
-# as the contacts'): its reports read the facts.
+# as the contacts'): its reports read the facts. The roll-up of the contacts per value
+# (`segments`) is refused in the statement that computes it; the others count the values it
+# keeps for their days (computed first, if need be), rather than looking every contact up again.
 MAX_ROLLED_UP_VALUES = reports.MAX_SEGMENTS
+_VALUES_KEPT = """
+SELECT count(DISTINCT s.value) FROM report_rollups ro, jsonb_object_keys(ro.rows) AS s(value)
+WHERE ro.rules = $1 AND ro.report = 'segments' AND ro.day = ANY($2::date[])"""
 
 # A journey that began on a day reads its customer's facts from a repeat window before it to
 # a repeat window after its latest contact: what a change there may alter (in whole days).
@@ -349,6 +373,8 @@ def _refresh_sql(rollup: Rollup) -> str:
         f"d.day - {_REACH}",
         f"greatest(d.day, max((l.latest_start AT TIME ZONE 'UTC')::date)) + {_REACH}")
     attribute = f"{rollup.attribute_param}::text" if rollup.segmented else "NULL::text"
+    refused = (f"WHERE (SELECT count(DISTINCT segment) FROM live) <= {MAX_ROLLED_UP_VALUES}"
+               if rollup.name == "segments" else "")
     return f"""WITH live AS ({_per_value(rollup) if rollup.segmented else rollup.by_day_in_bulk}),
 days AS (SELECT unnest($8::date[]) AS day),
 per_day AS (
@@ -359,7 +385,7 @@ INSERT INTO report_rollups AS ro (rules, report, day, first_day, last_day, chang
                                   segment_by)
 SELECT $7, '{rollup.name}', p.day, p.first_day, p.last_day,
        {_changes("p.first_day", "p.last_day", attribute)}, p.rows, {attribute}
-FROM per_day p
+FROM per_day p {refused}
 ON CONFLICT (rules, report, day) DO UPDATE SET first_day = EXCLUDED.first_day,
     last_day = EXCLUDED.last_day, changes = EXCLUDED.changes, rows = EXCLUDED.rows,
     segment_by = EXCLUDED.segment_by, computed_at = now()"""
@@ -505,13 +531,24 @@ async def refresh(conn: asyncpg.Connection, rollup: Rollup, rules: ReportRules, 
         base = [[lo for lo, _ in ranges], [hi for _, hi in ranges]]
         async with conn.transaction():
             await conn.execute(f"SET LOCAL work_mem = '{reports.WORK_MEM}'")
-            if rollup.segmented and await conn.fetchval(
-                    _VALUES_IN_RANGES, *base, attribute) > MAX_ROLLED_UP_VALUES:
+            if rollup.segmented and rollup is not SEGMENTS:
+                await _check_values(conn, rules, stale, attribute)
+            done = await conn.execute(REFRESH[rollup],
+                                      *_with_rules(base, rollup, rules, key, stale, attribute),
+                                      timeout=reports.QUERY_TIMEOUT_S)
+            if done.split()[-1] == "0":  # only `segments` refuses (its statement counts them)
                 raise TooManyValues(attribute)
-            await conn.execute(REFRESH[rollup],
-                               *_with_rules(base, rollup, rules, key, stale, attribute),
-                               timeout=reports.QUERY_TIMEOUT_S)
     return stale
+
+
+async def _check_values(conn: asyncpg.Connection, rules: ReportRules, days: list[date],
+                        attribute: str | None) -> None:
+    """Raise TooManyValues if the attribute takes too many values among the days' contacts,
+    counted in their roll-ups of the contacts per value (computed now if need be)."""
+    key = fingerprint(SEGMENTS, rules, attribute)
+    await refresh(conn, SEGMENTS, rules, key, days, attribute)
+    if await conn.fetchval(_VALUES_KEPT, key, days) > MAX_ROLLED_UP_VALUES:
+        raise TooManyValues(attribute)
 
 
 # ---- warming ------------------------------------------------------------------------------
@@ -582,21 +619,92 @@ async def _warm_attribute(conn: asyncpg.Connection, rules: ReportRules, days: li
 
 
 async def _warm_locked(conn: asyncpg.Connection, rules: ReportRules, days: list[date],
-                       chosen, attribute: str | None) -> int:
+                       chosen, attribute: str | None,
+                       per_statement: int = WARM_DAYS_PER_STATEMENT) -> int:
     """The `chosen` roll-ups of the days without one still exact, newest first: one look at
     which are missing or stale, then a few days per statement."""
-    keys = {rollup: fingerprint(rollup, rules, attribute) for rollup in chosen}
+    # the contacts per value first: the others count the values in them (`_check_values`)
+    keys = {rollup: fingerprint(rollup, rules, attribute)
+            for rollup in sorted(chosen, key=lambda rollup: rollup is not SEGMENTS)}
     stale = {rollup: set(days) - await _fresh(conn, rollup, key, days)
              for rollup, key in keys.items()}
     to_compute = sorted(set().union(*stale.values()), reverse=True)
     computed = 0
-    for at in range(0, len(to_compute), WARM_DAYS_PER_STATEMENT):
-        chunk = to_compute[at:at + WARM_DAYS_PER_STATEMENT]
+    for at in range(0, len(to_compute), per_statement):
+        chunk = to_compute[at:at + per_statement]
         for rollup, key in keys.items():
             computed += len(await refresh(conn, rollup, rules, key,
                                           [day for day in chunk if day in stale[rollup]],
                                           attribute))
     return computed
+
+
+# ---- preparing a report's segmented roll-ups before answering it ---------------------------
+
+# The segmented roll-ups each report reads (a split also reads the contacts per value).
+READ_BY = {"summary": ("groupings",), "matrix": ("groupings", "medians"),
+           "journeys": ("journeys", "dropouts"), "trend": ("trend",),
+           "candidates": ("candidates",)}
+# Progress moves per statement; fewer, longer ones: each reads the facts of its journeys'
+# customers up to the end of the log.
+PREPARE_DAYS_PER_STATEMENT = 12
+
+
+def read_by(report: str, window: Window, split: bool) -> tuple[str, ...]:
+    """The segmented roll-ups `report` by a customer attribute reads over the window."""
+    names = READ_BY.get(report, ())
+    if report == "trend" and window.start.timestamp() % 3600:
+        names = ()  # a trend that does not start on the hour reads the facts
+    return (*names, "segments") if split else names
+
+
+def kept_days(window: Window) -> list[date]:
+    """The window's days that have roll-ups: whole and over (edges and today are read from
+    the facts)."""
+    today = datetime.now(timezone.utc).date()
+    return [day for day in whole_days(window)[0] if day < today]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How many of the days a report by `attribute` reads have every roll-up it needs exact."""
+    attribute: str
+    days_done: int
+    days_to_do: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": "preparing", "segment_by": reports.SEGMENT_PREFIX + self.attribute,
+                "days_done": self.days_done, "days_to_do": self.days_to_do}
+
+
+async def progress(conn: asyncpg.Connection | asyncpg.Pool, rules: ReportRules,
+                   names: tuple[str, ...], window: Window, attribute: str) -> Progress:
+    """Which of the window's kept days have the named segmented roll-ups still exact (read
+    from report_rollups, so every instance sees the same)."""
+    days = kept_days(window)
+    done = set(days)
+    async with reports._connection(conn) as connection:
+        for name in names:
+            rollup = SEGMENTED[name]
+            done &= await _fresh(connection, rollup, fingerprint(rollup, rules, attribute), days)
+    return Progress(attribute, len(done), len(days))
+
+
+async def prepare(conn: asyncpg.Connection | asyncpg.Pool, rules: ReportRules,
+                  names: tuple[str, ...], days: list[date], attribute: str) -> int | None:
+    """Compute the named segmented roll-ups of the days that have none still exact, newest
+    first, a few days per statement, under the warming lock: how many it computed, None when
+    another session holds the lock (raises TooManyValues, as `refresh`)."""
+    async with reports._connection(conn) as connection:
+        if not await connection.fetchval("SELECT pg_try_advisory_lock($1)", WARM_LOCK_KEY):
+            return None
+        try:
+            return await _warm_locked(connection, rules, sorted(days, reverse=True),
+                                      [SEGMENTED[name] for name in names], attribute,
+                                      PREPARE_DAYS_PER_STATEMENT)
+        finally:
+            with contextlib.suppress(*WARM_FAILED):
+                await connection.execute("SELECT pg_advisory_unlock($1)", WARM_LOCK_KEY)
 
 
 class Warmer:

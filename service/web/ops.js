@@ -91,7 +91,9 @@ function rangeFromForm() {
 class Unauthorized extends Error {}
 
 async function fetchReport(name, range, token, split = false) {
-  return fetchJson(`/api/reports/${name}?${reportParams(range, split)}`, token);
+  const params = reportParams(range, split);
+  const path = `/api/reports/${name}?${params}`;
+  return params.has("segment_by") ? fetchPrepared(path, token) : fetchJson(path, token);
 }
 
 // ---- customer segments: the whole dashboard for one, or the summary split by an attribute ----
@@ -158,6 +160,45 @@ function renderSegments(split) {
   ], split.segments.map((s) => ({ key: s.value ?? "", value: s.value, ...s.totals })));
 }
 
+// Figures by an attribute asked for the first time take a while to prepare: the API answers
+// 202 with its progress (days ready of the days to do) until they are ready.
+const preparing = new Map();  // report path -> its latest progress
+let loads = 0;  // the page's loads so far: an earlier one stops asking
+class Superseded extends Error {}
+
+async function fetchPrepared(path, token) {
+  const load = loads;
+  try {
+    for (;;) {
+      const response = await fetch(path, {
+        headers: { Authorization: `Bearer ${token}`, Prefer: "respond-async" } });
+      if (response.status !== 202) return await readJson(response);
+      if (load !== loads) throw new Superseded();
+      preparing.set(path, await response.json());
+      showPreparing();
+      const wait = Number(response.headers.get("Retry-After")) || 1;
+      await new Promise((resolve) => setTimeout(resolve, wait * 1000));
+    }
+  } finally {
+    preparing.delete(path);
+    showPreparing();
+  }
+}
+
+function showPreparing() {
+  const all = [...preparing.values()];
+  $("segment-progress").hidden = !all.length;
+  if (!all.length) return;
+  const least = all.reduce((a, b) => (a.days_done / a.days_to_do <= b.days_done / b.days_to_do ? a : b));
+  $("segment-progress-text").textContent = `Preparing figures by ${least.segment_by.replace(/^customer\./, "")}: ` +
+    `${least.days_done} of ${least.days_to_do} days`;
+  $("segment-progress-bar").max = least.days_to_do;
+  $("segment-progress-bar").value = least.days_done;
+  $("segments-panel").hidden = true;  // what it shows is of the earlier choice
+  setStatus("");
+  showDashboard();
+}
+
 // The matrix as the API's CSV, saved under the name the API gives it.
 async function downloadMatrix() {
   const token = sessionStorage.getItem(TOKEN_KEY);
@@ -181,7 +222,10 @@ const heatmap = createHeatmap($("heatmap"), { download: downloadMatrix });
 const flow = createFlow($("flow"));
 
 async function fetchJson(path, token) {
-  const response = await fetch(path, { headers: { Authorization: `Bearer ${token}` } });
+  return readJson(await fetch(path, { headers: { Authorization: `Bearer ${token}` } }));
+}
+
+async function readJson(response) {
   if (response.status === 401 || response.status === 403) {
     throw new Unauthorized((await response.json()).error);
   }
@@ -195,23 +239,26 @@ async function load(range) {
   if (!token) return showLogin("");
   setStatus("Loading…");
   currentRange = range;
+  loads += 1;
   try {
     const [summary, matrix, journeys, trend, candidates] = await Promise.all(
       ["summary", "matrix", "journeys", "trend", "candidates"].map(
         (n) => fetchReport(n, range, token)));
-    const [attributes, split] = await Promise.all([
-      fetchJson(`/api/reports/attributes?${new URLSearchParams(range)}`, token),
-      segment.by && segment.value === null ? fetchReport("summary", range, token, true) : null]);
+    const splitting = segment.by && segment.value === null
+      ? fetchReport("summary", range, token, true) : null;
+    splitting?.catch(() => null);  // handled where it is awaited, below
+    const attributes = await fetchJson(`/api/reports/attributes?${new URLSearchParams(range)}`, token);
     showDashboard();
     render(summary, matrix, journeys, trend, candidates);
     renderSegmentChoice(attributes);
-    renderSegments(split);
     setStatus("");
     refreshQueues();
     loadExperiments(range, token);
     loadUnrecognised(range, token);
     loadAgents(range, token);
+    renderSegments(await splitting);  // the split may still be being prepared
   } catch (error) {
+    if (error instanceof Superseded) return;
     if (error instanceof Unauthorized) {
       sessionStorage.removeItem(TOKEN_KEY);
       return showLogin(`That token was not accepted: ${error.message}`);
