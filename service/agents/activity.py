@@ -38,8 +38,9 @@ log = structlog.get_logger(__name__)
 STATES = ("available", "busy", "away", "offline")
 CONSOLE_TTL_S = 15
 CONSOLE_REFRESH_S = 5
-# Console frames after which the agent's state may differ (presence, taking or leaving contacts).
-STATE_FRAMES = frozenset({"presence", "accept", "wrap_up", "transfer"})
+# Console frames after which the agent's state may differ (taking or leaving contacts; the
+# presence frame observes before its answer, which carries the time).
+STATE_FRAMES = frozenset({"accept", "wrap_up", "transfer"})
 
 # For each agent in ARGV[3 + n..] (ARGV[2] = n, the channels in ARGV[3..2 + n]): its state,
 # stamped with ARGV[1] (now, ms) when it or its away reason changed. Replies per agent

@@ -302,8 +302,11 @@ class AgentDesk:
             raise HandoffError("unknown_reason", f"unknown away reason {reason!r} "
                                f"(this deployment's: {known})")
         await self._handoff.router.set_presence(agent["id"], status, reason)
+        seen = (await self._activity.observe([agent["id"]]))[agent["id"]]  # stamped now
         await ws.send_json({"type": "presence", "status": status,
-                            **_reason_fields(reasons, reason)})
+                            **_reason_fields(reasons, reason),
+                            "since": iso(datetime.fromtimestamp(seen.since, timezone.utc))
+                            if seen.since else None})
         if status == "available":
             await self._handoff.dispatch()
 
