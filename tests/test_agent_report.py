@@ -171,6 +171,14 @@ async def test_the_report_counts_what_each_agent_did(agent_service, db):
             "resolved_rate": 0.75, "transfers_out": 1, "retyped": 1, "csat": 4.0,
             "csat_responses": 1}
 
+        # time in status (test_away_reasons.py checks it to the second): both held contacts,
+        # waited for offers, and none of it outside the window; the team's is their sum
+        span = moments["end"] - moments["start"]
+        for agent in (dana, eli):
+            assert agent["busy_s"] > 0 and agent["available_s"] > 0
+            assert agent["available_s"] + agent["busy_s"] + agent["away_s"] <= span + 0.01
+        assert body["team"]["busy_s"] == pytest.approx(dana["busy_s"] + eli["busy_s"], abs=0.01)
+
         eli_seconds, dana_seconds = await handle_times(db, "Eli"), await handle_times(db, "Dana")
         assert len(eli_seconds) == 3 and len(dana_seconds) == 1
         assert all(s > 0 for s in eli_seconds + dana_seconds)
