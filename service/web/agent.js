@@ -1119,6 +1119,7 @@ function renderPresence() {
   const picking = !available || state.choosingReason;
   ui.reasonPicker.hidden = !picking || !state.reasons.length;
   ui.reasonCancel.hidden = !state.choosingReason;
+  ui.reasonPicker.toggleAttribute("data-choosing", state.choosingReason);
   ui.reasonHeading.textContent = state.choosingReason ? "Why are you going away?" : "Why are you away?";
   const chosen = available ? null : state.reason;
   ui.reasons.replaceChildren(...state.reasons.map((reason, i) => el("button", {
