@@ -24,7 +24,7 @@ from tests.test_agents import app_settings as agent_settings  # noqa: F401 (fixt
 from tests.test_agents import login, twilio  # noqa: F401 (fixture)
 from tests.test_ops_api import HeldClock, cli, events_landed, use_servers
 from tests.test_rules_validation import errors
-from tests.test_supervisor import by_name, supervised, view  # noqa: F401 (fixture)
+from tests.test_supervisor import by_name, supervised, until, view  # noqa: F401 (fixture)
 
 SHIPPED = [("break", "Break", 15), ("lunch", "Lunch", 60), ("meeting", "Meeting", None),
            ("training", "Training", None), ("after_call_work", "After-call work", 10),
@@ -160,6 +160,16 @@ async def test_the_agent_report_counts_time_in_each_status_within_the_window(
             activity_clock.at(at)
             await dana.send(type="presence", **frame)
             await dana.next("presence")
+        # Gus signs in for half an hour and is disabled after: listed for his time alone
+        activity_clock.at(start + 10 * 60)
+        gus = await login(client, db, "Gus", available=False)
+        activity_clock.at(start + 40 * 60)
+        await gus.ws.close()
+
+        async def gus_offline():
+            return by_name(await view(client, ops))["Gus"]["state"] == "offline"
+        assert await until(gus_offline)
+        await db.execute("UPDATE agents SET disabled_at = now() WHERE name = 'Gus'")
         activity_clock.release()
         await events_landed(client.app)
         dana_id = by_name(await view(client, ops))["Dana"]["id"]
@@ -186,6 +196,9 @@ async def test_the_agent_report_counts_time_in_each_status_within_the_window(
         assert (mine["available_s"], mine["busy_s"], mine["away_s"], mine["away_reasons_s"]) == \
             (1500.0, 0.0, 2100.0, {"break": 300.0, "lunch": 1800.0})
         assert mine["offers"] == 0 and mine["handled"] == 0  # the old columns as they were
+        [gus] = [a for a in report["agents"] if a["name"] == "Gus"]
+        assert (gus["offers"], gus["available_s"], gus["away_s"], gus["away_reasons_s"]) == \
+            (0, 0.0, 1800.0, {})
         assert report["team"]["away_reasons_s"]["lunch"] >= 1800.0
         assert "away_reasons_s" in report["definitions"]
 

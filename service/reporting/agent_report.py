@@ -39,7 +39,7 @@ DEFINITIONS = {
               "time, resolution, re-typing and CSAT) when it was wrapped up, a transfer when it "
               "was made (a warm one when the next agent accepted).",
     "agents": "Every enabled agent of the directory, and any other agent with an event in the "
-              "window; id and name from the agent directory.",
+              "window or time signed in within it; id and name from the agent directory.",
     "offers": "Contacts offered to the agent (offered events), a contact offered again "
               "counting again.",
     "accepted": "Offers the agent accepted (agent_accepted events).",
@@ -172,7 +172,8 @@ segments AS (
           AND p.occurred_at < $2::timestamptz
         ORDER BY p.occurred_at DESC, p.seq DESC LIMIT 1) last
 )
-SELECT agent_id, status, COALESCE(reason, '') AS reason,
+SELECT agent_id, (SELECT a.name FROM agents a WHERE a.id::text = agent_id) AS name,
+       status, COALESCE(reason, '') AS reason,
        sum(extract(epoch FROM LEAST(ended, $2::timestamptz)
                               - GREATEST(began, $1::timestamptz)))::float8 AS seconds
 FROM segments
@@ -248,6 +249,7 @@ class AgentFigures:
 
 
 FIELDS = tuple(f.name for f in fields(AgentFigures))
+NO_FIGURES = AgentFigures(None, None, 0, 0, 0, 0, None, 0, None, None, 0, None, 0, 0, None, 0)
 
 
 def _seconds(value: float | None) -> float | None:
@@ -257,11 +259,15 @@ def _seconds(value: float | None) -> float | None:
 async def agent_report(conn: asyncpg.Connection | asyncpg.Pool, window: Window) -> dict[str, Any]:
     """Per agent and for the team, the figures of DEFINITIONS over the window."""
     rows = await _run(conn, "agents", QUERY, (window.start, window.end))
-    times = await status_times(conn, window)
+    times, names = await status_times(conn, window)
     [team] = [AgentFigures.from_row(r) for r in rows if r["team"]]
     team = replace(team, **asdict(sum_times(times.values())))
-    agents = sorted((replace(figures, **asdict(times.get(figures.id or "", StatusTimes())))
-                     for figures in (AgentFigures.from_row(r) for r in rows if not r["team"])),
+    listed = {figures.id: figures for figures in (AgentFigures.from_row(r) for r in rows
+                                                  if not r["team"])}
+    for agent_id in times.keys() - listed.keys():  # signed in, but no other event: disabled
+        listed[agent_id] = replace(NO_FIGURES, id=agent_id, name=names.get(agent_id))
+    agents = sorted((replace(figures, **asdict(times.get(agent_id or "", StatusTimes())))
+                     for agent_id, figures in listed.items()),
                     key=lambda a: ((a.name or "").lower(), a.id or ""))
     return {"metric_version": METRIC_VERSION, **window.as_dict(),
             "agents": [a.as_dict() for a in agents], "team": team.as_dict(),
@@ -269,14 +275,16 @@ async def agent_report(conn: asyncpg.Connection | asyncpg.Pool, window: Window) 
 
 
 async def status_times(conn: asyncpg.Connection | asyncpg.Pool, window: Window
-                       ) -> dict[str, StatusTimes]:
-    """Per agent id, the seconds in each status within the window (STATUS_QUERY)."""
+                       ) -> tuple[dict[str, StatusTimes], dict[str, str | None]]:
+    """Per agent id, the seconds in each status within the window (STATUS_QUERY), and the
+    agents' names."""
     rows = await _run(conn, "agent_status", STATUS_QUERY, (window.start, window.end))
     times: dict[str, StatusTimes] = {}
     for row in rows:
         times[row["agent_id"]] = times.get(row["agent_id"], StatusTimes()).plus(
             row["status"], row["reason"], row["seconds"])
-    return {agent_id: t.rounded() for agent_id, t in times.items()}
+    return ({agent_id: t.rounded() for agent_id, t in times.items()},
+            {row["agent_id"]: row["name"] for row in rows})
 
 
 def sum_times(all_times: Iterable[StatusTimes]) -> StatusTimes:
