@@ -88,6 +88,14 @@ async def test_the_console_picks_a_reason_and_times_it(supervised, db):  # noqa:
             await expect(switch).to_have_attribute("aria-checked", "false")
             await expect(page.locator("#status-text")).to_have_text("Break")
             assert by_name(await view(client, supervisor))["Dana"]["reason"] == "break"
+
+            # a reload closes the socket (the service forgets why); the console says it again
+            await page.reload()
+            await expect(page.get_by_role("radio", name="Break")).to_have_attribute(
+                "aria-checked", "true")
+            await expect(page.locator("#status-text")).to_have_text("Break")
+            seen = by_name(await view(client, supervisor))["Dana"]
+            assert (seen["state"], seen["reason"]) == ("away", "break")
             assert errors == []
 
 

@@ -255,8 +255,8 @@ function onReady(frame) {
   const reason = sessionStorage.getItem(REASON_KEY);
   if (sessionStorage.getItem(PRESENCE_KEY) === "available" && state.presence !== "available") {
     sendFrame({ type: "presence", status: "available" });
-  } else if (sessionStorage.getItem(PRESENCE_KEY) === "away" && reason && state.reason !== reason &&
-             state.reasons.some((r) => r.id === reason)) {
+  } else if (sessionStorage.getItem(PRESENCE_KEY) === "away" && state.presence === "away" && reason &&
+             state.reason !== reason && state.reasons.some((r) => r.id === reason)) {
     sendFrame({ type: "presence", status: "away", reason }); // a dropped socket forgot why
   }
   render();
