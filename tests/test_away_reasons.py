@@ -298,3 +298,7 @@ async def test_a_bad_file_on_reload_leaves_the_reasons_in_force(supervised, db, 
         await holder.reload()
         await dana.send(type="presence", status="away", reason="nap")
         assert (await dana.next("presence"))["reason_label"] == "Nap"
+        await dana.send(type="presence", status="away")  # an old console, and no `other` listed
+        assert (await dana.next("presence"))["reason"] is None
+        assert by_name(await view(client, await create_token(db, "ops", "x")))["Dana"][
+            "reason"] is None
