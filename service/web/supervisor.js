@@ -145,7 +145,8 @@ function render(view) {
 }
 
 function renderStates(counts, awayByReason) {
-  const breakdown = awayByReason.map((r) => `${r.label} ${r.count}`).join(" · ");
+  const given = awayByReason.some((r) => r.reason); // "No reason given 3" alone says nothing
+  const breakdown = given ? awayByReason.map((r) => `${r.label} ${r.count}`).join(" · ") : "";
   $("states").replaceChildren(...STATES.map((s) => el("div", {
     class: "state-count", "data-state": s.key,
     title: s.key === "away" && breakdown ? `Away: ${breakdown}` : undefined,
