@@ -8,8 +8,10 @@ Writes bench_reports.py's synthetic log (whose own escalations are accepted by o
 wrapped up, with no offers, declines, expiries, transfers or survey answers) with the agent part
 of each escalated contact played by --agents agents of the directory: of the 70% accepted, an
 offer to another agent first declined (20%) or left to expire (10%), the offer and accept, a
-cold transfer to a colleague (5%), the wrap-up (10% re-typed), a CSAT answer (30%). ANALYZEs,
-prints the plan of the report over one day (the partitions and index it reads), then the median
+cold transfer to a colleague (5%), the wrap-up (10% re-typed), a CSAT answer (30%); and each
+agent's working days as agent_status_changed events (`shifts`: time in status). ANALYZEs,
+prints the plans of the report's two queries over one day (the partitions and indexes they
+read), then the median
 and fastest of --runs runs over one hour, one day, one week and the whole log. Results go in
 load_tests/REPORTS.md.
 """
@@ -84,6 +86,48 @@ class AgentContact(bench_reports.Contact):
         self.rows[-1] = (*self.rows[-1][:-1], json.dumps(data))
 
 
+REASONS = ("break", "lunch", "meeting", "training", "other")
+
+
+def shifts(agents: list[str], start, days: int, rng) -> list[tuple]:
+    """Each agent's working days as agent_status_changed rows (id, occurred_at, kind, data):
+    signed in about 8 hours from about 08:00, alternating available and busy every few
+    minutes, two breaks and a lunch (now and then a meeting or training), then offline."""
+    import uuid
+
+    rows = []
+    for agent in agents:
+        for day in range(days):
+            at = start + timedelta(days=day, hours=8, minutes=rng.uniform(-30, 30))
+            end = at + timedelta(hours=8)
+            status, reason, since = "offline", None, None
+            pauses = sorted(rng.uniform(0, 8 * 3600) for _ in range(3))
+
+            def change(to: str, why: str | None) -> None:
+                nonlocal status, reason, since
+                seconds = None if since is None else round((at - since).total_seconds(), 3)
+                rows.append((uuid.uuid4(), at, "agent_status_changed", json.dumps({
+                    "agent_id": agent, "from": status if since else None, "to": to,
+                    "from_reason": reason, "reason": why, "seconds": seconds})))
+                status, reason, since = to, why, at
+
+            change("away", None)
+            while at < end:
+                at += timedelta(seconds=rng.uniform(5, 60))
+                if pauses and (at - (end - timedelta(hours=8))).total_seconds() > pauses[0]:
+                    pauses.pop(0)
+                    why = "lunch" if len(pauses) == 1 else rng.choice(
+                        ("break", "break", "meeting", "training"))
+                    change("away", why)
+                    at += timedelta(minutes=45 if why == "lunch" else rng.uniform(5, 20))
+                change("available", None)
+                at += timedelta(seconds=rng.expovariate(1 / 120))
+                change("busy", None)
+                at += timedelta(seconds=rng.expovariate(1 / 300))
+            change("offline", None)
+    return rows
+
+
 async def bench(url: str, events: int, days: int, agents: int, runs: int) -> None:
     from datetime import datetime, timezone
 
@@ -106,6 +150,12 @@ async def bench(url: str, events: int, days: int, agents: int, runs: int) -> Non
             began = time.perf_counter()
             await fill(conn, events, days, examples_by_type(catalog), start)
             print(f"  written in {time.perf_counter() - began:.1f} s")
+            import random
+            changes = shifts(AgentContact.agents, start, days, random.Random(7))
+            await conn.copy_records_to_table(
+                "contact_events", records=changes,
+                columns=("id", "occurred_at", "kind", "data"))
+            print(f"  and {len(changes):,} agent_status_changed (shifts of {agents} agents)")
         await conn.execute("ANALYZE")
         total, agent_events = await conn.fetchrow(
             f"""SELECT count(*), count(*) FILTER (WHERE kind IN
@@ -123,12 +173,17 @@ async def bench(url: str, events: int, days: int, agents: int, runs: int) -> Non
             "AND pg_get_indexdef(indexrelid) LIKE '%offer_expired%'")
         print(f"\nmigration 020's index on the window's partition: {partial}")
         print("plan, one day:\n" + "\n".join(r[0] for r in plan))
+        plan = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) "
+                                + agent_report.STATUS_QUERY, day.start, day.end)
+        print("\ntime in status, plan, one day:\n" + "\n".join(r[0] for r in plan))
         whole = Window(first, last + timedelta(seconds=1))
         report = await agent_report.agent_report(conn, whole)
         team = report["team"]
         print("\nwhole log, team:", {k: team[k] for k in ("offers", "accepted", "declined",
                                                            "expired", "handled", "transfers_out",
-                                                           "csat_responses")})
+                                                           "csat_responses", "available_s",
+                                                           "busy_s", "away_s",
+                                                           "away_reasons_s")})
         cases = [("one hour", Window(day.start, day.start + timedelta(hours=1))),
                  ("one day", day), ("one week", Window(day.start, day.start + timedelta(days=7))),
                  ("whole log", whole)]

@@ -356,10 +356,11 @@ async def conversations(app: web.Application) -> AsyncIterator[None]:
     app[FALLBACK] = FallbackContacts(app[EVENTS], find, lambda: default_queue(app), traits,
                                      settings.sms_idle_timeout_s)
     app[AUTH_THROTTLE] = AuthThrottle(app[REDIS_BATCH])
-    app[ACTIVITY] = ActivityLog(app[REDIS_BATCH], traits)
+    app[ACTIVITY] = ActivityLog(app[REDIS_BATCH], traits, app[EVENTS].emit)
     app[AGENT_DESK] = AgentDesk(pool, app[HANDOFF], app[BUS], lambda: [
         {"id": t.id, "label": t.label} for t in current_rules().catalog.types.values()],
-        app[AUTH_THROTTLE], app[ACTIVITY], app[OUTBOX])
+        app[AUTH_THROTTLE], app[ACTIVITY], app[OUTBOX],
+        away_reasons=lambda: current_rules().away_reasons)
     yield
 
 

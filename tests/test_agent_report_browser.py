@@ -5,6 +5,8 @@ on a heading. Screenshots land in test-artifacts/ops-agents*.png.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from playwright.async_api import expect
 
@@ -65,6 +67,10 @@ async def test_the_ops_panel_shows_each_agent_and_sorts(agent_service, db):  # n
             await expect(team.locator('[data-field="name"]')).to_have_text("Team")
             await expect(team.locator('[data-field="offers"]')).to_have_text("7")
             await expect(team.locator('[data-field="acceptance_rate"]')).to_have_text("71.4%")
+            # time in status (test_away_reasons.py checks the figures): seconds here
+            await expect(team.locator('[data-field="available_s"]')).to_have_text(
+                re.compile(r"^\d+ s$"))
+            await expect(dana.locator('[data-field="away_reasons_s"]')).to_have_text("–")
             await page.locator("#agents-heading").scroll_into_view_if_needed()
             await page.locator("#agents-table").screenshot(path=artifact("ops-agents.png"))
 

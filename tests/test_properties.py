@@ -49,7 +49,8 @@ def test_settings_are_built_or_every_problem_is_named(environ):
 
 
 @FUZZ
-@given(st.sampled_from(["catalog.yaml", "routes.yaml", "flows.yaml", "experiments.yaml"]),
+@given(st.sampled_from(["catalog.yaml", "routes.yaml", "flows.yaml", "experiments.yaml",
+                        "away_reasons.yaml"]),
        st.integers(min_value=0, max_value=4000), text)
 def test_a_garbled_rules_file_is_refused_with_its_name(tmp_path_factory, name, at, junk):
     directory = tmp_path_factory.mktemp("rules") / "r"

@@ -87,16 +87,20 @@ async def test_agents_on_two_instances_are_seen_with_their_state_contacts_and_ti
         seen = await observed(two, token, start)
         assert seen["Finn"] | {"id": None} == {
             "id": None, "name": "Finn", "skills": ["care"], "state": "offline",
-            "presence": "away", "since": None, "in_state_s": None, "contacts": {},
-            "offers": 0, "capacity": {"sms": 3, "voice": 1, "chat": 3, "whatsapp": 3},
-            "held": []}
+            "presence": "away", "since": None, "in_state_s": None, "reason": None,
+            "reason_label": None, "reason_limit_s": None, "over_limit": False,
+            "contacts": {}, "offers": 0,
+            "capacity": {"sms": 3, "voice": 1, "chat": 3, "whatsapp": 3}, "held": []}
         assert seen["Dana"]["state"] == "available" and stamped_in_window(seen["Dana"])
         dana_available = seen["Dana"]["since"]
 
         start = time.time()
         eli = await login(two, db, "Eli", ALL_SKILLS, available=False)
+        await eli.send(type="presence", status="away", reason="meeting")
+        assert (await eli.next("presence"))["reason"] == "meeting"
         seen = await observed(one, token, start)
         assert seen["Eli"]["state"] == "away" and stamped_in_window(seen["Eli"])
+        assert (seen["Eli"]["reason"], seen["Eli"]["reason_label"]) == ("meeting", "Meeting")
         assert seen["Dana"]["since"] == dana_available
 
         await text(one, "+15555550401", "I want to talk to a human")
@@ -130,6 +134,8 @@ async def test_agents_on_two_instances_are_seen_with_their_state_contacts_and_ti
         assert seen["Dana"]["since"] == busy_since  # busy since the first contact
         assert snapshot["agents_by_state"] == {"available": 0, "busy": 1, "away": 1,
                                                "offline": 1}
+        assert snapshot["away_by_reason"] == [{"reason": "meeting", "label": "Meeting",
+                                               "count": 1}]
         assert [a["name"] for a in snapshot["agents"]] == ["Dana", "Eli", "Finn"]
         elsewhere = (await view(one, token))["agents"]  # the other instance sees the same
         assert [(a["state"], a["since"], a["contacts"]) for a in elsewhere] == \
@@ -248,7 +254,7 @@ async def test_only_ops_and_supervisor_tokens_read_the_view(supervised, db):
             "supervisor token")
         for token in (supervisor, ops):
             assert set(await view(client, token)) == {"as_of", "window_s", "agents_by_state",
-                                                      "agents", "queues"}
+                                                      "away_by_reason", "agents", "queues"}
         reports = await client.get("/api/reports/summary",
                                    headers={"Authorization": f"Bearer {supervisor}"})
         assert reports.status == 403  # a supervisor sees the floor, not the reports

@@ -12,7 +12,8 @@ import asyncio
 import json
 import uuid
 import weakref
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, Callable
 
 import asyncpg
 import structlog
@@ -26,6 +27,8 @@ from service.conversations.outbox import Outbox
 from service.conversations.transfer import TransferRequest
 from service.infra.auth_throttle import AuthThrottle
 from service.infra.tokens import hash_token, new_token
+from service.reporting.reports import iso
+from service.rules.away_reasons import DEFAULT_REASONS, AwayReasons
 from service.websocket import (
     CLOSE_FRAME,
     RateLimit,
@@ -93,8 +96,10 @@ class AgentDesk:
 
     def __init__(self, pool: asyncpg.Pool, handoff: Handoff, bus: Bus, contact_types,
                  throttle: AuthThrottle, activity: ActivityLog,
-                 outbox: Outbox | None = None):
+                 outbox: Outbox | None = None,
+                 away_reasons: Callable[[], AwayReasons] = lambda: DEFAULT_REASONS):
         self._pool = pool
+        self._away_reasons = away_reasons  # the rules in force's
         self._outbox = outbox
         self._handoff = handoff
         self._bus = bus
@@ -172,10 +177,14 @@ class AgentDesk:
     async def _send_ready(self, ws: web.WebSocketResponse, agent: dict[str, Any]) -> None:
         router = self._handoff.router
         state = await router.agent_state(agent["id"])
+        reasons = self._away_reasons()
         await ws.send_json({"type": "ready", "agent": {
             "id": agent["id"], "name": agent["name"], "skills": agent["skills"],
-            "capacity": router.capacity_of(agent), "status": state.get("status", "away")},
+            "capacity": router.capacity_of(agent), "status": state.get("status", "away"),
+            **_reason_fields(reasons, state.get("away_reason")),
+            "since": _ms_iso(state.get("activity_at"))},
             "contact_types": self._contact_types(),
+            "away_reasons": [r.view() for r in reasons.reasons],
             "transfer_targets": await self._transfer_targets(agent)})
         for contact_id in await router.assignments_for(agent["id"]):  # re-sync after reconnect
             found = await self._handoff.conversation(contact_id)
@@ -238,12 +247,7 @@ class AgentDesk:
         kind = frame.get("type")
         contact_id = frame.get("contact_id")
         if kind == "presence":
-            if frame.get("status") not in ("available", "away"):
-                raise HandoffError("bad_frame", "status is available or away")
-            await self._handoff.router.set_presence(agent["id"], frame["status"])
-            await ws.send_json({"type": "presence", "status": frame["status"]})
-            if frame["status"] == "available":
-                await self._handoff.dispatch()
+            await self._presence(ws, agent, frame)
             return
         if not isinstance(contact_id, str) or not contact_id:
             raise HandoffError("bad_frame", f"'{kind}' needs a contact_id")
@@ -282,6 +286,30 @@ class AgentDesk:
         else:
             raise HandoffError("bad_frame", f"unknown frame type {kind!r}")
 
+    async def _presence(self, ws: web.WebSocketResponse, agent: dict[str, Any],
+                        frame: dict[str, Any]) -> None:
+        """Available, or away with a reason of the rules (an old console's none: `other`)."""
+        status, reasons = frame.get("status"), self._away_reasons()
+        if status not in ("available", "away"):
+            raise HandoffError("bad_frame", "status is available or away")
+        reason = frame.get("reason")
+        if status == "available" and reason is not None:
+            raise HandoffError("bad_frame", "a reason goes with status away only")
+        if status == "away" and reason is None:
+            reason = reasons.fallback
+        elif status == "away" and reasons.get(reason) is None:
+            known = ", ".join(r.id for r in reasons.reasons)
+            raise HandoffError("unknown_reason", f"unknown away reason {reason!r} "
+                               f"(this deployment's: {known})")
+        await self._handoff.router.set_presence(agent["id"], status, reason)
+        seen = (await self._activity.observe([agent["id"]]))[agent["id"]]  # stamped now
+        await ws.send_json({"type": "presence", "status": status,
+                            **_reason_fields(reasons, reason),
+                            "since": iso(datetime.fromtimestamp(seen.since, timezone.utc))
+                            if seen.since else None})
+        if status == "available":
+            await self._handoff.dispatch()
+
     async def close_all(self) -> None:
         if self._recheck:
             self._recheck.cancel()
@@ -294,3 +322,13 @@ async def _error(ws: web.WebSocketResponse, code: str, message: str, frame: Any 
     if isinstance(frame, dict) and isinstance(frame.get("contact_id"), str):
         extra["contact_id"] = frame["contact_id"]
     await send_error(ws, code, message, **extra)
+
+
+def _reason_fields(reasons: AwayReasons, reason: str | None) -> dict[str, Any]:
+    """An away reason as frames carry it: its id and label (both null when none)."""
+    reason = reason or None
+    return {"reason": reason, "reason_label": reasons.label(reason) if reason else None}
+
+
+def _ms_iso(ms: str | None) -> str | None:
+    return iso(datetime.fromtimestamp(int(ms) / 1000, timezone.utc)) if ms else None

@@ -463,12 +463,13 @@ class Dispatcher:
         return {**self._default_capacity,
                 **{c: int(n) for c, n in (agent.get("capacity") or {}).items()}}
 
-    async def set_presence(self, agent_id: str, status: str) -> None:
+    async def set_presence(self, agent_id: str, status: str, reason: str | None = None) -> None:
+        """available or away (with why: an away reason's id, kept for activity.py)."""
         now = int(time.time() * 1000)
         availability = (("ZADD", PREFIX + "available", "NX", now, agent_id)
                         if status == "available" else ("ZREM", PREFIX + "available", agent_id))
-        await self._transaction(("HSET", f"{PREFIX}agent:{agent_id}", "status", status),
-                                availability)
+        await self._transaction(("HSET", f"{PREFIX}agent:{agent_id}", "status", status,
+                                 "away_reason", reason or ""), availability)
 
     async def agent_state(self, agent_id: str) -> dict[str, str]:
         [flat] = await self.batcher.execute(("HGETALL", f"{PREFIX}agent:{agent_id}"))

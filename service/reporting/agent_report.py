@@ -4,6 +4,9 @@ handled and how well, with a team total.
     GET /api/reports/agents?from=&to=       (ops or supervisor token)
     switchboard report agents --from F --to T [--format table|json|csv]
 
+Time in status (available, busy, away per reason) comes from `agent_status_changed` (the
+agent's own events, service/agents/activity.py), clipped to the window: STATUS_QUERY.
+
 Read from the agent events of the event log (service/conversations/handoff.py, transfer.py):
 `offered`, `agent_accepted`, `offer_declined`, `offer_expired` and `wrap_up` carry the agent in
 `data.agent_id`, `transferred` in `data.from_agent`. Each event counts in the window in which it
@@ -15,8 +18,8 @@ monthly partitions to the window and reads migration 020's partial index of agen
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Iterable, Mapping
 
 import asyncpg
 from aiohttp import web
@@ -36,7 +39,7 @@ DEFINITIONS = {
               "time, resolution, re-typing and CSAT) when it was wrapped up, a transfer when it "
               "was made (a warm one when the next agent accepted).",
     "agents": "Every enabled agent of the directory, and any other agent with an event in the "
-              "window; id and name from the agent directory.",
+              "window or time signed in within it; id and name from the agent directory.",
     "offers": "Contacts offered to the agent (offered events), a contact offered again "
               "counting again.",
     "accepted": "Offers the agent accepted (agent_accepted events).",
@@ -62,6 +65,15 @@ DEFINITIONS = {
     "csat": "Mean of the valid 1-5 answers to the CSAT surveys of the contacts the agent "
             "wrapped up in the window (the contact's first survey_answered, whenever it came); "
             "null when there are none. csat_responses: how many.",
+    "available_s": "Seconds the agent was available (console open, taking contacts, holding "
+                   "none) within the window, from the agent_status_changed events; a status "
+                   "that began before the window counts from its start, one still going on "
+                   "up to the window's end (or now). Offline (no console open) is not counted.",
+    "busy_s": "Seconds the agent held at least one contact, within the window.",
+    "away_s": "Seconds the agent was signed in but away (taking no new contacts, holding none), "
+              "within the window, whatever the reason.",
+    "away_reasons_s": "Of away_s, the seconds per away reason the agent gave (its id, "
+                      "away_reasons.yaml); away with no reason is in away_s only.",
     "team": "The same figures over every agent's events together (means and the median over "
             "all handled contacts, not means of the agents' figures).",
     "rates": "Fractions from 0 to 1; null when the denominator is 0. Seconds and CSAT are null "
@@ -131,6 +143,68 @@ GROUP BY GROUPING SETS ((r.agent_id), ())
 """
 
 
+# Time in each status, from `agent_status_changed` (service/agents/activity.py): every change
+# in the window closes the status before it (from, from_reason, seconds: [at - seconds, at)),
+# and each agent's latest change before the window's end opens the one it was in at the end
+# (to, reason: [at, end or now)); both clipped to the window, so a status that began before
+# it counts from its start. Agents: the directory's (enabled or not) and any in the window.
+STATUS_QUERY = """
+WITH changes AS (
+    SELECT e.data->>'agent_id' AS agent_id, e.occurred_at AS at, e.data->>'from' AS status,
+           e.data->>'from_reason' AS reason,
+           e.occurred_at - make_interval(secs => (e.data->>'seconds')::float8) AS began
+    FROM contact_events e
+    WHERE e.kind = 'agent_status_changed'
+      AND e.occurred_at >= $1::timestamptz AND e.occurred_at < $2::timestamptz
+),
+agent_ids AS (
+    SELECT id::text AS agent_id FROM agents UNION SELECT agent_id FROM changes
+),
+segments AS (
+    SELECT agent_id, status, reason, began, at AS ended FROM changes
+    WHERE status IS NOT NULL AND began IS NOT NULL
+    UNION ALL
+    SELECT a.agent_id, last.status, last.reason, last.at, LEAST($2::timestamptz, now())
+    FROM agent_ids a CROSS JOIN LATERAL (
+        SELECT p.occurred_at AS at, p.data->>'to' AS status, p.data->>'reason' AS reason
+        FROM contact_events p
+        WHERE p.kind = 'agent_status_changed' AND p.data->>'agent_id' = a.agent_id
+          AND p.occurred_at < $2::timestamptz
+        ORDER BY p.occurred_at DESC, p.seq DESC LIMIT 1) last
+)
+SELECT agent_id, (SELECT a.name FROM agents a WHERE a.id::text = agent_id) AS name,
+       status, COALESCE(reason, '') AS reason,
+       sum(extract(epoch FROM LEAST(ended, $2::timestamptz)
+                              - GREATEST(began, $1::timestamptz)))::float8 AS seconds
+FROM segments
+WHERE status IN ('available', 'busy', 'away') AND ended > $1::timestamptz
+  AND began < $2::timestamptz AND LEAST(ended, $2::timestamptz) > GREATEST(began, $1::timestamptz)
+GROUP BY agent_id, status, COALESCE(reason, '')
+"""
+
+
+@dataclass(frozen=True)
+class StatusTimes:
+    """Seconds an agent spent in each status within the window (console open: signed in)."""
+    available_s: float = 0.0
+    busy_s: float = 0.0
+    away_s: float = 0.0
+    away_reasons_s: Mapping[str, float] = field(default_factory=dict)  # those given a reason
+
+    def plus(self, status: str, reason: str, seconds: float) -> "StatusTimes":
+        if status == "away" and reason:
+            reasons = {**self.away_reasons_s}
+            reasons[reason] = reasons.get(reason, 0.0) + seconds
+            return replace(self, away_s=self.away_s + seconds, away_reasons_s=reasons)
+        name = f"{status}_s"
+        return replace(self, **{name: getattr(self, name) + seconds})
+
+    def rounded(self) -> "StatusTimes":
+        return StatusTimes(round(self.available_s, 3), round(self.busy_s, 3),
+                           round(self.away_s, 3),
+                           {r: round(s, 3) for r, s in sorted(self.away_reasons_s.items())})
+
+
 @dataclass(frozen=True)
 class AgentFigures:
     """One agent's figures over the window (or the team's: no id or name)."""
@@ -150,6 +224,10 @@ class AgentFigures:
     retyped: int
     csat: float | None
     csat_responses: int
+    available_s: float = 0.0
+    busy_s: float = 0.0
+    away_s: float = 0.0
+    away_reasons_s: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> "AgentFigures":
@@ -171,6 +249,7 @@ class AgentFigures:
 
 
 FIELDS = tuple(f.name for f in fields(AgentFigures))
+NO_FIGURES = AgentFigures(None, None, 0, 0, 0, 0, None, 0, None, None, 0, None, 0, 0, None, 0)
 
 
 def _seconds(value: float | None) -> float | None:
@@ -180,12 +259,44 @@ def _seconds(value: float | None) -> float | None:
 async def agent_report(conn: asyncpg.Connection | asyncpg.Pool, window: Window) -> dict[str, Any]:
     """Per agent and for the team, the figures of DEFINITIONS over the window."""
     rows = await _run(conn, "agents", QUERY, (window.start, window.end))
+    times, names = await status_times(conn, window)
     [team] = [AgentFigures.from_row(r) for r in rows if r["team"]]
-    agents = sorted((AgentFigures.from_row(r) for r in rows if not r["team"]),
+    team = replace(team, **asdict(sum_times(times.values())))
+    listed = {figures.id: figures for figures in (AgentFigures.from_row(r) for r in rows
+                                                  if not r["team"])}
+    for agent_id in times.keys() - listed.keys():  # signed in, but no other event: disabled
+        listed[agent_id] = replace(NO_FIGURES, id=agent_id, name=names.get(agent_id))
+    agents = sorted((replace(figures, **asdict(times.get(agent_id or "", StatusTimes())))
+                     for agent_id, figures in listed.items()),
                     key=lambda a: ((a.name or "").lower(), a.id or ""))
     return {"metric_version": METRIC_VERSION, **window.as_dict(),
             "agents": [a.as_dict() for a in agents], "team": team.as_dict(),
             "definitions": DEFINITIONS}
+
+
+async def status_times(conn: asyncpg.Connection | asyncpg.Pool, window: Window
+                       ) -> tuple[dict[str, StatusTimes], dict[str, str | None]]:
+    """Per agent id, the seconds in each status within the window (STATUS_QUERY), and the
+    agents' names."""
+    rows = await _run(conn, "agent_status", STATUS_QUERY, (window.start, window.end))
+    times: dict[str, StatusTimes] = {}
+    for row in rows:
+        times[row["agent_id"]] = times.get(row["agent_id"], StatusTimes()).plus(
+            row["status"], row["reason"], row["seconds"])
+    return ({agent_id: t.rounded() for agent_id, t in times.items()},
+            {row["agent_id"]: row["name"] for row in rows})
+
+
+def sum_times(all_times: Iterable[StatusTimes]) -> StatusTimes:
+    """The team's: every agent's seconds added up."""
+    total = StatusTimes()
+    for times in all_times:
+        total = replace(total, available_s=total.available_s + times.available_s,
+                        busy_s=total.busy_s + times.busy_s, away_s=total.away_s + times.away_s,
+                        away_reasons_s={r: total.away_reasons_s.get(r, 0.0)
+                                        + times.away_reasons_s.get(r, 0.0)
+                                        for r in {*total.away_reasons_s, *times.away_reasons_s}})
+    return total.rounded()
 
 
 def routes() -> list[web.RouteDef]:

@@ -22,7 +22,8 @@ def add_parser(report: argparse.ArgumentParser) -> None:
     subjects = report.add_subparsers(dest="report_subject", required=False, metavar="agents")
     agents = subjects.add_parser(
         "agents", help="per agent over the window: offers accepted, declined and missed, "
-        "contacts handled, handle time, resolved, transfers, re-typed, CSAT; a team total")
+        "contacts handled, handle time, resolved, transfers, re-typed, CSAT, time available, "
+        "busy and away (per reason); a team total")
     agents.add_argument("--from", dest="start", metavar="FROM",
                         help="ISO 8601 date or time, UTC unless an offset is given "
                              "(default: seven days before --to)")
@@ -47,13 +48,29 @@ COLUMNS = (("agent", "name"), ("offers", "offers"), ("accepted", "accepted"),
            ("declined", "declined"), ("missed", "expired"), ("accept %", "acceptance_rate"),
            ("handled", "handled"), ("mean handle", "handle_time_mean_s"),
            ("median handle", "handle_time_median_s"), ("resolved %", "resolved_rate"),
-           ("transfers", "transfers_out"), ("re-typed", "retyped"), ("CSAT", "csat"))
+           ("transfers", "transfers_out"), ("re-typed", "retyped"), ("CSAT", "csat"),
+           ("available", "available_s"), ("busy", "busy_s"), ("away", "away_s"),
+           ("away by reason", "away_reasons_s"))
+TIMES = ("available_s", "busy_s", "away_s")
+
+
+def duration(seconds: float) -> str:
+    """Time in a status as the table shows it: 1h 05m, 12m, 40s."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    hours, minutes = divmod(whole // 60, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m"
 
 
 def _cell(figures: dict[str, Any], field: str) -> str:
     value = figures[field]
     if value is None:
         return "-"
+    if field in TIMES:
+        return duration(value)
+    if field == "away_reasons_s":
+        return ", ".join(f"{r} {duration(v)}" for r, v in value.items()) or "-"
     if field.endswith("_rate"):
         return percent(value)
     if field.endswith("_s"):
@@ -86,6 +103,11 @@ def agents_csv(report: dict[str, Any]) -> str:
     writer.writerow(["metric_version", "from", "to", "team", *names])
     head = [report["metric_version"], report["from"], report["to"]]
     for agent in report["agents"]:
-        writer.writerow([*head, "false", *(csv_value(agent[f]) for f in names)])
-    writer.writerow([*head, "true", *(csv_value(report["team"][f]) for f in names)])
+        writer.writerow([*head, "false", *(_csv_cell(agent[f]) for f in names)])
+    writer.writerow([*head, "true", *(_csv_cell(report["team"][f]) for f in names)])
     return out.getvalue()
+
+
+def _csv_cell(value: Any) -> Any:
+    """away_reasons_s as JSON ({"lunch": 2700.0}); the rest as cells are."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict) else csv_value(value)

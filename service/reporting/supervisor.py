@@ -1,7 +1,8 @@
 """The supervisor view: every agent's state and every queue's service level, now.
 
-    GET /api/supervisor     agents (with the contacts each holds), queues, counts by state
-                            (ops or supervisor token)
+    GET /api/supervisor     agents (with the contacts each holds, an away agent's reason
+                            and whether it is over the reason's limit), queues, counts by
+                            state and away agents by reason (ops or supervisor token)
     GET /supervisor         the page that polls it, and whispers on a held contact through
                             POST /api/contacts/{id}/notes (notes_api.py)
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
@@ -40,6 +42,7 @@ from service.infra.redis_batch import CommandBatcher
 from service.reporting import metrics
 from service.reporting.ops_api import _static, ops_report
 from service.reporting.reports import iso
+from service.rules.away_reasons import AwayReasons
 from service.rules.catalog import Catalog
 from service.rules.routing import Queue
 
@@ -136,10 +139,12 @@ async def snapshot(app: web.Application, with_contacts: bool = False) -> dict[st
         router.assignments() if with_contacts else _nothing())
     held = await held_contacts(router.batcher, assigned, rules.catalog)
     outcomes = await queue_outcomes(app[PG], now - WINDOW_S, queues)
-    agents = [_agent_view(row, activity[agent_id], router, now, held.get(agent_id, []))
+    agents = [_agent_view(row, activity[agent_id], router, now, held.get(agent_id, []),
+                          rules.away_reasons)
               for agent_id, row in directory.items()]
     return {"as_of": iso(datetime.fromtimestamp(now, timezone.utc)), "window_s": WINDOW_S,
             "agents_by_state": {s: sum(a["state"] == s for a in agents) for s in STATES},
+            "away_by_reason": away_by_reason(agents, rules.away_reasons),
             "agents": agents,
             "queues": {name: _queue_view(queue, waits[name], outcomes.get(name, QueueOutcomes()))
                        for name, queue in queues.items()}}
@@ -189,14 +194,30 @@ def _iso(at: float | None) -> str | None:
 
 
 def _agent_view(row: dict[str, Any], seen: AgentActivity, router: Dispatcher,
-                now: float, held: list[HeldContact]) -> dict[str, Any]:
+                now: float, held: list[HeldContact], reasons: AwayReasons) -> dict[str, Any]:
     in_state = seen.in_state_s(now)
+    reason = reasons.get(seen.reason)  # a reason since dropped from the rules: its id alone
+    limit_s = reason.limit_s if reason else None
     return {"id": seen.agent_id, "name": row["name"], "skills": row["skills"],
             "state": seen.state, "presence": seen.presence, "since": _iso(seen.since),
             "in_state_s": None if in_state is None else round(in_state, 1),
+            "reason": seen.reason, "reason_label": reason.label if reason else seen.reason,
+            "reason_limit_s": limit_s,
+            "over_limit": bool(limit_s and in_state is not None and in_state > limit_s),
             "contacts": dict(seen.contacts), "offers": seen.offers,
             "capacity": router.capacity_of(row),
             "held": [h.view() for h in held]}
+
+
+def away_by_reason(agents: list[dict[str, Any]], reasons: AwayReasons
+                   ) -> list[dict[str, Any]]:
+    """Away agents counted per reason (the rules' order; reasons no longer listed, then none
+    given, last): the header's breakdown of "Away"."""
+    counts = Counter(a["reason"] for a in agents if a["state"] == "away")
+    order = {r.id: i for i, r in enumerate(reasons.reasons)}
+    ranked = sorted(counts, key=lambda r: (r is None, order.get(r, len(order)), r or ""))
+    return [{"reason": r, "label": reasons.label(r) or r or "No reason given",
+             "count": counts[r]} for r in ranked]
 
 
 def _queue_view(queue: Queue, waited: list[float], done: QueueOutcomes) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Callable, Collection, Iterable, Mapping
 import numpy as np
 
 from service.conversations.redaction import CARDS_ONLY, Redactor
+from service.rules.away_reasons import DEFAULT_REASONS, AwayReasons, load_away_reasons
 from service.rules.catalog import Catalog, load_catalog
 from service.rules.experiments import NO_EXPERIMENTS, Experiments, load_experiments
 from service.rules.flows import NO_FLOWS, Flows, load_flows
@@ -35,9 +36,9 @@ from service.understanding.encodings_file import (
 )
 from service.understanding.model_cache import MODELS_CACHE, load_model, save_model
 
-# flows, redaction, surveys, experiments and replies are optional
+# flows, redaction, surveys, experiments, replies and away reasons are optional
 RULE_FILES = ("catalog.yaml", "routes.yaml", "flows.yaml", "redaction.yaml", "surveys.yaml",
-              "experiments.yaml", "replies.yaml")
+              "experiments.yaml", "replies.yaml", "away_reasons.yaml")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class Rules:
     surveys: Surveys = NO_SURVEYS
     experiments: Experiments = NO_EXPERIMENTS
     replies: SavedReplies = NO_REPLIES
+    away_reasons: AwayReasons = DEFAULT_REASONS
 
 
 def load_rules(directory: Path, *, with_classifier: bool = True,
@@ -70,6 +72,7 @@ def load_rules(directory: Path, *, with_classifier: bool = True,
     surveys = load_surveys(directory, display, catalog.types.keys())
     experiments = load_experiments(directory, display, catalog.types.keys(), flows.flows.keys())
     replies = load_replies(directory, display, catalog.types.keys())
+    away_reasons = load_away_reasons(directory, display)
     learned = tuple((text, label) for text, label in learned if label in catalog.types)
     examples = catalog.training + learned
     out_of_scope = catalog.out_of_scope + catalog.background
@@ -78,7 +81,7 @@ def load_rules(directory: Path, *, with_classifier: bool = True,
     classifier = _trained(training_digest, examples, out_of_scope, catalog, directory) \
         if with_classifier else None
     return Rules(directory, _digest(files, training_digest), catalog, tree, classifier,
-                 learned, flows, files, redactor, surveys, experiments, replies)
+                 learned, flows, files, redactor, surveys, experiments, replies, away_reasons)
 
 
 def _served(channels: Collection[str] | None) -> Collection[str]:

@@ -5,6 +5,7 @@
 
 const TOKEN_KEY = "switchboard.agent.token";
 const PRESENCE_KEY = "switchboard.agent.presence";
+const REASON_KEY = "switchboard.agent.away_reason";
 
 const CHANNELS = { chat: "Web chat", sms: "SMS", whatsapp: "WhatsApp", voice: "Phone call" };
 const REASONS = {
@@ -71,7 +72,9 @@ const ui = {
   loginError: $("login-error"), signIn: $("sign-in"),
   consoleView: $("console-view"),
   presenceToggle: $("presence-toggle"), presenceLabel: $("presence-label"),
-  presenceHint: $("presence-hint"),
+  presenceHint: $("presence-hint"), reasonPicker: $("reason-picker"), reasons: $("reasons"),
+  reasonHeading: $("reason-heading"), reasonCancel: $("reason-cancel"),
+  statusPill: $("status-pill"), statusText: $("status-text"), statusTime: $("status-time"),
   offers: $("offers"), offerCount: $("offer-count"), offersEmpty: $("offers-empty"),
   contacts: $("contacts"), contactCount: $("contact-count"), contactsEmpty: $("contacts-empty"),
   placeholder: $("placeholder"), conversation: $("conversation"),
@@ -104,6 +107,10 @@ const state = {
   contactTypes: new Map(), // id -> label
   targets: { queues: [], agents: [] }, // where this agent may transfer to (ready frame)
   presence: "away",
+  reasons: [], // the deployment's away reasons (ready frame): {id, label, limit_min}
+  reason: null, // why away, as the server last said
+  since: null, // ms: when the status began (ready and presence frames)
+  choosingReason: false, // going away from available: the picker is open, nothing sent yet
   offers: new Map(), // contact_id -> {frame, expiresAt, pending}
   contacts: new Map(), // contact_id -> {frame, transcript, ended, unread, pending}
   selected: null, // contact_id of an offer or a contact
@@ -181,7 +188,11 @@ function handle(frame) {
       return onReady(frame);
     case "presence":
       state.presence = frame.status === "available" ? "available" : "away";
+      state.reason = frame.reason || null;
+      state.since = frame.since ? Date.parse(frame.since) : Date.now();
+      state.choosingReason = false;
       sessionStorage.setItem(PRESENCE_KEY, state.presence);
+      sessionStorage.setItem(REASON_KEY, state.reason || "");
       return render();
     case "offer":
       return onOffer(frame);
@@ -228,6 +239,10 @@ function onReady(frame) {
   state.offers.clear();
   state.contacts.clear();
   state.presence = state.agent.status === "available" ? "available" : "away";
+  state.reasons = frame.away_reasons || [];
+  state.reason = state.agent.reason || null;
+  state.since = state.agent.since ? Date.parse(state.agent.since) : Date.now();
+  state.choosingReason = false;
   setConnection("online");
   ui.agentName.textContent = state.agent.name || "";
   ui.loginView.hidden = true;
@@ -237,8 +252,12 @@ function onReady(frame) {
   ui.token.value = "";
   fillContactTypes();
   // After a dropped connection or a reload, go back to the presence the agent had chosen.
+  const reason = sessionStorage.getItem(REASON_KEY);
   if (sessionStorage.getItem(PRESENCE_KEY) === "available" && state.presence !== "available") {
     sendFrame({ type: "presence", status: "available" });
+  } else if (sessionStorage.getItem(PRESENCE_KEY) === "away" && state.presence === "away" && reason &&
+             state.reason !== reason && state.reasons.some((r) => r.id === reason)) {
+    sendFrame({ type: "presence", status: "away", reason }); // a dropped socket forgot why
   }
   render();
   if (!reconnect) ui.presenceToggle.focus();
@@ -513,9 +532,43 @@ ui.signOut.addEventListener("click", () => {
 });
 
 ui.presenceToggle.addEventListener("click", () => {
-  const next = state.presence === "available" ? "away" : "available";
-  sendFrame({ type: "presence", status: next });
+  if (state.presence === "available" && state.reasons.length) {
+    state.choosingReason = !state.choosingReason; // away needs a reason: pick one first
+    renderPresence();
+    if (state.choosingReason) focusReason();
+    return;
+  }
+  sendFrame({ type: "presence", status: state.presence === "available" ? "away" : "available" });
 });
+
+ui.reasonCancel.addEventListener("click", () => {
+  state.choosingReason = false;
+  renderPresence();
+  ui.presenceToggle.focus();
+});
+
+// The reasons are a radio group: arrows move and choose, Escape closes an unsent choice.
+ui.reasons.addEventListener("keydown", (event) => {
+  const options = [...ui.reasons.querySelectorAll("[role=radio]")];
+  const at = options.indexOf(document.activeElement);
+  const step = { ArrowDown: 1, ArrowRight: 1, ArrowUp: -1, ArrowLeft: -1 }[event.key];
+  if (step && at >= 0) {
+    event.preventDefault();
+    options[(at + step + options.length) % options.length].focus();
+  } else if (event.key === "Escape" && state.choosingReason) {
+    ui.reasonCancel.click();
+  }
+});
+
+function chooseReason(id) {
+  if (state.presence === "away" && state.reason === id) return;
+  sendFrame({ type: "presence", status: "away", reason: id });
+}
+
+function focusReason() {
+  (ui.reasons.querySelector("[aria-checked=true]") || ui.reasons.querySelector("[role=radio]"))
+    ?.focus();
+}
 
 ui.accept.addEventListener("click", () => {
   const offer = state.offers.get(state.selected);
@@ -1063,6 +1116,36 @@ function renderPresence() {
   ui.presenceLabel.textContent = available ? "Available" : "Away";
   ui.presenceHint.textContent = available ? "You'll get offers that match your skills."
     : "You won't get new contacts.";
+  const picking = !available || state.choosingReason;
+  ui.reasonPicker.hidden = !picking || !state.reasons.length;
+  ui.reasonCancel.hidden = !state.choosingReason;
+  ui.reasonPicker.toggleAttribute("data-choosing", state.choosingReason);
+  ui.reasonHeading.textContent = state.choosingReason ? "Why are you going away?" : "Why are you away?";
+  const chosen = available ? null : state.reason;
+  ui.reasons.replaceChildren(...state.reasons.map((reason, i) => el("button", {
+    type: "button", role: "radio", class: "reason",
+    "aria-checked": String(reason.id === chosen),
+    tabindex: (chosen ? reason.id === chosen : i === 0) ? "0" : "-1",
+    title: reason.limit_min ? `Up to ${reason.limit_min} min` : null,
+    onclick: () => chooseReason(reason.id),
+  }, reason.label)));
+  renderStatusPill();
+}
+
+// The header's status: what the agent is doing (the reason when away) and for how long.
+function renderStatusPill() {
+  const label = state.presence === "available" ? "Available"
+    : state.reasons.find((r) => r.id === state.reason)?.label || "Away";
+  ui.statusPill.dataset.state = state.presence;
+  ui.statusText.textContent = label;
+  ui.statusTime.textContent = state.since ? elapsed(Date.now() - state.since) : "";
+}
+
+function elapsed(ms) {
+  const seconds = Math.max(0, Math.floor(ms / 1000));
+  const h = Math.floor(seconds / 3600), m = Math.floor(seconds / 60) % 60, s = seconds % 60;
+  const pad = (n) => String(n).padStart(2, "0");
+  return h ? `${h}:${pad(m)}:${pad(s)}` : `${m}:${pad(s)}`;
 }
 
 function renderOffers() {
@@ -1456,6 +1539,7 @@ function tick() {
     ? (offer.expiresAt > now ? `${Math.ceil((offer.expiresAt - now) / 1000)} s left` : "Expiring…") : "";
 }
 setInterval(tick, 1000);
+setInterval(renderStatusPill, 1000);
 
 let toastTimer = null;
 function toast(message, kind = "error") {

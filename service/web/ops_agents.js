@@ -19,6 +19,12 @@ const COLUMNS = [
   { key: "transfers_out", title: "Transfers out", kind: "count" },
   { key: "retyped", title: "Re-typed", kind: "count", hint: "contact type corrected at wrap-up" },
   { key: "csat", title: "CSAT", kind: "csat", hint: "mean answer 1 to 5 (answers)" },
+  { key: "available_s", title: "Available", kind: "seconds",
+    hint: "time available within the window (console open, holding none)" },
+  { key: "busy_s", title: "Busy", kind: "seconds", hint: "time holding contacts" },
+  { key: "away_s", title: "Away", kind: "seconds", hint: "time away, whatever the reason" },
+  { key: "away_reasons_s", title: "Away by reason", kind: "reasons",
+    hint: "of the time away, per reason given" },
 ];
 
 function seconds(value) {
@@ -33,6 +39,11 @@ function cellText(row, column) {
   if (column.kind === "text") return value;
   if (column.kind === "rate") return formatRate(value);
   if (column.kind === "seconds") return seconds(value);
+  if (column.kind === "reasons") {
+    const parts = Object.entries(value || {}).sort(([, x], [, y]) => y - x);
+    return parts.length ? parts.map(([id, s]) => `${id.replaceAll("_", " ")} ${seconds(s)}`)
+      .join(" · ") : "–";
+  }
   if (column.kind === "csat") {
     return value === null ? "–" : `${formatScore(value, "csat")} (${row.csat_responses})`;
   }
@@ -41,7 +52,8 @@ function cellText(row, column) {
 
 function compare(key, direction) {
   return (a, b) => {
-    const [x, y] = [a[key], b[key]];
+    const [x, y] = [a[key], b[key]].map((v) => (v && typeof v === "object"
+      ? Object.values(v).reduce((sum, n) => sum + n, 0) : v)); // per reason: their total
     if (x === y) return a.name.localeCompare(b.name);
     if (x === null) return 1; // nothing to show goes last either way
     if (y === null) return -1;
@@ -72,7 +84,8 @@ export function createAgentsPanel(container) {
   function line(row, attrs) {
     return el("tr", attrs, ...COLUMNS.map((c) => {
       const value = row[c.key];
-      return el("td", { class: `${c.kind === "text" ? "text" : ""} ${value === null || value === 0 ? "none" : ""}`,
+      const empty = value === null || value === 0 || (c.kind === "reasons" && !Object.keys(value || {}).length);
+      return el("td", { class: `${c.kind === "text" || c.kind === "reasons" ? "text" : ""} ${empty ? "none" : ""}`,
         "data-field": c.key, text: cellText(row, c) });
     }));
   }

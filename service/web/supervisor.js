@@ -139,17 +139,22 @@ function render(view) {
     `every ${EVERY_MS / 1000} s`;
   $("queues-window").textContent =
     `service level and abandoned over the last ${Math.round(view.window_s / 60)} min`;
-  renderStates(view.agents_by_state);
+  renderStates(view.agents_by_state, view.away_by_reason || []);
   renderQueues(view.queues);
   renderAgents(view.agents);
 }
 
-function renderStates(counts) {
+function renderStates(counts, awayByReason) {
+  const given = awayByReason.some((r) => r.reason); // "No reason given 3" alone says nothing
+  const breakdown = given ? awayByReason.map((r) => `${r.label} ${r.count}`).join(" · ") : "";
   $("states").replaceChildren(...STATES.map((s) => el("div", {
     class: "state-count", "data-state": s.key,
+    title: s.key === "away" && breakdown ? `Away: ${breakdown}` : undefined,
   }, el("span", { class: "dot", "aria-hidden": "true" }),
   el("span", { class: "label", text: s.label }),
-  el("strong", { class: "value", text: String(counts[s.key] ?? 0) }))));
+  el("strong", { class: "value", text: String(counts[s.key] ?? 0) }),
+  s.key === "away" && breakdown
+    ? el("span", { class: "breakdown", "data-field": "away_by_reason", text: breakdown }) : "")));
 }
 
 function queueOrder(a, b) {
@@ -243,8 +248,10 @@ function renderAgents(agents) {
   el("td", { class: "text state-cell" }, el("span", { class: "pill", "data-field": "state",
                                            "data-state": a.state, text: a.state }),
     a.state === "busy" && a.presence === "away"
-      ? el("span", { class: "note", "data-field": "presence", text: "not taking more" }) : ""),
-  el("td", { "data-field": "in_state", "data-since": a.since, class: "time",
+      ? el("span", { class: "note", "data-field": "presence", text: "not taking more" }) : "",
+    a.state === "away" && a.reason ? awayReason(a) : ""),
+  el("td", { "data-field": "in_state", "data-since": a.since,
+             class: `time${a.over_limit ? " over-limit" : ""}`,
              text: formatDuration(inState(a)) }),
   heldCell(a),
   el("td", { "data-field": "offers", text: String(a.offers) }),
@@ -255,6 +262,16 @@ function renderAgents(agents) {
   $("agents").replaceChildren(el("thead", {}, head), el("tbody", {}, ...rows, ...empty));
   if (whisper && !whisper.form.isConnected) whisper = null;  // its agent left the directory
   focused()?.focus({ preventScroll: true });
+}
+
+// Why an away agent is away, flagged when longer than the reason's limit.
+function awayReason(agent) {
+  const limit = agent.reason_limit_s ? `limit ${Math.round(agent.reason_limit_s / 60)} min` : "";
+  return el("span", { class: "reason-line" },
+    el("span", { class: "reason", "data-field": "reason", title: limit || undefined,
+                 text: agent.reason_label || agent.reason }),
+    agent.over_limit ? el("span", { class: "flag", "data-field": "over_limit",
+                                    text: `over ${limit.replace("limit ", "")}` }) : "");
 }
 
 // A redraw replaces the table: the control that had the keyboard gets it back.
