@@ -205,3 +205,53 @@ async def test_two_ids_with_the_same_words_are_two_messages_each_with_its_status
         await console.send(type="message", contact_id=contact_id, text="Thanks!", id=third)
         await console.wait(status_for(third, "sent"))
         assert standin.bodies().count("Thanks!") == 2
+
+
+async def test_a_line_kept_whose_job_was_never_recorded_is_sent_once_by_the_repeat(
+        app_settings, db, twilio):  # noqa: F811
+    """The instance that kept the line stopped before recording its job: the console's
+    repeat records and sends it, once, with one event and still one line."""
+    from service.appkeys import HANDOFF
+    standin, _ = twilio
+    async with instance(app_settings) as client:
+        console, contact_id, _ = await sms_contact_with(client, db, standin)
+        message_id = str(uuid.uuid4())
+        context = client.app[HANDOFF].context
+        async with context.leased_contact(contact_id) as (key, conv):  # what it left behind
+            conv["transcript"].append({"from": "agent", "text": "Are you there?",
+                                       "at": 1.0, "id": message_id})
+            await context.save(key, conv, summary=False)
+        await console.send(type="message", contact_id=contact_id, text="Are you there?",
+                           id=message_id)
+        await console.wait(status_for(message_id, "sent"))
+        await asyncio.sleep(0.3)
+        assert standin.bodies().count("Are you there?") == 1
+        lines = [line for line in await transcript(client, contact_id)
+                 if line.get("id") == message_id]
+        assert len(lines) == 1
+        said = [e for e in await events_of(client, db, "agent_message")
+                if e.get("message_id") == message_id]
+        assert len(said) == 1
+
+
+async def test_an_id_of_another_contacts_message_is_refused_and_nothing_is_kept(
+        app_settings, db, twilio):  # noqa: F811
+    from service.appkeys import OUTBOX
+    from tests.test_outbox import _conv
+    standin, _ = twilio
+    async with instance(app_settings) as client:
+        console, contact_id, _ = await sms_contact_with(client, db, standin)
+        taken = str(uuid.uuid4())
+        other = _conv(1)
+        await client.app[OUTBOX].submit(other, "send", {"text": "Elsewhere"}, None, taken)
+        await wait_for(lambda: "Elsewhere" in standin.bodies())
+        before = len(await transcript(client, contact_id))
+        refused = await error_after(console, type="message", contact_id=contact_id,
+                                    text="Mine", id=taken)
+        assert (refused["code"], refused["id"]) == ("bad_frame", taken)
+        assert "already used" in refused["message"]
+        await asyncio.sleep(0.3)
+        assert "Mine" not in standin.bodies()
+        assert len(await transcript(client, contact_id)) == before  # taken back out
+        assert not [e for e in await events_of(client, db, "agent_message")
+                    if e.get("message_id") == taken]
