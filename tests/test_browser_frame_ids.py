@@ -161,3 +161,49 @@ async def test_a_reply_whose_answers_were_lost_is_not_sent_twice_and_shows_sent(
         await expect(sent).to_have_count(1)  # still one line, after every answer came
         assert await page.evaluate("sessionStorage.getItem('switchboard.agent.unacked')") is None
     assert errors == []
+
+
+async def test_a_note_whose_answer_was_lost_is_kept_once_and_stops_sending(
+        app_settings, db, twilio):  # noqa: F811
+    from service.appkeys import EVENTS
+    standin, _ = twilio
+    token = await add_agent(db, "Dana", ALL_SKILLS)
+    errors: list[str] = []
+    relay = Relay()
+    app = create_app(app_settings)
+    async with serve(app) as base, chromium() as browser:
+        standin.service_url = base
+        page = await (await browser.new_context(viewport={"width": 1280, "height": 860})
+                      ).new_page()
+        watch_for_errors(page, errors)
+        page.set_default_timeout(TIMEOUT_MS)
+        await page.route_web_socket(re.compile(r"/agent/ws"), relay)
+        await sign_in_available(page, base, token)
+        async with aiohttp.ClientSession(base_url=base) as http:
+            await text(http, PHONE, "I forgot my password and can't log in")
+            await text(http, PHONE, "no")
+        await page.get_by_role("button", name="Accept").click()
+        await expect(line(page, GREETING).locator(".delivery")).to_have_text("Sent")
+
+        relay.mute_server = True
+        await page.get_by_role("tab", name="Private note").click()
+        box = page.get_by_role("textbox", name="Private note")
+        await box.fill("Locked out twice this week")
+        await box.press("Enter")
+        note = page.locator("#transcript .line.note").filter(has_text="Locked out twice")
+        await expect(note.locator(".delivery")).to_have_text("Sending…")
+        await wait_for(lambda: any(f["type"] == "note" for f in relay.muted))
+        await page.screenshot(path=artifact("agent-note-answer-lost-sending.png"))
+
+        await reconnected(page, relay)
+        await expect(note).to_have_count(1)
+        await expect(note.locator(".delivery")).to_have_count(0)
+        await expect(note).to_contain_text("Only agents see this")
+        await page.screenshot(path=artifact("agent-note-answer-lost-kept.png"))
+        assert await app[EVENTS].flush()
+        added = await db.fetchval("SELECT count(*) FROM contact_events "
+                                  "WHERE kind = 'note_added'")
+        assert added == 1
+        assert await page.evaluate("sessionStorage.getItem('switchboard.agent.unacked')") is None
+        assert "Locked out twice this week" not in standin.bodies()
+    assert errors == []
