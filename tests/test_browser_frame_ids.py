@@ -207,3 +207,47 @@ async def test_a_note_whose_answer_was_lost_is_kept_once_and_stops_sending(
         assert await page.evaluate("sessionStorage.getItem('switchboard.agent.unacked')") is None
         assert "Locked out twice this week" not in standin.bodies()
     assert errors == []
+
+
+async def test_a_reply_answered_unavailable_goes_again_by_itself_with_its_id(
+        app_settings, db, twilio):  # noqa: F811
+    """The server could not do it now (`unavailable`, as when Redis is away): the line says it
+    is retrying and the console sends the same frame again after a pause, without the agent."""
+    standin, _ = twilio
+    token = await add_agent(db, "Dana", ALL_SKILLS)
+    errors: list[str] = []
+    relay = Relay()
+    async with serve(create_app(app_settings)) as base, chromium() as browser:
+        standin.service_url = base
+        page = await (await browser.new_context(viewport={"width": 1280, "height": 860})
+                      ).new_page()
+        watch_for_errors(page, errors)
+        page.set_default_timeout(TIMEOUT_MS)
+        await page.route_web_socket(re.compile(r"/agent/ws"), relay)
+        await sign_in_available(page, base, token)
+        async with aiohttp.ClientSession(base_url=base) as http:
+            await text(http, PHONE, "I forgot my password and can't log in")
+            await text(http, PHONE, "no")
+        await page.get_by_role("button", name="Accept").click()
+        await expect(line(page, GREETING).locator(".delivery")).to_have_text("Sent")
+
+        relay.drop_type = "message"
+        words = "Give me a moment to look."
+        await page.get_by_role("textbox", name="Reply").fill(words)
+        await page.get_by_role("button", name="Send").click()
+        await wait_for(lambda: len(relay.dropped) == 1)
+        [frame] = relay.dropped
+        relay.drop_type = None
+        relay.routes[-1].send(json.dumps({
+            "type": "error", "code": "unavailable", "contact_id": frame["contact_id"],
+            "id": frame["id"], "message": "that could not be done now; try again in a moment"}))
+        mark = line(page, words).locator(".delivery")
+        await expect(mark).to_have_text("Retrying…")
+        await expect(mark).to_have_attribute("title", "that could not be done now; try again "
+                                             "in a moment")
+        await page.screenshot(path=artifact("agent-frame-retrying.png"))
+        await expect(mark).to_have_text("Sent")
+        assert [f["id"] for f in relay.sent[0] if f.get("type") == "message"] == [frame["id"]]
+        assert standin.bodies().count(words) == 1
+        assert len(relay.routes) == 1  # no reconnect was needed
+    assert errors == []

@@ -59,7 +59,7 @@ const DELIVERY_RANK = { sending: -1, queued: 0, sent: 1, delivered: 2, failed: 3
 const DELIVERY_LABELS = { sending: "Sending…", queued: "Queued", sent: "Sent", delivered: "Delivered",
                           failed: "Not delivered" };
 // Errors that leave a frame undone for now: it is sent again (same id) after a pause.
-const TRANSIENT_ERRORS = new Set(["unavailable", "rate_limited"]);
+const TRANSIENT_ERRORS = new Set(["unavailable", "rate_limited", "not_recorded"]);
 // Customers' files the page shows as pictures (the server serves only these inline); every
 // other type is a download, so no HTML or SVG a customer sent ever runs in this page's origin.
 const INLINE_IMAGES = new Set(["image/jpeg", "image/png", "image/gif", "image/webp"]);
@@ -467,8 +467,8 @@ function applyStatus(contact, frame) {
 
 function deliveryMark(line) {
   const { state: status, reason } = line.delivery;
-  const retrying = status === "queued" && reason;
-  const label = retrying ? "Queued · retrying" : DELIVERY_LABELS[status];
+  const retrying = (status === "queued" || status === "sending") && reason;
+  const label = !retrying ? DELIVERY_LABELS[status] : status === "queued" ? "Queued · retrying" : "Retrying…";
   return el("span", { class: `delivery ${status}`, "data-state": status, title: reason || null,
                       text: status === "failed" && reason ? `${label}: ${reason}` : label });
 }
@@ -563,7 +563,9 @@ function onError(frame) {
   const written = frame.id && unacked.get(frame.id);
   if (written && TRANSIENT_ERRORS.has(frame.code)) { // not done yet: it goes again shortly
     resendLater(frame.id);
-    return;
+    const waiting = contact?.transcript.find((l) => (l.messageId || l.id) === frame.id);
+    if (waiting?.delivery?.state === "sending") waiting.delivery.reason = frame.message || frame.code;
+    return render();
   }
   if (!written && contact) contact.pending = false;
   acknowledge(frame.id);
