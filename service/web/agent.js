@@ -312,6 +312,8 @@ function onReady(frame) {
   const reconnect = signedIn;
   signedIn = true;
   attempt = 0;
+  socketReady = true;
+  resendUnacked(); // the server answers them after the re-sync of contacts that follows ready
   state.agent = frame.agent || {};
   state.contactTypes = new Map((frame.contact_types || []).map((t) => [t.id, t.label || t.id]));
   state.targets = { queues: frame.transfer_targets?.queues || [],
@@ -334,8 +336,6 @@ function onReady(frame) {
   if (sessionStorage.getItem(PRESENCE_KEY) === "available" && state.presence !== "available") {
     sendFrame({ type: "presence", status: "available" });
   }
-  socketReady = true;
-  resendUnacked(); // answered after the re-sync of contacts that follows this frame
   render();
   if (!reconnect) ui.presenceToggle.focus();
 }
