@@ -251,3 +251,39 @@ async def test_a_reply_answered_unavailable_goes_again_by_itself_with_its_id(
         assert standin.bodies().count(words) == 1
         assert len(relay.routes) == 1  # no reconnect was needed
     assert errors == []
+
+
+async def test_a_reply_not_yet_acknowledged_survives_a_reload_and_goes_once(
+        app_settings, db, twilio):  # noqa: F811
+    standin, _ = twilio
+    token = await add_agent(db, "Dana", ALL_SKILLS)
+    errors: list[str] = []
+    relay = Relay()
+    async with serve(create_app(app_settings)) as base, chromium() as browser:
+        standin.service_url = base
+        page = await (await browser.new_context(viewport={"width": 1280, "height": 860})
+                      ).new_page()
+        watch_for_errors(page, errors)
+        page.set_default_timeout(TIMEOUT_MS)
+        await page.route_web_socket(re.compile(r"/agent/ws"), relay)
+        await sign_in_available(page, base, token)
+        async with aiohttp.ClientSession(base_url=base) as http:
+            await text(http, PHONE, "I forgot my password and can't log in")
+            await text(http, PHONE, "no")
+        await page.get_by_role("button", name="Accept").click()
+        await expect(line(page, GREETING).locator(".delivery")).to_have_text("Sent")
+
+        relay.drop_type = "message"
+        words = "I'm sending you a reset link now."
+        reply = page.get_by_role("textbox", name="Reply")
+        await reply.fill(words)
+        await reply.press("Enter")
+        await expect(line(page, words).locator(".delivery")).to_have_text("Sending…")
+        [lost] = relay.dropped
+        await page.reload()  # the agent reloads the page before anything came back
+        await expect(line(page, words).locator(".delivery")).to_have_text("Sent")
+        await expect(line(page, words)).to_have_count(1)
+        assert [f["id"] for f in relay.sent[-1] if f.get("type") == "message"] == [lost["id"]]
+        await page.wait_for_timeout(500)
+        assert standin.bodies().count(words) == 1
+    assert errors == []

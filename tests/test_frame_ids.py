@@ -255,3 +255,30 @@ async def test_an_id_of_another_contacts_message_is_refused_and_nothing_is_kept(
         assert len(await transcript(client, contact_id)) == before  # taken back out
         assert not [e for e in await events_of(client, db, "agent_message")
                     if e.get("message_id") == taken]
+
+
+async def test_the_same_frame_on_two_consoles_at_once_goes_once(
+        app_settings, db, twilio):  # noqa: F811
+    standin, _ = twilio
+    async with instance(app_settings) as client:
+        console, contact_id, token = await sms_contact_with(client, db, standin)
+        other = await console_of(client, token, available=False)
+        for n in range(5):
+            message_id = str(uuid.uuid4())
+            words = f"Checking that now ({n})."
+            frame = {"type": "message", "contact_id": contact_id, "text": words,
+                     "id": message_id}
+            await asyncio.gather(console.send(**frame), other.send(**frame))
+            await console.wait(status_for(message_id, "sent"))
+            await other.wait(status_for(message_id, "sent"))
+            await wait_for(lambda: words in standin.bodies())
+        await asyncio.sleep(0.5)
+        bodies = [b for b in standin.bodies() if b.startswith("Checking that now")]
+        assert sorted(bodies) == [f"Checking that now ({n})." for n in range(5)]
+        lines = [line for line in await transcript(client, contact_id)
+                 if line.get("text", "").startswith("Checking that now")]
+        assert len(lines) == 5
+        said = [e for e in await events_of(client, db, "agent_message")
+                if e["text"].startswith("Checking that now")]
+        assert len(said) == 5
+        assert console.errors() == [] and other.errors() == []
