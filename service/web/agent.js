@@ -208,7 +208,7 @@ function newId() {
 
 // Send a frame the server must acknowledge; its id. Offline, it waits for the reconnect.
 function sendKept(frame) {
-  const kept = { ...frame, id: newId() };
+  const kept = { ...frame, id: newId(), at: Date.now() / 1000 };
   unacked.set(kept.id, kept);
   saveUnacked();
   if (ws && socketReady && ws.readyState === WebSocket.OPEN) ws.send(wire(kept));
@@ -217,7 +217,7 @@ function sendKept(frame) {
 
 // A kept frame as the server gets it: without what only this console uses.
 function wire(frame) {
-  const { shown, tries, ...sent } = frame;
+  const { shown, tries, at, ...sent } = frame;
   return JSON.stringify(sent);
 }
 
@@ -250,7 +250,7 @@ function pendingLines(contactId, transcript) {
 }
 
 function pendingLine(frame) {
-  const at = Date.now() / 1000;
+  const at = frame.at || Date.now() / 1000; // when it was written
   if (frame.type === "note") {
     return { from: "note", private: true, text: frame.text, at, id: frame.id, role: "agent",
              author_id: state.agent?.id, author_name: state.agent?.name, sending: true };
