@@ -131,6 +131,8 @@ async def test_a_reconnect_keeps_the_transfer_the_agent_was_preparing(app_settin
             await picker.select_option(await target_of(db, bob_token))
             await transfer.get_by_role("radio", name="Warm").check()
             await transfer.get_by_label("Note for the next agent").fill("Double charge on May 3")
+            wrap = ann.get_by_role("group", name="Wrap-up")
+            await wrap.get_by_label("Contact type").select_option(label="Get a refund")
 
             await sockets[-1].close(code=4000, reason="network dropped")
             await expect(ann.locator("#connection")).to_have_text("Reconnecting…")
@@ -143,6 +145,9 @@ async def test_a_reconnect_keeps_the_transfer_the_agent_was_preparing(app_settin
             await expect(transfer.get_by_label("Note for the next agent")).to_have_value(
                 "Double charge on May 3")
             await expect(transfer.get_by_role("radio", name="Warm")).to_be_checked()
+            await expect(wrap.get_by_label("Contact type")).to_have_value("get_refund")
+            await expect(wrap.get_by_label("Contact type").locator("option").first).to_have_text(
+                "Not classified")
             await transfer.get_by_role("button", name="Transfer").click()
             await expect(ann.locator("#transfer-status")).to_contain_text(
                 "Waiting for Bob to accept")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 import weakref
 from datetime import datetime, timezone
@@ -48,6 +49,10 @@ FRAMES_PER_SECOND = 20
 AUTH_TIMEOUT_S = 10
 RECHECK_S = 5  # how often open consoles are checked against disabled agents
 REVOKED = 4401  # WebSocket close code: the agent's token no longer signs in
+# A console's id for a message, note or template frame: as crypto.randomUUID() writes one, so
+# the message_status frames that name it (the outbox job's id, as PostgreSQL prints it) match.
+FRAME_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+WITH_IDS = ("message", "note", "template")
 
 
 async def add_agent(conn: asyncpg.Connection, name: str, skills: list[str],
@@ -225,10 +230,10 @@ class AgentDesk:
                     break
                 await _error(ws, "bad_frame", "frames are JSON text")
                 continue
-            if not limit.allow():
-                await _error(ws, "rate_limited", "too many frames; slow down")
-                continue
             frame = parse_frame(msg)
+            if not limit.allow():
+                await _error(ws, "rate_limited", "too many frames; slow down", frame)
+                continue
             try:
                 await self._dispatch_frame(ws, agent, frame)
             except HandoffError as exc:
@@ -251,6 +256,7 @@ class AgentDesk:
             return
         if not isinstance(contact_id, str) or not contact_id:
             raise HandoffError("bad_frame", f"'{kind}' needs a contact_id")
+        frame_id = _frame_id(frame) if kind in WITH_IDS else None
         if kind == "accept":
             await ws.send_json(await self._handoff.accept(agent, contact_id))
         elif kind == "decline":
@@ -259,7 +265,8 @@ class AgentDesk:
             text = frame.get("text")
             if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT_CHARS:
                 raise HandoffError("bad_frame", f"text is 1 to {MAX_TEXT_CHARS} characters")
-            await self._handoff.agent_message(agent, contact_id, text.strip())
+            await _answer(ws, await self._handoff.agent_message(agent, contact_id,
+                                                                text.strip(), frame_id))
         elif kind == "wrap_up":
             if not isinstance(frame.get("resolved"), bool):
                 raise HandoffError("bad_frame", "wrap_up needs resolved: true or false")
@@ -270,7 +277,7 @@ class AgentDesk:
         elif kind == "note":  # private: pushed to the agent's consoles, never to the customer
             author = NoteAuthor("agent", agent["name"], agent["id"])
             await self._handoff.notes.add(contact_id, author, frame.get("text"),
-                                          holder_only=True)
+                                          holder_only=True, note_id=frame_id)
         elif kind == "replies":
             await ws.send_json(await self._handoff.saved_replies(agent, contact_id))
         elif kind == "templates":
@@ -279,7 +286,8 @@ class AgentDesk:
             template_id = frame.get("template_id")
             if not isinstance(template_id, str) or not template_id:
                 raise HandoffError("bad_frame", "template needs a template_id")
-            await self._handoff.send_template(agent, contact_id, template_id)
+            await _answer(ws, await self._handoff.send_template(agent, contact_id,
+                                                                template_id, frame_id))
         elif kind == "transfer":
             request = TransferRequest.from_frame(frame)
             await ws.send_json(await self._handoff.transfers.request(agent, request))
@@ -317,10 +325,31 @@ class AgentDesk:
         await tell_to_reconnect(self.sockets)
 
 
+def _frame_id(frame: dict[str, Any]) -> str | None:
+    """A message, note or template frame's own id, checked: None when it has none."""
+    value = frame.get("id")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not FRAME_ID.fullmatch(value):
+        raise HandoffError("bad_frame", f"id {value!r} is not a UUID in lower-case "
+                           "canonical form (8-4-4-4-12 hex digits)")
+    return value
+
+
+async def _answer(ws: web.WebSocketResponse, frame: dict[str, Any] | None) -> None:
+    """What a repeated frame is answered with (its message's status), when there is one."""
+    if frame is not None:
+        await ws.send_json(frame)
+
+
 async def _error(ws: web.WebSocketResponse, code: str, message: str, frame: Any = None) -> None:
+    """An error frame; one caused by a frame names its contact and its id."""
     extra = {}
-    if isinstance(frame, dict) and isinstance(frame.get("contact_id"), str):
-        extra["contact_id"] = frame["contact_id"]
+    if isinstance(frame, dict):
+        if isinstance(frame.get("contact_id"), str):
+            extra["contact_id"] = frame["contact_id"]
+        if isinstance(frame.get("id"), (str, int, float)):  # a bad id is named as sent
+            extra["id"] = frame["id"]
     await send_error(ws, code, message, **extra)
 
 

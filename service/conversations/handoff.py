@@ -17,8 +17,9 @@ from service.agents.bus import Bus
 from service.agents.queues import Dispatcher
 from service.conversations import surveys
 from service.conversations.context import ContextStore
-from service.conversations.outbox import NotRecorded, Outbox, Outcome, destination
+from service.conversations.outbox import IdTaken, NotRecorded, Outbox, Outcome, destination
 from service.conversations.record import Conversation
+from service.infra.ids import new_uuid
 from service.model import AgentLine, DeliveryFailed, OutboundChannel
 from service.reporting.events import Event, EventWriter
 from service.rules.loader import Rules
@@ -45,6 +46,19 @@ def _failure_text(action: str, exc: DeliveryFailed) -> str:
         return str(exc)
     what = "could not connect the customer" if action == "connect" else "the text was not sent"
     return f"{what}: {exc}"
+
+
+def kept_line(conv: Conversation, line_id: str, sender: str) -> dict[str, Any] | None:
+    """The contact's transcript line a console frame with this id kept before (a console
+    resending after a dropped connection), or None; HandoffError when another kind of line
+    has the id."""
+    for line in reversed(conv["transcript"]):
+        if line.get("id") == line_id:
+            if line.get("from") != sender:
+                raise HandoffError("bad_frame", f"id {line_id} is already used by another "
+                                   "line of this contact")
+            return line
+    return None
 
 
 def greeting(agent: Mapping[str, Any]) -> str:
@@ -270,10 +284,12 @@ class Handoff:
         return {"type": "templates", "contact_id": contact_id,
                 "templates": [template.frame() for template in filled]}
 
-    async def send_template(self, agent: dict[str, Any], contact_id: str,
-                            template_id: str) -> None:
+    async def send_template(self, agent: dict[str, Any], contact_id: str, template_id: str,
+                            message_id: str | None = None) -> dict[str, Any] | None:
         """An approved message template to the agent's own contact, filled from the contact,
-        through the outbox; reaches a customer whose reply window has closed."""
+        through the outbox; reaches a customer whose reply window has closed. A repeat of a
+        `message_id` already kept changes nothing: its `message_status` frame is returned."""
+        message_id = message_id or new_uuid()
         async with self._changing(agent, contact_id) as (key, conv):
             rules = self._rules_for(conv.get("canary"))
             template = rules.replies.template(template_id)
@@ -290,41 +306,63 @@ class Handoff:
                 raise HandoffError("template_gaps", f"'{template.title}' was not sent: this "
                                    f"customer has no value for {', '.join(filled.gaps)}, and "
                                    "an approved template cannot be edited")
-            said = {"from": "agent", "text": filled.text, "at": time.time(),
-                    "template": template.id}
-            conv["transcript"].append(said)
-            await self.context.save(key, conv, summary=False)
-        payload = {"text": filled.text, "template_id": template.id, "ref": template.ref,
+            said, fresh = await self._keep(key, conv, {
+                "from": "agent", "text": filled.text, "at": time.time(), "id": message_id,
+                "template": template.id})
+        payload = {"text": said["text"], "template_id": template.id, "ref": template.ref,
                    "variables": dict(filled.variables)}
-        await self._agent_says(agent, conv, said, "template", payload, template=template.id)
+        return await self._agent_says(agent, conv, said, fresh, "template", payload,
+                                      template=template.id)
 
     # ---- conversation with the agent -----------------------------------------------------
 
-    async def agent_message(self, agent: dict[str, Any], contact_id: str, text: str) -> None:
+    async def agent_message(self, agent: dict[str, Any], contact_id: str, text: str,
+                            message_id: str | None = None) -> dict[str, Any] | None:
+        """An agent's text to their own contact, through the outbox, its line kept with the
+        outbox job's id. A repeat of a `message_id` already kept (a console resending after a
+        dropped connection) changes nothing: its `message_status` frame is returned."""
+        message_id = message_id or new_uuid()
         async with self._changing(agent, contact_id) as (key, conv):
             if not self.channels[conv["channel"]].traits.agent_can_type:
                 raise HandoffError("not_text", "this contact is a phone call")
-            said = {"from": "agent", "text": text, "at": time.time()}
-            conv["transcript"].append(said)
-            await self.context.save(key, conv, summary=False)
-        await self._agent_says(agent, conv, said, "send", {"text": text})
+            said, fresh = await self._keep(key, conv, {"from": "agent", "text": text,
+                                                       "at": time.time(), "id": message_id})
+        return await self._agent_says(agent, conv, said, fresh, "send", {"text": said["text"]})
+
+    async def _keep(self, key: str, conv: Conversation, said: dict[str, Any]
+                    ) -> tuple[dict[str, Any], bool]:
+        """The agent's line in the transcript (under the contact's lease): the one kept
+        before with its id, else this one, appended; and whether it is new."""
+        kept = kept_line(conv, said["id"], "agent")
+        if kept is not None:
+            return kept, False
+        conv["transcript"].append(said)
+        await self.context.save(key, conv, summary=False)
+        return said, True
 
     async def _agent_says(self, agent: dict[str, Any], conv: Conversation,
-                          said: dict[str, Any], action: str, payload: dict[str, Any],
-                          **event: Any) -> None:
-        """Send a line the agent wrote (already in the transcript) through the outbox; its
-        `agent_message` event is recorded unless it could not even be recorded."""
+                          said: dict[str, Any], fresh: bool, action: str,
+                          payload: dict[str, Any], **event: Any) -> dict[str, Any] | None:
+        """Send a line the agent wrote (already in the transcript) through the outbox under
+        its id; its `agent_message` event is recorded unless it could not even be recorded.
+        A line whose job was recorded before records nothing: its status frame is returned."""
         try:
-            await self.outbound(conv, action, payload)
+            outcome = await self.outbound(conv, action, payload, job_id=said["id"])
         except HandoffError as exc:
-            if exc.code == "not_recorded":  # nothing sent: as if it had not been written
-                await self._take_back(conv["contact_id"], said)
+            if exc.code in ("not_recorded", "bad_frame"):  # nothing sent: as if never written
+                if fresh:
+                    await self._take_back(conv["contact_id"], said)
                 raise
             self.record_conv("agent_message", conv, agent_id=agent["id"], text=said["text"],
-                              **event)
+                              message_id=said["id"], **event)
             raise
+        if outcome is not None and outcome.repeat:
+            log.info("handoff.repeat_ignored", contact_id=conv["contact_id"],
+                     message_id=said["id"])
+            return await self._outbox.status(said["id"])
         self.record_conv("agent_message", conv, agent_id=agent["id"], text=said["text"],
-                          **event)
+                          message_id=said["id"], **event)
+        return None
 
     async def _take_back(self, contact_id: str, said: dict[str, Any]) -> None:
         """An agent's line that was never sent leaves the transcript (the agent may resend)."""
@@ -392,14 +430,17 @@ class Handoff:
             raise HandoffError("contact_gone", "this contact has ended")
         return found
 
-    async def outbound(self, conv: Conversation, action: str,
-                        payload: dict[str, Any]) -> Outcome | None:
+    async def outbound(self, conv: Conversation, action: str, payload: dict[str, Any],
+                       job_id: str | None = None) -> Outcome | None:
         """Record one outbound request in the outbox (`outbox.ACTIONS`), which sends it
         through the contact's channel now or retries it later. Connecting never fails the
         accept (the contact is assigned, the greeting waits in the outbox); an agent's text
         the channel refused for good, or that could not be recorded, is an error naming why."""
         try:
-            outcome = await self._outbox.submit(conv, action, payload, conv.get("agent_id"))
+            outcome = await self._outbox.submit(conv, action, payload, conv.get("agent_id"),
+                                                job_id)
+        except IdTaken as exc:
+            raise HandoffError("bad_frame", str(exc)) from exc
         except NotRecorded as exc:
             log.error("handoff.outbox_unavailable", action=action, error=str(exc),
                       contact_id=conv["contact_id"])

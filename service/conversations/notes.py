@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import structlog
 
-from service.conversations.handoff import Handoff, HandoffError
+from service.conversations.handoff import Handoff, HandoffError, kept_line
 from service.conversations.record import NOTE, Conversation
 
 log = structlog.get_logger(__name__)
@@ -41,12 +41,20 @@ class Note:
     text: str
     author: NoteAuthor
     at: float
+    id: str | None = None  # the console's id of its note frame (a resent frame names it)
 
     def line(self) -> dict[str, Any]:
         """The note's private line in the contact's transcript."""
         return {"from": NOTE, "private": True, "text": self.text, "at": self.at,
                 "author_id": self.author.id, "author_name": self.author.name,
-                "role": self.author.role}
+                "role": self.author.role, **({"id": self.id} if self.id else {})}
+
+    @classmethod
+    def of_line(cls, contact_id: str, line: dict[str, Any]) -> "Note":
+        """A note kept in a transcript, as a Note again."""
+        return cls(contact_id, line["text"], NoteAuthor(line["role"], line["author_name"],
+                                                        line.get("author_id")),
+                   line["at"], line.get("id"))
 
     def frame(self) -> dict[str, Any]:
         """The `note` frame pushed to the agent who holds the contact."""
@@ -70,24 +78,39 @@ class Notes:
         self._handoff = handoff
 
     async def add(self, contact_id: str, author: NoteAuthor, text: Any,
-                  holder_only: bool = False) -> Note:
+                  holder_only: bool = False, note_id: str | None = None) -> Note:
         """Keep a note on a live contact and push it to its agent; with `holder_only` only
-        the agent who holds it may (HandoffError 'not_assigned' otherwise)."""
+        the agent who holds it may (HandoffError 'not_assigned' otherwise). A `note_id`
+        already kept on the contact (a console resending) keeps nothing new: the note kept
+        is pushed again."""
         text = checked_text(text)
         handoff = self._handoff
         if holder_only and await handoff.router.assigned_agent(contact_id) != author.id:
             raise HandoffError("not_assigned", "this contact is not assigned to you")
         async with handoff.context.leased_contact(contact_id) as found:
             key, conv = _live(contact_id, found)
-            note = Note(contact_id, handoff.rules().redactor.mask(text), author, time.time())
+            kept = kept_line(conv, note_id, NOTE) if note_id else None
+            if kept is not None:
+                return await self._again(conv, Note.of_line(contact_id, kept))
+            note = Note(contact_id, handoff.rules().redactor.mask(text), author, time.time(),
+                        note_id)
             conv["transcript"].append(note.line())
             await handoff.context.save(key, conv)  # the summary keeps the latest notes
         await handoff.router.append_message(contact_id, note.line())  # a waiting entry's
         handoff.record_conv("note_added", conv, author_id=author.id,
-                             author_name=author.name, role=author.role, text=note.text)
+                             author_name=author.name, role=author.role, text=note.text,
+                             **({"note_id": note_id} if note_id else {}))
         if conv.get("agent_id"):
             await self._push(conv["agent_id"], note)
         log.info("notes.added", contact_id=contact_id, role=author.role)
+        return note
+
+    async def _again(self, conv: Conversation, note: Note) -> Note:
+        """A repeated note frame: the note kept the first time, pushed again so the console
+        that resent it settles; nothing recorded."""
+        log.info("notes.repeat_ignored", contact_id=note.contact_id, note_id=note.id)
+        if conv.get("agent_id"):
+            await self._push(conv["agent_id"], note)
         return note
 
     async def _push(self, agent_id: str, note: Note) -> None:

@@ -53,6 +53,10 @@ class NotRecorded(Exception):
     """The request could not be recorded (PostgreSQL unavailable): nothing was sent."""
 
 
+class IdTaken(Exception):
+    """The job id asked for is already another contact's job."""
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Exponential backoff with jitter, never sooner than the provider's Retry-After."""
@@ -106,6 +110,7 @@ class Outcome:
     message_id: str
     state: str
     failure: DeliveryFailed | None = None
+    repeat: bool = False  # the id was recorded before: nothing new was recorded or attempted
 
 
 class Outbox:
@@ -124,13 +129,17 @@ class Outbox:
     # ---- recording -----------------------------------------------------------------------
 
     async def submit(self, conv: Mapping[str, Any], action: str, payload: dict[str, Any],
-                     agent_id: str | None) -> Outcome:
+                     agent_id: str | None, job_id: str | None = None) -> Outcome:
         """Record one outbound request, then attempt it at once when it is first in its
-        contact's line; otherwise the worker sends it after the earlier ones."""
+        contact's line; otherwise the worker sends it after the earlier ones. A `job_id`
+        already recorded for the contact records and attempts nothing: its state, `repeat`
+        (IdTaken when it is another contact's)."""
         try:
-            job = await self._record(conv, action, payload, agent_id)
+            job = await self._record(conv, action, payload, agent_id, job_id or new_uuid())
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             raise NotRecorded(str(exc)) from exc
+        if isinstance(job, Outcome):
+            return job
         await self._tell(job, "queued")
         if job.lease is None:
             self._wake.set()
@@ -165,7 +174,7 @@ class Outbox:
         return Outcome(job.id, "sent")
 
     async def _record(self, conv: Mapping[str, Any], action: str, payload: dict[str, Any],
-                      agent_id: str | None) -> OutboxJob:
+                      agent_id: str | None, job_id: str) -> OutboxJob | Outcome:
         context = {"customer_id": conv.get("customer_id"),
                    "contact_type": conv.get("contact_type"),
                    "route_path": conv.get("route_path")}
@@ -181,10 +190,13 @@ class Outbox:
                            CASE WHEN first THEN now() END
                     FROM (SELECT NOT EXISTS (SELECT 1 FROM outbox WHERE contact_id = $2
                                              AND state = 'queued') AS first) line
+                    ON CONFLICT (id) DO NOTHING
                     RETURNING {_JOB}""",
-                uuid.UUID(new_uuid()), conv["contact_id"], conv["channel"], action,
+                uuid.UUID(job_id), conv["contact_id"], conv["channel"], action,
                 json.dumps(asdict(destination(conv))), json.dumps(payload), agent_id,
                 json.dumps(context), new_hex(16), self.policy.lease_s)
+            if row is None:  # a repeat (a console resending after a dropped connection)
+                return await _recorded(conn, job_id, conv["contact_id"])
         return _job(row)
 
     # ---- the worker ----------------------------------------------------------------------
@@ -416,15 +428,15 @@ class Outbox:
         rows = await self._pool.fetch(
             f"SELECT {_JOB}, state, failure, failure_code FROM outbox WHERE contact_id = $1 "
             "ORDER BY seq", contact_id)
-        frames = []
-        for row in rows:
-            reason = row["failure"]
-            if row["state"] == "queued" and reason:
-                reason = f"not sent yet, retrying: {reason}"
-            frames.append(_frame(_job(row), row["state"],
-                                 reason if row["state"] in ("queued", "failed") else None,
-                                 row["failure_code"] if row["state"] == "failed" else None))
-        return frames
+        return [_status_frame(row) for row in rows]
+
+    async def status(self, job_id: str) -> dict[str, Any] | None:
+        """One job's `message_status` frame as it stands (what a repeated frame is answered
+        with), or None when there is no such job."""
+        row = await self._pool.fetchrow(
+            f"SELECT {_JOB}, state, failure, failure_code FROM outbox WHERE id = $1",
+            uuid.UUID(job_id))
+        return _status_frame(row) if row else None
 
     # ---- what ops see --------------------------------------------------------------------
 
@@ -472,6 +484,25 @@ def _frame(job: OutboxJob, state: str, reason: str | None, code: str | None
            ) -> dict[str, Any]:
     return {"type": "message_status", "contact_id": job.contact_id, "message_id": job.id,
             "state": state, "reason": reason, "code": code, "text": job.text}
+
+
+def _status_frame(row: asyncpg.Record) -> dict[str, Any]:
+    """A recorded job's `message_status` frame, with the reason it is retried or failed."""
+    reason = row["failure"]
+    if row["state"] == "queued" and reason:
+        reason = f"not sent yet, retrying: {reason}"
+    return _frame(_job(row), row["state"],
+                  reason if row["state"] in ("queued", "failed") else None,
+                  row["failure_code"] if row["state"] == "failed" else None)
+
+
+async def _recorded(conn: asyncpg.Connection, job_id: str, contact_id: str) -> Outcome:
+    """Where a job recorded before stands; IdTaken when it is another contact's."""
+    row = await conn.fetchrow("SELECT contact_id, state FROM outbox WHERE id = $1",
+                              uuid.UUID(job_id))
+    if row is None or row["contact_id"] != contact_id:
+        raise IdTaken(f"id {job_id} is already used by another message")
+    return Outcome(job_id, row["state"], repeat=True)
 
 
 def _callback_match(status: MessageStatus) -> tuple[str | None, Any]:

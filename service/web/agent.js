@@ -6,6 +6,7 @@
 const TOKEN_KEY = "switchboard.agent.token";
 const PRESENCE_KEY = "switchboard.agent.presence";
 const REASON_KEY = "switchboard.agent.away_reason";
+const UNACKED_KEY = "switchboard.agent.unacked"; // frames the server has not acknowledged yet
 
 const CHANNELS = { chat: "Web chat", sms: "SMS", whatsapp: "WhatsApp", voice: "Phone call" };
 const REASONS = {
@@ -54,8 +55,12 @@ const COMPOSE = {
           placeholder: "Write a private note for agents and supervisors. Enter adds it, Shift+Enter adds a line." },
 };
 // An agent message's states (message_status frames), in the order they can only move forward.
-const DELIVERY_RANK = { queued: 0, sent: 1, delivered: 2, failed: 3 };
-const DELIVERY_LABELS = { queued: "Queued", sent: "Sent", delivered: "Delivered", failed: "Not delivered" };
+// "sending": written here, not yet acknowledged by the server (it is sent again after a reconnect).
+const DELIVERY_RANK = { sending: -1, queued: 0, sent: 1, delivered: 2, failed: 3 };
+const DELIVERY_LABELS = { sending: "Sending…", queued: "Queued", sent: "Sent", delivered: "Delivered",
+                          failed: "Not delivered" };
+// Errors that leave a frame undone for now: it is sent again (same id) after a pause.
+const TRANSIENT_ERRORS = new Set(["unavailable", "rate_limited", "not_recorded"]);
 // Customers' files the page shows as pictures (the server serves only these inline); every
 // other type is a download, so no HTML or SVG a customer sent ever runs in this page's origin.
 const INLINE_IMAGES = new Set(["image/jpeg", "image/png", "image/gif", "image/webp"]);
@@ -124,6 +129,7 @@ const state = {
 // ---- connection ----------------------------------------------------------------------------
 
 let ws = null;
+let socketReady = false; // the current socket's ready frame arrived: frames may go now
 let attempt = 0;
 let retryTimer = null;
 let signedIn = false; // a ready frame arrived at least once with the current token
@@ -152,6 +158,7 @@ function connect(token) {
   socket.addEventListener("close", () => {
     if (socket !== ws) return;
     ws = null;
+    socketReady = false;
     const token = sessionStorage.getItem(TOKEN_KEY);
     if (!token) return; // signed out, or the token was refused
     if (!signedIn) {
@@ -172,6 +179,93 @@ function sendFrame(frame) {
   }
   ws.send(JSON.stringify(frame));
   return true;
+}
+
+// ---- frames the server must acknowledge -----------------------------------------------------
+// A message, note or template frame carries an id of the console's making and is kept until the
+// server acknowledges it (the first message_status naming it, the note's echo, an error naming
+// it). After a reconnect the ready frame brings, every one still kept goes again, in order, with
+// the same id: the server keeps and sends each id once, and answers a repeat with its state.
+
+const unacked = new Map(loadUnacked()); // id -> frame, in the order written
+const retryTimers = new Map(); // id -> timer of a frame sent again after a transient error
+
+function loadUnacked() {
+  try {
+    const frames = JSON.parse(sessionStorage.getItem(UNACKED_KEY) || "[]");
+    return Array.isArray(frames) ? frames.filter((f) => f && f.id).map((f) => [f.id, f]) : [];
+  } catch {
+    return [];
+  }
+}
+
+function saveUnacked() {
+  if (unacked.size) sessionStorage.setItem(UNACKED_KEY, JSON.stringify([...unacked.values()]));
+  else sessionStorage.removeItem(UNACKED_KEY);
+}
+
+function newId() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  const b = crypto.getRandomValues(new Uint8Array(16)); // pages served over plain http
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const hex = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+// Send a frame the server must acknowledge; its id. Offline, it waits for the reconnect.
+function sendKept(frame) {
+  const kept = { ...frame, id: newId(), at: Date.now() / 1000 };
+  unacked.set(kept.id, kept);
+  saveUnacked();
+  if (ws && socketReady && ws.readyState === WebSocket.OPEN) ws.send(wire(kept));
+  return kept.id;
+}
+
+// A kept frame as the server gets it: without what only this console uses.
+function wire(frame) {
+  const { shown, tries, at, ...sent } = frame;
+  return JSON.stringify(sent);
+}
+
+function acknowledge(id) {
+  clearTimeout(retryTimers.get(id));
+  retryTimers.delete(id);
+  if (id && unacked.delete(id)) saveUnacked();
+}
+
+function resendUnacked() {
+  for (const frame of unacked.values()) ws.send(wire(frame));
+}
+
+function resendLater(id) {
+  if (retryTimers.has(id)) return;
+  const tries = (unacked.get(id).tries || 0) + 1;
+  unacked.get(id).tries = tries;
+  retryTimers.set(id, setTimeout(() => {
+    retryTimers.delete(id);
+    const frame = unacked.get(id);
+    if (frame && ws && socketReady && ws.readyState === WebSocket.OPEN) ws.send(wire(frame));
+  }, Math.min(15000, 1000 * 2 ** tries)));
+}
+
+// The lines of a contact's frames still unacknowledged that its transcript lacks: shown as sending.
+function pendingLines(contactId, transcript) {
+  const have = new Set(transcript.map((line) => line.id || line.messageId).filter(Boolean));
+  return [...unacked.values()].filter((f) => f.contact_id === contactId && !have.has(f.id))
+    .map(pendingLine);
+}
+
+function pendingLine(frame) {
+  const at = frame.at || Date.now() / 1000; // when it was written
+  if (frame.type === "note") {
+    return { from: "note", private: true, text: frame.text, at, id: frame.id, role: "agent",
+             author_id: state.agent?.id, author_name: state.agent?.name, sending: true };
+  }
+  const line = { from: "agent", text: frame.text ?? frame.shown ?? "", at, messageId: frame.id,
+                 delivery: { state: "sending", reason: "" } };
+  if (frame.type === "template") line.template = frame.template_id;
+  return line;
 }
 
 function setConnection(status) {
@@ -229,6 +323,8 @@ function onReady(frame) {
   const reconnect = signedIn;
   signedIn = true;
   attempt = 0;
+  socketReady = true;
+  resendUnacked(); // the server answers them after the re-sync of contacts that follows ready
   state.agent = frame.agent || {};
   state.contactTypes = new Map((frame.contact_types || []).map((t) => [t.id, t.label || t.id]));
   state.targets = { queues: frame.transfer_targets?.queues || [],
@@ -250,7 +346,7 @@ function onReady(frame) {
   ui.me.hidden = false;
   ui.signIn.disabled = false;
   ui.token.value = "";
-  fillContactTypes();
+  pickersFor = null; // the contact types and colleagues may have changed
   // After a dropped connection or a reload, go back to the presence the agent had chosen.
   const reason = sessionStorage.getItem(REASON_KEY);
   if (sessionStorage.getItem(PRESENCE_KEY) === "available" && state.presence !== "available") {
@@ -306,6 +402,7 @@ function onAssigned(frame) {
     window: windowOf(frame.reply_window) || known?.window || null,
   });
   const contact = state.contacts.get(id);
+  contact.transcript.push(...pendingLines(id, contact.transcript));
   if (frame.channel !== "voice") sendFrame({ type: "replies", contact_id: id }); // ready for "/"
   if (contact.window?.templates) sendFrame({ type: "templates", contact_id: id });
   for (const early of state.earlyStatuses.get(id) || []) applyStatus(contact, early);
@@ -341,11 +438,14 @@ function onNote(frame) {
   const contact = state.contacts.get(frame.contact_id);
   const offer = state.offers.get(frame.contact_id);
   const transcript = contact ? contact.transcript : offer?.frame.context?.transcript;
+  acknowledge(note.id);
   if (!transcript) return;
-  transcript.push({ ...note, from: "note" });
+  const known = note.id ? transcript.findIndex((line) => line.id === note.id) : -1;
+  if (known >= 0) transcript[known] = { ...note, from: "note" }; // kept: no longer sending
+  else transcript.push({ ...note, from: "note" });
   if (contact) {
-    if (note.author_id === state.agent?.id) contact.noteDraft = null; // it is kept
-    else if (state.selected !== frame.contact_id) contact.unread += 1;
+    const ours = note.author_id === state.agent?.id;
+    if (!ours && state.selected !== frame.contact_id) contact.unread += 1;
     if (note.role === "supervisor" && state.selected !== frame.contact_id) {
       toast(`${note.author_name || "A supervisor"} left a note on ${contactTitle(contact.frame)}.`, "info");
     }
@@ -354,7 +454,8 @@ function onNote(frame) {
 }
 
 function onMessageStatus(frame) {
-  if (!frame.contact_id || !(frame.state in DELIVERY_RANK)) return;
+  if (!frame.contact_id || !(frame.state in DELIVERY_RANK) || frame.state === "sending") return;
+  acknowledge(frame.message_id);
   const contact = state.contacts.get(frame.contact_id);
   if (!contact) {
     // The greeting's first states can overtake the accept's answer.
@@ -366,12 +467,13 @@ function onMessageStatus(frame) {
   render();
 }
 
-// A status belongs to the line it names, or to the oldest agent line with its text that has
-// no id yet (frames come in the order the lines were sent).
+// A status belongs to the line it names (its id is the console's own, or the server's in a
+// re-synced transcript), or to the oldest agent line with its text that has no id yet (frames
+// come in the order the lines were sent: the greeting, frames without an id).
 function applyStatus(contact, frame) {
-  let line = contact.transcript.find((l) => l.messageId === frame.message_id);
+  let line = contact.transcript.find((l) => (l.messageId || l.id) === frame.message_id);
   if (!line) {
-    line = contact.transcript.find((l) => l.from === "agent" && !l.messageId && l.text === frame.text);
+    line = contact.transcript.find((l) => l.from === "agent" && !l.messageId && !l.id && l.text === frame.text);
   }
   if (!line) {
     if (frame.state === "failed") toast(frame.reason || "A message to the customer was not delivered.");
@@ -384,8 +486,8 @@ function applyStatus(contact, frame) {
 
 function deliveryMark(line) {
   const { state: status, reason } = line.delivery;
-  const retrying = status === "queued" && reason;
-  const label = retrying ? "Queued · retrying" : DELIVERY_LABELS[status];
+  const retrying = (status === "queued" || status === "sending") && reason;
+  const label = !retrying ? DELIVERY_LABELS[status] : status === "queued" ? "Queued · retrying" : "Retrying…";
   return el("span", { class: `delivery ${status}`, "data-state": status, title: reason || null,
                       text: status === "failed" && reason ? `${label}: ${reason}` : label });
 }
@@ -463,6 +565,7 @@ function queueLabel(name) {
 
 function onError(frame) {
   if (frame.code === "unauthorized") {
+    for (const id of [...unacked.keys()]) acknowledge(id); // another agent may sign in here
     sessionStorage.removeItem(TOKEN_KEY);
     signedIn = false;
     showLogin("That token wasn't accepted. Check it and try again.");
@@ -476,14 +579,25 @@ function onError(frame) {
   const offer = id && state.offers.get(id);
   if (offer) offer.pending = false;
   const contact = id && state.contacts.get(id);
-  if (contact) contact.pending = false;
-  if (contact?.noteDraft) { // a note that was not kept goes back into the box, not lost
-    if (state.selected === id && !ui.reply.value) ui.reply.value = contact.noteDraft;
-    contact.noteDraft = null;
+  const written = frame.id && unacked.get(frame.id);
+  if (written && TRANSIENT_ERRORS.has(frame.code)) { // not done yet: it goes again shortly
+    resendLater(frame.id);
+    const waiting = contact?.transcript.find((l) => (l.messageId || l.id) === frame.id);
+    if (waiting?.delivery?.state === "sending") waiting.delivery.reason = frame.message || frame.code;
+    return render();
   }
-  if (contact && ["delivery_failed", "not_text", "outside_window", "not_recorded", "not_template",
-                   "template_gaps", "unknown_template"].includes(frame.code)) {
-    const last = [...contact.transcript].reverse().find((line) => line.from === "agent");
+  if (!written && contact) contact.pending = false;
+  acknowledge(frame.id);
+  const line = frame.id && contact?.transcript.find((l) => (l.messageId || l.id) === frame.id);
+  if (written?.type === "note") { // a note that was not kept goes back into the box, not lost
+    if (line) contact.transcript.splice(contact.transcript.indexOf(line), 1);
+    if (state.selected === id && !ui.reply.value) ui.reply.value = written.text;
+  } else if (line) { // a final answer to that message: it was not sent
+    line.failed = true;
+    if (line.delivery?.state === "sending") delete line.delivery;
+  } else if (!frame.id && contact && ["delivery_failed", "not_text", "outside_window", "not_recorded",
+                                     "not_template", "template_gaps", "unknown_template"].includes(frame.code)) {
+    const last = [...contact.transcript].reverse().find((l) => l.from === "agent");
     if (last) last.failed = true;
   }
   if (contact && frame.code === "outside_window") {
@@ -520,6 +634,7 @@ ui.signOut.addEventListener("click", () => {
   if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "presence", status: "away" }));
   sessionStorage.removeItem(TOKEN_KEY);
   sessionStorage.removeItem(PRESENCE_KEY);
+  for (const id of [...unacked.keys()]) acknowledge(id); // another agent may sign in here
   const socket = ws;
   ws = null;
   socket?.close(1000);
@@ -595,11 +710,11 @@ ui.replyForm.addEventListener("submit", (event) => {
   const text = ui.reply.value.trim();
   if (!contact || !text || contact.ended) return;
   if (composeMode() === "note") {
-    // Shown once the server keeps it (the note frame), on every console of this agent.
-    if (sendFrame({ type: "note", contact_id: state.selected, text })) {
-      contact.noteDraft = text;
-      ui.reply.value = "";
-    }
+    // Shown as sending until the server keeps it (its note frame, on every console of ours).
+    const id = sendKept({ type: "note", contact_id: state.selected, text });
+    contact.transcript.push(pendingLine(unacked.get(id)));
+    ui.reply.value = "";
+    render();
     return;
   }
   if (windowClosed(contact)) {
@@ -610,11 +725,10 @@ ui.replyForm.addEventListener("submit", (event) => {
     toast("Fill in the marked gap before sending: this customer has no value for it.");
     return;
   }
-  if (sendFrame({ type: "message", contact_id: state.selected, text })) {
-    contact.transcript.push({ from: "agent", text, at: Date.now() / 1000 });
-    ui.reply.value = "";
-    render();
-  }
+  const id = sendKept({ type: "message", contact_id: state.selected, text });
+  contact.transcript.push(pendingLine(unacked.get(id)));
+  ui.reply.value = "";
+  render();
 });
 
 ui.reply.addEventListener("keydown", (event) => {
@@ -891,13 +1005,13 @@ function sendTemplate(template) {
     toast(`"${template.title}" can't be sent: it needs the ${template.gaps.map(gapName).join(", ")}, which we don't have for this customer, and an approved template can't be edited.`);
     return;
   }
-  if (sendFrame({ type: "template", contact_id: state.selected, template_id: template.id })) {
-    contact.transcript.push({ from: "agent", text: template.text, at: Date.now() / 1000,
-                              template: template.id });
-    closeReplies(false);
-    render();
-    ui.templatesButton.focus();
-  }
+  // `shown` is the console's own: the text a line sending again after a reload shows.
+  const id = sendKept({ type: "template", contact_id: state.selected, template_id: template.id,
+                        shown: template.text });
+  contact.transcript.push(pendingLine(unacked.get(id)));
+  closeReplies(false);
+  render();
+  ui.templatesButton.focus();
 }
 
 // Insert at the caret (replacing a selection, or the whole box when it is empty), then select
@@ -1192,6 +1306,9 @@ function renderContacts() {
 // Which contact the wrap-up and transfer forms were last filled for. It outlives a reconnect's
 // re-sync (the contacts are sent again), so what the agent was choosing or typing stays.
 let renderedFor = null;
+// Which contact the two pickers' options are for: a ready frame (a reconnect, new rules) fills
+// them afresh, and the next render puts the contact's own options back, the choice kept.
+let pickersFor = null;
 
 // A contact that left this agent for good (wrapped up, transferred, back to the queue): its
 // forms start afresh should it come back.
@@ -1251,9 +1368,13 @@ function renderSelected() {
   if (contact && renderedFor !== id) {
     ui.wrapForm.reset();
     ui.transferForm.reset();
+    renderedFor = id;
+    pickersFor = null;
+  }
+  if (contact && pickersFor !== id) {
     fillContactTypes(ctx.contact_type);
     fillTransferTargets();
-    renderedFor = id;
+    pickersFor = id;
   }
 
   renderTranscript(contact ? contact.transcript : (ctx.transcript || []), ctx.transfer);
@@ -1435,7 +1556,8 @@ function noteLine(line) {
         supervisor ? "Supervisor note" : "Private note"),
       el("span", { text: `${author} · Only agents see this` }),
       el("time", { text: when(line.at) })),
-    el("span", { class: "text", text: line.text }));
+    el("span", { class: "text", text: line.text }),
+    line.sending ? el("span", { class: "delivery sending", "data-state": "sending", text: "Sending…" }) : null);
 }
 
 function earlierNotes(notes) {
@@ -1504,18 +1626,25 @@ function renderContext(frame, ctx) {
 
 function fillContactTypes(current) {
   const label = current ? (state.contactTypes.get(current) || humanise(current)) : null;
-  ui.contactType.replaceChildren(
+  keepingChoice(ui.contactType, () => ui.contactType.replaceChildren(
     el("option", { value: "", text: label ? `${label} (as classified)` : "Not classified" }),
     ...[...state.contactTypes].filter(([id]) => id !== current).map(
-      ([id, text]) => el("option", { value: id, text })));
+      ([id, text]) => el("option", { value: id, text }))));
+}
+
+// Refill a picker, keeping what was chosen while it is still offered.
+function keepingChoice(select, refill) {
+  const chosen = select.value;
+  refill();
+  if ([...select.options].some((option) => option.value === chosen)) select.value = chosen;
 }
 
 function fillTransferTargets() {
   const group = (label, items) => el("optgroup", { label }, ...items);
-  ui.transferTarget.replaceChildren(
+  keepingChoice(ui.transferTarget, () => ui.transferTarget.replaceChildren(
     el("option", { value: "", text: "Choose a queue or a colleague" }),
     group("Queues", state.targets.queues.map((q) => el("option", { value: `queue:${q.name}`, text: q.label }))),
-    group("Colleagues", state.targets.agents.map((a) => el("option", { value: `agent:${a.id}`, text: colleagueLabel(a) }))));
+    group("Colleagues", state.targets.agents.map((a) => el("option", { value: `agent:${a.id}`, text: colleagueLabel(a) })))));
 }
 
 // Colleagues who share a name are told apart by their skills.
