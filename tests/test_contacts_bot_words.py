@@ -141,3 +141,35 @@ async def test_a_customers_photo_is_listed_by_number_and_type_only(
         _, story = await get(client, f"/api/contacts/{contact['contact_id']}", ops_token)
         assert '"ref"' not in json.dumps(story["conversation"]) + json.dumps(story["timeline"])
         assert photo["text"] == "" and "/Media/" not in json.dumps(story)
+
+        await text(client, TEXTER, "STOP")  # ends the contact, so the customer can be erased
+        customer_id = contact["customer"]["id"]
+        response = await erase_request(client, customer_id, ops_token)
+        assert response.status == 200, await response.text()
+        bubbles = await conversation(client, ops_token, customer_id)
+        [photo] = [b for b in bubbles if b["from"] == "customer"]
+        assert photo["attachments"] == [{"n": 1, "content_type": "image/jpeg", "erased": True}]
+        assert photo["erased"]
+
+
+async def test_a_contact_logged_before_the_bot_words_were_kept_shows_the_catalog_answer(
+        app_settings, db, ops_token):  # noqa: F811
+    async with instance(app_settings) as client:
+        sent = await text(client, TEXTER, "I need to track my order")
+        sent += await text(client, TEXTER, "yes")
+        await events_landed(client.app)
+        [kept] = await found(client, ops_token, customer=TEXTER)
+        # The same contact as an older release logged it: every event but `replied`.
+        old_id = await db.fetchval("SELECT gen_random_uuid()")
+        await db.execute(
+            "INSERT INTO contact_events (id, occurred_at, kind, contact_id, customer_id, channel,"
+            " contact_type, route_path, reason, data) SELECT gen_random_uuid(), occurred_at,"
+            " kind, $1, customer_id, channel, contact_type, route_path, reason, data"
+            " FROM contact_events WHERE kind <> 'replied' AND contact_id = $2::uuid"
+            " ORDER BY seq", old_id, kept["contact_id"])
+        status, story = await get(client, f"/api/contacts/{old_id}", ops_token)
+        assert status == 200, story
+        [answer] = [b for b in story["conversation"] if b["from"] == "bot"]
+        assert answer["reconstructed"] and answer["text"] == sent[0]  # the rules unchanged
+        new = await conversation(client, ops_token, contact_id=kept["contact_id"])
+        assert not any(b["reconstructed"] for b in new) and bot_words(new) == sent
