@@ -109,6 +109,8 @@ async def test_search_open_a_contact_and_read_its_story(app_settings, db, redis_
             await expect(page.locator('#panel-timeline .event[data-kind="agent_accepted"]')
                          ).to_contain_text("Dana accepted")
             assert await page.locator("#panel-timeline .event.private").count() == 3
+            await expect(page.locator('#panel-timeline .event[data-kind="replied"]')
+                         ).to_contain_text("You're number 1 in line")
             await page.locator('#panel-timeline .event[data-kind="wrap_up"] summary').click()
             await expect(page.locator('#panel-timeline .event[data-kind="wrap_up"] dl')
                          ).to_contain_text(NOTE)

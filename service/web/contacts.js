@@ -493,7 +493,8 @@ function timeline(entries) {
     const item = el("li", { class: `event${e.private ? " private" : ""}`, "data-kind": e.kind },
       el("span", { class: "at", text: clock(e.at) }),
       el("div", { class: "what" }, desc, el("span", { class: "kind", text: e.kind })));
-    const said = e.details.text ?? e.details.note;
+    const words = Array.isArray(e.details.messages) ? e.details.messages.filter(Boolean).join(" ") : null;
+    const said = e.details.text ?? e.details.note ?? words ?? e.details.hello;
     if (typeof said === "string" && said) item.append(el("span", { class: "snippet", text: `“${said}”` }));
     const details = Object.entries(e.details).filter(([, v]) => v !== "" && v !== null);
     if (details.length) {
