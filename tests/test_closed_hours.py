@@ -59,9 +59,10 @@ async def test_closed_routes_answer_texters_and_queue_callers(settings, redis_cl
                           "contact_id = (SELECT id FROM contacts WHERE channel = 'sms' AND "
                           "contact_type = 'complaint') ORDER BY occurred_at, seq")
     kinds = [r["kind"] for r in rows]
-    assert "escalated" not in kinds and "closed_message" in kinds
-    assert json.loads(rows[-1]["data"])["outcome"] == "closed"
-    assert rows[-1]["route_path"] == "root > closed"
+    assert "escalated" not in kinds and kinds[-2:] == ["ended", "replied"]
+    assert json.loads(rows[-1]["data"]) == {"messages": [CLOSED]}  # the route's message
+    assert json.loads(rows[-2]["data"])["outcome"] == "closed"
+    assert rows[-2]["route_path"] == "root > closed"
 
 
 async def test_a_closed_voice_route_with_only_a_message_hangs_up(settings, redis_client,

@@ -273,9 +273,13 @@ async def test_a_contact_from_bot_to_agent_to_wrap_up_is_told_in_order(
 
         said = [(b["from"], b["text"], b["private"]) for b in story["conversation"]
                 if b["from"] != "system"]
-        assert said == [("customer", SAID_BY_SMS, False), ("agent", AGENT_REPLY, False),
+        queued = said[1][1]
+        assert said == [("customer", SAID_BY_SMS, False), ("bot", queued, False),
+                        ("agent", "You're now talking with Dana.", False),
+                        ("agent", AGENT_REPLY, False),
                         ("note", PRIVATE_NOTE, True), ("note", WHISPER, True),
                         ("customer", SAID_LATER, False), ("note", NOTE, True)]
+        assert "You're number 1 in line" in queued  # the words sent, as sent
         agent_line = next(b for b in story["conversation"] if b["from"] == "agent")
         assert agent_line["author"] == "Dana"
         systems = [b["text"] for b in story["conversation"] if b["from"] == "system"]
@@ -288,9 +292,11 @@ async def test_a_contact_from_bot_to_agent_to_wrap_up_is_told_in_order(
 
         status, first = await get(client, f"/api/contacts/{earlier['contact_id']}", ops_token)
         bot = [b for b in first["conversation"] if b["from"] == "bot"]
-        assert len(bot) == 1 and bot[0]["reconstructed"] and bot[0]["text"]
+        assert len(bot) == 3 and not any(b["reconstructed"] for b in bot)  # as sent
+        assert bot[1]["text"] == "Did that help? Reply YES or NO."
+        assert bot[1]["choices"] == ["Yes", "No"]
         assert [b["from"] for b in first["conversation"] if b["from"] != "system"] == \
-            ["customer", "bot", "customer"]
+            ["customer", "bot", "bot", "customer", "bot"]
         assert ids(await found(client, ops_token, agent="dana")) == [served["contact_id"]]
         assert ids(await found(client, ops_token, agent="Nobody")) == []
 
@@ -314,8 +320,11 @@ async def test_an_erased_customers_contact_shows_nothing_personal(
         assert story["contact"]["customer"] == {"id": customer_id, "name": None, "erased": True,
                                                 "address": None}
         assert story["contact"]["handling"] == "agent"  # the facts stay
-        lines = [b for b in story["conversation"] if b["from"] in ("customer", "agent", "note")]
-        assert lines and all(b["text"] == "" and b["erased"] for b in lines)
+        lines = [b for b in story["conversation"] if b["from"] in ("customer", "agent", "note",
+                                                                     "bot")]
+        greeting = "You're now talking with Dana."  # the agent's name, not the customer's data
+        assert [b["text"] for b in lines if not b["erased"]] == [greeting]
+        assert len(lines) > 4 and all(b["text"] == "" for b in lines if b["text"] != greeting)
         assert [e["kind"] for e in story["timeline"]][-2:] == ["wrap_up", "ended"]
 
         status, body = await get(client, "/api/contacts", ops_token, customer=PHONE)
@@ -363,7 +372,8 @@ async def test_a_transferred_and_surveyed_contact_shows_both_agents_the_note_and
         await bob.send(type="wrap_up", contact_id=contact_id, resolved=True)
         await bob.next("wrapped_up")
         await events_landed(client.app)
-        assert await text(client, "+15555550166", "5")  # the CSAT question's answer
+        answered = await text(client, "+15555550166", "5")  # the CSAT question's answer
+        assert answered
         await events_landed(client.app)
 
         status, story = await get(client, f"/api/contacts/{contact_id}", ops_token)
@@ -386,6 +396,7 @@ async def test_a_transferred_and_surveyed_contact_shows_both_agents_the_note_and
         [note] = [b for b in story["conversation"] if b["from"] == "note"]
         assert (note["text"], note["author"], note["private"]) == \
             ("wants a refund for order 1234", "Ann (transfer note)", True)
-        assert story["conversation"][-1]["from"] == "customer"
-        assert story["conversation"][-1]["text"] == "5"
+        customer, thanks = story["conversation"][-2:]
+        assert (customer["from"], customer["text"]) == ("customer", "5")
+        assert (thanks["from"], [thanks["text"]]) == ("bot", answered)  # the words sent
         assert ids(await found(client, ops_token, agent="bob")) == [contact_id]

@@ -323,7 +323,8 @@ async def test_the_cli_counts_on_a_dry_run_then_erases_once(app_settings, db, re
     dry = json.loads(out)
     assert dry["dry_run"] and dry["customer_id"] == customer_id
     assert dry["counts"]["customers"] == 1 and dry["counts"]["identities"] == 2
-    assert dry["counts"]["events"] == 3 and dry["counts"]["replay"] == 1  # started, 2 texts
+    # started, the customer's 2 texts and the bot's 2 replies
+    assert dry["counts"]["events"] == 5 and dry["counts"]["replay"] == 1
     assert dry["counts"]["redis_keys"] >= 3
     assert await stored_rows(db) == rows and await redis_dump(redis_client) == keys
 

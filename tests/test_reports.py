@@ -57,7 +57,13 @@ class Contact:
         return self.event("classified", confidence=0.9, via="classifier", gap_s=gap_s)
 
     def missed(self) -> "Contact":
-        return self.event("classification_missed", reason="low_confidence")
+        self.event("classification_missed", reason="low_confidence")
+        return self.replied("Sorry, I'm not sure I understood.", choices=True)
+
+    def replied(self, *messages: str, choices: bool = False) -> "Contact":
+        """What the bot sent in the same turn: reports must leave it out of every figure."""
+        offered = [{"label": "Yes", "value": "yes", "digit": "1"}] if choices else []
+        return self.event("replied", messages=list(messages), choices=offered, gap_s=0)
 
     def routed(self, queue: str, route: str | None = None,
                self_service: bool = True, reason: str | None = None) -> "Contact":
@@ -66,7 +72,8 @@ class Contact:
                           reason=reason, route_path=self.route_path)
 
     def offered(self, step: str = "answer") -> "Contact":
-        return self.event("self_service_started", step=step)
+        self.event("self_service_started", step=step)
+        return self.replied("The answer, Ana.", "Did that help?", choices=True)
 
     def resolved(self, gap_s: float = 1) -> "Contact":
         self.event("self_service_resolved", step="answer", gap_s=gap_s)
@@ -79,10 +86,12 @@ class Contact:
                   gap_s: float = 1) -> "Contact":
         self.route_path = route or self.route_path or f"root > {queue}"
         self.event("escalated", reason=reason, queue=queue, priority=5, gap_s=gap_s)
-        return self.event("queued", queue=queue, position=1, gap_s=0)
+        self.event("queued", queue=queue, position=1, gap_s=0)
+        return self.replied("You're number 1 in line.")
 
     def accepted(self, after_s: float) -> "Contact":
-        return self.event("agent_accepted", agent_id="agent-1", gap_s=after_s)
+        return self.event("agent_accepted", agent_id="agent-1", gap_s=after_s,
+                          hello="You're now talking with Dana.")
 
     def transferred(self, mode: str = "cold", gap_s: float = 1) -> "Contact":
         """The agent hands it on: requested, then moved (warm: once the next agent accepts)."""

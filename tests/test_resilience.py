@@ -44,7 +44,8 @@ async def test_postgres_outage_during_a_call_loses_no_event(settings, server_url
     conn = await asyncpg.connect(settings.database_url)
     kinds = [r["kind"] for r in await conn.fetch("SELECT kind FROM contact_events ORDER BY seq")]
     await conn.close()
-    assert kinds[-3:] == ["received", "self_service_resolved", "ended"]
+    assert kinds[-4:] == ["received", "self_service_resolved", "ended", "replied"]
+    assert kinds.count("replied") == 3  # the greeting, the answer, the goodbye
     assert kinds.count("contact_started") == 1
 
 

@@ -44,11 +44,16 @@ async def test_self_service_answer_accepted_resolves_the_contact(client, db, red
 
     events = await events_of(client, db)
     assert kinds(events) == ["customer_created", "contact_started", "received", "classified",
-                             "routed", "self_service_started", "received",
-                             "self_service_resolved", "ended"]
+                             "routed", "self_service_started", "replied", "received",
+                             "self_service_resolved", "ended", "replied"]
+    replied = [e["data"] for e in events if e["kind"] == "replied"]
+    assert replied[0]["messages"] == first and [c["value"] for c in replied[0]["choices"]] \
+        == ["yes", "no"]  # the words sent, the last turn's reply the last event of its turn
+    assert replied[1] == {"messages": ["Great, glad that helped! Text us any time if you need "
+                                       "anything else."]}
     routed = events[4]
     assert routed["route_path"] == "root > orders" and routed["contact_type"] == "track_order"
-    assert events[-1]["data"]["outcome"] == "self_service_resolved"
+    assert events[-2]["data"]["outcome"] == "self_service_resolved"
     contact = await db.fetchrow("SELECT * FROM contacts")
     assert (contact["outcome"], contact["contact_type"], contact["escalation_reason"]) == \
         ("self_service_resolved", "track_order", None)
@@ -205,8 +210,9 @@ async def test_self_service_answer_rejected_escalates_with_context(client, db, r
     assert (await conversation(redis_client))["status"] == "queued"
 
     events = await events_of(client, db)
-    assert kinds(events)[-3:] == ["self_service_failed", "escalated", "queued"]
-    escalated = events[-2]
+    assert kinds(events)[-4:] == ["self_service_failed", "escalated", "queued", "replied"]
+    assert events[-1]["data"] == {"messages": reply}
+    escalated = events[-3]
     assert escalated["reason"] == "self_service_failed"
     assert escalated["data"]["queue"] == "accounts"
 
@@ -237,7 +243,7 @@ async def test_two_misses_escalate_with_low_confidence(client, db, redis_client)
     assert entry["reason"] == "low_confidence"
     events = await events_of(client, db)
     assert kinds(events).count("classification_missed") == 2
-    assert events[-2]["reason"] == "low_confidence"
+    assert events[-3]["reason"] == "low_confidence"  # escalated, queued, then what was said
 
 
 async def test_choosing_from_the_clarifying_menu(client, db, redis_client):

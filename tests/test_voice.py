@@ -58,9 +58,13 @@ async def test_keypad_self_service_success(client, db, redis_client):
     await call.hang_up()
     events = await call_events(client, db, call)
     assert [e["kind"] for e in events] == [
-        "contact_started", "received", "classified", "routed",
-        "self_service_started", "received", "self_service_resolved", "ended"]
-    assert events[2]["data"] == {"confidence": 1.0, "via": "menu"}
+        "contact_started", "replied", "received", "classified", "routed",
+        "self_service_started", "replied", "received", "self_service_resolved", "ended",
+        "replied"]
+    assert events[3]["data"] == {"confidence": 1.0, "via": "menu"}
+    assert events[6]["data"]["messages"] == said  # what the caller heard
+    assert events[-1]["data"]["messages"] == [
+        "Great, glad that helped. Thanks for calling, goodbye."]
     assert await outcome(client, db, call) == "self_service_resolved"
 
 
@@ -275,7 +279,7 @@ async def test_callers_held_while_redis_was_down_reach_an_agent_queue_when_it_re
     assert [m["text"] for m in context["transcript"] if m["from"] == "customer"] == \
         ["[pressed 1]"]  # its "no" was never heard: that turn failed
     kinds = [e["kind"] for e in await call_events(client, db, fresh)]
-    assert kinds == ["contact_started", "escalated", "queued"]
+    assert kinds == ["contact_started", "escalated", "queued", "replied"]
 
 
 def test_twiml_checker_rejects_undocumented_markup():

@@ -245,7 +245,8 @@ class Conversations:
                                       self._channels[inbound.channel].prompt_style, now)
             if answered.reply is not None:  # an answer, late or not, or its reprompt
                 await self._context.commit_reply(inbound, answered.reply, answered.commands)
-                self._events.emit(*answered.events)
+                self._events.emit(*answered.events, *_replied_after(answered.events,
+                                                                     answered.reply))
                 return answered.reply
             survey, let_go = None, answered  # not an answer: the message opens a contact
         linked = customer is not None and "identities" in customer  # older links lack them
@@ -273,6 +274,8 @@ class Conversations:
             self._held_back(turn, verdict)
         for text in reply.messages:
             turn.say("bot", text)
+        if reply.messages:
+            turn.record("replied", **said(reply))
         turn.conversation["last_at"] = now
         await self._context.commit_turn(inbound, turn.conversation, reply,
                                         customer=None if linked else customer,
@@ -729,6 +732,7 @@ class Conversations:
                 turn.record("callback_requested", queue=queue, number=conversation["address"])
                 reply = Reply(messages=(prompts.CALLBACK_CONFIRMED,), state="queued",
                               contact_id=conversation["contact_id"], callback=True)
+                turn.record("replied", **said(reply))
                 await self._context.commit_turn(inbound, conversation, reply,
                                                 summaries=[conversation])
                 self._events.emit(*turn.events)
@@ -798,8 +802,10 @@ class Conversations:
         # A retried notice gets `done`: the caller is moved once; what they hear comes from
         # the after_agent step.
         await self._context.commit_turn(inbound, conv, done, summaries=[conv], extra=turn.extra)
+        heard = replace(done, messages=(asked.text if asked else prompts.AFTER_AGENT_GOODBYE,))
+        turn.record("replied", **said(heard))
         self._events.emit(*turn.events)
-        return replace(done, messages=(asked.text if asked else prompts.AFTER_AGENT_GOODBYE,))
+        return heard
 
     async def _opt_in_out(self, inbound: Inbound, keyword: str, conversation: Conversation | None,
                           customer: dict | None, opted_out: bool, now: float,
@@ -843,6 +849,24 @@ class Conversations:
         self._end(turn, "idle_timeout")
         await self._context.save_summary(conv)
         self._events.emit(*turn.events)
+
+
+def said(reply: Reply) -> dict[str, Any]:
+    """A `replied` event's data: the reply's messages as sent and the choices offered."""
+    if not reply.choices:
+        return {"messages": list(reply.messages)}
+    return {"messages": list(reply.messages),
+            "choices": [{"label": c.label, "value": c.value, "digit": c.digit}
+                        for c in reply.choices]}
+
+
+def _replied_after(events: list[Event] | tuple[Event, ...], reply: Reply) -> tuple[Event, ...]:
+    """A reply given outside a turn (a survey's thanks): recorded on its events' contact."""
+    if not reply.messages or not events:
+        return ()
+    last = events[-1]
+    return (Event("replied", last.contact_id, last.customer_id, last.channel,
+                  last.contact_type, data=said(reply), occurred_at=last.occurred_at),)
 
 
 def _text_for(turn: Turn, template: str | None) -> str:

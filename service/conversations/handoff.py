@@ -221,12 +221,14 @@ class Handoff:
             now = time.time()
             conv.update({"status": "with_agent", "agent_id": agent["id"],
                          "agent_name": agent["name"], "accepted_at": now})
-            if self.channels[conv["channel"]].traits.agent_can_type:
+            typed = self.channels[conv["channel"]].traits.agent_can_type
+            if typed:
                 conv["transcript"].append({"from": "agent", "text": greeting(agent), "at": now})
             calling = self.callbacks.attempting(conv, agent_line(agent))
             await self.context.save(key, conv)
         self.record("agent_accepted", entry, agent_id=agent["id"],
-                     waited_s=round(now - entry["enqueued_at"], 3))
+                    waited_s=round(now - entry["enqueued_at"], 3),
+                    **({"hello": greeting(agent)} if typed else {}))  # what the customer read
         if calling:  # the customer is called first; the agent joins once they answer
             await self.callbacks.place(conv, calling)
         else:

@@ -4,12 +4,13 @@
     story.timeline   # every event in order: kind, time, a short description, details
     story.bubbles    # customer, bot, agent and private-note lines, with the steps between
 
-The event log keeps what the customer wrote (`received`, masked at entry), what agents wrote
-(`agent_message`), private notes (`note_added`, the wrap-up's and a transfer's note) and
-survey answers; it does not keep the bot's own words, only what the bot did (classified,
-answered, queued...). So a self-service answer's bubble is the catalog's answer as the rules
-in force word it (`reconstructed`), and the bot's other steps are system lines. Texts an
-erasure blanked stay blank (`erased`).
+The event log keeps what the customer wrote (`received`, masked at entry, with the numbers
+and types of their files), what the bot sent (`replied`: each turn's messages and the choices
+offered; an agent's greeting on `agent_accepted`), what agents wrote (`agent_message`),
+private notes (`note_added`, the wrap-up's and a transfer's note) and survey answers. A
+contact logged before the bot's words were recorded has no `replied` event: its self-service
+answer's bubble is the catalog's answer as the rules in force word it (`reconstructed`). The
+bot's steps are system lines between. Texts an erasure blanked stay blank (`erased`).
 """
 
 from __future__ import annotations
@@ -76,11 +77,24 @@ class Bubble:
     private: bool = False
     reconstructed: bool = False  # the bot's words as the rules say them now, not as sent
     erased: bool = False
+    choices: tuple[str, ...] = ()  # what the bot offered to pick from, by label
+    attachments: tuple[File, ...] = ()  # the customer's files sent with these words
 
     def as_dict(self) -> dict[str, Any]:
         body = asdict(self)
         body["from"] = body.pop("sender")
+        body["choices"] = list(self.choices)
+        body["attachments"] = [asdict(f) for f in self.attachments]
         return body
+
+
+@dataclass(frozen=True)
+class File:
+    """A customer's file as a bubble shows it: never the channel's reference, only whether
+    an erasure took it (the file is then gone at the provider too)."""
+    n: int
+    content_type: str
+    erased: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,19 +139,22 @@ def story(events: list[asyncpg.Record], names: Names) -> Story:
     """The timeline and the bubbles of a contact's events."""
     timeline: list[Entry] = []
     bubbles: list[Bubble] = []
+    recorded = any(event["kind"] == "replied" for event in events)
     for event in events:
         data, at = _data(event), iso(event["occurred_at"])
         describe = DESCRIBERS.get(event["kind"], _generic)
         description, private = describe(event, data, names)
         timeline.append(Entry(at, event["kind"], description, _details(event, data, names),
                               private))
-        bubbles.extend(_bubbles(event, data, names, at))
+        bubbles.extend(_bubbles(event, data, names, at, recorded))
     return Story(tuple(timeline), tuple(bubbles))
 
 
 def _details(event: asyncpg.Record, data: dict[str, Any], names: Names) -> dict[str, Any]:
     """What the event says, agent ids given their names beside them."""
     details = {k: v for k, v in data.items() if v is not None}
+    if isinstance(details.get("attachments"), list):  # the channel's references stay inside
+        details["attachments"] = [asdict(f) for f in _files(details["attachments"])]
     for column in ("contact_type", "route_path", "reason"):
         if event[column] is not None and column not in details:
             details[column] = event[column]
@@ -154,14 +171,37 @@ def _text(value: Any) -> tuple[str, bool]:
     return text, text == ""
 
 
+def _files(recorded: list[Any]) -> tuple[File, ...]:
+    """A `received` event's files; one whose reference an erasure dropped is `erased`."""
+    return tuple(File(int(f.get("n") or 0), str(f.get("content_type") or ""), not f.get("ref"))
+                 for f in recorded if isinstance(f, dict))
+
+
+def _replied(data: dict[str, Any], at: str) -> list[Bubble]:
+    """The bot's messages as sent, the choices offered under the last."""
+    messages = [_text(m) for m in data.get("messages") or ()]
+    choices = tuple(str(c.get("label") or "") for c in data.get("choices") or ()
+                    if isinstance(c, dict))
+    return [Bubble(at, "bot", text, erased=erased,
+                   choices=choices if i == len(messages) - 1 else ())
+            for i, (text, erased) in enumerate(messages)]
+
+
 def _bubbles(event: asyncpg.Record, data: dict[str, Any], names: Names,
-             at: str) -> list[Bubble]:
+             at: str, recorded: bool = False) -> list[Bubble]:
     kind = event["kind"]
     if kind == "received":
+        files = _files(data.get("attachments") or [])
         text, erased = _text(data.get("text"))
         if data.get("input") == "digits":
             text = f"[pressed {text}]" if text else text
-        return [Bubble(at, "customer", text, erased=erased)]
+        erased = erased and all(f.erased for f in files)  # a photo alone has no words
+        return [Bubble(at, "customer", text, erased=erased, attachments=files)]
+    if kind == "replied":
+        return _replied(data, at)
+    if kind == "agent_accepted" and data.get("hello"):
+        agent = names.agent(data.get("agent_id"))
+        return [Bubble(at, "system", f"{agent} joined"), Bubble(at, "agent", data["hello"], agent)]
     if kind in ("survey_answered", "survey_late"):
         comment = f" {data['comment']}" if data.get("comment") else ""
         return [Bubble(at, "customer", f"{data.get('score')}{comment}")]
@@ -180,7 +220,7 @@ def _bubbles(event: asyncpg.Record, data: dict[str, Any], names: Names,
         who = data.get("agent_id") or data.get("from_agent")
         label = "wrap-up note" if kind == "wrap_up" else "transfer note"
         return [Bubble(at, "note", data["note"], f"{names.agent(who)} ({label})", private=True)]
-    if kind == "self_service_started" and data.get("step") == "answer":
+    if kind == "self_service_started" and data.get("step") == "answer" and not recorded:
         answer = names.answers.get(event["contact_type"] or "")
         if answer:
             return [Bubble(at, "bot", answer, reconstructed=True)]
@@ -344,6 +384,13 @@ def _callback(event, data, names) -> tuple[str, bool]:
     return f"Callback given up after {data.get('attempts')} attempts", False
 
 
+def _bot_replied(event, data, names) -> tuple[str, bool]:
+    count = len(data.get("messages") or ())
+    labels = [str(c.get("label")) for c in data.get("choices") or () if isinstance(c, dict)]
+    offered = f", offering {', '.join(labels)}" if labels else ""
+    return f"The bot replied ({count} message{'' if count == 1 else 's'}{offered})", False
+
+
 DESCRIBERS: dict[str, Describer] = {
     "contact_started": _started, "received": _received, "classified": _classified,
     "classification_missed": _missed, "routed": _routed, "escalated": _escalated,
@@ -361,6 +408,7 @@ DESCRIBERS: dict[str, Describer] = {
     "canary_assigned": _experiment, "callback_requested": _callback,
     "callback_attempt": _callback, "callback_completed": _callback,
     "callback_attempt_failed": _callback, "callback_failed": _callback,
+    "replied": _bot_replied,
     "no_input": lambda e, d, n: ("No input from the caller", False),
     "customer_left": lambda e, d, n: ("The customer left (the agent still wraps up)", False),
     "overflowed": lambda e, d, n: (f"Overflowed from {n.queue(d.get('from_queue'))} to "

@@ -256,6 +256,7 @@ function showContact(found) {
   $("detail-empty").hidden = true;
   const body = $("detail-body");
   body.hidden = false;
+  forgetFiles(contact.contact_id);
   body.replaceChildren(detailHead(found), tabs(found));
   showTab(state.tab);
 }
@@ -344,13 +345,137 @@ function conversation(bubbles) {
     if (b.private) who.append(el("span", { class: "lock", "aria-hidden": "true" }));
     who.append(b.private ? `Private · ${b.author || "note"}` : (b.author || SPEAKERS[b.from]));
     who.append(el("span", { text: clock(b.at) }));
-    if (b.reconstructed) who.append(el("span", { class: "as-now", title: "The bot's words are not kept in the log: this is the catalog's answer as the rules say it now.", text: "as the rules word it now" }));
+    if (b.reconstructed) who.append(el("span", { class: "as-now", title: "This contact was logged before the bot's words were kept: this is the catalog's answer as the rules say it now.", text: "as the rules word it now" }));
     const text = b.erased ? el("span", { class: "erased", text: "(erased)" }) : b.text;
+    const files = b.attachments && b.attachments.length ? attachmentList(b.attachments) : null;
+    const choices = b.choices && b.choices.length
+      ? el("div", { class: "choices", "aria-label": "Choices offered" },
+        ...b.choices.map((label) => el("span", { class: "choice", text: label })))
+      : null;
     list.append(el("li", { class: `line ${b.from}`, "data-from": b.from, "data-private": b.private ? "true" : null },
-      who, el("div", { class: "text" }, text)));
+      who, text || !files ? el("div", { class: "text" }, text) : null, files, choices));
   }
   if (!bubbles.length) list.append(el("li", { class: "line system", text: "Nothing was said." }));
   return list;
+}
+
+// ---- customers' files ------------------------------------------------------------------------
+// As in the agent console: the proxy (GET /api/contacts/{id}/attachments/{n}) needs the bearer
+// token, which an <img src> cannot send, so the page fetches with the header and shows the
+// bytes as a blob: URL. Each file is fetched once while its contact is shown.
+
+const INLINE_IMAGES = new Set(["image/jpeg", "image/png", "image/gif", "image/webp"]);
+const FILE_KINDS = {
+  "application/pdf": "PDF document", "text/plain": "Text file", "text/csv": "Spreadsheet (CSV)",
+  "audio/mpeg": "Audio", "audio/ogg": "Audio", "audio/amr": "Audio", "video/mp4": "Video",
+  "video/3gpp": "Video", "text/vcard": "Contact card", "text/x-vcard": "Contact card",
+};
+const files = new Map(); // "contact/n" -> {state: loading|ready|failed, url, promise}
+
+function fileLabel(file) {
+  return INLINE_IMAGES.has(file.content_type) ? `Photo ${file.n}` : FILE_KINDS[file.content_type] || `File ${file.n}`;
+}
+
+function attachmentList(attachments) {
+  const contactId = state.selected;
+  return el("div", { class: "attachments" }, ...attachments.map((file) =>
+    file.erased ? el("span", { class: "attachment gone", title: "Deleted by an erasure of the customer's data",
+                               text: `${fileLabel(file)} (${file.content_type}): erased` })
+      : INLINE_IMAGES.has(file.content_type) ? photoView(contactId, file) : fileView(contactId, file)));
+}
+
+// A thumbnail in a link to the full-size picture (a new tab), fetched with the token.
+function photoView(contactId, file) {
+  const label = `${fileLabel(file)} from the customer`;
+  const img = el("img", { alt: label, decoding: "async" });
+  const link = el("a", { class: "attachment photo", target: "_blank", rel: "noopener", title: "Open full size",
+                         "data-file": `${contactId}/${file.n}`, "aria-label": `${label}: open full size` },
+    img, el("span", { class: "attachment-caption", text: `${fileLabel(file)} · ${file.content_type.replace("image/", "").toUpperCase()}` }));
+  const show = () => loadFile(contactId, file).then((loaded) => {
+    link.href = loaded.url;
+    img.src = loaded.url;
+    link.classList.add("ready");
+  }, (error) => showFailed(link, error, show));
+  show();
+  return link;
+}
+
+// Anything else: a download card with its type, fetched with the token when clicked.
+function fileView(contactId, file) {
+  const link = el("a", { class: "attachment file", href: "#", "data-file": `${contactId}/${file.n}`,
+                         "aria-label": `${fileLabel(file)} (${file.content_type}) from the customer: download` },
+    el("span", { class: "file-icon", "aria-hidden": "true", text: extension(file.content_type) }),
+    el("span", { class: "file-text" },
+      el("span", { class: "file-name", text: fileLabel(file) }),
+      el("span", { class: "file-type", text: `${file.content_type} · Download` })));
+  link.addEventListener("click", async (event) => {
+    event.preventDefault();
+    try {
+      const loaded = await loadFile(contactId, file);
+      el("a", { href: loaded.url, download: `attachment-${file.n}.${extension(file.content_type).toLowerCase()}` }).click();
+      link.classList.remove("failed");
+    } catch (error) {
+      showFailed(link, error);
+    }
+  });
+  return link;
+}
+
+function extension(type) {
+  const sub = (type.split("/")[1] || "file").replace(/^(x-|vnd\.)/, "").split(/[.+;-]/)[0];
+  return sub.slice(0, 4).toUpperCase() || "FILE";
+}
+
+function loadFile(contactId, file) {
+  const key = `${contactId}/${file.n}`;
+  let entry = files.get(key);
+  if (!entry || entry.state === "failed") {
+    entry = { state: "loading" };
+    entry.promise = fetchFile(contactId, file).then((url) => {
+      Object.assign(entry, { state: "ready", url });
+      return entry;
+    }, (error) => {
+      entry.state = "failed";
+      throw error;
+    });
+    files.set(key, entry);
+  }
+  return entry.promise;
+}
+
+async function fetchFile(contactId, file) {
+  const response = await fetch(`/api/contacts/${encodeURIComponent(contactId)}/attachments/${file.n}`,
+                               { headers: { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY)}` }, cache: "no-store" });
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    throw new Error(body.error || `the server answered ${response.status}`);
+  }
+  const blob = await response.blob();
+  // A picture keeps its type (it is shown); anything else is typed as bare bytes, so opening
+  // the blob can only ever download it.
+  const type = INLINE_IMAGES.has(file.content_type) ? file.content_type : "application/octet-stream";
+  return URL.createObjectURL(new Blob([blob], { type }));
+}
+
+// The reason stays in the tooltip; a click tries again (a download card always does).
+function showFailed(link, error, retry = null) {
+  link.classList.add("failed");
+  link.title = `Couldn't load this file: ${error.message}. Click to try again.`;
+  if (!retry) return;
+  link.addEventListener("click", (event) => {
+    event.preventDefault();
+    link.classList.remove("failed");
+    retry();
+  }, { once: true });
+}
+
+// Another contact is shown: the files of the others are let go.
+function forgetFiles(keep) {
+  for (const [key, entry] of files) {
+    if (key.startsWith(`${keep}/`)) continue;
+    if (entry.url) URL.revokeObjectURL(entry.url);
+    files.delete(key);
+  }
 }
 
 function timeline(entries) {
@@ -368,7 +493,8 @@ function timeline(entries) {
     const item = el("li", { class: `event${e.private ? " private" : ""}`, "data-kind": e.kind },
       el("span", { class: "at", text: clock(e.at) }),
       el("div", { class: "what" }, desc, el("span", { class: "kind", text: e.kind })));
-    const said = e.details.text ?? e.details.note;
+    const words = Array.isArray(e.details.messages) ? e.details.messages.filter(Boolean).join(" ") : null;
+    const said = e.details.text ?? e.details.note ?? words ?? e.details.hello;
     if (typeof said === "string" && said) item.append(el("span", { class: "snippet", text: `“${said}”` }));
     const details = Object.entries(e.details).filter(([, v]) => v !== "" && v !== null);
     if (details.length) {
