@@ -3,6 +3,8 @@
 // State lives in `state`; every change calls render(). All customer-supplied text goes into
 // the page through textContent, never as HTML.
 
+import { createFiles, fileLabel, filesSummary } from "/static/files.js";
+
 const TOKEN_KEY = "switchboard.agent.token";
 const PRESENCE_KEY = "switchboard.agent.presence";
 const REASON_KEY = "switchboard.agent.away_reason";
@@ -61,14 +63,6 @@ const DELIVERY_LABELS = { sending: "Sending…", queued: "Queued", sent: "Sent",
                           failed: "Not delivered" };
 // Errors that leave a frame undone for now: it is sent again (same id) after a pause.
 const TRANSIENT_ERRORS = new Set(["unavailable", "rate_limited", "not_recorded"]);
-// Customers' files the page shows as pictures (the server serves only these inline); every
-// other type is a download, so no HTML or SVG a customer sent ever runs in this page's origin.
-const INLINE_IMAGES = new Set(["image/jpeg", "image/png", "image/gif", "image/webp"]);
-const FILE_KINDS = {
-  "application/pdf": "PDF document", "text/plain": "Text file", "text/csv": "Spreadsheet (CSV)",
-  "audio/mpeg": "Audio", "audio/ogg": "Audio", "audio/amr": "Audio", "video/mp4": "Video",
-  "video/3gpp": "Video", "text/vcard": "Contact card", "text/x-vcard": "Contact card",
-};
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -1414,135 +1408,20 @@ function renderTranscript(lines, transfer) {
   if (atBottom || !sameStart) ui.transcript.scrollTop = ui.transcript.scrollHeight;
 }
 
-// ---- customers' files -------------------------------------------------------------------------
-// The proxy (GET /api/contacts/{id}/attachments/{n}) needs the console's bearer token, which an
-// <img src> cannot send: the page fetches with the header and shows the bytes as a blob: URL.
-// Each file is fetched once per contact and kept until the contact is wrapped up.
+// ---- customers' files (files.js) -------------------------------------------------------------
 
-const files = new Map(); // "contact/n" -> {state: loading|ready|failed, url, error}
-
-function fileLabel(file) {
-  return INLINE_IMAGES.has(file.content_type) ? `Photo ${file.n}` : FILE_KINDS[file.content_type] || "File";
-}
-
-function filesSummary(attachments) {
-  const count = Array.isArray(attachments) ? attachments.length : 0;
-  if (!count) return "";
-  const photos = attachments.every((a) => INLINE_IMAGES.has(a.content_type));
-  return `${count === 1 ? "a" : count} ${photos ? "photo" : "file"}${count === 1 ? "" : "s"}`;
-}
+const files = createFiles(TOKEN_KEY);
 
 function attachmentList(attachments) {
   const contactId = state.selected;
   const held = state.contacts.has(contactId); // an offer's files open once it is accepted
   return el("div", { class: "attachments" }, ...attachments.map((file) =>
     !held ? el("span", { class: "attachment pending-accept", text: `${fileLabel(file)} (${file.content_type}): accept to open` })
-      : INLINE_IMAGES.has(file.content_type) ? photoView(contactId, file) : fileView(contactId, file)));
-}
-
-function fileKey(contactId, file) {
-  return `${contactId}/${file.n}`;
-}
-
-// A thumbnail in a link to the full-size picture (a new tab), fetched with the token.
-function photoView(contactId, file) {
-  const key = fileKey(contactId, file);
-  const label = `${fileLabel(file)} from the customer`;
-  const img = el("img", { alt: label, decoding: "async" });
-  const link = el("a", { class: "attachment photo", target: "_blank", rel: "noopener",
-                         title: "Open full size", "data-file": key, "aria-label": `${label}: open full size` },
-    img, el("span", { class: "attachment-caption", text: `${fileLabel(file)} · ${file.content_type.replace("image/", "").toUpperCase()}` }));
-  const show = () => loadFile(contactId, file).then((loaded) => {
-    link.href = loaded.url;
-    img.src = loaded.url;
-    link.classList.add("ready");
-  }, (error) => showFailed(link, error, show));
-  show();
-  return link;
-}
-
-// Anything else: a download link with its type, fetched with the token when clicked.
-function fileView(contactId, file) {
-  const link = el("a", { class: "attachment file", href: "#", "data-file": fileKey(contactId, file),
-                         "aria-label": `${fileLabel(file)} (${file.content_type}) from the customer: download` },
-    el("span", { class: "file-icon", "aria-hidden": "true", text: extension(file.content_type) }),
-    el("span", { class: "file-text" },
-      el("span", { class: "file-name", text: fileLabel(file) }),
-      el("span", { class: "file-type", text: `${file.content_type} · Download` })));
-  link.addEventListener("click", async (event) => {
-    event.preventDefault();
-    try {
-      const loaded = await loadFile(contactId, file);
-      const save = el("a", { href: loaded.url, download: `attachment-${file.n}.${extension(file.content_type).toLowerCase()}` });
-      save.click();
-      link.classList.remove("failed");
-    } catch (error) {
-      showFailed(link, error);
-    }
-  });
-  return link;
-}
-
-function extension(type) {
-  const sub = (type.split("/")[1] || "file").replace(/^(x-|vnd\.)/, "").split(/[.+;-]/)[0];
-  return sub.slice(0, 4).toUpperCase() || "FILE";
-}
-
-function loadFile(contactId, file) {
-  const key = fileKey(contactId, file);
-  let entry = files.get(key);
-  if (!entry || entry.state === "failed") {
-    entry = { state: "loading" };
-    entry.promise = fetchFile(contactId, file).then((url) => {
-      Object.assign(entry, { state: "ready", url });
-      return entry;
-    }, (error) => {
-      Object.assign(entry, { state: "failed", error: error.message });
-      throw error;
-    });
-    files.set(key, entry);
-  }
-  return entry.promise;
-}
-
-async function fetchFile(contactId, file) {
-  const token = sessionStorage.getItem(TOKEN_KEY) || "";
-  const response = await fetch(`/api/contacts/${encodeURIComponent(contactId)}/attachments/${file.n}`,
-                               { headers: { Authorization: `Bearer ${token}` }, cache: "no-store" });
-  if (!response.ok) {
-    let why = `the server answered ${response.status}`;
-    try {
-      why = (await response.json()).error || why;
-    } catch {
-      // not JSON: keep the status
-    }
-    throw new Error(why);
-  }
-  const blob = await response.blob();
-  // A picture keeps its type (it is shown); anything else is typed as bare bytes, so opening
-  // the blob can only ever download it.
-  const type = INLINE_IMAGES.has(file.content_type) ? file.content_type : "application/octet-stream";
-  return URL.createObjectURL(new Blob([blob], { type }));
-}
-
-// The reason stays in the tooltip; a click tries again (a download link always does).
-function showFailed(link, error, retry = null) {
-  link.classList.add("failed");
-  link.title = `Couldn't load this file: ${error.message}. Click to try again.`;
-  if (!retry) return;
-  link.addEventListener("click", (event) => {
-    event.preventDefault();
-    link.classList.remove("failed");
-    retry();
-  }, { once: true });
+      : files.view(contactId, file)));
 }
 
 function forgetAttachments(contactId) {
-  for (const [key, entry] of files) {
-    if (!key.startsWith(`${contactId}/`)) continue;
-    if (entry.url) URL.revokeObjectURL(entry.url);
-    files.delete(key);
-  }
+  files.forget((id) => id === contactId);
 }
 
 // A private note in the transcript: styled apart, with who wrote it; never the customer's.

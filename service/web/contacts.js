@@ -2,6 +2,8 @@
 // table (arrow keys move, Enter opens) and the chosen contact's conversation and timeline.
 // Deep link: /contacts#<contact id>. No build step: this file, contacts.css and the API.
 
+import { createFiles, fileLabel } from "/static/files.js";
+
 const TOKEN_KEY = "switchboard.contacts.token";
 const OTHER_TOKEN_KEYS = ["switchboard.supervisor.token", "switchboard.ops.token"];
 const PAGE = 50;
@@ -359,123 +361,21 @@ function conversation(bubbles) {
   return list;
 }
 
-// ---- customers' files ------------------------------------------------------------------------
-// As in the agent console: the proxy (GET /api/contacts/{id}/attachments/{n}) needs the bearer
-// token, which an <img src> cannot send, so the page fetches with the header and shows the
-// bytes as a blob: URL. Each file is fetched once while its contact is shown.
+// ---- customers' files (files.js) -------------------------------------------------------------
 
-const INLINE_IMAGES = new Set(["image/jpeg", "image/png", "image/gif", "image/webp"]);
-const FILE_KINDS = {
-  "application/pdf": "PDF document", "text/plain": "Text file", "text/csv": "Spreadsheet (CSV)",
-  "audio/mpeg": "Audio", "audio/ogg": "Audio", "audio/amr": "Audio", "video/mp4": "Video",
-  "video/3gpp": "Video", "text/vcard": "Contact card", "text/x-vcard": "Contact card",
-};
-const files = new Map(); // "contact/n" -> {state: loading|ready|failed, url, promise}
-
-function fileLabel(file) {
-  return INLINE_IMAGES.has(file.content_type) ? `Photo ${file.n}` : FILE_KINDS[file.content_type] || `File ${file.n}`;
-}
+const customerFiles = createFiles(TOKEN_KEY);
 
 function attachmentList(attachments) {
   const contactId = state.selected;
   return el("div", { class: "attachments" }, ...attachments.map((file) =>
     file.erased ? el("span", { class: "attachment gone", title: "Deleted by an erasure of the customer's data",
                                text: `${fileLabel(file)} (${file.content_type}): erased` })
-      : INLINE_IMAGES.has(file.content_type) ? photoView(contactId, file) : fileView(contactId, file)));
-}
-
-// A thumbnail in a link to the full-size picture (a new tab), fetched with the token.
-function photoView(contactId, file) {
-  const label = `${fileLabel(file)} from the customer`;
-  const img = el("img", { alt: label, decoding: "async" });
-  const link = el("a", { class: "attachment photo", target: "_blank", rel: "noopener", title: "Open full size",
-                         "data-file": `${contactId}/${file.n}`, "aria-label": `${label}: open full size` },
-    img, el("span", { class: "attachment-caption", text: `${fileLabel(file)} · ${file.content_type.replace("image/", "").toUpperCase()}` }));
-  const show = () => loadFile(contactId, file).then((loaded) => {
-    link.href = loaded.url;
-    img.src = loaded.url;
-    link.classList.add("ready");
-  }, (error) => showFailed(link, error, show));
-  show();
-  return link;
-}
-
-// Anything else: a download card with its type, fetched with the token when clicked.
-function fileView(contactId, file) {
-  const link = el("a", { class: "attachment file", href: "#", "data-file": `${contactId}/${file.n}`,
-                         "aria-label": `${fileLabel(file)} (${file.content_type}) from the customer: download` },
-    el("span", { class: "file-icon", "aria-hidden": "true", text: extension(file.content_type) }),
-    el("span", { class: "file-text" },
-      el("span", { class: "file-name", text: fileLabel(file) }),
-      el("span", { class: "file-type", text: `${file.content_type} · Download` })));
-  link.addEventListener("click", async (event) => {
-    event.preventDefault();
-    try {
-      const loaded = await loadFile(contactId, file);
-      el("a", { href: loaded.url, download: `attachment-${file.n}.${extension(file.content_type).toLowerCase()}` }).click();
-      link.classList.remove("failed");
-    } catch (error) {
-      showFailed(link, error);
-    }
-  });
-  return link;
-}
-
-function extension(type) {
-  const sub = (type.split("/")[1] || "file").replace(/^(x-|vnd\.)/, "").split(/[.+;-]/)[0];
-  return sub.slice(0, 4).toUpperCase() || "FILE";
-}
-
-function loadFile(contactId, file) {
-  const key = `${contactId}/${file.n}`;
-  let entry = files.get(key);
-  if (!entry || entry.state === "failed") {
-    entry = { state: "loading" };
-    entry.promise = fetchFile(contactId, file).then((url) => {
-      Object.assign(entry, { state: "ready", url });
-      return entry;
-    }, (error) => {
-      entry.state = "failed";
-      throw error;
-    });
-    files.set(key, entry);
-  }
-  return entry.promise;
-}
-
-async function fetchFile(contactId, file) {
-  const response = await fetch(`/api/contacts/${encodeURIComponent(contactId)}/attachments/${file.n}`,
-                               { headers: { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY)}` }, cache: "no-store" });
-  if (!response.ok) {
-    const body = await response.json().catch(() => ({}));
-    throw new Error(body.error || `the server answered ${response.status}`);
-  }
-  const blob = await response.blob();
-  // A picture keeps its type (it is shown); anything else is typed as bare bytes, so opening
-  // the blob can only ever download it.
-  const type = INLINE_IMAGES.has(file.content_type) ? file.content_type : "application/octet-stream";
-  return URL.createObjectURL(new Blob([blob], { type }));
-}
-
-// The reason stays in the tooltip; a click tries again (a download card always does).
-function showFailed(link, error, retry = null) {
-  link.classList.add("failed");
-  link.title = `Couldn't load this file: ${error.message}. Click to try again.`;
-  if (!retry) return;
-  link.addEventListener("click", (event) => {
-    event.preventDefault();
-    link.classList.remove("failed");
-    retry();
-  }, { once: true });
+      : customerFiles.view(contactId, file)));
 }
 
 // Another contact is shown: the files of the others are let go.
 function forgetFiles(keep) {
-  for (const [key, entry] of files) {
-    if (key.startsWith(`${keep}/`)) continue;
-    if (entry.url) URL.revokeObjectURL(entry.url);
-    files.delete(key);
-  }
+  customerFiles.forget((id) => id !== keep);
 }
 
 function timeline(entries) {
