@@ -319,6 +319,9 @@ async def test_sms_survey_after_the_agent_wraps_up(surveyed, db, twilio):
         assert await text(client, CUSTOMER, "2 took a while") == ["Thank you for your feedback!"]
         [sent, answered] = await events(client, db, "survey_sent", "survey_answered")
         assert sent["data"]["after"] == "agent"
+        replies = [e["data"]["messages"] for e in await events(client, db, "replied")
+                   if str(e["contact_id"]) == offer["contact_id"]]
+        assert replies[-2:] == [[CSAT_TEXT], ["Thank you for your feedback!"]]  # as read
         assert str(sent["contact_id"]) == offer["contact_id"] == str(answered["contact_id"])
         window = reports.Window(datetime.now(timezone.utc) - timedelta(hours=1),
                                 datetime.now(timezone.utc) + timedelta(hours=1))

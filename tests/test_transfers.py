@@ -119,6 +119,9 @@ async def test_sms_cold_transfer_to_a_queue_moves_the_whole_context(app_settings
         assert (requested["from_agent"], requested["to_queue"], requested["to_agent"],
                 requested["mode"], requested["note"], requested["reason"]) == \
             (first.id, "billing", None, "cold", "wants a refund for order 1234", "agent_transfer")
+        passing_on = [e["messages"] for e in await events_of(client, db, contact)
+                      if e["kind"] == "replied" and PASSING_ON["cold"] in e["messages"]]
+        assert passing_on == [[PASSING_ON["cold"]]]  # what the customer read, in the log once
 
 
 async def test_chat_warm_transfer_to_a_named_agent(app_settings, db, redis_client):

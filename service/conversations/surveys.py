@@ -185,6 +185,8 @@ async def after_wrap_up(handoff: HandoffSide, conv: Conversation) -> None:
         return
     await handoff.context.execute(asked.commands)
     handoff.events.emit(asked.event)
+    handoff.record_conv("replied", conv, messages=[asked.text],  # the bot's words, as in a turn
+                        choices=[asdict(choice) for choice in asked.choices])
 
 
 def waiting_question(pending: dict[str, Any] | None, conv: Conversation | None,

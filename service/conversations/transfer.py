@@ -162,6 +162,7 @@ class Transfers:
         try:
             if handoff.channels[conv["channel"]].traits.agent_can_type:
                 await handoff.outbound(conv, "send", {"text": PASSING_ON[mode]})
+                handoff.record_conv("replied", conv, messages=[PASSING_ON[mode]])
             if mode == "cold":
                 await handoff.outbound(conv, "release", {"agent": asdict(agent_line(agent))})
         except HandoffError as exc:
