@@ -161,6 +161,9 @@ class HandoffSide(Protocol):
 
     async def outbound(self, conv: Conversation, action: str, call) -> Any: ...
 
+    def record_conv(self, kind: str, conv: Conversation, reason: str | None = None,
+                    **data: Any) -> None: ...
+
 
 async def after_wrap_up(handoff: HandoffSide, conv: Conversation) -> None:
     """Survey a contact an agent just wrapped up, through the channel's outbound side: the
