@@ -18,14 +18,13 @@ from playwright.async_api import expect
 from service.agents.desk import add_agent
 from service.app import create_app
 from tests.browser import TIMEOUT_MS, artifact, chromium, serve
-from tests.conftest import _clean_tables, with_settings
 from tests.test_agents import ALL_SKILLS, twilio  # noqa: F401
 from tests.test_browser_chat_agent import (
     browser_installed,  # noqa: F401 (fixture)
     sign_in_available,
     watch_for_errors,
 )
-from tests.test_message_templates import FOLLOW_UP, FOLLOW_UP_SID, STILL, STILL_SID
+from tests.test_message_templates import STILL_SID, template_settings
 from tests.test_whatsapp import whatsapp
 
 STILL_FILLED = ("Hello from Example Shop. Dana here: we didn't hear back from you. Do you still "
@@ -34,13 +33,7 @@ STILL_FILLED = ("Hello from Example Shop. Dana here: we didn't hear back from yo
 
 @pytest.fixture
 async def app_settings(settings, twilio, redis_client):  # noqa: F811
-    await _clean_tables(settings.database_url)
-    standin, url = twilio
-    standin.content_templates.update({FOLLOW_UP_SID: FOLLOW_UP, STILL_SID: STILL})
-    return with_settings(settings, twilio_api_base_url=url,
-                         twilio_account_sid="AC" + "1" * 32, offer_timeout_s=90,
-                         twilio_timeout_s=1.0, outbox_retry_base_s=0.2,
-                         outbox_retry_max_s=1.0)
+    return await template_settings(settings, twilio, offer_timeout_s=90)  # a page is slower
 
 
 async def hours_later(redis_client, hours: float) -> None:

@@ -36,16 +36,21 @@ FILLED = ("Hi Ana Lima, this is Dana from Example Shop. I'm following up on the 
           "sent us. Reply to this message whenever suits you and we'll pick it up from there.")
 
 
-@pytest.fixture
-async def app_settings(settings, twilio, redis_client):  # noqa: F811
+async def template_settings(settings, twilio, offer_timeout_s: float = 30):
+    """Empty tables, the stand-in knowing the approved templates, the outbox retrying fast."""
     from tests.conftest import _clean_tables
     await _clean_tables(settings.database_url)
     standin, url = twilio
     standin.content_templates.update({FOLLOW_UP_SID: FOLLOW_UP, STILL_SID: STILL})
     return with_settings(settings, twilio_api_base_url=url,
-                         twilio_account_sid="AC" + "1" * 32, offer_timeout_s=30,
+                         twilio_account_sid="AC" + "1" * 32, offer_timeout_s=offer_timeout_s,
                          twilio_timeout_s=1.0, outbox_retry_base_s=0.2,
                          outbox_retry_max_s=1.0)
+
+
+@pytest.fixture
+async def app_settings(settings, twilio, redis_client):  # noqa: F811
+    return await template_settings(settings, twilio)
 
 
 async def named_customer(db, redis_client, name: str | None = "Ana Lima") -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 
 BATCH = 256
 _VARIANT = str.maketrans("0123456789abcdef", "89ab89ab89ab89ab")  # RFC 4122 variant: 10xx
@@ -66,3 +67,12 @@ def stable_point(key: str) -> float:
     """The key's place in [0, 1), the same in every process: the first 8 bytes of SHA-256 of
     it (survey sampling, experiment arms, canary shares; no round trip, never random)."""
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2 ** 64
+
+
+def is_uuid(text: str) -> bool:
+    """Whether `text` reads as a UUID (any of the forms uuid.UUID accepts)."""
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True

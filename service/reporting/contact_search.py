@@ -8,7 +8,7 @@ contact id prefix, window, channel, type, outcome and agent; newest first, keyse
 Reads `contact_facts` (one row per contact) by its `started_at` index, or by its
 `(customer_id, started_at)` index once the customer box has named customers, or its key for a
 contact id; the customer directory by `customer_identities`' primary key (phone, email) or the
-trigram index of names (migration 023, which also keeps statistics of the facts' channel, type
+trigram index of names (migration 022, which also keeps statistics of the facts' channel, type
 and outcome, so a filter is read from the newest contacts on). A page's customers, erasures,
 addresses and agents are looked up for its rows only (load_tests/REPORTS.md, "Contact search").
 """
@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import asyncpg
 
+from service.infra.ids import is_uuid
 from service.reporting.reports import HANDLED_BY, ReportRules, Window, _connection, iso
 
 MAX_LIMIT = 100
@@ -363,15 +364,7 @@ async def matching_agents(conn: asyncpg.Connection | asyncpg.Pool, raw: str) -> 
     rows = await conn.fetch(
         "SELECT id::text FROM agents WHERE id::text = $1 OR name ILIKE $2",
         text, f"%{_like_escaped(text)}%", timeout=QUERY_TIMEOUT_S)
-    return [r["id"] for r in rows] or ([text] if _is_uuid(text) else [])
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
+    return [r["id"] for r in rows] or ([text] if is_uuid(text) else [])
 
 
 async def contact(conn: asyncpg.Connection | asyncpg.Pool, contact_id: uuid.UUID,

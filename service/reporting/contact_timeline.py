@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 
 import asyncpg
 
+from service.infra.ids import is_uuid
 from service.reporting.reports import iso
 
 QUERY_TIMEOUT_S = 10
@@ -114,20 +115,12 @@ async def agent_names(conn: asyncpg.Connection | asyncpg.Pool,
                       events: list[asyncpg.Record]) -> dict[str, str]:
     """The names of the agents the events name."""
     ids = {str(v) for e in events for k, v in _data(e).items() if k in AGENT_KEYS and v}
-    valid = [i for i in ids if _is_uuid(i)]
+    valid = [i for i in ids if is_uuid(i)]
     if not valid:
         return {}
     rows = await conn.fetch("SELECT id::text, name FROM agents WHERE id = ANY($1::uuid[])",
                             valid, timeout=QUERY_TIMEOUT_S)
     return {r["id"]: r["name"] for r in rows}
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _data(event: asyncpg.Record) -> dict[str, Any]:

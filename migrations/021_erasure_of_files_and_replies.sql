@@ -1,8 +1,13 @@
--- Customers' files (service/conversations/attachments.py): a `received` event keeps each
--- file's number, type and the channel's reference (a provider media URL, which names the
--- account and the message). An erasure keeps the number and type (how many files, of what
--- kind, for the record) and drops the reference; a failed turn's files likewise. The rest of
--- erased_event_data is migration 019's, unchanged.
+-- What an erasure blanks in events, for two new kinds of data (the rest of
+-- erased_event_data is migration 019's, unchanged):
+-- - Customers' files (service/conversations/attachments.py): a `received` event keeps each
+--   file's number, type and the channel's reference (a provider media URL, which names the
+--   account and the message). An erasure keeps the number and type (how many files, of what
+--   kind, for the record) and drops the reference; a failed turn's files likewise.
+-- - The bot's words (a `replied` event's `messages`, service/conversations/conversation.py):
+--   templates and flows fill in the customer's name and looked-up values, so an erasure blanks
+--   every message (to "", so the count of messages stays) as it blanks the customer's own
+--   `text`; the choices offered (catalog labels) stay.
 CREATE OR REPLACE FUNCTION erased_event_data(data jsonb, secrets text[]) RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT coalesce(jsonb_object_agg(key, CASE
@@ -11,6 +16,10 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
             THEN coalesce((SELECT jsonb_agg(CASE WHEN jsonb_typeof(a) = 'object'
                                                  THEN a - 'ref' ELSE '""'::jsonb END)
                            FROM jsonb_array_elements(value) a), '[]'::jsonb)
+            ELSE '""'::jsonb END
+        WHEN key = 'messages' THEN CASE WHEN jsonb_typeof(value) = 'array'
+            THEN coalesce((SELECT jsonb_agg('""'::jsonb) FROM jsonb_array_elements(value)),
+                          '[]'::jsonb)
             ELSE '""'::jsonb END
         WHEN key IN ('text', 'comment', 'note', 'address', 'identity_value', 'number',
                      'thread', 'dedupe_key', 'error', 'call_id') THEN '""'::jsonb
