@@ -136,50 +136,36 @@ def load_replies(directory: Path, display_dir: str, type_ids: Collection[str]) -
     check, root = opened
     if not root.keys():
         check.error(root, None, "replies.yaml needs `replies`, `templates` or both", ())
-    templates = _templates(check, root)
-    if "replies" not in root:
-        check.raise_if_any()
-        return SavedReplies((), templates)
-    items = root["replies"]
-    if not isinstance(items, LocatedList) or not items:
-        check.error(root, "replies", "expected a non-empty list of replies", ("replies",))
-        check.raise_if_any()
-    replies: list[SavedReply] = []
-    seen: dict[str, int] = {}
-    for index, item in enumerate(items):
-        reply = _reply(check, items, index, item, type_ids)
-        if reply is None:
-            continue
-        if reply.id in seen:
-            check.error(item, "id", f"duplicate reply id '{reply.id}' (first at line "
-                        f"{seen[reply.id]})", ("replies", index, "id"))
-            continue
-        seen[reply.id] = item.lines["id"]
-        replies.append(reply)
+    templates = _listed(check, root, "templates", ("template", "message templates"),
+                        lambda items, index, item: _template(check, items, index, item))
+    replies = _listed(check, root, "replies", ("reply", "replies"),
+                      lambda items, index, item: _reply(check, items, index, item, type_ids))
     check.raise_if_any()
-    return SavedReplies(tuple(replies), templates)
+    return SavedReplies(replies, templates)
 
 
-def _templates(check: Checker, root: LocatedDict) -> tuple[MessageTemplate, ...]:
-    if "templates" not in root:
+def _listed(check: Checker, root: LocatedDict, key: str, nouns: tuple[str, str],
+            build: Callable[[LocatedList, int, Any], Any]) -> tuple[Any, ...]:
+    """The items of the `key` list, each built by `build` (None: refused), ids unique."""
+    if key not in root:
         return ()
-    items = root["templates"]
+    items = root[key]
+    one, many = nouns  # "duplicate <one> id", "a non-empty list of <many>"
     if not isinstance(items, LocatedList) or not items:
-        check.error(root, "templates", "expected a non-empty list of message templates",
-                    ("templates",))
+        check.error(root, key, f"expected a non-empty list of {many}", (key,))
         return ()
-    found: list[MessageTemplate] = []
+    found: list[Any] = []
     seen: dict[str, int] = {}
     for index, item in enumerate(items):
-        template = _template(check, items, index, item)
-        if template is None:
+        built = build(items, index, item)
+        if built is None:
             continue
-        if template.id in seen:
-            check.error(item, "id", f"duplicate template id '{template.id}' (first at line "
-                        f"{seen[template.id]})", ("templates", index, "id"))
+        if built.id in seen:
+            check.error(item, "id", f"duplicate {one} id '{built.id}' (first at line "
+                        f"{seen[built.id]})", (key, index, "id"))
             continue
-        seen[template.id] = item.lines["id"]
-        found.append(template)
+        seen[built.id] = item.lines["id"]
+        found.append(built)
     return tuple(found)
 
 
