@@ -433,7 +433,7 @@ async def test_the_dashboard_page_and_its_files_need_no_token(ops_client):
     assert '<script type="module" src="/ops/ops.js">' in html and "/ops/ops.css" in html
     urls = set(re.findall(r"https?://[^\s\"'`)]+", html))
     sheets = re.findall(r'<link rel="stylesheet" href="([^"]+)">', html)
-    assert sheets == ["/static/theme.css", "/ops/ops.css"]
+    assert sheets == ["/static/theme.css", "/static/chrome.css", "/ops/ops.css"]
     files = [("/ops/ops.js", "application/javascript")] + [(s, "text/css") for s in sheets]
     for path, kind in files:  # the modules ops.js imports are followed too
         response = await ops_client.get(path)
