@@ -246,6 +246,17 @@ def test_unseen_types_take_part_when_there_are_enough(tmp_path):
     assert ev._type_folds(words, 2) != {} and ev._type_folds(words[:3], 2) == {}
 
 
+def test_the_background_is_scored_only_when_no_type_is_hidden():
+    data = ev.Dataset([("my parcel", "parcel"), ("a refund", "refund")], ["not ours"],
+                      background=["hello", "what's the weather"])
+    scored = {text for text, label in ev.threshold_data(data, False).labelled("oos")
+              if label == "oos"}
+    assert scored == {"not ours", "hello", "what's the weather"}
+    hidden = ev.threshold_data(data, True)
+    assert {text for text, label in hidden.labelled("oos") if label == "oos"} == {"not ours"}
+    assert hidden.background == data.background  # it still trains every fold's model
+
+
 def test_predictions_file_rows_match_the_summary_and_the_confused_pairs(train_csv, tmp_path,
                                                                         capsys):
     test = write(tmp_path / "test.csv", "text,intent\n" + "\n".join([
@@ -375,6 +386,12 @@ def test_types_are_hidden_by_default_only_without_out_of_scope_rows_of_its_own(
     assert ev.hides_types(ev.Dataset(examples))
     assert not ev.hides_types(ev.Dataset(examples, ["hello"]))
     assert ev.hides_types(ev.Dataset(examples, ["hello"]), borrowed=["hello"])
+    # a catalog built from its traffic (a median of THIN_CATALOG_EXAMPLES rows a type or more)
+    # covers it: its types are not hidden, whatever else it has
+    rich = [(f"parcel {i}", "parcel") for i in range(ev.THIN_CATALOG_EXAMPLES)] + \
+        [(f"refund {i}", "refund") for i in range(ev.THIN_CATALOG_EXAMPLES)]
+    assert not ev.hides_types(ev.Dataset(rich))
+    assert ev.hides_types(ev.Dataset(rich[1:-1]))
     in_scope_only = write(tmp_path / "in_scope.csv", "\n".join(
         line for line in ten_types_csv.read_text().splitlines() if not line.endswith(",oos"))
         + "\n")

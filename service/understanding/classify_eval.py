@@ -38,6 +38,9 @@ BANDS = sorted(((round(low, 2), round(high, 2)) for low in np.arange(0.0, 0.95, 
                key=lambda band: (band[1] - band[0], band[0]))
 DEFAULT_FOLDS = 5
 DEFAULT_OOS_SHARE = 0.5
+# Types are hidden by default only from catalogs with fewer examples a type than this (median):
+# see hides_types.
+THIN_CATALOG_EXAMPLES = 40
 
 Progress = Callable[[str], None]
 
@@ -380,16 +383,16 @@ def cross_validated_choice(data: Dataset, folds: int, oos_share: float,
                            oos_label: str = "\0oos") -> Choice:
     """k models, each trained without one fold of rows (and with `hide_types`, without one
     fold of contact types): the rows it did not see score as in scope, out of scope or of an
-    unseen type. The background corpus is scored here like out-of-scope rows: it is what the
-    threshold must refuse when a catalog has no out-of-scope rows of its own. With an
-    encoder, each model is a cascade and the band is chosen with the threshold."""
-    data = Dataset(data.examples, data.out_of_scope + data.background, data.embedder,
-                   encoder=data.encoder, stage_per_type=data.stage_per_type,
-                   stage_keep=data.stage_keep)
-    rows = data.labelled(oos_label)
-    fold = fold_of_each([label for _, label in rows], folds)
+    unseen type. The background corpus always trains; it is scored like out-of-scope rows only
+    when no type is hidden. Any threshold worth having refuses it (greetings, weather), so
+    next to hidden types it would only dilute what the threshold decides: how many of the
+    in-domain requests the catalog lacks it refuses. With an encoder, each model is a
+    cascade and the band is chosen with the threshold."""
     types = sorted({label for _, label in data.examples})
     hidden_in = _type_folds(types, folds) if hide_types else {}
+    data = threshold_data(data, bool(hidden_in))
+    rows = data.labelled(oos_label)
+    fold = fold_of_each([label for _, label in rows], folds)
     scored, kinds = _Scored(), []
     for k in range(folds):
         progress(f"  threshold fold {k + 1}/{folds}")
@@ -408,6 +411,16 @@ def cross_validated_choice(data: Dataset, folds: int, oos_share: float,
     return Choice(*reversed(choose_band(cheap, encoder, np.array(kinds), oos_share)))
 
 
+def threshold_data(data: Dataset, types_hidden: bool) -> Dataset:
+    """The data the threshold's cross-validation scores: the background corpus joins the
+    out-of-scope rows (scored) unless contact types are hidden (then it only trains)."""
+    if types_hidden:
+        return data
+    return Dataset(data.examples, data.out_of_scope + data.background, data.embedder,
+                   encoder=data.encoder, stage_per_type=data.stage_per_type,
+                   stage_keep=data.stage_keep)
+
+
 def cross_validated_threshold(data: Dataset, folds: int, oos_share: float,
                               progress: Progress, hide_types: bool = False) -> float:
     """The threshold of cross_validated_choice."""
@@ -416,12 +429,20 @@ def cross_validated_threshold(data: Dataset, folds: int, oos_share: float,
 
 def hides_types(data: Dataset, borrowed: Sequence[str] = ()) -> bool:
     """Whether the threshold's cross-validation should hide contact types by default: only
-    when the data has no out-of-scope rows of its own. Labelled out-of-scope rows of the same
-    traffic (`borrowed` rows from elsewhere, e.g. another domain's, do not count) already show
-    the in-domain requests the catalog lacks, which hidden types only imitate; hiding types
-    next to them double-counts refusals and refuses the catalog's own sibling types."""
+    for a thin catalog (a median of fewer than THIN_CATALOG_EXAMPLES examples a type) whose
+    data has no out-of-scope rows of its own.
+
+    Labelled out-of-scope rows of the same traffic (`borrowed` rows from elsewhere, e.g.
+    another domain's, do not count) already show the in-domain requests the catalog lacks,
+    which hidden types only imitate; hiding types next to them double-counts refusals and
+    refuses the catalog's own sibling types. A catalog with a hundred or more real messages a
+    type was built from its traffic and covers it: hidden types there are siblings of kept
+    ones, refusable only by refusing the catalog's own customers (docs/classifier.md)."""
     borrowed_texts = set(borrowed)
-    return not any(text not in borrowed_texts for text in data.out_of_scope)
+    if any(text not in borrowed_texts for text in data.out_of_scope):
+        return False
+    per_type = Counter(label for _, label in data.examples)
+    return bool(per_type) and statistics.median(per_type.values()) < THIN_CATALOG_EXAMPLES
 
 
 def _type_folds(types: list[str], folds: int) -> dict[str, int]:

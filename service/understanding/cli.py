@@ -60,9 +60,10 @@ def add_parser(commands) -> None:
                         help="also hide some contact types from each cross-validation model "
                              "and count their messages as out of scope, so the threshold "
                              "learns to refuse in-domain requests the catalog does not cover "
-                             "(default: on unless the training rows hold out-of-scope rows "
-                             "of their own: --train rows labelled out of scope, or the "
-                             "catalog's out_of_scope_data)")
+                             "(default: on for a thin catalog, a median of fewer than "
+                             f"{ev.THIN_CATALOG_EXAMPLES} examples a type, whose training rows "
+                             "hold no out-of-scope rows of their own: --train rows labelled "
+                             "out of scope, or the catalog's out_of_scope_data)")
     parser.add_argument("--unseen-types", action="store_true",
                         help="without --test: also train each outer fold's model without one "
                              "fold of contact types and score their held-out messages as out "
