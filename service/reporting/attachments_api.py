@@ -15,7 +15,6 @@ and only raster images are shown inline: anything else (HTML, SVG, PDF) is a dow
 from __future__ import annotations
 
 import json
-import mimetypes
 import re
 
 import structlog
@@ -23,14 +22,12 @@ from aiohttp import web
 
 from service.appkeys import HANDOFF, PG
 from service.conversations.handoff import HandoffError
-from service.model import Attachment, AttachmentBody, AttachmentUnavailable
+from service.model import Attachment, AttachmentBody, AttachmentUnavailable, file_headers
 from service.reporting.notes_api import asker, contact_id_of, ended
 from service.reporting.ops_api import counted, json_error
 
 log = structlog.get_logger(__name__)
 
-# Shown in the page; every other type is served as a download (no HTML or SVG in our origin).
-INLINE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 UNKNOWN_TYPE = "application/octet-stream"
 _MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,127}")
 STATUS: dict[str, type[web.HTTPException]] = {
@@ -99,8 +96,4 @@ def _headers(n: int, wanted: Attachment, body: AttachmentBody) -> dict[str, str]
     given = body.content_type.split(";", 1)[0].strip().lower()
     kind = given if _MEDIA_TYPE.fullmatch(given) and given != UNKNOWN_TYPE \
         else wanted.content_type
-    name = f"attachment-{n}{mimetypes.guess_extension(kind) or ''}"
-    disposition = "inline" if kind in INLINE_TYPES else "attachment"
-    return {"Content-Type": kind, "Content-Disposition": f'{disposition}; filename="{name}"',
-            "Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff",
-            "Content-Security-Policy": "default-src 'none'; sandbox"}
+    return file_headers(kind, f"attachment-{n}")
