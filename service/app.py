@@ -355,7 +355,8 @@ async def conversations(app: web.Application) -> AsyncIterator[None]:
     app[QUEUE_LOAD] = QueueLoad(app[ROUTER], lambda: current_rules().tree.queues)
     app[HANDOFF] = Handoff(current_rules, context, app[ROUTER], app[BUS], app[EVENTS],
                            outbound_channels(app), app[OUTBOX],
-                           rules_for=lambda held: app[RULES].for_contact(held))
+                           rules_for=lambda held: app[RULES].for_contact(held),
+                           files=app[FILES])
     app[OUTBOX].call_failed = app[HANDOFF].callbacks.on_outcome
     app[CONVERSATIONS] = Conversations(
         rules=current_rules, context=context, handoff=app[HANDOFF], events=app[EVENTS],
