@@ -549,7 +549,9 @@
         item.classList.remove("sending");
         item.classList.add("failed");
         state.textContent = "";
-        state.appendChild(el("span", { text: "Couldn't send this file: " + error.message + "." }));
+        var why = error instanceof TypeError ? "the file could not be sent: check your connection"
+          : error.message; // the server's words say why and what to do
+        state.appendChild(el("span", { text: why.charAt(0).toUpperCase() + why.slice(1) + "." }));
         var retry = el("button", { class: "retry", type: "button", text: "Retry" });
         retry.addEventListener("click", function () { upload(item, file); });
         state.appendChild(retry);
