@@ -82,7 +82,7 @@ async def test_a_chat_photo_reaches_the_agent_and_the_agents_files_reach_the_wid
         await agent.screenshot(path=artifact("chat-files-agent-sees-photo.png"))
 
         # the agent sends a PDF with the paperclip next to the message box
-        attach = agent.get_by_role("button", name="Send the customer a photo or file")
+        attach = agent.get_by_role("button", name="Attach a photo or file for the customer")
         await expect(attach).to_be_visible()
         async with agent.expect_file_chooser() as chooser:
             await attach.click()
