@@ -22,6 +22,7 @@ import hmac
 import re
 import secrets
 import weakref
+from collections import OrderedDict
 from typing import Any, ClassVar, Mapping
 from urllib.parse import urlsplit
 
@@ -72,6 +73,8 @@ FALLBACK = ("Sorry, something went wrong on our side. Please try again in a mome
             "or type AGENT to reach a person.")
 FILE_LINK_TTL_S = 24 * 3600  # a file link in the widget; a reconnect's replay signs anew
 MAX_CAPTION_CHARS = 200  # the file's name, kept as the message's words
+UPLOAD_RATE = (0.5, 5)  # per second and burst, per session: a few photos at once, not a flood
+MAX_UPLOAD_LIMITS = 10_000  # sessions whose upload rate this instance remembers
 NOT_SENT = "the file could not be sent right now; try again in a moment"
 REFUSED_STATUS = {"empty": 400, "too_large": 413, "not_image": 415, "not_pdf": 415}
 
@@ -92,6 +95,8 @@ class WebChat:
         self._any_origin = not config.chat_origins
         self._sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         self._files = config.files
+        # Uploads per session on this instance (a flood of 5 MB files is refused early).
+        self._upload_limits: OrderedDict[str, RateLimit] = OrderedDict()
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/chat/ws", self.websocket), web.post("/chat/files", self.upload),
@@ -186,11 +191,14 @@ class WebChat:
 
     async def _take_upload(self, request: web.Request, cors: dict[str, str]) -> web.Response:
         session, address = self._credential_of(request)
-        if request.content_length is not None and request.content_length > MAX_FILE_BYTES:
-            raise _UploadRefused(413, "the file is over 5 MB: send a smaller one")
-        data = await request.content.read(MAX_FILE_BYTES + 1)
         if self._files is None:
             raise _UploadRefused(404, "this chat takes no files")
+        if not self._upload_limit(session).allow():
+            raise _UploadRefused(429, "too many files at once; wait a moment and send again")
+        try:  # the app's body cap is for forms and JSON; a file may be larger
+            data = await request.clone(client_max_size=MAX_FILE_BYTES).read()
+        except web.HTTPRequestEntityTooLarge:
+            raise _UploadRefused(413, "the file is over 5 MB: send a smaller one") from None
         try:
             stored = await self._files.put(data, request.headers.get("Content-Type", ""))
         except FileRefused as exc:
@@ -266,6 +274,13 @@ class WebChat:
             raise _UploadRefused(401, "this chat session may not send files here: reconnect "
                                  "the chat and try again")
         return session, address
+
+    def _upload_limit(self, session: str) -> RateLimit:
+        limit = self._upload_limits.pop(session, None) or RateLimit(*UPLOAD_RATE)
+        self._upload_limits[session] = limit  # most recent last; the oldest let go
+        while len(self._upload_limits) > MAX_UPLOAD_LIMITS:
+            self._upload_limits.popitem(last=False)
+        return limit
 
     def _origin_allowed(self, origin: str | None) -> bool:
         # Browsers always send Origin; other clients cannot ride on a visitor's page.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import uuid
 
 import pytest
@@ -108,7 +109,8 @@ async def test_twilio_failing_at_first_then_taking_the_file_delivers_it_once(app
         console, contact, token = await sms_contact_with(client, db, standin)
         standin.fail_with = 503
         message_id = str(uuid.uuid4())
-        response = await send(client, contact, token, PDF, "application/pdf", message_id)
+        receipt = PDF + os.urandom(2 * 1024 * 1024)  # a scanned receipt: many reads' worth
+        response = await send(client, contact, token, receipt, "application/pdf", message_id)
         assert response.status == 200 and (await response.json())["state"] == "queued"
         await wait_for(lambda: len(standin.attempts) >= 3, timeout_s=15)
         assert not with_media(standin)
@@ -119,7 +121,7 @@ async def test_twilio_failing_at_first_then_taking_the_file_delivers_it_once(app
         await asyncio.sleep(0.5)
         [message] = with_media(standin)
         [fetched] = standin.media_sent
-        assert fetched["data"] == PDF and fetched["content_type"] == "application/pdf"
+        assert fetched["data"] == receipt and fetched["content_type"] == "application/pdf"
         assert await db.fetchval("SELECT attempts FROM outbox WHERE id = $1::uuid",
                                  message_id) >= 2
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 from contextlib import AsyncExitStack
 
 import asyncpg
@@ -247,3 +248,27 @@ async def test_an_erasure_deletes_the_uploaded_rows(app_settings, db, redis_clie
         assert (await client.get((await response.json())["file"]["url"])).status == 404
         supervisor = await create_token(db, "supervisor", "floor lead")
         assert (await get(client, contact, 1, supervisor)).status == 404
+
+
+async def test_a_large_photo_arrives_whole_and_a_flood_of_uploads_is_refused(app_settings, db):
+    async with instance(app_settings) as client:
+        chat, session, console, contact, token = await chat_with_agent(client, db)
+        big = b"\xff\xd8\xff\xe0" + os.urandom(3 * 1024 * 1024)  # far over one read's chunk
+        response = await upload(client, session["files"], big, "image/jpeg")
+        assert response.status == 200, await response.text()
+        assert (await response.json())["file"]["size"] == len(big)
+        await console.wait(lambda f: f["type"] == "message" and f.get("attachments"))
+        opened = await get(client, contact, 1, token)
+        assert opened.status == 200 and await opened.read() == big
+
+        async def chunks():  # no Content-Length: the cap holds while reading
+            for _ in range(6):
+                yield b"\xff\xd8\xff" + bytes(1024 * 1024)
+        streamed = await client.post("/chat/files", data=chunks(), headers={
+            "Authorization": f"Bearer {session['files']}", "Content-Type": "image/jpeg"})
+        assert streamed.status == 413 and "over 5 MB" in (await streamed.json())["error"]
+
+        statuses = [(await upload(client, session["files"], PNG, "image/png")).status
+                    for _ in range(8)]
+        assert 429 in statuses and statuses[0] == 200
+        assert await rows(db) == 1 + statuses.count(200)
