@@ -20,6 +20,7 @@ from channels.base import signed_file_url
 from service.agents.desk import add_agent
 from service.appkeys import EVENTS, FILES, PG
 from service.conversations import erasure
+from service.infra.tokens import create_token
 from service.model import MAX_FILE_BYTES
 from tests.conftest import PUBLIC_URL, with_settings
 from tests.test_agents import ALL_SKILLS, instance, open_chat, twilio  # noqa: F401 (fixtures)
@@ -184,6 +185,15 @@ async def test_an_erasure_deletes_the_files_agents_sent(app_settings, db, twilio
         await console.wait(lambda f: f["type"] == "wrapped_up")
         assert await rows(db) == 1
         assert await client.app[EVENTS].flush()
+        # the contact's page shows the agent's file; a supervisor opens it from the log
+        supervisor = await create_token(db, "supervisor", "floor lead")
+        story = await (await client.get(f"/api/contacts/{contact}", headers={
+            "Authorization": f"Bearer {supervisor}"})).json()
+        [sent] = [b for b in story["conversation"] if b["from"] == "agent" and
+                  b.get("attachments")]
+        assert sent["attachments"] == [{"n": 1, "content_type": "image/png", "erased": False}]
+        late = await get(client, contact, 1, supervisor)
+        assert late.status == 200 and await late.read() == PNG
         customer_id = await db.fetchval("SELECT customer_id::text FROM customer_identities "
                                         "WHERE value = $1", "+15555550188")
         done = await erasure.erase(client.app[PG], redis_client, customer_id, by="test")
@@ -196,3 +206,9 @@ async def test_an_erasure_deletes_the_files_agents_sent(app_settings, db, twilio
         assert (await standin.fetch_media_url(with_media(standin)[0]["MediaUrl"]))[
             "status"] == 404
         assert not standin.media_deletes  # our own file: nothing asked of Twilio
+        story = await (await client.get(f"/api/contacts/{contact}", headers={
+            "Authorization": f"Bearer {supervisor}"})).json()
+        [sent] = [b for b in story["conversation"] if b["from"] == "agent" and
+                  b.get("attachments")]
+        assert sent["attachments"] == [{"n": 1, "content_type": "image/png", "erased": True}]
+        assert (await get(client, contact, 1, supervisor)).status == 404

@@ -64,7 +64,8 @@ REFUSED: dict[str, type[web.HTTPException]] = {
     "not_image": web.HTTPUnsupportedMediaType, "not_pdf": web.HTTPUnsupportedMediaType}
 ENDED_ATTACHMENTS = """
     SELECT channel, data->'attachments' AS attachments FROM contact_events
-    WHERE contact_id = $1::uuid AND kind = 'received' AND data ? 'attachments'"""
+    WHERE contact_id = $1::uuid AND kind IN ('received', 'agent_message')
+      AND data ? 'attachments'"""
 
 
 def routes() -> list[web.RouteDef]:
