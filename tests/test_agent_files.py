@@ -27,8 +27,10 @@ from tests.test_agents import ALL_SKILLS, instance, open_chat, twilio  # noqa: F
 from tests.test_agents import app_settings as agent_settings  # noqa: F401
 from tests.test_attachments import get
 from tests.test_chat_files import PDF, PNG, chat_with_agent, rows
-from tests.test_notes import sms_contact_with
+from tests.test_notes import console_of, sms_contact_with
 from tests.test_outbox import wait_for
+from tests.test_whatsapp import WA, wa_params
+from tests.twilio_driver import Call, post_signed
 
 
 @pytest.fixture
@@ -212,3 +214,35 @@ async def test_an_erasure_deletes_the_files_agents_sent(app_settings, db, twilio
                   b.get("attachments")]
         assert sent["attachments"] == [{"n": 1, "content_type": "image/png", "erased": True}]
         assert (await get(client, contact, 1, supervisor)).status == 404
+
+
+async def test_a_call_carries_no_files_and_whatsapp_gets_one_as_media(app_settings, db, twilio):
+    standin, _ = twilio
+    async with instance(app_settings) as client:
+        standin.service_url = str(client.make_url("")).rstrip("/")
+        token = await add_agent(db, "Dana", ALL_SKILLS)
+        console = await console_of(client, token)
+        call = await Call(client, "+15555550199").dial()
+        await call.press("0")
+        offer = await console.wait(lambda f: f["type"] == "offer")
+        await console.send(type="accept", contact_id=offer["contact_id"])
+        assigned = await console.wait(lambda f: f["type"] == "assigned")
+        assert assigned["sends_files"] is False  # the console hides its paperclip
+        refused = await send(client, offer["contact_id"], token, PNG, "image/png")
+        assert refused.status == 409 and "cannot carry files" in (await refused.json())["error"]
+        assert await rows(db) == 0
+
+        await post_signed(client, "/twilio/whatsapp", wa_params("I want to talk to a human"))
+        offer = await console.wait(lambda f: f["type"] == "offer"
+                                   and f["channel"] == "whatsapp")
+        await console.send(type="accept", contact_id=offer["contact_id"])
+        assigned = await console.wait(lambda f: f["type"] == "assigned"
+                                      and f["contact_id"] == offer["contact_id"])
+        assert assigned["sends_files"] is True
+        response = await send(client, offer["contact_id"], token, PNG, "image/png")
+        assert response.status == 200, await response.text()
+        await wait_for(lambda: len(standin.media_sent) == 1)
+        [message] = with_media(standin)
+        assert message["To"] == WA
+        assert message["MediaUrl"].startswith(f"{PUBLIC_URL}/twilio/whatsapp/files/")
+        assert standin.media_sent[0]["data"] == PNG
