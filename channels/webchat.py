@@ -72,7 +72,6 @@ RATE_PER_S, BURST = 2.0, 6
 FALLBACK = ("Sorry, something went wrong on our side. Please try again in a moment, "
             "or type AGENT to reach a person.")
 FILE_LINK_TTL_S = 24 * 3600  # a file link in the widget; a reconnect's replay signs anew
-MAX_CAPTION_CHARS = 200  # the file's name, kept as the message's words
 UPLOAD_RATE = (0.5, 5)  # per second and burst, per session: a few photos at once, not a flood
 MAX_UPLOAD_LIMITS = 10_000  # sessions whose upload rate this instance remembers
 NOT_SENT = "the file could not be sent right now; try again in a moment"
@@ -206,9 +205,10 @@ class WebChat:
         except FilesUnavailable:
             raise _UploadRefused(503, NOT_SENT) from None
         attachment = Attachment(stored.content_type, stored_ref(stored.id))
-        caption = request.query.get("name", "").strip()[:MAX_CAPTION_CHARS]
+        # No words: a file's name is not something the customer said (the classifier would
+        # read "refund.pdf" as a request); in self-service the core asks what they need.
         inbound = Inbound(channel="chat", address=address, service_address="web",
-                          text=caption, kind="message", thread=session,
+                          text="", kind="message", thread=session,
                           identity=self.traits.identity, attachments=(attachment,))
         try:
             reply = await self._handle(inbound)

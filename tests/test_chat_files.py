@@ -39,14 +39,11 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR a photo of a cracked mug" + by
 PDF = b"%PDF-1.7\n% a receipt for order 1234\n"
 
 
-async def upload(client, credential: str | None, body: bytes, content_type: str,
-                 name: str | None = None):
+async def upload(client, credential: str | None, body: bytes, content_type: str):
     headers = {"Content-Type": content_type}
     if credential is not None:
         headers["Authorization"] = f"Bearer {credential}"
-    params = {"name": name} if name else {}
-    return await client.post("/chat/files", data=io.BytesIO(body), headers=headers,
-                             params=params)
+    return await client.post("/chat/files", data=io.BytesIO(body), headers=headers)
 
 
 async def rows(db) -> int:
@@ -75,14 +72,14 @@ async def test_a_chat_customers_photo_reaches_the_agent_who_opens_the_same_bytes
         chat, session, console, contact, token = await chat_with_agent(client, db)
         assert session["files"]  # the session's upload credential
 
-        response = await upload(client, session["files"], PNG, "image/png", "mug.png")
+        response = await upload(client, session["files"], PNG, "image/png")
         assert response.status == 200, await response.text()
         sent = (await response.json())["file"]
         assert (sent["content_type"], sent["size"]) == ("image/png", len(PNG))
         assert sent["url"].startswith("/chat/files/")
 
         pushed = await console.wait(lambda f: f["type"] == "message" and f.get("attachments"))
-        assert (pushed["contact_id"], pushed["text"]) == (contact, "mug.png")
+        assert (pushed["contact_id"], pushed["text"]) == (contact, "")
         assert pushed["attachments"] == [{"n": 1, "content_type": "image/png"}]
         assert "stored:" not in json.dumps(pushed)  # the reference stays on the server
 

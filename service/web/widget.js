@@ -528,8 +528,7 @@
     item.classList.remove("failed");
     item.classList.add("sending");
     state.textContent = "Sending…";
-    var url = FILES_URL + "?name=" + encodeURIComponent(file.name || "");
-    fetch(url, { method: "POST", body: file, credentials: "omit",
+    fetch(FILES_URL, { method: "POST", body: file, credentials: "omit",
                  headers: { "Authorization": "Bearer " + filesCredential,
                             "Content-Type": file.type || "application/octet-stream" } })
       .then(function (response) {
