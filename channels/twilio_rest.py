@@ -18,7 +18,7 @@ import json
 import re
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
-from typing import AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Mapping
 from xml.sax.saxutils import escape
 
 import aiohttp
@@ -118,6 +118,12 @@ class TwilioRest:
         `status_callback`."""
         return await self._create_message(to, from_, status_callback, body=body)
 
+    async def send_media(self, to: str, from_: str, media_url: str,
+                         status_callback: str | None = None) -> str:
+        """Create one message carrying a file Twilio fetches from `media_url` (MediaUrl, no
+        Body); its MessageSid."""
+        return await self._create_message(to, from_, status_callback, media_url=[media_url])
+
     async def send_content(self, to: str, from_: str, content_sid: str,
                            variables: Mapping[str, str],
                            status_callback: str | None = None) -> str:
@@ -127,7 +133,7 @@ class TwilioRest:
                                           content_variables=json.dumps(dict(variables)))
 
     async def _create_message(self, to: str, from_: str, status_callback: str | None,
-                              **fields: str) -> str:
+                              **fields: Any) -> str:
         extra = {"status_callback": status_callback} if status_callback else {}
         async with _mapped_failures():
             message = await self._rest().messages.create_async(to=to, from_=from_, **fields,

@@ -20,7 +20,15 @@ import structlog
 from aiohttp import web
 from twilio.twiml.messaging_response import MessagingResponse
 
-from channels.base import ChannelConfig, HandleInbound, twilio_of
+from channels.base import (
+    ChannelConfig,
+    HandleInbound,
+    delete_stored,
+    fetch_stored,
+    serve_signed_file,
+    signed_file_url,
+    twilio_of,
+)
 from channels.twilio_auth import TwilioSignature
 from service.model import (
     AgentLine,
@@ -33,6 +41,7 @@ from service.model import (
     Inbound,
     MessageStatus,
     Reply,
+    stored_id,
 )
 
 log = structlog.get_logger(__name__)
@@ -48,6 +57,7 @@ MEDIA_ONLY = ("Sorry, I can only read text, so I couldn't open what you sent. Pl
 MAX_MEDIA = 10  # Twilio's own limit of media on one inbound message
 UNKNOWN_TYPE = "application/octet-stream"
 _MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,127}")
+MEDIA_URL_TTL_S = 3600  # how long Twilio may fetch a file an agent sent (its MediaUrl)
 MAX_BODY_CHARS = 1600  # Twilio's own limit for one inbound message
 # Channels whose addresses Twilio writes as "<prefix>:+1555...": the prefix names the channel.
 PREFIXED_CHANNELS = ("whatsapp",)
@@ -68,10 +78,16 @@ class TwilioMessaging:
         self._twilio = twilio_of(config)
         self._report_status = config.message_status
         self._public_url = config.public_url.rstrip("/")
+        self._files = config.files
 
     def routes(self) -> list[web.RouteDef]:
         base = self.traits.route_prefix
-        return [web.post(base, self.incoming), web.post(f"{base}/status", self.status)]
+        return [web.post(base, self.incoming), web.post(f"{base}/status", self.status),
+                web.get(f"{base}/files/{{file_id}}", self.media)]
+
+    async def media(self, request: web.Request) -> web.Response:
+        """A file an agent sent, fetched by Twilio at the signed, expiring MediaUrl we gave."""
+        return await serve_signed_file(self._files, request)
 
     async def incoming(self, request: web.Request) -> web.Response:
         form = await self._signature.verified_form(request)
@@ -156,10 +172,26 @@ class TwilioMessaging:
     async def ask(self, to: Destination, text: str, choices: tuple[Choice, ...]) -> str | None:
         return await self.send_text(to, text)  # the text says how to answer
 
+    async def send_file(self, to: Destination, attachment: Attachment,
+                        message_id: str | None = None) -> str | None:
+        """The file as MMS media: Twilio fetches it from a signed URL that expires."""
+        file_id = stored_id(attachment.ref)
+        if not self.traits.sends_files or file_id is None or self._files is None:
+            raise DeliveryFailed("not_file", f"{self.traits.name} cannot send this file")
+        url = signed_file_url(self._files, self._public_url, self.traits.route_prefix,
+                              file_id, MEDIA_URL_TTL_S)
+        return await self._twilio.send_media(self.wire_address(to.address),
+                                             self.wire_address(to.service_address), url,
+                                             self.status_callback(message_id))
+
     async def fetch_attachment(self, attachment: Attachment) -> AttachmentBody:
+        if stored_id(attachment.ref) is not None:  # a file an agent sent
+            return await fetch_stored(self._files, attachment)
         return await self._twilio.fetch_media(attachment.ref)
 
     async def delete_attachment(self, attachment: Attachment) -> None:
+        if stored_id(attachment.ref) is not None:
+            return await delete_stored(self._files, attachment)
         await self._twilio.delete_media(attachment.ref)
 
 
@@ -167,7 +199,7 @@ class TwilioSms(TwilioMessaging):
     traits: ClassVar[ChannelTraits] = ChannelTraits(
         name="sms", identity="phone", prompt_style="text", default_capacity=3, idles_out=True,
         carrier_keywords=True, agent_can_type=True, route_prefix="/twilio/sms",
-        customer_paced=True)
+        customer_paced=True, sends_files=True)
 
 
 def parse(form, channel: str = "sms",

@@ -288,6 +288,10 @@ class TwilioVoice:
     async def delete_attachment(self, attachment: Attachment) -> None:
         raise DeliveryFailed("unsupported", "a call carries no files")
 
+    async def send_file(self, to: Destination, attachment: Attachment,
+                        message_id: str | None = None) -> str | None:
+        raise DeliveryFailed("not_file", "a call carries no files")
+
     async def ask(self, to: Destination, text: str, choices: tuple[Choice, ...]) -> str | None:
         """The agent wrapped up with the caller still on the line: move the call to
         /after-agent, which asks the waiting survey's question."""

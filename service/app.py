@@ -34,6 +34,7 @@ from service.appkeys import (
     CUSTOMER_LOOKUPS,
     EVENTS,
     FALLBACK,
+    FILES,
     HANDOFF,
     LOOKUPS,
     OUTBOX,
@@ -55,6 +56,7 @@ from service.conversations.handoff import Handoff
 from service.conversations.outbox import Outbox, RetryPolicy
 from service.infra import health as api
 from service.infra.auth_throttle import AuthThrottle
+from service.infra.files import PgFileStore
 from service.infra.ids import new_hex
 from service.infra.migrate import migrate
 from service.infra.redis_batch import batcher_for
@@ -96,9 +98,10 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     twilio = TwilioRest(settings.twilio_account_sid, settings.twilio_auth_token,
                         settings.twilio_api_base_url, settings.twilio_timeout_s)
-    app.cleanup_ctx.extend([postgres, customer_lookups, redis_client, rules, event_writer,
-                            messaging(twilio), flow_lookups, outbox, conversations,
-                            background_sweeps])
+    app[FILES] = PgFileStore(lambda: app[PG])
+    app.cleanup_ctx.extend([postgres, file_store, customer_lookups, redis_client, rules,
+                            event_writer, messaging(twilio), flow_lookups, outbox,
+                            conversations, background_sweeps])
     config = ChannelConfig(settings.public_url, settings.twilio_auth_token,
                            fallback_queue=lambda: default_queue(app),
                            subscribe=lambda topic: app[BUS].subscription(topic),
@@ -107,7 +110,7 @@ def create_app(settings: Settings) -> web.Application:
                            chat_origins=settings.chat_origins, twilio=twilio,
                            message_status=lambda status: app[OUTBOX].on_status(status),
                            call_outcome=lambda outcome: app[HANDOFF].callbacks.on_outcome(
-                               outcome))
+                               outcome), files=app[FILES])
     app[CHANNEL_LIST] = [cls(config, lambda inbound: handle_turn(app, inbound))
                          for cls in CHANNEL_TYPES]
     for channel in app[CHANNEL_LIST]:
@@ -224,6 +227,12 @@ async def postgres(app: web.Application) -> AsyncIterator[None]:
     app[PG] = pool
     yield
     await pool.close()
+
+
+async def file_store(app: web.Application) -> AsyncIterator[None]:
+    """Uploaded files: the shared signing key read (or made) once PostgreSQL is migrated."""
+    await app[FILES].start()
+    yield
 
 
 async def customer_lookups(app: web.Application) -> AsyncIterator[None]:
@@ -346,7 +355,8 @@ async def conversations(app: web.Application) -> AsyncIterator[None]:
     app[QUEUE_LOAD] = QueueLoad(app[ROUTER], lambda: current_rules().tree.queues)
     app[HANDOFF] = Handoff(current_rules, context, app[ROUTER], app[BUS], app[EVENTS],
                            outbound_channels(app), app[OUTBOX],
-                           rules_for=lambda held: app[RULES].for_contact(held))
+                           rules_for=lambda held: app[RULES].for_contact(held),
+                           files=app[FILES])
     app[OUTBOX].call_failed = app[HANDOFF].callbacks.on_outcome
     app[CONVERSATIONS] = Conversations(
         rules=current_rules, context=context, handoff=app[HANDOFF], events=app[EVENTS],

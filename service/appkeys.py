@@ -14,6 +14,7 @@ from service.conversations.fallback import FallbackContacts
 from service.conversations.handoff import Handoff
 from service.conversations.outbox import Outbox
 from service.infra.auth_throttle import AuthThrottle
+from service.infra.files import PgFileStore
 from service.infra.redis_batch import ClusterBatcher, CommandBatcher
 from service.reporting.events import EventWriter
 from service.reporting.preparing import Preparations
@@ -40,4 +41,5 @@ FALLBACK = web.AppKey("fallback", FallbackContacts)
 AGENT_DESK = web.AppKey("agent_desk", AgentDesk)
 AUTH_THROTTLE = web.AppKey("auth_throttle", AuthThrottle)
 ACTIVITY = web.AppKey("activity", ActivityLog)
+FILES = web.AppKey("files", PgFileStore)  # uploads kept by the service (infra/files.py)
 CHANNEL_LIST = web.AppKey("channel_list", list)  # the channel instances, in listed order

@@ -6,6 +6,7 @@ Channels import only this module. Provider fields are mapped into these at the e
 
 from __future__ import annotations
 
+import mimetypes
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Protocol
 
@@ -49,6 +50,51 @@ class AttachmentUnavailable(Exception):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
+
+
+MAX_FILE_BYTES = 5 * 1024 * 1024  # an uploaded file, as Twilio's MMS media
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """A file kept in the service's own store (an upload): its id, checked type and size."""
+    id: str
+    content_type: str
+    size: int
+
+
+class FileRefused(Exception):
+    """An upload that is not kept. reason: empty, too_large, not_image (the bytes are not the
+    image the client said), not_pdf."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class FilesUnavailable(Exception):
+    """The file store (PostgreSQL) could not be reached: nothing was kept."""
+
+
+class FileStore(Protocol):
+    """Uploaded files kept by the service (customers' chat uploads, files agents send)."""
+
+    async def put(self, data: bytes, claimed_type: str) -> StoredFile:
+        """Keep the bytes under a new random id, their type sniffed (FileRefused,
+        FilesUnavailable)."""
+        ...
+
+    async def get(self, file_id: str) -> AttachmentBody | None:
+        """The file's bytes and type; None when there is no such file (FilesUnavailable)."""
+        ...
+
+    async def delete(self, file_id: str) -> None:
+        """Delete the file; one already gone counts as deleted (FilesUnavailable)."""
+        ...
+
+    def mac(self, text: str) -> str:
+        """Hex HMAC-SHA256 of `text` under the store's key, shared by every instance."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +175,7 @@ class ChannelTraits:
     # Past the reply window only a provider-approved message template reaches the customer
     # (`send_template`); templates may be sent inside the window too.
     templates_after_window: bool = False
+    sends_files: bool = False  # an agent may send the customer a file (`send_file`)
 
 
 # The traits a message template (replies.yaml `templates`) may name as what it applies to.
@@ -263,6 +310,41 @@ class Outbound(Protocol):
         """Ask the provider to delete a file the customer sent (an erasure); one already
         gone counts as deleted. DeliveryFailed (retryable) when the provider failed."""
         ...
+
+    async def send_file(self, to: Destination, attachment: Attachment,
+                        message_id: str | None = None) -> str | None:
+        """Deliver a file an agent sends (`attachment.ref`: a stored file's reference,
+        `stored_ref`); the provider's message id. Channels whose traits lack `sends_files`
+        refuse (DeliveryFailed, reason `not_file`)."""
+        ...
+
+
+STORED_PREFIX = "stored:"  # an Attachment.ref naming a file of the service's own store
+
+
+def stored_ref(file_id: str) -> str:
+    """The attachment reference of a stored file (an upload)."""
+    return STORED_PREFIX + file_id
+
+
+def stored_id(ref: str) -> str | None:
+    """The stored file an attachment reference names, if it names one."""
+    return ref[len(STORED_PREFIX):] if ref.startswith(STORED_PREFIX) else None
+
+
+# Shown in a page; every other type is served as a download (no HTML or SVG in our origin).
+INLINE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+
+
+def file_headers(content_type: str, name: str) -> dict[str, str]:
+    """A file's answer to a browser: its type, never sniffed or kept by shared caches; inline
+    only for raster images, every other type a download named `name` and its extension."""
+    filename = f"{name}{mimetypes.guess_extension(content_type) or ''}"
+    disposition = "inline" if content_type in INLINE_TYPES else "attachment"
+    return {"Content-Type": content_type,
+            "Content-Disposition": f'{disposition}; filename="{filename}"',
+            "Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; sandbox"}
 
 
 class OutboundChannel(Outbound, Protocol):

@@ -106,6 +106,8 @@ async def _clean_tables(database_url: str) -> None:
                                "customers, rule_versions CASCADE")
         if await conn.fetchval("SELECT to_regclass('outbox') IS NOT NULL"):
             await conn.execute("TRUNCATE outbox")
+        if await conn.fetchval("SELECT to_regclass('uploaded_files') IS NOT NULL"):
+            await conn.execute("TRUNCATE uploaded_files")
     finally:
         await conn.close()
 

@@ -14,6 +14,8 @@ from Content API templates (`ContentSid`, `ContentVariables`) are checked agains
 templates it was told are approved (`content_templates`). It lists messages (GET Messages.json filtered by
 To, From and DateSent), places calls (POST Calls.json, `fail_calls` answers the next ones 503)
 and posts signed status callbacks of messages and placed calls to the service, as Twilio does.
+A message with a `MediaUrl` (a file an agent sent) has that URL fetched, as Twilio does before
+delivering it, without credentials; what came back is kept in `media_sent`.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ class TwilioStandIn:
     # a JSON object filling every {{n}} with text too (21656), as Twilio does; the message
     # resource's body is the text with the variables in, as Twilio renders it.
     content_templates: dict[str, str] = field(default_factory=dict)
+    # Files of messages sent with a MediaUrl, fetched as Twilio does: {"url", "status",
+    # "content_type", "data"}, in order.
+    media_sent: list[dict] = field(default_factory=list)
     lose_answers: bool = False  # take the message, then never answer
     drop_connections: int = 0  # close the next N message requests' connections, taking nothing
     auth_token: str = "test-auth-token"
@@ -281,9 +286,21 @@ class TwilioStandIn:
         rendered = self._rendered(form) if "ContentSid" in form else form.get("Body")
         self.sids[sid] = {**form, "sid": sid, "created": formatdate(usegmt=True),
                           "rendered": rendered or ""}
+        if form.get("MediaUrl"):
+            self.media_sent.append(await self.fetch_media_url(form["MediaUrl"]))
         if self.lose_answers:
             await asyncio.sleep(3600)  # the client times out: Twilio has it, the answer is lost
         return web.json_response(_resource(self.sids[sid]), status=201)
+
+    async def fetch_media_url(self, url: str) -> dict:
+        """GET a message's MediaUrl as Twilio does (no credentials): status, type, bytes. The
+        public URL's host is the test server (`service_url`) when one is set."""
+        parts = urlsplit(url)
+        target = f"{self.service_url}{parts.path}?{parts.query}" if self.service_url else url
+        async with aiohttp.ClientSession() as session, session.get(target) as response:
+            return {"url": url, "status": response.status,
+                    "content_type": response.headers.get("Content-Type", ""),
+                    "data": await response.read()}
 
     def _refusal(self, form: dict[str, str]) -> web.Response | None:
         """Twilio's 400 for a message it cannot take as written, or None."""

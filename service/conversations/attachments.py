@@ -9,6 +9,11 @@ supervisor can still open one after the contact ended. The console fetches one b
 through `GET /api/contacts/{id}/attachments/{n}` (reporting/attachments_api.py): the agent who
 holds the contact or a supervisor, the bytes from the channel's `fetch_attachment`. The core
 never reads a reference: only the channel that made it does.
+
+Agents send files too (`Attachments.send`, `POST /api/contacts/{id}/files`): on channels whose
+traits have `sends_files`, the file is kept in the service's file store (`infra/files.py`: 5 MB,
+images and PDFs recognised from their bytes), numbered among the contact's files and sent
+through the outbox (action `file`) under the console's id, like an agent's text.
 """
 
 from __future__ import annotations
@@ -17,10 +22,16 @@ from typing import Any, Sequence
 
 import structlog
 
-from service.conversations.handoff import Handoff, HandoffError
+from service.conversations.handoff import Handoff, HandoffError, kept_line
 from service.conversations.notes import NoteAuthor
 from service.conversations.record import Conversation
-from service.model import Attachment, AttachmentBody, AttachmentUnavailable
+from service.model import (
+    Attachment,
+    AttachmentBody,
+    AttachmentUnavailable,
+    FilesUnavailable,
+    stored_ref,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -91,3 +102,26 @@ class Attachments:
         if outbound is None:
             raise AttachmentUnavailable("unsupported", f"no channel {channel} here")
         return await outbound.fetch_attachment(attachment)
+
+    async def send(self, agent: dict[str, Any], contact_id: str, data: bytes,
+                   claimed_type: str, message_id: str) -> dict[str, Any] | None:
+        """A file from the agent to their own contact: kept in the file store (FileRefused:
+        empty, too large, not the type claimed), then sent through the outbox under
+        `message_id`. A repeat of an id already kept stores nothing: its status frame."""
+        _, conv = await self._handoff.assigned(agent, contact_id)
+        channel = self._handoff.channel(conv["channel"])
+        if channel is None or not channel.traits.sends_files or self._handoff.files is None:
+            raise HandoffError("not_file", "this contact's channel cannot carry files")
+        kept = kept_line(conv, message_id, "agent")
+        if kept is not None and kept.get("attachments"):
+            attachment = of_record(conv, kept["attachments"][0]["n"])
+        else:
+            try:
+                stored = await self._handoff.files.put(data, claimed_type)
+            except FilesUnavailable as exc:
+                raise HandoffError("not_recorded", "the file was not sent: it could not be "
+                                   "kept for sending; try again in a moment") from exc
+            attachment = Attachment(stored.content_type, stored_ref(stored.id))
+        if attachment is None:
+            raise HandoffError("bad_frame", f"id {message_id} is already another message")
+        return await self._handoff.agent_file(agent, contact_id, attachment, message_id)

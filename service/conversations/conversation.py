@@ -429,7 +429,8 @@ class Conversations:
         """A session reconnects with its token: the same contact, its transcript replayed."""
         conv = turn.conversation
         state = conv["status"] if conv["status"] in ("queued", "with_agent") else "self_service"
-        return turn.reply(state=state, history=customer_lines(conv["transcript"]))
+        return turn.reply(state=state, history=customer_lines(conv["transcript"],
+                                                             conv.get("attachments", [])))
 
     def _greet(self, turn: Turn) -> Reply:
         conv, catalog = turn.conversation, turn.rules.catalog

@@ -20,7 +20,7 @@ from service.conversations.context import ContextStore
 from service.conversations.outbox import IdTaken, NotRecorded, Outbox, Outcome, destination
 from service.conversations.record import Conversation
 from service.infra.ids import new_uuid
-from service.model import AgentLine, DeliveryFailed, OutboundChannel
+from service.model import AgentLine, Attachment, DeliveryFailed, FileStore, OutboundChannel
 from service.reporting.events import Event, EventWriter
 from service.rules.loader import Rules
 from service.rules.replies import agent_values, fill_template, replies_for, templates_for
@@ -36,15 +36,16 @@ class HandoffError(Exception):
 
 # What the agent console is told when the channel refused, by DeliveryFailed.reason.
 _ERROR_CODES = {"outside_window": "outside_window", "not_text": "not_text",
-                "not_template": "not_template"}
+                "not_template": "not_template", "not_file": "not_file"}
 # Outbox actions an agent writes: a failure for good or not recorded is the agent's error frame.
-_AGENT_WRITES = ("send", "template")
+_AGENT_WRITES = ("send", "template", "file")
 
 
 def _failure_text(action: str, exc: DeliveryFailed) -> str:
     if exc.reason in _ERROR_CODES:
         return str(exc)
-    what = "could not connect the customer" if action == "connect" else "the text was not sent"
+    what = "could not connect the customer" if action == "connect" else \
+        "the file was not sent" if action == "file" else "the text was not sent"
     return f"{what}: {exc}"
 
 
@@ -127,11 +128,13 @@ def offer_frame(entry: dict[str, Any], kind: str = "offer", **extra: Any) -> dic
 class Handoff:
     """The agent half of a contact: offers, accept, agents' texts, wrap-up. What its companions
     (transfers, callbacks, notes, attachments, the wrap-up survey) share of it is public:
-    `rules`, `context`, `router`, `bus`, `events`, `channels`, `outbound`, `record_conv`."""
+    `rules`, `context`, `router`, `bus`, `events`, `channels`, `files`, `outbound`,
+    `record_conv`."""
 
     def __init__(self, rules: Callable[[], Rules], context: ContextStore, router: Dispatcher,
                  bus: Bus, events: EventWriter, channels: Mapping[str, OutboundChannel],
-                 outbox: Outbox, rules_for: Callable[[Any], Rules] | None = None):
+                 outbox: Outbox, rules_for: Callable[[Any], Rules] | None = None,
+                 files: FileStore | None = None):
         self.rules = rules
         # a contact's own rules: a canary's, for a contact opened in its share (holder.py)
         self._rules_for = rules_for or (lambda held: rules())
@@ -141,6 +144,7 @@ class Handoff:
         self.events = events
         self.channels = channels
         self._outbox = outbox
+        self.files = files  # the service's own file store: files agents send
         from service.conversations.attachments import Attachments
         from service.conversations.callbacks import Callbacks  # they build on this module
         from service.conversations.notes import Notes
@@ -238,7 +242,7 @@ class Handoff:
         entry["context"] = agent_context(self.rules(), conv)
         return offer_frame(entry, kind="assigned", agent={"id": agent["id"],
                                                           "name": agent["name"]},
-                           **self.reply_window(conv))
+                           **self.reply_window(conv), **self.sends_files(conv))
 
     async def _connect_customer(self, agent: dict[str, Any], conv: Conversation,
                                 joining: bool = False) -> None:
@@ -250,7 +254,13 @@ class Handoff:
         """What a reconnecting agent's console is sent for a contact it already has."""
         return {"type": "assigned", "contact_id": conv["contact_id"], "channel": conv["channel"],
                 "queue": conv.get("queue"), "reason": conv.get("reason"),
-                "context": agent_context(self.rules(), conv), **self.reply_window(conv)}
+                "context": agent_context(self.rules(), conv), **self.reply_window(conv),
+                **self.sends_files(conv)}
+
+    def sends_files(self, conv: Conversation) -> dict[str, Any]:
+        """`sends_files` of an assigned frame: whether the console offers to attach a file."""
+        traits = self.channels[conv["channel"]].traits
+        return {"sends_files": traits.sends_files and self.files is not None}
 
     def reply_window(self, conv: Conversation) -> dict[str, Any]:
         """`reply_window` of an assigned frame, on channels that have one: how long after the
@@ -330,6 +340,29 @@ class Handoff:
             said, fresh = await self._keep(key, conv, {"from": "agent", "text": text,
                                                        "at": time.time(), "id": message_id})
         return await self._agent_says(agent, conv, said, fresh, "send", {"text": said["text"]})
+
+    async def agent_file(self, agent: dict[str, Any], contact_id: str, attachment: Attachment,
+                         message_id: str) -> dict[str, Any] | None:
+        """A file the agent sends their own contact (already in the file store), through the
+        outbox: numbered among the contact's files (attachments.py), its line kept with the
+        job's id, its `agent_message` event naming it. A repeat of a `message_id` already
+        kept changes nothing: its `message_status` frame is returned."""
+        from service.conversations import attachments
+
+        async with self._changing(agent, contact_id) as (key, conv):
+            kept = kept_line(conv, message_id, "agent")
+            if kept is None:
+                entries = attachments.keep(conv, [attachment], time.time())
+                if not entries:
+                    raise HandoffError("too_many_files", "this contact has too many files")
+                said, fresh = await self._keep(key, conv, {
+                    "from": "agent", "text": "", "at": time.time(), "id": message_id,
+                    "attachments": attachments.shown(entries)})
+            else:
+                said, fresh, entries = kept, False, []
+        payload = {"text": "", "content_type": attachment.content_type, "ref": attachment.ref}
+        return await self._agent_says(agent, conv, said, fresh, "file", payload,
+                                      attachments=attachments.recorded(entries))
 
     async def _keep(self, key: str, conv: Conversation, said: dict[str, Any]
                     ) -> tuple[dict[str, Any], bool]:

@@ -78,9 +78,10 @@ class RetryPolicy:
 # question; call_back: a call placed to a customer who asked to be called back;
 # delete_attachment: a customer's file deleted at the provider (an erasure, erasure.py);
 # template: an approved message template with its variables (payload ref, variables; text is
-# the filled text, what the agent sees and a lost answer is looked up by).
+# the filled text, what the agent sees and a lost answer is looked up by); file: a file an
+# agent sends (payload content_type, ref: the stored file; text "", so never looked up).
 ACTIONS = ("send", "connect", "join", "release", "drop", "ask", "call_back",
-           "delete_attachment", "template")
+           "delete_attachment", "template", "file")
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +285,9 @@ class Outbox:
             return await channel.ask(to, job.text, choices)
         if job.action == "call_back":
             return await channel.call_back(to, payload["attempt"])
+        if job.action == "file":
+            return await channel.send_file(to, Attachment(payload["content_type"],
+                                                          payload["ref"]), job.id)
         if job.action == "delete_attachment":
             await channel.delete_attachment(Attachment(payload["content_type"], payload["ref"]))
             return None

@@ -8,7 +8,7 @@ reader and writer to these names.
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict, cast
+from typing import Any, Literal, Sequence, TypedDict, cast
 
 from service.model import ContactState
 
@@ -93,9 +93,17 @@ def new_conversation(*, contact_id: str, customer: dict[str, Any], channel: str,
     return conversation
 
 
-def customer_lines(transcript: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
-    """The transcript as the customer may see it again (a chat resumed): no private notes."""
-    return tuple(line for line in transcript if line.get("from") != NOTE)
+def customer_lines(transcript: list[dict[str, Any]], kept: Sequence[dict[str, Any]] = ()
+                   ) -> tuple[dict[str, Any], ...]:
+    """The transcript as the customer may see it again (a chat resumed): no private notes;
+    a line's files (`kept`: the contact's attachments) as `files`, type and the channel's
+    reference, for the channel to show again."""
+    refs = {entry["n"]: entry for entry in kept}
+    return tuple({**line, "files": [{"content_type": refs[a["n"]]["content_type"],
+                                     "ref": refs[a["n"]]["ref"]}
+                                    for a in line["attachments"] if a["n"] in refs]}
+                 if line.get("attachments") else line
+                 for line in transcript if line.get("from") != NOTE)
 
 
 def latest_notes(transcript: list[dict[str, Any]], keep: int = 3,

@@ -79,7 +79,7 @@ class Bubble:
     reconstructed: bool = False  # the bot's words as the rules say them now, not as sent
     erased: bool = False
     choices: tuple[str, ...] = ()  # what the bot offered to pick from, by label
-    attachments: tuple[File, ...] = ()  # the customer's files sent with these words
+    attachments: tuple[File, ...] = ()  # the files sent with these words (customer's, agent's)
 
     def as_dict(self) -> dict[str, Any]:
         body = asdict(self)
@@ -202,8 +202,11 @@ def _bubbles(event: asyncpg.Record, data: dict[str, Any], names: Names,
         text, erased = _text(data.get("text"))
         return [Bubble(at, "customer", text, erased=erased)]
     if kind == "agent_message":
+        files = _files(data.get("attachments") or [])
         text, erased = _text(data.get("text"))
-        return [Bubble(at, "agent", text, names.agent(data.get("agent_id")), erased=erased)]
+        erased = erased and all(f.erased for f in files)  # a file alone has no words
+        return [Bubble(at, "agent", text, names.agent(data.get("agent_id")), erased=erased,
+                       attachments=files)]
     if kind == "note_added":
         text, erased = _text(data.get("text"))
         author = data.get("author_name") or names.agent(data.get("author_id"))

@@ -81,6 +81,7 @@ const ui = {
   offerActions: $("offer-actions"), offerExpires: $("offer-expires"),
   accept: $("accept"), decline: $("decline"), endedBanner: $("ended-banner"),
   transcript: $("transcript"), replyForm: $("reply-form"), reply: $("reply"), send: $("send"),
+  attach: $("attach"), attachInput: $("attach-input"),
   wrapForm: $("wrap-up-form"), contactType: $("contact-type"), note: $("note"),
   finish: $("finish"),
   transferForm: $("transfer-form"), transferTarget: $("transfer-target"),
@@ -1345,6 +1346,8 @@ function renderSelected() {
   ui.reply.disabled = !canWrite;
   ui.send.disabled = !canWrite;
   ui.repliesButton.disabled = !canReply;
+  ui.attach.hidden = !contact?.frame.sends_files;
+  ui.attach.disabled = !canReply || composeMode() === "note" || windowClosed(contact);
   if (!canReply) closeReplies(false);
   renderCompose();
   ui.finish.disabled = Boolean(contact?.pending);
@@ -1390,7 +1393,8 @@ function renderTranscript(lines, transfer) {
         line.template ? el("span", { class: "template-tag", text: "Approved template" }) : null,
         el("time", { text: when(line.at) })),
       line.text || !sent ? el("span", { class: "text", text: line.text }) : null,
-      sent ? attachmentList(sent) : null,
+      sent ? attachmentList(sent, line.from === "agent" ? "you" : "the customer") : null,
+      line.sendingFile ? el("span", { class: "attachment sending", text: `Sending ${line.sendingFile}…` }) : null,
       line.delivery ? deliveryMark(line)
         : line.failed ? el("span", { class: "failed-note", text: "Not delivered" }) : null);
   });
@@ -1412,12 +1416,52 @@ function renderTranscript(lines, transfer) {
 
 const files = createFiles(TOKEN_KEY);
 
-function attachmentList(attachments) {
+function attachmentList(attachments, from) {
   const contactId = state.selected;
   const held = state.contacts.has(contactId); // an offer's files open once it is accepted
   return el("div", { class: "attachments" }, ...attachments.map((file) =>
     !held ? el("span", { class: "attachment pending-accept", text: `${fileLabel(file)} (${file.content_type}): accept to open` })
-      : files.view(contactId, file)));
+      : files.view(contactId, file, from)));
+}
+
+// ---- files the agent sends (POST /api/contacts/{id}/files, through the outbox) ---------------
+
+const MAX_FILE = 5 * 1024 * 1024; // the server's cap, checked here first to save the upload
+
+ui.attach.addEventListener("click", () => ui.attachInput.click());
+ui.attachInput.addEventListener("change", () => {
+  for (const file of ui.attachInput.files || []) sendFile(file);
+  ui.attachInput.value = "";
+});
+
+async function sendFile(file) {
+  const contactId = state.selected;
+  const contact = state.contacts.get(contactId);
+  if (!contact || contact.ended) return;
+  if (file.size > MAX_FILE) {
+    toast(`“${file.name}” is over 5 MB: send a smaller file.`);
+    return;
+  }
+  const id = newId();
+  const line = { from: "agent", text: "", at: Date.now() / 1000, messageId: id,
+                 sendingFile: file.name || "file", delivery: { state: "sending", reason: "" } };
+  contact.transcript.push(line);
+  render();
+  try {
+    const response = await fetch(`/api/contacts/${encodeURIComponent(contactId)}/files`, {
+      method: "POST", body: file, cache: "no-store",
+      headers: { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY) || ""}`,
+                 "Content-Type": file.type || "application/octet-stream", "X-Message-Id": id } });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(body.error || `the server answered ${response.status}`);
+    line.attachments = body.attachments;
+    if (line.delivery.state === "sending") line.delivery = { state: body.state || "queued", reason: "" };
+  } catch (error) {
+    line.delivery = { state: "failed", reason: error.message };
+    toast(`“${file.name}” was not sent: ${error.message}`);
+  }
+  delete line.sendingFile;
+  render();
 }
 
 function forgetAttachments(contactId) {

@@ -349,7 +349,8 @@ function conversation(bubbles) {
     who.append(el("span", { text: clock(b.at) }));
     if (b.reconstructed) who.append(el("span", { class: "as-now", title: "This contact was logged before the bot's words were kept: this is the catalog's answer as the rules say it now.", text: "as the rules word it now" }));
     const text = b.erased ? el("span", { class: "erased", text: "(erased)" }) : b.text;
-    const files = b.attachments && b.attachments.length ? attachmentList(b.attachments) : null;
+    const files = b.attachments && b.attachments.length
+      ? attachmentList(b.attachments, b.from === "agent" ? "the agent" : "the customer") : null;
     const choices = b.choices && b.choices.length
       ? el("div", { class: "choices", "aria-label": "Choices offered" },
         ...b.choices.map((label) => el("span", { class: "choice", text: label })))
@@ -365,12 +366,12 @@ function conversation(bubbles) {
 
 const customerFiles = createFiles(TOKEN_KEY);
 
-function attachmentList(attachments) {
+function attachmentList(attachments, from) {
   const contactId = state.selected;
   return el("div", { class: "attachments" }, ...attachments.map((file) =>
     file.erased ? el("span", { class: "attachment gone", title: "Deleted by an erasure of the customer's data",
                                text: `${fileLabel(file)} (${file.content_type}): erased` })
-      : customerFiles.view(contactId, file)));
+      : customerFiles.view(contactId, file, from)));
 }
 
 // Another contact is shown: the files of the others are let go.

@@ -1,5 +1,5 @@
-// Customers' files (MMS and WhatsApp media), as the agent console and the contact page show
-// them. The proxy (GET /api/contacts/{id}/attachments/{n}) needs the page's bearer token, which
+// Customers' files (MMS and WhatsApp media, web chat uploads) and the files agents sent, as
+// the agent console and the contact page show them. The proxy (GET /api/contacts/{id}/attachments/{n}) needs the page's bearer token, which
 // an <img src> cannot send: the page fetches with the header and shows the bytes as a blob:
 // URL, each file once until the page lets its contact go. Only pictures the server serves
 // inline are shown; every other type is a download typed as bare bytes, so no HTML or SVG a
@@ -29,12 +29,13 @@ export function createFiles(tokenKey) {
   const loaded = new Map(); // "contact/n" -> {state: loading|ready|failed, url, promise}
 
   // A photo as a thumbnail linking to the full picture; anything else as a download card.
-  function view(contactId, file) {
-    return INLINE_IMAGES.has(file.content_type) ? photoView(contactId, file) : fileView(contactId, file);
+  // `from`: who sent it, as the label says it ("the customer", "you").
+  function view(contactId, file, from = "the customer") {
+    return INLINE_IMAGES.has(file.content_type) ? photoView(contactId, file, from) : fileView(contactId, file, from);
   }
 
-  function photoView(contactId, file) {
-    const label = `${fileLabel(file)} from the customer`;
+  function photoView(contactId, file, from) {
+    const label = `${fileLabel(file)} from ${from}`;
     const img = el("img", { alt: label, decoding: "async" });
     const link = el("a", { class: "attachment photo", target: "_blank", rel: "noopener", title: "Open full size",
                            "data-file": `${contactId}/${file.n}`, "aria-label": `${label}: open full size` },
@@ -48,9 +49,9 @@ export function createFiles(tokenKey) {
     return link;
   }
 
-  function fileView(contactId, file) {
+  function fileView(contactId, file, from) {
     const link = el("a", { class: "attachment file", href: "#", "data-file": `${contactId}/${file.n}`,
-                           "aria-label": `${fileLabel(file)} (${file.content_type}) from the customer: download` },
+                           "aria-label": `${fileLabel(file)} (${file.content_type}) from ${from}: download` },
       el("span", { class: "file-icon", "aria-hidden": "true", text: extension(file.content_type) }),
       el("span", { class: "file-text" },
         el("span", { class: "file-name", text: fileLabel(file) }),

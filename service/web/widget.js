@@ -22,6 +22,11 @@
  * The session token is kept in localStorage: a reload (or a dropped connection) resumes the
  * same conversation. window.SwitchboardChat exposes open(), close() and end().
  *
+ * Files: the paperclip (or pasting or dropping an image) posts the file to /chat/files with
+ * the session's upload credential (the session frame's `files`); a file that could not be sent
+ * stays in the conversation with a Retry button. Files in messages (`files`: type and a signed
+ * link) show as an image or a download link.
+ *
  * Protocol: docs/interfaces.md (chat WebSocket frames).
  */
 (function () {
@@ -37,6 +42,7 @@
   var OPEN_KEY = "switchboard.chat.open";
   var CHOICES_KEY = "switchboard.chat.choices"; // quick replies survive a reload
   var MAX_TEXT = 1000;
+  var MAX_FILE = 5 * 1024 * 1024; // the server's cap, checked here first to save the upload
 
   function baseUrl() {
     var raw = data.switchboardUrl || settings.url;
@@ -47,6 +53,7 @@
 
   var BASE = baseUrl();
   var WS_URL = BASE.replace(/^http/, "ws") + "/chat/ws";
+  var FILES_URL = BASE + "/chat/files";
   var TITLE = data.title || settings.title || "Chat with us";
   var LAUNCHER = data.launcherLabel || settings.launcherLabel || "Chat with us";
   var ACCENT = data.accent || settings.accent || "";
@@ -141,6 +148,28 @@
     ".restart { margin: 4px auto 10px; border: 1.5px solid var(--accent); color: var(--accent);",
     "  background: var(--bg); border-radius: 999px; padding: 6px 16px; font-weight: 600; }",
     ".restart[hidden], .link-button[hidden] { display: none; }",
+    ".attach { border: 1px solid var(--line); background: var(--bg); color: var(--muted);",
+    "  border-radius: 10px; width: 40px; height: 40px; display: grid; place-items: center; flex: none; }",
+    ".attach:hover:not(:disabled) { color: var(--accent); border-color: var(--accent); }",
+    ".attach:disabled { opacity: .5; cursor: default; }",
+    ".attach svg { width: 20px; height: 20px; fill: currentColor; }",
+    ".msg .file { display: block; max-width: 240px; border-radius: 12px; overflow: hidden;",
+    "  border: 1px solid var(--line); background: var(--bubble); text-decoration: none; color: inherit; }",
+    ".msg.customer .file { border-bottom-right-radius: 4px; }",
+    ".msg.agent .file, .msg.bot .file { border-bottom-left-radius: 4px; }",
+    ".msg .file img { display: block; width: 100%; max-height: 220px; object-fit: cover; }",
+    ".msg .file.doc { display: flex; align-items: center; gap: 10px; padding: 10px 12px; }",
+    ".msg .file.doc .badge { flex: none; width: 36px; height: 44px; border-radius: 6px; background: var(--accent);",
+    "  color: var(--accent-ink); font: 700 11px/44px system-ui, sans-serif; text-align: center; }",
+    ".msg .file.doc .what { display: flex; flex-direction: column; font-size: 13px; }",
+    ".msg .file.doc .what strong { font-size: 14px; }",
+    ".msg .file.doc .what span { color: var(--muted); }",
+    ".msg.failed .file, .msg.sending .file { opacity: .6; }",
+    ".msg .file-state { font-size: 12px; color: var(--muted); display: flex; gap: 8px; align-items: center; }",
+    ".msg.failed .file-state { color: #a3261b; }",
+    ".retry { border: 1.5px solid currentColor; background: transparent; color: inherit; border-radius: 999px;",
+    "  padding: 1px 10px; font-size: 12px; font-weight: 600; }",
+    ".composer.dropping { outline: 2px dashed var(--accent); outline-offset: -4px; }",
     "@media (max-width: 480px) {",
     "  .root { right: 0; bottom: 0; left: 0; align-items: stretch; padding: 10px; }",
     "  .launcher { align-self: flex-end; }",
@@ -153,6 +182,7 @@
   ].join("\n");
 
   var ICON_CHAT = '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H9l-5 4v-4a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2z"/></svg>';
+  var ICON_CLIP = '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M16.5 6.5v10a4.5 4.5 0 0 1-9 0V5a3 3 0 0 1 6 0v10.5a1.5 1.5 0 0 1-3 0V6.5H9v9a3 3 0 0 0 6 0V5a4.5 4.5 0 0 0-9 0v11.5a6 6 0 0 0 12 0v-10h-1.5z"/></svg>';
   var ICON_MIN = '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M5 11h14v2H5z"/></svg>';
 
   // ---- DOM ---------------------------------------------------------------------------------
@@ -201,7 +231,13 @@
   var input = el("textarea", { id: "sb-input", rows: "1", maxlength: String(MAX_TEXT),
                                placeholder: "Type your message…", autocomplete: "off" });
   var send = el("button", { class: "send", type: "submit", text: "Send" });
+  var attach = el("button", { class: "attach", type: "button", "aria-label": "Attach a photo or file",
+                              title: "Attach a photo or file (up to 5 MB)" });
+  attach.innerHTML = ICON_CLIP; // static markup, no data
+  var picker = el("input", { type: "file", hidden: "", "aria-hidden": "true", tabindex: "-1",
+                             accept: "image/*,application/pdf,text/plain" });
   var composer = el("form", { class: "composer" }, [
+    attach, picker,
     el("label", { for: "sb-input", class: "visually-hidden", text: "Message" }), input, send,
   ]);
   var endButton = el("button", { class: "link-button", type: "button", text: "End chat" });
@@ -227,6 +263,7 @@
   var attempt = 0;
   var retryTimer = null;
   var lastSender = null;
+  var filesCredential = null; // the session frame's `files`: what /chat/files takes
 
   function isOpen() { return !panel.hidden; }
 
@@ -248,7 +285,7 @@
 
   var WHO = { customer: "You", bot: "Assistant", agent: "Agent" };
 
-  function addMessage(from, text) {
+  function addMessage(from, text, files) {
     var kind = WHO[from] ? from : "system";
     var item = el("li", { class: "msg " + kind });
     var who = el("span", { class: "who", text: WHO[kind] || "" });
@@ -256,11 +293,38 @@
     if (kind === "system") who = null;
     else if (lastSender === kind || kind === "customer") who.className = "visually-hidden";
     if (who) item.appendChild(who);
-    item.appendChild(el("span", { class: "text", text: text }));
+    (files || []).forEach(function (file) { item.appendChild(fileView(file, kind)); });
+    if (text || !(files && files.length)) item.appendChild(el("span", { class: "text", text: text }));
     messages.appendChild(item);
     lastSender = kind;
     scrollDown();
     if (!isOpen() && kind !== "customer") launcher.classList.add("has-unread");
+    return item;
+  }
+
+  var IMAGES = ["image/png", "image/jpeg", "image/gif", "image/webp"];
+  var KINDS = { "application/pdf": "PDF", "text/plain": "TXT" };
+
+  // A file in a message: an image shown (it opens full size), anything else a download card.
+  function fileView(file, kind) {
+    var whose = kind === "customer" ? "you sent" : "from " + (WHO[kind] || "us").toLowerCase();
+    var href = file.url ? BASE + file.url : file.local;
+    if (IMAGES.indexOf(file.content_type) >= 0) {
+      var link = el("a", { class: "file photo", href: href, target: "_blank", rel: "noopener",
+                           "aria-label": "Photo " + whose + ": open full size" });
+      var img = el("img", { src: href, alt: "" });
+      img.addEventListener("load", scrollDown);
+      link.appendChild(img);
+      return link;
+    }
+    var label = KINDS[file.content_type] || "FILE";
+    var card = el("a", { class: "file doc", href: href, download: "", rel: "noopener",
+                         "aria-label": label + " file " + whose + ": download" }, [
+      el("span", { class: "badge", text: label, "aria-hidden": "true" }),
+      el("span", { class: "what" }, [el("strong", { text: file.name || (label + " document") }),
+                                     el("span", { text: "Download" })]),
+    ]);
+    return card;
   }
 
   function showChoices(list, rating) {
@@ -320,6 +384,7 @@
     var canType = value && !finished;
     input.disabled = !canType;
     send.disabled = !canType;
+    attach.disabled = !canType || !filesCredential;
     endButton.hidden = finished;
     Array.prototype.forEach.call(choices.querySelectorAll("button"), function (b) {
       b.disabled = !canType;
@@ -393,6 +458,7 @@
         choices.textContent = "";
         lastSender = null;
         session = frame.session;
+        filesCredential = typeof frame.files === "string" ? frame.files : null;
         store.set(SESSION_KEY, session);
         attempt = 0;
         everConnected = true;
@@ -401,7 +467,7 @@
         break;
       case "message":
         if (typeof frame.text !== "string") return;
-        addMessage(frame.from, frame.text);
+        addMessage(frame.from, frame.text, Array.isArray(frame.files) ? frame.files : null);
         showChoices(frame.from === "bot" ? choicesFor(frame) : null);
         break;
       case "survey":
@@ -437,6 +503,85 @@
     store.set(CHOICES_KEY, null);
     return true;
   }
+
+  // ---- files -------------------------------------------------------------------------------
+
+  function sendFile(file) {
+    if (!file || !connected || !filesCredential) return;
+    if (file.size > MAX_FILE) {
+      addMessage("system", "“" + file.name + "” is over 5 MB. Please send a smaller file.");
+      return;
+    }
+    var local = URL.createObjectURL(file);
+    var shown = { content_type: file.type, local: local, name: file.name };
+    var item = addMessage("customer", "", [shown]);
+    upload(item, file);
+    choices.textContent = "";
+  }
+
+  function upload(item, file) {
+    var state = item.querySelector(".file-state");
+    if (!state) {
+      state = el("span", { class: "file-state", role: "status" });
+      item.appendChild(state);
+    }
+    item.classList.remove("failed");
+    item.classList.add("sending");
+    state.textContent = "Sending…";
+    fetch(FILES_URL, { method: "POST", body: file, credentials: "omit",
+                 headers: { "Authorization": "Bearer " + filesCredential,
+                            "Content-Type": file.type || "application/octet-stream" } })
+      .then(function (response) {
+        return response.json().catch(function () { return {}; }).then(function (body) {
+          if (!response.ok) throw new Error(body.error || "the file could not be sent");
+          item.classList.remove("sending");
+          item.removeChild(state);
+          var view = item.querySelector(".file");
+          if (view && body.file && typeof body.file.url === "string") { // the server's copy
+            view.href = BASE + body.file.url;
+            var img = view.querySelector("img");
+            if (img) img.src = view.href;
+          }
+        });
+      })
+      .catch(function (error) {
+        item.classList.remove("sending");
+        item.classList.add("failed");
+        state.textContent = "";
+        var why = error instanceof TypeError ? "the file could not be sent: check your connection"
+          : error.message; // the server's words say why and what to do
+        state.appendChild(el("span", { text: why.charAt(0).toUpperCase() + why.slice(1) + "." }));
+        var retry = el("button", { class: "retry", type: "button", text: "Retry" });
+        retry.addEventListener("click", function () { upload(item, file); });
+        state.appendChild(retry);
+        scrollDown();
+      });
+  }
+
+  attach.addEventListener("click", function () { picker.click(); });
+  picker.addEventListener("change", function () {
+    Array.prototype.forEach.call(picker.files || [], sendFile);
+    picker.value = "";
+  });
+  input.addEventListener("paste", function (event) {
+    var items = (event.clipboardData && event.clipboardData.files) || [];
+    if (!items.length) return;
+    event.preventDefault();
+    Array.prototype.forEach.call(items, sendFile);
+  });
+  composer.addEventListener("dragover", function (event) {
+    if (!filesCredential || !connected) return;
+    event.preventDefault();
+    composer.classList.add("dropping");
+  });
+  composer.addEventListener("dragleave", function () { composer.classList.remove("dropping"); });
+  composer.addEventListener("drop", function (event) {
+    composer.classList.remove("dropping");
+    var dropped = (event.dataTransfer && event.dataTransfer.files) || [];
+    if (!dropped.length) return;
+    event.preventDefault();
+    Array.prototype.forEach.call(dropped, sendFile);
+  });
 
   // ---- events ------------------------------------------------------------------------------
 
