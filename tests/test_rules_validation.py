@@ -87,6 +87,10 @@ ROUTE_CASES = [
       "(route -> priority)"]),
     ("missing root key", ROUTES.replace("  self_service: true\n", ""),
      ["routes.yaml:8: missing required key 'self_service' (route)"]),
+    ("queue without its label, a misspelt one instead",
+     ROUTES.replace("    label: Care\n", "    lable: Care\n"),
+     ["routes.yaml:2: missing required key 'label' (queues -> general)",
+      "routes.yaml:3: unknown key 'lable' (queues -> general -> lable)"]),
     ("unreadable matcher", ROUTES.replace("'contact_type = track_order'", "'track_order'"),
      ["routes.yaml:14: cannot read matcher 'track_order': write it as 'attribute op value', "
       "for example 'contact_type = track_order' (route -> routes -> 0 -> matchers -> 0)"]),

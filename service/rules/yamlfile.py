@@ -137,16 +137,18 @@ class Checker:
         required: Iterable[str] = (),
         optional: Iterable[str] = (),
     ) -> LocatedDict | None:
-        """Check that `value` is a mapping with exactly the allowed keys."""
+        """Check that `value` is a mapping with exactly the allowed keys: None (after the
+        errors) when it is not a mapping or lacks a required key, so no caller reads one."""
         if not isinstance(value, LocatedDict):
             self.error(parent, key, "expected a mapping", path)
             return None
         required, allowed = set(required), set(required) | set(optional)
         for unknown in value.keys() - allowed:
             self.error(value, unknown, f"unknown key '{unknown}'", (*path, unknown))
-        for missing in sorted(required - value.keys()):
-            self.error(parent, key, f"missing required key '{missing}'", path)
-        return value
+        missing = sorted(required - value.keys())
+        for name in missing:
+            self.error(parent, key, f"missing required key '{name}'", path)
+        return None if missing else value
 
     def entries(self, parent: LocatedDict, key: str, what: str) -> LocatedDict:
         """A required section that maps names to specs; empty (after an error) if it is not."""
