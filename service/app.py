@@ -74,6 +74,7 @@ from service.reporting import (
     ops_api,
     partitions,
     rollups,
+    saved_replies_report,
     supervisor,
 )
 from service.reporting.events import EventWriter
@@ -121,6 +122,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(erasure_api.routes())
     app.router.add_routes(supervisor.routes())
     app.router.add_routes(agent_report.routes())
+    app.router.add_routes(saved_replies_report.routes())
     app.router.add_routes(notes_api.routes())
     app.router.add_routes(attachments_api.routes())
     app.router.add_routes(contacts_api.routes())

@@ -400,3 +400,52 @@ async def test_a_transferred_and_surveyed_contact_shows_both_agents_the_note_and
         assert (customer["from"], customer["text"]) == ("customer", "5")
         assert (thanks["from"], [thanks["text"]]) == ("bot", answered)  # the words sent
         assert ids(await found(client, ops_token, agent="bob")) == [contact_id]
+
+
+UK, FRANCE, FRANCE_TOO = "+447700900123", "+33612345678", "+33712345678"
+
+
+async def test_a_national_number_without_its_country_code_finds_the_customer(
+        app_settings, db, redis_client, ops_token):  # noqa: F811
+    uk = await upsert_customer(db, redis_client, identities=[("phone", UK)],
+                               display_name="Olivia Bennett", attributes={})
+    france = await upsert_customer(db, redis_client, identities=[("phone", FRANCE)],
+                                   display_name="Camille Durand", attributes={})
+    await upsert_customer(db, redis_client, identities=[("phone", FRANCE_TOO)],
+                          display_name="Louis Martin", attributes={})
+    async with instance(app_settings) as client:
+        await sms_resolved(client, UK)
+        await sms_resolved(client, FRANCE)
+        await events_landed(client.app)
+        [uk_contact] = await found(client, ops_token, customer=UK)
+        [france_contact] = await found(client, ops_token, customer=FRANCE)
+        assert uk_contact["customer"]["id"] == uk
+        assert france_contact["customer"]["id"] == france
+        for typed, contact in (
+                ("07700 900123", uk_contact), ("07700900123", uk_contact),
+                ("7700 900 123", uk_contact), ("+44 (0)7700 900123", uk_contact),
+                ("0044 7700 900123", uk_contact), ("06 12 34 56 78", france_contact),
+                ("06.12.34.56.78", france_contact), ("6 12 34 56 78", france_contact),
+                ("+33 6 12 34 56 78", france_contact)):
+            status, body = await get(client, "/api/contacts", ops_token, customer=typed)
+            assert status == 200, body
+            assert (ids(body["contacts"]), body["customers_matched"]) == \
+                ([contact["contact_id"]], 1), typed
+        # the last 8 digits two customers' numbers share: both named, one has a contact
+        status, body = await get(client, "/api/contacts", ops_token, customer="12 34 56 78")
+        assert (ids(body["contacts"]), body["customers_matched"]) == \
+            ([france_contact["contact_id"]], 2)
+        # a different number ending in the same digits, and an international one, find nobody
+        for other in ("01632 900123", "+1 632 900 123", "+33 7700 900123"):
+            status, body = await get(client, "/api/contacts", ops_token, customer=other)
+            assert (status, body["contacts"], body["customers_matched"]) == (200, [], 0), other
+        # too few digits to be searched as the end of a number: the 400 says so
+        for short in ("900123", "0 900 123", "(0)7 34"):
+            status, body = await get(client, "/api/contacts", ops_token, customer=short)
+            assert status == 400 and body["parameter"] == "customer", short
+            assert "at least 7 digits" in body["error"], body
+        # the existing look-ups are as they were
+        assert ids(await found(client, ops_token, customer="Olivia Benn")) == \
+            [uk_contact["contact_id"]]
+        status, body = await get(client, "/api/contacts", ops_token, customer="a")
+        assert status == 400 and body["parameter"] == "customer"

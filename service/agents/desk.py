@@ -265,8 +265,8 @@ class AgentDesk:
             text = frame.get("text")
             if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT_CHARS:
                 raise HandoffError("bad_frame", f"text is 1 to {MAX_TEXT_CHARS} characters")
-            await _answer(ws, await self._handoff.agent_message(agent, contact_id,
-                                                                text.strip(), frame_id))
+            await _answer(ws, await self._handoff.agent_message(
+                agent, contact_id, text.strip(), frame_id, frame.get("saved_reply") or None))
         elif kind == "wrap_up":
             if not isinstance(frame.get("resolved"), bool):
                 raise HandoffError("bad_frame", "wrap_up needs resolved: true or false")

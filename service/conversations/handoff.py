@@ -23,7 +23,13 @@ from service.infra.ids import new_uuid
 from service.model import AgentLine, Attachment, DeliveryFailed, FileStore, OutboundChannel
 from service.reporting.events import Event, EventWriter
 from service.rules.loader import Rules
-from service.rules.replies import agent_values, fill_template, replies_for, templates_for
+from service.rules.replies import (
+    agent_values,
+    edited,
+    fill_template,
+    replies_for,
+    templates_for,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -329,17 +335,37 @@ class Handoff:
     # ---- conversation with the agent -----------------------------------------------------
 
     async def agent_message(self, agent: dict[str, Any], contact_id: str, text: str,
-                            message_id: str | None = None) -> dict[str, Any] | None:
+                            message_id: str | None = None,
+                            saved_reply: str | None = None) -> dict[str, Any] | None:
         """An agent's text to their own contact, through the outbox, its line kept with the
         outbox job's id. A repeat of a `message_id` already kept (a console resending after a
-        dropped connection) changes nothing: its `message_status` frame is returned."""
+        dropped connection) changes nothing: its `message_status` frame is returned.
+        `saved_reply`: the id of the saved reply the text came from, recorded on the event
+        with whether the agent edited it (an id the contact is not offered is ignored)."""
         message_id = message_id or new_uuid()
         async with self._changing(agent, contact_id) as (key, conv):
             if not self.channels[conv["channel"]].traits.agent_can_type:
                 raise HandoffError("not_text", "this contact is a phone call")
+            used = self._saved_reply_used(agent, conv, saved_reply, text) \
+                if saved_reply is not None else {}
             said, fresh = await self._keep(key, conv, {"from": "agent", "text": text,
                                                        "at": time.time(), "id": message_id})
-        return await self._agent_says(agent, conv, said, fresh, "send", {"text": said["text"]})
+        return await self._agent_says(agent, conv, said, fresh, "send", {"text": said["text"]},
+                                      **used)
+
+    def _saved_reply_used(self, agent: dict[str, Any], conv: Conversation, reply_id: Any,
+                          text: str) -> dict[str, Any]:
+        """The `agent_message` event's `saved_reply` and `saved_reply_edited` (compared with
+        the reply filled in for this contact now); {} for an id it is not offered."""
+        rules = self._rules_for(conv.get("canary"))
+        filled = next((reply for reply in replies_for(rules.replies, rules.catalog, conv,
+                                                      agent["name"], time.time())
+                       if reply.id == reply_id), None)
+        if filled is None:
+            log.info("handoff.saved_reply_unknown", contact_id=conv["contact_id"],
+                     saved_reply=str(reply_id)[:80])
+            return {}
+        return {"saved_reply": filled.id, "saved_reply_edited": edited(text, filled.text)}
 
     async def agent_file(self, agent: dict[str, Any], contact_id: str, attachment: Attachment,
                          message_id: str) -> dict[str, Any] | None:

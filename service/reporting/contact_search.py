@@ -7,7 +7,9 @@ contact id prefix, window, channel, type, outcome and agent; newest first, keyse
 
 Reads `contact_facts` (one row per contact) by its `started_at` index, or by its
 `(customer_id, started_at)` index once the customer box has named customers, or its key for a
-contact id; the customer directory by `customer_identities`' primary key (phone, email) or the
+contact id; the customer directory by `customer_identities`' primary key (phone, email), the
+index of its phone numbers reversed (migration 026: a national number typed without its country
+code, "07700 900123", is matched as the end of the kept +447700900123), or the
 trigram index of names (migration 022, which also keeps statistics of the facts' channel, type
 and outcome, so a filter is read from the newest contacts on). A page's customers, erasures,
 addresses and agents are looked up for its rows only (load_tests/REPORTS.md, "Contact search").
@@ -32,6 +34,9 @@ DEFAULT_LIMIT = 25
 # than as a list of customer ids (the ids would cost more than the scan they save).
 MAX_LISTED_CUSTOMERS = 500
 QUERY_TIMEOUT_S = 10
+# A number typed without its country code is searched as the end of the kept numbers when it
+# has this many digits after its trunk 0: fewer would name a crowd of customers.
+MIN_NATIONAL_DIGITS = 7
 # reports.py's handling words (DEFINITIONS["journey"]), and escalated: entered a queue.
 HANDLING = (*HANDLED_BY, "queued", "dropped", "open")
 OUTCOME_WORDS = (*HANDLING, "escalated")
@@ -145,27 +150,90 @@ class _Sql:
 
 # ---- the customer box ------------------------------------------------------------------
 
-def phone_candidates(raw: str) -> list[str]:
-    """The E.164 numbers a phone number typed in a common format may be, as the service keeps
-    them (Twilio's `From`, a `whatsapp:` prefix taken off): "+1 (555) 010-0142",
-    "555.010.0142", "0044 20 7946 0958", "whatsapp:+44..."; [] when it is not a number."""
+def _typed_phone(raw: str) -> tuple[str, str] | None:
+    """(the text, its digits) when the text is a phone number in a common format, else None."""
     text = raw.strip()
     for prefix in ("whatsapp:", "tel:", "sms:"):
         if text.lower().startswith(prefix):
             text = text[len(prefix):].strip()
-    if not _PHONE.match(text):
+    if not _PHONE.match(text) or not re.search(r"\d", text):
+        return None
+    if text.startswith(("+", "00")):  # "+44 (0)20 7946 0958": the trunk 0 is not dialled
+        text = text.replace("(0)", "")
+    return text, re.sub(r"\D", "", text)
+
+
+def _international(text: str, digits: str) -> bool:
+    return text.startswith("+") or digits.startswith("00")
+
+
+def phone_candidates(raw: str) -> list[str]:
+    """The E.164 numbers a phone number typed in a common format may be, as the service keeps
+    them (Twilio's `From`, a `whatsapp:` prefix taken off): "+1 (555) 010-0142",
+    "555.010.0142", "0044 20 7946 0958", "whatsapp:+44..."; [] when it is not a number."""
+    typed = _typed_phone(raw)
+    if typed is None:
         return []
-    digits = re.sub(r"\D", "", text)
-    if not 7 <= len(digits) <= 15:
+    text, digits = typed
+    if not MIN_NATIONAL_DIGITS <= len(digits) <= 15:
         return []
     if text.startswith("+"):
         return [f"+{digits}"]
     if digits.startswith("00"):  # the international prefix most of the world dials
         return [f"+{digits[2:]}"]
+    if digits.startswith("0"):  # a trunk prefix: a national number (national_endings)
+        return []
     candidates = [f"+{digits}"]
     if len(digits) == 10:  # a North American number without its country code
         candidates.append(f"+1{digits}")
     return candidates
+
+
+def national_endings(raw: str) -> list[str]:
+    """The digits a number typed without its country code ends a kept E.164 number with:
+    "07700 900123" -> 7700900123 (the trunk prefix 0 dropped, as in the UK and France) and
+    07700900123 (kept, as in Italy); [] for an international number or one with fewer than
+    MIN_NATIONAL_DIGITS digits after the trunk 0, whose endings many customers share."""
+    typed = _typed_phone(raw)
+    if typed is None:
+        return []
+    text, digits = typed
+    if _international(text, digits) or len(digits) > 15:
+        return []
+    significant = digits[1:] if digits.startswith("0") else digits
+    if len(significant) < MIN_NATIONAL_DIGITS:
+        return []
+    return [significant] if significant == digits else [significant, digits]
+
+
+def too_short_a_number(raw: str) -> bool:
+    """A phone number (digits and the usual punctuation) too short to search for."""
+    typed = _typed_phone(raw)
+    return typed is not None and not phone_candidates(raw) and not national_endings(raw) \
+        and len(typed[1]) <= 15
+
+
+def ending_range(ending: str) -> tuple[str, str]:
+    """The range of `reverse(value)` (bytewise, migration 026's index) of the numbers ending
+    in `ending`: a range rather than LIKE, whose pattern a cached generic plan cannot use."""
+    low = ending[::-1]
+    return low, low[:-1] + chr(ord(low[-1]) + 1)
+
+
+# The customers a phone number names: its E.164 forms by the key, and the kept numbers ending
+# in a national number's digits by migration 026's index of reverse(value) (a range of it).
+PHONE_SQL = """
+SELECT customer_id FROM customer_identities
+WHERE kind = 'phone' AND value = ANY($1::text[])
+UNION
+SELECT i.customer_id FROM unnest($2::text[], $3::text[]) AS e(low, high)
+CROSS JOIN LATERAL (
+    SELECT customer_id FROM customer_identities
+    WHERE kind = 'phone' AND reverse(value) ~>=~ e.low AND reverse(value) ~<~ e.high
+    LIMIT $4
+) i
+LIMIT $4
+"""
 
 
 def _like_escaped(text: str) -> str:
@@ -186,12 +254,17 @@ async def matching_customers(conn: asyncpg.Connection | asyncpg.Pool, raw: str
                                 "WHERE kind = 'email' AND value = $1", text.lower(),
                                 timeout=QUERY_TIMEOUT_S)
         return [r["customer_id"] for r in rows], None
-    numbers = phone_candidates(text)
-    if numbers:
-        rows = await conn.fetch("SELECT DISTINCT customer_id FROM customer_identities "
-                                "WHERE kind = 'phone' AND value = ANY($1::text[])",
-                                numbers, timeout=QUERY_TIMEOUT_S)
+    numbers, endings = phone_candidates(text), national_endings(text)
+    if numbers or endings:
+        ranges = [ending_range(e) for e in endings]
+        rows = await conn.fetch(PHONE_SQL, numbers, [low for low, _ in ranges],
+                                [high for _, high in ranges], MAX_LISTED_CUSTOMERS,
+                                timeout=QUERY_TIMEOUT_S)
         return [r["customer_id"] for r in rows], None
+    if too_short_a_number(text):
+        raise BadParameter("customer", f"'customer' as a phone number needs at least "
+                           f"{MIN_NATIONAL_DIGITS} digits after a trunk 0 (07700 900123, "
+                           f"+44 7700 900123), not {raw!r}")
     pattern = f"%{_like_escaped(text)}%"
     rows = await conn.fetch("SELECT id FROM customers WHERE display_name ILIKE $1 LIMIT $2",
                             pattern, MAX_LISTED_CUSTOMERS + 1, timeout=QUERY_TIMEOUT_S)

@@ -285,9 +285,26 @@ def replies_for(saved: SavedReplies, catalog: Catalog, conv: Mapping[str, Any],
                       reply.contact_types, values) for reply in saved.replies]
     kind = catalog.types.get(contact_type or "")
     if kind is not None and kind.answer:
-        filled.append(_filled(f"{ANSWER_PREFIX}{kind.id}", f"Self-service answer: {kind.label}",
+        filled.append(_filled(f"{ANSWER_PREFIX}{kind.id}", _answer_title(kind.label),
                               kind.answer, "type", (kind.id,), values))
     return sorted(filled, key=lambda reply: GROUPS.index(reply.group))  # stable: file order
+
+
+def _answer_title(label: str) -> str:
+    return f"Self-service answer: {label}"
+
+
+def reply_titles(saved: SavedReplies, catalog: Catalog) -> dict[str, str]:
+    """Every saved reply's id and title: replies.yaml's, then each type's catalog answer."""
+    titles = {reply.id: reply.title for reply in saved.replies}
+    titles.update({f"{ANSWER_PREFIX}{kind.id}": _answer_title(kind.label)
+                   for kind in catalog.types.values() if kind.answer})
+    return titles
+
+
+def edited(sent: str, filled: str) -> bool:
+    """Whether an agent changed a saved reply's words before sending it (spacing aside)."""
+    return sent.split() != filled.split()
 
 
 def agent_values(catalog: Catalog, conv: Mapping[str, Any], agent_name: str,

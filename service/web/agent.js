@@ -119,6 +119,9 @@ const state = {
   replies: new Map(), // contact_id -> saved replies filled in for it (replies frame)
   templates: new Map(), // contact_id -> message templates filled in for it (templates frame)
   compose: "reply", // what the reply box writes: "reply" or "note" (a call: notes only)
+  // the saved reply the box's text came from, for the contact it was inserted for: named on
+  // the message frame (saved_reply) so ops can see which replies carry the load
+  fromReply: null, // {id, contactId}
 };
 
 // ---- connection ----------------------------------------------------------------------------
@@ -720,10 +723,17 @@ ui.replyForm.addEventListener("submit", (event) => {
     toast("Fill in the marked gap before sending: this customer has no value for it.");
     return;
   }
-  const id = sendKept({ type: "message", contact_id: state.selected, text });
+  const frame = { type: "message", contact_id: state.selected, text };
+  if (state.fromReply?.contactId === state.selected) frame.saved_reply = state.fromReply.id;
+  state.fromReply = null;
+  const id = sendKept(frame);
   contact.transcript.push(pendingLine(unacked.get(id)));
   ui.reply.value = "";
   render();
+});
+
+ui.reply.addEventListener("input", () => {
+  if (!ui.reply.value.trim()) state.fromReply = null; // emptied: what comes next is typed
 });
 
 ui.reply.addEventListener("keydown", (event) => {
@@ -1021,6 +1031,7 @@ function insertReply(reply) {
   const joiner = before && !/\s$/.test(before) ? " " : "";
   const tail = after && !/^\s/.test(after) ? " " : "";
   box.value = `${before}${joiner}${reply.text}${tail}${after}`.slice(0, Number(box.maxLength) || 2000);
+  state.fromReply = { id: reply.id, contactId: state.selected };
   const caret = before.length + joiner.length + reply.text.length;
   box.focus();
   if (!selectGap()) box.setSelectionRange(caret, caret);

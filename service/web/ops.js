@@ -256,6 +256,7 @@ async function load(range) {
     loadExperiments(range, token);
     loadUnrecognised(range, token);
     loadAgents(range, token);
+    loadSavedReplies(range, token);
     renderSegments(await splitting);  // the split may still be being prepared
   } catch (error) {
     if (error instanceof Superseded) return;
@@ -740,6 +741,39 @@ async function loadAgents(range, token) {
   } catch (error) {
     $("agents-note").textContent = `Agents not loaded: ${error.message}`;
   }
+}
+
+// ---- saved replies (/api/reports/saved-replies) -------------------------------------------
+
+async function loadSavedReplies(range, token) {
+  $("saved-replies-note").textContent = "Loading…";
+  try {
+    renderSavedReplies(await fetchJson(`/api/reports/saved-replies?${new URLSearchParams(range)}`, token));
+  } catch (error) {
+    $("saved-replies-note").textContent = `Saved replies not loaded: ${error.message}`;
+  }
+}
+
+function renderSavedReplies(report) {
+  const head = el("thead", {}, el("tr", {},
+    el("th", { class: "text", scope: "col", text: "Saved reply" }),
+    ...["Times used", "Agents", "Edited before sending"].map(
+      (title) => el("th", { scope: "col", text: title }))));
+  const rows = report.replies.map((r) => el("tr", { "data-key": r.id },
+    el("td", { class: "text", "data-field": "title" },
+      r.title ?? "(no longer in replies.yaml)", " ", el("span", { class: "none", text: r.id })),
+    el("td", { class: r.uses ? "" : "none", "data-field": "uses", text: format(r.uses, "count") }),
+    el("td", { class: r.uses ? "" : "none", "data-field": "agents", text: format(r.agents, "count") }),
+    el("td", { class: r.uses ? "" : "none", "data-field": "edited_share",
+      text: format(r.edited_share, "rate") })));
+  if (!rows.length) {
+    rows.push(el("tr", {}, el("td", { colspan: 4, class: "text none",
+      text: "No saved replies (replies.yaml) and none sent in this window." })));
+  }
+  $("saved-replies").replaceChildren(head, el("tbody", {}, ...rows));
+  $("saved-replies-note").textContent = "A message counts when an agent inserted the reply and " +
+    "sent it; edited: its words differed from the reply as filled in for the customer. " +
+    "Often used and seldom edited: a good candidate to answer in self-service.";
 }
 
 // ---- start --------------------------------------------------------------------------------
