@@ -18,15 +18,14 @@ import pytest
 
 from channels.base import signed_file_url
 from service.agents.desk import add_agent
-from service.appkeys import EVENTS, FILES, PG
-from service.conversations import erasure
+from service.appkeys import EVENTS, FILES
 from service.infra.tokens import create_token
 from service.model import MAX_FILE_BYTES
 from tests.conftest import PUBLIC_URL, with_settings
 from tests.test_agents import ALL_SKILLS, instance, open_chat, twilio  # noqa: F401 (fixtures)
 from tests.test_agents import app_settings as agent_settings  # noqa: F401
 from tests.test_attachments import get
-from tests.test_chat_files import PDF, PNG, chat_with_agent, rows
+from tests.test_chat_files import PDF, PNG, chat_with_agent, erase_and_wait, rows
 from tests.test_notes import console_of, sms_contact_with
 from tests.test_outbox import wait_for
 from tests.test_whatsapp import WA, wa_params
@@ -198,13 +197,7 @@ async def test_an_erasure_deletes_the_files_agents_sent(app_settings, db, twilio
         assert late.status == 200 and await late.read() == PNG
         customer_id = await db.fetchval("SELECT customer_id::text FROM customer_identities "
                                         "WHERE value = $1", "+15555550188")
-        done = await erasure.erase(client.app[PG], redis_client, customer_id, by="test")
-        assert done.counts["file_deletions"] == 1
-        for _ in range(100):
-            if not await rows(db):
-                break
-            await asyncio.sleep(0.1)
-        assert await rows(db) == 0
+        await erase_and_wait(client, redis_client, db, customer_id)
         assert (await standin.fetch_media_url(with_media(standin)[0]["MediaUrl"]))[
             "status"] == 404
         assert not standin.media_deletes  # our own file: nothing asked of Twilio

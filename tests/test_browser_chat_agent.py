@@ -81,6 +81,17 @@ async def open_chat_widget(customer, base: str):
     return log, customer.get_by_role("textbox", name="Message")
 
 
+async def order_question_to_agent(agent, log, box, name: str = "Dana") -> None:
+    """The visitor asks where their order is, says the answer did not help, and the agent
+    (signed in, available) accepts the offer."""
+    await box.fill("where is my order")
+    await box.press("Enter")
+    await expect(log).to_contain_text("Did that help?")
+    await box.page.get_by_role("button", name="No", exact=True).click()
+    await agent.get_by_role("button", name="Accept").click()
+    await expect(log).to_contain_text(f"You're now talking with {name}.")
+
+
 def watch_for_errors(page, errors: list[str]) -> None:
     """Collect uncaught exceptions and console errors (but not a refused WebSocket, which the
     browser itself logs while the widget retries)."""

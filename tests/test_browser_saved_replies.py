@@ -23,6 +23,7 @@ from tests.test_browser_chat_agent import (
     agent_and_customer,
     browser_installed,  # noqa: F401 (fixture)
     live,
+    order_question_to_agent,
     sign_in_available,
     switchboard,
 )
@@ -58,13 +59,8 @@ async def test_an_agent_inserts_a_saved_reply_with_the_keyboard(app_settings, db
             await customer.goto(f"{base}/chat")
             await customer.get_by_role("button", name="Chat with us").click()
             log = customer.get_by_role("log", name="Messages")
-            message = customer.get_by_role("textbox", name="Message")
-            await message.fill("where is my order")
-            await message.press("Enter")
-            await expect(log).to_contain_text("Did that help?")
-            await customer.get_by_role("button", name="No", exact=True).click()
-            await agent.get_by_role("button", name="Accept").click()
-            await expect(log).to_contain_text("You're now talking with Dana.")
+            await order_question_to_agent(
+                agent, log, customer.get_by_role("textbox", name="Message"))
 
             # "/" at the start of the reply box opens the list, this contact's type first.
             reply = agent.get_by_role("textbox", name="Reply to the customer")

@@ -18,6 +18,7 @@ from tests.test_browser_chat_agent import (
     browser_installed,  # noqa: F401 (fixture)
     live,
     open_chat_widget,
+    order_question_to_agent,
     sign_in_available,
     switchboard,
 )
@@ -46,12 +47,7 @@ async def test_a_saved_reply_an_agent_sends_shows_in_the_ops_panel(app_settings,
         agent, customer = await agent_and_customer(browser, errors)
         await sign_in_available(agent, base, token)
         log, message = await open_chat_widget(customer, base)
-        await message.fill("where is my order")
-        await message.press("Enter")
-        await expect(log).to_contain_text("Did that help?")
-        await customer.get_by_role("button", name="No", exact=True).click()
-        await agent.get_by_role("button", name="Accept").click()
-        await expect(log).to_contain_text("You're now talking with Dana.")
+        await order_question_to_agent(agent, log, message)
 
         reply = agent.get_by_role("textbox", name="Reply to the customer")
         await reply.press("/")

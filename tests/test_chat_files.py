@@ -50,6 +50,17 @@ async def rows(db) -> int:
     return await db.fetchval("SELECT count(*) FROM uploaded_files")
 
 
+async def erase_and_wait(client, redis_client, db, customer_id: str) -> None:
+    """Erase the customer; the outbox deletes their one stored file (polled, not slept)."""
+    done = await erasure.erase(client.app[PG], redis_client, customer_id, by="test")
+    assert done.counts["file_deletions"] == 1
+    for _ in range(100):
+        if not await rows(db):
+            break
+        await asyncio.sleep(0.1)
+    assert await rows(db) == 0
+
+
 async def chat_with_agent(client, db) -> tuple[ChatSocket, dict, object, str, str]:
     """A chat customer who asked for a person, accepted by Dana: the chat socket, its session
     frame, Dana's console, the contact and Dana's token."""
@@ -235,13 +246,7 @@ async def test_an_erasure_deletes_the_uploaded_rows(app_settings, db, redis_clie
         assert await client.app[EVENTS].flush()
         customer_id = await db.fetchval(
             "SELECT customer_id::text FROM contact_facts WHERE contact_id = $1::uuid", contact)
-        done = await erasure.erase(client.app[PG], redis_client, customer_id, by="test")
-        assert done.counts["file_deletions"] == 1
-        for _ in range(100):
-            if not await rows(db):
-                break
-            await asyncio.sleep(0.1)
-        assert await rows(db) == 0
+        await erase_and_wait(client, redis_client, db, customer_id)
         assert (await client.get((await response.json())["file"]["url"])).status == 404
         supervisor = await create_token(db, "supervisor", "floor lead")
         assert (await get(client, contact, 1, supervisor)).status == 404
