@@ -3,6 +3,7 @@ makes a 5xx, a traceback or a half-written state; each gets a clear refusal or a
 
 from __future__ import annotations
 
+import re
 import shutil
 import string
 
@@ -65,6 +66,28 @@ def test_a_garbled_rules_file_is_refused_with_its_name(tmp_path_factory, name, a
     except ConfigError as exc:
         assert str(exc)  # a message that names the problem
     assert (RULES_DIR / name).read_text() == original  # the deployment's own files untouched
+
+
+KEY_LINE = re.compile(r"^(\s*(?:- )?)([A-Za-z_][A-Za-z0-9_]*):", re.MULTILINE)
+
+
+def test_every_key_of_every_rules_file_misspelt_is_refused_or_harmless(tmp_path):
+    """The fuzz test above samples; this walks every key of the example deployment's files
+    (a required key misspelt once crashed the load instead of naming it)."""
+    directory = tmp_path / "r"
+    shutil.copytree(RULES_DIR, directory)
+    tried = 0
+    for path in sorted(directory.glob("*.yaml")):
+        original = path.read_text()
+        for key in KEY_LINE.finditer(original):
+            path.write_text(original[:key.start(2)] + "x" + original[key.start(2):])
+            tried += 1
+            try:
+                load_rules(directory, with_classifier=False)
+            except ConfigError as exc:
+                assert str(directory) in str(exc), (path.name, key.group(2))  # names a file
+        path.write_text(original)
+    assert tried > 200  # every file's keys, not a few
 
 
 @FUZZ
