@@ -38,6 +38,13 @@ def read(path: Path) -> list[tuple[str, str]]:
         return [(row[0], row[1]) for row in rows if row and row[0].strip()]
 
 
+def tfidf_rows(texts: list[str], vocabulary: dict[str, int], idf: np.ndarray):
+    """The texts' TF-IDF rows in a trained vocabulary (features it lacks dropped; a text with
+    none is a row of zeros)."""
+    return _matrix([Counter({f: c for f, c in features(text).items() if f in vocabulary})
+                    for text in texts], vocabulary, idf)
+
+
 def scored(memo: MemoEncoder, background: list[str], rows: list[tuple[str, str]],
            own_oos: list[str], test: list[tuple[str, str]]) -> list[dict]:
     """Each test row: truth, guess, confidence, in band, nearest same-type similarities."""
@@ -47,10 +54,8 @@ def scored(memo: MemoEncoder, background: list[str], rows: list[tuple[str, str]]
     near = memo.embed([t for t, _ in test]) @ memo.embed([t for t, _ in rows]).T
     counted = [features(t) for t, _ in rows] + [features(t) for t in own_oos + background]
     vocabulary, idf = _vocabulary_and_idf(counted)
-    known = [Counter({f: c for f, c in features(t).items() if f in vocabulary})
-             or Counter({next(iter(vocabulary)): 1}) for t, _ in test]
-    near_tf = (_matrix(known, vocabulary, idf) @ _matrix(counted[:len(rows)], vocabulary,
-                                                         idf).T).toarray() / 2
+    near_tf = (tfidf_rows([t for t, _ in test], vocabulary, idf)
+               @ _matrix(counted[:len(rows)], vocabulary, idf).T).toarray() / 2
     out = []
     for i, (text, truth) in enumerate(test):
         p = model.predict(text)

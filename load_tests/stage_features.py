@@ -14,10 +14,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from novelty_gate import tfidf_rows  # load_tests/ is the script's directory
 from scipy.sparse import csr_matrix, hstack
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
@@ -46,9 +46,7 @@ def main() -> None:
     counted = [features(t) for t, _ in train_rows]
     vocabulary, idf = _vocabulary_and_idf(counted)
     ngrams_train = _matrix(counted, vocabulary, idf)
-    ngrams_test = _matrix([Counter({f: c for f, c in features(t).items() if f in vocabulary})
-                           or Counter({next(iter(vocabulary)): 1}) for t, _ in test_rows],
-                          vocabulary, idf)
+    ngrams_test = tfidf_rows([t for t, _ in test_rows], vocabulary, idf)
     both_train = hstack([ngrams_train, csr_matrix(enc_train)]).tocsr()
     both_test = hstack([ngrams_test, csr_matrix(enc_test)]).tocsr()
     cheap = train(train_rows, out_of_scope=list(background_texts()))

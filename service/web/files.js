@@ -5,6 +5,8 @@
 // inline are shown; every other type is a download typed as bare bytes, so no HTML or SVG a
 // customer sent ever runs in the page's origin.
 
+import { el } from "/static/ops_draw.js";
+
 export const INLINE_IMAGES = new Set(["image/jpeg", "image/png", "image/gif", "image/webp"]);
 const FILE_KINDS = {
   "application/pdf": "PDF document", "text/plain": "Text file", "text/csv": "Spreadsheet (CSV)",
@@ -126,14 +128,4 @@ function showFailed(link, error, retry = null) {
     link.classList.remove("failed");
     retry();
   }, { once: true });
-}
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(attrs)) {
-    if (name === "text") node.textContent = value;
-    else node.setAttribute(name, value);
-  }
-  node.append(...children);
-  return node;
 }

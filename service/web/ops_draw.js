@@ -1,4 +1,5 @@
-// Drawing helpers shared by the ops dashboard's modules: elements, SVG, figures as text.
+// Drawing helpers shared by the pages' modules (the ops dashboard's, files.js): elements,
+// SVG, figures as text.
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 
